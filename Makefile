@@ -1,0 +1,63 @@
+# The two set-up commands are `make run` and `make test`; everything else is a helper of theirs.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= $(CURDIR)/.venv
+BIN := $(VENV)/bin
+export AGENTFARM_TOOLS ?= $(CURDIR)/.tools
+CLAUDE_CODE_VERSION := $(shell cat scripts/claude-code.version)
+PYTEST_ARGS ?=
+
+.PHONY: run serve test check fmt venv install install-dev claude system-deps test-deps unit integration bench clean
+
+## run: install the package and the pinned Claude Code CLI, then start the server
+run: install claude
+	@$(BIN)/agentfarm serve --first-run
+
+serve:
+	@$(BIN)/agentfarm serve
+
+## test: install everything the tests need, then lint, type-check and run every test
+test: test-deps check
+	@scripts/test.sh $(PYTEST_ARGS)
+
+venv: $(BIN)/python
+$(BIN)/python:
+	@scripts/bootstrap-python.sh "$(PYTHON)" "$(VENV)"
+
+install: venv
+	@$(BIN)/python -m pip install -q --disable-pip-version-check -e .
+
+install-dev: venv
+	@$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev,kubernetes]' -r requirements-test.txt
+
+claude:
+	@scripts/install-claude.sh "$(CLAUDE_CODE_VERSION)"
+
+system-deps:
+	@scripts/install-system-deps.sh
+
+test-deps: system-deps install-dev claude
+
+## check: format, lint, types and layer contracts
+check: install-dev
+	@$(BIN)/ruff format --check src tests bench
+	@$(BIN)/ruff check src tests bench
+	@$(BIN)/mypy
+	@$(BIN)/lint-imports
+
+fmt: install-dev
+	@$(BIN)/ruff format src tests bench
+	@$(BIN)/ruff check --fix src tests bench
+
+unit: install-dev
+	@$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+integration: test-deps
+	@$(BIN)/pytest tests/integration $(PYTEST_ARGS)
+
+bench: test-deps
+	@$(BIN)/python bench/launch_overhead.py
+	@$(BIN)/python bench/event_ingest.py
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Agent adapters: pure argv/env builders and output parsers. No I/O here."""

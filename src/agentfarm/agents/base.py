@@ -1,0 +1,81 @@
+"""The interface every agent CLI adapter implements.
+
+An adapter turns an :class:`~agentfarm.domain.models.AgentSpec` into a command line and
+turns the CLI's output, line by line, into normalized events. It does no I/O, so it is
+unit-tested on recorded lines, and a parser can be replayed over a spool to rebuild its state
+after a restart (it must be deterministic).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from agentfarm.domain import models
+
+
+@dataclass(frozen=True)
+class AgentCommand:
+    """What a backend executes: argv, extra environment and the first bytes for stdin."""
+
+    argv: list[str]
+    env: dict[str, str]
+    stdin: bytes = b""
+    #: Close the agent's stdin after the first stdout line whose top-level ``type`` is one of
+    #: these (the agent has answered and nothing else is queued): the process then exits.
+    close_stdin_after: tuple[str, ...] = ()
+
+
+@dataclass
+class Outcome:
+    """How a run ended, decided by the parser from what it saw and the exit status."""
+
+    status: models.RunStatus
+    error: str | None = None
+
+
+@dataclass
+class Summary:
+    """Figures the parser has collected so far; the supervisor copies them onto the run."""
+
+    session_id: str | None = None
+    cost_usd: float | None = None
+    usage: models.Usage = field(default_factory=models.Usage)
+    num_turns: int | None = None
+    saw_result: bool = False
+    result_is_error: bool = False
+    result_error: str | None = None
+
+
+class StreamParser(Protocol):
+    summary: Summary
+
+    def feed_stdout(self, line: bytes) -> list[models.EventDraft]:
+        """One line of stdout (without its newline; may be partial, huge or garbage)."""
+        ...
+
+    def feed_stderr(self, line: bytes) -> list[models.EventDraft]: ...
+
+    def finish(
+        self, exit_code: int | None, signal: int | None, *, stopped: bool, lost: bool = False
+    ) -> Outcome:
+        """The process is gone: decide the run's final status and error sentence."""
+        ...
+
+
+class AgentAdapter(Protocol):
+    name: str
+
+    def build_command(
+        self, spec: models.AgentSpec, *, binary: str, credentials: dict[str, str]
+    ) -> AgentCommand: ...
+
+    def followup(self, text: str) -> bytes:
+        """Bytes for stdin that send a follow-up user message."""
+        ...
+
+    def interrupt(self) -> bytes:
+        """Bytes for stdin that ask the agent to stop what it is doing."""
+        ...
+
+    def new_parser(self) -> StreamParser: ...

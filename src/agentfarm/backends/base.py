@@ -1,0 +1,86 @@
+"""The interface every backend implements, and the records it yields.
+
+A backend starts an agent command somewhere, hands back a :class:`RunHandle`, and can find
+the agent again after the control plane restarts (:meth:`Backend.attach`). Output comes as
+:class:`Record` objects carrying an opaque, increasing ``cursor``; the supervisor stores the
+cursor in the same transaction as the events it produced, so a restarted server resumes with
+``records(after=cursor)`` and nothing is lost or doubled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from agentfarm.agents.base import AgentCommand
+from agentfarm.domain import models
+
+RecordKind = Literal["stdout", "stderr", "notice", "started", "exit"]
+
+
+@dataclass(frozen=True)
+class ExitInfo:
+    exit_code: int | None
+    signal: int | None = None
+    #: The user asked to stop the run (the supervisor maps this to ``stopped``).
+    stopped: bool = False
+    #: The agent vanished without a trace (monitor gone, pod deleted): ``lost``.
+    lost: bool = False
+    oom_killed: bool = False
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Record:
+    cursor: int
+    kind: RecordKind
+    data: bytes = b""
+    exit: ExitInfo | None = None
+
+
+@dataclass
+class LaunchInfo:
+    """What the backend tells the supervisor about a launched run."""
+
+    branch: str | None = None
+    workspace: str | None = None
+    notices: list[str] = field(default_factory=list)
+
+
+class RunHandle(Protocol):
+    run_id: str
+
+    def records(self, after: int) -> AsyncIterator[Record]:
+        """Every record with ``cursor > after``, following live output until the exit record."""
+        ...
+
+    async def send(self, data: bytes) -> None:
+        """Write to the agent's stdin (follow-ups, interrupts)."""
+        ...
+
+    async def stop(self, grace: float) -> None:
+        """Ask the agent to stop, SIGTERM, then kill everything after ``grace`` seconds."""
+        ...
+
+    async def finalize(self) -> list[str]:
+        """After the exit record: bring results home (fetch/push the branch). Returns notices."""
+        ...
+
+
+class Backend(Protocol):
+    name: str
+
+    async def launch(
+        self, run: models.Run, command: AgentCommand, secrets: dict[str, str]
+    ) -> tuple[RunHandle, LaunchInfo]:
+        """Prepare a workspace and start the agent; raise LaunchError with a clear message."""
+        ...
+
+    async def attach(self, run: models.Run) -> RunHandle:
+        """Find a run started before a restart; its records end with a lost exit if it is gone."""
+        ...
+
+    async def cleanup(self, run: models.Run) -> None:
+        """Remove what the run left behind that is no longer needed."""
+        ...

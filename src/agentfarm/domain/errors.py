@@ -1,0 +1,35 @@
+"""One exception root. Leaf errors also inherit a builtin so callers can catch either.
+
+Every message says what went wrong and what to do about it. The HTTP mapping lives in
+one place (``agentfarm.web.errors``).
+"""
+
+from __future__ import annotations
+
+
+class AgentfarmError(Exception):
+    """Root of every error agentfarm raises on purpose."""
+
+
+class NotFoundError(AgentfarmError, LookupError):
+    """A config, run or secret does not exist."""
+
+
+class ConflictError(AgentfarmError, ValueError):
+    """The request clashes with existing state (a duplicate name, a finished run)."""
+
+
+class InvalidInputError(AgentfarmError, ValueError):
+    """Input that passed schema validation but makes no sense (a repo that is not a repo)."""
+
+
+class ConfigurationError(AgentfarmError, RuntimeError):
+    """The host or the server is not set up for what was asked (no bubblewrap, no credentials)."""
+
+
+class LaunchError(AgentfarmError, RuntimeError):
+    """Preparing or starting an agent failed; the run ends ``failed`` with this message."""
+
+
+class BackendError(AgentfarmError, RuntimeError):
+    """A backend operation failed (talking to a monitor, a pod, a sandbox)."""

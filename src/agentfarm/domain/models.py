@@ -1,0 +1,227 @@
+"""Configs, runs and events: the nouns of agentfarm."""
+
+from __future__ import annotations
+
+import re
+import secrets
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+SLUG_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$")
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+TOOL_RE = re.compile(r"^[A-Za-z0-9_*:.()\- /,@\[\]]{1,200}$")
+#: Variables a config may not set: they are the server's to control.
+RESERVED_ENV = frozenset(
+    {
+        "HOME",
+        "PATH",
+        "USER",
+        "LOGNAME",
+        "ANTHROPIC_API_KEY",
+        "ANTHROPIC_BASE_URL",
+        "CLAUDE_CODE_OAUTH_TOKEN",
+        "LD_PRELOAD",
+        "LD_LIBRARY_PATH",
+    }
+)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_id() -> str:
+    """A short, URL- and branch-safe identifier (12 hex digits)."""
+    return secrets.token_hex(6)
+
+
+class RunStatus(StrEnum):
+    queued = "queued"
+    starting = "starting"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    stopped = "stopped"
+    lost = "lost"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_STATUSES
+
+
+TERMINAL_STATUSES = frozenset(
+    {RunStatus.succeeded, RunStatus.failed, RunStatus.stopped, RunStatus.lost}
+)
+ACTIVE_STATUSES = frozenset({RunStatus.queued, RunStatus.starting, RunStatus.running})
+
+PermissionMode = Literal["default", "acceptEdits", "bypassPermissions", "plan"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+class SandboxSpec(_Strict):
+    """How the local backend isolates an agent."""
+
+    mode: Literal["bwrap", "none"] = Field(
+        "bwrap",
+        description="`bwrap` (bubblewrap, the default) or `none`: an explicit, visible opt-out.",
+    )
+    network: bool = Field(True, description="Give the agent network access.")
+    memory_mb: int | None = Field(4096, ge=64, le=1_048_576, description="Memory limit (MiB).")
+    cpus: float | None = Field(None, gt=0, le=1024, description="CPU limit, in cores.")
+    pids: int | None = Field(1024, ge=16, le=1_000_000, description="Process-count limit.")
+
+
+class AgentSpec(_Strict):
+    """Everything needed to launch an agent; the part of a config a run snapshots."""
+
+    agent: Literal["claude"] = "claude"
+    repo: str = Field(
+        ..., min_length=1, max_length=4096, description="Local path or git URL to clone."
+    )
+    base_branch: str | None = Field(
+        None, max_length=255, description="Branch to start from; default: the repo's HEAD."
+    )
+    prompt: str = Field("", max_length=200_000, description="The task for the agent.")
+    model: str | None = Field(None, max_length=200)
+    permission_mode: PermissionMode = "bypassPermissions"
+    allowed_tools: list[Annotated[str, Field(pattern=TOOL_RE.pattern)]] = Field(
+        default_factory=list, max_length=200
+    )
+    disallowed_tools: list[Annotated[str, Field(pattern=TOOL_RE.pattern)]] = Field(
+        default_factory=list, max_length=200
+    )
+    max_turns: int | None = Field(None, ge=1, le=10_000)
+    append_system_prompt: str | None = Field(None, max_length=100_000)
+    env: dict[str, Annotated[str, Field(max_length=32_768)]] = Field(
+        default_factory=dict, description="Extra environment variables for the agent."
+    )
+    backend: Literal["local"] = "local"
+    sandbox: SandboxSpec = Field(default_factory=SandboxSpec)
+
+    @field_validator("env")
+    @classmethod
+    def _check_env(cls, value: dict[str, str]) -> dict[str, str]:
+        if len(value) > 200:
+            raise ValueError("at most 200 environment variables")
+        for key in value:
+            if not ENV_NAME_RE.match(key):
+                raise ValueError(f"{key!r} is not a valid environment variable name")
+            if key in RESERVED_ENV:
+                raise ValueError(
+                    f"{key} is set by agentfarm; store credentials with `agentfarm secret set`"
+                )
+        return value
+
+    @field_validator("base_branch")
+    @classmethod
+    def _check_branch(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if value.startswith("-") or ".." in value or any(c in value for c in " ~^:?*[\\\x00"):
+            raise ValueError(f"{value!r} is not a valid branch name")
+        return value
+
+    @field_validator("repo")
+    @classmethod
+    def _check_repo(cls, value: str) -> str:
+        if value.startswith("-") or "\x00" in value or "\n" in value:
+            raise ValueError("repo must be a local path or a git URL")
+        if value.lower().startswith("ext::"):
+            raise ValueError("the ext:: git transport is not allowed")
+        return value
+
+
+class ConfigIn(AgentSpec):
+    """A config as a client sends it."""
+
+    name: str = Field(
+        ...,
+        min_length=1,
+        max_length=64,
+        pattern=SLUG_RE.pattern,
+        description="Unique slug: lowercase letters, digits and dashes.",
+    )
+
+
+class AgentConfig(ConfigIn):
+    """A saved, reusable agent config."""
+
+    id: str = Field(default_factory=new_id)
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+    def spec(self) -> AgentSpec:
+        return AgentSpec.model_validate(self.model_dump(include=set(AgentSpec.model_fields)))
+
+
+class Usage(BaseModel):
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_creation_input_tokens: int = 0
+    cache_read_input_tokens: int = 0
+
+    @property
+    def total(self) -> int:
+        return (
+            self.input_tokens
+            + self.output_tokens
+            + self.cache_creation_input_tokens
+            + self.cache_read_input_tokens
+        )
+
+
+class Run(BaseModel):
+    id: str = Field(default_factory=new_id)
+    config_id: str | None = None
+    config_name: str | None = None
+    spec: AgentSpec
+    status: RunStatus = RunStatus.queued
+    created_at: datetime = Field(default_factory=utcnow)
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    branch: str | None = None
+    workspace: str | None = None
+    session_id: str | None = None
+    cost_usd: float | None = None
+    usage: Usage = Field(default_factory=Usage)
+    num_turns: int | None = None
+    exit_code: int | None = None
+    error: str | None = None
+
+    @property
+    def prompt(self) -> str:
+        return self.spec.prompt
+
+
+class EventType(StrEnum):
+    run_status = "run.status"
+    run_notice = "run.notice"
+    agent_init = "agent.init"
+    agent_text = "agent.text"
+    agent_thinking = "agent.thinking"
+    agent_tool_call = "agent.tool_call"
+    agent_tool_result = "agent.tool_result"
+    agent_result = "agent.result"
+    agent_system = "agent.system"
+    agent_stderr = "agent.stderr"
+    agent_unparsed = "agent.unparsed"
+    user_message = "user.message"
+
+
+class EventDraft(BaseModel):
+    """An event before the store gives it its sequence number."""
+
+    type: str
+    data: dict[str, Any] = Field(default_factory=dict)
+    ts: datetime = Field(default_factory=utcnow)
+
+
+class Event(EventDraft):
+    run_id: str
+    seq: int

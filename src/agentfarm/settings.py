@@ -1,0 +1,118 @@
+"""Server settings, read once from the environment (``AGENTFARM_*``) and flags, then passed down.
+
+Every field is documented in docs/configuration.md; a test keeps the two in sync.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import secrets as _secrets
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "agentfarm"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="AGENTFARM_", extra="ignore")
+
+    data_dir: Path = Field(
+        default_factory=default_data_dir,
+        description="Where the database, secrets, token and run workspaces live.",
+    )
+    host: str = Field("127.0.0.1", description="Address the server listens on.")
+    port: int = Field(8080, ge=1, le=65535, description="Port the server listens on.")
+    token: SecretStr | None = Field(
+        None, description="API token; generated into the data directory at first start if unset."
+    )
+    claude_bin: str | None = Field(
+        None,
+        description="Path to the Claude Code CLI; default: the project's pinned copy, then PATH.",
+    )
+    stop_grace_seconds: float = Field(
+        10.0, ge=0, le=600, description="Grace period between SIGTERM and SIGKILL on stop."
+    )
+    max_concurrent_runs: int = Field(
+        8, ge=1, le=1000, description="Runs beyond this many wait in `queued`."
+    )
+    sandbox_uid: int = Field(
+        61000, ge=1, description="Uid agents run as when the server runs as root."
+    )
+    sandbox_gid: int = Field(
+        61000, ge=1, description="Gid agents run as when the server runs as root."
+    )
+    watchdog_seconds: float = Field(
+        1800.0,
+        ge=0,
+        description="Stop a run whose agent printed nothing for this long (0: never).",
+    )
+    # Credentials for agents, read from the server's environment without the prefix.
+    claude_code_oauth_token: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("CLAUDE_CODE_OAUTH_TOKEN"),
+        description="Claude subscription token (from `claude setup-token`).",
+    )
+    anthropic_api_key: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("ANTHROPIC_API_KEY"), description="Anthropic API key."
+    )
+    anthropic_base_url: str | None = Field(
+        None,
+        validation_alias=AliasChoices("ANTHROPIC_BASE_URL"),
+        description="Messages API endpoint for agents (a proxy or gateway).",
+    )
+
+    # --- paths derived from data_dir -------------------------------------------------------
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "agentfarm.db"
+
+    @property
+    def token_path(self) -> Path:
+        return self.data_dir / "token"
+
+    @property
+    def secrets_path(self) -> Path:
+        return self.data_dir / "secrets.json"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.data_dir / "runs"
+
+    def ensure_dirs(self) -> None:
+        # 0711: the sandbox uid must traverse to its own workspace, but may not list anything.
+        for path in (self.data_dir, self.runs_dir):
+            path.mkdir(parents=True, exist_ok=True)
+            path.chmod(0o711)
+
+    def is_loopback(self) -> bool:
+        if self.host in ("localhost", ""):
+            return self.host == "localhost"
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+    def api_token(self) -> str:
+        """The API token: from the environment, else from the data directory (made once)."""
+        if self.token is not None and self.token.get_secret_value():
+            return self.token.get_secret_value()
+        return read_or_create_token(self.token_path)
+
+
+def read_or_create_token(path: Path) -> str:
+    if path.exists():
+        value = path.read_text().strip()
+        if value:
+            return value
+    path.parent.mkdir(parents=True, exist_ok=True)
+    value = "af_" + _secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(value + "\n")
+    return value
