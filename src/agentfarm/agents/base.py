@@ -66,9 +66,14 @@ class StreamParser(Protocol):
 class AgentAdapter(Protocol):
     name: str
 
-    def build_command(
-        self, spec: models.AgentSpec, *, binary: str, credentials: dict[str, str]
-    ) -> AgentCommand: ...
+    def build_command(self, spec: models.AgentSpec, *, binary: str) -> AgentCommand:
+        """The command for ``spec``. Credentials are not in it: the supervisor passes them to
+        the backend separately as secrets (a Kubernetes Secret, a pipe to the local monitor)."""
+        ...
+
+    def credential_names(self) -> tuple[str, ...]:
+        """Environment variables this agent takes credentials from, in order of preference."""
+        ...
 
     def followup(self, text: str) -> bytes:
         """Bytes for stdin that send a follow-up user message."""
