@@ -1,0 +1,5 @@
+"""SQLite persistence: configs, runs and events (``Store``), and the secrets file."""
+
+from agentfarm.store.store import Store
+
+__all__ = ["Store"]

@@ -1,0 +1,140 @@
+"""Rows <-> models. Timestamps are ISO-8601 UTC text with microseconds (fixed width, so text
+order is time order); ``spec``, ``usage`` and event ``data`` are compact JSON text.
+
+A naive datetime is taken to be UTC. Every datetime read back is aware (UTC).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from agentfarm.domain import errors, models
+
+#: Column order of the ``runs`` table as the store selects it: exactly the fields of ``Run``.
+RUN_COLUMNS: tuple[str, ...] = (
+    "id",
+    "config_id",
+    "config_name",
+    "spec",
+    "status",
+    "created_at",
+    "started_at",
+    "finished_at",
+    "branch",
+    "workspace",
+    "session_id",
+    "cost_usd",
+    "usage",
+    "num_turns",
+    "exit_code",
+    "error",
+)
+#: Columns of ``runs`` that are not ``Run`` fields.
+RUN_EXTRA_COLUMNS: tuple[str, ...] = ("ingest_cursor",)
+CONFIG_COLUMNS: tuple[str, ...] = ("id", "name", "spec", "created_at", "updated_at")
+EVENT_COLUMNS: tuple[str, ...] = ("run_id", "seq", "type", "ts", "data")
+
+#: ``Run`` fields ``update_run`` may change.
+UPDATABLE_RUN_FIELDS = frozenset(RUN_COLUMNS) - {"id"}
+_RUN_TIME_FIELDS = frozenset({"created_at", "started_at", "finished_at"})
+_RUN_JSON_FIELDS = frozenset({"spec", "usage"})
+
+
+def dump_time(value: datetime) -> str:
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def load_time(text: str) -> datetime:
+    value = datetime.fromisoformat(text)
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def dump_json(value: Any) -> str:
+    try:
+        return json.dumps(value, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise errors.InvalidInputError(f"cannot store a value that is not JSON: {exc}") from exc
+
+
+# Runs
+
+
+def run_value(field: str, value: Any) -> Any:
+    """The column value for one (validated) ``Run`` field."""
+    if value is None:
+        return None
+    if field in _RUN_JSON_FIELDS:
+        return dump_json(value.model_dump(mode="json"))
+    if field in _RUN_TIME_FIELDS:
+        return dump_time(value)
+    if field == "status":
+        return models.RunStatus(value).value
+    return value
+
+
+def run_to_row(run: models.Run) -> tuple[Any, ...]:
+    return tuple(run_value(name, getattr(run, name)) for name in RUN_COLUMNS)
+
+
+def row_to_run(row: Sequence[Any]) -> models.Run:
+    data = dict(zip(RUN_COLUMNS, row, strict=True))
+    for name in _RUN_JSON_FIELDS:
+        data[name] = json.loads(data[name])
+    for name in _RUN_TIME_FIELDS:
+        if data[name] is not None:
+            data[name] = load_time(data[name])
+    return models.Run.model_validate(data)
+
+
+def check_run_fields(fields: Any) -> None:
+    """Raise ``InvalidInputError`` unless every name in ``fields`` is an updatable Run field."""
+    unknown = sorted(set(fields) - UPDATABLE_RUN_FIELDS)
+    if unknown:
+        raise errors.InvalidInputError(
+            f"cannot update run field(s) {', '.join(unknown)}: "
+            f"updatable fields are {', '.join(sorted(UPDATABLE_RUN_FIELDS))}"
+        )
+
+
+# Configs
+
+
+def config_to_row(cfg: models.AgentConfig) -> tuple[Any, ...]:
+    return (
+        cfg.id,
+        cfg.name,
+        dump_json(cfg.spec().model_dump(mode="json")),
+        dump_time(cfg.created_at),
+        dump_time(cfg.updated_at),
+    )
+
+
+def row_to_config(row: Sequence[Any]) -> models.AgentConfig:
+    id_, name, spec, created_at, updated_at = row
+    return models.AgentConfig.model_validate(
+        {
+            **json.loads(spec),
+            "id": id_,
+            "name": name,
+            "created_at": load_time(created_at),
+            "updated_at": load_time(updated_at),
+        }
+    )
+
+
+# Events
+
+
+def draft_to_values(draft: models.EventDraft) -> tuple[str, str, str]:
+    """``(type, ts, data)`` of a draft, ready to insert."""
+    return (draft.type, dump_time(draft.ts), dump_json(draft.data))
+
+
+def row_to_event(row: Sequence[Any]) -> models.Event:
+    run_id, seq, type_, ts, data = row
+    return models.Event(run_id=run_id, seq=seq, type=type_, ts=load_time(ts), data=json.loads(data))
