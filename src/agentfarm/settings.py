@@ -52,6 +52,34 @@ class Settings(BaseSettings):
         ge=0,
         description="Stop a run whose agent printed nothing for this long (0: never).",
     )
+    # --- the kubernetes backend (cluster-wide defaults; a config's `kubernetes` overrides) ---
+    k8s_namespace: str = Field(
+        "agentfarm-agents", description="Namespace where agent pods and their Secrets go."
+    )
+    k8s_image: str | None = Field(
+        None, description="Agent image, e.g. `ghcr.io/<owner>/agentfarm-agent:<version>`."
+    )
+    k8s_runtime_class: str | None = Field(
+        None, description="Default RuntimeClass for agent pods (`kata-fc`, `kata-qemu`, ...)."
+    )
+    k8s_kubeconfig: Path | None = Field(
+        None,
+        description="Kubeconfig file; default: in-cluster config in a pod, else ~/.kube/config.",
+    )
+    k8s_instance: str = Field(
+        "agentfarm",
+        description="Value of the `agentfarm.dev/instance` label on this control plane's pods.",
+    )
+    k8s_cleanup_after_seconds: float = Field(
+        3600.0, ge=0, description="Delete a finished run's pod this long after it ended."
+    )
+    k8s_credentials_claim: str = Field(
+        "claude-home",
+        description="ReadWriteMany PVC holding the shared ~/.claude (credentials `shared-home`).",
+    )
+    k8s_forgejo_url: str | None = Field(
+        None, description="Forgejo base URL whose clones use the FORGEJO_TOKEN secret."
+    )
     # Credentials for agents, read from the server's environment without the prefix.
     claude_code_oauth_token: SecretStr | None = Field(
         None,

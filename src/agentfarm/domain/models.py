@@ -77,6 +77,71 @@ class SandboxSpec(_Strict):
     pids: int | None = Field(1024, ge=16, le=1_000_000, description="Process-count limit.")
 
 
+#: A Kubernetes resource quantity ("500m", "2", "4Gi").
+QUANTITY_RE = re.compile(r"^[0-9]+(?:\.[0-9]+)?(?:m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
+#: A label key (optionally prefixed) or value, and a DNS-1123 label (RuntimeClass, account).
+LABEL_KEY_RE = re.compile(
+    r"^(?:[a-z0-9.-]{1,253}/)?[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$"
+)
+LABEL_VALUE_RE = re.compile(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?)?$")
+
+
+class K8sResourceAmounts(_Strict):
+    cpu: str | None = Field(None, pattern=QUANTITY_RE.pattern, description='CPU, e.g. "500m".')
+    memory: str | None = Field(None, pattern=QUANTITY_RE.pattern, description='e.g. "4Gi".')
+    ephemeral_storage: str | None = Field(
+        None, pattern=QUANTITY_RE.pattern, description='Scratch disk, e.g. "10Gi".'
+    )
+
+
+class K8sResources(_Strict):
+    requests: K8sResourceAmounts = Field(
+        default_factory=lambda: K8sResourceAmounts(cpu="500m", memory="1Gi")
+    )
+    limits: K8sResourceAmounts = Field(
+        default_factory=lambda: K8sResourceAmounts(cpu="2", memory="4Gi")
+    )
+
+
+class K8sToleration(_Strict):
+    key: str | None = Field(None, max_length=317, pattern=LABEL_KEY_RE.pattern)
+    operator: Literal["Exists", "Equal"] = "Equal"
+    value: str | None = Field(None, max_length=63, pattern=LABEL_VALUE_RE.pattern)
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    toleration_seconds: int | None = Field(None, ge=0)
+
+
+class KubernetesSpec(_Strict):
+    """Where and how the `kubernetes` backend runs an agent; unset fields take the server's
+    `AGENTFARM_K8S_*` defaults."""
+
+    namespace: str | None = Field(
+        None, pattern=SLUG_RE.pattern, description="Namespace for the run's pod and Secret."
+    )
+    runtime_class: str | None = Field(
+        None,
+        pattern=SLUG_RE.pattern,
+        description="RuntimeClass: `kata-fc`, `kata-qemu`, `gvisor`, or unset for the default.",
+    )
+    image: str | None = Field(None, max_length=512, description="Agent image (pin a tag).")
+    resources: K8sResources = Field(default_factory=K8sResources)
+    node_selector: dict[
+        Annotated[str, Field(max_length=317, pattern=LABEL_KEY_RE.pattern)],
+        Annotated[str, Field(max_length=63, pattern=LABEL_VALUE_RE.pattern)],
+    ] = Field(default_factory=dict, max_length=50)
+    tolerations: list[K8sToleration] = Field(default_factory=list, max_length=50)
+    credentials: Literal["token", "shared-home"] = Field(
+        "token",
+        description="`token`: CLAUDE_CODE_OAUTH_TOKEN from a per-run Secret (headless); "
+        "`shared-home`: the shared ~/.claude on a ReadWriteMany volume.",
+    )
+    service_account: str | None = Field(
+        None,
+        pattern=SLUG_RE.pattern,
+        description="ServiceAccount of the pod (its token is never mounted).",
+    )
+
+
 class AgentSpec(_Strict):
     """Everything needed to launch an agent; the part of a config a run snapshots."""
 
@@ -101,8 +166,11 @@ class AgentSpec(_Strict):
     env: dict[str, Annotated[str, Field(max_length=32_768)]] = Field(
         default_factory=dict, description="Extra environment variables for the agent."
     )
-    backend: Literal["local"] = "local"
+    backend: Literal["local", "kubernetes"] = "local"
     sandbox: SandboxSpec = Field(default_factory=SandboxSpec)
+    kubernetes: KubernetesSpec | None = Field(
+        None, description="Settings of the `kubernetes` backend (defaults when unset)."
+    )
 
     @field_validator("env")
     @classmethod
