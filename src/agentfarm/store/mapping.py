@@ -104,11 +104,15 @@ def check_run_fields(fields: Any) -> None:
 # Configs
 
 
+def config_spec_json(cfg: models.AgentConfig) -> str:
+    return dump_json(cfg.spec().model_dump(mode="json"))
+
+
 def config_to_row(cfg: models.AgentConfig) -> tuple[Any, ...]:
     return (
         cfg.id,
         cfg.name,
-        dump_json(cfg.spec().model_dump(mode="json")),
+        config_spec_json(cfg),
         dump_time(cfg.created_at),
         dump_time(cfg.updated_at),
     )

@@ -93,7 +93,7 @@ class Store:
     async def update_config(self, cfg: models.AgentConfig) -> models.AgentConfig:
         """Replace the config with id ``cfg.id``; keeps ``created_at``, sets ``updated_at``."""
         now = models.utcnow()
-        _, name, spec, _, _ = mapping.config_to_row(cfg)
+        spec = mapping.config_spec_json(cfg)
 
         def update(conn: sqlite3.Connection) -> str:
             found = conn.execute("SELECT created_at FROM configs WHERE id = ?", (cfg.id,))
@@ -103,7 +103,7 @@ class Store:
             try:
                 conn.execute(
                     "UPDATE configs SET name = ?, spec = ?, updated_at = ? WHERE id = ?",
-                    (name, spec, mapping.dump_time(now), cfg.id),
+                    (cfg.name, spec, mapping.dump_time(now), cfg.id),
                 )
             except sqlite3.IntegrityError as exc:
                 raise _config_conflict(cfg, exc) from exc
@@ -310,7 +310,8 @@ def _update_run(conn: sqlite3.Connection, run_id: str, fields: Mapping[str, Any]
         f"UPDATE runs SET {assignments} WHERE id = ?",  # noqa: S608 (names are checked columns)
         [*(mapping.run_value(name, getattr(run, name)) for name in names), run_id],
     )
-    return run
+    # Read back, so the caller gets what is stored (datetimes in UTC, naive ones made aware).
+    return mapping.row_to_run(conn.execute(f"{_RUN_SELECT} WHERE id = ?", (run_id,)).fetchone())
 
 
 def _config_conflict(cfg: models.AgentConfig, exc: sqlite3.IntegrityError) -> errors.ConflictError:

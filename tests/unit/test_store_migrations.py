@@ -1,0 +1,135 @@
+"""Store migrations: the schema they build is the one the code expects, and upgrades work."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import sqlite3
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from agentfarm.domain import errors, models
+from agentfarm.store import Store, mapping, schema
+
+ROOT = Path(__file__).resolve().parents[2]
+
+LATER_REVISION = """
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0002"
+down_revision = "0001"
+
+
+def upgrade() -> None:
+    op.add_column("configs", sa.Column("notes", sa.Text(), nullable=True))
+"""
+
+FAILING_REVISION = """
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0002"
+down_revision = "0001"
+
+
+def upgrade() -> None:
+    op.create_table("half_done", sa.Column("id", sa.Integer(), primary_key=True))
+    raise RuntimeError("migration failed halfway")
+"""
+
+
+def columns(conn: sqlite3.Connection, table: str) -> set[str]:
+    return {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+
+
+def tables(conn: sqlite3.Connection) -> set[str]:
+    return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+
+def scripts_with(tmp_path: Path, revision: str) -> Path:
+    location = tmp_path / "migrations"
+    shutil.copytree(schema.MIGRATIONS_DIR, location, ignore=shutil.ignore_patterns("__pycache__"))
+    (location / "versions" / "0002_later.py").write_text(revision)
+    return location
+
+
+def test_the_schema_is_what_the_code_expects(tmp_path: Path) -> None:
+    path = tmp_path / "agentfarm.db"
+    schema.migrate(path)
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        assert tables(conn) == {"alembic_version", "configs", "runs", "events"}
+        assert columns(conn, "configs") == set(mapping.CONFIG_COLUMNS)
+        assert columns(conn, "runs") == set(mapping.RUN_COLUMNS + mapping.RUN_EXTRA_COLUMNS)
+        assert columns(conn, "events") == set(mapping.EVENT_COLUMNS)
+        indexes = {r[1] for r in conn.execute("PRAGMA index_list(runs)")}
+        assert {"ix_runs_created_at", "ix_runs_status"} <= indexes
+        pk = sorted((r[5], r[1]) for r in conn.execute("PRAGMA table_info(events)") if r[5])
+        assert pk == [(1, "run_id"), (2, "seq")]
+        fks = [(r[2], r[3], r[4], r[6]) for r in conn.execute("PRAGMA foreign_key_list(events)")]
+        assert fks == [("runs", "run_id", "id", "CASCADE")]
+
+
+def test_every_run_field_has_a_column() -> None:
+    # A new Run field needs a migration and a place in mapping.RUN_COLUMNS.
+    assert set(mapping.RUN_COLUMNS) == set(models.Run.model_fields)
+    assert mapping.CONFIG_COLUMNS[:2] == ("id", "name")
+
+
+async def test_open_migrates_to_head_and_reopening_is_a_no_op(tmp_path: Path) -> None:
+    path = tmp_path / "agentfarm.db"
+    path.touch()  # an empty file
+    await (await Store.open(path)).close()
+    assert schema.current_revision(path) == schema.head_revision() == "0001"
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        before = conn.execute("SELECT type, name, sql FROM sqlite_master").fetchall()
+    await (await Store.open(path)).close()
+    assert schema.current_revision(path) == schema.head_revision()
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("SELECT type, name, sql FROM sqlite_master").fetchall() == before
+
+
+async def test_a_database_at_0001_upgrades_to_a_later_head(tmp_path: Path) -> None:
+    path = tmp_path / "agentfarm.db"
+    store = await Store.open(path)
+    cfg = await store.create_config(models.AgentConfig(name="keep-me", repo="/r"))
+    await store.close()
+
+    location = scripts_with(tmp_path, LATER_REVISION)
+    assert schema.head_revision(location) == "0002"
+    schema.migrate(path, script_location=location)
+    assert schema.current_revision(path) == "0002"
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        assert "notes" in columns(conn, "configs")
+        assert conn.execute("SELECT name FROM configs").fetchall() == [(cfg.name,)]
+
+
+def test_a_failing_migration_leaves_the_database_as_it_was(tmp_path: Path) -> None:
+    path = tmp_path / "agentfarm.db"
+    schema.migrate(path)
+    with pytest.raises(RuntimeError, match="halfway"):
+        schema.migrate(path, script_location=scripts_with(tmp_path, FAILING_REVISION))
+    assert schema.current_revision(path) == "0001"
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        assert "half_done" not in tables(conn)
+
+
+async def test_a_database_from_a_newer_version_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "agentfarm.db"
+    schema.migrate(path, script_location=scripts_with(tmp_path, LATER_REVISION))
+    with pytest.raises(errors.ConfigurationError, match="upgrade agentfarm"):
+        await Store.open(path)
+
+
+def test_the_migration_scripts_are_package_data() -> None:
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    patterns = pyproject["tool"]["setuptools"]["package-data"]["agentfarm"]
+    package = ROOT / "src" / "agentfarm"
+    shipped = {p for pattern in patterns for p in package.glob(pattern)}
+    needed = {
+        p for p in schema.MIGRATIONS_DIR.rglob("*") if p.is_file() and "__pycache__" not in p.parts
+    }
+    assert needed, "no migration scripts found"
+    assert needed <= shipped, f"not in package-data: {sorted(map(str, needed - shipped))}"
