@@ -54,9 +54,13 @@ def load_time(text: str) -> datetime:
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
+# One encoder for every call: json.dumps builds a new one whenever separators are given.
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
+
+
 def dump_json(value: Any) -> str:
     try:
-        return json.dumps(value, separators=(",", ":"))
+        return _ENCODER.encode(value)
     except (TypeError, ValueError) as exc:
         raise errors.InvalidInputError(f"cannot store a value that is not JSON: {exc}") from exc
 
