@@ -187,6 +187,7 @@ class Database:
 
     @classmethod
     def _open_sync(cls, path: Path, readers: int) -> Database:
+        path.parent.mkdir(parents=True, exist_ok=True)
         conns: list[sqlite3.Connection] = []
         try:
             conns.append(connect(path))

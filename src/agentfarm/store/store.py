@@ -43,7 +43,7 @@ class Store:
     @classmethod
     async def open(cls, path: Path, *, readers: int = db.DEFAULT_READERS) -> Store:
         """Open (creating the file and its directories) and migrate the database at ``path``."""
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path = Path(path)
         database = await db.Database.open(path, readers=readers)  # creates the file, WAL on
         try:
             await asyncio.to_thread(schema.migrate, path)
