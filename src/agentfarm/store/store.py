@@ -26,6 +26,7 @@ _EVENT_SELECT = f"SELECT {', '.join(mapping.EVENT_COLUMNS)} FROM events"  # noqa
 # A name may look like another config's id: an id match wins.
 _CONFIG_BY_ID_OR_NAME = "WHERE id = ?1 OR name = ?1 ORDER BY id = ?1 DESC LIMIT 1"
 _CONFIG_DELETE = f"DELETE FROM configs WHERE id = (SELECT id FROM configs {_CONFIG_BY_ID_OR_NAME})"  # noqa: S608
+_CONFIG_INSERT = f"INSERT INTO configs ({', '.join(mapping.CONFIG_COLUMNS)}) VALUES (?, ?, ?, ?, ?)"  # noqa: S608
 _ACTIVE = tuple(s.value for s in models.RunStatus if s in models.ACTIVE_STATUSES)
 
 
@@ -66,7 +67,7 @@ class Store:
 
         def insert(conn: sqlite3.Connection) -> None:
             try:
-                conn.execute("INSERT INTO configs VALUES (?, ?, ?, ?, ?)", row)
+                conn.execute(_CONFIG_INSERT, row)
             except sqlite3.IntegrityError as exc:
                 raise _config_conflict(cfg, exc) from exc
 
