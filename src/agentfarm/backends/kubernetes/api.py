@@ -1,0 +1,184 @@
+"""The few API calls the backend makes, as JSON in and out, over kubernetes_asyncio.
+
+Responses are read raw (``_preload_content=False``) and decoded here: every field the server
+sends is kept (the generated models drop what they do not know), every response is closed,
+and failures become :class:`ApiError` with the server's own message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from kubernetes_asyncio import client, config
+
+from agentfarm.domain import errors
+
+Json = dict[str, Any]
+
+#: Bytes a log line may reach before it is cut (the adapter copes with partial lines).
+MAX_LINE = 16 * 1024 * 1024
+
+
+class ApiError(errors.BackendError):
+    def __init__(self, status: int, message: str, reason: str = "") -> None:
+        super().__init__(f"Kubernetes API error {status}: {message}")
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+
+async def connect(kubeconfig: Path | None) -> client.ApiClient:
+    """An API client from ``kubeconfig``, else in-cluster config inside a pod, else the default
+    kubeconfig (``$KUBECONFIG`` or ~/.kube/config)."""
+    configuration = client.Configuration()
+    try:
+        if kubeconfig is not None:
+            await config.load_kube_config(
+                config_file=str(kubeconfig), client_configuration=configuration
+            )
+        elif os.environ.get("KUBERNETES_SERVICE_HOST"):
+            await asyncio.to_thread(
+                config.load_incluster_config, client_configuration=configuration
+            )
+        else:
+            await config.load_kube_config(client_configuration=configuration)
+    except (config.ConfigException, OSError) as exc:
+        raise errors.ConfigurationError(
+            f"cannot configure the Kubernetes client: {exc}; set AGENTFARM_K8S_KUBECONFIG "
+            "or run the control plane inside the cluster"
+        ) from exc
+    return client.ApiClient(configuration=configuration)
+
+
+class Api:
+    def __init__(self, api_client: client.ApiClient) -> None:
+        self.api_client = api_client
+        # Bodies are plain JSON dicts, which the generated signatures do not describe.
+        self.core: Any = client.CoreV1Api(api_client)
+
+    async def _call(self, pending: Any) -> Json:
+        response: Any = await pending
+        async with response:
+            body = await response.read()
+            if response.status >= 400:
+                raise _error(response.status, body)
+        result: Json = json.loads(body) if body else {}
+        return result
+
+    async def create_secret(self, namespace: str, body: Json) -> Json:
+        return await self._call(
+            self.core.create_namespaced_secret(namespace, body, _preload_content=False)
+        )
+
+    async def patch_secret(self, namespace: str, name: str, patch: Json) -> Json:
+        return await self._call(
+            self.core.patch_namespaced_secret(
+                name, namespace, patch, _preload_content=False,
+                _content_type="application/merge-patch+json",
+            )
+        )  # fmt: skip
+
+    async def delete_secret(self, namespace: str, name: str) -> None:
+        await self._ignore_404(
+            self.core.delete_namespaced_secret(name, namespace, _preload_content=False)
+        )
+
+    async def create_pod(self, namespace: str, body: Json) -> Json:
+        return await self._call(
+            self.core.create_namespaced_pod(namespace, body, _preload_content=False)
+        )
+
+    async def get_pod(self, namespace: str, name: str) -> Json | None:
+        try:
+            return await self._call(
+                self.core.read_namespaced_pod(name, namespace, _preload_content=False)
+            )
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def list_pods(self, namespace: str, label_selector: str) -> Json:
+        return await self._call(
+            self.core.list_namespaced_pod(
+                namespace, label_selector=label_selector, _preload_content=False
+            )
+        )
+
+    async def delete_pod(self, namespace: str, name: str, grace_seconds: int) -> None:
+        body = {"gracePeriodSeconds": grace_seconds, "propagationPolicy": "Background"}
+        await self._ignore_404(
+            self.core.delete_namespaced_pod(name, namespace, body=body, _preload_content=False)
+        )
+
+    async def _ignore_404(self, pending: Any) -> None:
+        try:
+            await self._call(pending)
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
+
+    async def watch_pod(
+        self, namespace: str, name: str, resource_version: str, server_timeout: int
+    ) -> AsyncIterator[tuple[str, Json]]:
+        """(type, object) events for one pod after ``resource_version`` (server ends it)."""
+        response: Any = await self.core.list_namespaced_pod(
+            namespace,
+            field_selector=f"metadata.name={name}",
+            resource_version=resource_version,
+            watch=True,
+            timeout_seconds=server_timeout,
+            allow_watch_bookmarks=False,
+            _preload_content=False,
+        )
+        async with response:
+            if response.status >= 400:
+                raise _error(response.status, await response.read())
+            async for line in _lines(response.content):
+                event = json.loads(line)
+                kind = str(event.get("type"))
+                obj = event.get("object") or {}
+                if kind == "ERROR":
+                    raise ApiError(int(obj.get("code") or 500), str(obj.get("message")))
+                yield kind, obj
+
+    async def pod_log(
+        self, namespace: str, name: str, container: str, *, follow: bool
+    ) -> AsyncIterator[bytes]:
+        """The container's log, line by line (without newlines), from its start."""
+        response: Any = await self.core.read_namespaced_pod_log(
+            name, namespace, container=container, follow=follow, _preload_content=False
+        )
+        async with response:
+            if response.status >= 400:
+                raise _error(response.status, await response.read())
+            async for line in _lines(response.content):
+                yield line
+
+
+async def _lines(stream: Any) -> AsyncIterator[bytes]:
+    """Split a byte stream into lines; a final line without its newline is dropped (torn)."""
+    buffer = bytearray()
+    async for chunk in stream.iter_any():
+        buffer += chunk
+        start = 0
+        while (end := buffer.find(b"\n", start)) >= 0:
+            yield bytes(buffer[start:end])
+            start = end + 1
+        del buffer[:start]
+        if len(buffer) > MAX_LINE:
+            yield bytes(buffer)
+            buffer.clear()
+
+
+def _error(status: int, body: bytes) -> ApiError:
+    try:
+        payload = json.loads(body)
+        return ApiError(status, str(payload.get("message")), str(payload.get("reason", "")))
+    except (ValueError, AttributeError):
+        return ApiError(status, body.decode(errors="replace")[:500])

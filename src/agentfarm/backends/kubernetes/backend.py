@@ -1,0 +1,389 @@
+"""The kubernetes backend: launch, follow, stop, reattach and clean up one pod per run.
+
+Records come from two places: the pod's status (notices while it starts, ``started``, the
+exit) and the agent container's log, which the image's entrypoint writes (the agent's stdout
+lines as they are; its stderr and the entrypoint's own notices as lines tagged with a leading
+``\\x1e``, because the log API merges both streams).
+
+Cursors are ``line << 8 | slot``: log line ``n`` has cursor ``n << 8``; notices that follow it
+take slots 1..253; ``started`` is ``254`` (before any line) and the exit ``line << 8 | 255``.
+After a restart ``records(after)`` re-reads the log from the start and skips what the stored
+cursor covers, so nothing is lost or doubled as long as the pod exists.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+from collections.abc import AsyncIterator, Coroutine
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+
+from agentfarm.agents.base import AgentCommand
+from agentfarm.backends.base import ExitInfo, LaunchInfo, Record, RecordKind
+from agentfarm.backends.kubernetes import api as k8s_api
+from agentfarm.backends.kubernetes import config, manifests, status
+from agentfarm.domain import errors, models
+from agentfarm.settings import Settings
+
+log = logging.getLogger(__name__)
+
+STARTED_SLOT = 254
+EXIT_SLOT = 255
+TAG_STDERR = b"\x1eE "
+TAG_NOTICE = b"\x1eN "
+#: How long the watch on a starting pod lasts before it is renewed (server side).
+WATCH_SECONDS = 60
+#: After the log ends, how long to wait for the kubelet to report the container's exit.
+EXIT_REPORT_SECONDS = 20.0
+_RETRYABLE = (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError)
+
+
+def line_record(cursor: int, line: bytes) -> Record:
+    """A log line as the record the entrypoint meant it to be."""
+    if line.startswith(TAG_STDERR):
+        return Record(cursor, "stderr", line[len(TAG_STDERR) :])
+    if line.startswith(TAG_NOTICE):
+        return Record(cursor, "notice", line[len(TAG_NOTICE) :])
+    return Record(cursor, "stdout", line)
+
+
+@dataclass
+class _RunState:
+    namespace: str
+    name: str
+    stopping: bool = False
+
+
+class _Cursor:
+    def __init__(self) -> None:
+        self.line = 0
+        self.slot = 0
+
+    def notice(self) -> int | None:
+        if self.slot >= STARTED_SLOT - 1:
+            return None  # too many notices between two lines: drop the rest
+        self.slot += 1
+        return (self.line << 8) | self.slot
+
+    def advance(self, line: int) -> int:
+        self.line, self.slot = line, 0
+        return line << 8
+
+    def exit(self) -> int:
+        return (self.line << 8) | EXIT_SLOT
+
+
+class KubernetesHandle:
+    def __init__(self, run_id: str, api: k8s_api.Api, state: _RunState) -> None:
+        self.run_id = run_id
+        self._api = api
+        self._state = state
+
+    async def records(self, after: int) -> AsyncIterator[Record]:
+        cursor = _Cursor()
+        ns, name = self._state.namespace, self._state.name
+
+        def keep(kind: RecordKind, at: int | None, data: bytes = b"") -> Record | None:
+            return Record(at, kind, data) if at is not None and at > after else None
+
+        pod = await self._api.get_pod(ns, name)
+        last_notice: str | None = None
+        while True:
+            if pod is None:
+                yield Record(cursor.exit(), "exit", exit=status.gone(stopping=self.stopping))
+                return
+            view = status.describe(pod, stopping=self.stopping)
+            if view.agent_started or view.exit is not None:
+                break
+            if view.notice and view.notice != last_notice:
+                last_notice = view.notice
+                if record := keep("notice", cursor.notice(), view.notice.encode()):
+                    yield record
+            pod = await self._next_state(pod)
+
+        if view.agent_started:
+            node = (pod.get("spec") or {}).get("nodeName")
+            started = json.dumps({"pod": f"{ns}/{name}", "node": node}).encode()
+            if record := keep("started", STARTED_SLOT, started):
+                yield record
+        elif view.exit is not None:
+            if not view.pod_done:
+                await self._api.delete_pod(ns, name, grace_seconds=0)
+            yield Record(cursor.exit(), "exit", exit=view.exit)
+            return
+
+        # The agent runs (or ran): follow its log; reopen it if it breaks, skipping lines seen.
+        follow = True
+        while True:
+            try:
+                count = 0
+                async for line in self._api.pod_log(
+                    ns, name, manifests.AGENT_CONTAINER, follow=follow
+                ):
+                    count += 1
+                    if count <= cursor.line:
+                        continue
+                    at = cursor.advance(count)
+                    if at > after:
+                        yield line_record(at, line)
+            except k8s_api.ApiError as exc:
+                if exc.status not in (400, 404, 500, 503):
+                    raise
+                log.info("log stream of %s/%s: %s", ns, name, exc)
+            except _RETRYABLE as exc:
+                log.info("log stream of %s/%s broke: %r; reopening", ns, name, exc)
+            exit_info = await self._wait_exit()
+            if exit_info is not None and not follow:
+                yield Record(cursor.exit(), "exit", exit=exit_info)
+                return
+            # Read once more without follow once the container has ended (drains lines a
+            # broken stream missed); keep following while it still runs.
+            follow = exit_info is None
+            if follow:
+                await asyncio.sleep(1.0)
+
+    @property
+    def stopping(self) -> bool:
+        return self._state.stopping
+
+    async def _next_state(self, pod: k8s_api.Json) -> k8s_api.Json | None:
+        """The pod's next version (None once it is deleted)."""
+        ns, name = self._state.namespace, self._state.name
+        version = str((pod.get("metadata") or {}).get("resourceVersion", ""))
+        try:
+            async for kind, obj in self._api.watch_pod(ns, name, version, WATCH_SECONDS):
+                if kind == "DELETED":
+                    return None
+                if kind in ("ADDED", "MODIFIED"):
+                    return obj
+        except k8s_api.ApiError as exc:
+            if exc.status != 410:  # 410: our resourceVersion is too old; re-read below
+                raise
+        except _RETRYABLE as exc:
+            log.info("watch on %s/%s broke: %r", ns, name, exc)
+            await asyncio.sleep(1.0)
+        return await self._api.get_pod(ns, name)
+
+    async def _wait_exit(self) -> ExitInfo | None:
+        """The run's exit if the agent container has ended (waiting for the kubelet to say
+        so for a little while after its log ended), else None."""
+        ns, name = self._state.namespace, self._state.name
+        pod = await self._api.get_pod(ns, name)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + EXIT_REPORT_SECONDS
+        while True:
+            if pod is None:
+                return status.gone(stopping=self.stopping)
+            view = status.describe(pod, stopping=self.stopping)
+            if view.exit is not None:
+                return view.exit
+            if loop.time() >= deadline:
+                return None
+            try:
+                async with asyncio.timeout(max(0.1, deadline - loop.time())):
+                    pod = await self._next_state(pod)
+            except TimeoutError:
+                pod = await self._api.get_pod(ns, name)
+
+    async def send(self, data: bytes) -> None:
+        raise errors.BackendError(
+            "follow-ups are not supported on kubernetes yet: the agent's stdin comes from its "
+            "Secret at start; launch a new run instead"
+        )
+
+    async def stop(self, grace: float) -> None:
+        self._state.stopping = True
+        await self._api.delete_pod(
+            self._state.namespace, self._state.name, grace_seconds=max(1, math.ceil(grace))
+        )
+
+    async def finalize(self) -> list[str]:
+        # The entrypoint pushed the branch and said so in the log (notices already ingested).
+        return []
+
+
+class KubernetesBackend:
+    name = "kubernetes"
+
+    def __init__(self, settings: Settings, api_client: Any | None = None) -> None:
+        self.settings = settings
+        self._api_client = api_client
+        self._owns_client = api_client is None
+        self._api: k8s_api.Api | None = None
+        self._runs: dict[str, _RunState] = {}
+        self._sweeper: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+
+    async def _client(self) -> k8s_api.Api:
+        async with self._lock:
+            if self._api is None:
+                if self._api_client is None:
+                    self._api_client = await k8s_api.connect(self.settings.k8s_kubeconfig)
+                self._api = k8s_api.Api(self._api_client)
+            if self._sweeper is None and self.settings.k8s_cleanup_after_seconds > 0:
+                self._sweeper = _guarded(self._sweep_forever(), "kubernetes pod sweeper")
+            return self._api
+
+    async def aclose(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
+        if self._owns_client and self._api_client is not None:
+            await self._api_client.close()
+        self._api_client = None
+        self._api = None
+
+    def _namespace(self, run: models.Run) -> str:
+        k8s = run.spec.kubernetes
+        return (k8s.namespace if k8s else None) or self.settings.k8s_namespace
+
+    async def launch(
+        self, run: models.Run, command: AgentCommand, secrets: dict[str, str]
+    ) -> tuple[KubernetesHandle, LaunchInfo]:
+        if not run.spec.repo.startswith(("https://", "http://", "git://")):
+            raise errors.LaunchError(
+                f"the kubernetes backend clones inside the pod: {run.spec.repo!r} must be an "
+                "https:// (or git://) URL the cluster can reach"
+            )
+        cfg = config.resolve(run.spec, self.settings)
+        api = await self._client()
+        name = manifests.object_name(run.id)
+        secret = manifests.build_secret(run, command, secrets, cfg)
+        pod_body = manifests.build_pod(run, command, secrets, cfg)
+        try:
+            await api.create_secret(cfg.namespace, secret)
+        except k8s_api.ApiError as exc:
+            raise errors.LaunchError(f"cannot create the run's Secret: {exc.message}") from exc
+        try:
+            pod = await api.create_pod(cfg.namespace, pod_body)
+        except BaseException as exc:
+            await _quietly(api.delete_secret(cfg.namespace, name))
+            if isinstance(exc, k8s_api.ApiError):
+                raise errors.LaunchError(
+                    f"the cluster refused the agent's pod: {exc.message}"
+                ) from exc
+            raise
+        try:
+            owner = {"metadata": {"ownerReferences": [manifests.owner_reference(pod)]}}
+            await api.patch_secret(cfg.namespace, name, owner)
+        except k8s_api.ApiError as exc:  # cleanup() still deletes it
+            log.warning("cannot make pod %s own its Secret: %s", name, exc)
+        state = self._runs[run.id] = _RunState(cfg.namespace, name)
+        info = LaunchInfo(
+            branch=manifests.branch_name(run.id),
+            workspace=f"pod {cfg.namespace}/{name}:{manifests.WORKSPACE}",
+            notices=[f"created pod {cfg.namespace}/{name} (image {cfg.image})"],
+        )
+        return KubernetesHandle(run.id, api, state), info
+
+    async def attach(self, run: models.Run) -> KubernetesHandle:
+        api = await self._client()
+        state = self._runs.get(run.id)
+        if state is None:
+            namespace = self._namespace(run)
+            name = manifests.object_name(run.id)
+            found = await api.list_pods(
+                namespace, manifests.run_selector(run.id, self.settings.k8s_instance)
+            )
+            items = found.get("items") or []
+            if items:
+                name = items[0]["metadata"]["name"]
+            state = self._runs[run.id] = _RunState(namespace, name)
+        return KubernetesHandle(run.id, api, state)
+
+    async def cleanup(self, run: models.Run) -> None:
+        """Delete the run's Secret now (it marks the run as done with) and its pod now or,
+        with AGENTFARM_K8S_CLEANUP_AFTER_SECONDS, by the sweeper once that time has passed."""
+        api = await self._client()
+        state = self._runs.pop(run.id, None)
+        namespace = state.namespace if state else self._namespace(run)
+        name = state.name if state else manifests.object_name(run.id)
+        await api.delete_secret(namespace, name)
+        if self.settings.k8s_cleanup_after_seconds <= 0:
+            await api.delete_pod(namespace, name, grace_seconds=1)
+
+    async def sweep(self, now: datetime | None = None) -> list[str]:
+        """Delete finished pods of this control plane that ended more than the cleanup time
+        ago and whose run is done with (its Secret removed by :meth:`cleanup`)."""
+        api = await self._client()
+        now = now or datetime.now(UTC)
+        namespace = self.settings.k8s_namespace
+        pods = await api.list_pods(
+            namespace, manifests.instance_selector(self.settings.k8s_instance)
+        )
+        deleted: list[str] = []
+        for pod in pods.get("items") or []:
+            name = pod["metadata"]["name"]
+            ended = _finished_at(pod)
+            if (
+                ended is None
+                or (now - ended).total_seconds() < self.settings.k8s_cleanup_after_seconds
+            ):
+                continue
+            if await _secret_exists(api, namespace, name):
+                continue  # not finalized yet: its run still needs the log
+            await api.delete_pod(namespace, name, grace_seconds=1)
+            deleted.append(name)
+        return deleted
+
+    async def _sweep_forever(self) -> None:
+        interval = min(300.0, max(5.0, self.settings.k8s_cleanup_after_seconds / 4))
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.sweep()
+            except (errors.AgentfarmError, *_RETRYABLE) as exc:
+                log.warning("sweeping finished agent pods failed: %s", exc)
+
+
+def _finished_at(pod: k8s_api.Json) -> datetime | None:
+    st = pod.get("status") or {}
+    if st.get("phase") not in ("Succeeded", "Failed"):
+        return None
+    times = [
+        (cs.get("state") or {}).get("terminated", {}).get("finishedAt")
+        for cs in (st.get("containerStatuses") or []) + (st.get("initContainerStatuses") or [])
+    ]
+    stamps = [datetime.fromisoformat(t.replace("Z", "+00:00")) for t in times if t]
+    if not stamps:
+        start = st.get("startTime") or (pod.get("metadata") or {}).get("creationTimestamp")
+        return datetime.fromisoformat(start.replace("Z", "+00:00")) if start else None
+    return max(stamps)
+
+
+async def _secret_exists(api: k8s_api.Api, namespace: str, name: str) -> bool:
+    try:
+        await api._call(api.core.read_namespaced_secret(name, namespace, _preload_content=False))
+    except k8s_api.ApiError as exc:
+        if exc.status == 404:
+            return False
+        raise
+    return True
+
+
+async def _quietly(pending: Coroutine[Any, Any, None]) -> None:
+    try:
+        await pending
+    except (errors.AgentfarmError, *_RETRYABLE) as exc:
+        log.warning("cleanup after a failed launch: %s", exc)
+
+
+def _guarded(coro: Coroutine[Any, Any, None], what: str) -> asyncio.Task[None]:
+    """A background task whose failure is logged when it happens."""
+    task = asyncio.create_task(coro, name=what)
+
+    def report(done: asyncio.Task[None]) -> None:
+        if not done.cancelled() and done.exception() is not None:
+            log.error("%s failed", what, exc_info=done.exception())
+
+    task.add_done_callback(report)
+    return task

@@ -1,0 +1,294 @@
+"""Pure builders for a run's Secret and Pod, as the JSON the API server takes.
+
+The pod is hardened by default (non-root uid 1000, no privilege escalation, every capability
+dropped, seccomp RuntimeDefault, no service-account token, read-only root filesystem with
+writable workspace, home and tmp volumes). Secret values (credentials, git tokens, the prompt
+on stdin) only ever appear in the Secret; the pod refers to them by key.
+
+The entrypoint in the agent image (deploy/agent/entrypoint.py) has two modes: ``clone`` (the
+init container) and ``run`` (the agent container). This module is its other half: the
+``AGENTFARM_*`` variables it sets are the entrypoint's whole contract.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import posixpath
+import re
+from typing import Any
+from urllib.parse import urlsplit
+
+from agentfarm.agents.base import AgentCommand
+from agentfarm.backends.kubernetes.config import GIT_TOKEN_NAMES, PodConfig
+from agentfarm.domain import errors, models
+
+Json = dict[str, Any]
+
+UID = 1000
+AGENT_CONTAINER = "agent"
+CLONE_CONTAINER = "clone"
+ENTRYPOINT = "/opt/agentfarm/entrypoint.py"
+WORKSPACE = "/workspace"
+HOME = "/home/agent"
+INPUT_DIR = "/run/agentfarm"
+#: The Secret key holding the agent's first stdin bytes (not a valid env name: no clash).
+STDIN_KEY = "agentfarm-stdin"
+
+LABEL_RUN = "agentfarm.dev/run-id"
+LABEL_INSTANCE = "agentfarm.dev/instance"
+LABEL_COMPONENT = "app.kubernetes.io/component"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+ANNOTATION_CONFIG = "agentfarm.dev/config"
+
+_RUN_ID_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,40}[a-z0-9])?$")
+
+
+def object_name(run_id: str) -> str:
+    """The name shared by a run's pod and Secret."""
+    if not _RUN_ID_RE.match(run_id):
+        raise errors.LaunchError(f"run id {run_id!r} cannot name a Kubernetes object")
+    return f"agentfarm-run-{run_id}"
+
+
+def labels(run_id: str, instance: str) -> dict[str, str]:
+    return {
+        LABEL_MANAGED_BY: "agentfarm",
+        LABEL_COMPONENT: "agent",
+        LABEL_INSTANCE: instance,
+        LABEL_RUN: run_id,
+    }
+
+
+def instance_selector(instance: str) -> str:
+    return f"{LABEL_MANAGED_BY}=agentfarm,{LABEL_INSTANCE}={instance}"
+
+
+def run_selector(run_id: str, instance: str) -> str:
+    return f"{instance_selector(instance)},{LABEL_RUN}={run_id}"
+
+
+def branch_name(run_id: str) -> str:
+    return f"agentfarm/{run_id}"
+
+
+def git_credentials(secrets: dict[str, str], cfg: PodConfig) -> list[Json]:
+    """Which secret authenticates which HTTPS prefix (through git ``insteadOf`` rewrites)."""
+    rules: list[Json] = []
+    github = next((n for n in ("GITHUB_TOKEN", "GH_TOKEN") if secrets.get(n)), None)
+    if github:
+        rules.append({"url": "https://github.com/", "user": "x-access-token", "env": github})
+    if cfg.forgejo_url and secrets.get("FORGEJO_TOKEN"):
+        parts = urlsplit(cfg.forgejo_url)
+        if parts.scheme == "https" and parts.netloc:
+            rules.append(
+                {"url": f"https://{parts.netloc}/", "user": "oauth2", "env": "FORGEJO_TOKEN"}
+            )
+    return rules
+
+
+def secret_env_names(secrets: dict[str, str], cfg: PodConfig) -> list[str]:
+    """Secrets that become the agent's environment (credentials, never git tokens)."""
+    skip = set(GIT_TOKEN_NAMES)
+    if cfg.credentials == "shared-home":
+        # The shared ~/.claude holds the login; a token would take precedence over it.
+        skip |= {"CLAUDE_CODE_OAUTH_TOKEN"}
+    return sorted(name for name in secrets if name not in skip)
+
+
+def build_secret(
+    run: models.Run, command: AgentCommand, secrets: dict[str, str], cfg: PodConfig
+) -> Json:
+    name = object_name(run.id)
+    data = {key: _b64(value.encode()) for key, value in sorted(secrets.items())}
+    data[STDIN_KEY] = _b64(command.stdin)
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": name,
+            "namespace": cfg.namespace,
+            "labels": labels(run.id, cfg.instance),
+        },
+        "type": "Opaque",
+        "data": data,
+    }
+
+
+def owner_reference(pod: Json) -> Json:
+    """An ownerReference to ``pod`` (as created), so deleting the pod collects the Secret."""
+    meta = pod["metadata"]
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "blockOwnerDeletion": False,
+    }
+
+
+def build_pod(
+    run: models.Run, command: AgentCommand, secrets: dict[str, str], cfg: PodConfig
+) -> Json:
+    name = object_name(run.id)
+    spec = run.spec
+    token_rules = git_credentials(secrets, cfg)
+    token_env = [_secret_ref(rule["env"], name) for rule in token_rules]
+    common_env = [
+        {"name": "HOME", "value": HOME},
+        {"name": "AGENTFARM_RUN_ID", "value": run.id},
+        {"name": "AGENTFARM_REPO", "value": spec.repo},
+        {"name": "AGENTFARM_BASE_BRANCH", "value": spec.base_branch or ""},
+        {"name": "AGENTFARM_BRANCH", "value": branch_name(run.id)},
+        {"name": "AGENTFARM_WORKSPACE", "value": WORKSPACE},
+        {"name": "AGENTFARM_GIT_CREDENTIALS", "value": json.dumps(token_rules)},
+    ]
+    ours = {item["name"] for item in common_env}
+    agent_env = [
+        {"name": key, "value": value}
+        for key, value in sorted(command.env.items())
+        if key not in ours and key not in secrets
+    ]
+    agent_env += common_env
+    agent_env += [
+        {"name": "AGENTFARM_STDIN", "value": f"{INPUT_DIR}/stdin"},
+        {"name": "AGENTFARM_CLOSE_STDIN_AFTER", "value": json.dumps(command.close_stdin_after)},
+        {"name": "AGENTFARM_PUSH", "value": "1"},
+    ]
+    agent_env += [_secret_ref(key, name) for key in secret_env_names(secrets, cfg)]
+    agent_env += token_env
+
+    mounts = [
+        {"name": "workspace", "mountPath": WORKSPACE},
+        {"name": "home", "mountPath": HOME},
+        {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108 - a private emptyDir
+    ]
+    volumes: list[Json] = [
+        {"name": "workspace", "emptyDir": {}},
+        {"name": "home", "emptyDir": {}},
+        {"name": "tmp", "emptyDir": {}},
+        {
+            "name": "input",
+            "secret": {
+                "secretName": name,
+                "items": [{"key": STDIN_KEY, "path": "stdin"}],
+                "defaultMode": 0o440,
+            },
+        },
+    ]
+    agent_mounts = [*mounts, {"name": "input", "mountPath": INPUT_DIR, "readOnly": True}]
+    if cfg.credentials == "shared-home":
+        volumes.append(
+            {
+                "name": "claude-home",
+                "persistentVolumeClaim": {"claimName": cfg.credentials_claim},
+            }
+        )
+        agent_mounts.append({"name": "claude-home", "mountPath": f"{HOME}/.claude"})
+
+    argv = [posixpath.basename(command.argv[0]), *command.argv[1:]] if command.argv else []
+    resources = _resources(cfg.resources)
+    pod_spec: Json = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": cfg.grace_seconds,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": UID,
+            "runAsGroup": UID,
+            "fsGroup": UID,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "initContainers": [
+            {
+                "name": CLONE_CONTAINER,
+                "image": cfg.image,
+                "imagePullPolicy": "IfNotPresent",
+                "command": ["python3", ENTRYPOINT, "clone"],
+                "env": common_env + token_env,
+                "workingDir": WORKSPACE,
+                "volumeMounts": mounts,
+                "resources": resources,
+                "securityContext": _container_security(),
+                "terminationMessagePolicy": "FallbackToLogsOnError",
+            }
+        ],
+        "containers": [
+            {
+                "name": AGENT_CONTAINER,
+                "image": cfg.image,
+                "imagePullPolicy": "IfNotPresent",
+                "command": ["python3", ENTRYPOINT, "run", "--", *argv],
+                "env": agent_env,
+                "workingDir": WORKSPACE,
+                "volumeMounts": agent_mounts,
+                "resources": resources,
+                "securityContext": _container_security(),
+                "terminationMessagePolicy": "FallbackToLogsOnError",
+            }
+        ],
+        "volumes": volumes,
+    }
+    if cfg.runtime_class:
+        pod_spec["runtimeClassName"] = cfg.runtime_class
+    if cfg.service_account:
+        pod_spec["serviceAccountName"] = cfg.service_account
+    if cfg.node_selector:
+        pod_spec["nodeSelector"] = dict(cfg.node_selector)
+    if cfg.tolerations:
+        pod_spec["tolerations"] = [_toleration(t) for t in cfg.tolerations]
+    annotations = {ANNOTATION_CONFIG: run.config_name} if run.config_name else {}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": cfg.namespace,
+            "labels": labels(run.id, cfg.instance),
+            "annotations": annotations,
+        },
+        "spec": pod_spec,
+    }
+
+
+def _b64(value: bytes) -> str:
+    return base64.b64encode(value).decode("ascii")
+
+
+def _secret_ref(key: str, secret_name: str) -> Json:
+    return {"name": key, "valueFrom": {"secretKeyRef": {"name": secret_name, "key": key}}}
+
+
+def _container_security() -> Json:
+    return {
+        "allowPrivilegeEscalation": False,
+        "privileged": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "runAsUser": UID,
+        "runAsGroup": UID,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _resources(res: models.K8sResources) -> Json:
+    def amounts(a: models.K8sResourceAmounts) -> dict[str, str]:
+        out = {"cpu": a.cpu, "memory": a.memory, "ephemeral-storage": a.ephemeral_storage}
+        return {k: v for k, v in out.items() if v}
+
+    return {"requests": amounts(res.requests), "limits": amounts(res.limits)}
+
+
+def _toleration(t: models.K8sToleration) -> Json:
+    out: Json = {"operator": t.operator}
+    if t.key:
+        out["key"] = t.key
+    if t.value and t.operator == "Equal":
+        out["value"] = t.value
+    if t.effect:
+        out["effect"] = t.effect
+    if t.toleration_seconds is not None:
+        out["tolerationSeconds"] = t.toleration_seconds
+    return out
