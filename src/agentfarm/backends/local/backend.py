@@ -1,0 +1,245 @@
+"""The local backend: one clone and one bubblewrap sandbox per run, watched by a monitor.
+
+``launch`` prepares ``runs/<id>/`` (workspace clone on branch ``agentfarm/<id>``, private
+HOME, generated passwd/group), then starts the monitor (``monitor.py``) with the whole spec
+on a pipe and returns once the agent has started. Everything here is async; blocking file
+work runs in threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import agentfarm
+from agentfarm.agents.base import AgentCommand
+from agentfarm.backends.base import LaunchInfo
+from agentfarm.backends.local import cgroups, git, procs, sandbox
+from agentfarm.backends.local.handle import (
+    GIT_STATE,
+    LocalHandle,
+    branch_name,
+    monitor_running,
+    read_identity,
+)
+from agentfarm.domain import errors, models
+from agentfarm.settings import Settings
+
+NO_BWRAP = (
+    "bubblewrap is not installed: apt-get install bubblewrap "
+    "(or set sandbox.mode to none to run unsandboxed)"
+)
+#: Where the monitor imports agentfarm from: the very code this server runs.
+PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(agentfarm.__file__)))
+#: Directories already visible in the sandbox (an agent binary there needs no extra bind).
+SYSTEM_PREFIXES = ("/usr/",)
+
+
+def find_bwrap() -> str | None:
+    return shutil.which("bwrap")
+
+
+def find_setpriv() -> str | None:
+    return shutil.which("setpriv")
+
+
+class LocalBackend:
+    name = "local"
+
+    def __init__(self, settings: Settings, *, interrupt: bytes = b"") -> None:
+        self.settings = settings
+        #: Written to the agent's stdin when a run is stopped (the adapter's interrupt()).
+        self.interrupt = interrupt
+
+    def run_dir(self, run_id: str) -> Path:
+        return self.settings.runs_dir / run_id
+
+    def handle(self, run: models.Run) -> LocalHandle:
+        return LocalHandle(run, self.run_dir(run.id), interrupt=self.interrupt)
+
+    async def launch(
+        self, run: models.Run, command: AgentCommand, secrets: dict[str, str]
+    ) -> tuple[LocalHandle, LaunchInfo]:
+        box = run.spec.sandbox
+        bwrap = find_bwrap() if box.mode == "bwrap" else None
+        if box.mode == "bwrap" and bwrap is None:
+            raise errors.ConfigurationError(NO_BWRAP)
+        if not command.argv:
+            raise errors.LaunchError("the agent command is empty")
+        is_root = os.geteuid() == 0
+        uid, gid = (
+            (self.settings.sandbox_uid, self.settings.sandbox_gid) if is_root else (None, None)
+        )
+        setpriv = find_setpriv() if is_root else "setpriv"
+        if setpriv is None:
+            raise errors.ConfigurationError("setpriv is not installed: apt-get install util-linux")
+        run_dir = self.run_dir(run.id)
+        workspace, home = run_dir / "workspace", run_dir / "home"
+        agent = await asyncio.to_thread(_resolve, command.argv[0])
+        await asyncio.to_thread(self._prepare, run_dir, uid, gid)
+        branch = branch_name(run.id)
+        await git.clone(run.spec.repo, workspace, run.spec.base_branch)
+        await git.new_branch(workspace, branch)
+        borrowed = await asyncio.to_thread(_save_git_state, run_dir, workspace)
+        if uid is not None:
+            await _chown(f"{uid}:{gid}", workspace, home)
+
+        binds: list[sandbox.Bind] = []
+        agent_dir = os.path.dirname(agent)
+        if not agent.startswith(SYSTEM_PREFIXES):
+            binds.append(sandbox.Bind(agent_dir, agent_dir))
+        binds += [sandbox.Bind(str(path), str(path)) for path in borrowed]
+        usr_links, real_dirs, etc = await asyncio.to_thread(_root_layout)
+        binds = [sandbox.Bind(d, d) for d in real_dirs] + binds
+        in_box = box.mode == "bwrap"
+        env = sandbox.agent_env(command.env, secrets, home=sandbox.HOME if in_box else str(home))
+        spec: dict[str, Any] = {
+            "run_dir": str(run_dir),
+            "mode": box.mode,
+            "argv": [agent, *command.argv[1:]],
+            "env": env,
+            "stdin": _b64(command.stdin),
+            "close_stdin_after": list(command.close_stdin_after),
+            "workspace": str(workspace),
+            "home": str(home),
+            "passwd": str(run_dir / "etc" / "passwd"),
+            "group": str(run_dir / "etc" / "group"),
+            "network": box.network,
+            "limits": {"memory_mb": box.memory_mb, "cpus": box.cpus, "pids": box.pids},
+            "cgroup_name": run.id,
+            "uid": uid,
+            "gid": gid,
+            "etc": etc,
+            "binds": [[b.source, b.dest, b.writable] for b in binds],
+            "bwrap": bwrap or "bwrap",
+            "setpriv": setpriv,
+            "usr_links": usr_links,
+        }
+        await self._start_monitor(run_dir, spec)
+        notices: list[str] = []
+        return self.handle(run), LaunchInfo(
+            branch=branch, workspace=str(workspace), notices=notices
+        )
+
+    async def attach(self, run: models.Run) -> LocalHandle:
+        return self.handle(run)
+
+    async def cleanup(self, run: models.Run) -> None:
+        run_dir = self.run_dir(run.id)
+        identity = await asyncio.to_thread(read_identity, run_dir)
+        if identity is not None and await asyncio.to_thread(procs.is_running, *identity):
+            # A monitor still going: kill it, and its sandbox dies with it (--die-with-parent).
+            procs.kill_quietly(identity[0])
+            for _ in range(200):
+                if not await asyncio.to_thread(monitor_running, run_dir):
+                    break
+                await asyncio.sleep(0.01)
+        await asyncio.to_thread(cgroups.remove_leftovers, run.id)
+        await asyncio.to_thread(shutil.rmtree, run_dir, True)
+
+    # --- helpers ---------------------------------------------------------------------------
+    def _prepare(self, run_dir: Path, uid: int | None, gid: int | None) -> None:
+        self.settings.ensure_dirs()
+        if run_dir.exists():
+            raise errors.ConflictError(f"run directory {run_dir} already exists")
+        run_dir.mkdir(mode=0o711)
+        run_dir.chmod(0o711)  # mkdir's mode is masked by the umask
+        (run_dir / "home").mkdir(mode=0o700)
+        etc = run_dir / "etc"
+        etc.mkdir(mode=0o755)
+        etc.chmod(0o755)
+        real_uid, real_gid = (uid, gid) if uid is not None else (os.getuid(), os.getgid())
+        (etc / "passwd").write_text(sandbox.passwd_file(real_uid, real_gid or real_uid))
+        (etc / "group").write_text(sandbox.group_file(real_gid or real_uid))
+        for name in ("passwd", "group"):
+            (etc / name).chmod(0o644)
+
+    async def _start_monitor(self, run_dir: Path, spec: dict[str, Any]) -> None:
+        # The monitor imports the very code this server runs, installed or not; it gets no
+        # other part of the server's environment (which may hold credentials).
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"}
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (PACKAGE_ROOT, os.environ.get("PYTHONPATH")) if p
+        )
+        log = await asyncio.to_thread(
+            os.open, run_dir / "monitor.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600
+        )
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "agentfarm.backends.local.monitor",
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=log,
+                cwd=run_dir, env=env, start_new_session=True,
+            )  # fmt: skip
+        finally:
+            os.close(log)
+        out, _ = await proc.communicate(json.dumps(spec).encode())
+        try:
+            status = json.loads(out.splitlines()[0])
+        except (IndexError, ValueError):
+            tail = await asyncio.to_thread(_tail, run_dir / "monitor.log")
+            raise errors.LaunchError(f"the run's monitor did not start: {tail}") from None
+        if not status.get("ok"):
+            raise errors.LaunchError(f"the agent did not start: {status.get('error')}")
+
+
+def _b64(data: bytes) -> str:
+    import base64
+
+    return base64.b64encode(data).decode()
+
+
+def _resolve(program: str) -> str:
+    """The real path of the agent's executable (its directory gets bound into the sandbox)."""
+    found = program if os.sep in program else shutil.which(program)
+    if found is None or not os.path.exists(found):
+        raise errors.LaunchError(f"the agent program {program!r} was not found")
+    return os.path.realpath(found)
+
+
+def _root_layout() -> tuple[list[str], list[str], list[str]]:
+    """Top-level names that are symlinks into /usr, real top-level directories to bind, and
+    the allowed /etc entries this host has."""
+    links, dirs = [], []
+    for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
+        path = f"/{name}"
+        if os.path.islink(path):
+            if os.readlink(path).lstrip("/").startswith("usr/"):
+                links.append(name)
+        elif os.path.isdir(path):
+            dirs.append(path)
+    etc = [name for name in sandbox.ETC_ALLOW if os.path.lexists(f"/etc/{name}")]
+    return links, dirs, etc
+
+
+def _save_git_state(run_dir: Path, workspace: Path) -> list[Path]:
+    """Keep what the host wrote into .git (restored before host git runs there again)."""
+    config = (workspace / ".git" / "config").read_text()
+    alternates_file = workspace / ".git" / "objects" / "info" / "alternates"
+    alternates = alternates_file.read_text() if alternates_file.exists() else None
+    path = run_dir / GIT_STATE
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump({"config": config, "alternates": alternates}, fh)
+    return git.alternates(workspace)
+
+
+async def _chown(owner: str, *paths: Path) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        "chown", "-R", "--no-dereference", owner, *map(str, paths),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, err = await proc.communicate()
+    if proc.returncode != 0:
+        raise errors.LaunchError(f"cannot hand the workspace to the sandbox user: {err.decode()}")
+
+
+def _tail(path: Path, size: int = 2000) -> str:
+    try:
+        return path.read_text(errors="replace")[-size:].strip() or "no output"
+    except OSError:
+        return "no log"

@@ -1,0 +1,223 @@
+"""Resource limits for one run through cgroups, v1 (per-controller hierarchies) or v2.
+
+The monitor creates the run's groups, the launcher child joins them between fork and exec
+(:meth:`RunCgroup.join`), and the monitor watches the OOM counter, since v1 has neither
+``memory.oom.group`` nor ``cgroup.kill``: when the kernel OOM-kills a process of the run,
+the monitor tears the whole sandbox down and reports ``oom_killed``. Where a limit cannot be
+set (not root, no controller), the run goes on and :attr:`RunCgroup.notices` says which
+limit is not enforced and why. Blocking file I/O: monitor-side only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path("/sys/fs/cgroup")
+PARENT = "agentfarm"
+CPU_PERIOD_US = 100_000
+
+
+@dataclass(frozen=True)
+class Limits:
+    memory_mb: int | None = None
+    cpus: float | None = None
+    pids: int | None = None
+
+    def wanted(self) -> dict[str, str]:
+        """Controller -> human description of the limit asked for."""
+        out = {}
+        if self.memory_mb is not None:
+            out["memory"] = f"memory limit ({self.memory_mb} MiB)"
+        if self.cpus is not None:
+            out["cpu"] = f"CPU limit ({self.cpus:g} cores)"
+        if self.pids is not None:
+            out["pids"] = f"process limit ({self.pids})"
+        return out
+
+
+@dataclass
+class RunCgroup:
+    version: int | None = None
+    #: The groups' directories (one per controller on v1, one on v2).
+    dirs: list[Path] = field(default_factory=list)
+    memory_dir: Path | None = None
+    notices: list[str] = field(default_factory=list)
+
+    def join(self) -> None:
+        """Move the calling process into every group (in the child, before exec)."""
+        pid = str(os.getpid()).encode()
+        for directory in self.dirs:
+            fd = os.open(directory / "cgroup.procs", os.O_WRONLY)
+            try:
+                os.write(fd, pid)
+            finally:
+                os.close(fd)
+
+    def oom_kills(self) -> int:
+        """How many processes the kernel OOM-killed in this run so far."""
+        if self.memory_dir is None:
+            return 0
+        name = "memory.oom_control" if self.version == 1 else "memory.events"
+        try:
+            text = (self.memory_dir / name).read_text()
+        except OSError:
+            return 0
+        for line in text.splitlines():
+            key, _, value = line.partition(" ")
+            if key == "oom_kill":
+                return int(value)
+        return 0
+
+    def pids(self) -> set[int]:
+        found: set[int] = set()
+        for directory in self.dirs:
+            with contextlib.suppress(OSError):
+                found |= {int(p) for p in (directory / "cgroup.procs").read_text().split()}
+        return found
+
+    def destroy(self, timeout: float = 5.0) -> None:
+        """Kill whatever is left in the groups, then remove them."""
+        deadline = time.monotonic() + timeout
+        while (left := self.pids()) and time.monotonic() < deadline:
+            kill = next(
+                (d / "cgroup.kill" for d in self.dirs if (d / "cgroup.kill").exists()), None
+            )
+            if kill is not None:
+                with contextlib.suppress(OSError):
+                    kill.write_text("1")
+            for pid in left:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.01)
+        for directory in self.dirs:
+            for _ in range(50):
+                try:
+                    directory.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    time.sleep(0.02)  # the last member is still being reaped
+
+
+def create(
+    name: str, limits: Limits, *, root: Path = ROOT, is_root: bool | None = None
+) -> RunCgroup:
+    """The run's groups with ``limits`` set, or a :class:`RunCgroup` with notices only."""
+    wanted = limits.wanted()
+    if not wanted:
+        return RunCgroup()
+    if is_root is None:
+        is_root = os.geteuid() == 0
+    if not is_root:
+        return RunCgroup(
+            notices=[_not_enforced(wanted.values(), "the server does not run as root")]
+        )
+    if (root / "cgroup.controllers").exists():
+        return _create_v2(root, name, limits, wanted)
+    if (root / "memory" / "tasks").exists() or (root / "pids" / "tasks").exists():
+        return _create_v1(root, name, limits, wanted)
+    if (root / "unified" / "cgroup.controllers").exists():
+        return _create_v2(root / "unified", name, limits, wanted)
+    return RunCgroup(notices=[_not_enforced(wanted.values(), f"no cgroup hierarchy at {root}")])
+
+
+def _not_enforced(what: object, why: str) -> str:
+    items = list(what)  # type: ignore[call-overload]
+    return f"{', '.join(items)} not enforced: {why}"
+
+
+def _create_v1(root: Path, name: str, limits: Limits, wanted: dict[str, str]) -> RunCgroup:
+    group = RunCgroup(version=1)
+    settings: dict[str, list[tuple[str, str]]] = {}
+    if limits.memory_mb is not None:
+        value = str(limits.memory_mb * 1024 * 1024)
+        # memsw (memory + swap) keeps the limit from being dodged by swapping, where it exists.
+        settings["memory"] = [
+            ("memory.limit_in_bytes", value),
+            ("memory.memsw.limit_in_bytes", value),
+        ]
+    if limits.cpus is not None:
+        quota = str(max(1000, int(limits.cpus * CPU_PERIOD_US)))
+        settings["cpu"] = [("cpu.cfs_period_us", str(CPU_PERIOD_US)), ("cpu.cfs_quota_us", quota)]
+    if limits.pids is not None:
+        settings["pids"] = [("pids.max", str(limits.pids))]
+    # The freezer holds no limit, but a frozen group cannot fork while it is emptied.
+    failed: list[str] = []
+    for controller, files in settings.items():
+        base = root / controller
+        if not (base / "tasks").exists():
+            failed.append(
+                f"{wanted[controller]} not enforced: no cgroup v1 {controller} controller"
+            )
+            continue
+        directory = base / PARENT / name
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            for filename, value in files:
+                path = directory / filename
+                if filename == "memory.memsw.limit_in_bytes" and not path.exists():
+                    continue
+                path.write_text(value)
+        except OSError as exc:
+            failed.append(f"{wanted[controller]} not enforced: {exc.strerror or exc}")
+            with contextlib.suppress(OSError):
+                directory.rmdir()
+            continue
+        group.dirs.append(directory)
+        if controller == "memory":
+            group.memory_dir = directory
+    group.notices = failed
+    return group
+
+
+def _create_v2(root: Path, name: str, limits: Limits, wanted: dict[str, str]) -> RunCgroup:
+    group = RunCgroup(version=2)
+    available = set((root / "cgroup.controllers").read_text().split())
+    usable = [c for c in wanted if c in available]
+    missing = [wanted[c] for c in wanted if c not in available]
+    notices = []
+    if missing:
+        notices.append(_not_enforced(missing, "the cgroup v2 controller is not available"))
+    if not usable:
+        return RunCgroup(notices=notices)
+    parent = root / PARENT
+    directory = parent / name
+    try:
+        enable = " ".join(f"+{c}" for c in usable)
+        (root / "cgroup.subtree_control").write_text(enable)
+        parent.mkdir(exist_ok=True)
+        (parent / "cgroup.subtree_control").write_text(enable)
+        directory.mkdir(exist_ok=True)
+        if limits.memory_mb is not None and "memory" in usable:
+            (directory / "memory.max").write_text(str(limits.memory_mb * 1024 * 1024))
+            with contextlib.suppress(OSError):
+                (directory / "memory.swap.max").write_text("0")
+        if limits.cpus is not None and "cpu" in usable:
+            quota = max(1000, int(limits.cpus * CPU_PERIOD_US))
+            (directory / "cpu.max").write_text(f"{quota} {CPU_PERIOD_US}")
+        if limits.pids is not None and "pids" in usable:
+            (directory / "pids.max").write_text(str(limits.pids))
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            directory.rmdir()
+        why = f"cannot set up cgroup v2 ({exc.strerror or exc})"
+        return RunCgroup(notices=[*notices, _not_enforced([wanted[c] for c in usable], why)])
+    group.dirs.append(directory)
+    if "memory" in usable:
+        group.memory_dir = directory
+    group.notices = notices
+    return group
+
+
+def remove_leftovers(name: str, *, root: Path = ROOT) -> None:
+    """Kill and remove a run's groups a dead monitor left behind (any version)."""
+    dirs = [p for p in root.glob(f"*/{PARENT}/{name}") if p.is_dir()]
+    dirs += [p for p in (root / PARENT / name,) if p.is_dir()]
+    if dirs:
+        RunCgroup(dirs=dirs).destroy()

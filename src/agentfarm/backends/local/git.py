@@ -1,0 +1,160 @@
+"""Host-side git for run workspaces (async).
+
+A workspace is written by the agent, so everything in it is untrusted: its ``.git/config``
+could name hooks, an fsmonitor, an alternate-refs command or URL rewrites that would run or
+leak when the host later runs git there. Every call therefore disables hooks and fsmonitor on
+the command line (which outranks repository config and reaches child git processes), and
+before the host touches a finished workspace, :func:`sanitize` rewrites its config and
+alternates from what the host knows. Workspaces belong to the sandbox uid, hence the
+``safe.directory`` exception, given per call for that one path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shlex
+from pathlib import Path
+
+from agentfarm.domain import errors
+
+SAFE_CONFIG = (
+    "core.hooksPath=/dev/null",
+    "core.fsmonitor=false",
+    "core.alternateRefsCommand=",
+    "core.sshCommand=ssh",
+    "protocol.ext.allow=never",
+)
+
+_SCP_LIKE = re.compile(r"^[A-Za-z0-9_.+-]+@[^/:]+:")
+_CREDENTIALS = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@]*@")
+
+
+def is_local(repo: str) -> bool:
+    """A path (not a URL or ``user@host:path``) to a repository on this machine."""
+    if "://" in repo or _SCP_LIKE.match(repo):
+        return repo.startswith("file://")
+    return True
+
+
+def local_path(repo: str) -> Path:
+    return Path(repo.removeprefix("file://")).expanduser().resolve()
+
+
+def strip_credentials(url: str) -> str:
+    """``https://user:token@host/x`` -> ``https://host/x``."""
+    return _CREDENTIALS.sub(r"\1", url)
+
+
+class GitError(errors.LaunchError):
+    pass
+
+
+def _config_args(trusted: tuple[Path, ...]) -> list[str]:
+    argv: list[str] = []
+    for item in SAFE_CONFIG:
+        argv += ["-c", item]
+    for path in trusted:
+        argv += ["-c", f"safe.directory={path}"]
+    return argv
+
+
+async def git(
+    *args: str, cwd: Path | None = None, trusted: tuple[Path, ...] = (), limit: float = 600
+) -> str:
+    """Run git with the safe settings; raise :class:`GitError` with git's own words."""
+    argv = ["git", *_config_args(trusted), *args]
+    env = dict(os.environ)
+    # Never wait for a password on a terminal nobody watches.
+    env.update(GIT_TERMINAL_PROMPT="0", GIT_ASKPASS="/bin/false", SSH_ASKPASS="/bin/false")
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        cwd=cwd,
+        env=env,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), limit)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise GitError(f"git {args[0]} took longer than {limit:g} s") from None
+    if proc.returncode != 0:
+        message = strip_credentials(err.decode(errors="replace").strip()) or "no output"
+        raise GitError(f"git {args[0]} failed: {message}")
+    return out.decode(errors="replace")
+
+
+async def clone(repo: str, dest: Path, base_branch: str | None) -> None:
+    """Clone ``repo`` into ``dest`` (sharing objects with a local source)."""
+    args = ["clone", "--quiet"]
+    if base_branch:
+        args += ["--branch", base_branch]
+    if is_local(repo):
+        source = local_path(repo)
+        args += ["--shared", "--", str(source), str(dest)]
+    else:
+        args += ["--", repo, str(dest)]
+    await git(*args)
+    if not is_local(repo) and strip_credentials(repo) != repo:
+        # The clone wrote the URL, credentials included, into .git/config: take them out.
+        await git("remote", "set-url", "origin", strip_credentials(repo), cwd=dest)
+
+
+async def new_branch(workspace: Path, branch: str) -> None:
+    await git("checkout", "--quiet", "-b", branch, cwd=workspace)
+
+
+def alternates(workspace: Path) -> list[Path]:
+    """Object directories the workspace borrows from, following chained alternates."""
+    found: list[Path] = []
+    todo = [workspace / ".git" / "objects"]
+    while todo and len(found) < 16:
+        info = todo.pop() / "info" / "alternates"
+        try:
+            lines = info.read_text().splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            line = line.strip()
+            if line and not line.startswith("#"):
+                path = (info.parent.parent / line).resolve()
+                if path not in found:
+                    found.append(path)
+                    todo.append(path)
+    return found
+
+
+def sanitize(workspace: Path, config: str, alternates_text: str | None) -> None:
+    """Put back the config and alternates the host wrote (blocking; after the agent exited)."""
+    git_dir = workspace / ".git"
+    for name, text in (("config", config), ("objects/info/alternates", alternates_text)):
+        path = git_dir / name
+        if path.is_symlink() or path.is_dir():
+            raise GitError(f"the agent replaced .git/{name} with something odd; not touching it")
+        if text is None:
+            path.unlink(missing_ok=True)
+        else:
+            path.write_text(text)
+
+
+async def fetch_back(source: Path, workspace: Path, branch: str) -> None:
+    """Copy ``branch`` from the workspace into the local source repository."""
+    refspec = f"+refs/heads/{branch}:refs/heads/{branch}"
+    # git drops -c settings (GIT_CONFIG_PARAMETERS) when it spawns upload-pack for a local
+    # transport, so the workspace side gets them through --upload-pack explicitly.
+    upload_pack = ["git", *_config_args((workspace, workspace / ".git")), "upload-pack"]
+    await git(
+        "fetch", "--quiet", "--no-tags", "--upload-pack", shlex.join(upload_pack),
+        str(workspace), refspec, cwd=source, trusted=(source,),
+    )  # fmt: skip
+
+
+async def push(repo: str, workspace: Path, branch: str) -> None:
+    await git(
+        "push", "--quiet", "--", repo, f"refs/heads/{branch}:refs/heads/{branch}",
+        cwd=workspace, trusted=(workspace, workspace / ".git"),
+    )  # fmt: skip

@@ -1,0 +1,135 @@
+"""The control plane's handle on one local run: read its spool, talk to its monitor."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from agentfarm.backends.base import Record
+from agentfarm.backends.local import git, procs, spool
+from agentfarm.backends.local.monitor import CONTROL_SOCK, MONITOR_JSON, SPOOL
+from agentfarm.domain import errors, models
+
+GIT_STATE = "git-state.json"
+
+
+def branch_name(run_id: str) -> str:
+    return f"agentfarm/{run_id}"
+
+
+def read_identity(run_dir: Path) -> tuple[int, int] | None:
+    """The monitor's (pid, start time) from monitor.json (blocking)."""
+    try:
+        body = json.loads((run_dir / MONITOR_JSON).read_text())
+        return int(body["pid"]), int(body["start_time"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def monitor_running(run_dir: Path) -> bool:
+    identity = read_identity(run_dir)
+    return identity is not None and procs.is_running(*identity)
+
+
+class LocalHandle:
+    """A run of the local backend. ``interrupt`` is written to stdin when stopping."""
+
+    def __init__(self, run: models.Run, run_dir: Path, *, interrupt: bytes = b"") -> None:
+        self.run_id = run.id
+        self.run = run
+        self.run_dir = run_dir
+        self.interrupt = interrupt
+        self._identity: tuple[int, int] | None = None
+
+    async def alive(self) -> bool:
+        if self._identity is None:
+            self._identity = await asyncio.to_thread(read_identity, self.run_dir)
+            if self._identity is None:
+                return False
+        return await asyncio.to_thread(procs.is_running, *self._identity)
+
+    def records(self, after: int) -> AsyncIterator[Record]:
+        return spool.follow(self.run_dir / SPOOL, after, self.alive)
+
+    async def request(self, message: dict[str, Any]) -> dict[str, Any]:
+        """One request to the monitor's control socket; raises BackendError if unreachable."""
+        # Connect through a directory descriptor: unix socket paths are limited to ~108 bytes.
+        try:
+            dirfd = os.open(self.run_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise errors.BackendError(f"run {self.run_id} has no run directory: {exc}") from None
+        writer = None
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_unix_connection(f"/proc/self/fd/{dirfd}/{CONTROL_SOCK}"), 5
+            )
+            writer.write(json.dumps(message).encode() + b"\n")
+            await writer.drain()
+            line = await asyncio.wait_for(reader.readline(), 10)
+        except (OSError, TimeoutError) as exc:
+            raise errors.BackendError(
+                f"cannot reach the monitor of run {self.run_id} ({exc}); is it still running?"
+            ) from None
+        finally:
+            os.close(dirfd)
+            if writer is not None:
+                writer.close()
+                with contextlib.suppress(OSError):
+                    await writer.wait_closed()
+        try:
+            reply: dict[str, Any] = json.loads(line)
+        except ValueError:
+            raise errors.BackendError(f"the monitor of run {self.run_id} hung up") from None
+        if not reply.get("ok"):
+            raise errors.BackendError(f"run {self.run_id}: {reply.get('error', 'refused')}")
+        return reply
+
+    async def send(self, data: bytes) -> None:
+        await self.request({"op": "send", "data": base64.b64encode(data).decode()})
+
+    async def stop(self, grace: float) -> None:
+        message = {
+            "op": "stop",
+            "grace": grace,
+            "interrupt": base64.b64encode(self.interrupt).decode(),
+        }
+        try:
+            await self.request(message)
+        except errors.BackendError:
+            if await self.alive():
+                raise
+            # The monitor is gone, and the sandbox with it (--die-with-parent): nothing to stop.
+
+    async def finalize(self) -> list[str]:
+        # After the exit frame the monitor only fsyncs and closes: give it a moment.
+        for _ in range(500):
+            if not await self.alive():
+                break
+            await asyncio.sleep(0.01)
+        else:
+            raise errors.BackendError(f"run {self.run_id} is still running; stop it first")
+        workspace = self.run_dir / "workspace"
+        branch = branch_name(self.run_id)
+        try:
+            state = json.loads(await asyncio.to_thread((self.run_dir / GIT_STATE).read_text))
+            await asyncio.to_thread(git.sanitize, workspace, state["config"], state["alternates"])
+        except (OSError, ValueError, KeyError) as exc:
+            return [f"the branch {branch} was not brought back: the workspace is gone ({exc})"]
+        except git.GitError as exc:
+            return [f"the branch {branch} was not brought back: {exc}"]
+        repo = self.run.spec.repo
+        try:
+            if git.is_local(repo):
+                await git.fetch_back(git.local_path(repo), workspace, branch)
+            else:
+                await git.push(repo, workspace, branch)
+        except git.GitError as exc:
+            where = "into the source repository" if git.is_local(repo) else "to the remote"
+            return [f"the branch {branch} could not be copied {where}: {exc}"]
+        return []

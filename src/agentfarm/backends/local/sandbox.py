@@ -1,0 +1,144 @@
+"""Build the command line that starts an agent inside bubblewrap (pure: no I/O).
+
+The sandbox sees a read-only /usr (with the /bin, /lib, /lib64 symlinks of a merged-/usr
+system), a curated /etc (generated passwd and group, a few host files read-only), private
+/proc, /dev and /tmp, the run's HOME and workspace read-write, and whatever extra read-only
+binds the launch needs (the agent's package directory, the source repository's objects that
+a ``git clone --shared`` points into). Nothing else of the host is visible.
+
+The environment is not passed with ``--setenv``: values there would show in ``ps``. The
+monitor execs the launcher with exactly the agent's environment instead, which setpriv and
+bubblewrap pass through unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+#: In-sandbox locations: fixed, so they do not reveal the host's layout.
+WORKSPACE = "/workspace"
+HOME = "/home/agent"
+USER = "agent"
+
+#: Host /etc entries bound read-only when they exist; everything else of /etc stays hidden.
+ETC_ALLOW = (
+    "hosts",
+    "resolv.conf",
+    "nsswitch.conf",
+    "host.conf",
+    "gai.conf",
+    "ssl",
+    "ca-certificates",
+    "ca-certificates.conf",
+    "localtime",
+    "timezone",
+    "alternatives",
+    "ld.so.cache",
+    "ld.so.conf",
+    "ld.so.conf.d",
+    "mime.types",
+    "protocols",
+    "services",
+)
+
+
+@dataclass(frozen=True)
+class Bind:
+    source: str
+    dest: str
+    writable: bool = False
+
+
+@dataclass(frozen=True)
+class SandboxConfig:
+    workspace: str
+    home: str
+    #: Generated /etc/passwd and /etc/group on the host.
+    passwd: str
+    group: str
+    network: bool
+    #: Host /etc entries that exist (the caller filters :data:`ETC_ALLOW`).
+    etc: tuple[str, ...] = ()
+    extra_binds: tuple[Bind, ...] = ()
+    status_fd: int | None = None
+    #: Drop to this uid/gid with setpriv first (when the monitor runs as root).
+    uid: int | None = None
+    gid: int | None = None
+    bwrap: str = "bwrap"
+    setpriv: str = "setpriv"
+    usr_links: tuple[str, ...] = ("bin", "lib", "lib64", "sbin")
+    hostname: str = "agentfarm"
+
+
+@dataclass(frozen=True)
+class Launch:
+    argv: list[str]
+    cwd: str | None = None
+    env_overrides: dict[str, str] = field(default_factory=dict)
+
+
+def setpriv_prefix(uid: int | None, gid: int | None, setpriv: str = "setpriv") -> list[str]:
+    if uid is None:
+        return []
+    return [setpriv, f"--reuid={uid}", f"--regid={gid if gid is not None else uid}",
+            "--clear-groups", "--"]  # fmt: skip
+
+
+def bwrap_argv(config: SandboxConfig, command: list[str]) -> list[str]:
+    """The full argv: optional setpriv, bwrap and its options, then the agent's command."""
+    argv = setpriv_prefix(config.uid, config.gid, config.setpriv)
+    argv += [config.bwrap, "--ro-bind", "/usr", "/usr"]
+    for name in config.usr_links:
+        argv += ["--symlink", f"usr/{name}", f"/{name}"]
+    argv += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--dir", "/var/tmp"]  # noqa: S108
+    argv += ["--dir", "/etc"]
+    for name in config.etc:
+        argv += ["--ro-bind", f"/etc/{name}", f"/etc/{name}"]
+    argv += ["--ro-bind", config.passwd, "/etc/passwd", "--ro-bind", config.group, "/etc/group"]
+    argv += ["--bind", config.home, HOME, "--bind", config.workspace, WORKSPACE]
+    for bind in config.extra_binds:
+        argv += ["--bind" if bind.writable else "--ro-bind", bind.source, bind.dest]
+    argv += ["--chdir", WORKSPACE]
+    argv += ["--unshare-user", "--disable-userns"]  # bwrap 0.8: the second needs the first
+    argv += ["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--hostname", config.hostname]
+    if not config.network:
+        argv.append("--unshare-net")
+    argv += ["--die-with-parent", "--new-session", "--cap-drop", "ALL"]
+    if config.status_fd is not None:
+        argv += ["--json-status-fd", str(config.status_fd)]
+    argv.append("--")
+    return argv + command
+
+
+def passwd_file(uid: int, gid: int) -> str:
+    return (
+        "root:x:0:0:root:/root:/usr/sbin/nologin\n"
+        f"{USER}:x:{uid}:{gid}:agentfarm agent:{HOME}:/bin/sh\n"
+        "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
+    )
+
+
+def group_file(gid: int) -> str:
+    return f"root:x:0:\n{USER}:x:{gid}:\nnogroup:x:65534:\n"
+
+
+def agent_env(
+    command_env: dict[str, str], secrets: dict[str, str], *, home: str, user: str = USER
+) -> dict[str, str]:
+    """The agent's whole environment: a fixed base, the command's, then the secrets."""
+    env = {
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "HOME": home,
+        "USER": user,
+        "LOGNAME": user,
+        "LANG": "C.UTF-8",
+        "TERM": "dumb",
+        "GIT_AUTHOR_NAME": "agentfarm",
+        "GIT_AUTHOR_EMAIL": "agent@agentfarm.invalid",
+        "GIT_COMMITTER_NAME": "agentfarm",
+        "GIT_COMMITTER_EMAIL": "agent@agentfarm.invalid",
+        "GIT_TERMINAL_PROMPT": "0",
+    }
+    env.update(command_env)
+    env.update(secrets)
+    return env

@@ -1,0 +1,189 @@
+"""The spool: a run's output as an append-only file of frames.
+
+A frame is ``kind (1 byte) | length (4 bytes, big-endian) | payload``. The monitor writes
+each frame with one ``write`` on an ``O_APPEND`` descriptor, so a reader sees whole frames
+plus at most a torn tail, which it leaves for the next read. The cursor of a frame is the
+byte offset just past it: ``records(after=cursor)`` starts reading exactly there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import struct
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+from agentfarm.backends.base import ExitInfo, Record, RecordKind
+
+HEADER = struct.Struct(">cI")
+#: Longer payloads (a line without a newline for 64 MiB) are split over several frames.
+MAX_PAYLOAD = 64 * 1024 * 1024
+
+KIND_BY_BYTE: dict[bytes, RecordKind] = {
+    b"o": "stdout",
+    b"e": "stderr",
+    b"n": "notice",
+    b"s": "started",
+    b"x": "exit",
+}
+BYTE_BY_KIND: dict[RecordKind, bytes] = {kind: byte for byte, kind in KIND_BY_BYTE.items()}
+
+
+def encode(kind: RecordKind, payload: bytes) -> list[bytes]:
+    """The frames for one payload (one frame unless it exceeds :data:`MAX_PAYLOAD`)."""
+    byte = BYTE_BY_KIND[kind]
+    chunks = [payload[i : i + MAX_PAYLOAD] for i in range(0, len(payload), MAX_PAYLOAD)]
+    return [HEADER.pack(byte, len(chunk)) + chunk for chunk in chunks or [b""]]
+
+
+def encode_exit(info: ExitInfo) -> bytes:
+    body = {
+        "exit_code": info.exit_code,
+        "signal": info.signal,
+        "stopped": info.stopped,
+        "oom_killed": info.oom_killed,
+        "lost": info.lost,
+        "error": info.error,
+    }
+    return json.dumps(body).encode()
+
+
+def decode_exit(payload: bytes) -> ExitInfo:
+    try:
+        body = json.loads(payload)
+    except ValueError:
+        return ExitInfo(exit_code=None, lost=True, error="the exit frame is unreadable")
+    return ExitInfo(
+        exit_code=body.get("exit_code"),
+        signal=body.get("signal"),
+        stopped=bool(body.get("stopped")),
+        lost=bool(body.get("lost")),
+        oom_killed=bool(body.get("oom_killed")),
+        error=body.get("error"),
+    )
+
+
+class SpoolWriter:
+    """Appends frames to a spool descriptor (the monitor's side; plain blocking writes)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def write(self, kind: RecordKind, payload: bytes = b"") -> None:
+        for frame in encode(kind, payload):
+            view = memoryview(frame)
+            # A regular file takes the whole frame in one write unless the disk is full; the
+            # loop only matters then, and a reader ignores the torn tail meanwhile.
+            while view:
+                written = os.write(self.fd, view)
+                view = view[written:]
+
+    def notice(self, text: str) -> None:
+        self.write("notice", text.encode())
+
+    def exit(self, info: ExitInfo) -> None:
+        self.write("exit", encode_exit(info))
+
+    def sync(self) -> None:
+        os.fsync(self.fd)
+
+
+def parse(buffer: bytes, offset: int) -> tuple[list[Record], int]:
+    """Whole frames in ``buffer`` (which starts at file ``offset``) and the bytes consumed."""
+    records: list[Record] = []
+    pos = 0
+    while len(buffer) - pos >= HEADER.size:
+        byte, length = HEADER.unpack_from(buffer, pos)
+        end = pos + HEADER.size + length
+        if end > len(buffer):
+            break
+        kind = KIND_BY_BYTE.get(byte)
+        payload = bytes(buffer[pos + HEADER.size : end])
+        pos = end
+        if kind is None:
+            continue  # a future kind: skip it rather than stop the run's stream
+        exit_info = decode_exit(payload) if kind == "exit" else None
+        records.append(Record(offset + pos, kind, payload, exit_info))
+    return records, pos
+
+
+def read_all(path: str | os.PathLike[str]) -> list[Record]:
+    """Every whole frame in a spool file (blocking; for tests and tools)."""
+    with open(path, "rb") as fh:
+        records, _ = parse(fh.read(), 0)
+    return records
+
+
+@dataclass
+class FollowOptions:
+    #: First and longest pause between polls of a quiet spool (seconds).
+    min_poll: float = 0.002
+    max_poll: float = 0.01
+    #: How often a quiet spool's writer is checked for life.
+    alive_every: float = 0.5
+    read_size: int = 1 << 20
+
+
+async def follow(
+    path: str | os.PathLike[str],
+    after: int,
+    alive: Callable[[], Awaitable[bool]],
+    options: FollowOptions | None = None,
+) -> AsyncIterator[Record]:
+    """Records with ``cursor > after``, following the growing file until the exit frame.
+
+    ``alive`` says whether the writer may still append. When it is gone and the spool holds
+    no exit frame, a synthetic exit record with ``lost=True`` ends the stream; its cursor is
+    one past the last whole frame, so it is never confused with a real one.
+    """
+    opts = options or FollowOptions()
+    fd = await asyncio.to_thread(_open_or_none, os.fspath(path))
+    try:
+        offset = after
+        pending = b""
+        pause = opts.min_poll
+        since_check = 0.0
+        checked_dead = False
+        while True:
+            if fd is None:
+                fd = await asyncio.to_thread(_open_or_none, os.fspath(path))
+            if fd is not None and os.fstat(fd).st_size > offset + len(pending):
+                chunk = await asyncio.to_thread(os.pread, fd, opts.read_size, offset + len(pending))
+                records, used = parse(pending + chunk, offset)
+                pending = (pending + chunk)[used:]
+                offset += used
+                for record in records:
+                    yield record
+                    if record.kind == "exit":
+                        return
+                pause = opts.min_poll
+                since_check = 0.0
+                continue
+            if checked_dead:
+                error = "the run's monitor is gone and its spool has no exit record"
+                if fd is None:
+                    error = "the run's spool is missing (was the run directory removed?)"
+                yield Record(offset + 1, "exit", exit=ExitInfo(None, lost=True, error=error))
+                return
+            if since_check >= opts.alive_every or fd is None:
+                since_check = 0.0
+                if not await alive():
+                    # One more look: the writer may have appended its exit frame and died
+                    # between our size check and the liveness check.
+                    checked_dead = True
+                    continue
+            await asyncio.sleep(pause)
+            since_check += pause
+            pause = min(pause * 2, opts.max_poll)
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def _open_or_none(path: str) -> int | None:
+    try:
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
