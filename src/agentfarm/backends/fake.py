@@ -1,0 +1,158 @@
+"""An in-memory backend for tests of everything above the backends.
+
+It "runs" a scripted list of output lines instead of a process. Records live in the
+backend object, so a second supervisor given the same backend can attach to a run that
+the first one started, as after a control-plane restart. The conformance suite in
+tests/unit/test_backend_conformance.py runs against it and the real backends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+from agentfarm.agents.base import AgentCommand
+from agentfarm.backends.base import ExitInfo, LaunchInfo, Record, RecordKind
+from agentfarm.domain import errors, models
+
+
+@dataclass(frozen=True)
+class Step:
+    kind: RecordKind
+    data: bytes = b""
+    delay: float = 0.0
+    exit: ExitInfo | None = None
+
+
+Script = Callable[[models.Run, AgentCommand], list[Step]]
+
+
+def claude_like_script(run: models.Run, command: AgentCommand) -> list[Step]:
+    """A short, successful Claude-Code-shaped conversation echoing the prompt."""
+    session = f"fake-session-{run.id}"
+    lines: list[dict[str, object]] = [
+        {"type": "system", "subtype": "init", "session_id": session, "model": "fake-model",
+         "tools": ["Bash", "Write"], "cwd": "/workspace", "permissionMode": "bypassPermissions"},
+        {"type": "assistant", "session_id": session, "message": {
+            "id": "msg_1", "content": [{"type": "text", "text": f"Working on: {run.prompt}"}]}},
+        {"type": "result", "subtype": "success", "is_error": False, "result": "done",
+         "num_turns": 1, "duration_ms": 5, "duration_api_ms": 3, "total_cost_usd": 0.0012,
+         "session_id": session, "usage": {"input_tokens": 10, "output_tokens": 5}},
+    ]  # fmt: skip
+    steps = [Step("started", json.dumps({"pid": 0}).encode())]
+    steps += [Step("stdout", json.dumps(line).encode()) for line in lines]
+    steps.append(Step("exit", exit=ExitInfo(exit_code=0)))
+    return steps
+
+
+@dataclass
+class _FakeRun:
+    records: list[Record] = field(default_factory=list)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    stdin: list[bytes] = field(default_factory=list)
+    task: asyncio.Task[None] | None = None
+    stop_requested: bool = False
+    finalized: bool = False
+
+    def append(self, kind: RecordKind, data: bytes = b"", exit: ExitInfo | None = None) -> None:
+        self.records.append(Record(len(self.records) + 1, kind, data, exit))
+        self.changed.set()
+
+    @property
+    def done(self) -> bool:
+        return bool(self.records) and self.records[-1].kind == "exit"
+
+
+class FakeHandle:
+    def __init__(self, run_id: str, state: _FakeRun) -> None:
+        self.run_id = run_id
+        self._state = state
+
+    async def records(self, after: int) -> AsyncIterator[Record]:
+        index = after
+        while True:
+            while index < len(self._state.records):
+                record = self._state.records[index]
+                index += 1
+                yield record
+                if record.kind == "exit":
+                    return
+            self._state.changed.clear()
+            await self._state.changed.wait()
+
+    async def send(self, data: bytes) -> None:
+        if self._state.done:
+            raise errors.ConflictError("the agent has exited; it cannot take more input")
+        self._state.stdin.append(data)
+
+    async def stop(self, grace: float) -> None:
+        if self._state.done:
+            return
+        self._state.stop_requested = True
+        if self._state.task is not None:
+            self._state.task.cancel()
+        self._state.append("exit", exit=ExitInfo(exit_code=None, signal=15, stopped=True))
+
+    async def finalize(self) -> list[str]:
+        self._state.finalized = True
+        return []
+
+
+class FakeBackend:
+    name = "fake"
+
+    def __init__(self, script: Script = claude_like_script) -> None:
+        self.script = script
+        self.runs: dict[str, _FakeRun] = {}
+        self.commands: dict[str, AgentCommand] = {}
+        self.secrets: dict[str, dict[str, str]] = {}
+        self.fail_launch: str | None = None
+
+    async def launch(
+        self, run: models.Run, command: AgentCommand, secrets: dict[str, str]
+    ) -> tuple[FakeHandle, LaunchInfo]:
+        if self.fail_launch:
+            raise errors.LaunchError(self.fail_launch)
+        state = _FakeRun()
+        self.runs[run.id] = state
+        self.commands[run.id] = command
+        self.secrets[run.id] = dict(secrets)
+        state.task = asyncio.create_task(self._play(state, self.script(run, command)))
+        return FakeHandle(run.id, state), LaunchInfo(
+            branch=f"agentfarm/{run.id}", workspace=f"/fake/{run.id}"
+        )
+
+    async def _play(self, state: _FakeRun, steps: list[Step]) -> None:
+        for step in steps:
+            if step.delay:
+                await asyncio.sleep(step.delay)
+            if state.done:
+                return
+            state.append(step.kind, step.data, step.exit)
+
+    async def attach(self, run: models.Run) -> FakeHandle:
+        state = self.runs.get(run.id)
+        if state is None:
+            state = _FakeRun()
+            state.append("exit", exit=ExitInfo(exit_code=None, lost=True, error="unknown run"))
+            self.runs[run.id] = state
+        return FakeHandle(run.id, state)
+
+    def lose(self, run_id: str) -> None:
+        """Simulate the agent vanishing (its monitor killed while the server was down)."""
+        state = self.runs[run_id]
+        if state.task is not None:
+            state.task.cancel()
+        state.append(
+            "exit", exit=ExitInfo(exit_code=None, lost=True, error="the agent disappeared")
+        )
+
+    async def cleanup(self, run: models.Run) -> None:
+        self.runs.pop(run.id, None)
+
+    async def aclose(self) -> None:
+        for state in self.runs.values():
+            if state.task is not None:
+                state.task.cancel()

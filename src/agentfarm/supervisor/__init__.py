@@ -1,0 +1,1 @@
+"""Run lifecycle: queue, launch, ingest, stop, reattach after restart; event fan-out."""

@@ -1,0 +1,215 @@
+"""The JSON API under /api (OpenAPI at /docs)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response, status
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from sse_starlette import EventSourceResponse
+
+from agentfarm import __version__
+from agentfarm.domain import errors, models
+from agentfarm.store import Store
+from agentfarm.store.secrets import SecretStore
+from agentfarm.supervisor.runs import Supervisor
+from agentfarm.web.auth import check_bearer
+
+RUN_ID = Annotated[str, Path(pattern=r"^[0-9a-f]{12}$", description="Run id.")]
+KEY = Annotated[str, Path(min_length=1, max_length=64, description="Config id or name.")]
+
+public = APIRouter(prefix="/api")
+router = APIRouter(prefix="/api", dependencies=[Depends(check_bearer)])
+
+
+def supervisor(request: Request) -> Supervisor:
+    sup: Supervisor = request.app.state.supervisor
+    return sup
+
+
+def store(request: Request) -> Store:
+    st: Store = request.app.state.store
+    return st
+
+
+def secret_store(request: Request) -> SecretStore:
+    sec: SecretStore = request.app.state.secrets
+    return sec
+
+
+Sup = Annotated[Supervisor, Depends(supervisor)]
+St = Annotated[Store, Depends(store)]
+Sec = Annotated[SecretStore, Depends(secret_store)]
+
+
+class Health(BaseModel):
+    status: str = "ok"
+    version: str = __version__
+
+
+@public.get("/health", response_model=Health, tags=["meta"])
+async def health() -> Health:
+    return Health()
+
+
+# --- configs -------------------------------------------------------------------------------
+@router.post("/configs", status_code=201, response_model=models.AgentConfig, tags=["configs"])
+async def create_config(body: models.ConfigIn, st: St) -> models.AgentConfig:
+    return await st.create_config(models.AgentConfig(**body.model_dump()))
+
+
+@router.get("/configs", response_model=list[models.AgentConfig], tags=["configs"])
+async def list_configs(st: St) -> list[models.AgentConfig]:
+    return await st.list_configs()
+
+
+@router.get("/configs/{key}", response_model=models.AgentConfig, tags=["configs"])
+async def get_config(key: KEY, st: St) -> models.AgentConfig:
+    return await st.get_config(key)
+
+
+@router.put("/configs/{key}", response_model=models.AgentConfig, tags=["configs"])
+async def update_config(key: KEY, body: models.ConfigIn, st: St) -> models.AgentConfig:
+    current = await st.get_config(key)
+    updated = models.AgentConfig(**body.model_dump(), id=current.id, created_at=current.created_at)
+    return await st.update_config(updated)
+
+
+@router.delete("/configs/{key}", status_code=204, tags=["configs"])
+async def delete_config(key: KEY, st: St) -> Response:
+    await st.delete_config(key)
+    return Response(status_code=204)
+
+
+# --- runs ----------------------------------------------------------------------------------
+class RunRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    config: str | None = Field(None, max_length=64, description="Config id or name.")
+    prompt: str | None = Field(
+        None, max_length=200_000, description="Overrides the config's prompt for this run."
+    )
+    spec: models.AgentSpec | None = Field(None, description="A one-off config, not saved.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> RunRequest:
+        if (self.config is None) == (self.spec is None):
+            raise ValueError("give exactly one of `config` (a saved config) or `spec`")
+        return self
+
+
+class MessageRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    text: str = Field(..., min_length=1, max_length=200_000)
+
+
+@router.post("/runs", status_code=201, response_model=models.Run, tags=["runs"])
+async def create_run(body: RunRequest, sup: Sup, st: St) -> models.Run:
+    config: models.AgentConfig | None = None
+    if body.config is not None:
+        try:
+            config = await st.get_config(body.config)
+        except errors.NotFoundError as exc:
+            raise errors.InvalidInputError(
+                f"no config named {body.config!r}; `agentfarm config ls` lists them"
+            ) from exc
+        spec = config.spec()
+    elif body.spec is not None:
+        spec = body.spec
+    else:  # unreachable: the model validator demands one of them
+        raise errors.InvalidInputError("give `config` or `spec`")
+    if body.prompt is not None:
+        spec = spec.model_copy(update={"prompt": body.prompt})
+    return await sup.submit(spec, config=config)
+
+
+@router.get("/runs", response_model=list[models.Run], tags=["runs"])
+async def list_runs(
+    st: St,
+    status_: Annotated[list[models.RunStatus] | None, Query(alias="status")] = None,
+    config: Annotated[str | None, Query(max_length=64)] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[models.Run]:
+    return await st.list_runs(statuses=status_, config=config, limit=limit)
+
+
+@router.get("/runs/{run_id}", response_model=models.Run, tags=["runs"])
+async def get_run(run_id: RUN_ID, st: St) -> models.Run:
+    return await st.get_run(run_id)
+
+
+@router.post("/runs/{run_id}/stop", status_code=202, response_model=models.Run, tags=["runs"])
+async def stop_run(run_id: RUN_ID, sup: Sup) -> models.Run:
+    return await sup.stop_run(run_id)
+
+
+@router.post("/runs/{run_id}/messages", status_code=202, tags=["runs"])
+async def send_message(run_id: RUN_ID, body: MessageRequest, sup: Sup) -> dict[str, str]:
+    await sup.send(run_id, body.text)
+    return {"status": "sent"}
+
+
+@router.get(
+    "/runs/{run_id}/events",
+    response_model=list[models.Event],
+    tags=["runs"],
+    responses={200: {"content": {"text/event-stream": {}}}},
+)
+async def run_events(
+    request: Request,
+    run_id: RUN_ID,
+    sup: Sup,
+    st: St,
+    after: Annotated[int, Query(ge=0)] = 0,
+    before: Annotated[int | None, Query(ge=1)] = None,
+    limit: Annotated[int, Query(ge=1, le=5000)] = 1000,
+    accept: Annotated[str, Header()] = "application/json",
+    last_event_id: Annotated[str | None, Header()] = None,
+) -> Any:
+    await st.get_run(run_id)  # 404 for unknown runs, in both modes
+    if "text/event-stream" in accept:
+        start = after
+        if last_event_id and last_event_id.strip().isdigit():
+            start = max(start, int(last_event_id.strip()))
+        return EventSourceResponse(
+            _sse(sup, run_id, start),
+            ping=15,
+            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+        )
+    if before is not None:
+        return await st.list_events_before(run_id, before=before, limit=limit)
+    return await st.list_events(run_id, after=after, limit=limit)
+
+
+async def _sse(sup: Supervisor, run_id: str, after: int) -> AsyncIterator[dict[str, Any]]:
+    async for batch in sup.hub.follow(run_id, after):
+        for event in batch:
+            yield {"id": str(event.seq), "data": event.model_dump_json()}
+    yield {"event": "end", "data": json.dumps({"run_id": run_id})}
+
+
+# --- secrets -------------------------------------------------------------------------------
+class SecretValue(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    value: str = Field(..., min_length=1, max_length=65_536)
+
+
+@router.get("/secrets", tags=["secrets"])
+async def list_secrets(sec: Sec) -> dict[str, list[str]]:
+    return {"names": sec.names()}
+
+
+@router.put("/secrets/{name}", status_code=204, tags=["secrets"])
+async def set_secret(
+    name: Annotated[str, Path(max_length=128)], body: SecretValue, sec: Sec
+) -> Response:
+    sec.set(name, body.value)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.delete("/secrets/{name}", status_code=204, tags=["secrets"])
+async def delete_secret(name: Annotated[str, Path(max_length=128)], sec: Sec) -> Response:
+    sec.delete(name)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

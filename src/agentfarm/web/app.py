@@ -1,0 +1,88 @@
+"""The application factory: settings in, a ready FastAPI app out."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from agentfarm import __version__
+from agentfarm.agents.base import AgentAdapter
+from agentfarm.backends.base import Backend
+from agentfarm.settings import Settings
+from agentfarm.store import Store
+from agentfarm.store.secrets import SecretStore
+from agentfarm.supervisor.runs import Supervisor
+from agentfarm.web import api
+from agentfarm.web import errors as web_errors
+from agentfarm.web.limits import BodySizeLimit
+
+log = logging.getLogger(__name__)
+
+
+def default_adapters() -> dict[str, AgentAdapter]:
+    from agentfarm.agents.claude import ClaudeAdapter
+
+    return {"claude": ClaudeAdapter()}
+
+
+def default_backends(settings: Settings) -> dict[str, Backend]:
+    from agentfarm.backends.local import LocalBackend
+
+    backends: dict[str, Backend] = {"local": LocalBackend(settings)}
+    try:
+        from agentfarm.backends.kubernetes import KubernetesBackend
+    except ImportError:  # the optional `kubernetes` extra is not installed
+        return backends
+    backends["kubernetes"] = KubernetesBackend(settings)
+    return backends
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    backends: Mapping[str, Backend] | None = None,
+    adapters: Mapping[str, AgentAdapter] | None = None,
+) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        settings.ensure_dirs()
+        app.state.api_token = settings.api_token()
+        store = await Store.open(settings.db_path)
+        secrets = SecretStore(settings.secrets_path)
+        chosen = dict(backends) if backends is not None else default_backends(settings)
+        supervisor = Supervisor(
+            settings,
+            store,
+            secrets,
+            chosen,
+            dict(adapters) if adapters is not None else default_adapters(),
+        )
+        app.state.store, app.state.secrets, app.state.supervisor = store, secrets, supervisor
+        await supervisor.start()
+        try:
+            yield
+        finally:
+            await supervisor.close()
+            for backend in chosen.values():
+                closer = getattr(backend, "aclose", None)
+                if closer is not None:
+                    await closer()
+            await store.close()
+
+    app = FastAPI(
+        title="agentfarm",
+        version=__version__,
+        summary="Run autonomous coding agents in sandboxes; watch them live.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.add_middleware(BodySizeLimit)
+    web_errors.install(app)
+    app.include_router(api.public)
+    app.include_router(api.router)
+    return app
