@@ -1,0 +1,58 @@
+"""How events read for people: shared by the CLI and the cockpit. Pure functions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+#: The argument that best says what a tool call does, by tool name.
+KEY_ARGUMENT = {
+    "Bash": "command",
+    "Read": "file_path",
+    "Write": "file_path",
+    "Edit": "file_path",
+    "MultiEdit": "file_path",
+    "NotebookEdit": "notebook_path",
+    "Glob": "pattern",
+    "Grep": "pattern",
+    "WebFetch": "url",
+    "WebSearch": "query",
+    "Task": "description",
+    "TodoWrite": "todos",
+}
+
+
+def one_line(text: str, limit: int = 160) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def tool_summary(name: str, tool_input: Any, limit: int = 160) -> str:
+    """``Bash: git commit -m x`` — the tool and its key argument on one line."""
+    if not isinstance(tool_input, dict):
+        return name
+    key = KEY_ARGUMENT.get(name)
+    value = tool_input.get(key) if key else None
+    if value is None:
+        value = next((v for v in tool_input.values() if isinstance(v, str) and v), None)
+    if isinstance(value, list):
+        value = f"{len(value)} items"
+    if value is None:
+        return name
+    return f"{name}: {one_line(str(value), limit)}"
+
+
+def fmt_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+def fmt_cost(cost: float | None) -> str:
+    return "-" if cost is None else f"${cost:.4f}"
