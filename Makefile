@@ -61,3 +61,15 @@ bench: test-deps
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
+
+## images: build and push the control-plane and agent images (needs docker or podman)
+REGISTRY ?= ghcr.io/<owner>
+IMAGE_TAG ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+DOCKER ?= docker
+.PHONY: images
+images:
+	@case "$(REGISTRY)" in *"<owner>"*) echo "set REGISTRY, e.g. make images REGISTRY=ghcr.io/you" >&2; exit 1;; esac
+	$(DOCKER) build -f deploy/agent/Dockerfile --build-arg CLAUDE_CODE_VERSION=$(CLAUDE_CODE_VERSION) -t $(REGISTRY)/agentfarm-agent:$(IMAGE_TAG) .
+	$(DOCKER) build -f deploy/controlplane/Dockerfile -t $(REGISTRY)/agentfarm:$(IMAGE_TAG) .
+	$(DOCKER) push $(REGISTRY)/agentfarm-agent:$(IMAGE_TAG)
+	$(DOCKER) push $(REGISTRY)/agentfarm:$(IMAGE_TAG)
