@@ -19,11 +19,12 @@ from typing import Any
 import agentfarm
 from agentfarm.agents.base import AgentCommand
 from agentfarm.backends.base import LaunchInfo
-from agentfarm.backends.local import cgroups, git, procs, sandbox
+from agentfarm.backends.local import git, procs, sandbox
 from agentfarm.backends.local.handle import (
     GIT_STATE,
     LocalHandle,
     branch_name,
+    kill_orphans,
     monitor_running,
     read_identity,
 )
@@ -139,7 +140,7 @@ class LocalBackend:
                 if not await asyncio.to_thread(monitor_running, run_dir):
                     break
                 await asyncio.sleep(0.01)
-        await asyncio.to_thread(cgroups.remove_leftovers, run.id)
+        await asyncio.to_thread(kill_orphans, run_dir, run.id)
         await asyncio.to_thread(shutil.rmtree, run_dir, True)
 
     # --- helpers ---------------------------------------------------------------------------

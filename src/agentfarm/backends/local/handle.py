@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from agentfarm.backends.base import Record
-from agentfarm.backends.local import git, procs, spool
-from agentfarm.backends.local.monitor import CONTROL_SOCK, MONITOR_JSON, SPOOL
+from agentfarm.backends.local import cgroups, git, procs, spool
+from agentfarm.backends.local.monitor import CONTROL_SOCK, MONITOR_JSON, SANDBOX_JSON, SPOOL
 from agentfarm.domain import errors, models
 
 GIT_STATE = "git-state.json"
@@ -30,6 +30,21 @@ def read_identity(run_dir: Path) -> tuple[int, int] | None:
         return int(body["pid"]), int(body["start_time"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def kill_orphans(run_dir: Path, run_id: str) -> None:
+    """Kill what a dead monitor left running (blocking): the sandbox and its cgroups."""
+    try:
+        body = json.loads((run_dir / SANDBOX_JSON).read_text())
+        processes = [(int(p["pid"]), int(p["start_time"])) for p in body["processes"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        processes = []
+    for pid, started in processes:
+        if procs.is_running(pid, started):
+            # SIGKILL to the namespace's init takes every process of the sandbox with it.
+            procs.kill_quietly(pid)
+    if os.geteuid() == 0:
+        cgroups.remove_leftovers(run_id)
 
 
 def monitor_running(run_dir: Path) -> bool:
@@ -54,8 +69,11 @@ class LocalHandle:
                 return False
         return await asyncio.to_thread(procs.is_running, *self._identity)
 
-    def records(self, after: int) -> AsyncIterator[Record]:
-        return spool.follow(self.run_dir / SPOOL, after, self.alive)
+    async def records(self, after: int) -> AsyncIterator[Record]:
+        async for record in spool.follow(self.run_dir / SPOOL, after, self.alive):
+            if record.exit is not None and record.exit.lost:
+                await asyncio.to_thread(kill_orphans, self.run_dir, self.run_id)
+            yield record
 
     async def request(self, message: dict[str, Any]) -> dict[str, Any]:
         """One request to the monitor's control socket; raises BackendError if unreachable."""

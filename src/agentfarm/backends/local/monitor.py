@@ -47,6 +47,10 @@ _TYPE_PREFIX = re.compile(rb'^\{\s*"type"\s*:\s*"([^"\\]{1,64})"')
 
 SPOOL = "spool"
 MONITOR_JSON = "monitor.json"
+#: The sandbox's processes (bubblewrap and its namespace init) with their start times: if the
+#: monitor dies, the control plane kills them (bubblewrap's --die-with-parent does not cover
+#: the namespace init once it has changed credentials in its user namespace).
+SANDBOX_JSON = "sandbox.json"
 CONTROL_SOCK = "control.sock"
 
 
@@ -200,15 +204,23 @@ class Monitor:
     # --- start -----------------------------------------------------------------------------
     def write_identity(self) -> None:
         pid = os.getpid()
-        body = json.dumps({"pid": pid, "start_time": procs.start_time(pid)}).encode()
-        tmp = f"{MONITOR_JSON}.tmp"
+        self.write_json(MONITOR_JSON, {"pid": pid, "start_time": procs.start_time(pid)})
+
+    def write_sandbox_identity(self) -> None:
+        pids = [p for p in (self.proc.pid if self.proc else None, self.child_pid) if p]
+        body = [{"pid": p, "start_time": procs.start_time(p)} for p in pids]
+        self.write_json(SANDBOX_JSON, {"processes": body})
+
+    def write_json(self, name: str, value: object) -> None:
+        body = json.dumps(value).encode()
+        tmp = f"{name}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600, dir_fd=self.dirfd)
         try:
             os.write(fd, body)
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.rename(tmp, MONITOR_JSON, src_dir_fd=self.dirfd, dst_dir_fd=self.dirfd)
+        os.rename(tmp, name, src_dir_fd=self.dirfd, dst_dir_fd=self.dirfd)
 
     def open_control(self) -> None:
         # Through the directory descriptor: a unix socket path is limited to ~108 bytes.
@@ -280,6 +292,9 @@ class Monitor:
                 self.open_streams += 1
         if proc.stdin is not None:
             os.set_blocking(proc.stdin.fileno(), False)
+        if spec.mode != "none":
+            self.wait_for_sandbox(status_r)
+        self.write_sandbox_identity()
         os.set_blocking(status_r, False)
         self.sel.register(status_r, selectors.EVENT_READ, ("status", None))
         self.pidfd = os.pidfd_open(proc.pid)
@@ -287,6 +302,21 @@ class Monitor:
         started = {"pid": proc.pid, "sandbox": spec.mode, "uid": spec.uid or os.getuid()}
         self.spool.write("started", json.dumps(started).encode())
         self.update_stdin()
+
+    def wait_for_sandbox(self, status_r: int, timeout: float = 10.0) -> None:
+        """Block until bubblewrap reports its child (its set-up, --die-with-parent included, is
+        done), so that a monitor killed right after launch cannot leave a sandbox behind."""
+        deadline = time.monotonic() + timeout
+        with selectors.DefaultSelector() as sel:
+            sel.register(status_r, selectors.EVENT_READ)
+            while self.child_pid is None and b"\n" not in self.status_buffer:
+                left = deadline - time.monotonic()
+                if left <= 0 or not sel.select(left):
+                    return
+                data = os.read(status_r, 4096)
+                if not data:
+                    return  # bubblewrap failed; its stderr and exit status tell why
+                self.accept_status(data)
 
     # --- loop ------------------------------------------------------------------------------
     def run(self) -> ExitInfo:
@@ -422,6 +452,9 @@ class Monitor:
             self.sel.unregister(fd)
             os.close(fd)
             return
+        self.accept_status(data)
+
+    def accept_status(self, data: bytes) -> None:
         self.status_buffer += data
         if self.child_pid is None and b"\n" in self.status_buffer:
             first = self.status_buffer.split(b"\n", 1)[0]

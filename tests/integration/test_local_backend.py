@@ -1,0 +1,442 @@
+"""The local backend against real bubblewrap, real git and real cgroups (as root here)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from agentfarm.agents.base import AgentCommand
+from agentfarm.backends.base import Record
+from agentfarm.backends.local import backend as local_backend
+from agentfarm.backends.local import handle as local_handle
+from agentfarm.backends.local.backend import LocalBackend
+from agentfarm.domain import errors, models
+from agentfarm.settings import Settings
+from tests import realparts
+
+pytestmark = pytest.mark.integration
+
+SECRET = "sk-test-very-secret-value-0123456789"
+ROOT = os.geteuid() == 0
+
+
+@pytest.fixture(autouse=True)
+def _need_bwrap() -> None:
+    if shutil.which("bwrap") is None:
+        realparts.missing("bubblewrap", "apt-get install bubblewrap (make test does it)")
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(data_dir=tmp_path / "data")
+
+
+@pytest.fixture
+def source(tmp_path: Path) -> Path:
+    repo = tmp_path / "src"
+    ident = ["-c", "user.name=t", "-c", "user.email=t@example.com"]
+    subprocess.run(["git", "init", "-q", "-b", "main", str(repo)], check=True)
+    (repo / "README").write_text("hello\n")
+    subprocess.run(["git", "-C", str(repo), "add", "README"], check=True)
+    subprocess.run(["git", "-C", str(repo), *ident, "commit", "-q", "-m", "init"], check=True)
+    return repo
+
+
+def agent(tmp_path: Path, name: str, body: str) -> str:
+    """A fake agent program: a Python script run by the system interpreter."""
+    directory = tmp_path / "agents"
+    directory.mkdir(exist_ok=True)
+    path = directory / name
+    path.write_text("#!/usr/bin/python3\n" + textwrap.dedent(body))
+    path.chmod(0o755)
+    return str(path)
+
+
+def new_run(source: Path, **sandbox: object) -> models.Run:
+    spec = models.AgentSpec(repo=str(source), sandbox=models.SandboxSpec(**sandbox))  # type: ignore[arg-type]
+    return models.Run(spec=spec)
+
+
+async def collect(records: AsyncIterator[Record], timeout: float = 30) -> list[Record]:
+    async def go() -> list[Record]:
+        return [r async for r in records]
+
+    return await asyncio.wait_for(go(), timeout)
+
+
+def stdout_lines(records: list[Record]) -> list[bytes]:
+    return [r.data for r in records if r.kind == "stdout"]
+
+
+COMMITTER = """
+import json, subprocess, sys
+print(json.dumps({"type": "system", "subtype": "init"}), flush=True)
+line = sys.stdin.readline().strip()
+print(json.dumps({"type": "echo", "got": line}), flush=True)
+open("made-by-agent.txt", "w").write("hi\\n")
+subprocess.run(["git", "add", "made-by-agent.txt"], check=True)
+subprocess.run(["git", "commit", "-q", "-m", "agent was here"], check=True)
+print("to stderr", file=sys.stderr, flush=True)
+print(json.dumps({"type": "result", "subtype": "success"}), flush=True)
+sys.stdin.read()  # returns once the monitor closes stdin after the result line
+print("stdin closed", flush=True)
+"""
+
+
+async def test_run_commits_and_branch_comes_home(
+    tmp_path: Path, settings: Settings, source: Path
+) -> None:
+    backend = LocalBackend(settings)
+    run = new_run(source)
+    command = AgentCommand(
+        argv=[agent(tmp_path, "committer", COMMITTER)], env={"FOO": "bar"},
+        stdin=b"first message\n", close_stdin_after=("result",),
+    )  # fmt: skip
+    started = time.monotonic()
+    handle, info = await backend.launch(run, command, {"ANTHROPIC_API_KEY": SECRET})
+    launch_seconds = time.monotonic() - started
+    assert info.branch == f"agentfarm/{run.id}"
+    records = await collect(handle.records(0))
+    kinds = [r.kind for r in records]
+    assert kinds[0] in ("started", "notice")
+    assert kinds[-1] == "exit"
+    assert [json.loads(x)["type"] for x in stdout_lines(records)[:3]] == [
+        "system",
+        "echo",
+        "result",
+    ]
+    assert json.loads(stdout_lines(records)[1])["got"] == "first message"
+    assert stdout_lines(records)[-1] == b"stdin closed"
+    assert b"to stderr" in [r.data for r in records if r.kind == "stderr"]
+    last = records[-1].exit
+    assert last is not None
+    assert last.exit_code == 0
+    assert not last.stopped
+    cursors = [r.cursor for r in records]
+    assert cursors == sorted(cursors)
+    assert len(set(cursors)) == len(cursors)
+    middle = records[len(records) // 2].cursor
+    assert await collect(handle.records(middle)) == records[len(records) // 2 + 1 :]
+
+    assert await handle.finalize() == []
+    log = subprocess.run(
+        ["git", "-C", str(source), "log", "--format=%s", f"agentfarm/{run.id}"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert log.splitlines()[0] == "agent was here"
+
+    # The secret reached the agent only through the pipe and its environment.
+    run_dir = settings.runs_dir / run.id
+    for name in ("monitor.json", "spool", "git-state.json"):
+        assert SECRET.encode() not in (run_dir / name).read_bytes()
+    assert SECRET not in (run_dir / "workspace" / ".git" / "config").read_text()
+    assert SECRET not in (source / ".git" / "config").read_text()
+    print(f"launch took {launch_seconds * 1000:.0f} ms")
+    await backend.cleanup(run)
+    assert not run_dir.exists()
+
+
+ISOLATION = """
+import json, os, subprocess, sys
+results = {}
+def readable(path):
+    try:
+        with open(path, "rb") as fh:
+            fh.read(1)
+        return True
+    except OSError:
+        return False
+for name in sys.argv[1:]:
+    results[name] = readable(name) or os.path.exists(name)
+results["uid"] = os.getuid()
+status = open("/proc/self/status").read()
+results["CapEff"] = [l.split()[1] for l in status.splitlines() if l.startswith("CapEff")][0]
+results["pids"] = sorted(int(p) for p in os.listdir("/proc") if p.isdigit())
+results["net"] = sorted(os.listdir("/sys/class/net")) if os.path.exists("/sys/class/net") else None
+results["ifaces"] = sorted(l.split(":")[0].strip() for l in open("/proc/net/dev").readlines()[2:])
+results["etc"] = sorted(os.listdir("/etc"))
+results["home"] = os.environ["HOME"]
+results["home_writable"] = os.access(os.environ["HOME"], os.W_OK)
+results["secret_env"] = os.environ.get("ANTHROPIC_API_KEY") is not None
+print(json.dumps(results), flush=True)
+"""
+
+
+async def test_isolation(tmp_path: Path, settings: Settings, source: Path) -> None:
+    backend = LocalBackend(settings)
+    settings.ensure_dirs()
+    secrets_file = settings.data_dir / "secrets.json"
+    secrets_file.write_text('{"token": "x"}')
+    secrets_file.chmod(0o644)  # even world-readable, it is not in the sandbox
+
+    # Another run's workspace, still there.
+    other = new_run(source)
+    sleeper = AgentCommand(argv=["/bin/sleep", "30"], env={})
+    other_handle, other_info = await backend.launch(other, sleeper, {})
+    assert other_info.workspace is not None
+    forbidden = [
+        other_info.workspace, f"{other_info.workspace}/README", str(secrets_file),
+        str(settings.data_dir), "/root", "/etc/shadow", str(source / "README"),
+    ]  # fmt: skip
+
+    run = new_run(source, network=False)
+    program = agent(tmp_path, "isolation", ISOLATION)
+    handle, _ = await backend.launch(
+        run, AgentCommand(argv=[program, *forbidden], env={}), {"ANTHROPIC_API_KEY": SECRET}
+    )
+    records = await collect(handle.records(0))
+    result = json.loads(stdout_lines(records)[0])
+    for path in forbidden:
+        assert result[path] is False, path
+    assert result["uid"] != 0
+    if ROOT:
+        assert result["uid"] == settings.sandbox_uid
+    assert int(result["CapEff"], 16) == 0
+    assert len(result["pids"]) <= 3, result["pids"]  # bwrap's init, the agent (and nothing else)
+    assert result["ifaces"] == ["lo"]
+    assert "shadow" not in result["etc"]
+    assert "passwd" in result["etc"]
+    assert result["home"] == "/home/agent"
+    assert result["home_writable"]
+    assert result["secret_env"]
+    await other_handle.stop(0.5)
+    await collect(other_handle.records(0))
+    await backend.cleanup(other)
+    await backend.cleanup(run)
+
+
+def leftover_processes(run_dir: Path, uid: int | None) -> list[int]:
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            if stat[stat.rindex(")") + 2] == "Z":
+                continue  # finished; this VM's init is slow to reap
+            cwd = os.readlink(f"/proc/{pid}/cwd")
+            owner = os.stat(f"/proc/{pid}").st_uid
+        except OSError:
+            continue
+        if cwd.startswith(str(run_dir)) or (uid is not None and owner == uid):
+            found.append(int(pid))
+    return found
+
+
+async def test_stop_ends_within_grace_and_leaves_nothing(
+    tmp_path: Path, settings: Settings, source: Path
+) -> None:
+    backend = LocalBackend(settings, interrupt=b'{"type":"interrupt"}\n')
+    run = new_run(source)
+    # A shell that ignores SIGTERM and has a child: only the SIGKILL after the grace ends it.
+    body = """
+    import os, signal, subprocess, time
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    subprocess.Popen(["/bin/sleep", "600"])
+    print("ready", flush=True)
+    time.sleep(600)
+    """
+    handle, _ = await backend.launch(
+        run, AgentCommand(argv=[agent(tmp_path, "stubborn", body)], env={}), {}
+    )
+    records: list[Record] = []
+    async for record in handle.records(0):
+        records.append(record)
+        if record.data == b"ready":
+            break
+    started = time.monotonic()
+    await handle.stop(1.0)
+    records += await collect(handle.records(records[-1].cursor), timeout=10)
+    elapsed = time.monotonic() - started
+    last = records[-1].exit
+    assert last is not None
+    assert last.stopped
+    assert elapsed < 3.0
+    await asyncio.sleep(0.1)
+    uid = settings.sandbox_uid if ROOT else None
+    assert leftover_processes(settings.runs_dir / run.id, uid) == []
+    await backend.cleanup(run)
+
+
+async def test_stop_with_sigterm_is_quick(tmp_path: Path, settings: Settings, source: Path) -> None:
+    backend = LocalBackend(settings)
+    run = new_run(source)
+    handle, _ = await backend.launch(run, AgentCommand(argv=["sleep", "600"], env={}), {})
+    await asyncio.sleep(0.2)
+    started = time.monotonic()
+    await handle.stop(10.0)
+    records = await collect(handle.records(0))
+    assert time.monotonic() - started < 2.0  # the agent took SIGTERM, no need for the grace
+    assert records[-1].exit is not None
+    assert records[-1].exit.stopped
+    await backend.cleanup(run)
+
+
+LAUNCHER = """
+import asyncio, json, sys
+from pathlib import Path
+from agentfarm.agents.base import AgentCommand
+from agentfarm.backends.local.backend import LocalBackend
+from agentfarm.domain import models
+from agentfarm.settings import Settings
+
+async def main():
+    backend = LocalBackend(Settings(data_dir=Path(sys.argv[1])))
+    run = models.Run.model_validate_json(sys.argv[2])
+    command = AgentCommand(argv=sys.argv[3:], env={}, stdin=b"go\\n")
+    await backend.launch(run, command, {"ANTHROPIC_API_KEY": sys.stdin.readline().strip()})
+    print("launched", flush=True)
+    await asyncio.sleep(600)
+
+asyncio.run(main())
+"""
+
+COUNTER = """
+import sys, time
+sys.stdin.readline()
+for i in range(40):
+    print(f"line {i}", flush=True)
+    time.sleep(0.02)
+"""
+
+
+async def test_survives_the_server_being_killed(
+    tmp_path: Path, settings: Settings, source: Path
+) -> None:
+    run = new_run(source)
+    script = tmp_path / "launcher.py"
+    script.write_text(LAUNCHER)
+    env = {**os.environ, "PYTHONPATH": local_backend.PACKAGE_ROOT}
+    server = await asyncio.create_subprocess_exec(
+        sys.executable, str(script), str(settings.data_dir), run.model_dump_json(),
+        agent(tmp_path, "counter", COUNTER),
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env,
+    )  # fmt: skip
+    assert server.stdin is not None
+    assert server.stdout is not None
+    server.stdin.write(SECRET.encode() + b"\n")
+    await server.stdin.drain()
+    assert await asyncio.wait_for(server.stdout.readline(), 30) == b"launched\n"
+    server.kill()  # the control plane dies with kill -9 mid-run
+    await server.wait()
+    server.stdin.close()
+
+    # "Restart": a new backend attaches, reads some, "crashes" again, resumes from a cursor.
+    handle = await LocalBackend(settings).attach(run)
+    seen: list[Record] = []
+    async for record in handle.records(0):
+        seen.append(record)
+        if record.data == b"line 5":
+            break
+    handle = await LocalBackend(settings).attach(run)
+    seen += await collect(handle.records(seen[-1].cursor))
+    lines = stdout_lines(seen)
+    assert lines == [f"line {i}".encode() for i in range(40)]
+    assert seen[-1].exit is not None
+    assert seen[-1].exit.exit_code == 0
+    run_dir = settings.runs_dir / run.id
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert SECRET not in ps
+    assert SECRET.encode() not in (run_dir / "monitor.json").read_bytes()
+    await LocalBackend(settings).cleanup(run)
+
+
+async def test_secret_not_in_monitor_argv(tmp_path: Path, settings: Settings, source: Path) -> None:
+    backend = LocalBackend(settings)
+    run = new_run(source)
+    handle, _ = await backend.launch(
+        run, AgentCommand(argv=["sleep", "600"], env={}), {"K": SECRET}
+    )
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert "agentfarm.backends.local.monitor" in ps
+    assert SECRET not in ps
+    await handle.stop(0)
+    await collect(handle.records(0))
+    await backend.cleanup(run)
+
+
+async def test_monitor_killed_means_lost(tmp_path: Path, settings: Settings, source: Path) -> None:
+    backend = LocalBackend(settings)
+    run = new_run(source)
+    handle, _ = await backend.launch(run, AgentCommand(argv=["sleep", "600"], env={}), {})
+    identity = local_handle.read_identity(settings.runs_dir / run.id)
+    assert identity is not None
+    os.kill(identity[0], signal.SIGKILL)
+    records = await collect(handle.records(0))
+    last = records[-1].exit
+    assert last is not None
+    assert last.lost
+    assert "monitor is gone" in (last.error or "")
+    await asyncio.sleep(0.2)
+    assert (
+        leftover_processes(settings.runs_dir / run.id, settings.sandbox_uid if ROOT else None) == []
+    )
+    await backend.cleanup(run)
+
+
+HOG = """
+import time
+chunks = []
+while True:
+    chunks.append(bytearray(16 * 1024 * 1024))
+    time.sleep(0.001)
+"""
+
+
+@pytest.mark.skipif(not ROOT, reason="cgroup limits need root")
+async def test_memory_limit_oom_kills_a_hog(
+    tmp_path: Path, settings: Settings, source: Path
+) -> None:
+    backend = LocalBackend(settings)
+    run = new_run(source, memory_mb=64)
+    handle, _ = await backend.launch(
+        run, AgentCommand(argv=[agent(tmp_path, "hog", HOG)], env={}), {}
+    )
+    records = await collect(handle.records(0))
+    last = records[-1].exit
+    assert last is not None
+    assert last.oom_killed, records
+    assert "out of memory" in (last.error or "")
+    await backend.cleanup(run)
+
+
+async def test_unsandboxed_run_says_so(tmp_path: Path, settings: Settings, source: Path) -> None:
+    settings.data_dir.mkdir(parents=True)
+    settings.data_dir.chmod(0o711)  # tmp_path is traversable; the run dir must be too
+    backend = LocalBackend(settings)
+    run = new_run(source, mode="none")
+    handle, _ = await backend.launch(run, AgentCommand(argv=["id", "-u"], env={}), {})
+    records = await collect(handle.records(0))
+    notices = [r.data.decode() for r in records if r.kind == "notice"]
+    assert any("unsandboxed" in n for n in notices)
+    expected = str(settings.sandbox_uid if ROOT else os.getuid()).encode()
+    assert stdout_lines(records) == [expected]
+    await backend.cleanup(run)
+
+
+async def test_missing_bwrap_is_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch, settings: Settings, source: Path
+) -> None:
+    monkeypatch.setattr(local_backend, "find_bwrap", lambda: None)
+    with pytest.raises(errors.ConfigurationError) as caught:
+        await LocalBackend(settings).launch(new_run(source), AgentCommand(["x"], {}), {})
+    assert str(caught.value) == (
+        "bubblewrap is not installed: apt-get install bubblewrap "
+        "(or set sandbox.mode to none to run unsandboxed)"
+    )
+
+
+async def test_missing_agent_program_is_a_launch_error(settings: Settings, source: Path) -> None:
+    with pytest.raises(errors.LaunchError, match="was not found"):
+        await LocalBackend(settings).launch(
+            new_run(source), AgentCommand(["/nonexistent/agent"], {}), {}
+        )

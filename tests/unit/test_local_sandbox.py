@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+from agentfarm.backends.local import sandbox
+
+
+def config(**overrides: object) -> sandbox.SandboxConfig:
+    values: dict[str, object] = {
+        "workspace": "/data/runs/r1/workspace",
+        "home": "/data/runs/r1/home",
+        "passwd": "/data/runs/r1/etc/passwd",
+        "group": "/data/runs/r1/etc/group",
+        "network": True,
+        "etc": ("hosts", "resolv.conf"),
+        "status_fd": 7,
+    }
+    values.update(overrides)
+    return sandbox.SandboxConfig(**values)  # type: ignore[arg-type]
+
+
+def pairs(argv: list[str], flag: str) -> list[tuple[str, str]]:
+    return [(argv[i + 1], argv[i + 2]) for i, a in enumerate(argv) if a == flag]
+
+
+def test_root_drops_to_the_sandbox_uid_first() -> None:
+    argv = sandbox.bwrap_argv(config(uid=61000, gid=61001), ["agent", "--x"])
+    assert argv[:5] == ["setpriv", "--reuid=61000", "--regid=61001", "--clear-groups", "--"]
+    assert argv[5] == "bwrap"
+    assert argv[-3:] == ["--", "agent", "--x"]
+
+
+def test_non_root_runs_bwrap_directly() -> None:
+    assert sandbox.bwrap_argv(config(), ["a"])[0] == "bwrap"
+
+
+def test_curated_etc_and_writable_workspace_only() -> None:
+    argv = sandbox.bwrap_argv(
+        config(extra_binds=(sandbox.Bind("/opt/agent", "/opt/agent"),)), ["a"]
+    )
+    ro = pairs(argv, "--ro-bind")
+    rw = pairs(argv, "--bind")
+    assert ("/usr", "/usr") in ro
+    assert ("/etc/hosts", "/etc/hosts") in ro
+    assert ("/data/runs/r1/etc/passwd", "/etc/passwd") in ro
+    assert ("/opt/agent", "/opt/agent") in ro
+    assert ("/etc", "/etc") not in ro
+    assert rw == [
+        ("/data/runs/r1/home", sandbox.HOME),
+        ("/data/runs/r1/workspace", sandbox.WORKSPACE),
+    ]
+    assert argv[argv.index("--chdir") + 1] == sandbox.WORKSPACE
+
+
+def test_isolation_flags() -> None:
+    argv = sandbox.bwrap_argv(config(), ["a"])
+    for flag in ("--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-user",
+                 "--disable-userns", "--die-with-parent", "--new-session"):  # fmt: skip
+        assert flag in argv
+    assert argv[argv.index("--cap-drop") + 1] == "ALL"
+    assert argv[argv.index("--json-status-fd") + 1] == "7"
+    assert "--unshare-net" not in argv
+    assert "--unshare-net" in sandbox.bwrap_argv(config(network=False), ["a"])
+    # The environment never travels in argv (it would show in ps).
+    assert "--setenv" not in argv
+
+
+def test_tmpfs_comes_before_binds_below_it() -> None:
+    argv = sandbox.bwrap_argv(config(extra_binds=(sandbox.Bind("/tmp/x", "/tmp/x"),)), ["a"])
+    assert argv.index("/tmp") < argv.index("/tmp/x")
+
+
+def test_env_is_explicit_and_secrets_win() -> None:
+    env = sandbox.agent_env({"FOO": "1"}, {"ANTHROPIC_API_KEY": "k"}, home="/home/agent")
+    assert env["HOME"] == "/home/agent"
+    assert env["FOO"] == "1"
+    assert env["ANTHROPIC_API_KEY"] == "k"
+    assert env["PATH"].startswith("/usr/local/bin")
+
+
+def test_passwd_names_the_agent_user() -> None:
+    assert "agent:x:61000:61000:" in sandbox.passwd_file(61000, 61000)
+    assert "agent:x:61000:" in sandbox.group_file(61000)

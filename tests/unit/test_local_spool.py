@@ -1,0 +1,99 @@
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+from agentfarm.backends.base import ExitInfo
+from agentfarm.backends.local import spool
+
+
+def write_frames(path: Path) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    writer = spool.SpoolWriter(fd)
+    writer.write("started", b"{}")
+    writer.write("stdout", b"one")
+    writer.write("stderr", b"two")
+    writer.notice("three")
+    writer.exit(ExitInfo(exit_code=3, stopped=True))
+    os.close(fd)
+
+
+def test_frames_round_trip_with_cursors(tmp_path: Path) -> None:
+    path = tmp_path / "spool"
+    write_frames(path)
+    records = spool.read_all(path)
+    assert [r.kind for r in records] == ["started", "stdout", "stderr", "notice", "exit"]
+    assert records[-1].cursor == path.stat().st_size
+    assert records[1].cursor - records[0].cursor == spool.HEADER.size + 3
+    assert records[-1].exit == ExitInfo(exit_code=3, stopped=True)
+
+
+def test_torn_tail_is_left_for_later() -> None:
+    frame = spool.encode("stdout", b"hello")[0]
+    records, used = spool.parse(frame + frame[:7], 100)
+    assert used == len(frame)
+    assert [(r.cursor, r.data) for r in records] == [(100 + len(frame), b"hello")]
+
+
+def test_oversized_payload_is_split(monkeypatch: object) -> None:
+    frames = spool.encode("stdout", b"x" * (spool.MAX_PAYLOAD + 5))
+    assert len(frames) == 2
+    assert len(frames[1]) == spool.HEADER.size + 5
+
+
+async def test_follow_resumes_from_a_middle_cursor(tmp_path: Path) -> None:
+    path = tmp_path / "spool"
+    write_frames(path)
+    everything = [r async for r in spool.follow(path, 0, _alive)]
+    middle = everything[1].cursor
+    rest = [r async for r in spool.follow(path, middle, _alive)]
+    assert rest == everything[2:]
+
+
+async def test_follow_sees_live_appends(tmp_path: Path) -> None:
+    path = tmp_path / "spool"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    writer = spool.SpoolWriter(fd)
+
+    async def produce() -> None:
+        for i in range(5):
+            await asyncio.sleep(0.01)
+            writer.write("stdout", str(i).encode())
+        writer.exit(ExitInfo(exit_code=0))
+
+    task = asyncio.create_task(produce())
+    got = [r.data async for r in spool.follow(path, 0, _alive) if r.kind == "stdout"]
+    await task
+    os.close(fd)
+    assert got == [b"0", b"1", b"2", b"3", b"4"]
+
+
+async def test_dead_writer_without_exit_frame_is_lost(tmp_path: Path) -> None:
+    path = tmp_path / "spool"
+    path.write_bytes(spool.encode("stdout", b"hi")[0] + b"o\x00")  # a torn tail
+
+    async def dead() -> bool:
+        return False
+
+    opts = spool.FollowOptions(alive_every=0.0)
+    records = [r async for r in spool.follow(path, 0, dead, opts)]
+    assert [r.kind for r in records] == ["stdout", "exit"]
+    last = records[-1]
+    assert last.exit is not None
+    assert last.exit.lost
+    assert "no exit record" in (last.exit.error or "")
+    assert last.cursor > records[0].cursor
+
+
+async def test_missing_spool_and_dead_writer_is_lost(tmp_path: Path) -> None:
+    async def dead() -> bool:
+        return False
+
+    records = [r async for r in spool.follow(tmp_path / "nope", 0, dead)]
+    assert records[0].exit is not None
+    assert records[0].exit.lost
+
+
+async def _alive() -> bool:
+    return True
