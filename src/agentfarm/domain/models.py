@@ -145,7 +145,7 @@ class KubernetesSpec(_Strict):
 class AgentSpec(_Strict):
     """Everything needed to launch an agent; the part of a config a run snapshots."""
 
-    agent: Literal["claude"] = "claude"
+    agent: Literal["claude"] = Field("claude", description="Agent CLI: `claude` (Claude Code).")
     repo: str = Field(
         ..., min_length=1, max_length=4096, description="Local path or git URL to clone."
     )
@@ -153,21 +153,35 @@ class AgentSpec(_Strict):
         None, max_length=255, description="Branch to start from; default: the repo's HEAD."
     )
     prompt: str = Field("", max_length=200_000, description="The task for the agent.")
-    model: str | None = Field(None, max_length=200)
-    permission_mode: PermissionMode = "bypassPermissions"
+    model: str | None = Field(
+        None, max_length=200, description="Model name passed to the CLI; default: its own."
+    )
+    permission_mode: PermissionMode = Field(
+        "bypassPermissions",
+        description="`default`, `acceptEdits`, `bypassPermissions` (safe inside the sandbox) "
+        "or `plan`.",
+    )
     allowed_tools: list[Annotated[str, Field(pattern=TOOL_RE.pattern)]] = Field(
-        default_factory=list, max_length=200
+        default_factory=list, max_length=200, description="Tools allowed, e.g. `Bash(git *)`."
     )
     disallowed_tools: list[Annotated[str, Field(pattern=TOOL_RE.pattern)]] = Field(
-        default_factory=list, max_length=200
+        default_factory=list, max_length=200, description="Tools the agent may not use."
     )
-    max_turns: int | None = Field(None, ge=1, le=10_000)
-    append_system_prompt: str | None = Field(None, max_length=100_000)
+    max_turns: int | None = Field(
+        None, ge=1, le=10_000, description="Stop the agent after this many turns."
+    )
+    append_system_prompt: str | None = Field(
+        None, max_length=100_000, description="Text appended to the agent's system prompt."
+    )
     env: dict[str, Annotated[str, Field(max_length=32_768)]] = Field(
         default_factory=dict, description="Extra environment variables for the agent."
     )
-    backend: Literal["local", "kubernetes"] = "local"
-    sandbox: SandboxSpec = Field(default_factory=SandboxSpec)
+    backend: Literal["local", "kubernetes"] = Field(
+        "local", description="Where the agent runs: `local` (bubblewrap) or `kubernetes`."
+    )
+    sandbox: SandboxSpec = Field(
+        default_factory=SandboxSpec, description="Isolation and limits (local backend)."
+    )
     kubernetes: KubernetesSpec | None = Field(
         None, description="Settings of the `kubernetes` backend (defaults when unset)."
     )
