@@ -15,7 +15,7 @@ def write_frames(path: Path) -> None:
     writer.write("stdout", b"one")
     writer.write("stderr", b"two")
     writer.notice("three")
-    writer.exit(ExitInfo(exit_code=3, stopped=True))
+    writer.write("exit", spool.encode_exit(ExitInfo(exit_code=3, stopped=True)))
     os.close(fd)
 
 
@@ -60,7 +60,7 @@ async def test_follow_sees_live_appends(tmp_path: Path) -> None:
         for i in range(5):
             await asyncio.sleep(0.01)
             writer.write("stdout", str(i).encode())
-        writer.exit(ExitInfo(exit_code=0))
+        writer.write("exit", spool.encode_exit(ExitInfo(exit_code=0)))
 
     task = asyncio.create_task(produce())
     got = [r.data async for r in spool.follow(path, 0, _alive) if r.kind == "stdout"]

@@ -33,9 +33,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from agentfarm.backends.base import ExitInfo
-from agentfarm.backends.local import cgroups, procs, sandbox, stage
-from agentfarm.backends.local.spool import MAX_PAYLOAD, SpoolWriter
+# Only light modules: the monitor starts on every launch (pydantic would add ~100 ms).
+from agentfarm.backends.local import cgroups, frames, procs, sandbox, stage
+from agentfarm.backends.local.frames import MAX_PAYLOAD, SpoolWriter
 
 READ_SIZE = 1 << 16
 OOM_POLL = 0.2
@@ -319,7 +319,7 @@ class Monitor:
                 self.accept_status(data)
 
     # --- loop ------------------------------------------------------------------------------
-    def run(self) -> ExitInfo:
+    def run(self) -> bytes:
         proc = self.proc
         if proc is None:
             raise RuntimeError("start() first")
@@ -367,7 +367,8 @@ class Monitor:
             self.oom = True
         return self.finish(returncode)
 
-    def finish(self, returncode: int | None) -> ExitInfo:
+    def finish(self, returncode: int | None) -> bytes:
+        """Flush, tear down, and return the exit frame's payload."""
         for name in ("stdout", "stderr"):
             for line in self.splitters[name].flush():
                 self.spool.write(name, line)
@@ -377,8 +378,8 @@ class Monitor:
         error = None
         if self.oom:
             error = f"the agent ran out of memory (limit {self.spec.limits.memory_mb} MiB)"
-        return ExitInfo(
-            exit_code=returncode if signal_number is None else None,
+        return frames.exit_payload(
+            returncode if signal_number is None else None,
             signal=signal_number,
             stopped=self.stopped,
             oom_killed=self.oom,
@@ -594,14 +595,13 @@ def main() -> int:
         monitor.start()
     except Exception as exc:  # every failure is reported; the run must not hang in starting
         message = str(exc) or type(exc).__name__
-        monitor.spool.exit(ExitInfo(exit_code=None, error=message))
+        monitor.spool.write("exit", frames.exit_payload(None, error=message))
         monitor.spool.sync()
         monitor.close()
         _report({"ok": False, "error": message})
         return 1
     _report({"ok": True, "pid": os.getpid()})
-    info = monitor.run()
-    monitor.spool.exit(info)
+    monitor.spool.write("exit", monitor.run())
     monitor.spool.sync()
     monitor.close()
     return 0

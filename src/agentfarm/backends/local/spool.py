@@ -1,9 +1,7 @@
-"""The spool: a run's output as an append-only file of frames.
+"""The spool reader: a run's frames (see ``frames.py``) as :class:`Record` objects, live.
 
-A frame is ``kind (1 byte) | length (4 bytes, big-endian) | payload``. The monitor writes
-each frame with one ``write`` on an ``O_APPEND`` descriptor, so a reader sees whole frames
-plus at most a torn tail, which it leaves for the next read. The cursor of a frame is the
-byte offset just past it: ``records(after=cursor)`` starts reading exactly there.
+The cursor of a frame is the byte offset just past it: ``follow(after=cursor)`` starts
+reading exactly there.
 """
 
 from __future__ import annotations
@@ -11,43 +9,28 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
-from agentfarm.backends.base import ExitInfo, Record, RecordKind
+from agentfarm.backends.base import ExitInfo, Record
+from agentfarm.backends.local import frames
 
-HEADER = struct.Struct(">cI")
-#: Longer payloads (a line without a newline for 64 MiB) are split over several frames.
-MAX_PAYLOAD = 64 * 1024 * 1024
-
-KIND_BY_BYTE: dict[bytes, RecordKind] = {
-    b"o": "stdout",
-    b"e": "stderr",
-    b"n": "notice",
-    b"s": "started",
-    b"x": "exit",
-}
-BYTE_BY_KIND: dict[RecordKind, bytes] = {kind: byte for byte, kind in KIND_BY_BYTE.items()}
-
-
-def encode(kind: RecordKind, payload: bytes) -> list[bytes]:
-    """The frames for one payload (one frame unless it exceeds :data:`MAX_PAYLOAD`)."""
-    byte = BYTE_BY_KIND[kind]
-    chunks = [payload[i : i + MAX_PAYLOAD] for i in range(0, len(payload), MAX_PAYLOAD)]
-    return [HEADER.pack(byte, len(chunk)) + chunk for chunk in chunks or [b""]]
+HEADER = frames.HEADER
+MAX_PAYLOAD = frames.MAX_PAYLOAD
+KIND_BY_BYTE = frames.KIND_BY_BYTE
+encode = frames.encode
+SpoolWriter = frames.SpoolWriter
 
 
 def encode_exit(info: ExitInfo) -> bytes:
-    body = {
-        "exit_code": info.exit_code,
-        "signal": info.signal,
-        "stopped": info.stopped,
-        "oom_killed": info.oom_killed,
-        "lost": info.lost,
-        "error": info.error,
-    }
-    return json.dumps(body).encode()
+    return frames.exit_payload(
+        info.exit_code,
+        signal=info.signal,
+        stopped=info.stopped,
+        oom_killed=info.oom_killed,
+        lost=info.lost,
+        error=info.error,
+    )
 
 
 def decode_exit(payload: bytes) -> ExitInfo:
@@ -63,31 +46,6 @@ def decode_exit(payload: bytes) -> ExitInfo:
         oom_killed=bool(body.get("oom_killed")),
         error=body.get("error"),
     )
-
-
-class SpoolWriter:
-    """Appends frames to a spool descriptor (the monitor's side; plain blocking writes)."""
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-
-    def write(self, kind: RecordKind, payload: bytes = b"") -> None:
-        for frame in encode(kind, payload):
-            view = memoryview(frame)
-            # A regular file takes the whole frame in one write unless the disk is full; the
-            # loop only matters then, and a reader ignores the torn tail meanwhile.
-            while view:
-                written = os.write(self.fd, view)
-                view = view[written:]
-
-    def notice(self, text: str) -> None:
-        self.write("notice", text.encode())
-
-    def exit(self, info: ExitInfo) -> None:
-        self.write("exit", encode_exit(info))
-
-    def sync(self) -> None:
-        os.fsync(self.fd)
 
 
 def parse(buffer: bytes, offset: int) -> tuple[list[Record], int]:

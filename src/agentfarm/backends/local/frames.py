@@ -1,0 +1,79 @@
+"""Spool frames: the format and the writer (the monitor's side; no heavy imports).
+
+A frame is ``kind (1 byte) | length (4 bytes, big-endian) | payload``. The monitor writes
+each frame with one ``write`` on an ``O_APPEND`` descriptor, so a reader sees whole frames
+plus at most a torn tail, which it leaves for the next read. The cursor of a frame is the
+byte offset just past it. This module imports nothing from the rest of agentfarm, so the
+monitor starts fast; the reader is in ``spool.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from typing import Literal
+
+Kind = Literal["stdout", "stderr", "notice", "started", "exit"]
+
+HEADER = struct.Struct(">cI")
+#: Longer payloads (a line without a newline for 64 MiB) are split over several frames.
+MAX_PAYLOAD = 64 * 1024 * 1024
+
+KIND_BY_BYTE: dict[bytes, Kind] = {
+    b"o": "stdout",
+    b"e": "stderr",
+    b"n": "notice",
+    b"s": "started",
+    b"x": "exit",
+}
+BYTE_BY_KIND: dict[Kind, bytes] = {kind: byte for byte, kind in KIND_BY_BYTE.items()}
+
+
+def encode(kind: Kind, payload: bytes) -> list[bytes]:
+    """The frames for one payload (one frame unless it exceeds :data:`MAX_PAYLOAD`)."""
+    byte = BYTE_BY_KIND[kind]
+    chunks = [payload[i : i + MAX_PAYLOAD] for i in range(0, len(payload), MAX_PAYLOAD)]
+    return [HEADER.pack(byte, len(chunk)) + chunk for chunk in chunks or [b""]]
+
+
+def exit_payload(
+    exit_code: int | None,
+    *,
+    signal: int | None = None,
+    stopped: bool = False,
+    oom_killed: bool = False,
+    lost: bool = False,
+    error: str | None = None,
+) -> bytes:
+    body = {
+        "exit_code": exit_code,
+        "signal": signal,
+        "stopped": stopped,
+        "oom_killed": oom_killed,
+        "lost": lost,
+        "error": error,
+    }
+    return json.dumps(body).encode()
+
+
+class SpoolWriter:
+    """Appends frames to a spool descriptor (plain blocking writes)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def write(self, kind: Kind, payload: bytes = b"") -> None:
+        for frame in encode(kind, payload):
+            view = memoryview(frame)
+            # A regular file takes the whole frame in one write unless the disk is full; the
+            # loop only matters then, and a reader ignores the torn tail meanwhile.
+            while view:
+                written = os.write(self.fd, view)
+                view = view[written:]
+
+    def notice(self, text: str) -> None:
+        self.write("notice", text.encode())
+
+    def sync(self) -> None:
+        os.fsync(self.fd)
