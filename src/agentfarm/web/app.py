@@ -28,10 +28,14 @@ def default_adapters() -> dict[str, AgentAdapter]:
     return {"claude": ClaudeAdapter()}
 
 
-def default_backends(settings: Settings) -> dict[str, Backend]:
+def default_backends(
+    settings: Settings, adapters: Mapping[str, AgentAdapter]
+) -> dict[str, Backend]:
     from agentfarm.backends.local import LocalBackend
 
-    backends: dict[str, Backend] = {"local": LocalBackend(settings)}
+    # One agent kind today: the local backend sends its interrupt request on stop.
+    interrupt = adapters["claude"].interrupt() if "claude" in adapters else b""
+    backends: dict[str, Backend] = {"local": LocalBackend(settings, interrupt=interrupt)}
     try:
         from agentfarm.backends.kubernetes import KubernetesBackend
     except ImportError:  # the optional `kubernetes` extra is not installed
@@ -54,14 +58,11 @@ def create_app(
         app.state.api_token = settings.api_token()
         store = await Store.open(settings.db_path)
         secrets = SecretStore(settings.secrets_path)
-        chosen = dict(backends) if backends is not None else default_backends(settings)
-        supervisor = Supervisor(
-            settings,
-            store,
-            secrets,
-            chosen,
-            dict(adapters) if adapters is not None else default_adapters(),
+        chosen_adapters = dict(adapters) if adapters is not None else default_adapters()
+        chosen = (
+            dict(backends) if backends is not None else default_backends(settings, chosen_adapters)
         )
+        supervisor = Supervisor(settings, store, secrets, chosen, chosen_adapters)
         app.state.store, app.state.secrets, app.state.supervisor = store, secrets, supervisor
         await supervisor.start()
         try:

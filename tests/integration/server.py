@@ -1,0 +1,109 @@
+"""A real agentfarm server in a subprocess (`agentfarm serve`), for end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+TOKEN = "e2e-token-0123456789abcdef"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class Server:
+    def __init__(self, data_dir: Path, env: dict[str, str], log: Path) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {
+            **os.environ,
+            "AGENTFARM_DATA_DIR": str(data_dir),
+            "AGENTFARM_PORT": str(self.port),
+            "AGENTFARM_TOKEN": TOKEN,
+            "AGENTFARM_URL": self.url,
+            **env,
+        }
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def cli_env(self) -> dict[str, str]:
+        return {**self.env, "COLUMNS": "200"}
+
+    def start(self) -> Server:
+        agentfarm = Path(sys.executable).with_name("agentfarm")
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [str(agentfarm), "serve"], env=self.env, stdout=log, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited: {self.log.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{self.url}/api/health", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"server did not come up: {self.log.read_text()[-3000:]}")
+
+    def kill(self) -> None:
+        """kill -9: no shutdown code runs."""
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+            self.proc = None
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+            self.proc = None
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(
+            base_url=self.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30
+        )
+
+    def cli(
+        self, *args: str, input: str | None = None, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        agentfarm = Path(sys.executable).with_name("agentfarm")
+        return subprocess.run(
+            [str(agentfarm), *args],
+            env=self.cli_env,
+            capture_output=True,
+            text=True,
+            input=input,
+            timeout=timeout,
+            check=False,
+        )
+
+    def wait_status(self, run_id: str, statuses: set[str], timeout: float = 90) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        with self.client() as c:
+            while True:
+                run: dict[str, Any] = c.get(f"/api/runs/{run_id}").json()
+                if run["status"] in statuses:
+                    return run
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"run {run_id} still {run['status']}: {run}")
+                time.sleep(0.1)

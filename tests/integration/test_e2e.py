@@ -1,0 +1,245 @@
+"""End to end through a real server process, the CLI, the real Claude Code CLI against the
+scripted fake model, real git and real bubblewrap."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.fakes import anthropic_api as fake
+from tests.integration.server import Server
+from tests.realparts import missing
+
+pytestmark = pytest.mark.integration
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", "-C", str(repo), *args], capture_output=True, text=True, check=True
+    ).stdout
+
+
+@pytest.fixture
+def source(tmp_path: Path) -> Path:
+    repo = tmp_path / "project"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    (repo / "README.md").write_text("# project\n")
+    git(repo, "add", "-A")
+    git(repo, "-c", "user.name=t", "-c", "user.email=t@e", "commit", "-qm", "initial")
+    return repo
+
+
+@pytest.fixture
+def server(tmp_path: Path, claude_bin: str, fake_anthropic: fake.FakeAnthropic) -> Iterator[Server]:
+    if shutil.which("bwrap") is None:
+        missing("bubblewrap", "apt-get install bubblewrap (make test does it)")
+    srv = Server(
+        tmp_path / "data",
+        {
+            "AGENTFARM_CLAUDE_BIN": claude_bin,
+            "ANTHROPIC_BASE_URL": fake_anthropic.base_url,
+            "ANTHROPIC_API_KEY": "sk-ant-e2e-secret-value",
+            "AGENTFARM_STOP_GRACE_SECONDS": "3",
+        },
+        tmp_path / "server.log",
+    ).start()
+    yield srv
+    srv.stop()
+
+
+def create_config(srv: Server, source: Path, name: str, prompt: str) -> None:
+    with srv.client() as c:
+        response = c.post(
+            "/api/configs",
+            json={
+                "name": name,
+                "repo": str(source),
+                "prompt": prompt,
+                "env": {"CLAUDE_CODE_MAX_RETRIES": "0"},
+            },
+        )
+        assert response.status_code == 201, response.text
+
+
+def launch(srv: Server, config: str, prompt: str | None = None) -> dict[str, Any]:
+    with srv.client() as c:
+        body: dict[str, Any] = {"config": config}
+        if prompt is not None:
+            body["prompt"] = prompt
+        response = c.post("/api/runs", json=body)
+        assert response.status_code == 201, response.text
+        run: dict[str, Any] = response.json()
+        return run
+
+
+def events(srv: Server, run_id: str) -> list[dict[str, Any]]:
+    with srv.client() as c:
+        result: list[dict[str, Any]] = c.get(f"/api/runs/{run_id}/events").json()
+        return result
+
+
+def sse_events(srv: Server, run_id: str) -> list[dict[str, Any]]:
+    seen: list[dict[str, Any]] = []
+    with (
+        srv.client() as c,
+        c.stream(
+            "GET",
+            f"/api/runs/{run_id}/events",
+            headers={"Accept": "text/event-stream"},
+            timeout=httpx.Timeout(90),
+        ) as response,
+    ):
+        for line in response.iter_lines():
+            if line.startswith("event: end"):
+                break
+            if line.startswith("data:"):
+                seen.append(json.loads(line[5:]))
+    return seen
+
+
+def test_cli_run_commits_on_its_branch(server: Server, source: Path) -> None:
+    prompt = f"{fake.marker('write-and-commit')} add a hello file"
+    result = server.cli(
+        "config", "add", "writer", "--repo", str(source), "--prompt", prompt,
+        "--env", "CLAUDE_CODE_MAX_RETRIES=0",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    result = server.cli("run", "writer")
+    assert result.returncode == 0, result.stdout + result.stderr
+    run_id = result.stdout.split()[1]
+    assert "succeeded" in result.stdout
+    assert "→ Write" in result.stdout and "→ Bash" in result.stdout
+    assert "sk-ant-e2e-secret-value" not in result.stdout + result.stderr
+    run = server.wait_status(run_id, {"succeeded"}, timeout=5)
+    assert run["cost_usd"] > 0 and run["num_turns"] >= 2 and run["usage"]["output_tokens"] > 0
+    log = git(source, "log", "--format=%s", f"agentfarm/{run_id}")
+    assert log.splitlines()[-1] == "initial" and len(log.splitlines()) == 2
+    assert git(source, "rev-parse", "--abbrev-ref", "HEAD").strip() == "main"
+    # readable logs, JSON logs and the listing agree
+    assert run_id in server.cli("ls").stdout
+    listed = json.loads(server.cli("ls", "--json").stdout)
+    assert listed[0]["id"] == run_id
+    lines = server.cli("logs", run_id, "--json").stdout.splitlines()
+    assert [json.loads(x)["seq"] for x in lines] == list(range(1, len(lines) + 1))
+    # an SSE client sees every stored event, in order
+    stored = events(server, run_id)
+    assert sse_events(server, run_id) == stored
+    body = json.dumps(stored)
+    assert "sk-ant-e2e-secret-value" not in body
+    assert "sk-ant-e2e-secret-value" not in (server.log.read_text())
+    workspace = server.data_dir / "runs" / run_id / "workspace"
+    if workspace.exists():
+        assert "sk-ant-e2e-secret-value" not in (workspace / ".git" / "config").read_text()
+
+
+def test_stop_ends_a_sleeping_agent(server: Server, source: Path) -> None:
+    create_config(server, source, "sleeper", f"{fake.marker('sleep')} wait")
+    run = launch(server, "sleeper")
+    deadline = time.monotonic() + 60
+    while not any(e["type"] == "agent.tool_call" for e in events(server, run["id"])):
+        assert time.monotonic() < deadline, events(server, run["id"])
+        time.sleep(0.1)
+    started = time.monotonic()
+    result = server.cli("stop", run["id"])
+    assert result.returncode == 0, result.stderr
+    done = server.wait_status(run["id"], {"stopped", "failed", "succeeded"}, timeout=30)
+    elapsed = time.monotonic() - started
+    assert done["status"] == "stopped", done
+    assert elapsed < 3 + 5
+    leftovers = subprocess.run(
+        ["pgrep", "-f", f"runs/{run['id']}"], capture_output=True, text=True, check=False
+    ).stdout.split()
+    assert leftovers == []
+    assert (
+        subprocess.run(["pgrep", "-f", "sleep 600"], capture_output=True, check=False).returncode
+        == 1
+    )
+
+
+def test_server_kill9_midrun_then_restart(
+    server: Server, source: Path, fake_anthropic: fake.FakeAnthropic
+) -> None:
+    marker = fake_anthropic.register(
+        "slow-commit",
+        [
+            fake.tool_use("Write", {"file_path": "slow.txt", "content": "slow\n"}, delay=1.5),
+            fake.tool_use(
+                "Bash",
+                {"command": "git add -A && git commit -qm 'slow work'", "description": "c"},
+                delay=1.5,
+            ),
+            fake.text("committed", delay=1.0),
+        ],
+    )
+    create_config(server, source, "slow", f"{marker} go slowly")
+    run = launch(server, "slow")
+    server.wait_status(run["id"], {"running"}, timeout=30)
+    time.sleep(2.0)
+    server.kill()
+    time.sleep(1.0)
+    server.start()
+    done = server.wait_status(run["id"], {"succeeded", "failed", "lost"}, timeout=60)
+    assert done["status"] == "succeeded", done
+    stored = events(server, run["id"])
+    assert [e["seq"] for e in stored] == list(range(1, len(stored) + 1))
+    kinds = [e["type"] for e in stored]
+    assert kinds.count("agent.init") == 1 and kinds.count("agent.result") == 1
+    calls = [e["data"]["id"] for e in stored if e["type"] == "agent.tool_call"]
+    assert len(calls) == len(set(calls)) == 2
+    assert "slow work" in git(source, "log", "--format=%s", f"agentfarm/{run['id']}")
+
+
+def test_model_api_error_fails_the_run(server: Server, source: Path) -> None:
+    create_config(server, source, "broken", f"{fake.marker('api-error')} anything")
+    run = launch(server, "broken")
+    done = server.wait_status(run["id"], {"succeeded", "failed"}, timeout=60)
+    assert done["status"] == "failed"
+    assert "500" in done["error"] or "api" in done["error"].lower()
+
+
+def test_sandbox_hides_the_host(
+    server: Server, source: Path, fake_anthropic: fake.FakeAnthropic, tmp_path: Path
+) -> None:
+    other = server.data_dir / "runs" / "000000000000" / "workspace"
+    other.mkdir(parents=True)
+    (other / "theirs.txt").write_text("other run's file\n")
+    probe = (
+        f"cat {server.data_dir}/token; echo data=$?; "
+        f"cat {other}/theirs.txt; echo other=$?; "
+        "ls /root; echo root=$?; "
+        "cat /etc/shadow; echo shadow=$?; "
+        "echo procs=$(ls /proc | grep -c '^[0-9]'); id -u"
+    )
+    marker = fake_anthropic.register(
+        "probe",
+        [fake.tool_use("Bash", {"command": probe, "description": "probe"}), fake.text("ok")],
+    )
+    create_config(server, source, "probe", f"{marker} look around")
+    run = launch(server, "probe")
+    server.wait_status(run["id"], {"succeeded", "failed"}, timeout=60)
+    result = next(e for e in events(server, run["id"]) if e["type"] == "agent.tool_result")
+    out = result["data"]["content"]
+    assert "other run's file" not in out
+    for tag in ("data", "other", "root", "shadow"):
+        assert f"{tag}=0" not in out, out
+    procs = int(out.split("procs=")[1].split()[0])
+    assert procs < 15, out
+    assert out.strip().splitlines()[-1] != "0"
+    token = (
+        (server.data_dir / "token").read_text().strip()
+        if (server.data_dir / "token").exists()
+        else None
+    )
+    if token:
+        assert token not in out
+    assert os.getuid() == 0 or out.strip().splitlines()[-1] == str(os.getuid())
