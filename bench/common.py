@@ -12,8 +12,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.fakes.anthropic_api import FakeAnthropic  # noqa: E402
-from tests.integration.server import Server  # noqa: E402
+from tests.fakes.anthropic_api import FakeAnthropic
+from tests.integration.server import Server
 
 __all__ = ["ROOT", "FakeAnthropic", "Server", "claude_bin", "make_repo", "median", "rss_kib"]
 
