@@ -37,7 +37,7 @@ def default_backends(
     interrupt = adapters["claude"].interrupt() if "claude" in adapters else b""
     backends: dict[str, Backend] = {"local": LocalBackend(settings, interrupt=interrupt)}
     try:
-        from agentfarm.backends.kubernetes import KubernetesBackend
+        from agentfarm.backends.kubernetes.backend import KubernetesBackend
     except ImportError:  # the optional `kubernetes` extra is not installed
         return backends
     backends["kubernetes"] = KubernetesBackend(settings)
