@@ -1,0 +1,297 @@
+"""The kubernetes backend on a real node (tier B): a real pod runs the real Claude Code CLI.
+
+The agent image is assembled from this machine's files (python3, git, bash, the pinned CLI and
+deploy/agent/entrypoint.py) with scripts/k8s-testenv/build-image.py. The scripted fake model
+and a git daemon (clone and push over git://) listen on host loopback; socat relays carry them
+into the node's network namespace at the node IP, which pods reach.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from agentfarm.agents.base import AgentCommand
+from agentfarm.backends.base import Record
+from agentfarm.backends.kubernetes import backend as k8s_backend
+from agentfarm.backends.kubernetes import manifests
+from agentfarm.domain import models
+from agentfarm.settings import Settings
+from tests import realparts
+from tests.fakes import anthropic_api
+from tests.k8s import cluster
+
+REPO = Path(__file__).resolve().parents[2]
+IMAGE = "agentfarm.local/agent:test"
+TOOLS = ["bash", "env", "cat", "ls", "sed", "grep", "sleep", "mkdir", "rm", "head", "tail", "id"]
+
+
+def claude_binary() -> Path:
+    tools = Path(os.environ.get("AGENTFARM_TOOLS", REPO / ".tools"))
+    path = (tools / "node_modules" / ".bin" / "claude").resolve()
+    if not path.is_file():
+        realparts.missing("Claude Code CLI", "run make claude")
+    return path
+
+
+@dataclass
+class Relay:
+    """host loopback port -> unix socket -> node IP:port inside the node's network namespace."""
+
+    procs: list[subprocess.Popen[bytes]]
+
+    @classmethod
+    def start(cls, node: cluster.Cluster, port: int, workdir: Path) -> Relay:
+        sock = workdir / f"relay-{port}.sock"
+        outer = subprocess.Popen(
+            ["socat", f"UNIX-LISTEN:{sock},fork,unlink-early,mode=600", f"TCP:127.0.0.1:{port}"]
+        )
+        inner = subprocess.Popen(
+            ["nsenter", "--target", str(node.ns_pid), "--net", "--", "socat",
+             f"TCP-LISTEN:{port},bind={cluster.NODE_IP},reuseaddr,fork", f"UNIX-CONNECT:{sock}"]
+        )  # fmt: skip
+        return cls([outer, inner])
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            proc.terminate()
+            proc.wait(timeout=10)
+
+
+@dataclass
+class World:
+    node: cluster.Cluster
+    settings: Settings
+    fake: anthropic_api.FakeAnthropic
+    origin: Path
+    git_port: int
+
+    @property
+    def repo_url(self) -> str:
+        return f"git://{cluster.NODE_IP}:{self.git_port}/origin.git"
+
+    def command(self, prompt: str) -> AgentCommand:
+        message = {"type": "user", "message": {"role": "user", "content": prompt}}
+        return AgentCommand(
+            argv=["claude", "-p", "--output-format", "stream-json", "--verbose",
+                  "--input-format", "stream-json", "--permission-mode", "bypassPermissions"],
+            env={
+                "ANTHROPIC_BASE_URL": f"http://{cluster.NODE_IP}:{self.fake.port}",
+                "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+                "CLAUDE_CODE_MAX_RETRIES": "0",
+            },
+            stdin=(json.dumps(message) + "\n").encode(),
+            close_stdin_after=("result",),
+        )  # fmt: skip
+
+    def run(self, prompt: str) -> models.Run:
+        spec = models.AgentSpec(
+            repo=self.repo_url, base_branch="main", prompt=prompt, backend="kubernetes"
+        )
+        return models.Run(spec=spec)
+
+
+def build_agent_image(out: Path) -> Path:
+    """The agent image from local files (what deploy/agent/Dockerfile builds, minus Debian)."""
+    passwd = out / "passwd"
+    passwd.write_text("root:x:0:0::/root:/bin/sh\nagent:x:1000:1000::/home/agent:/bin/bash\n")
+    group = out / "group"
+    group.write_text("root:x:0:\nagent:x:1000:\n")
+    tarball = out / "agent.tar"
+    argv = [sys.executable, str(REPO / "scripts/k8s-testenv/build-image.py"),
+            "--tag", IMAGE, "--output", str(tarball),
+            "--add-binary", "/usr/bin/python3.11", "--symlink", "/usr/bin/python3:python3.11",
+            "--add", "/usr/lib/python3.11:/usr/lib/python3.11",
+            "--add-binary", "/usr/bin/git", "--add", "/usr/lib/git-core:/usr/lib/git-core",
+            "--add", f"{claude_binary()}:/usr/local/bin/claude",
+            "--add", f"{REPO / 'deploy/agent/entrypoint.py'}:{manifests.ENTRYPOINT}",
+            "--add", f"{passwd}:/etc/passwd", "--add", f"{group}:/etc/group",
+            "--symlink", "/bin/sh:bash",
+            "--mkdir", "/tmp:1777", "--mkdir", "/workspace", "--mkdir", "/home/agent",
+            "--mkdir", "/run/agentfarm", "--env", "HOME=/home/agent",
+            "--user", "1000:1000"]  # fmt: skip
+    for tool in TOOLS:
+        path = shutil.which(tool, path="/usr/bin:/bin")
+        if path:
+            argv += ["--add-binary", str(Path(path).resolve())]
+            if Path(path).resolve() != Path("/usr/bin") / tool:
+                argv += ["--symlink", f"/usr/bin/{tool}:{Path(path).resolve()}"]
+    subprocess.run(argv, check=True, capture_output=True)
+    return tarball
+
+
+@pytest.fixture(scope="module")
+def world(k8s_node: cluster.Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    work = tmp_path_factory.mktemp("k8s-backend-node")
+    started = time.monotonic()
+    k8s_node.import_image(build_agent_image(work))
+    image_seconds = time.monotonic() - started
+
+    origin = work / "git" / "origin.git"
+    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(origin)], check=True)
+    seed = work / "seed"
+    subprocess.run(["git", "init", "-q", "-b", "main", str(seed)], check=True)
+    (seed / "README.md").write_text("test repo\n")
+    git = ["git", "-C", str(seed), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "init"], check=True)
+    subprocess.run([*git, "push", "-q", str(origin), "main"], check=True)
+    subprocess.run(["chmod", "-R", "a+rwX", str(work / "git")], check=True)
+    git_port = cluster.free_port()
+    daemon = subprocess.Popen(
+        ["git", "daemon", "--reuseaddr", "--export-all", "--enable=receive-pack",
+         f"--base-path={work / 'git'}", "--listen=127.0.0.1", f"--port={git_port}",
+         str(work / "git")]
+    )  # fmt: skip
+    fake = anthropic_api.FakeAnthropic().start()
+    relays = [Relay.start(k8s_node, port, work) for port in (git_port, fake.port)]
+    namespace = k8s_node.create_namespace("agents")
+    settings = Settings(
+        k8s_kubeconfig=k8s_node.kubeconfig,
+        k8s_namespace=namespace,
+        k8s_image=IMAGE,
+        k8s_runtime_class=k8s_node.runtime_class,
+        k8s_instance="node-test",
+        k8s_cleanup_after_seconds=0,
+        stop_grace_seconds=3,
+    )
+    print(f"agent image built and imported in {image_seconds:.1f} s")
+    try:
+        yield World(k8s_node, settings, fake, origin, git_port)
+    finally:
+        for relay in relays:
+            relay.stop()
+        fake.stop()
+        daemon.terminate()
+        daemon.wait(timeout=10)
+
+
+@pytest.fixture
+async def backend(world: World) -> AsyncIterator[k8s_backend.KubernetesBackend]:
+    b = k8s_backend.KubernetesBackend(world.settings)
+    yield b
+    await b.aclose()
+
+
+async def collect(records: AsyncIterator[Record], timeout: float = 180) -> list[Record]:
+    out: list[Record] = []
+    async with asyncio.timeout(timeout):
+        async for record in records:
+            out.append(record)
+            if record.kind == "exit":
+                break
+    return out
+
+
+def stdout_types(records: list[Record]) -> list[str]:
+    types = []
+    for r in records:
+        if r.kind == "stdout":
+            try:
+                types.append(json.loads(r.data).get("type"))
+            except ValueError:
+                types.append("?")
+    return types
+
+
+async def test_a_run_writes_commits_and_pushes_in_a_real_pod(
+    world: World, backend: k8s_backend.KubernetesBackend
+) -> None:
+    run = world.run(anthropic_api.marker("write-and-commit"))
+    started = time.monotonic()
+    handle, _ = await backend.launch(run, world.command(run.prompt), {"ANTHROPIC_API_KEY": "fake"})
+    records = await collect(handle.records(after=0))
+    elapsed = time.monotonic() - started
+    first_stdout = next(r for r in records if r.kind == "stdout")
+    print(f"launch -> exit {elapsed:.1f} s; {len(records)} records")
+    exit_info = records[-1].exit
+    assert exit_info is not None
+    text = "\n".join(r.data.decode(errors="replace") for r in records)
+    assert exit_info.exit_code == 0, text
+    assert stdout_types(records)[0] == "system"
+    assert "result" in stdout_types(records)
+    assert json.loads(first_stdout.data)["cwd"] == "/workspace"
+    notices = [r.data.decode() for r in records if r.kind == "notice"]
+    assert any(n.startswith("pushed 1 commit(s) to agentfarm/") for n in notices), notices
+    shown = subprocess.run(
+        ["git", "-C", str(world.origin), "show", f"agentfarm/{run.id}:hello.txt"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert shown == "Hello from agentfarm.\n"
+    cursors = [r.cursor for r in records]
+    assert cursors == sorted(set(cursors))
+    await backend.cleanup(run)
+
+
+async def test_stop_deletes_the_running_pod(
+    world: World, backend: k8s_backend.KubernetesBackend
+) -> None:
+    run = world.run(anthropic_api.marker("sleep"))
+    handle, _ = await backend.launch(run, world.command(run.prompt), {"ANTHROPIC_API_KEY": "fake"})
+    records = handle.records(after=0)
+    seen: list[Record] = []
+    async with asyncio.timeout(120):
+        async for record in records:
+            seen.append(record)
+            if record.kind == "stdout" and b'"tool_use"' in record.data:
+                break  # the agent is inside `sleep 600`
+    started = time.monotonic()
+    await handle.stop(grace=3)
+    rest = await collect(records, timeout=90)
+    print(f"stop -> exit record {time.monotonic() - started:.1f} s")
+    assert rest[-1].exit is not None
+    assert rest[-1].exit.stopped
+    name = manifests.object_name(run.id)
+    ns = world.settings.k8s_namespace
+    for _ in range(120):
+        status, _ = await asyncio.to_thread(
+            world.node.request, "GET", f"/api/v1/namespaces/{ns}/pods/{name}"
+        )
+        if status == 404:
+            break
+        await asyncio.sleep(0.5)
+    assert status == 404
+    await backend.cleanup(run)
+
+
+async def test_restart_reattaches_and_resumes_the_log(world: World) -> None:
+    scenario = world.fake.register(
+        "slow-node",
+        [anthropic_api.tool_use("Bash", {"command": "sleep 4", "description": "wait"}),
+         anthropic_api.text("All done.")],
+    )  # fmt: skip
+    run = world.run(scenario)
+    first = k8s_backend.KubernetesBackend(world.settings)
+    try:
+        handle, _ = await first.launch(run, world.command(scenario), {"ANTHROPIC_API_KEY": "f"})
+        before: list[Record] = []
+        async with asyncio.timeout(120):
+            async for record in handle.records(after=0):
+                before.append(record)
+                if record.kind == "stdout" and b'"tool_use"' in record.data:
+                    break
+    finally:
+        await first.aclose()  # the control plane dies mid-run
+    second = k8s_backend.KubernetesBackend(world.settings)
+    try:
+        again = await second.attach(run)
+        after = await collect(again.records(after=before[-1].cursor))
+        assert after[-1].exit is not None
+        assert after[-1].exit.exit_code == 0
+        replay = await collect(again.records(after=0))
+        got = [(r.cursor, r.kind, r.data) for r in before + after]
+        want = [(r.cursor, r.kind, r.data) for r in replay]
+        assert got == want  # nothing lost, nothing doubled
+        await second.cleanup(run)
+    finally:
+        await second.aclose()
