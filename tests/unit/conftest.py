@@ -44,8 +44,10 @@ AppFactory = Callable[..., AbstractAsyncContextManager[httpx.AsyncClient]]
 
 
 @pytest.fixture
-def fake_backend() -> FakeBackend:
-    return FakeBackend()
+async def fake_backend() -> AsyncIterator[FakeBackend]:
+    backend = FakeBackend()
+    yield backend
+    await backend.shutdown()
 
 
 @pytest.fixture

@@ -153,6 +153,10 @@ class FakeBackend:
         self.runs.pop(run.id, None)
 
     async def aclose(self) -> None:
+        """Like real agents, scripted ones outlive the control plane; see :meth:`shutdown`."""
+
+    async def shutdown(self) -> None:
+        """End every scripted agent (test teardown)."""
         for state in self.runs.values():
             if state.task is not None:
                 state.task.cancel()

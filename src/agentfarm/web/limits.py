@@ -23,33 +23,32 @@ class BodySizeLimit:
                 await self._reject(send)
                 return
         seen = 0
-        too_big = False
+        responded = False
+        started = False
 
         async def limited() -> Message:
-            nonlocal seen, too_big
+            # A body sent without Content-Length (chunked) is counted as it arrives; past the
+            # limit the client gets 413 and the app sees a disconnect and stops reading.
+            nonlocal seen, responded
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_body:
-                    too_big = True
-                    raise _TooLarge
+                    if not started and not responded:
+                        responded = True
+                        await self._reject(send)
+                    return {"type": "http.disconnect"}
             return message
 
-        started = False
-
-        async def tracking_send(message: Message) -> None:
+        async def guarded_send(message: Message) -> None:
             nonlocal started
+            if responded:
+                return
             if message["type"] == "http.response.start":
                 started = True
             await send(message)
 
-        try:
-            await self.app(scope, limited, tracking_send)
-        except _TooLarge:
-            if not started:
-                await self._reject(send)
-        if too_big and not started:
-            return
+        await self.app(scope, limited, guarded_send)
 
     async def _reject(self, send: Send) -> None:
         body = json.dumps(
@@ -68,7 +67,3 @@ class BodySizeLimit:
             }
         )
         await send({"type": "http.response.body", "body": body})
-
-
-class _TooLarge(Exception):
-    pass
