@@ -7,7 +7,7 @@ export AGENTFARM_TOOLS ?= $(CURDIR)/.tools
 CLAUDE_CODE_VERSION := $(shell cat scripts/claude-code.version)
 PYTEST_ARGS ?=
 
-.PHONY: run serve test check fmt venv install install-dev claude system-deps test-deps unit integration bench clean
+.PHONY: run serve test check fmt venv install install-dev claude system-deps test-deps k8s-testenv unit integration bench clean
 
 ## run: install the package and the pinned Claude Code CLI, then start the server
 run: install claude
@@ -36,7 +36,11 @@ claude:
 system-deps:
 	@scripts/install-system-deps.sh
 
-test-deps: system-deps install-dev claude
+test-deps: system-deps install-dev claude k8s-testenv
+
+## k8s-testenv: build the offline Kubernetes test cluster once (about 6.5 min; cached outside the repo)
+k8s-testenv:
+	@scripts/k8s-testenv/build.sh
 
 ## check: format, lint, types and layer contracts
 check: install-dev

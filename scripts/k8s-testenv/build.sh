@@ -97,7 +97,7 @@ tree=$(find "$build/src" -mindepth 1 -maxdepth 1 -type d -name 'kubernetes-*' | 
 log "source unpacked in $tree ($((SECONDS - start)) s)"
 
 # GOPATH mode, no module downloads, all caches inside the build tree.
-export GOPATH="$build/go" GOCACHE="$build/gocache" GOPROXY=off GOFLAGS= GO111MODULE=off
+export GOPATH="$build/go" GOCACHE="$build/gocache" GOPROXY=off GOFLAGS='' GO111MODULE=off
 export CGO_ENABLED=0 GOTOOLCHAIN=local
 mkdir -p "$GOPATH/src/k8s.io"
 ln -sfn "$tree" "$GOPATH/src/k8s.io/kubernetes"
