@@ -161,7 +161,8 @@ class LocalBackend:
             (etc / name).chmod(0o644)
 
     async def _start_monitor(self, run_dir: Path, spec: dict[str, Any]) -> None:
-        # The monitor imports the very code this server runs, installed or not; it gets no
+        # The monitor imports the very code this server runs, installed or not (-S: only the
+        # standard library and agentfarm, so no site-packages scan on the launch path); it gets no
         # other part of the server's environment (which may hold credentials).
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"}
         env["PYTHONPATH"] = os.pathsep.join(
@@ -172,7 +173,7 @@ class LocalBackend:
         )
         try:
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "agentfarm.backends.local.monitor",
+                sys.executable, "-S", "-m", "agentfarm.backends.local.monitor",
                 stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=log,
                 cwd=run_dir, env=env, start_new_session=True,
             )  # fmt: skip
