@@ -7,6 +7,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -14,6 +15,7 @@ from hypothesis import strategies as st
 from agentfarm.agents import claude
 from agentfarm.agents.base import AgentAdapter, StreamParser
 from agentfarm.domain import models
+from tests.fakes import anthropic_api as fake
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "claude"
 CASES = sorted(p.stem for p in DATA.glob("*.jsonl"))
@@ -589,3 +591,69 @@ def test_fuzz_shaped_objects_are_deterministic(objs: list[tuple[str, dict[str, A
             json.dumps(draft.data, allow_nan=False)
         replays.append(([(d.type, d.data) for d in drafts], parser.finish(0, None, stopped=False)))
     assert replays[0] == replays[1]
+
+
+# --- the fake Messages API the integration tests run the CLI against ----------------------
+
+
+def sse_events(body: str) -> list[tuple[str, dict[str, Any]]]:
+    events = []
+    for chunk in body.strip().split("\n\n"):
+        name, data = chunk.split("\n")
+        events.append((name.removeprefix("event: "), json.loads(data.removeprefix("data: "))))
+    return events
+
+
+def test_fake_selects_the_turn_by_counting_assistant_messages() -> None:
+    messages = [
+        {"role": "user", "content": "old [scenario:hello]"},
+        {"role": "assistant", "content": "x"},
+        {"role": "user", "content": [{"type": "text", "text": f"{fake.marker('sleep')} go"}]},
+        {"role": "system", "content": "reminder"},
+        {"role": "assistant", "content": []},
+        {"role": "user", "content": [{"type": "tool_result", "content": "ok"}]},
+        {"role": "assistant", "content": []},
+    ]
+    assert fake.select_turn(messages) == ("sleep", None, 2)
+    assert fake.select_turn([{"role": "user", "content": "[scenario:many-events:7]"}]) == (
+        "many-events",
+        "7",
+        0,
+    )
+    assert fake.select_turn([{"role": "user", "content": "no marker"}]) == (None, None, 0)
+
+
+def test_fake_streams_messages_api_events(fake_anthropic: fake.FakeAnthropic) -> None:
+    marker = fake_anthropic.register(
+        "unit-stream",
+        [fake.turn(fake.Text("hi"), fake.ToolUse("Bash", {"command": "echo " + "x" * 50}))],
+    )
+    body = {"model": "m", "stream": True, "messages": [{"role": "user", "content": marker}]}
+    with httpx.Client(base_url=fake_anthropic.base_url) as client:
+        response = client.post("/v1/messages?beta=true", json=body)
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        events = sse_events(response.text)
+        names = [name for name, _ in events]
+        assert names[0] == "message_start" and names[-2:] == ["message_delta", "message_stop"]
+        assert all(data["type"] == name for name, data in events)
+        deltas = [d["delta"] for n, d in events if n == "content_block_delta"]
+        assert "".join(d["text"] for d in deltas if d["type"] == "text_delta") == "hi"
+        tool_json = "".join(d["partial_json"] for d in deltas if d["type"] == "input_json_delta")
+        assert json.loads(tool_json) == {"command": "echo " + "x" * 50}
+        stop = next(d for n, d in events if n == "message_delta")
+        assert stop["delta"]["stop_reason"] == "tool_use" and stop["usage"]["output_tokens"] > 0
+        assert client.head("/api/hello").status_code == 200
+        missing = client.get("/v1/models")
+        assert missing.status_code == 404 and missing.json()["type"] == "error"
+        error = client.post(
+            "/v1/messages",
+            json={**body, "messages": [{"role": "user", "content": fake.marker("api-error")}]},
+        )
+        assert error.status_code == 500
+        assert error.json()["error"] == {
+            "type": "api_error",
+            "message": "Internal server error (scripted)",
+        }
+    (recorded,) = fake_anthropic.requests_for("unit-stream")
+    assert recorded.query == "beta=true" and recorded.turn == 0 and recorded.body == body
