@@ -19,8 +19,8 @@ LATER_REVISION = """
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0002"
-down_revision = "0001"
+revision = "0099"
+down_revision = "0002"
 
 
 def upgrade() -> None:
@@ -31,8 +31,8 @@ FAILING_REVISION = """
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0002"
-down_revision = "0001"
+revision = "0099"
+down_revision = "0002"
 
 
 def upgrade() -> None:
@@ -52,7 +52,7 @@ def tables(conn: sqlite3.Connection) -> set[str]:
 def scripts_with(tmp_path: Path, revision: str) -> Path:
     location = tmp_path / "migrations"
     shutil.copytree(schema.MIGRATIONS_DIR, location, ignore=shutil.ignore_patterns("__pycache__"))
-    (location / "versions" / "0002_later.py").write_text(revision)
+    (location / "versions" / "0099_later.py").write_text(revision)
     return location
 
 
@@ -60,7 +60,15 @@ def test_the_schema_is_what_the_code_expects(tmp_path: Path) -> None:
     path = tmp_path / "agentfarm.db"
     schema.migrate(path)
     with contextlib.closing(sqlite3.connect(path)) as conn:
-        assert tables(conn) == {"alembic_version", "configs", "runs", "events"}
+        assert tables(conn) == {
+            "alembic_version",
+            "configs",
+            "runs",
+            "events",
+            "users",
+            "sessions",
+            "api_tokens",
+        }
         assert columns(conn, "configs") == set(mapping.CONFIG_COLUMNS)
         assert columns(conn, "runs") == set(mapping.RUN_COLUMNS + mapping.RUN_EXTRA_COLUMNS)
         assert columns(conn, "events") == set(mapping.EVENT_COLUMNS)
@@ -82,7 +90,7 @@ async def test_open_migrates_to_head_and_reopening_is_a_no_op(tmp_path: Path) ->
     path = tmp_path / "agentfarm.db"
     path.touch()  # an empty file
     await (await Store.open(path)).close()
-    assert schema.current_revision(path) == schema.head_revision() == "0001"
+    assert schema.current_revision(path) == schema.head_revision() == "0002"
     with contextlib.closing(sqlite3.connect(path)) as conn:
         before = conn.execute("SELECT type, name, sql FROM sqlite_master").fetchall()
     await (await Store.open(path)).close()
@@ -91,16 +99,16 @@ async def test_open_migrates_to_head_and_reopening_is_a_no_op(tmp_path: Path) ->
         assert conn.execute("SELECT type, name, sql FROM sqlite_master").fetchall() == before
 
 
-async def test_a_database_at_0001_upgrades_to_a_later_head(tmp_path: Path) -> None:
+async def test_a_database_at_head_upgrades_to_a_later_one(tmp_path: Path) -> None:
     path = tmp_path / "agentfarm.db"
     store = await Store.open(path)
     cfg = await store.create_config(models.AgentConfig(name="keep-me", repo="/r"))
     await store.close()
 
     location = scripts_with(tmp_path, LATER_REVISION)
-    assert schema.head_revision(location) == "0002"
+    assert schema.head_revision(location) == "0099"
     schema.migrate(path, script_location=location)
-    assert schema.current_revision(path) == "0002"
+    assert schema.current_revision(path) == "0099"
     with contextlib.closing(sqlite3.connect(path)) as conn:
         assert "notes" in columns(conn, "configs")
         assert conn.execute("SELECT name FROM configs").fetchall() == [(cfg.name,)]
@@ -111,7 +119,7 @@ def test_a_failing_migration_leaves_the_database_as_it_was(tmp_path: Path) -> No
     schema.migrate(path)
     with pytest.raises(RuntimeError, match="halfway"):
         schema.migrate(path, script_location=scripts_with(tmp_path, FAILING_REVISION))
-    assert schema.current_revision(path) == "0001"
+    assert schema.current_revision(path) == "0002"
     with contextlib.closing(sqlite3.connect(path)) as conn:
         assert "half_done" not in tables(conn)
 

@@ -57,6 +57,11 @@ class Store:
     def path(self) -> Path:
         return self._db.path
 
+    @property
+    def database(self) -> db.Database:
+        """The underlying database, for the store's sibling modules (``users``)."""
+        return self._db
+
     async def close(self) -> None:
         await self._db.close()
 
