@@ -9,9 +9,10 @@ import ipaddress
 import os
 import secrets as _secrets
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import AliasChoices, Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 def default_data_dir() -> Path:
@@ -80,6 +81,41 @@ class Settings(BaseSettings):
     k8s_forgejo_url: str | None = Field(
         None, description="Forgejo base URL whose clones use the FORGEJO_TOKEN secret."
     )
+    # --- the cockpit: logins and proxies ---------------------------------------------------
+    session_hours: float = Field(
+        336.0, gt=0, le=8784, description="How long a cockpit login lasts (hours)."
+    )
+    login_failures_per_user: int = Field(
+        5, ge=1, description="Failed logins per user name allowed in 15 minutes, then 429."
+    )
+    login_failures_per_address: int = Field(
+        20, ge=1, description="Failed logins per client address allowed in 15 minutes, then 429."
+    )
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated addresses or CIDRs of reverse proxies whose "
+        "`X-Forwarded-For`/`X-Forwarded-Proto` (and forward-auth header) are believed.",
+    )
+    forward_auth_header: str | None = Field(
+        None,
+        description="Off by default. Header carrying the user name set by a forward-auth gate "
+        "(e.g. `Remote-User`); honoured only on requests from `trusted_proxies`.",
+    )
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _split_proxies(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_proxies(cls, value: list[str]) -> list[str]:
+        for item in value:
+            ipaddress.ip_network(item, strict=False)  # ValueError names the bad entry
+        return value
+
     # Credentials for agents, read from the server's environment without the prefix.
     claude_code_oauth_token: SecretStr | None = Field(
         None,
