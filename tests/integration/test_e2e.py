@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -243,3 +244,34 @@ def test_sandbox_hides_the_host(
     if token:
         assert token not in out
     assert os.getuid() == 0 or out.strip().splitlines()[-1] == str(os.getuid())
+
+
+def test_cli_errors_are_one_clear_line(server: Server, source: Path, tmp_path: Path) -> None:
+    wrong = server.cli_env | {"AGENTFARM_TOKEN": "wrong-token"}
+    agentfarm = str(Path(sys.executable).with_name("agentfarm"))
+    for args, env, expected in (
+        (["ls"], wrong, "rejected the API token"),
+        (["logs", "0123456789ab"], server.cli_env, "0123456789ab"),
+        (["run", "nope"], server.cli_env, "no config named 'nope'"),
+        (["ls"], server.cli_env | {"AGENTFARM_URL": "http://127.0.0.1:9"}, "cannot reach"),
+    ):
+        done = subprocess.run(
+            [agentfarm, *args], env=env, capture_output=True, text=True, timeout=60, check=False
+        )
+        assert done.returncode == 1, (args, done.stdout, done.stderr)
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error:"), done.stderr
+        assert expected in lines[0], lines[0]
+    # secrets go in on stdin and never come back out; configs load from YAML files
+    done = server.cli("secret", "set", "GH_TOKEN", input="ghp-secret-value-123\n")
+    assert done.returncode == 0, done.stderr
+    listed = server.cli("secret", "ls", "--json")
+    assert json.loads(listed.stdout) == ["GH_TOKEN"]
+    assert "ghp-secret-value-123" not in listed.stdout
+    spec = tmp_path / "cfg.yaml"
+    spec.write_text(f"name: from-file\nrepo: {source}\nprompt: hello\nmax_turns: 3\n")
+    assert server.cli("config", "add", "--file", str(spec)).returncode == 0
+    shown = json.loads(server.cli("config", "show", "from-file").stdout)
+    assert shown["max_turns"] == 3
+    bad = server.cli("config", "add", "bad name", "--repo", str(source))
+    assert bad.returncode == 1 and "name" in bad.stderr
