@@ -7,7 +7,7 @@ export AGENTFARM_TOOLS ?= $(CURDIR)/.tools
 CLAUDE_CODE_VERSION := $(shell cat scripts/claude-code.version)
 PYTEST_ARGS ?=
 
-.PHONY: run serve test check fmt venv install install-dev claude system-deps test-deps k8s-testenv unit integration bench clean
+.PHONY: run serve test check fmt venv install install-dev web-vendor claude system-deps test-deps k8s-testenv unit integration bench clean
 
 ## run: install the package and the pinned Claude Code CLI, then start the server
 run: install claude
@@ -24,11 +24,15 @@ venv: $(BIN)/python
 $(BIN)/python:
 	@scripts/bootstrap-python.sh "$(PYTHON)" "$(VENV)"
 
-install: venv
+install: venv web-vendor
 	@$(BIN)/python -m pip install -q --disable-pip-version-check -e .
 
-install-dev: venv
+install-dev: venv web-vendor
 	@$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev,kubernetes]' -r requirements-test.txt
+
+## web-vendor: htmx and its SSE extension from the npm registry into the package (gitignored)
+web-vendor:
+	@scripts/build-web-vendor.sh
 
 claude:
 	@scripts/install-claude.sh "$(CLAUDE_CODE_VERSION)"
@@ -62,6 +66,7 @@ integration: test-deps
 bench: test-deps
 	@$(BIN)/python bench/launch_overhead.py
 	@$(BIN)/python bench/event_ingest.py
+	@$(BIN)/python bench/cockpit.py
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

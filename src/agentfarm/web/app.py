@@ -15,7 +15,7 @@ from agentfarm.settings import Settings
 from agentfarm.store import Store
 from agentfarm.store.secrets import SecretStore
 from agentfarm.supervisor.runs import Supervisor
-from agentfarm.web import api
+from agentfarm.web import api, pages
 from agentfarm.web import errors as web_errors
 from agentfarm.web.limits import BodySizeLimit
 
@@ -64,6 +64,7 @@ def create_app(
         )
         supervisor = Supervisor(settings, store, secrets, chosen, chosen_adapters)
         app.state.store, app.state.secrets, app.state.supervisor = store, secrets, supervisor
+        await pages.startup(app, store, settings)
         await supervisor.start()
         try:
             yield
@@ -86,4 +87,5 @@ def create_app(
     web_errors.install(app)
     app.include_router(api.public)
     app.include_router(api.router)
+    pages.install(app)
     return app

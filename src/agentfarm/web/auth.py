@@ -1,21 +1,41 @@
-"""Bearer-token authentication for the API (on by default, always on beyond loopback)."""
+"""Authentication of API requests: bearer tokens (primary or named), browser sessions and a
+trusted forward-auth proxy (see ``sessions``). Requests a browser makes with its cookies must
+also carry the CSRF token when they change something."""
 
 from __future__ import annotations
 
-import hmac
-
 from fastapi import HTTPException, Request, status
 
+from agentfarm.web import csrf, sessions
 
-def check_bearer(request: Request) -> None:
-    expected: str = request.app.state.api_token
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() == "bearer" and token and hmac.compare_digest(token.strip(), expected):
-        return
-    raise HTTPException(
+
+def _unauthorized() -> HTTPException:
+    return HTTPException(
         status_code=status.HTTP_401_UNAUTHORIZED,
         detail="missing or wrong API token: send `Authorization: Bearer <token>` "
         "(`agentfarm token` prints it)",
         headers={"WWW-Authenticate": "Bearer"},
     )
+
+
+async def check_bearer(request: Request) -> sessions.Principal:
+    """The API's guard: any principal; CSRF-checked when it rode in on ambient credentials."""
+    principal = await sessions.authenticate(request)
+    if principal is None:
+        raise _unauthorized()
+    if principal.binding is not None and request.method not in csrf.SAFE_METHODS:
+        key: bytes = request.app.state.web_key
+        if not csrf.valid(key, principal.binding, request.headers.get(csrf.HEADER)):
+            raise HTTPException(
+                status_code=status.HTTP_403_FORBIDDEN,
+                detail="missing or wrong CSRF token (send the page's X-CSRF-Token header)",
+            )
+    return principal
+
+
+async def require_token(request: Request) -> sessions.Principal:
+    """Bearer tokens only: for administration (creating users), never a browser session."""
+    principal = await sessions.authenticate(request)
+    if principal is None or principal.kind != "token":
+        raise _unauthorized()
+    return principal

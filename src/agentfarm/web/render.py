@@ -1,0 +1,186 @@
+"""Events as HTML for people: markdown text, one-line tool calls that expand, highlighted
+errors, a summarised result. Pure functions over ``models.Event``; the output is cached per
+event (events never change), so many viewers of one run render each event once.
+
+Markdown goes through markdown-it-py with raw HTML disabled: whatever the agent prints is
+escaped, and its link validator drops ``javascript:``-style URLs.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from collections.abc import Iterable
+from typing import Any
+
+from markdown_it import MarkdownIt
+from markupsafe import Markup
+
+from agentfarm.domain import models
+from agentfarm.domain.present import fmt_cost, fmt_duration, one_line, tool_summary
+
+MAX_SHOWN = 20_000
+_md = MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": False})
+_md.enable("table")
+_cache: OrderedDict[tuple[str, int], str] = OrderedDict()
+CACHE_SIZE = 50_000
+
+STATUS_CLASS = {
+    "queued": "badge-neutral",
+    "starting": "badge-info",
+    "running": "badge-info",
+    "succeeded": "badge-success",
+    "failed": "badge-error",
+    "stopped": "badge-warning",
+    "lost": "badge-error",
+}
+
+
+def markdown(text: str) -> Markup:
+    return Markup(_md.render(_clip(text)))  # noqa: S704 (markdown-it escapes: html=False)
+
+
+def badge(status: str) -> Markup:
+    cls = STATUS_CLASS.get(status, "badge-neutral")
+    return Markup('<span class="badge {}">{}</span>').format(cls, status)
+
+
+def _clip(text: str) -> str:
+    if len(text) <= MAX_SHOWN:
+        return text
+    return text[:MAX_SHOWN] + f"\n… ({len(text) - MAX_SHOWN} more characters in the raw events)"
+
+
+def _pretty(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, indent=2, ensure_ascii=False, default=str)
+
+
+def _result_text(content: Any) -> str:
+    if isinstance(content, list):
+        parts = []
+        for block in content:
+            if isinstance(block, dict) and isinstance(block.get("text"), str):
+                parts.append(block["text"])
+            else:
+                parts.append(_pretty(block))
+        return "\n".join(parts)
+    return _pretty(content) if content is not None else ""
+
+
+def _wrap(event: models.Event, body: Markup, extra: str = "") -> Markup:
+    kind = event.type.replace(".", "-")
+    return Markup('<div class="ev ev-{}{}" id="ev-{}" data-seq="{}">{}</div>').format(
+        kind, extra, event.seq, event.seq, body
+    )
+
+
+def _body(event: models.Event) -> tuple[Markup, str]:
+    d = event.data
+    t = event.type
+    if t == models.EventType.agent_text:
+        return Markup('<div class="md">{}</div>').format(markdown(str(d.get("text", "")))), ""
+    if t == models.EventType.agent_thinking:
+        return Markup(
+            '<details class="thinking"><summary>thinking</summary><div class="md">{}</div>'
+            "</details>"
+        ).format(markdown(str(d.get("text", "")))), ""
+    if t == models.EventType.agent_tool_call:
+        name = str(d.get("name", "tool"))
+        tool_input = d.get("input")
+        summary = tool_summary(name, tool_input, limit=120)
+        label = summary[len(name) + 2 :] if summary.startswith(f"{name}: ") else ""
+        return Markup(
+            '<details class="tool" id="tool-{}"><summary><span class="tool-name">{}</span> '
+            '<span class="tool-arg">{}</span></summary><div class="tool-body">'
+            '<div class="label">input</div><pre>{}</pre><div class="tool-slot"></div></div>'
+            "</details>"
+        ).format(str(d.get("id", "")), name, label, _clip(_pretty(tool_input))), ""
+    if t == models.EventType.agent_tool_result:
+        error = bool(d.get("is_error"))
+        note = " (truncated)" if d.get("truncated") else ""
+        return Markup(
+            '<div class="tool-result{}" data-for-tool="{}"><div class="label">{}{}</div>'
+            "<pre>{}</pre></div>"
+        ).format(
+            " is-error" if error else "",
+            str(d.get("id", "")),
+            "error" if error else "result",
+            note,
+            _clip(_result_text(d.get("content"))),
+        ), ""
+    if t == models.EventType.agent_result:
+        error = bool(d.get("is_error"))
+        usage = d.get("usage") or {}
+        tokens = (
+            sum(v for v in usage.values() if isinstance(v, int)) if isinstance(usage, dict) else 0
+        )
+        duration = d.get("duration_ms")
+        facts = " · ".join(
+            [
+                str(d.get("subtype", "result")),
+                fmt_cost(d.get("cost_usd")),
+                f"{d.get('num_turns') or 0} turns",
+                f"{tokens} tokens",
+                fmt_duration(duration / 1000 if isinstance(duration, int | float) else None),
+            ]
+        )
+        return Markup(
+            '<div class="card result-card{}"><div class="card-title">{}</div>'
+            '<div class="md">{}</div></div>'
+        ).format(
+            " alert-error" if error else "",
+            ("Failed: " if error else "Finished: ") + facts,
+            markdown(str(d.get("result") or "")),
+        ), ""
+    if t == models.EventType.run_status:
+        status = str(d.get("status", "?"))
+        parts = [Markup("run {}").format(badge(status))]
+        if d.get("branch"):
+            parts.append(Markup(" on <code>{}</code>").format(d["branch"]))
+        if d.get("exit_code") is not None:
+            parts.append(Markup(" (exit {})").format(d["exit_code"]))
+        if d.get("error"):
+            parts.append(Markup('<div class="alert alert-error">{}</div>').format(d["error"]))
+            return Markup("").join(parts), " is-error"
+        return Markup("").join(parts), ""
+    if t == models.EventType.run_notice:
+        return Markup('<span class="muted">{}</span>').format(d.get("message", "")), ""
+    if t == models.EventType.agent_init:
+        tools = d.get("tools") or []
+        return Markup('<span class="muted">session {} · {} · {} tools · {}</span>').format(
+            d.get("session_id", "?"), d.get("model", "?"), len(tools), d.get("permission_mode", "")
+        ), ""
+    if t == models.EventType.user_message:
+        return Markup('<div class="bubble"><span class="label">you</span> {}</div>').format(
+            d.get("text", "")
+        ), ""
+    if t == models.EventType.agent_stderr:
+        return Markup('<pre class="stderr">{}</pre>').format(
+            one_line(str(d.get("line", "")), 500)
+        ), ""
+    if t == models.EventType.agent_unparsed:
+        return Markup('<pre class="stderr">unparsed: {}</pre>').format(
+            one_line(str(d.get("line", "")), 300)
+        ), ""
+    return Markup('<span class="muted">{}: {}</span>').format(
+        t, one_line(json.dumps(d, default=str), 200)
+    ), ""
+
+
+def event_html(event: models.Event) -> str:
+    key = (event.run_id, event.seq)
+    cached = _cache.get(key)
+    if cached is not None:
+        return cached
+    body, extra = _body(event)
+    html = str(_wrap(event, body, extra))
+    _cache[key] = html
+    if len(_cache) > CACHE_SIZE:
+        _cache.popitem(last=False)
+    return html
+
+
+def events_html(events: Iterable[models.Event]) -> Markup:
+    return Markup("".join(event_html(e) for e in events))  # noqa: S704 (built from escaped parts)

@@ -1,0 +1,192 @@
+"""Who is asking: API tokens, browser sessions and (opt-in) a forward-auth proxy.
+
+Every request is resolved to a ``Principal`` once (cached on ``request.state``):
+
+1. ``Authorization: Bearer``: the primary token (environment or data directory) or a named
+   token from the settings page. A wrong bearer token is a wrong token: no fallback.
+2. A forward-auth header (``forward_auth_header``), believed only when the TCP peer is one of
+   ``trusted_proxies``; from anywhere else it is ignored.
+3. The ``af_session`` cookie of a password login.
+
+Cookie- and proxy-authenticated principals carry a CSRF binding: their state-changing
+requests must present the matching token (forms: a hidden field; fetch/htmx: a header).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import ipaddress
+import secrets
+from dataclasses import dataclass
+from datetime import timedelta
+from functools import lru_cache
+from typing import Literal
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from fastapi import Request, Response
+
+from agentfarm.domain import models
+from agentfarm.settings import Settings
+from agentfarm.store.users import Users, digest
+
+SESSION_COOKIE = "af_session"
+PRELOGIN_COOKIE = "af_pre"
+#: A named token's ``last_used_at`` is written at most this often (one write per request
+#: would put every API call through the single writer).
+TOUCH_EVERY = timedelta(minutes=1)
+
+_hasher = PasswordHasher()
+_DUMMY_HASH = _hasher.hash("agentfarm-timing-equaliser")
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    name: str
+    kind: Literal["token", "session", "proxy"]
+    #: What CSRF tokens are bound to; ``None`` for bearer tokens (no ambient credentials).
+    binding: str | None = None
+
+
+# --- passwords -------------------------------------------------------------------------------
+async def hash_password(password: str) -> str:
+    return await asyncio.to_thread(_hasher.hash, password)
+
+
+async def verify_password(password_hash: str | None, password: str) -> bool:
+    """Constant work whether or not the user exists (argon2 against a dummy hash)."""
+
+    def check() -> bool:
+        try:
+            return _hasher.verify(password_hash or _DUMMY_HASH, password) and bool(password_hash)
+        except (VerificationError, InvalidHashError):
+            return False
+
+    return await asyncio.to_thread(check)
+
+
+def new_secret() -> str:
+    return secrets.token_urlsafe(32)
+
+
+# --- addresses and TLS -----------------------------------------------------------------------
+@lru_cache(maxsize=64)
+def _networks(
+    entries: tuple[str, ...],
+) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    return tuple(ipaddress.ip_network(e, strict=False) for e in entries)
+
+
+def is_trusted(address: str | None, settings: Settings) -> bool:
+    if not address or not settings.trusted_proxies:
+        return False
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in net for net in _networks(tuple(settings.trusted_proxies)))
+
+
+def peer(request: Request) -> str:
+    return request.client.host if request.client else ""
+
+
+def client_address(request: Request, settings: Settings) -> str:
+    """The client's address: the peer, or behind trusted proxies the nearest untrusted hop."""
+    address = peer(request)
+    if not is_trusted(address, settings):
+        return address
+    hops = [h.strip() for h in request.headers.get("x-forwarded-for", "").split(",") if h.strip()]
+    for hop in reversed(hops):
+        if not is_trusted(hop, settings):
+            return hop
+        address = hop
+    return address
+
+
+def is_https(request: Request, settings: Settings) -> bool:
+    if request.url.scheme == "https":
+        return True
+    if is_trusted(peer(request), settings):
+        proto = request.headers.get("x-forwarded-proto", "").split(",")[0].strip().lower()
+        return proto == "https"
+    return False
+
+
+# --- cookies ---------------------------------------------------------------------------------
+def set_cookie(
+    response: Response,
+    request: Request,
+    name: str,
+    value: str,
+    *,
+    max_age: int | None,
+    samesite: Literal["lax", "strict"] = "lax",
+) -> None:
+    settings: Settings = request.app.state.settings
+    response.set_cookie(
+        name,
+        value,
+        max_age=max_age,
+        path="/",
+        httponly=True,
+        samesite=samesite,
+        secure=is_https(request, settings),
+    )
+
+
+def clear_cookie(response: Response, request: Request, name: str) -> None:
+    settings: Settings = request.app.state.settings
+    response.delete_cookie(
+        name, path="/", httponly=True, samesite="lax", secure=is_https(request, settings)
+    )
+
+
+# --- resolution ------------------------------------------------------------------------------
+def users(request: Request) -> Users:
+    found: Users = request.app.state.users
+    return found
+
+
+async def authenticate(request: Request) -> Principal | None:
+    if hasattr(request.state, "principal"):
+        cached: Principal | None = request.state.principal
+        return cached
+    principal = await _resolve(request)
+    request.state.principal = principal
+    return principal
+
+
+async def _resolve(request: Request) -> Principal | None:
+    settings: Settings = request.app.state.settings
+    header = request.headers.get("authorization", "")
+    if header:
+        scheme, _, token = header.partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            return None
+        return await _bearer(request, token)
+    if settings.forward_auth_header and is_trusted(peer(request), settings):
+        name = request.headers.get(settings.forward_auth_header, "").strip()
+        if name:
+            return Principal(name[:128], "proxy", f"proxy:{name[:128]}")
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if cookie:
+        session = await users(request).get_session(cookie)
+        if session is not None:
+            return Principal(session.user_name, "session", f"session:{digest(cookie)}")
+    return None
+
+
+async def _bearer(request: Request, token: str) -> Principal | None:
+    primary: str = request.app.state.api_token
+    if hmac.compare_digest(token.encode(), primary.encode()):
+        return Principal("api-token", "token")
+    found = await users(request).find_token(token)
+    if found is None:
+        return None
+    now = models.utcnow()
+    if found.last_used_at is None or now - found.last_used_at > TOUCH_EVERY:
+        await users(request).touch_token(found.id)
+    return Principal(f"token:{found.name}", "token")

@@ -1,0 +1,214 @@
+"""Cockpit pages on the fake backend: configs with field errors, one-tap launch with a prompt
+override, the run page's rendering, older pages, and the resumable live stream."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import httpx
+
+from agentfarm.backends.fake import FakeBackend, Step, claude_like_script
+from agentfarm.domain import models
+
+from .web_helpers import cockpit, login, page_csrf
+
+FORM = {"name": "demo", "repo": "/srv/repo", "prompt": "fix the bug",
+        "permission_mode": "bypassPermissions", "backend": "local", "sandbox_mode": "bwrap",
+        "network": "on", "memory_mb": "4096"}  # fmt: skip
+
+
+async def wait_terminal(api: httpx.AsyncClient, run_id: str) -> dict[str, object]:
+    async with asyncio.timeout(10):
+        while True:
+            run: dict[str, object] = (await api.get(f"/api/runs/{run_id}")).json()
+            if run["status"] in ("succeeded", "failed", "stopped", "lost"):
+                return run
+            await asyncio.sleep(0.01)
+
+
+async def test_config_form_shows_errors_next_to_fields_then_saves(tmp_path: Path) -> None:
+    async with cockpit(tmp_path) as cp, cp.browser() as browser:
+        await cp.add_user()
+        await login(browser)
+        token = await page_csrf(browser, "/configs/new")
+        bad = {**FORM, "name": "Bad Name", "max_turns": "0", "env": "NOEQUALS", "csrf_token": token}
+        response = await browser.post("/configs/new", data=bad)
+        assert response.status_code == 422
+        assert 'id="name-error"' in response.text and 'id="env-error"' in response.text
+        assert 'value="Bad Name"' in response.text  # what was typed is kept
+        bad = {**FORM, "max_turns": "0", "env": "ANTHROPIC_API_KEY=x", "csrf_token": token}
+        response = await browser.post("/configs/new", data=bad)
+        assert 'id="max_turns-error"' in response.text and "set by agentfarm" in response.text
+        ok = await browser.post("/configs/new", data={**FORM, "csrf_token": token})
+        assert ok.status_code == 303
+        saved = (await cp.api.get("/api/configs/demo")).json()
+        assert saved["sandbox"]["network"] is True and saved["prompt"] == "fix the bug"
+        again = await browser.post("/configs/new", data={**FORM, "csrf_token": token})
+        assert again.status_code == 422 and "already exists" in again.text
+        # Edit keeps the id; duplicate prefills a copy; delete removes it.
+        edit = await browser.post(
+            f"/configs/{saved['id']}/edit", data={**FORM, "max_turns": "7", "csrf_token": token}
+        )
+        assert edit.status_code == 303
+        assert (await cp.api.get("/api/configs/demo")).json()["max_turns"] == 7
+        copy = await browser.get(f"/configs/new?copy={saved['id']}")
+        assert 'value="demo-copy"' in copy.text
+        gone = await browser.post(f"/configs/{saved['id']}/delete", data={"csrf_token": token})
+        assert gone.status_code == 303
+        assert (await cp.api.get("/api/configs")).json() == []
+
+
+async def test_launch_with_a_prompt_override_leaves_the_config_alone(tmp_path: Path) -> None:
+    async with cockpit(tmp_path) as cp, cp.browser() as browser:
+        await cp.add_user()
+        await login(browser)
+        cfg = (
+            await cp.api.post(
+                "/api/configs", json={"name": "demo", "repo": "/r", "prompt": "saved"}
+            )
+        ).json()
+        token = await page_csrf(browser)
+        launched = await browser.post(
+            f"/configs/{cfg['id']}/launch", data={"csrf_token": token, "prompt": "just once"}
+        )
+        assert launched.status_code == 303
+        run_id = launched.headers["location"].rsplit("/", 1)[1]
+        run = await wait_terminal(cp.api, run_id)
+        assert run["spec"]["prompt"] == "just once"  # type: ignore[index]
+        assert (await cp.api.get("/api/configs/demo")).json()["prompt"] == "saved"
+        plain = await browser.post(f"/configs/{cfg['id']}/launch", data={"csrf_token": token})
+        plain_id = plain.headers["location"].rsplit("/", 1)[1]
+        assert (await wait_terminal(cp.api, plain_id))["spec"]["prompt"] == "saved"  # type: ignore[index]
+        dashboard = await browser.get("/?status=succeeded")
+        assert run_id in dashboard.text and plain_id in dashboard.text
+        assert run_id not in (await browser.get("/?status=running")).text
+
+
+def busy_script(count: int) -> object:
+    def script(run: models.Run, command: object) -> list[Step]:
+        steps = claude_like_script(run, command)  # type: ignore[arg-type]
+        session = f"fake-session-{run.id}"
+        extra = []
+        for i in range(count):
+            call = {
+                "type": "assistant",
+                "session_id": session,
+                "message": {
+                    "id": f"m{i}",
+                    "content": [
+                        {
+                            "type": "tool_use",
+                            "id": f"toolu_{i}",
+                            "name": "Bash",
+                            "input": {"command": f"echo {i}"},
+                        }
+                    ],
+                },
+            }
+            result = {
+                "type": "user",
+                "session_id": session,
+                "message": {
+                    "content": [
+                        {
+                            "type": "tool_result",
+                            "tool_use_id": f"toolu_{i}",
+                            "content": f"out {i}",
+                            "is_error": i == 3,
+                        }
+                    ]
+                },
+            }
+            extra += [
+                Step("stdout", json.dumps(call).encode()),
+                Step("stdout", json.dumps(result).encode()),
+            ]
+        html = {
+            "type": "assistant",
+            "session_id": session,
+            "message": {
+                "id": "mx",
+                "content": [
+                    {
+                        "type": "text",
+                        "text": "**bold** <script>alert(1)</script> [x](javascript:alert(1))",
+                    }
+                ],
+            },
+        }
+        extra.append(Step("stdout", json.dumps(html).encode()))
+        return steps[:2] + extra + steps[2:]  # fmt: skip
+
+    return script
+
+
+async def test_run_page_renders_events_for_people_and_pages_older_ones(tmp_path: Path) -> None:
+    backend = FakeBackend(script=busy_script(250))  # type: ignore[arg-type]
+    async with cockpit(tmp_path, backend) as cp, cp.browser() as browser:
+        await cp.add_user()
+        await login(browser)
+        await cp.api.post("/api/configs", json={"name": "demo", "repo": "/r", "prompt": "go"})
+        run_id = (await cp.api.post("/api/runs", json={"config": "demo"})).json()["id"]
+        await wait_terminal(cp.api, run_id)
+        last = len((await cp.api.get(f"/api/runs/{run_id}/events", params={"limit": 5000})).json())
+        page = await browser.get(f"/runs/{run_id}")
+        assert page.status_code == 200
+        text = page.text
+        assert f'data-last-seq="{last}"' in text
+        assert text.count('class="ev ') == 200  # only the newest page of events
+        assert "<strong>bold</strong>" in text and "<script>alert(1)" not in text
+        assert "&lt;script&gt;" in text and 'href="javascript:' not in text
+        assert 'class="tool-name">Bash</span> <span class="tool-arg">echo 249</span>' in text
+        assert "Finished: success" in text and "$0.0012" in text
+        assert "Raw JSON events" in text and "Stop" not in text.split("Raw JSON")[0][-300:]
+        assert "badge-success" in text
+        older = await browser.get(f"/runs/{run_id}/older", params={"before": last - 199})
+        assert older.status_code == 200
+        seqs = [int(s.split('"')[0]) for s in older.text.split('data-seq="')[1:]]
+        assert seqs == list(range(last - 399, last - 199))
+        assert "Load older events" in older.text
+        first = await browser.get(f"/runs/{run_id}/older", params={"before": 5})
+        assert "Load older events" not in first.text
+        assert (
+            'class="tool-result is-error" data-for-tool="toolu_3"'
+            in (await browser.get(f"/runs/{run_id}/older", params={"before": 20})).text
+        )
+
+
+async def test_live_stream_resumes_after_the_last_seq_seen(tmp_path: Path) -> None:
+    async with cockpit(tmp_path) as cp, cp.browser() as browser:
+        await cp.add_user()
+        await login(browser)
+        await cp.api.post("/api/configs", json={"name": "demo", "repo": "/r", "prompt": "go"})
+        run_id = (await cp.api.post("/api/runs", json={"config": "demo"})).json()["id"]
+        await wait_terminal(cp.api, run_id)
+        total = len((await cp.api.get(f"/api/runs/{run_id}/events")).json())
+
+        async def seqs(**kwargs: object) -> list[int]:
+            response = await browser.get(f"/runs/{run_id}/live", **kwargs)  # type: ignore[arg-type]
+            assert response.status_code == 200
+            assert response.headers["content-type"].startswith("text/event-stream")
+            assert "event: end" in response.text
+            return [int(s.split('"')[0]) for s in response.text.split('data-seq="')[1:]]
+
+        assert await seqs() == list(range(1, total + 1))
+        assert await seqs(params={"after": 3}) == list(range(4, total + 1))
+        assert await seqs(headers={"Last-Event-ID": "5"}) == list(range(6, total + 1))
+
+
+async def test_stop_from_the_run_page(tmp_path: Path) -> None:
+    def slow(run: models.Run, command: object) -> list[Step]:
+        steps = claude_like_script(run, command)  # type: ignore[arg-type]
+        return [*steps[:2], Step("stdout", steps[2].data, delay=30), *steps[3:]]
+
+    async with cockpit(tmp_path, FakeBackend(script=slow)) as cp, cp.browser() as browser:  # type: ignore[arg-type]
+        await cp.add_user()
+        await login(browser)
+        await cp.api.post("/api/configs", json={"name": "demo", "repo": "/r", "prompt": "go"})
+        run_id = (await cp.api.post("/api/runs", json={"config": "demo"})).json()["id"]
+        token = await page_csrf(browser, f"/runs/{run_id}")
+        stopped = await browser.post(f"/runs/{run_id}/stop", data={"csrf_token": token})
+        assert stopped.status_code == 303
+        assert (await wait_terminal(cp.api, run_id))["status"] == "stopped"
