@@ -27,6 +27,8 @@ secret_app = typer.Typer(no_args_is_help=True, help="Credentials kept by the ser
 config_app = typer.Typer(no_args_is_help=True, help="Saved, reusable agent configs.")
 app.add_typer(secret_app, name="secret")
 app.add_typer(config_app, name="config")
+user_app = typer.Typer(no_args_is_help=True, help="Cockpit users (password logins).")
+app.add_typer(user_app, name="user")
 
 out = Console()
 err = Console(stderr=True)
@@ -88,6 +90,11 @@ def serve(
             "`claude setup-token`) or ANTHROPIC_API_KEY before `make run`, or run "
             "`agentfarm secret set CLAUDE_CODE_OAUTH_TOKEN` once the server is up"
         )
+    if first_run:
+        out.print(
+            f"cockpit: open {url} on a phone or desktop; the server says below if no user "
+            "exists yet. Create one with `agentfarm user add NAME` in another terminal."
+        )
     uvicorn.run(
         "agentfarm.web.app:create_app",
         factory=True,
@@ -96,6 +103,8 @@ def serve(
         log_level="info",
         access_log=False,
         timeout_graceful_shutdown=3,
+        # X-Forwarded-* are honoured by the app itself, only from AGENTFARM_TRUSTED_PROXIES.
+        proxy_headers=False,
     )
 
 
@@ -148,6 +157,57 @@ def secret_rm(name: str) -> None:
     with client() as c:
         c.request("DELETE", f"/api/secrets/{name}")
     out.print(f"secret {name} removed")
+
+
+# --- users ---------------------------------------------------------------------------------
+def read_password(name: str) -> str:
+    if sys.stdin.isatty():
+        password: str = typer.prompt(
+            f"password for {name}", hide_input=True, confirmation_prompt=True
+        )
+    else:
+        password = sys.stdin.readline().rstrip("\n")
+    if len(password) < 8:
+        fail("the password needs at least 8 characters")
+    return password
+
+
+@user_app.command("add")
+def user_add(name: str) -> None:
+    """Create a cockpit user; the password is prompted for (or read from stdin)."""
+    password = read_password(name)
+    with client() as c:
+        c.post("/api/admin/users", json={"name": name, "password": password})
+    out.print(f"user {name} created: sign in at {c.url}/login", highlight=False)
+
+
+@user_app.command("passwd")
+def user_passwd(name: str) -> None:
+    """Set a user's password (signs them out everywhere)."""
+    password = read_password(name)
+    with client() as c:
+        c.request("PUT", f"/api/admin/users/{name}/password", json={"password": password})
+    out.print(f"password of {name} changed")
+
+
+@user_app.command("ls")
+def user_ls(as_json: JsonFlag = False) -> None:
+    """List cockpit users."""
+    with client() as c:
+        users = c.get("/api/admin/users")
+    if as_json:
+        print_json(users)
+        return
+    for user in users:
+        out.print(f"{user['name']}  (since {user['created_at'][:10]})", highlight=False)
+
+
+@user_app.command("rm")
+def user_rm(name: str) -> None:
+    """Delete a user and end their sessions."""
+    with client() as c:
+        c.request("DELETE", f"/api/admin/users/{name}")
+    out.print(f"user {name} removed")
 
 
 # --- configs -------------------------------------------------------------------------------
