@@ -16,6 +16,9 @@ Layers, bottom to top:
                             (and the dynamic loader) to the same paths (repeatable).
     --symlink LINK:TARGET   create a symbolic link LINK pointing at TARGET (repeatable).
     --mkdir PATH[:MODE]     create an empty directory, MODE octal, default 755 (repeatable).
+    --resolve-libs          also add the shared libraries (per `ldd`, at their host paths) that
+                            ELF files brought in by --add need, e.g. the libffi of Python's
+                            lib-dynload/_ctypes when --add copies /usr/lib/python3.11.
     The --add, --add-binary, --symlink and --mkdir items form one extra top layer.
 
 Ownership:
@@ -73,6 +76,7 @@ class Options:
     rootfs: list[Path]
     items: list[Item] = field(default_factory=list)
     keep_owner: bool = False
+    resolve_libs: bool = False
     chown: list[tuple[str, int, int]] = field(default_factory=list)
     config: dict[str, object] = field(default_factory=dict)
     mtime: int = 0
@@ -97,6 +101,7 @@ class LayerWriter:
         self.written: set[str] = set()
         self.inodes: dict[tuple[int, int], str] = {}
         self.links: dict[str, str] = {}
+        self.elf_files: list[Path] = []
 
     def _resolve(self, name: str) -> str:
         """Rewrite parent components that are symlinks written earlier (``bin`` -> ``usr/bin``
@@ -161,6 +166,9 @@ class LayerWriter:
         else:
             info.size = stat.st_size
             with source.open("rb") as handle:
+                if handle.read(4) == b"\x7fELF":
+                    self.elf_files.append(source)
+                handle.seek(0)
                 self.tar.addfile(info, handle)
             if stat.st_nlink > 1:
                 self.inodes[key] = name
@@ -253,6 +261,10 @@ def build(options: Options) -> str:
                 if not item.source.exists():
                     raise SystemExit(f"error: no such file: {item.source}")
                 writer.tree(item.source, dest)
+        if options.resolve_libs:
+            for elf in list(writer.elf_files):
+                for library in _shared_libraries(elf):
+                    _add_host_path(writer, library)
         layers.append(writer.finish())
     if not layers:
         raise SystemExit("error: an image needs at least one ROOTFS_DIR or --add/--add-binary item")
@@ -327,6 +339,7 @@ def parse(argv: list[str]) -> Options:
     parser.add_argument("--add-binary", action="append", default=[], metavar="PATH")
     parser.add_argument("--symlink", action="append", default=[], metavar="LINK:TARGET")
     parser.add_argument("--mkdir", action="append", default=[], metavar="PATH[:MODE]")
+    parser.add_argument("--resolve-libs", action="store_true")
     parser.add_argument("--keep-owner", action="store_true")
     parser.add_argument("--chown", action="append", default=[], metavar="PATH=UID:GID")
     parser.add_argument("--entrypoint")
@@ -346,6 +359,7 @@ def parse(argv: list[str]) -> Options:
         output=args.output,
         rootfs=args.rootfs,
         keep_owner=args.keep_owner,
+        resolve_libs=args.resolve_libs,
         mtime=int(os.environ.get("SOURCE_DATE_EPOCH", "0")),
     )
     for spec in args.add:
