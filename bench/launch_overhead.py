@@ -21,8 +21,9 @@ from agentfarm.agents.claude import ClaudeAdapter
 from agentfarm.domain import models
 
 
-def direct(binary: str, base_url: str, prompt: str) -> float:
-    """Seconds from spawn to the first stdout line of the CLI, with no sandbox."""
+def direct(binary: str, base_url: str, prompt: str, repo: Path) -> float:
+    """Seconds from spawn to the first stdout line of the CLI, with no sandbox, in a fresh
+    clone (the CLI inspects the git repository it starts in, as it does under agentfarm)."""
     spec = models.AgentSpec(repo="/unused", prompt=prompt)
     command = ClaudeAdapter().build_command(spec, binary=binary)
     home = tempfile.mkdtemp(prefix="bench-home-")
@@ -34,9 +35,11 @@ def direct(binary: str, base_url: str, prompt: str) -> float:
         "ANTHROPIC_API_KEY": "sk-bench-key-000000",
         **command.env,
     }
+    workspace = Path(home) / "workspace"
+    subprocess.run(["git", "clone", "-q", "--shared", str(repo), str(workspace)], check=True)
     started = time.perf_counter()
     proc = subprocess.Popen(
-        command.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, cwd=home
+        command.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, cwd=workspace
     )
     assert proc.stdin is not None and proc.stdout is not None
     proc.stdin.write(command.stdin)
@@ -90,11 +93,11 @@ def main() -> None:
                     "/api/configs", json={"name": "bench", "repo": str(repo), "prompt": prompt}
                 ).raise_for_status()
                 via_agentfarm(srv, client, prompt)  # warm-up both paths
-                direct(binary, model.base_url, prompt)
+                direct(binary, model.base_url, prompt, repo)
                 plain: list[float] = []
                 farm: list[float] = []
                 for _ in range(args.runs):
-                    plain.append(direct(binary, model.base_url, prompt))
+                    plain.append(direct(binary, model.base_url, prompt, repo))
                     farm.append(via_agentfarm(srv, client, prompt))
         finally:
             srv.stop()
