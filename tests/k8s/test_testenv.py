@@ -42,7 +42,7 @@ async def core_node(k8s_node: cluster.Cluster) -> AsyncIterator[Any]:
 
 
 def _pod(name: str, **spec: Any) -> dict[str, Any]:
-    container = {"name": "main", "image": spec.pop("image", "agentfarm.local/busybox:1")}
+    container = {"name": "main", "image": spec.pop("image", cluster.BUSYBOX_IMAGE)}
     container |= spec.pop("container", {})
     return {
         "apiVersion": "v1",
@@ -221,31 +221,13 @@ async def test_node_runs_an_image_built_from_local_files(
     (rootfs / "app" / "greeting").write_text("built locally\n")
     tarball = tmp_path / "image.tar"
     builder = cluster.SCRIPTS / "build-image.py"
-    busybox = "/bin/busybox"
+    # A dynamically linked Debian binary: --add-binary brings its libraries and loader along.
     subprocess.run(
-        [
-            sys.executable,
-            str(builder),
-            "--tag",
-            "agentfarm.local/smoke:1",
-            "-o",
-            str(tarball),
-            "--add-binary",
-            busybox,
-            "--symlink",
-            "/bin/sh:busybox",
-            "--symlink",
-            "/bin/cat:busybox",
-            "--entrypoint",
-            '["/bin/cat"]',
-            "--cmd",
-            '["/app/greeting"]',
-            "--user",
-            "65534",
-            str(rootfs),
-        ],
+        [sys.executable, str(builder), "--tag", "agentfarm.local/smoke:1", "-o", str(tarball),
+         "--add-binary", "/usr/bin/cat", "--entrypoint", '["/usr/bin/cat"]',
+         "--cmd", '["/app/greeting"]', "--user", "65534", str(rootfs)],
         check=True,
-    )
+    )  # fmt: skip
     k8s_node.import_image(tarball)
     ns = k8s_node.create_namespace()
     pod = _pod("smoke", runtimeClassName=k8s_node.runtime_class, image="agentfarm.local/smoke:1")
