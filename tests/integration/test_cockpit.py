@@ -97,7 +97,7 @@ def chromium() -> Iterator[Any]:
 def phone(chromium: Any, server: Server) -> Iterator[Any]:
     context = chromium.new_context(
         viewport=PHONE, device_scale_factor=2, is_mobile=True, has_touch=True,
-        base_url=server.url, color_scheme="dark",
+        base_url=server.url, color_scheme="dark", bypass_csp=True,  # lets waits poll JS
     )  # fmt: skip
     context.set_default_timeout(30_000)
     page = context.new_page()

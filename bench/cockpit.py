@@ -1,0 +1,339 @@
+"""Cockpit figures: time to first paint (dashboard; a run page with 10,000 events), the delay
+from an agent event to its appearance in a connected browser, and SSE delivery to 200
+concurrent viewers of 20 running agents versus a single viewer, with the control plane's CPU.
+
+The server is a real uvicorn process serving the real app, on a stamping fake backend: each
+agent event carries the wall-clock time it was emitted, so a viewer's delay is its arrival
+time minus that stamp (same machine, same clock). Prints the figures only.
+
+    .venv/bin/python bench/cockpit.py [--agents 20] [--viewers 200] [--seconds 15]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
+
+from agentfarm.backends.base import ExitInfo
+from agentfarm.backends.fake import FakeBackend, _FakeRun
+from agentfarm.domain import models
+from tests.integration.server import free_port
+
+TOKEN = "bench-token-0123456789abcdef"
+PASSWORD = "bench-password-1"
+STAMP = re.compile(r"ts:(\d+\.\d+)")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+# --- the server side ---------------------------------------------------------------------------
+class StampingBackend(FakeBackend):
+    """Each run emits an assistant text carrying ``ts:<emit time>`` every ``interval`` seconds;
+    the prompt says how many and how often: ``stamp COUNT INTERVAL``."""
+
+    async def _play(self, state: _FakeRun, steps: Any) -> None:
+        run_id, prompt = steps
+        _, count, interval, *wait = prompt.split()
+        session = f"bench-{run_id}"
+        init = {
+            "type": "system",
+            "subtype": "init",
+            "session_id": session,
+            "model": "bench",
+            "tools": ["Bash"],
+            "cwd": "/w",
+            "permissionMode": "bypassPermissions",
+        }
+        state.append("stdout", json.dumps(init).encode())
+        await asyncio.sleep(float(wait[0]) if wait else 0.0)  # viewers connect meanwhile
+        for i in range(int(count)):
+            await asyncio.sleep(float(interval))
+            text = {"type": "text", "text": f"step {i} ts:{time.time():.6f}"}
+            message = {"id": f"m{i}", "content": [text]}
+            line = {"type": "assistant", "session_id": session, "message": message}
+            state.append("stdout", json.dumps(line).encode())
+        result = {
+            "type": "result",
+            "subtype": "success",
+            "is_error": False,
+            "result": "done",
+            "num_turns": 1,
+            "duration_ms": 1,
+            "total_cost_usd": 0.0,
+            "session_id": session,
+            "usage": {"input_tokens": 1, "output_tokens": 1},
+        }
+        state.append("stdout", json.dumps(result).encode())
+        state.append("exit", exit=ExitInfo(exit_code=0))
+
+
+def serve(data_dir: str, port: int) -> None:
+    import uvicorn
+
+    from agentfarm.settings import Settings
+    from agentfarm.web.app import create_app
+
+    # The "script" is just what _play needs: the run's id and its prompt.
+    backend = StampingBackend(script=lambda run, _cmd: (run.id, run.prompt))  # type: ignore
+    settings = Settings.model_validate(
+        {
+            "data_dir": data_dir,
+            "token": TOKEN,
+            "anthropic_api_key": "sk-bench-0000000000",
+            "claude_bin": "/bin/true",
+            "max_concurrent_runs": 100,
+        }
+    )
+    app = create_app(settings, backends={"local": backend})
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", proxy_headers=False)
+
+
+async def seed(data_dir: Path, events: int, runs: int) -> str:
+    """A finished run with ``events`` events of a realistic mix, and ``runs`` more finished runs."""
+    from agentfarm.store import Store
+
+    store = await Store.open(data_dir / "agentfarm.db")
+    try:
+        spec = models.AgentSpec(repo="/srv/repo", prompt="seeded")
+        big = models.Run(spec=spec, config_name="seeded", status=models.RunStatus.succeeded)
+        await store.create_run(big)
+        drafts: list[models.EventDraft] = []
+        for i in range(events):
+            kind = i % 3
+            if kind == 0:
+                drafts.append(
+                    models.EventDraft(
+                        type="agent.text",
+                        data={
+                            "message_id": f"m{i}",
+                            "index": 0,
+                            "text": f"Step **{i}**: reading `src/mod_{i}.py`, fixing the test.",
+                        },
+                    )
+                )
+            elif kind == 1:
+                drafts.append(
+                    models.EventDraft(
+                        type="agent.tool_call",
+                        data={
+                            "message_id": f"m{i}",
+                            "index": 1,
+                            "id": f"toolu_{i}",
+                            "name": "Bash",
+                            "input": {
+                                "command": f"pytest -q tests/test_{i}.py",
+                                "description": "run",
+                            },
+                        },
+                    )
+                )
+            else:
+                drafts.append(
+                    models.EventDraft(
+                        type="agent.tool_result",
+                        data={
+                            "id": f"toolu_{i - 1}",
+                            "is_error": False,
+                            "truncated": False,
+                            "size": 40,
+                            "content": f"{i} passed in 0.12s\n" * 3,
+                        },
+                    )
+                )
+        for start in range(0, len(drafts), 1000):
+            await store.append_events(big.id, drafts[start : start + 1000])
+        for i in range(runs):
+            run = models.Run(
+                spec=spec,
+                config_name=f"seed-{i % 7}",
+                status=models.RunStatus.succeeded,
+                cost_usd=0.01 * i,
+                branch=f"agentfarm/seed{i}",
+            )
+            await store.create_run(run)
+        return big.id
+    finally:
+        await store.close()
+
+
+# --- the client side ---------------------------------------------------------------------------
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def launch(client: httpx.AsyncClient, count: int, interval: float, wait: float) -> str:
+    prompt = f"stamp {count} {interval} {wait}"
+    response = await client.post("/api/runs", json={"spec": {"repo": "/r", "prompt": prompt}})
+    response.raise_for_status()
+    run_id: str = response.json()["id"]
+    return run_id
+
+
+async def viewer(url: str, run_id: str, delays: list[float]) -> None:
+    headers = {"Authorization": f"Bearer {TOKEN}", "Accept": "text/event-stream"}
+    timeout = httpx.Timeout(120, connect=30)
+    async with (
+        httpx.AsyncClient(base_url=url, headers=headers, timeout=timeout) as client,
+        client.stream("GET", f"/runs/{run_id}/live") as response,
+    ):
+        async for line in response.aiter_lines():
+            if line.startswith("data:"):
+                now = time.time()
+                delays.extend(now - float(m) for m in STAMP.findall(line))
+            elif line.startswith("event: end"):
+                return
+
+
+async def fan_out(
+    url: str, pid: int, agents: int, viewers: int, seconds: float
+) -> dict[str, float]:
+    interval = 0.2
+    count = int(seconds / interval)
+    async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}) as c:
+        runs = [await launch(c, count, interval, wait=5.0) for _ in range(agents)]
+    delays: list[float] = []
+    watching = asyncio.gather(*(viewer(url, runs[i % agents], delays) for i in range(viewers)))
+    await asyncio.sleep(5.0)  # the agents' quiet start: CPU is measured while they emit
+    cpu0, t0 = cpu_seconds(pid), time.monotonic()
+    await watching
+    cpu = (cpu_seconds(pid) - cpu0) / (time.monotonic() - t0)
+    return {
+        "p50_ms": pct(delays, 0.5) * 1000,
+        "p99_ms": pct(delays, 0.99) * 1000,
+        "cpu_pct": cpu * 100,
+        "events": len(delays),
+    }
+
+
+def browser_figures(url: str, big_run: str, repeats: int) -> dict[str, float]:
+    from playwright.sync_api import sync_playwright
+
+    def fcp(page: Any, path: str) -> float:
+        page.goto(url + path, wait_until="load")
+        page.wait_for_function("performance.getEntriesByName('first-contentful-paint').length")
+        value: float = page.evaluate(
+            "performance.getEntriesByName('first-contentful-paint')[0]?.startTime ?? NaN"
+        )
+        return value
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        context = browser.new_context(
+            viewport={"width": 390, "height": 844}, is_mobile=True, bypass_csp=True
+        )
+        page = context.new_page()
+        page.goto(url + "/login")
+        page.fill("input[name=username]", "bench")
+        page.fill("input[name=password]", PASSWORD)
+        page.click("button[type=submit]")
+        page.wait_for_url(url + "/")
+        dash = statistics.median(fcp(page, "/") for _ in range(repeats))
+        run = statistics.median(fcp(page, f"/runs/{big_run}") for _ in range(repeats))
+        # Agent event -> on screen: stamps compared when a MutationObserver sees the node.
+        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}) as c:
+            live = c.post("/api/runs", json={"spec": {"repo": "/r", "prompt": "stamp 40 0.1 2"}})
+            live_id = live.json()["id"]
+        page.goto(url + f"/runs/{live_id}")
+        page.evaluate("""() => { window.__d = [];
+          new MutationObserver(ms => { const now = Date.now() / 1000;
+            for (const m of ms) for (const n of m.addedNodes) {
+              const hit = /ts:(\\d+\\.\\d+)/.exec(n.textContent || "");
+              if (hit) window.__d.push(now - Number(hit[1])); } })
+          .observe(document.getElementById('events'), {childList: true}); }""")
+        page.wait_for_function(
+            "document.getElementById('stream').dataset.live === 'ended'", timeout=60_000
+        )
+        shown: list[float] = page.evaluate("window.__d")
+        browser.close()
+    return {
+        "fcp_dashboard_ms": dash,
+        "fcp_run_10k_ms": run,
+        "browser_p50_ms": pct(shown, 0.5) * 1000,
+        "browser_p99_ms": pct(shown, 0.99) * 1000,
+        "browser_events": len(shown),
+    }
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "data"
+        big = await seed(data, 10_000, 200)
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, __file__, "--serve", str(data), str(port)
+        )
+        try:
+            async with httpx.AsyncClient(
+                base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}
+            ) as c:
+                for _ in range(300):
+                    try:
+                        if (await c.get("/api/health")).status_code == 200:
+                            break
+                    except httpx.HTTPError:
+                        pass
+                    await asyncio.sleep(0.05)
+                await c.post("/api/admin/users", json={"name": "bench", "password": PASSWORD})
+            pages = await asyncio.to_thread(browser_figures, url, big, 5)
+            one = await fan_out(url, proc.pid, args.agents, 1, args.seconds)
+            many = await fan_out(url, proc.pid, args.agents, args.viewers, args.seconds)
+        finally:
+            proc.terminate()
+            await proc.wait()
+    print(f"first contentful paint, dashboard (200 runs):   {pages['fcp_dashboard_ms']:.0f} ms")
+    print(f"first contentful paint, run with 10,000 events: {pages['fcp_run_10k_ms']:.0f} ms")
+    print(
+        f"agent event -> browser DOM: p50 {pages['browser_p50_ms']:.1f} ms, "
+        f"p99 {pages['browser_p99_ms']:.1f} ms ({pages['browser_events']:.0f} events)"
+    )
+    print(f"{args.agents} agents at 5 events/s each, SSE delivery to the cockpit's run stream:")
+    for label, fig in (("1 viewer", one), (f"{args.viewers} viewers", many)):
+        print(
+            f"  {label:>12}: p50 {fig['p50_ms']:.1f} ms, p99 {fig['p99_ms']:.1f} ms, "
+            f"control-plane CPU {fig['cpu_pct']:.0f}% of one core "
+            f"({fig['events']:.0f} deliveries)"
+        )
+
+
+def main() -> None:
+    if len(sys.argv) == 4 and sys.argv[1] == "--serve":
+        serve(sys.argv[2], int(sys.argv[3]))
+        return
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--agents", type=int, default=20)
+    parser.add_argument("--viewers", type=int, default=200)
+    parser.add_argument("--seconds", type=float, default=15.0)
+    asyncio.run(main_async(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
