@@ -52,11 +52,11 @@ def _run(tier: str, workdir: Path) -> Iterator[cluster.Cluster]:
 
 @pytest.fixture(scope="session")
 def k8s_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[cluster.Cluster]:
-    """Tier A: etcd + kube-apiserver (about 4 s to start, about 400 MiB)."""
+    """Tier A: etcd + kube-apiserver (about 4 s to start, about 360 MiB)."""
     yield from _run("api", tmp_path_factory.mktemp("k8s-api"))
 
 
 @pytest.fixture(scope="session")
 def k8s_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[cluster.Cluster]:
-    """Tier B: a full single node in private namespaces (root; about 15 s to start)."""
+    """Tier B: a full single node in private namespaces (root; about 9 s to start, 630 MiB)."""
     yield from _run("node", tmp_path_factory.mktemp("k8s-node"))

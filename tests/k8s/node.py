@@ -153,10 +153,11 @@ def remove_cgroups(name: str, timeout: float = 20) -> list[str]:
 
 
 def _remove_stale_cgroups() -> None:
-    """Cgroup roots of test processes that were killed before their teardown ran."""
+    """Cgroup roots of nodes whose namespace holder is gone without a teardown (the test
+    process was SIGKILLed): every process of such a node died with its PID namespace."""
     for hierarchy in {path.parent for path in _cgroup_dirs("x")}:
         for stale in hierarchy.glob(f"{CGROUP_PREFIX}*"):
-            owner = stale.name.removeprefix(CGROUP_PREFIX).split("-")[0]
+            owner = stale.name.removeprefix(CGROUP_PREFIX)
             if owner.isdigit() and not processes.alive(int(owner)):
                 remove_cgroups(stale.name, timeout=2)
 
@@ -180,7 +181,7 @@ exec sleep infinity
 """
 
 
-def _write_configs(workdir: Path, cgroup_name: str, tokens: dict[str, str]) -> None:
+def _write_configs(workdir: Path, tokens: dict[str, str]) -> None:
     inner = f"https://{base.NODE_IP}:{INNER_API_PORT}"
     ca_file = workdir / "pki" / "ca.crt"
     for user in ("kubelet", "controller-manager", "scheduler"):
@@ -229,6 +230,9 @@ state = "/run/containerd"
   conf_dir = "{workdir / "cni"}"
 """
     )
+
+
+def _write_kubelet_config(workdir: Path, cgroup_name: str) -> None:
     kubelet = {
         "apiVersion": "kubelet.config.k8s.io/v1beta1",
         "kind": "KubeletConfiguration",
@@ -289,20 +293,17 @@ def start(workdir: Path, *, tie_to_parent: bool = True, timeout: float = 90) -> 
         f'{tokens["controller-manager"]},system:kube-controller-manager,kcm,"system:masters"',
         f'{tokens["scheduler"]},system:kube-scheduler,scheduler,"system:masters"',
     ])  # fmt: skip
-    cgroup_name = f"{CGROUP_PREFIX}{os.getpid()}-{secrets.token_hex(3)}"
-    _write_configs(workdir, cgroup_name, tokens)
+    _write_configs(workdir, tokens)
     port = processes.free_port()
     server = f"https://127.0.0.1:{port}"
     ca_file = workdir / "pki" / "ca.crt"
     kubeconfig = pki.write_kubeconfig(workdir / "kubeconfig", server, ca_file, tokens["admin"])
     cluster = base.Cluster(
         "node", workdir, server, tokens["admin"], ca_file, kubeconfig,
-        cgroup_name=cgroup_name, node_name=base.NODE_NAME, runtime_class=base.RUNTIME_CLASS,
+        node_name=base.NODE_NAME, runtime_class=base.RUNTIME_CLASS,
         busybox_image=base.BUSYBOX_IMAGE, pause_image=base.PAUSE_IMAGE,
     )  # fmt: skip
     try:
-        _create_cgroups(cgroup_name)
-        cluster.save()
         _start_daemons(cluster, port, images, tie_to_parent, timeout)
     except BaseException:
         base.stop(cluster)
@@ -335,7 +336,12 @@ def _start_daemons(
         {"namespace": holder.pid},
     )
     cluster.ns_pid = processes.children(holder.pid)[0]
+    # Named after the holder, which lives exactly as long as the node: a later start removes
+    # the groups of a node whose holder is gone (its test process was killed mid-session).
+    cluster.cgroup_name = f"{CGROUP_PREFIX}{holder.pid}"
     cluster.save()
+    _create_cgroups(cluster.cgroup_name)
+    _write_kubelet_config(workdir, cluster.cgroup_name)
 
     def inside(name: str, argv: Sequence[str]) -> None:
         enter = ["nsenter", "--target", str(cluster.ns_pid), "--mount", "--net", "--pid", "--"]
