@@ -17,27 +17,11 @@ import httpx
 import pytest
 
 from tests.fakes import anthropic_api as fake
+from tests.integration.conftest import git
 from tests.integration.server import Server
 from tests.realparts import missing
 
 pytestmark = pytest.mark.integration
-
-
-def git(repo: Path, *args: str) -> str:
-    return subprocess.run(
-        ["git", "-C", str(repo), *args], capture_output=True, text=True, check=True
-    ).stdout
-
-
-@pytest.fixture
-def source(tmp_path: Path) -> Path:
-    repo = tmp_path / "project"
-    repo.mkdir()
-    git(repo, "init", "-q", "-b", "main")
-    (repo / "README.md").write_text("# project\n")
-    git(repo, "add", "-A")
-    git(repo, "-c", "user.name=t", "-c", "user.email=t@e", "commit", "-qm", "initial")
-    return repo
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -231,8 +231,27 @@ class Supervisor:
             return find_claude(self.settings)
         return "claude"
 
-    async def _launch(self, run: models.Run) -> None:
+    @contextlib.asynccontextmanager
+    async def _owning(
+        self, run: models.Run, status: models.RunStatus, what: str
+    ) -> AsyncIterator[None]:
+        """Own a run while its task lives: an unexpected error ends the run with ``status``
+        and a sentence, and the run's slot is always given back."""
         try:
+            yield
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("run %s: %s", run.id, what)
+            with contextlib.suppress(Exception):
+                await self._finish_without_agent(run, status, f"{what}: {exc}")
+        finally:
+            self._active.discard(run.id)
+            self._handles.pop(run.id, None)
+            self._wakeup.set()
+
+    async def _launch(self, run: models.Run) -> None:
+        async with self._owning(run, models.RunStatus.failed, "internal error in agentfarm"):
             await self._append(
                 run.id,
                 [status_event(models.RunStatus.starting)],
@@ -261,21 +280,9 @@ class Supervisor:
             if run.id in self._stop_requested:
                 await handle.stop(self.settings.stop_grace_seconds)
             await self._ingest(run, handle, self._redactor(creds))
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.exception("run %s failed inside the supervisor", run.id)
-            with contextlib.suppress(Exception):
-                await self._finish_without_agent(
-                    run, models.RunStatus.failed, f"internal error in agentfarm: {exc}"
-                )
-        finally:
-            self._active.discard(run.id)
-            self._handles.pop(run.id, None)
-            self._wakeup.set()
 
     async def _resume(self, run: models.Run) -> None:
-        try:
+        async with self._owning(run, models.RunStatus.lost, "could not reattach after a restart"):
             backend = self.backends.get(run.spec.backend)
             if backend is None:
                 await self._finish_without_agent(
@@ -290,18 +297,6 @@ class Supervisor:
             with contextlib.suppress(errors.ConfigurationError):
                 creds = self.credentials(run.spec)
             await self._ingest(run, handle, self._redactor(creds))
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.exception("reattaching run %s failed", run.id)
-            with contextlib.suppress(Exception):
-                await self._finish_without_agent(
-                    run, models.RunStatus.lost, f"could not reattach after a restart: {exc}"
-                )
-        finally:
-            self._active.discard(run.id)
-            self._handles.pop(run.id, None)
-            self._wakeup.set()
 
     async def _pump(self, handle: RunHandle, queue: asyncio.Queue[Record | object]) -> None:
         try:

@@ -33,8 +33,7 @@ from agentfarm.domain.present import fmt_cost, fmt_duration
 from agentfarm.settings import Settings, read_or_create_token
 from agentfarm.store import Store
 from agentfarm.store.users import Users
-from agentfarm.supervisor.runs import Supervisor
-from agentfarm.web import admin, csrf, render, sessions
+from agentfarm.web import admin, api, csrf, render, sessions
 from agentfarm.web.ratelimit import LoginLimiter
 
 log = logging.getLogger(__name__)
@@ -59,16 +58,6 @@ class CsrfError(Exception):
 
 
 # --- helpers ---------------------------------------------------------------------------------
-def _store(request: Request) -> Store:
-    st: Store = request.app.state.store
-    return st
-
-
-def _sup(request: Request) -> Supervisor:
-    sup: Supervisor = request.app.state.supervisor
-    return sup
-
-
 def _key(request: Request) -> bytes:
     key: bytes = request.app.state.web_key
     return key
@@ -247,13 +236,13 @@ def _signature(runs: list[models.Run]) -> str:
 
 @router.get("/")
 async def dashboard(request: Request, who: Viewer, status: str | None = None) -> Response:
-    runs = await _dashboard_runs(_store(request), status)
+    runs = await _dashboard_runs(api.store(request), status)
     return page(request, "dashboard.html", who, runs=runs, status=status or "all", filters=FILTERS)
 
 
 @router.get("/dashboard/live")
 async def dashboard_live(request: Request, who: Viewer, status: str | None = None) -> Response:
-    store = _store(request)
+    store = api.store(request)
     _statuses(status)  # 422 now, not inside the stream
 
     async def stream() -> AsyncIterator[dict[str, Any]]:
@@ -372,14 +361,14 @@ async def _form(request: Request) -> dict[str, str]:
 
 @router.get("/configs")
 async def configs(request: Request, who: Viewer) -> Response:
-    return page(request, "configs.html", who, configs=await _store(request).list_configs())
+    return page(request, "configs.html", who, configs=await api.store(request).list_configs())
 
 
 @router.get("/configs/new")
 async def config_new(request: Request, who: Viewer, copy: str | None = None) -> Response:
     values = _form_values(None)
     if copy:
-        source = await _store(request).get_config(copy)
+        source = await api.store(request).get_config(copy)
         values = _form_values(source)
         values["name"] = f"{source.name}-copy"[:64]
     return page(
@@ -391,11 +380,11 @@ async def config_new(request: Request, who: Viewer, copy: str | None = None) -> 
 @router.post("/configs/new")
 async def config_create(request: Request, who: Checked) -> Response:
     values = await _form(request)
-    base = await _store(request).get_config(values["copy"]) if values.get("copy") else None
+    base = await api.store(request).get_config(values["copy"]) if values.get("copy") else None
     parsed, problems = _parse_config(values, base)
     if parsed is not None:
         try:
-            await _store(request).create_config(models.AgentConfig(**parsed.model_dump()))
+            await api.store(request).create_config(models.AgentConfig(**parsed.model_dump()))
         except errors.ConflictError:
             problems["name"] = "a config with this name already exists"
         else:
@@ -408,7 +397,7 @@ async def config_create(request: Request, who: Checked) -> Response:
 
 @router.get("/configs/{key}/edit")
 async def config_edit(request: Request, who: Viewer, key: KEY) -> Response:
-    cfg = await _store(request).get_config(key)
+    cfg = await api.store(request).get_config(key)
     return page(
         request, "config_form.html", who, values=_form_values(cfg), problems={},
         action=f"/configs/{cfg.id}/edit", title=f"Edit {cfg.name}", copy="",
@@ -417,7 +406,7 @@ async def config_edit(request: Request, who: Viewer, key: KEY) -> Response:
 
 @router.post("/configs/{key}/edit")
 async def config_update(request: Request, who: Checked, key: KEY) -> Response:
-    current = await _store(request).get_config(key)
+    current = await api.store(request).get_config(key)
     values = await _form(request)
     parsed, problems = _parse_config(values, current)
     if parsed is not None:
@@ -425,7 +414,7 @@ async def config_update(request: Request, who: Checked, key: KEY) -> Response:
             **parsed.model_dump(), id=current.id, created_at=current.created_at
         )
         try:
-            await _store(request).update_config(updated)
+            await api.store(request).update_config(updated)
         except errors.ConflictError:
             problems["name"] = "a config with this name already exists"
         else:
@@ -438,24 +427,24 @@ async def config_update(request: Request, who: Checked, key: KEY) -> Response:
 
 @router.post("/configs/{key}/delete")
 async def config_delete(request: Request, who: Checked, key: KEY) -> Response:
-    await _store(request).delete_config(key)
+    await api.store(request).delete_config(key)
     return see_other("/configs")
 
 
 @router.post("/configs/{key}/launch")
 async def config_launch(request: Request, who: Checked, key: KEY) -> Response:
-    cfg = await _store(request).get_config(key)
+    cfg = await api.store(request).get_config(key)
     values = await _form(request)
     spec = cfg.spec()
     override = values.get("prompt", "")
     if override.strip():  # for this run only: the saved config is untouched
         spec = spec.model_copy(update={"prompt": override})
     try:
-        run = await _sup(request).submit(spec, config=cfg)
+        run = await api.supervisor(request).submit(spec, config=cfg)
     except errors.AgentfarmError as exc:
         return page(
             request, "configs.html", who, 400,
-            configs=await _store(request).list_configs(), launch_error=(cfg.id, str(exc)),
+            configs=await api.store(request).list_configs(), launch_error=(cfg.id, str(exc)),
         )  # fmt: skip
     return see_other(f"/runs/{run.id}")
 
@@ -470,7 +459,7 @@ templates.env.globals.update(tokens=_tokens)
 
 @router.get("/runs/{run_id}")
 async def run_page(request: Request, who: Viewer, run_id: RUN_ID) -> Response:
-    store = _store(request)
+    store = api.store(request)
     run = await store.get_run(run_id)
     last = await store.last_seq(run_id)
     events = await store.list_events_before(run_id, before=last + 1, limit=PAGE)
@@ -485,7 +474,7 @@ async def run_page(request: Request, who: Viewer, run_id: RUN_ID) -> Response:
 async def run_older(
     request: Request, who: Viewer, run_id: RUN_ID, before: Annotated[int, Query(ge=1)]
 ) -> Response:
-    events = await _store(request).list_events_before(run_id, before=before, limit=PAGE)
+    events = await api.store(request).list_events_before(run_id, before=before, limit=PAGE)
     oldest = events[0].seq if events else 1
     html = render.events_html(events)
     more = ""
@@ -497,7 +486,7 @@ async def run_older(
 
 @router.get("/runs/{run_id}/head")
 async def run_head(request: Request, who: Viewer, run_id: RUN_ID) -> Response:
-    run = await _store(request).get_run(run_id)
+    run = await api.store(request).get_run(run_id)
     return page(request, "_run_head.html", who, run=run)
 
 
@@ -508,12 +497,12 @@ async def run_live(
     run_id: RUN_ID,
     after: Annotated[int, Query(ge=0)] = 0,
 ) -> Response:
-    store = _store(request)
+    store = api.store(request)
     await store.get_run(run_id)
     last_id = request.headers.get("last-event-id", "").strip()
     if last_id.isdigit():
         after = max(after, int(last_id))
-    hub = _sup(request).hub
+    hub = api.supervisor(request).hub
 
     async def stream() -> AsyncIterator[dict[str, Any]]:
         async for batch in hub.follow(run_id, after):
@@ -533,7 +522,7 @@ async def run_live(
 @router.post("/runs/{run_id}/stop")
 async def run_stop(request: Request, who: Checked, run_id: RUN_ID) -> Response:
     with contextlib.suppress(errors.ConflictError):  # it ended meanwhile: the page shows how
-        await _sup(request).stop_run(run_id)
+        await api.supervisor(request).stop_run(run_id)
     return see_other(f"/runs/{run_id}")
 
 
