@@ -30,7 +30,7 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -369,12 +369,29 @@ def _etcd_healthy(url: str) -> bool:
         conn.close()
 
 
+def with_port_retries(start: Callable[[], Cluster], workdir: Path) -> Cluster:
+    """Run ``start`` again (in an emptied ``workdir``) when a port picked as free was taken
+    by someone else in the meantime; other errors are raised at once."""
+    for attempt in range(3):
+        try:
+            return start()
+        except ClusterError as error:
+            if attempt == 2 or "address already in use" not in str(error).lower():
+                raise
+            shutil.rmtree(workdir, ignore_errors=True)
+    raise AssertionError("unreachable")
+
+
 def start_api(workdir: Path, *, tie_to_parent: bool = True, timeout: float = 60) -> Cluster:
     """Tier A: etcd + kube-apiserver on loopback. Raises ClusterError, after cleaning up."""
     if missing := missing_binaries():
         raise ClusterError(f"missing: {', '.join(missing)}")
-    started = time.monotonic()
     workdir = workdir.resolve()
+    return with_port_retries(lambda: _start_api(workdir, tie_to_parent, timeout), workdir)
+
+
+def _start_api(workdir: Path, tie_to_parent: bool, timeout: float) -> Cluster:
+    started = time.monotonic()
     workdir.mkdir(parents=True, exist_ok=True)
     pki.make_pki(workdir / "pki", ["127.0.0.1"])
     admin_token = secrets.token_hex(24)

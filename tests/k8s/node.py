@@ -279,9 +279,15 @@ def start(workdir: Path, *, tie_to_parent: bool = True, timeout: float = 90) -> 
     for hidden in ("/run", "/var/run", "/var/lib", "/var/log"):
         if workdir.is_relative_to(hidden):
             raise ClusterError(f"{workdir} is under {hidden}, which the node namespace hides")
-    started = time.monotonic()
     images = base_images()
     _remove_stale_cgroups()
+    return base.with_port_retries(lambda: _start(workdir, images, tie_to_parent, timeout), workdir)
+
+
+def _start(
+    workdir: Path, images: Sequence[Path], tie_to_parent: bool, timeout: float
+) -> base.Cluster:
+    started = time.monotonic()
     workdir.mkdir(parents=True, exist_ok=True)
     pki.make_pki(workdir / "pki", ["127.0.0.1", base.NODE_IP, base.SERVICE_IP])
     users = ("admin", "kubelet", "controller-manager", "scheduler")
