@@ -68,6 +68,17 @@ def git_env() -> dict[str, str]:
         count += 1
     env["GIT_CONFIG_COUNT"] = str(count)
     env["GIT_TERMINAL_PROMPT"] = "0"
+    return trust_workspace(env)
+
+
+def trust_workspace(env: dict[str, str]) -> dict[str, str]:
+    """Add ``safe.directory`` for the workspace: its volume's mount point belongs to root, so
+    git (>= 2.35.2) would otherwise refuse a repository there for our uid ("dubious
+    ownership"). Environment config counts as command-line config, which git honours."""
+    count = int(env.get("GIT_CONFIG_COUNT") or "0")
+    env[f"GIT_CONFIG_KEY_{count}"] = "safe.directory"
+    env[f"GIT_CONFIG_VALUE_{count}"] = os.environ.get("AGENTFARM_WORKSPACE", "/workspace")
+    env["GIT_CONFIG_COUNT"] = str(count + 1)
     return env
 
 
@@ -126,7 +137,7 @@ def run(argv: list[str]) -> int:
             first = fh.read()
     close_after = set(json.loads(os.environ.get("AGENTFARM_CLOSE_STDIN_AFTER") or "[]"))
     hidden = {"AGENTFARM_GIT_CREDENTIALS", "GITHUB_TOKEN", "GH_TOKEN", "FORGEJO_TOKEN"}
-    env = {k: v for k, v in os.environ.items() if k not in hidden}
+    env = trust_workspace({k: v for k, v in os.environ.items() if k not in hidden})
     git_environment = git_env()  # reads the tokens before the agent starts
 
     proc = subprocess.Popen(
