@@ -91,6 +91,8 @@ def serve(
             "`agentfarm secret set CLAUDE_CODE_OAUTH_TOKEN` once the server is up"
         )
     if first_run:
+        # On a terminal, the server asks for the first cockpit user when none exists.
+        os.environ["AGENTFARM_FIRST_RUN_PROMPT"] = "1"
         out.print(
             f"cockpit: open {url} on a phone or desktop; the server says below if no user "
             "exists yet. Create one with `agentfarm user add NAME` in another terminal."

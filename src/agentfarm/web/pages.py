@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import getpass
 import json
 import logging
+import os
+import sys
 from collections.abc import AsyncIterator, Mapping
 from datetime import timedelta
 from pathlib import Path
@@ -608,10 +611,44 @@ async def startup(app: FastAPI, store: Store, settings: Settings) -> None:
         settings.login_failures_per_user, settings.login_failures_per_address
     )
     if await app.state.users.count_users() == 0:
-        log.warning(
-            "no cockpit user yet: create one with `agentfarm user add NAME` "
-            "(the API token works meanwhile)"
-        )
+        if os.environ.get("AGENTFARM_FIRST_RUN_PROMPT") == "1" and sys.stdin.isatty():
+            await _first_user(app.state.users)
+        else:
+            log.warning(
+                "no cockpit user yet: create one with `agentfarm user add NAME` "
+                "(the API token works meanwhile)"
+            )
+
+
+def _ask_first_user() -> tuple[str, str] | None:
+    """Ask on the terminal for the first user (`make run` on a TTY); None to skip."""
+    print("No cockpit user exists yet. Create one now (Ctrl-D to skip).")
+    try:
+        name = input("user name [admin]: ").strip() or "admin"
+        while True:
+            password = getpass.getpass("password (8+ characters): ")
+            if len(password) < 8:
+                print("too short; use at least 8 characters")
+            elif getpass.getpass("again: ") != password:
+                print("the two passwords differ; try again")
+            else:
+                return name, password
+    except (EOFError, KeyboardInterrupt):
+        print("\nskipped: create one later with `agentfarm user add NAME`")
+        return None
+
+
+async def _first_user(users: Users) -> None:
+    answer = await asyncio.to_thread(_ask_first_user)
+    if answer is None:
+        return
+    name, password = answer
+    try:
+        await users.create_user(name, await sessions.hash_password(password))
+    except errors.AgentfarmError as exc:
+        log.warning("could not create user %s: %s", name, exc)
+        return
+    log.info("created cockpit user %s", name)
 
 
 def install(app: FastAPI) -> None:
