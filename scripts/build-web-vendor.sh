@@ -13,7 +13,7 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] \
     && [ -f "$dest/htmx.min.js" ] && [ -f "$dest/htmx-ext-sse.min.js" ]; then
     exit 0
 fi
-command -v npm >/dev/null || { echo "error: npm is needed to fetch htmx: apt-get install npm" >&2; exit 1; }
+scripts/ensure-npm.sh
 cache=${AGENTFARM_CACHE:-$PWD/.cache}/web-vendor
 mkdir -p "$cache" "$dest"
 cp "$src/package.json" "$src/package-lock.json" "$cache/"

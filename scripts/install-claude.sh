@@ -7,16 +7,7 @@ bin="$prefix/node_modules/.bin/claude"
 if [ -x "$bin" ] && "$bin" --version 2>/dev/null | grep -q "^$version "; then
     exit 0
 fi
-if ! command -v npm >/dev/null; then
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-        echo "installing npm (needed to fetch the Claude Code CLI)..."
-        apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >/dev/null
-    else
-        echo "error: npm is needed to install the Claude Code CLI; run: sudo apt-get install npm" >&2
-        exit 1
-    fi
-fi
+"$(dirname "$0")/ensure-npm.sh"
 echo "installing Claude Code CLI $version into $prefix (about 380 MB)..."
 mkdir -p "$prefix"
 npm install --prefix "$prefix" --no-audit --no-fund --loglevel=error \
