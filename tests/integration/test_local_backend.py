@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -440,3 +441,17 @@ async def test_missing_agent_program_is_a_launch_error(settings: Settings, sourc
         await LocalBackend(settings).launch(
             new_run(source), AgentCommand(["/nonexistent/agent"], {}), {}
         )
+
+
+async def test_failed_clone_leaves_no_monitor_behind(tmp_path: Path, settings: Settings) -> None:
+    run = new_run(tmp_path / "no-such-repo")
+    with pytest.raises(errors.AgentfarmError):
+        await LocalBackend(settings).launch(run, AgentCommand(["/bin/true"], {}), {})
+    run_dir = str(settings.runs_dir / run.id)
+    left = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            with contextlib.suppress(OSError):
+                if os.readlink(proc / "cwd").startswith(run_dir):
+                    left.append(proc.name)
+    assert left == []

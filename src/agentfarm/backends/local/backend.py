@@ -9,6 +9,7 @@ work runs in threads.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -83,12 +84,18 @@ class LocalBackend:
         workspace, home = run_dir / "workspace", run_dir / "home"
         agent = await asyncio.to_thread(_resolve, command.argv[0])
         await asyncio.to_thread(self._prepare, run_dir, uid, gid)
-        branch = branch_name(run.id)
-        await git.clone(run.spec.repo, workspace, run.spec.base_branch)
-        await git.new_branch(workspace, branch)
-        borrowed = await asyncio.to_thread(_save_git_state, run_dir, workspace)
-        if uid is not None:
-            await _chown(f"{uid}:{gid}", workspace, home)
+        # The monitor's interpreter starts while we clone: it waits for its spec on stdin.
+        monitor = await self._spawn_monitor(run_dir)
+        try:
+            branch = branch_name(run.id)
+            await git.clone(run.spec.repo, workspace, run.spec.base_branch)
+            await git.new_branch(workspace, branch)
+            borrowed = await asyncio.to_thread(_save_git_state, run_dir, workspace)
+            if uid is not None:
+                await _chown(f"{uid}:{gid}", workspace, home)
+        except BaseException:
+            await _abandon(monitor)
+            raise
 
         binds: list[sandbox.Bind] = []
         agent_dir = os.path.dirname(agent)
@@ -121,7 +128,7 @@ class LocalBackend:
             "setpriv": setpriv,
             "usr_links": usr_links,
         }
-        await self._start_monitor(run_dir, spec)
+        await self._send_spec(monitor, run_dir, spec)
         notices: list[str] = []
         return self.handle(run), LaunchInfo(
             branch=branch, workspace=str(workspace), notices=notices
@@ -160,7 +167,7 @@ class LocalBackend:
         for name in ("passwd", "group"):
             (etc / name).chmod(0o644)
 
-    async def _start_monitor(self, run_dir: Path, spec: dict[str, Any]) -> None:
+    async def _spawn_monitor(self, run_dir: Path) -> asyncio.subprocess.Process:
         # The monitor imports the very code this server runs, installed or not (-S: only the
         # standard library and agentfarm, so no site-packages scan on the launch path); it gets no
         # other part of the server's environment (which may hold credentials).
@@ -172,13 +179,17 @@ class LocalBackend:
             os.open, run_dir / "monitor.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600
         )
         try:
-            proc = await asyncio.create_subprocess_exec(
+            return await asyncio.create_subprocess_exec(
                 sys.executable, "-S", "-m", "agentfarm.backends.local.monitor",
                 stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=log,
                 cwd=run_dir, env=env, start_new_session=True,
             )  # fmt: skip
         finally:
             os.close(log)
+
+    async def _send_spec(
+        self, proc: asyncio.subprocess.Process, run_dir: Path, spec: dict[str, Any]
+    ) -> None:
         out, _ = await proc.communicate(json.dumps(spec).encode())
         try:
             status = json.loads(out.splitlines()[0])
@@ -187,6 +198,13 @@ class LocalBackend:
             raise errors.LaunchError(f"the run's monitor did not start: {tail}") from None
         if not status.get("ok"):
             raise errors.LaunchError(f"the agent did not start: {status.get('error')}")
+
+
+async def _abandon(proc: asyncio.subprocess.Process) -> None:
+    """A monitor that will get no spec: it exits when its stdin closes empty."""
+    with contextlib.suppress(ProcessLookupError):
+        proc.kill()
+    await proc.communicate()
 
 
 def _b64(data: bytes) -> str:
