@@ -248,6 +248,11 @@ async def test_status_from_the_kubelet_becomes_notices_started_and_exit(
     assert not exit_info.oom_killed
     cursors = [r.cursor for r in got]
     assert cursors == sorted(set(cursors))
+    # The supervisor finalizes every ended run: its Secret goes, and (cleanup time 0) its pod.
+    assert await handle.finalize() == []
+    base = f"/api/v1/namespaces/{env[0].k8s_namespace}"
+    assert (await env[1].get(f"{base}/secrets/{name}"))[0] == 404
+    assert (await env[1].get(f"{base}/pods/{name}"))[0] == 404
     await backend.cleanup(run)
 
 

@@ -384,7 +384,8 @@ class Supervisor:
         drafts: list[models.EventDraft] = []
         try:
             drafts += [notice_event(n) for n in await handle.finalize()]
-        except errors.AgentfarmError as exc:
+        except Exception as exc:  # the run is over either way; say what went wrong
+            log.warning("run %s: finalize failed", run.id, exc_info=True)
             drafts.append(notice_event(f"bringing the results home failed: {exc}"))
         if error:
             error = redactor.text(error)

@@ -81,10 +81,13 @@ class _Cursor:
 
 
 class KubernetesHandle:
-    def __init__(self, run_id: str, api: k8s_api.Api, state: _RunState) -> None:
+    def __init__(
+        self, run_id: str, api: k8s_api.Api, state: _RunState, *, delete_pod_now: bool = False
+    ) -> None:
         self.run_id = run_id
         self._api = api
         self._state = state
+        self._delete_pod_now = delete_pod_now
 
     async def records(self, after: int) -> AsyncIterator[Record]:
         cursor = _Cursor()
@@ -205,7 +208,13 @@ class KubernetesHandle:
         )
 
     async def finalize(self) -> list[str]:
-        # The entrypoint pushed the branch and said so in the log (notices already ingested).
+        """The run is over: its Secret (credentials, prompt) goes now; the pod stays for its
+        logs until the sweeper removes it (AGENTFARM_K8S_CLEANUP_AFTER_SECONDS), or goes now
+        when that is 0. The entrypoint pushed the branch and said so in the log."""
+        ns, name = self._state.namespace, self._state.name
+        await self._api.delete_secret(ns, name)
+        if self._delete_pod_now:
+            await self._api.delete_pod(ns, name, grace_seconds=1)
         return []
 
 
@@ -241,6 +250,10 @@ class KubernetesBackend:
             await self._api_client.close()
         self._api_client = None
         self._api = None
+
+    @property
+    def _delete_now(self) -> bool:
+        return self.settings.k8s_cleanup_after_seconds <= 0
 
     def _namespace(self, run: models.Run) -> str:
         k8s = run.spec.kubernetes
@@ -283,7 +296,7 @@ class KubernetesBackend:
             workspace=f"pod {cfg.namespace}/{name}:{manifests.WORKSPACE}",
             notices=[f"created pod {cfg.namespace}/{name} (image {cfg.image})"],
         )
-        return KubernetesHandle(run.id, api, state), info
+        return KubernetesHandle(run.id, api, state, delete_pod_now=self._delete_now), info
 
     async def attach(self, run: models.Run) -> KubernetesHandle:
         api = await self._client()
@@ -298,7 +311,7 @@ class KubernetesBackend:
             if items:
                 name = items[0]["metadata"]["name"]
             state = self._runs[run.id] = _RunState(namespace, name)
-        return KubernetesHandle(run.id, api, state)
+        return KubernetesHandle(run.id, api, state, delete_pod_now=self._delete_now)
 
     async def cleanup(self, run: models.Run) -> None:
         """Delete the run's Secret now (it marks the run as done with) and its pod now or,
