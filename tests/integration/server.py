@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +98,25 @@ class Server:
             timeout=timeout,
             check=False,
         )
+
+    def iter_sse(self, run_id: str, timeout: float = 90) -> Iterator[dict[str, Any]]:
+        """The run's events as an SSE client sees them, until the stream's end."""
+        with (
+            self.client() as c,
+            c.stream(
+                "GET",
+                f"/api/runs/{run_id}/events",
+                headers={"Accept": "text/event-stream"},
+                timeout=httpx.Timeout(timeout),
+            ) as response,
+        ):
+            if response.status_code != 200:
+                raise AssertionError(f"SSE answered {response.status_code}")
+            for line in response.iter_lines():
+                if line.startswith("event: end"):
+                    return
+                if line.startswith("data:"):
+                    yield json.loads(line[5:])
 
     def wait_status(self, run_id: str, statuses: set[str], timeout: float = 90) -> dict[str, Any]:
         deadline = time.monotonic() + timeout

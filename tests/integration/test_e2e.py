@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from tests.fakes import anthropic_api as fake
@@ -73,25 +72,6 @@ def events(srv: Server, run_id: str) -> list[dict[str, Any]]:
         return result
 
 
-def sse_events(srv: Server, run_id: str) -> list[dict[str, Any]]:
-    seen: list[dict[str, Any]] = []
-    with (
-        srv.client() as c,
-        c.stream(
-            "GET",
-            f"/api/runs/{run_id}/events",
-            headers={"Accept": "text/event-stream"},
-            timeout=httpx.Timeout(90),
-        ) as response,
-    ):
-        for line in response.iter_lines():
-            if line.startswith("event: end"):
-                break
-            if line.startswith("data:"):
-                seen.append(json.loads(line[5:]))
-    return seen
-
-
 def test_cli_run_commits_on_its_branch(server: Server, source: Path) -> None:
     prompt = f"{fake.marker('write-and-commit')} add a hello file"
     result = server.cli(
@@ -118,7 +98,7 @@ def test_cli_run_commits_on_its_branch(server: Server, source: Path) -> None:
     assert [json.loads(x)["seq"] for x in lines] == list(range(1, len(lines) + 1))
     # an SSE client sees every stored event, in order
     stored = events(server, run_id)
-    assert sse_events(server, run_id) == stored
+    assert list(server.iter_sse(run_id)) == stored
     body = json.dumps(stored)
     assert "sk-ant-e2e-secret-value" not in body
     assert "sk-ant-e2e-secret-value" not in (server.log.read_text())

@@ -12,7 +12,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from agentfarm.backends.kubernetes import manifests
@@ -89,22 +88,8 @@ def test_run_streams_its_events_live_and_pushes_its_branch(
     run_id = run["id"]
     seen: list[dict[str, Any]] = []
     status_at_first_tool_call: str | None = None
-    with (
-        server.client() as c,
-        c.stream(
-            "GET",
-            f"/api/runs/{run_id}/events",
-            headers={"Accept": "text/event-stream"},
-            timeout=httpx.Timeout(180),
-        ) as response,
-    ):
-        assert response.status_code == 200
-        for line in response.iter_lines():
-            if line.startswith("event: end"):
-                break
-            if not line.startswith("data:"):
-                continue
-            event = json.loads(line[5:])
+    with server.client() as c:
+        for event in server.iter_sse(run_id, timeout=180):
             seen.append(event)
             if event["type"] == "agent.tool_call" and status_at_first_tool_call is None:
                 # Delivered live: the run is still going when its first tool call arrives.
