@@ -144,7 +144,8 @@ class Supervisor:
             )
         if not spec.prompt.strip():
             raise errors.InvalidInputError("the run has no prompt: give one in the config or run")
-        self.credentials(spec)  # fail early, before anything is queued
+        # Fail early, before anything is queued (the secrets file is read off the loop).
+        await asyncio.to_thread(self.credentials, spec)
         run = models.Run(
             spec=spec,
             config_id=config.id if config else None,
@@ -260,7 +261,7 @@ class Supervisor:
             try:
                 adapter = self.adapters[run.spec.agent]
                 backend = self.backends[run.spec.backend]
-                creds = self.credentials(run.spec)
+                creds = await asyncio.to_thread(self.credentials, run.spec)
                 command = adapter.build_command(run.spec, binary=self._binary(run))
                 handle, info = await backend.launch(run, command, creds)
             except errors.AgentfarmError as exc:
@@ -279,7 +280,8 @@ class Supervisor:
             await self._append(run.id, drafts, run_fields=fields)
             if run.id in self._stop_requested:
                 await handle.stop(self.settings.stop_grace_seconds)
-            await self._ingest(run, handle, self._redactor(creds))
+            redactor = await asyncio.to_thread(self._redactor, creds)
+            await self._ingest(run, handle, redactor)
 
     async def _resume(self, run: models.Run) -> None:
         async with self._owning(run, models.RunStatus.lost, "could not reattach after a restart"):
@@ -295,8 +297,9 @@ class Supervisor:
             self._handles[run.id] = handle
             creds: dict[str, str] = {}
             with contextlib.suppress(errors.ConfigurationError):
-                creds = self.credentials(run.spec)
-            await self._ingest(run, handle, self._redactor(creds))
+                creds = await asyncio.to_thread(self.credentials, run.spec)
+            redactor = await asyncio.to_thread(self._redactor, creds)
+            await self._ingest(run, handle, redactor)
 
     async def _pump(self, handle: RunHandle, queue: asyncio.Queue[Record | object]) -> None:
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -198,18 +199,18 @@ class SecretValue(BaseModel):
 
 @router.get("/secrets", tags=["secrets"])
 async def list_secrets(sec: Sec) -> dict[str, list[str]]:
-    return {"names": sec.names()}
+    return {"names": await asyncio.to_thread(sec.names)}
 
 
 @router.put("/secrets/{name}", status_code=204, tags=["secrets"])
 async def set_secret(
     name: Annotated[str, Path(max_length=128)], body: SecretValue, sec: Sec
 ) -> Response:
-    sec.set(name, body.value)
+    await asyncio.to_thread(sec.set, name, body.value)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.delete("/secrets/{name}", status_code=204, tags=["secrets"])
 async def delete_secret(name: Annotated[str, Path(max_length=128)], sec: Sec) -> Response:
-    sec.delete(name)
+    await asyncio.to_thread(sec.delete, name)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
