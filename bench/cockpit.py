@@ -31,19 +31,11 @@ sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
 from agentfarm.backends.base import ExitInfo
 from agentfarm.backends.fake import FakeBackend, _FakeRun
 from agentfarm.domain import models
-from tests.integration.server import free_port
+from tests.integration.server import CHROMIUM, CHROMIUM_ARGS, free_port
 
 TOKEN = "bench-token-0123456789abcdef"
 PASSWORD = "bench-password-1"
 STAMP = re.compile(r"ts:(\d+\.\d+)")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 
 # --- the server side ---------------------------------------------------------------------------
@@ -245,7 +237,7 @@ def browser_figures(url: str, big_run: str, repeats: int) -> dict[str, float]:
         return value
 
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         context = browser.new_context(
             viewport={"width": 390, "height": 844}, is_mobile=True, bypass_csp=True
         )

@@ -16,6 +16,16 @@ from typing import Any
 import httpx
 
 TOKEN = "e2e-token-0123456789abcdef"
+#: Debian's chromium, as browser tests and benchmarks launch it (headless, as root, offline).
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 def free_port() -> int:

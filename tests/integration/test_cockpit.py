@@ -16,24 +16,15 @@ import httpx
 import pytest
 
 from tests.fakes import anthropic_api as fake
-from tests.integration.server import Server
+from tests.integration.server import CHROMIUM, CHROMIUM_ARGS, Server
 from tests.realparts import missing
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts" / "cockpit"
-CHROMIUM = "/usr/bin/chromium"
 PHONE = {"width": 390, "height": 844}
 PASSWORD = "phone-password-1"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 
 def start_server(tmp_path: Path, claude_bin: str, base_url: str, **env: str) -> Server:

@@ -29,6 +29,12 @@ async def wait_terminal(
             await asyncio.sleep(0.01)
 
 
+async def wait_running(client: httpx.AsyncClient, run_id: str) -> None:
+    async with asyncio.timeout(5):
+        while (await client.get(f"/api/runs/{run_id}")).json()["status"] != "running":
+            await asyncio.sleep(0.01)
+
+
 async def test_health_needs_no_token_but_everything_else_does(app_client: AppFactory) -> None:
     async with app_client() as client:
         assert (await client.get("/api/health", headers={"Authorization": ""})).json()[
@@ -217,9 +223,7 @@ async def test_stop_a_running_run(app_client: AppFactory, fake_backend: FakeBack
     fake_backend.script = slow_script
     async with app_client() as client:
         run = (await client.post("/api/runs", json={"spec": {"repo": "/r", "prompt": "p"}})).json()
-        async with asyncio.timeout(5):
-            while (await client.get(f"/api/runs/{run['id']}")).json()["status"] != "running":
-                await asyncio.sleep(0.01)
+        await wait_running(client, run["id"])
         response = await client.post(f"/api/runs/{run['id']}/stop")
         assert response.status_code == 202
         done = await wait_terminal(client, run["id"])
@@ -303,9 +307,7 @@ async def test_restart_reattaches_without_loss_or_duplicates(
     fake_backend.script = gated
     async with app_client() as client:
         run = (await client.post("/api/runs", json={"spec": {"repo": "/r", "prompt": "p"}})).json()
-        async with asyncio.timeout(5):
-            while (await client.get(f"/api/runs/{run['id']}")).json()["status"] != "running":
-                await asyncio.sleep(0.01)
+        await wait_running(client, run["id"])
     # the "server" is gone; the fake agent goes on and finishes on its own
     release.set()
     await asyncio.sleep(0.5)
@@ -325,9 +327,7 @@ async def test_agent_gone_while_down_ends_lost(
     fake_backend.script = slow_script
     async with app_client() as client:
         run = (await client.post("/api/runs", json={"spec": {"repo": "/r", "prompt": "p"}})).json()
-        async with asyncio.timeout(5):
-            while (await client.get(f"/api/runs/{run['id']}")).json()["status"] != "running":
-                await asyncio.sleep(0.01)
+        await wait_running(client, run["id"])
     fake_backend.lose(run["id"])
     async with app_client() as client:
         done = await wait_terminal(client, run["id"])
