@@ -332,13 +332,13 @@ async def test_survives_the_server_being_killed(
     server.stdin.close()
 
     # "Restart": a new backend attaches, reads some, "crashes" again, resumes from a cursor.
-    handle = await LocalBackend(settings).attach(run)
+    handle, _ = await LocalBackend(settings).attach(run)
     seen: list[Record] = []
     async for record in handle.records(0):
         seen.append(record)
         if record.data == b"line 5":
             break
-    handle = await LocalBackend(settings).attach(run)
+    handle, _ = await LocalBackend(settings).attach(run)
     seen += await collect(handle.records(seen[-1].cursor))
     lines = stdout_lines(seen)
     assert lines == [f"line {i}".encode() for i in range(40)]

@@ -134,8 +134,9 @@ class LocalBackend:
             branch=branch, workspace=str(workspace), notices=notices
         )
 
-    async def attach(self, run: models.Run) -> LocalHandle:
-        return self.handle(run)
+    async def attach(self, run: models.Run) -> tuple[LocalHandle, LaunchInfo]:
+        workspace = str(self.run_dir(run.id) / "workspace")
+        return self.handle(run), LaunchInfo(branch=branch_name(run.id), workspace=workspace)
 
     async def cleanup(self, run: models.Run) -> None:
         run_dir = self.run_dir(run.id)
