@@ -136,11 +136,13 @@ class LocalHandle:
         branch = branch_name(self.run_id)
         try:
             state = json.loads(await asyncio.to_thread((self.run_dir / GIT_STATE).read_text))
-            await asyncio.to_thread(git.sanitize, workspace, state["config"], state["alternates"])
-        except (OSError, ValueError, KeyError) as exc:
-            return [f"the branch {branch} was not brought back: the workspace is gone ({exc})"]
+            notices = await asyncio.to_thread(
+                git.sanitize, workspace, state["config"], state["alternates"]
+            )
         except git.GitError as exc:
             return [f"the branch {branch} was not brought back: {exc}"]
+        except (OSError, ValueError, KeyError) as exc:
+            return [f"the branch {branch} was not brought back: the workspace is gone ({exc})"]
         repo = self.run.spec.repo
         try:
             if git.is_local(repo):
@@ -149,5 +151,5 @@ class LocalHandle:
                 await git.push(repo, workspace, branch)
         except git.GitError as exc:
             where = "into the source repository" if git.is_local(repo) else "to the remote"
-            return [f"the branch {branch} could not be copied {where}: {exc}"]
-        return []
+            return [*notices, f"the branch {branch} could not be copied {where}: {exc}"]
+        return notices
