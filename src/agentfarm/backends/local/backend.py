@@ -20,7 +20,7 @@ from typing import Any
 import agentfarm
 from agentfarm.agents.base import AgentCommand
 from agentfarm.backends.base import LaunchInfo
-from agentfarm.backends.local import git, procs, sandbox
+from agentfarm.backends.local import git, hostinfo, procs, sandbox
 from agentfarm.backends.local.handle import (
     GIT_STATE,
     LocalHandle,
@@ -129,7 +129,7 @@ class LocalBackend:
             "usr_links": usr_links,
         }
         await self._send_spec(monitor, run_dir, spec)
-        notices: list[str] = []
+        notices = hostinfo.run_notices(is_root=is_root)  # no sandbox uid without root
         return self.handle(run), LaunchInfo(
             branch=branch, workspace=str(workspace), notices=notices
         )

@@ -43,8 +43,7 @@ def kill_orphans(run_dir: Path, run_id: str) -> None:
         if procs.is_running(pid, started):
             # SIGKILL to the namespace's init takes every process of the sandbox with it.
             procs.kill_quietly(pid)
-    if os.geteuid() == 0:
-        cgroups.remove_leftovers(run_id)
+    cgroups.remove_leftovers(run_id)
 
 
 def monitor_running(run_dir: Path) -> bool:
