@@ -205,3 +205,36 @@ async def test_a_stop_during_reattach_is_honoured(
     done = await ended(store, run.id)
     assert done.status is models.RunStatus.stopped
     assert backend.runs[run.id].stop_requested
+
+
+async def test_a_stop_that_loses_the_race_to_the_dispatcher_still_stops_the_run(
+    store: Store,
+    backend: FakeBackend,
+    supervisors: Callable[[], Supervisor],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sup = supervisors()
+    real_finish = sup._finish_without_agent
+    entered, gate = asyncio.Event(), asyncio.Event()
+    calls = 0
+
+    async def finish(run: models.Run, status: models.RunStatus, error: str | None) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:  # the stop's own attempt waits while the dispatcher takes the run
+            entered.set()
+            await gate.wait()
+        return await real_finish(run, status, error)
+
+    monkeypatch.setattr(sup, "_finish_without_agent", finish)
+    run = await sup.submit(spec())
+    stopping = asyncio.create_task(sup.stop_run(run.id))
+    async with asyncio.timeout(GUARD):
+        await entered.wait()
+    await sup.start()
+    assert (await ended(store, run.id)).status is models.RunStatus.stopped
+    gate.set()
+    async with asyncio.timeout(GUARD):
+        assert (await stopping).status is models.RunStatus.stopped
+    assert await statuses(store, run.id) == ["queued", "starting", "stopped"]
+    assert run.id not in backend.runs

@@ -168,8 +168,12 @@ class Supervisor:
                     run, models.RunStatus.stopped, "stopped before it started"
                 )
             except errors.StatusConflictError:
-                # The dispatcher took it meanwhile: the launch sees the stop request.
-                return await self.store.get_run(run_id)
+                # The dispatcher took it meanwhile (the launch sees the stop request), or
+                # another stop ended it first.
+                current = await self.store.get_run(run_id)
+                if current.status.terminal:
+                    self._stop_requested.discard(run_id)
+                return current
         handle = self._handles.get(run_id)
         if handle is not None:
             tasks.spawn(
