@@ -96,3 +96,16 @@ def test_commondir_and_grafts_are_removed_with_a_notice(workspace: Path, victim:
     assert not (git_dir / "commondir").exists()
     assert not (git_dir / "info" / "grafts").exists()
     assert (victim / "config").read_text() == "precious\n"
+
+
+def test_a_file_where_git_keeps_a_directory_is_a_clear_refusal(workspace: Path) -> None:
+    (workspace / ".git" / "commondir").mkdir()
+    with pytest.raises(git.GitError, match=r"a state git never does \(.*: commondir\)"):
+        git.sanitize(workspace, CONFIG, ALTERNATES)
+    (workspace / ".git" / "commondir").rmdir()
+    info = workspace / ".git" / "objects" / "info"
+    (info / "alternates").unlink()
+    info.rmdir()
+    info.write_text("not a directory\n")
+    with pytest.raises(git.GitError, match=r"a state git never does \(.*: info\)"):
+        git.sanitize(workspace, CONFIG, ALTERNATES)

@@ -174,6 +174,16 @@ def sanitize(workspace: Path, config: str, alternates_text: str | None) -> list[
         raise GitError("the agent replaced .git with a symlink; host git does not follow it")
     if not stat.S_ISDIR(mode):
         raise GitError("the agent replaced .git with a file; host git does not follow it")
+    try:
+        return _clean(git_dir, config, alternates_text)
+    except OSError as exc:  # a file where git keeps a directory, or the like
+        name = Path(str(exc.filename)).name if exc.filename else ".git"
+        raise GitError(
+            f"the agent left .git in a state git never does ({exc.strerror}: {name})"
+        ) from None
+
+
+def _clean(git_dir: Path, config: str, alternates_text: str | None) -> list[str]:
     odd = _odd_entry(git_dir)
     if odd is not None:
         raise GitError(f"the agent left {odd[1]} at .git/{odd[0]}; host git does not follow it")
