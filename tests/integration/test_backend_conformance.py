@@ -94,7 +94,7 @@ async def collect(records: AsyncIterator[Record], timeout: float = 30) -> list[R
 async def test_records_in_order_and_resumable(kit: Kit) -> None:
     command, spec = kit.agent(0)
     run = models.Run(spec=spec)
-    handle, _info = await kit.backend.launch(run, command, {})
+    handle, info = await kit.backend.launch(run, command, {})
     records = await collect(handle.records(after=0))
     cursors = [r.cursor for r in records]
     assert cursors == sorted(set(cursors))
@@ -104,7 +104,9 @@ async def test_records_in_order_and_resumable(kit: Kit) -> None:
     await handle.finalize()
     # a restarted control plane resumes from a middle cursor and gets exactly the rest
     middle = records[len(records) // 2].cursor
-    again = await kit.restarted().attach(run)
+    again, again_info = await kit.restarted().attach(run)
+    # a reattach tells the supervisor what the launch did: same branch, same workspace
+    assert (again_info.branch, again_info.workspace) == (info.branch, info.workspace)
     rest = await collect(again.records(after=middle))
     assert [(r.cursor, r.kind, r.data) for r in rest] == [
         (r.cursor, r.kind, r.data) for r in records if r.cursor > middle

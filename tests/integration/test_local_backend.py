@@ -20,6 +20,7 @@ import pytest
 from agentfarm.agents.base import AgentCommand
 from agentfarm.backends.base import Record
 from agentfarm.backends.local import backend as local_backend
+from agentfarm.backends.local import git as local_git
 from agentfarm.backends.local import handle as local_handle
 from agentfarm.backends.local.backend import LocalBackend
 from agentfarm.domain import errors, models
@@ -332,13 +333,13 @@ async def test_survives_the_server_being_killed(
     server.stdin.close()
 
     # "Restart": a new backend attaches, reads some, "crashes" again, resumes from a cursor.
-    handle = await LocalBackend(settings).attach(run)
+    handle, _ = await LocalBackend(settings).attach(run)
     seen: list[Record] = []
     async for record in handle.records(0):
         seen.append(record)
         if record.data == b"line 5":
             break
-    handle = await LocalBackend(settings).attach(run)
+    handle, _ = await LocalBackend(settings).attach(run)
     seen += await collect(handle.records(seen[-1].cursor))
     lines = stdout_lines(seen)
     assert lines == [f"line {i}".encode() for i in range(40)]
@@ -385,7 +386,8 @@ async def test_monitor_killed_means_lost(tmp_path: Path, settings: Settings, sou
 
 
 HOG = """
-import time
+import sys, time
+sys.stdin.readline()  # the test says go once it knows the limit is in place
 chunks = []
 while True:
     chunks.append(bytearray(16 * 1024 * 1024))
@@ -393,16 +395,34 @@ while True:
 """
 
 
-@pytest.mark.skipif(not ROOT, reason="cgroup limits need root")
 async def test_memory_limit_oom_kills_a_hog(
     tmp_path: Path, settings: Settings, source: Path
 ) -> None:
+    # Never skipped silently: in CI a host that cannot apply the limit fails this test. As
+    # root (cgroup v1 or v2) or with a delegated cgroup v2 subtree, it runs.
     backend = LocalBackend(settings)
     run = new_run(source, memory_mb=64)
     handle, _ = await backend.launch(
         run, AgentCommand(argv=[agent(tmp_path, "hog", HOG)], env={}), {}
     )
-    records = await collect(handle.records(0))
+    records: list[Record] = []
+    async with asyncio.timeout(30):
+        async for record in handle.records(0):
+            records.append(record)
+            if record.kind in ("started", "exit"):
+                break
+    refused = [r.data.decode() for r in records if b"memory limit" in r.data]
+    if refused or records[-1].kind != "started":
+        await handle.stop(0)
+        await collect(handle.records(records[-1].cursor))
+        await backend.cleanup(run)
+        realparts.missing(
+            "a cgroup memory limit",
+            f"{refused or records}: run the tests as root, or on a host that delegates a "
+            "cgroup v2 subtree with the memory controller to this user",
+        )
+    await handle.send(b"go\n")
+    records += await collect(handle.records(records[-1].cursor))
     last = records[-1].exit
     assert last is not None
     assert last.oom_killed, records
@@ -455,3 +475,186 @@ async def test_failed_clone_leaves_no_monitor_behind(tmp_path: Path, settings: S
                 if os.readlink(proc / "cwd").startswith(run_dir):
                     left.append(proc.name)
     assert left == []
+
+
+# --- adversarial workspaces: what the agent leaves in .git must not act on the host ------------
+
+PLANTER = """
+import os, stat, subprocess, sys
+markers, evil, common, borrowed = sys.argv[1:5]
+def run(*args):
+    subprocess.run(["git", *args], check=True)
+open("made-by-agent.txt", "w").write("hi\\n")
+run("add", "made-by-agent.txt")
+run("commit", "-q", "-m", "agent was here")
+head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout
+hook = f"#!/bin/sh\\ntouch {markers}/$(basename $0)\\n"
+names = ["pre-push", "post-update", "reference-transaction", "pre-receive", "update",
+         "post-receive", "post-checkout", "pre-auto-gc", "push-to-checkout", "fsmonitor-watchman"]
+os.makedirs("planted-hooks", exist_ok=True)
+for directory in (".git/hooks", "planted-hooks"):
+    for name in names:
+        path = os.path.join(directory, name)
+        open(path, "w").write(hook)
+        os.chmod(path, 0o755)
+for key, value in [
+    ("core.hooksPath", os.path.abspath("planted-hooks")),
+    ("core.fsmonitor", f"touch {markers}/fsmonitor"),
+    ("core.sshCommand", f"touch {markers}/ssh"),
+    ("core.alternateRefsCommand", f"touch {markers}/alternate-refs"),
+    ("credential.helper", f"!touch {markers}/credential"),
+    ("uploadpack.packObjectsHook", f"touch {markers}/pack-objects"),
+    ("remote.origin.pushurl", evil),
+    (f"url.{evil}.insteadOf", os.environ["SOURCE"]),
+    (f"url.{evil}.pushInsteadOf", os.environ["SOURCE"]),
+]:
+    run("config", key, value)
+open(".git/commondir", "w").write(common + "\\n")
+open(".git/info/grafts", "a").write(head.strip() + "\\n")
+with open(".git/objects/info/alternates", "a") as fh:
+    fh.write(borrowed + "\\n")
+print("planted", flush=True)
+"""
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def git_out(*args: str) -> str:
+    return subprocess.run(["git", *args], capture_output=True, text=True, check=True).stdout
+
+
+async def test_planted_git_settings_never_act_on_the_host(
+    tmp_path: Path, settings: Settings, source: Path
+) -> None:
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    evil = tmp_path / "evil.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(evil)], check=True)
+    common = tmp_path / "host-common.git"  # a host repository the agent points commondir at
+    subprocess.run(["git", "init", "-q", "--bare", str(common)], check=True)
+    (common / "config").write_text(f'[core]\n\tfsmonitor = "touch {markers}/common"\n')
+    borrowed = tmp_path / "other-repo.git"  # objects of a repository the run must not use
+    subprocess.run(["git", "clone", "-q", "--bare", str(source), str(borrowed)], check=True)
+    watched = {p: snapshot(p) for p in (evil, common, borrowed)}
+    source_config = (source / ".git" / "config").read_text()
+
+    backend = LocalBackend(settings)
+    run = new_run(source)
+    argv = [agent(tmp_path, "planter", PLANTER), str(markers), str(evil), str(common)]
+    command = AgentCommand(argv=[*argv, str(borrowed / "objects")], env={"SOURCE": str(source)})
+    handle, _ = await backend.launch(run, command, {})
+    records = await collect(handle.records(0))
+    assert b"planted" in stdout_lines(records), records
+    notices = await handle.finalize()
+
+    # The branch came home, with its real parent (the graft was not used).
+    branch = f"agentfarm/{run.id}"
+    log = git_out("-C", str(source), "log", "--format=%s", branch).splitlines()
+    assert log == ["agent was here", "init"]
+    assert "ignored .git/commondir, which the agent wrote: git does not use it" in notices
+    assert "ignored .git/info/grafts, which the agent wrote: git does not use it" in notices
+    # Nothing the agent planted ran on the host, and nothing outside the run dir changed.
+    assert sorted(os.listdir(markers)) == []
+    assert git_out("-C", str(evil), "for-each-ref") == ""
+    assert {p: snapshot(p) for p in watched} == watched
+    assert (source / ".git" / "config").read_text() == source_config
+    await backend.cleanup(run)
+
+
+BREAKER = """
+import os, subprocess, sys
+how, victim = sys.argv[1:3]
+open("made-by-agent.txt", "w").write("hi\\n")
+subprocess.run(["git", "add", "made-by-agent.txt"], check=True)
+subprocess.run(["git", "commit", "-q", "-m", "agent was here"], check=True)
+if how == "git-symlink":
+    os.rename(".git", ".git-moved")
+    os.symlink(victim, ".git")
+elif how == "git-file":
+    os.rename(".git", ".git-moved")
+    open(".git", "w").write(f"gitdir: {victim}\\n")
+elif how == "info-symlink":
+    os.rename(".git/objects/info", ".git/objects/info-moved")
+    os.symlink(victim, ".git/objects/info")
+print("broken", flush=True)
+"""
+
+
+@pytest.mark.parametrize(
+    ("how", "why"),
+    [
+        ("git-symlink", "the agent replaced .git with a symlink"),
+        ("git-file", "the agent replaced .git with a file"),
+        ("info-symlink", "the agent left a symlink at .git/objects/info"),
+    ],
+)
+async def test_a_redirected_git_dir_is_refused_and_says_why(
+    tmp_path: Path, settings: Settings, source: Path, how: str, why: str
+) -> None:
+    # Before issue 7 the server (root) rewrote the `config` or `alternates` of whatever
+    # host directory the agent's symlink named.
+    victim = tmp_path / "host-dir"
+    (victim / "objects" / "info").mkdir(parents=True)
+    for name in ("config", "alternates", "objects/info/alternates"):
+        (victim / name).write_text("precious\n")
+    before = snapshot(victim)
+    backend = LocalBackend(settings)
+    run = new_run(source)
+    command = AgentCommand(argv=[agent(tmp_path, "breaker", BREAKER), how, str(victim)], env={})
+    handle, _ = await backend.launch(run, command, {})
+    records = await collect(handle.records(0))
+    assert b"broken" in stdout_lines(records), records
+    notices = await handle.finalize()
+    assert snapshot(victim) == before
+    branch = f"agentfarm/{run.id}"
+    assert notices == [
+        f"the branch {branch} was not brought back: {why}; host git does not follow it"
+    ]
+    refs = git_out("-C", str(source), "for-each-ref", "--format=%(refname)")
+    assert f"refs/heads/{branch}" not in refs
+    await backend.cleanup(run)
+
+
+async def test_push_goes_where_the_host_says(tmp_path: Path, source: Path) -> None:
+    """The push half (remote repositories): an agent-set pushurl or pushInsteadOf is gone
+    once the workspace is sanitized, so the branch reaches the real remote only."""
+    remote, evil = tmp_path / "remote.git", tmp_path / "evil.git"
+    for bare in (remote, evil):
+        subprocess.run(["git", "init", "-q", "--bare", str(bare)], check=True)
+    workspace = tmp_path / "ws"
+    await local_git.clone(str(source), workspace, None)
+    await local_git.new_branch(workspace, "agentfarm/x")
+    config = (workspace / ".git" / "config").read_text()
+    borrowed = (workspace / ".git" / "objects" / "info" / "alternates").read_text()
+    ident = ["-c", "user.name=a", "-c", "user.email=a@example.com"]
+    (workspace / "f").write_text("x\n")
+    subprocess.run(["git", "-C", str(workspace), "add", "f"], check=True)
+    subprocess.run(["git", "-C", str(workspace), *ident, "commit", "-qm", "x"], check=True)
+    for key, value in [
+        ("remote.origin.pushurl", str(evil)),
+        (f"url.{evil}.pushInsteadOf", str(remote)),
+        (f"url.{evil}.insteadOf", str(remote)),
+    ]:
+        subprocess.run(["git", "-C", str(workspace), "config", key, value], check=True)
+    assert local_git.sanitize(workspace, config, borrowed) == []
+    await local_git.push(str(remote), workspace, "agentfarm/x")
+    assert "refs/heads/agentfarm/x" in git_out("-C", str(remote), "for-each-ref")
+    assert git_out("-C", str(evil), "for-each-ref") == ""
+
+
+async def test_without_root_every_run_says_it_shares_the_servers_uid(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, settings: Settings, source: Path
+) -> None:
+    # The launch path as a non-root server sees it (the monitor still runs as the real uid).
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    backend = LocalBackend(settings)
+    run = new_run(source)
+    handle, info = await backend.launch(run, AgentCommand(argv=["/bin/true"], env={}), {})
+    assert info.notices[0].startswith(
+        "the server does not run as root: the agent runs as the server's own user (uid 1000)"
+    )
+    await collect(handle.records(0))
+    monkeypatch.undo()
+    await backend.cleanup(run)

@@ -347,7 +347,7 @@ async def test_restart_reattaches_by_label_without_loss_or_doubles(
 
     second = k8s_backend.KubernetesBackend(settings)
     try:
-        again = await second.attach(run)
+        again, _ = await second.attach(run)
         records = again.records(after=cursor)
         started = await asyncio.wait_for(anext(records), 15)
         assert started.kind == "started"
@@ -370,7 +370,7 @@ async def test_restart_reattaches_by_label_without_loss_or_doubles(
 
 
 async def test_attach_to_a_vanished_pod_ends_lost(backend: k8s_backend.KubernetesBackend) -> None:
-    handle = await backend.attach(new_run())
+    handle, _ = await backend.attach(new_run())
     got = await take(handle.records(after=0), "exit")
     assert len(got) == 1
     assert got[0].exit is not None

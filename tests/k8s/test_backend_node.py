@@ -285,7 +285,7 @@ async def test_restart_reattaches_and_resumes_the_log(world: World) -> None:
         await first.aclose()  # the control plane dies mid-run
     second = k8s_backend.KubernetesBackend(world.settings)
     try:
-        again = await second.attach(run)
+        again, _ = await second.attach(run)
         after = await collect(again.records(after=before[-1].cursor))
         assert after[-1].exit is not None
         assert after[-1].exit.exit_code == 0

@@ -1,8 +1,12 @@
 from __future__ import annotations
 
+import logging
+import os
 from pathlib import Path
 
-from agentfarm.backends.local import cgroups
+import pytest
+
+from agentfarm.backends.local import cgroups, hostinfo
 
 LIMITS = cgroups.Limits(memory_mb=64, cpus=0.5, pids=100)
 
@@ -61,9 +65,91 @@ def test_not_root_enforces_nothing_and_says_why(tmp_path: Path) -> None:
     group = cgroups.create("r1", LIMITS, root=tmp_path, is_root=False)
     assert group.notices == [
         "memory limit (64 MiB), CPU limit (0.5 cores), process limit (100) not enforced: "
-        "the server does not run as root"
+        "the server does not run as root and the host delegates no writable cgroup v2 "
+        "subtree to its user"
     ]
+
+
+#: Where systemd puts a process of a user session: the user's manager owns ``user@1000.service``
+#: and everything below it.
+SESSION = "0::/user.slice/user-1000.slice/user@1000.service/app.slice/run-u7.scope\n"
+
+
+def fake_v2_session(mount: Path) -> Path:
+    """A cgroup v2 mount with a user session's groups; returns the delegated ``app.slice``."""
+    for directory in (mount, *(mount / SESSION[4:].strip()).parents):
+        if directory.is_relative_to(mount):
+            directory.mkdir(parents=True, exist_ok=True)
+            (directory / "cgroup.controllers").write_text("cpu memory pids\n")
+            (directory / "cgroup.subtree_control").write_text("")
+            (directory / "cgroup.procs").write_text("")
+    (mount / SESSION[4:].strip()).mkdir()
+    return mount / "user.slice/user-1000.slice/user@1000.service/app.slice"
+
+
+def test_not_root_uses_a_delegated_v2_subtree(tmp_path: Path) -> None:
+    app_slice = fake_v2_session(tmp_path)
+    assert cgroups.delegated(tmp_path, self_cgroup=SESSION) == app_slice
+    group = cgroups.create("r1", LIMITS, root=tmp_path, is_root=False, self_cgroup=SESSION)
+    directory = app_slice / cgroups.PARENT / "r1"
+    assert group.version == 2
+    assert group.notices == []
+    assert group.dirs == [directory]
+    assert group.memory_dir == directory
+    assert (directory / "memory.max").read_text() == str(64 << 20)
+    assert (directory / "pids.max").read_text() == "100"
+    assert (app_slice / "cgroup.subtree_control").read_text() == "+memory +cpu +pids"
+
+
+def test_delegation_needs_groups_the_user_owns_on_a_v2_mount(tmp_path: Path) -> None:
+    fake_v2_session(tmp_path / "v2")
+    someone_else = os.geteuid() + 4242
+    assert cgroups.delegated(tmp_path / "v2", self_cgroup=SESSION, uid=someone_else) is None
+    # Only the process's own group is owned: it holds processes, so it cannot be used.
+    assert cgroups.delegated(tmp_path / "v2", self_cgroup="0::/run-u7.scope\n") is None
+    fake_v1(tmp_path / "v1")
+    assert cgroups.delegated(tmp_path / "v1", self_cgroup=SESSION) is None
+    assert cgroups.delegated(tmp_path / "v2", self_cgroup="1:memory:/x\n") is None
+
+
+def test_hybrid_hosts_use_the_unified_mount(tmp_path: Path) -> None:
+    app_slice = fake_v2_session(tmp_path / "unified")
+    fake_v1(tmp_path)
+    assert cgroups.delegated(tmp_path, self_cgroup=SESSION) == app_slice
+
+
+def test_the_server_says_what_isolation_it_has_without_root(tmp_path: Path) -> None:
+    assert hostinfo.startup_lines(is_root=True) == []
+    assert hostinfo.run_notices(is_root=True) == []
+    notice = hostinfo.same_uid_notice(os.geteuid())
+    assert hostinfo.run_notices(is_root=False) == [notice]
+    assert "not as a separate sandbox user" in notice
+    lines = hostinfo.startup_lines(is_root=False, root=tmp_path, self_cgroup=SESSION)
+    assert lines == [
+        notice,
+        f"no memory, CPU or process limits apply to agents: {cgroups.NO_DELEGATION}",
+    ]
+    app_slice = fake_v2_session(tmp_path)
+    lines = hostinfo.startup_lines(is_root=False, root=tmp_path, self_cgroup=SESSION)
+    assert lines[1] == (
+        f"agent limits use the delegated cgroup v2 subtree {app_slice} "
+        "(controllers: cpu, memory, pids)"
+    )
 
 
 def test_no_limits_no_groups(tmp_path: Path) -> None:
     assert cgroups.create("r1", cgroups.Limits(), root=tmp_path, is_root=True).dirs == []
+
+
+def test_serve_logs_the_isolation_without_root(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    from agentfarm.settings import Settings
+    from agentfarm.web import app
+
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    with caplog.at_level(logging.WARNING, logger="agentfarm.web.app"):
+        app.default_backends(Settings(data_dir=tmp_path), app.default_adapters())
+    logged = [r.getMessage() for r in caplog.records]
+    assert f"local backend: {hostinfo.same_uid_notice(1000)}" in logged
+    assert any("limits" in line for line in logged), logged

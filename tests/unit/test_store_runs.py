@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -171,3 +172,61 @@ async def test_active_runs_oldest_first(store: Store) -> None:
     active = await store.active_runs()
     assert {r.status for r in active} == set(models.ACTIVE_STATUSES)
     assert [r.created_at for r in active] == sorted(r.created_at for r in active)
+
+
+async def test_a_stopped_queued_run_cannot_start(store: Store) -> None:
+    # The race of issue 7: the dispatcher saw the run queued, a stop ended it, then the
+    # launch tried to record `starting`: the store refuses, and the events with it.
+    run = await store.create_run(make_run())
+    await store.update_run(run.id, status=models.RunStatus.stopped)
+    with pytest.raises(errors.StatusConflictError, match="is stopped; it cannot become starting"):
+        await store.update_run(run.id, status=models.RunStatus.starting)
+    draft = models.EventDraft(type=models.EventType.run_status, data={"status": "starting"})
+    with pytest.raises(errors.StatusConflictError) as caught:
+        await store.append_events(run.id, [draft], run_fields={"status": models.RunStatus.starting})
+    assert caught.value.current == "stopped"
+    assert (await store.get_run(run.id)).status is models.RunStatus.stopped
+    assert await store.count_events(run.id) == 0
+
+
+@pytest.mark.parametrize("terminal", sorted(models.TERMINAL_STATUSES))
+async def test_nothing_leaves_a_terminal_status(store: Store, terminal: models.RunStatus) -> None:
+    run = await store.create_run(make_run(status=terminal))
+    for status in models.RunStatus:
+        with pytest.raises(errors.StatusConflictError):
+            await store.update_run(run.id, status=status, error="late")
+    assert (await store.get_run(run.id)).error is None
+    # Other fields of a finished run may still change (retention clears the workspace).
+    assert (await store.update_run(run.id, workspace=None)).status is terminal
+
+
+async def test_a_started_run_never_goes_back(store: Store) -> None:
+    run = await store.create_run(make_run())
+    await store.update_run(run.id, status=models.RunStatus.starting)
+    with pytest.raises(errors.StatusConflictError):
+        await store.update_run(run.id, status=models.RunStatus.queued)
+    await store.update_run(run.id, status=models.RunStatus.running)
+    await store.update_run(run.id, status=models.RunStatus.running, num_turns=2)
+    for back in (models.RunStatus.queued, models.RunStatus.starting):
+        with pytest.raises(errors.StatusConflictError):
+            await store.update_run(run.id, status=back)
+    assert (await store.update_run(run.id, status="succeeded")).status is models.RunStatus.succeeded
+
+
+async def test_racing_status_changes_exactly_one_wins(store: Store) -> None:
+    runs = [await store.create_run(make_run()) for _ in range(10)]
+
+    async def change(run_id: str, status: models.RunStatus) -> bool:
+        try:
+            await store.update_run(run_id, status=status)
+        except errors.StatusConflictError:
+            return False
+        return True
+
+    starting, stopped = models.RunStatus.starting, models.RunStatus.stopped
+    for i, run in enumerate(runs):
+        # Two launchers, or a stop and a launch, race to take the queued run.
+        contenders = [starting, starting] if i % 2 else [stopped, starting]
+        won = await asyncio.gather(*(change(run.id, s) for s in contenders))
+        assert won == [True, False]
+        assert (await store.get_run(run.id)).status is contenders[0]

@@ -77,8 +77,9 @@ class Backend(Protocol):
         """Prepare a workspace and start the agent; raise LaunchError with a clear message."""
         ...
 
-    async def attach(self, run: models.Run) -> RunHandle:
-        """Find a run started before a restart; its records end with a lost exit if it is gone."""
+    async def attach(self, run: models.Run) -> tuple[RunHandle, LaunchInfo]:
+        """Find a run started before a restart; its records end with a lost exit if it is gone.
+        The info is what :meth:`launch` would have said (branch, workspace), without notices."""
         ...
 
     async def cleanup(self, run: models.Run) -> None:

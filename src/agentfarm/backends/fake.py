@@ -132,13 +132,14 @@ class FakeBackend:
                 return
             state.append(step.kind, step.data, step.exit)
 
-    async def attach(self, run: models.Run) -> FakeHandle:
+    async def attach(self, run: models.Run) -> tuple[FakeHandle, LaunchInfo]:
         state = self.runs.get(run.id)
         if state is None:
             state = _FakeRun()
             state.append("exit", exit=ExitInfo(exit_code=None, lost=True, error="unknown run"))
             self.runs[run.id] = state
-        return FakeHandle(run.id, state)
+        info = LaunchInfo(branch=f"agentfarm/{run.id}", workspace=f"/fake/{run.id}")
+        return FakeHandle(run.id, state), info
 
     def lose(self, run_id: str) -> None:
         """Simulate the agent vanishing (its monitor killed while the server was down)."""

@@ -33,3 +33,12 @@ class LaunchError(AgentfarmError, RuntimeError):
 
 class BackendError(AgentfarmError, RuntimeError):
     """A backend operation failed (talking to a monitor, a pod, a sandbox)."""
+
+
+class StatusConflictError(ConflictError):
+    """A run's status changed under us: the change asked for is no longer allowed."""
+
+    def __init__(self, message: str, *, current: str) -> None:
+        super().__init__(message)
+        #: The run's status as stored (a ``RunStatus`` value).
+        self.current = current

@@ -28,6 +28,17 @@ _CONFIG_BY_ID_OR_NAME = "WHERE id = ?1 OR name = ?1 ORDER BY id = ?1 DESC LIMIT 
 _CONFIG_DELETE = f"DELETE FROM configs WHERE id = (SELECT id FROM configs {_CONFIG_BY_ID_OR_NAME})"  # noqa: S608
 _CONFIG_INSERT = f"INSERT INTO configs ({', '.join(mapping.CONFIG_COLUMNS)}) VALUES (?, ?, ?, ?, ?)"  # noqa: S608
 _ACTIVE = tuple(s.value for s in models.RunStatus if s in models.ACTIVE_STATUSES)
+_S = models.RunStatus
+#: The status changes a run may make. The check and the write happen in one transaction on the
+#: single writer thread, so it is a compare-and-set: a run leaves ``queued`` only while it is
+#: still queued (two launchers cannot both take it), and nothing leaves a terminal status (not
+#: even for the same one again).
+NEXT_STATUSES: Mapping[models.RunStatus, frozenset[models.RunStatus]] = {
+    _S.queued: frozenset({_S.starting, _S.running}) | models.TERMINAL_STATUSES,
+    _S.starting: frozenset({_S.running}) | models.TERMINAL_STATUSES,
+    _S.running: frozenset({_S.running}) | models.TERMINAL_STATUSES,
+    **{status: frozenset() for status in models.TERMINAL_STATUSES},
+}
 
 
 def _check_limit(limit: int) -> None:
@@ -191,7 +202,8 @@ class Store:
 
     async def update_run(self, run_id: str, **fields: Any) -> models.Run:
         """Set any ``Run`` fields but ``id``; values are validated as the model would.
-        Unknown fields or invalid values raise ``InvalidInputError``."""
+        Unknown fields or invalid values raise ``InvalidInputError``; a status change that
+        ``NEXT_STATUSES`` does not allow from the stored status raises ``StatusConflictError``."""
         mapping.check_run_fields(fields)
         return await self._db.write(lambda conn: _update_run(conn, run_id, fields))
 
@@ -310,12 +322,27 @@ def _update_run(conn: sqlite3.Connection, run_id: str, fields: Mapping[str, Any]
         run = models.Run.model_validate({**current.model_dump(), **fields})
     except pydantic.ValidationError as exc:
         raise errors.InvalidInputError(f"invalid run fields for run {run_id}: {exc}") from exc
+    if "status" in fields and run.status not in NEXT_STATUSES[current.status]:
+        raise errors.StatusConflictError(
+            f"run {run_id} is {current.status.value}; it cannot become {run.status.value}",
+            current=current.status.value,
+        )
     names = sorted(fields)
     assignments = ", ".join(f"{name} = ?" for name in names)
-    conn.execute(
-        f"UPDATE runs SET {assignments} WHERE id = ?",  # noqa: S608 (names are checked columns)
-        [*(mapping.run_value(name, getattr(run, name)) for name in names), run_id],
-    )
+    updated = conn.execute(
+        # The status in the WHERE clause makes the compare-and-set explicit in SQL as well.
+        f"UPDATE runs SET {assignments} WHERE id = ? AND status = ?",  # noqa: S608 (checked names)
+        [
+            *(mapping.run_value(name, getattr(run, name)) for name in names),
+            run_id,
+            current.status.value,
+        ],
+    ).rowcount
+    if updated != 1:  # pragma: no cover - the writer thread is the only writer
+        raise errors.StatusConflictError(
+            f"run {run_id} changed while it was being updated; try again",
+            current=current.status.value,
+        )
     # Read back, so the caller gets what is stored (datetimes in UTC, naive ones made aware).
     return mapping.row_to_run(conn.execute(f"{_RUN_SELECT} WHERE id = ?", (run_id,)).fetchone())
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from agentfarm.agents.base import AgentAdapter, StreamParser
-from agentfarm.backends.base import Backend, ExitInfo, Record, RunHandle
+from agentfarm.backends.base import Backend, ExitInfo, LaunchInfo, Record, RunHandle
 from agentfarm.domain import errors, models
 from agentfarm.domain.redact import Redactor
 from agentfarm.settings import Settings
@@ -163,9 +163,17 @@ class Supervisor:
             raise errors.ConflictError(f"run {run_id} has already ended ({run.status.value})")
         self._stop_requested.add(run_id)
         if run.status == models.RunStatus.queued and run_id not in self._active:
-            return await self._finish_without_agent(
-                run, models.RunStatus.stopped, "stopped before it started"
-            )
+            try:
+                return await self._finish_without_agent(
+                    run, models.RunStatus.stopped, "stopped before it started"
+                )
+            except errors.StatusConflictError:
+                # The dispatcher took it meanwhile (the launch sees the stop request), or
+                # another stop ended it first.
+                current = await self.store.get_run(run_id)
+                if current.status.terminal:
+                    self._stop_requested.discard(run_id)
+                return current
         handle = self._handles.get(run_id)
         if handle is not None:
             tasks.spawn(
@@ -253,11 +261,22 @@ class Supervisor:
 
     async def _launch(self, run: models.Run) -> None:
         async with self._owning(run, models.RunStatus.failed, "internal error in agentfarm"):
-            await self._append(
-                run.id,
-                [status_event(models.RunStatus.starting)],
-                run_fields={"status": models.RunStatus.starting},
-            )
+            try:
+                await self._append(
+                    run.id,
+                    [status_event(models.RunStatus.starting)],
+                    run_fields={"status": models.RunStatus.starting},
+                )
+            except errors.StatusConflictError as exc:
+                # Stopped (or otherwise ended) between the dispatcher's look and now.
+                log.info("run %s: not launched, it is %s", run.id, exc.current)
+                self._stop_requested.discard(run.id)
+                return
+            if run.id in self._stop_requested:
+                await self._finish_without_agent(
+                    run, models.RunStatus.stopped, "stopped before it started"
+                )
+                return
             try:
                 adapter = self.adapters[run.spec.agent]
                 backend = self.backends[run.spec.backend]
@@ -268,20 +287,7 @@ class Supervisor:
                 redacted = Redactor.of(self.secrets.all()).text(str(exc))
                 await self._finish_without_agent(run, models.RunStatus.failed, redacted)
                 return
-            self._handles[run.id] = handle
-            fields: dict[str, Any] = {
-                "status": models.RunStatus.running,
-                "started_at": models.utcnow(),
-                "branch": info.branch or run.branch,
-                "workspace": info.workspace,
-            }
-            drafts = [notice_event(n) for n in info.notices]
-            drafts.append(status_event(models.RunStatus.running, branch=fields["branch"]))
-            await self._append(run.id, drafts, run_fields=fields)
-            if run.id in self._stop_requested:
-                await handle.stop(self.settings.stop_grace_seconds)
-            redactor = await asyncio.to_thread(self._redactor, creds)
-            await self._ingest(run, handle, redactor)
+            await self._attached(run, handle, info, creds)
 
     async def _resume(self, run: models.Run) -> None:
         async with self._owning(run, models.RunStatus.lost, "could not reattach after a restart"):
@@ -293,13 +299,34 @@ class Supervisor:
                     f"the {run.spec.backend!r} backend is no longer enabled on this server",
                 )
                 return
-            handle = await backend.attach(run)
-            self._handles[run.id] = handle
+            handle, info = await backend.attach(run)
             creds: dict[str, str] = {}
             with contextlib.suppress(errors.ConfigurationError):
                 creds = await asyncio.to_thread(self.credentials, run.spec)
-            redactor = await asyncio.to_thread(self._redactor, creds)
-            await self._ingest(run, handle, redactor)
+            await self._attached(run, handle, info, creds)
+
+    async def _attached(
+        self, run: models.Run, handle: RunHandle, info: LaunchInfo, creds: Mapping[str, str]
+    ) -> None:
+        """The one path after a launch and after a reattach: record the run as running (with
+        its start time, branch and workspace), honour a stop asked for meanwhile, ingest."""
+        self._handles[run.id] = handle
+        current = await self.store.get_run(run.id)
+        fields: dict[str, Any] = {
+            "status": models.RunStatus.running,
+            "started_at": current.started_at or models.utcnow(),
+            "branch": info.branch or current.branch,
+            "workspace": info.workspace or current.workspace,
+        }
+        drafts = [notice_event(n) for n in info.notices]
+        if current.status != models.RunStatus.running:
+            drafts.append(status_event(models.RunStatus.running, branch=fields["branch"]))
+        if drafts or any(getattr(current, k) != v for k, v in fields.items()):
+            await self._append(run.id, drafts, run_fields=fields)
+        if run.id in self._stop_requested:
+            await handle.stop(self.settings.stop_grace_seconds)
+        redactor = await asyncio.to_thread(self._redactor, creds)
+        await self._ingest(run, handle, redactor)
 
     async def _pump(self, handle: RunHandle, queue: asyncio.Queue[Record | object]) -> None:
         try:

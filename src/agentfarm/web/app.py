@@ -31,11 +31,13 @@ def default_adapters() -> dict[str, AgentAdapter]:
 def default_backends(
     settings: Settings, adapters: Mapping[str, AgentAdapter]
 ) -> dict[str, Backend]:
-    from agentfarm.backends.local import LocalBackend
+    from agentfarm.backends.local import LocalBackend, hostinfo
 
     # One agent kind today: the local backend sends its interrupt request on stop.
     interrupt = adapters["claude"].interrupt() if "claude" in adapters else b""
     backends: dict[str, Backend] = {"local": LocalBackend(settings, interrupt=interrupt)}
+    for line in hostinfo.startup_lines():  # without root: no sandbox uid, maybe no limits
+        log.warning("local backend: %s", line)
     try:
         from agentfarm.backends.kubernetes.backend import KubernetesBackend
     except ImportError:  # the optional `kubernetes` extra is not installed

@@ -298,7 +298,7 @@ class KubernetesBackend:
         )
         return KubernetesHandle(run.id, api, state, delete_pod_now=self._delete_now), info
 
-    async def attach(self, run: models.Run) -> KubernetesHandle:
+    async def attach(self, run: models.Run) -> tuple[KubernetesHandle, LaunchInfo]:
         api = await self._client()
         state = self._runs.get(run.id)
         if state is None:
@@ -311,7 +311,11 @@ class KubernetesBackend:
             if items:
                 name = items[0]["metadata"]["name"]
             state = self._runs[run.id] = _RunState(namespace, name)
-        return KubernetesHandle(run.id, api, state, delete_pod_now=self._delete_now)
+        info = LaunchInfo(
+            branch=manifests.branch_name(run.id),
+            workspace=f"pod {state.namespace}/{state.name}:{manifests.WORKSPACE}",
+        )
+        return KubernetesHandle(run.id, api, state, delete_pod_now=self._delete_now), info
 
     async def cleanup(self, run: models.Run) -> None:
         """Delete the run's Secret now (it marks the run as done with) and its pod now or,

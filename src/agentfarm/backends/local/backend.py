@@ -20,7 +20,7 @@ from typing import Any
 import agentfarm
 from agentfarm.agents.base import AgentCommand
 from agentfarm.backends.base import LaunchInfo
-from agentfarm.backends.local import git, procs, sandbox
+from agentfarm.backends.local import git, hostinfo, procs, sandbox
 from agentfarm.backends.local.handle import (
     GIT_STATE,
     LocalHandle,
@@ -129,13 +129,14 @@ class LocalBackend:
             "usr_links": usr_links,
         }
         await self._send_spec(monitor, run_dir, spec)
-        notices: list[str] = []
+        notices = hostinfo.run_notices(is_root=is_root)  # no sandbox uid without root
         return self.handle(run), LaunchInfo(
             branch=branch, workspace=str(workspace), notices=notices
         )
 
-    async def attach(self, run: models.Run) -> LocalHandle:
-        return self.handle(run)
+    async def attach(self, run: models.Run) -> tuple[LocalHandle, LaunchInfo]:
+        workspace = str(self.run_dir(run.id) / "workspace")
+        return self.handle(run), LaunchInfo(branch=branch_name(run.id), workspace=workspace)
 
     async def cleanup(self, run: models.Run) -> None:
         run_dir = self.run_dir(run.id)

@@ -3,9 +3,11 @@
 The monitor creates the run's groups, the launcher child joins them between fork and exec
 (:meth:`RunCgroup.join`), and the monitor watches the OOM counter, since v1 has neither
 ``memory.oom.group`` nor ``cgroup.kill``: when the kernel OOM-kills a process of the run,
-the monitor tears the whole sandbox down and reports ``oom_killed``. Where a limit cannot be
-set (not root, no controller), the run goes on and :attr:`RunCgroup.notices` says which
-limit is not enforced and why. Blocking file I/O: monitor-side only.
+the monitor tears the whole sandbox down and reports ``oom_killed``. Without root, the groups
+go under a cgroup v2 subtree the host delegated to the server's user, where there is one
+(:func:`delegated`). Where a limit cannot be set (not root and nothing delegated, no
+controller), the run goes on and :attr:`RunCgroup.notices` says which limit is not enforced
+and why. Blocking file I/O: monitor-side only.
 """
 
 from __future__ import annotations
@@ -105,19 +107,75 @@ class RunCgroup:
                     time.sleep(0.02)  # the last member is still being reaped
 
 
+#: Why nothing is limited when the server is not root and the host delegates nothing to it.
+NO_DELEGATION = (
+    "the server does not run as root and the host delegates no writable cgroup v2 subtree "
+    "to its user"
+)
+
+
+def v2_mount(root: Path = ROOT) -> Path | None:
+    """Where the cgroup v2 hierarchy is mounted: ``root`` itself, or ``unified`` (hybrid)."""
+    for mount in (root, root / "unified"):
+        if (mount / "cgroup.controllers").exists():
+            return mount
+    return None
+
+
+def delegated(
+    root: Path = ROOT, *, self_cgroup: str | None = None, uid: int | None = None
+) -> Path | None:
+    """The nearest cgroup v2 group above this process's own that belongs to ``uid`` (this
+    process's by default) and lets it create groups and move processes: a subtree the host
+    delegated to the user (systemd does it for user sessions and ``Delegate=yes`` units).
+    Its own group is skipped: a group holding processes cannot hand controllers down."""
+    mount = v2_mount(root)
+    if mount is None:
+        return None
+    if self_cgroup is None:
+        try:
+            self_cgroup = Path("/proc/self/cgroup").read_text()
+        except OSError:
+            return None
+    own = next((line[3:] for line in self_cgroup.splitlines() if line.startswith("0::")), None)
+    if own is None:
+        return None
+    uid = os.geteuid() if uid is None else uid
+    parts = [p for p in own.strip().split("/") if p and p not in (".", "..")]
+    for depth in range(len(parts) - 1, 0, -1):  # the mount's root group is never delegated
+        candidate = mount.joinpath(*parts[:depth])
+        try:
+            owner = candidate.stat().st_uid
+        except OSError:
+            continue
+        writable = all(
+            os.access(candidate / f, os.W_OK) for f in ("cgroup.procs", "cgroup.subtree_control")
+        )
+        if owner == uid and writable:
+            return candidate
+    return None
+
+
 def create(
-    name: str, limits: Limits, *, root: Path = ROOT, is_root: bool | None = None
+    name: str,
+    limits: Limits,
+    *,
+    root: Path = ROOT,
+    is_root: bool | None = None,
+    self_cgroup: str | None = None,
 ) -> RunCgroup:
-    """The run's groups with ``limits`` set, or a :class:`RunCgroup` with notices only."""
+    """The run's groups with ``limits`` set, or a :class:`RunCgroup` with notices only.
+    Without root, a delegated cgroup v2 subtree (:func:`delegated`) is used if there is one."""
     wanted = limits.wanted()
     if not wanted:
         return RunCgroup()
     if is_root is None:
         is_root = os.geteuid() == 0
     if not is_root:
-        return RunCgroup(
-            notices=[_not_enforced(wanted.values(), "the server does not run as root")]
-        )
+        base = delegated(root, self_cgroup=self_cgroup)
+        if base is None:
+            return RunCgroup(notices=[_not_enforced(wanted.values(), NO_DELEGATION)])
+        return _create_v2(base, name, limits, wanted)
     if (root / "cgroup.controllers").exists():
         return _create_v2(root, name, limits, wanted)
     if (root / "memory" / "tasks").exists() or (root / "pids" / "tasks").exists():
@@ -216,8 +274,11 @@ def _create_v2(root: Path, name: str, limits: Limits, wanted: dict[str, str]) ->
 
 
 def remove_leftovers(name: str, *, root: Path = ROOT) -> None:
-    """Kill and remove a run's groups a dead monitor left behind (any version)."""
+    """Kill and remove a run's groups a dead monitor left behind (any version, delegated too)."""
     dirs = [p for p in root.glob(f"*/{PARENT}/{name}") if p.is_dir()]
     dirs += [p for p in (root / PARENT / name,) if p.is_dir()]
+    base = delegated(root) if os.geteuid() != 0 else None
+    if base is not None and (base / PARENT / name).is_dir():
+        dirs.append(base / PARENT / name)
     if dirs:
         RunCgroup(dirs=dirs).destroy()

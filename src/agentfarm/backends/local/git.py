@@ -4,7 +4,8 @@ A workspace is written by the agent, so everything in it is untrusted: its ``.gi
 could name hooks, an fsmonitor, an alternate-refs command or URL rewrites that would run or
 leak when the host later runs git there. Every call therefore disables hooks and fsmonitor on
 the command line (which outranks repository config and reaches child git processes), and
-before the host touches a finished workspace, :func:`sanitize` rewrites its config and
+before the host touches a finished workspace, :func:`sanitize` refuses a ``.git`` holding
+a symlink (or being one), removes ``commondir`` and grafts, and rewrites its config and
 alternates from what the host knows. Workspaces belong to the sandbox uid, hence the
 ``safe.directory`` exception, given per call for that one path.
 """
@@ -12,9 +13,11 @@ alternates from what the host knows. Workspaces belong to the sandbox uid, hence
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import shlex
+import stat
 from pathlib import Path
 
 from agentfarm.domain import errors
@@ -128,17 +131,84 @@ def alternates(workspace: Path) -> list[Path]:
     return found
 
 
-def sanitize(workspace: Path, config: str, alternates_text: str | None) -> None:
-    """Put back the config and alternates the host wrote (blocking; after the agent exited)."""
+#: Files that make git read another repository's objects, refs or config, or rewrite history;
+#: our clone has none of them, so one in a finished workspace was planted by the agent.
+PLANTED = ("commondir", "info/grafts", "objects/info/http-alternates")
+
+
+def _odd_entry(git_dir: Path) -> tuple[str, str] | None:
+    """The first symlink or special file under ``git_dir`` (never following links), with
+    what it is; None if there are only plain files and directories."""
+    todo = [git_dir]
+    while todo:
+        with os.scandir(todo.pop()) as entries:
+            for entry in entries:
+                mode = entry.stat(follow_symlinks=False).st_mode
+                if stat.S_ISDIR(mode):
+                    todo.append(Path(entry.path))
+                elif not stat.S_ISREG(mode):
+                    what = "a symlink" if stat.S_ISLNK(mode) else "a special file"
+                    return os.path.relpath(entry.path, git_dir), what
+    return None
+
+
+def _write_no_follow(directory_fd: int, name: str, text: str) -> None:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(name, flags, 0o644, dir_fd=directory_fd)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+
+
+def sanitize(workspace: Path, config: str, alternates_text: str | None) -> list[str]:
+    """Make a finished workspace's git directory safe for host git (blocking; after the agent
+    exited): refuse a ``.git`` that is not a plain directory of plain files (a symlink there
+    would make the host read or write whatever it points to), remove the files in
+    :data:`PLANTED`, and put back the config and alternates the host wrote. Raises
+    :class:`GitError` saying why when it refuses; returns notices of what it removed."""
     git_dir = workspace / ".git"
-    for name, text in (("config", config), ("objects/info/alternates", alternates_text)):
+    try:
+        mode = os.lstat(git_dir).st_mode
+    except FileNotFoundError:
+        raise GitError("the agent removed .git from the workspace") from None
+    if stat.S_ISLNK(mode):
+        raise GitError("the agent replaced .git with a symlink; host git does not follow it")
+    if not stat.S_ISDIR(mode):
+        raise GitError("the agent replaced .git with a file; host git does not follow it")
+    try:
+        return _clean(git_dir, config, alternates_text)
+    except OSError as exc:  # a file where git keeps a directory, or the like
+        name = Path(str(exc.filename)).name if exc.filename else ".git"
+        raise GitError(
+            f"the agent left .git in a state git never does ({exc.strerror}: {name})"
+        ) from None
+
+
+def _clean(git_dir: Path, config: str, alternates_text: str | None) -> list[str]:
+    odd = _odd_entry(git_dir)
+    if odd is not None:
+        raise GitError(f"the agent left {odd[1]} at .git/{odd[0]}; host git does not follow it")
+    notices = []
+    for name in PLANTED:
         path = git_dir / name
-        if path.is_symlink() or path.is_dir():
-            raise GitError(f"the agent replaced .git/{name} with something odd; not touching it")
-        if text is None:
-            path.unlink(missing_ok=True)
+        if path.exists():
+            path.unlink()
+            notices.append(f"ignored .git/{name}, which the agent wrote: git does not use it")
+    # No symlink is left to follow, but open without following anyway: belt and braces.
+    info = git_dir / "objects" / "info"
+    info.mkdir(parents=True, exist_ok=True)
+    git_fd = os.open(git_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    info_fd = os.open(info, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        _write_no_follow(git_fd, "config", config)
+        if alternates_text is None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink("alternates", dir_fd=info_fd)
         else:
-            path.write_text(text)
+            _write_no_follow(info_fd, "alternates", alternates_text)
+    finally:
+        os.close(info_fd)
+        os.close(git_fd)
+    return notices
 
 
 async def fetch_back(source: Path, workspace: Path, branch: str) -> None:
@@ -147,7 +217,10 @@ async def fetch_back(source: Path, workspace: Path, branch: str) -> None:
     # git drops -c settings (GIT_CONFIG_PARAMETERS) when it spawns upload-pack for a local
     # transport, so the workspace side gets them through --upload-pack explicitly.
     upload_pack = ["git", *_config_args((workspace, workspace / ".git")), "upload-pack"]
+    # fsckObjects: what the agent committed lands in the user's repository; a malformed object
+    # (a hostile .gitmodules, say) stops here rather than at the user's next checkout.
     await git(
+        "-c", "fetch.fsckObjects=true",
         "fetch", "--quiet", "--no-tags", "--upload-pack", shlex.join(upload_pack),
         str(workspace), refspec, cwd=source, trusted=(source,),
     )  # fmt: skip

@@ -43,8 +43,7 @@ def kill_orphans(run_dir: Path, run_id: str) -> None:
         if procs.is_running(pid, started):
             # SIGKILL to the namespace's init takes every process of the sandbox with it.
             procs.kill_quietly(pid)
-    if os.geteuid() == 0:
-        cgroups.remove_leftovers(run_id)
+    cgroups.remove_leftovers(run_id)
 
 
 def monitor_running(run_dir: Path) -> bool:
@@ -136,11 +135,13 @@ class LocalHandle:
         branch = branch_name(self.run_id)
         try:
             state = json.loads(await asyncio.to_thread((self.run_dir / GIT_STATE).read_text))
-            await asyncio.to_thread(git.sanitize, workspace, state["config"], state["alternates"])
-        except (OSError, ValueError, KeyError) as exc:
-            return [f"the branch {branch} was not brought back: the workspace is gone ({exc})"]
+            notices = await asyncio.to_thread(
+                git.sanitize, workspace, state["config"], state["alternates"]
+            )
         except git.GitError as exc:
             return [f"the branch {branch} was not brought back: {exc}"]
+        except (OSError, ValueError, KeyError) as exc:
+            return [f"the branch {branch} was not brought back: the workspace is gone ({exc})"]
         repo = self.run.spec.repo
         try:
             if git.is_local(repo):
@@ -149,5 +150,5 @@ class LocalHandle:
                 await git.push(repo, workspace, branch)
         except git.GitError as exc:
             where = "into the source repository" if git.is_local(repo) else "to the remote"
-            return [f"the branch {branch} could not be copied {where}: {exc}"]
-        return []
+            return [*notices, f"the branch {branch} could not be copied {where}: {exc}"]
+        return notices
