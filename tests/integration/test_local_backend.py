@@ -20,6 +20,7 @@ import pytest
 from agentfarm.agents.base import AgentCommand
 from agentfarm.backends.base import Record
 from agentfarm.backends.local import backend as local_backend
+from agentfarm.backends.local import cgroups
 from agentfarm.backends.local import git as local_git
 from agentfarm.backends.local import handle as local_handle
 from agentfarm.backends.local.backend import LocalBackend
@@ -219,6 +220,9 @@ async def test_isolation(tmp_path: Path, settings: Settings, source: Path) -> No
 
 
 def leftover_processes(run_dir: Path, uid: int | None) -> list[int]:
+    """Processes of this run still alive: those working in its directory, and those of the
+    sandbox uid that are in this run's cgroup (or in no agentfarm cgroup at all). Other runs'
+    sandboxes on the same machine, in their own cgroups, are not this test's business."""
     found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
@@ -227,9 +231,11 @@ def leftover_processes(run_dir: Path, uid: int | None) -> list[int]:
                 continue  # finished; this VM's init is slow to reap
             cwd = os.readlink(f"/proc/{pid}/cwd")
             owner = os.stat(f"/proc/{pid}").st_uid
+            groups = Path(f"/proc/{pid}/cgroup").read_text()
         except OSError:
             continue
-        if cwd.startswith(str(run_dir)) or (uid is not None and owner == uid):
+        ours = f"/{cgroups.PARENT}/{run_dir.name}" in groups or f"/{cgroups.PARENT}/" not in groups
+        if cwd.startswith(str(run_dir)) or (uid is not None and owner == uid and ours):
             found.append(int(pid))
     return found
 
