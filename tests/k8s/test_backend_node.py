@@ -9,6 +9,7 @@ into the node's network namespace at the node IP, which pods reach.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -276,8 +277,9 @@ async def test_restart_reattaches_and_resumes_the_log(world: World) -> None:
     try:
         handle, _ = await first.launch(run, world.command(scenario), {"ANTHROPIC_API_KEY": "f"})
         before: list[Record] = []
-        async with asyncio.timeout(120):
-            async for record in handle.records(after=0):
+        # aclosing: leaving the loop early must close the log stream before the client goes.
+        async with asyncio.timeout(120), contextlib.aclosing(handle.records(after=0)) as records:
+            async for record in records:
                 before.append(record)
                 if record.kind == "stdout" and b'"tool_use"' in record.data:
                     break
