@@ -195,7 +195,7 @@ async def test_named_tokens_are_shown_once_hashed_and_revocable(tmp_path: Path) 
 
 async def test_user_admin_is_for_bearer_tokens_only(tmp_path: Path) -> None:
     async with cockpit(tmp_path) as cp, cp.browser() as browser:
-        await cp.add_user()
+        await cp.add_user()  # the first user: an admin, but signed in with a cookie here
         await login(browser)
         token = await page_csrf(browser)
         refused = await browser.post(
@@ -203,7 +203,10 @@ async def test_user_admin_is_for_bearer_tokens_only(tmp_path: Path) -> None:
             json={"name": "mallory", "password": "password123"},
             headers={"X-CSRF-Token": token},
         )
-        assert refused.status_code == 401
+        assert refused.status_code == 403
+        assert refused.json()["error"]["code"] == "forbidden"
+        assert (await cp.api.post("/api/admin/users", json={})).status_code == 422
+        assert (await browser.get("/api/admin/users")).status_code == 403
         dup = await cp.api.post("/api/admin/users", json={"name": "ada", "password": PASSWORD})
         assert dup.status_code == 409
         short = await cp.api.post("/api/admin/users", json={"name": "eve", "password": "short"})

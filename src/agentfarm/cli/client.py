@@ -112,14 +112,17 @@ class Client:
 
 
 def _error_message(response: httpx.Response) -> str:
+    """One line: the server's ``{"error": {"code", "message"}}`` message, or what came back
+    instead (a proxy's page, say)."""
     try:
         body = response.json()
     except ValueError:
-        return f"HTTP {response.status_code}: {response.text[:300]}"
+        body = None
     error = body.get("error") if isinstance(body, dict) else None
-    if isinstance(error, dict) and "message" in error:
-        return str(error["message"])
-    detail = body.get("detail") if isinstance(body, dict) else None
-    if detail:
-        return str(detail)
-    return f"HTTP {response.status_code}"
+    if isinstance(error, dict) and error.get("message"):
+        message = str(error["message"])
+    else:
+        text = response.text.strip()
+        message = f"HTTP {response.status_code} from {response.url.host}"
+        message += f": {text[:200]}" if text else ""
+    return " ".join(message.split())
