@@ -265,3 +265,74 @@ async def test_client_address_behind_proxies_is_the_nearest_untrusted_hop(tmp_pa
             assert (await login(proxy, "other", password="guess-guess")).status_code == 429
             proxy.headers["X-Forwarded-For"] = "203.0.113.8"
             assert (await login(proxy)).status_code == 303
+
+
+@pytest.mark.parametrize(
+    ("presented", "believed"),
+    [(None, False), ("wrong-secret", False), ("", False), ("proxy-shared-secret", True)],
+)
+async def test_forward_auth_with_a_proxy_secret_needs_the_secret(
+    tmp_path: Path, presented: str | None, believed: bool
+) -> None:
+    # A proxy on loopback: any local process is a "trusted" peer, so only the secret tells
+    # the proxy's requests apart.
+    async with (
+        cockpit(
+            tmp_path,
+            trusted_proxies="127.0.0.1",
+            forward_auth_header="Remote-User",
+            forward_auth_secret="proxy-shared-secret",
+        ) as cp,
+        cp.browser("127.0.0.1") as browser,
+    ):
+        browser.headers["Remote-User"] = "grace"
+        if presented is not None:
+            browser.headers["X-Agentfarm-Proxy-Secret"] = presented
+        home = await browser.get("/")
+        api = await browser.get("/api/runs")
+        if believed:
+            assert home.status_code == 200 and "grace" in home.text
+            assert api.status_code == 200
+        else:
+            assert home.status_code == 303
+            assert api.status_code == 401 and api.json()["error"]["code"] == "unauthorized"
+
+
+async def test_a_forward_auth_user_has_the_role_of_their_account(tmp_path: Path) -> None:
+    async with cockpit(
+        tmp_path, trusted_proxies="10.1.2.3", forward_auth_header="Remote-User"
+    ) as cp:
+        await cp.add_user("ada")  # the first account: admin
+        await cp.add_user("bob")
+        for name, admin in (("ada", True), ("bob", False), ("nobody", False)):
+            async with cp.browser("10.1.2.3") as browser:
+                browser.headers["Remote-User"] = name
+                page = (await browser.get("/settings")).text
+                assert (f"<strong>{name}</strong> (admin)" in page) is admin, name
+
+
+@pytest.mark.parametrize(
+    ("proxies", "secret", "risky"),
+    [
+        ("127.0.0.1", None, True),
+        ("0.0.0.0/0", None, True),
+        ("::1", None, True),
+        ("127.0.0.1", "s3cret-value", False),
+        ("10.1.2.3", None, False),
+    ],
+)
+def test_forward_auth_from_loopback_without_a_secret_is_called_unsafe(
+    tmp_path: Path, proxies: str, secret: str | None, risky: bool
+) -> None:
+    from agentfarm.web.sessions import forward_auth_risk
+
+    from .conftest import make_settings
+
+    settings = make_settings(
+        tmp_path,
+        trusted_proxies=proxies,
+        forward_auth_header="Remote-User",
+        forward_auth_secret=secret,
+    )
+    assert (forward_auth_risk(settings) is not None) is risky
+    assert forward_auth_risk(make_settings(tmp_path, trusted_proxies=proxies)) is None

@@ -34,7 +34,9 @@ async def test_framework_errors_answer_the_error_shape(app_client: AppFactory) -
         assert wrong.headers["allow"] and wrong.headers["allow"] in error["message"]
         anonymous = await client.get("/api/runs", headers={"Authorization": ""})
         assert_error(anonymous, 401, "unauthorized")
-        invalid = await client.post("/api/configs", json={"name": "x", "repo": "/r", "max_turns": 0})
+        invalid = await client.post(
+            "/api/configs", json={"name": "x", "repo": "/r", "max_turns": 0}
+        )
         error = assert_error(invalid, 422, "validation_error")
         assert "max_turns" in error["message"]
         bad_query = await client.get("/api/runs", params={"limit": "many"})

@@ -641,6 +641,9 @@ async def startup(app: FastAPI, store: Store, settings: Settings) -> None:
     app.state.login_limiter = LoginLimiter(
         settings.login_failures_per_user, settings.login_failures_per_address
     )
+    risk = sessions.forward_auth_risk(settings)
+    if risk:
+        log.warning("%s", risk)
     if await app.state.users.count_users() == 0:
         if os.environ.get("AGENTFARM_FIRST_RUN_PROMPT") == "1" and sys.stdin.isatty():
             await _first_user(app.state.users)

@@ -46,6 +46,7 @@ _hasher = PasswordHasher()
 _DUMMY_HASH = _hasher.hash("agentfarm-timing-equaliser")
 
 
+_LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
 PROXY_SECRET_HEADER = "x-agentfarm-proxy-secret"  # noqa: S105 (a header name)
 
 
@@ -200,6 +201,22 @@ async def _resolve(request: Request) -> Principal | None:
                 admin=session.is_admin,
                 user_id=session.user_id,
             )
+    return None
+
+
+def forward_auth_risk(settings: Settings) -> str | None:
+    """Why this forward-auth set-up is unsafe, if it is: a trusted proxy address that local
+    processes share (loopback), with no proxy secret to tell the proxy apart."""
+    if not settings.forward_auth_header or settings.forward_auth_secret is not None:
+        return None
+    nets = _networks(tuple(settings.trusted_proxies))
+    if any(n.version == lo.version and n.overlaps(lo) for n in nets for lo in _LOOPBACK):
+        return (
+            "forward auth is believed from loopback without AGENTFARM_FORWARD_AUTH_SECRET: any "
+            "process on this host (an agent with an open network, another user) can sign in as "
+            "anyone by sending the header; set the secret and have the proxy send it in "
+            "X-Agentfarm-Proxy-Secret"
+        )
     return None
 
 
