@@ -22,9 +22,9 @@ async def test_pages_redirect_to_login_and_the_api_says_401(tmp_path: Path) -> N
             assert response.status_code == 303, path
             assert response.headers["location"].startswith("/login?next=")
         assert (await browser.get("/api/runs")).status_code == 401
-        assert (
-            await browser.get("/dashboard/live", headers={"HX-Request": "true"})
-        ).status_code == 401
+        live = await browser.get("/dashboard/live", headers={"HX-Request": "true"})
+        assert live.status_code == 401 and live.headers["hx-redirect"].startswith("/login")
+        assert live.json()["error"]["code"] == "unauthorized"
         assert (await browser.post("/configs/new", data={"name": "x"})).status_code == 303
         # The static shell is public: the login page needs its stylesheet.
         assert (await browser.get("/static/cockpit.css")).status_code == 200

@@ -24,7 +24,7 @@ from urllib.parse import quote, urlsplit
 
 import pydantic
 from fastapi import APIRouter, Depends, FastAPI, Form, Query, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from sse_starlette import EventSourceResponse
@@ -36,6 +36,7 @@ from agentfarm.settings import Settings, read_or_create_token
 from agentfarm.store import Store
 from agentfarm.store.users import Users
 from agentfarm.web import admin, api, csrf, ids, render, sessions
+from agentfarm.web import errors as web_errors
 from agentfarm.web.ratelimit import LoginLimiter
 
 log = logging.getLogger(__name__)
@@ -704,7 +705,9 @@ def install(app: FastAPI) -> None:
         if request.headers.get("hx-request") or request.headers.get("accept", "").startswith(
             "text/event-stream"
         ):
-            return Response(status_code=401, headers={"HX-Redirect": url})
+            # A script's request: the error shape, and htmx goes to the login page.
+            body = web_errors.error_body("unauthorized", "sign in first (the cookie expired?)")
+            return JSONResponse(body, status_code=401, headers={"HX-Redirect": url})
         return see_other(url)
 
     @app.exception_handler(CsrfError)
