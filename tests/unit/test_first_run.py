@@ -29,7 +29,7 @@ async def test_first_user_is_created_from_the_prompt(
     try:
         users = Users(store.database)
         await pages._first_user(users)
-        assert [u.name for u in await users.list_users()] == ["alice"]
+        assert [(u.name, u.is_admin) for u in await users.list_users()] == [("alice", True)]
     finally:
         await store.close()
 

@@ -98,6 +98,7 @@ async def test_tokens_can_expire(tmp_path: Path) -> None:
                 conn.execute("UPDATE api_tokens SET expires_at = '2020-01-01T00:00:00+00:00'")
             expired = await client.get("/api/runs")
             assert expired.status_code == 401 and expired.json()["error"]["code"] == "unauthorized"
+        assert "<strong>expired</strong>" in (await browser.get("/settings")).text
 
 
 async def test_only_admins_see_and_revoke_every_token(tmp_path: Path) -> None:

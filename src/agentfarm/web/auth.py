@@ -12,8 +12,8 @@ from agentfarm.web import csrf, sessions
 def _unauthorized() -> HTTPException:
     return HTTPException(
         status_code=status.HTTP_401_UNAUTHORIZED,
-        detail="missing or wrong API token: send `Authorization: Bearer <token>` "
-        "(`agentfarm token` prints it)",
+        detail="missing, wrong or expired API token: send `Authorization: Bearer <token>` "
+        "(`agentfarm token` prints the server's own)",
         headers={"WWW-Authenticate": "Bearer"},
     )
 

@@ -552,7 +552,7 @@ def _settings_page(
 ) -> HTMLResponse:
     return page(
         request, "settings.html", who, status_code, tokens=tokens, new_token=new_token,
-        problem=problem, token_days=TOKEN_DAYS,
+        problem=problem, token_days=TOKEN_DAYS, now=models.utcnow(),
     )  # fmt: skip
 
 
