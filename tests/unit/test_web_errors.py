@@ -135,3 +135,18 @@ def test_the_cli_reads_the_error_shape_as_one_line() -> None:
     line = _error_message(response(502, html, "text/html"))
     assert line.startswith("HTTP 502 from 127.0.0.1: <html>") and "\n" not in line
     assert _error_message(response(500, b"")) == "HTTP 500 from 127.0.0.1"
+
+
+def test_a_path_that_leaves_the_api_is_one_clear_cli_error() -> None:
+    # `agentfarm show ../..` asks for /api/runs/../.., which is the cockpit's `/` (a redirect).
+    from agentfarm.cli.client import Client, ClientError
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(303, headers={"location": "/login"}, request=request)
+
+    client = Client("http://127.0.0.1:8080", token="t")
+    client._http = httpx.Client(base_url=client.url, transport=httpx.MockTransport(answer))
+    with client, pytest.raises(ClientError) as caught:
+        client.get("/api/runs/../..")
+    message = str(caught.value)
+    assert "HTTP 303" in message and "\n" not in message

@@ -67,9 +67,14 @@ class Client:
             )
         if response.status_code >= 400:
             raise ClientError(_error_message(response))
+        if response.is_redirect:  # e.g. an id like `../..` that led the path out of the API
+            raise ClientError(_not_api(self.url, method, path, response))
         if response.status_code == 204 or not response.content:
             return None
-        return response.json()
+        try:
+            return response.json()
+        except ValueError:
+            raise ClientError(_not_api(self.url, method, path, response)) from None
 
     def get(self, path: str, **kwargs: Any) -> Any:
         return self.request("GET", path, **kwargs)
@@ -109,6 +114,13 @@ class Client:
                 if failures > 30:
                     raise ClientError(f"lost the event stream from {self.url}: {exc}") from exc
                 time.sleep(min(2.0, 0.2 * failures))
+
+
+def _not_api(url: str, method: str, path: str, response: httpx.Response) -> str:
+    return (
+        f"{url} answered {method} {path} with HTTP {response.status_code}, not the API's JSON: "
+        "check the id or name you gave, and AGENTFARM_URL"
+    )
 
 
 def _error_message(response: httpx.Response) -> str:
