@@ -37,6 +37,26 @@ async def test_the_first_user_is_admin_and_others_only_when_asked(tmp_path: Path
         assert made.status_code == 201 and made.json()["admin"] is True
         listed = {u["name"]: u["admin"] for u in (await cp.api.get("/api/admin/users")).json()}
         assert listed == {"ada": True, "bob": False, "cy": True}
+        for name, admin in (("bob", True), ("cy", False)):
+            changed = await cp.api.put(f"/api/admin/users/{name}/role", json={"admin": admin})
+            assert changed.status_code == 204
+        listed = {u["name"]: u["admin"] for u in (await cp.api.get("/api/admin/users")).json()}
+        assert listed == {"ada": True, "bob": True, "cy": False}
+        missing = await cp.api.put("/api/admin/users/nobody/role", json={"admin": True})
+        assert missing.status_code == 404
+
+
+async def test_a_role_change_applies_to_a_live_token_at_once(tmp_path: Path) -> None:
+    async with cockpit(tmp_path) as cp, cp.browser() as browser:
+        await cp.add_user("ada")
+        await cp.add_user("bob")
+        await login(browser, "bob")
+        async with bearer(cp, await new_token(browser, "t")) as bob:
+            assert (await bob.get("/api/admin/users")).status_code == 403
+            await cp.api.put("/api/admin/users/bob/role", json={"admin": True})
+            assert (await bob.get("/api/admin/users")).status_code == 200
+            await cp.api.put("/api/admin/users/bob/role", json={"admin": False})
+            assert (await bob.get("/api/admin/users")).status_code == 403
 
 
 async def test_a_non_admins_token_cannot_administer_users(tmp_path: Path) -> None:

@@ -211,6 +211,19 @@ def user_passwd(name: str) -> None:
     out.print(f"password of {name} changed")
 
 
+@user_app.command("role")
+def user_role(
+    name: str,
+    admin: Annotated[
+        bool, typer.Option("--admin/--no-admin", help="Make the user an admin, or not.")
+    ],
+) -> None:
+    """Make a user an admin (`--admin`) or an ordinary user (`--no-admin`)."""
+    with client() as c:
+        c.request("PUT", f"/api/admin/users/{name}/role", json={"admin": admin})
+    out.print(f"{name} is {'an admin' if admin else 'an ordinary user'} now", highlight=False)
+
+
 @user_app.command("ls")
 def user_ls(as_json: JsonFlag = False) -> None:
     """List cockpit users."""

@@ -124,6 +124,17 @@ class Users:
         if not await self._db.write(update):
             raise errors.NotFoundError(f"no user named {name!r}")
 
+    async def set_admin(self, name: str, admin: bool) -> None:
+        """Make a user an admin or not; their sessions and tokens follow at their next request."""
+
+        def update(conn: sqlite3.Connection) -> int:
+            return conn.execute(
+                "UPDATE users SET is_admin = ? WHERE name = ?", (admin, name)
+            ).rowcount
+
+        if not await self._db.write(update):
+            raise errors.NotFoundError(f"no user named {name!r}")
+
     async def get_user(self, name: str) -> User | None:
         def select(conn: sqlite3.Connection) -> Any:
             return conn.execute(f"{_USER_SELECT} WHERE name = ?", (name,)).fetchone()

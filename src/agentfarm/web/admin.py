@@ -28,6 +28,11 @@ class PasswordIn(BaseModel):
     password: str = Field(..., min_length=8, max_length=1024)
 
 
+class RoleIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    admin: bool = Field(..., description="Administers users and sees every API token.")
+
+
 class UserOut(BaseModel):
     name: str
     created_at: datetime
@@ -53,6 +58,14 @@ async def set_password(
     name: Annotated[str, Path(pattern=USER_NAME)], body: PasswordIn, request: Request
 ) -> Response:
     await sessions.users(request).set_password(name, await sessions.hash_password(body.password))
+    return Response(status_code=204)
+
+
+@router.put("/users/{name}/role", status_code=204)
+async def set_role(
+    name: Annotated[str, Path(pattern=USER_NAME)], body: RoleIn, request: Request
+) -> Response:
+    await sessions.users(request).set_admin(name, body.admin)
     return Response(status_code=204)
 
 

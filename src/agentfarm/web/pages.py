@@ -34,7 +34,7 @@ from agentfarm.domain import errors, models
 from agentfarm.domain.present import fmt_cost, fmt_duration
 from agentfarm.settings import Settings, read_or_create_token
 from agentfarm.store import Store
-from agentfarm.store.users import Users
+from agentfarm.store.users import ApiToken, Users
 from agentfarm.web import admin, api, csrf, ids, render, sessions
 from agentfarm.web import errors as web_errors
 from agentfarm.web.ratelimit import LoginLimiter
@@ -534,18 +534,18 @@ async def run_stop(request: Request, who: Checked, run_id: RUN_ID) -> Response:
 TOKEN_DAYS = (0, 7, 30, 90, 365)
 
 
-async def _visible_tokens(request: Request, who: sessions.Principal) -> list[Any]:
+async def _visible_tokens(request: Request, who: sessions.Principal) -> list[ApiToken]:
     """Admins see every token; other users their own (nobody else's names or use)."""
     store = sessions.users(request)
     if who.admin:
-        return list(await store.list_tokens())
-    return list(await store.list_tokens(who.user_id)) if who.user_id else []
+        return await store.list_tokens()
+    return await store.list_tokens(who.user_id) if who.user_id else []
 
 
 def _settings_page(
     request: Request,
     who: sessions.Principal,
-    tokens: list[Any],
+    tokens: list[ApiToken],
     status_code: int = 200,
     new_token: tuple[str, str] | None = None,
     problem: str | None = None,
