@@ -17,11 +17,12 @@ from .web_helpers import PASSWORD, cockpit, csrf_of, login, page_csrf
 
 async def test_pages_redirect_to_login_and_the_api_says_401(tmp_path: Path) -> None:
     async with cockpit(tmp_path) as cp, cp.browser() as browser:
-        for path in ("/", "/configs", "/configs/new", "/settings", "/runs/0123456789ab"):
+        for path in ("/", "/configs", "/configs/new", "/settings", "/runs/0123456789ab", "/runs/x"):
             response = await browser.get(path)
             assert response.status_code == 303, path
             assert response.headers["location"].startswith("/login?next=")
         assert (await browser.get("/api/runs")).status_code == 401
+        assert (await browser.get("/api/runs/x")).status_code == 401  # auth before the id
         live = await browser.get("/dashboard/live", headers={"HX-Request": "true"})
         assert live.status_code == 401 and live.headers["hx-redirect"].startswith("/login")
         assert live.json()["error"]["code"] == "unauthorized"

@@ -6,7 +6,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 import yaml
@@ -16,6 +16,9 @@ from rich.table import Table
 from agentfarm.cli.client import Client, ClientError
 from agentfarm.cli.render import STATUS_STYLE, event_line
 from agentfarm.domain.present import fmt_cost
+
+if TYPE_CHECKING:
+    from agentfarm.settings import Settings
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -50,12 +53,12 @@ def print_json(value: Any) -> None:
 
 
 # --- server --------------------------------------------------------------------------------
-def first_token(settings: Any, *, show: bool) -> str | None:
+def first_token(settings: Settings, *, show: bool) -> str | None:
     """Make sure the API token exists; return it only if this call created it and ``show``
     (`make run` on a terminal). Never on later starts: a server's output ends up in logs (a
     Kubernetes pod's, a journal), and the token is the farm's admin credential."""
     created = settings.token is None and not settings.token_path.exists()
-    token: str = settings.api_token()
+    token = settings.api_token()
     return token if created and show else None
 
 
