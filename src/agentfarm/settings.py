@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import secrets as _secrets
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -102,12 +104,45 @@ class Settings(BaseSettings):
         "(e.g. `Remote-User`); honoured only on requests from `trusted_proxies`.",
     )
 
-    @field_validator("trusted_proxies", mode="before")
+    forward_auth_secret: SecretStr | None = Field(
+        None,
+        description="Shared secret the proxy sends in `X-Agentfarm-Proxy-Secret`; when set, "
+        "the forward-auth header is believed only together with it. Set it whenever anything "
+        "but the proxy can reach the server from a trusted address (a proxy on loopback).",
+    )
+    public_url: str | None = Field(
+        None,
+        description="The URL people use to reach the cockpit (e.g. "
+        "`https://agentfarm.example.org`); its host name is accepted in the `Host` header.",
+        pattern=r"^https?://[^/?#@\s]+/?$",
+    )
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated extra host names accepted in the `Host` header (against DNS "
+        "rebinding). Loopback names, IP addresses and `public_url`'s host are always accepted; "
+        "`*` accepts any name.",
+    )
+    public_api_docs: bool = Field(
+        False, description="Serve `/docs` and `/openapi.json` without authentication."
+    )
+
+    @field_validator("trusted_proxies", "allowed_hosts", mode="before")
     @classmethod
     def _split_proxies(cls, value: object) -> object:
         if isinstance(value, str):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _check_hosts(cls, value: list[str]) -> list[str]:
+        names = [item.lower().rstrip(".") for item in value]
+        for name in names:
+            if name != "*" and not re.fullmatch(r"[a-z0-9_-]+(\.[a-z0-9_-]+)*", name):
+                raise ValueError(
+                    f"allowed_hosts: {name!r} is not a host name (no scheme, port or path)"
+                )
+        return names
 
     @field_validator("trusted_proxies")
     @classmethod
@@ -161,6 +196,13 @@ class Settings(BaseSettings):
             return ipaddress.ip_address(self.host).is_loopback
         except ValueError:
             return False
+
+    @property
+    def public_host(self) -> str | None:
+        """The host name of ``public_url``, lowercased; None when unset."""
+        if not self.public_url:
+            return None
+        return urlsplit(self.public_url).hostname
 
     def api_token(self) -> str:
         """The API token: from the environment, else from the data directory (made once)."""

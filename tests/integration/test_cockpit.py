@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -283,3 +285,70 @@ def test_real_server_rejects_unauthenticated_forged_and_csrf_less_requests(
             assert anon.post("/api/configs", json={"name": "x", "repo": "/r"}).status_code == 403
     finally:
         srv.stop()
+
+
+def named_token(srv: Server, name: str, password: str) -> str:
+    """Sign in as ``name`` over plain HTTP and make a named token on the settings page."""
+    with httpx.Client(base_url=srv.url, follow_redirects=False) as browser:
+        form = browser.get("/login").text
+        csrf = form.split('name="csrf_token" value="')[1].split('"')[0]
+        signed = browser.post(
+            "/login", data={"username": name, "password": password, "csrf_token": csrf}
+        )
+        assert signed.status_code == 303, signed.text
+        page = browser.get("/settings").text
+        csrf = page.split('name="csrf_token" value="')[1].split('"')[0]
+        made = browser.post("/settings/tokens", data={"name": "mine", "csrf_token": csrf})
+        assert made.status_code == 200, made.text
+        return made.text.split('id="new-token" readonly value="')[1].split('"')[0]
+
+
+def test_real_server_roles_hosts_docs_and_a_quiet_log(
+    tmp_path: Path, claude_bin: str, fake_anthropic: fake.FakeAnthropic
+) -> None:
+    # A proxy on loopback with a shared secret: the one safe way to trust 127.0.0.1.
+    srv = start_server(
+        tmp_path, claude_bin, fake_anthropic.base_url,
+        AGENTFARM_TRUSTED_PROXIES="127.0.0.1", AGENTFARM_FORWARD_AUTH_HEADER="Remote-User",
+        AGENTFARM_FORWARD_AUTH_SECRET="proxy-secret-0123",
+    )  # fmt: skip
+    try:
+        first = srv.cli("user", "add", "ada", input=PASSWORD + "\n")
+        assert first.returncode == 0 and "admin ada created" in first.stdout, first.stderr
+        second = srv.cli("user", "add", "bob", input=PASSWORD + "\n")
+        assert second.returncode == 0 and "user bob created" in second.stdout, second.stderr
+        bob = named_token(srv, "bob", PASSWORD)
+        as_bob = {**srv.cli_env, "AGENTFARM_TOKEN": bob}
+        cli = str(Path(sys.executable).with_name("agentfarm"))
+        done = subprocess.run(
+            [cli, "user", "add", "mallory"], env=as_bob, input=PASSWORD + "\n",
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert done.returncode == 1
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and "admin's API token" in lines[0], done.stderr
+        assert (
+            subprocess.run(
+                [cli, "ls"], env=as_bob, capture_output=True, text=True, timeout=60, check=False
+            ).returncode
+            == 0
+        )  # an ordinary user's token still runs the farm
+        with httpx.Client(base_url=srv.url, follow_redirects=False) as anon:
+            rebound = anon.get("/api/health", headers={"Host": "rebound.example"})
+            assert rebound.status_code == 421
+            assert rebound.json()["error"]["code"] == "host_not_allowed"
+            assert anon.get("/openapi.json").status_code == 401
+            assert anon.get("/docs").json()["error"]["code"] == "unauthorized"
+            forged = anon.get("/api/runs", headers={"Remote-User": "ada"})
+            assert forged.status_code == 401  # loopback, but without the proxy's secret
+            proxied = anon.get(
+                "/api/runs",
+                headers={"Remote-User": "ada", "X-Agentfarm-Proxy-Secret": "proxy-secret-0123"},
+            )
+            assert proxied.status_code == 200
+    finally:
+        srv.stop()
+    log = (tmp_path / "server.log").read_text()
+    assert "agentfarm listening" in log
+    assert srv.env["AGENTFARM_TOKEN"] not in log  # the token never lands in the server's log
+    assert "proxy-secret-0123" not in log

@@ -25,6 +25,8 @@ def make_settings(data_dir: Path, **extra: object) -> Settings:
         "anthropic_api_key": "sk-test-secret-value-123",
         "stop_grace_seconds": 0.5,
         "claude_bin": "/bin/true",
+        # httpx's ASGI transport sends `Host: testserver`; the allow-list's own tests omit it.
+        "allowed_hosts": "testserver",
     }
     values.update(extra)
     return Settings.model_validate(values)

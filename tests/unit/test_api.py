@@ -47,7 +47,9 @@ async def test_health_needs_no_token_but_everything_else_does(app_client: AppFac
         ):
             response = await client.get("/api/configs", headers=headers)
             assert response.status_code == 401
-            assert "agentfarm token" in response.json()["detail"]
+            assert response.headers["www-authenticate"] == "Bearer"
+            error = response.json()["error"]
+            assert error["code"] == "unauthorized" and "agentfarm token" in error["message"]
         assert (await client.get("/api/configs")).status_code == 200
 
 
@@ -99,14 +101,16 @@ async def test_invalid_configs_are_422_with_the_field(
 async def test_bad_input_is_a_clear_4xx(app_client: AppFactory) -> None:
     async with app_client() as client:
         assert (await client.get("/api/runs/0123456789ab")).status_code == 404
-        assert (await client.get("/api/runs/not-a-run")).status_code == 422
+        assert (await client.get("/api/runs/not-a-run")).status_code == 404
         assert (await client.post("/api/runs/0123456789ab/stop")).status_code == 404
         assert (await client.get("/api/runs/0123456789ab/events")).status_code == 404
         unknown = await client.post("/api/runs", json={"config": "nope"})
         assert unknown.status_code == 422 and "nope" in unknown.json()["error"]["message"]
         both = await client.post("/api/runs", json={"config": "x", "spec": {"repo": "/r"}})
         assert both.status_code == 422
-        assert (await client.post("/api/runs", content=b"{not json")).status_code == 422
+        broken = await client.post("/api/runs", content=b"{not json")
+        assert broken.status_code == 422
+        assert broken.json()["error"]["code"] == "validation_error"
         huge = await client.post("/api/configs", content=b"x" * 2_000_000)
         assert huge.status_code == 413
         assert huge.json()["error"]["code"] == "payload_too_large"

@@ -29,7 +29,7 @@ async def test_first_user_is_created_from_the_prompt(
     try:
         users = Users(store.database)
         await pages._first_user(users)
-        assert [u.name for u in await users.list_users()] == ["alice"]
+        assert [(u.name, u.is_admin) for u in await users.list_users()] == [("alice", True)]
     finally:
         await store.close()
 
@@ -48,3 +48,42 @@ async def test_first_user_prompt_can_be_skipped(
         assert await users.count_users() == 0
     finally:
         await store.close()
+
+
+def serve_output(monkeypatch: pytest.MonkeyPatch, data_dir: Path, *args: str) -> str:
+    import uvicorn
+    from typer.testing import CliRunner
+
+    from agentfarm.cli.main import app
+
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: None)
+    monkeypatch.delenv("AGENTFARM_TOKEN", raising=False)
+    monkeypatch.setenv("AGENTFARM_FIRST_RUN_PROMPT", "0")  # serve sets it for its own process
+    result = CliRunner().invoke(app, ["serve", "--data-dir", str(data_dir), *args])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_serve_never_prints_the_api_token_without_a_terminal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A pod's or a service's output goes to logs: the token must not land there.
+    first = serve_output(monkeypatch, tmp_path, "--first-run")
+    token = (tmp_path / "token").read_text().strip()
+    assert token not in first and "agentfarm token" in first
+    assert token not in serve_output(monkeypatch, tmp_path)
+
+
+def test_the_token_is_shown_once_when_make_run_creates_it_on_a_terminal(tmp_path: Path) -> None:
+    from agentfarm.cli.main import first_token
+    from agentfarm.settings import Settings
+
+    settings = Settings.model_validate({"data_dir": tmp_path})
+    assert first_token(settings, show=False) is None  # created, not on a terminal
+    assert (tmp_path / "token").exists()
+    assert first_token(settings, show=True) is None  # a later start: not again
+    fresh = Settings.model_validate({"data_dir": tmp_path / "fresh"})
+    shown = first_token(fresh, show=True)
+    assert shown is not None and shown == (tmp_path / "fresh" / "token").read_text().strip()
+    given = Settings.model_validate({"data_dir": tmp_path / "env", "token": "from-the-env-123"})
+    assert first_token(given, show=True) is None  # set by the operator: nothing to show

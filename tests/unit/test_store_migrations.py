@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0099"
-down_revision = "0002"
+down_revision = "0003"
 
 
 def upgrade() -> None:
@@ -32,7 +32,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0099"
-down_revision = "0002"
+down_revision = "0003"
 
 
 def upgrade() -> None:
@@ -90,7 +90,7 @@ async def test_open_migrates_to_head_and_reopening_is_a_no_op(tmp_path: Path) ->
     path = tmp_path / "agentfarm.db"
     path.touch()  # an empty file
     await (await Store.open(path)).close()
-    assert schema.current_revision(path) == schema.head_revision() == "0002"
+    assert schema.current_revision(path) == schema.head_revision() == "0003"
     with contextlib.closing(sqlite3.connect(path)) as conn:
         before = conn.execute("SELECT type, name, sql FROM sqlite_master").fetchall()
     await (await Store.open(path)).close()
@@ -119,7 +119,7 @@ def test_a_failing_migration_leaves_the_database_as_it_was(tmp_path: Path) -> No
     schema.migrate(path)
     with pytest.raises(RuntimeError, match="halfway"):
         schema.migrate(path, script_location=scripts_with(tmp_path, FAILING_REVISION))
-    assert schema.current_revision(path) == "0002"
+    assert schema.current_revision(path) == "0003"
     with contextlib.closing(sqlite3.connect(path)) as conn:
         assert "half_done" not in tables(conn)
 

@@ -17,14 +17,15 @@ from .web_helpers import PASSWORD, cockpit, csrf_of, login, page_csrf
 
 async def test_pages_redirect_to_login_and_the_api_says_401(tmp_path: Path) -> None:
     async with cockpit(tmp_path) as cp, cp.browser() as browser:
-        for path in ("/", "/configs", "/configs/new", "/settings", "/runs/0123456789ab"):
+        for path in ("/", "/configs", "/configs/new", "/settings", "/runs/0123456789ab", "/runs/x"):
             response = await browser.get(path)
             assert response.status_code == 303, path
             assert response.headers["location"].startswith("/login?next=")
         assert (await browser.get("/api/runs")).status_code == 401
-        assert (
-            await browser.get("/dashboard/live", headers={"HX-Request": "true"})
-        ).status_code == 401
+        assert (await browser.get("/api/runs/x")).status_code == 401  # auth before the id
+        live = await browser.get("/dashboard/live", headers={"HX-Request": "true"})
+        assert live.status_code == 401 and live.headers["hx-redirect"].startswith("/login")
+        assert live.json()["error"]["code"] == "unauthorized"
         assert (await browser.post("/configs/new", data={"name": "x"})).status_code == 303
         # The static shell is public: the login page needs its stylesheet.
         assert (await browser.get("/static/cockpit.css")).status_code == 200
@@ -195,7 +196,7 @@ async def test_named_tokens_are_shown_once_hashed_and_revocable(tmp_path: Path) 
 
 async def test_user_admin_is_for_bearer_tokens_only(tmp_path: Path) -> None:
     async with cockpit(tmp_path) as cp, cp.browser() as browser:
-        await cp.add_user()
+        await cp.add_user()  # the first user: an admin, but signed in with a cookie here
         await login(browser)
         token = await page_csrf(browser)
         refused = await browser.post(
@@ -203,7 +204,10 @@ async def test_user_admin_is_for_bearer_tokens_only(tmp_path: Path) -> None:
             json={"name": "mallory", "password": "password123"},
             headers={"X-CSRF-Token": token},
         )
-        assert refused.status_code == 401
+        assert refused.status_code == 403
+        assert refused.json()["error"]["code"] == "forbidden"
+        assert (await cp.api.post("/api/admin/users", json={})).status_code == 422
+        assert (await browser.get("/api/admin/users")).status_code == 403
         dup = await cp.api.post("/api/admin/users", json={"name": "ada", "password": PASSWORD})
         assert dup.status_code == 409
         short = await cp.api.post("/api/admin/users", json={"name": "eve", "password": "short"})
@@ -262,3 +266,74 @@ async def test_client_address_behind_proxies_is_the_nearest_untrusted_hop(tmp_pa
             assert (await login(proxy, "other", password="guess-guess")).status_code == 429
             proxy.headers["X-Forwarded-For"] = "203.0.113.8"
             assert (await login(proxy)).status_code == 303
+
+
+@pytest.mark.parametrize(
+    ("presented", "believed"),
+    [(None, False), ("wrong-secret", False), ("", False), ("proxy-shared-secret", True)],
+)
+async def test_forward_auth_with_a_proxy_secret_needs_the_secret(
+    tmp_path: Path, presented: str | None, believed: bool
+) -> None:
+    # A proxy on loopback: any local process is a "trusted" peer, so only the secret tells
+    # the proxy's requests apart.
+    async with (
+        cockpit(
+            tmp_path,
+            trusted_proxies="127.0.0.1",
+            forward_auth_header="Remote-User",
+            forward_auth_secret="proxy-shared-secret",
+        ) as cp,
+        cp.browser("127.0.0.1") as browser,
+    ):
+        browser.headers["Remote-User"] = "grace"
+        if presented is not None:
+            browser.headers["X-Agentfarm-Proxy-Secret"] = presented
+        home = await browser.get("/")
+        api = await browser.get("/api/runs")
+        if believed:
+            assert home.status_code == 200 and "grace" in home.text
+            assert api.status_code == 200
+        else:
+            assert home.status_code == 303
+            assert api.status_code == 401 and api.json()["error"]["code"] == "unauthorized"
+
+
+async def test_a_forward_auth_user_has_the_role_of_their_account(tmp_path: Path) -> None:
+    async with cockpit(
+        tmp_path, trusted_proxies="10.1.2.3", forward_auth_header="Remote-User"
+    ) as cp:
+        await cp.add_user("ada")  # the first account: admin
+        await cp.add_user("bob")
+        for name, admin in (("ada", True), ("bob", False), ("nobody", False)):
+            async with cp.browser("10.1.2.3") as browser:
+                browser.headers["Remote-User"] = name
+                page = (await browser.get("/settings")).text
+                assert (f"<strong>{name}</strong> (admin)" in page) is admin, name
+
+
+@pytest.mark.parametrize(
+    ("proxies", "secret", "risky"),
+    [
+        ("127.0.0.1", None, True),
+        ("0.0.0.0/0", None, True),
+        ("::1", None, True),
+        ("127.0.0.1", "s3cret-value", False),
+        ("10.1.2.3", None, False),
+    ],
+)
+def test_forward_auth_from_loopback_without_a_secret_is_called_unsafe(
+    tmp_path: Path, proxies: str, secret: str | None, risky: bool
+) -> None:
+    from agentfarm.web.sessions import forward_auth_risk
+
+    from .conftest import make_settings
+
+    settings = make_settings(
+        tmp_path,
+        trusted_proxies=proxies,
+        forward_auth_header="Remote-User",
+        forward_auth_secret=secret,
+    )
+    assert (forward_auth_risk(settings) is not None) is risky
+    assert forward_auth_risk(make_settings(tmp_path, trusted_proxies=proxies)) is None

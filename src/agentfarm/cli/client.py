@@ -67,9 +67,14 @@ class Client:
             )
         if response.status_code >= 400:
             raise ClientError(_error_message(response))
+        if response.is_redirect:  # e.g. an id like `../..` that led the path out of the API
+            raise ClientError(_not_api(self.url, method, path, response))
         if response.status_code == 204 or not response.content:
             return None
-        return response.json()
+        try:
+            return response.json()
+        except ValueError:
+            raise ClientError(_not_api(self.url, method, path, response)) from None
 
     def get(self, path: str, **kwargs: Any) -> Any:
         return self.request("GET", path, **kwargs)
@@ -111,15 +116,25 @@ class Client:
                 time.sleep(min(2.0, 0.2 * failures))
 
 
+def _not_api(url: str, method: str, path: str, response: httpx.Response) -> str:
+    return (
+        f"{url} answered {method} {path} with HTTP {response.status_code}, not the API's JSON: "
+        "check the id or name you gave, and AGENTFARM_URL"
+    )
+
+
 def _error_message(response: httpx.Response) -> str:
+    """One line: the server's ``{"error": {"code", "message"}}`` message, or what came back
+    instead (a proxy's page, say)."""
     try:
         body = response.json()
     except ValueError:
-        return f"HTTP {response.status_code}: {response.text[:300]}"
+        body = None
     error = body.get("error") if isinstance(body, dict) else None
-    if isinstance(error, dict) and "message" in error:
-        return str(error["message"])
-    detail = body.get("detail") if isinstance(body, dict) else None
-    if detail:
-        return str(detail)
-    return f"HTTP {response.status_code}"
+    if isinstance(error, dict) and error.get("message"):
+        message = str(error["message"])
+    else:
+        text = response.text.strip()
+        message = f"HTTP {response.status_code} from {response.url.host}"
+        message += f": {text[:200]}" if text else ""
+    return " ".join(message.split())

@@ -6,7 +6,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 import yaml
@@ -16,6 +16,9 @@ from rich.table import Table
 from agentfarm.cli.client import Client, ClientError
 from agentfarm.cli.render import STATUS_STYLE, event_line
 from agentfarm.domain.present import fmt_cost
+
+if TYPE_CHECKING:
+    from agentfarm.settings import Settings
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -50,6 +53,15 @@ def print_json(value: Any) -> None:
 
 
 # --- server --------------------------------------------------------------------------------
+def first_token(settings: Settings, *, show: bool) -> str | None:
+    """Make sure the API token exists; return it only if this call created it and ``show``
+    (`make run` on a terminal). Never on later starts: a server's output ends up in logs (a
+    Kubernetes pod's, a journal), and the token is the farm's admin credential."""
+    created = settings.token is None and not settings.token_path.exists()
+    token = settings.api_token()
+    return token if created and show else None
+
+
 @app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="Listen address [AGENTFARM_HOST].")] = None,
@@ -72,11 +84,14 @@ def serve(
     except ValueError as exc:
         fail(f"bad setting: {exc}")
     settings.ensure_dirs()
-    token = settings.api_token()
+    token = first_token(settings, show=first_run and sys.stdout.isatty())
     shown_host = f"[{settings.host}]" if ":" in settings.host else settings.host
     url = f"http://{shown_host}:{settings.port}"
     out.print(f"agentfarm listening on [bold]{url}[/]  (API docs: {url}/docs)")
-    out.print(f"API token: [bold]{token}[/]  (also: `agentfarm token`)")
+    if token is not None:
+        out.print(f"API token (shown once): [bold]{token}[/]  (later: `agentfarm token`)")
+    else:
+        out.print("API token: `agentfarm token` prints it")
     out.print(f"data directory: {settings.data_dir}")
     if not settings.is_loopback():
         out.print("[yellow]listening beyond loopback: every request needs the token[/]")
@@ -175,12 +190,19 @@ def read_password(name: str) -> str:
 
 
 @user_app.command("add")
-def user_add(name: str) -> None:
-    """Create a cockpit user; the password is prompted for (or read from stdin)."""
+def user_add(
+    name: str,
+    admin: Annotated[
+        bool, typer.Option("--admin", help="Administers users and sees every API token.")
+    ] = False,
+) -> None:
+    """Create a cockpit user; the password is prompted for (or read from stdin). The first
+    user is an admin."""
     password = read_password(name)
     with client() as c:
-        c.post("/api/admin/users", json={"name": name, "password": password})
-    out.print(f"user {name} created: sign in at {c.url}/login", highlight=False)
+        made = c.post("/api/admin/users", json={"name": name, "password": password, "admin": admin})
+    role = "admin" if made and made.get("admin") else "user"
+    out.print(f"{role} {name} created: sign in at {c.url}/login", highlight=False)
 
 
 @user_app.command("passwd")
@@ -192,6 +214,19 @@ def user_passwd(name: str) -> None:
     out.print(f"password of {name} changed")
 
 
+@user_app.command("role")
+def user_role(
+    name: str,
+    admin: Annotated[
+        bool, typer.Option("--admin/--no-admin", help="Make the user an admin, or not.")
+    ],
+) -> None:
+    """Make a user an admin (`--admin`) or an ordinary user (`--no-admin`)."""
+    with client() as c:
+        c.request("PUT", f"/api/admin/users/{name}/role", json={"admin": admin})
+    out.print(f"{name} is {'an admin' if admin else 'an ordinary user'} now", highlight=False)
+
+
 @user_app.command("ls")
 def user_ls(as_json: JsonFlag = False) -> None:
     """List cockpit users."""
@@ -201,7 +236,8 @@ def user_ls(as_json: JsonFlag = False) -> None:
         print_json(users)
         return
     for user in users:
-        out.print(f"{user['name']}  (since {user['created_at'][:10]})", highlight=False)
+        role = ", admin" if user.get("admin") else ""
+        out.print(f"{user['name']}  (since {user['created_at'][:10]}{role})", highlight=False)
 
 
 @user_app.command("rm")

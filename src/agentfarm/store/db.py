@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import queue
 import sqlite3
 import threading
@@ -188,6 +189,9 @@ class Database:
     @classmethod
     def _open_sync(cls, path: Path, readers: int) -> Database:
         path.parent.mkdir(parents=True, exist_ok=True)
+        # Created 0600 before SQLite opens it (SQLite would use 0644); the -wal and -shm files
+        # SQLite makes next to it copy this mode.
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
         conns: list[sqlite3.Connection] = []
         try:
             conns.append(connect(path))

@@ -16,10 +16,11 @@ from agentfarm.domain import errors, models
 from agentfarm.store import Store
 from agentfarm.store.secrets import SecretStore
 from agentfarm.supervisor.runs import Supervisor
+from agentfarm.web import ids
 from agentfarm.web.auth import check_bearer
 
-RUN_ID = Annotated[str, Path(pattern=r"^[0-9a-f]{12}$", description="Run id.")]
-KEY = Annotated[str, Path(min_length=1, max_length=64, description="Config id or name.")]
+RUN_ID = ids.RunId
+KEY = ids.ConfigKey
 
 public = APIRouter(prefix="/api")
 router = APIRouter(prefix="/api", dependencies=[Depends(check_bearer)])

@@ -15,8 +15,9 @@ from agentfarm.settings import Settings
 from agentfarm.store import Store
 from agentfarm.store.secrets import SecretStore
 from agentfarm.supervisor.runs import Supervisor
-from agentfarm.web import api, pages
+from agentfarm.web import api, apidocs, pages
 from agentfarm.web import errors as web_errors
+from agentfarm.web.hosts import HostAllowList
 from agentfarm.web.limits import BodySizeLimit
 
 log = logging.getLogger(__name__)
@@ -78,15 +79,23 @@ def create_app(
                     await closer()
             await store.close()
 
+    public_docs = settings.public_api_docs
     app = FastAPI(
         title="agentfarm",
         version=__version__,
         summary="Run autonomous coding agents in sandboxes; watch them live.",
         lifespan=lifespan,
+        # Unless made public, the schema and its pages are served by `apidocs`, behind auth.
+        openapi_url=apidocs.OPENAPI_URL if public_docs else None,
+        docs_url="/docs" if public_docs else None,
+        redoc_url="/redoc" if public_docs else None,
     )
     app.state.settings = settings
     app.add_middleware(BodySizeLimit)
+    app.add_middleware(HostAllowList, settings=settings)  # outermost: before anything reads
     web_errors.install(app)
+    if not public_docs:
+        apidocs.install(app)
     app.include_router(api.public)
     app.include_router(api.router)
     pages.install(app)

@@ -12,8 +12,8 @@ from agentfarm.web import csrf, sessions
 def _unauthorized() -> HTTPException:
     return HTTPException(
         status_code=status.HTTP_401_UNAUTHORIZED,
-        detail="missing or wrong API token: send `Authorization: Bearer <token>` "
-        "(`agentfarm token` prints it)",
+        detail="missing, wrong or expired API token: send `Authorization: Bearer <token>` "
+        "(`agentfarm token` prints the server's own)",
         headers={"WWW-Authenticate": "Bearer"},
     )
 
@@ -33,9 +33,16 @@ async def check_bearer(request: Request) -> sessions.Principal:
     return principal
 
 
-async def require_token(request: Request) -> sessions.Principal:
-    """Bearer tokens only: for administration (creating users), never a browser session."""
+async def require_admin_token(request: Request) -> sessions.Principal:
+    """Administration (users): an admin's bearer token (or the primary one), never a browser
+    session. A token acts with its user's role, so a non-admin's token is refused too."""
     principal = await sessions.authenticate(request)
-    if principal is None or principal.kind != "token":
+    if principal is None:
         raise _unauthorized()
+    if principal.kind != "token" or not principal.admin:
+        raise HTTPException(
+            status_code=status.HTTP_403_FORBIDDEN,
+            detail="user administration needs an admin's API token (`agentfarm token` prints "
+            "the server's own; an admin creates tokens on the cockpit's settings page)",
+        )
     return principal

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 
 from agentfarm.domain import errors
 
@@ -18,6 +19,21 @@ STATUS: list[tuple[type[errors.AgentfarmError], int, str]] = [
 ]
 
 
+#: Codes for HTTP errors raised by the framework or by ``HTTPException``.
+HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    421: "host_not_allowed",
+    429: "too_many_requests",
+}
+
+
 def error_body(code: str, message: str, **extra: object) -> dict[str, object]:
     return {"error": {"code": code, "message": message, **extra}}
 
@@ -29,6 +45,27 @@ def install(app: FastAPI) -> None:
             if isinstance(exc, kind):
                 return JSONResponse(error_body(code, str(exc)), status_code=status)
         return JSONResponse(error_body("error", str(exc)), status_code=500)
+
+    @app.exception_handler(HTTPException)
+    async def _http(_: Request, exc: HTTPException) -> JSONResponse:
+        message = exc.detail if isinstance(exc.detail, str) else "request failed"
+        if exc.status_code == 404 and message == "Not Found":
+            message = "no such path: the API is under /api (see /docs)"
+        elif exc.status_code == 405 and message == "Method Not Allowed":
+            allowed = (exc.headers or {}).get("Allow", "")
+            message = f"method not allowed here; this path takes {allowed or 'other methods'}"
+        code = HTTP_CODES.get(exc.status_code, "error")
+        return JSONResponse(
+            error_body(code, message), status_code=exc.status_code, headers=exc.headers
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        # Logged with its traceback by the server; the client learns only that it happened.
+        return JSONResponse(
+            error_body("internal_error", "internal error: the server's log has the details"),
+            status_code=500,
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -24,8 +24,7 @@ from urllib.parse import quote, urlsplit
 
 import pydantic
 from fastapi import APIRouter, Depends, FastAPI, Form, Query, Request
-from fastapi import Path as PathParam
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from sse_starlette import EventSourceResponse
@@ -35,8 +34,9 @@ from agentfarm.domain import errors, models
 from agentfarm.domain.present import fmt_cost, fmt_duration
 from agentfarm.settings import Settings, read_or_create_token
 from agentfarm.store import Store
-from agentfarm.store.users import Users
-from agentfarm.web import admin, api, csrf, render, sessions
+from agentfarm.store.users import ApiToken, Users
+from agentfarm.web import admin, api, csrf, ids, render, sessions
+from agentfarm.web import errors as web_errors
 from agentfarm.web.ratelimit import LoginLimiter
 
 log = logging.getLogger(__name__)
@@ -45,8 +45,8 @@ HERE = Path(__file__).resolve().parent
 templates = Jinja2Templates(directory=HERE / "templates")
 templates.env.globals.update(badge=render.badge, fmt_cost=fmt_cost, version=__version__)
 PAGE = 200  # events per page of the run view
-RUN_ID = Annotated[str, PathParam(pattern=r"^[0-9a-f]{12}$")]
-KEY = Annotated[str, PathParam(min_length=1, max_length=64)]
+RUN_ID = ids.RunId
+KEY = ids.ConfigKey
 FILTERS = ("active", "running", "queued", "succeeded", "failed", "stopped", "lost")
 
 router = APIRouter(include_in_schema=False)
@@ -530,37 +530,69 @@ async def run_stop(request: Request, who: Checked, run_id: RUN_ID) -> Response:
 
 
 # --- settings: named API tokens --------------------------------------------------------------
+#: Lifetimes offered when creating a token (days; 0: it does not expire).
+TOKEN_DAYS = (0, 7, 30, 90, 365)
+
+
+async def _visible_tokens(request: Request, who: sessions.Principal) -> list[ApiToken]:
+    """Admins see every token; other users their own (nobody else's names or use)."""
+    store = sessions.users(request)
+    if who.admin:
+        return await store.list_tokens()
+    return await store.list_tokens(who.user_id) if who.user_id else []
+
+
+def _settings_page(
+    request: Request,
+    who: sessions.Principal,
+    tokens: list[ApiToken],
+    status_code: int = 200,
+    new_token: tuple[str, str] | None = None,
+    problem: str | None = None,
+) -> HTMLResponse:
+    return page(
+        request, "settings.html", who, status_code, tokens=tokens, new_token=new_token,
+        problem=problem, token_days=TOKEN_DAYS, now=models.utcnow(),
+    )  # fmt: skip
+
+
 @router.get("/settings")
 async def settings_page(request: Request, who: Viewer) -> Response:
-    tokens = await sessions.users(request).list_tokens()
-    return page(request, "settings.html", who, tokens=tokens, new_token=None, problem=None)
+    return _settings_page(request, who, await _visible_tokens(request, who))
 
 
 @router.post("/settings/tokens")
 async def token_create(request: Request, who: Checked) -> Response:
     values = await _form(request)
     name = values.get("name", "").strip()
+    days = values.get("expires_days", "0").strip() or "0"
     store = sessions.users(request)
+    owner = await store.get_user_by_id(who.user_id) if who.user_id else None
+    problem = None
     if not name or len(name) > 64:
-        tokens = await store.list_tokens()
-        return page(
-            request, "settings.html", who, 422, tokens=tokens, new_token=None,
-            problem="give the token a name (up to 64 characters)",
-        )  # fmt: skip
+        problem = "give the token a name (up to 64 characters)"
+    elif not days.isdigit() or int(days) not in TOKEN_DAYS:
+        problem = f"choose a lifetime of {', '.join(map(str, TOKEN_DAYS[1:]))} days, or none"
+    elif owner is None:
+        # A token acts as its user: the primary token and accountless proxy users have none.
+        problem = "API tokens belong to a cockpit user: sign in with a user account to create one"
+    if problem is not None or owner is None:
+        tokens = await _visible_tokens(request, who)
+        return _settings_page(request, who, tokens, 422, problem=problem)
+    expires = models.utcnow() + timedelta(days=int(days)) if int(days) else None
     secret = "afn_" + sessions.new_secret()
-    await store.create_token(name, secret, who.name)
-    tokens = await store.list_tokens()
+    await store.create_token(name, secret, owner, created_by=who.name, expires_at=expires)
     # Shown once, in this response only; the store keeps its hash.
-    return page(
-        request, "settings.html", who, tokens=tokens, new_token=(name, secret), problem=None
-    )
+    tokens = await _visible_tokens(request, who)
+    return _settings_page(request, who, tokens, new_token=(name, secret))
 
 
 @router.post("/settings/tokens/{token_id}/revoke")
-async def token_revoke(
-    request: Request, who: Checked, token_id: Annotated[str, PathParam(pattern=r"^[0-9a-f]{12}$")]
-) -> Response:
-    await sessions.users(request).revoke_token(token_id)
+async def token_revoke(request: Request, who: Checked, token_id: str) -> Response:
+    # Admins revoke any token; others only their own (someone else's is "not found").
+    if not who.admin and who.user_id is None:
+        raise errors.NotFoundError(f"no API token with id {ids.shown(token_id)}")
+    await sessions.users(request).revoke_token(token_id, None if who.admin else who.user_id)
     return see_other("/settings")
 
 
@@ -610,6 +642,9 @@ async def startup(app: FastAPI, store: Store, settings: Settings) -> None:
     app.state.login_limiter = LoginLimiter(
         settings.login_failures_per_user, settings.login_failures_per_address
     )
+    risk = sessions.forward_auth_risk(settings)
+    if risk:
+        log.warning("%s", risk)
     if await app.state.users.count_users() == 0:
         if os.environ.get("AGENTFARM_FIRST_RUN_PROMPT") == "1" and sys.stdin.isatty():
             await _first_user(app.state.users)
@@ -643,7 +678,7 @@ async def _first_user(users: Users) -> None:
     if answer is None:
         return
     name, password = answer
-    try:
+    try:  # the first user of an empty database is an admin
         await users.create_user(name, await sessions.hash_password(password))
     except errors.AgentfarmError as exc:
         log.warning("could not create user %s: %s", name, exc)
@@ -670,7 +705,9 @@ def install(app: FastAPI) -> None:
         if request.headers.get("hx-request") or request.headers.get("accept", "").startswith(
             "text/event-stream"
         ):
-            return Response(status_code=401, headers={"HX-Redirect": url})
+            # A script's request: the error shape, and htmx goes to the login page.
+            body = web_errors.error_body("unauthorized", "sign in first (the cookie expired?)")
+            return JSONResponse(body, status_code=401, headers={"HX-Redirect": url})
         return see_other(url)
 
     @app.exception_handler(CsrfError)

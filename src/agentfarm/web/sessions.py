@@ -5,11 +5,16 @@ Every request is resolved to a ``Principal`` once (cached on ``request.state``):
 1. ``Authorization: Bearer``: the primary token (environment or data directory) or a named
    token from the settings page. A wrong bearer token is a wrong token: no fallback.
 2. A forward-auth header (``forward_auth_header``), believed only when the TCP peer is one of
-   ``trusted_proxies``; from anywhere else it is ignored.
+   ``trusted_proxies`` and, if ``forward_auth_secret`` is set, the request carries it in
+   ``X-Agentfarm-Proxy-Secret``; otherwise it is ignored.
 3. The ``af_session`` cookie of a password login.
 
 Cookie- and proxy-authenticated principals carry a CSRF binding: their state-changing
 requests must present the matching token (forms: a hidden field; fetch/htmx: a header).
+
+Roles: the primary token is admin; a user is admin or not (``users.is_admin``), and their
+sessions and named tokens act with that role, read on every request so that a change applies at
+once. A forward-auth user has the role of the account of the same name, if there is one.
 """
 
 from __future__ import annotations
@@ -41,12 +46,19 @@ _hasher = PasswordHasher()
 _DUMMY_HASH = _hasher.hash("agentfarm-timing-equaliser")
 
 
+_LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+PROXY_SECRET_HEADER = "x-agentfarm-proxy-secret"  # noqa: S105 (a header name)
+
+
 @dataclass(frozen=True, slots=True)
 class Principal:
     name: str
     kind: Literal["token", "session", "proxy"]
     #: What CSRF tokens are bound to; ``None`` for bearer tokens (no ambient credentials).
     binding: str | None = None
+    admin: bool = False
+    #: The account acted for; None for the primary token and proxy users without an account.
+    user_id: str | None = None
 
 
 # --- passwords -------------------------------------------------------------------------------
@@ -167,26 +179,68 @@ async def _resolve(request: Request) -> Principal | None:
         if scheme.lower() != "bearer" or not token:
             return None
         return await _bearer(request, token)
-    if settings.forward_auth_header and is_trusted(peer(request), settings):
-        name = request.headers.get(settings.forward_auth_header, "").strip()
+    if forwarded_auth_believed(request, settings):
+        name = request.headers.get(settings.forward_auth_header or "", "").strip()[:128]
         if name:
-            return Principal(name[:128], "proxy", f"proxy:{name[:128]}")
+            account = await users(request).get_user(name)
+            return Principal(
+                name,
+                "proxy",
+                f"proxy:{name}",
+                admin=account is not None and account.is_admin,
+                user_id=account.id if account else None,
+            )
     cookie = request.cookies.get(SESSION_COOKIE)
     if cookie:
         session = await users(request).get_session(cookie)
         if session is not None:
-            return Principal(session.user_name, "session", f"session:{digest(cookie)}")
+            return Principal(
+                session.user_name,
+                "session",
+                f"session:{digest(cookie)}",
+                admin=session.is_admin,
+                user_id=session.user_id,
+            )
     return None
+
+
+def forward_auth_risk(settings: Settings) -> str | None:
+    """Why this forward-auth set-up is unsafe, if it is: a trusted proxy address that local
+    processes share (loopback), with no proxy secret to tell the proxy apart."""
+    if not settings.forward_auth_header or settings.forward_auth_secret is not None:
+        return None
+    nets = _networks(tuple(settings.trusted_proxies))
+    if any(n.version == lo.version and n.overlaps(lo) for n in nets for lo in _LOOPBACK):
+        return (
+            "forward auth is believed from loopback without AGENTFARM_FORWARD_AUTH_SECRET: any "
+            "process on this host (an agent with an open network, another user) can sign in as "
+            "anyone by sending the header; set the secret and have the proxy send it in "
+            "X-Agentfarm-Proxy-Secret"
+        )
+    return None
+
+
+def forwarded_auth_believed(request: Request, settings: Settings) -> bool:
+    """May this request's forward-auth header name the user? A trusted peer, with the secret."""
+    if not settings.forward_auth_header or not is_trusted(peer(request), settings):
+        return False
+    if settings.forward_auth_secret is None:
+        return True
+    presented = request.headers.get(PROXY_SECRET_HEADER, "")
+    expected = settings.forward_auth_secret.get_secret_value()
+    return bool(presented) and hmac.compare_digest(presented.encode(), expected.encode())
 
 
 async def _bearer(request: Request, token: str) -> Principal | None:
     primary: str = request.app.state.api_token
     if hmac.compare_digest(token.encode(), primary.encode()):
-        return Principal("api-token", "token")
-    found = await users(request).find_token(token)
+        return Principal("api-token", "token", admin=True)
+    found = await users(request).find_token(token)  # None when unknown or expired
     if found is None:
         return None
     now = models.utcnow()
     if found.last_used_at is None or now - found.last_used_at > TOUCH_EVERY:
         await users(request).touch_token(found.id)
-    return Principal(f"token:{found.name}", "token")
+    return Principal(
+        f"token:{found.name}", "token", admin=found.user_is_admin, user_id=found.user_id
+    )
