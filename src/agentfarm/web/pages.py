@@ -32,10 +32,11 @@ from sse_starlette import EventSourceResponse
 
 from agentfarm import __version__
 from agentfarm.domain import errors, models
-from agentfarm.domain.present import fmt_cost, fmt_duration
+from agentfarm.domain.present import fmt_bytes, fmt_cost, fmt_duration
 from agentfarm.settings import Settings, read_or_create_token
 from agentfarm.store import Store
 from agentfarm.store.users import Users
+from agentfarm.supervisor import retention
 from agentfarm.web import admin, api, csrf, render, sessions
 from agentfarm.web.ratelimit import LoginLimiter
 
@@ -44,6 +45,7 @@ log = logging.getLogger(__name__)
 HERE = Path(__file__).resolve().parent
 templates = Jinja2Templates(directory=HERE / "templates")
 templates.env.globals.update(badge=render.badge, fmt_cost=fmt_cost, version=__version__)
+templates.env.globals.update(fmt_bytes=fmt_bytes)
 PAGE = 200  # events per page of the run view
 RUN_ID = Annotated[str, PathParam(pattern=r"^[0-9a-f]{12}$")]
 KEY = Annotated[str, PathParam(min_length=1, max_length=64)]
@@ -529,11 +531,35 @@ async def run_stop(request: Request, who: Checked, run_id: RUN_ID) -> Response:
     return see_other(f"/runs/{run_id}")
 
 
+@router.post("/runs/{run_id}/delete")
+async def run_delete(request: Request, who: Checked, run_id: RUN_ID) -> Response:
+    try:
+        await api.supervisor(request).delete_run(run_id)
+    except errors.ConflictError:  # not ended yet: its page shows what it is doing
+        return see_other(f"/runs/{run_id}")
+    return see_other("/")
+
+
 # --- settings: named API tokens --------------------------------------------------------------
+async def _disk_use(request: Request) -> retention.DiskUse:
+    cache: retention.DiskUseCache | None = getattr(request.app.state, "disk_use", None)
+    if cache is None:
+        settings: Settings = request.app.state.settings
+        cache = request.app.state.disk_use = retention.DiskUseCache(
+            settings.data_dir, settings.runs_dir
+        )
+    return await cache.get()
+
+
 @router.get("/settings")
 async def settings_page(request: Request, who: Viewer) -> Response:
     tokens = await sessions.users(request).list_tokens()
-    return page(request, "settings.html", who, tokens=tokens, new_token=None, problem=None)
+    settings: Settings = request.app.state.settings
+    return page(
+        request, "settings.html", who, tokens=tokens, new_token=None, problem=None,
+        disk=await _disk_use(request), data_dir=settings.data_dir,
+        retention_hours=settings.retention_hours,
+    )  # fmt: skip
 
 
 @router.post("/settings/tokens")
