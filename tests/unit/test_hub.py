@@ -81,7 +81,7 @@ async def test_following_an_ended_run_leaves_no_channel(store: Store) -> None:
     await store.update_run(run.id, status=models.RunStatus.failed)
     assert len(await collect(hub, run.id)) == 4
     assert len(await collect(hub, run.id, after=4)) == 0  # caught up: ends at once
-    assert hub.channels == 0
+    assert hub._channels == {}
 
 
 async def test_channel_stays_for_a_follower_and_goes_when_the_last_one_leaves(
@@ -101,7 +101,7 @@ async def test_channel_stays_for_a_follower_and_goes_when_the_last_one_leaves(
     assert [e.seq for e in await anext(stream)] == [3]
     with pytest.raises(StopAsyncIteration):
         await anext(stream)
-    assert hub.channels == 0
+    assert hub._channels == {}
 
 
 async def test_a_follower_leaving_a_live_run_keeps_its_channel_until_the_run_ends(
@@ -116,4 +116,4 @@ async def test_a_follower_leaving_a_live_run_keeps_its_channel_until_the_run_end
     assert run.id in hub._channels  # the run goes on: its tail serves the next viewer
     await store_and_publish(hub, store, run.id, [status(models.RunStatus.stopped)], final=True)
     hub.forget(run.id)
-    assert hub.channels == 0
+    assert hub._channels == {}

@@ -54,11 +54,6 @@ class Hub:
             channel = self._channels[run_id] = _Channel()
         return channel
 
-    @property
-    def channels(self) -> int:
-        """How many runs have a channel (for tests and the curious)."""
-        return len(self._channels)
-
     def tail_bytes(self, run_id: str) -> int:
         channel = self._channels.get(run_id)
         return channel.tail_bytes if channel is not None else 0
