@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
@@ -15,6 +16,7 @@ import httpx
 import pytest
 
 from agentfarm.backends.fake import FakeBackend, Step, claude_like_script
+from agentfarm.backends.local.backend import LocalBackend
 from agentfarm.domain import errors, models
 from agentfarm.store import Store
 from agentfarm.supervisor import retention
@@ -276,6 +278,45 @@ def test_measure_counts_each_inode_once_and_follows_no_link(tmp_path: Path) -> N
     assert use.runs < 1_000_000  # the link's target and the second name are not counted
     assert use.used >= use.runs + files[data / "db"]
     assert use.used < 1_000_000 and use.free > 0 and use.entries == 5  # db, runs, r1, blob, link
+
+
+def deep_tree(root: Path, depth: int = 1200) -> None:
+    """``root/d/d/.../d/f``, deeper than Python's recursion limit (made without recursing)."""
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    for _ in range(depth):
+        os.mkdir("d", dir_fd=fd)
+        inner = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+        os.close(fd)
+        fd = inner
+    os.close(os.open("f", os.O_WRONLY | os.O_CREAT, 0o600, dir_fd=fd))
+    os.close(fd)
+
+
+def test_measure_survives_a_deep_tree(tmp_path: Path) -> None:
+    # An agent may nest directories deeper than Python's recursion limit.
+    (tmp_path / "runs").mkdir()
+    deep_tree(tmp_path / "runs")
+    try:
+        assert retention.measure(tmp_path, tmp_path / "runs").entries == 1202
+    finally:
+        subprocess.run(["rm", "-rf", "--", str(tmp_path / "runs")], check=True)
+
+
+async def test_local_cleanup_removes_a_tree_deeper_than_pythons_stack(tmp_path: Path) -> None:
+    # Fails before: shutil.rmtree raised RecursionError, so the run's files stayed for good.
+    settings = make_settings(tmp_path / "data")
+    backend = LocalBackend(settings)
+    run = models.Run(spec=models.AgentSpec(repo="/srv/repo"))
+    workspace = backend.run_dir(run.id) / "workspace"
+    workspace.mkdir(parents=True)
+    deep_tree(workspace)
+    (workspace / "locked").mkdir()
+    (workspace / "locked" / "f").write_text("x")
+    (workspace / "locked").chmod(0)
+    (workspace / "outside").symlink_to(tmp_path)  # not followed
+    await backend.cleanup(run)
+    assert not backend.run_dir(run.id).exists()
+    assert (tmp_path / "data").is_dir()
 
 
 async def test_disk_use_is_measured_off_the_loop_and_cached(

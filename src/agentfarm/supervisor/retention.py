@@ -111,7 +111,7 @@ class DiskUse:
 def measure(data_dir: Path, runs_dir: Path) -> DiskUse:
     """Walk ``data_dir`` like ``du`` (blocking): allocated blocks, each inode once, no
     symlinks followed, nothing outside its file system; unreadable parts are skipped."""
-    seen: set[tuple[int, int]] = set()
+    seen: set[int] = set()
     totals = {"all": 0, "runs": 0, "entries": 0}
     try:
         device = data_dir.stat().st_dev
@@ -119,28 +119,32 @@ def measure(data_dir: Path, runs_dir: Path) -> DiskUse:
         return DiskUse(0, 0, 0, 0, time.monotonic())
     runs_prefix = os.path.join(os.fspath(runs_dir), "")
 
-    def walk(path: str) -> None:
+    # A loop, not recursion: an agent may nest directories deeper than Python's stack.
+    pending = [os.fspath(data_dir)]
+    while pending:
         try:
-            entries = list(os.scandir(path))
+            entries = list(os.scandir(pending.pop()))
         except OSError:
-            return
+            continue
         for entry in entries:
             try:
                 st = entry.stat(follow_symlinks=False)
             except OSError:
                 continue
-            if st.st_dev != device or (st.st_dev, st.st_ino) in seen:
+            if st.st_dev != device:
                 continue
-            seen.add((st.st_dev, st.st_ino))
+            is_dir = stat.S_ISDIR(st.st_mode)
+            if st.st_nlink > 1 and not is_dir:  # a hard link: count its inode once
+                if st.st_ino in seen:
+                    continue
+                seen.add(st.st_ino)
             size = st.st_blocks * 512
             totals["all"] += size
             totals["entries"] += 1
             if entry.path.startswith(runs_prefix):
                 totals["runs"] += size
-            if stat.S_ISDIR(st.st_mode):
-                walk(entry.path)
-
-    walk(os.fspath(data_dir))
+            if is_dir:
+                pending.append(entry.path)
     try:
         free = shutil.disk_usage(data_dir).free
     except OSError:
