@@ -24,7 +24,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from agentfarm.backends.base import Backend
-from agentfarm.domain import models
+from agentfarm.domain import errors, models
 from agentfarm.store import Store
 
 log = logging.getLogger(__name__)
@@ -65,9 +65,12 @@ class Retention:
                     "run %s: removing its files failed (tried again later): %s", run.id, exc
                 )
                 continue
-            await self.store.append_events(
-                run.id, [_removed_notice(run, self.hours)], run_fields={"workspace": None}
-            )
+            try:
+                await self.store.append_events(
+                    run.id, [_removed_notice(run, self.hours)], run_fields={"workspace": None}
+                )
+            except errors.NotFoundError:
+                continue  # deleted meanwhile
             removed.append(run.id)
         if removed:
             log.info("retention: removed the files of %d finished run(s)", len(removed))
