@@ -55,6 +55,12 @@ class Settings(BaseSettings):
         ge=0,
         description="Stop a run whose agent printed nothing for this long (0: never).",
     )
+    retention_hours: float = Field(
+        168.0,
+        ge=0,
+        description="Remove a finished run's files (workspace, home, logs) this many hours after "
+        "it ended; its branch, row and events stay until the run is deleted (0: keep forever).",
+    )
     # --- the kubernetes backend (cluster-wide defaults; a config's `kubernetes` overrides) ---
     k8s_namespace: str = Field(
         "agentfarm-agents", description="Namespace where agent pods and their Secrets go."

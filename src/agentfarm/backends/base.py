@@ -67,6 +67,10 @@ class RunHandle(Protocol):
         """After the exit record: bring results home (fetch/push the branch). Returns notices."""
         ...
 
+    async def discard_output(self) -> None:
+        """After the run's last events are stored: drop the raw output they were made from."""
+        ...
+
 
 class Backend(Protocol):
     name: str

@@ -55,6 +55,7 @@ class _FakeRun:
     task: asyncio.Task[None] | None = None
     stop_requested: bool = False
     finalized: bool = False
+    output_discarded: bool = False
 
     def append(self, kind: RecordKind, data: bytes = b"", exit: ExitInfo | None = None) -> None:
         self.records.append(Record(len(self.records) + 1, kind, data, exit))
@@ -99,6 +100,9 @@ class FakeHandle:
         self._state.finalized = True
         return []
 
+    async def discard_output(self) -> None:
+        self._state.output_discarded = True
+
 
 class FakeBackend:
     name = "fake"
@@ -109,6 +113,8 @@ class FakeBackend:
         self.commands: dict[str, AgentCommand] = {}
         self.secrets: dict[str, dict[str, str]] = {}
         self.fail_launch: str | None = None
+        #: Ids of the runs ``cleanup`` was called for, in order.
+        self.cleaned: list[str] = []
 
     async def launch(
         self, run: models.Run, command: AgentCommand, secrets: dict[str, str]
@@ -151,6 +157,7 @@ class FakeBackend:
         )
 
     async def cleanup(self, run: models.Run) -> None:
+        self.cleaned.append(run.id)
         self.runs.pop(run.id, None)
 
     async def aclose(self) -> None:

@@ -82,6 +82,9 @@ class Client:
     def post(self, path: str, **kwargs: Any) -> Any:
         return self.request("POST", path, **kwargs)
 
+    def delete(self, path: str, **kwargs: Any) -> Any:
+        return self.request("DELETE", path, **kwargs)
+
     def stream_events(self, run_id: str, after: int = 0) -> Iterator[dict[str, Any]]:
         """Follow a run's events live; reconnects after a dropped connection."""
         last = after

@@ -458,6 +458,14 @@ def stop(run_id: str, as_json: JsonFlag = False) -> None:
         out.print(f"stopping run {run_id}")
 
 
+@app.command("rm")
+def remove_run(run_id: str) -> None:
+    """Delete an ended run: its files, row and events (its branch stays in the repository)."""
+    with client() as c:
+        c.delete(f"/api/runs/{run_id}")
+    out.print(f"run {run_id} removed", highlight=False)
+
+
 @app.command()
 def send(run_id: str, text: str) -> None:
     """Send a follow-up message to a running agent."""

@@ -56,3 +56,13 @@ def fmt_duration(seconds: float | None) -> str:
 
 def fmt_cost(cost: float | None) -> str:
     return "-" if cost is None else f"${cost:.4f}"
+
+
+def fmt_bytes(value: int) -> str:
+    """``512 B``, ``1.5 KiB``, ``3.2 GiB``."""
+    size = float(value)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024:
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TiB"

@@ -39,6 +39,7 @@ NEXT_STATUSES: Mapping[models.RunStatus, frozenset[models.RunStatus]] = {
     _S.running: frozenset({_S.running}) | models.TERMINAL_STATUSES,
     **{status: frozenset() for status in models.TERMINAL_STATUSES},
 }
+_TERMINAL = tuple(s.value for s in models.RunStatus if s in models.TERMINAL_STATUSES)
 
 
 def _check_limit(limit: int) -> None:
@@ -218,6 +219,38 @@ class Store:
             return conn.execute(sql, _ACTIVE).fetchall()
 
         return [mapping.row_to_run(row) for row in await self._db.read(select)]
+
+    async def runs_with_files(self, *, finished_before: datetime) -> list[models.Run]:
+        """Ended runs that finished before ``finished_before`` and still have a workspace
+        recorded (retention clears it when it removes their files), oldest first."""
+        sql = (
+            f"{_RUN_SELECT} WHERE status IN ({', '.join('?' * len(_TERMINAL))})"
+            " AND finished_at < ? AND workspace IS NOT NULL ORDER BY finished_at, id"
+        )
+        params = (*_TERMINAL, mapping.dump_time(finished_before))
+
+        def select(conn: sqlite3.Connection) -> list[Any]:
+            return conn.execute(sql, params).fetchall()
+
+        return [mapping.row_to_run(row) for row in await self._db.read(select)]
+
+    async def delete_run(self, run_id: str) -> None:
+        """Delete an ended run with its events, in one transaction. An unknown run is
+        ``NotFoundError``; a run still queued, starting or running is ``ConflictError``."""
+
+        def delete(conn: sqlite3.Connection) -> None:
+            row = conn.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchone()
+            if row is None:
+                raise _run_not_found(run_id)
+            if row[0] not in _TERMINAL:
+                raise errors.ConflictError(
+                    f"run {run_id} is {row[0]}: stop it first (`agentfarm stop {run_id}`), "
+                    "then delete it once it has ended"
+                )
+            conn.execute("DELETE FROM events WHERE run_id = ?", (run_id,))
+            conn.execute("DELETE FROM runs WHERE id = ?", (run_id,))
+
+        await self._db.write(delete)
 
     # Events
 

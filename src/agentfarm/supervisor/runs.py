@@ -26,6 +26,7 @@ from agentfarm.store import Store
 from agentfarm.store.secrets import SecretStore
 from agentfarm.supervisor import tasks
 from agentfarm.supervisor.hub import Hub
+from agentfarm.supervisor.retention import Retention
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,7 @@ class Supervisor:
         self.backends = dict(backends)
         self.adapters = dict(adapters)
         self.hub = Hub(store)
+        self.retention = Retention(store, self.backends, settings.retention_hours)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._handles: dict[str, RunHandle] = {}
         self._active: set[str] = set()
@@ -93,6 +95,8 @@ class Supervisor:
                 self._active.add(run.id)
                 tasks.spawn(self._resume(run), name=f"resume-{run.id}", into=self._tasks)
         tasks.spawn(self._dispatch(), name="dispatch", into=self._tasks)
+        if self.settings.retention_hours > 0:
+            tasks.spawn(self.retention.run_forever(), name="retention", into=self._tasks)
         self._wakeup.set()
 
     async def close(self) -> None:
@@ -193,6 +197,22 @@ class Supervisor:
             run_id, [models.EventDraft(type=models.EventType.user_message, data={"text": text})]
         )
 
+    async def delete_run(self, run_id: str) -> None:
+        """Delete an ended run: its files (through its backend's cleanup), then its row and
+        events. A run not yet ended is a conflict: stop it first."""
+        run = await self.store.get_run(run_id)
+        if not run.status.terminal or run_id in self._active:
+            raise errors.ConflictError(
+                f"run {run_id} is {run.status.value}: stop it first (`agentfarm stop {run_id}`), "
+                "then delete it once it has ended"
+            )
+        backend = self.backends.get(run.spec.backend)
+        if backend is not None:
+            # Files first: if this fails the run is still listed and can be deleted again.
+            await backend.cleanup(run)
+        await self.store.delete_run(run_id)
+        self.hub.forget(run_id)
+
     # --- internals -----------------------------------------------------------------------
     async def _append(
         self,
@@ -286,6 +306,7 @@ class Supervisor:
             except errors.AgentfarmError as exc:
                 redacted = Redactor.of(self.secrets.all()).text(str(exc))
                 await self._finish_without_agent(run, models.RunStatus.failed, redacted)
+                await self._discard_failed_launch(run)
                 return
             await self._attached(run, handle, info, creds)
 
@@ -432,6 +453,18 @@ class Supervisor:
         )
         self._stop_requested.discard(run.id)
         self.hub.forget(run.id)
+        try:  # every record is stored and the run has ended: the raw output is a second copy
+            await handle.discard_output()
+        except Exception:  # retention removes it later
+            log.warning("run %s: could not remove its raw output", run.id, exc_info=True)
+
+    async def _discard_failed_launch(self, run: models.Run) -> None:
+        """A launch that failed leaves nothing behind (no branch, no workspace worth a look:
+        the reason is in the run's error)."""
+        try:
+            await self.backends[run.spec.backend].cleanup(run)
+        except Exception:  # best effort: retention does not see it (no workspace recorded)
+            log.warning("run %s: cleaning up after its failed launch failed", run.id, exc_info=True)
 
 
 def _translate(parser: StreamParser, record: Record) -> list[models.EventDraft]:

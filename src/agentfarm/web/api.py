@@ -147,6 +147,18 @@ async def stop_run(run_id: RUN_ID, sup: Sup) -> models.Run:
     return await sup.stop_run(run_id)
 
 
+@router.delete(
+    "/runs/{run_id}",
+    status_code=204,
+    tags=["runs"],
+    responses={404: {"description": "No such run."}, 409: {"description": "Not ended yet."}},
+)
+async def delete_run(run_id: RUN_ID, sup: Sup) -> Response:
+    """Delete an ended run: its files, row and events (its branch stays in the repository)."""
+    await sup.delete_run(run_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
 @router.post("/runs/{run_id}/messages", status_code=202, tags=["runs"])
 async def send_message(run_id: RUN_ID, body: MessageRequest, sup: Sup) -> dict[str, str]:
     await sup.send(run_id, body.text)

@@ -31,10 +31,11 @@ from sse_starlette import EventSourceResponse
 
 from agentfarm import __version__
 from agentfarm.domain import errors, models
-from agentfarm.domain.present import fmt_cost, fmt_duration
+from agentfarm.domain.present import fmt_bytes, fmt_cost, fmt_duration
 from agentfarm.settings import Settings, read_or_create_token
 from agentfarm.store import Store
 from agentfarm.store.users import ApiToken, Users
+from agentfarm.supervisor import retention
 from agentfarm.web import admin, api, csrf, ids, render, sessions
 from agentfarm.web import errors as web_errors
 from agentfarm.web.ratelimit import LoginLimiter
@@ -44,6 +45,7 @@ log = logging.getLogger(__name__)
 HERE = Path(__file__).resolve().parent
 templates = Jinja2Templates(directory=HERE / "templates")
 templates.env.globals.update(badge=render.badge, fmt_cost=fmt_cost, version=__version__)
+templates.env.globals.update(fmt_bytes=fmt_bytes)
 PAGE = 200  # events per page of the run view
 RUN_ID = ids.RunId
 KEY = ids.ConfigKey
@@ -529,6 +531,15 @@ async def run_stop(request: Request, who: Checked, run_id: RUN_ID) -> Response:
     return see_other(f"/runs/{run_id}")
 
 
+@router.post("/runs/{run_id}/delete")
+async def run_delete(request: Request, who: Checked, run_id: RUN_ID) -> Response:
+    try:
+        await api.supervisor(request).delete_run(run_id)
+    except errors.ConflictError:  # not ended yet: its page shows what it is doing
+        return see_other(f"/runs/{run_id}")
+    return see_other("/")
+
+
 # --- settings: named API tokens --------------------------------------------------------------
 #: Lifetimes offered when creating a token (days; 0: it does not expire).
 TOKEN_DAYS = (0, 7, 30, 90, 365)
@@ -549,16 +560,35 @@ def _settings_page(
     status_code: int = 200,
     new_token: tuple[str, str] | None = None,
     problem: str | None = None,
+    **extra: Any,
 ) -> HTMLResponse:
     return page(
         request, "settings.html", who, status_code, tokens=tokens, new_token=new_token,
-        problem=problem, token_days=TOKEN_DAYS, now=models.utcnow(),
+        problem=problem, token_days=TOKEN_DAYS, now=models.utcnow(), **extra,
     )  # fmt: skip
+
+
+async def _disk_use(request: Request) -> retention.DiskUse:
+    cache: retention.DiskUseCache | None = getattr(request.app.state, "disk_use", None)
+    if cache is None:
+        settings: Settings = request.app.state.settings
+        cache = request.app.state.disk_use = retention.DiskUseCache(
+            settings.data_dir, settings.runs_dir
+        )
+    return await cache.get()
 
 
 @router.get("/settings")
 async def settings_page(request: Request, who: Viewer) -> Response:
-    return _settings_page(request, who, await _visible_tokens(request, who))
+    settings: Settings = request.app.state.settings
+    return _settings_page(
+        request,
+        who,
+        await _visible_tokens(request, who),
+        disk=await _disk_use(request),
+        data_dir=settings.data_dir,
+        retention_hours=settings.retention_hours,
+    )
 
 
 @router.post("/settings/tokens")

@@ -1,6 +1,7 @@
 """Events as HTML for people: markdown text, one-line tool calls that expand, highlighted
 errors, a summarised result. Pure functions over ``models.Event``; the output is cached per
-event (events never change), so many viewers of one run render each event once.
+event (events never change), so many viewers of one run render each event once. The cache is
+bounded in bytes (``CACHE_BYTES``), least recently used first out.
 
 Markdown goes through markdown-it-py with raw HTML disabled: whatever the agent prints is
 escaped, and its link validator drops ``javascript:``-style URLs.
@@ -9,6 +10,7 @@ escaped, and its link validator drops ``javascript:``-style URLs.
 from __future__ import annotations
 
 import json
+import sys
 from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any
@@ -22,8 +24,11 @@ from agentfarm.domain.present import fmt_cost, fmt_duration, one_line, tool_summ
 MAX_SHOWN = 20_000
 _md = MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": False})
 _md.enable("table")
+#: Rendered HTML kept in memory, in bytes (about: the strings' own size plus the key's).
+CACHE_BYTES = 32 << 20
+_KEY_BYTES = 150
 _cache: OrderedDict[tuple[str, int], str] = OrderedDict()
-CACHE_SIZE = 50_000
+_cached_bytes = 0
 
 STATUS_CLASS = {
     "queued": "badge-neutral",
@@ -169,16 +174,29 @@ def _body(event: models.Event) -> tuple[Markup, str]:
     ), ""
 
 
+def _entry_bytes(html: str) -> int:
+    return _KEY_BYTES + sys.getsizeof(html)
+
+
+def cache_bytes() -> int:
+    """What the HTML cache holds now, in bytes (about)."""
+    return _cached_bytes
+
+
 def event_html(event: models.Event) -> str:
+    global _cached_bytes
     key = (event.run_id, event.seq)
     cached = _cache.get(key)
     if cached is not None:
+        _cache.move_to_end(key)
         return cached
     body, extra = _body(event)
     html = str(_wrap(event, body, extra))
     _cache[key] = html
-    if len(_cache) > CACHE_SIZE:
-        _cache.popitem(last=False)
+    _cached_bytes += _entry_bytes(html)
+    while _cached_bytes > CACHE_BYTES and _cache:
+        _, old = _cache.popitem(last=False)
+        _cached_bytes -= _entry_bytes(old)
     return html
 
 

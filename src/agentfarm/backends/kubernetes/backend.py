@@ -217,6 +217,9 @@ class KubernetesHandle:
             await self._api.delete_pod(ns, name, grace_seconds=1)
         return []
 
+    async def discard_output(self) -> None:
+        """Nothing to do: the output is the pod's log, which goes with the pod."""
+
 
 class KubernetesBackend:
     name = "kubernetes"

@@ -149,7 +149,7 @@ class LocalBackend:
                     break
                 await asyncio.sleep(0.01)
         await asyncio.to_thread(kill_orphans, run_dir, run.id)
-        await asyncio.to_thread(shutil.rmtree, run_dir, True)
+        await _remove_tree(run_dir)
 
     # --- helpers ---------------------------------------------------------------------------
     def _prepare(self, run_dir: Path, uid: int | None, gid: int | None) -> None:
@@ -257,6 +257,28 @@ async def _chown(owner: str, *paths: Path) -> None:
     _, err = await proc.communicate()
     if proc.returncode != 0:
         raise errors.LaunchError(f"cannot hand the workspace to the sandbox user: {err.decode()}")
+
+
+async def _remove_tree(path: Path) -> None:
+    """``rm -rf``: the agent shapes the workspace, and shutil.rmtree recurses once per level
+    (a tree nested deeper than Python's recursion limit made it raise). Directories the agent
+    made unreadable (a non-root server is their owner, not root) are opened up first."""
+    for attempt in range(2):
+        if attempt:
+            await _run_quietly("chmod", "-R", "u+rwx", "--", str(path))
+        err = await _run_quietly("rm", "-rf", "--one-file-system", "--", str(path))
+        if err is None:
+            return
+    raise errors.BackendError(f"cannot remove {path}: {err}")
+
+
+async def _run_quietly(*argv: str) -> str | None:
+    """Run a command; None if it succeeded, else what it said on stderr."""
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
+    )
+    _, err = await proc.communicate()
+    return None if proc.returncode == 0 else err.decode("utf-8", "replace").strip()
 
 
 def _tail(path: Path, size: int = 2000) -> str:

@@ -152,3 +152,8 @@ class LocalHandle:
             where = "into the source repository" if git.is_local(repo) else "to the remote"
             return [*notices, f"the branch {branch} could not be copied {where}: {exc}"]
         return notices
+
+    async def discard_output(self) -> None:
+        """Delete the spool: once the run's events are stored its raw lines are a second copy.
+        Nothing reads it again (a restart resumes only runs that have not ended)."""
+        await asyncio.to_thread((self.run_dir / SPOOL).unlink, missing_ok=True)

@@ -96,6 +96,8 @@
       if (now && ["succeeded", "failed", "stopped", "lost"].indexOf(now.dataset.status) >= 0) {
         const stop = document.getElementById("stop-form");
         if (stop) stop.remove();
+        const del = document.getElementById("delete-form");
+        if (del) del.hidden = false;
       }
     });
     source.addEventListener("end", function () {
