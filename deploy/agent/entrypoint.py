@@ -17,8 +17,8 @@ Authorization header in GIT_CONFIG_* entries of the environment of the clone and
 never on disk, never in an argv, never in the agent's environment, masked in any message.
 The workspace is the agent's, so its .git (config, hooks, fsmonitor, pushurl, insteadOf,
 commondir, a symlinked .git) is never trusted with a token: every git command here disables
-hooks and fsmonitor, and the branch is pushed from a fresh repository that fetched it from the
-workspace, with no configuration but ours, after every process the agent left was killed.
+hooks and fsmonitor, and the branch is pushed from a fresh repository holding a copy of its
+commits and no configuration but ours, after every process the agent left was killed.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ import ctypes
 import json
 import os
 import re
-import shlex
 import shutil
 import signal
 import subprocess
@@ -300,10 +299,10 @@ def reap_leftovers() -> None:
 def push() -> None:
     """Push HEAD of the workspace to AGENTFARM_BRANCH of AGENTFARM_REPO, and nowhere else.
 
-    The workspace's git is read without a token and with hooks and fsmonitor off; its commits
-    are fetched into a fresh bare repository whose only config is ours, and the push, the one
-    git command that holds the token, runs there, to the URL itself (no remote name, so no
-    pushurl or insteadOf of the agent's applies)."""
+    The workspace's git is read without a token and with hooks and fsmonitor off; the commits
+    of its HEAD are copied into a fresh bare repository whose only config is ours, and the
+    push, the one git command that holds the token, runs there, to the URL itself (no remote
+    name, so no pushurl or insteadOf of the agent's applies)."""
     branch = os.environ["AGENTFARM_BRANCH"]
     repo = os.environ["AGENTFARM_REPO"]
     workspace = os.environ.get("AGENTFARM_WORKSPACE", "/workspace")
@@ -329,15 +328,17 @@ def push() -> None:
             notice(f"no commits on {branch}: nothing to push")
             return
         last = git("log", "-1", "--format=%h %s", env=env)
+        head = git("rev-parse", "--verify", "HEAD^{commit}", env=env)
         fresh = tempfile.mkdtemp(prefix="agentfarm-push-")
         git("init", "--quiet", "--bare", fresh, env=env, cwd=fresh)
-        # git drops command-line config when it spawns upload-pack for a local transport:
-        # the workspace side gets the safe settings through --upload-pack itself.
-        upload_pack = shlex.join([*safe_argv(), "-c", f"safe.directory={workspace}", "upload-pack"])
-        git(
-            "fetch", "--quiet", "--no-tags", "--upload-pack", upload_pack,
-            workspace, f"+HEAD:refs/heads/{branch}", env=env, cwd=fresh,
-        )  # fmt: skip
+        # Borrow the workspace's objects just long enough to copy what the branch needs: no
+        # git process runs in the workspace (nor reads its config) from here on.
+        alternates = os.path.join(fresh, "objects", "info", "alternates")
+        with open(alternates, "w") as fh:
+            fh.write(os.path.join(os.path.abspath(git_dir), "objects") + "\n")
+        git("update-ref", f"refs/heads/{branch}", head, env=env, cwd=fresh)
+        git("repack", "-a", "-d", "-q", env=env, cwd=fresh)
+        os.unlink(alternates)
         reap_leftovers()
         git(
             "push", "--quiet", "--", repo, f"refs/heads/{branch}:refs/heads/{branch}",

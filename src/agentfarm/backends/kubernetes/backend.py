@@ -44,6 +44,17 @@ WATCH_SECONDS = 60
 #: After the log ends, how long to wait for the kubelet to report the container's exit.
 EXIT_REPORT_SECONDS = 20.0
 _RETRYABLE = (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError)
+#: A followed log that brings nothing for this long is reopened. The kubelet rotates a
+#: container's log (checking every 10 s); a follow that began before the rotation may keep
+#: reading the old file (Kubernetes 1.20 does), and what is in neither is lost.
+QUIET_REOPEN_SECONDS = 5.0
+#: A reopened follow starts this long before the last line read (the kubelet's since-time
+#: counts on the node's clock; the skip by sequence number drops what was read before).
+SINCE_MARGIN_SECONDS = 30
+
+
+class _Quiet(Exception):
+    """A followed log stream brought nothing for QUIET_REOPEN_SECONDS."""
 
 
 def parse_line(line: bytes) -> tuple[int | None, RecordKind, bytes]:
@@ -135,15 +146,19 @@ class KubernetesHandle:
             yield Record(cursor.exit(), "exit", exit=view.exit)
             return
 
-        # The agent runs (or ran): follow its log; reopen it if it breaks, skipping lines seen.
+        # The agent runs (or ran): follow its log; reopen it if it breaks or goes quiet,
+        # skipping lines seen.
         follow = True
         numbered = False
         last_kind: RecordKind | None = None
+        loop = asyncio.get_running_loop()
+        last_line_at: float | None = None
+        since: int | None = None
         while True:
+            quiet = False
             try:
-                async for line in self._api.pod_log(
-                    ns, name, manifests.AGENT_CONTAINER, follow=follow
-                ):
+                async for line in self._log(follow, since):
+                    last_line_at = loop.time()
                     seq, kind, data = parse_line(line)
                     if seq is None and numbered:
                         # The rest of a line longer than api.MAX_LINE: same kind, next slot.
@@ -169,12 +184,21 @@ class KubernetesHandle:
                     at = cursor.advance(seq)
                     if at > after:
                         yield Record(at, kind, data)
+            except _Quiet:
+                quiet = True
             except k8s_api.ApiError as exc:
                 if exc.status not in (400, 404, 500, 503):
                     raise
                 log.info("log stream of %s/%s: %s", ns, name, exc)
             except _RETRYABLE as exc:
                 log.info("log stream of %s/%s broke: %r; reopening", ns, name, exc)
+            if quiet:
+                # Reopen from a little before the last line: a quiet agent costs a short read.
+                since = None
+                if last_line_at is not None:
+                    since = math.ceil(loop.time() - last_line_at) + SINCE_MARGIN_SECONDS
+                continue
+            since = None
             exit_info = await self._wait_exit()
             if exit_info is not None and not follow:
                 yield Record(cursor.exit(), "exit", exit=exit_info)
@@ -184,6 +208,27 @@ class KubernetesHandle:
             follow = exit_info is None
             if follow:
                 await asyncio.sleep(1.0)
+
+    async def _log(self, follow: bool, since: int | None) -> AsyncIterator[bytes]:
+        """The agent's log lines. A followed stream that brings nothing for
+        QUIET_REOPEN_SECONDS ends with :class:`_Quiet`: the kubelet may be following a file
+        it has rotated away, and only a new stream reads the new file."""
+        ns, name = self._state.namespace, self._state.name
+        stream = self._api.pod_log(
+            ns, name, manifests.AGENT_CONTAINER, follow=follow, since_seconds=since
+        )
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(QUIET_REOPEN_SECONDS if follow else None):
+                        line = await anext(stream)
+                except StopAsyncIteration:
+                    return
+                except TimeoutError:
+                    raise _Quiet from None
+                yield line
+        finally:
+            await stream.aclose()
 
     @property
     def stopping(self) -> bool:
