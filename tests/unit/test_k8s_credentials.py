@@ -5,12 +5,17 @@ the one for the run's host in the run's Secret (tests/unit/test_k8s_manifests.py
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+import sqlite3
 from pathlib import Path
 
 import httpx
 import pytest
 
 from agentfarm.backends.fake import FakeBackend
+from agentfarm.domain import models
+from agentfarm.store import Store
 from agentfarm.web.app import create_app
 
 from .conftest import make_settings, serve_app
@@ -78,3 +83,34 @@ async def _drain(client: httpx.AsyncClient, *run_ids: str) -> None:
                 "failed",
             ):
                 await asyncio.sleep(0.02)
+
+
+def plant_legacy_repo(db: Path, repo: str) -> None:
+    """Write ``repo`` into every stored run and config, as rows from an older version hold."""
+    with contextlib.closing(sqlite3.connect(db)) as conn, conn:
+        for table in ("runs", "configs"):
+            for id_, spec in conn.execute(f"SELECT id, spec FROM {table}").fetchall():  # noqa: S608
+                data = json.loads(spec) | {"repo": repo}
+                conn.execute(
+                    f"UPDATE {table} SET spec = ? WHERE id = ?",  # noqa: S608
+                    (json.dumps(data), id_),
+                )
+
+
+async def test_runs_and_configs_stored_with_credentials_load_without_them(tmp_path: Path) -> None:
+    """Rows written before such URLs were refused still load (listing them must not fail),
+    and the secret is not shown again."""
+    db = tmp_path / "agentfarm.db"
+    store = await Store.open(db)
+    try:
+        run = models.Run(spec=models.AgentSpec(repo="/r"))
+        await store.create_run(run)
+        await store.create_config(models.AgentConfig(name="legacy", repo="/r"))
+        legacy = "https://x-access-token:ghp_legacy@github.com/o/r.git"
+        await asyncio.to_thread(plant_legacy_repo, db, legacy)
+        assert (await store.get_run(run.id)).spec.repo == "https://github.com/o/r.git"
+        loaded = await store.get_config("legacy")
+        assert loaded.spec().repo == "https://github.com/o/r.git"
+        assert [c.repo for c in await store.list_configs()] == ["https://github.com/o/r.git"]
+    finally:
+        await store.close()

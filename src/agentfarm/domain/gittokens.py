@@ -21,6 +21,22 @@ FORGE_TOKEN_NAMES = ("GITHUB_TOKEN", "GH_TOKEN", "FORGEJO_TOKEN")
 HOST_TOKEN_PREFIX = "GIT_TOKEN_"  # noqa: S105 - a name prefix, not a secret
 
 _NOT_ALNUM = re.compile(r"[^A-Z0-9]")
+_USERINFO = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)[^/?#@]*@")
+#: ``scheme://user[:password]@host...`` for the schemes where a user part is a credential
+#: (``ssh://git@host/...`` names an account, not a secret, unless it has a password).
+_URL_CREDENTIALS = re.compile(
+    r"^(?:(?:https?|ftps?|git)://[^/?#]*@|[a-z][a-z0-9+.-]*://[^/?#@]*:[^/?#@]*@)", re.IGNORECASE
+)
+
+
+def has_url_credentials(url: str) -> bool:
+    return bool(_URL_CREDENTIALS.match(url))
+
+
+def strip_url_credentials(url: str) -> str:
+    """``https://user:token@host/x`` -> ``https://host/x`` (for runs and configs stored
+    before such URLs were refused: they load, without the secret)."""
+    return _USERINFO.sub(r"\1", url)
 
 
 def is_git_token(name: str) -> bool:

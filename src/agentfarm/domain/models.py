@@ -10,14 +10,11 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from agentfarm.domain import gittokens
+
 SLUG_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 TOOL_RE = re.compile(r"^[A-Za-z0-9_*:.()\- /,@\[\]]{1,200}$")
-#: ``scheme://user[:password]@host...`` for the schemes where a user part is a credential
-#: (``ssh://git@host/...`` names an account, not a secret, unless it has a password).
-_URL_CREDENTIALS_RE = re.compile(
-    r"^(?:(?:https?|ftps?|git)://[^/?#]*@|[a-z][a-z0-9+.-]*://[^/?#@]*:[^/?#@]*@)", re.IGNORECASE
-)
 #: Variables a config may not set: they are the server's to control.
 RESERVED_ENV = frozenset(
     {
@@ -221,7 +218,7 @@ class AgentSpec(_Strict):
             raise ValueError("repo must be a local path or a git URL")
         if value.lower().startswith("ext::"):
             raise ValueError("the ext:: git transport is not allowed")
-        if _URL_CREDENTIALS_RE.match(value):
+        if gittokens.has_url_credentials(value):
             raise ValueError(
                 "the repository URL carries credentials, which would be stored and shown with "
                 "the run: give the URL without them and store the token with `agentfarm secret "
