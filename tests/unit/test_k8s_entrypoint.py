@@ -350,3 +350,39 @@ def test_only_the_credentials_file_of_the_shared_home_is_copied(
     assert any(
         k == "N" and "cannot read the shared credentials" in t for k, t in parse(done.stdout)
     )
+
+
+def test_processes_the_agent_leaves_behind_are_gone_before_the_push(
+    remotes: tuple[git_http.GitHttpServer, git_http.GitHttpServer], tmp_path: Path
+) -> None:
+    """As in the pod, the entrypoint is PID 1 of its own PID namespace (unshare): a process
+    the agent left running to read the push's environment (same uid) is killed first. (PID 1's
+    own environment is kept from the agent in the pod by PR_SET_DUMPABLE, which makes it
+    root's; in a user namespace the spy is that root, so it skips PID 1 here.)"""
+    if subprocess.run(["unshare", "-Urpf", "--mount-proc", "true"], check=False).returncode:
+        realparts.missing("unshare with user and PID namespaces", "apt-get install util-linux")
+    good, _ = remotes
+    spec = models.AgentSpec(repo=good.url("repo.git"), base_branch="main", backend="kubernetes")
+    env = pod_env(models.Run(spec=spec), {f"GIT_TOKEN_127_0_0_1_{good.port}": TOKEN}, tmp_path)
+    assert entrypoint(env, "clone").returncode == 0
+    spied = tmp_path / "spied"
+    agent = tmp_path / "agent.sh"
+    agent.write_text(
+        "#!/bin/sh\necho x > f.txt; git add f.txt; git commit -qm 'add f'\n"
+        "setsid sh -c 'while :; do for e in /proc/[0-9]*/environ; do "
+        "[ $e = /proc/1/environ ] && continue; "
+        f'tr "\\0" "\\n" < $e >> {spied}; done; done\' </dev/null >/dev/null 2>&1 &\n'
+        f"while ! [ -s {spied} ]; do sleep 0.05; done\n"  # the spy is at work
+    )
+    agent.chmod(0o755)
+    done = subprocess.run(
+        ["unshare", "-Urpf", "--mount-proc", sys.executable, str(ENTRYPOINT), "run", "--",
+         str(agent)],
+        env=env, cwd=env["AGENTFARM_WORKSPACE"], capture_output=True, timeout=60, check=False,
+    )  # fmt: skip
+    last = parse(done.stdout)[-1]
+    assert last[0] == "N" and last[1].startswith("pushed 1 commit(s)"), done
+    assert good.passwords() == {TOKEN}
+    seen = spied.read_text(errors="replace")
+    assert "AGENTFARM_BRANCH" in seen  # it read environments...
+    assert TOKEN not in seen and "Authorization" not in seen  # ...but never the push's
