@@ -357,8 +357,9 @@ def test_processes_the_agent_leaves_behind_are_gone_before_the_push(
 ) -> None:
     """As in the pod, the entrypoint is PID 1 of its own PID namespace (unshare): a process
     the agent left running to read the push's environment (same uid) is killed first. (PID 1's
-    own environment is kept from the agent in the pod by PR_SET_DUMPABLE, which makes it
-    root's; in a user namespace the spy is that root, so it skips PID 1 here.)"""
+    own environment, and its forks' until they exec, are kept from the agent in the pod by
+    PR_SET_DUMPABLE, which makes them root's; in a user namespace the spy is that root, so it
+    skips them here.)"""
     if subprocess.run(["unshare", "-Urpf", "--mount-proc", "true"], check=False).returncode:
         realparts.missing("unshare with user and PID namespaces", "apt-get install util-linux")
     good, _ = remotes
@@ -371,6 +372,7 @@ def test_processes_the_agent_leaves_behind_are_gone_before_the_push(
         "#!/bin/sh\necho x > f.txt; git add f.txt; git commit -qm 'add f'\n"
         "setsid sh -c 'while :; do for e in /proc/[0-9]*/environ; do "
         "[ $e = /proc/1/environ ] && continue; "
+        "grep -q entrypoint.py ${e%environ}cmdline && continue; "
         f'tr "\\0" "\\n" < $e >> {spied}; done; done\' </dev/null >/dev/null 2>&1 &\n'
         f"while ! [ -s {spied} ]; do sleep 0.05; done\n"  # the spy is at work
     )
