@@ -233,18 +233,27 @@ def run(argv: list[str]) -> int:
         for line in stderr:
             emit(KIND_STDERR, line)
 
+    def relay_stdout() -> None:
+        for line in stdout:
+            emit(KIND_STDOUT, line)
+            if close_after and not stdin.closed and _top_type(line) in close_after:
+                written.wait(5)
+                close_stdin()
+
     threads = [threading.Thread(target=feed, daemon=True)]
     threads.append(threading.Thread(target=relay_stderr, daemon=True))
+    threads.append(threading.Thread(target=relay_stdout, daemon=True))
     for thread in threads:
         thread.start()
-    for line in stdout:
-        emit(KIND_STDOUT, line)
-        if close_after and not stdin.closed and _top_type(line) in close_after:
-            written.wait(5)
-            close_stdin()
     code = proc.wait()
     for thread in threads:
         thread.join(timeout=5)
+    if any(thread.is_alive() for thread in threads):
+        # A process the agent left behind holds its stdout or stderr open: the run is over
+        # all the same (in the pod, where this is PID 1, that process goes now).
+        reap_leftovers()
+        for thread in threads:
+            thread.join(timeout=5)
     code = 128 - code if code < 0 else code
     if not signalled and os.environ.get("AGENTFARM_PUSH") == "1":
         push()

@@ -388,3 +388,24 @@ def test_processes_the_agent_leaves_behind_are_gone_before_the_push(
     seen = spied.read_text(errors="replace")
     assert "AGENTFARM_BRANCH" in seen  # it read environments...
     assert TOKEN not in seen and "Authorization" not in seen  # ...but never the push's
+
+
+def test_a_process_left_holding_the_agents_output_does_not_keep_the_run_alive(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    """The run ends when the agent does, even if something it started still holds its
+    stdout (the entrypoint as PID 1 of its own PID namespace, as in the pod)."""
+    if subprocess.run(["unshare", "-Urpf", "--mount-proc", "true"], check=False).returncode:
+        realparts.missing("unshare with user and PID namespaces", "apt-get install util-linux")
+    assert entrypoint(env, "clone").returncode == 0
+    agent = tmp_path / "agent.sh"
+    agent.write_text('#!/bin/sh\necho \'{"type":"result"}\'\nsleep 600 &\nexit 3\n')
+    agent.chmod(0o755)
+    done = subprocess.run(
+        ["unshare", "-Urpf", "--mount-proc", sys.executable, str(ENTRYPOINT), "run", "--",
+         str(agent)],
+        env=env, cwd=env["AGENTFARM_WORKSPACE"], capture_output=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 3
+    assert parse(done.stdout)[0] == ("O", '{"type":"result"}')
+    assert parse(done.stdout)[-1] == ("N", "no commits on agentfarm/t1: nothing to push")
