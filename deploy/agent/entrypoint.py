@@ -7,35 +7,58 @@
                                    AGENTFARM_STDIN, relay its output, then push the branch
 
 The control plane reads this container's log, which merges stdout and stderr, so everything
-goes to stdout, one line per write: the agent's stdout lines unchanged, its stderr lines and
-this script's notices tagged with a leading "\\x1eE " or "\\x1eN " (see backends/kubernetes).
+goes to stdout, one line per write, each line ``\\x1e<kind><seq> <payload>``: kind ``O`` for
+the agent's stdout, ``E`` for its stderr, ``N`` for this script's notices, and ``seq`` counting
+the lines from 1. The sequence number is the control plane's cursor: the kubelet rotates
+container logs, so a line's position in the log it can still read says nothing.
 
-Git tokens (AGENTFARM_GIT_CREDENTIALS names the variables) reach git only through
-GIT_CONFIG_* `insteadOf` rewrites in the environment of the git commands run here: never on
-disk, never in the agent's environment, and masked in any message printed.
+Git tokens (AGENTFARM_GIT_CREDENTIALS names the variables) reach git only as an HTTP
+Authorization header in GIT_CONFIG_* entries of the environment of the clone and of the push:
+never on disk, never in an argv, never in the agent's environment, masked in any message.
+The workspace is the agent's, so its .git (config, hooks, fsmonitor, pushurl, insteadOf,
+commondir, a symlinked .git) is never trusted with a token: every git command here disables
+hooks and fsmonitor, and the branch is pushed from a fresh repository holding a copy of its
+commits and no configuration but ours, after every process the agent left was killed.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import ctypes
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
-from urllib.parse import quote
+import time
 
-TAG_STDERR = b"\x1eE "
-TAG_NOTICE = b"\x1eN "
+KIND_STDOUT = b"O"
+KIND_STDERR = b"E"
+KIND_NOTICE = b"N"
 _out = threading.Lock()
+_seq = 0
 _secrets: list[str] = []
 
+#: Settings given to every git command on its command line: they outrank any config file.
+SAFE_CONFIG = (
+    ("core.hooksPath", "/dev/null"),
+    ("core.fsmonitor", "false"),
+    ("core.alternateRefsCommand", ""),
+    ("credential.helper", ""),
+    ("protocol.ext.allow", "never"),
+)
 
-def emit(line: bytes) -> None:
+
+def emit(kind: bytes, data: bytes) -> None:
+    global _seq
     with _out:
-        sys.stdout.buffer.write(line if line.endswith(b"\n") else line + b"\n")
+        _seq += 1
+        sys.stdout.buffer.write(b"\x1e%s%d %s\n" % (kind, _seq, data.rstrip(b"\n")))
         sys.stdout.buffer.flush()
 
 
@@ -46,48 +69,75 @@ def mask(text: str) -> str:
 
 
 def notice(text: str) -> None:
-    emit(TAG_NOTICE + mask(text).replace("\n", " ").encode())
+    emit(KIND_NOTICE, mask(text).replace("\n", " ").encode())
 
 
-def git_env() -> dict[str, str]:
-    """The environment for git: token rewrites as GIT_CONFIG_* entries, no prompts."""
-    env = dict(os.environ)
-    rules = json.loads(os.environ.get("AGENTFARM_GIT_CREDENTIALS") or "[]")
-    count = 0
-    for rule in rules:
+def token_rules() -> list[dict[str, str]]:
+    rules: list[dict[str, str]] = json.loads(os.environ.get("AGENTFARM_GIT_CREDENTIALS") or "[]")
+    return rules
+
+
+def hidden_names() -> set[str]:
+    """Variables the agent must not see: the git tokens and their description."""
+    names = {"AGENTFARM_GIT_CREDENTIALS", "GITHUB_TOKEN", "GH_TOKEN", "FORGEJO_TOKEN"}
+    names |= {rule["env"] for rule in token_rules()}
+    return names | {name for name in os.environ if name.startswith("GIT_TOKEN_")}
+
+
+def _config_env(env: dict[str, str], items: list[tuple[str, str]]) -> dict[str, str]:
+    count = int(env.get("GIT_CONFIG_COUNT") or "0")
+    for key, value in items:
+        env[f"GIT_CONFIG_KEY_{count}"] = key
+        env[f"GIT_CONFIG_VALUE_{count}"] = value
+        count += 1
+    env["GIT_CONFIG_COUNT"] = str(count)
+    return env
+
+
+def plain_env() -> dict[str, str]:
+    """The environment for git without any token: no inherited GIT_* settings, no global or
+    system config (the agent can write ~/.gitconfig), no prompts."""
+    hidden = hidden_names()
+    env = {k: v for k, v in os.environ.items() if k not in hidden and not k.startswith("GIT_")}
+    env.update(GIT_CONFIG_NOSYSTEM="1", GIT_CONFIG_GLOBAL=os.devnull, GIT_TERMINAL_PROMPT="0")
+    return trust_workspace(env)
+
+
+def token_env() -> dict[str, str]:
+    """:func:`plain_env` plus the tokens as Authorization headers for their URL prefixes."""
+    items: list[tuple[str, str]] = []
+    for rule in token_rules():
         token = os.environ.get(rule["env"], "")
         if not token:
             continue
-        _secrets.extend({token, quote(token, safe="")})
-        prefix = rule["url"]
-        authed = prefix.replace(
-            "https://", f"https://{quote(rule['user'], safe='')}:{quote(token, safe='')}@", 1
-        )
-        env[f"GIT_CONFIG_KEY_{count}"] = f"url.{authed}.insteadOf"
-        env[f"GIT_CONFIG_VALUE_{count}"] = prefix
-        count += 1
-    env["GIT_CONFIG_COUNT"] = str(count)
-    env["GIT_TERMINAL_PROMPT"] = "0"
-    return trust_workspace(env)
+        basic = base64.b64encode(f"{rule['user']}:{token}".encode()).decode()
+        _secrets.extend({token, basic})
+        items.append((f"http.{rule['url']}.extraHeader", f"Authorization: Basic {basic}"))
+    return _config_env(plain_env(), items)
 
 
 def trust_workspace(env: dict[str, str]) -> dict[str, str]:
     """Add ``safe.directory`` for the workspace: its volume's mount point belongs to root, so
     git (>= 2.35.2) would otherwise refuse a repository there for our uid ("dubious
     ownership"). Environment config counts as command-line config, which git honours."""
-    count = int(env.get("GIT_CONFIG_COUNT") or "0")
-    env[f"GIT_CONFIG_KEY_{count}"] = "safe.directory"
-    env[f"GIT_CONFIG_VALUE_{count}"] = os.environ.get("AGENTFARM_WORKSPACE", "/workspace")
-    env["GIT_CONFIG_COUNT"] = str(count + 1)
-    return env
+    workspace = os.environ.get("AGENTFARM_WORKSPACE", "/workspace")
+    return _config_env(env, [("safe.directory", workspace)])
 
 
-def git(*args: str, env: dict[str, str] | None = None, timeout: float = 600) -> str:
-    """Run git in the workspace; raise with git's (masked) message on failure."""
+def safe_argv() -> list[str]:
+    argv = ["git"]
+    for key, value in SAFE_CONFIG:
+        argv += ["-c", f"{key}={value}"]
+    return argv
+
+
+def git(*args: str, env: dict[str, str], cwd: str | None = None, timeout: float = 600) -> str:
+    """Run git with the safe settings; raise with git's (masked) message on failure."""
     done = subprocess.run(
-        ["git", "-c", "core.hooksPath=/dev/null", *args],
-        cwd=os.environ.get("AGENTFARM_WORKSPACE", "/workspace"),
-        env=env or git_env(),
+        [*safe_argv(), *args],
+        cwd=cwd or os.environ.get("AGENTFARM_WORKSPACE", "/workspace"),
+        env=env,
+        stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -104,7 +154,7 @@ def clone() -> int:
     base = os.environ.get("AGENTFARM_BASE_BRANCH") or ""
     branch = os.environ["AGENTFARM_BRANCH"]
     workspace = os.environ.get("AGENTFARM_WORKSPACE", "/workspace")
-    env = git_env()
+    env = token_env()
     try:
         args = ["clone", "--quiet", "--no-tags"]
         if base:
@@ -136,9 +186,11 @@ def run(argv: list[str]) -> int:
         with open(stdin_path, "rb") as fh:
             first = fh.read()
     close_after = set(json.loads(os.environ.get("AGENTFARM_CLOSE_STDIN_AFTER") or "[]"))
-    hidden = {"AGENTFARM_GIT_CREDENTIALS", "GITHUB_TOKEN", "GH_TOKEN", "FORGEJO_TOKEN"}
+    hidden = hidden_names()
     env = trust_workspace({k: v for k, v in os.environ.items() if k not in hidden})
-    git_environment = git_env()  # reads the tokens before the agent starts
+    shared = os.environ.get("AGENTFARM_SHARED_CLAUDE")
+    if shared:
+        copy_credentials(shared, os.path.join(env.get("HOME") or "/home/agent", ".claude"))
 
     proc = subprocess.Popen(
         argv,
@@ -179,32 +231,105 @@ def run(argv: list[str]) -> int:
 
     def relay_stderr() -> None:
         for line in stderr:
-            emit(TAG_STDERR + line.rstrip(b"\n"))
+            emit(KIND_STDERR, line)
+
+    def relay_stdout() -> None:
+        for line in stdout:
+            emit(KIND_STDOUT, line)
+            if close_after and not stdin.closed and _top_type(line) in close_after:
+                written.wait(5)
+                close_stdin()
 
     threads = [threading.Thread(target=feed, daemon=True)]
     threads.append(threading.Thread(target=relay_stderr, daemon=True))
+    threads.append(threading.Thread(target=relay_stdout, daemon=True))
     for thread in threads:
         thread.start()
-    for line in stdout:
-        emit(line)
-        if close_after and not stdin.closed and _top_type(line) in close_after:
-            written.wait(5)
-            close_stdin()
     code = proc.wait()
     for thread in threads:
         thread.join(timeout=5)
+    if any(thread.is_alive() for thread in threads):
+        # A process the agent left behind holds its stdout or stderr open: the run is over
+        # all the same (in the pod, where this is PID 1, that process goes now).
+        reap_leftovers()
+        for thread in threads:
+            thread.join(timeout=5)
     code = 128 - code if code < 0 else code
     if not signalled and os.environ.get("AGENTFARM_PUSH") == "1":
-        push(git_environment)
+        push()
     return code
 
 
-def push(env: dict[str, str]) -> None:
-    branch = os.environ["AGENTFARM_BRANCH"]
-    workspace = os.environ.get("AGENTFARM_WORKSPACE", "/workspace")
+def copy_credentials(shared: str, claude_dir: str) -> None:
+    """Copy the shared ~/.claude's credentials file, and only that, into the pod's own
+    ~/.claude (the shared volume is mounted read-only: no run can plant hooks there)."""
+    source = os.path.join(shared, ".credentials.json")
     try:
-        with open(os.path.join(workspace, ".git", "agentfarm-base")) as fh:
-            base = fh.read().strip()
+        fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        notice(
+            f"no .credentials.json in the shared ~/.claude ({shared}): log in once with the "
+            "kit's login pod (docs/deploy.md)"
+        )
+        return
+    except OSError as exc:
+        notice(f"cannot read the shared credentials {source}: {exc.strerror}")
+        return
+    with os.fdopen(fd, "rb") as fh:
+        data = fh.read()
+    os.makedirs(claude_dir, mode=0o700, exist_ok=True)
+    target = os.path.join(claude_dir, ".credentials.json")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(target)
+    out = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(out, "wb") as fh:
+        fh.write(data)
+
+
+def reap_leftovers() -> None:
+    """Kill every process the agent left behind, so none can read the push's environment
+    (same uid). Only as PID 1, that is in the pod's own PID namespace, where every other
+    process is the agent's; run by hand, there is no such boundary to rely on."""
+    if os.getpid() != 1:
+        return
+    for _ in range(50):
+        others = [int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) != 1]
+        if not others:
+            return
+        for pid in others:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            while os.waitpid(-1, os.WNOHANG)[0] > 0:
+                pass
+        time.sleep(0.1)
+
+
+def push() -> None:
+    """Push HEAD of the workspace to AGENTFARM_BRANCH of AGENTFARM_REPO, and nowhere else.
+
+    The workspace's git is read without a token and with hooks and fsmonitor off; the commits
+    of its HEAD are copied into a fresh bare repository whose only config is ours, and the
+    push, the one git command that holds the token, runs there, to the URL itself (no remote
+    name, so no pushurl or insteadOf of the agent's applies)."""
+    branch = os.environ["AGENTFARM_BRANCH"]
+    repo = os.environ["AGENTFARM_REPO"]
+    workspace = os.environ.get("AGENTFARM_WORKSPACE", "/workspace")
+    git_dir = os.path.join(workspace, ".git")
+    fresh = ""
+    try:
+        if os.path.islink(git_dir) or not os.path.isdir(git_dir):
+            notice(f"not pushing {branch}: the workspace's .git is no longer a directory")
+            return
+        if os.path.lexists(os.path.join(git_dir, "commondir")):
+            notice(f"not pushing {branch}: the workspace's .git/commondir points elsewhere")
+            return
+        env = plain_env()
+        fd = os.open(os.path.join(git_dir, "agentfarm-base"), os.O_RDONLY | os.O_NOFOLLOW)
+        with os.fdopen(fd) as fh:
+            base = fh.read(200).strip()
+        if not re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", base):
+            raise ValueError("the workspace's .git/agentfarm-base no longer names a commit")
         if git("status", "--porcelain", env=env):
             notice("uncommitted changes are left in the workspace; only commits are pushed")
         count = int(git("rev-list", "--count", f"{base}..HEAD", env=env) or "0")
@@ -212,10 +337,28 @@ def push(env: dict[str, str]) -> None:
             notice(f"no commits on {branch}: nothing to push")
             return
         last = git("log", "-1", "--format=%h %s", env=env)
-        git("push", "--quiet", "origin", f"HEAD:refs/heads/{branch}", env=env, timeout=300)
+        head = git("rev-parse", "--verify", "HEAD^{commit}", env=env)
+        fresh = tempfile.mkdtemp(prefix="agentfarm-push-")
+        git("init", "--quiet", "--bare", fresh, env=env, cwd=fresh)
+        # Borrow the workspace's objects just long enough to copy what the branch needs: no
+        # git process runs in the workspace (nor reads its config) from here on.
+        alternates = os.path.join(fresh, "objects", "info", "alternates")
+        with open(alternates, "w") as fh:
+            fh.write(os.path.join(os.path.abspath(git_dir), "objects") + "\n")
+        git("update-ref", f"refs/heads/{branch}", head, env=env, cwd=fresh)
+        git("repack", "-a", "-d", "-q", env=env, cwd=fresh)
+        os.unlink(alternates)
+        reap_leftovers()
+        git(
+            "push", "--quiet", "--", repo, f"refs/heads/{branch}:refs/heads/{branch}",
+            env=token_env(), cwd=fresh, timeout=300,
+        )  # fmt: skip
         notice(f"pushed {count} commit(s) to {branch} (last: {last})")
     except (OSError, ValueError, RuntimeError, subprocess.TimeoutExpired) as exc:
         notice(f"pushing {branch} failed: {exc}")
+    finally:
+        if fresh:
+            shutil.rmtree(fresh, ignore_errors=True)
 
 
 def _top_type(line: bytes) -> str | None:

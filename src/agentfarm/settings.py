@@ -171,6 +171,18 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("ANTHROPIC_BASE_URL"),
         description="Messages API endpoint for agents (a proxy or gateway).",
     )
+    github_token: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("GITHUB_TOKEN"),
+        description="Token with which kubernetes runs clone and push https://github.com "
+        "repositories (or `agentfarm secret set GITHUB_TOKEN`).",
+    )
+    forgejo_token: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("FORGEJO_TOKEN"),
+        description="Token for the Forgejo of AGENTFARM_K8S_FORGEJO_URL (or `agentfarm secret "
+        "set FORGEJO_TOKEN`); other hosts: `agentfarm secret set GIT_TOKEN_<HOST>`.",
+    )
 
     # --- paths derived from data_dir -------------------------------------------------------
     @property

@@ -255,6 +255,10 @@ def _write_kubelet_config(workdir: Path, cgroup_name: str) -> None:
             "nodefs.inodesFree": "1%",
             "imagefs.available": "1%",
         },
+        # Small, so that a test can make the kubelet rotate a container's log (it checks
+        # every 10 s): tests/k8s/test_backend_node.py reads a log across rotations.
+        "containerLogMaxSize": "1Mi",
+        "containerLogMaxFiles": 2,
         "imageGCHighThresholdPercent": 100,
         "imageGCLowThresholdPercent": 99,
         "makeIPTablesUtilChains": False,

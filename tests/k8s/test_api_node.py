@@ -15,10 +15,11 @@ from typing import Any
 import pytest
 
 from agentfarm.backends.kubernetes import manifests
-from tests.fakes import anthropic_api
+from tests.fakes import anthropic_api, git_http
 from tests.integration.server import Server
 from tests.k8s import cluster
 from tests.k8s.agentimage import API_KEY, AgentWorld, agent_world
+from tests.k8s.test_backend_node import Relay
 
 TERMINAL = {"succeeded", "failed", "stopped", "lost"}
 
@@ -172,3 +173,44 @@ def test_server_kill9_midrun_then_restart(server: Server, world: AgentWorld) -> 
     statuses = [e["data"]["status"] for e in events if e["type"] == "run.status"]
     assert statuses == ["queued", "starting", "running", "succeeded"]
     assert world.branch_log(f"agentfarm/{run_id}") == ["slow work", "init"]
+
+
+def test_a_run_pushes_to_a_remote_that_requires_the_stored_token(
+    server: Server, world: AgentWorld
+) -> None:
+    """Item 6: `POST /api/runs` for a repository behind a token-checking git HTTP server (a
+    real `git http-backend`, relayed into the node's network namespace at the node IP). The
+    token is stored with the secrets API under the per-host name; the pod clones and pushes
+    with it, and nothing else (events, the agent) sees it."""
+    token = "forge-token-k8s-node-0123456789"
+    forge = git_http.GitHttpServer(world.origin.parent, token=token).start()
+    relay = Relay.start(world.node, forge.port, world.origin.parent.parent)
+    try:
+        name = f"GIT_TOKEN_{cluster.NODE_IP.replace('.', '_')}_{forge.port}"
+        with server.client() as c:
+            assert c.put(f"/api/secrets/{name}", json={"value": token}).status_code == 204
+            spec = world.spec(f"{anthropic_api.marker('write-and-commit')} add a hello file")
+            spec["repo"] = f"http://{cluster.NODE_IP}:{forge.port}/{world.origin.name}"
+            response = c.post("/api/runs", json={"spec": spec})
+            assert response.status_code == 201, response.text
+            refused = c.post(
+                "/api/runs",
+                json={
+                    "spec": spec | {"repo": spec["repo"].replace("http://", f"http://u:{token}@")}
+                },
+            )
+            assert refused.status_code == 422 and "agentfarm secret set" in refused.text
+        run_id = response.json()["id"]
+        done = server.wait_status(run_id, TERMINAL, timeout=180)
+        events = stored_events(server, run_id)
+        assert done["status"] == "succeeded", (done, events)
+        notices = [e["data"]["message"] for e in events if e["type"] == "run.notice"]
+        assert any(n.startswith(f"pushed 1 commit(s) to agentfarm/{run_id}") for n in notices)
+        assert world.branch_file(f"agentfarm/{run_id}", "hello.txt") == "Hello from agentfarm.\n"
+        assert forge.passwords() == {token}  # every request carried it: clone and push
+        pushes = [s for s in forge.seen if s.path.endswith("/git-receive-pack")]
+        assert pushes and all(s.method == "POST" for s in pushes)
+        assert token not in json.dumps(events)
+    finally:
+        relay.stop()
+        forge.stop()

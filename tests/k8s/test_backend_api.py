@@ -144,7 +144,8 @@ async def test_launch_creates_pod_and_secret_the_server_accepts(
 ) -> None:
     settings, kubelet, _ = env
     run = new_run()
-    handle, info = await backend.launch(run, COMMAND, SECRETS)
+    other_host = {"GIT_TOKEN_GITLAB_EXAMPLE_ORG": "gl-other-host"}
+    handle, info = await backend.launch(run, COMMAND, SECRETS | other_host)
     name = manifests.object_name(run.id)
     assert info.branch == f"agentfarm/{run.id}"
     ns = settings.k8s_namespace
@@ -156,9 +157,13 @@ async def test_launch_creates_pod_and_secret_the_server_accepts(
     assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     assert spec["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
     assert "oauth-test-value" not in str(pod)
+    assert "ghp_test_value" not in str(pod) and "gl-other-host" not in str(pod)
     status, secret = await kubelet.get(f"/api/v1/namespaces/{ns}/secrets/{name}")
     assert status == 200
     assert base64.b64decode(secret["data"][manifests.STDIN_KEY]) == COMMAND.stdin
+    # the git token for the run's host travels in the Secret; another host's stays home
+    assert base64.b64decode(secret["data"]["GITHUB_TOKEN"]) == b"ghp_test_value"
+    assert "GIT_TOKEN_GITLAB_EXAMPLE_ORG" not in secret["data"]
     assert secret["metadata"]["ownerReferences"][0]["uid"] == pod["metadata"]["uid"]
     with pytest.raises(errors.BackendError, match="not supported on kubernetes"):
         await handle.send(b"more")

@@ -303,3 +303,101 @@ async def test_restart_reattaches_and_resumes_the_log(world: World) -> None:
         await second.cleanup(run)
     finally:
         await second.aclose()
+
+
+def shell(script: str) -> AgentCommand:
+    """An "agent" that is a shell script (the image has bash and coreutils)."""
+    return AgentCommand(argv=["bash", "-c", script], env={}, stdin=b"", close_stdin_after=())
+
+
+async def test_a_run_cannot_write_the_shared_claude_home(
+    world: World, backend: k8s_backend.KubernetesBackend, tmp_path: Path
+) -> None:
+    """Item 2b: with credentials `shared-home` the claim is mounted read-only, beside the pod's
+    own ~/.claude, which gets the credentials file and nothing else."""
+    shared = tmp_path / "claude-home"
+    shared.mkdir()
+    files = {".credentials.json": '{"claudeAiOauth": {"accessToken": "t"}}\n',
+             "settings.json": '{"theme": "dark"}\n'}  # fmt: skip
+    for name, text in files.items():
+        (shared / name).write_text(text)
+    subprocess.run(["chown", "-R", "1000:1000", str(shared)], check=True)
+    ns = world.settings.k8s_namespace
+    pv = f"claude-home-{ns}"
+    world.node.ensure("/api/v1/persistentvolumes", {
+        "apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": pv},
+        "spec": {"capacity": {"storage": "1Mi"}, "accessModes": ["ReadWriteMany"],
+                 "persistentVolumeReclaimPolicy": "Retain", "storageClassName": "",
+                 "hostPath": {"path": str(shared), "type": "Directory"}},
+    })  # fmt: skip
+    world.node.ensure(f"/api/v1/namespaces/{ns}/persistentvolumeclaims", {
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": {"name": world.settings.k8s_credentials_claim},
+        "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "", "volumeName": pv,
+                 "resources": {"requests": {"storage": "1Mi"}}},
+    })  # fmt: skip
+    hook = '{"hooks": {"SessionStart": [{"hooks": [{"type": "command", "command": "id"}]}]}}'
+    script = (
+        "ls -A ~/.claude | sed 's/^/home: /'\n"
+        "grep -q accessToken ~/.claude/.credentials.json && echo 'credentials copied'\n"
+        f"echo '{hook}' > $AGENTFARM_SHARED_CLAUDE/settings.json || echo 'refused: settings'\n"
+        ": > $AGENTFARM_SHARED_CLAUDE/planted || echo 'refused: new file'\n"
+        "rm -f $AGENTFARM_SHARED_CLAUDE/.credentials.json || echo 'refused: delete'\n"
+    )
+    spec = models.AgentSpec(
+        repo=world.repo_url, base_branch="main", prompt="p", backend="kubernetes",
+        kubernetes={"credentials": "shared-home"},
+    )  # fmt: skip
+    run = models.Run(spec=spec)
+    handle, _ = await backend.launch(run, shell(script), {})
+    records = await collect(handle.records(after=0))
+    out = [r.data.decode() for r in records if r.kind == "stdout"]
+    assert records[-1].exit is not None and records[-1].exit.exit_code == 0, records
+    assert out[:2] == ["home: .credentials.json", "credentials copied"], out
+    assert {"refused: settings", "refused: new file", "refused: delete"} <= set(out), out
+    assert sorted(p.name for p in shared.iterdir()) == sorted(files)
+    for name, text in files.items():
+        assert (shared / name).read_text() == text
+    await backend.cleanup(run)
+
+
+async def test_the_cursor_survives_the_kubelets_log_rotation(
+    world: World, backend: k8s_backend.KubernetesBackend
+) -> None:
+    """Item 7a: the agent writes about 4 MiB in bursts of 1 MiB, 12 s apart, so the kubelet
+    rotates its log (1 MiB, checked every 10 s; tests/k8s/node.py) under the backend's
+    follow. Every line arrives once, in order; read again later (the kubelet serves only the
+    newest file then), the lines keep their cursors and what rotation took is announced."""
+    bursts, per_burst = 4, 1000
+    script = (
+        f"pad=$(printf '%01000d' 0)\n"
+        f"for ((b = 0; b < {bursts}; b++)); do\n"
+        "  if ((b > 0)); then sleep 12; fi\n"
+        f"  for ((i = 1; i <= {per_burst}; i++)); do\n"
+        f'    printf \'{{"type":"x","n":%d,"pad":"%s"}}\\n\' $((b * {per_burst} + i)) $pad\n'
+        "  done\n"
+        "done\n"
+    )
+    run = world.run("p")
+    handle, _ = await backend.launch(run, shell(script), {})
+    live = await collect(handle.records(after=0), timeout=300)
+    assert live[-1].exit is not None and live[-1].exit.exit_code == 0, live[-5:]
+    cursors = [r.cursor for r in live]
+    assert cursors == sorted(set(cursors))
+    numbers = [json.loads(r.data)["n"] for r in live if r.kind == "stdout"]
+    assert numbers == sorted(set(numbers))
+    notices = [r.data.decode() for r in live if r.kind == "notice"]
+    assert numbers == list(range(1, bursts * per_burst + 1)), (len(numbers), notices)
+
+    # Read again, as after a restart: the kubelet serves only the newest file now.
+    again = await backend.attach(run)
+    replay = await collect(again.records(after=0), timeout=120)
+    first = next(r for r in replay if r.kind == "stdout")
+    assert json.loads(first.data)["n"] > 1, "the log was not rotated: the test proves nothing"
+    seen = {r.cursor: r.data for r in live if r.kind == "stdout"}
+    again_seen = {r.cursor: r.data for r in replay if r.kind == "stdout"}
+    assert again_seen and all(seen[c] == d for c, d in again_seen.items())  # same cursors
+    assert any("rotated away" in r.data.decode() for r in replay if r.kind == "notice")
+    resumed = await collect(again.records(after=live[-2].cursor), timeout=120)
+    assert [r.kind for r in resumed] == ["exit"]
+    await backend.cleanup(run)

@@ -76,17 +76,56 @@ def test_git_token_goes_to_git_not_to_the_agent_env() -> None:
     env = env_of(agent)
     rules = json.loads(env["AGENTFARM_GIT_CREDENTIALS"])  # type: ignore[arg-type]
     assert rules == [
-        {"url": "https://github.com/", "user": "x-access-token", "env": "GITHUB_TOKEN"},
-        {"url": "https://code.example.org/", "user": "oauth2", "env": "FORGEJO_TOKEN"},
+        {"url": "https://github.com/", "user": "x-access-token", "env": "GITHUB_TOKEN"}
     ]
     assert env["CLAUDE_CODE_OAUTH_TOKEN"] == {
         "secretKeyRef": {"name": "agentfarm-run-abc123def456", "key": "CLAUDE_CODE_OAUTH_TOKEN"}
     }
+    assert "FORGEJO_TOKEN" not in env  # another host's token
     assert agent["command"][:5] == ["python3", manifests.ENTRYPOINT, "run", "--", "claude"]
     assert json.loads(env["AGENTFARM_CLOSE_STDIN_AFTER"]) == ["result"]  # type: ignore[arg-type]
     clone_env = env_of(pod["spec"]["initContainers"][0])
     assert "CLAUDE_CODE_OAUTH_TOKEN" not in clone_env
     assert "GITHUB_TOKEN" in clone_env
+
+
+@pytest.mark.parametrize(
+    ("repo", "token"),
+    [
+        ("https://github.com/o/r.git", "GITHUB_TOKEN"),
+        ("https://code.example.org/o/r.git", "FORGEJO_TOKEN"),
+        ("https://git.example.net/o/r.git", "GIT_TOKEN_GIT_EXAMPLE_NET"),
+        ("http://git.lan:3000/o/r.git", "GIT_TOKEN_GIT_LAN_3000"),
+        ("http://github.com/o/r.git", None),  # forge tokens never go over plain http
+        ("git://github.com/o/r.git", None),
+        ("https://elsewhere.example/o/r.git", None),
+    ],
+)
+def test_the_runs_secret_holds_only_the_token_for_its_repository(
+    repo: str, token: str | None
+) -> None:
+    """Item 6: git tokens travel in the run's Secret, one, for the run's own host."""
+    spec = models.AgentSpec(repo=repo, prompt="p", backend="kubernetes")
+    run = models.Run(id="abc123def456", spec=spec)
+    _, command, _ = make()
+    cfg = config.resolve(
+        spec, Settings(k8s_image="a:1", k8s_forgejo_url="https://code.example.org")
+    )
+    tokens = {
+        "GITHUB_TOKEN": "ghp_1",
+        "FORGEJO_TOKEN": "fj_2",
+        "GIT_TOKEN_GIT_EXAMPLE_NET": "tok_3",
+        "GIT_TOKEN_GIT_LAN_3000": "tok_4",
+        "GIT_TOKEN_GIT_LAN": "tok_5",
+    }
+    secrets = {"ANTHROPIC_API_KEY": "sk-ant-1", **tokens}
+    data = manifests.build_secret(run, command, secrets, cfg)["data"]
+    held = {k for k in data if k in tokens}
+    assert held == ({token} if token else set())
+    assert "ANTHROPIC_API_KEY" in data
+    pod = json.dumps(manifests.build_pod(run, command, secrets, cfg))
+    for value in secrets.values():
+        assert value not in pod
 
 
 def test_scheduling_and_runtime_settings() -> None:
@@ -108,16 +147,28 @@ def test_scheduling_and_runtime_settings() -> None:
     }
 
 
-def test_shared_home_mounts_the_claim_and_drops_the_token() -> None:
+def test_shared_home_is_mounted_read_only_beside_the_pods_own_home() -> None:
+    """Item 2b: no run can write the shared ~/.claude (hooks in settings.json would run in
+    every later run); the entrypoint copies only its credentials file into the pod's HOME."""
     run, command, cfg = make(credentials="shared-home")
     pod = manifests.build_pod(run, command, SECRETS, cfg)
     agent = pod["spec"]["containers"][0]
     assert "CLAUDE_CODE_OAUTH_TOKEN" not in env_of(agent)
-    assert {"name": "claude-home", "mountPath": "/home/agent/.claude"} in agent["volumeMounts"]
+    assert env_of(agent)["AGENTFARM_SHARED_CLAUDE"] == manifests.SHARED_CLAUDE
+    shared = [m for m in agent["volumeMounts"] if m["name"] == "claude-home"]
+    assert shared == [
+        {"name": "claude-home", "mountPath": manifests.SHARED_CLAUDE, "readOnly": True}
+    ]
+    assert not manifests.SHARED_CLAUDE.startswith(manifests.HOME)
     claims = [v for v in pod["spec"]["volumes"] if "persistentVolumeClaim" in v]
     assert claims == [
-        {"name": "claude-home", "persistentVolumeClaim": {"claimName": "claude-home"}}
+        {
+            "name": "claude-home",
+            "persistentVolumeClaim": {"claimName": "claude-home", "readOnly": True},
+        }
     ]
+    init = pod["spec"]["initContainers"][0]
+    assert all(m["name"] != "claude-home" for m in init["volumeMounts"])
 
 
 def test_missing_image_and_bad_run_id_are_clear() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from agentfarm.backends.kubernetes import status
-from agentfarm.backends.kubernetes.backend import line_record
+from agentfarm.backends.kubernetes.backend import parse_line
 
 
 def pod(phase: str = "Pending", *, node: str | None = "n1", **st: Any) -> dict[str, Any]:
@@ -87,7 +87,12 @@ def test_deleted_pods_are_lost_unless_stopped() -> None:
     assert status.describe(p, stopping=True).exit.stopped  # type: ignore[union-attr]
 
 
-def test_log_lines_become_records() -> None:
-    assert line_record(256, b'{"type":"x"}').kind == "stdout"
-    assert line_record(512, b"\x1eE boom").data == b"boom"
-    assert line_record(768, b"\x1eN pushed").kind == "notice"
+def test_log_lines_carry_their_sequence_number_and_kind() -> None:
+    assert parse_line(b'\x1eO1 {"type":"x"}') == (1, "stdout", b'{"type":"x"}')
+    assert parse_line(b"\x1eE12 boom") == (12, "stderr", b"boom")
+    assert parse_line(b"\x1eN345 pushed 1 commit") == (345, "notice", b"pushed 1 commit")
+    assert parse_line(b"\x1eO7 ") == (7, "stdout", b"")
+    # an image from before sequence numbers, and plain text, are read as they come
+    assert parse_line(b"\x1eE boom") == (None, "stderr", b"boom")
+    assert parse_line(b'{"type":"x"}') == (None, "stdout", b'{"type":"x"}')
+    assert parse_line(b"\x1eX1 odd") == (None, "stdout", b"\x1eX1 odd")

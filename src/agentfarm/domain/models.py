@@ -10,6 +10,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from agentfarm.domain import gittokens
+
 SLUG_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 TOOL_RE = re.compile(r"^[A-Za-z0-9_*:.()\- /,@\[\]]{1,200}$")
@@ -216,6 +218,12 @@ class AgentSpec(_Strict):
             raise ValueError("repo must be a local path or a git URL")
         if value.lower().startswith("ext::"):
             raise ValueError("the ext:: git transport is not allowed")
+        if gittokens.has_url_credentials(value):
+            raise ValueError(
+                "the repository URL carries credentials, which would be stored and shown with "
+                "the run: give the URL without them and store the token with `agentfarm secret "
+                "set GITHUB_TOKEN` (FORGEJO_TOKEN, or GIT_TOKEN_<HOST> for another host)"
+            )
         return value
 
 

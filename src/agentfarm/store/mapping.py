@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from agentfarm.domain import errors, models
+from agentfarm.domain import errors, gittokens, models
 
 #: Column order of the ``runs`` table as the store selects it: exactly the fields of ``Run``.
 RUN_COLUMNS: tuple[str, ...] = (
@@ -92,7 +92,15 @@ def row_to_run(row: Sequence[Any]) -> models.Run:
     for name in _RUN_TIME_FIELDS:
         if data[name] is not None:
             data[name] = load_time(data[name])
+    _strip_repo_credentials(data["spec"])
     return models.Run.model_validate(data)
+
+
+def _strip_repo_credentials(spec: Any) -> None:
+    """Repository URLs with credentials are refused now; older rows load without them."""
+    repo = spec.get("repo") if isinstance(spec, dict) else None
+    if isinstance(repo, str) and gittokens.has_url_credentials(repo):
+        spec["repo"] = gittokens.strip_url_credentials(repo)
 
 
 def check_run_fields(fields: Any) -> None:
@@ -124,9 +132,11 @@ def config_to_row(cfg: models.AgentConfig) -> tuple[Any, ...]:
 
 def row_to_config(row: Sequence[Any]) -> models.AgentConfig:
     id_, name, spec, created_at, updated_at = row
+    stored = json.loads(spec)
+    _strip_repo_credentials(stored)
     return models.AgentConfig.model_validate(
         {
-            **json.loads(spec),
+            **stored,
             "id": id_,
             "name": name,
             "created_at": load_time(created_at),

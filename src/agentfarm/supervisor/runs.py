@@ -19,7 +19,7 @@ from typing import Any
 
 from agentfarm.agents.base import AgentAdapter, StreamParser
 from agentfarm.backends.base import Backend, ExitInfo, LaunchInfo, Record, RunHandle
-from agentfarm.domain import errors, models
+from agentfarm.domain import errors, gittokens, models
 from agentfarm.domain.redact import Redactor
 from agentfarm.settings import Settings
 from agentfarm.store import Store
@@ -131,7 +131,21 @@ class Supervisor:
                 "`claude setup-token`) or ANTHROPIC_API_KEY in the server's environment, or "
                 "store one with `agentfarm secret set CLAUDE_CODE_OAUTH_TOKEN`"
             )
+        if spec is not None and spec.backend == "kubernetes":
+            found |= self._git_tokens(stored)
         return found
+
+    def _git_tokens(self, stored: Mapping[str, str]) -> dict[str, str]:
+        """Git tokens, for backends that clone and push away from this host (a pod): the
+        backend hands on only the one for the run's repository host (domain.gittokens)."""
+        tokens = {k: v for k, v in stored.items() if gittokens.is_git_token(k) and v}
+        for name, env_value in (
+            ("GITHUB_TOKEN", self.settings.github_token),
+            ("FORGEJO_TOKEN", self.settings.forgejo_token),
+        ):
+            if env_value is not None and env_value.get_secret_value():
+                tokens[name] = env_value.get_secret_value()
+        return tokens
 
     def _redactor(self, creds: Mapping[str, str]) -> Redactor:
         return Redactor.of(self.secrets.all(), {k: v for k, v in creds.items() if "URL" not in k})

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -148,12 +148,21 @@ class Api:
                 yield kind, obj
 
     async def pod_log(
-        self, namespace: str, name: str, container: str, *, follow: bool
-    ) -> AsyncIterator[bytes]:
-        """The container's log, line by line (without newlines), from its start."""
+        self,
+        namespace: str,
+        name: str,
+        container: str,
+        *,
+        follow: bool,
+        since_seconds: int | None = None,
+    ) -> AsyncGenerator[bytes, None]:
+        """The container's log, line by line (without newlines), from its start (or from
+        ``since_seconds`` ago)."""
+        options: dict[str, Any] = {"since_seconds": since_seconds} if since_seconds else {}
         response: Any = await self.core.read_namespaced_pod_log(
-            name, namespace, container=container, follow=follow, _preload_content=False
-        )
+            name, namespace, container=container, follow=follow, _preload_content=False,
+            **options,
+        )  # fmt: skip
         async with response:
             if response.status >= 400:
                 raise _error(response.status, await response.read())

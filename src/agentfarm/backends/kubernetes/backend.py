@@ -1,14 +1,16 @@
 """The kubernetes backend: launch, follow, stop, reattach and clean up one pod per run.
 
 Records come from two places: the pod's status (notices while it starts, ``started``, the
-exit) and the agent container's log, which the image's entrypoint writes (the agent's stdout
-lines as they are; its stderr and the entrypoint's own notices as lines tagged with a leading
-``\\x1e``, because the log API merges both streams).
+exit) and the agent container's log, which the image's entrypoint writes: every line is
+``\\x1e<kind><seq> <payload>`` (kind ``O`` the agent's stdout, ``E`` its stderr, ``N`` the
+entrypoint's notices, because the log API merges both streams; ``seq`` counts lines from 1).
 
-Cursors are ``line << 8 | slot``: log line ``n`` has cursor ``n << 8``; notices that follow it
-take slots 1..253; ``started`` is ``254`` (before any line) and the exit ``line << 8 | 255``.
-After a restart ``records(after)`` re-reads the log from the start and skips what the stored
-cursor covers, so nothing is lost or doubled as long as the pod exists.
+Cursors are ``seq << 8 | slot``: log line ``seq`` has cursor ``seq << 8``; notices that follow
+it take slots 1..253; ``started`` is ``254`` (before any line) and the exit ``seq << 8 | 255``.
+The sequence number, not a line's position in what the log API returns, is the cursor: the
+kubelet rotates container logs and then serves only the newest file. After a restart (or a
+broken stream) ``records(after)`` re-reads the log and skips what the stored cursor covers, so
+nothing is doubled; lines the kubelet rotated away before they were read become one notice.
 """
 
 from __future__ import annotations
@@ -36,22 +38,36 @@ log = logging.getLogger(__name__)
 
 STARTED_SLOT = 254
 EXIT_SLOT = 255
-TAG_STDERR = b"\x1eE "
-TAG_NOTICE = b"\x1eN "
+_KINDS: dict[int, RecordKind] = {ord("O"): "stdout", ord("E"): "stderr", ord("N"): "notice"}
 #: How long the watch on a starting pod lasts before it is renewed (server side).
 WATCH_SECONDS = 60
 #: After the log ends, how long to wait for the kubelet to report the container's exit.
 EXIT_REPORT_SECONDS = 20.0
 _RETRYABLE = (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError)
+#: A followed log that brings nothing for this long is reopened. The kubelet rotates a
+#: container's log (checking every 10 s); a follow that began before the rotation may keep
+#: reading the old file (Kubernetes 1.20 does), and what is in neither is lost.
+QUIET_REOPEN_SECONDS = 5.0
+#: A reopened follow starts this long before the last line read (the kubelet's since-time
+#: counts on the node's clock; the skip by sequence number drops what was read before).
+SINCE_MARGIN_SECONDS = 30
 
 
-def line_record(cursor: int, line: bytes) -> Record:
-    """A log line as the record the entrypoint meant it to be."""
-    if line.startswith(TAG_STDERR):
-        return Record(cursor, "stderr", line[len(TAG_STDERR) :])
-    if line.startswith(TAG_NOTICE):
-        return Record(cursor, "notice", line[len(TAG_NOTICE) :])
-    return Record(cursor, "stdout", line)
+class _Quiet(Exception):
+    """A followed log stream brought nothing for QUIET_REOPEN_SECONDS."""
+
+
+def parse_line(line: bytes) -> tuple[int | None, RecordKind, bytes]:
+    """A log line as (sequence number, kind, payload), the way the entrypoint wrote it. A line
+    without a sequence number (an older image, or the runtime's own words) has ``None``."""
+    if len(line) >= 2 and line[0] == 0x1E and line[1] in _KINDS:
+        kind = _KINDS[line[1]]
+        digits, space, payload = line[2:].partition(b" ")
+        if space and digits.isdigit():
+            return int(digits), kind, payload
+        if not digits and line[2:3] == b" ":
+            return None, kind, line[3:]
+    return None, "stdout", line
 
 
 @dataclass
@@ -78,6 +94,14 @@ class _Cursor:
 
     def exit(self) -> int:
         return (self.line << 8) | EXIT_SLOT
+
+
+def _rotated_notice(lost: range) -> str:
+    lines = f"line {lost.start}" if len(lost) == 1 else f"lines {lost.start}-{lost[-1]}"
+    return (
+        f"log {lines} of the agent were rotated away by the kubelet before agentfarm read "
+        "them; raise the kubelet's containerLogMaxSize if this happens often"
+    )
 
 
 class KubernetesHandle:
@@ -122,26 +146,59 @@ class KubernetesHandle:
             yield Record(cursor.exit(), "exit", exit=view.exit)
             return
 
-        # The agent runs (or ran): follow its log; reopen it if it breaks, skipping lines seen.
+        # The agent runs (or ran): follow its log; reopen it if it breaks or goes quiet,
+        # skipping lines seen.
         follow = True
+        numbered = False
+        last_kind: RecordKind | None = None
+        loop = asyncio.get_running_loop()
+        last_line_at: float | None = None
+        since: int | None = None
         while True:
+            quiet = False
             try:
-                count = 0
-                async for line in self._api.pod_log(
-                    ns, name, manifests.AGENT_CONTAINER, follow=follow
-                ):
-                    count += 1
-                    if count <= cursor.line:
+                async for line in self._log(follow, since):
+                    last_line_at = loop.time()
+                    seq, kind, data = parse_line(line)
+                    if seq is None and numbered:
+                        # The rest of a line longer than api.MAX_LINE: same kind, next slot.
+                        if last_kind is not None and (
+                            record := keep(last_kind, cursor.notice(), data)
+                        ):
+                            yield record
                         continue
-                    at = cursor.advance(count)
+                    if seq is None:  # an image from before sequence numbers: count lines
+                        seq = cursor.line + 1
+                    else:
+                        numbered = True
+                    if seq <= cursor.line:
+                        last_kind = None  # read before: so is the rest of it
+                        continue
+                    last_kind = kind
+                    lost = range(max(cursor.line, after >> 8) + 1, seq)
+                    if lost:
+                        cursor.advance(seq - 1)
+                        what = _rotated_notice(lost).encode()
+                        if record := keep("notice", cursor.notice(), what):
+                            yield record
+                    at = cursor.advance(seq)
                     if at > after:
-                        yield line_record(at, line)
+                        yield Record(at, kind, data)
+            except _Quiet:
+                quiet = True
             except k8s_api.ApiError as exc:
                 if exc.status not in (400, 404, 500, 503):
                     raise
                 log.info("log stream of %s/%s: %s", ns, name, exc)
             except _RETRYABLE as exc:
                 log.info("log stream of %s/%s broke: %r; reopening", ns, name, exc)
+            if quiet:
+                # Reopen from a little before the last line: a quiet agent costs a short read.
+                since = None
+                if last_line_at is not None:
+                    since = math.ceil(loop.time() - last_line_at) + SINCE_MARGIN_SECONDS
+                continue
+            since = None
             exit_info = await self._wait_exit()
             if exit_info is not None and not follow:
                 yield Record(cursor.exit(), "exit", exit=exit_info)
@@ -151,6 +208,27 @@ class KubernetesHandle:
             follow = exit_info is None
             if follow:
                 await asyncio.sleep(1.0)
+
+    async def _log(self, follow: bool, since: int | None) -> AsyncIterator[bytes]:
+        """The agent's log lines. A followed stream that brings nothing for
+        QUIET_REOPEN_SECONDS ends with :class:`_Quiet`: the kubelet may be following a file
+        it has rotated away, and only a new stream reads the new file."""
+        ns, name = self._state.namespace, self._state.name
+        stream = self._api.pod_log(
+            ns, name, manifests.AGENT_CONTAINER, follow=follow, since_seconds=since
+        )
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(QUIET_REOPEN_SECONDS if follow else None):
+                        line = await anext(stream)
+                except StopAsyncIteration:
+                    return
+                except TimeoutError:
+                    raise _Quiet from None
+                yield line
+        finally:
+            await stream.aclose()
 
     @property
     def stopping(self) -> bool:

@@ -8,9 +8,6 @@ from dataclasses import dataclass, field
 from agentfarm.domain import errors, models
 from agentfarm.settings import Settings
 
-#: Secrets that are git credentials: they reach git in the entrypoint, never the agent's env.
-GIT_TOKEN_NAMES = ("GITHUB_TOKEN", "GH_TOKEN", "FORGEJO_TOKEN")
-
 
 @dataclass(frozen=True)
 class PodConfig:

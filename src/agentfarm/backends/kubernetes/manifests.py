@@ -17,11 +17,10 @@ import json
 import posixpath
 import re
 from typing import Any
-from urllib.parse import urlsplit
 
 from agentfarm.agents.base import AgentCommand
-from agentfarm.backends.kubernetes.config import GIT_TOKEN_NAMES, PodConfig
-from agentfarm.domain import errors, models
+from agentfarm.backends.kubernetes.config import PodConfig
+from agentfarm.domain import errors, gittokens, models
 
 Json = dict[str, Any]
 
@@ -32,6 +31,9 @@ ENTRYPOINT = "/opt/agentfarm/entrypoint.py"
 WORKSPACE = "/workspace"
 HOME = "/home/agent"
 INPUT_DIR = "/run/agentfarm"
+#: Where the shared ~/.claude (credentials ``shared-home``) is mounted, read-only; the
+#: entrypoint copies its credentials file, and nothing else, into the pod's own HOME.
+SHARED_CLAUDE = "/mnt/claude-shared"
 #: The Secret key holding the agent's first stdin bytes (not a valid env name: no clash).
 STDIN_KEY = "agentfarm-stdin"
 
@@ -72,35 +74,42 @@ def branch_name(run_id: str) -> str:
     return f"agentfarm/{run_id}"
 
 
-def git_credentials(secrets: dict[str, str], cfg: PodConfig) -> list[Json]:
-    """Which secret authenticates which HTTPS prefix (through git ``insteadOf`` rewrites)."""
-    rules: list[Json] = []
-    github = next((n for n in ("GITHUB_TOKEN", "GH_TOKEN") if secrets.get(n)), None)
-    if github:
-        rules.append({"url": "https://github.com/", "user": "x-access-token", "env": github})
-    if cfg.forgejo_url and secrets.get("FORGEJO_TOKEN"):
-        parts = urlsplit(cfg.forgejo_url)
-        if parts.scheme == "https" and parts.netloc:
-            rules.append(
-                {"url": f"https://{parts.netloc}/", "user": "oauth2", "env": "FORGEJO_TOKEN"}
-            )
-    return rules
+def git_credentials(run: models.Run, secrets: dict[str, str], cfg: PodConfig) -> list[Json]:
+    """The git token for the run's repository (at most one), as the entrypoint's rule: which
+    secret authenticates which URL prefix, with which user name."""
+    present = {name for name, value in secrets.items() if value}
+    token = gittokens.token_for(run.spec.repo, present, cfg.forgejo_url)
+    if token is None:
+        return []
+    return [{"url": token.prefix, "user": token.user, "env": token.name}]
+
+
+def secret_data(run: models.Run, secrets: dict[str, str], cfg: PodConfig) -> dict[str, str]:
+    """The secrets the run's Secret holds: every credential that is not a git token, and the
+    one git token for the run's own repository host (other hosts' tokens stay home)."""
+    wanted = {rule["env"] for rule in git_credentials(run, secrets, cfg)}
+    return {
+        name: value
+        for name, value in secrets.items()
+        if not gittokens.is_git_token(name) or name in wanted
+    }
 
 
 def secret_env_names(secrets: dict[str, str], cfg: PodConfig) -> list[str]:
     """Secrets that become the agent's environment (credentials, never git tokens)."""
-    skip = set(GIT_TOKEN_NAMES)
+    skip: set[str] = set()
     if cfg.credentials == "shared-home":
         # The shared ~/.claude holds the login; a token would take precedence over it.
         skip |= {"CLAUDE_CODE_OAUTH_TOKEN"}
-    return sorted(name for name in secrets if name not in skip)
+    return sorted(n for n in secrets if n not in skip and not gittokens.is_git_token(n))
 
 
 def build_secret(
     run: models.Run, command: AgentCommand, secrets: dict[str, str], cfg: PodConfig
 ) -> Json:
     name = object_name(run.id)
-    data = {key: _b64(value.encode()) for key, value in sorted(secrets.items())}
+    kept = secret_data(run, secrets, cfg)
+    data = {key: _b64(value.encode()) for key, value in sorted(kept.items())}
     data[STDIN_KEY] = _b64(command.stdin)
     return {
         "apiVersion": "v1",
@@ -132,7 +141,7 @@ def build_pod(
 ) -> Json:
     name = object_name(run.id)
     spec = run.spec
-    token_rules = git_credentials(secrets, cfg)
+    token_rules = git_credentials(run, secrets, cfg)
     token_env = [_secret_ref(rule["env"], name) for rule in token_rules]
     common_env = [
         {"name": "HOME", "value": HOME},
@@ -156,6 +165,8 @@ def build_pod(
         {"name": "AGENTFARM_PUSH", "value": "1"},
     ]
     agent_env += [_secret_ref(key, name) for key in secret_env_names(secrets, cfg)]
+    if cfg.credentials == "shared-home":
+        agent_env.append({"name": "AGENTFARM_SHARED_CLAUDE", "value": SHARED_CLAUDE})
     agent_env += token_env
 
     mounts = [
@@ -181,10 +192,12 @@ def build_pod(
         volumes.append(
             {
                 "name": "claude-home",
-                "persistentVolumeClaim": {"claimName": cfg.credentials_claim},
+                "persistentVolumeClaim": {"claimName": cfg.credentials_claim, "readOnly": True},
             }
         )
-        agent_mounts.append({"name": "claude-home", "mountPath": f"{HOME}/.claude"})
+        # Read-only, and not the pod's ~/.claude: a run that could write there would plant
+        # hooks (settings.json) that every later run executes.
+        agent_mounts.append({"name": "claude-home", "mountPath": SHARED_CLAUDE, "readOnly": True})
 
     argv = [posixpath.basename(command.argv[0]), *command.argv[1:]] if command.argv else []
     resources = _resources(cfg.resources)

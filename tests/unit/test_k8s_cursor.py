@@ -1,0 +1,122 @@
+"""The kubernetes backend's log cursor against a log the kubelet rotates (item 7a).
+
+The log API serves only the newest file after a rotation, so a line's position in what it
+returns says nothing; the entrypoint's sequence numbers do. A fake API (the few calls the
+handle makes) serves the log as the kubelet would before and after rotating it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+
+import aiohttp
+import pytest
+
+from agentfarm.backends.base import Record
+from agentfarm.backends.kubernetes import backend as k8s_backend
+
+POD = {
+    "metadata": {"name": "agentfarm-run-r1", "resourceVersion": "1"},
+    "spec": {"nodeName": "node-1"},
+    "status": {
+        "phase": "Succeeded",
+        "containerStatuses": [
+            {"name": "agent", "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}}
+        ],
+    },
+}
+
+
+def line(seq: int, kind: str = "O") -> bytes:
+    payload = f'{{"n":{seq}}}' if kind == "O" else f"text {seq}"
+    return b"\x1e%s%d %s" % (kind.encode(), seq, payload.encode())
+
+
+class RotatingLog:
+    """Plays the API: each pod_log call serves the next of ``reads``, a stream that after its
+    lines ends, breaks (``"broken"``) or hangs (``"stalled"``, as a kubelet 1.20 follow of a
+    file it has rotated away does); the last read repeats."""
+
+    def __init__(self, reads: list[tuple[list[bytes], str]]) -> None:
+        self.reads = reads
+        self.calls: list[tuple[bool, int | None]] = []
+
+    async def get_pod(self, namespace: str, name: str) -> dict[str, Any]:
+        return POD
+
+    async def pod_log(
+        self, namespace: str, name: str, container: str, *, follow: bool,
+        since_seconds: int | None = None,
+    ) -> AsyncIterator[bytes]:  # fmt: skip
+        lines, end = self.reads[min(len(self.calls), len(self.reads) - 1)]
+        self.calls.append((follow, since_seconds))
+        for item in lines:
+            yield item
+        if end == "broken":
+            raise aiohttp.ClientPayloadError("the stream broke")
+        if end == "stalled":
+            await asyncio.Event().wait()
+
+
+async def records(api: RotatingLog, after: int = 0) -> list[Record]:
+    state = k8s_backend._RunState("ns", "agentfarm-run-r1")
+    handle = k8s_backend.KubernetesHandle("r1", api, state)  # type: ignore[arg-type]
+    return [r async for r in handle.records(after=after)]
+
+
+def body(found: Iterable[Record]) -> list[tuple[int, str, bytes]]:
+    return [(r.cursor >> 8, r.kind, r.data) for r in found if r.kind in ("stdout", "stderr")]
+
+
+async def test_a_stream_reopened_after_rotation_loses_and_doubles_nothing() -> None:
+    # lines 1-4 arrive, the stream breaks, the kubelet rotates: the newest file starts at 3
+    first = [line(n) for n in range(1, 5)]
+    after_rotation = [line(3), line(4), line(5, "E"), *(line(n) for n in range(6, 9))]
+    found = await records(RotatingLog([(first, "broken"), (after_rotation, "end")]))
+    assert [seq for seq, _, _ in body(found)] == list(range(1, 9))
+    assert body(found)[4] == (5, "stderr", b"text 5")
+    assert found[-1].kind == "exit"
+    cursors = [r.cursor for r in found]
+    assert cursors == sorted(set(cursors))
+
+
+async def test_reattaching_after_rotation_resumes_at_the_stored_cursor() -> None:
+    # The control plane stored line 3, was down while the agent wrote 4-10; the kubelet has
+    # rotated lines 1-5 away. 6-10 come once, with the cursors they always had, and one notice
+    # says what is gone.
+    newest = [line(n) for n in range(6, 11)]
+    found = await records(RotatingLog([(newest, "end")]), after=3 << 8)
+    assert [seq for seq, _, _ in body(found)] == [6, 7, 8, 9, 10]
+    notices = [r for r in found if r.kind == "notice"]
+    assert len(notices) == 1 and b"lines 4-5" in notices[0].data
+    assert 3 << 8 < notices[0].cursor < 6 << 8
+    again = await records(RotatingLog([(newest, "end")]), after=found[-2].cursor)
+    assert [r.kind for r in again] == ["exit"]
+
+
+async def test_the_rest_of_an_overlong_line_keeps_its_kind() -> None:
+    lines = [line(1), line(2, "E"), b"...the rest of line 2", line(3)]
+    found = await records(RotatingLog([(lines, "end")]))
+    assert [(r.kind, r.data) for r in found if r.kind in ("stdout", "stderr")] == [
+        ("stdout", b'{"n":1}'),
+        ("stderr", b"text 2"),
+        ("stderr", b"...the rest of line 2"),
+        ("stdout", b'{"n":3}'),
+    ]
+
+
+async def test_a_follow_that_goes_quiet_is_reopened_from_shortly_before_the_last_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The kubelet rotated the file under a running follow, which then brings nothing more.
+    monkeypatch.setattr(k8s_backend, "QUIET_REOPEN_SECONDS", 0.05)
+    old = [line(n) for n in range(1, 4)]
+    new = [line(n) for n in range(4, 7)]
+    api = RotatingLog([(old, "stalled"), (new, "end")])
+    found = await records(api)
+    assert [seq for seq, _, _ in body(found)] == [1, 2, 3, 4, 5, 6]
+    assert not [r for r in found if r.kind == "notice"]
+    follow, since = api.calls[1]
+    assert follow and since is not None and since >= k8s_backend.SINCE_MARGIN_SECONDS
