@@ -16,7 +16,7 @@ from .web_helpers import cockpit, login, page_csrf
 
 FORM = {"name": "demo", "repo": "/srv/repo", "prompt": "fix the bug",
         "permission_mode": "bypassPermissions", "backend": "local", "sandbox_mode": "bwrap",
-        "network": "on", "memory_mb": "4096"}  # fmt: skip
+        "network": "allowlist", "memory_mb": "4096"}  # fmt: skip
 
 
 async def wait_terminal(api: httpx.AsyncClient, run_id: str) -> dict[str, object]:
@@ -44,7 +44,7 @@ async def test_config_form_shows_errors_next_to_fields_then_saves(tmp_path: Path
         ok = await browser.post("/configs/new", data={**FORM, "csrf_token": token})
         assert ok.status_code == 303
         saved = (await cp.api.get("/api/configs/demo")).json()
-        assert saved["sandbox"]["network"] is True and saved["prompt"] == "fix the bug"
+        assert saved["sandbox"]["network"] == "allowlist" and saved["prompt"] == "fix the bug"
         again = await browser.post("/configs/new", data={**FORM, "csrf_token": token})
         assert again.status_code == 422 and "already exists" in again.text
         # Edit keeps the id; duplicate prefills a copy; delete removes it.
