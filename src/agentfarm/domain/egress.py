@@ -98,6 +98,10 @@ def parse_entry(entry: str) -> list[Rule]:
             known = ", ".join(sorted(GROUPS))
             raise ValueError(f"egress entry {entry!r}: unknown group (known groups: {known})")
         return [Rule(h, DEFAULT_PORTS) for h in hosts]
+    if "/" in text:
+        raise ValueError(
+            f"egress entry {entry!r}: write a host name or host:port, not a URL or a range"
+        )
     ports: tuple[int, ...] = DEFAULT_PORTS
     host_text = text
     if text.startswith("["):  # [v6] or [v6]:port
@@ -112,7 +116,7 @@ def parse_entry(entry: str) -> list[Rule]:
         host_text, port_text = text.split(":")
         ports = (_port(port_text, entry),)
     host = normalize_host(host_text)
-    if host is None or "/" in text:
+    if host is None:
         raise ValueError(
             f"egress entry {entry!r}: write a host name, host:port, *.domain, an IP address "
             f"or a group such as @pypi"
