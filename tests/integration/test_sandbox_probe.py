@@ -136,55 +136,59 @@ def test_only_the_model_endpoint_is_reachable(
         server,
         {"repo": str(source), "prompt": f"{marker} listen", "sandbox": {"network": "open"}},
     )
-    wait_listening(other_port)
+    try:
+        wait_listening(other_port)
 
-    planted = [
-        server.data_dir / "planted.txt",
-        Path("/usr/planted.txt"),
-        source / "planted.txt",
-        tmp_path / "planted.txt",
-    ]
-    ports = {"listener": host_listener, "other_run": other_port}
-    script = probe_script(server, fake_anthropic.base_url, ports, planted)
-    marker = fake_anthropic.register(
-        "probe-everything",
-        [fake.tool_use("Bash", {"command": script, "description": "probe"}), fake.text("ok")],
-    )
-    run_id = launch(server, {"repo": str(source), "prompt": f"{marker} look around"})
-    done = server.wait_status(run_id, {"succeeded", "failed", "stopped", "lost"}, timeout=90)
-    assert done["status"] == "succeeded", done
-    stored = events(server, run_id)
-    result = next(e for e in stored if e["type"] == "agent.tool_result")
-    out = parse(result["data"]["content"])
+        planted = [
+            server.data_dir / "planted.txt",
+            Path("/usr/planted.txt"),
+            source / "planted.txt",
+            tmp_path / "planted.txt",
+        ]
+        ports = {"listener": host_listener, "other_run": other_port}
+        script = probe_script(server, fake_anthropic.base_url, ports, planted)
+        marker = fake_anthropic.register(
+            "probe-everything",
+            [fake.tool_use("Bash", {"command": script, "description": "probe"}), fake.text("ok")],
+        )
+        run_id = launch(server, {"repo": str(source), "prompt": f"{marker} look around"})
+        done = server.wait_status(run_id, {"succeeded", "failed", "stopped", "lost"}, timeout=90)
+        assert done["status"] == "succeeded", done
+        stored = events(server, run_id)
+        result = next(e for e in stored if e["type"] == "agent.tool_result")
+        out = parse(result["data"]["content"])
 
-    # The model endpoint answers through the proxy; nothing else does.
-    assert out["model"].startswith("200/"), out
-    for name in ("cp", "forged", "listener", "other_run"):
-        assert out[f"{name}_proxy"] == "403/000", (name, out)  # refused by the egress proxy
-        assert out[f"{name}_direct"] == "000/000", (name, out)  # no route out of the namespace
-    assert out["invalid"] == "000/403", out  # CONNECT refused
-    assert out["data_dir"] != "0" and out["database"] != "0", out
-    # Nothing lands on the host. (Where a bind's parent directories exist in the sandbox, a
-    # write may succeed, but into the sandbox's own throw-away root.)
-    for path in planted:
-        assert not path.exists(), path
-    assert out["write0"] != "0" and out["write1"] != "0", out  # data dir: absent; /usr: read-only
+        # The model endpoint answers through the proxy; nothing else does.
+        assert out["model"].startswith("200/"), out
+        for name in ("cp", "forged", "listener", "other_run"):
+            assert out[f"{name}_proxy"] == "403/000", (name, out)  # refused by the egress proxy
+            assert out[f"{name}_direct"] == "000/000", (name, out)  # no route out of the namespace
+        assert out["invalid"] == "000/403", out  # CONNECT refused
+        assert out["data_dir"] != "0" and out["database"] != "0", out
+        # Nothing lands on the host. (Where a bind's parent directories exist in the sandbox, a
+        # write may succeed, but into the sandbox's own throw-away root.)
+        for path in planted:
+            assert not path.exists(), path
+        # The data directory is absent in the sandbox, /usr is read-only.
+        assert out["write0"] != "0" and out["write1"] != "0", out
 
-    denied = {
-        (e["data"]["host"], e["data"]["port"]): e["data"]["reason"]
-        for e in stored
-        if e["type"] == "sandbox.egress_denied"
-    }
-    for port in (server.port, host_listener, other_port):
-        assert ("127.0.0.1", port) in denied, denied
-    assert "allow-list" in denied[("pypi.invalid", 443)]
-    notices = [e["data"]["message"] for e in stored if e["type"] == "run.notice"]
-    assert any(n.startswith("network: allowlist") for n in notices), notices
+        denied = {
+            (e["data"]["host"], e["data"]["port"]): e["data"]["reason"]
+            for e in stored
+            if e["type"] == "sandbox.egress_denied"
+        }
+        for port in (server.port, host_listener, other_port):
+            assert ("127.0.0.1", port) in denied, denied
+        assert "allow-list" in denied[("pypi.invalid", 443)]
+        notices = [e["data"]["message"] for e in stored if e["type"] == "run.notice"]
+        assert any(n.startswith("network: allowlist") for n in notices), notices
 
-    # The other run said at its start that its network is open.
-    other_notices = [
-        e["data"]["message"] for e in events(server, other) if e["type"] == "run.notice"
-    ]
-    assert any("sandbox.network is open" in n for n in other_notices), other_notices
-    assert server.cli("stop", other).returncode == 0
-    server.wait_status(other, {"stopped", "failed", "succeeded"}, timeout=30)
+        # The other run said at its start that its network is open.
+        other_notices = [
+            e["data"]["message"] for e in events(server, other) if e["type"] == "run.notice"
+        ]
+        assert any("sandbox.network is open" in n for n in other_notices), other_notices
+    finally:
+        # Runs outlive the server by design: never leave the listener behind.
+        server.cli("stop", other)
+        server.wait_status(other, {"stopped", "failed", "succeeded", "lost"}, timeout=30)
