@@ -47,7 +47,8 @@ def endpoint() -> Iterator[str]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Hello)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
+    # A name, not an address: the proxy resolves it (as an unprivileged user).
+    yield f"http://localhost:{server.server_address[1]}"
     server.shutdown()
     server.server_close()
 

@@ -23,6 +23,9 @@ SANDBOX_PORT = 3128
 SOCKET_NAME = "egress.sock"
 SANDBOX_SOCKET = "/run/agentfarm/egress.sock"
 SANDBOX_BRIDGE = "/run/agentfarm/bridge.py"
+#: The proxy drops to ``nobody`` when the monitor runs as root (not the sandbox uid: the
+#: agent must not be able to signal or trace it).
+PROXY_UID = 65534
 BRIDGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bridge.py")
 
 
@@ -56,12 +59,25 @@ def fork_proxy(listener: socket.socket, policy: dict[str, Any], report_fd: int) 
         from agentfarm.backends.local import egress_proxy  # asyncio: only in this process
         from agentfarm.domain.egress import Policy
 
-        egress_proxy.serve_forever(listener, Policy.from_json(policy), report_fd)
+        egress_proxy.serve_forever(
+            listener, Policy.from_json(policy), report_fd, ready=_drop_privileges
+        )
     except BaseException as exc:  # a forked child must never return
         with contextlib.suppress(OSError):
             print(f"egress proxy: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
         code = 1
     os._exit(code)
+
+
+def _drop_privileges() -> None:
+    """The proxy parses what the agent sends: it needs no privilege, so it keeps none. Called
+    once everything is imported and warmed up (the interpreter may live under /root)."""
+    if os.geteuid() != 0:
+        return
+    os.setgroups([])
+    os.setgid(PROXY_UID)
+    os.setuid(PROXY_UID)
+    _die_with_parent()  # a credential change clears the parent-death signal
 
 
 def _die_with_parent() -> None:

@@ -19,7 +19,9 @@ to the monitor, which turns them into ``sandbox.egress_denied`` events.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures.thread  # noqa: F401 (imported lazily by the loop's executor)
 import contextlib
+import encodings.idna  # noqa: F401 (getaddrinfo encodes names with it)
 import ipaddress
 import itertools
 import json
@@ -258,8 +260,17 @@ def local_addresses() -> frozenset[str]:
 
 
 # --- the proxy process (forked by the monitor) ----------------------------------------------
-def serve_forever(listener: socket.socket, policy: egress.Policy, report_fd: int) -> None:
-    """The body of the proxy process: serve until killed (the monitor kills it at the end)."""
+def serve_forever(
+    listener: socket.socket,
+    policy: egress.Policy,
+    report_fd: int,
+    ready: Callable[[], None] = lambda: None,
+) -> None:
+    """The body of the proxy process: serve until killed (the monitor kills it at the end).
+
+    ``ready`` runs once the loop serves and its resolver thread is warm (the caller drops its
+    privileges there: nothing needs importing or opening as root after that).
+    """
     os.set_blocking(report_fd, False)
 
     def report(body: dict[str, object]) -> None:
@@ -273,6 +284,8 @@ def serve_forever(listener: socket.socket, policy: egress.Policy, report_fd: int
     async def main() -> None:
         listener.setblocking(False)
         server = await asyncio.start_unix_server(proxy.handle, sock=listener, limit=MAX_HEAD)
+        await resolve_host("127.0.0.1", 80)  # starts the executor thread, loads the codecs
+        ready()
         async with server:
             await server.serve_forever()
 
