@@ -228,3 +228,13 @@ def test_proxy_env_sends_everything_through_the_sandbox_port() -> None:
     url = f"http://127.0.0.1:{egress.SANDBOX_PORT}"
     assert env["HTTPS_PROXY"] == env["http_proxy"] == url
     assert env["NO_PROXY"] == env["no_proxy"] == ""
+
+
+async def test_reported_hosts_are_printable_and_reports_are_capped(setup: Setup) -> None:
+    await setup.ask(connect("evil\x1b[31m.invalid:443"))
+    assert setup.recorder.reports[0]["host"] == "evil?[31m.invalid"
+    proxy = egress_proxy.Proxy(policies.Policy(), setup.recorder.reports.append)
+    for i in range(egress_proxy.MAX_REPORTS + 20):
+        proxy.deny(f"h{i}.invalid", 443, "not listed")
+    assert len(setup.recorder.reports) == 1 + egress_proxy.MAX_REPORTS
+    assert "last of" in str(setup.recorder.reports[-1]["reason"])

@@ -428,7 +428,7 @@ def egress_event(payload: bytes) -> models.EventDraft:
         body = None
     if not isinstance(body, dict):
         body = {"reason": payload.decode("utf-8", "replace")[:500]}
-    data = {k: body[k] for k in ("host", "port", "reason", "unreported") if k in body}
+    data = {k: body[k] for k in ("host", "port", "reason") if k in body}
     return models.EventDraft(type=models.EventType.sandbox_egress_denied, data=data)
 
 

@@ -129,7 +129,6 @@ class Proxy:
         self.connect = connect
         self.slots = asyncio.Semaphore(MAX_CONNECTIONS)
         self.reported: set[tuple[str, int, str]] = set()
-        self.unreported = 0
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -200,17 +199,16 @@ class Proxy:
         raise Denied(502, f"cannot connect to {name}:{port}: {last}")
 
     def deny(self, host: str, port: int, reason: str) -> Denied:
-        key = (host, port, reason)
-        if key not in self.reported:
-            if len(self.reported) < MAX_REPORTS:
-                self.reported.add(key)
-                body: dict[str, object] = {"host": host[:255], "port": port, "reason": reason}
-                if self.unreported:
-                    body["unreported"] = self.unreported
-                self.report(body)
-            else:
-                self.unreported += 1
-        return Denied(403, f"{host}:{port} refused: {reason}")
+        """Report a refusal (once per target and reason, up to :data:`MAX_REPORTS`)."""
+        # The agent chose the host: only printable ASCII goes into events and terminals.
+        shown = "".join(c if c.isascii() and c.isprintable() else "?" for c in host[:255])
+        key = (shown, port, reason)
+        if key not in self.reported and len(self.reported) < MAX_REPORTS:
+            self.reported.add(key)
+            if len(self.reported) == MAX_REPORTS:
+                reason += f" (the last of {MAX_REPORTS} refusals reported for this run)"
+            self.report({"host": shown, "port": port, "reason": reason})
+        return Denied(403, f"{shown}:{port} refused: {reason}")
 
 
 async def _splice(
