@@ -95,10 +95,13 @@ print(json.dumps(out), flush=True)
 """.replace("PORT", str(egress.SANDBOX_PORT))
 
 
+@pytest.mark.parametrize("via", ["auto", "bridge"])
 async def test_allowlist_reaches_only_the_model_endpoint(
-    tmp_path: Path, source: Path, endpoint: str, listener: int
+    tmp_path: Path, source: Path, endpoint: str, listener: int, via: str
 ) -> None:
+    # auto: the launcher's own namespace as root (the bridge otherwise); bridge: forced.
     backend = LocalBackend(Settings(data_dir=tmp_path / "data"))
+    backend.egress_via = via
     run = new_run(source)
     program = agent(tmp_path, "probe", PROBE)
     command = AgentCommand(argv=[program, endpoint, str(listener)], env={})
@@ -114,9 +117,41 @@ async def test_allowlist_reaches_only_the_model_endpoint(
     assert "connected" not in out["loopback_direct"]
     assert out["metadata"].startswith("HTTP/1.1 403"), out
     denied = [json.loads(r.data) for r in records if r.kind == "egress"]
+    assert len(denied) == 3, denied
     targets = {(d["host"], d["port"]) for d in denied}
     assert ("pypi.invalid", 443) in targets
     assert ("127.0.0.1", listener) in targets
     assert ("169.254.169.254", 80) in targets
     assert all(d["reason"] for d in denied)
     assert any("allowlist" in n and endpoint.removeprefix("http://") in n for n in info.notices)
+
+
+async def test_policies_none_and_open(tmp_path: Path, source: Path, listener: int) -> None:
+    backend = LocalBackend(Settings(data_dir=tmp_path / "data"))
+    program = agent(tmp_path, "direct", DIRECT)
+    found = {}
+    for network in ("none", "open"):
+        run = new_run(source, network=network)
+        command = AgentCommand(argv=[program, str(listener)], env={})
+        handle, info = await backend.launch(run, command, {})
+        records = await collect(handle.records(0))
+        found[network] = (json.loads(stdout_lines(records)[0]), info.notices)
+    out, notices = found["none"]
+    assert out["ifaces"] == ["lo"] and out["proxy"] is None and out["direct"] != "connected"
+    assert any("no network" in n for n in notices)
+    out, notices = found["open"]
+    assert out["direct"] == "connected" and len(out["ifaces"]) > 1
+    assert any("sandbox.network is open" in n for n in notices)
+
+
+DIRECT = """
+import json, os, socket, sys
+out = {"proxy": os.environ.get("HTTPS_PROXY")}
+out["ifaces"] = sorted(name for _, name in socket.if_nameindex())
+try:
+    socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=5).close()
+    out["direct"] = "connected"
+except OSError as e:
+    out["direct"] = repr(e)
+print(json.dumps(out), flush=True)
+"""

@@ -74,8 +74,20 @@ def test_git_url_helpers() -> None:
     assert git.strip_credentials("https://host/a.git") == "https://host/a.git"
 
 
-def test_allowlist_launch_isolates_the_network_and_starts_through_the_bridge() -> None:
-    s = spec(uid=61000, gid=61000, network="allowlist", python="/usr/bin/python3")
+def test_allowlist_as_root_runs_bwrap_in_the_launchers_own_namespace() -> None:
+    # The launcher child makes the namespace (egress.private_network): no bridge, and bwrap
+    # must not make another one.
+    s = spec(uid=61000, gid=61000, network="allowlist")
+    assert s.via_netns and not s.via_bridge
+    argv, _, sources, _ = monitor.build_launch(s, 9)
+    assert "--unshare-net" not in argv and egress.SANDBOX_SOCKET not in argv
+    assert argv[-2:] == ["--", "/opt/a/agent"]
+    assert egress.BRIDGE not in sources
+
+
+def test_allowlist_through_the_bridge_isolates_the_network() -> None:
+    s = spec(uid=61000, gid=61000, network="allowlist", egress_via="bridge")
+    assert s.via_bridge and spec(network="allowlist").via_bridge  # not root: always the bridge
     argv, _, sources, _ = monitor.build_launch(s, 9)
     assert "--unshare-net" in argv
     assert sources[-2:] == ["/d/runs/r/egress.sock", egress.BRIDGE]

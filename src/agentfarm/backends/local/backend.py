@@ -71,6 +71,8 @@ def find_setpriv() -> str | None:
 
 class LocalBackend:
     name = "local"
+    #: How the proxy port reaches the egress proxy (see ``egress.py``); tests force ``bridge``.
+    egress_via = "auto"
 
     def __init__(self, settings: Settings, *, interrupt: bytes = b"") -> None:
         self.settings = settings
@@ -143,6 +145,7 @@ class LocalBackend:
             "network": box.network,
             "egress_policy": policy.to_json(),
             "python": python[0],
+            "egress_via": self.egress_via,
             "limits": {"memory_mb": box.memory_mb, "cpus": box.cpus, "pids": box.pids},
             "cgroup_name": run.id,
             "uid": uid,

@@ -1,19 +1,29 @@
 """Egress for ``network: allowlist`` sandboxes, the monitor's side (light imports only).
 
-The sandbox has its own network namespace with nothing but ``lo``. Its HTTP(S)_PROXY points
-at a loopback port inside the sandbox, where ``bridge.py`` hands each connection to a unix
-socket bound in from the run directory. The proxy behind that socket
-(:mod:`agentfarm.backends.local.egress_proxy`) runs outside the sandbox as a child of the
-run's monitor, forked here before the agent starts and killed when the monitor finishes.
+The sandbox has its own network namespace with nothing but ``lo``, and its HTTP(S)_PROXY
+points at ``127.0.0.1:3128`` there. The proxy (:mod:`agentfarm.backends.local.egress_proxy`)
+runs outside the sandbox as a child of the run's monitor, forked here before the agent starts
+and killed when the monitor finishes. How the port reaches it depends on privilege:
+
+- as root (``netns``): the launcher child, between fork and exec, enters a new network
+  namespace, brings ``lo`` up, listens on the port there and hands the listening socket to
+  the proxy over a socket pair; bubblewrap then runs in that namespace (without
+  ``--unshare-net``). Nothing of the egress path runs inside the sandbox, and the namespace
+  belongs to the host's user namespace, so the agent holds no capability over it.
+- otherwise (``bridge``): bubblewrap makes the namespace, and ``bridge.py`` inside the sandbox
+  listens on the port and forwards each connection to a unix socket bound in from the run
+  directory, where the proxy listens. It costs one Python start on the launch path.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import os
 import signal
 import socket
+import struct
 import sys
 from typing import Any
 
@@ -28,6 +38,13 @@ SANDBOX_BRIDGE = "/run/agentfarm/bridge.py"
 PROXY_UID = 65534
 BRIDGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bridge.py")
 
+CLONE_NEWNET = 0x40000000
+SIOCGIFFLAGS = 0x8913
+SIOCSIFFLAGS = 0x8914
+IFF_UP = 0x1
+#: The running program's symbols (libc included), resolved before any fork.
+_libc = ctypes.CDLL(None, use_errno=True)
+
 
 def proxy_env(port: int = SANDBOX_PORT) -> dict[str, str]:
     """The agent's proxy variables: everything, loopback included, goes through the proxy."""
@@ -37,15 +54,46 @@ def proxy_env(port: int = SANDBOX_PORT) -> dict[str, str]:
     return env
 
 
-def fork_proxy(listener: socket.socket, policy: dict[str, Any], report_fd: int) -> int:
-    """Fork the proxy process (from the single-threaded monitor); returns its pid."""
+def private_network(channel: socket.socket) -> None:
+    """Enter a new network namespace with ``lo`` up, listen on :data:`SANDBOX_PORT` there and
+    send the listening socket down ``channel`` to the proxy.
+
+    Only for the root launcher child, between fork and exec: what it execs (bubblewrap) then
+    runs in this namespace. Any failure raises, and the agent does not start.
+    """
+    if _libc.unshare(CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"unshare(CLONE_NEWNET): {os.strerror(err)}")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        request = b"lo".ljust(16, b"\0") + bytes(24)  # struct ifreq
+        flags = struct.unpack_from("H", fcntl.ioctl(probe, SIOCGIFFLAGS, request), 16)[0]
+        request = request[:16] + struct.pack("H", flags | IFF_UP) + bytes(22)
+        fcntl.ioctl(probe, SIOCSIFFLAGS, request)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
+        listener.bind(("127.0.0.1", SANDBOX_PORT))
+        listener.listen(128)
+        socket.send_fds(channel, [b"L"], [listener.fileno()])
+
+
+def fork_proxy(
+    listener: socket.socket | None,
+    policy: dict[str, Any],
+    report_fd: int,
+    channel: socket.socket | None = None,
+) -> int:
+    """Fork the proxy process (from the single-threaded monitor); returns its pid.
+
+    It serves ``listener`` (bridge mode), or the listener that arrives on ``channel`` from
+    :func:`private_network` (netns mode).
+    """
     pid = os.fork()
     if pid > 0:
         return pid
     code = 0
     try:
         _die_with_parent()
-        keep = {2, listener.fileno(), report_fd}
+        keep = {2, report_fd}
+        keep |= {s.fileno() for s in (listener, channel) if s is not None}
         devnull = os.open(os.devnull, os.O_RDWR)
         os.dup2(devnull, 0)
         os.dup2(devnull, 1)  # never hold the launching server's pipe open
@@ -56,6 +104,14 @@ def fork_proxy(listener: socket.socket, policy: dict[str, Any], report_fd: int) 
                 with contextlib.suppress(OSError):
                     os.close(fd)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        if channel is not None:
+            _, fds, _, _ = socket.recv_fds(channel, 16, 1)
+            if not fds:
+                os._exit(0)  # the agent never started
+            listener = socket.socket(fileno=fds[0])
+            channel.close()
+        if listener is None:
+            raise ValueError("no listener")
         from agentfarm.backends.local import egress_proxy  # asyncio: only in this process
         from agentfarm.domain.egress import Policy
 

@@ -281,7 +281,7 @@ def serve_forever(
 
     async def main() -> None:
         listener.setblocking(False)
-        server = await asyncio.start_unix_server(proxy.handle, sock=listener, limit=MAX_HEAD)
+        server = await asyncio.start_server(proxy.handle, sock=listener, limit=MAX_HEAD)
         await resolve_host("127.0.0.1", 80)  # starts the executor thread, loads the codecs
         ready()
         async with server:

@@ -129,10 +129,23 @@ class Spec:
     egress_policy: dict[str, Any] | None = None
     #: The interpreter that runs ``bridge.py`` inside the sandbox.
     python: str = "/usr/bin/python3"
+    #: How the sandbox's proxy port reaches the proxy: ``netns`` (root only), ``bridge`` or
+    #: ``auto`` (``netns`` when the monitor drops to a sandbox uid, that is runs as root).
+    egress_via: str = "auto"
 
     @property
     def allowlist(self) -> bool:
         return self.mode != "none" and self.network == "allowlist"
+
+    @property
+    def via_netns(self) -> bool:
+        if not self.allowlist:
+            return False
+        return self.egress_via == "netns" or (self.egress_via == "auto" and self.uid is not None)
+
+    @property
+    def via_bridge(self) -> bool:
+        return self.allowlist and not self.via_netns
 
     @property
     def egress_socket(self) -> str:
@@ -162,7 +175,7 @@ def _staging(spec: Spec) -> tuple[list[str], dict[str, str]]:
         return [], {}
     sources = [spec.workspace, spec.home, spec.passwd, spec.group]
     sources += [b.source for b in spec.binds]
-    if spec.allowlist:
+    if spec.via_bridge:
         sources += [spec.egress_socket, egress.BRIDGE]
     unique = list(dict.fromkeys(sources))
     return unique, {src: stage.staged_path(i) for i, src in enumerate(unique)}
@@ -182,7 +195,7 @@ def build_launch(
         return argv, at(spec.workspace), sources, {**spec.env, "HOME": at(spec.home)}
     binds = list(spec.binds)
     command = spec.argv
-    if spec.allowlist:
+    if spec.via_bridge:
         binds += [
             sandbox.Bind(spec.egress_socket, egress.SANDBOX_SOCKET),
             sandbox.Bind(egress.BRIDGE, egress.SANDBOX_BRIDGE),
@@ -195,7 +208,8 @@ def build_launch(
         home=at(spec.home),
         passwd=at(spec.passwd),
         group=at(spec.group),
-        network=spec.network == "open",
+        # With netns, the launcher child has made the namespace: bubblewrap stays in it.
+        network=spec.network == "open" or spec.via_netns,
         etc=spec.etc,
         extra_binds=tuple(sandbox.Bind(at(b.source), b.dest, b.writable) for b in binds),
         status_fd=status_fd,
@@ -230,6 +244,8 @@ class Monitor:
         self.listener: socket.socket | None = None
         self.status_buffer = b""
         self.proxy_pid: int | None = None
+        #: The monitor's end of the socket pair that carries the netns listener to the proxy.
+        self.channel: socket.socket | None = None
         self.denials = LineSplitter(limit=4096)
 
     # --- start -----------------------------------------------------------------------------
@@ -287,12 +303,15 @@ class Monitor:
         argv, cwd, sources, env = build_launch(spec, status_w)
         stage.load()
         cgroup = self.cgroup
+        channel = self.channel
 
         def preexec() -> None:
             try:
                 cgroup.join()
                 if sources:
                     stage.stage(sources)
+                if channel is not None:
+                    egress.private_network(channel)
                 if cwd is not None:
                     # Here rather than Popen(cwd=...), which would chdir before we join the cgroups.
                     os.chdir(cwd)
@@ -318,6 +337,9 @@ class Monitor:
             os.close(status_w)
             os.close(err_w)
             os.close(err_r)
+            if self.channel is not None:
+                self.channel.close()
+                self.channel = None
         proc = self.proc
         for name, stream in (("stdout", proc.stdout), ("stderr", proc.stderr)):
             if stream is not None:
@@ -338,7 +360,27 @@ class Monitor:
         self.update_stdin()
 
     def start_proxy(self) -> None:
-        """Listen on the run's egress socket and fork the proxy behind it."""
+        """Fork the proxy, with the run's egress socket (bridge) or a socket pair over which
+        the launcher child sends the listener it makes in the sandbox's namespace (netns)."""
+        report_r, report_w = os.pipe2(os.O_CLOEXEC)
+        listener: socket.socket | None = None
+        theirs: socket.socket | None = None
+        try:
+            if self.spec.via_netns:
+                self.channel, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            else:
+                listener = self.listen_egress_socket()
+            policy = self.spec.egress_policy or {}
+            self.proxy_pid = egress.fork_proxy(listener, policy, report_w, theirs)
+        finally:
+            for sock in (listener, theirs):
+                if sock is not None:
+                    sock.close()
+            os.close(report_w)
+        os.set_blocking(report_r, False)
+        self.sel.register(report_r, selectors.EVENT_READ, ("egress", None))
+
+    def listen_egress_socket(self) -> socket.socket:
         path = f"/proc/self/fd/{self.dirfd}/{egress.SOCKET_NAME}"
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
@@ -352,14 +394,7 @@ class Monitor:
             # Only the run's sandbox uid may connect (0600, and no other sandbox sees it).
             os.chown(path, self.spec.uid, self.spec.gid if self.spec.gid is not None else -1)
         listener.listen(128)
-        report_r, report_w = os.pipe2(os.O_CLOEXEC)
-        try:
-            self.proxy_pid = egress.fork_proxy(listener, self.spec.egress_policy or {}, report_w)
-        finally:
-            listener.close()
-            os.close(report_w)
-        os.set_blocking(report_r, False)
-        self.sel.register(report_r, selectors.EVENT_READ, ("egress", None))
+        return listener
 
     def stop_proxy(self) -> None:
         if self.proxy_pid is None:
@@ -636,6 +671,8 @@ class Monitor:
 
     def close(self) -> None:
         self.stop_proxy()
+        if self.channel is not None:
+            self.channel.close()
         with contextlib.suppress(OSError):
             os.unlink(CONTROL_SOCK, dir_fd=self.dirfd)
         if self.listener is not None:
