@@ -5,10 +5,14 @@ Addresses below are data only: nothing here connects anywhere.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pydantic
 import pytest
 
-from agentfarm.domain import egress, models
+from agentfarm.backends.local.backend import LocalBackend
+from agentfarm.domain import egress, errors, models
+from agentfarm.settings import Settings
 
 CONTROL = [("127.0.0.1", 8080)]
 
@@ -238,3 +242,28 @@ def test_policy_round_trips_through_json_and_describes_itself() -> None:
     described = p.describe()
     assert described[0] == "127.0.0.1:9"
     assert "pypi.org:80,443" in described and "[fd00::1]:22" in described
+
+
+def test_an_unusable_model_url_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="ANTHROPIC_BASE_URL"):
+        policy(model="not a url")
+
+
+def test_the_local_backend_builds_the_runs_policy_and_notices(tmp_path: Path) -> None:
+    backend = LocalBackend(Settings(data_dir=tmp_path, port=8123))
+
+    def network(sandbox: dict[str, object], secrets: dict[str, str]) -> tuple[egress.Policy, str]:
+        spec = models.AgentSpec(repo="https://git.example.org/o/r.git", sandbox=sandbox)  # type: ignore[arg-type]
+        policy, _python, notices = backend._network(models.Run(spec=spec), secrets)
+        return policy, " ".join(notices)
+
+    policy, notice = network({"egress": ["@npm"]}, {"ANTHROPIC_BASE_URL": "http://127.0.0.1:9"})
+    assert policy.model == ("127.0.0.1", 9) and policy.control == (("127.0.0.1", 8123),)
+    assert egress.check_target(policy, "git.example.org", 443) is None
+    assert egress.check_target(policy, "registry.npmjs.org", 443) is None
+    assert notice.startswith("network: allowlist") and "127.0.0.1:9" in notice
+    assert "sandbox.network is open" in network({"network": "open"}, {})[1]
+    assert "no network" in network({"network": "none"}, {})[1]
+    assert network({"mode": "none"}, {})[1] == ""  # the monitor's own notice says it all
+    with pytest.raises(errors.ConfigurationError, match="ANTHROPIC_BASE_URL"):
+        network({}, {"ANTHROPIC_BASE_URL": "nonsense"})

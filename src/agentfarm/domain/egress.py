@@ -196,6 +196,11 @@ def build_policy(
     for entry in entries:
         rules += parse_entry(entry)
     model = endpoint_of_url(model_url) if model_url else DEFAULT_MODEL
+    if model is None:
+        raise ValueError(
+            f"ANTHROPIC_BASE_URL {model_url!r} is not a URL with a host: fix it, or a sandbox "
+            "with network allowlist cannot reach its model"
+        )
     remote_end = endpoint_of_url(remote) if remote else None
     if remote_end is not None:
         rules.append(Rule(remote_end[0], (remote_end[1],)))

@@ -94,6 +94,7 @@ class LocalBackend:
             raise errors.ConfigurationError(NO_BWRAP)
         if not command.argv:
             raise errors.LaunchError("the agent command is empty")
+        policy, python, notices = self._network(run, secrets)
         is_root = os.geteuid() == 0
         uid, gid = (
             (self.settings.sandbox_uid, self.settings.sandbox_gid) if is_root else (None, None)
@@ -127,7 +128,6 @@ class LocalBackend:
         binds = [sandbox.Bind(d, d) for d in real_dirs] + binds
         in_box = box.mode == "bwrap"
         env = sandbox.agent_env(command.env, secrets, home=sandbox.HOME if in_box else str(home))
-        policy, python, notices = self._network(run, secrets)
         if in_box and box.network == "allowlist":
             env.update(egress.proxy_env())
             binds += [sandbox.Bind(d, d) for d in python[1]]
@@ -183,12 +183,15 @@ class LocalBackend:
     ) -> tuple[policies.Policy, tuple[str, list[str]], list[str]]:
         """The run's egress policy, the bridge's interpreter (and binds it needs), notices."""
         box, repo = run.spec.sandbox, run.spec.repo
-        policy = policies.build_policy(
-            box.egress,
-            model_url=secrets.get("ANTHROPIC_BASE_URL"),
-            remote=None if git.is_local(repo) else git.strip_credentials(repo),
-            control=[(self.settings.host, self.settings.port)],
-        )
+        try:
+            policy = policies.build_policy(
+                box.egress,
+                model_url=secrets.get("ANTHROPIC_BASE_URL"),
+                remote=None if git.is_local(repo) else git.strip_credentials(repo),
+                control=[(self.settings.host, self.settings.port)],
+            )
+        except ValueError as exc:
+            raise errors.ConfigurationError(str(exc)) from None
         python = bridge_python()
         if box.mode == "none":
             return policy, python, []
