@@ -67,7 +67,8 @@ async def setup(tmp_path: Path) -> AsyncIterator[Setup]:
     async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         data = await reader.read(65536)
         upstream.append(data)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok" + data)
+        head = b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\n"
+        writer.write(head + b"ok" + data)
         await writer.drain()
         writer.close()
 
@@ -175,7 +176,7 @@ async def test_named_private_literal_and_model_endpoint_on_loopback_connect(setu
         b"Content-Length: 2\r\n\r\n{}"
     )
     answer = await setup.ask(request)
-    assert answer.startswith(b"HTTP/1.1 200 OK")
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n")
     assert setup.recorder.connected == [("10.9.9.9", 5000), ("127.0.0.1", 8765)]
     assert setup.recorder.resolved == []  # literals are not looked up
     sent = setup.upstream[-1]

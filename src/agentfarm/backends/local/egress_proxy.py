@@ -104,6 +104,17 @@ def parse_head(head: bytes) -> Request:
     return Request(method, url.hostname, port, b"\r\n".join(out) + b"\r\n\r\n")
 
 
+def close_response(head: bytes) -> bytes:
+    """A response head without hop-by-hop connection headers, saying ``Connection: close``."""
+    lines = head[:-4].split(b"\r\n")
+    kept = [lines[0]]
+    for line in lines[1:]:
+        name = line.split(b":", 1)[0].strip().lower()
+        if name not in (b"connection", b"keep-alive", b"proxy-connection"):
+            kept.append(line)
+    return b"\r\n".join([*kept, b"Connection: close"]) + b"\r\n\r\n"
+
+
 def response(status: int, reason: str) -> bytes:
     titles = {400: "Bad Request", 403: "Forbidden", 502: "Bad Gateway", 504: "Gateway Timeout"}
     body = f"agentfarm egress proxy: {reason}\n".encode()
@@ -165,7 +176,7 @@ class Proxy:
             else:
                 up_writer.write(request.head)
                 await up_writer.drain()
-            await _splice(reader, writer, up_reader, up_writer)
+            await _splice(reader, writer, up_reader, up_writer, request.method != "CONNECT")
         finally:
             up_writer.close()
             with contextlib.suppress(OSError):
@@ -216,10 +227,20 @@ async def _splice(
     writer: asyncio.StreamWriter,
     up_reader: asyncio.StreamReader,
     up_writer: asyncio.StreamWriter,
+    forwarded: bool = False,
 ) -> None:
-    """Copy both ways until the upstream side is done (a half-close is passed on)."""
+    """Copy both ways until the upstream side is done (a half-close is passed on). For a
+    forwarded request the response head says ``Connection: close``, since it is true."""
     outgoing = asyncio.ensure_future(_copy(reader, up_writer))
     try:
+        if forwarded:
+            try:
+                head = await up_reader.readuntil(b"\r\n\r\n")
+            except asyncio.IncompleteReadError as exc:
+                head = exc.partial
+            except asyncio.LimitOverrunError:
+                head = b""  # an oversized head passes through unchanged below
+            writer.write(close_response(head) if head.endswith(b"\r\n\r\n") else head)
         await _copy(up_reader, writer)
     finally:
         outgoing.cancel()
