@@ -247,6 +247,7 @@ class Monitor:
         #: The monitor's end of the socket pair that carries the netns listener to the proxy.
         self.channel: socket.socket | None = None
         self.denials = LineSplitter(limit=4096)
+        self.report_fd: int | None = None
 
     # --- start -----------------------------------------------------------------------------
     def write_identity(self) -> None:
@@ -379,6 +380,7 @@ class Monitor:
             os.close(report_w)
         os.set_blocking(report_r, False)
         self.sel.register(report_r, selectors.EVENT_READ, ("egress", None))
+        self.report_fd = report_r
 
     def listen_egress_socket(self) -> socket.socket:
         path = f"/proc/self/fd/{self.dirfd}/{egress.SOCKET_NAME}"
@@ -477,6 +479,12 @@ class Monitor:
                 self.spool.write(name, line)
         self.kill_all()
         self.stop_proxy()
+        # Denials of the agent's last moments may still be in the pipe: the proxy is gone now,
+        # so this reads to the end.
+        for _ in range(1000):  # bounded: a pipe that is somehow still open must not hang us
+            if self.report_fd is None:
+                break
+            self.read_denials(self.report_fd)
         self.cgroup.destroy()
         signal_number = -returncode if returncode is not None and returncode < 0 else None
         error = None
@@ -567,6 +575,7 @@ class Monitor:
         if not data:
             self.sel.unregister(fd)
             os.close(fd)
+            self.report_fd = None
             if self.proxy_pid is not None:
                 self.spool.notice("the egress proxy stopped: the agent has no network now")
             return
