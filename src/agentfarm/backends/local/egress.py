@@ -51,6 +51,8 @@ def proxy_env(port: int = SANDBOX_PORT) -> dict[str, str]:
     url = f"http://127.0.0.1:{port}"
     env = dict.fromkeys(("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"), url)
     env.update({"NO_PROXY": "", "no_proxy": ""})
+    # Node's own fetch ignores the variables above unless told (Node 22.21+ and 24+).
+    env["NODE_USE_ENV_PROXY"] = "1"
     return env
 
 
