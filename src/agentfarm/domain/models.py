@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from agentfarm.domain import egress
+from agentfarm.domain import egress as egress_policy
 
 SLUG_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -85,7 +85,7 @@ class SandboxSpec(_Strict):
         max_length=200,
         description="Hosts the agent may reach with `network: allowlist`: `host` (ports 80 and "
         "443), `host:port`, `*.domain`, an IP address (needed for a private one) or a group: "
-        + ", ".join(f"`{g}`" for g in egress.GROUPS)
+        + ", ".join(f"`{g}`" for g in egress_policy.GROUPS)
         + ".",
     )
     memory_mb: int | None = Field(4096, ge=64, le=1_048_576, description="Memory limit (MiB).")
@@ -104,7 +104,7 @@ class SandboxSpec(_Strict):
     @classmethod
     def _check_egress(cls, value: list[str]) -> list[str]:
         for entry in value:
-            egress.parse_entry(entry)  # a ValueError names the entry and the fix
+            egress_policy.parse_entry(entry)  # a ValueError names the entry and the fix
         return [entry.strip() for entry in value]
 
 
