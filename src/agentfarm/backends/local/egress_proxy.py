@@ -3,9 +3,8 @@
 This module runs in the proxy process only (it imports asyncio, which the monitor avoids).
 
 The sandbox has its own network namespace with nothing but ``lo``. Its HTTP(S)_PROXY points
-at a loopback port inside the sandbox, where a tiny forwarder (``bridge.py``) hands each
-connection to a unix socket bound in from the run directory. This proxy listens on that
-socket, outside the sandbox, as a child of the run's monitor; the agent cannot touch it.
+at a loopback port there, which this proxy serves from outside the sandbox, as a child of the
+run's monitor (``egress.py`` says how the port reaches it); the agent cannot touch it.
 
 It speaks just enough HTTP proxy: ``CONNECT host:port`` opens a tunnel (any protocol), and an
 absolute-form request (``GET http://host:port/path``) is forwarded in origin form with
@@ -37,7 +36,7 @@ MAX_HEAD = 16 * 1024
 HEAD_TIMEOUT = 30.0
 CONNECT_TIMEOUT = 15.0
 MAX_CONNECTIONS = 256
-#: Distinct denials reported per run (the rest are counted in the last one).
+#: Distinct refusals reported per run (the last one says so).
 MAX_REPORTS = 100
 HOP_BY_HOP = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"proxy-authorization", b"te", b"upgrade"}
