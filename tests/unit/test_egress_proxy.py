@@ -239,3 +239,9 @@ async def test_reported_hosts_are_printable_and_reports_are_capped(setup: Setup)
         proxy.deny(f"h{i}.invalid", 443, "not listed")
     assert len(setup.recorder.reports) == 1 + egress_proxy.MAX_REPORTS
     assert "last of" in str(setup.recorder.reports[-1]["reason"])
+
+
+def test_the_hosts_own_addresses_are_found() -> None:
+    # From /proc: loopback is always there (the interfaces' addresses vary by machine).
+    found = egress_proxy.local_addresses()
+    assert {"127.0.0.1", "::1"} <= found

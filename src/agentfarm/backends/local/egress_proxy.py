@@ -28,6 +28,7 @@ import os
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from agentfarm.domain import egress
@@ -266,12 +267,12 @@ def local_addresses() -> frozenset[str]:
     """This host's own addresses (IPv4 from the local routing table, IPv6 per interface)."""
     found: set[str] = set()
     with contextlib.suppress(OSError):
-        lines = open("/proc/net/fib_trie").read().splitlines()  # noqa: SIM115
+        lines = Path("/proc/net/fib_trie").read_text().splitlines()
         for previous, line in itertools.pairwise(lines):
             if "/32 host LOCAL" in line:
                 found.add(previous.split()[-1])
     with contextlib.suppress(OSError):
-        for line in open("/proc/net/if_inet6").read().splitlines():  # noqa: SIM115
+        for line in Path("/proc/net/if_inet6").read_text().splitlines():
             raw = line.split()[0]
             found.add(str(ipaddress.IPv6Address(int(raw, 16))))
     return frozenset(found)
