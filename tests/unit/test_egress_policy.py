@@ -137,7 +137,16 @@ def test_malformed_targets_are_refused() -> None:
 # --- check_address: after resolution ---------------------------------------------------------
 @pytest.mark.parametrize(
     "address",
-    ["127.0.0.1", "127.5.6.7", "::1", "0.0.0.0", "::", "::ffff:127.0.0.1", "0.1.2.3"],  # noqa: S104
+    [
+        "127.0.0.1",
+        "127.5.6.7",
+        "::1",
+        "0.0.0.0",  # noqa: S104
+        "::",
+        "::ffff:127.0.0.1",
+        "::127.0.0.1",
+        "0.1.2.3",
+    ],
 )
 def test_loopback_is_refused_for_listed_names(address: str) -> None:
     p = policy("pypi.org", "127.0.0.1")
@@ -146,7 +155,17 @@ def test_loopback_is_refused_for_listed_names(address: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "address", ["169.254.169.254", "169.254.0.1", "fe80::1", "::ffff:169.254.169.254"]
+    "address",
+    [
+        "169.254.169.254",
+        "169.254.0.1",
+        "fe80::1",
+        "fe80::1%eth0",
+        "::ffff:169.254.169.254",
+        "::169.254.169.254",
+        "2002:a9fe:a9fe::1",
+        "64:ff9b::a9fe:a9fe",
+    ],
 )
 def test_link_local_is_never_reachable_even_when_named(address: str) -> None:
     p = policy(address.removeprefix("::ffff:"), f"[{address}]", "metadata.example")

@@ -274,8 +274,10 @@ def _is_control_plane(policy: Policy, ip: IP, port: int, kind: str) -> bool:
 
 
 def _unwrap(ip: IP) -> IP:
-    """The IPv4 address inside an IPv4-mapped, 6to4 or NAT64 IPv6 address."""
+    """The IPv4 address inside an IPv4-mapped, IPv4-compatible, 6to4 or NAT64 IPv6 address."""
     if isinstance(ip, ipaddress.IPv6Address):
+        if 1 < int(ip) <= 0xFFFFFFFF:  # ::a.b.c.d, deprecated but still parsed
+            return ipaddress.IPv4Address(int(ip))
         if ip.ipv4_mapped is not None:
             return ip.ipv4_mapped
         if ip.sixtofour is not None:
