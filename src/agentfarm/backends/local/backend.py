@@ -43,6 +43,7 @@ PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(agentfarm.__file_
 SYSTEM_PREFIXES = ("/usr/",)
 
 
+NONE_NOTICE = "the agent has no network (sandbox.network is none), not even its model endpoint"
 OPEN_NOTICE = (
     "the agent has the host's network (sandbox.network is open): it can reach this machine's "
     "loopback services, the local network and the control plane's port"
@@ -198,7 +199,7 @@ class LocalBackend:
         if box.network == "open":
             return policy, python, [OPEN_NOTICE]
         if box.network == "none":
-            return policy, python, ["the agent has no network (sandbox.network is none)"]
+            return policy, python, [NONE_NOTICE]
         allowed = ", ".join(policy.describe())
         return policy, python, [f"network: allowlist; the agent may reach {allowed}"]
 
