@@ -1,5 +1,7 @@
 """Launch overhead: POST /api/runs -> first agent event, against starting the same Claude Code
-command directly, interleaved in one run (this machine is shared and noisy).
+command directly, interleaved in one run (this machine is shared and noisy). Runs go through a
+config per network policy (`allowlist`, the default, with its egress proxy and bridge, and
+`open`, the host's network), side by side.
 
     .venv/bin/python bench/launch_overhead.py [--runs 15]
 """
@@ -52,10 +54,10 @@ def direct(binary: str, base_url: str, prompt: str, repo: Path) -> float:
     return elapsed
 
 
-def via_agentfarm(srv: Server, client: httpx.Client, prompt: str) -> float:
+def via_agentfarm(srv: Server, client: httpx.Client, prompt: str, config: str) -> float:
     """Seconds from POST /api/runs to the first agent.* event seen on the SSE stream."""
     started = time.perf_counter()
-    run = client.post("/api/runs", json={"config": "bench", "prompt": prompt}).json()
+    run = client.post("/api/runs", json={"config": config, "prompt": prompt}).json()
     with client.stream(
         "GET", f"/api/runs/{run['id']}/events", headers={"Accept": "text/event-stream"}
     ) as response:
@@ -72,7 +74,9 @@ def via_agentfarm(srv: Server, client: httpx.Client, prompt: str) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=15)
+    parser.add_argument("--networks", default="allowlist,open", help="comma-separated")
     args = parser.parse_args()
+    networks = args.networks.split(",")
     binary = claude_bin()
     repo = make_repo()
     prompt = "[scenario:hello] say hello"
@@ -89,23 +93,30 @@ def main() -> None:
         ).start()
         try:
             with srv.client() as client:
-                client.post(
-                    "/api/configs", json={"name": "bench", "repo": str(repo), "prompt": prompt}
-                ).raise_for_status()
-                via_agentfarm(srv, client, prompt)  # warm-up both paths
+                for network in networks:
+                    body = {"name": f"bench-{network}", "repo": str(repo), "prompt": prompt}
+                    body["sandbox"] = {"network": network}
+                    client.post("/api/configs", json=body).raise_for_status()
+                    via_agentfarm(srv, client, prompt, f"bench-{network}")  # warm-up
                 direct(binary, model.base_url, prompt, repo)
                 plain: list[float] = []
-                farm: list[float] = []
+                farm: dict[str, list[float]] = {n: [] for n in networks}
                 for _ in range(args.runs):
                     plain.append(direct(binary, model.base_url, prompt, repo))
-                    farm.append(via_agentfarm(srv, client, prompt))
+                    for network in networks:
+                        farm[network].append(via_agentfarm(srv, client, prompt, f"bench-{network}"))
         finally:
             srv.stop()
-    p, f = median(plain), median(farm)
+    p = median(plain)
     print(f"runs: {args.runs} each, interleaved; cores: {os.cpu_count()}")
     print(f"direct CLI, spawn -> first event:       median {p * 1000:7.1f} ms")
-    print(f"agentfarm, POST /api/runs -> first event: median {f * 1000:7.1f} ms")
-    print(f"overhead: {(f - p) * 1000:.1f} ms at the median; ratio {f / p:.2f}x")
+    for network in networks:
+        f = median(farm[network])
+        print(f"agentfarm ({network}), POST /api/runs -> first event: median {f * 1000:7.1f} ms")
+        print(f"  overhead: {(f - p) * 1000:.1f} ms at the median; ratio {f / p:.2f}x")
+    if "allowlist" in farm and "open" in farm:
+        a, o = median(farm["allowlist"]), median(farm["open"])
+        print(f"allowlist vs open: {(a - o) * 1000:+.1f} ms at the median; ratio {a / o:.2f}x")
 
 
 if __name__ == "__main__":

@@ -83,6 +83,8 @@ async def test_config_crud_and_validation(app_client: AppFactory) -> None:
         ({**CONFIG, "base_branch": "../etc"}, "base_branch"),
         ({**CONFIG, "repo": "--upload-pack=evil"}, "repo"),
         ({**CONFIG, "sandbox": {"memory_mb": 1}}, "sandbox.memory_mb"),
+        ({**CONFIG, "sandbox": {"network": "sometimes"}}, "sandbox.network"),
+        ({**CONFIG, "sandbox": {"egress": ["@nope"]}}, "sandbox.egress"),
         ({**CONFIG, "unknown": 1}, "unknown"),
         ({"name": "x"}, "repo"),
     ],

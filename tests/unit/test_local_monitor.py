@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import json
 
-from agentfarm.backends.local import git, monitor
+from agentfarm.backends.local import egress, git, monitor
 
 
 def test_line_type_cheap_and_full() -> None:
@@ -72,3 +72,40 @@ def test_git_url_helpers() -> None:
     assert not git.is_local("git@github.com:a/b.git")
     assert git.strip_credentials("https://u:tok@host/a.git") == "https://host/a.git"
     assert git.strip_credentials("https://host/a.git") == "https://host/a.git"
+
+
+def test_allowlist_as_root_runs_bwrap_in_the_launchers_own_namespace() -> None:
+    # The launcher child makes the namespace (egress.private_network): no bridge, and bwrap
+    # must not make another one.
+    s = spec(uid=61000, gid=61000, network="allowlist")
+    assert s.via_netns and not s.via_bridge
+    argv, _, sources, _ = monitor.build_launch(s, 9)
+    assert "--unshare-net" not in argv and egress.SANDBOX_SOCKET not in argv
+    assert argv[-2:] == ["--", "/opt/a/agent"]
+    assert egress.BRIDGE not in sources
+
+
+def test_allowlist_through_the_bridge_isolates_the_network() -> None:
+    s = spec(uid=61000, gid=61000, network="allowlist", egress_via="bridge")
+    assert s.via_bridge and spec(network="allowlist").via_bridge  # not root: always the bridge
+    argv, _, sources, _ = monitor.build_launch(s, 9)
+    assert "--unshare-net" in argv
+    assert sources[-2:] == ["/d/runs/r/egress.sock", egress.BRIDGE]
+    socket_bind = argv.index(egress.SANDBOX_SOCKET)
+    assert argv[socket_bind - 2 : socket_bind] == ["--ro-bind", "/tmp/af-5"]
+    command = argv[argv.index("--", argv.index("--json-status-fd")) + 1 :]
+    port = str(egress.SANDBOX_PORT)
+    assert command == ["/usr/bin/python3", "-S", "-I", egress.SANDBOX_BRIDGE,
+                       egress.SANDBOX_SOCKET, port, "--", "/opt/a/agent"]  # fmt: skip
+
+
+def test_network_policies_none_and_open() -> None:
+    argv, _, sources, _ = monitor.build_launch(spec(network="none"), 9)
+    assert "--unshare-net" in argv and egress.SANDBOX_SOCKET not in argv
+    argv, _, _, _ = monitor.build_launch(spec(network="open"), 9)
+    assert "--unshare-net" not in argv and egress.SANDBOX_SOCKET not in argv
+    assert sources == []
+    # A spec with the old boolean still means what it meant.
+    assert spec(network=True).network == "open" and spec(network=False).network == "none"
+    # Unsandboxed runs cannot be isolated: no proxy is started for them.
+    assert not spec(mode="none", network="allowlist").allowlist

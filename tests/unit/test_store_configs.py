@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import sqlite3
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -107,3 +109,19 @@ async def test_an_id_match_wins_over_a_name_match(store: Store) -> None:
     assert (await store.get_config(first.id)).id == first.id
     await store.delete_config(first.id)
     assert await store.get_config(first.id) == tricky
+
+
+async def test_configs_stored_with_the_old_network_boolean_still_load(store: Store) -> None:
+    cfg = await store.create_config(make_config())
+    for stored, expected in ((True, "allowlist"), (False, "none")):
+
+        def rewrite(conn: sqlite3.Connection, value: bool = stored) -> None:
+            row = conn.execute("SELECT spec FROM configs WHERE id = ?", (cfg.id,)).fetchone()
+            spec = json.loads(row[0])
+            spec["sandbox"]["network"] = value
+            spec["sandbox"].pop("egress", None)  # as stored before the field existed
+            conn.execute("UPDATE configs SET spec = ? WHERE id = ?", (json.dumps(spec), cfg.id))
+
+        await store.database.write(rewrite)
+        loaded = await store.get_config(cfg.id)
+        assert loaded.sandbox.network == expected and loaded.sandbox.egress == []

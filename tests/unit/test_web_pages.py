@@ -16,7 +16,7 @@ from .web_helpers import cockpit, login, page_csrf
 
 FORM = {"name": "demo", "repo": "/srv/repo", "prompt": "fix the bug",
         "permission_mode": "bypassPermissions", "backend": "local", "sandbox_mode": "bwrap",
-        "network": "on", "memory_mb": "4096"}  # fmt: skip
+        "network": "allowlist", "memory_mb": "4096"}  # fmt: skip
 
 
 async def wait_terminal(api: httpx.AsyncClient, run_id: str) -> dict[str, object]:
@@ -44,7 +44,7 @@ async def test_config_form_shows_errors_next_to_fields_then_saves(tmp_path: Path
         ok = await browser.post("/configs/new", data={**FORM, "csrf_token": token})
         assert ok.status_code == 303
         saved = (await cp.api.get("/api/configs/demo")).json()
-        assert saved["sandbox"]["network"] is True and saved["prompt"] == "fix the bug"
+        assert saved["sandbox"]["network"] == "allowlist" and saved["prompt"] == "fix the bug"
         again = await browser.post("/configs/new", data={**FORM, "csrf_token": token})
         assert again.status_code == 422 and "already exists" in again.text
         # Edit keeps the id; duplicate prefills a copy; delete removes it.
@@ -212,3 +212,30 @@ async def test_stop_from_the_run_page(tmp_path: Path) -> None:
         stopped = await browser.post(f"/runs/{run_id}/stop", data={"csrf_token": token})
         assert stopped.status_code == 303
         assert (await wait_terminal(cp.api, run_id))["status"] == "stopped"
+
+
+async def test_network_policy_on_the_form_the_config_list_and_the_run_page(tmp_path: Path) -> None:
+    async with cockpit(tmp_path) as cp, cp.browser() as browser:
+        await cp.add_user()
+        await login(browser)
+        form = await browser.get("/configs/new")
+        assert '<select class="input" name="network"' in form.text
+        assert '<option value="allowlist" selected>' in form.text
+        token = await page_csrf(browser, "/configs/new")
+        bad = {**FORM, "egress": "pypi.org\n@nope", "csrf_token": token}
+        response = await browser.post("/configs/new", data=bad)
+        assert response.status_code == 422
+        assert 'id="egress-error"' in response.text and "unknown group" in response.text
+        good = {**FORM, "network": "open", "egress": "@pypi\nexample.com:8443", "csrf_token": token}
+        assert (await browser.post("/configs/new", data=good)).status_code == 303
+        saved = (await cp.api.get("/api/configs/demo")).json()
+        assert saved["sandbox"]["network"] == "open"
+        assert saved["sandbox"]["egress"] == ["@pypi", "example.com:8443"]
+        listed = await browser.get("/configs")
+        assert "network open" in listed.text.split('id="config-demo"')[1]
+        edit = await browser.get(f"/configs/{saved['id']}/edit")
+        assert '<option value="open" selected>' in edit.text and "example.com:8443" in edit.text
+        run_id = (await cp.api.post("/api/runs", json={"config": "demo"})).json()["id"]
+        page = await browser.get(f"/runs/{run_id}")
+        head = page.text.split('id="run-head"')[1].split("</dl>")[0]
+        assert "<dt>network</dt>" in head and "badge-warning" in head and "open" in head

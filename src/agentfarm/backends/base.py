@@ -16,7 +16,8 @@ from typing import Literal, Protocol
 from agentfarm.agents.base import AgentCommand
 from agentfarm.domain import models
 
-RecordKind = Literal["stdout", "stderr", "notice", "started", "exit"]
+#: ``egress``: a connection the sandbox's egress proxy refused (JSON: host, port, reason).
+RecordKind = Literal["stdout", "stderr", "notice", "started", "exit", "egress"]
 
 
 @dataclass(frozen=True)

@@ -263,7 +263,13 @@ def config_add(
     max_turns: Annotated[int | None, typer.Option()] = None,
     append_system_prompt: Annotated[str | None, typer.Option()] = None,
     env: Annotated[list[str] | None, typer.Option(help="KEY=VALUE, repeatable.")] = None,
-    network: Annotated[bool | None, typer.Option("--network/--no-network")] = None,
+    network: Annotated[
+        str | None, typer.Option(help="none | allowlist (the default) | open.")
+    ] = None,
+    egress: Annotated[
+        list[str] | None,
+        typer.Option(help="Host the agent may reach: host, host:port or @pypi; repeatable."),
+    ] = None,
     memory_mb: Annotated[int | None, typer.Option()] = None,
     cpus: Annotated[float | None, typer.Option()] = None,
     no_sandbox: Annotated[bool, typer.Option(help="Run unsandboxed (explicit opt-out).")] = False,
@@ -298,8 +304,10 @@ def config_add(
             fail("--env takes KEY=VALUE")
         body["env"] = {**body.get("env", {}), **pairs}
     sandbox = dict(body.get("sandbox") or {})
-    for key, val in (("network", network), ("memory_mb", memory_mb), ("cpus", cpus)):
-        if val is not None:
+    for key, val in (
+        ("network", network), ("egress", egress), ("memory_mb", memory_mb), ("cpus", cpus)
+    ):  # fmt: skip
+        if val is not None and val != []:
             sandbox[key] = val
     if no_sandbox:
         sandbox["mode"] = "none"

@@ -33,6 +33,9 @@ def event_line(event: dict[str, Any]) -> Text | None:
         return text
     if kind == "run.notice":
         return Text(f"! {data.get('message', '')}", style="yellow")
+    if kind == "sandbox.egress_denied":
+        where = f"{data.get('host', '?')}:{data.get('port', '?')}"
+        return Text(f"! egress denied: {where} ({data.get('reason', '')})", style="red")
     if kind == "agent.init":
         tools = data.get("tools") or []
         return Text(

@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from agentfarm.domain import egress as egress_policy
 from agentfarm.domain import gittokens
 
 SLUG_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$")
@@ -73,10 +74,39 @@ class SandboxSpec(_Strict):
         "bwrap",
         description="`bwrap` (bubblewrap, the default) or `none`: an explicit, visible opt-out.",
     )
-    network: bool = Field(True, description="Give the agent network access.")
+    network: Literal["none", "allowlist", "open"] = Field(
+        "allowlist",
+        description="`allowlist` (the default): its own network, out only through a proxy to "
+        "the model endpoint, the run's git remote and `egress`; `none`: no network; `open`: "
+        "the host's network (an explicit, visible choice). Deprecated: `true`/`false` in older "
+        "configs read as `allowlist`/`none`.",
+    )
+    egress: list[Annotated[str, Field(max_length=300)]] = Field(
+        default_factory=list,
+        max_length=200,
+        description="Hosts the agent may reach with `network: allowlist`: `host` (ports 80 and "
+        "443), `host:port`, `*.domain`, an IP address (needed for a private one) or a group: "
+        + ", ".join(f"`{g}`" for g in egress_policy.GROUPS)
+        + ".",
+    )
     memory_mb: int | None = Field(4096, ge=64, le=1_048_576, description="Memory limit (MiB).")
     cpus: float | None = Field(None, gt=0, le=1024, description="CPU limit, in cores.")
     pids: int | None = Field(1024, ge=16, le=1_000_000, description="Process-count limit.")
+
+    @field_validator("network", mode="before")
+    @classmethod
+    def _legacy_network(cls, value: object) -> object:
+        # Stored configs and runs from before the policy had `network: true/false`.
+        if isinstance(value, bool):
+            return "allowlist" if value else "none"
+        return value
+
+    @field_validator("egress")
+    @classmethod
+    def _check_egress(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            egress_policy.parse_entry(entry)  # a ValueError names the entry and the fix
+        return [entry.strip() for entry in value]
 
 
 #: A Kubernetes resource quantity ("500m", "2", "4Gi").
@@ -302,6 +332,7 @@ class EventType(StrEnum):
     agent_stderr = "agent.stderr"
     agent_unparsed = "agent.unparsed"
     user_message = "user.message"
+    sandbox_egress_denied = "sandbox.egress_denied"
 
 
 class EventDraft(BaseModel):

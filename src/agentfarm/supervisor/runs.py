@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -488,7 +489,21 @@ def _translate(parser: StreamParser, record: Record) -> list[models.EventDraft]:
         return parser.feed_stderr(record.data)
     if record.kind == "notice":
         return [notice_event(record.data.decode("utf-8", "replace"))]
+    if record.kind == "egress":
+        return [egress_event(record.data)]
     return []
+
+
+def egress_event(payload: bytes) -> models.EventDraft:
+    """A connection the sandbox's egress proxy refused (``host``, ``port``, ``reason``)."""
+    try:
+        body = json.loads(payload)
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        body = {"reason": payload.decode("utf-8", "replace")[:500]}
+    data = {k: body[k] for k in ("host", "port", "reason") if k in body}
+    return models.EventDraft(type=models.EventType.sandbox_egress_denied, data=data)
 
 
 def _summary_fields(parser: StreamParser) -> dict[str, Any]:

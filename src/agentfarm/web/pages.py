@@ -280,6 +280,7 @@ FORM_FIELDS = (
     "backend",
     "sandbox_mode",
     "network",
+    "egress",
     "memory_mb",
 )
 
@@ -287,7 +288,7 @@ FORM_FIELDS = (
 def _form_values(cfg: models.ConfigIn | None) -> dict[str, str]:
     if cfg is None:
         return {"permission_mode": "bypassPermissions", "backend": "local",
-                "sandbox_mode": "bwrap", "network": "on", "memory_mb": "4096"}  # fmt: skip
+                "sandbox_mode": "bwrap", "network": "allowlist", "memory_mb": "4096"}  # fmt: skip
     return {
         "name": cfg.name,
         "repo": cfg.repo,
@@ -302,7 +303,8 @@ def _form_values(cfg: models.ConfigIn | None) -> dict[str, str]:
         "env": "\n".join(f"{k}={v}" for k, v in cfg.env.items()),
         "backend": cfg.backend,
         "sandbox_mode": cfg.sandbox.mode,
-        "network": "on" if cfg.sandbox.network else "",
+        "network": cfg.sandbox.network,
+        "egress": "\n".join(cfg.sandbox.egress),
         "memory_mb": str(cfg.sandbox.memory_mb or ""),
     }
 
@@ -342,7 +344,8 @@ def _parse_config(
     body["env"] = env
     sandbox = dict(body.get("sandbox") or {})
     sandbox["mode"] = values.get("sandbox_mode", "bwrap")
-    sandbox["network"] = bool(values.get("network"))
+    sandbox["network"] = values.get("network", "allowlist")
+    sandbox["egress"] = lines("egress")
     sandbox["memory_mb"] = values.get("memory_mb", "").strip() or None
     body["sandbox"] = sandbox
     try:

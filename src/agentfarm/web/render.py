@@ -152,6 +152,10 @@ def _body(event: models.Event) -> tuple[Markup, str]:
         return Markup("").join(parts), ""
     if t == models.EventType.run_notice:
         return Markup('<span class="muted">{}</span>').format(d.get("message", "")), ""
+    if t == models.EventType.sandbox_egress_denied:
+        return Markup('egress denied: <code>{}:{}</code> <span class="muted">{}</span>').format(
+            d.get("host", "?"), d.get("port", "?"), d.get("reason", "")
+        ), " is-error"
     if t == models.EventType.agent_init:
         tools = d.get("tools") or []
         return Markup('<span class="muted">session {} · {} · {} tools · {}</span>').format(

@@ -20,7 +20,7 @@ from typing import Any
 import agentfarm
 from agentfarm.agents.base import AgentCommand
 from agentfarm.backends.base import LaunchInfo
-from agentfarm.backends.local import git, hostinfo, procs, sandbox
+from agentfarm.backends.local import egress, git, hostinfo, procs, sandbox
 from agentfarm.backends.local.handle import (
     GIT_STATE,
     LocalHandle,
@@ -29,6 +29,7 @@ from agentfarm.backends.local.handle import (
     monitor_running,
     read_identity,
 )
+from agentfarm.domain import egress as policies
 from agentfarm.domain import errors, models
 from agentfarm.settings import Settings
 
@@ -42,6 +43,25 @@ PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(agentfarm.__file_
 SYSTEM_PREFIXES = ("/usr/",)
 
 
+NONE_NOTICE = "the agent has no network (sandbox.network is none), not even its model endpoint"
+OPEN_NOTICE = (
+    "the agent has the host's network (sandbox.network is open): it can reach this machine's "
+    "loopback services, the local network and the control plane's port"
+)
+
+
+def bridge_python() -> tuple[str, list[str]]:
+    """The interpreter for ``bridge.py`` inside the sandbox, and directories to bind for it.
+
+    Debian's /usr/bin/python3 is already visible there; without it, the server's own
+    interpreter is used and its installation prefix is bound read-only.
+    """
+    if os.path.exists("/usr/bin/python3"):
+        return "/usr/bin/python3", []
+    prefix = os.path.realpath(sys.base_prefix)
+    return os.path.realpath(sys.executable), [] if prefix.startswith("/usr/") else [prefix]
+
+
 def find_bwrap() -> str | None:
     return shutil.which("bwrap")
 
@@ -52,6 +72,8 @@ def find_setpriv() -> str | None:
 
 class LocalBackend:
     name = "local"
+    #: How the proxy port reaches the egress proxy (see ``egress.py``); tests force ``bridge``.
+    egress_via = "auto"
 
     def __init__(self, settings: Settings, *, interrupt: bytes = b"") -> None:
         self.settings = settings
@@ -73,6 +95,7 @@ class LocalBackend:
             raise errors.ConfigurationError(NO_BWRAP)
         if not command.argv:
             raise errors.LaunchError("the agent command is empty")
+        policy, python, notices = self._network(run, secrets)
         is_root = os.geteuid() == 0
         uid, gid = (
             (self.settings.sandbox_uid, self.settings.sandbox_gid) if is_root else (None, None)
@@ -106,6 +129,9 @@ class LocalBackend:
         binds = [sandbox.Bind(d, d) for d in real_dirs] + binds
         in_box = box.mode == "bwrap"
         env = sandbox.agent_env(command.env, secrets, home=sandbox.HOME if in_box else str(home))
+        if in_box and box.network == "allowlist":
+            env.update(egress.proxy_env())
+            binds += [sandbox.Bind(d, d) for d in python[1]]
         spec: dict[str, Any] = {
             "run_dir": str(run_dir),
             "mode": box.mode,
@@ -118,6 +144,9 @@ class LocalBackend:
             "passwd": str(run_dir / "etc" / "passwd"),
             "group": str(run_dir / "etc" / "group"),
             "network": box.network,
+            "egress_policy": policy.to_json(),
+            "python": python[0],
+            "egress_via": self.egress_via,
             "limits": {"memory_mb": box.memory_mb, "cpus": box.cpus, "pids": box.pids},
             "cgroup_name": run.id,
             "uid": uid,
@@ -129,7 +158,7 @@ class LocalBackend:
             "usr_links": usr_links,
         }
         await self._send_spec(monitor, run_dir, spec)
-        notices = hostinfo.run_notices(is_root=is_root)  # no sandbox uid without root
+        notices += hostinfo.run_notices(is_root=is_root)  # no sandbox uid without root
         return self.handle(run), LaunchInfo(
             branch=branch, workspace=str(workspace), notices=notices
         )
@@ -152,6 +181,30 @@ class LocalBackend:
         await _remove_tree(run_dir)
 
     # --- helpers ---------------------------------------------------------------------------
+    def _network(
+        self, run: models.Run, secrets: dict[str, str]
+    ) -> tuple[policies.Policy, tuple[str, list[str]], list[str]]:
+        """The run's egress policy, the bridge's interpreter (and binds it needs), notices."""
+        box, repo = run.spec.sandbox, run.spec.repo
+        try:
+            policy = policies.build_policy(
+                box.egress,
+                model_url=secrets.get("ANTHROPIC_BASE_URL"),
+                remote=None if git.is_local(repo) else git.strip_credentials(repo),
+                control=[(self.settings.host, self.settings.port)],
+            )
+        except ValueError as exc:
+            raise errors.ConfigurationError(str(exc)) from None
+        python = bridge_python()
+        if box.mode == "none":
+            return policy, python, []
+        if box.network == "open":
+            return policy, python, [OPEN_NOTICE]
+        if box.network == "none":
+            return policy, python, [NONE_NOTICE]
+        allowed = ", ".join(policy.describe())
+        return policy, python, [f"network: allowlist; the agent may reach {allowed}"]
+
     def _prepare(self, run_dir: Path, uid: int | None, gid: int | None) -> None:
         self.settings.ensure_dirs()
         if run_dir.exists():

@@ -14,7 +14,8 @@ import os
 import struct
 from typing import Literal
 
-Kind = Literal["stdout", "stderr", "notice", "started", "exit"]
+#: ``egress``: a JSON object, one connection the egress proxy refused (host, port, reason).
+Kind = Literal["stdout", "stderr", "notice", "started", "exit", "egress"]
 
 HEADER = struct.Struct(">cI")
 #: Longer payloads (a line without a newline for 64 MiB) are split over several frames.
@@ -26,6 +27,7 @@ KIND_BY_BYTE: dict[bytes, Kind] = {
     b"n": "notice",
     b"s": "started",
     b"x": "exit",
+    b"g": "egress",
 }
 BYTE_BY_KIND: dict[Kind, bytes] = {kind: byte for byte, kind in KIND_BY_BYTE.items()}
 

@@ -9,7 +9,9 @@ agent, and then:
 - feeds the agent's stdin, closing it after a stdout line whose ``type`` says the agent is
   done (``close_stdin_after``);
 - answers JSON-line requests on ``control.sock`` (``send``, ``stop``, ``ping``);
-- watches the run's OOM counter, and on exit writes the exit frame, fsyncs and leaves.
+- watches the run's OOM counter, and on exit writes the exit frame, fsyncs and leaves;
+- with ``network: allowlist``, runs the run's egress proxy as a child process (see
+  ``egress.py``) and spools the denials it reports as ``egress`` frames.
 
 It is deliberately synchronous and single-threaded (one ``selectors`` loop): the launcher
 child runs Python code between fork and exec (joining cgroups, staging mounts), which is only
@@ -34,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 # Only light modules: the monitor starts on every launch (pydantic would add ~100 ms).
-from agentfarm.backends.local import cgroups, frames, procs, sandbox, stage
+from agentfarm.backends.local import cgroups, egress, frames, procs, sandbox, stage
 from agentfarm.backends.local.frames import MAX_PAYLOAD, SpoolWriter
 
 READ_SIZE = 1 << 16
@@ -112,7 +114,8 @@ class Spec:
     home: str
     passwd: str
     group: str
-    network: bool
+    #: ``none`` (no network at all), ``allowlist`` (only through the egress proxy) or ``open``.
+    network: str
     limits: cgroups.Limits
     cgroup_name: str
     uid: int | None = None
@@ -122,6 +125,31 @@ class Spec:
     bwrap: str = "bwrap"
     setpriv: str = "setpriv"
     usr_links: tuple[str, ...] = ("bin", "lib", "lib64", "sbin")
+    #: The egress policy (``Policy.to_json``), for ``network: allowlist``.
+    egress_policy: dict[str, Any] | None = None
+    #: The interpreter that runs ``bridge.py`` inside the sandbox.
+    python: str = "/usr/bin/python3"
+    #: How the sandbox's proxy port reaches the proxy: ``netns`` (root only), ``bridge`` or
+    #: ``auto`` (``netns`` when the monitor drops to a sandbox uid, that is runs as root).
+    egress_via: str = "auto"
+
+    @property
+    def allowlist(self) -> bool:
+        return self.mode != "none" and self.network == "allowlist"
+
+    @property
+    def via_netns(self) -> bool:
+        if not self.allowlist:
+            return False
+        return self.egress_via == "netns" or (self.egress_via == "auto" and self.uid is not None)
+
+    @property
+    def via_bridge(self) -> bool:
+        return self.allowlist and not self.via_netns
+
+    @property
+    def egress_socket(self) -> str:
+        return os.path.join(self.run_dir, egress.SOCKET_NAME)
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> Spec:
@@ -132,6 +160,8 @@ class Spec:
         raw["binds"] = [sandbox.Bind(*b) for b in raw.get("binds", [])]
         raw["etc"] = tuple(raw.get("etc", ()))
         raw["usr_links"] = tuple(raw.get("usr_links", ("bin", "lib", "lib64", "sbin")))
+        if isinstance(raw.get("network"), bool):
+            raw["network"] = "open" if raw["network"] else "none"
         return cls(**raw)
 
 
@@ -145,6 +175,8 @@ def _staging(spec: Spec) -> tuple[list[str], dict[str, str]]:
         return [], {}
     sources = [spec.workspace, spec.home, spec.passwd, spec.group]
     sources += [b.source for b in spec.binds]
+    if spec.via_bridge:
+        sources += [spec.egress_socket, egress.BRIDGE]
     unique = list(dict.fromkeys(sources))
     return unique, {src: stage.staged_path(i) for i, src in enumerate(unique)}
 
@@ -161,14 +193,25 @@ def build_launch(
     if spec.mode == "none":
         argv = sandbox.setpriv_prefix(spec.uid, spec.gid, spec.setpriv) + spec.argv
         return argv, at(spec.workspace), sources, {**spec.env, "HOME": at(spec.home)}
+    binds = list(spec.binds)
+    command = spec.argv
+    if spec.via_bridge:
+        binds += [
+            sandbox.Bind(spec.egress_socket, egress.SANDBOX_SOCKET),
+            sandbox.Bind(egress.BRIDGE, egress.SANDBOX_BRIDGE),
+        ]
+        port = str(egress.SANDBOX_PORT)
+        bridge = [spec.python, "-S", "-I", egress.SANDBOX_BRIDGE, egress.SANDBOX_SOCKET, port]
+        command = [*bridge, "--", *spec.argv]
     config = sandbox.SandboxConfig(
         workspace=at(spec.workspace),
         home=at(spec.home),
         passwd=at(spec.passwd),
         group=at(spec.group),
-        network=spec.network,
+        # With netns, the launcher child has made the namespace: bubblewrap stays in it.
+        network=spec.network == "open" or spec.via_netns,
         etc=spec.etc,
-        extra_binds=tuple(sandbox.Bind(at(b.source), b.dest, b.writable) for b in spec.binds),
+        extra_binds=tuple(sandbox.Bind(at(b.source), b.dest, b.writable) for b in binds),
         status_fd=status_fd,
         uid=spec.uid,
         gid=spec.gid,
@@ -176,7 +219,7 @@ def build_launch(
         setpriv=spec.setpriv,
         usr_links=spec.usr_links,
     )
-    return sandbox.bwrap_argv(config, spec.argv), None, sources, spec.env
+    return sandbox.bwrap_argv(config, command), None, sources, spec.env
 
 
 class Monitor:
@@ -200,6 +243,11 @@ class Monitor:
         self.splitters = {"stdout": LineSplitter(), "stderr": LineSplitter()}
         self.listener: socket.socket | None = None
         self.status_buffer = b""
+        self.proxy_pid: int | None = None
+        #: The monitor's end of the socket pair that carries the netns listener to the proxy.
+        self.channel: socket.socket | None = None
+        self.denials = LineSplitter(limit=4096)
+        self.report_fd: int | None = None
 
     # --- start -----------------------------------------------------------------------------
     def write_identity(self) -> None:
@@ -246,19 +294,25 @@ class Monitor:
         if spec.mode == "none":
             self.spool.notice(
                 "the agent runs unsandboxed (sandbox.mode is none): it can read and write "
-                "whatever its uid can"
+                "whatever its uid can, and it has the host's network whatever sandbox.network "
+                "says"
             )
+        if spec.allowlist:
+            self.start_proxy()
         status_r, status_w = os.pipe2(os.O_CLOEXEC)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         argv, cwd, sources, env = build_launch(spec, status_w)
         stage.load()
         cgroup = self.cgroup
+        channel = self.channel
 
         def preexec() -> None:
             try:
                 cgroup.join()
                 if sources:
                     stage.stage(sources)
+                if channel is not None:
+                    egress.private_network(channel)
                 if cwd is not None:
                     # Here rather than Popen(cwd=...), which would chdir before we join the cgroups.
                     os.chdir(cwd)
@@ -284,6 +338,9 @@ class Monitor:
             os.close(status_w)
             os.close(err_w)
             os.close(err_r)
+            if self.channel is not None:
+                self.channel.close()
+                self.channel = None
         proc = self.proc
         for name, stream in (("stdout", proc.stdout), ("stderr", proc.stderr)):
             if stream is not None:
@@ -302,6 +359,52 @@ class Monitor:
         started = {"pid": proc.pid, "sandbox": spec.mode, "uid": spec.uid or os.getuid()}
         self.spool.write("started", json.dumps(started).encode())
         self.update_stdin()
+
+    def start_proxy(self) -> None:
+        """Fork the proxy, with the run's egress socket (bridge) or a socket pair over which
+        the launcher child sends the listener it makes in the sandbox's namespace (netns)."""
+        report_r, report_w = os.pipe2(os.O_CLOEXEC)
+        listener: socket.socket | None = None
+        theirs: socket.socket | None = None
+        try:
+            if self.spec.via_netns:
+                self.channel, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            else:
+                listener = self.listen_egress_socket()
+            policy = self.spec.egress_policy or {}
+            self.proxy_pid = egress.fork_proxy(listener, policy, report_w, theirs)
+        finally:
+            for sock in (listener, theirs):
+                if sock is not None:
+                    sock.close()
+            os.close(report_w)
+        os.set_blocking(report_r, False)
+        self.sel.register(report_r, selectors.EVENT_READ, ("egress", None))
+        self.report_fd = report_r
+
+    def listen_egress_socket(self) -> socket.socket:
+        path = f"/proc/self/fd/{self.dirfd}/{egress.SOCKET_NAME}"
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o177)
+        try:
+            listener.bind(path)
+        finally:
+            os.umask(old)
+        if self.spec.uid is not None:
+            # Only the run's sandbox uid may connect (0600, and no other sandbox sees it).
+            os.chown(path, self.spec.uid, self.spec.gid if self.spec.gid is not None else -1)
+        listener.listen(128)
+        return listener
+
+    def stop_proxy(self) -> None:
+        if self.proxy_pid is None:
+            return
+        procs.kill_quietly(self.proxy_pid)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(self.proxy_pid, 0)
+        self.proxy_pid = None
 
     def wait_for_sandbox(self, status_r: int, timeout: float = 10.0) -> None:
         """Block until bubblewrap reports its child (its set-up, --die-with-parent included, is
@@ -353,6 +456,8 @@ class Monitor:
                     self.write_stdin()
                 elif kind == "status":
                     self.read_status(key.fd)
+                elif kind == "egress":
+                    self.read_denials(key.fd)
                 elif kind == "listen":
                     self.accept()
                 elif kind == "conn":
@@ -373,6 +478,13 @@ class Monitor:
             for line in self.splitters[name].flush():
                 self.spool.write(name, line)
         self.kill_all()
+        self.stop_proxy()
+        # Denials of the agent's last moments may still be in the pipe: the proxy is gone now,
+        # so this reads to the end.
+        for _ in range(1000):  # bounded: a pipe that is somehow still open must not hang us
+            if self.report_fd is None:
+                break
+            self.read_denials(self.report_fd)
         self.cgroup.destroy()
         signal_number = -returncode if returncode is not None and returncode < 0 else None
         error = None
@@ -454,6 +566,21 @@ class Monitor:
             os.close(fd)
             return
         self.accept_status(data)
+
+    def read_denials(self, fd: int) -> None:
+        try:
+            data = os.read(fd, READ_SIZE)
+        except BlockingIOError:
+            return
+        if not data:
+            self.sel.unregister(fd)
+            os.close(fd)
+            self.report_fd = None
+            if self.proxy_pid is not None:
+                self.spool.notice("the egress proxy stopped: the agent has no network now")
+            return
+        for line in self.denials.feed(data):
+            self.spool.write("egress", line)
 
     def accept_status(self, data: bytes) -> None:
         self.status_buffer += data
@@ -552,6 +679,9 @@ class Monitor:
         return {"ok": False, "error": f"unknown op {op!r}"}
 
     def close(self) -> None:
+        self.stop_proxy()
+        if self.channel is not None:
+            self.channel.close()
         with contextlib.suppress(OSError):
             os.unlink(CONTROL_SOCK, dir_fd=self.dirfd)
         if self.listener is not None:

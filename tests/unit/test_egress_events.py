@@ -1,0 +1,38 @@
+"""A denial travels from the proxy's report, as an ``egress`` spool frame, to a
+``sandbox.egress_denied`` event that the cockpit and the CLI show."""
+
+from __future__ import annotations
+
+import json
+
+from agentfarm.backends.local import spool
+from agentfarm.cli import render as cli_render
+from agentfarm.domain import models
+from agentfarm.supervisor import runs
+from agentfarm.web import render as web_render
+
+
+def test_egress_frames_become_denial_events() -> None:
+    body = {"host": "pypi.org", "port": 443, "reason": "not on the run's egress allow-list"}
+    frame = spool.encode("egress", json.dumps(body).encode())[0]
+    [record], _ = spool.parse(frame, 0)
+    assert record.kind == "egress"
+    [draft] = runs._translate(None, record)  # type: ignore[arg-type]  # no parser needed
+    assert draft.type == models.EventType.sandbox_egress_denied == "sandbox.egress_denied"
+    assert draft.data == body
+
+
+def test_a_garbled_report_still_says_something() -> None:
+    draft = runs.egress_event(b"not json")
+    assert draft.type == "sandbox.egress_denied" and draft.data == {"reason": "not json"}
+    draft = runs.egress_event(json.dumps({"host": "h", "port": 1, "secret": "x"}).encode())
+    assert draft.data == {"host": "h", "port": 1}
+
+
+def test_cockpit_and_cli_show_host_port_and_reason() -> None:
+    data = {"host": "pypi.org", "port": 443, "reason": "not on the list"}
+    event = models.Event(run_id="r", seq=1, type="sandbox.egress_denied", data=data)
+    html = web_render.event_html(event)
+    assert "pypi.org:443" in html and "not on the list" in html
+    line = cli_render.event_line(event.model_dump(mode="json"))
+    assert line is not None and "pypi.org:443" in line.plain and "not on the list" in line.plain
