@@ -390,7 +390,7 @@ async def test_the_cursor_survives_the_kubelets_log_rotation(
     assert numbers == list(range(1, bursts * per_burst + 1)), (len(numbers), notices)
 
     # Read again, as after a restart: the kubelet serves only the newest file now.
-    again = await backend.attach(run)
+    again, _ = await backend.attach(run)
     replay = await collect(again.records(after=0), timeout=120)
     first = next(r for r in replay if r.kind == "stdout")
     assert json.loads(first.data)["n"] > 1, "the log was not rotated: the test proves nothing"
