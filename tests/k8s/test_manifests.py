@@ -8,6 +8,7 @@ CRDs this server does not have (ExternalSecret) are skipped by name, with the re
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,11 @@ ROUTES: dict[tuple[str, str], tuple[str, str, bool]] = {
     ("apps/v1", "DaemonSet"): ("/apis/apps/v1", "daemonsets", True),
     ("node.k8s.io/v1", "RuntimeClass"): ("/apis/node.k8s.io/v1", "runtimeclasses", False),
     ("networking.k8s.io/v1", "Ingress"): ("/apis/networking.k8s.io/v1", "ingresses", True),
+    ("networking.k8s.io/v1", "NetworkPolicy"): (
+        "/apis/networking.k8s.io/v1",
+        "networkpolicies",
+        True,
+    ),
 }
 for _kind, _plural, _ns in (
     ("Role", "roles", True),
@@ -135,3 +141,33 @@ def test_control_plane_deployment_shape() -> None:
 def test_runtime_classes(name: str) -> None:
     docs = {(d["kind"], d["metadata"]["name"]): d for _, d in all_documents()}
     assert docs[("RuntimeClass", name)]["handler"] == name
+
+
+def _with_defaults(spec: dict[str, Any]) -> dict[str, Any]:
+    """A NetworkPolicy spec as the API server stores it: ports default to protocol TCP."""
+    out = json.loads(json.dumps(spec))
+    for key in ("egress", "ingress"):
+        for rule in out.get(key) or []:
+            for port in rule.get("ports") or []:
+                port.setdefault("protocol", "TCP")
+    return out
+
+
+async def test_agent_network_policies_reach_the_server_unchanged(k8s_api: cluster.Cluster) -> None:
+    """The agents' NetworkPolicies, created for real in a test namespace, come back exactly as
+    written: the server dropped no field it does not know (tests/unit/test_kit_network_policy.py
+    evaluates what they allow; no test cluster here enforces them)."""
+    namespace = await asyncio.to_thread(k8s_api.create_namespace, "netpol")
+    policies = [d for _, d in resolve(KIT) if d["kind"] == "NetworkPolicy"]
+    assert {p["metadata"]["namespace"] for p in policies} == {"agentfarm-agents"}
+    assert len(policies) >= 3
+    for policy in policies:
+        doc = json.loads(json.dumps(policy))
+        doc["metadata"]["namespace"] = namespace
+        status, body = await asyncio.to_thread(
+            k8s_api.request, "POST", url(doc, collection=True), doc
+        )
+        assert status == 201, body
+        status, stored = await asyncio.to_thread(k8s_api.request, "GET", url(doc, collection=False))
+        assert status == 200, stored
+        assert stored["spec"] == _with_defaults(policy["spec"]), policy["metadata"]["name"]
