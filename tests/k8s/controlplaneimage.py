@@ -17,6 +17,8 @@ What the Dockerfile does, and what stands in for it here:
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import fnmatch
 import hashlib
 import importlib.metadata
@@ -27,13 +29,17 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import time
 import tomllib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from packaging.requirements import Requirement
 
 from tests import realparts
+from tests.k8s import cluster
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "deploy" / "controlplane" / "Dockerfile"
@@ -303,3 +309,99 @@ def build_controlplane_image(work: Path) -> Path:
     if result.returncode != 0:
         raise RuntimeError(f"build-image.py failed: {result.stderr.strip()}")
     return tarball
+
+
+# --- running it on the tier-B node, as the kit's Deployment would ---------------------------------
+
+
+def kit_pod(namespace: str) -> dict[str, Any]:
+    """The kit's control-plane Deployment as one pod of :data:`IMAGE`: the data volume is an
+    emptyDir, and the pod needs no ServiceAccount (it talks to no API server here)."""
+    from tests.k8s.test_manifests import all_documents
+
+    docs = {(d["kind"], d["metadata"]["name"]): d for _, d in all_documents()}
+    template = copy.deepcopy(docs[("Deployment", "agentfarm")]["spec"]["template"])
+    spec = template["spec"]
+    spec.pop("serviceAccountName")
+    spec["automountServiceAccountToken"] = False
+    spec["restartPolicy"] = "Never"  # a crash fails the test at once
+    spec["volumes"] = [{"name": v["name"], "emptyDir": {}} for v in spec["volumes"]]
+    container = spec["containers"][0]
+    container["image"] = IMAGE
+    container["livenessProbe"]["initialDelaySeconds"] = 60
+    container["readinessProbe"]["periodSeconds"] = 1
+    labels = template["metadata"]["labels"]
+    metadata = {"name": "agentfarm", "namespace": namespace, "labels": labels}
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": spec}
+
+
+def http_get(
+    node: cluster.Cluster, address: str, path: str, headers: dict[str, str] | None = None
+) -> tuple[int, str]:
+    """GET over plain TCP from inside the node's network namespace (where pod IPs route)."""
+    lines = [f"GET {path} HTTP/1.0", "Host: localhost:8080"]
+    lines += [f"{key}: {value}" for key, value in (headers or {}).items()]
+    request = ("\r\n".join(lines) + "\r\n\r\n").encode()
+    # shut-none: a half-closed request makes the server drop the connection unanswered.
+    target = f"TCP:{address}:8080,shut-none"
+    answer = node.in_namespace("socat", "-t10", "-T10", "-", target, input=request)
+    head, _, body = answer.partition("\r\n\r\n")
+    if not head.startswith("HTTP/"):
+        return 0, f"no HTTP answer from {address}: {answer!r}"
+    return int(head.split()[1]), body
+
+
+def _wait_ready(node: cluster.Cluster, namespace: str, name: str, timeout: float = 180) -> str:
+    """The pod's IP once its readiness probe (GET /api/health) passes."""
+    path = f"/api/v1/namespaces/{namespace}/pods/{name}"
+    deadline = time.monotonic() + timeout
+    while True:
+        status, pod = node.request("GET", path)
+        if status != 200:
+            raise AssertionError(f"GET {path} -> {status}: {pod}")
+        conditions = pod.get("status", {}).get("conditions", [])
+        if any(c["type"] == "Ready" and c["status"] == "True" for c in conditions):
+            return str(pod["status"]["podIP"])
+        statuses = pod.get("status", {}).get("containerStatuses", [])
+        if any(s.get("state", {}).get("terminated") for s in statuses) or (
+            time.monotonic() > deadline
+        ):
+            log = node.kubectl("-n", namespace, "logs", name, check=False)
+            raise AssertionError(f"{name} not ready: {statuses}\n{log}")
+        time.sleep(0.5)
+
+
+@dataclass
+class ControlPlane:
+    namespace: str
+    address: str
+    image_seconds: float
+    image_mib: int
+
+
+@contextlib.contextmanager
+def control_plane(node: cluster.Cluster, work: Path) -> Iterator[ControlPlane]:
+    """Build and import the image, run it as the kit's pod in a namespace of its own and wait
+    until the kubelet finds it ready; on exit delete the namespace (without waiting)."""
+    started = time.monotonic()
+    tarball = build_controlplane_image(work)
+    node.import_image(tarball)
+    seconds = time.monotonic() - started
+    namespace = node.create_namespace("controlplane")
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "agentfarm-api", "namespace": namespace},
+        "stringData": {"token": "af_" + "0" * 48},
+    }
+    try:
+        for kind, body in (("secrets", secret), ("pods", kit_pod(namespace))):
+            status, answer = node.request("POST", f"/api/v1/namespaces/{namespace}/{kind}", body)
+            if status != 201:
+                raise AssertionError(f"creating {kind} -> {status}: {answer}")
+        address = _wait_ready(node, namespace, "agentfarm")
+        yield ControlPlane(namespace, address, seconds, tarball.stat().st_size >> 20)
+    finally:
+        node.kubectl("-n", namespace, "delete", "pods", "--all", "--grace-period=0", "--force",
+                     "--wait=false", check=False)  # fmt: skip
+        node.kubectl("delete", "namespace", namespace, "--wait=false", check=False)

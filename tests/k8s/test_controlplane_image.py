@@ -8,17 +8,12 @@ kubelet's readiness probe on /api/health.
 
 from __future__ import annotations
 
-import asyncio
-import copy
 import subprocess
-import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.k8s import cluster, controlplaneimage
-from tests.k8s.test_manifests import all_documents
 
 REPO = controlplaneimage.REPO
 DOCKERFILES = [REPO / "deploy" / name / "Dockerfile" for name in ("controlplane", "agent")]
@@ -68,98 +63,16 @@ def test_make_images_builds_both_images_and_pushes_nothing() -> None:
     assert "push" not in planned
 
 
-def control_plane_pod(namespace: str) -> dict[str, Any]:
-    """The kit's control-plane Deployment as one pod of the test image: the data volume is an
-    emptyDir, and the pod needs no ServiceAccount (it talks to no API server here)."""
-    docs = {(d["kind"], d["metadata"]["name"]): d for _, d in all_documents()}
-    template = copy.deepcopy(docs[("Deployment", "agentfarm")]["spec"]["template"])
-    spec = template["spec"]
-    spec.pop("serviceAccountName")
-    spec["automountServiceAccountToken"] = False
-    spec["restartPolicy"] = "Never"  # a crash fails the test at once
-    spec["volumes"] = [{"name": v["name"], "emptyDir": {}} for v in spec["volumes"]]
-    container = spec["containers"][0]
-    container["image"] = controlplaneimage.IMAGE
-    container["livenessProbe"]["initialDelaySeconds"] = 60
-    container["readinessProbe"]["periodSeconds"] = 1
-    labels = template["metadata"]["labels"]
-    metadata = {"name": "agentfarm", "namespace": namespace, "labels": labels}
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": spec}
-
-
-def http_get(node: cluster.Cluster, address: str, path: str) -> tuple[int, str]:
-    """GET over plain TCP from inside the node's network namespace (where pod IPs route)."""
-    request = f"GET {path} HTTP/1.0\r\nHost: localhost:8080\r\n\r\n".encode()
-    answer = node.in_namespace(
-        "socat", "-t10", "-T10", "-", f"TCP:{address}:8080,shut-none", input=request
-    )
-    head, _, body = answer.partition("\r\n\r\n")
-    if not head.startswith("HTTP/"):
-        return 0, f"no HTTP answer from {address}: {answer!r}"
-    return int(head.split()[1]), body
-
-
-async def wait_ready(node: cluster.Cluster, namespace: str, name: str) -> dict[str, Any]:
-    path = f"/api/v1/namespaces/{namespace}/pods/{name}"
-    for _ in range(360):
-        status, pod = await asyncio.to_thread(node.request, "GET", path)
-        assert status == 200, pod
-        conditions = pod.get("status", {}).get("conditions", [])
-        if any(c["type"] == "Ready" and c["status"] == "True" for c in conditions):
-            return pod
-        statuses = pod.get("status", {}).get("containerStatuses", [])
-        if any(s.get("state", {}).get("terminated") for s in statuses):
-            log = await asyncio.to_thread(node.kubectl, "-n", namespace, "logs", name, check=False)
-            raise AssertionError(f"{name} exited: {statuses}\n{log}")
-        await asyncio.sleep(0.5)
-    raise AssertionError(f"pod {name} never Ready: {pod.get('status')}")
-
-
-async def test_the_assembled_image_starts_and_serves_the_cockpit(
+def test_the_assembled_image_starts_and_serves_the_cockpit(
     k8s_node: cluster.Cluster, tmp_path: Path
 ) -> None:
-    started = time.monotonic()
-    tarball = await asyncio.to_thread(controlplaneimage.build_controlplane_image, tmp_path)
-    await asyncio.to_thread(k8s_node.import_image, tarball)
-    print(f"control-plane image: {tarball.stat().st_size >> 20} MiB, built and imported in "
-          f"{time.monotonic() - started:.1f} s")  # fmt: skip
-    namespace = await asyncio.to_thread(k8s_node.create_namespace, "controlplane")
-    secret = {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": "agentfarm-api", "namespace": namespace},
-        "stringData": {"token": "af_" + "0" * 48},
-    }
-    try:
-        status, body = await asyncio.to_thread(
-            k8s_node.request, "POST", f"/api/v1/namespaces/{namespace}/secrets", secret
-        )
-        assert status == 201, body
-        pod = control_plane_pod(namespace)
-        status, body = await asyncio.to_thread(
-            k8s_node.request, "POST", f"/api/v1/namespaces/{namespace}/pods", pod
-        )
-        assert status == 201, body
-        running = await wait_ready(k8s_node, namespace, "agentfarm")  # the kubelet's probe passed
-        address = running["status"]["podIP"]
-        status, health = await asyncio.to_thread(http_get, k8s_node, address, "/api/health")
+    with controlplaneimage.control_plane(k8s_node, tmp_path) as plane:
+        print(f"control-plane image: {plane.image_mib} MiB, built and imported in "
+              f"{plane.image_seconds:.1f} s")  # fmt: skip
+        # Ready: the kubelet's readiness probe (GET /api/health) passed.
+        status, health = controlplaneimage.http_get(k8s_node, plane.address, "/api/health")
         assert status == 200, health
-        status, htmx = await asyncio.to_thread(
-            http_get, k8s_node, address, "/static/vendor/htmx.min.js"
-        )
+        path = "/static/vendor/htmx.min.js"
+        status, htmx = controlplaneimage.http_get(k8s_node, plane.address, path)
         assert status == 200, htmx
         assert htmx == (controlplaneimage.vendor_dir() / "htmx.min.js").read_text()
-    except AssertionError:
-        log = await asyncio.to_thread(
-            k8s_node.kubectl, "-n", namespace, "logs", "agentfarm", check=False
-        )
-        print(f"control-plane log:\n{log}")
-        raise
-    finally:
-        await asyncio.to_thread(
-            k8s_node.kubectl, "delete", "namespace", namespace, "--wait=false", check=False
-        )
-        await asyncio.to_thread(
-            k8s_node.kubectl, "-n", namespace, "delete", "pods", "--all", "--grace-period=0",
-            "--force", "--wait=false", check=False,
-        )  # fmt: skip
