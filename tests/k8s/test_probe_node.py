@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -81,7 +82,9 @@ print(json.dumps({"probe": found}), flush=True)
 """
 
 
-def targets(control_plane: str, world: agentimage.AgentWorld) -> dict[str, list[Any]]:
+def targets(
+    control_plane: str, world: agentimage.AgentWorld, neighbour: str = "10.244.0.250"
+) -> dict[str, list[Any]]:
     node = cluster.NODE_IP
     plane = f"http://{control_plane}:8080"
     return {
@@ -93,6 +96,8 @@ def targets(control_plane: str, world: agentimage.AgentWorld) -> dict[str, list[
         "control plane API without token": ["http", f"{plane}/api/runs", {}],
         "control plane with forged Remote-User": [
             "http", f"{plane}/settings", {"Remote-User": "admin", "X-Forwarded-User": "admin"}],
+        # a port another pod of the agents' namespace (another run) listens on
+        "another run's listener": ["tcp", neighbour, 8081],
         # the node's other ports
         "node API server port": ["tcp", node, 6443],
         "node API server, anonymous secrets": [
@@ -124,7 +129,12 @@ HOLDS = {
 #: What the run needs, reachable.
 NEEDED = {"model endpoint": "open", "git host": "open", "write to the workspace": "written"}
 #: Denied by the kit's policies on an enforcing plugin; reachable on this node's bridge CNI.
-NOT_ENFORCED = ["control plane port", "node API server port", "node kubelet port"]
+NOT_ENFORCED = [
+    "control plane port",
+    "another run's listener",
+    "node API server port",
+    "node kubelet port",
+]
 
 
 @pytest.fixture(scope="module")
@@ -158,6 +168,29 @@ async def backend(world: agentimage.AgentWorld) -> AsyncIterator[k8s_backend.Kub
     b = k8s_backend.KubernetesBackend(settings)
     yield b
     await b.aclose()
+
+
+def start_neighbour(node: cluster.Cluster, namespace: str) -> str:
+    """A pod in the agents' namespace serving HTTP on 8081 (busybox httpd); returns its IP."""
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "neighbour", "namespace": namespace},
+        "spec": {
+            "restartPolicy": "Never",
+            "terminationGracePeriodSeconds": 0,
+            "containers": [{"name": "httpd", "image": node.busybox_image,
+                            "command": ["httpd", "-f", "-p", "8081", "-h", "/tmp"]}],
+        },
+    }  # fmt: skip
+    status, body = node.request("POST", f"/api/v1/namespaces/{namespace}/pods", pod)
+    assert status == 201, body
+    for _ in range(240):
+        status, body = node.request("GET", f"/api/v1/namespaces/{namespace}/pods/neighbour")
+        if body.get("status", {}).get("phase") == "Running" and body["status"].get("podIP"):
+            return str(body["status"]["podIP"])
+        time.sleep(0.5)
+    raise AssertionError(f"the neighbour pod never ran: {body.get('status')}")
 
 
 def apply_agent_policies(node: cluster.Cluster, namespace: str) -> int:
@@ -205,7 +238,8 @@ async def test_an_agent_pod_reaches_only_what_holds_without_a_policy_engine(
     backend: k8s_backend.KubernetesBackend,
 ) -> None:
     assert await asyncio.to_thread(apply_agent_policies, k8s_node, world.namespace) >= 3
-    found = await run_probe(backend, world, targets(control_plane.address, world))
+    neighbour = await asyncio.to_thread(start_neighbour, k8s_node, world.namespace)
+    found = await run_probe(backend, world, targets(control_plane.address, world, neighbour))
     print(json.dumps(found, indent=1))
     for name, check in HOLDS.items():
         assert check(found[name]), f"{name}: {found[name]}"
