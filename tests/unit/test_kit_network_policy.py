@@ -108,7 +108,6 @@ ALLOWED: list[tuple[str, netpol.Endpoint, int, str]] = [
     ("cluster DNS over UDP", DNS_POD, 53, "UDP"),
     ("cluster DNS over TCP", DNS_POD, 53, "TCP"),
     ("api.anthropic.com", ip("160.79.104.10"), 443, "TCP"),
-    ("api.anthropic.com over IPv6", ip("2607:6bc0::10"), 443, "TCP"),
     ("github.com", ip("140.82.112.3"), 443, "TCP"),
 ]
 
