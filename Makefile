@@ -82,7 +82,8 @@ images:
 	$(DOCKER) build -f deploy/controlplane/Dockerfile -t $(REGISTRY)/agentfarm:$(IMAGE_TAG) .
 
 ## push-images: build both images, then push them to REGISTRY (e.g. REGISTRY=ghcr.io/you)
-push-images: images
+push-images:
 	@case "$(REGISTRY)" in agentfarm.local) echo "set REGISTRY, e.g. make push-images REGISTRY=ghcr.io/you" >&2; exit 1;; esac
+	@$(MAKE) --no-print-directory images REGISTRY=$(REGISTRY) IMAGE_TAG=$(IMAGE_TAG) DOCKER=$(DOCKER)
 	$(DOCKER) push $(REGISTRY)/agentfarm-agent:$(IMAGE_TAG)
 	$(DOCKER) push $(REGISTRY)/agentfarm:$(IMAGE_TAG)
