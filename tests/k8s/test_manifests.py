@@ -132,6 +132,8 @@ def test_control_plane_deployment_shape() -> None:
     container = pod["containers"][0]
     assert container["livenessProbe"]["httpGet"]["path"] == "/api/health"
     assert container["readinessProbe"]["httpGet"]["path"] == "/api/health"
+    for probe in ("livenessProbe", "readinessProbe"):  # a Host allow-list knows loopback names
+        assert {"name": "Host", "value": "localhost"} in container[probe]["httpGet"]["httpHeaders"]
     assert container["resources"]["limits"]
     claim = docs[("PersistentVolumeClaim", "claude-home")]
     assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
