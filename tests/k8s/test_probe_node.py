@@ -226,7 +226,8 @@ async def run_probe(
     await backend.cleanup(run)
     for line in lines:
         if '{"probe"' in line:  # whatever framing the entrypoint puts around a line
-            found: dict[str, Any] = json.loads(line[line.index('{"probe"') :])["probe"]
+            decoded, _ = json.JSONDecoder().raw_decode(line[line.index('{"probe"') :])
+            found: dict[str, Any] = decoded["probe"]
             return found
     raise AssertionError("the probe printed no findings:\n" + "\n".join(lines))
 
