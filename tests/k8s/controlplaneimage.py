@@ -377,6 +377,7 @@ class ControlPlane:
     address: str
     image_seconds: float
     image_mib: int
+    ready_seconds: float
 
 
 @contextlib.contextmanager
@@ -399,9 +400,13 @@ def control_plane(node: cluster.Cluster, work: Path) -> Iterator[ControlPlane]:
             status, answer = node.request("POST", f"/api/v1/namespaces/{namespace}/{kind}", body)
             if status != 201:
                 raise AssertionError(f"creating {kind} -> {status}: {answer}")
+        created = time.monotonic()
         address = _wait_ready(node, namespace, "agentfarm")
-        yield ControlPlane(namespace, address, seconds, tarball.stat().st_size >> 20)
+        ready = time.monotonic() - created
+        yield ControlPlane(namespace, address, seconds, tarball.stat().st_size >> 20, ready)
     finally:
-        node.kubectl("-n", namespace, "delete", "pods", "--all", "--grace-period=0", "--force",
-                     "--wait=false", check=False)  # fmt: skip
+        # Not forced: the object goes once the kubelet has stopped the container, so nothing is
+        # left running when the node is torn down.
+        node.kubectl("-n", namespace, "delete", "pods", "--all", "--grace-period=1",
+                     "--timeout=60s", check=False)  # fmt: skip
         node.kubectl("delete", "namespace", namespace, "--wait=false", check=False)

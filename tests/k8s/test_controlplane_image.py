@@ -68,7 +68,8 @@ def test_the_assembled_image_starts_and_serves_the_cockpit(
 ) -> None:
     with controlplaneimage.control_plane(k8s_node, tmp_path) as plane:
         print(f"control-plane image: {plane.image_mib} MiB, built and imported in "
-              f"{plane.image_seconds:.1f} s")  # fmt: skip
+              f"{plane.image_seconds:.1f} s; pod created -> Ready "
+              f"{plane.ready_seconds:.1f} s")  # fmt: skip
         # Ready: the kubelet's readiness probe (GET /api/health) passed.
         status, health = controlplaneimage.http_get(k8s_node, plane.address, "/api/health")
         assert status == 200, health
