@@ -39,7 +39,7 @@ from typing import Any
 from packaging.requirements import Requirement
 
 from tests import realparts
-from tests.k8s import cluster
+from tests.k8s import cluster, test_manifests
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "deploy" / "controlplane" / "Dockerfile"
@@ -317,9 +317,7 @@ def build_controlplane_image(work: Path) -> Path:
 def kit_pod(namespace: str) -> dict[str, Any]:
     """The kit's control-plane Deployment as one pod of :data:`IMAGE`: the data volume is an
     emptyDir, and the pod needs no ServiceAccount (it talks to no API server here)."""
-    from tests.k8s.test_manifests import all_documents
-
-    docs = {(d["kind"], d["metadata"]["name"]): d for _, d in all_documents()}
+    docs = {(d["kind"], d["metadata"]["name"]): d for _, d in test_manifests.all_documents()}
     template = copy.deepcopy(docs[("Deployment", "agentfarm")]["spec"]["template"])
     spec = template["spec"]
     spec.pop("serviceAccountName")
