@@ -71,14 +71,19 @@ bench: test-deps
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
 
-## images: build and push the control-plane and agent images (needs docker or podman)
-REGISTRY ?= ghcr.io/<owner>
+## images: build the control-plane and agent images from this tree (docker or podman; no push)
+REGISTRY ?= agentfarm.local
 IMAGE_TAG ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
-DOCKER ?= docker
-.PHONY: images
+DOCKER ?= $(shell command -v docker 2>/dev/null || command -v podman 2>/dev/null || echo docker)
+.PHONY: images push-images
 images:
-	@case "$(REGISTRY)" in *"<owner>"*) echo "set REGISTRY, e.g. make images REGISTRY=ghcr.io/you" >&2; exit 1;; esac
+	@command -v $(DOCKER) >/dev/null || { echo "make images needs docker or podman (DOCKER=...)" >&2; exit 1; }
 	$(DOCKER) build -f deploy/agent/Dockerfile --build-arg CLAUDE_CODE_VERSION=$(CLAUDE_CODE_VERSION) -t $(REGISTRY)/agentfarm-agent:$(IMAGE_TAG) .
 	$(DOCKER) build -f deploy/controlplane/Dockerfile -t $(REGISTRY)/agentfarm:$(IMAGE_TAG) .
+
+## push-images: build both images, then push them to REGISTRY (e.g. REGISTRY=ghcr.io/you)
+push-images:
+	@case "$(REGISTRY)" in agentfarm.local) echo "set REGISTRY, e.g. make push-images REGISTRY=ghcr.io/you" >&2; exit 1;; esac
+	@$(MAKE) --no-print-directory images REGISTRY=$(REGISTRY) IMAGE_TAG=$(IMAGE_TAG) DOCKER=$(DOCKER)
 	$(DOCKER) push $(REGISTRY)/agentfarm-agent:$(IMAGE_TAG)
 	$(DOCKER) push $(REGISTRY)/agentfarm:$(IMAGE_TAG)

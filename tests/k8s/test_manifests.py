@@ -1,13 +1,15 @@
 """Every manifest of the deploy kit is accepted by a real API server (server-side dry run).
 
-No kustomize runs offline, so the kit keeps to plain YAML files listed under ``resources:``
-and :func:`resolve` reads that list (recursively, for nested kustomizations). Kinds whose
-CRDs this server does not have (ExternalSecret) are skipped by name, with the reason.
+The kit keeps to plain YAML files listed under ``resources:`` and :func:`resolve` reads that
+list (recursively, for nested kustomizations); the kustomize built into the cached kubectl
+(1.20) renders the same documents, and its output is applied with a server dry run too. Kinds
+whose CRDs this server does not have (ExternalSecret) are skipped by name, with the reason.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,11 @@ ROUTES: dict[tuple[str, str], tuple[str, str, bool]] = {
     ("apps/v1", "DaemonSet"): ("/apis/apps/v1", "daemonsets", True),
     ("node.k8s.io/v1", "RuntimeClass"): ("/apis/node.k8s.io/v1", "runtimeclasses", False),
     ("networking.k8s.io/v1", "Ingress"): ("/apis/networking.k8s.io/v1", "ingresses", True),
+    ("networking.k8s.io/v1", "NetworkPolicy"): (
+        "/apis/networking.k8s.io/v1",
+        "networkpolicies",
+        True,
+    ),
 }
 for _kind, _plural, _ns in (
     ("Role", "roles", True),
@@ -126,6 +133,8 @@ def test_control_plane_deployment_shape() -> None:
     container = pod["containers"][0]
     assert container["livenessProbe"]["httpGet"]["path"] == "/api/health"
     assert container["readinessProbe"]["httpGet"]["path"] == "/api/health"
+    for probe in ("livenessProbe", "readinessProbe"):  # a Host allow-list knows loopback names
+        assert {"name": "Host", "value": "localhost"} in container[probe]["httpGet"]["httpHeaders"]
     assert container["resources"]["limits"]
     claim = docs[("PersistentVolumeClaim", "claude-home")]
     assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
@@ -135,3 +144,67 @@ def test_control_plane_deployment_shape() -> None:
 def test_runtime_classes(name: str) -> None:
     docs = {(d["kind"], d["metadata"]["name"]): d for _, d in all_documents()}
     assert docs[("RuntimeClass", name)]["handler"] == name
+
+
+def _with_defaults(spec: dict[str, Any]) -> dict[str, Any]:
+    """A NetworkPolicy spec as the API server stores it: ports default to protocol TCP."""
+    out = json.loads(json.dumps(spec))
+    for key in ("egress", "ingress"):
+        for rule in out.get(key) or []:
+            for port in rule.get("ports") or []:
+                port.setdefault("protocol", "TCP")
+    return out
+
+
+async def test_agent_network_policies_reach_the_server_unchanged(k8s_api: cluster.Cluster) -> None:
+    """The agents' NetworkPolicies, created for real in a test namespace, come back exactly as
+    written: the server dropped no field it does not know (tests/unit/test_kit_network_policy.py
+    evaluates what they allow; no test cluster here enforces them)."""
+    namespace = await asyncio.to_thread(k8s_api.create_namespace, "netpol")
+    policies = [d for _, d in resolve(KIT) if d["kind"] == "NetworkPolicy"]
+    assert {p["metadata"]["namespace"] for p in policies} == {"agentfarm-agents"}
+    assert len(policies) >= 3
+    for policy in policies:
+        doc = json.loads(json.dumps(policy))
+        doc["metadata"]["namespace"] = namespace
+        status, body = await asyncio.to_thread(
+            k8s_api.request, "POST", url(doc, collection=True), doc
+        )
+        assert status == 201, body
+        status, stored = await asyncio.to_thread(k8s_api.request, "GET", url(doc, collection=False))
+        assert status == 200, stored
+        assert stored["spec"] == _with_defaults(policy["spec"]), policy["metadata"]["name"]
+
+
+def _key(doc: dict[str, Any]) -> tuple[str, str, str]:
+    meta = doc["metadata"]
+    return (doc["kind"], meta.get("namespace", ""), meta["name"])
+
+
+async def test_kustomize_renders_the_kit_and_the_server_accepts_it(
+    k8s_api: cluster.Cluster,
+) -> None:
+    """kubectl's own kustomize (offline) renders exactly what :func:`resolve` reads, and the
+    server accepts the rendered stream as ``kubectl apply -k`` would send it (server dry run;
+    the namespaces are created for real first)."""
+    rendered_text = await asyncio.to_thread(k8s_api.kubectl, "kustomize", str(KIT))
+    rendered = {_key(d): d for d in yaml.safe_load_all(rendered_text) if d}
+    read = {_key(d): d for _, d in resolve(KIT)}
+    assert rendered == read
+    for doc in read.values():
+        if doc["kind"] == "Namespace":
+            status, body = await asyncio.to_thread(
+                k8s_api.request, "POST", url(doc, collection=True), doc
+            )
+            assert status in (201, 409), body
+    applied = await asyncio.to_thread(
+        k8s_api.kubectl, "apply", "--dry-run=server", "-f", "-", input=rendered_text
+    )
+    # "networkpolicy.networking.k8s.io/agents-default-deny created (server dry run)"
+    accepted = set()
+    for line in applied.splitlines():
+        resource, _, outcome = line.partition(" ")
+        assert outcome.endswith("(server dry run)"), line
+        kind, _, name = resource.partition("/")
+        accepted.add((kind.split(".")[0], name))
+    assert accepted == {(kind.lower(), name) for kind, _, name in read}
