@@ -1,0 +1,261 @@
+"""The HTTP part every forge client shares: auth, retries, rate limits, pages, ETags.
+
+Retry meaning, as in kopf: 5xx and network errors are retried here with exponential backoff
+and jitter; a rate limit (429, or 403 with ``Retry-After`` or ``X-RateLimit-Remaining: 0``) is
+waited out when the forge asks for at most ``RetryPolicy.max_wait`` seconds. What is still
+failing then surfaces as :class:`~.errors.TemporaryForgeError` with the delay to try again
+after, for the pipeline to reschedule; any other 4xx is permanent at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from agentfarm.domain import errors as domain_errors
+from agentfarm.pipeline.forges import errors
+
+Json = dict[str, Any]
+Sleep = Callable[[float], Awaitable[None]]
+
+REPO_RE = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
+_LINK_NEXT_RE = re.compile(r'<([^>]+)>\s*;\s*rel="next"')
+#: A list longer than this many pages is refused rather than read forever.
+MAX_PAGES = 50
+
+
+class Token:
+    """A forge token that never shows itself in a repr, a str or a format string."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        if not value or any(ch.isspace() for ch in value) or not value.isprintable():
+            raise domain_errors.InvalidInputError(
+                "the forge token is empty or contains whitespace or control characters: "
+                "store the token alone, without a 'Bearer ' or 'token ' prefix"
+            )
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Token('***')"
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 4
+    base_delay: float = 0.5
+    max_delay: float = 30.0
+    #: A rate limit asking for a longer pause is raised, not slept through.
+    max_wait: float = 60.0
+
+    def backoff(self, attempt: int, rng: Callable[[], float] = random.random) -> float:
+        """Exponential with equal jitter: half fixed, half random, so clients spread out."""
+        ceiling = min(self.max_delay, self.base_delay * 2.0 ** (attempt - 1))
+        return ceiling / 2 + ceiling / 2 * rng()
+
+
+def repo_path(repo: str) -> str:
+    if not REPO_RE.fullmatch(repo) or ".." in repo:
+        raise domain_errors.InvalidInputError(
+            f"{repo!r} is not a repository name: write it as owner/name"
+        )
+    return f"/repos/{repo}"
+
+
+def segment(value: str) -> str:
+    """One path segment (a label name, a branch), escaped."""
+    return quote(value, safe="")
+
+
+def forge_message(response: httpx.Response) -> str:
+    """The forge's own reason, short, from ``message`` and GitHub's ``errors[].message``."""
+    try:
+        data = response.json()
+    except ValueError:
+        return response.reason_phrase or f"HTTP {response.status_code}"
+    if not isinstance(data, dict):
+        return f"HTTP {response.status_code}"
+    parts = [str(data.get("message") or "")]
+    for item in data.get("errors") or []:
+        if isinstance(item, dict) and item.get("message"):
+            parts.append(str(item["message"]))
+    return "; ".join(part for part in parts if part)[:300] or f"HTTP {response.status_code}"
+
+
+def rate_limit_delay(response: httpx.Response, now: float) -> float | None:
+    """Seconds the forge asks us to wait, or None when this is not a rate limit."""
+    retry_after = response.headers.get("retry-after")
+    remaining = response.headers.get("x-ratelimit-remaining")
+    reset = response.headers.get("x-ratelimit-reset")
+    limited = response.status_code == 429 or (
+        response.status_code == 403 and (retry_after is not None or remaining == "0")
+    )
+    if not limited:
+        return None
+    if retry_after is not None and retry_after.strip().isdigit():
+        return max(1.0, float(retry_after))
+    if reset is not None and reset.strip().isdigit():
+        return max(1.0, float(reset) - now)
+    return 60.0
+
+
+def classify(method: str, path: str, response: httpx.Response, now: float) -> errors.ForgeError:
+    status = response.status_code
+    where = f"{method} {path} answered {status}: {forge_message(response)}"
+    delay = rate_limit_delay(response, now)
+    if delay is not None:
+        return errors.RateLimitedError(
+            f"{where}; rate limited, retry in {delay:.0f}s", delay=delay, status=status
+        )
+    if status >= 500:
+        return errors.TemporaryForgeError(
+            f"{where}; the forge is failing, it will be retried", delay=0.0, status=status
+        )
+    if status == 401:
+        hint = "the forge refused the token: store a valid, unexpired token in the secret"
+    elif status == 403:
+        hint = "the token lacks a permission: grant it read/write on issues, pulls and contents"
+    elif status == 404:
+        return errors.ForgeNotFoundError(
+            f"{where}; check the repository name and that the token can see it", status=status
+        )
+    else:
+        hint = "the forge rejected the request; fix the input and try again"
+    return errors.PermanentForgeError(f"{where}; {hint}", status=status)
+
+
+class ForgeHttp:
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        auth: str,
+        token: Token,
+        headers: Mapping[str, str] | None = None,
+        retry: RetryPolicy | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        sleep: Sleep | None = None,
+        timeout: float = 30.0,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.retry = retry or RetryPolicy()
+        self._sleep = sleep or asyncio.sleep
+        self._etags: dict[str, tuple[str, list[Json]]] = {}
+        self._client = httpx.AsyncClient(
+            base_url=self.base_url,
+            headers={
+                "Authorization": f"{auth} {token.reveal()}",
+                "User-Agent": "agentfarm",
+                "Accept": "application/json",
+                **(headers or {}),
+            },
+            transport=transport,
+            timeout=timeout,
+            follow_redirects=False,
+        )
+
+    def __repr__(self) -> str:
+        return f"ForgeHttp({self.base_url!r})"
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str | int] | None = None,
+        json: Any = None,
+        headers: Mapping[str, str] | None = None,
+        allow: tuple[int, ...] = (),
+    ) -> httpx.Response:
+        """The response (2xx, 304 or a status in ``allow``), else the classified error."""
+        url = path if path.startswith(self.base_url) else self.base_url + path
+        shown = url.removeprefix(self.base_url).split("?")[0]
+        for attempt in range(1, self.retry.attempts + 1):
+            backoff = self.retry.backoff(attempt)
+            try:
+                response = await self._client.request(
+                    method, url, params=params, json=json, headers=headers
+                )
+            except httpx.TransportError as exc:
+                error: errors.ForgeError = errors.TemporaryForgeError(
+                    f"{method} {shown} failed: {type(exc).__name__}; the forge is unreachable "
+                    "or slow, it will be retried",
+                    delay=backoff,
+                )
+            else:
+                if response.status_code < 400 or response.status_code in allow:
+                    return response
+                error = classify(method, shown, response, time.time())
+            if not isinstance(error, errors.TemporaryForgeError):
+                raise error from None
+            if not isinstance(error, errors.RateLimitedError):
+                error.delay = backoff
+            if attempt == self.retry.attempts or error.delay > self.retry.max_wait:
+                raise error from None
+            await self._sleep(error.delay)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def json(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = await self.request(method, path, **kwargs)
+        if response.status_code == 204 or not response.content:
+            return None
+        try:
+            return response.json()
+        except ValueError:
+            raise errors.PermanentForgeError(
+                f"{method} {path} answered {response.status_code} with a body that is not "
+                "JSON: check the forge's base URL (GitHub: /api/v3, Forgejo/Gitea: /api/v1)",
+                status=response.status_code,
+            ) from None
+
+    async def pages(
+        self, path: str, params: Mapping[str, str | int], *, conditional: bool = False
+    ) -> list[Json]:
+        """Every item of a paged list (``Link: rel="next"``). With ``conditional``, the first
+        page is asked with the ETag of the last answer and a 304 returns the remembered list."""
+        key = path + "?" + "&".join(f"{k}={v}" for k, v in sorted(params.items()))
+        remembered = self._etags.get(key) if conditional else None
+        headers = {"If-None-Match": remembered[0]} if remembered else None
+        response = await self.request("GET", path, params=params, headers=headers)
+        if response.status_code == 304 and remembered:
+            return list(remembered[1])
+        items: list[Json] = []
+        etag = response.headers.get("etag")
+        for _ in range(MAX_PAGES):
+            data = response.json()
+            if not isinstance(data, list):
+                raise errors.PermanentForgeError(
+                    f"GET {path} did not answer a list: check the forge's base URL"
+                )
+            items.extend(item for item in data if isinstance(item, dict))
+            match = _LINK_NEXT_RE.search(response.headers.get("link", ""))
+            if match is None:
+                break
+            # The token goes only to the configured forge, whatever a Link header says.
+            if not match.group(1).startswith(self.base_url + "/"):
+                raise errors.PermanentForgeError(
+                    f"GET {path}: the next page is on another host; check the base URL"
+                )
+            response = await self.request("GET", match.group(1))
+        else:
+            raise errors.PermanentForgeError(f"GET {path}: more than {MAX_PAGES} pages")
+        if conditional and etag:
+            self._etags[key] = (etag, items)
+        return list(items)
