@@ -245,6 +245,19 @@ class FakeForge:
                 issue.labels.append(self.label_id(repo, name, create=True))
             return number
 
+    def open_pull(
+        self, repo: str, head: str, *, base: str = "main", title: str = "Change", by: str = "bob"
+    ) -> int:
+        """A pull request from the pushed branch ``head``, opened by a user."""
+        with self.lock:
+            if self.branch_sha(repo, head) is None:
+                raise KeyError(f"{repo} has no branch {head!r}: push it first")
+            number = max([0, *self.repos[repo].issues]) + 1
+            pull = {"head": head, "base": base, "draft": False}
+            issue = Issue(number, self.next_id(), title, "", by, pull=pull, created_at=now())
+            self.repos[repo].issues[number] = issue
+            return number
+
     def close_issue(self, repo: str, number: int) -> None:
         with self.lock:
             self.repos[repo].issues[number].state = "closed"

@@ -68,8 +68,14 @@ class RetryPolicy:
         return ceiling / 2 + ceiling / 2 * rng()
 
 
+def valid_repo(repo: str) -> bool:
+    return bool(REPO_RE.fullmatch(repo)) and all(
+        part not in (".", "..") for part in repo.split("/")
+    )
+
+
 def repo_path(repo: str) -> str:
-    if not REPO_RE.fullmatch(repo) or ".." in repo:
+    if not valid_repo(repo):
         raise domain_errors.InvalidInputError(
             f"{repo!r} is not a repository name: write it as owner/name"
         )

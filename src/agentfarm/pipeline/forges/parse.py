@@ -25,10 +25,16 @@ def _require(data: Any, what: str) -> Json:
     return data
 
 
+def _int(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | str) or not str(value).isdigit():
+        raise errors.PermanentForgeError(f"the forge sent {what} without a valid number or id")
+    return int(value)
+
+
 def issue(data: Any) -> types.Issue:
     data = _require(data, "an issue")
     return types.Issue(
-        number=int(data["number"]),
+        number=_int(data.get("number"), "an issue"),
         title=str(data.get("title") or ""),
         body=str(data.get("body") or ""),
         state=str(data.get("state") or ""),
@@ -45,7 +51,7 @@ def issue(data: Any) -> types.Issue:
 def comment(data: Any) -> types.Comment:
     data = _require(data, "a comment")
     return types.Comment(
-        id=int(data["id"]),
+        id=_int(data.get("id"), "a comment"),
         body=str(data.get("body") or ""),
         author=_login(data.get("user")),
         created_at=str(data.get("created_at") or ""),
@@ -59,7 +65,7 @@ def pull(data: Any) -> types.PullRequest:
     base = data.get("base") or {}
     title = str(data.get("title") or "")
     return types.PullRequest(
-        number=int(data["number"]),
+        number=_int(data.get("number"), "a pull request"),
         url=str(data.get("html_url") or ""),
         title=title,
         head=str(head.get("ref") or ""),

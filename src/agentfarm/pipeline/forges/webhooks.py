@@ -15,14 +15,15 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from agentfarm.domain import errors as domain_errors
-from agentfarm.pipeline.forges import parse, types
-from agentfarm.pipeline.forges.http import REPO_RE
+from agentfarm.pipeline.forges import errors, parse, types
+from agentfarm.pipeline.forges.http import valid_repo
 
+T = TypeVar("T")
 TriggerKind = Literal["labeled", "unlabeled", "comment", "status"]
 
 
@@ -109,7 +110,7 @@ def parse_delivery(
     repo = str(_at(payload, "repository", "full_name"))
     if event == "ping" or not repo:
         return None
-    if not REPO_RE.fullmatch(repo):
+    if not valid_repo(repo):
         raise InvalidDeliveryError(f"the delivery names no valid repository ({repo[:100]!r})")
     base = _Source(repo, delivery, str(_at(payload, "sender", "login")))
     if event in ("issues", "issue_label"):
@@ -148,6 +149,15 @@ def _at(payload: Any, *keys: str) -> Any:
     return payload if payload is not None else ""
 
 
+def _read(reader: Callable[[Any], T], value: Any) -> T:
+    try:
+        return reader(value)
+    except errors.PermanentForgeError:
+        raise InvalidDeliveryError(
+            "the delivery's issue or comment is malformed: send it from the forge's webhook"
+        ) from None
+
+
 def _number(payload: dict[str, Any]) -> int:
     number = _at(payload, "issue", "number")
     if not isinstance(number, int) or number <= 0:
@@ -162,7 +172,7 @@ def _label_trigger(
     known: Collection[str] | None,
 ) -> Trigger | None:
     action = payload.get("action")
-    issue = parse.issue(payload.get("issue"))
+    issue = _read(parse.issue, payload.get("issue"))
     labels = () if action == "label_cleared" else issue.labels
     kind: TriggerKind
     if action in ("labeled", "unlabeled") and "label" in payload:
@@ -191,12 +201,12 @@ def _comment_trigger(payload: dict[str, Any], base: _Source) -> Trigger | None:
     # Only new comments: an edit made after the fact must not become a new request.
     if payload.get("action") != "created":
         return None
-    comment = parse.comment(payload.get("comment"))
+    comment = _read(parse.comment, payload.get("comment"))
     is_pull = bool(payload.get("is_pull")) or bool(_at(payload, "issue", "pull_request"))
     return Trigger(
         kind="comment",
         number=_number(payload),
-        labels=parse.issue(payload.get("issue")).labels,
+        labels=_read(parse.issue, payload.get("issue")).labels,
         is_pull=is_pull,
         comment_id=comment.id,
         comment=comment.body,
