@@ -119,24 +119,33 @@ async def serve(request: Request, *, project_root: Path, path_info: str, user: s
         )
     assert proc.stdin is not None and proc.stdout is not None
     stdin, stdout = proc.stdin, proc.stdout
+    # The backend's output is drained into a queue while the request body is fed, so neither
+    # pipe can fill up and stall the other.
+    output: asyncio.Queue[bytes] = asyncio.Queue()
 
-    async def feed() -> None:
-        try:
-            async for chunk in request.stream():
-                stdin.write(chunk)
-                await stdin.drain()
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the backend stopped reading: its answer says why
-        finally:
-            stdin.close()
+    async def pump() -> None:
+        while chunk := await stdout.read(CHUNK):
+            await output.put(chunk)
+        await output.put(b"")
 
-    feeder = asyncio.create_task(feed())
-    head = b""
+    reader = asyncio.create_task(pump())
+    # The whole body goes in before the response starts: once it has, starlette listens for a
+    # disconnect on the same channel and would swallow the rest of a large (chunked) push.
+    try:
+        async for chunk in request.stream():
+            stdin.write(chunk)
+            await stdin.drain()
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the backend stopped reading: its answer says why
+    finally:
+        stdin.close()
+    head, ended = b"", False
     while b"\r\n\r\n" not in head and b"\n\n" not in head:
-        chunk = await stdout.read(CHUNK)
-        if not chunk:
+        got = await output.get()
+        ended = not got
+        if ended:
             break
-        head += chunk
+        head += got
     separator = b"\r\n\r\n" if b"\r\n\r\n" in head else b"\n\n"
     header_block, _, rest = head.partition(separator)
     status, headers = 200, {}
@@ -151,10 +160,10 @@ async def serve(request: Request, *, project_root: Path, path_info: str, user: s
         try:
             if rest:
                 yield rest
-            while chunk := await stdout.read(CHUNK):
-                yield chunk
+            while not ended and (piece := await output.get()):
+                yield piece
         finally:
-            await feeder
+            await reader
             await proc.wait()
 
     return StreamingResponse(body(), status_code=status, headers=headers)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
 from pathlib import Path
 
 import httpx
@@ -47,6 +48,26 @@ def test_clone_and_push_are_real_git_over_http(forge: FakeForge, tmp_path: Path)
     }
     # git asks without credentials first, is told 401, then sends the token as password
     assert all(r.authorized == (r.auth == "Basic") for r in git)
+
+
+def test_a_large_push_is_streamed_whole(forge: FakeForge, tmp_path: Path) -> None:
+    # Over http.postBuffer (1 MiB) git sends the pack chunked, after a 4-byte probe.
+    env = git_env(tmp_path / "home")
+    clone = tmp_path / "clone"
+    url = forge.git_url(REPO, token=forge.token)
+    assert run_git("clone", "-q", url, str(clone), cwd=tmp_path, env=env).returncode == 0
+    (clone / "big.bin").write_bytes(os.urandom(3 * 1024 * 1024))
+    run_git("add", "-A", cwd=clone, env=env)
+    run_git("commit", "-qm", "big", cwd=clone, env=env)
+    pushed = run_git("push", "-q", "origin", "HEAD:refs/heads/big", cwd=clone, env=env)
+    assert pushed.returncode == 0, pushed.stderr
+    head = run_git("rev-parse", "HEAD", cwd=clone, env=env).stdout.strip()
+    assert forge.branch_sha(REPO, "big") == head
+    again = tmp_path / "again"
+    assert (
+        run_git("clone", "-q", "-b", "big", url, str(again), cwd=tmp_path, env=env).returncode == 0
+    )
+    assert (again / "big.bin").read_bytes() == (clone / "big.bin").read_bytes()
 
 
 def test_git_refuses_a_wrong_token(forge: FakeForge, tmp_path: Path) -> None:
