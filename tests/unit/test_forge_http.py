@@ -51,13 +51,34 @@ async def test_a_forge_still_failing_is_a_temporary_error_with_a_delay(forge: Fa
     client = forges.make_client(forge.kind, forge.api_url, forges.Token(forge.token), sleep=sleeps)
     forge.fail_next(10, 500)
     with pytest.raises(errors.TemporaryForgeError) as caught:
-        await client.create_comment(REPO, forge.open_issue(REPO, "x"), "hello")
+        await client.list_comments(REPO, forge.open_issue(REPO, "x"))
     await client.aclose()
     assert caught.value.status == 500
     assert caught.value.delay > 0
+    assert not caught.value.outcome_unknown
     assert "it will be retried" in str(caught.value)
     assert len(sleeps.asked) == RetryPolicy().attempts - 1
-    assert forge.issue_comments(REPO, 1) == []
+
+
+async def test_a_failed_create_is_handed_back_not_repeated(forge: FakeForge) -> None:
+    # A POST that reached the forge may have been done: repeating it could post the comment
+    # twice, so the caller gets it back to look first (STYLE: look before you create).
+    sleeps = Sleeps()
+    client = forges.make_client(forge.kind, forge.api_url, forges.Token(forge.token), sleep=sleeps)
+    number = forge.open_issue(REPO, "x")
+    forge.fail_next(1, 502)
+    with pytest.raises(errors.TemporaryForgeError) as caught:
+        await client.create_comment(REPO, number, "hello")
+    assert caught.value.outcome_unknown
+    assert sleeps.asked == []
+    forge.fail_next(1, 429, retry_after=2)  # refused before it was done: safe to repeat
+    await client.create_comment(REPO, number, "hello")
+    forge.fail_next(2, 503)  # adding labels is idempotent: retried
+    await client.add_labels(REPO, number, ["bug"])
+    await client.aclose()
+    assert [c.body for c in forge.issue_comments(REPO, number)] == ["hello"]
+    assert forge.issue_labels(REPO, number) == ["bug"]
+    assert len(sleeps.asked) == 3
 
 
 @pytest.mark.parametrize(

@@ -62,14 +62,15 @@ class ForgejoClient:
     async def add_labels(self, repo: str, number: int, names: Sequence[str]) -> None:
         path = f"{repo_path(repo)}/issues/{number}/labels"
         try:
-            await self.http.request("POST", path, json={"labels": list(names)})
+            await self.http.request("POST", path, json={"labels": list(names)}, idempotent=True)
             return
         except errors.PermanentForgeError as exc:
             # Older Gitea accepts ids only (422); current servers refuse unknown names (422).
             if exc.status != 422:
                 raise
         ids = await self._label_ids(repo, names, create=True)
-        await self.http.request("POST", path, json={"labels": [ids[name] for name in names]})
+        labels = [ids[name] for name in names]
+        await self.http.request("POST", path, json={"labels": labels}, idempotent=True)
 
     async def remove_label(self, repo: str, number: int, name: str) -> None:
         ids = await self._label_ids(repo, [name], create=False)

@@ -56,7 +56,10 @@ class GitHubClient:
 
     async def add_labels(self, repo: str, number: int, names: Sequence[str]) -> None:
         await self.http.request(
-            "POST", f"{repo_path(repo)}/issues/{number}/labels", json={"labels": list(names)}
+            "POST",
+            f"{repo_path(repo)}/issues/{number}/labels",
+            json={"labels": list(names)},
+            idempotent=True,
         )
 
     async def remove_label(self, repo: str, number: int, name: str) -> None:

@@ -87,63 +87,6 @@ def segment(value: str) -> str:
     return quote(value, safe="")
 
 
-def forge_message(response: httpx.Response) -> str:
-    """The forge's own reason, short, from ``message`` and GitHub's ``errors[].message``."""
-    try:
-        data = response.json()
-    except ValueError:
-        return response.reason_phrase or f"HTTP {response.status_code}"
-    if not isinstance(data, dict):
-        return f"HTTP {response.status_code}"
-    parts = [str(data.get("message") or "")]
-    for item in data.get("errors") or []:
-        if isinstance(item, dict) and item.get("message"):
-            parts.append(str(item["message"]))
-    return "; ".join(part for part in parts if part)[:300] or f"HTTP {response.status_code}"
-
-
-def rate_limit_delay(response: httpx.Response, now: float) -> float | None:
-    """Seconds the forge asks us to wait, or None when this is not a rate limit."""
-    retry_after = response.headers.get("retry-after")
-    remaining = response.headers.get("x-ratelimit-remaining")
-    reset = response.headers.get("x-ratelimit-reset")
-    limited = response.status_code == 429 or (
-        response.status_code == 403 and (retry_after is not None or remaining == "0")
-    )
-    if not limited:
-        return None
-    if retry_after is not None and retry_after.strip().isdigit():
-        return max(1.0, float(retry_after))
-    if reset is not None and reset.strip().isdigit():
-        return max(1.0, float(reset) - now)
-    return 60.0
-
-
-def classify(method: str, path: str, response: httpx.Response, now: float) -> errors.ForgeError:
-    status = response.status_code
-    where = f"{method} {path} answered {status}: {forge_message(response)}"
-    delay = rate_limit_delay(response, now)
-    if delay is not None:
-        return errors.RateLimitedError(
-            f"{where}; rate limited, retry in {delay:.0f}s", delay=delay, status=status
-        )
-    if status >= 500:
-        return errors.TemporaryForgeError(
-            f"{where}; the forge is failing, it will be retried", delay=0.0, status=status
-        )
-    if status == 401:
-        hint = "the forge refused the token: store a valid, unexpired token in the secret"
-    elif status == 403:
-        hint = "the token lacks a permission: grant it read/write on issues, pulls and contents"
-    elif status == 404:
-        return errors.ForgeNotFoundError(
-            f"{where}; check the repository name and that the token can see it", status=status
-        )
-    else:
-        hint = "the forge rejected the request; fix the input and try again"
-    return errors.PermanentForgeError(f"{where}; {hint}", status=status)
-
-
 class ForgeHttp:
     def __init__(
         self,
@@ -189,8 +132,16 @@ class ForgeHttp:
         json: Any = None,
         headers: Mapping[str, str] | None = None,
         allow: tuple[int, ...] = (),
+        idempotent: bool | None = None,
     ) -> httpx.Response:
-        """The response (2xx, 304 or a status in ``allow``), else the classified error."""
+        """The response (2xx, 304 or a status in ``allow``), else the classified error.
+
+        A request that is not ``idempotent`` (by default: a POST) is retried here only when it
+        cannot have reached the forge (no connection, a rate limit). Otherwise a failure is
+        handed back with ``outcome_unknown`` set: the caller looks before it creates again.
+        """
+        if idempotent is None:
+            idempotent = method != "POST"
         url = path if path.startswith(self.base_url) else self.base_url + path
         shown = url.removeprefix(self.base_url).split("?")[0]
         for attempt in range(1, self.retry.attempts + 1):
@@ -205,14 +156,19 @@ class ForgeHttp:
                     "or slow, it will be retried",
                     delay=backoff,
                 )
+                sent = not isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
             else:
                 if response.status_code < 400 or response.status_code in allow:
                     return response
-                error = classify(method, shown, response, time.time())
+                error = errors.classify(method, shown, response, time.time())
+                sent = True
             if not isinstance(error, errors.TemporaryForgeError):
                 raise error from None
             if not isinstance(error, errors.RateLimitedError):
                 error.delay = backoff
+                if sent and not idempotent:
+                    error.outcome_unknown = True
+                    raise error from None
             if attempt == self.retry.attempts or error.delay > self.retry.max_wait:
                 raise error from None
             await self._sleep(error.delay)
