@@ -6,12 +6,13 @@ import logging
 import socket
 from pathlib import Path
 
+import httpx
 import pytest
 
 from agentfarm.domain import errors as domain_errors
 from agentfarm.pipeline import forges
 from agentfarm.pipeline.forges import errors
-from agentfarm.pipeline.forges.http import RetryPolicy
+from agentfarm.pipeline.forges.http import ForgeHttp, RetryPolicy
 from tests.fakes.forge import FakeForge
 from tests.unit.forge_helpers import REPO, forge
 
@@ -176,3 +177,29 @@ def test_backoff_is_capped() -> None:
     policy = RetryPolicy(base_delay=1, max_delay=8)
     assert policy.backoff(10, rng=lambda: 1.0) == 8
     assert policy.backoff(1, rng=lambda: 0.0) == 0.5
+
+
+async def test_the_token_never_follows_a_link_to_another_host() -> None:
+    seen: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        link = '<http://127.0.0.2:9/repos/a/b/issues?page=2>; rel="next"'
+        return httpx.Response(200, json=[], headers={"Link": link})
+
+    http = ForgeHttp(
+        base_url="http://127.0.0.1:9",
+        auth="Bearer",
+        token=forges.Token("t0ken-value"),
+        transport=httpx.MockTransport(answer),
+    )
+    with pytest.raises(errors.PermanentForgeError, match="another host"):
+        await http.pages("/repos/a/b/issues", {})
+    await http.aclose()
+    assert [str(r.url.host) for r in seen] == ["127.0.0.1"]
+
+
+@pytest.mark.parametrize("url", ["ftp://h/api/v1", "api.github.com", "https://u:p@h/api/v1"])
+def test_base_urls_are_validated(url: str) -> None:
+    with pytest.raises(domain_errors.InvalidInputError, match="not a forge API URL"):
+        forges.make_client("forgejo", url, forges.Token("t0ken"))

@@ -100,6 +100,12 @@ class ForgeHttp:
         sleep: Sleep | None = None,
         timeout: float = 30.0,
     ) -> None:
+        if not base_url.startswith(("https://", "http://")) or "@" in base_url:
+            raise domain_errors.InvalidInputError(
+                f"{base_url!r} is not a forge API URL: write it as https://HOST/api/v1 "
+                "(Forgejo/Gitea), https://HOST/api/v3 or https://api.github.com (GitHub), "
+                "without credentials"
+            )
         self.base_url = base_url.rstrip("/")
         self.retry = retry or RetryPolicy()
         self._sleep = sleep or asyncio.sleep
