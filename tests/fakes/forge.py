@@ -148,6 +148,7 @@ class FakeForge:
         kind: Kind = "github",
         token: str = FAKE_FORGE_TOKEN,
         old_gitea: bool = False,
+        api_prefix: str | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
@@ -156,6 +157,11 @@ class FakeForge:
         self.token = token
         #: Forgejo only: labels by id only, no collaborator permission endpoint.
         self.old_gitea = old_gitea
+        #: Where the API lives: GitHub at the root (GitHub Enterprise: "/api/v3"), Forgejo at
+        #: "/api/v1".
+        self.api_prefix = (
+            ("" if kind == "github" else "/api/v1") if api_prefix is None else api_prefix
+        )
         self.host, self.port = host, port
         #: Caps every page (per_page / limit) so tests can exercise pagination.
         self.page_size_cap = 100
@@ -178,7 +184,7 @@ class FakeForge:
     @property
     def api_url(self) -> str:
         """What a client is configured with (GitHub's root, Forgejo's ``/api/v1``)."""
-        return self.base_url + ("" if self.kind == "github" else "/api/v1")
+        return self.base_url + self.api_prefix
 
     def git_url(self, repo: str, *, user: str = "x-access-token", token: str | None = None) -> str:
         """The clone URL; with ``token`` it carries the credentials inline (tests only)."""
@@ -495,9 +501,8 @@ class FakeForge:
         return JSONResponse({"message": message}, failure.status, headers=headers)
 
     def app(self) -> Starlette:
-        prefix = "" if self.kind == "github" else "/api/v1"
         routes = [
-            Route(prefix + path, forge_api.endpoint(self, handler), methods=methods)
+            Route(self.api_prefix + path, forge_api.endpoint(self, handler), methods=methods)
             for path, handler, methods in forge_api.ROUTES
         ]
         routes.append(

@@ -37,19 +37,21 @@ async def client(forge: FakeForge, sleeps: Sleeps) -> AsyncIterator[types.ForgeC
     await made.aclose()
 
 
-def api_calls(fake: FakeForge) -> list[tuple[str, str, int]]:
-    prefix = "" if fake.kind == "github" else "/api/v1"
-    return [
-        (r.method, r.path.removeprefix(prefix), r.status)
-        for r in fake.requests
-        if r.path.startswith(prefix + "/repos/")
-    ]
-
-
 async def test_each_kind_sends_its_auth_scheme(forge: FakeForge, client: types.ForgeClient) -> None:
     await client.get_issue(REPO, forge.open_issue(REPO, "x"))
     assert forge.requests[-1].auth == ("Bearer" if forge.kind == "github" else "token")
     assert forge.requests[-1].authorized
+
+
+async def test_github_enterprise_lives_under_api_v3(tmp_path: Path) -> None:
+    with FakeForge(tmp_path, kind="github", api_prefix="/api/v3") as fake:
+        fake.create_repo(REPO)
+        number = fake.open_issue(REPO, "x", labels=["agentfarm"])
+        client = forges.make_client("github", fake.api_url, forges.Token(fake.token))
+        issues = await client.list_labeled_issues(REPO, "agentfarm")
+        await client.aclose()
+    assert [i.number for i in issues] == [number]
+    assert fake.requests[-1].path == f"/api/v3/repos/{REPO}/issues"
 
 
 async def test_labeled_issues_skip_pulls_and_other_labels(

@@ -104,7 +104,8 @@ class ForgeClient(Protocol):
         ...
 
     async def may_write(self, repo: str, user: str) -> bool:
-        """Whether ``user`` can push to ``repo``; any doubt answers False (fail closed)."""
+        """Whether ``user`` can push to ``repo``. Fail closed: an unknown user or an unknown
+        permission is False, and a forge that cannot answer raises; never True by default."""
         ...
 
     async def combined_status(self, repo: str, ref: str) -> CombinedStatus: ...
