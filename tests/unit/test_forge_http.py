@@ -203,3 +203,24 @@ async def test_the_token_never_follows_a_link_to_another_host() -> None:
 def test_base_urls_are_validated(url: str) -> None:
     with pytest.raises(domain_errors.InvalidInputError, match="not a forge API URL"):
         forges.make_client("forgejo", url, forges.Token("t0ken"))
+
+
+@pytest.mark.parametrize(
+    ("answer", "message"),
+    [
+        (httpx.Response(301, headers={"Location": "http://127.0.0.1:9/repos/a/c"}), "redirected"),
+        (httpx.Response(200, text="<html>login</html>"), "did not answer a list"),
+    ],
+)
+async def test_answers_that_are_not_the_api_are_permanent(
+    answer: httpx.Response, message: str
+) -> None:
+    http = ForgeHttp(
+        base_url="http://127.0.0.1:9",
+        auth="token",
+        token=forges.Token("t0ken-value"),
+        transport=httpx.MockTransport(lambda _request: answer),
+    )
+    with pytest.raises(errors.PermanentForgeError, match=message):
+        await http.pages("/repos/a/b/issues", {})
+    await http.aclose()

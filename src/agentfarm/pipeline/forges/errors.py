@@ -88,6 +88,12 @@ def classify(method: str, path: str, response: httpx.Response, now: float) -> Fo
         return TemporaryForgeError(
             f"{where}; the forge is failing, it will be retried", delay=0.0, status=status
         )
+    if 300 <= status < 400:
+        return PermanentForgeError(
+            f"{where}; the forge redirected to {response.headers.get('location', '?')[:200]}: "
+            "the repository moved or the base URL is wrong, update it",
+            status=status,
+        )
     if status == 401:
         hint = "the forge refused the token: store a valid, unexpired token in the secret"
     elif status == 403:

@@ -164,7 +164,8 @@ class ForgeHttp:
                 )
                 sent = not isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
             else:
-                if response.status_code < 400 or response.status_code in allow:
+                status = response.status_code
+                if status < 300 or status == 304 or status in allow:
                     return response
                 error = errors.classify(method, shown, response, time.time())
                 sent = True
@@ -207,7 +208,10 @@ class ForgeHttp:
         items: list[Json] = []
         etag = response.headers.get("etag")
         for _ in range(MAX_PAGES):
-            data = response.json()
+            try:
+                data = response.json()
+            except ValueError:
+                data = None
             if not isinstance(data, list):
                 raise errors.PermanentForgeError(
                     f"GET {path} did not answer a list: check the forge's base URL"
