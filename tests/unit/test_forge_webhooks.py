@@ -174,6 +174,7 @@ def test_ping_and_unknown_events_are_no_trigger() -> None:
     ("headers", "body", "message"),
     [
         ({"X-GitHub-Event": "issues"}, b"{}", "delivery id"),
+        ({"X-GitHub-Event": "issues", "X-GitHub-Delivery": "d" * 201}, b"{}", "too long"),
         ({"X-GitHub-Event": "issues", "X-GitHub-Delivery": "d"}, b"not json", "not JSON"),
         ({"X-GitHub-Event": "issues", "X-GitHub-Delivery": "d"}, b"[1]", "JSON object"),
         (

@@ -24,6 +24,8 @@ from agentfarm.pipeline.forges import errors, parse, types
 from agentfarm.pipeline.forges.http import valid_repo
 
 T = TypeVar("T")
+#: GitHub and Forgejo send a UUID; anything much longer is not a delivery id.
+MAX_DELIVERY_ID = 200
 TriggerKind = Literal["labeled", "unlabeled", "comment", "status"]
 
 
@@ -99,6 +101,8 @@ def parse_delivery(
         raise InvalidDeliveryError(
             "the delivery has no event or delivery id header: send it from the forge's webhook"
         )
+    if len(delivery) > MAX_DELIVERY_ID or not delivery.isprintable():
+        raise InvalidDeliveryError("the delivery id header is too long or not printable")
     try:
         payload = json.loads(body)
     except ValueError:
@@ -129,7 +133,8 @@ def parse_delivery(
             actor=base.actor,
         )
     if event == "check_run" and payload.get("action") == "completed":
-        run = payload.get("check_run") or {}
+        run = payload.get("check_run")
+        run = run if isinstance(run, dict) else {}
         return Trigger(
             kind="status",
             number=None,
