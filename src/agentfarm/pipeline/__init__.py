@@ -1,2 +1,2 @@
-"""The AFK pipeline (labelled issues -> runs -> pull requests). Not built yet; the layer is
-reserved so the import contracts hold from the start."""
+"""The AFK pipeline (labelled issues -> runs -> pull requests). Being built: so far the forge
+clients and webhook handling (:mod:`agentfarm.pipeline.forges`); nothing imports this layer yet."""
