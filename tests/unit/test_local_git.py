@@ -404,13 +404,25 @@ async def test_push_sends_the_branch_to_the_remote(source: Path, tmp_path: Path)
     )
 
 
-async def test_git_errors_carry_gits_words_and_a_slow_git_is_cut_off(source: Path) -> None:
+async def test_git_errors_carry_gits_words(source: Path) -> None:
     with pytest.raises(git.GitError) as raised:
         await git.git("rev-parse", "--verify", "no-such-ref", cwd=source)
     assert str(raised.value).startswith("git rev-parse failed: fatal: ")
+
+
+async def test_a_git_that_hangs_is_cut_off_at_its_limit(
+    source: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An editor that waits for as long as git lives (with git's output pipes closed, so
+    # nothing outlives git holding them): git waits for ever, so only the limit ends it,
+    # however fast or slow the machine.
+    monkeypatch.setenv(
+        "GIT_EDITOR",
+        "exec >/dev/null 2>&1 </dev/null; while kill -0 $PPID 2>/dev/null; do sleep 0.05; done; :",
+    )
     with pytest.raises(git.GitError) as slow:
-        await git.git("status", cwd=source, limit=0)  # no time at all: cannot finish
-    assert str(slow.value) == "git status took longer than 0 s"
+        await git.git("commit", "--allow-empty", cwd=source, limit=0.2)
+    assert str(slow.value) == "git commit took longer than 0.2 s"
 
 
 def test_alternates_follow_chains_and_skip_comments(tmp_path: Path) -> None:
