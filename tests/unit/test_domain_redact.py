@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+from agentfarm.agents import claude
 from agentfarm.agents.claude import ClaudeAdapter
 from agentfarm.domain import redact
 from agentfarm.domain.redact import Redactor
@@ -148,3 +149,33 @@ def test_an_agent_line_with_escaped_secret_is_masked_after_parsing() -> None:
     masked = [redactor.data(d.data) for d in drafts]
     assert drafts and not any(secret in json.dumps(m, ensure_ascii=False) for m in masked)
     assert any("[redacted:PASSWORD]" in json.dumps(m) for m in masked)
+
+
+# --- known gaps: each passes once the source closes it (then drop its marker) ------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the parser caps a string at MAX_STRING before the supervisor redacts the event, "
+    "so a secret cut by the cap is no longer whole and its head stays visible",
+)
+def test_a_secret_cut_by_the_size_cap_shows_none_of_itself() -> None:
+    # What the supervisor does with one stderr record: parse it, then mask the event's data.
+    line = ("x" * (claude.MAX_STRING - 50) + KEY + "y" * 200).encode()
+    drafts = ClaudeAdapter().new_parser().feed_stderr(line)
+    masked = json.dumps([Redactor({"K": KEY}).data(d.data) for d in drafts])
+    assert "truncated" in masked  # the cap did cut this line
+    assert KEY[: len(KEY) // 2] not in masked
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a secret inside JSON text the agent printed (JSON in a JSON string) is escaped "
+    "there, and the redactor looks for the raw value only",
+)
+def test_a_secret_in_json_text_inside_event_data_is_masked() -> None:
+    secret = 'tok"en\\with-quote-0123'
+    printed = json.dumps({"auth": secret})  # e.g. a tool printing its config
+    redactor = Redactor({"TOKEN": secret})
+    masked = redactor.data({"content": printed})
+    assert json.dumps(secret)[1:-1] not in masked["content"]
