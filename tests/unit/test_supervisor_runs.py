@@ -483,6 +483,70 @@ async def test_a_follow_up_reaches_the_agent_and_is_recorded(
     await ended(store, run.id)
 
 
+async def test_the_watchdog_stops_a_silent_agent_and_fails_the_run(
+    store: Store, backend: FakeBackend, supervisors: Callable[..., Supervisor]
+) -> None:
+    sup = supervisors(watchdog_seconds=0.05)  # slow_script goes quiet for ten minutes
+    run = await sup.submit(spec())
+    await sup.start()
+    done = await ended(store, run.id)
+    assert done.status is models.RunStatus.failed  # not `stopped`: nobody asked for the stop
+    assert done.error is not None
+    assert backend.runs[run.id].stop_requested
+    events = await store.list_events(run.id)
+    kinds = [e.type for e in events]
+    assert kinds.count(models.EventType.run_notice) == 1
+    assert kinds.index(models.EventType.run_notice) < len(kinds) - 1  # said before the end
+    assert await statuses(store, run.id) == ["queued", "starting", "running", "failed"]
+
+
+async def test_an_agent_killed_for_memory_fails_naming_the_limit_to_raise(
+    store: Store, backend: FakeBackend, supervisors: Callable[..., Supervisor]
+) -> None:
+    def oom(run: models.Run, command: AgentCommand) -> list[Step]:
+        killed = ExitInfo(exit_code=None, signal=9, oom_killed=True)
+        return [*fake.claude_like_script(run, command)[:2], Step("exit", exit=killed)]
+
+    backend.script = oom
+    sup = supervisors()
+    run = await sup.submit(spec())
+    await sup.start()
+    done = await ended(store, run.id)
+    assert done.status is models.RunStatus.failed
+    assert done.exit_code is None
+    memory = run.spec.sandbox.memory_mb
+    assert done.error == (
+        f"the agent ran out of memory (limit {memory} MiB) and was killed; raise sandbox.memory_mb"
+    )
+    events = await store.list_events(run.id)
+    assert events[-1].data == {"status": "failed", "error": done.error}
+
+
+async def test_a_failing_finalize_is_a_notice_and_the_run_still_ends(
+    store: Store,
+    backend: FakeBackend,
+    supervisors: Callable[..., Supervisor],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def finalize(self: fake.FakeHandle) -> list[str]:
+        raise OSError("the disk is full")
+
+    monkeypatch.setattr(fake.FakeHandle, "finalize", finalize)
+    backend.script = fake.claude_like_script
+    sup = supervisors()
+    run = await sup.submit(spec())
+    await sup.start()
+    done = await ended(store, run.id)
+    assert done.status is models.RunStatus.succeeded
+    events = await store.list_events(run.id)
+    assert [e.type for e in events[-2:]] == [
+        models.EventType.run_notice,
+        models.EventType.run_status,
+    ]
+    assert backend.runs[run.id].output_discarded
+    assert await store.get_cursor(run.id) == len(backend.runs[run.id].records)
+
+
 @pytest.mark.xfail(
     strict=True,
     reason="a failed launch's error is masked with the stored secrets only, not with the "
