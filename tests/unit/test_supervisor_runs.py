@@ -1,8 +1,10 @@
-"""The supervisor's run lifecycle on the fake backend: launch, stop and reattach races."""
+"""The supervisor's run lifecycle on the fake backend, through its public methods: dispatch
+(the concurrency cap, queue order), stop, resume after a restart, and the races between them."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,7 @@ from agentfarm.agents.claude import ClaudeAdapter
 from agentfarm.backends import fake
 from agentfarm.backends.base import ExitInfo
 from agentfarm.backends.fake import FakeBackend, Step
-from agentfarm.domain import models
+from agentfarm.domain import errors, models
 from agentfarm.store import Store
 from agentfarm.store.secrets import SecretStore
 from agentfarm.supervisor.runs import Supervisor
@@ -47,11 +49,12 @@ async def backend() -> AsyncIterator[FakeBackend]:
 @pytest.fixture
 async def supervisors(
     tmp_path: Path, store: Store, backend: FakeBackend
-) -> AsyncIterator[Callable[[], Supervisor]]:
+) -> AsyncIterator[Callable[..., Supervisor]]:
+    """``supervisors(**settings)``: a new supervisor (a server start) on the same store."""
     made: list[Supervisor] = []
 
-    def make() -> Supervisor:
-        settings = make_settings(tmp_path / "data")
+    def make(**extra: object) -> Supervisor:
+        settings = make_settings(tmp_path / "data", **extra)
         secrets = SecretStore(settings.secrets_path)
         sup = Supervisor(settings, store, secrets, {"local": backend}, {"claude": ClaudeAdapter()})
         made.append(sup)
@@ -88,7 +91,7 @@ async def ended(store: Store, run_id: str) -> models.Run:
 async def test_a_run_stopped_while_the_dispatcher_looks_is_never_launched(
     store: Store,
     backend: FakeBackend,
-    supervisors: Callable[[], Supervisor],
+    supervisors: Callable[..., Supervisor],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     sup = supervisors()
@@ -120,7 +123,7 @@ async def test_a_run_stopped_while_the_dispatcher_looks_is_never_launched(
 async def test_a_stop_between_starting_and_launch_launches_nothing(
     store: Store,
     backend: FakeBackend,
-    supervisors: Callable[[], Supervisor],
+    supervisors: Callable[..., Supervisor],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     sup = supervisors()
@@ -149,7 +152,7 @@ async def test_a_stop_between_starting_and_launch_launches_nothing(
 
 
 async def test_reattach_records_running_start_time_and_workspace(
-    store: Store, backend: FakeBackend, supervisors: Callable[[], Supervisor]
+    store: Store, backend: FakeBackend, supervisors: Callable[..., Supervisor]
 ) -> None:
     # The server died after the backend launched the agent, before it recorded `running`.
     run = models.Run(spec=spec(), status=models.RunStatus.starting, branch="agentfarm/x")
@@ -174,7 +177,7 @@ async def test_reattach_records_running_start_time_and_workspace(
 async def test_a_stop_during_reattach_is_honoured(
     store: Store,
     backend: FakeBackend,
-    supervisors: Callable[[], Supervisor],
+    supervisors: Callable[..., Supervisor],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     first = supervisors()
@@ -210,7 +213,7 @@ async def test_a_stop_during_reattach_is_honoured(
 async def test_a_stop_that_loses_the_race_to_the_dispatcher_still_stops_the_run(
     store: Store,
     backend: FakeBackend,
-    supervisors: Callable[[], Supervisor],
+    supervisors: Callable[..., Supervisor],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     sup = supervisors()
@@ -238,3 +241,326 @@ async def test_a_stop_that_loses_the_race_to_the_dispatcher_still_stops_the_run(
         assert (await stopping).status is models.RunStatus.stopped
     assert await statuses(store, run.id) == ["queued", "starting", "stopped"]
     assert run.id not in backend.runs
+
+
+# --- dispatch, stop and resume through the public methods -------------------------------------
+
+
+async def has_status(store: Store, run_id: str, status: models.RunStatus) -> None:
+    async def check() -> bool:
+        return (await store.get_run(run_id)).status is status
+
+    await until(check)
+
+
+def assistant_line(text: str) -> bytes:
+    return json.dumps(
+        {
+            "type": "assistant",
+            "session_id": "s",
+            "message": {"id": f"m-{text}", "content": [{"type": "text", "text": text}]},
+        }
+    ).encode()
+
+
+async def texts_of(store: Store, run_id: str) -> list[str]:
+    events = await store.list_events(run_id)
+    return [e.data["text"] for e in events if e.type == models.EventType.agent_text]
+
+
+async def test_the_concurrency_cap_holds_runs_queued_and_frees_slots_oldest_first(
+    store: Store, backend: FakeBackend, supervisors: Callable[..., Supervisor]
+) -> None:
+    sup = supervisors(max_concurrent_runs=2)
+    runs = [await sup.submit(spec()) for _ in range(4)]
+    await sup.start()
+    for run in runs[:2]:
+        await has_status(store, run.id, models.RunStatus.running)
+    # Nothing else to wait for: the dispatcher has filled both slots and goes no further.
+    assert [(await store.get_run(r.id)).status for r in runs[2:]] == [models.RunStatus.queued] * 2
+    assert list(backend.runs) == [r.id for r in runs[:2]]
+    await sup.stop_run(runs[1].id)
+    await has_status(store, runs[2].id, models.RunStatus.running)  # the oldest waiting run
+    assert (await store.get_run(runs[3].id)).status is models.RunStatus.queued
+    assert list(backend.runs) == [r.id for r in runs[:3]]
+    await sup.stop_run(runs[0].id)
+    await has_status(store, runs[3].id, models.RunStatus.running)
+    assert list(backend.runs) == [r.id for r in runs]
+
+
+async def test_one_slot_launches_runs_in_the_order_they_were_submitted(
+    store: Store, backend: FakeBackend, supervisors: Callable[..., Supervisor]
+) -> None:
+    sup = supervisors(max_concurrent_runs=1)
+    runs = [await sup.submit(spec()) for _ in range(3)]
+    await sup.start()
+    for run in runs:
+        await has_status(store, run.id, models.RunStatus.running)
+        assert list(backend.runs)[-1] == run.id
+        await sup.stop_run(run.id)
+        assert (await ended(store, run.id)).status is models.RunStatus.stopped
+    assert list(backend.runs) == [r.id for r in runs]
+
+
+async def test_a_run_goes_from_queued_to_succeeded_with_its_output_stored(
+    store: Store, supervisors: Callable[..., Supervisor]
+) -> None:
+    backend = FakeBackend()  # the default script: a short successful conversation
+    try:
+        sup = Supervisor(
+            make_settings(store.path.parent),
+            store,
+            SecretStore(store.path.parent / "secrets.json"),
+            {"local": backend},
+            {"claude": ClaudeAdapter()},
+        )
+        run = await sup.submit(spec())
+        await sup.start()
+        done = await ended(store, run.id)
+        await sup.close()
+    finally:
+        await backend.shutdown()
+    assert done.status is models.RunStatus.succeeded
+    assert done.exit_code == 0 and done.error is None
+    assert done.num_turns == 1 and done.cost_usd == 0.0012
+    assert await statuses(store, run.id) == ["queued", "starting", "running", "succeeded"]
+    assert await texts_of(store, run.id) == ["Working on: fix it"]
+    assert backend.runs[run.id].finalized and backend.runs[run.id].output_discarded
+
+
+async def test_stopping_a_running_run_stops_its_agent_and_ends_it_stopped(
+    store: Store, backend: FakeBackend, supervisors: Callable[..., Supervisor]
+) -> None:
+    sup = supervisors()
+    run = await sup.submit(spec())
+    await sup.start()
+    await has_status(store, run.id, models.RunStatus.running)
+    returned = await sup.stop_run(run.id)
+    assert returned.status is models.RunStatus.running  # the stop is asked; the agent ends it
+    done = await ended(store, run.id)
+    assert done.status is models.RunStatus.stopped
+    assert await statuses(store, run.id) == ["queued", "starting", "running", "stopped"]
+    state = backend.runs[run.id]
+    assert state.stop_requested and state.finalized and state.output_discarded
+    with pytest.raises(errors.ConflictError):
+        await sup.stop_run(run.id)  # it has ended: nothing to stop
+
+
+async def test_a_queued_run_is_stopped_without_ever_reaching_the_backend(
+    store: Store, backend: FakeBackend, supervisors: Callable[..., Supervisor]
+) -> None:
+    sup = supervisors()
+    run = await sup.submit(spec())  # not started: nothing dispatches it
+    stopped = await sup.stop_run(run.id)
+    assert stopped.status is models.RunStatus.stopped
+    assert stopped.finished_at is not None
+    await sup.start()
+    assert await statuses(store, run.id) == ["queued", "stopped"]
+    assert run.id not in backend.runs
+
+
+async def test_a_new_supervisor_resumes_a_running_run_without_losing_or_doubling_events(
+    store: Store, backend: FakeBackend, supervisors: Callable[..., Supervisor]
+) -> None:
+    first = supervisors()
+    run = await first.submit(spec())
+    await first.start()
+    await has_status(store, run.id, models.RunStatus.running)
+    state = backend.runs[run.id]
+    assert state.task is not None
+    state.task.cancel()  # the script's own end is replaced by the records below
+    state.append("stdout", assistant_line("before the restart"))
+
+    async def first_text_stored() -> bool:
+        return await texts_of(store, run.id) == ["before the restart"]
+
+    await until(first_text_stored)
+    await first.close()  # the server goes away; the agent keeps working and writing
+    state.append("stdout", assistant_line("while nobody watched"))
+    second = supervisors()
+    await second.start()
+
+    async def second_text_stored() -> bool:
+        return len(await texts_of(store, run.id)) == 2
+
+    await until(second_text_stored)
+    state.append("stdout", assistant_line("after the restart"))
+    state.append("exit", exit=ExitInfo(exit_code=0))
+    done = await ended(store, run.id)
+    assert await texts_of(store, run.id) == [
+        "before the restart",
+        "while nobody watched",
+        "after the restart",
+    ]
+    events = await store.list_events(run.id)
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    assert [e.type for e in events].count(models.EventType.agent_init) == 1  # not replayed
+    assert await statuses(store, run.id) == ["queued", "starting", "running", "failed"]
+    # The fake agent wrote no result line: the parser says so, as for a real one.
+    assert done.status is models.RunStatus.failed and done.exit_code == 0
+
+
+async def test_a_run_that_vanished_while_the_server_was_down_is_lost(
+    store: Store, backend: FakeBackend, supervisors: Callable[..., Supervisor]
+) -> None:
+    first = supervisors()
+    run = await first.submit(spec())
+    await first.start()
+    await has_status(store, run.id, models.RunStatus.running)
+    await first.close()
+    backend.lose(run.id)
+    second = supervisors()
+    await second.start()
+    done = await ended(store, run.id)
+    assert done.status is models.RunStatus.lost
+    assert await statuses(store, run.id) == ["queued", "starting", "running", "lost"]
+
+
+async def test_a_run_whose_backend_is_gone_after_a_restart_is_lost(
+    tmp_path: Path, store: Store, backend: FakeBackend, supervisors: Callable[..., Supervisor]
+) -> None:
+    first = supervisors()
+    run = await first.submit(spec())
+    await first.start()
+    await has_status(store, run.id, models.RunStatus.running)
+    await first.close()
+    settings = make_settings(tmp_path / "data")
+    second = Supervisor(
+        settings, store, SecretStore(settings.secrets_path), {}, {"claude": ClaudeAdapter()}
+    )
+    try:
+        await second.start()
+        done = await ended(store, run.id)
+    finally:
+        await second.close()
+    assert done.status is models.RunStatus.lost
+    assert await statuses(store, run.id) == ["queued", "starting", "running", "lost"]
+
+
+async def test_runs_still_queued_at_a_restart_are_dispatched_by_the_new_supervisor(
+    store: Store, backend: FakeBackend, supervisors: Callable[..., Supervisor]
+) -> None:
+    first = supervisors()
+    run = await first.submit(spec())
+    await first.close()  # never started: the run waits in the store
+    second = supervisors()
+    await second.start()
+    await has_status(store, run.id, models.RunStatus.running)
+    assert list(backend.runs) == [run.id]
+
+
+async def test_a_failed_launch_ends_the_run_failed_redacted_and_cleaned_up(
+    store: Store, backend: FakeBackend, supervisors: Callable[..., Supervisor]
+) -> None:
+    sup = supervisors()
+    sup.secrets.set("GITHUB_TOKEN", "ghp_stored0123456789")
+    backend.fail_launch = "the sandbox would not start (token ghp_stored0123456789)"
+    run = await sup.submit(spec())
+    await sup.start()
+    done = await ended(store, run.id)
+    assert done.status is models.RunStatus.failed
+    assert done.error == "the sandbox would not start (token [redacted:GITHUB_TOKEN])"
+    assert await statuses(store, run.id) == ["queued", "starting", "failed"]
+    assert backend.cleaned == [run.id]
+
+
+async def test_a_follow_up_reaches_the_agent_and_is_recorded(
+    store: Store, backend: FakeBackend, supervisors: Callable[..., Supervisor]
+) -> None:
+    sup = supervisors()
+    run = await sup.submit(spec())
+    with pytest.raises(errors.ConflictError):
+        await sup.send(run.id, "too early")  # queued: no agent to talk to
+    await sup.start()
+    await has_status(store, run.id, models.RunStatus.running)
+    await sup.send(run.id, "and the tests too")
+    assert backend.runs[run.id].stdin == [ClaudeAdapter().followup("and the tests too")]
+    events = await store.list_events(run.id)
+    assert [e.data for e in events if e.type == models.EventType.user_message] == [
+        {"text": "and the tests too"}
+    ]
+    await sup.stop_run(run.id)
+    await ended(store, run.id)
+
+
+async def test_the_watchdog_stops_a_silent_agent_and_fails_the_run(
+    store: Store, backend: FakeBackend, supervisors: Callable[..., Supervisor]
+) -> None:
+    sup = supervisors(watchdog_seconds=0.05)  # slow_script goes quiet for ten minutes
+    run = await sup.submit(spec())
+    await sup.start()
+    done = await ended(store, run.id)
+    assert done.status is models.RunStatus.failed  # not `stopped`: nobody asked for the stop
+    assert done.error is not None
+    assert backend.runs[run.id].stop_requested
+    events = await store.list_events(run.id)
+    kinds = [e.type for e in events]
+    assert kinds.count(models.EventType.run_notice) == 1
+    assert kinds.index(models.EventType.run_notice) < len(kinds) - 1  # said before the end
+    assert await statuses(store, run.id) == ["queued", "starting", "running", "failed"]
+
+
+async def test_an_agent_killed_for_memory_fails_naming_the_limit_to_raise(
+    store: Store, backend: FakeBackend, supervisors: Callable[..., Supervisor]
+) -> None:
+    def oom(run: models.Run, command: AgentCommand) -> list[Step]:
+        killed = ExitInfo(exit_code=None, signal=9, oom_killed=True)
+        return [*fake.claude_like_script(run, command)[:2], Step("exit", exit=killed)]
+
+    backend.script = oom
+    sup = supervisors()
+    run = await sup.submit(spec())
+    await sup.start()
+    done = await ended(store, run.id)
+    assert done.status is models.RunStatus.failed
+    assert done.exit_code is None
+    memory = run.spec.sandbox.memory_mb
+    assert done.error == (
+        f"the agent ran out of memory (limit {memory} MiB) and was killed; raise sandbox.memory_mb"
+    )
+    events = await store.list_events(run.id)
+    assert events[-1].data == {"status": "failed", "error": done.error}
+
+
+async def test_a_failing_finalize_is_a_notice_and_the_run_still_ends(
+    store: Store,
+    backend: FakeBackend,
+    supervisors: Callable[..., Supervisor],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def finalize(self: fake.FakeHandle) -> list[str]:
+        raise OSError("the disk is full")
+
+    monkeypatch.setattr(fake.FakeHandle, "finalize", finalize)
+    backend.script = fake.claude_like_script
+    sup = supervisors()
+    run = await sup.submit(spec())
+    await sup.start()
+    done = await ended(store, run.id)
+    assert done.status is models.RunStatus.succeeded
+    events = await store.list_events(run.id)
+    assert [e.type for e in events[-2:]] == [
+        models.EventType.run_notice,
+        models.EventType.run_status,
+    ]
+    assert backend.runs[run.id].output_discarded
+    assert await store.get_cursor(run.id) == len(backend.runs[run.id].records)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a failed launch's error is masked with the stored secrets only, not with the "
+    "credentials from the server's environment (settings.anthropic_api_key and the like)",
+)
+async def test_a_failed_launch_masks_credentials_from_the_environment_too(
+    store: Store, backend: FakeBackend, supervisors: Callable[..., Supervisor]
+) -> None:
+    sup = supervisors()
+    key = sup.settings.anthropic_api_key
+    assert key is not None
+    backend.fail_launch = f"the sandbox would not start (key {key.get_secret_value()})"
+    run = await sup.submit(spec())
+    await sup.start()
+    done = await ended(store, run.id)
+    assert done.status is models.RunStatus.failed
+    assert done.error == "the sandbox would not start (key [redacted:ANTHROPIC_API_KEY])"

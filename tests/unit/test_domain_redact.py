@@ -1,0 +1,181 @@
+"""Redaction: every known secret value is masked wherever it surfaces, in text and in
+JSON-like event data, including secrets that contain or overlap each other."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+
+from agentfarm.agents import claude
+from agentfarm.agents.claude import ClaudeAdapter
+from agentfarm.domain import redact
+from agentfarm.domain.redact import Redactor
+
+KEY = "sk-ant-api03-abcdefghijklmnop"
+TOKEN = "oauth-token-0123456789"
+
+
+def test_every_occurrence_is_masked_with_the_secret_name() -> None:
+    redactor = Redactor({"ANTHROPIC_API_KEY": KEY, "CLAUDE_CODE_OAUTH_TOKEN": TOKEN})
+    text = f"{KEY} then {TOKEN}, again {KEY}{KEY}"
+    assert redactor.text(text) == (
+        "[redacted:ANTHROPIC_API_KEY] then [redacted:CLAUDE_CODE_OAUTH_TOKEN], again "
+        "[redacted:ANTHROPIC_API_KEY][redacted:ANTHROPIC_API_KEY]"
+    )
+    assert redactor.text("nothing secret here") == "nothing secret here"
+
+
+def test_short_values_are_not_secrets() -> None:
+    shortest = "x" * redact.MIN_SECRET_LENGTH
+    redactor = Redactor({"SHORT": shortest[:-1], "EMPTY": "", "LONG_ENOUGH": shortest})
+    assert list(redactor.values()) == [shortest]
+    assert redactor.text(f"{shortest[:-1]}|{shortest}") == (
+        f"{shortest[:-1]}|[redacted:LONG_ENOUGH]"
+    )
+    only_short = Redactor({"PIN": "1234", "EMPTY": ""})
+    assert not only_short
+    assert only_short.text("pin 1234") == "pin 1234"
+
+
+def test_a_secret_containing_another_is_masked_whole() -> None:
+    inner = "abcdefgh1234"
+    outer = f"prefix-{inner}-suffix"
+    # Given shortest first: the order of the mapping must not matter.
+    redactor = Redactor({"INNER": inner, "OUTER": outer})
+    assert list(redactor.values()) == [outer, inner]
+    assert redactor.text(f"{outer} and {inner}") == "[redacted:OUTER] and [redacted:INNER]"
+
+
+def test_overlapping_secrets_leave_neither_whole() -> None:
+    first, second = "AAAABBBB", "BBBBCCCC"  # share BBBB; neither contains the other
+    redactor = Redactor({"FIRST": first, "SECOND": second})
+    masked = redactor.text("AAAABBBBCCCC")
+    assert first not in masked and second not in masked
+    assert masked.startswith("[redacted:")
+
+
+def test_a_secret_that_occurs_in_a_mask_still_leaves_no_secret_whole() -> None:
+    # Masks are applied one after another: a later, shorter secret may occur in an earlier
+    # mask. The mask then reads oddly, but neither value is shown.
+    secrets = {"LONG_SECRET_NAME": "0123456789abcdef", "ALSO": "redacted:LONG"}
+    masked = Redactor(secrets).text("0123456789abcdef")
+    assert not any(value in masked for value in secrets.values())
+    assert "[redacted:" in masked
+
+
+def test_data_masks_strings_and_keys_at_any_depth_and_leaves_the_input_alone() -> None:
+    redactor = Redactor({"K": KEY})
+    value = {
+        "text": f"key={KEY}",
+        KEY: "a secret used as a key",
+        "nested": [{"deep": (KEY, 1, 2.5, None, True)}, f"{KEY}{KEY}"],
+        "count": 3,
+        "none": None,
+    }
+    before = copy.deepcopy(value)
+    assert redactor.data(value) == {
+        "text": "key=[redacted:K]",
+        "[redacted:K]": "a secret used as a key",
+        "nested": [{"deep": ["[redacted:K]", 1, 2.5, None, True]}, "[redacted:K][redacted:K]"],
+        "count": 3,
+        "none": None,
+    }
+    assert value == before
+    assert KEY not in json.dumps(redactor.data(value))
+
+
+def test_data_turns_non_string_keys_into_masked_strings() -> None:
+    redactor = Redactor({"NUM": "1234567890"})
+    assert redactor.data({1234567890: "x", 7: "y"}) == {"[redacted:NUM]": "x", "7": "y"}
+
+
+def test_an_empty_redactor_hands_data_back_untouched() -> None:
+    redactor = Redactor()
+    data = {"text": KEY, "items": (1, 2)}
+    assert not redactor
+    assert redactor.data(data) is data
+    assert redactor.text(KEY) == KEY
+    assert list(redactor.values()) == []
+
+
+def test_of_merges_mappings_later_ones_winning() -> None:
+    stored = {"ANTHROPIC_API_KEY": "stored-key-00000000", "GITHUB_TOKEN": "ghp_0000000000000"}
+    from_env = {"ANTHROPIC_API_KEY": KEY}
+    redactor = Redactor.of(stored, from_env)
+    assert sorted(redactor.values()) == sorted([KEY, "ghp_0000000000000"])
+    assert redactor.text(f"{KEY} ghp_0000000000000 stored-key-00000000") == (
+        "[redacted:ANTHROPIC_API_KEY] [redacted:GITHUB_TOKEN] stored-key-00000000"
+    )
+
+
+@pytest.mark.parametrize(
+    "secret",
+    [KEY, "ghp_AbCdEfGhIjKlMnOpQrStUv0123456789", "glpat-x_y.z-0123456789", "é-ünïcode-sècret"],
+)
+def test_json_text_stays_json_and_matches_the_redacted_data(secret: str) -> None:
+    # Masks contain nothing JSON escapes, so masking JSON text in place keeps it valid JSON,
+    # the same document as masking the parsed data.
+    redactor = Redactor({"SECRET": secret})
+    data = {"argv": ["curl", "-H", f"Authorization: Bearer {secret}"], secret: {"v": secret}}
+    for text in (
+        json.dumps(data),
+        json.dumps(data, ensure_ascii=False),
+        json.dumps(data, indent=2),
+    ):
+        if secret not in text:  # ensure_ascii escaped the secret itself: see the next test
+            continue
+        masked = redactor.text(text)
+        assert secret not in masked
+        assert json.loads(masked) == redactor.data(data)
+
+
+def test_an_agent_line_with_escaped_secret_is_masked_after_parsing() -> None:
+    # The agent's stdout is JSON: a secret with characters JSON escapes (quote, backslash,
+    # non-ASCII under ensure_ascii) is escaped in the raw line but whole again in the parsed
+    # event data, which is where the supervisor masks it.
+    secret = 'pa"ss\\wörd-0123456789'
+    line = json.dumps(
+        {
+            "type": "assistant",
+            "session_id": "s1",
+            "message": {"id": "m1", "content": [{"type": "text", "text": f"it is {secret}"}]},
+        }
+    ).encode()
+    assert secret.encode() not in line  # escaped in the raw bytes
+    drafts = ClaudeAdapter().new_parser().feed_stdout(line)
+    redactor = Redactor({"PASSWORD": secret})
+    masked = [redactor.data(d.data) for d in drafts]
+    assert drafts and not any(secret in json.dumps(m, ensure_ascii=False) for m in masked)
+    assert any("[redacted:PASSWORD]" in json.dumps(m) for m in masked)
+
+
+# --- known gaps: each passes once the source closes it (then drop its marker) ------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the parser caps a string at MAX_STRING before the supervisor redacts the event, "
+    "so a secret cut by the cap is no longer whole and its head stays visible",
+)
+def test_a_secret_cut_by_the_size_cap_shows_none_of_itself() -> None:
+    # What the supervisor does with one stderr record: parse it, then mask the event's data.
+    line = ("x" * (claude.MAX_STRING - 50) + KEY + "y" * 200).encode()
+    drafts = ClaudeAdapter().new_parser().feed_stderr(line)
+    masked = json.dumps([Redactor({"K": KEY}).data(d.data) for d in drafts])
+    assert "truncated" in masked  # the cap did cut this line
+    assert KEY[: len(KEY) // 2] not in masked
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a secret inside JSON text the agent printed (JSON in a JSON string) is escaped "
+    "there, and the redactor looks for the raw value only",
+)
+def test_a_secret_in_json_text_inside_event_data_is_masked() -> None:
+    secret = 'tok"en\\with-quote-0123'
+    printed = json.dumps({"auth": secret})  # e.g. a tool printing its config
+    redactor = Redactor({"TOKEN": secret})
+    masked = redactor.data({"content": printed})
+    assert json.dumps(secret)[1:-1] not in masked["content"]
