@@ -10,8 +10,10 @@ import pytest
 
 from agentfarm.agents import claude
 from agentfarm.agents.claude import ClaudeAdapter
+from agentfarm.backends.base import Record
 from agentfarm.domain import redact
 from agentfarm.domain.redact import Redactor
+from agentfarm.supervisor import runs
 
 KEY = "sk-ant-api03-abcdefghijklmnop"
 TOKEN = "oauth-token-0123456789"
@@ -154,28 +156,29 @@ def test_an_agent_line_with_escaped_secret_is_masked_after_parsing() -> None:
 # --- known gaps: each passes once the source closes it (then drop its marker) ------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the parser caps a string at MAX_STRING before the supervisor redacts the event, "
-    "so a secret cut by the cap is no longer whole and its head stays visible",
-)
 def test_a_secret_cut_by_the_size_cap_shows_none_of_itself() -> None:
-    # What the supervisor does with one stderr record: parse it, then mask the event's data.
+    # What the supervisor does with one stderr record: mask the raw line, parse it, then mask
+    # the event's data (the parser's cap can no longer cut a secret in two).
     line = ("x" * (claude.MAX_STRING - 50) + KEY + "y" * 200).encode()
-    drafts = ClaudeAdapter().new_parser().feed_stderr(line)
-    masked = json.dumps([Redactor({"K": KEY}).data(d.data) for d in drafts])
+    redactor = Redactor({"K": KEY})
+    record = Record(1, "stderr", line)
+    drafts = runs._translate(ClaudeAdapter().new_parser(), record, redactor)
+    masked = json.dumps([redactor.data(d.data) for d in drafts])
     assert "truncated" in masked  # the cap did cut this line
     assert KEY[: len(KEY) // 2] not in masked
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a secret inside JSON text the agent printed (JSON in a JSON string) is escaped "
-    "there, and the redactor looks for the raw value only",
-)
 def test_a_secret_in_json_text_inside_event_data_is_masked() -> None:
     secret = 'tok"en\\with-quote-0123'
     printed = json.dumps({"auth": secret})  # e.g. a tool printing its config
     redactor = Redactor({"TOKEN": secret})
     masked = redactor.data({"content": printed})
     assert json.dumps(secret)[1:-1] not in masked["content"]
+
+
+def test_raw_lines_are_masked_in_every_json_form_and_stay_json() -> None:
+    secret = 'tok"en\\with-quote-0123'
+    line = json.dumps({"type": "user", "content": json.dumps({"auth": secret})}).encode()
+    masked = Redactor({"TOKEN": secret}).raw(line)
+    assert b"tok" not in masked
+    assert json.loads(masked)["content"] == '{"auth": "[redacted:TOKEN]"}'

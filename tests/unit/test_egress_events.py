@@ -8,6 +8,7 @@ import json
 from agentfarm.backends.local import spool
 from agentfarm.cli import render as cli_render
 from agentfarm.domain import models
+from agentfarm.domain.redact import Redactor
 from agentfarm.supervisor import runs
 from agentfarm.web import render as web_render
 
@@ -17,7 +18,7 @@ def test_egress_frames_become_denial_events() -> None:
     frame = spool.encode("egress", json.dumps(body).encode())[0]
     [record], _ = spool.parse(frame, 0)
     assert record.kind == "egress"
-    [draft] = runs._translate(None, record)  # type: ignore[arg-type]  # no parser needed
+    [draft] = runs._translate(None, record, Redactor())  # type: ignore[arg-type]  # no parser needed
     assert draft.type == models.EventType.sandbox_egress_denied == "sandbox.egress_denied"
     assert draft.data == body
 

@@ -547,11 +547,6 @@ async def test_a_failing_finalize_is_a_notice_and_the_run_still_ends(
     assert await store.get_cursor(run.id) == len(backend.runs[run.id].records)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a failed launch's error is masked with the stored secrets only, not with the "
-    "credentials from the server's environment (settings.anthropic_api_key and the like)",
-)
 async def test_a_failed_launch_masks_credentials_from_the_environment_too(
     store: Store, backend: FakeBackend, supervisors: Callable[..., Supervisor]
 ) -> None:

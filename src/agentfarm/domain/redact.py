@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -13,13 +14,17 @@ class Redactor:
     """Replaces each known secret value with ``[redacted:NAME]``."""
 
     def __init__(self, secrets: Mapping[str, str] | None = None) -> None:
-        pairs = [
-            (value, f"[redacted:{name}]")
-            for name, value in (secrets or {}).items()
-            if len(value) >= MIN_SECRET_LENGTH
-        ]
+        pairs: dict[str, str] = {}
+        for name, value in (secrets or {}).items():
+            if len(value) < MIN_SECRET_LENGTH:
+                continue
+            # The value as it stands in JSON text too (an agent's stream-json line, JSON a tool
+            # printed): quotes, backslashes and control characters come escaped there.
+            for form in (value, *_json_forms(value)):
+                pairs.setdefault(form, f"[redacted:{name}]")
         # Longest first, so a secret containing another is masked whole.
-        self._pairs = sorted(pairs, key=lambda pair: len(pair[0]), reverse=True)
+        self._pairs = sorted(pairs.items(), key=lambda pair: len(pair[0]), reverse=True)
+        self._raw = [(secret.encode(), mask.encode()) for secret, mask in self._pairs]
 
     @classmethod
     def of(cls, *mappings: Mapping[str, str]) -> Redactor:
@@ -37,6 +42,15 @@ class Redactor:
                 value = value.replace(secret, mask)
         return value
 
+    def raw(self, line: bytes) -> bytes:
+        """``line`` as the agent printed it, with every secret masked: done before a line is
+        parsed, so that no later cut (a size cap) can leave part of a secret behind. The mask
+        has no character that JSON escapes, so a JSON line stays valid JSON."""
+        for secret, mask in self._raw:
+            if secret in line:
+                line = line.replace(secret, mask)
+        return line
+
     def data(self, value: Any) -> Any:
         """A deep copy of JSON-like ``value`` with every secret masked (keys included)."""
         if not self._pairs:
@@ -51,3 +65,14 @@ class Redactor:
 
     def values(self) -> Iterable[str]:
         return (secret for secret, _ in self._pairs)
+
+
+def _json_forms(value: str) -> set[str]:
+    """How ``value`` reads inside a JSON string, escaped once and twice (JSON in JSON), with
+    non-ASCII characters as they are and as ``\\u`` escapes; without the value itself."""
+    forms: set[str] = set()
+    for ascii_only in (True, False):
+        once = json.dumps(value, ensure_ascii=ascii_only)[1:-1]
+        forms |= {once, json.dumps(once, ensure_ascii=ascii_only)[1:-1]}
+    forms.discard(value)
+    return forms

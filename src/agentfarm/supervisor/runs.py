@@ -18,6 +18,8 @@ from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from pydantic import AliasChoices, SecretStr
+
 from agentfarm.agents.base import AgentAdapter, StreamParser
 from agentfarm.backends.base import Backend, ExitInfo, LaunchInfo, Record, RunHandle
 from agentfarm.domain import errors, gittokens, models
@@ -149,7 +151,25 @@ class Supervisor:
         return tokens
 
     def _redactor(self, creds: Mapping[str, str]) -> Redactor:
-        return Redactor.of(self.secrets.all(), {k: v for k, v in creds.items() if "URL" not in k})
+        return Redactor.of(
+            self._server_secrets(),
+            self.secrets.all(),
+            {k: v for k, v in creds.items() if "URL" not in k},
+        )
+
+    def _server_secrets(self) -> dict[str, str]:
+        """Every secret setting of the server (credentials from its environment, the API
+        token), by its environment name: masked wherever a run's text could show it."""
+        found: dict[str, str] = {}
+        for name, field in type(self.settings).model_fields.items():
+            value = getattr(self.settings, name)
+            if isinstance(value, SecretStr) and value.get_secret_value():
+                alias = field.validation_alias
+                env = alias.choices[0] if isinstance(alias, AliasChoices) else None
+                found[env if isinstance(env, str) else f"AGENTFARM_{name.upper()}"] = (
+                    value.get_secret_value()
+                )
+        return found
 
     # --- public operations ---------------------------------------------------------------
     async def submit(
@@ -319,7 +339,7 @@ class Supervisor:
                 command = adapter.build_command(run.spec, binary=self._binary(run))
                 handle, info = await backend.launch(run, command, creds)
             except errors.AgentfarmError as exc:
-                redacted = Redactor.of(self.secrets.all()).text(str(exc))
+                redacted = (await asyncio.to_thread(self._redactor, {})).text(str(exc))
                 await self._finish_without_agent(run, models.RunStatus.failed, redacted)
                 await self._discard_failed_launch(run)
                 return
@@ -405,7 +425,7 @@ class Supervisor:
                             exit_code=None, lost=True, error="the backend stopped reporting"
                         )
                         break
-                    new = _translate(parser, entry)
+                    new = _translate(parser, entry, redactor)
                     if entry.kind == "exit":
                         exit_info = entry.exit or ExitInfo(exit_code=None)
                     if entry.cursor > stored:
@@ -482,11 +502,13 @@ class Supervisor:
             log.warning("run %s: cleaning up after its failed launch failed", run.id, exc_info=True)
 
 
-def _translate(parser: StreamParser, record: Record) -> list[models.EventDraft]:
+def _translate(parser: StreamParser, record: Record, redactor: Redactor) -> list[models.EventDraft]:
+    # Masked before parsing (and again after): a parser may cut a long string, and a cut
+    # secret is no longer whole for a later mask to find.
     if record.kind == "stdout":
-        return parser.feed_stdout(record.data)
+        return parser.feed_stdout(redactor.raw(record.data))
     if record.kind == "stderr":
-        return parser.feed_stderr(record.data)
+        return parser.feed_stderr(redactor.raw(record.data))
     if record.kind == "notice":
         return [notice_event(record.data.decode("utf-8", "replace"))]
     if record.kind == "egress":
