@@ -4,6 +4,7 @@ with hooks and the agent's repository settings switched off."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 from collections.abc import Iterator
@@ -382,8 +383,8 @@ async def test_fetch_back_refuses_a_malformed_object(source: Path, tmp_path: Pat
     setup_git("commit", "-q", "-m", "hostile", cwd=dest)
     with pytest.raises(git.GitError) as raised:
         await git.fetch_back(source, dest, "agentfarm/r1")
-    # git's own fsck message id for the problem (the sentence's prefix names "git -c", the
-    # first argument, rather than "git fetch": reported to the lead).
+    # git's own fsck message id for the problem, under the command that failed.
+    assert str(raised.value).startswith("git fetch failed: ")
     assert "gitmodulesName" in str(raised.value)
     with pytest.raises(subprocess.CalledProcessError):
         setup_git("rev-parse", "--verify", "-q", "refs/heads/agentfarm/r1", cwd=source)
@@ -422,6 +423,19 @@ async def test_a_git_that_hangs_is_cut_off_at_its_limit(
     )
     with pytest.raises(git.GitError) as slow:
         await git.git("commit", "--allow-empty", cwd=source, limit=0.2)
+    assert str(slow.value) == "git commit took longer than 0.2 s"
+
+
+async def test_the_limit_also_ends_what_git_started(
+    source: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An editor that keeps git's output pipes open and outlives git unless it is killed too
+    # (as git-remote-http can on a silent remote): the call still ends at the limit. The
+    # outer bound only turns a hang into a failure; it is not a measure of speed.
+    monkeypatch.setenv("GIT_EDITOR", "sleep 600; :")
+    with pytest.raises(git.GitError) as slow:
+        async with asyncio.timeout(60):
+            await git.git("commit", "--allow-empty", cwd=source, limit=0.2)
     assert str(slow.value) == "git commit took longer than 0.2 s"
 
 

@@ -17,6 +17,7 @@ import contextlib
 import os
 import re
 import shlex
+import signal
 import stat
 from pathlib import Path
 
@@ -78,17 +79,32 @@ async def git(
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
+        # Its own group: on time-out the helpers git started (git-remote-http, upload-pack)
+        # go with it, and none keeps our pipes open.
+        start_new_session=True,
     )
     try:
         out, err = await asyncio.wait_for(proc.communicate(), limit)
     except TimeoutError:
-        proc.kill()
+        with contextlib.suppress(ProcessLookupError):  # it may have just ended
+            os.killpg(proc.pid, signal.SIGKILL)
         await proc.wait()
-        raise GitError(f"git {args[0]} took longer than {limit:g} s") from None
+        raise GitError(f"git {_verb(args)} took longer than {limit:g} s") from None
     if proc.returncode != 0:
         message = strip_credentials(err.decode(errors="replace").strip()) or "no output"
-        raise GitError(f"git {args[0]} failed: {message}")
+        raise GitError(f"git {_verb(args)} failed: {message}")
     return out.decode(errors="replace")
+
+
+def _verb(args: tuple[str, ...]) -> str:
+    """The git command in ``args`` (``fetch`` in ``-c x=y fetch ...``), for messages."""
+    words = iter(args)
+    for word in words:
+        if word == "-c":
+            next(words, None)
+        elif not word.startswith("-"):
+            return word
+    return "command"
 
 
 async def clone(repo: str, dest: Path, base_branch: str | None) -> None:
