@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from agentfarm.cli.client import Client, ClientError
-from agentfarm.cli.render import STATUS_STYLE, event_line
+from agentfarm.cli.event_text import STATUS_STYLE, event_line
 from agentfarm.domain.present import fmt_cost
 
 if TYPE_CHECKING:

@@ -17,8 +17,8 @@ from agentfarm.store.secrets import SecretStore
 from agentfarm.supervisor.runs import Supervisor
 from agentfarm.web import api, apidocs, pages
 from agentfarm.web import errors as web_errors
+from agentfarm.web.bodylimit import BodySizeLimit
 from agentfarm.web.hosts import HostAllowList
-from agentfarm.web.limits import BodySizeLimit
 
 log = logging.getLogger(__name__)
 

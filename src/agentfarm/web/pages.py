@@ -36,15 +36,15 @@ from agentfarm.settings import Settings, read_or_create_token
 from agentfarm.store import Store
 from agentfarm.store.users import ApiToken, Users
 from agentfarm.supervisor import retention
-from agentfarm.web import admin, api, csrf, ids, render, sessions
+from agentfarm.web import admin, api, csrf, event_html, identity, ids
 from agentfarm.web import errors as web_errors
-from agentfarm.web.ratelimit import LoginLimiter
+from agentfarm.web.loginlimit import LoginLimiter
 
 log = logging.getLogger(__name__)
 
 HERE = Path(__file__).resolve().parent
 templates = Jinja2Templates(directory=HERE / "templates")
-templates.env.globals.update(badge=render.badge, fmt_cost=fmt_cost, version=__version__)
+templates.env.globals.update(badge=event_html.badge, fmt_cost=fmt_cost, version=__version__)
 templates.env.globals.update(fmt_bytes=fmt_bytes)
 PAGE = 200  # events per page of the run view
 RUN_ID = ids.RunId
@@ -68,17 +68,17 @@ def _key(request: Request) -> bytes:
     return key
 
 
-async def viewer(request: Request) -> sessions.Principal:
-    principal = await sessions.authenticate(request)
+async def viewer(request: Request) -> identity.Principal:
+    principal = await identity.authenticate(request)
     if principal is None:
         raise LoginRequiredError
     return principal
 
 
-Viewer = Annotated[sessions.Principal, Depends(viewer)]
+Viewer = Annotated[identity.Principal, Depends(viewer)]
 
 
-async def checked(request: Request, who: Viewer) -> sessions.Principal:
+async def checked(request: Request, who: Viewer) -> identity.Principal:
     """A state-changing page request: it must carry the CSRF token of this browser."""
     if who.binding is None:  # a bearer token: no ambient credentials, nothing to forge
         return who
@@ -92,13 +92,13 @@ async def checked(request: Request, who: Viewer) -> sessions.Principal:
     return who
 
 
-Checked = Annotated[sessions.Principal, Depends(checked)]
+Checked = Annotated[identity.Principal, Depends(checked)]
 
 
 def page(
     request: Request,
     name: str,
-    who: sessions.Principal | None,
+    who: identity.Principal | None,
     status_code: int = 200,
     **context: Any,
 ) -> HTMLResponse:
@@ -135,7 +135,7 @@ templates.env.globals.update(elapsed=lambda r: fmt_duration(elapsed(r)))
 # --- login -----------------------------------------------------------------------------------
 @router.get("/login")
 async def login_form(request: Request, next: str | None = None) -> Response:
-    if await sessions.authenticate(request) is not None:
+    if await identity.authenticate(request) is not None:
         return see_other(_safe_next(next))
     return _login_page(request, next)
 
@@ -143,7 +143,7 @@ async def login_form(request: Request, next: str | None = None) -> Response:
 def _login_page(
     request: Request, next: str | None, error: str | None = None, status_code: int = 200
 ) -> HTMLResponse:
-    nonce = request.cookies.get(sessions.PRELOGIN_COOKIE) or sessions.new_secret()
+    nonce = request.cookies.get(identity.PRELOGIN_COOKIE) or identity.new_secret()
     response = templates.TemplateResponse(
         request,
         "login.html",
@@ -157,8 +157,8 @@ def _login_page(
         status_code=status_code,
     )
     response.headers["Cache-Control"] = "no-store"
-    sessions.set_cookie(
-        response, request, sessions.PRELOGIN_COOKIE, nonce, max_age=3600, samesite="strict"
+    identity.set_cookie(
+        response, request, identity.PRELOGIN_COOKIE, nonce, max_age=3600, samesite="strict"
     )
     return response
 
@@ -171,12 +171,12 @@ async def login(
     csrf_token: Annotated[str, Form(alias=csrf.FIELD)] = "",
     next: Annotated[str | None, Form()] = None,
 ) -> Response:
-    nonce = request.cookies.get(sessions.PRELOGIN_COOKIE, "")
+    nonce = request.cookies.get(identity.PRELOGIN_COOKIE, "")
     if not csrf.valid(_key(request), f"pre:{nonce}", csrf_token):
         return _login_page(request, next, "The form expired; please try again.", 403)
     settings: Settings = request.app.state.settings
     limiter: LoginLimiter = request.app.state.login_limiter
-    address = sessions.client_address(request, settings)
+    address = identity.client_address(request, settings)
     wait = limiter.retry_after(username, address)
     if wait:
         limited = _login_page(
@@ -184,32 +184,32 @@ async def login(
         )
         limited.headers["Retry-After"] = str(int(wait) + 1)
         return limited
-    store = sessions.users(request)
+    store = identity.users(request)
     user = await store.get_user(username)
-    ok = await sessions.verify_password(user.password_hash if user else None, password)
+    ok = await identity.verify_password(user.password_hash if user else None, password)
     if user is None or not ok:
         limiter.failed(username, address)
         log.warning("failed cockpit login for %r from %s", username[:64], address)
         return _login_page(request, next, "Wrong user name or password.", 401)
     limiter.succeeded(username)
-    secret = sessions.new_secret()
+    secret = identity.new_secret()
     hours = settings.session_hours
     await store.create_session(user, secret, timedelta(hours=hours))
     response = see_other(_safe_next(next))
-    sessions.set_cookie(
-        response, request, sessions.SESSION_COOKIE, secret, max_age=int(hours * 3600)
+    identity.set_cookie(
+        response, request, identity.SESSION_COOKIE, secret, max_age=int(hours * 3600)
     )
-    sessions.clear_cookie(response, request, sessions.PRELOGIN_COOKIE)
+    identity.clear_cookie(response, request, identity.PRELOGIN_COOKIE)
     return response
 
 
 @router.post("/logout")
 async def logout(request: Request, who: Checked) -> Response:
-    cookie = request.cookies.get(sessions.SESSION_COOKIE)
+    cookie = request.cookies.get(identity.SESSION_COOKIE)
     if cookie:
-        await sessions.users(request).delete_session(cookie)
+        await identity.users(request).delete_session(cookie)
     response = see_other("/login")
-    sessions.clear_cookie(response, request, sessions.SESSION_COOKIE)
+    identity.clear_cookie(response, request, identity.SESSION_COOKIE)
     return response
 
 
@@ -473,7 +473,7 @@ async def run_page(request: Request, who: Viewer, run_id: RUN_ID) -> Response:
     events = await store.list_events_before(run_id, before=last + 1, limit=PAGE)
     oldest = events[0].seq if events else last + 1
     return page(
-        request, "run.html", who, run=run, events=render.events_html(events),
+        request, "run.html", who, run=run, events=event_html.events_html(events),
         last_seq=last, oldest=oldest,
     )  # fmt: skip
 
@@ -484,11 +484,11 @@ async def run_older(
 ) -> Response:
     events = await api.store(request).list_events_before(run_id, before=before, limit=PAGE)
     oldest = events[0].seq if events else 1
-    html = render.events_html(events)
+    html = event_html.events_html(events)
     more = ""
     if oldest > 1:
         more = templates.get_template("_older.html").render(run_id=run_id, oldest=oldest)
-    body = more + str(html)  # both are escaped HTML: an autoescaped template and render.py
+    body = more + str(html)  # both are escaped HTML: an autoescaped template and event_html.py
     return HTMLResponse(body, headers={"Cache-Control": "no-store"})
 
 
@@ -514,7 +514,11 @@ async def run_live(
 
     async def stream() -> AsyncIterator[dict[str, Any]]:
         async for batch in hub.follow(run_id, after):
-            yield {"id": str(batch[-1].seq), "event": "events", "data": render.events_html(batch)}
+            yield {
+                "id": str(batch[-1].seq),
+                "event": "events",
+                "data": event_html.events_html(batch),
+            }
             if any(e.type in (models.EventType.run_status, models.EventType.agent_result)
                    for e in batch):  # fmt: skip
                 run = await store.get_run(run_id)
@@ -548,9 +552,9 @@ async def run_delete(request: Request, who: Checked, run_id: RUN_ID) -> Response
 TOKEN_DAYS = (0, 7, 30, 90, 365)
 
 
-async def _visible_tokens(request: Request, who: sessions.Principal) -> list[ApiToken]:
+async def _visible_tokens(request: Request, who: identity.Principal) -> list[ApiToken]:
     """Admins see every token; other users their own (nobody else's names or use)."""
-    store = sessions.users(request)
+    store = identity.users(request)
     if who.admin:
         return await store.list_tokens()
     return await store.list_tokens(who.user_id) if who.user_id else []
@@ -558,7 +562,7 @@ async def _visible_tokens(request: Request, who: sessions.Principal) -> list[Api
 
 def _settings_page(
     request: Request,
-    who: sessions.Principal,
+    who: identity.Principal,
     tokens: list[ApiToken],
     status_code: int = 200,
     new_token: tuple[str, str] | None = None,
@@ -599,7 +603,7 @@ async def token_create(request: Request, who: Checked) -> Response:
     values = await _form(request)
     name = values.get("name", "").strip()
     days = values.get("expires_days", "0").strip() or "0"
-    store = sessions.users(request)
+    store = identity.users(request)
     owner = await store.get_user_by_id(who.user_id) if who.user_id else None
     problem = None
     if not name or len(name) > 64:
@@ -613,7 +617,7 @@ async def token_create(request: Request, who: Checked) -> Response:
         tokens = await _visible_tokens(request, who)
         return _settings_page(request, who, tokens, 422, problem=problem)
     expires = models.utcnow() + timedelta(days=int(days)) if int(days) else None
-    secret = "afn_" + sessions.new_secret()
+    secret = "afn_" + identity.new_secret()
     await store.create_token(name, secret, owner, created_by=who.name, expires_at=expires)
     # Shown once, in this response only; the store keeps its hash.
     tokens = await _visible_tokens(request, who)
@@ -625,7 +629,7 @@ async def token_revoke(request: Request, who: Checked, token_id: str) -> Respons
     # Admins revoke any token; others only their own (someone else's is "not found").
     if not who.admin and who.user_id is None:
         raise errors.NotFoundError(f"no API token with id {ids.shown(token_id)}")
-    await sessions.users(request).revoke_token(token_id, None if who.admin else who.user_id)
+    await identity.users(request).revoke_token(token_id, None if who.admin else who.user_id)
     return see_other("/settings")
 
 
@@ -675,7 +679,7 @@ async def startup(app: FastAPI, store: Store, settings: Settings) -> None:
     app.state.login_limiter = LoginLimiter(
         settings.login_failures_per_user, settings.login_failures_per_address
     )
-    risk = sessions.forward_auth_risk(settings)
+    risk = identity.forward_auth_risk(settings)
     if risk:
         log.warning("%s", risk)
     if await app.state.users.count_users() == 0:
@@ -712,7 +716,7 @@ async def _first_user(users: Users) -> None:
         return
     name, password = answer
     try:  # the first user of an empty database is an admin
-        await users.create_user(name, await sessions.hash_password(password))
+        await users.create_user(name, await identity.hash_password(password))
     except errors.AgentfarmError as exc:
         log.warning("could not create user %s: %s", name, exc)
         return
