@@ -9,8 +9,7 @@ import typer
 import yaml
 from rich.table import Table
 
-from agentfarm.cli.client import Client
-from agentfarm.cli.console import JsonFlag, fail, out, print_json
+from agentfarm.cli import client, console
 
 app = typer.Typer(no_args_is_help=True, help="Saved, reusable agent configs.")
 
@@ -39,7 +38,7 @@ def config_add(
     memory_mb: Annotated[int | None, typer.Option()] = None,
     cpus: Annotated[float | None, typer.Option()] = None,
     no_sandbox: Annotated[bool, typer.Option(help="Run unsandboxed (explicit opt-out).")] = False,
-    as_json: JsonFlag = False,
+    as_json: console.JsonFlag = False,
 ) -> None:
     """Save a config, from flags or from a YAML/JSON file (flags override the file)."""
     body: dict[str, Any] = {}
@@ -47,9 +46,9 @@ def config_add(
         try:
             loaded = yaml.safe_load(file.read_text())
         except (OSError, yaml.YAMLError) as exc:
-            fail(f"cannot read {file}: {exc}")
+            console.fail(f"cannot read {file}: {exc}")
         if not isinstance(loaded, dict):
-            fail(f"{file} must hold a mapping of config fields")
+            console.fail(f"{file} must hold a mapping of config fields")
         body.update(loaded)
     flags = {
         "name": name,
@@ -67,7 +66,7 @@ def config_add(
     if env:
         pairs = dict(item.split("=", 1) for item in env if "=" in item)
         if len(pairs) != len(env):
-            fail("--env takes KEY=VALUE")
+            console.fail("--env takes KEY=VALUE")
         body["env"] = {**body.get("env", {}), **pairs}
     sandbox = dict(body.get("sandbox") or {})
     for key, val in (
@@ -80,41 +79,41 @@ def config_add(
     if sandbox:
         body["sandbox"] = sandbox
     if "name" not in body or "repo" not in body:
-        fail("a config needs a name and --repo (or a file with both)")
-    with Client() as c:
+        console.fail("a config needs a name and --repo (or a file with both)")
+    with client.Client() as c:
         created = c.post("/api/configs", json=body)
     if as_json:
-        print_json(created)
+        console.print_json(created)
     else:
-        out.print(f"config {created['name']} saved (id {created['id']})")
+        console.out.print(f"config {created['name']} saved (id {created['id']})")
 
 
 @app.command("ls")
-def config_ls(as_json: JsonFlag = False) -> None:
+def config_ls(as_json: console.JsonFlag = False) -> None:
     """List saved configs."""
-    with Client() as c:
+    with client.Client() as c:
         configs = c.get("/api/configs")
     if as_json:
-        print_json(configs)
+        console.print_json(configs)
         return
     table = Table("name", "repo", "model", "backend", "prompt", box=None)
     for cfg in configs:
         table.add_row(
             cfg["name"], cfg["repo"], cfg.get("model") or "-", cfg["backend"], cfg["prompt"][:50]
         )
-    out.print(table)
+    console.out.print(table)
 
 
 @app.command("show")
 def config_show(key: str) -> None:
     """Show one config as JSON."""
-    with Client() as c:
-        print_json(c.get(f"/api/configs/{key}"))
+    with client.Client() as c:
+        console.print_json(c.get(f"/api/configs/{key}"))
 
 
 @app.command("rm")
 def config_rm(key: str) -> None:
     """Delete a config (its runs are kept)."""
-    with Client() as c:
+    with client.Client() as c:
         c.request("DELETE", f"/api/configs/{key}")
-    out.print(f"config {key} removed")
+    console.out.print(f"config {key} removed")

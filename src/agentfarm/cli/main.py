@@ -9,9 +9,7 @@ import sys
 
 import typer
 
-from agentfarm.cli import config, runs, secret, server, user
-from agentfarm.cli.client import ClientError
-from agentfarm.cli.console import err
+from agentfarm.cli import client, config, console, runs, secret, server, user
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -36,6 +34,6 @@ app.command()(runs.show)
 def main() -> None:
     try:
         app()
-    except ClientError as exc:
-        err.print(f"[red]error:[/] {exc}", highlight=False)
+    except client.ClientError as exc:
+        console.err.print(f"[red]error:[/] {exc}", highlight=False)
         sys.exit(1)

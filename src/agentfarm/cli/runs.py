@@ -9,13 +9,11 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from agentfarm.cli.client import Client
-from agentfarm.cli.console import JsonFlag, err, out, print_json
-from agentfarm.cli.event_text import STATUS_STYLE, event_line
-from agentfarm.domain.present import fmt_cost
+from agentfarm.cli import client, console, event_text
+from agentfarm.domain import present
 
 
-def follow(c: Client, run_id: str, *, as_json: bool) -> str:
+def follow(c: client.Client, run_id: str, *, as_json: bool) -> str:
     """Print events until the run ends; returns the final status."""
     status = "?"
     for event in c.stream_events(run_id):
@@ -25,9 +23,9 @@ def follow(c: Client, run_id: str, *, as_json: bool) -> str:
             sys.stdout.write(json.dumps(event) + "\n")
             sys.stdout.flush()
             continue
-        line = event_line(event)
+        line = event_text.event_line(event)
         if line is not None:
-            out.print(line, highlight=False)
+            console.out.print(line, highlight=False)
     return status
 
 
@@ -35,24 +33,26 @@ def run(
     config: Annotated[str, typer.Argument(help="Config name or id.")],
     prompt: Annotated[str | None, typer.Option(help="Override the config's prompt.")] = None,
     detach: Annotated[bool, typer.Option(help="Print the run id and return.")] = False,
-    as_json: JsonFlag = False,
+    as_json: console.JsonFlag = False,
 ) -> None:
     """Launch a run of a saved config and follow it (Ctrl-C detaches)."""
     body: dict[str, Any] = {"config": config}
     if prompt is not None:
         body["prompt"] = prompt
-    with Client() as c:
+    with client.Client() as c:
         created = c.post("/api/runs", json=body)
         run_id = created["id"]
         if detach:
-            print_json(created) if as_json else out.print(run_id)
+            console.print_json(created) if as_json else console.out.print(run_id)
             return
         if not as_json:
-            out.print(f"run [bold]{run_id}[/] on branch {created.get('branch')}", highlight=False)
+            console.out.print(
+                f"run [bold]{run_id}[/] on branch {created.get('branch')}", highlight=False
+            )
         try:
             status = follow(c, run_id, as_json=as_json)
         except KeyboardInterrupt:
-            err.print(f"detached; the run goes on. Stop it with `agentfarm stop {run_id}`")
+            console.err.print(f"detached; the run goes on. Stop it with `agentfarm stop {run_id}`")
             raise typer.Exit(130) from None
     if status in ("failed", "lost"):
         raise typer.Exit(1)
@@ -61,36 +61,36 @@ def run(
 def list_runs(
     status: Annotated[list[str] | None, typer.Option(help="Filter, repeatable.")] = None,
     limit: Annotated[int, typer.Option()] = 30,
-    as_json: JsonFlag = False,
+    as_json: console.JsonFlag = False,
 ) -> None:
     """List runs, newest first."""
-    with Client() as c:
+    with client.Client() as c:
         runs = c.get("/api/runs", params={"status": status or [], "limit": limit})
     if as_json:
-        print_json(runs)
+        console.print_json(runs)
         return
     table = Table("id", "status", "config", "branch", "cost", "turns", "created", box=None)
     for r in runs:
-        style = STATUS_STYLE.get(r["status"], "white")
+        style = event_text.STATUS_STYLE.get(r["status"], "white")
         table.add_row(
             r["id"],
             f"[{style}]{r['status']}[/]",
             r.get("config_name") or "-",
             r.get("branch") or "-",
-            fmt_cost(r.get("cost_usd")),
+            present.fmt_cost(r.get("cost_usd")),
             str(r.get("num_turns") or "-"),
             r["created_at"][:19].replace("T", " "),
         )
-    out.print(table)
+    console.out.print(table)
 
 
 def logs(
     run_id: str,
     follow_: Annotated[bool, typer.Option("--follow", "-f", help="Stream until it ends.")] = False,
-    as_json: JsonFlag = False,
+    as_json: console.JsonFlag = False,
 ) -> None:
     """Show a run's events (readable, or JSON lines with --json)."""
-    with Client() as c:
+    with client.Client() as c:
         if follow_:
             try:
                 follow(c, run_id, as_json=as_json)
@@ -104,39 +104,39 @@ def logs(
                 if as_json:
                     sys.stdout.write(json.dumps(event) + "\n")
                 else:
-                    line = event_line(event)
+                    line = event_text.event_line(event)
                     if line is not None:
-                        out.print(line, highlight=False)
+                        console.out.print(line, highlight=False)
             if len(events) < 5000:
                 break
             after = events[-1]["seq"]
 
 
-def stop(run_id: str, as_json: JsonFlag = False) -> None:
+def stop(run_id: str, as_json: console.JsonFlag = False) -> None:
     """Stop a run: interrupt, SIGTERM, then SIGKILL after the grace period."""
-    with Client() as c:
+    with client.Client() as c:
         result = c.post(f"/api/runs/{run_id}/stop")
     if as_json:
-        print_json(result)
+        console.print_json(result)
     else:
-        out.print(f"stopping run {run_id}")
+        console.out.print(f"stopping run {run_id}")
 
 
 def remove_run(run_id: str) -> None:
     """Delete an ended run: its files, row and events (its branch stays in the repository)."""
-    with Client() as c:
+    with client.Client() as c:
         c.delete(f"/api/runs/{run_id}")
-    out.print(f"run {run_id} removed", highlight=False)
+    console.out.print(f"run {run_id} removed", highlight=False)
 
 
 def send(run_id: str, text: str) -> None:
     """Send a follow-up message to a running agent."""
-    with Client() as c:
+    with client.Client() as c:
         c.post(f"/api/runs/{run_id}/messages", json={"text": text})
-    out.print("sent")
+    console.out.print("sent")
 
 
 def show(run_id: str) -> None:
     """Show one run as JSON."""
-    with Client() as c:
-        print_json(c.get(f"/api/runs/{run_id}"))
+    with client.Client() as c:
+        console.print_json(c.get(f"/api/runs/{run_id}"))

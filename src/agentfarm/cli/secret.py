@@ -7,8 +7,7 @@ from typing import Annotated
 
 import typer
 
-from agentfarm.cli.client import Client
-from agentfarm.cli.console import JsonFlag, fail, out, print_json
+from agentfarm.cli import client, console
 
 app = typer.Typer(no_args_is_help=True, help="Credentials kept by the server (0600).")
 
@@ -27,27 +26,27 @@ def secret_set(
         else:
             value = sys.stdin.read().strip()
     if not value:
-        fail("empty value; pass it on stdin or with --value")
-    with Client() as c:
+        console.fail("empty value; pass it on stdin or with --value")
+    with client.Client() as c:
         c.request("PUT", f"/api/secrets/{name}", json={"value": value})
-    out.print(f"secret {name} stored")
+    console.out.print(f"secret {name} stored")
 
 
 @app.command("ls")
-def secret_ls(as_json: JsonFlag = False) -> None:
+def secret_ls(as_json: console.JsonFlag = False) -> None:
     """List secret names (never values)."""
-    with Client() as c:
+    with client.Client() as c:
         names = c.get("/api/secrets")["names"]
     if as_json:
-        print_json(names)
+        console.print_json(names)
     else:
         for name in names:
-            out.print(name)
+            console.out.print(name)
 
 
 @app.command("rm")
 def secret_rm(name: str) -> None:
     """Delete a secret."""
-    with Client() as c:
+    with client.Client() as c:
         c.request("DELETE", f"/api/secrets/{name}")
-    out.print(f"secret {name} removed")
+    console.out.print(f"secret {name} removed")

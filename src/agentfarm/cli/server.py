@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from agentfarm.cli.console import fail, out
+from agentfarm.cli import console
 
 if TYPE_CHECKING:
     from agentfarm.settings import Settings
@@ -62,31 +62,31 @@ def serve(
     try:
         settings = Settings.load(host=host, port=port, data_dir=data_dir)
     except ValueError as exc:
-        fail(f"bad setting: {exc}")
+        console.fail(f"bad setting: {exc}")
     settings.ensure_dirs()
     token = first_token(settings, show=first_run and sys.stdout.isatty())
     shown_host = f"[{settings.host}]" if ":" in settings.host else settings.host
     url = f"http://{shown_host}:{settings.port}"
-    out.print(f"agentfarm listening on [bold]{url}[/]  (API docs: {url}/docs)")
+    console.out.print(f"agentfarm listening on [bold]{url}[/]  (API docs: {url}/docs)")
     if token is not None:
-        out.print(f"API token (shown once): [bold]{token}[/]  (later: `agentfarm token`)")
+        console.out.print(f"API token (shown once): [bold]{token}[/]  (later: `agentfarm token`)")
     else:
-        out.print("API token: `agentfarm token` prints it")
-    out.print(f"data directory: {settings.data_dir}")
+        console.out.print("API token: `agentfarm token` prints it")
+    console.out.print(f"data directory: {settings.data_dir}")
     if not settings.is_loopback():
-        out.print("[yellow]listening beyond loopback: every request needs the token[/]")
+        console.out.print("[yellow]listening beyond loopback: every request needs the token[/]")
     if first_run and not (
         settings.anthropic_api_key
         or settings.claude_code_oauth_token
         or settings.secrets_path.exists()
     ):
-        out.print(
+        console.out.print(
             "[yellow]no Claude credentials yet:[/] export CLAUDE_CODE_OAUTH_TOKEN (from "
             "`claude setup-token`) or ANTHROPIC_API_KEY before `make run`, or run "
             "`agentfarm secret set CLAUDE_CODE_OAUTH_TOKEN` once the server is up"
         )
     if first_run:
-        out.print(
+        console.out.print(
             f"cockpit: open {url} on a phone or desktop; the server says below if no user "
             "exists yet. Create one with `agentfarm user add NAME` in another terminal."
         )

@@ -7,8 +7,7 @@ from typing import Annotated
 
 import typer
 
-from agentfarm.cli.client import Client
-from agentfarm.cli.console import JsonFlag, fail, out, print_json
+from agentfarm.cli import client, console
 
 app = typer.Typer(no_args_is_help=True, help="Cockpit users (password logins).")
 
@@ -21,7 +20,7 @@ def read_password(name: str) -> str:
     else:
         password = sys.stdin.readline().rstrip("\n")
     if len(password) < 8:
-        fail("the password needs at least 8 characters")
+        console.fail("the password needs at least 8 characters")
     return password
 
 
@@ -35,19 +34,19 @@ def user_add(
     """Create a cockpit user; the password is prompted for (or read from stdin). The first
     user is an admin."""
     password = read_password(name)
-    with Client() as c:
+    with client.Client() as c:
         made = c.post("/api/admin/users", json={"name": name, "password": password, "admin": admin})
     role = "admin" if made and made.get("admin") else "user"
-    out.print(f"{role} {name} created: sign in at {c.url}/login", highlight=False)
+    console.out.print(f"{role} {name} created: sign in at {c.url}/login", highlight=False)
 
 
 @app.command("passwd")
 def user_passwd(name: str) -> None:
     """Set a user's password (signs them out everywhere)."""
     password = read_password(name)
-    with Client() as c:
+    with client.Client() as c:
         c.request("PUT", f"/api/admin/users/{name}/password", json={"password": password})
-    out.print(f"password of {name} changed")
+    console.out.print(f"password of {name} changed")
 
 
 @app.command("role")
@@ -58,27 +57,31 @@ def user_role(
     ],
 ) -> None:
     """Make a user an admin (`--admin`) or an ordinary user (`--no-admin`)."""
-    with Client() as c:
+    with client.Client() as c:
         c.request("PUT", f"/api/admin/users/{name}/role", json={"admin": admin})
-    out.print(f"{name} is {'an admin' if admin else 'an ordinary user'} now", highlight=False)
+    console.out.print(
+        f"{name} is {'an admin' if admin else 'an ordinary user'} now", highlight=False
+    )
 
 
 @app.command("ls")
-def user_ls(as_json: JsonFlag = False) -> None:
+def user_ls(as_json: console.JsonFlag = False) -> None:
     """List cockpit users."""
-    with Client() as c:
+    with client.Client() as c:
         users = c.get("/api/admin/users")
     if as_json:
-        print_json(users)
+        console.print_json(users)
         return
     for user in users:
         role = ", admin" if user.get("admin") else ""
-        out.print(f"{user['name']}  (since {user['created_at'][:10]}{role})", highlight=False)
+        console.out.print(
+            f"{user['name']}  (since {user['created_at'][:10]}{role})", highlight=False
+        )
 
 
 @app.command("rm")
 def user_rm(name: str) -> None:
     """Delete a user and end their sessions."""
-    with Client() as c:
+    with client.Client() as c:
         c.request("DELETE", f"/api/admin/users/{name}")
-    out.print(f"user {name} removed")
+    console.out.print(f"user {name} removed")

@@ -13,8 +13,7 @@ from agentfarm.domain import errors
 from agentfarm.settings import Settings, read_or_create_token
 from agentfarm.store import Store
 from agentfarm.store.users import Users
-from agentfarm.web import identity
-from agentfarm.web.loginlimit import LoginLimiter
+from agentfarm.web import identity, loginlimit
 from agentfarm.web.pages import shell
 
 log = logging.getLogger(__name__)
@@ -34,7 +33,7 @@ async def startup(
     app.state.web_key = (
         await asyncio.to_thread(read_or_create_token, settings.data_dir / "cookie-key")
     ).encode()
-    app.state.login_limiter = LoginLimiter(
+    app.state.login_limiter = loginlimit.LoginLimiter(
         settings.login_failures_per_user, settings.login_failures_per_address
     )
     risk = identity.forward_auth_risk(settings)

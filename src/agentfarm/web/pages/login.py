@@ -11,8 +11,7 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, Response
 
 from agentfarm.settings import Settings
-from agentfarm.web import csrf, identity
-from agentfarm.web.loginlimit import LoginLimiter
+from agentfarm.web import csrf, identity, loginlimit
 from agentfarm.web.pages import access, templating
 
 log = logging.getLogger(__name__)
@@ -62,7 +61,7 @@ async def login(
     if not csrf.valid(access.web_key(request), f"pre:{nonce}", csrf_token):
         return _login_page(request, next, "The form expired; please try again.", 403)
     settings: Settings = request.app.state.settings
-    limiter: LoginLimiter = request.app.state.login_limiter
+    limiter: loginlimit.LoginLimiter = request.app.state.login_limiter
     address = identity.client_address(request, settings)
     wait = limiter.retry_after(username, address)
     if wait:
