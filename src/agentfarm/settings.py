@@ -10,7 +10,7 @@ import os
 import re
 import secrets as _secrets
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
@@ -183,6 +183,13 @@ class Settings(BaseSettings):
         description="Token for the Forgejo of AGENTFARM_K8S_FORGEJO_URL (or `agentfarm secret "
         "set FORGEJO_TOKEN`); other hosts: `agentfarm secret set GIT_TOKEN_<HOST>`.",
     )
+
+    @classmethod
+    def load(cls, **given: Any) -> Settings:
+        """The environment's settings with the values given on the command line over them
+        (None: not given). A command builds them once and passes them down; nothing is written
+        back into the environment for later code to find."""
+        return cls(**{name: value for name, value in given.items() if value is not None})
 
     # --- paths derived from data_dir -------------------------------------------------------
     @property

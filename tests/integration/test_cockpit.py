@@ -197,6 +197,63 @@ def test_sign_in_create_launch_and_watch_live(
     )
 
 
+def test_config_form_shows_the_chosen_backends_fields(
+    phone: Any, server: Server, source: Path
+) -> None:
+    page = phone
+    sign_in(page)
+    page.goto("/configs/new")
+    local, k8s = page.locator('[data-backend="local"]'), page.locator('[data-backend="kubernetes"]')
+    assert local.is_visible() and not k8s.is_visible()  # local is the default
+    # A Kubernetes config: its fields appear when chosen, with an error next to a wrong one.
+    page.locator("input[name=name]").fill("pod-job")
+    page.get_by_label("Repository (local path or git URL)").fill(str(source))
+    page.get_by_label("Backend").select_option("kubernetes")
+    assert k8s.is_visible() and not local.is_visible()
+    page.get_by_label("Namespace").fill("Not A Namespace")
+    page.get_by_label("Runtime class").fill("gvisor")
+    page.get_by_label("Agent image").fill("registry.example/agent:1.2")
+    page.get_by_label("Credentials").select_option("shared-home")
+    page.get_by_label("Limits: memory").fill("8Gi")
+    page.get_by_label("Node selector (YAML or JSON mapping)").fill("pool: agents")
+    page.get_by_label("Tolerations (YAML or JSON list)").fill(
+        "- {key: agents, operator: Exists, effect: NoSchedule}"
+    )
+    k8s.scroll_into_view_if_needed()
+    shot(page, "config-form-kubernetes")
+    page.get_by_role("button", name="Save").click()
+    assert page.locator("#k8s_namespace-error").is_visible()
+    assert k8s.is_visible() and not local.is_visible()  # still the chosen backend's fields
+    page.locator("#k8s_namespace-error").scroll_into_view_if_needed()
+    shot(page, "config-form-kubernetes-error")
+    page.get_by_label("Namespace").fill("agents")
+    page.get_by_role("button", name="Save").click()
+    page.wait_for_url("**/configs")
+    # A local config with CPU and process limits.
+    page.goto("/configs/new")
+    page.locator("input[name=name]").fill("box-job")
+    page.get_by_label("Repository (local path or git URL)").fill(str(source))
+    page.get_by_label("CPU limit (cores)").fill("1.5")
+    page.get_by_label("Process limit").fill("256")
+    page.get_by_role("button", name="Save").click()
+    page.wait_for_url("**/configs")
+    with server.client() as c:
+        pod = c.get("/api/configs/pod-job").json()["backend"]
+        box = c.get("/api/configs/box-job").json()["backend"]
+    assert pod["type"] == "kubernetes"
+    assert (pod["namespace"], pod["runtime_class"], pod["image"], pod["credentials"]) == (
+        "agents", "gvisor", "registry.example/agent:1.2", "shared-home"
+    )  # fmt: skip
+    assert pod["resources"]["limits"]["memory"] == "8Gi"
+    assert pod["resources"]["requests"] == {"cpu": "500m", "memory": "1Gi",
+                                            "ephemeral_storage": None}  # fmt: skip
+    assert pod["node_selector"] == {"pool": "agents"}
+    assert pod["tolerations"][0]["key"] == "agents"
+    assert box["type"] == "local"
+    assert (box["sandbox"]["cpus"], box["sandbox"]["pids"]) == (1.5, 256)
+    assert box["sandbox"]["memory_mb"] == 4096 and box["sandbox"]["mode"] == "bwrap"
+
+
 def test_dashboard_updates_live_and_stop_ends_a_long_run(
     phone: Any, server: Server, source: Path
 ) -> None:

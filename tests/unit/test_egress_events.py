@@ -6,11 +6,11 @@ from __future__ import annotations
 import json
 
 from agentfarm.backends.local import spool
-from agentfarm.cli import render as cli_render
+from agentfarm.cli import event_text
 from agentfarm.domain import models
 from agentfarm.domain.redact import Redactor
 from agentfarm.supervisor import runs
-from agentfarm.web import render as web_render
+from agentfarm.web import event_html
 
 
 def test_egress_frames_become_denial_events() -> None:
@@ -33,7 +33,7 @@ def test_a_garbled_report_still_says_something() -> None:
 def test_cockpit_and_cli_show_host_port_and_reason() -> None:
     data = {"host": "pypi.org", "port": 443, "reason": "not on the list"}
     event = models.Event(run_id="r", seq=1, type="sandbox.egress_denied", data=data)
-    html = web_render.event_html(event)
+    html = event_html.event_html(event)
     assert "pypi.org:443" in html and "not on the list" in html
-    line = cli_render.event_line(event.model_dump(mode="json"))
+    line = event_text.event_line(event.model_dump(mode="json"))
     assert line is not None and "pypi.org:443" in line.plain and "not on the list" in line.plain

@@ -1,4 +1,5 @@
-"""`make run` on a terminal asks for the first cockpit user when none exists."""
+"""`make run` on a terminal asks for the first cockpit user when none exists: `agentfarm
+serve` owns the prompt, the app asks it only when the user table is empty."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from agentfarm.cli import server
 from agentfarm.store import Store
 from agentfarm.store.users import Users
-from agentfarm.web import pages
+from agentfarm.web.pages import appstate
 
 
 def answers(monkeypatch: pytest.MonkeyPatch, typed: list[str], secret: list[str]) -> None:
@@ -28,7 +30,7 @@ async def test_first_user_is_created_from_the_prompt(
     store = await Store.open(tmp_path / "db.sqlite")
     try:
         users = Users(store.database)
-        await pages._first_user(users)
+        await appstate.create_first_user(users, server.ask_first_user)
         assert [(u.name, u.is_admin) for u in await users.list_users()] == [("alice", True)]
     finally:
         await store.close()
@@ -44,7 +46,7 @@ async def test_first_user_prompt_can_be_skipped(
     store = await Store.open(tmp_path / "db.sqlite")
     try:
         users = Users(store.database)
-        await pages._first_user(users)
+        await appstate.create_first_user(users, server.ask_first_user)
         assert await users.count_users() == 0
     finally:
         await store.close()
@@ -58,10 +60,51 @@ def serve_output(monkeypatch: pytest.MonkeyPatch, data_dir: Path, *args: str) ->
 
     monkeypatch.setattr(uvicorn, "run", lambda *a, **k: None)
     monkeypatch.delenv("AGENTFARM_TOKEN", raising=False)
-    monkeypatch.setenv("AGENTFARM_FIRST_RUN_PROMPT", "0")  # serve sets it for its own process
     result = CliRunner().invoke(app, ["serve", "--data-dir", str(data_dir), *args])
     assert result.exit_code == 0, result.output
     return result.output
+
+
+def test_serve_passes_its_settings_to_the_app_without_touching_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before: serve wrote AGENTFARM_HOST/PORT/DATA_DIR and AGENTFARM_FIRST_RUN_PROMPT into
+    # os.environ for the app factory that uvicorn called to find.
+    import os
+
+    import uvicorn
+    from fastapi import FastAPI
+    from typer.testing import CliRunner
+
+    from agentfarm.cli.main import app
+
+    served: list[tuple[FastAPI, dict[str, object]]] = []
+    monkeypatch.setattr(uvicorn, "run", lambda target, **k: served.append((target, k)))
+    monkeypatch.delenv("AGENTFARM_TOKEN", raising=False)
+    monkeypatch.setenv("AGENTFARM_HOST", "127.0.0.2")
+    before = dict(os.environ)
+    args = ["serve", "--data-dir", str(tmp_path), "--port", "18099", "--first-run"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert dict(os.environ) == before
+    [(target, options)] = served
+    settings = target.state.settings
+    assert (settings.data_dir, settings.port, settings.host) == (tmp_path, 18099, "127.0.0.2")
+    assert (options["host"], options["port"]) == ("127.0.0.2", 18099)
+
+
+def test_serve_rejects_a_bad_flag_value_as_a_bad_setting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import uvicorn
+    from typer.testing import CliRunner
+
+    from agentfarm.cli.main import app
+
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: pytest.fail("started"))
+    result = CliRunner().invoke(app, ["serve", "--data-dir", str(tmp_path), "--port", "0"])
+    assert result.exit_code == 1
+    assert "bad setting" in result.output
 
 
 def test_serve_never_prints_the_api_token_without_a_terminal(
@@ -75,7 +118,7 @@ def test_serve_never_prints_the_api_token_without_a_terminal(
 
 
 def test_the_token_is_shown_once_when_make_run_creates_it_on_a_terminal(tmp_path: Path) -> None:
-    from agentfarm.cli.main import first_token
+    from agentfarm.cli.server import first_token
     from agentfarm.settings import Settings
 
     settings = Settings.model_validate({"data_dir": tmp_path})

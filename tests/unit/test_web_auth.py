@@ -10,7 +10,7 @@ import pytest
 
 from agentfarm.store.users import digest
 from agentfarm.web import csrf
-from agentfarm.web.ratelimit import FailureWindow, LoginLimiter
+from agentfarm.web.loginlimit import FailureWindow, LoginLimiter
 
 from .web_helpers import PASSWORD, cockpit, csrf_of, login, page_csrf
 
@@ -325,7 +325,7 @@ async def test_a_forward_auth_user_has_the_role_of_their_account(tmp_path: Path)
 def test_forward_auth_from_loopback_without_a_secret_is_called_unsafe(
     tmp_path: Path, proxies: str, secret: str | None, risky: bool
 ) -> None:
-    from agentfarm.web.sessions import forward_auth_risk
+    from agentfarm.web.identity import forward_auth_risk
 
     from .conftest import make_settings
 
@@ -337,3 +337,24 @@ def test_forward_auth_from_loopback_without_a_secret_is_called_unsafe(
     )
     assert (forward_auth_risk(settings) is not None) is risky
     assert forward_auth_risk(make_settings(tmp_path, trusted_proxies=proxies)) is None
+
+
+def test_importing_the_app_and_the_cli_hashes_nothing() -> None:
+    # The timing equaliser's argon2 hash is made on the first login, not at import: every CLI
+    # command and every test that imports the app would pay for it.
+    import subprocess
+    import sys
+
+    probe = (
+        "import argon2\n"
+        "calls = []\n"
+        "real = argon2.PasswordHasher.hash\n"
+        "def counted(self, *a, **k):\n    calls.append(1)\n    return real(self, *a, **k)\n"
+        "argon2.PasswordHasher.hash = counted\n"
+        "import agentfarm.web.app, agentfarm.cli.main\n"
+        "assert calls == [], calls\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr

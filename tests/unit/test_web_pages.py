@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from pathlib import Path
 
 import httpx
@@ -44,7 +45,10 @@ async def test_config_form_shows_errors_next_to_fields_then_saves(tmp_path: Path
         ok = await browser.post("/configs/new", data={**FORM, "csrf_token": token})
         assert ok.status_code == 303
         saved = (await cp.api.get("/api/configs/demo")).json()
-        assert saved["sandbox"]["network"] == "allowlist" and saved["prompt"] == "fix the bug"
+        assert (
+            saved["backend"]["sandbox"]["network"] == "allowlist"
+            and saved["prompt"] == "fix the bug"
+        )
         again = await browser.post("/configs/new", data={**FORM, "csrf_token": token})
         assert again.status_code == 422 and "already exists" in again.text
         # Edit keeps the id; duplicate prefills a copy; delete removes it.
@@ -229,8 +233,8 @@ async def test_network_policy_on_the_form_the_config_list_and_the_run_page(tmp_p
         good = {**FORM, "network": "open", "egress": "@pypi\nexample.com:8443", "csrf_token": token}
         assert (await browser.post("/configs/new", data=good)).status_code == 303
         saved = (await cp.api.get("/api/configs/demo")).json()
-        assert saved["sandbox"]["network"] == "open"
-        assert saved["sandbox"]["egress"] == ["@pypi", "example.com:8443"]
+        assert saved["backend"]["sandbox"]["network"] == "open"
+        assert saved["backend"]["sandbox"]["egress"] == ["@pypi", "example.com:8443"]
         listed = await browser.get("/configs")
         assert "network open" in listed.text.split('id="config-demo"')[1]
         edit = await browser.get(f"/configs/{saved['id']}/edit")
@@ -239,3 +243,120 @@ async def test_network_policy_on_the_form_the_config_list_and_the_run_page(tmp_p
         page = await browser.get(f"/runs/{run_id}")
         head = page.text.split('id="run-head"')[1].split("</dl>")[0]
         assert "<dt>network</dt>" in head and "badge-warning" in head and "open" in head
+
+
+K8S_FORM = {
+    **FORM,
+    "backend": "kubernetes",
+    "k8s_namespace": "agents",
+    "k8s_runtime_class": "gvisor",
+    "k8s_image": "registry.example/agent:1.2",
+    "k8s_credentials": "shared-home",
+    "k8s_service_account": "agent-runner",
+    "k8s_requests_cpu": "250m",
+    "k8s_requests_memory": "512Mi",
+    "k8s_requests_ephemeral_storage": "",
+    "k8s_limits_cpu": "1",
+    "k8s_limits_memory": "2Gi",
+    "k8s_limits_ephemeral_storage": "10Gi",
+    "k8s_node_selector": "kubernetes.io/arch: amd64",
+    "k8s_tolerations": '[{"key": "agents", "operator": "Exists", "effect": "NoSchedule"}]',
+}
+
+
+async def test_config_form_has_the_kubernetes_fields_with_errors_next_to_each(
+    tmp_path: Path,
+) -> None:
+    async with cockpit(tmp_path) as cp, cp.browser() as browser:
+        await cp.add_user()
+        await login(browser)
+        form = await browser.get("/configs/new")
+        for name in ("k8s_namespace", "k8s_image", "k8s_limits_memory", "k8s_tolerations"):
+            assert f'name="{name}"' in form.text
+        assert 'fieldset class="backend-fields stack" data-backend="kubernetes"' in form.text
+        token = await page_csrf(browser, "/configs/new")
+        bad = {
+            **K8S_FORM,
+            "k8s_namespace": "Not_A_Namespace",
+            "k8s_limits_cpu": "lots",
+            "k8s_node_selector": "- a list",
+            "k8s_tolerations": "{unclosed",
+            "sandbox_mode": "nonsense",  # the local fields are not read for kubernetes
+            "csrf_token": token,
+        }
+        response = await browser.post("/configs/new", data=bad)
+        assert response.status_code == 422
+        for name in ("k8s_namespace", "k8s_limits_cpu", "k8s_node_selector", "k8s_tolerations"):
+            assert f'id="{name}-error"' in response.text, name
+        assert 'id="sandbox_mode-error"' not in response.text
+        assert "a DNS label" in response.text and "a Kubernetes quantity" in response.text
+        assert 'value="Not_A_Namespace"' in response.text  # what was typed is kept
+        ok = await browser.post("/configs/new", data={**K8S_FORM, "csrf_token": token})
+        assert ok.status_code == 303
+        saved = (await cp.api.get("/api/configs/demo")).json()
+        assert saved["backend"] == {
+            "type": "kubernetes",
+            "namespace": "agents",
+            "runtime_class": "gvisor",
+            "image": "registry.example/agent:1.2",
+            "resources": {
+                "requests": {"cpu": "250m", "memory": "512Mi", "ephemeral_storage": None},
+                "limits": {"cpu": "1", "memory": "2Gi", "ephemeral_storage": "10Gi"},
+            },
+            "node_selector": {"kubernetes.io/arch": "amd64"},
+            "tolerations": [
+                {"key": "agents", "operator": "Exists", "value": None, "effect": "NoSchedule",
+                 "toleration_seconds": None},
+            ],
+            "credentials": "shared-home",
+            "service_account": "agent-runner",
+        }  # fmt: skip
+        edit = await browser.get(f"/configs/{saved['id']}/edit")
+        assert '<option value="kubernetes" selected>' in edit.text
+        assert 'value="agents"' in edit.text and "kubernetes.io/arch: amd64" in edit.text
+        assert '<option value="shared-home" selected>' in edit.text
+        # Saving the edit form unchanged keeps every field.
+        values = dict(
+            re.findall(r'<input class="input" name="(k8s_\w+)" value="([^"]*)"', edit.text)
+        )
+        again = {**K8S_FORM, **values, "csrf_token": token}
+        assert (await browser.post(f"/configs/{saved['id']}/edit", data=again)).status_code == 303
+        assert (await cp.api.get("/api/configs/demo")).json()["backend"] == saved["backend"]
+        # Back to local: the sandbox's fields apply, the Kubernetes ones are dropped.
+        local = {**FORM, "cpus": "1.5", "pids": "256", "csrf_token": token}
+        assert (await browser.post(f"/configs/{saved['id']}/edit", data=local)).status_code == 303
+        backend = (await cp.api.get("/api/configs/demo")).json()["backend"]
+        assert backend["type"] == "local" and "namespace" not in backend
+
+
+async def test_config_form_sets_the_sandbox_cpus_and_pids(tmp_path: Path) -> None:
+    async with cockpit(tmp_path) as cp, cp.browser() as browser:
+        await cp.add_user()
+        await login(browser)
+        form = await browser.get("/configs/new")
+        assert 'name="pids" inputmode="numeric" value="1024"' in form.text  # the default shows
+        token = await page_csrf(browser, "/configs/new")
+        bad = {**FORM, "cpus": "-1", "pids": "3", "csrf_token": token}
+        response = await browser.post("/configs/new", data=bad)
+        assert response.status_code == 422
+        assert 'id="cpus-error"' in response.text and 'id="pids-error"' in response.text
+        good = {**FORM, "cpus": "1.5", "pids": "256", "csrf_token": token}
+        assert (await browser.post("/configs/new", data=good)).status_code == 303
+        saved = (await cp.api.get("/api/configs/demo")).json()
+        assert (saved["backend"]["sandbox"]["cpus"], saved["backend"]["sandbox"]["pids"]) == (
+            1.5,
+            256,
+        )
+        edit = await browser.get(f"/configs/{saved['id']}/edit")
+        assert 'name="cpus" inputmode="decimal" value="1.5"' in edit.text
+        assert 'name="pids" inputmode="numeric" value="256"' in edit.text
+        # A post without the newer fields (an older form, a script) keeps them.
+        older = {**FORM, "max_turns": "3", "csrf_token": token}
+        assert (await browser.post(f"/configs/{saved['id']}/edit", data=older)).status_code == 303
+        box = (await cp.api.get("/api/configs/demo")).json()["backend"]["sandbox"]
+        assert (box["cpus"], box["pids"]) == (1.5, 256)
+        # An emptied field means no limit.
+        unset = {**FORM, "cpus": "", "pids": "", "csrf_token": token}
+        assert (await browser.post(f"/configs/{saved['id']}/edit", data=unset)).status_code == 303
+        box = (await cp.api.get("/api/configs/demo")).json()["backend"]["sandbox"]
+        assert (box["cpus"], box["pids"]) == (None, None)

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from agentfarm.web import sessions
+from agentfarm.web import identity
 from agentfarm.web.auth import require_admin_token
 
 USER_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$"
@@ -41,15 +41,15 @@ class UserOut(BaseModel):
 
 @router.post("/users", status_code=201, response_model=UserOut)
 async def create_user(body: UserIn, request: Request) -> UserOut:
-    user = await sessions.users(request).create_user(
-        body.name, await sessions.hash_password(body.password), admin=body.admin
+    user = await identity.users(request).create_user(
+        body.name, await identity.hash_password(body.password), admin=body.admin
     )
     return UserOut(name=user.name, created_at=user.created_at, admin=user.is_admin)
 
 
 @router.get("/users", response_model=list[UserOut])
 async def list_users(request: Request) -> list[UserOut]:
-    found = await sessions.users(request).list_users()
+    found = await identity.users(request).list_users()
     return [UserOut(name=u.name, created_at=u.created_at, admin=u.is_admin) for u in found]
 
 
@@ -57,7 +57,7 @@ async def list_users(request: Request) -> list[UserOut]:
 async def set_password(
     name: Annotated[str, Path(pattern=USER_NAME)], body: PasswordIn, request: Request
 ) -> Response:
-    await sessions.users(request).set_password(name, await sessions.hash_password(body.password))
+    await identity.users(request).set_password(name, await identity.hash_password(body.password))
     return Response(status_code=204)
 
 
@@ -65,11 +65,11 @@ async def set_password(
 async def set_role(
     name: Annotated[str, Path(pattern=USER_NAME)], body: RoleIn, request: Request
 ) -> Response:
-    await sessions.users(request).set_admin(name, body.admin)
+    await identity.users(request).set_admin(name, body.admin)
     return Response(status_code=204)
 
 
 @router.delete("/users/{name}", status_code=204)
 async def delete_user(name: Annotated[str, Path(pattern=USER_NAME)], request: Request) -> Response:
-    await sessions.users(request).delete_user(name)
+    await identity.users(request).delete_user(name)
     return Response(status_code=204)

@@ -17,8 +17,8 @@ from agentfarm.store.secrets import SecretStore
 from agentfarm.supervisor.runs import Supervisor
 from agentfarm.web import api, apidocs, pages
 from agentfarm.web import errors as web_errors
+from agentfarm.web.bodylimit import BodySizeLimit
 from agentfarm.web.hosts import HostAllowList
-from agentfarm.web.limits import BodySizeLimit
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,10 @@ def create_app(
     *,
     backends: Mapping[str, Backend] | None = None,
     adapters: Mapping[str, AgentAdapter] | None = None,
+    first_user: pages.appstate.FirstUserPrompt | None = None,
 ) -> FastAPI:
+    """``first_user`` asks for the first cockpit user when there is none (`agentfarm serve
+    --first-run` on a terminal passes its prompt)."""
     settings = settings or Settings()
 
     @asynccontextmanager
@@ -67,7 +70,7 @@ def create_app(
         )
         supervisor = Supervisor(settings, store, secrets, chosen, chosen_adapters)
         app.state.store, app.state.secrets, app.state.supervisor = store, secrets, supervisor
-        await pages.startup(app, store, settings)
+        await pages.appstate.startup(app, store, settings, first_user)
         await supervisor.start()
         try:
             yield

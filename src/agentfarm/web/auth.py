@@ -1,12 +1,12 @@
 """Authentication of API requests: bearer tokens (primary or named), browser sessions and a
-trusted forward-auth proxy (see ``sessions``). Requests a browser makes with its cookies must
+trusted forward-auth proxy (see ``identity``). Requests a browser makes with its cookies must
 also carry the CSRF token when they change something."""
 
 from __future__ import annotations
 
 from fastapi import HTTPException, Request, status
 
-from agentfarm.web import csrf, sessions
+from agentfarm.web import csrf, identity
 
 
 def _unauthorized() -> HTTPException:
@@ -18,9 +18,9 @@ def _unauthorized() -> HTTPException:
     )
 
 
-async def check_bearer(request: Request) -> sessions.Principal:
+async def check_bearer(request: Request) -> identity.Principal:
     """The API's guard: any principal; CSRF-checked when it rode in on ambient credentials."""
-    principal = await sessions.authenticate(request)
+    principal = await identity.authenticate(request)
     if principal is None:
         raise _unauthorized()
     if principal.binding is not None and request.method not in csrf.SAFE_METHODS:
@@ -33,10 +33,10 @@ async def check_bearer(request: Request) -> sessions.Principal:
     return principal
 
 
-async def require_admin_token(request: Request) -> sessions.Principal:
+async def require_admin_token(request: Request) -> identity.Principal:
     """Administration (users): an admin's bearer token (or the primary one), never a browser
     session. A token acts with its user's role, so a non-admin's token is refused too."""
-    principal = await sessions.authenticate(request)
+    principal = await identity.authenticate(request)
     if principal is None:
         raise _unauthorized()
     if principal.kind != "token" or not principal.admin:

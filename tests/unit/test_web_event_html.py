@@ -8,15 +8,15 @@ from collections import OrderedDict
 import pytest
 
 from agentfarm.domain import models
-from agentfarm.web import render
+from agentfarm.web import event_html
 
 
 @pytest.fixture
 def small_cache(monkeypatch: pytest.MonkeyPatch) -> int:
     limit = 256 * 1024
-    monkeypatch.setattr(render, "CACHE_BYTES", limit)
-    monkeypatch.setattr(render, "_cache", OrderedDict())
-    monkeypatch.setattr(render, "_cached_bytes", 0)
+    monkeypatch.setattr(event_html, "CACHE_BYTES", limit)
+    monkeypatch.setattr(event_html, "_cache", OrderedDict())
+    monkeypatch.setattr(event_html, "_cached_bytes", 0)
     return limit
 
 
@@ -29,20 +29,20 @@ def text_event(seq: int, size: int = 5000) -> models.Event:
 def test_cache_is_bounded_in_bytes(small_cache: int) -> None:
     # Fails before: the cache held 50,000 entries whatever their size (no CACHE_BYTES).
     for seq in range(1, 201):
-        render.event_html(text_event(seq))
-    held = sum(render._KEY_BYTES + sys.getsizeof(html) for html in render._cache.values())
-    assert held == render.cache_bytes()
+        event_html.event_html(text_event(seq))
+    held = sum(event_html._KEY_BYTES + sys.getsizeof(html) for html in event_html._cache.values())
+    assert held == event_html.cache_bytes()
     assert small_cache // 2 < held <= small_cache
-    assert 0 < len(render._cache) < 200
-    assert (text_event(1).run_id, 200) in render._cache  # the newest stay
+    assert 0 < len(event_html._cache) < 200
+    assert (text_event(1).run_id, 200) in event_html._cache  # the newest stay
 
 
 def test_a_hit_keeps_an_entry_and_a_huge_entry_does_not_stick(small_cache: int) -> None:
-    first = render.event_html(text_event(1))
+    first = event_html.event_html(text_event(1))
     for seq in range(2, 200):
-        assert render.event_html(text_event(1)) == first  # used again: kept
-        render.event_html(text_event(seq))
-    assert ("abcdef012345", 1) in render._cache
-    huge = render.event_html(text_event(999, size=200_000))
+        assert event_html.event_html(text_event(1)) == first  # used again: kept
+        event_html.event_html(text_event(seq))
+    assert ("abcdef012345", 1) in event_html._cache
+    huge = event_html.event_html(text_event(999, size=200_000))
     assert "w w" in huge
-    assert render.cache_bytes() <= small_cache
+    assert event_html.cache_bytes() <= small_cache

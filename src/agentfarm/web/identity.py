@@ -43,7 +43,14 @@ PRELOGIN_COOKIE = "af_pre"
 TOUCH_EVERY = timedelta(minutes=1)
 
 _hasher = PasswordHasher()
-_DUMMY_HASH = _hasher.hash("agentfarm-timing-equaliser")
+
+
+@lru_cache(maxsize=1)
+def _dummy_hash() -> str:
+    """What an unknown user's password is checked against, so that a login costs the same
+    whether or not the name exists. Made on first use: hashing at import would cost every
+    `agentfarm` command (and every test that imports the app) an argon2 round."""
+    return _hasher.hash("agentfarm-timing-equaliser")
 
 
 _LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
@@ -71,7 +78,7 @@ async def verify_password(password_hash: str | None, password: str) -> bool:
 
     def check() -> bool:
         try:
-            return _hasher.verify(password_hash or _DUMMY_HASH, password) and bool(password_hash)
+            return _hasher.verify(password_hash or _dummy_hash(), password) and bool(password_hash)
         except (VerificationError, InvalidHashError):
             return False
 
