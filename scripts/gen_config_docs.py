@@ -37,6 +37,17 @@ A config is saved with `POST /api/configs` or `agentfarm config add` (flags, or 
 YAML/JSON holding these fields). `POST /api/runs` takes `{"config": "<id-or-name>", "prompt":
 "<optional override>"}` or `{"spec": {...}}` with the same fields but `name`.
 
+`backend` is one of two shapes, told apart by `type`: `{type: local, sandbox: {...}}` or
+`{type: kubernetes, namespace: ..., image: ..., ...}`; each refuses fields of the other.
+
+Deprecated: the shape before it, `backend: local` (or `kubernetes`) with top-level `sandbox`
+and `kubernetes` blocks, is still read where it is unambiguous: the block for the chosen
+backend moves into `backend`, and a default `sandbox` block beside `backend: kubernetes` is
+dropped. A block that would have no effect (a `kubernetes` block with `backend: local`, a
+`sandbox` block that sets something with `backend: kubernetes`, either beside a `backend`
+object) is refused with a 422 that says so. Stored configs and runs were rewritten by the
+store's migration 0004.
+
 | field | default | meaning |
 |---|---|---|
 """
@@ -66,25 +77,28 @@ def _env_name(name: str, info: FieldInfo) -> str:
     return f"AGENTFARM_{name.upper()}"
 
 
-def _model_rows(model: type[BaseModel], prefix: str = "") -> list[str]:
+def _model_rows(model: type[BaseModel], prefix: str = "", when: str = "") -> list[str]:
+    """One row per field, then the fields of nested models; a union of models (the backend)
+    gets each member's fields, marked with the ``type`` that selects them."""
     rows: list[str] = []
-    nested: list[tuple[str, type[BaseModel]]] = []
+    nested: list[tuple[str, type[BaseModel], str]] = []
     for name, info in model.model_fields.items():
         annotation = info.annotation
-        sub = next(
-            (
-                a
-                for a in (annotation, *getattr(annotation, "__args__", ()))
-                if isinstance(a, type) and issubclass(a, BaseModel)
-            ),
-            None,
-        )
+        subs = [
+            a
+            for a in (annotation, *getattr(annotation, "__args__", ()))
+            if isinstance(a, type) and issubclass(a, BaseModel)
+        ]
         description = (info.description or "").replace("|", "\\|").replace("\n", " ")
-        rows.append(f"| `{prefix}{name}` | {_default(info)} | {description} |")
-        if sub is not None:
-            nested.append((f"{prefix}{name}.", sub))
-    for sub_prefix, sub in nested:
-        rows += _model_rows(sub, sub_prefix)
+        if name == "type" and when:
+            continue  # said by the marker on every row of this member
+        rows.append(f"| `{prefix}{name}` | {_default(info)} | {when}{description} |")
+        for sub in subs:
+            tag = sub.model_fields.get("type")
+            mark = f"(`type: {tag.default}`) " if tag is not None and len(subs) > 1 else when
+            nested.append((f"{prefix}{name}.", sub, mark))
+    for sub_prefix, sub, mark in nested:
+        rows += _model_rows(sub, sub_prefix, mark)
     return rows
 
 

@@ -24,7 +24,7 @@ from agentfarm.backends.local import cgroups
 from agentfarm.backends.local import git as local_git
 from agentfarm.backends.local import handle as local_handle
 from agentfarm.backends.local.backend import LocalBackend
-from agentfarm.domain import errors, models
+from agentfarm.domain import backend_config, errors, models
 from agentfarm.settings import Settings
 from tests import realparts
 
@@ -67,7 +67,8 @@ def agent(tmp_path: Path, name: str, body: str) -> str:
 
 
 def new_run(source: Path, **sandbox: object) -> models.Run:
-    spec = models.AgentSpec(repo=str(source), sandbox=models.SandboxSpec(**sandbox))  # type: ignore[arg-type]
+    box = backend_config.SandboxSpec(**sandbox)  # type: ignore[arg-type]
+    spec = models.AgentSpec(repo=str(source), backend=backend_config.LocalSpec(sandbox=box))
     return models.Run(spec=spec)
 
 

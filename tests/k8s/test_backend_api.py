@@ -20,7 +20,7 @@ from agentfarm.agents.base import AgentCommand
 from agentfarm.backends.base import Record
 from agentfarm.backends.kubernetes import backend as k8s_backend
 from agentfarm.backends.kubernetes import manifests
-from agentfarm.domain import errors, models
+from agentfarm.domain import backend_config, errors, models
 from agentfarm.settings import Settings
 from tests.k8s import cluster
 
@@ -176,7 +176,7 @@ async def test_a_rejected_pod_is_a_clear_launch_error(
     backend: k8s_backend.KubernetesBackend, env: tuple[Settings, Kubelet, Any]
 ) -> None:
     run = new_run()
-    run.spec.kubernetes = models.KubernetesSpec(runtime_class="no-such-class")
+    run.spec.backend = backend_config.KubernetesSpec(runtime_class="no-such-class")
     with pytest.raises(errors.LaunchError, match="no-such-class"):
         await backend.launch(run, COMMAND, SECRETS)
     status, _ = await env[1].get(

@@ -58,7 +58,10 @@ async def test_config_crud_and_validation(app_client: AppFactory) -> None:
         created = await client.post("/api/configs", json=CONFIG)
         assert created.status_code == 201, created.text
         cfg = created.json()
-        assert cfg["sandbox"]["mode"] == "bwrap" and cfg["permission_mode"] == "bypassPermissions"
+        assert (
+            cfg["backend"]["sandbox"]["mode"] == "bwrap"
+            and cfg["permission_mode"] == "bypassPermissions"
+        )
         assert (await client.post("/api/configs", json=CONFIG)).status_code == 409
         assert (await client.get("/api/configs/demo")).json()["id"] == cfg["id"]
         assert (await client.get(f"/api/configs/{cfg['id']}")).json()["name"] == "demo"
@@ -82,9 +85,18 @@ async def test_config_crud_and_validation(app_client: AppFactory) -> None:
         ({**CONFIG, "env": {"1BAD": "x"}}, "env"),
         ({**CONFIG, "base_branch": "../etc"}, "base_branch"),
         ({**CONFIG, "repo": "--upload-pack=evil"}, "repo"),
-        ({**CONFIG, "sandbox": {"memory_mb": 1}}, "sandbox.memory_mb"),
-        ({**CONFIG, "sandbox": {"network": "sometimes"}}, "sandbox.network"),
-        ({**CONFIG, "sandbox": {"egress": ["@nope"]}}, "sandbox.egress"),
+        ({**CONFIG, "sandbox": {"memory_mb": 1}}, "backend.local.sandbox.memory_mb"),
+        ({**CONFIG, "sandbox": {"network": "sometimes"}}, "backend.local.sandbox.network"),
+        ({**CONFIG, "sandbox": {"egress": ["@nope"]}}, "backend.local.sandbox.egress"),
+        (
+            {**CONFIG, "backend": {"type": "local", "sandbox": {"memory_mb": 1}}},
+            "backend.local.sandbox.memory_mb",
+        ),
+        (
+            {**CONFIG, "backend": {"type": "kubernetes", "sandbox": {}}},
+            "backend.kubernetes.sandbox",
+        ),
+        ({**CONFIG, "backend": {"type": "cloud"}}, "backend"),
         ({**CONFIG, "unknown": 1}, "unknown"),
         ({"name": "x"}, "repo"),
     ],
@@ -98,6 +110,33 @@ async def test_invalid_configs_are_422_with_the_field(
         error = response.json()["error"]
         assert any(f["field"] == field for f in error["fields"]), error
         assert error["message"].startswith("invalid request")
+
+
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        ({"backend": "local", "kubernetes": {"namespace": "x"}}, "no effect with backend local"),
+        ({"backend": "kubernetes", "sandbox": {"network": "open"}}, "no effect with backend kub"),
+        ({"backend": {"type": "local"}, "sandbox": {}}, "go inside `backend`"),
+    ],
+)
+async def test_an_ambiguous_config_in_the_old_shape_is_a_clear_422(
+    app_client: AppFactory, body: dict[str, Any], words: str
+) -> None:
+    async with app_client() as client:
+        response = await client.post("/api/configs", json={**CONFIG, **body})
+        assert response.status_code == 422
+        assert words in response.json()["error"]["message"], response.json()
+
+
+async def test_an_unambiguous_config_in_the_old_shape_is_read(app_client: AppFactory) -> None:
+    old = {**CONFIG, "backend": "kubernetes", "sandbox": {}, "kubernetes": {"namespace": "x"}}
+    async with app_client() as client:
+        created = await client.post("/api/configs", json=old)
+        assert created.status_code == 201, created.text
+        backend = created.json()["backend"]
+        assert backend["type"] == "kubernetes" and backend["namespace"] == "x"
+        assert "sandbox" not in created.json() and "kubernetes" not in created.json()
 
 
 async def test_bad_input_is_a_clear_4xx(app_client: AppFactory) -> None:

@@ -11,7 +11,7 @@ import pydantic
 import pytest
 
 from agentfarm.backends.local.backend import LocalBackend
-from agentfarm.domain import egress, errors, models
+from agentfarm.domain import backend_config, egress, errors, models
 from agentfarm.settings import Settings
 
 CONTROL = [("127.0.0.1", 8080)]
@@ -70,19 +70,20 @@ def test_bad_entries_say_what_to_write(entry: str, words: str) -> None:
 
 def test_config_validates_entries_with_a_clear_message() -> None:
     with pytest.raises(pydantic.ValidationError) as info:
-        models.SandboxSpec(egress=["pypi.org", "@nope"])
+        backend_config.SandboxSpec(egress=["pypi.org", "@nope"])
     assert "unknown group" in str(info.value) and "@pypi" in str(info.value)
-    assert models.SandboxSpec(egress=[" @npm ", "x.org:81"]).egress == ["@npm", "x.org:81"]
+    assert backend_config.SandboxSpec(egress=[" @npm ", "x.org:81"]).egress == ["@npm", "x.org:81"]
 
 
 def test_network_defaults_to_allowlist_and_old_booleans_still_parse() -> None:
-    assert models.SandboxSpec().network == "allowlist"
-    assert models.SandboxSpec.model_validate({"network": False}).network == "none"
-    assert models.SandboxSpec.model_validate({"network": True}).network == "allowlist"
+    assert backend_config.SandboxSpec().network == "allowlist"
+    assert backend_config.SandboxSpec.model_validate({"network": False}).network == "none"
+    assert backend_config.SandboxSpec.model_validate({"network": True}).network == "allowlist"
     stored = models.AgentSpec.model_validate({"repo": "/r", "sandbox": {"network": False}})
-    assert stored.sandbox.network == "none"
+    assert isinstance(stored.backend, backend_config.LocalSpec)
+    assert stored.backend.sandbox.network == "none"
     with pytest.raises(pydantic.ValidationError):
-        models.SandboxSpec.model_validate({"network": "sometimes"})
+        backend_config.SandboxSpec.model_validate({"network": "sometimes"})
 
 
 def test_urls_give_their_endpoint() -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from agentfarm.agents.base import AgentCommand
 from agentfarm.backends.kubernetes import config, manifests
-from agentfarm.domain import errors, models
+from agentfarm.domain import backend_config, errors, models
 from agentfarm.settings import Settings
 
 SECRETS = {"CLAUDE_CODE_OAUTH_TOKEN": "sk-oauth-secret", "GITHUB_TOKEN": "ghp_secret"}
@@ -181,6 +181,6 @@ def test_missing_image_and_bad_run_id_are_clear() -> None:
 
 def test_kubernetes_spec_rejects_bad_values() -> None:
     with pytest.raises(ValueError, match="resources"):
-        models.KubernetesSpec.model_validate({"resources": {"limits": {"memory": "lots"}}})
+        backend_config.KubernetesSpec.model_validate({"resources": {"limits": {"memory": "lots"}}})
     with pytest.raises(ValueError, match="extra"):
-        models.KubernetesSpec.model_validate({"privileged": True})
+        backend_config.KubernetesSpec.model_validate({"privileged": True})

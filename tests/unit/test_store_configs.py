@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from agentfarm.domain import errors, models
+from agentfarm.domain import backend_config, errors, models
 from agentfarm.store import Store
 
 
@@ -118,10 +118,12 @@ async def test_configs_stored_with_the_old_network_boolean_still_load(store: Sto
         def rewrite(conn: sqlite3.Connection, value: bool = stored) -> None:
             row = conn.execute("SELECT spec FROM configs WHERE id = ?", (cfg.id,)).fetchone()
             spec = json.loads(row[0])
-            spec["sandbox"]["network"] = value
-            spec["sandbox"].pop("egress", None)  # as stored before the field existed
+            spec["backend"]["sandbox"]["network"] = value
+            spec["backend"]["sandbox"].pop("egress", None)  # as stored before the field existed
             conn.execute("UPDATE configs SET spec = ? WHERE id = ?", (json.dumps(spec), cfg.id))
 
         await store.database.write(rewrite)
         loaded = await store.get_config(cfg.id)
-        assert loaded.sandbox.network == expected and loaded.sandbox.egress == []
+        assert isinstance(loaded.backend, backend_config.LocalSpec)
+        box = loaded.backend.sandbox
+        assert box.network == expected and box.egress == []

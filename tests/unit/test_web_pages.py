@@ -44,7 +44,10 @@ async def test_config_form_shows_errors_next_to_fields_then_saves(tmp_path: Path
         ok = await browser.post("/configs/new", data={**FORM, "csrf_token": token})
         assert ok.status_code == 303
         saved = (await cp.api.get("/api/configs/demo")).json()
-        assert saved["sandbox"]["network"] == "allowlist" and saved["prompt"] == "fix the bug"
+        assert (
+            saved["backend"]["sandbox"]["network"] == "allowlist"
+            and saved["prompt"] == "fix the bug"
+        )
         again = await browser.post("/configs/new", data={**FORM, "csrf_token": token})
         assert again.status_code == 422 and "already exists" in again.text
         # Edit keeps the id; duplicate prefills a copy; delete removes it.
@@ -229,8 +232,8 @@ async def test_network_policy_on_the_form_the_config_list_and_the_run_page(tmp_p
         good = {**FORM, "network": "open", "egress": "@pypi\nexample.com:8443", "csrf_token": token}
         assert (await browser.post("/configs/new", data=good)).status_code == 303
         saved = (await cp.api.get("/api/configs/demo")).json()
-        assert saved["sandbox"]["network"] == "open"
-        assert saved["sandbox"]["egress"] == ["@pypi", "example.com:8443"]
+        assert saved["backend"]["sandbox"]["network"] == "open"
+        assert saved["backend"]["sandbox"]["egress"] == ["@pypi", "example.com:8443"]
         listed = await browser.get("/configs")
         assert "network open" in listed.text.split('id="config-demo"')[1]
         edit = await browser.get(f"/configs/{saved['id']}/edit")

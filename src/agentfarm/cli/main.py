@@ -303,16 +303,18 @@ def config_add(
         if len(pairs) != len(env):
             fail("--env takes KEY=VALUE")
         body["env"] = {**body.get("env", {}), **pairs}
-    sandbox = dict(body.get("sandbox") or {})
-    for key, val in (
-        ("network", network), ("egress", egress), ("memory_mb", memory_mb), ("cpus", cpus)
-    ):  # fmt: skip
-        if val is not None and val != []:
-            sandbox[key] = val
+    given: tuple[tuple[str, Any], ...] = (
+        ("network", network),
+        ("egress", egress),
+        ("memory_mb", memory_mb),
+        ("cpus", cpus),
+    )
+    flagged = {key: val for key, val in given if val is not None and val != []}
     if no_sandbox:
-        sandbox["mode"] = "none"
-    if sandbox:
-        body["sandbox"] = sandbox
+        flagged["mode"] = "none"
+    if flagged:  # into `backend` when the file has today's shape, else beside it as before
+        target = body["backend"] if isinstance(body.get("backend"), dict) else body
+        target["sandbox"] = {**(target.get("sandbox") or {}), **flagged}
     if "name" not in body or "repo" not in body:
         fail("a config needs a name and --repo (or a file with both)")
     with client() as c:

@@ -8,12 +8,11 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from agentfarm.domain import egress as egress_policy
-from agentfarm.domain import gittokens
+from agentfarm.domain import backend_config, gittokens
 
-SLUG_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$")
+SLUG_RE = backend_config.SLUG_RE
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 TOOL_RE = re.compile(r"^[A-Za-z0-9_*:.()\- /,@\[\]]{1,200}$")
 #: Variables a config may not set: they are the server's to control.
@@ -67,113 +66,6 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
 
-class SandboxSpec(_Strict):
-    """How the local backend isolates an agent."""
-
-    mode: Literal["bwrap", "none"] = Field(
-        "bwrap",
-        description="`bwrap` (bubblewrap, the default) or `none`: an explicit, visible opt-out.",
-    )
-    network: Literal["none", "allowlist", "open"] = Field(
-        "allowlist",
-        description="`allowlist` (the default): its own network, out only through a proxy to "
-        "the model endpoint, the run's git remote and `egress`; `none`: no network; `open`: "
-        "the host's network (an explicit, visible choice). Deprecated: `true`/`false` in older "
-        "configs read as `allowlist`/`none`.",
-    )
-    egress: list[Annotated[str, Field(max_length=300)]] = Field(
-        default_factory=list,
-        max_length=200,
-        description="Hosts the agent may reach with `network: allowlist`: `host` (ports 80 and "
-        "443), `host:port`, `*.domain`, an IP address (needed for a private one) or a group: "
-        + ", ".join(f"`{g}`" for g in egress_policy.GROUPS)
-        + ".",
-    )
-    memory_mb: int | None = Field(4096, ge=64, le=1_048_576, description="Memory limit (MiB).")
-    cpus: float | None = Field(None, gt=0, le=1024, description="CPU limit, in cores.")
-    pids: int | None = Field(1024, ge=16, le=1_000_000, description="Process-count limit.")
-
-    @field_validator("network", mode="before")
-    @classmethod
-    def _legacy_network(cls, value: object) -> object:
-        # Stored configs and runs from before the policy had `network: true/false`.
-        if isinstance(value, bool):
-            return "allowlist" if value else "none"
-        return value
-
-    @field_validator("egress")
-    @classmethod
-    def _check_egress(cls, value: list[str]) -> list[str]:
-        for entry in value:
-            egress_policy.parse_entry(entry)  # a ValueError names the entry and the fix
-        return [entry.strip() for entry in value]
-
-
-#: A Kubernetes resource quantity ("500m", "2", "4Gi").
-QUANTITY_RE = re.compile(r"^[0-9]+(?:\.[0-9]+)?(?:m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
-#: A label key (optionally prefixed) or value, and a DNS-1123 label (RuntimeClass, account).
-LABEL_KEY_RE = re.compile(
-    r"^(?:[a-z0-9.-]{1,253}/)?[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$"
-)
-LABEL_VALUE_RE = re.compile(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?)?$")
-
-
-class K8sResourceAmounts(_Strict):
-    cpu: str | None = Field(None, pattern=QUANTITY_RE.pattern, description='CPU, e.g. "500m".')
-    memory: str | None = Field(None, pattern=QUANTITY_RE.pattern, description='e.g. "4Gi".')
-    ephemeral_storage: str | None = Field(
-        None, pattern=QUANTITY_RE.pattern, description='Scratch disk, e.g. "10Gi".'
-    )
-
-
-class K8sResources(_Strict):
-    requests: K8sResourceAmounts = Field(
-        default_factory=lambda: K8sResourceAmounts(cpu="500m", memory="1Gi")
-    )
-    limits: K8sResourceAmounts = Field(
-        default_factory=lambda: K8sResourceAmounts(cpu="2", memory="4Gi")
-    )
-
-
-class K8sToleration(_Strict):
-    key: str | None = Field(None, max_length=317, pattern=LABEL_KEY_RE.pattern)
-    operator: Literal["Exists", "Equal"] = "Equal"
-    value: str | None = Field(None, max_length=63, pattern=LABEL_VALUE_RE.pattern)
-    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
-    toleration_seconds: int | None = Field(None, ge=0)
-
-
-class KubernetesSpec(_Strict):
-    """Where and how the `kubernetes` backend runs an agent; unset fields take the server's
-    `AGENTFARM_K8S_*` defaults."""
-
-    namespace: str | None = Field(
-        None, pattern=SLUG_RE.pattern, description="Namespace for the run's pod and Secret."
-    )
-    runtime_class: str | None = Field(
-        None,
-        pattern=SLUG_RE.pattern,
-        description="RuntimeClass: `kata-fc`, `kata-qemu`, `gvisor`, or unset for the default.",
-    )
-    image: str | None = Field(None, max_length=512, description="Agent image (pin a tag).")
-    resources: K8sResources = Field(default_factory=K8sResources)
-    node_selector: dict[
-        Annotated[str, Field(max_length=317, pattern=LABEL_KEY_RE.pattern)],
-        Annotated[str, Field(max_length=63, pattern=LABEL_VALUE_RE.pattern)],
-    ] = Field(default_factory=dict, max_length=50)
-    tolerations: list[K8sToleration] = Field(default_factory=list, max_length=50)
-    credentials: Literal["token", "shared-home"] = Field(
-        "token",
-        description="`token`: CLAUDE_CODE_OAUTH_TOKEN from a per-run Secret (headless); "
-        "`shared-home`: the shared ~/.claude on a ReadWriteMany volume.",
-    )
-    service_account: str | None = Field(
-        None,
-        pattern=SLUG_RE.pattern,
-        description="ServiceAccount of the pod (its token is never mounted).",
-    )
-
-
 class AgentSpec(_Strict):
     """Everything needed to launch an agent; the part of a config a run snapshots."""
 
@@ -208,15 +100,26 @@ class AgentSpec(_Strict):
     env: dict[str, Annotated[str, Field(max_length=32_768)]] = Field(
         default_factory=dict, description="Extra environment variables for the agent."
     )
-    backend: Literal["local", "kubernetes"] = Field(
-        "local", description="Where the agent runs: `local` (bubblewrap) or `kubernetes`."
+    backend: backend_config.BackendSpec = Field(
+        default_factory=backend_config.LocalSpec,
+        description="Where the agent runs and that backend's settings: `{type: local, "
+        "sandbox: {...}}` (bubblewrap, the default) or `{type: kubernetes, namespace: ..., "
+        "image: ..., ...}`.",
     )
-    sandbox: SandboxSpec = Field(
-        default_factory=SandboxSpec, description="Isolation and limits (local backend)."
-    )
-    kubernetes: KubernetesSpec | None = Field(
-        None, description="Settings of the `kubernetes` backend (defaults when unset)."
-    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_backend(cls, data: Any) -> Any:
+        # Before issue 8 a config said `backend: local|kubernetes` and carried top-level
+        # `sandbox` and `kubernetes` blocks, one of them ignored. Read that shape where it
+        # is unambiguous (docs/configuration.md has the deprecation note).
+        if not isinstance(data, dict):
+            return data
+        if not ({"sandbox", "kubernetes"} & data.keys()) and not isinstance(
+            data.get("backend"), str
+        ):
+            return data
+        return backend_config.from_legacy_shape(data)
 
     @field_validator("env")
     @classmethod

@@ -55,7 +55,7 @@ class Retention:
         cutoff = now - timedelta(hours=self.hours)
         removed: list[str] = []
         for run in await self.store.runs_with_files(finished_before=cutoff):
-            backend = self.backends.get(run.spec.backend)
+            backend = self.backends.get(run.spec.backend.type)
             if backend is None:
                 continue  # that backend is not enabled here: its files are not ours to find
             try:

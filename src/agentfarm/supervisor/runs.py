@@ -120,19 +120,14 @@ class Supervisor:
         base_url = self.settings.anthropic_base_url or stored.get("ANTHROPIC_BASE_URL")
         if base_url:
             found["ANTHROPIC_BASE_URL"] = base_url
-        shared_home = (
-            spec is not None
-            and spec.backend == "kubernetes"
-            and spec.kubernetes is not None
-            and spec.kubernetes.credentials == "shared-home"
-        )
-        if not (set(found) & set(CREDENTIAL_NAMES)) and not shared_home:
+        required = spec is None or spec.backend.model_credentials_required
+        if not (set(found) & set(CREDENTIAL_NAMES)) and required:
             raise errors.ConfigurationError(
                 "no Claude credentials are configured: set CLAUDE_CODE_OAUTH_TOKEN (from "
                 "`claude setup-token`) or ANTHROPIC_API_KEY in the server's environment, or "
                 "store one with `agentfarm secret set CLAUDE_CODE_OAUTH_TOKEN`"
             )
-        if spec is not None and spec.backend == "kubernetes":
+        if spec is not None and spec.backend.clones_remotely:
             found |= self._git_tokens(stored)
         return found
 
@@ -157,9 +152,9 @@ class Supervisor:
     ) -> models.Run:
         if spec.agent not in self.adapters:
             raise errors.InvalidInputError(f"unknown agent {spec.agent!r}")
-        if spec.backend not in self.backends:
+        if spec.backend.type not in self.backends:
             raise errors.ConfigurationError(
-                f"the {spec.backend!r} backend is not enabled on this server"
+                f"the {spec.backend.type!r} backend is not enabled on this server"
             )
         if not spec.prompt.strip():
             raise errors.InvalidInputError("the run has no prompt: give one in the config or run")
@@ -221,7 +216,7 @@ class Supervisor:
                 f"run {run_id} is {run.status.value}: stop it first (`agentfarm stop {run_id}`), "
                 "then delete it once it has ended"
             )
-        backend = self.backends.get(run.spec.backend)
+        backend = self.backends.get(run.spec.backend.type)
         if backend is not None:
             # Files first: if this fails the run is still listed and can be deleted again.
             await backend.cleanup(run)
@@ -271,7 +266,7 @@ class Supervisor:
                 tasks.spawn(self._launch(run), name=f"run-{run.id}", into=self._tasks)
 
     def _binary(self, run: models.Run) -> str:
-        if run.spec.backend == "local":
+        if run.spec.backend.type == "local":
             return find_claude(self.settings)
         return "claude"
 
@@ -314,7 +309,7 @@ class Supervisor:
                 return
             try:
                 adapter = self.adapters[run.spec.agent]
-                backend = self.backends[run.spec.backend]
+                backend = self.backends[run.spec.backend.type]
                 creds = await asyncio.to_thread(self.credentials, run.spec)
                 command = adapter.build_command(run.spec, binary=self._binary(run))
                 handle, info = await backend.launch(run, command, creds)
@@ -327,12 +322,12 @@ class Supervisor:
 
     async def _resume(self, run: models.Run) -> None:
         async with self._owning(run, models.RunStatus.lost, "could not reattach after a restart"):
-            backend = self.backends.get(run.spec.backend)
+            backend = self.backends.get(run.spec.backend.type)
             if backend is None:
                 await self._finish_without_agent(
                     run,
                     models.RunStatus.lost,
-                    f"the {run.spec.backend!r} backend is no longer enabled on this server",
+                    f"the {run.spec.backend.type!r} backend is no longer enabled on this server",
                 )
                 return
             handle, info = await backend.attach(run)
@@ -438,11 +433,7 @@ class Supervisor:
         if info.lost and info.error:
             error = f"{error} ({info.error})" if error else info.error
         if info.oom_killed and outcome.status != models.RunStatus.succeeded:
-            limit = run.spec.sandbox.memory_mb
-            error = (
-                f"the agent ran out of memory (limit {limit} MiB) and was killed; "
-                "raise sandbox.memory_mb"
-            )
+            error = run.spec.backend.out_of_memory()
         if watchdog_fired:
             quiet = self.settings.watchdog_seconds
             error = f"the agent printed nothing for {quiet:.0f} s and was stopped"
@@ -477,7 +468,7 @@ class Supervisor:
         """A launch that failed leaves nothing behind (no branch, no workspace worth a look:
         the reason is in the run's error)."""
         try:
-            await self.backends[run.spec.backend].cleanup(run)
+            await self.backends[run.spec.backend.type].cleanup(run)
         except Exception:  # best effort: retention does not see it (no workspace recorded)
             log.warning("run %s: cleaning up after its failed launch failed", run.id, exc_info=True)
 

@@ -30,7 +30,7 @@ from fastapi.templating import Jinja2Templates
 from sse_starlette import EventSourceResponse
 
 from agentfarm import __version__
-from agentfarm.domain import errors, models
+from agentfarm.domain import backend_config, errors, models
 from agentfarm.domain.present import fmt_bytes, fmt_cost, fmt_duration
 from agentfarm.settings import Settings, read_or_create_token
 from agentfarm.store import Store
@@ -289,6 +289,11 @@ def _form_values(cfg: models.ConfigIn | None) -> dict[str, str]:
     if cfg is None:
         return {"permission_mode": "bypassPermissions", "backend": "local",
                 "sandbox_mode": "bwrap", "network": "allowlist", "memory_mb": "4096"}  # fmt: skip
+    box = (
+        cfg.backend.sandbox
+        if isinstance(cfg.backend, backend_config.LocalSpec)
+        else backend_config.SandboxSpec()
+    )
     return {
         "name": cfg.name,
         "repo": cfg.repo,
@@ -301,11 +306,11 @@ def _form_values(cfg: models.ConfigIn | None) -> dict[str, str]:
         "disallowed_tools": "\n".join(cfg.disallowed_tools),
         "append_system_prompt": cfg.append_system_prompt or "",
         "env": "\n".join(f"{k}={v}" for k, v in cfg.env.items()),
-        "backend": cfg.backend,
-        "sandbox_mode": cfg.sandbox.mode,
-        "network": cfg.sandbox.network,
-        "egress": "\n".join(cfg.sandbox.egress),
-        "memory_mb": str(cfg.sandbox.memory_mb or ""),
+        "backend": cfg.backend.type,
+        "sandbox_mode": box.mode,
+        "network": box.network,
+        "egress": "\n".join(box.egress),
+        "memory_mb": str(box.memory_mb or ""),
     }
 
 
@@ -323,7 +328,9 @@ def _parse_config(
             x.strip() for x in values.get(name, "").replace(",", "\n").splitlines() if x.strip()
         ]
 
-    for name in ("name", "repo", "prompt", "permission_mode", "backend"):
+    previous: dict[str, Any] = body.get("backend") or {}
+    kind = values.get("backend", "").strip()
+    for name in ("name", "repo", "prompt", "permission_mode"):
         body[name] = values.get(name, "").strip() if name != "prompt" else values.get(name, "")
     for name in ("base_branch", "model", "append_system_prompt"):
         body[name] = values.get(name, "").strip() or None
@@ -342,20 +349,24 @@ def _parse_config(
             break
         env[key.strip()] = value
     body["env"] = env
-    sandbox = dict(body.get("sandbox") or {})
-    sandbox["mode"] = values.get("sandbox_mode", "bwrap")
-    sandbox["network"] = values.get("network", "allowlist")
-    sandbox["egress"] = lines("egress")
-    sandbox["memory_mb"] = values.get("memory_mb", "").strip() or None
-    body["sandbox"] = sandbox
+    if kind == "local":
+        sandbox = dict(previous.get("sandbox") or {})
+        sandbox["mode"] = values.get("sandbox_mode", "bwrap")
+        sandbox["network"] = values.get("network", "allowlist")
+        sandbox["egress"] = lines("egress")
+        sandbox["memory_mb"] = values.get("memory_mb", "").strip() or None
+        body["backend"] = {"type": kind, "sandbox": sandbox}
+    else:  # the form has no fields of other backends yet: keep what the config had
+        body["backend"] = {**(previous if previous.get("type") == kind else {}), "type": kind}
     try:
         parsed = models.ConfigIn.model_validate(body)
     except pydantic.ValidationError as exc:
         for err in exc.errors():
             loc = [str(p) for p in err["loc"]]
             field = loc[0] if loc else "name"
-            if field == "sandbox" and len(loc) > 1:
-                field = {"mode": "sandbox_mode"}.get(loc[1], loc[1])
+            if field == "backend" and "sandbox" in loc[:-1]:
+                after = loc[loc.index("sandbox") + 1]
+                field = {"mode": "sandbox_mode"}.get(after, after)
             message = str(err["msg"]).removeprefix("Value error, ")
             problems.setdefault(field if field in FORM_FIELDS else "name", message)
         return None, problems

@@ -1,7 +1,8 @@
 """The ``kubernetes`` backend: one pod per run.
 
-``config`` merges a config's :class:`~agentfarm.domain.models.KubernetesSpec` with the server's
-``AGENTFARM_K8S_*`` defaults, ``manifests`` builds the pod and Secret (pure, unit-tested),
+``config`` merges a config's backend settings
+(:class:`~agentfarm.domain.backend_config.KubernetesSpec`) with the server's ``AGENTFARM_K8S_*``
+defaults, ``manifests`` builds the pod and Secret (pure, unit-tested),
 ``status`` maps pod states to notices and exits (pure), ``api`` is the thin async client layer
 and ``backend`` puts them together. Only this package imports ``kubernetes_asyncio``, and only
 from ``api`` and ``backend``, so the pure modules load without the optional dependency.

@@ -31,7 +31,7 @@ from agentfarm.agents.base import AgentCommand
 from agentfarm.backends.base import ExitInfo, LaunchInfo, Record, RecordKind
 from agentfarm.backends.kubernetes import api as k8s_api
 from agentfarm.backends.kubernetes import config, manifests, status
-from agentfarm.domain import errors, models
+from agentfarm.domain import backend_config, errors, models
 from agentfarm.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -337,8 +337,9 @@ class KubernetesBackend:
         return self.settings.k8s_cleanup_after_seconds <= 0
 
     def _namespace(self, run: models.Run) -> str:
-        k8s = run.spec.kubernetes
-        return (k8s.namespace if k8s else None) or self.settings.k8s_namespace
+        k8s = run.spec.backend
+        namespace = k8s.namespace if isinstance(k8s, backend_config.KubernetesSpec) else None
+        return namespace or self.settings.k8s_namespace
 
     async def launch(
         self, run: models.Run, command: AgentCommand, secrets: dict[str, str]

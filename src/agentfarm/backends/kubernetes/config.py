@@ -1,11 +1,11 @@
-"""The effective pod settings of a run: the config's ``kubernetes`` block over server defaults."""
+"""The effective pod settings of a run: the config's kubernetes settings over server defaults."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
 
-from agentfarm.domain import errors, models
+from agentfarm.domain import backend_config, errors, models
 from agentfarm.settings import Settings
 
 
@@ -15,9 +15,9 @@ class PodConfig:
     image: str
     instance: str
     runtime_class: str | None = None
-    resources: models.K8sResources = field(default_factory=models.K8sResources)
+    resources: backend_config.K8sResources = field(default_factory=backend_config.K8sResources)
     node_selector: dict[str, str] = field(default_factory=dict)
-    tolerations: tuple[models.K8sToleration, ...] = ()
+    tolerations: tuple[backend_config.K8sToleration, ...] = ()
     credentials: str = "token"
     service_account: str | None = None
     credentials_claim: str = "claude-home"
@@ -26,13 +26,15 @@ class PodConfig:
 
 
 def resolve(spec: models.AgentSpec, settings: Settings) -> PodConfig:
-    """Merge ``spec.kubernetes`` with the server's defaults; raise if no image is known."""
-    k8s = spec.kubernetes or models.KubernetesSpec()
+    """Merge ``spec.backend`` with the server's defaults; raise if no image is known."""
+    k8s = spec.backend
+    if not isinstance(k8s, backend_config.KubernetesSpec):
+        raise errors.ConfigurationError(f"a {k8s.type} run is not for the kubernetes backend")
     image = k8s.image or settings.k8s_image
     if not image:
         raise errors.ConfigurationError(
             "no agent image for the kubernetes backend: set AGENTFARM_K8S_IMAGE on the server "
-            "or `kubernetes.image` in the config"
+            "or `backend.image` in the config"
         )
     return PodConfig(
         namespace=k8s.namespace or settings.k8s_namespace,

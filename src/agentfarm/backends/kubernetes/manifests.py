@@ -20,7 +20,7 @@ from typing import Any
 
 from agentfarm.agents.base import AgentCommand
 from agentfarm.backends.kubernetes.config import PodConfig
-from agentfarm.domain import errors, gittokens, models
+from agentfarm.domain import backend_config, errors, gittokens, models
 
 Json = dict[str, Any]
 
@@ -286,15 +286,15 @@ def _container_security() -> Json:
     }
 
 
-def _resources(res: models.K8sResources) -> Json:
-    def amounts(a: models.K8sResourceAmounts) -> dict[str, str]:
+def _resources(res: backend_config.K8sResources) -> Json:
+    def amounts(a: backend_config.K8sResourceAmounts) -> dict[str, str]:
         out = {"cpu": a.cpu, "memory": a.memory, "ephemeral-storage": a.ephemeral_storage}
         return {k: v for k, v in out.items() if v}
 
     return {"requests": amounts(res.requests), "limits": amounts(res.limits)}
 
 
-def _toleration(t: models.K8sToleration) -> Json:
+def _toleration(t: backend_config.K8sToleration) -> Json:
     out: Json = {"operator": t.operator}
     if t.key:
         out["key"] = t.key

@@ -29,8 +29,8 @@ from agentfarm.backends.local.handle import (
     monitor_running,
     read_identity,
 )
+from agentfarm.domain import backend_config, errors, models
 from agentfarm.domain import egress as policies
-from agentfarm.domain import errors, models
 from agentfarm.settings import Settings
 
 NO_BWRAP = (
@@ -89,7 +89,7 @@ class LocalBackend:
     async def launch(
         self, run: models.Run, command: AgentCommand, secrets: dict[str, str]
     ) -> tuple[LocalHandle, LaunchInfo]:
-        box = run.spec.sandbox
+        box = _sandbox(run)
         bwrap = find_bwrap() if box.mode == "bwrap" else None
         if box.mode == "bwrap" and bwrap is None:
             raise errors.ConfigurationError(NO_BWRAP)
@@ -185,7 +185,7 @@ class LocalBackend:
         self, run: models.Run, secrets: dict[str, str]
     ) -> tuple[policies.Policy, tuple[str, list[str]], list[str]]:
         """The run's egress policy, the bridge's interpreter (and binds it needs), notices."""
-        box, repo = run.spec.sandbox, run.spec.repo
+        box, repo = _sandbox(run), run.spec.repo
         try:
             policy = policies.build_policy(
                 box.egress,
@@ -252,6 +252,12 @@ class LocalBackend:
             raise errors.LaunchError(f"the run's monitor did not start: {tail}") from None
         if not status.get("ok"):
             raise errors.LaunchError(f"the agent did not start: {status.get('error')}")
+
+
+def _sandbox(run: models.Run) -> backend_config.SandboxSpec:
+    if not isinstance(run.spec.backend, backend_config.LocalSpec):
+        raise errors.ConfigurationError(f"a {run.spec.backend.type} run is not for this backend")
+    return run.spec.backend.sandbox
 
 
 async def _abandon(proc: asyncio.subprocess.Process) -> None:
