@@ -149,7 +149,7 @@ def test_serve_logs_the_isolation_without_root(
 
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     with caplog.at_level(logging.WARNING, logger="agentfarm.web.app"):
-        app.default_backends(Settings(data_dir=tmp_path), app.default_adapters())
+        app.default_backends(Settings(data_dir=tmp_path))
     logged = [r.getMessage() for r in caplog.records]
     assert f"local backend: {hostinfo.same_uid_notice(1000)}" in logged
     assert any("limits" in line for line in logged), logged

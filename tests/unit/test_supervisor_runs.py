@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 
-from agentfarm.agents.base import AgentCommand
 from agentfarm.agents.claude import ClaudeAdapter
 from agentfarm.backends import fake
 from agentfarm.backends.base import ExitInfo
 from agentfarm.backends.fake import FakeBackend, Step
 from agentfarm.domain import models
+from agentfarm.domain.launch import AgentCommand, LaunchSpec
 from agentfarm.store import Store
 from agentfarm.store.secrets import SecretStore
 from agentfarm.supervisor.runs import Supervisor
@@ -154,7 +154,7 @@ async def test_reattach_records_running_start_time_and_workspace(
     # The server died after the backend launched the agent, before it recorded `running`.
     run = models.Run(spec=spec(), status=models.RunStatus.starting, branch="agentfarm/x")
     await store.create_run(run)
-    await backend.launch(run, AgentCommand(argv=["claude"], env={}), {})
+    await backend.launch(run, LaunchSpec.of(run.id, AgentCommand(argv=["claude"], env={}), {}))
     sup = supervisors()
     await sup.start()
 

@@ -13,9 +13,8 @@ import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
-from agentfarm.agents.base import AgentCommand
 from agentfarm.backends.base import ExitInfo, LaunchInfo, Record, RecordKind
-from agentfarm.domain import errors, models
+from agentfarm.domain import errors, launch, models
 
 
 @dataclass(frozen=True)
@@ -26,10 +25,10 @@ class Step:
     exit: ExitInfo | None = None
 
 
-Script = Callable[[models.Run, AgentCommand], list[Step]]
+Script = Callable[[models.Run, launch.AgentCommand], list[Step]]
 
 
-def claude_like_script(run: models.Run, command: AgentCommand) -> list[Step]:
+def claude_like_script(run: models.Run, command: launch.AgentCommand) -> list[Step]:
     """A short, successful Claude-Code-shaped conversation echoing the prompt."""
     session = f"fake-session-{run.id}"
     lines: list[dict[str, object]] = [
@@ -110,24 +109,27 @@ class FakeBackend:
     def __init__(self, script: Script = claude_like_script) -> None:
         self.script = script
         self.runs: dict[str, _FakeRun] = {}
-        self.commands: dict[str, AgentCommand] = {}
+        #: What each run was launched with, as the supervisor built it.
+        self.launches: dict[str, launch.LaunchSpec] = {}
+        self.commands: dict[str, launch.AgentCommand] = {}
         self.secrets: dict[str, dict[str, str]] = {}
         self.fail_launch: str | None = None
         #: Ids of the runs ``cleanup`` was called for, in order.
         self.cleaned: list[str] = []
 
     async def launch(
-        self, run: models.Run, command: AgentCommand, secrets: dict[str, str]
+        self, run: models.Run, spec: launch.LaunchSpec
     ) -> tuple[FakeHandle, LaunchInfo]:
         if self.fail_launch:
             raise errors.LaunchError(self.fail_launch)
         state = _FakeRun()
         self.runs[run.id] = state
-        self.commands[run.id] = command
-        self.secrets[run.id] = dict(secrets)
-        state.task = asyncio.create_task(self._play(state, self.script(run, command)))
+        self.launches[run.id] = spec
+        self.commands[run.id] = spec.command
+        self.secrets[run.id] = dict(spec.credentials)
+        state.task = asyncio.create_task(self._play(state, self.script(run, spec.command)))
         return FakeHandle(run.id, state), LaunchInfo(
-            branch=f"agentfarm/{run.id}", workspace=f"/fake/{run.id}"
+            branch=spec.branch, workspace=f"/fake/{run.id}"
         )
 
     async def _play(self, state: _FakeRun, steps: list[Step]) -> None:
@@ -144,7 +146,7 @@ class FakeBackend:
             state = _FakeRun()
             state.append("exit", exit=ExitInfo(exit_code=None, lost=True, error="unknown run"))
             self.runs[run.id] = state
-        info = LaunchInfo(branch=f"agentfarm/{run.id}", workspace=f"/fake/{run.id}")
+        info = LaunchInfo(branch=launch.branch_name(run.id), workspace=f"/fake/{run.id}")
         return FakeHandle(run.id, state), info
 
     def lose(self, run_id: str) -> None:

@@ -27,11 +27,10 @@ from typing import Any
 
 import aiohttp
 
-from agentfarm.agents.base import AgentCommand
 from agentfarm.backends.base import ExitInfo, LaunchInfo, Record, RecordKind
 from agentfarm.backends.kubernetes import api as k8s_api
 from agentfarm.backends.kubernetes import config, manifests, status
-from agentfarm.domain import backend_config, errors, models
+from agentfarm.domain import backend_config, errors, launch, models
 from agentfarm.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -342,7 +341,7 @@ class KubernetesBackend:
         return namespace or self.settings.k8s_namespace
 
     async def launch(
-        self, run: models.Run, command: AgentCommand, secrets: dict[str, str]
+        self, run: models.Run, spec: launch.LaunchSpec
     ) -> tuple[KubernetesHandle, LaunchInfo]:
         if not run.spec.repo.startswith(("https://", "http://", "git://")):
             raise errors.LaunchError(
@@ -352,8 +351,8 @@ class KubernetesBackend:
         cfg = config.resolve(run.spec, self.settings)
         api = await self._client()
         name = manifests.object_name(run.id)
-        secret = manifests.build_secret(run, command, secrets, cfg)
-        pod_body = manifests.build_pod(run, command, secrets, cfg)
+        secret = manifests.build_secret(run, spec, cfg)
+        pod_body = manifests.build_pod(run, spec, cfg)
         try:
             await api.create_secret(cfg.namespace, secret)
         except k8s_api.ApiError as exc:
@@ -374,7 +373,7 @@ class KubernetesBackend:
             log.warning("cannot make pod %s own its Secret: %s", name, exc)
         state = self._runs[run.id] = _RunState(cfg.namespace, name)
         info = LaunchInfo(
-            branch=manifests.branch_name(run.id),
+            branch=spec.branch,
             workspace=f"pod {cfg.namespace}/{name}:{manifests.WORKSPACE}",
             notices=[f"created pod {cfg.namespace}/{name} (image {cfg.image})"],
         )
@@ -394,7 +393,7 @@ class KubernetesBackend:
                 name = items[0]["metadata"]["name"]
             state = self._runs[run.id] = _RunState(namespace, name)
         info = LaunchInfo(
-            branch=manifests.branch_name(run.id),
+            branch=launch.branch_name(run.id),
             workspace=f"pod {state.namespace}/{state.name}:{manifests.WORKSPACE}",
         )
         return KubernetesHandle(run.id, api, state, delete_pod_now=self._delete_now), info
