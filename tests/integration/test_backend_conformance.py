@@ -43,7 +43,7 @@ def fake_kit(tmp_path: Path) -> Kit:
         backend.script = lambda _run, _cmd: [*steps, Step("exit", exit=_exit0())]
         return AgentCommand(argv=["agent"], env={}), models.AgentSpec(repo="/r", prompt="p")
 
-    return Kit(backend, lambda: backend, agent)
+    return Kit(backend, backend.restarted, agent)
 
 
 def _exit0() -> Any:

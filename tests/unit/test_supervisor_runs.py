@@ -47,13 +47,15 @@ async def backend() -> AsyncIterator[FakeBackend]:
 @pytest.fixture
 async def supervisors(
     tmp_path: Path, store: Store, backend: FakeBackend
-) -> AsyncIterator[Callable[[], Supervisor]]:
+) -> AsyncIterator[Callable[..., Supervisor]]:
     made: list[Supervisor] = []
 
-    def make() -> Supervisor:
+    def make(on: FakeBackend | None = None) -> Supervisor:
+        """A supervisor on ``backend``, or ``on`` (a restarted object over the same agents)."""
         settings = make_settings(tmp_path / "data")
         secrets = SecretStore(settings.secrets_path)
-        sup = Supervisor(settings, store, secrets, {"local": backend}, {"claude": ClaudeAdapter()})
+        backends = {"local": on or backend}
+        sup = Supervisor(settings, store, secrets, backends, {"claude": ClaudeAdapter()})
         made.append(sup)
         return sup
 
@@ -88,7 +90,7 @@ async def ended(store: Store, run_id: str) -> models.Run:
 async def test_a_run_stopped_while_the_dispatcher_looks_is_never_launched(
     store: Store,
     backend: FakeBackend,
-    supervisors: Callable[[], Supervisor],
+    supervisors: Callable[..., Supervisor],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     sup = supervisors()
@@ -120,7 +122,7 @@ async def test_a_run_stopped_while_the_dispatcher_looks_is_never_launched(
 async def test_a_stop_between_starting_and_launch_launches_nothing(
     store: Store,
     backend: FakeBackend,
-    supervisors: Callable[[], Supervisor],
+    supervisors: Callable[..., Supervisor],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     sup = supervisors()
@@ -149,13 +151,13 @@ async def test_a_stop_between_starting_and_launch_launches_nothing(
 
 
 async def test_reattach_records_running_start_time_and_workspace(
-    store: Store, backend: FakeBackend, supervisors: Callable[[], Supervisor]
+    store: Store, backend: FakeBackend, supervisors: Callable[..., Supervisor]
 ) -> None:
     # The server died after the backend launched the agent, before it recorded `running`.
     run = models.Run(spec=spec(), status=models.RunStatus.starting, branch="agentfarm/x")
     await store.create_run(run)
     await backend.launch(run, LaunchSpec.of(run.id, AgentCommand(argv=["claude"], env={}), {}))
-    sup = supervisors()
+    sup = supervisors(backend.restarted())
     await sup.start()
 
     async def running() -> bool:
@@ -174,7 +176,7 @@ async def test_reattach_records_running_start_time_and_workspace(
 async def test_a_stop_during_reattach_is_honoured(
     store: Store,
     backend: FakeBackend,
-    supervisors: Callable[[], Supervisor],
+    supervisors: Callable[..., Supervisor],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     first = supervisors()
@@ -187,7 +189,8 @@ async def test_a_stop_during_reattach_is_honoured(
     await until(running)
     await first.close()  # the control plane goes away; the agent keeps working
 
-    real_attach = backend.attach
+    restarted = backend.restarted()
+    real_attach = restarted.attach
     attaching, gate = asyncio.Event(), asyncio.Event()
 
     async def attach(r: models.Run) -> Any:
@@ -195,8 +198,8 @@ async def test_a_stop_during_reattach_is_honoured(
         await gate.wait()
         return await real_attach(r)
 
-    monkeypatch.setattr(backend, "attach", attach)
-    second = supervisors()
+    monkeypatch.setattr(restarted, "attach", attach)
+    second = supervisors(restarted)
     await second.start()
     async with asyncio.timeout(GUARD):
         await attaching.wait()
@@ -210,7 +213,7 @@ async def test_a_stop_during_reattach_is_honoured(
 async def test_a_stop_that_loses_the_race_to_the_dispatcher_still_stops_the_run(
     store: Store,
     backend: FakeBackend,
-    supervisors: Callable[[], Supervisor],
+    supervisors: Callable[..., Supervisor],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     sup = supervisors()
@@ -238,3 +241,28 @@ async def test_a_stop_that_loses_the_race_to_the_dispatcher_still_stops_the_run(
         assert (await stopping).status is models.RunStatus.stopped
     assert await statuses(store, run.id) == ["queued", "starting", "stopped"]
     assert run.id not in backend.runs
+
+
+async def test_the_launch_spec_is_built_once_and_follow_ups_use_its_command(
+    tmp_path: Path, store: Store, backend: FakeBackend, supervisors: Callable[..., Supervisor]
+) -> None:
+    sup = supervisors()
+    run = await sup.submit(spec())
+    await sup.start()
+
+    async def running() -> bool:
+        return (await store.get_run(run.id)).status is models.RunStatus.running
+
+    await until(running)
+    sent = backend.world.launches[run.id]
+    assert (sent.run_id, sent.branch) == (run.id, run.branch)
+    # The adapter names the binary; the backend resolves it.
+    assert sent.command.argv[0] == "claude"
+    assert sent.command.interrupt and sent.command.followup is not None
+    key = make_settings(tmp_path).anthropic_api_key
+    assert key is not None
+    assert dict(sent.credentials) == {"ANTHROPIC_API_KEY": key.get_secret_value()}
+    await sup.send(run.id, "and the tests")
+    assert backend.runs[run.id].stdin == [sent.command.followup.encode("and the tests")]
+    await sup.stop_run(run.id)
+    assert (await ended(store, run.id)).status is models.RunStatus.stopped
