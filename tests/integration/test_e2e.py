@@ -242,7 +242,7 @@ def test_cli_errors_are_one_clear_line(server: Server, source: Path, tmp_path: P
     # the network policy and the egress list from flags
     args = ["config", "add", "net", "--repo", str(source), "--network", "open"]
     assert server.cli(*args, "--egress", "@pypi", "--egress", "x.org:81").returncode == 0
-    sandbox = json.loads(server.cli("config", "show", "net").stdout)["sandbox"]
+    sandbox = json.loads(server.cli("config", "show", "net").stdout)["backend"]["sandbox"]
     assert sandbox["network"] == "open" and sandbox["egress"] == ["@pypi", "x.org:81"]
     bad = server.cli("config", "add", "net2", "--repo", str(source), "--egress", "@nope")
     assert bad.returncode == 1 and "unknown group" in bad.stderr
