@@ -1,6 +1,7 @@
 """The interface every agent CLI adapter implements.
 
-An adapter turns an :class:`~agentfarm.domain.models.AgentSpec` into a command line and
+An adapter turns an :class:`~agentfarm.domain.models.AgentSpec` into an
+:class:`~agentfarm.domain.launch.AgentCommand` (everything agent-specific about a launch) and
 turns the CLI's output, line by line, into normalized events. It does no I/O, so it is
 unit-tested on recorded lines, and a parser can be replayed over a spool to rebuild its state
 after a restart (it must be deterministic).
