@@ -281,6 +281,35 @@ async def test_stop_ends_within_grace_and_leaves_nothing(
     await backend.cleanup(run)
 
 
+async def test_a_stop_writes_the_commands_interrupt_even_after_a_restart(
+    tmp_path: Path, settings: Settings, source: Path
+) -> None:
+    # The interrupt travels in the launch spec to the monitor: a backend object made after a
+    # restart knows nothing of the agent, and the stop still interrupts it first.
+    run = new_run(source)
+    body = """
+    import signal, sys
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    print("ready", flush=True)
+    print("got " + sys.stdin.readline().strip(), flush=True)
+    """
+    command = AgentCommand(argv=[agent(tmp_path, "listener", body)], env={}, interrupt=b"halt\n")
+    first, _ = await LocalBackend(settings).launch(run, LaunchSpec.of(run.id, command, {}))
+    records: list[Record] = []
+    async for record in first.records(0):
+        records.append(record)
+        if record.data == b"ready":
+            break
+    restarted = LocalBackend(settings)
+    handle, _ = await restarted.attach(run)
+    await handle.stop(10.0)
+    records += await collect(handle.records(records[-1].cursor), timeout=10)
+    assert [r.data for r in records if r.kind == "stdout"] == [b"ready", b"got halt"]
+    last = records[-1].exit
+    assert last is not None and last.stopped
+    await restarted.cleanup(run)
+
+
 async def test_stop_with_sigterm_is_quick(tmp_path: Path, settings: Settings, source: Path) -> None:
     backend = LocalBackend(settings)
     run = new_run(source)
