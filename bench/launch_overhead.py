@@ -95,7 +95,7 @@ def main() -> None:
             with srv.client() as client:
                 for network in networks:
                     body = {"name": f"bench-{network}", "repo": str(repo), "prompt": prompt}
-                    body["sandbox"] = {"network": network}
+                    body["backend"] = {"type": "local", "sandbox": {"network": network}}
                     client.post("/api/configs", json=body).raise_for_status()
                     via_agentfarm(srv, client, prompt, f"bench-{network}")  # warm-up
                 direct(binary, model.base_url, prompt, repo)

@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from agentfarm.agents.base import AgentCommand
 from agentfarm.backends.base import Backend, Record
 from agentfarm.backends.fake import FakeBackend, Step
 from agentfarm.domain import models
+from agentfarm.domain.launch import AgentCommand, LaunchSpec
 from agentfarm.settings import Settings
 from tests.realparts import missing
 
@@ -43,7 +43,7 @@ def fake_kit(tmp_path: Path) -> Kit:
         backend.script = lambda _run, _cmd: [*steps, Step("exit", exit=_exit0())]
         return AgentCommand(argv=["agent"], env={}), models.AgentSpec(repo="/r", prompt="p")
 
-    return Kit(backend, lambda: backend, agent)
+    return Kit(backend, backend.restarted, agent)
 
 
 def _exit0() -> Any:
@@ -94,7 +94,7 @@ async def collect(records: AsyncIterator[Record], timeout: float = 30) -> list[R
 async def test_records_in_order_and_resumable(kit: Kit) -> None:
     command, spec = kit.agent(0)
     run = models.Run(spec=spec)
-    handle, info = await kit.backend.launch(run, command, {})
+    handle, info = await kit.backend.launch(run, LaunchSpec.of(run.id, command, {}))
     records = await collect(handle.records(after=0))
     cursors = [r.cursor for r in records]
     assert cursors == sorted(set(cursors))
@@ -117,7 +117,7 @@ async def test_records_in_order_and_resumable(kit: Kit) -> None:
 async def test_stop_ends_the_run_as_stopped(kit: Kit) -> None:
     command, spec = kit.agent(600)
     run = models.Run(spec=spec)
-    handle, _info = await kit.backend.launch(run, command, {})
+    handle, _info = await kit.backend.launch(run, LaunchSpec.of(run.id, command, {}))
     seen = 0
     async with asyncio.timeout(30):
         async for record in handle.records(after=0):

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from agentfarm.agents import claude
-from agentfarm.agents.base import AgentCommand
+from agentfarm.agents import base, claude
 from agentfarm.domain import models
+from agentfarm.domain.launch import AgentCommand
 from tests.conftest import AgentEnv
 from tests.fakes import anthropic_api as fake
 
@@ -160,7 +160,7 @@ def test_write_and_commit(start: Any, repo: Path) -> None:
     assert summary.cost_usd is not None and summary.cost_usd > 0
     assert summary.usage.input_tokens > 0 and summary.usage.output_tokens > 0
     outcome = agent.parser.finish(0, None, stopped=False)
-    assert outcome == claude.Outcome(models.RunStatus.succeeded)
+    assert outcome == base.Outcome(models.RunStatus.succeeded)
 
 
 def test_api_error_fails_with_the_status(start: Any, fake_anthropic: fake.FakeAnthropic) -> None:

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 
-from agentfarm.agents.base import AgentCommand
 from agentfarm.backends.base import Record
 from agentfarm.backends.local import backend as local_backend
 from agentfarm.backends.local import cgroups
@@ -25,6 +24,7 @@ from agentfarm.backends.local import git as local_git
 from agentfarm.backends.local import handle as local_handle
 from agentfarm.backends.local.backend import LocalBackend
 from agentfarm.domain import backend_config, errors, models
+from agentfarm.domain.launch import AgentCommand, LaunchSpec
 from agentfarm.settings import Settings
 from tests import realparts
 
@@ -108,7 +108,9 @@ async def test_run_commits_and_branch_comes_home(
         stdin=b"first message\n", close_stdin_after=("result",),
     )  # fmt: skip
     started = time.monotonic()
-    handle, info = await backend.launch(run, command, {"ANTHROPIC_API_KEY": SECRET})
+    handle, info = await backend.launch(
+        run, LaunchSpec.of(run.id, command, {"ANTHROPIC_API_KEY": SECRET})
+    )
     launch_seconds = time.monotonic() - started
     assert info.branch == f"agentfarm/{run.id}"
     records = await collect(handle.records(0))
@@ -187,7 +189,7 @@ async def test_isolation(tmp_path: Path, settings: Settings, source: Path) -> No
     # Another run's workspace, still there.
     other = new_run(source)
     sleeper = AgentCommand(argv=["/bin/sleep", "30"], env={})
-    other_handle, other_info = await backend.launch(other, sleeper, {})
+    other_handle, other_info = await backend.launch(other, LaunchSpec.of(other.id, sleeper, {}))
     assert other_info.workspace is not None
     forbidden = [
         other_info.workspace, f"{other_info.workspace}/README", str(secrets_file),
@@ -197,7 +199,10 @@ async def test_isolation(tmp_path: Path, settings: Settings, source: Path) -> No
     run = new_run(source, network=False)
     program = agent(tmp_path, "isolation", ISOLATION)
     handle, _ = await backend.launch(
-        run, AgentCommand(argv=[program, *forbidden], env={}), {"ANTHROPIC_API_KEY": SECRET}
+        run,
+        LaunchSpec.of(
+            run.id, AgentCommand(argv=[program, *forbidden], env={}), {"ANTHROPIC_API_KEY": SECRET}
+        ),
     )
     records = await collect(handle.records(0))
     result = json.loads(stdout_lines(records)[0])
@@ -244,7 +249,7 @@ def leftover_processes(run_dir: Path, uid: int | None) -> list[int]:
 async def test_stop_ends_within_grace_and_leaves_nothing(
     tmp_path: Path, settings: Settings, source: Path
 ) -> None:
-    backend = LocalBackend(settings, interrupt=b'{"type":"interrupt"}\n')
+    backend = LocalBackend(settings)
     run = new_run(source)
     # A shell that ignores SIGTERM and has a child: only the SIGKILL after the grace ends it.
     body = """
@@ -254,9 +259,9 @@ async def test_stop_ends_within_grace_and_leaves_nothing(
     print("ready", flush=True)
     time.sleep(600)
     """
-    handle, _ = await backend.launch(
-        run, AgentCommand(argv=[agent(tmp_path, "stubborn", body)], env={}), {}
-    )
+    stubborn = agent(tmp_path, "stubborn", body)
+    command = AgentCommand(argv=[stubborn], env={}, interrupt=b'{"type":"interrupt"}\n')
+    handle, _ = await backend.launch(run, LaunchSpec.of(run.id, command, {}))
     records: list[Record] = []
     async for record in handle.records(0):
         records.append(record)
@@ -276,10 +281,41 @@ async def test_stop_ends_within_grace_and_leaves_nothing(
     await backend.cleanup(run)
 
 
+async def test_a_stop_writes_the_commands_interrupt_even_after_a_restart(
+    tmp_path: Path, settings: Settings, source: Path
+) -> None:
+    # The interrupt travels in the launch spec to the monitor: a backend object made after a
+    # restart knows nothing of the agent, and the stop still interrupts it first.
+    run = new_run(source)
+    body = """
+    import signal, sys
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    print("ready", flush=True)
+    print("got " + sys.stdin.readline().strip(), flush=True)
+    """
+    command = AgentCommand(argv=[agent(tmp_path, "listener", body)], env={}, interrupt=b"halt\n")
+    first, _ = await LocalBackend(settings).launch(run, LaunchSpec.of(run.id, command, {}))
+    records: list[Record] = []
+    async for record in first.records(0):
+        records.append(record)
+        if record.data == b"ready":
+            break
+    restarted = LocalBackend(settings)
+    handle, _ = await restarted.attach(run)
+    await handle.stop(10.0)
+    records += await collect(handle.records(records[-1].cursor), timeout=10)
+    assert [r.data for r in records if r.kind == "stdout"] == [b"ready", b"got halt"]
+    last = records[-1].exit
+    assert last is not None and last.stopped
+    await restarted.cleanup(run)
+
+
 async def test_stop_with_sigterm_is_quick(tmp_path: Path, settings: Settings, source: Path) -> None:
     backend = LocalBackend(settings)
     run = new_run(source)
-    handle, _ = await backend.launch(run, AgentCommand(argv=["sleep", "600"], env={}), {})
+    handle, _ = await backend.launch(
+        run, LaunchSpec.of(run.id, AgentCommand(argv=["sleep", "600"], env={}), {})
+    )
     await asyncio.sleep(0.2)
     started = time.monotonic()
     await handle.stop(10.0)
@@ -293,7 +329,7 @@ async def test_stop_with_sigterm_is_quick(tmp_path: Path, settings: Settings, so
 LAUNCHER = """
 import asyncio, json, sys
 from pathlib import Path
-from agentfarm.agents.base import AgentCommand
+from agentfarm.domain.launch import AgentCommand, LaunchSpec
 from agentfarm.backends.local.backend import LocalBackend
 from agentfarm.domain import models
 from agentfarm.settings import Settings
@@ -302,7 +338,8 @@ async def main():
     backend = LocalBackend(Settings(data_dir=Path(sys.argv[1])))
     run = models.Run.model_validate_json(sys.argv[2])
     command = AgentCommand(argv=sys.argv[3:], env={}, stdin=b"go\\n")
-    await backend.launch(run, command, {"ANTHROPIC_API_KEY": sys.stdin.readline().strip()})
+    secrets = {"ANTHROPIC_API_KEY": sys.stdin.readline().strip()}
+    await backend.launch(run, LaunchSpec.of(run.id, command, secrets))
     print("launched", flush=True)
     await asyncio.sleep(600)
 
@@ -363,7 +400,7 @@ async def test_secret_not_in_monitor_argv(tmp_path: Path, settings: Settings, so
     backend = LocalBackend(settings)
     run = new_run(source)
     handle, _ = await backend.launch(
-        run, AgentCommand(argv=["sleep", "600"], env={}), {"K": SECRET}
+        run, LaunchSpec.of(run.id, AgentCommand(argv=["sleep", "600"], env={}), {"K": SECRET})
     )
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     assert "agentfarm.backends.local.monitor" in ps
@@ -376,7 +413,9 @@ async def test_secret_not_in_monitor_argv(tmp_path: Path, settings: Settings, so
 async def test_monitor_killed_means_lost(tmp_path: Path, settings: Settings, source: Path) -> None:
     backend = LocalBackend(settings)
     run = new_run(source)
-    handle, _ = await backend.launch(run, AgentCommand(argv=["sleep", "600"], env={}), {})
+    handle, _ = await backend.launch(
+        run, LaunchSpec.of(run.id, AgentCommand(argv=["sleep", "600"], env={}), {})
+    )
     identity = local_handle.read_identity(settings.runs_dir / run.id)
     assert identity is not None
     os.kill(identity[0], signal.SIGKILL)
@@ -410,7 +449,7 @@ async def test_memory_limit_oom_kills_a_hog(
     backend = LocalBackend(settings)
     run = new_run(source, memory_mb=64)
     handle, _ = await backend.launch(
-        run, AgentCommand(argv=[agent(tmp_path, "hog", HOG)], env={}), {}
+        run, LaunchSpec.of(run.id, AgentCommand(argv=[agent(tmp_path, "hog", HOG)], env={}), {})
     )
     records: list[Record] = []
     async with asyncio.timeout(30):
@@ -442,7 +481,9 @@ async def test_unsandboxed_run_says_so(tmp_path: Path, settings: Settings, sourc
     settings.data_dir.chmod(0o711)  # tmp_path is traversable; the run dir must be too
     backend = LocalBackend(settings)
     run = new_run(source, mode="none")
-    handle, _ = await backend.launch(run, AgentCommand(argv=["id", "-u"], env={}), {})
+    handle, _ = await backend.launch(
+        run, LaunchSpec.of(run.id, AgentCommand(argv=["id", "-u"], env={}), {})
+    )
     records = await collect(handle.records(0))
     notices = [r.data.decode() for r in records if r.kind == "notice"]
     assert any("unsandboxed" in n for n in notices)
@@ -455,8 +496,9 @@ async def test_missing_bwrap_is_a_clear_error(
     monkeypatch: pytest.MonkeyPatch, settings: Settings, source: Path
 ) -> None:
     monkeypatch.setattr(local_backend, "find_bwrap", lambda: None)
+    run = new_run(source)
     with pytest.raises(errors.ConfigurationError) as caught:
-        await LocalBackend(settings).launch(new_run(source), AgentCommand(["x"], {}), {})
+        await LocalBackend(settings).launch(run, LaunchSpec.of(run.id, AgentCommand(["x"], {}), {}))
     assert str(caught.value) == (
         "bubblewrap is not installed: apt-get install bubblewrap "
         "(or set sandbox.mode to none to run unsandboxed)"
@@ -464,16 +506,18 @@ async def test_missing_bwrap_is_a_clear_error(
 
 
 async def test_missing_agent_program_is_a_launch_error(settings: Settings, source: Path) -> None:
+    run = new_run(source)
+    command = AgentCommand(["/nonexistent/agent"], {})
     with pytest.raises(errors.LaunchError, match="was not found"):
-        await LocalBackend(settings).launch(
-            new_run(source), AgentCommand(["/nonexistent/agent"], {}), {}
-        )
+        await LocalBackend(settings).launch(run, LaunchSpec.of(run.id, command, {}))
 
 
 async def test_failed_clone_leaves_no_monitor_behind(tmp_path: Path, settings: Settings) -> None:
     run = new_run(tmp_path / "no-such-repo")
     with pytest.raises(errors.AgentfarmError):
-        await LocalBackend(settings).launch(run, AgentCommand(["/bin/true"], {}), {})
+        await LocalBackend(settings).launch(
+            run, LaunchSpec.of(run.id, AgentCommand(["/bin/true"], {}), {})
+        )
     run_dir = str(settings.runs_dir / run.id)
     left = []
     for proc in Path("/proc").iterdir():
@@ -551,7 +595,7 @@ async def test_planted_git_settings_never_act_on_the_host(
     run = new_run(source)
     argv = [agent(tmp_path, "planter", PLANTER), str(markers), str(evil), str(common)]
     command = AgentCommand(argv=[*argv, str(borrowed / "objects")], env={"SOURCE": str(source)})
-    handle, _ = await backend.launch(run, command, {})
+    handle, _ = await backend.launch(run, LaunchSpec.of(run.id, command, {}))
     records = await collect(handle.records(0))
     assert b"planted" in stdout_lines(records), records
     notices = await handle.finalize()
@@ -610,7 +654,7 @@ async def test_a_redirected_git_dir_is_refused_and_says_why(
     backend = LocalBackend(settings)
     run = new_run(source)
     command = AgentCommand(argv=[agent(tmp_path, "breaker", BREAKER), how, str(victim)], env={})
-    handle, _ = await backend.launch(run, command, {})
+    handle, _ = await backend.launch(run, LaunchSpec.of(run.id, command, {}))
     records = await collect(handle.records(0))
     assert b"broken" in stdout_lines(records), records
     notices = await handle.finalize()
@@ -658,7 +702,9 @@ async def test_without_root_every_run_says_it_shares_the_servers_uid(
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     backend = LocalBackend(settings)
     run = new_run(source)
-    handle, info = await backend.launch(run, AgentCommand(argv=["/bin/true"], env={}), {})
+    handle, info = await backend.launch(
+        run, LaunchSpec.of(run.id, AgentCommand(argv=["/bin/true"], env={}), {})
+    )
     assert any(
         notice.startswith(
             "the server does not run as root: the agent runs as the server's own user (uid 1000)"

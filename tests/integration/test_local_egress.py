@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from agentfarm.agents.base import AgentCommand
 from agentfarm.backends.local import egress
 from agentfarm.backends.local.backend import LocalBackend
+from agentfarm.domain.launch import AgentCommand, LaunchSpec
 from agentfarm.settings import Settings
 from tests import realparts
 from tests.integration.test_local_backend import agent, collect, new_run, stdout_lines
@@ -105,7 +105,9 @@ async def test_allowlist_reaches_only_the_model_endpoint(
     run = new_run(source)
     program = agent(tmp_path, "probe", PROBE)
     command = AgentCommand(argv=[program, endpoint, str(listener)], env={})
-    handle, info = await backend.launch(run, command, {"ANTHROPIC_BASE_URL": endpoint})
+    handle, info = await backend.launch(
+        run, LaunchSpec.of(run.id, command, {"ANTHROPIC_BASE_URL": endpoint})
+    )
     records = await collect(handle.records(0))
     assert records[-1].exit is not None and records[-1].exit.exit_code == 0, records
     out = json.loads(stdout_lines(records)[0])
@@ -133,7 +135,7 @@ async def test_policies_none_and_open(tmp_path: Path, source: Path, listener: in
     for network in ("none", "open"):
         run = new_run(source, network=network)
         command = AgentCommand(argv=[program, str(listener)], env={})
-        handle, info = await backend.launch(run, command, {})
+        handle, info = await backend.launch(run, LaunchSpec.of(run.id, command, {}))
         records = await collect(handle.records(0))
         found[network] = (json.loads(stdout_lines(records)[0]), info.notices)
     out, notices = found["none"]

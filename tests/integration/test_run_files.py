@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from agentfarm.backends.local.monitor import SPOOL
+from agentfarm.backends.local.monitor_spec import SPOOL
 from tests.fakes import anthropic_api as fake
 from tests.integration.conftest import git
 from tests.integration.server import Server

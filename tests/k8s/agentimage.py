@@ -84,7 +84,7 @@ class AgentWorld:
         return {
             "repo": self.repo_url,
             "base_branch": "main",
-            "backend": "kubernetes",
+            "backend": {"type": "kubernetes"},
             "prompt": prompt,
             "env": {"CLAUDE_CODE_MAX_RETRIES": "0"},
         }

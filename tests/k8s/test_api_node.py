@@ -47,7 +47,7 @@ def launch(srv: Server, world: AgentWorld, prompt: str) -> dict[str, Any]:
         response = c.post("/api/runs", json={"spec": world.spec(prompt)})
     assert response.status_code == 201, response.text
     run: dict[str, Any] = response.json()
-    assert run["status"] == "queued" and run["spec"]["backend"] == "kubernetes"
+    assert run["status"] == "queued" and run["spec"]["backend"]["type"] == "kubernetes"
     return run
 
 

@@ -16,11 +16,11 @@ from typing import Any
 import pytest
 import yaml
 
-from agentfarm.agents.base import AgentCommand
 from agentfarm.backends.base import Record
 from agentfarm.backends.kubernetes import backend as k8s_backend
 from agentfarm.backends.kubernetes import manifests
 from agentfarm.domain import backend_config, errors, models
+from agentfarm.domain.launch import AgentCommand, LaunchSpec
 from agentfarm.settings import Settings
 from tests.k8s import cluster
 
@@ -145,7 +145,7 @@ async def test_launch_creates_pod_and_secret_the_server_accepts(
     settings, kubelet, _ = env
     run = new_run()
     other_host = {"GIT_TOKEN_GITLAB_EXAMPLE_ORG": "gl-other-host"}
-    handle, info = await backend.launch(run, COMMAND, SECRETS | other_host)
+    handle, info = await backend.launch(run, LaunchSpec.of(run.id, COMMAND, SECRETS | other_host))
     name = manifests.object_name(run.id)
     assert info.branch == f"agentfarm/{run.id}"
     ns = settings.k8s_namespace
@@ -178,7 +178,7 @@ async def test_a_rejected_pod_is_a_clear_launch_error(
     run = new_run()
     run.spec.backend = backend_config.KubernetesSpec(runtime_class="no-such-class")
     with pytest.raises(errors.LaunchError, match="no-such-class"):
-        await backend.launch(run, COMMAND, SECRETS)
+        await backend.launch(run, LaunchSpec.of(run.id, COMMAND, SECRETS))
     status, _ = await env[1].get(
         f"/api/v1/namespaces/{env[0].k8s_namespace}/secrets/{manifests.object_name(run.id)}"
     )
@@ -210,7 +210,7 @@ async def test_status_from_the_kubelet_becomes_notices_started_and_exit(
 ) -> None:
     kubelet = env[1]
     run = new_run()
-    handle, _ = await backend.launch(run, COMMAND, SECRETS)
+    handle, _ = await backend.launch(run, LaunchSpec.of(run.id, COMMAND, SECRETS))
     name = manifests.object_name(run.id)
     records = handle.records(after=0)
     got: list[Record] = []
@@ -288,7 +288,7 @@ async def test_failures_map_to_clear_errors(
     check: Any,
 ) -> None:
     run = new_run()
-    handle, _ = await backend.launch(run, COMMAND, SECRETS)
+    handle, _ = await backend.launch(run, LaunchSpec.of(run.id, COMMAND, SECRETS))
     name = manifests.object_name(run.id)
     await env[1].bind(name)
     await env[1].status(name, **status)
@@ -302,7 +302,7 @@ async def test_pod_deleted_behind_our_back_ends_lost(
     backend: k8s_backend.KubernetesBackend, env: tuple[Settings, Kubelet, Any]
 ) -> None:
     run = new_run()
-    handle, _ = await backend.launch(run, COMMAND, SECRETS)
+    handle, _ = await backend.launch(run, LaunchSpec.of(run.id, COMMAND, SECRETS))
     name = manifests.object_name(run.id)
     records = handle.records(after=0)
     await asyncio.wait_for(anext(records), 15)
@@ -317,7 +317,7 @@ async def test_stop_deletes_the_pod_and_ends_stopped(
     backend: k8s_backend.KubernetesBackend, env: tuple[Settings, Kubelet, Any]
 ) -> None:
     run = new_run()
-    handle, _ = await backend.launch(run, COMMAND, SECRETS)
+    handle, _ = await backend.launch(run, LaunchSpec.of(run.id, COMMAND, SECRETS))
     records = handle.records(after=0)
     await asyncio.wait_for(anext(records), 15)
     await handle.stop(grace=1)
@@ -337,7 +337,7 @@ async def test_restart_reattaches_by_label_without_loss_or_doubles(
     run = new_run()
     first = k8s_backend.KubernetesBackend(settings)
     try:
-        handle, _ = await first.launch(run, COMMAND, SECRETS)
+        handle, _ = await first.launch(run, LaunchSpec.of(run.id, COMMAND, SECRETS))
         name = manifests.object_name(run.id)
         records = handle.records(after=0)
         before = [await asyncio.wait_for(anext(records), 15)]
@@ -391,7 +391,7 @@ async def test_sweep_removes_only_finished_and_cleaned_up_pods(
     try:
         done, kept = new_run(), new_run()
         for run in (done, kept):
-            await b.launch(run, COMMAND, SECRETS)
+            await b.launch(run, LaunchSpec.of(run.id, COMMAND, SECRETS))
             finished = {"terminated": {"exitCode": 0, "finishedAt": "2026-01-01T00:00:00Z"}}
             await kubelet.bind(manifests.object_name(run.id))
             await kubelet.status(

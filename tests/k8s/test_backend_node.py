@@ -22,11 +22,11 @@ from pathlib import Path
 
 import pytest
 
-from agentfarm.agents.base import AgentCommand
 from agentfarm.backends.base import Record
 from agentfarm.backends.kubernetes import backend as k8s_backend
 from agentfarm.backends.kubernetes import manifests
 from agentfarm.domain import models
+from agentfarm.domain.launch import AgentCommand, LaunchSpec
 from agentfarm.settings import Settings
 from tests import realparts
 from tests.fakes import anthropic_api
@@ -210,7 +210,9 @@ async def test_a_run_writes_commits_and_pushes_in_a_real_pod(
 ) -> None:
     run = world.run(anthropic_api.marker("write-and-commit"))
     started = time.monotonic()
-    handle, _ = await backend.launch(run, world.command(run.prompt), {"ANTHROPIC_API_KEY": "fake"})
+    handle, _ = await backend.launch(
+        run, LaunchSpec.of(run.id, world.command(run.prompt), {"ANTHROPIC_API_KEY": "fake"})
+    )
     records = await collect(handle.records(after=0))
     elapsed = time.monotonic() - started
     assert any(r.kind == "stdout" for r in records), records
@@ -239,7 +241,9 @@ async def test_stop_deletes_the_running_pod(
     world: World, backend: k8s_backend.KubernetesBackend
 ) -> None:
     run = world.run(anthropic_api.marker("sleep"))
-    handle, _ = await backend.launch(run, world.command(run.prompt), {"ANTHROPIC_API_KEY": "fake"})
+    handle, _ = await backend.launch(
+        run, LaunchSpec.of(run.id, world.command(run.prompt), {"ANTHROPIC_API_KEY": "fake"})
+    )
     records = handle.records(after=0)
     seen: list[Record] = []
     async with asyncio.timeout(120):
@@ -275,7 +279,9 @@ async def test_restart_reattaches_and_resumes_the_log(world: World) -> None:
     run = world.run(scenario)
     first = k8s_backend.KubernetesBackend(world.settings)
     try:
-        handle, _ = await first.launch(run, world.command(scenario), {"ANTHROPIC_API_KEY": "f"})
+        handle, _ = await first.launch(
+            run, LaunchSpec.of(run.id, world.command(scenario), {"ANTHROPIC_API_KEY": "f"})
+        )
         before: list[Record] = []
         # aclosing: leaving the loop early must close the log stream before the client goes.
         async with asyncio.timeout(120), contextlib.aclosing(handle.records(after=0)) as records:
@@ -349,7 +355,7 @@ async def test_a_run_cannot_write_the_shared_claude_home(
         kubernetes={"credentials": "shared-home"},
     )  # fmt: skip
     run = models.Run(spec=spec)
-    handle, _ = await backend.launch(run, shell(script), {})
+    handle, _ = await backend.launch(run, LaunchSpec.of(run.id, shell(script), {}))
     records = await collect(handle.records(after=0))
     out = [r.data.decode() for r in records if r.kind == "stdout"]
     assert records[-1].exit is not None and records[-1].exit.exit_code == 0, records
@@ -382,7 +388,7 @@ async def test_the_cursor_survives_the_kubelets_log_rotation(
         "done\n"
     )
     run = world.run("p")
-    handle, _ = await backend.launch(run, shell(script), {})
+    handle, _ = await backend.launch(run, LaunchSpec.of(run.id, shell(script), {}))
     live = await collect(handle.records(after=0), timeout=300)
     assert live[-1].exit is not None and live[-1].exit.exit_code == 0, live[-5:]
     cursors = [r.cursor for r in live]

@@ -54,11 +54,13 @@ async def fake_backend() -> AsyncIterator[FakeBackend]:
 
 @pytest.fixture
 def app_client(tmp_path: Path, fake_backend: FakeBackend) -> AppFactory:
-    """``async with app_client() as client``: a fresh app on a shared data dir and backend."""
+    """``async with app_client() as client``: a fresh app on a shared data dir, with a fresh
+    backend object over the same fake agents (as a restarted server has)."""
 
     def factory(**settings: object) -> AbstractAsyncContextManager[httpx.AsyncClient]:
         app = create_app(
-            make_settings(tmp_path / "data", **settings), backends={"local": fake_backend}
+            make_settings(tmp_path / "data", **settings),
+            backends={"local": fake_backend.restarted()},
         )
         return serve_app(app)
 

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agentfarm.agents import claude
+from agentfarm.agents import base, capping, claude, claude_stream
 from agentfarm.agents.base import AgentAdapter, StreamParser
 from agentfarm.domain import models
 from tests.fakes import anthropic_api as fake
@@ -41,7 +41,7 @@ def meta(case: str) -> dict[str, Any]:
     return data
 
 
-def feed(case: str) -> tuple[claude.ClaudeStreamParser, list[models.EventDraft]]:
+def feed(case: str) -> tuple[claude_stream.ClaudeStreamParser, list[models.EventDraft]]:
     parser = claude.ClaudeAdapter().new_parser()
     drafts = [d for line in lines(case) for d in parser.feed_stdout(line)]
     return parser, drafts
@@ -208,7 +208,7 @@ def test_write_and_commit() -> None:
     assert summary.num_turns == 3
     assert summary.usage.input_tokens == result["usage"]["input_tokens"] > 0
     assert summary.saw_result and not summary.result_is_error and summary.result_error is None
-    assert parser.finish(0, None, stopped=False) == claude.Outcome(models.RunStatus.succeeded)
+    assert parser.finish(0, None, stopped=False) == base.Outcome(models.RunStatus.succeeded)
 
 
 def test_followup_turns_accumulate() -> None:
@@ -272,7 +272,7 @@ def test_interrupt_then_stop() -> None:
     assert "control_response" in [s["subtype"] for s in systems]
     assert {"subtype": "user_text", "text": "[Request interrupted by user for tool use]"} in systems
     assert parser.summary.result_is_error
-    assert parser.finish(1, None, stopped=True) == claude.Outcome(models.RunStatus.stopped)
+    assert parser.finish(1, None, stopped=True) == base.Outcome(models.RunStatus.stopped)
     failed = parser.finish(1, None, stopped=False)
     assert failed.status == models.RunStatus.failed
     assert failed.error and "during execution" in failed.error
@@ -294,17 +294,17 @@ def test_interrupt_then_stop() -> None:
     ],
 )
 def test_garbage_becomes_unparsed(line: bytes, reason: str) -> None:
-    parser = claude.ClaudeStreamParser()
+    parser = claude_stream.ClaudeStreamParser()
     (draft,) = parser.feed_stdout(line)
     assert draft.type == "agent.unparsed"
     assert set(draft.data) == UNPARSED_KEYS
     assert draft.data["reason"].startswith(reason)
     assert draft.data["size"] == len(line)
-    assert len(draft.data["line"].encode()) <= claude.MAX_STRING
+    assert len(draft.data["line"].encode()) <= capping.MAX_STRING
 
 
 def test_partial_recorded_line_is_unparsed_and_parsing_continues() -> None:
-    parser = claude.ClaudeStreamParser()
+    parser = claude_stream.ClaudeStreamParser()
     recorded = lines("write-and-commit")
     (partial,) = parser.feed_stdout(recorded[1][:100])
     assert partial.type == "agent.unparsed"
@@ -313,17 +313,17 @@ def test_partial_recorded_line_is_unparsed_and_parsing_continues() -> None:
 
 
 def test_blank_lines_are_ignored() -> None:
-    parser = claude.ClaudeStreamParser()
+    parser = claude_stream.ClaudeStreamParser()
     assert parser.feed_stdout(b"") == [] and parser.feed_stdout(b"  \r") == []
     assert parser.feed_stderr(b"") == []
 
 
 def test_five_megabyte_garbage_line() -> None:
     line = b"x" * (5 * 1024 * 1024)
-    (draft,) = claude.ClaudeStreamParser().feed_stdout(line)
+    (draft,) = claude_stream.ClaudeStreamParser().feed_stdout(line)
     assert draft.type == "agent.unparsed"
     assert draft.data["truncated"] is True and draft.data["size"] == len(line)
-    assert len(draft.data["line"].encode()) <= claude.MAX_STRING
+    assert len(draft.data["line"].encode()) <= capping.MAX_STRING
     assert "truncated" in draft.data["line"][-60:]
 
 
@@ -339,11 +339,11 @@ def test_five_megabyte_tool_result_is_capped() -> None:
         }
     )
     assert len(line) > 5_000_000
-    (draft,) = claude.ClaudeStreamParser().feed_stdout(line)
+    (draft,) = claude_stream.ClaudeStreamParser().feed_stdout(line)
     assert draft.type == "agent.tool_result"
     assert draft.data["truncated"] is True
     assert draft.data["size"] == len(content.encode())
-    assert len(draft.data["content"].encode()) <= claude.MAX_STRING
+    assert len(draft.data["content"].encode()) <= capping.MAX_STRING
     assert draft.data["content"].startswith("éé")
     assert "[truncated: " in draft.data["content"]
 
@@ -368,7 +368,7 @@ def test_tool_result_blocks_are_summarised() -> None:
             },
         }
     )
-    (draft,) = claude.ClaudeStreamParser().feed_stdout(line)
+    (draft,) = claude_stream.ClaudeStreamParser().feed_stdout(line)
     assert draft.data == {
         "id": "t2",
         "is_error": True,
@@ -391,19 +391,19 @@ def test_oversized_tool_input_is_capped_with_a_marker() -> None:
             },
         }
     )
-    (draft,) = claude.ClaudeStreamParser().feed_stdout(line)
+    (draft,) = claude_stream.ClaudeStreamParser().feed_stdout(line)
     assert draft.type == "agent.tool_call"
     capped = draft.data["input"]["content"]
-    assert len(capped.encode()) <= claude.MAX_STRING
+    assert len(capped.encode()) <= capping.MAX_STRING
     assert capped.endswith(f"[truncated: {len(big)} bytes in all]")
 
 
 def test_unknown_types_become_system_events() -> None:
-    parser = claude.ClaudeStreamParser()
+    parser = claude_stream.ClaudeStreamParser()
     (unknown,) = parser.feed_stdout(one_line({"type": "brand_new", "value": 3, "huge": "x" * 5000}))
     assert unknown.type == "agent.system"
     assert unknown.data["subtype"] == "brand_new" and unknown.data["value"] == 3
-    assert len(unknown.data["huge"]) <= claude.MAX_SMALL_FIELD
+    assert len(unknown.data["huge"]) <= claude_stream.MAX_SMALL_FIELD
     retry = {
         "type": "system",
         "subtype": "api_retry",
@@ -444,7 +444,7 @@ def test_unknown_types_become_system_events() -> None:
     ],
 )
 def test_malformed_known_types_never_crash(obj: dict[str, Any]) -> None:
-    parser = claude.ClaudeStreamParser()
+    parser = claude_stream.ClaudeStreamParser()
     drafts = parser.feed_stdout(one_line(obj))
     for draft in drafts:
         json.dumps(draft.data, allow_nan=False)
@@ -452,7 +452,7 @@ def test_malformed_known_types_never_crash(obj: dict[str, Any]) -> None:
 
 
 def test_stderr_lines_are_events_and_feed_the_failure_sentence() -> None:
-    parser = claude.ClaudeStreamParser()
+    parser = claude_stream.ClaudeStreamParser()
     for number in range(8):
         (draft,) = parser.feed_stderr(f"problem {number}\n".encode())
         assert draft == models.EventDraft(
@@ -467,7 +467,7 @@ def test_stderr_lines_are_events_and_feed_the_failure_sentence() -> None:
 
 
 def test_stderr_garbage_is_decoded_with_replacement() -> None:
-    (draft,) = claude.ClaudeStreamParser().feed_stderr(b"bad \xff byte")
+    (draft,) = claude_stream.ClaudeStreamParser().feed_stderr(b"bad \xff byte")
     assert draft.data == {"line": "bad \ufffd byte"}
 
 
@@ -476,7 +476,7 @@ def test_stderr_garbage_is_decoded_with_replacement() -> None:
 
 def test_killed_without_result_names_the_signal_and_the_memory_limit() -> None:
     parser, _ = feed("write-and-commit")
-    fresh = claude.ClaudeStreamParser()
+    fresh = claude_stream.ClaudeStreamParser()
     for line in lines("write-and-commit")[:-1]:  # everything but the result
         fresh.feed_stdout(line)
     outcome = fresh.finish(None, signal.SIGKILL, stopped=False)
@@ -491,8 +491,8 @@ def test_killed_without_result_names_the_signal_and_the_memory_limit() -> None:
 
 
 def test_exit_zero_without_result_fails() -> None:
-    outcome = claude.ClaudeStreamParser().finish(0, None, stopped=False)
-    assert outcome == claude.Outcome(
+    outcome = claude_stream.ClaudeStreamParser().finish(0, None, stopped=False)
+    assert outcome == base.Outcome(
         models.RunStatus.failed, "The agent exited with code 0 without reporting a result."
     )
 
@@ -500,7 +500,7 @@ def test_exit_zero_without_result_fails() -> None:
 def test_lost_and_stopped() -> None:
     parser, _ = feed("write-and-commit")
     assert parser.finish(None, None, stopped=True).status == models.RunStatus.stopped
-    lost = claude.ClaudeStreamParser().finish(None, None, stopped=False, lost=True)
+    lost = claude_stream.ClaudeStreamParser().finish(None, None, stopped=False, lost=True)
     assert lost.status == models.RunStatus.lost
     assert lost.error and lost.error.endswith(".")
 
@@ -511,7 +511,7 @@ def result_line(**fields: Any) -> bytes:
 
 
 def test_latest_result_decides_and_a_later_success_clears_the_error() -> None:
-    parser = claude.ClaudeStreamParser()
+    parser = claude_stream.ClaudeStreamParser()
     parser.feed_stdout(
         result_line(is_error=True, api_error_status=401, result="API Error: 401 bad key")
     )
@@ -526,7 +526,7 @@ def test_latest_result_decides_and_a_later_success_clears_the_error() -> None:
 
 def test_cost_of_a_restarted_process_adds_up() -> None:
     # A resumed agent is a new process whose cumulative cost starts again from zero.
-    parser = claude.ClaudeStreamParser()
+    parser = claude_stream.ClaudeStreamParser()
     parser.feed_stdout(result_line(total_cost_usd=0.5, num_turns=2))
     parser.feed_stdout(result_line(total_cost_usd=0.75, num_turns=1))
     parser.feed_stdout(result_line(total_cost_usd=0.25, num_turns=1))
@@ -535,7 +535,7 @@ def test_cost_of_a_restarted_process_adds_up() -> None:
 
 
 def test_overloaded_and_other_errors_have_hints() -> None:
-    parser = claude.ClaudeStreamParser()
+    parser = claude_stream.ClaudeStreamParser()
     parser.feed_stdout(
         result_line(is_error=True, api_error_status=529, api_error_type="overloaded_error")
     )
@@ -567,7 +567,7 @@ known_types = st.sampled_from(["system", "assistant", "user", "result", "control
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.binary(max_size=200), max_size=8))
 def test_fuzz_random_bytes(chunks: list[bytes]) -> None:
-    parser = claude.ClaudeStreamParser()
+    parser = claude_stream.ClaudeStreamParser()
     for chunk in chunks:
         for draft in parser.feed_stdout(chunk) + parser.feed_stderr(chunk):
             json.dumps(draft.data, allow_nan=False)
@@ -585,7 +585,7 @@ def test_fuzz_shaped_objects_are_deterministic(objs: list[tuple[str, dict[str, A
     raw = [one_line({**body, "type": kind}) for kind, body in objs]
     replays = []
     for _ in range(2):
-        parser = claude.ClaudeStreamParser()
+        parser = claude_stream.ClaudeStreamParser()
         drafts = [d for line in raw for d in parser.feed_stdout(line)]
         for draft in drafts:
             json.dumps(draft.data, allow_nan=False)

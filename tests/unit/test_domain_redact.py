@@ -8,12 +8,12 @@ import json
 
 import pytest
 
-from agentfarm.agents import claude
+from agentfarm.agents import capping
 from agentfarm.agents.claude import ClaudeAdapter
 from agentfarm.backends.base import Record
 from agentfarm.domain import redact
 from agentfarm.domain.redact import Redactor
-from agentfarm.supervisor import runs
+from agentfarm.supervisor import events
 
 KEY = "sk-ant-api03-abcdefghijklmnop"
 TOKEN = "oauth-token-0123456789"
@@ -159,10 +159,10 @@ def test_an_agent_line_with_escaped_secret_is_masked_after_parsing() -> None:
 def test_a_secret_cut_by_the_size_cap_shows_none_of_itself() -> None:
     # What the supervisor does with one stderr record: mask the raw line, parse it, then mask
     # the event's data (the parser's cap can no longer cut a secret in two).
-    line = ("x" * (claude.MAX_STRING - 50) + KEY + "y" * 200).encode()
+    line = ("x" * (capping.MAX_STRING - 50) + KEY + "y" * 200).encode()
     redactor = Redactor({"K": KEY})
     record = Record(1, "stderr", line)
-    drafts = runs._translate(ClaudeAdapter().new_parser(), record, redactor)
+    drafts = events.translate(ClaudeAdapter().new_parser(), record, redactor)
     masked = json.dumps([redactor.data(d.data) for d in drafts])
     assert "truncated" in masked  # the cap did cut this line
     assert KEY[: len(KEY) // 2] not in masked

@@ -9,7 +9,7 @@ from agentfarm.backends.local import spool
 from agentfarm.cli import event_text
 from agentfarm.domain import models
 from agentfarm.domain.redact import Redactor
-from agentfarm.supervisor import runs
+from agentfarm.supervisor import events
 from agentfarm.web import event_html
 
 
@@ -18,15 +18,15 @@ def test_egress_frames_become_denial_events() -> None:
     frame = spool.encode("egress", json.dumps(body).encode())[0]
     [record], _ = spool.parse(frame, 0)
     assert record.kind == "egress"
-    [draft] = runs._translate(None, record, Redactor())  # type: ignore[arg-type]  # no parser needed
+    [draft] = events.translate(None, record, Redactor())  # type: ignore[arg-type]  # no parser needed
     assert draft.type == models.EventType.sandbox_egress_denied == "sandbox.egress_denied"
     assert draft.data == body
 
 
 def test_a_garbled_report_still_says_something() -> None:
-    draft = runs.egress_event(b"not json")
+    draft = events.egress_event(b"not json")
     assert draft.type == "sandbox.egress_denied" and draft.data == {"reason": "not json"}
-    draft = runs.egress_event(json.dumps({"host": "h", "port": 1, "secret": "x"}).encode())
+    draft = events.egress_event(json.dumps({"host": "h", "port": 1, "secret": "x"}).encode())
     assert draft.data == {"host": "h", "port": 1}
 
 

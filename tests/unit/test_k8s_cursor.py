@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 
 from agentfarm.backends.base import Record
-from agentfarm.backends.kubernetes import backend as k8s_backend
+from agentfarm.backends.kubernetes import handle as k8s_handle
 
 POD = {
     "metadata": {"name": "agentfarm-run-r1", "resourceVersion": "1"},
@@ -61,8 +61,8 @@ class RotatingLog:
 
 
 async def records(api: RotatingLog, after: int = 0) -> list[Record]:
-    state = k8s_backend._RunState("ns", "agentfarm-run-r1")
-    handle = k8s_backend.KubernetesHandle("r1", api, state)  # type: ignore[arg-type]
+    state = k8s_handle.RunState("ns", "agentfarm-run-r1")
+    handle = k8s_handle.KubernetesHandle("r1", api, state)  # type: ignore[arg-type]
     return [r async for r in handle.records(after=after)]
 
 
@@ -111,7 +111,7 @@ async def test_a_follow_that_goes_quiet_is_reopened_from_shortly_before_the_last
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # The kubelet rotated the file under a running follow, which then brings nothing more.
-    monkeypatch.setattr(k8s_backend, "QUIET_REOPEN_SECONDS", 0.05)
+    monkeypatch.setattr(k8s_handle, "QUIET_REOPEN_SECONDS", 0.05)
     old = [line(n) for n in range(1, 4)]
     new = [line(n) for n in range(4, 7)]
     api = RotatingLog([(old, "stalled"), (new, "end")])
@@ -119,4 +119,4 @@ async def test_a_follow_that_goes_quiet_is_reopened_from_shortly_before_the_last
     assert [seq for seq, _, _ in body(found)] == [1, 2, 3, 4, 5, 6]
     assert not [r for r in found if r.kind == "notice"]
     follow, since = api.calls[1]
-    assert follow and since is not None and since >= k8s_backend.SINCE_MARGIN_SECONDS
+    assert follow and since is not None and since >= k8s_handle.SINCE_MARGIN_SECONDS

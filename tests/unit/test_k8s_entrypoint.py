@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from agentfarm.agents.base import AgentCommand
 from agentfarm.backends.kubernetes import config, manifests
 from agentfarm.domain import models
+from agentfarm.domain.launch import AgentCommand, LaunchSpec
 from agentfarm.settings import Settings
 from tests import realparts
 from tests.fakes import git_http
@@ -193,8 +193,8 @@ def pod_env(run: models.Run, secrets: dict[str, str], tmp_path: Path) -> dict[st
     Secret (secretKeyRefs resolved), with the pod's paths moved under ``tmp_path``."""
     command = AgentCommand(argv=["claude"], env={}, stdin=b"x\n", close_stdin_after=())
     cfg = config.resolve(run.spec, Settings(k8s_image="agent:1"))
-    secret = manifests.build_secret(run, command, secrets, cfg)
-    pod = manifests.build_pod(run, command, secrets, cfg)
+    secret = manifests.build_secret(run, LaunchSpec.of(run.id, command, secrets), cfg)
+    pod = manifests.build_pod(run, LaunchSpec.of(run.id, command, secrets), cfg)
     data = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
     env = {"PATH": os.environ["PATH"]}
     for item in pod["spec"]["containers"][0]["env"]:

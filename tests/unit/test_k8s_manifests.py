@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from agentfarm.agents.base import AgentCommand
 from agentfarm.backends.kubernetes import config, manifests
 from agentfarm.domain import backend_config, errors, models
+from agentfarm.domain.launch import AgentCommand, LaunchSpec
 from agentfarm.settings import Settings
 
 SECRETS = {"CLAUDE_CODE_OAUTH_TOKEN": "sk-oauth-secret", "GITHUB_TOKEN": "ghp_secret"}
@@ -36,7 +36,7 @@ def env_of(container: dict[str, object]) -> dict[str, object]:
 
 def test_no_secret_value_in_pod_spec() -> None:
     run, command, cfg = make()
-    pod = json.dumps(manifests.build_pod(run, command, SECRETS, cfg))
+    pod = json.dumps(manifests.build_pod(run, LaunchSpec.of(run.id, command, SECRETS), cfg))
     for value in SECRETS.values():
         assert value not in pod
     assert "do it" not in pod
@@ -45,7 +45,7 @@ def test_no_secret_value_in_pod_spec() -> None:
 
 def test_secret_holds_credentials_and_stdin() -> None:
     run, command, cfg = make()
-    secret = manifests.build_secret(run, command, SECRETS, cfg)
+    secret = manifests.build_secret(run, LaunchSpec.of(run.id, command, SECRETS), cfg)
     data = {k: base64.b64decode(v) for k, v in secret["data"].items()}
     assert data[manifests.STDIN_KEY] == command.stdin
     assert data["GITHUB_TOKEN"] == b"ghp_secret"
@@ -54,7 +54,7 @@ def test_secret_holds_credentials_and_stdin() -> None:
 
 def test_pod_is_hardened() -> None:
     run, command, cfg = make()
-    spec = manifests.build_pod(run, command, SECRETS, cfg)["spec"]
+    spec = manifests.build_pod(run, LaunchSpec.of(run.id, command, SECRETS), cfg)["spec"]
     assert spec["automountServiceAccountToken"] is False
     assert spec["restartPolicy"] == "Never"
     assert spec["securityContext"]["runAsNonRoot"] is True
@@ -71,7 +71,9 @@ def test_pod_is_hardened() -> None:
 
 def test_git_token_goes_to_git_not_to_the_agent_env() -> None:
     run, command, cfg = make()
-    pod = manifests.build_pod(run, command, SECRETS | {"FORGEJO_TOKEN": "fj"}, cfg)
+    pod = manifests.build_pod(
+        run, LaunchSpec.of(run.id, command, SECRETS | {"FORGEJO_TOKEN": "fj"}), cfg
+    )
     agent = pod["spec"]["containers"][0]
     env = env_of(agent)
     rules = json.loads(env["AGENTFARM_GIT_CREDENTIALS"])  # type: ignore[arg-type]
@@ -119,11 +121,11 @@ def test_the_runs_secret_holds_only_the_token_for_its_repository(
         "GIT_TOKEN_GIT_LAN": "tok_5",
     }
     secrets = {"ANTHROPIC_API_KEY": "sk-ant-1", **tokens}
-    data = manifests.build_secret(run, command, secrets, cfg)["data"]
+    data = manifests.build_secret(run, LaunchSpec.of(run.id, command, secrets), cfg)["data"]
     held = {k for k in data if k in tokens}
     assert held == ({token} if token else set())
     assert "ANTHROPIC_API_KEY" in data
-    pod = json.dumps(manifests.build_pod(run, command, secrets, cfg))
+    pod = json.dumps(manifests.build_pod(run, LaunchSpec.of(run.id, command, secrets), cfg))
     for value in secrets.values():
         assert value not in pod
 
@@ -136,7 +138,7 @@ def test_scheduling_and_runtime_settings() -> None:
         service_account="agent",
         resources={"limits": {"cpu": "1", "memory": "2Gi"}, "requests": {"memory": "1Gi"}},
     )
-    spec = manifests.build_pod(run, command, {}, cfg)["spec"]
+    spec = manifests.build_pod(run, LaunchSpec.of(run.id, command, {}), cfg)["spec"]
     assert spec["runtimeClassName"] == "kata-fc"
     assert spec["nodeSelector"] == {"agentfarm.dev/pool": "agents"}
     assert spec["tolerations"] == [{"operator": "Exists", "key": "agents", "effect": "NoSchedule"}]
@@ -151,7 +153,7 @@ def test_shared_home_is_mounted_read_only_beside_the_pods_own_home() -> None:
     """Item 2b: no run can write the shared ~/.claude (hooks in settings.json would run in
     every later run); the entrypoint copies only its credentials file into the pod's HOME."""
     run, command, cfg = make(credentials="shared-home")
-    pod = manifests.build_pod(run, command, SECRETS, cfg)
+    pod = manifests.build_pod(run, LaunchSpec.of(run.id, command, SECRETS), cfg)
     agent = pod["spec"]["containers"][0]
     assert "CLAUDE_CODE_OAUTH_TOKEN" not in env_of(agent)
     assert env_of(agent)["AGENTFARM_SHARED_CLAUDE"] == manifests.SHARED_CLAUDE

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from agentfarm.backends.kubernetes import status
-from agentfarm.backends.kubernetes.backend import parse_line
+from agentfarm.backends.kubernetes.handle import parse_line
 
 
 def pod(phase: str = "Pending", *, node: str | None = "n1", **st: Any) -> dict[str, Any]:

@@ -149,7 +149,7 @@ def test_serve_logs_the_isolation_without_root(
 
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     with caplog.at_level(logging.WARNING, logger="agentfarm.web.app"):
-        app.default_backends(Settings(data_dir=tmp_path), app.default_adapters())
+        app.default_backends(Settings(data_dir=tmp_path))
     # Each line the backend says about its isolation is logged once, as the log's argument:
     # the uid it shares, then the limits (none, or the delegated subtree's).
     lines = hostinfo.startup_lines()

@@ -2,65 +2,85 @@ from __future__ import annotations
 
 import json
 
-from agentfarm.backends.local import egress, git, monitor
+from agentfarm.backends.local import egress, git, lines, monitor_launch, monitor_spec, sandbox
+from agentfarm.domain import launch
 
 
 def test_line_type_cheap_and_full() -> None:
-    assert monitor.line_type(b'{"type":"result","x":1}') == "result"
-    assert monitor.line_type(b'{"subtype":"x", "type": "result"}') == "result"
-    assert monitor.line_type(b"not json") is None
-    assert monitor.line_type(b"{broken") is None
-    assert monitor.line_type(b"[1]") is None
+    assert lines.line_type(b'{"type":"result","x":1}') == "result"
+    assert lines.line_type(b'{"subtype":"x", "type": "result"}') == "result"
+    assert lines.line_type(b"not json") is None
+    assert lines.line_type(b"{broken") is None
+    assert lines.line_type(b"[1]") is None
 
 
 def test_splitter_lines_and_overlong_pieces() -> None:
-    splitter = monitor.LineSplitter(limit=4)
+    splitter = lines.LineSplitter(limit=4)
     assert splitter.feed(b"ab\ncd") == [b"ab"]
     # A line that arrives whole is one line; the spool splits frames over 64 MiB itself.
     assert splitter.feed(b"efgh\n") == [b"cdefgh"]
-    splitter = monitor.LineSplitter(limit=4)
+    splitter = lines.LineSplitter(limit=4)
     assert splitter.feed(b"abcdefghij") == [b"abcd", b"efgh"]
     assert splitter.feed(b"\n") == [b"ij"]
     assert splitter.feed(b"tail") == [b"tail"]
-    splitter = monitor.LineSplitter(limit=100)
+    splitter = lines.LineSplitter(limit=100)
     splitter.feed(b"partial")
     assert splitter.flush() == [b"partial"]
 
 
-def spec(**overrides: object) -> monitor.Spec:
+COMMAND = launch.AgentCommand(argv=["agent", "--flag"], env={"K": "v"})
+CREDENTIALS = {"ANTHROPIC_API_KEY": "sk-test"}
+
+
+def spec(**overrides: object) -> monitor_spec.MonitorSpec:
     raw: dict[str, object] = {
-        "run_dir": "/d/runs/r", "mode": "bwrap", "argv": ["/opt/a/agent"], "env": {"K": "v"},
-        "stdin": "", "workspace": "/d/runs/r/workspace", "home": "/d/runs/r/home",
+        "run_dir": "/d/runs/r", "mode": "bwrap", "program": "/opt/a/agent",
+        "launch": launch.LaunchSpec.of("r", COMMAND, CREDENTIALS).to_json(),
+        "workspace": "/d/runs/r/workspace", "home": "/d/runs/r/home",
         "passwd": "/d/runs/r/etc/passwd", "group": "/d/runs/r/etc/group", "network": False,
         "limits": {}, "cgroup_name": "r", "binds": [["/opt/a", "/opt/a", False]],
     }  # fmt: skip
     raw.update(overrides)
-    return monitor.Spec.from_json(json.loads(json.dumps(raw)))
+    return monitor_spec.MonitorSpec.from_json(json.loads(json.dumps(raw)))
+
+
+def test_the_spec_carries_the_launch_spec_across_unchanged() -> None:
+    command = launch.AgentCommand(
+        argv=["claude", "-p"], env={"A": "b"}, stdin=b"\x00hi\n", close_stdin_after=("result",),
+        interrupt=b"stop\n", followup=launch.Followup(b'{"t": ', b"}\n"),
+    )  # fmt: skip
+    sent = launch.LaunchSpec.of("0123456789ab", command, CREDENTIALS)
+    got = spec(launch=sent.to_json()).launch
+    assert got == sent
+    assert got.branch == "agentfarm/0123456789ab" and got.credentials == CREDENTIALS
+    assert got.command.followup is not None
+    assert got.command.followup.encode('say "hi"') == b'{"t": "say \\"hi\\""}\n'
+    assert "sk-test" not in repr(got)
 
 
 def test_root_launch_binds_staged_paths() -> None:
-    argv, cwd, sources, env = monitor.build_launch(spec(uid=61000, gid=61000), 9)
+    argv, cwd, sources, env = monitor_launch.build_launch(spec(uid=61000, gid=61000), 9)
     assert sources == ["/d/runs/r/workspace", "/d/runs/r/home", "/d/runs/r/etc/passwd",
                        "/d/runs/r/etc/group", "/opt/a"]  # fmt: skip
     assert argv[0] == "setpriv"
     assert cwd is None
-    assert env == {"K": "v"}
+    assert env == sandbox.agent_env({"K": "v"}, CREDENTIALS, home=sandbox.HOME)
     i = argv.index("/workspace")
     assert argv[i - 2 : i] == ["--bind", "/tmp/af-0"]
     assert argv[argv.index("/tmp/af-4") - 1 :][:3] == ["--ro-bind", "/tmp/af-4", "/opt/a"]
 
 
 def test_unprivileged_launch_binds_host_paths() -> None:
-    argv, _, sources, _ = monitor.build_launch(spec(), 9)
+    argv, _, sources, _ = monitor_launch.build_launch(spec(), 9)
     assert sources == []
     assert argv[0] == "bwrap"
     assert "/d/runs/r/workspace" in argv
 
 
 def test_unsandboxed_launch_runs_in_the_workspace() -> None:
-    argv, cwd, _sources, env = monitor.build_launch(spec(mode="none", uid=5, gid=5), 9)
+    argv, cwd, _sources, env = monitor_launch.build_launch(spec(mode="none", uid=5, gid=5), 9)
     assert "bwrap" not in argv
-    assert argv[-1] == "/opt/a/agent"
+    assert argv[-2:] == ["/opt/a/agent", "--flag"]
     assert cwd == "/d/runs/r/workspace"
     assert env["HOME"] == "/d/runs/r/home"
 
@@ -79,16 +99,19 @@ def test_allowlist_as_root_runs_bwrap_in_the_launchers_own_namespace() -> None:
     # must not make another one.
     s = spec(uid=61000, gid=61000, network="allowlist")
     assert s.via_netns and not s.via_bridge
-    argv, _, sources, _ = monitor.build_launch(s, 9)
+    argv, _, sources, env = monitor_launch.build_launch(s, 9)
     assert "--unshare-net" not in argv and egress.SANDBOX_SOCKET not in argv
-    assert argv[-2:] == ["--", "/opt/a/agent"]
+    assert argv[-3:] == ["--", "/opt/a/agent", "--flag"]
     assert egress.BRIDGE not in sources
+    # The agent reaches out through the proxy: its variables are in the environment.
+    base = sandbox.agent_env({"K": "v"}, CREDENTIALS, home=sandbox.HOME)
+    assert env == {**base, **egress.proxy_env()}
 
 
 def test_allowlist_through_the_bridge_isolates_the_network() -> None:
     s = spec(uid=61000, gid=61000, network="allowlist", egress_via="bridge")
     assert s.via_bridge and spec(network="allowlist").via_bridge  # not root: always the bridge
-    argv, _, sources, _ = monitor.build_launch(s, 9)
+    argv, _, sources, _ = monitor_launch.build_launch(s, 9)
     assert "--unshare-net" in argv
     assert sources[-2:] == ["/d/runs/r/egress.sock", egress.BRIDGE]
     socket_bind = argv.index(egress.SANDBOX_SOCKET)
@@ -96,13 +119,13 @@ def test_allowlist_through_the_bridge_isolates_the_network() -> None:
     command = argv[argv.index("--", argv.index("--json-status-fd")) + 1 :]
     port = str(egress.SANDBOX_PORT)
     assert command == ["/usr/bin/python3", "-S", "-I", egress.SANDBOX_BRIDGE,
-                       egress.SANDBOX_SOCKET, port, "--", "/opt/a/agent"]  # fmt: skip
+                       egress.SANDBOX_SOCKET, port, "--", "/opt/a/agent", "--flag"]  # fmt: skip
 
 
 def test_network_policies_none_and_open() -> None:
-    argv, _, sources, _ = monitor.build_launch(spec(network="none"), 9)
+    argv, _, sources, _ = monitor_launch.build_launch(spec(network="none"), 9)
     assert "--unshare-net" in argv and egress.SANDBOX_SOCKET not in argv
-    argv, _, _, _ = monitor.build_launch(spec(network="open"), 9)
+    argv, _, _, _ = monitor_launch.build_launch(spec(network="open"), 9)
     assert "--unshare-net" not in argv and egress.SANDBOX_SOCKET not in argv
     assert sources == []
     # A spec with the old boolean still means what it meant.

@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 
-from agentfarm.agents.base import AgentCommand
 from agentfarm.agents.claude import ClaudeAdapter
 from agentfarm.backends import fake
 from agentfarm.backends.base import ExitInfo
 from agentfarm.backends.fake import FakeBackend, Step
 from agentfarm.domain import errors, models
+from agentfarm.domain.launch import AgentCommand, LaunchSpec
 from agentfarm.store import Store
 from agentfarm.store.secrets import SecretStore
 from agentfarm.supervisor.runs import Supervisor
@@ -50,13 +50,15 @@ async def backend() -> AsyncIterator[FakeBackend]:
 async def supervisors(
     tmp_path: Path, store: Store, backend: FakeBackend
 ) -> AsyncIterator[Callable[..., Supervisor]]:
-    """``supervisors(**settings)``: a new supervisor (a server start) on the same store."""
+    """``supervisors(on=None, **settings)``: a new supervisor (a server start) on the same
+    store, on ``backend`` or ``on`` (a restarted object over the same agents)."""
     made: list[Supervisor] = []
 
-    def make(**extra: object) -> Supervisor:
+    def make(on: FakeBackend | None = None, **extra: object) -> Supervisor:
         settings = make_settings(tmp_path / "data", **extra)
         secrets = SecretStore(settings.secrets_path)
-        sup = Supervisor(settings, store, secrets, {"local": backend}, {"claude": ClaudeAdapter()})
+        backends = {"local": on or backend}
+        sup = Supervisor(settings, store, secrets, backends, {"claude": ClaudeAdapter()})
         made.append(sup)
         return sup
 
@@ -157,8 +159,8 @@ async def test_reattach_records_running_start_time_and_workspace(
     # The server died after the backend launched the agent, before it recorded `running`.
     run = models.Run(spec=spec(), status=models.RunStatus.starting, branch="agentfarm/x")
     await store.create_run(run)
-    await backend.launch(run, AgentCommand(argv=["claude"], env={}), {})
-    sup = supervisors()
+    await backend.launch(run, LaunchSpec.of(run.id, AgentCommand(argv=["claude"], env={}), {}))
+    sup = supervisors(backend.restarted())
     await sup.start()
 
     async def running() -> bool:
@@ -190,7 +192,8 @@ async def test_a_stop_during_reattach_is_honoured(
     await until(running)
     await first.close()  # the control plane goes away; the agent keeps working
 
-    real_attach = backend.attach
+    restarted = backend.restarted()
+    real_attach = restarted.attach
     attaching, gate = asyncio.Event(), asyncio.Event()
 
     async def attach(r: models.Run) -> Any:
@@ -198,8 +201,8 @@ async def test_a_stop_during_reattach_is_honoured(
         await gate.wait()
         return await real_attach(r)
 
-    monkeypatch.setattr(backend, "attach", attach)
-    second = supervisors()
+    monkeypatch.setattr(restarted, "attach", attach)
+    second = supervisors(restarted)
     await second.start()
     async with asyncio.timeout(GUARD):
         await attaching.wait()
@@ -514,9 +517,10 @@ async def test_an_agent_killed_for_memory_fails_naming_the_limit_to_raise(
     done = await ended(store, run.id)
     assert done.status is models.RunStatus.failed
     assert done.exit_code is None
-    memory = run.spec.sandbox.memory_mb
+    memory = run.spec.backend.sandbox.memory_mb
     assert done.error == (
-        f"the agent ran out of memory (limit {memory} MiB) and was killed; raise sandbox.memory_mb"
+        f"the agent ran out of memory (limit {memory} MiB) and was killed; "
+        "raise backend.sandbox.memory_mb"
     )
     events = await store.list_events(run.id)
     assert events[-1].data == {"status": "failed", "error": done.error}
@@ -559,3 +563,28 @@ async def test_a_failed_launch_masks_credentials_from_the_environment_too(
     done = await ended(store, run.id)
     assert done.status is models.RunStatus.failed
     assert done.error == "the sandbox would not start (key [redacted:ANTHROPIC_API_KEY])"
+
+
+async def test_the_launch_spec_is_built_once_and_follow_ups_use_its_command(
+    tmp_path: Path, store: Store, backend: FakeBackend, supervisors: Callable[..., Supervisor]
+) -> None:
+    sup = supervisors()
+    run = await sup.submit(spec())
+    await sup.start()
+
+    async def running() -> bool:
+        return (await store.get_run(run.id)).status is models.RunStatus.running
+
+    await until(running)
+    sent = backend.world.launches[run.id]
+    assert (sent.run_id, sent.branch) == (run.id, run.branch)
+    # The adapter names the binary; the backend resolves it.
+    assert sent.command.argv[0] == "claude"
+    assert sent.command.interrupt and sent.command.followup is not None
+    key = make_settings(tmp_path).anthropic_api_key
+    assert key is not None
+    assert dict(sent.credentials) == {"ANTHROPIC_API_KEY": key.get_secret_value()}
+    await sup.send(run.id, "and the tests")
+    assert backend.runs[run.id].stdin == [sent.command.followup.encode("and the tests")]
+    await sup.stop_run(run.id)
+    assert (await ended(store, run.id)).status is models.RunStatus.stopped

@@ -1,6 +1,7 @@
 """The interface every agent CLI adapter implements.
 
-An adapter turns an :class:`~agentfarm.domain.models.AgentSpec` into a command line and
+An adapter turns an :class:`~agentfarm.domain.models.AgentSpec` into an
+:class:`~agentfarm.domain.launch.AgentCommand` (everything agent-specific about a launch) and
 turns the CLI's output, line by line, into normalized events. It does no I/O, so it is
 unit-tested on recorded lines, and a parser can be replayed over a spool to rebuild its state
 after a restart (it must be deterministic).
@@ -11,19 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from agentfarm.domain import models
-
-
-@dataclass(frozen=True)
-class AgentCommand:
-    """What a backend executes: argv, extra environment and the first bytes for stdin."""
-
-    argv: list[str]
-    env: dict[str, str]
-    stdin: bytes = b""
-    #: Close the agent's stdin after the first stdout line whose top-level ``type`` is one of
-    #: these (the agent has answered and nothing else is queued): the process then exits.
-    close_stdin_after: tuple[str, ...] = ()
+from agentfarm.domain import launch, models
 
 
 @dataclass
@@ -66,21 +55,15 @@ class StreamParser(Protocol):
 class AgentAdapter(Protocol):
     name: str
 
-    def build_command(self, spec: models.AgentSpec, *, binary: str) -> AgentCommand:
-        """The command for ``spec``. Credentials are not in it: the supervisor passes them to
-        the backend separately as secrets (a Kubernetes Secret, a pipe to the local monitor)."""
+    def build_command(self, spec: models.AgentSpec) -> launch.AgentCommand:
+        """Everything agent-specific about a launch: argv (the binary's name first; the backend
+        resolves it), environment, first stdin bytes, how to send a follow-up and how to
+        interrupt. Credentials are not in it: the supervisor resolves them and puts them in
+        the launch spec beside the command."""
         ...
 
     def credential_names(self) -> tuple[str, ...]:
         """Environment variables this agent takes credentials from, in order of preference."""
-        ...
-
-    def followup(self, text: str) -> bytes:
-        """Bytes for stdin that send a follow-up user message."""
-        ...
-
-    def interrupt(self) -> bytes:
-        """Bytes for stdin that ask the agent to stop what it is doing."""
         ...
 
     def new_parser(self) -> StreamParser: ...

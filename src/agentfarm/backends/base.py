@@ -13,8 +13,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from agentfarm.agents.base import AgentCommand
-from agentfarm.domain import models
+from agentfarm.domain import launch, models
 
 #: ``egress``: a connection the sandbox's egress proxy refused (JSON: host, port, reason).
 RecordKind = Literal["stdout", "stderr", "notice", "started", "exit", "egress"]
@@ -77,9 +76,11 @@ class Backend(Protocol):
     name: str
 
     async def launch(
-        self, run: models.Run, command: AgentCommand, secrets: dict[str, str]
+        self, run: models.Run, spec: launch.LaunchSpec
     ) -> tuple[RunHandle, LaunchInfo]:
-        """Prepare a workspace and start the agent; raise LaunchError with a clear message."""
+        """Prepare a workspace and start ``spec``'s command (resolving its binary) with its
+        credentials; raise LaunchError with a clear message. ``run`` carries the repository
+        and this backend's settings (``run.spec.backend``)."""
         ...
 
     async def attach(self, run: models.Run) -> tuple[RunHandle, LaunchInfo]:

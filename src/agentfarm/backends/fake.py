@@ -1,9 +1,10 @@
 """An in-memory backend for tests of everything above the backends.
 
-It "runs" a scripted list of output lines instead of a process. Records live in the
-backend object, so a second supervisor given the same backend can attach to a run that
-the first one started, as after a control-plane restart. The conformance suite in
-tests/unit/test_backend_conformance.py runs against it and the real backends.
+It "runs" a scripted list of output lines instead of a process. The agents and their
+records live in a :class:`FakeWorld`, the stand-in for the machine: :meth:`FakeBackend.restarted`
+gives a fresh backend object over the same world, as a restarted control plane makes a new
+backend that finds the agents still running. The conformance suite in
+tests/integration/test_backend_conformance.py runs against it and the real backends.
 """
 
 from __future__ import annotations
@@ -13,9 +14,8 @@ import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
-from agentfarm.agents.base import AgentCommand
 from agentfarm.backends.base import ExitInfo, LaunchInfo, Record, RecordKind
-from agentfarm.domain import errors, models
+from agentfarm.domain import errors, launch, models
 
 
 @dataclass(frozen=True)
@@ -26,10 +26,10 @@ class Step:
     exit: ExitInfo | None = None
 
 
-Script = Callable[[models.Run, AgentCommand], list[Step]]
+Script = Callable[[models.Run, launch.AgentCommand], list[Step]]
 
 
-def claude_like_script(run: models.Run, command: AgentCommand) -> list[Step]:
+def claude_like_script(run: models.Run, command: launch.AgentCommand) -> list[Step]:
     """A short, successful Claude-Code-shaped conversation echoing the prompt."""
     session = f"fake-session-{run.id}"
     lines: list[dict[str, object]] = [
@@ -104,30 +104,76 @@ class FakeHandle:
         self._state.output_discarded = True
 
 
+@dataclass
+class FakeWorld:
+    """What outlives a control plane: the scripted agents, and what each was launched with
+    (for tests to look at)."""
+
+    script: Script
+    runs: dict[str, _FakeRun] = field(default_factory=dict)
+    #: What each run was launched with, as the supervisor built it.
+    launches: dict[str, launch.LaunchSpec] = field(default_factory=dict)
+    #: Ids of the runs ``cleanup`` was called for, in order.
+    cleaned: list[str] = field(default_factory=list)
+    fail_launch: str | None = None
+
+
 class FakeBackend:
     name = "fake"
 
-    def __init__(self, script: Script = claude_like_script) -> None:
-        self.script = script
-        self.runs: dict[str, _FakeRun] = {}
-        self.commands: dict[str, AgentCommand] = {}
-        self.secrets: dict[str, dict[str, str]] = {}
-        self.fail_launch: str | None = None
-        #: Ids of the runs ``cleanup`` was called for, in order.
-        self.cleaned: list[str] = []
+    def __init__(
+        self, script: Script = claude_like_script, *, world: FakeWorld | None = None
+    ) -> None:
+        self.world = world or FakeWorld(script)
+
+    def restarted(self) -> FakeBackend:
+        """A new backend object over the same agents, as after a control-plane restart."""
+        return FakeBackend(world=self.world)
+
+    # The world, seen from any of its backend objects.
+    @property
+    def script(self) -> Script:
+        return self.world.script
+
+    @script.setter
+    def script(self, value: Script) -> None:
+        self.world.script = value
+
+    @property
+    def fail_launch(self) -> str | None:
+        return self.world.fail_launch
+
+    @fail_launch.setter
+    def fail_launch(self, value: str | None) -> None:
+        self.world.fail_launch = value
+
+    @property
+    def runs(self) -> dict[str, _FakeRun]:
+        return self.world.runs
+
+    @property
+    def cleaned(self) -> list[str]:
+        return self.world.cleaned
+
+    @property
+    def commands(self) -> dict[str, launch.AgentCommand]:
+        return {run_id: spec.command for run_id, spec in self.world.launches.items()}
+
+    @property
+    def secrets(self) -> dict[str, dict[str, str]]:
+        return {run_id: dict(spec.credentials) for run_id, spec in self.world.launches.items()}
 
     async def launch(
-        self, run: models.Run, command: AgentCommand, secrets: dict[str, str]
+        self, run: models.Run, spec: launch.LaunchSpec
     ) -> tuple[FakeHandle, LaunchInfo]:
         if self.fail_launch:
             raise errors.LaunchError(self.fail_launch)
         state = _FakeRun()
         self.runs[run.id] = state
-        self.commands[run.id] = command
-        self.secrets[run.id] = dict(secrets)
-        state.task = asyncio.create_task(self._play(state, self.script(run, command)))
+        self.world.launches[run.id] = spec
+        state.task = asyncio.create_task(self._play(state, self.script(run, spec.command)))
         return FakeHandle(run.id, state), LaunchInfo(
-            branch=f"agentfarm/{run.id}", workspace=f"/fake/{run.id}"
+            branch=spec.branch, workspace=f"/fake/{run.id}"
         )
 
     async def _play(self, state: _FakeRun, steps: list[Step]) -> None:
@@ -144,7 +190,7 @@ class FakeBackend:
             state = _FakeRun()
             state.append("exit", exit=ExitInfo(exit_code=None, lost=True, error="unknown run"))
             self.runs[run.id] = state
-        info = LaunchInfo(branch=f"agentfarm/{run.id}", workspace=f"/fake/{run.id}")
+        info = LaunchInfo(branch=launch.branch_name(run.id), workspace=f"/fake/{run.id}")
         return FakeHandle(run.id, state), info
 
     def lose(self, run_id: str) -> None:

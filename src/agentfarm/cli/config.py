@@ -101,7 +101,11 @@ def config_ls(as_json: console.JsonFlag = False) -> None:
     table = Table("name", "repo", "model", "backend", "prompt", box=None)
     for cfg in configs:
         table.add_row(
-            cfg["name"], cfg["repo"], cfg.get("model") or "-", cfg["backend"], cfg["prompt"][:50]
+            cfg["name"],
+            cfg["repo"],
+            cfg.get("model") or "-",
+            cfg["backend"]["type"],
+            cfg["prompt"][:50],
         )
     console.out.print(table)
 

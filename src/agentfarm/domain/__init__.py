@@ -1,1 +1,2 @@
-"""Domain models: pure pydantic types shared by every layer. No I/O here."""
+"""Domain: the nouns every layer shares (pydantic models, backend configs), the launch spec
+(standard library only, for the monitor) and the error hierarchy. No I/O here."""

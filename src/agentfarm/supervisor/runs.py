@@ -1,72 +1,34 @@
 """The supervisor: owns every run from ``queued`` to a terminal status.
 
-One ingest task per active run reads the backend's records, turns them into events with the
-agent adapter, and stores events and the backend cursor in one transaction before publishing
-them. After a restart the parser is rebuilt by replaying records up to the stored cursor
-without storing them again, so no event is lost or doubled.
+A launch, in one shape: the dispatcher (``dispatch``) takes a queued run; the supervisor
+resolves its credentials once (``credentials``), has the agent's adapter build the command,
+puts both in one :class:`~agentfarm.domain.launch.LaunchSpec` and hands it to the run's
+backend. From then on one ingest per run (``ingest``) turns the backend's records into stored
+events until the run ends. After a restart, runs that were starting or running are reattached
+and ingested the same way.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import os
-import shutil
 from collections.abc import AsyncIterator, Mapping
-from pathlib import Path
 from typing import Any
 
-from pydantic import AliasChoices, SecretStr
-
-from agentfarm.agents.base import AgentAdapter, StreamParser
-from agentfarm.backends.base import Backend, ExitInfo, LaunchInfo, Record, RunHandle
-from agentfarm.domain import errors, gittokens, models
+from agentfarm import tasks
+from agentfarm.agents.base import AgentAdapter
+from agentfarm.backends.base import Backend, LaunchInfo, RunHandle
+from agentfarm.domain import errors, launch, models
 from agentfarm.domain.redact import Redactor
 from agentfarm.settings import Settings
 from agentfarm.store import Store
 from agentfarm.store.secrets import SecretStore
-from agentfarm.supervisor import tasks
+from agentfarm.supervisor import credentials, dispatch, events, ingest
 from agentfarm.supervisor.hub import Hub
 from agentfarm.supervisor.retention import Retention
 
 log = logging.getLogger(__name__)
-
-CREDENTIAL_NAMES = ("ANTHROPIC_API_KEY", "CLAUDE_CODE_OAUTH_TOKEN")
-BATCH = 500
-_DONE = object()
-
-
-def status_event(status: models.RunStatus, **extra: Any) -> models.EventDraft:
-    data: dict[str, Any] = {"status": status.value}
-    data.update({k: v for k, v in extra.items() if v is not None})
-    return models.EventDraft(type=models.EventType.run_status, data=data)
-
-
-def notice_event(message: str) -> models.EventDraft:
-    return models.EventDraft(type=models.EventType.run_notice, data={"message": message})
-
-
-def find_claude(settings: Settings) -> str:
-    """The Claude Code CLI: the configured path, the project's pinned copy, then PATH."""
-    candidates: list[str | None] = [settings.claude_bin]
-    tools = os.environ.get("AGENTFARM_TOOLS")
-    if tools:
-        candidates.append(str(Path(tools) / "node_modules" / ".bin" / "claude"))
-    checkout = Path(__file__).resolve().parents[3] / ".tools" / "node_modules" / ".bin" / "claude"
-    candidates += [str(checkout), shutil.which("claude")]
-    for candidate in candidates:
-        if candidate and os.access(candidate, os.X_OK):
-            return candidate
-    if settings.claude_bin:
-        raise errors.ConfigurationError(
-            f"AGENTFARM_CLAUDE_BIN={settings.claude_bin} is not an executable file"
-        )
-    raise errors.ConfigurationError(
-        "the Claude Code CLI was not found: run `make run` (it installs the pinned version) "
-        "or set AGENTFARM_CLAUDE_BIN"
-    )
 
 
 class Supervisor:
@@ -87,84 +49,27 @@ class Supervisor:
         self.retention = Retention(store, self.backends, settings.retention_hours)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._handles: dict[str, RunHandle] = {}
-        self._active: set[str] = set()
+        #: Each followed run's command: how to send it a follow-up.
+        self._commands: dict[str, launch.AgentCommand] = {}
         self._stop_requested: set[str] = set()
-        self._wakeup = asyncio.Event()
+        self.dispatcher = dispatch.Dispatcher(
+            store, settings.max_concurrent_runs, self._launch, self._tasks
+        )
 
     # --- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
         for run in await self.store.active_runs():
             if run.status != models.RunStatus.queued:
-                self._active.add(run.id)
+                self.dispatcher.active.add(run.id)
                 tasks.spawn(self._resume(run), name=f"resume-{run.id}", into=self._tasks)
-        tasks.spawn(self._dispatch(), name="dispatch", into=self._tasks)
+        tasks.spawn(self.dispatcher.run_forever(), name="dispatch", into=self._tasks)
         if self.settings.retention_hours > 0:
             tasks.spawn(self.retention.run_forever(), name="retention", into=self._tasks)
-        self._wakeup.set()
+        self.dispatcher.wake()
 
     async def close(self) -> None:
         """Stop watching; the agents themselves keep running and are reattached next start."""
         await tasks.stop(list(self._tasks))
-
-    # --- credentials ---------------------------------------------------------------------
-    def credentials(self, spec: models.AgentSpec | None = None) -> dict[str, str]:
-        stored = self.secrets.all()
-        found: dict[str, str] = {}
-        from_env = {
-            "ANTHROPIC_API_KEY": self.settings.anthropic_api_key,
-            "CLAUDE_CODE_OAUTH_TOKEN": self.settings.claude_code_oauth_token,
-        }
-        for name in CREDENTIAL_NAMES:
-            env_value = from_env[name]
-            value = env_value.get_secret_value() if env_value else stored.get(name)
-            if value:
-                found[name] = value
-        base_url = self.settings.anthropic_base_url or stored.get("ANTHROPIC_BASE_URL")
-        if base_url:
-            found["ANTHROPIC_BASE_URL"] = base_url
-        required = spec is None or spec.backend.model_credentials_required
-        if not (set(found) & set(CREDENTIAL_NAMES)) and required:
-            raise errors.ConfigurationError(
-                "no Claude credentials are configured: set CLAUDE_CODE_OAUTH_TOKEN (from "
-                "`claude setup-token`) or ANTHROPIC_API_KEY in the server's environment, or "
-                "store one with `agentfarm secret set CLAUDE_CODE_OAUTH_TOKEN`"
-            )
-        if spec is not None and spec.backend.clones_remotely:
-            found |= self._git_tokens(stored)
-        return found
-
-    def _git_tokens(self, stored: Mapping[str, str]) -> dict[str, str]:
-        """Git tokens, for backends that clone and push away from this host (a pod): the
-        backend hands on only the one for the run's repository host (domain.gittokens)."""
-        tokens = {k: v for k, v in stored.items() if gittokens.is_git_token(k) and v}
-        for name, env_value in (
-            ("GITHUB_TOKEN", self.settings.github_token),
-            ("FORGEJO_TOKEN", self.settings.forgejo_token),
-        ):
-            if env_value is not None and env_value.get_secret_value():
-                tokens[name] = env_value.get_secret_value()
-        return tokens
-
-    def _redactor(self, creds: Mapping[str, str]) -> Redactor:
-        return Redactor.of(
-            self._server_secrets(),
-            self.secrets.all(),
-            {k: v for k, v in creds.items() if "URL" not in k},
-        )
-
-    def _server_secrets(self) -> dict[str, str]:
-        """Every secret setting of the server (credentials from its environment, the API
-        token), by its environment name: masked wherever a run's text could show it."""
-        found: dict[str, str] = {}
-        for name, field in type(self.settings).model_fields.items():
-            value = getattr(self.settings, name)
-            if isinstance(value, SecretStr) and value.get_secret_value():
-                alias = field.validation_alias
-                env = alias.choices[0] if isinstance(alias, AliasChoices) else None
-                found[env if isinstance(env, str) else f"AGENTFARM_{name.upper()}"] = (
-                    value.get_secret_value()
-                )
-        return found
 
     # --- public operations ---------------------------------------------------------------
     async def submit(
@@ -178,17 +83,17 @@ class Supervisor:
             )
         if not spec.prompt.strip():
             raise errors.InvalidInputError("the run has no prompt: give one in the config or run")
-        # Fail early, before anything is queued (the secrets file is read off the loop).
-        await asyncio.to_thread(self.credentials, spec)
+        # Fail early, before anything is queued.
+        (await self._credentials(spec)).require()
         run = models.Run(
             spec=spec,
             config_id=config.id if config else None,
             config_name=config.name if config else None,
         )
-        run.branch = f"agentfarm/{run.id}"
+        run.branch = launch.branch_name(run.id)
         await self.store.create_run(run)
-        await self._append(run.id, [status_event(models.RunStatus.queued)])
-        self._wakeup.set()
+        await self._append(run.id, [events.status_event(models.RunStatus.queued)])
+        self.dispatcher.wake()
         return run
 
     async def stop_run(self, run_id: str) -> models.Run:
@@ -196,7 +101,7 @@ class Supervisor:
         if run.status.terminal:
             raise errors.ConflictError(f"run {run_id} has already ended ({run.status.value})")
         self._stop_requested.add(run_id)
-        if run.status == models.RunStatus.queued and run_id not in self._active:
+        if run.status == models.RunStatus.queued and run_id not in self.dispatcher.active:
             try:
                 return await self._finish_without_agent(
                     run, models.RunStatus.stopped, "stopped before it started"
@@ -220,9 +125,12 @@ class Supervisor:
     async def send(self, run_id: str, text: str) -> None:
         run = await self.store.get_run(run_id)
         handle = self._handles.get(run_id)
-        if run.status.terminal or handle is None:
+        command = self._commands.get(run_id)
+        if run.status.terminal or handle is None or command is None:
             raise errors.ConflictError(f"run {run_id} is not running; it cannot take a message")
-        await handle.send(self.adapters[run.spec.agent].followup(text))
+        if command.followup is None:
+            raise errors.ConflictError(f"the {run.spec.agent} agent takes no follow-up messages")
+        await handle.send(command.followup.encode(text))
         await self._append(
             run_id, [models.EventDraft(type=models.EventType.user_message, data={"text": text})]
         )
@@ -231,7 +139,7 @@ class Supervisor:
         """Delete an ended run: its files (through its backend's cleanup), then its row and
         events. A run not yet ended is a conflict: stop it first."""
         run = await self.store.get_run(run_id)
-        if not run.status.terminal or run_id in self._active:
+        if not run.status.terminal or run_id in self.dispatcher.active:
             raise errors.ConflictError(
                 f"run {run_id} is {run.status.value}: stop it first (`agentfarm stop {run_id}`), "
                 "then delete it once it has ended"
@@ -244,6 +152,12 @@ class Supervisor:
         self.hub.forget(run_id)
 
     # --- internals -----------------------------------------------------------------------
+    async def _credentials(self, spec: models.AgentSpec) -> credentials.Credentials:
+        """Once per launch, off the loop: the secrets file is read here and nowhere else."""
+        return await asyncio.to_thread(
+            credentials.resolve, self.settings, self.secrets, spec.backend
+        )
+
     async def _append(
         self,
         run_id: str,
@@ -253,42 +167,21 @@ class Supervisor:
         run_fields: Mapping[str, Any] | None = None,
         final: bool = False,
     ) -> None:
-        events, _ = await self.store.append_events(
+        stored, _ = await self.store.append_events(
             run_id, drafts, cursor=cursor, run_fields=run_fields
         )
-        await self.hub.publish(run_id, events, final=final)
+        await self.hub.publish(run_id, stored, final=final)
 
     async def _finish_without_agent(
         self, run: models.Run, status: models.RunStatus, error: str | None
     ) -> models.Run:
         fields = {"status": status, "finished_at": models.utcnow(), "error": error}
         await self._append(
-            run.id, [status_event(status, error=error)], run_fields=fields, final=True
+            run.id, [events.status_event(status, error=error)], run_fields=fields, final=True
         )
         self._stop_requested.discard(run.id)
         self.hub.forget(run.id)
         return await self.store.get_run(run.id)
-
-    async def _dispatch(self) -> None:
-        while True:
-            await self._wakeup.wait()
-            self._wakeup.clear()
-            free = self.settings.max_concurrent_runs - len(self._active)
-            if free <= 0:
-                continue
-            queued = [
-                r
-                for r in await self.store.active_runs()
-                if r.status == models.RunStatus.queued and r.id not in self._active
-            ]
-            for run in queued[:free]:
-                self._active.add(run.id)
-                tasks.spawn(self._launch(run), name=f"run-{run.id}", into=self._tasks)
-
-    def _binary(self, run: models.Run) -> str:
-        if run.spec.backend.type == "local":
-            return find_claude(self.settings)
-        return "claude"
 
     @contextlib.asynccontextmanager
     async def _owning(
@@ -305,16 +198,16 @@ class Supervisor:
             with contextlib.suppress(Exception):
                 await self._finish_without_agent(run, status, f"{what}: {exc}")
         finally:
-            self._active.discard(run.id)
             self._handles.pop(run.id, None)
-            self._wakeup.set()
+            self._commands.pop(run.id, None)
+            self.dispatcher.release(run.id)
 
     async def _launch(self, run: models.Run) -> None:
         async with self._owning(run, models.RunStatus.failed, "internal error in agentfarm"):
             try:
                 await self._append(
                     run.id,
-                    [status_event(models.RunStatus.starting)],
+                    [events.status_event(models.RunStatus.starting)],
                     run_fields={"status": models.RunStatus.starting},
                 )
             except errors.StatusConflictError as exc:
@@ -327,18 +220,23 @@ class Supervisor:
                     run, models.RunStatus.stopped, "stopped before it started"
                 )
                 return
+            creds: credentials.Credentials | None = None
             try:
-                adapter = self.adapters[run.spec.agent]
+                creds = await self._credentials(run.spec)
                 backend = self.backends[run.spec.backend.type]
-                creds = await asyncio.to_thread(self.credentials, run.spec)
-                command = adapter.build_command(run.spec, binary=self._binary(run))
-                handle, info = await backend.launch(run, command, creds)
+                spec = launch.LaunchSpec(
+                    run_id=run.id,
+                    branch=run.branch or launch.branch_name(run.id),
+                    command=self.adapters[run.spec.agent].build_command(run.spec),
+                    credentials=creds.require().env,
+                )
+                handle, info = await backend.launch(run, spec)
             except errors.AgentfarmError as exc:
-                redacted = (await asyncio.to_thread(self._redactor, {})).text(str(exc))
+                redacted = (creds.redactor if creds else Redactor()).text(str(exc))
                 await self._finish_without_agent(run, models.RunStatus.failed, redacted)
                 await self._discard_failed_launch(run)
                 return
-            await self._attached(run, handle, info, creds)
+            await self._attached(run, handle, info, spec.command, creds.redactor)
 
     async def _resume(self, run: models.Run) -> None:
         async with self._owning(run, models.RunStatus.lost, "could not reattach after a restart"):
@@ -351,17 +249,25 @@ class Supervisor:
                 )
                 return
             handle, info = await backend.attach(run)
-            creds: dict[str, str] = {}
-            with contextlib.suppress(errors.ConfigurationError):
-                creds = await asyncio.to_thread(self.credentials, run.spec)
-            await self._attached(run, handle, info, creds)
+            # Pure: the same command as at launch, for its follow-up format.
+            command = self.adapters[run.spec.agent].build_command(run.spec)
+            redactor = Redactor()
+            with contextlib.suppress(errors.ConfigurationError):  # a broken secrets file
+                redactor = (await self._credentials(run.spec)).redactor
+            await self._attached(run, handle, info, command, redactor)
 
     async def _attached(
-        self, run: models.Run, handle: RunHandle, info: LaunchInfo, creds: Mapping[str, str]
+        self,
+        run: models.Run,
+        handle: RunHandle,
+        info: LaunchInfo,
+        command: launch.AgentCommand,
+        redactor: Redactor,
     ) -> None:
         """The one path after a launch and after a reattach: record the run as running (with
         its start time, branch and workspace), honour a stop asked for meanwhile, ingest."""
         self._handles[run.id] = handle
+        self._commands[run.id] = command
         current = await self.store.get_run(run.id)
         fields: dict[str, Any] = {
             "status": models.RunStatus.running,
@@ -369,120 +275,25 @@ class Supervisor:
             "branch": info.branch or current.branch,
             "workspace": info.workspace or current.workspace,
         }
-        drafts = [notice_event(n) for n in info.notices]
+        drafts = [events.notice_event(n) for n in info.notices]
         if current.status != models.RunStatus.running:
-            drafts.append(status_event(models.RunStatus.running, branch=fields["branch"]))
+            drafts.append(events.status_event(models.RunStatus.running, branch=fields["branch"]))
         if drafts or any(getattr(current, k) != v for k, v in fields.items()):
             await self._append(run.id, drafts, run_fields=fields)
         if run.id in self._stop_requested:
             await handle.stop(self.settings.stop_grace_seconds)
-        redactor = await asyncio.to_thread(self._redactor, creds)
-        await self._ingest(run, handle, redactor)
-
-    async def _pump(self, handle: RunHandle, queue: asyncio.Queue[Record | object]) -> None:
-        try:
-            async for record in handle.records(after=0):
-                await queue.put(record)
-        finally:
-            await queue.put(_DONE)
-
-    async def _ingest(self, run: models.Run, handle: RunHandle, redactor: Redactor) -> None:
-        parser = self.adapters[run.spec.agent].new_parser()
-        stored = await self.store.get_cursor(run.id)
-        queue: asyncio.Queue[Record | object] = asyncio.Queue(maxsize=4 * BATCH)
-        pump = tasks.spawn(self._pump(handle, queue), name=f"pump-{run.id}", into=self._tasks)
-        exit_info: ExitInfo | None = None
-        watchdog = self.settings.watchdog_seconds or None
-        watchdog_fired = False
-        last_summary: dict[str, Any] = {}
-        try:
-            while exit_info is None:
-                try:
-                    item = await asyncio.wait_for(queue.get(), timeout=watchdog)
-                except TimeoutError:
-                    if not watchdog_fired:
-                        watchdog_fired = True
-                        await self._append(
-                            run.id,
-                            [notice_event(f"no output for {watchdog:.0f} s: stopping the agent")],
-                        )
-                        self._stop_requested.add(run.id)
-                        await handle.stop(self.settings.stop_grace_seconds)
-                    continue
-                batch = [item]
-                while len(batch) < BATCH and not queue.empty():
-                    batch.append(queue.get_nowait())
-                drafts: list[models.EventDraft] = []
-                cursor: int | None = None
-                for entry in batch:
-                    if not isinstance(entry, Record):
-                        exit_info = exit_info or ExitInfo(
-                            exit_code=None, lost=True, error="the backend stopped reporting"
-                        )
-                        break
-                    new = _translate(parser, entry, redactor)
-                    if entry.kind == "exit":
-                        exit_info = entry.exit or ExitInfo(exit_code=None)
-                    if entry.cursor > stored:
-                        drafts.extend(new)
-                        cursor = entry.cursor
-                summary = _summary_fields(parser)
-                fields = summary if summary != last_summary else None
-                last_summary = summary
-                if drafts or cursor is not None:
-                    drafts = [_redact(d, redactor) for d in drafts]
-                    await self._append(run.id, drafts, cursor=cursor, run_fields=fields)
-                    if cursor is not None:
-                        stored = max(stored, cursor)
-        finally:
-            pump.cancel()
-        await self._conclude(run, handle, parser, exit_info, redactor, watchdog_fired)
-
-    async def _conclude(
-        self,
-        run: models.Run,
-        handle: RunHandle,
-        parser: StreamParser,
-        info: ExitInfo,
-        redactor: Redactor,
-        watchdog_fired: bool,
-    ) -> None:
-        stopped = info.stopped or (run.id in self._stop_requested and not info.lost)
-        outcome = parser.finish(info.exit_code, info.signal, stopped=stopped, lost=info.lost)
-        error = outcome.error
-        if info.lost and info.error:
-            error = f"{error} ({info.error})" if error else info.error
-        if info.oom_killed and outcome.status != models.RunStatus.succeeded:
-            error = run.spec.backend.out_of_memory()
-        if watchdog_fired:
-            quiet = self.settings.watchdog_seconds
-            error = f"the agent printed nothing for {quiet:.0f} s and was stopped"
-            outcome.status = models.RunStatus.failed
-        drafts: list[models.EventDraft] = []
-        try:
-            drafts += [notice_event(n) for n in await handle.finalize()]
-        except Exception as exc:  # the run is over either way; say what went wrong
-            log.warning("run %s: finalize failed", run.id, exc_info=True)
-            drafts.append(notice_event(f"bringing the results home failed: {exc}"))
-        if error:
-            error = redactor.text(error)
-        drafts.append(status_event(outcome.status, error=error, exit_code=info.exit_code))
-        fields: dict[str, Any] = {
-            "status": outcome.status,
-            "finished_at": models.utcnow(),
-            "exit_code": info.exit_code,
-            "error": error,
-            **_summary_fields(parser),
-        }
-        await self._append(
-            run.id, [_redact(d, redactor) for d in drafts], run_fields=fields, final=True
-        )
-        self._stop_requested.discard(run.id)
-        self.hub.forget(run.id)
-        try:  # every record is stored and the run has ended: the raw output is a second copy
-            await handle.discard_output()
-        except Exception:  # retention removes it later
-            log.warning("run %s: could not remove its raw output", run.id, exc_info=True)
+        await ingest.Ingest(
+            run=run,
+            handle=handle,
+            parser=self.adapters[run.spec.agent].new_parser(),
+            redactor=redactor,
+            settings=self.settings,
+            append=self._append,
+            stop_requested=self._stop_requested,
+            forget=self.hub.forget,
+            tasks=self._tasks,
+            stored=await self.store.get_cursor(run.id),
+        ).run_to_end()
 
     async def _discard_failed_launch(self, run: models.Run) -> None:
         """A launch that failed leaves nothing behind (no branch, no workspace worth a look:
@@ -491,47 +302,3 @@ class Supervisor:
             await self.backends[run.spec.backend.type].cleanup(run)
         except Exception:  # best effort: retention does not see it (no workspace recorded)
             log.warning("run %s: cleaning up after its failed launch failed", run.id, exc_info=True)
-
-
-def _translate(parser: StreamParser, record: Record, redactor: Redactor) -> list[models.EventDraft]:
-    # Masked before parsing (and again after): a parser may cut a long string, and a cut
-    # secret is no longer whole for a later mask to find.
-    if record.kind == "stdout":
-        return parser.feed_stdout(redactor.raw(record.data))
-    if record.kind == "stderr":
-        return parser.feed_stderr(redactor.raw(record.data))
-    if record.kind == "notice":
-        return [notice_event(record.data.decode("utf-8", "replace"))]
-    if record.kind == "egress":
-        return [egress_event(record.data)]
-    return []
-
-
-def egress_event(payload: bytes) -> models.EventDraft:
-    """A connection the sandbox's egress proxy refused (``host``, ``port``, ``reason``)."""
-    try:
-        body = json.loads(payload)
-    except ValueError:
-        body = None
-    if not isinstance(body, dict):
-        body = {"reason": payload.decode("utf-8", "replace")[:500]}
-    data = {k: body[k] for k in ("host", "port", "reason") if k in body}
-    return models.EventDraft(type=models.EventType.sandbox_egress_denied, data=data)
-
-
-def _summary_fields(parser: StreamParser) -> dict[str, Any]:
-    s = parser.summary
-    fields: dict[str, Any] = {"usage": s.usage}
-    if s.session_id is not None:
-        fields["session_id"] = s.session_id
-    if s.cost_usd is not None:
-        fields["cost_usd"] = s.cost_usd
-    if s.num_turns is not None:
-        fields["num_turns"] = s.num_turns
-    return fields
-
-
-def _redact(draft: models.EventDraft, redactor: Redactor) -> models.EventDraft:
-    if not redactor:
-        return draft
-    return draft.model_copy(update={"data": redactor.data(draft.data)})

@@ -29,14 +29,10 @@ def default_adapters() -> dict[str, AgentAdapter]:
     return {"claude": ClaudeAdapter()}
 
 
-def default_backends(
-    settings: Settings, adapters: Mapping[str, AgentAdapter]
-) -> dict[str, Backend]:
+def default_backends(settings: Settings) -> dict[str, Backend]:
     from agentfarm.backends.local import LocalBackend, hostinfo
 
-    # One agent kind today: the local backend sends its interrupt request on stop.
-    interrupt = adapters["claude"].interrupt() if "claude" in adapters else b""
-    backends: dict[str, Backend] = {"local": LocalBackend(settings, interrupt=interrupt)}
+    backends: dict[str, Backend] = {"local": LocalBackend(settings)}
     for line in hostinfo.startup_lines():  # without root: no sandbox uid, maybe no limits
         log.warning("local backend: %s", line)
     try:
@@ -65,9 +61,7 @@ def create_app(
         store = await Store.open(settings.db_path)
         secrets = SecretStore(settings.secrets_path)
         chosen_adapters = dict(adapters) if adapters is not None else default_adapters()
-        chosen = (
-            dict(backends) if backends is not None else default_backends(settings, chosen_adapters)
-        )
+        chosen = dict(backends) if backends is not None else default_backends(settings)
         supervisor = Supervisor(settings, store, secrets, chosen, chosen_adapters)
         app.state.store, app.state.secrets, app.state.supervisor = store, secrets, supervisor
         await pages.appstate.startup(app, store, settings, first_user)

@@ -1,302 +1,24 @@
-"""The kubernetes backend: launch, follow, stop, reattach and clean up one pod per run.
-
-Records come from two places: the pod's status (notices while it starts, ``started``, the
-exit) and the agent container's log, which the image's entrypoint writes: every line is
-``\\x1e<kind><seq> <payload>`` (kind ``O`` the agent's stdout, ``E`` its stderr, ``N`` the
-entrypoint's notices, because the log API merges both streams; ``seq`` counts lines from 1).
-
-Cursors are ``seq << 8 | slot``: log line ``seq`` has cursor ``seq << 8``; notices that follow
-it take slots 1..253; ``started`` is ``254`` (before any line) and the exit ``seq << 8 | 255``.
-The sequence number, not a line's position in what the log API returns, is the cursor: the
-kubelet rotates container logs and then serves only the newest file. After a restart (or a
-broken stream) ``records(after)`` re-reads the log and skips what the stored cursor covers, so
-nothing is doubled; lines the kubelet rotated away before they were read become one notice.
-"""
+"""The kubernetes backend: launch, reattach and clean up one pod per run (its Secret holds the
+run's credentials and first stdin bytes); a sweeper deletes finished pods after
+``AGENTFARM_K8S_CLEANUP_AFTER_SECONDS``. Following a run is ``handle.py``'s job."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import math
-from collections.abc import AsyncIterator, Coroutine
-from dataclasses import dataclass
+from collections.abc import Coroutine
 from datetime import UTC, datetime
 from typing import Any
 
-import aiohttp
-
-from agentfarm.agents.base import AgentCommand
-from agentfarm.backends.base import ExitInfo, LaunchInfo, Record, RecordKind
+from agentfarm import tasks
+from agentfarm.backends.base import LaunchInfo
 from agentfarm.backends.kubernetes import api as k8s_api
-from agentfarm.backends.kubernetes import config, manifests, status
-from agentfarm.domain import backend_config, errors, models
+from agentfarm.backends.kubernetes import config, handle, manifests
+from agentfarm.domain import backend_config, errors, launch, models
 from agentfarm.settings import Settings
 
 log = logging.getLogger(__name__)
-
-STARTED_SLOT = 254
-EXIT_SLOT = 255
-_KINDS: dict[int, RecordKind] = {ord("O"): "stdout", ord("E"): "stderr", ord("N"): "notice"}
-#: How long the watch on a starting pod lasts before it is renewed (server side).
-WATCH_SECONDS = 60
-#: After the log ends, how long to wait for the kubelet to report the container's exit.
-EXIT_REPORT_SECONDS = 20.0
-_RETRYABLE = (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError)
-#: A followed log that brings nothing for this long is reopened. The kubelet rotates a
-#: container's log (checking every 10 s); a follow that began before the rotation may keep
-#: reading the old file (Kubernetes 1.20 does), and what is in neither is lost.
-QUIET_REOPEN_SECONDS = 5.0
-#: A reopened follow starts this long before the last line read (the kubelet's since-time
-#: counts on the node's clock; the skip by sequence number drops what was read before).
-SINCE_MARGIN_SECONDS = 30
-
-
-class _Quiet(Exception):
-    """A followed log stream brought nothing for QUIET_REOPEN_SECONDS."""
-
-
-def parse_line(line: bytes) -> tuple[int | None, RecordKind, bytes]:
-    """A log line as (sequence number, kind, payload), the way the entrypoint wrote it. A line
-    without a sequence number (an older image, or the runtime's own words) has ``None``."""
-    if len(line) >= 2 and line[0] == 0x1E and line[1] in _KINDS:
-        kind = _KINDS[line[1]]
-        digits, space, payload = line[2:].partition(b" ")
-        if space and digits.isdigit():
-            return int(digits), kind, payload
-        if not digits and line[2:3] == b" ":
-            return None, kind, line[3:]
-    return None, "stdout", line
-
-
-@dataclass
-class _RunState:
-    namespace: str
-    name: str
-    stopping: bool = False
-
-
-class _Cursor:
-    def __init__(self) -> None:
-        self.line = 0
-        self.slot = 0
-
-    def notice(self) -> int | None:
-        if self.slot >= STARTED_SLOT - 1:
-            return None  # too many notices between two lines: drop the rest
-        self.slot += 1
-        return (self.line << 8) | self.slot
-
-    def advance(self, line: int) -> int:
-        self.line, self.slot = line, 0
-        return line << 8
-
-    def exit(self) -> int:
-        return (self.line << 8) | EXIT_SLOT
-
-
-def _rotated_notice(lost: range) -> str:
-    lines = f"line {lost.start}" if len(lost) == 1 else f"lines {lost.start}-{lost[-1]}"
-    return (
-        f"log {lines} of the agent were rotated away by the kubelet before agentfarm read "
-        "them; raise the kubelet's containerLogMaxSize if this happens often"
-    )
-
-
-class KubernetesHandle:
-    def __init__(
-        self, run_id: str, api: k8s_api.Api, state: _RunState, *, delete_pod_now: bool = False
-    ) -> None:
-        self.run_id = run_id
-        self._api = api
-        self._state = state
-        self._delete_pod_now = delete_pod_now
-
-    async def records(self, after: int) -> AsyncIterator[Record]:
-        cursor = _Cursor()
-        ns, name = self._state.namespace, self._state.name
-
-        def keep(kind: RecordKind, at: int | None, data: bytes = b"") -> Record | None:
-            return Record(at, kind, data) if at is not None and at > after else None
-
-        pod = await self._api.get_pod(ns, name)
-        last_notice: str | None = None
-        while True:
-            if pod is None:
-                yield Record(cursor.exit(), "exit", exit=status.gone(stopping=self.stopping))
-                return
-            view = status.describe(pod, stopping=self.stopping)
-            if view.agent_started or view.exit is not None:
-                break
-            if view.notice and view.notice != last_notice:
-                last_notice = view.notice
-                if record := keep("notice", cursor.notice(), view.notice.encode()):
-                    yield record
-            pod = await self._next_state(pod)
-
-        if view.agent_started:
-            node = (pod.get("spec") or {}).get("nodeName")
-            started = json.dumps({"pod": f"{ns}/{name}", "node": node}).encode()
-            if record := keep("started", STARTED_SLOT, started):
-                yield record
-        elif view.exit is not None:
-            if not view.pod_done:
-                await self._api.delete_pod(ns, name, grace_seconds=0)
-            yield Record(cursor.exit(), "exit", exit=view.exit)
-            return
-
-        # The agent runs (or ran): follow its log; reopen it if it breaks or goes quiet,
-        # skipping lines seen.
-        follow = True
-        numbered = False
-        last_kind: RecordKind | None = None
-        loop = asyncio.get_running_loop()
-        last_line_at: float | None = None
-        since: int | None = None
-        while True:
-            quiet = False
-            try:
-                async for line in self._log(follow, since):
-                    last_line_at = loop.time()
-                    seq, kind, data = parse_line(line)
-                    if seq is None and numbered:
-                        # The rest of a line longer than api.MAX_LINE: same kind, next slot.
-                        if last_kind is not None and (
-                            record := keep(last_kind, cursor.notice(), data)
-                        ):
-                            yield record
-                        continue
-                    if seq is None:  # an image from before sequence numbers: count lines
-                        seq = cursor.line + 1
-                    else:
-                        numbered = True
-                    if seq <= cursor.line:
-                        last_kind = None  # read before: so is the rest of it
-                        continue
-                    last_kind = kind
-                    lost = range(max(cursor.line, after >> 8) + 1, seq)
-                    if lost:
-                        cursor.advance(seq - 1)
-                        what = _rotated_notice(lost).encode()
-                        if record := keep("notice", cursor.notice(), what):
-                            yield record
-                    at = cursor.advance(seq)
-                    if at > after:
-                        yield Record(at, kind, data)
-            except _Quiet:
-                quiet = True
-            except k8s_api.ApiError as exc:
-                if exc.status not in (400, 404, 500, 503):
-                    raise
-                log.info("log stream of %s/%s: %s", ns, name, exc)
-            except _RETRYABLE as exc:
-                log.info("log stream of %s/%s broke: %r; reopening", ns, name, exc)
-            if quiet:
-                # Reopen from a little before the last line: a quiet agent costs a short read.
-                since = None
-                if last_line_at is not None:
-                    since = math.ceil(loop.time() - last_line_at) + SINCE_MARGIN_SECONDS
-                continue
-            since = None
-            exit_info = await self._wait_exit()
-            if exit_info is not None and not follow:
-                yield Record(cursor.exit(), "exit", exit=exit_info)
-                return
-            # Read once more without follow once the container has ended (drains lines a
-            # broken stream missed); keep following while it still runs.
-            follow = exit_info is None
-            if follow:
-                await asyncio.sleep(1.0)
-
-    async def _log(self, follow: bool, since: int | None) -> AsyncIterator[bytes]:
-        """The agent's log lines. A followed stream that brings nothing for
-        QUIET_REOPEN_SECONDS ends with :class:`_Quiet`: the kubelet may be following a file
-        it has rotated away, and only a new stream reads the new file."""
-        ns, name = self._state.namespace, self._state.name
-        stream = self._api.pod_log(
-            ns, name, manifests.AGENT_CONTAINER, follow=follow, since_seconds=since
-        )
-        try:
-            while True:
-                try:
-                    async with asyncio.timeout(QUIET_REOPEN_SECONDS if follow else None):
-                        line = await anext(stream)
-                except StopAsyncIteration:
-                    return
-                except TimeoutError:
-                    raise _Quiet from None
-                yield line
-        finally:
-            await stream.aclose()
-
-    @property
-    def stopping(self) -> bool:
-        return self._state.stopping
-
-    async def _next_state(self, pod: k8s_api.Json) -> k8s_api.Json | None:
-        """The pod's next version (None once it is deleted)."""
-        ns, name = self._state.namespace, self._state.name
-        version = str((pod.get("metadata") or {}).get("resourceVersion", ""))
-        try:
-            async for kind, obj in self._api.watch_pod(ns, name, version, WATCH_SECONDS):
-                if kind == "DELETED":
-                    return None
-                if kind in ("ADDED", "MODIFIED"):
-                    return obj
-        except k8s_api.ApiError as exc:
-            if exc.status != 410:  # 410: our resourceVersion is too old; re-read below
-                raise
-        except _RETRYABLE as exc:
-            log.info("watch on %s/%s broke: %r", ns, name, exc)
-            await asyncio.sleep(1.0)
-        return await self._api.get_pod(ns, name)
-
-    async def _wait_exit(self) -> ExitInfo | None:
-        """The run's exit if the agent container has ended (waiting for the kubelet to say
-        so for a little while after its log ended), else None."""
-        ns, name = self._state.namespace, self._state.name
-        pod = await self._api.get_pod(ns, name)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + EXIT_REPORT_SECONDS
-        while True:
-            if pod is None:
-                return status.gone(stopping=self.stopping)
-            view = status.describe(pod, stopping=self.stopping)
-            if view.exit is not None:
-                return view.exit
-            if loop.time() >= deadline:
-                return None
-            try:
-                async with asyncio.timeout(max(0.1, deadline - loop.time())):
-                    pod = await self._next_state(pod)
-            except TimeoutError:
-                pod = await self._api.get_pod(ns, name)
-
-    async def send(self, data: bytes) -> None:
-        raise errors.BackendError(
-            "follow-ups are not supported on kubernetes yet: the agent's stdin comes from its "
-            "Secret at start; launch a new run instead"
-        )
-
-    async def stop(self, grace: float) -> None:
-        self._state.stopping = True
-        await self._api.delete_pod(
-            self._state.namespace, self._state.name, grace_seconds=max(1, math.ceil(grace))
-        )
-
-    async def finalize(self) -> list[str]:
-        """The run is over: its Secret (credentials, prompt) goes now; the pod stays for its
-        logs until the sweeper removes it (AGENTFARM_K8S_CLEANUP_AFTER_SECONDS), or goes now
-        when that is 0. The entrypoint pushed the branch and said so in the log."""
-        ns, name = self._state.namespace, self._state.name
-        await self._api.delete_secret(ns, name)
-        if self._delete_pod_now:
-            await self._api.delete_pod(ns, name, grace_seconds=1)
-        return []
-
-    async def discard_output(self) -> None:
-        """Nothing to do: the output is the pod's log, which goes with the pod."""
 
 
 class KubernetesBackend:
@@ -307,8 +29,9 @@ class KubernetesBackend:
         self._api_client = api_client
         self._owns_client = api_client is None
         self._api: k8s_api.Api | None = None
-        self._runs: dict[str, _RunState] = {}
-        self._sweeper: asyncio.Task[None] | None = None
+        self._runs: dict[str, handle.RunState] = {}
+        self._sweeper: asyncio.Task[Any] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
         self._lock = asyncio.Lock()
 
     async def _client(self) -> k8s_api.Api:
@@ -318,7 +41,9 @@ class KubernetesBackend:
                     self._api_client = await k8s_api.connect(self.settings.k8s_kubeconfig)
                 self._api = k8s_api.Api(self._api_client)
             if self._sweeper is None and self.settings.k8s_cleanup_after_seconds > 0:
-                self._sweeper = _guarded(self._sweep_forever(), "kubernetes pod sweeper")
+                self._sweeper = tasks.spawn(
+                    self._sweep_forever(), name="kubernetes pod sweeper", into=self._tasks
+                )
             return self._api
 
     async def aclose(self) -> None:
@@ -342,8 +67,8 @@ class KubernetesBackend:
         return namespace or self.settings.k8s_namespace
 
     async def launch(
-        self, run: models.Run, command: AgentCommand, secrets: dict[str, str]
-    ) -> tuple[KubernetesHandle, LaunchInfo]:
+        self, run: models.Run, spec: launch.LaunchSpec
+    ) -> tuple[handle.KubernetesHandle, LaunchInfo]:
         if not run.spec.repo.startswith(("https://", "http://", "git://")):
             raise errors.LaunchError(
                 f"the kubernetes backend clones inside the pod: {run.spec.repo!r} must be an "
@@ -352,8 +77,8 @@ class KubernetesBackend:
         cfg = config.resolve(run.spec, self.settings)
         api = await self._client()
         name = manifests.object_name(run.id)
-        secret = manifests.build_secret(run, command, secrets, cfg)
-        pod_body = manifests.build_pod(run, command, secrets, cfg)
+        secret = manifests.build_secret(run, spec, cfg)
+        pod_body = manifests.build_pod(run, spec, cfg)
         try:
             await api.create_secret(cfg.namespace, secret)
         except k8s_api.ApiError as exc:
@@ -372,15 +97,15 @@ class KubernetesBackend:
             await api.patch_secret(cfg.namespace, name, owner)
         except k8s_api.ApiError as exc:  # cleanup() still deletes it
             log.warning("cannot make pod %s own its Secret: %s", name, exc)
-        state = self._runs[run.id] = _RunState(cfg.namespace, name)
+        state = self._runs[run.id] = handle.RunState(cfg.namespace, name)
         info = LaunchInfo(
-            branch=manifests.branch_name(run.id),
+            branch=spec.branch,
             workspace=f"pod {cfg.namespace}/{name}:{manifests.WORKSPACE}",
             notices=[f"created pod {cfg.namespace}/{name} (image {cfg.image})"],
         )
-        return KubernetesHandle(run.id, api, state, delete_pod_now=self._delete_now), info
+        return handle.KubernetesHandle(run.id, api, state, delete_pod_now=self._delete_now), info
 
-    async def attach(self, run: models.Run) -> tuple[KubernetesHandle, LaunchInfo]:
+    async def attach(self, run: models.Run) -> tuple[handle.KubernetesHandle, LaunchInfo]:
         api = await self._client()
         state = self._runs.get(run.id)
         if state is None:
@@ -392,12 +117,12 @@ class KubernetesBackend:
             items = found.get("items") or []
             if items:
                 name = items[0]["metadata"]["name"]
-            state = self._runs[run.id] = _RunState(namespace, name)
+            state = self._runs[run.id] = handle.RunState(namespace, name)
         info = LaunchInfo(
-            branch=manifests.branch_name(run.id),
+            branch=launch.branch_name(run.id),
             workspace=f"pod {state.namespace}/{state.name}:{manifests.WORKSPACE}",
         )
-        return KubernetesHandle(run.id, api, state, delete_pod_now=self._delete_now), info
+        return handle.KubernetesHandle(run.id, api, state, delete_pod_now=self._delete_now), info
 
     async def cleanup(self, run: models.Run) -> None:
         """Delete the run's Secret now (it marks the run as done with) and its pod now or,
@@ -440,7 +165,7 @@ class KubernetesBackend:
             await asyncio.sleep(interval)
             try:
                 await self.sweep()
-            except (errors.AgentfarmError, *_RETRYABLE) as exc:
+            except (errors.AgentfarmError, *handle.RETRYABLE) as exc:
                 log.warning("sweeping finished agent pods failed: %s", exc)
 
 
@@ -472,17 +197,5 @@ async def _secret_exists(api: k8s_api.Api, namespace: str, name: str) -> bool:
 async def _quietly(pending: Coroutine[Any, Any, None]) -> None:
     try:
         await pending
-    except (errors.AgentfarmError, *_RETRYABLE) as exc:
+    except (errors.AgentfarmError, *handle.RETRYABLE) as exc:
         log.warning("cleanup after a failed launch: %s", exc)
-
-
-def _guarded(coro: Coroutine[Any, Any, None], what: str) -> asyncio.Task[None]:
-    """A background task whose failure is logged when it happens."""
-    task = asyncio.create_task(coro, name=what)
-
-    def report(done: asyncio.Task[None]) -> None:
-        if not done.cancelled() and done.exception() is not None:
-            log.error("%s failed", what, exc_info=done.exception())
-
-    task.add_done_callback(report)
-    return task

@@ -16,11 +16,11 @@ import base64
 import json
 import posixpath
 import re
+from collections.abc import Mapping
 from typing import Any
 
-from agentfarm.agents.base import AgentCommand
 from agentfarm.backends.kubernetes.config import PodConfig
-from agentfarm.domain import backend_config, errors, gittokens, models
+from agentfarm.domain import backend_config, errors, gittokens, launch, models
 
 Json = dict[str, Any]
 
@@ -70,11 +70,7 @@ def run_selector(run_id: str, instance: str) -> str:
     return f"{instance_selector(instance)},{LABEL_RUN}={run_id}"
 
 
-def branch_name(run_id: str) -> str:
-    return f"agentfarm/{run_id}"
-
-
-def git_credentials(run: models.Run, secrets: dict[str, str], cfg: PodConfig) -> list[Json]:
+def git_credentials(run: models.Run, secrets: Mapping[str, str], cfg: PodConfig) -> list[Json]:
     """The git token for the run's repository (at most one), as the entrypoint's rule: which
     secret authenticates which URL prefix, with which user name."""
     present = {name for name, value in secrets.items() if value}
@@ -84,7 +80,7 @@ def git_credentials(run: models.Run, secrets: dict[str, str], cfg: PodConfig) ->
     return [{"url": token.prefix, "user": token.user, "env": token.name}]
 
 
-def secret_data(run: models.Run, secrets: dict[str, str], cfg: PodConfig) -> dict[str, str]:
+def secret_data(run: models.Run, secrets: Mapping[str, str], cfg: PodConfig) -> dict[str, str]:
     """The secrets the run's Secret holds: every credential that is not a git token, and the
     one git token for the run's own repository host (other hosts' tokens stay home)."""
     wanted = {rule["env"] for rule in git_credentials(run, secrets, cfg)}
@@ -95,7 +91,7 @@ def secret_data(run: models.Run, secrets: dict[str, str], cfg: PodConfig) -> dic
     }
 
 
-def secret_env_names(secrets: dict[str, str], cfg: PodConfig) -> list[str]:
+def secret_env_names(secrets: Mapping[str, str], cfg: PodConfig) -> list[str]:
     """Secrets that become the agent's environment (credentials, never git tokens)."""
     skip: set[str] = set()
     if cfg.credentials == "shared-home":
@@ -104,13 +100,11 @@ def secret_env_names(secrets: dict[str, str], cfg: PodConfig) -> list[str]:
     return sorted(n for n in secrets if n not in skip and not gittokens.is_git_token(n))
 
 
-def build_secret(
-    run: models.Run, command: AgentCommand, secrets: dict[str, str], cfg: PodConfig
-) -> Json:
+def build_secret(run: models.Run, spec: launch.LaunchSpec, cfg: PodConfig) -> Json:
     name = object_name(run.id)
-    kept = secret_data(run, secrets, cfg)
+    kept = secret_data(run, spec.credentials, cfg)
     data = {key: _b64(value.encode()) for key, value in sorted(kept.items())}
-    data[STDIN_KEY] = _b64(command.stdin)
+    data[STDIN_KEY] = _b64(spec.command.stdin)
     return {
         "apiVersion": "v1",
         "kind": "Secret",
@@ -136,11 +130,9 @@ def owner_reference(pod: Json) -> Json:
     }
 
 
-def build_pod(
-    run: models.Run, command: AgentCommand, secrets: dict[str, str], cfg: PodConfig
-) -> Json:
+def build_pod(run: models.Run, launching: launch.LaunchSpec, cfg: PodConfig) -> Json:
     name = object_name(run.id)
-    spec = run.spec
+    spec, command, secrets = run.spec, launching.command, launching.credentials
     token_rules = git_credentials(run, secrets, cfg)
     token_env = [_secret_ref(rule["env"], name) for rule in token_rules]
     common_env = [
@@ -148,7 +140,7 @@ def build_pod(
         {"name": "AGENTFARM_RUN_ID", "value": run.id},
         {"name": "AGENTFARM_REPO", "value": spec.repo},
         {"name": "AGENTFARM_BASE_BRANCH", "value": spec.base_branch or ""},
-        {"name": "AGENTFARM_BRANCH", "value": branch_name(run.id)},
+        {"name": "AGENTFARM_BRANCH", "value": launching.branch},
         {"name": "AGENTFARM_WORKSPACE", "value": WORKSPACE},
         {"name": "AGENTFARM_GIT_CREDENTIALS", "value": json.dumps(token_rules)},
     ]

@@ -14,22 +14,20 @@ import json
 import os
 import shutil
 import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import agentfarm
-from agentfarm.agents.base import AgentCommand
 from agentfarm.backends.base import LaunchInfo
-from agentfarm.backends.local import egress, git, hostinfo, procs, sandbox
+from agentfarm.backends.local import binaries, cgroups, git, hostinfo, monitor_spec, procs, sandbox
 from agentfarm.backends.local.handle import (
     GIT_STATE,
     LocalHandle,
-    branch_name,
     kill_orphans,
     monitor_running,
     read_identity,
 )
-from agentfarm.domain import backend_config, errors, models
+from agentfarm.domain import backend_config, errors, launch, models
 from agentfarm.domain import egress as policies
 from agentfarm.settings import Settings
 
@@ -75,27 +73,26 @@ class LocalBackend:
     #: How the proxy port reaches the egress proxy (see ``egress.py``); tests force ``bridge``.
     egress_via = "auto"
 
-    def __init__(self, settings: Settings, *, interrupt: bytes = b"") -> None:
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        #: Written to the agent's stdin when a run is stopped (the adapter's interrupt()).
-        self.interrupt = interrupt
 
     def run_dir(self, run_id: str) -> Path:
         return self.settings.runs_dir / run_id
 
     def handle(self, run: models.Run) -> LocalHandle:
-        return LocalHandle(run, self.run_dir(run.id), interrupt=self.interrupt)
+        return LocalHandle(run, self.run_dir(run.id))
 
     async def launch(
-        self, run: models.Run, command: AgentCommand, secrets: dict[str, str]
+        self, run: models.Run, spec: launch.LaunchSpec
     ) -> tuple[LocalHandle, LaunchInfo]:
+        command = spec.command
         box = _sandbox(run)
         bwrap = find_bwrap() if box.mode == "bwrap" else None
         if box.mode == "bwrap" and bwrap is None:
             raise errors.ConfigurationError(NO_BWRAP)
         if not command.argv:
             raise errors.LaunchError("the agent command is empty")
-        policy, python, notices = self._network(run, secrets)
+        policy, python, notices = self._network(run, spec.credentials)
         is_root = os.geteuid() == 0
         uid, gid = (
             (self.settings.sandbox_uid, self.settings.sandbox_gid) if is_root else (None, None)
@@ -105,12 +102,12 @@ class LocalBackend:
             raise errors.ConfigurationError("setpriv is not installed: apt-get install util-linux")
         run_dir = self.run_dir(run.id)
         workspace, home = run_dir / "workspace", run_dir / "home"
-        agent = await asyncio.to_thread(_resolve, command.argv[0])
+        agent = await asyncio.to_thread(binaries.find, command.binary, self.settings)
         await asyncio.to_thread(self._prepare, run_dir, uid, gid)
         # The monitor's interpreter starts while we clone: it waits for its spec on stdin.
         monitor = await self._spawn_monitor(run_dir)
         try:
-            branch = branch_name(run.id)
+            branch = spec.branch
             await git.clone(run.spec.repo, workspace, run.spec.base_branch)
             await git.new_branch(workspace, branch)
             borrowed = await asyncio.to_thread(_save_git_state, run_dir, workspace)
@@ -127,37 +124,32 @@ class LocalBackend:
         binds += [sandbox.Bind(str(path), str(path)) for path in borrowed]
         usr_links, real_dirs, etc = await asyncio.to_thread(_root_layout)
         binds = [sandbox.Bind(d, d) for d in real_dirs] + binds
-        in_box = box.mode == "bwrap"
-        env = sandbox.agent_env(command.env, secrets, home=sandbox.HOME if in_box else str(home))
-        if in_box and box.network == "allowlist":
-            env.update(egress.proxy_env())
+        if box.mode == "bwrap" and box.network == "allowlist":
             binds += [sandbox.Bind(d, d) for d in python[1]]
-        spec: dict[str, Any] = {
-            "run_dir": str(run_dir),
-            "mode": box.mode,
-            "argv": [agent, *command.argv[1:]],
-            "env": env,
-            "stdin": _b64(command.stdin),
-            "close_stdin_after": list(command.close_stdin_after),
-            "workspace": str(workspace),
-            "home": str(home),
-            "passwd": str(run_dir / "etc" / "passwd"),
-            "group": str(run_dir / "etc" / "group"),
-            "network": box.network,
-            "egress_policy": policy.to_json(),
-            "python": python[0],
-            "egress_via": self.egress_via,
-            "limits": {"memory_mb": box.memory_mb, "cpus": box.cpus, "pids": box.pids},
-            "cgroup_name": run.id,
-            "uid": uid,
-            "gid": gid,
-            "etc": etc,
-            "binds": [[b.source, b.dest, b.writable] for b in binds],
-            "bwrap": bwrap or "bwrap",
-            "setpriv": setpriv,
-            "usr_links": usr_links,
-        }
-        await self._send_spec(monitor, run_dir, spec)
+        to_monitor = monitor_spec.MonitorSpec(
+            run_dir=str(run_dir),
+            mode=box.mode,
+            launch=spec,
+            program=agent,
+            workspace=str(workspace),
+            home=str(home),
+            passwd=str(run_dir / "etc" / "passwd"),
+            group=str(run_dir / "etc" / "group"),
+            network=box.network,
+            egress_policy=policy.to_json(),
+            python=python[0],
+            egress_via=self.egress_via,
+            limits=cgroups.Limits(memory_mb=box.memory_mb, cpus=box.cpus, pids=box.pids),
+            cgroup_name=run.id,
+            uid=uid,
+            gid=gid,
+            etc=tuple(etc),
+            binds=tuple(binds),
+            bwrap=bwrap or "bwrap",
+            setpriv=setpriv,
+            usr_links=tuple(usr_links),
+        )
+        await self._send_spec(monitor, run_dir, to_monitor)
         notices += hostinfo.run_notices(is_root=is_root)  # no sandbox uid without root
         return self.handle(run), LaunchInfo(
             branch=branch, workspace=str(workspace), notices=notices
@@ -165,7 +157,7 @@ class LocalBackend:
 
     async def attach(self, run: models.Run) -> tuple[LocalHandle, LaunchInfo]:
         workspace = str(self.run_dir(run.id) / "workspace")
-        return self.handle(run), LaunchInfo(branch=branch_name(run.id), workspace=workspace)
+        return self.handle(run), LaunchInfo(branch=launch.branch_name(run.id), workspace=workspace)
 
     async def cleanup(self, run: models.Run) -> None:
         run_dir = self.run_dir(run.id)
@@ -182,7 +174,7 @@ class LocalBackend:
 
     # --- helpers ---------------------------------------------------------------------------
     def _network(
-        self, run: models.Run, secrets: dict[str, str]
+        self, run: models.Run, secrets: Mapping[str, str]
     ) -> tuple[policies.Policy, tuple[str, list[str]], list[str]]:
         """The run's egress policy, the bridge's interpreter (and binds it needs), notices."""
         box, repo = _sandbox(run), run.spec.repo
@@ -242,9 +234,9 @@ class LocalBackend:
             os.close(log)
 
     async def _send_spec(
-        self, proc: asyncio.subprocess.Process, run_dir: Path, spec: dict[str, Any]
+        self, proc: asyncio.subprocess.Process, run_dir: Path, spec: monitor_spec.MonitorSpec
     ) -> None:
-        out, _ = await proc.communicate(json.dumps(spec).encode())
+        out, _ = await proc.communicate(json.dumps(spec.to_json()).encode())
         try:
             status = json.loads(out.splitlines()[0])
         except (IndexError, ValueError):
@@ -265,20 +257,6 @@ async def _abandon(proc: asyncio.subprocess.Process) -> None:
     with contextlib.suppress(ProcessLookupError):
         proc.kill()
     await proc.communicate()
-
-
-def _b64(data: bytes) -> str:
-    import base64
-
-    return base64.b64encode(data).decode()
-
-
-def _resolve(program: str) -> str:
-    """The real path of the agent's executable (its directory gets bound into the sandbox)."""
-    found = program if os.sep in program else shutil.which(program)
-    if found is None or not os.path.exists(found):
-        raise errors.LaunchError(f"the agent program {program!r} was not found")
-    return os.path.realpath(found)
 
 
 def _root_layout() -> tuple[list[str], list[str], list[str]]:

@@ -12,21 +12,16 @@ from pathlib import Path
 from typing import Any
 
 from agentfarm.backends.base import Record
-from agentfarm.backends.local import cgroups, git, procs, spool
-from agentfarm.backends.local.monitor import CONTROL_SOCK, MONITOR_JSON, SANDBOX_JSON, SPOOL
-from agentfarm.domain import errors, models
+from agentfarm.backends.local import cgroups, git, monitor_spec, procs, spool
+from agentfarm.domain import errors, launch, models
 
 GIT_STATE = "git-state.json"
-
-
-def branch_name(run_id: str) -> str:
-    return f"agentfarm/{run_id}"
 
 
 def read_identity(run_dir: Path) -> tuple[int, int] | None:
     """The monitor's (pid, start time) from monitor.json (blocking)."""
     try:
-        body = json.loads((run_dir / MONITOR_JSON).read_text())
+        body = json.loads((run_dir / monitor_spec.MONITOR_JSON).read_text())
         return int(body["pid"]), int(body["start_time"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
@@ -35,7 +30,7 @@ def read_identity(run_dir: Path) -> tuple[int, int] | None:
 def kill_orphans(run_dir: Path, run_id: str) -> None:
     """Kill what a dead monitor left running (blocking): the sandbox and its cgroups."""
     try:
-        body = json.loads((run_dir / SANDBOX_JSON).read_text())
+        body = json.loads((run_dir / monitor_spec.SANDBOX_JSON).read_text())
         processes = [(int(p["pid"]), int(p["start_time"])) for p in body["processes"]]
     except (OSError, ValueError, KeyError, TypeError):
         processes = []
@@ -52,13 +47,12 @@ def monitor_running(run_dir: Path) -> bool:
 
 
 class LocalHandle:
-    """A run of the local backend. ``interrupt`` is written to stdin when stopping."""
+    """A run of the local backend, through its run directory and its monitor."""
 
-    def __init__(self, run: models.Run, run_dir: Path, *, interrupt: bytes = b"") -> None:
+    def __init__(self, run: models.Run, run_dir: Path) -> None:
         self.run_id = run.id
         self.run = run
         self.run_dir = run_dir
-        self.interrupt = interrupt
         self._identity: tuple[int, int] | None = None
 
     async def alive(self) -> bool:
@@ -69,7 +63,7 @@ class LocalHandle:
         return await asyncio.to_thread(procs.is_running, *self._identity)
 
     async def records(self, after: int) -> AsyncIterator[Record]:
-        async for record in spool.follow(self.run_dir / SPOOL, after, self.alive):
+        async for record in spool.follow(self.run_dir / monitor_spec.SPOOL, after, self.alive):
             if record.exit is not None and record.exit.lost:
                 await asyncio.to_thread(kill_orphans, self.run_dir, self.run_id)
             yield record
@@ -84,7 +78,8 @@ class LocalHandle:
         writer = None
         try:
             reader, writer = await asyncio.wait_for(
-                asyncio.open_unix_connection(f"/proc/self/fd/{dirfd}/{CONTROL_SOCK}"), 5
+                asyncio.open_unix_connection(f"/proc/self/fd/{dirfd}/{monitor_spec.CONTROL_SOCK}"),
+                5,
             )
             writer.write(json.dumps(message).encode() + b"\n")
             await writer.drain()
@@ -111,11 +106,8 @@ class LocalHandle:
         await self.request({"op": "send", "data": base64.b64encode(data).decode()})
 
     async def stop(self, grace: float) -> None:
-        message = {
-            "op": "stop",
-            "grace": grace,
-            "interrupt": base64.b64encode(self.interrupt).decode(),
-        }
+        # The monitor writes the run command's interrupt to stdin first.
+        message = {"op": "stop", "grace": grace}
         try:
             await self.request(message)
         except errors.BackendError:
@@ -132,7 +124,7 @@ class LocalHandle:
         else:
             raise errors.BackendError(f"run {self.run_id} is still running; stop it first")
         workspace = self.run_dir / "workspace"
-        branch = branch_name(self.run_id)
+        branch = launch.branch_name(self.run_id)
         try:
             state = json.loads(await asyncio.to_thread((self.run_dir / GIT_STATE).read_text))
             notices = await asyncio.to_thread(
@@ -156,4 +148,4 @@ class LocalHandle:
     async def discard_output(self) -> None:
         """Delete the spool: once the run's events are stored its raw lines are a second copy.
         Nothing reads it again (a restart resumes only runs that have not ended)."""
-        await asyncio.to_thread((self.run_dir / SPOOL).unlink, missing_ok=True)
+        await asyncio.to_thread((self.run_dir / monitor_spec.SPOOL).unlink, missing_ok=True)

@@ -13,7 +13,8 @@ bubblewrap pass through unchanged.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 #: In-sandbox locations: fixed, so they do not reveal the host's layout.
 WORKSPACE = "/workspace"
@@ -70,13 +71,6 @@ class SandboxConfig:
     hostname: str = "agentfarm"
 
 
-@dataclass(frozen=True)
-class Launch:
-    argv: list[str]
-    cwd: str | None = None
-    env_overrides: dict[str, str] = field(default_factory=dict)
-
-
 def setpriv_prefix(uid: int | None, gid: int | None, setpriv: str = "setpriv") -> list[str]:
     if uid is None:
         return []
@@ -123,7 +117,7 @@ def group_file(gid: int) -> str:
 
 
 def agent_env(
-    command_env: dict[str, str], secrets: dict[str, str], *, home: str, user: str = USER
+    command_env: Mapping[str, str], secrets: Mapping[str, str], *, home: str, user: str = USER
 ) -> dict[str, str]:
     """The agent's whole environment: a fixed base, the command's, then the secrets."""
     env = {

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from agentfarm.supervisor import tasks
+from agentfarm import tasks
 
-LOGGER = "agentfarm.supervisor.tasks"
+LOGGER = "agentfarm.tasks"
 #: Hang guard only: every wait below ends on an event long before this.
 GUARD = 20
 

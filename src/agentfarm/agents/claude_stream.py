@@ -1,0 +1,400 @@
+"""Claude Code's stream-json output, line by line, into normalized events.
+
+Facts this module relies on, checked against the pinned CLI (2.1.329):
+
+- ``assistant`` lines carry one content block each and repeat ``message.id``, so a block's
+  position is counted per message id.
+- One process can answer several user messages (follow-ups); each gets its own ``result``.
+  In those, ``total_cost_usd`` is cumulative for the process, while ``usage`` and
+  ``num_turns`` cover only that result's turn. The summary therefore takes the latest cost and
+  sums usage and turns.
+- API failures end in a ``result`` with ``is_error: true`` (even with ``subtype: success``),
+  ``terminal_reason: "api_error"`` and ``api_error_status``; max turns end in
+  ``subtype: error_max_turns`` with an ``errors`` list and no ``result`` text.
+
+Pure and deterministic: replaying the same lines into a new parser yields the same drafts
+(timestamps aside); that is how the supervisor rebuilds it after a restart."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal as signals
+from collections import deque
+from typing import Any
+
+from agentfarm.agents import capping
+from agentfarm.agents.base import Outcome, Summary
+from agentfarm.domain import models
+
+#: Lines longer than this are not parsed at all (they become ``agent.unparsed``).
+MAX_PARSE = 32 * 1024 * 1024
+#: ``agent.system`` keeps only small fields (their JSON under this many bytes).
+MAX_SMALL_FIELD = 2048
+#: Stderr lines remembered for the failure sentence.
+STDERR_TAIL = 5
+
+#: Fields of system lines that are noise for a person reading the run.
+_SYSTEM_SKIP = frozenset({"type", "subtype", "uuid", "session_id"})
+
+
+def _reject_constant(name: str) -> Any:
+    # NaN/Infinity are not JSON; letting them through would poison the stored event data.
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    return None
+
+
+def _usage(value: Any) -> models.Usage:
+    raw = _dict(value)
+    return models.Usage(
+        **{name: max(0, _int(raw.get(name)) or 0) for name in models.Usage.model_fields}
+    )
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signals.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+# --- the parser --------------------------------------------------------------------------
+
+
+class ClaudeStreamParser:
+    """Turns Claude Code stream-json lines into event drafts and keeps the run's figures."""
+
+    def __init__(self) -> None:
+        self.summary = Summary()
+        #: Blocks seen so far per assistant message id (a block's index within its message).
+        self._blocks: dict[str, int] = {}
+        self._stderr: deque[str] = deque(maxlen=STDERR_TAIL)
+        self._last_result: dict[str, Any] | None = None
+        #: Cost of earlier processes, should the stream hold more than one (a resumed agent
+        #: starts counting from zero again).
+        self._cost_base = 0.0
+        self._cost_latest = 0.0
+
+    # -- input --
+
+    def feed_stdout(self, line: bytes) -> list[models.EventDraft]:
+        if not line.strip():
+            return []
+        if len(line) > MAX_PARSE:
+            return [_unparsed(line, "line too long to parse")]
+        try:
+            obj = json.loads(line.decode("utf-8"), parse_constant=_reject_constant)
+        except UnicodeDecodeError:
+            return [_unparsed(line, "not UTF-8")]
+        except (ValueError, RecursionError) as exc:
+            return [_unparsed(line, f"invalid JSON: {str(exc)[:200]}")]
+        if not isinstance(obj, dict):
+            return [_unparsed(line, f"a JSON {type(obj).__name__}, not an object")]
+        try:
+            return self._dispatch(obj)
+        except Exception as exc:  # never crash on a line: show it instead
+            return [_unparsed(line, f"could not interpret: {type(exc).__name__}: {exc}"[:300])]
+
+    def feed_stderr(self, line: bytes) -> list[models.EventDraft]:
+        text = line.decode("utf-8", "replace").rstrip("\r\n")
+        if not text.strip():
+            return []
+        text = capping.cap_text(text)[0]
+        self._stderr.append(text)
+        return [models.EventDraft(type=models.EventType.agent_stderr, data={"line": text})]
+
+    # -- stdout line kinds --
+
+    def _dispatch(self, obj: dict[str, Any]) -> list[models.EventDraft]:
+        kind = obj.get("type")
+        session = _str(obj.get("session_id"))
+        if session:
+            self.summary.session_id = session
+        if kind == "system" and obj.get("subtype") == "init":
+            return [self._init(obj)]
+        if kind == "assistant":
+            return self._assistant(obj)
+        if kind == "user":
+            return self._user(obj)
+        if kind == "result":
+            return [self._result(obj)]
+        subtype = obj.get("subtype") if kind == "system" else kind
+        return [_system(obj, str(subtype) if subtype is not None else "unknown")]
+
+    def _init(self, obj: dict[str, Any]) -> models.EventDraft:
+        tools = obj.get("tools")
+        data = {
+            "session_id": _str(obj.get("session_id")),
+            "model": _str(obj.get("model")),
+            "tools": [t for t in tools if isinstance(t, str)] if isinstance(tools, list) else [],
+            "cwd": _str(obj.get("cwd")),
+            "permission_mode": _str(obj.get("permissionMode")),
+            "version": _str(obj.get("claude_code_version")),
+        }
+        return models.EventDraft(type=models.EventType.agent_init, data=capping.cap(data))
+
+    def _assistant(self, obj: dict[str, Any]) -> list[models.EventDraft]:
+        message = _dict(obj.get("message"))
+        message_id = _str(message.get("id")) or ""
+        content = message.get("content")
+        if isinstance(content, str):
+            content = [{"type": "text", "text": content}]
+        if not isinstance(content, list):
+            return [_system(obj, "assistant")]
+        drafts = []
+        for block in content:
+            index = self._blocks.get(message_id, 0)
+            self._blocks[message_id] = index + 1
+            drafts.append(_assistant_block(message_id, index, _dict(block)))
+        return drafts
+
+    def _user(self, obj: dict[str, Any]) -> list[models.EventDraft]:
+        content = _dict(obj.get("message")).get("content")
+        if not isinstance(content, list):
+            # A plain user message (a replayed prompt): the supervisor records what it sent.
+            return [_system(obj, "user")]
+        drafts = []
+        for block in map(_dict, content):
+            if block.get("type") == "tool_result":
+                drafts.append(_tool_result(block))
+            elif block.get("type") == "text":
+                # e.g. "[Request interrupted by user]" after an interrupt.
+                text = capping.cap_text(_str(block.get("text")) or "")[0]
+                drafts.append(
+                    models.EventDraft(
+                        type=models.EventType.agent_system,
+                        data={"subtype": "user_text", "text": text},
+                    )
+                )
+        return drafts
+
+    def _result(self, obj: dict[str, Any]) -> models.EventDraft:
+        usage = _usage(obj.get("usage"))
+        cost = _number(obj.get("total_cost_usd"))
+        result = _str(obj.get("result"))
+        errors = [e for e in obj.get("errors") or [] if isinstance(e, str)]
+        if result is None and errors:
+            result = "; ".join(errors)
+        data = {
+            "subtype": _str(obj.get("subtype")),
+            "is_error": obj.get("is_error") is True,
+            "result": result,
+            "cost_usd": cost,
+            "usage": usage.model_dump(),
+            "num_turns": _int(obj.get("num_turns")),
+            "duration_ms": _int(obj.get("duration_ms")),
+            "duration_api_ms": _int(obj.get("duration_api_ms")),
+            "permission_denials": obj.get("permission_denials") or [],
+            "terminal_reason": _str(obj.get("terminal_reason")),
+            "api_error_status": _int(obj.get("api_error_status")),
+        }
+        data = capping.cap(data)
+        self._update_summary(data, usage, cost, _str(obj.get("api_error_type")), errors)
+        return models.EventDraft(type=models.EventType.agent_result, data=data)
+
+    def _update_summary(
+        self,
+        data: dict[str, Any],
+        usage: models.Usage,
+        cost: float | None,
+        error_type: str | None,
+        errors: list[str],
+    ) -> None:
+        summary = self.summary
+        summary.saw_result = True
+        if cost is not None:
+            if cost < self._cost_latest:  # a new process: its count restarted at zero
+                self._cost_base += self._cost_latest
+            self._cost_latest = cost
+            summary.cost_usd = self._cost_base + cost
+        # usage and num_turns are per result (per user message), so they add up.
+        summary.usage = models.Usage(
+            **{
+                name: getattr(summary.usage, name) + getattr(usage, name)
+                for name in models.Usage.model_fields
+            }
+        )
+        if data["num_turns"] is not None:
+            summary.num_turns = (summary.num_turns or 0) + data["num_turns"]
+        summary.result_is_error = data["is_error"] or (data["subtype"] or "").startswith("error")
+        summary.result_error = (
+            _result_sentence(data, error_type, errors) if summary.result_is_error else None
+        )
+
+    # -- the end --
+
+    def finish(
+        self, exit_code: int | None, signal: int | None, *, stopped: bool, lost: bool = False
+    ) -> Outcome:
+        if stopped:
+            return Outcome(models.RunStatus.stopped)
+        if lost:
+            return Outcome(
+                models.RunStatus.lost,
+                "The agent's process was lost (its monitor or pod disappeared) before it "
+                "reported an exit status; its output so far is kept.",
+            )
+        if self.summary.saw_result:
+            if self.summary.result_is_error:
+                return Outcome(models.RunStatus.failed, self.summary.result_error)
+            return Outcome(models.RunStatus.succeeded)
+        return Outcome(models.RunStatus.failed, self._no_result_sentence(exit_code, signal))
+
+    def _no_result_sentence(self, exit_code: int | None, signal: int | None) -> str:
+        if signal is None and exit_code is not None and exit_code > 128:
+            signal = exit_code - 128  # a shell-style status: the process died of a signal
+        if signal is not None:
+            name = _signal_name(signal)
+            sentence = f"The agent was killed by {name} before it reported a result."
+            if signal == signals.SIGKILL:
+                sentence += (
+                    " SIGKILL usually means the memory limit was hit; raise sandbox.memory_mb "
+                    "or give the task less to hold in memory."
+                )
+        elif exit_code is None:
+            sentence = "The agent ended without an exit status and without reporting a result."
+        else:
+            sentence = f"The agent exited with code {exit_code} without reporting a result."
+        if self._stderr:
+            sentence += " Last stderr: " + " | ".join(self._stderr)
+        return sentence
+
+
+def _assistant_block(message_id: str, index: int, block: dict[str, Any]) -> models.EventDraft:
+    kind = block.get("type")
+    if kind == "text" or kind == "thinking":
+        text = _str(block.get("text" if kind == "text" else "thinking")) or ""
+        event = models.EventType.agent_text if kind == "text" else models.EventType.agent_thinking
+        return models.EventDraft(
+            type=event,
+            data={"message_id": message_id, "index": index, "text": capping.cap_text(text)[0]},
+        )
+    if kind == "tool_use":
+        data: dict[str, Any] = {
+            "message_id": message_id,
+            "index": index,
+            "id": _str(block.get("id")),
+            "name": _str(block.get("name")),
+            "input": block.get("input") if isinstance(block.get("input"), dict) else {},
+        }
+        return models.EventDraft(type=models.EventType.agent_tool_call, data=capping.cap(data))
+    # Other blocks (redacted_thinking, server tools, ...): show that they happened.
+    return models.EventDraft(
+        type=models.EventType.agent_system,
+        data={
+            "subtype": f"assistant_{kind}" if isinstance(kind, str) else "assistant_block",
+            "message_id": message_id,
+            "index": index,
+        },
+    )
+
+
+def _tool_result(block: dict[str, Any]) -> models.EventDraft:
+    content, truncated, size = capping.cap_text(_content_text(block.get("content")))
+    data = {
+        "id": _str(block.get("tool_use_id")),
+        "is_error": block.get("is_error") is True,
+        "content": content,
+        "truncated": truncated,
+        "size": size,
+    }
+    return models.EventDraft(type=models.EventType.agent_tool_result, data=data)
+
+
+def _content_text(content: Any) -> str:
+    """Tool-result content as one string: text blocks joined, other blocks summarised."""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        return "" if content is None else json.dumps(content)
+    parts = []
+    for block in content:
+        if isinstance(block, dict) and block.get("type") == "text":
+            parts.append(_str(block.get("text")) or "")
+        elif isinstance(block, dict):
+            parts.append(f"[{block.get('type', 'block')}]")
+        else:
+            parts.append(str(block))
+    return "\n".join(parts)
+
+
+def _system(obj: dict[str, Any], subtype: str) -> models.EventDraft:
+    """``agent.system`` with the line's small fields: enough to show, never huge."""
+    data: dict[str, Any] = {"subtype": capping.cap_text(subtype, 200)[0]}
+    for key, value in obj.items():
+        if key in _SYSTEM_SKIP or key in data:
+            continue
+        value = capping.cap(value)
+        if isinstance(value, dict | list):
+            if len(json.dumps(value)) > MAX_SMALL_FIELD:
+                continue
+        elif isinstance(value, str) and len(value) > MAX_SMALL_FIELD:
+            value = capping.cap_text(value, MAX_SMALL_FIELD)[0]
+        data[capping.cap_text(str(key), 200)[0]] = value
+    return models.EventDraft(type=models.EventType.agent_system, data=data)
+
+
+def _unparsed(line: bytes, reason: str) -> models.EventDraft:
+    text, truncated, _ = capping.cap_text(
+        line[: capping.MAX_STRING + 16].decode("utf-8", "replace")
+    )
+    data: dict[str, Any] = {
+        "line": text,
+        "size": len(line),
+        "truncated": truncated or len(line) > capping.MAX_STRING,
+        "reason": reason,
+    }
+    return models.EventDraft(type=models.EventType.agent_unparsed, data=data)
+
+
+_API_ERROR_PREFIX = re.compile(r"^API Error:\s*(\d{3})?\s*")
+_MAX_TURNS = re.compile(r"\((\d+)\)")
+
+
+def _result_sentence(data: dict[str, Any], error_type: str | None, errors: list[str]) -> str:
+    """A sentence a person can act on, for a result that reports an error."""
+    subtype = data["subtype"] or ""
+    detail = (data["result"] or "").strip()
+    status = data["api_error_status"]
+    if status is not None or data["terminal_reason"] == "api_error":
+        message = _API_ERROR_PREFIX.sub("", detail)[:500] or "no message"
+        shown = f"HTTP {status}" if status is not None else "an error"
+        kind = f" ({error_type})" if error_type else ""
+        if status in (401, 403):
+            hint = "Check the credentials (ANTHROPIC_API_KEY or CLAUDE_CODE_OAUTH_TOKEN)."
+        elif status in (429, 529):
+            hint = "The API is rate-limiting or overloaded; retry later."
+        else:
+            hint = "Check ANTHROPIC_BASE_URL/credentials or retry."
+        return f"The model API returned {shown}{kind}: {message.rstrip('.')}. {hint}"
+    if subtype == "error_max_turns" or data["terminal_reason"] == "max_turns":
+        found = next((m for e in errors if (m := _MAX_TURNS.search(e))), None)
+        limit = found.group(1) if found else str(data["num_turns"] or "?")
+        return f"Reached max_turns ({limit}) before finishing; raise max_turns or narrow the task."
+    if subtype == "error_max_budget_usd":
+        return "Reached the cost budget before finishing; raise the budget or narrow the task."
+    if subtype == "error_during_execution":
+        return (
+            f"The agent stopped with an error during execution: {detail[:500] or 'no details'}."
+            " See the events before it for the cause."
+        )
+    return (
+        f"The agent reported an error ({subtype or 'no subtype'}): {detail[:500] or 'no details'}."
+    )

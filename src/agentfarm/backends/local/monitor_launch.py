@@ -1,0 +1,124 @@
+"""How a run's monitor starts the agent: the command line (bubblewrap, or setpriv alone when
+unsandboxed), its working directory, the host paths to stage and the agent's environment
+(:func:`build_launch`, pure), then the process itself (:func:`spawn`)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+
+from agentfarm.backends.local import cgroups, egress, monitor_spec, sandbox, stage
+
+
+def agent_env(spec: monitor_spec.MonitorSpec, home: str) -> dict[str, str]:
+    """The agent's whole environment: a fixed base, the command's, the credentials, and the
+    proxy variables when the sandbox reaches out only through the egress proxy."""
+    command = spec.launch.command
+    env = sandbox.agent_env(command.env, spec.launch.credentials, home=home)
+    if spec.allowlist:
+        env.update(egress.proxy_env())
+    return env
+
+
+def _staging(spec: monitor_spec.MonitorSpec) -> tuple[list[str], dict[str, str]]:
+    """Sources to stage (when root drops to another uid) and host path -> staged path.
+
+    Unsandboxed runs are not staged (the staging tmpfs would hide the host's /tmp from the
+    agent): there the run directory's parents must be traversable by the sandbox uid.
+    """
+    if spec.uid is None or spec.mode == "none":
+        return [], {}
+    sources = [spec.workspace, spec.home, spec.passwd, spec.group]
+    sources += [b.source for b in spec.binds]
+    if spec.via_bridge:
+        sources += [spec.egress_socket, egress.BRIDGE]
+    unique = list(dict.fromkeys(sources))
+    return unique, {src: stage.staged_path(i) for i, src in enumerate(unique)}
+
+
+def build_launch(
+    spec: monitor_spec.MonitorSpec, status_fd: int
+) -> tuple[list[str], str | None, list[str], dict[str, str]]:
+    """argv, working directory, the sources to stage and the environment for this spec."""
+    sources, staged = _staging(spec)
+
+    def at(path: str) -> str:
+        return staged.get(path, path)
+
+    if spec.mode == "none":
+        argv = sandbox.setpriv_prefix(spec.uid, spec.gid, spec.setpriv) + spec.argv
+        return argv, at(spec.workspace), sources, agent_env(spec, home=at(spec.home))
+    binds = list(spec.binds)
+    command = spec.argv
+    if spec.via_bridge:
+        binds += [
+            sandbox.Bind(spec.egress_socket, egress.SANDBOX_SOCKET),
+            sandbox.Bind(egress.BRIDGE, egress.SANDBOX_BRIDGE),
+        ]
+        port = str(egress.SANDBOX_PORT)
+        bridge = [spec.python, "-S", "-I", egress.SANDBOX_BRIDGE, egress.SANDBOX_SOCKET, port]
+        command = [*bridge, "--", *spec.argv]
+    config = sandbox.SandboxConfig(
+        workspace=at(spec.workspace),
+        home=at(spec.home),
+        passwd=at(spec.passwd),
+        group=at(spec.group),
+        # With netns, the launcher child has made the namespace: bubblewrap stays in it.
+        network=spec.network == "open" or spec.via_netns,
+        etc=spec.etc,
+        extra_binds=tuple(sandbox.Bind(at(b.source), b.dest, b.writable) for b in binds),
+        status_fd=status_fd,
+        uid=spec.uid,
+        gid=spec.gid,
+        bwrap=spec.bwrap,
+        setpriv=spec.setpriv,
+        usr_links=spec.usr_links,
+    )
+    return sandbox.bwrap_argv(config, command), None, sources, agent_env(spec, sandbox.HOME)
+
+
+def spawn(
+    spec: monitor_spec.MonitorSpec,
+    status_fd: int,
+    cgroup: cgroups.RunCgroup,
+    channel: socket.socket | None,
+) -> subprocess.Popen[bytes]:
+    """Start the agent. Between fork and exec the launcher child joins the run's cgroups,
+    stages its mounts and, with ``channel``, makes the sandbox's network namespace and hands
+    the proxy its listener there (``egress.private_network``)."""
+    argv, cwd, sources, env = build_launch(spec, status_fd)
+    stage.load()
+    err_r, err_w = os.pipe2(os.O_CLOEXEC)
+
+    def preexec() -> None:
+        try:
+            cgroup.join()
+            if sources:
+                stage.stage(sources)
+            if channel is not None:
+                egress.private_network(channel)
+            if cwd is not None:
+                # Here rather than Popen(cwd=...), which would chdir before we join the cgroups.
+                os.chdir(cwd)
+        except BaseException as exc:
+            os.write(err_w, f"{type(exc).__name__}: {exc}".encode())
+            raise
+
+    try:
+        return subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            pass_fds=(status_fd,) if spec.mode != "none" else (),
+            preexec_fn=preexec,
+            start_new_session=spec.mode == "none",
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        detail = os.read(err_r, 4096).decode(errors="replace") or str(exc)
+        raise RuntimeError(f"cannot start the agent: {detail}") from None
+    finally:
+        os.close(err_w)
+        os.close(err_r)

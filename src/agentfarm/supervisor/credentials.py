@@ -1,0 +1,96 @@
+"""A launch's credentials: resolved once, off the event loop, from the server's environment
+and the secrets file (read once), and handed down in the launch spec.
+
+What a run needs depends on its backend's settings, never on its backend's name: whether the
+agent must bring model credentials (a ``shared-home`` pod logs in with the shared ~/.claude),
+and whether it clones and pushes away from this host (then it needs git tokens).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from pydantic import AliasChoices, SecretStr
+
+from agentfarm.domain import backend_config, errors, gittokens
+from agentfarm.domain.redact import Redactor
+from agentfarm.settings import Settings
+from agentfarm.store.secrets import SecretStore
+
+MODEL_CREDENTIALS = ("ANTHROPIC_API_KEY", "CLAUDE_CODE_OAUTH_TOKEN")
+
+MISSING = (
+    "no Claude credentials are configured: set CLAUDE_CODE_OAUTH_TOKEN (from "
+    "`claude setup-token`) or ANTHROPIC_API_KEY in the server's environment, or "
+    "store one with `agentfarm secret set CLAUDE_CODE_OAUTH_TOKEN`"
+)
+
+
+@dataclass(frozen=True)
+class Credentials:
+    #: What the agent gets (the launch spec's ``credentials``).
+    env: dict[str, str] = field(repr=False)
+    #: Masks every stored secret and every credential value in what the run shows.
+    redactor: Redactor = field(repr=False)
+    #: The backend needs model credentials and none is configured.
+    missing: bool = False
+
+    def require(self) -> Credentials:
+        if self.missing:
+            raise errors.ConfigurationError(MISSING)
+        return self
+
+
+def resolve(
+    settings: Settings, secrets: SecretStore, backend: backend_config.BackendSpec
+) -> Credentials:
+    """Blocking (it reads the secrets file): call it in a thread."""
+    stored = secrets.all()
+    found: dict[str, str] = {}
+    from_env = {
+        "ANTHROPIC_API_KEY": settings.anthropic_api_key,
+        "CLAUDE_CODE_OAUTH_TOKEN": settings.claude_code_oauth_token,
+    }
+    for name in MODEL_CREDENTIALS:
+        env_value = from_env[name]
+        value = env_value.get_secret_value() if env_value else stored.get(name)
+        if value:
+            found[name] = value
+    base_url = settings.anthropic_base_url or stored.get("ANTHROPIC_BASE_URL")
+    if base_url:
+        found["ANTHROPIC_BASE_URL"] = base_url
+    missing = backend.model_credentials_required and not set(found) & set(MODEL_CREDENTIALS)
+    if backend.clones_remotely:
+        found |= git_tokens(settings, stored)
+    masked = {k: v for k, v in found.items() if "URL" not in k}
+    redactor = Redactor.of(server_secrets(settings), stored, masked)
+    return Credentials(env=found, redactor=redactor, missing=missing)
+
+
+def server_secrets(settings: Settings) -> dict[str, str]:
+    """Every secret setting of the server (credentials from its environment, the API token),
+    by its environment name: masked wherever a run's text could show one, whether or not
+    the run was given it."""
+    found: dict[str, str] = {}
+    for name, info in type(settings).model_fields.items():
+        value = getattr(settings, name)
+        if isinstance(value, SecretStr) and value.get_secret_value():
+            alias = info.validation_alias
+            env = alias.choices[0] if isinstance(alias, AliasChoices) else None
+            key = env if isinstance(env, str) else f"AGENTFARM_{name.upper()}"
+            found[key] = value.get_secret_value()
+    return found
+
+
+def git_tokens(settings: Settings, stored: Mapping[str, str]) -> dict[str, str]:
+    """Git tokens, for backends that clone and push away from this host (a pod): the
+    backend hands on only the one for the run's repository host (domain.gittokens)."""
+    tokens = {k: v for k, v in stored.items() if gittokens.is_git_token(k) and v}
+    for name, env_value in (
+        ("GITHUB_TOKEN", settings.github_token),
+        ("FORGEJO_TOKEN", settings.forgejo_token),
+    ):
+        if env_value is not None and env_value.get_secret_value():
+            tokens[name] = env_value.get_secret_value()
+    return tokens

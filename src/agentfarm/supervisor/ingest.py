@@ -1,0 +1,158 @@
+"""One run's ingest, from its first record to its final status.
+
+A pump task reads the backend's records into a bounded queue; the ingest takes them in
+batches, turns them into events with the agent's parser, and stores events and the backend
+cursor in one transaction (through the supervisor's ``append``) before they are published.
+After a restart the parser is rebuilt by replaying records up to the stored cursor without
+storing them again, so no event is lost or doubled. A watchdog stops an agent that prints
+nothing for ``AGENTFARM_WATCHDOG_SECONDS``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from agentfarm import tasks
+from agentfarm.agents.base import StreamParser
+from agentfarm.backends.base import ExitInfo, Record, RunHandle
+from agentfarm.domain import models
+from agentfarm.domain.redact import Redactor
+from agentfarm.settings import Settings
+from agentfarm.supervisor import events
+
+log = logging.getLogger(__name__)
+
+BATCH = 500
+_DONE = object()
+
+
+class Append(Protocol):
+    """The supervisor's one way to store events (and run fields, a cursor) and publish them."""
+
+    def __call__(
+        self,
+        run_id: str,
+        drafts: list[models.EventDraft],
+        *,
+        cursor: int | None = None,
+        run_fields: dict[str, Any] | None = None,
+        final: bool = False,
+    ) -> Awaitable[None]: ...
+
+
+@dataclass
+class Ingest:
+    run: models.Run
+    handle: RunHandle
+    parser: StreamParser
+    redactor: Redactor
+    settings: Settings
+    append: Append
+    #: Runs a person (or the watchdog) asked to stop: their end is ``stopped``, not ``failed``.
+    stop_requested: set[str]
+    #: Called once the run has ended and its last events are stored.
+    forget: Callable[[str], None]
+    tasks: set[asyncio.Task[Any]]
+    stored: int = 0
+
+    async def run_to_end(self) -> None:
+        queue: asyncio.Queue[Record | object] = asyncio.Queue(maxsize=4 * BATCH)
+        pump = tasks.spawn(self._pump(queue), name=f"pump-{self.run.id}", into=self.tasks)
+        try:
+            exit_info, watchdog_fired = await self._follow(queue)
+        finally:
+            pump.cancel()
+        await self._conclude(exit_info, watchdog_fired)
+
+    async def _pump(self, queue: asyncio.Queue[Record | object]) -> None:
+        try:
+            async for record in self.handle.records(after=0):
+                await queue.put(record)
+        finally:
+            await queue.put(_DONE)
+
+    async def _follow(self, queue: asyncio.Queue[Record | object]) -> tuple[ExitInfo, bool]:
+        run_id = self.run.id
+        exit_info: ExitInfo | None = None
+        watchdog = self.settings.watchdog_seconds or None
+        watchdog_fired = False
+        last_summary: dict[str, Any] = {}
+        while exit_info is None:
+            try:
+                item = await asyncio.wait_for(queue.get(), timeout=watchdog)
+            except TimeoutError:
+                if not watchdog_fired:
+                    watchdog_fired = True
+                    notice = f"no output for {watchdog:.0f} s: stopping the agent"
+                    await self.append(run_id, [events.notice_event(notice)])
+                    self.stop_requested.add(run_id)
+                    await self.handle.stop(self.settings.stop_grace_seconds)
+                continue
+            batch = [item]
+            while len(batch) < BATCH and not queue.empty():
+                batch.append(queue.get_nowait())
+            drafts: list[models.EventDraft] = []
+            cursor: int | None = None
+            for entry in batch:
+                if not isinstance(entry, Record):
+                    exit_info = exit_info or ExitInfo(
+                        exit_code=None, lost=True, error="the backend stopped reporting"
+                    )
+                    break
+                new = events.translate(self.parser, entry, self.redactor)
+                if entry.kind == "exit":
+                    exit_info = entry.exit or ExitInfo(exit_code=None)
+                if entry.cursor > self.stored:
+                    drafts.extend(new)
+                    cursor = entry.cursor
+            summary = events.summary_fields(self.parser)
+            fields = summary if summary != last_summary else None
+            last_summary = summary
+            if drafts or cursor is not None:
+                drafts = [events.redact(d, self.redactor) for d in drafts]
+                await self.append(run_id, drafts, cursor=cursor, run_fields=fields)
+                if cursor is not None:
+                    self.stored = max(self.stored, cursor)
+        return exit_info, watchdog_fired
+
+    async def _conclude(self, info: ExitInfo, watchdog_fired: bool) -> None:
+        run, handle = self.run, self.handle
+        stopped = info.stopped or (run.id in self.stop_requested and not info.lost)
+        outcome = self.parser.finish(info.exit_code, info.signal, stopped=stopped, lost=info.lost)
+        error = outcome.error
+        if info.lost and info.error:
+            error = f"{error} ({info.error})" if error else info.error
+        if info.oom_killed and outcome.status != models.RunStatus.succeeded:
+            error = run.spec.backend.out_of_memory()
+        if watchdog_fired:
+            quiet = self.settings.watchdog_seconds
+            error = f"the agent printed nothing for {quiet:.0f} s and was stopped"
+            outcome.status = models.RunStatus.failed
+        drafts: list[models.EventDraft] = []
+        try:
+            drafts += [events.notice_event(n) for n in await handle.finalize()]
+        except Exception as exc:  # the run is over either way; say what went wrong
+            log.warning("run %s: finalize failed", run.id, exc_info=True)
+            drafts.append(events.notice_event(f"bringing the results home failed: {exc}"))
+        if error:
+            error = self.redactor.text(error)
+        drafts.append(events.status_event(outcome.status, error=error, exit_code=info.exit_code))
+        fields: dict[str, Any] = {
+            "status": outcome.status,
+            "finished_at": models.utcnow(),
+            "exit_code": info.exit_code,
+            "error": error,
+            **events.summary_fields(self.parser),
+        }
+        redacted = [events.redact(d, self.redactor) for d in drafts]
+        await self.append(run.id, redacted, run_fields=fields, final=True)
+        self.stop_requested.discard(run.id)
+        self.forget(run.id)
+        try:  # every record is stored and the run has ended: the raw output is a second copy
+            await handle.discard_output()
+        except Exception:  # retention removes it later
+            log.warning("run %s: could not remove its raw output", run.id, exc_info=True)
