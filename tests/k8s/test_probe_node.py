@@ -23,9 +23,9 @@ from typing import Any
 
 import pytest
 
-from agentfarm.agents.base import AgentCommand
 from agentfarm.backends.kubernetes import backend as k8s_backend
 from agentfarm.domain import models
+from agentfarm.domain.launch import AgentCommand, LaunchSpec
 from agentfarm.settings import Settings
 from tests.k8s import agentimage, cluster, controlplaneimage
 from tests.k8s.test_manifests import KIT, resolve, url
@@ -215,7 +215,8 @@ async def run_probe(
     )
     run = models.Run(spec=spec)
     command = AgentCommand(argv=["python3", "-c", PROBE, json.dumps(probes)], env={})
-    handle, _ = await backend.launch(run, command, {"ANTHROPIC_API_KEY": agentimage.API_KEY})
+    launch_spec = LaunchSpec.of(run.id, command, {"ANTHROPIC_API_KEY": agentimage.API_KEY})
+    handle, _ = await backend.launch(run, launch_spec)
     lines: list[str] = []
     async with asyncio.timeout(180):
         async for record in handle.records(after=0):
