@@ -25,6 +25,22 @@ LISTEN = "control-listen"
 CONN = "control-conn"
 
 
+def bind_private(dirfd: int, name: str) -> tuple[socket.socket, str]:
+    """A unix socket bound at ``name`` in the directory ``dirfd`` (replacing a stale one),
+    mode 0600, and the path it was bound at. The path goes through the directory descriptor:
+    a unix socket path is limited to ~108 bytes."""
+    path = f"/proc/self/fd/{dirfd}/{name}"
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)
+    try:
+        listener.bind(path)
+    finally:
+        os.umask(old)
+    return listener, path
+
+
 class Controlled(Protocol):
     """What the control socket asks of the monitor."""
 
@@ -45,16 +61,7 @@ class ControlSocket:
         self.listener: socket.socket | None = None
 
     def open(self) -> None:
-        # Through the directory descriptor: a unix socket path is limited to ~108 bytes.
-        path = f"/proc/self/fd/{self.dirfd}/{monitor_spec.CONTROL_SOCK}"
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old = os.umask(0o177)
-        try:
-            listener.bind(path)
-        finally:
-            os.umask(old)
+        listener, _ = bind_private(self.dirfd, monitor_spec.CONTROL_SOCK)
         listener.listen(16)
         listener.setblocking(False)
         self.sel.register(listener, selectors.EVENT_READ, (LISTEN, None))

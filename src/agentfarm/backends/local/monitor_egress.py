@@ -10,7 +10,7 @@ import os
 import selectors
 import socket
 
-from agentfarm.backends.local import egress, lines, monitor_spec, procs
+from agentfarm.backends.local import egress, lines, monitor_control, monitor_spec, procs
 from agentfarm.backends.local.frames import SpoolWriter
 
 READ_SIZE = 1 << 16
@@ -58,15 +58,7 @@ class EgressProxy:
         self.report_fd = report_r
 
     def _listen(self) -> socket.socket:
-        path = f"/proc/self/fd/{self.dirfd}/{egress.SOCKET_NAME}"
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old = os.umask(0o177)
-        try:
-            listener.bind(path)
-        finally:
-            os.umask(old)
+        listener, path = monitor_control.bind_private(self.dirfd, egress.SOCKET_NAME)
         if self.spec.uid is not None:
             # Only the run's sandbox uid may connect (0600, and no other sandbox sees it).
             os.chown(path, self.spec.uid, self.spec.gid if self.spec.gid is not None else -1)
