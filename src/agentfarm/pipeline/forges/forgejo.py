@@ -9,9 +9,9 @@ commit statuses (each carries its state in ``status``).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
-from agentfarm.pipeline.forges import errors, parse, types
+from agentfarm.pipeline.forges import common, errors, parse, types
 from agentfarm.pipeline.forges.http import ForgeHttp, repo_path, segment
 
 LIMIT = 50
@@ -19,16 +19,12 @@ LIMIT = 50
 NEW_LABEL_COLOR = "#6f42c1"
 
 
-class ForgejoClient:
+class ForgejoClient(common.IssuesAndComments):
+    PAGE: ClassVar[dict[str, Any]] = {"limit": LIMIT}
+
     def __init__(self, http: ForgeHttp, kind: types.ForgeKind = "forgejo") -> None:
-        self.http = http
+        super().__init__(http)
         self.kind: types.ForgeKind = kind
-
-    def __repr__(self) -> str:
-        return f"ForgejoClient({self.http.base_url!r})"
-
-    async def aclose(self) -> None:
-        await self.http.aclose()
 
     async def list_labeled_issues(self, repo: str, label: str) -> list[types.Issue]:
         items = await self.http.pages(
@@ -37,27 +33,6 @@ class ForgejoClient:
             conditional=True,
         )
         return [parse.issue(item) for item in items if not item.get("pull_request")]
-
-    async def get_issue(self, repo: str, number: int) -> types.Issue:
-        return parse.issue(await self.http.json("GET", f"{repo_path(repo)}/issues/{number}"))
-
-    async def list_comments(self, repo: str, number: int) -> list[types.Comment]:
-        items = await self.http.pages(
-            f"{repo_path(repo)}/issues/{number}/comments", {"limit": LIMIT}
-        )
-        return [parse.comment(item) for item in items]
-
-    async def create_comment(self, repo: str, number: int, body: str) -> types.Comment:
-        data = await self.http.json(
-            "POST", f"{repo_path(repo)}/issues/{number}/comments", json={"body": body}
-        )
-        return parse.comment(data)
-
-    async def edit_comment(self, repo: str, comment_id: int, body: str) -> types.Comment:
-        data = await self.http.json(
-            "PATCH", f"{repo_path(repo)}/issues/comments/{comment_id}", json={"body": body}
-        )
-        return parse.comment(data)
 
     async def add_labels(self, repo: str, number: int, names: Sequence[str]) -> None:
         path = f"{repo_path(repo)}/issues/{number}/labels"

@@ -3,26 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
-from agentfarm.pipeline.forges import errors, parse, types
-from agentfarm.pipeline.forges.http import ForgeHttp, repo_path, segment
+from agentfarm.pipeline.forges import common, errors, parse, types
+from agentfarm.pipeline.forges.http import repo_path, segment
 
 API_VERSION = "2022-11-28"
 PER_PAGE = 100
 
 
-class GitHubClient:
+class GitHubClient(common.IssuesAndComments):
+    PAGE: ClassVar[dict[str, Any]] = {"per_page": PER_PAGE}
     kind: types.ForgeKind = "github"
-
-    def __init__(self, http: ForgeHttp) -> None:
-        self.http = http
-
-    def __repr__(self) -> str:
-        return f"GitHubClient({self.http.base_url!r})"
-
-    async def aclose(self) -> None:
-        await self.http.aclose()
 
     async def list_labeled_issues(self, repo: str, label: str) -> list[types.Issue]:
         items = await self.http.pages(
@@ -32,27 +24,6 @@ class GitHubClient:
         )
         # GitHub lists pull requests as issues too; they carry a `pull_request` key.
         return [parse.issue(item) for item in items if "pull_request" not in item]
-
-    async def get_issue(self, repo: str, number: int) -> types.Issue:
-        return parse.issue(await self.http.json("GET", f"{repo_path(repo)}/issues/{number}"))
-
-    async def list_comments(self, repo: str, number: int) -> list[types.Comment]:
-        items = await self.http.pages(
-            f"{repo_path(repo)}/issues/{number}/comments", {"per_page": PER_PAGE}
-        )
-        return [parse.comment(item) for item in items]
-
-    async def create_comment(self, repo: str, number: int, body: str) -> types.Comment:
-        data = await self.http.json(
-            "POST", f"{repo_path(repo)}/issues/{number}/comments", json={"body": body}
-        )
-        return parse.comment(data)
-
-    async def edit_comment(self, repo: str, comment_id: int, body: str) -> types.Comment:
-        data = await self.http.json(
-            "PATCH", f"{repo_path(repo)}/issues/comments/{comment_id}", json={"body": body}
-        )
-        return parse.comment(data)
 
     async def add_labels(self, repo: str, number: int, names: Sequence[str]) -> None:
         await self.http.request(
