@@ -5,6 +5,7 @@ VENV ?= $(CURDIR)/.venv
 BIN := $(VENV)/bin
 export AGENTFARM_TOOLS ?= $(CURDIR)/.tools
 CLAUDE_CODE_VERSION := $(shell cat scripts/claude-code.version)
+CODEX_VERSION := $(shell cat scripts/codex.version)
 PYTEST_ARGS ?=
 
 .PHONY: run serve test check fmt venv install install-dev web-vendor claude system-deps test-deps k8s-testenv unit integration bench clean
@@ -36,6 +37,7 @@ web-vendor:
 
 claude:
 	@scripts/install-claude.sh "$(CLAUDE_CODE_VERSION)"
+	@scripts/install-codex.sh "$(CODEX_VERSION)"
 
 system-deps:
 	@scripts/install-system-deps.sh
