@@ -5,9 +5,10 @@ VENV ?= $(CURDIR)/.venv
 BIN := $(VENV)/bin
 export AGENTFARM_TOOLS ?= $(CURDIR)/.tools
 CLAUDE_CODE_VERSION := $(shell cat scripts/claude-code.version)
+CODEX_VERSION := $(shell cat scripts/codex.version)
 PYTEST_ARGS ?=
 
-.PHONY: run serve test check fmt venv install install-dev web-vendor claude system-deps test-deps k8s-testenv unit integration bench clean
+.PHONY: run serve test check fmt venv install install-dev web-vendor claude codex system-deps test-deps k8s-testenv unit integration bench clean
 
 ## run: install the package and the pinned Claude Code CLI, then start the server
 run: install claude
@@ -37,10 +38,14 @@ web-vendor:
 claude:
 	@scripts/install-claude.sh "$(CLAUDE_CODE_VERSION)"
 
+## codex: the pinned Codex CLI (about 400 MB; tests only until `agent: codex` is registered)
+codex:
+	@scripts/install-codex.sh "$(CODEX_VERSION)"
+
 system-deps:
 	@scripts/install-system-deps.sh
 
-test-deps: system-deps install-dev claude k8s-testenv
+test-deps: system-deps install-dev claude codex k8s-testenv
 
 ## k8s-testenv: build the offline Kubernetes test cluster once (about 6.5 min; cached outside the repo)
 k8s-testenv:
