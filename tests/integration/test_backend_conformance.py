@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from agentfarm.agents import command
 from agentfarm.backends.base import Backend, Record
 from agentfarm.backends.fake import FakeBackend, Step
 from agentfarm.domain import models
@@ -52,7 +53,9 @@ def _exit0() -> Any:
     return ExitInfo(exit_code=0)
 
 
-def local_kit(tmp_path: Path) -> Kit:
+def local_kit(tmp_path: Path, *, command_agent: bool = False) -> Kit:
+    """``command_agent``: the generic command agent's adapter builds the command, with the
+    prompt on stdin; the script reads stdin to its end first (so stdin must close)."""
     if shutil.which("bwrap") is None:
         missing("bubblewrap", "apt-get install bubblewrap (make test does it)")
     from agentfarm.backends.local import LocalBackend
@@ -71,8 +74,15 @@ def local_kit(tmp_path: Path) -> Kit:
     def agent(sleep: float) -> tuple[AgentCommand, models.AgentSpec]:
         script = bindir / "agent.sh"
         body = "".join(f"echo '{line.decode()}'\n" for line in LINES)
+        if command_agent:
+            body = f"cat > /dev/null\n{body}"
         script.write_text(f"#!/bin/sh\n{body}" + (f"exec sleep {sleep}\n" if sleep else ""))
         script.chmod(0o755)
+        if command_agent:
+            spec = models.AgentSpec(
+                repo=str(repo), prompt="p", agent="command", command={"argv": [str(script)]}
+            )
+            return command.CommandAdapter().build_command(spec), spec
         return AgentCommand(argv=[str(script)], env={}), models.AgentSpec(
             repo=str(repo), prompt="p"
         )
@@ -80,10 +90,11 @@ def local_kit(tmp_path: Path) -> Kit:
     return Kit(LocalBackend(settings), lambda: LocalBackend(settings), agent)
 
 
-@pytest.fixture(params=["fake", "local"])
+@pytest.fixture(params=["fake", "local", "local-command-agent"])
 def kit(request: pytest.FixtureRequest, tmp_path: Path) -> Kit:
-    factory = fake_kit if request.param == "fake" else local_kit
-    return factory(tmp_path)
+    if request.param == "fake":
+        return fake_kit(tmp_path)
+    return local_kit(tmp_path, command_agent=request.param == "local-command-agent")
 
 
 async def collect(records: AsyncIterator[Record], timeout: float = 30) -> list[Record]:

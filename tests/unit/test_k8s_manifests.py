@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from agentfarm.agents import command as command_agent
 from agentfarm.backends.kubernetes import config, manifests
 from agentfarm.domain import backend_config, errors, models
 from agentfarm.domain.launch import AgentCommand, LaunchSpec
@@ -186,3 +187,23 @@ def test_kubernetes_spec_rejects_bad_values() -> None:
         backend_config.KubernetesSpec.model_validate({"resources": {"limits": {"memory": "lots"}}})
     with pytest.raises(ValueError, match="extra"):
         backend_config.KubernetesSpec.model_validate({"privileged": True})
+
+
+def test_a_command_agent_pod_runs_its_program_and_closes_stdin_once_written() -> None:
+    spec = models.AgentSpec(
+        repo="https://github.com/o/r.git",
+        prompt="do it",
+        agent="command",
+        command={"argv": ["aider", "--yes"]},
+        backend="kubernetes",
+    )
+    run = models.Run(id="abc123def456", spec=spec)
+    built = command_agent.CommandAdapter().build_command(spec)
+    cfg = config.resolve(spec, Settings(k8s_image="agent:1"))
+    launched = LaunchSpec.of(run.id, built, {})
+    agent = manifests.build_pod(run, launched, cfg)["spec"]["containers"][0]
+    assert agent["command"][3:] == ["--", "aider", "--yes"]
+    # No stdout line to wait for: the entrypoint closes stdin once it has written the prompt.
+    assert json.loads(env_of(agent)["AGENTFARM_CLOSE_STDIN_AFTER"]) == []  # type: ignore[arg-type]
+    secret = manifests.build_secret(run, launched, cfg)
+    assert base64.b64decode(secret["data"][manifests.STDIN_KEY]) == b"do it\n"

@@ -56,3 +56,18 @@ def test_missing_model_credentials_only_matter_where_the_backend_needs_them(
             found.require()
     shared = credentials.resolve(settings, secrets, SHARED_HOME_POD)
     assert shared.require().env == {}
+
+
+def test_an_agent_naming_no_credentials_needs_none_and_gets_no_model_key(tmp_path: Path) -> None:
+    secrets, settings = store_with(
+        tmp_path, ANTHROPIC_API_KEY="sk-0123456789", GITHUB_TOKEN="ghp-0123456789"
+    )
+    pod = credentials.resolve(settings, secrets, TOKEN_POD)
+    assert credentials.for_agent(pod, ("ANTHROPIC_API_KEY",)) is pod
+    bare = credentials.for_agent(pod, ())
+    assert bare.env == {"GITHUB_TOKEN": "ghp-0123456789"} and not bare.missing
+    assert "sk-0123456789" not in bare.redactor.text("key sk-0123456789")
+    empty, settings = store_with(tmp_path / "empty")
+    missing = credentials.resolve(settings, empty, LOCAL)
+    assert missing.missing and not credentials.for_agent(missing, ()).missing
+    credentials.for_agent(missing, ()).require()

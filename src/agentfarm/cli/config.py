@@ -21,6 +21,18 @@ def config_add(
     repo: Annotated[str | None, typer.Option(help="Local path or git URL.")] = None,
     prompt: Annotated[str | None, typer.Option(help="The task.")] = None,
     base_branch: Annotated[str | None, typer.Option()] = None,
+    agent: Annotated[str | None, typer.Option(help="claude (the default) | command.")] = None,
+    command_argv: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="For --agent command: the program, then each argument, one per flag "
+            "(repeatable, in order)."
+        ),
+    ] = None,
+    command_prompt: Annotated[
+        str | None,
+        typer.Option(help="For --agent command: stdin (the default) | argument | none."),
+    ] = None,
     model: Annotated[str | None, typer.Option()] = None,
     permission_mode: Annotated[str | None, typer.Option()] = None,
     allowed_tool: Annotated[list[str] | None, typer.Option(help="Repeatable.")] = None,
@@ -63,6 +75,15 @@ def config_add(
         "append_system_prompt": append_system_prompt,
     }
     body.update({k: v for k, v in flags.items() if v is not None})
+    if agent is not None:
+        body["agent"] = agent
+    if command_argv or command_prompt:
+        section = dict(body.get("command") or {})
+        if command_argv:
+            section["argv"] = command_argv
+        if command_prompt:
+            section["prompt"] = command_prompt
+        body["command"] = section
     if env:
         pairs = dict(item.split("=", 1) for item in env if "=" in item)
         if len(pairs) != len(env):
@@ -98,10 +119,11 @@ def config_ls(as_json: console.JsonFlag = False) -> None:
     if as_json:
         console.print_json(configs)
         return
-    table = Table("name", "repo", "model", "backend", "prompt", box=None)
+    table = Table("name", "agent", "repo", "model", "backend", "prompt", box=None)
     for cfg in configs:
         table.add_row(
             cfg["name"],
+            cfg.get("agent") or "claude",
             cfg["repo"],
             cfg.get("model") or "-",
             cfg["backend"]["type"],

@@ -69,12 +69,13 @@ def list_runs(
     if as_json:
         console.print_json(runs)
         return
-    table = Table("id", "status", "config", "branch", "cost", "turns", "created", box=None)
+    table = Table("id", "status", "agent", "config", "branch", "cost", "turns", "created", box=None)
     for r in runs:
         style = event_text.STATUS_STYLE.get(r["status"], "white")
         table.add_row(
             r["id"],
             f"[{style}]{r['status']}[/]",
+            (r.get("spec") or {}).get("agent") or "claude",
             r.get("config_name") or "-",
             r.get("branch") or "-",
             present.fmt_cost(r.get("cost_usd")),

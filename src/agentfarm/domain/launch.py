@@ -53,6 +53,9 @@ class AgentCommand:
     #: Close the agent's stdin after the first stdout line whose top-level ``type`` is one of
     #: these (the agent has answered and nothing else is queued): the process then exits.
     close_stdin_after: tuple[str, ...] = ()
+    #: Close the agent's stdin as soon as ``stdin`` is written (a program that reads its
+    #: prompt to end of file and takes nothing more).
+    close_stdin_when_written: bool = False
     #: Written to the agent's stdin when the run is stopped, before the signals.
     interrupt: bytes = b""
     #: None: this agent takes no follow-up messages.
@@ -68,6 +71,7 @@ class AgentCommand:
             "env": dict(self.env),
             "stdin": _b64(self.stdin),
             "close_stdin_after": list(self.close_stdin_after),
+            "close_stdin_when_written": self.close_stdin_when_written,
             "interrupt": _b64(self.interrupt),
             "followup": None
             if self.followup is None
@@ -82,6 +86,7 @@ class AgentCommand:
             env=dict(raw["env"]),
             stdin=base64.b64decode(raw.get("stdin", "")),
             close_stdin_after=tuple(raw.get("close_stdin_after", ())),
+            close_stdin_when_written=bool(raw.get("close_stdin_when_written", False)),
             interrupt=base64.b64decode(raw.get("interrupt", "")),
             followup=None
             if followup is None

@@ -8,7 +8,14 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from agentfarm.domain import backend_config, gittokens
 
@@ -66,10 +73,44 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
 
+PromptDelivery = Literal["stdin", "argument", "none"]
+AgentKind = Literal["claude", "command"]
+
+
+class CommandSpec(_Strict):
+    """The generic command agent's program: any command line, its output shown line by line,
+    its exit code deciding the run's status."""
+
+    argv: list[Annotated[str, Field(min_length=1, max_length=4096)]] = Field(
+        ...,
+        min_length=1,
+        max_length=200,
+        description="The program and its arguments, e.g. `[sh, -c, 'make fix']`: a path, or "
+        "a name found on the server's PATH.",
+    )
+    prompt: PromptDelivery = Field(
+        "stdin",
+        description="How the prompt reaches it: `stdin` (then stdin closes), `argument` (the "
+        "last argument) or `none`.",
+    )
+
+    @field_validator("argv")
+    @classmethod
+    def _check_argv(cls, value: list[str]) -> list[str]:
+        if any("\x00" in arg for arg in value):
+            raise ValueError("an argument may not contain a NUL character")
+        if value[0].startswith("-"):
+            raise ValueError("the first item must be the program, not an option")
+        return value
+
+
 class AgentSpec(_Strict):
     """Everything needed to launch an agent; the part of a config a run snapshots."""
 
-    agent: Literal["claude"] = Field("claude", description="Agent CLI: `claude` (Claude Code).")
+    agent: AgentKind = Field(
+        "claude",
+        description="Agent CLI: `claude` (Claude Code) or `command` (any program, see `command`).",
+    )
     repo: str = Field(
         ..., min_length=1, max_length=4096, description="Local path or git URL to clone."
     )
@@ -100,6 +141,11 @@ class AgentSpec(_Strict):
     env: dict[str, Annotated[str, Field(max_length=32_768)]] = Field(
         default_factory=dict, description="Extra environment variables for the agent."
     )
+    command: CommandSpec | None = Field(
+        None,
+        validate_default=True,
+        description="For `agent: command` only: `{argv: [...], prompt: stdin|argument|none}`.",
+    )
     backend: backend_config.BackendSpec = Field(
         default_factory=backend_config.LocalSpec,
         description="Where the agent runs and that backend's settings: `{type: local, "
@@ -120,6 +166,16 @@ class AgentSpec(_Strict):
         ):
             return data
         return backend_config.from_legacy_shape(data)
+
+    @field_validator("command")
+    @classmethod
+    def _check_command(cls, value: CommandSpec | None, info: ValidationInfo) -> CommandSpec | None:
+        agent = info.data.get("agent")
+        if agent == "command" and value is None:
+            raise ValueError("the command agent needs a command: {argv: [program, ...]}")
+        if agent != "command" and value is not None:
+            raise ValueError(f"a command is only for `agent: command`, not {agent!r}")
+        return value
 
     @field_validator("env")
     @classmethod

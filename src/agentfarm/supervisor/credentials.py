@@ -68,6 +68,16 @@ def resolve(
     return Credentials(env=found, redactor=redactor, missing=missing)
 
 
+def for_agent(creds: Credentials, names: tuple[str, ...] | None) -> Credentials:
+    """An agent that names no model credentials (the generic command agent) needs none and
+    is given none: an arbitrary program does not get the server's Claude key."""
+    if names is None or names:
+        return creds
+    model = {*MODEL_CREDENTIALS, "ANTHROPIC_BASE_URL"}
+    env = {k: v for k, v in creds.env.items() if k not in model}
+    return Credentials(env=env, redactor=creds.redactor, missing=False)
+
+
 def server_secrets(settings: Settings) -> dict[str, str]:
     """Every secret setting of the server (credentials from its environment, the API token),
     by its environment name: masked wherever a run's text could show one, whether or not

@@ -154,9 +154,11 @@ class Supervisor:
     # --- internals -----------------------------------------------------------------------
     async def _credentials(self, spec: models.AgentSpec) -> credentials.Credentials:
         """Once per launch, off the loop: the secrets file is read here and nowhere else."""
-        return await asyncio.to_thread(
+        resolved = await asyncio.to_thread(
             credentials.resolve, self.settings, self.secrets, spec.backend
         )
+        adapter = self.adapters.get(spec.agent)
+        return credentials.for_agent(resolved, adapter.credential_names() if adapter else None)
 
     async def _append(
         self,

@@ -25,8 +25,9 @@ log = logging.getLogger(__name__)
 
 def default_adapters() -> dict[str, AgentAdapter]:
     from agentfarm.agents.claude import ClaudeAdapter
+    from agentfarm.agents.command import CommandAdapter
 
-    return {"claude": ClaudeAdapter()}
+    return {"claude": ClaudeAdapter(), "command": CommandAdapter()}
 
 
 def default_backends(settings: Settings) -> dict[str, Backend]:

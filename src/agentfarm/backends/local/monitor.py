@@ -228,6 +228,9 @@ class Monitor:
         proc = self.proc
         if proc is None or proc.stdin is None or not self.stdin_open:
             return
+        if not self.stdin_buffer and self.spec.launch.command.close_stdin_when_written:
+            self.close_stdin()
+            return
         registered = self._is_registered(proc.stdin)
         if self.stdin_buffer and not registered:
             self.sel.register(proc.stdin, selectors.EVENT_WRITE, ("stdin", None))

@@ -47,8 +47,13 @@ PATTERN_WORDS = {
     **dict.fromkeys(K8S_RESOURCES.values(), 'write a Kubernetes quantity, e.g. "500m", "2", "4Gi"'),
 }
 
+#: The command agent's form fields, by the CommandSpec field each one sets.
+COMMAND_FIELDS = {"argv": "command_argv", "prompt": "command_prompt"}
+
 FIELDS = (
     "name",
+    "agent",
+    *COMMAND_FIELDS.values(),
     "repo",
     "prompt",
     "base_branch",
@@ -102,10 +107,14 @@ def values_of(cfg: models.ConfigIn | None) -> dict[str, str]:
         **_sandbox_values(local.sandbox if local else backend_config.SandboxSpec()),
         **_k8s_values(k8s or backend_config.KubernetesSpec()),
     }
+    command = cfg.command if cfg is not None else None
+    values["command_argv"] = "\n".join(command.argv) if command else ""
+    values["command_prompt"] = command.prompt if command else "stdin"
     if cfg is None:
-        return {"permission_mode": "bypassPermissions", **values}
+        return {"permission_mode": "bypassPermissions", "agent": "claude", **values}
     return {
         "name": cfg.name,
+        "agent": cfg.agent,
         "repo": cfg.repo,
         "prompt": cfg.prompt,
         "base_branch": cfg.base_branch or "",
@@ -170,10 +179,25 @@ def _k8s_backend(
     return backend
 
 
+def _agent(values: Mapping[str, str], body: dict[str, Any]) -> None:
+    """The agent kind and, for the command agent, its program (one argument per line, kept
+    as written: an argument may hold spaces or commas). An older form keeps the config's."""
+    if "agent" not in values:
+        return
+    body["agent"] = values["agent"].strip()
+    if body["agent"] != "command":
+        body["command"] = None
+        return
+    argv = [line.strip() for line in values.get("command_argv", "").splitlines() if line.strip()]
+    body["command"] = {"argv": argv, "prompt": values.get("command_prompt", "stdin").strip()}
+
+
 def _field_of(loc: list[str]) -> str:
     """The form field a validation error's location points at."""
     if not loc:
         return "name"
+    if loc[0] == "command":
+        return COMMAND_FIELDS.get(loc[1] if len(loc) > 1 else "", "command_argv")
     if loc[0] != "backend":
         return loc[0] if loc[0] in FIELDS else "name"
     rest = loc[2:] if len(loc) > 1 and loc[1] in ("local", "kubernetes") else loc[1:]
@@ -215,6 +239,7 @@ def parse_config(
             break
         env[key.strip()] = value
     body["env"] = env
+    _agent(values, body)
     kind = values.get("backend", "").strip()
     if kind == "kubernetes":
         body["backend"] = _k8s_backend(values, previous, problems)

@@ -1,0 +1,114 @@
+"""The generic command agent end to end: a real server, the real local backend, real
+bubblewrap and real git, with shell scripts as agents."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.conftest import git
+from tests.integration.server import Server
+from tests.realparts import missing
+
+pytestmark = pytest.mark.integration
+
+SECRET = "sk-ant-command-secret-value"
+WRITER = """#!/bin/sh
+set -e
+[ -z "$ANTHROPIC_API_KEY" ] || { echo "the agent was handed a model key" >&2; exit 9; }
+read -r prompt
+echo "$prompt" > hello.txt
+git add hello.txt
+git -c user.name=agent -c user.email=agent@example.invalid commit -qm "$prompt"
+echo "committed: $prompt"
+"""
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    if shutil.which("bwrap") is None:
+        missing("bubblewrap", "apt-get install bubblewrap (make test does it)")
+    srv = Server(
+        tmp_path / "data",
+        {"ANTHROPIC_API_KEY": SECRET, "AGENTFARM_STOP_GRACE_SECONDS": "3"},
+        tmp_path / "server.log",
+    ).start()
+    yield srv
+    srv.stop()
+
+
+def script(tmp_path: Path, body: str) -> str:
+    bindir = tmp_path / "agents"
+    bindir.mkdir(exist_ok=True)
+    bindir.chmod(0o755)
+    path = bindir / "agent.sh"
+    path.write_text(body)
+    path.chmod(0o755)
+    return str(path)
+
+
+def submit(srv: Server, source: Path, command: dict[str, Any], prompt: str) -> str:
+    spec = {"repo": str(source), "prompt": prompt, "agent": "command", "command": command}
+    with srv.client() as c:
+        response = c.post("/api/runs", json={"spec": spec})
+        assert response.status_code == 201, response.text
+        run_id: str = response.json()["id"]
+        return run_id
+
+
+def events(srv: Server, run_id: str) -> list[dict[str, Any]]:
+    with srv.client() as c:
+        found: list[dict[str, Any]] = c.get(f"/api/runs/{run_id}/events").json()
+        return found
+
+
+def test_a_script_that_commits_succeeds_with_its_commit_on_the_branch(
+    server: Server, source: Path, tmp_path: Path
+) -> None:
+    agent = script(tmp_path, WRITER)
+    result = server.cli(
+        "config", "add", "scripted", "--repo", str(source), "--prompt", "add a hello file",
+        "--agent", "command", "--command-argv", agent, "--command-prompt", "stdin",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    result = server.cli("run", "scripted")
+    assert result.returncode == 0, result.stdout + result.stderr
+    run_id = result.stdout.split()[1]
+    run = server.wait_status(run_id, {"succeeded", "failed"}, timeout=60)
+    assert run["status"] == "succeeded", (run, events(server, run_id))
+    texts = [e["data"]["text"] for e in events(server, run_id) if e["type"] == "agent.text"]
+    assert texts == ["committed: add a hello file"]
+    log = git(source, "log", "--format=%s", f"agentfarm/{run_id}")
+    assert log.splitlines() == ["add a hello file", "initial"]
+    assert git(source, "show", f"agentfarm/{run_id}:hello.txt") == "add a hello file\n"
+    assert "command" in server.cli("ls").stdout
+
+
+def test_a_failing_command_fails_with_its_exit_code(server: Server, source: Path) -> None:
+    command = {"argv": ["sh", "-c", 'echo "no: $1" >&2; exit 3', "sh"], "prompt": "argument"}
+    run_id = submit(server, source, command, "do it")
+    run = server.wait_status(run_id, {"succeeded", "failed"}, timeout=60)
+    assert run["status"] == "failed" and "code 3" in run["error"], run
+    stderr = [e["data"]["line"] for e in events(server, run_id) if e["type"] == "agent.stderr"]
+    assert "no: do it" in stderr
+
+
+def test_stop_ends_a_sleeping_command(server: Server, source: Path) -> None:
+    command = {"argv": ["sh", "-c", "echo sleeping; exec sleep 600"], "prompt": "none"}
+    run_id = submit(server, source, command, "wait")
+    deadline = time.monotonic() + 60
+    while not any(e["type"] == "agent.text" for e in events(server, run_id)):
+        assert time.monotonic() < deadline, events(server, run_id)
+        time.sleep(0.1)
+    with server.client() as c:
+        refused = c.post(f"/api/runs/{run_id}/messages", json={"text": "more"})
+        assert refused.status_code == 409, refused.text
+    result = server.cli("stop", run_id)
+    assert result.returncode == 0, result.stderr
+    done = server.wait_status(run_id, {"stopped", "failed", "succeeded"}, timeout=30)
+    assert done["status"] == "stopped", done
