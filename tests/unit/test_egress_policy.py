@@ -212,6 +212,16 @@ def test_a_literal_private_address_in_the_config_is_allowed() -> None:
     assert egress.check_address(p, "git.internal", 443, "10.1.2.4") is not None
 
 
+def test_a_literal_private_address_is_allowed_only_on_its_ports() -> None:
+    # A listed name that resolves to the literal (DNS the agent may control, a wildcard entry)
+    # must not open the literal's other ports.
+    p = policy("*.tunnel.example", "10.1.2.3:5000")
+    assert egress.check_address(p, "10.1.2.3", 5000, "10.1.2.3") is None
+    assert egress.check_address(p, "x.tunnel.example", 5000, "10.1.2.3") is None
+    reason = egress.check_address(p, "x.tunnel.example", 443, "10.1.2.3")
+    assert reason is not None and "private" in reason
+
+
 def test_public_addresses_pass() -> None:
     p = policy("pypi.org")
     assert egress.check_address(p, "pypi.org", 443, "151.101.0.223") is None

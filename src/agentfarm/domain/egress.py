@@ -8,7 +8,8 @@ lists (``host`` means ports 80 and 443, ``host:port`` one port, ``*.domain`` its
 - :func:`check_address`, for every address the name resolved to: whatever the list says, the
   control plane's port, the host's own addresses (loopback included: only the model endpoint,
   the operator's own setting, may live there) and link-local addresses are refused; private
-  and other non-public ranges are refused unless the config names that literal address.
+  and other non-public ranges are refused unless the config names that literal address, and
+  then only on the ports it names.
 
 Both answer ``None`` (allowed) or a sentence saying why not. Only the standard library is
 imported: the per-run monitor and its proxy use this module and must start fast.
@@ -154,9 +155,12 @@ class Policy:
     local_addresses: frozenset[str] = field(default_factory=frozenset)
 
     @property
-    def literals(self) -> frozenset[str]:
-        """IP addresses a config names explicitly (private ones are then allowed)."""
-        return frozenset(r.host for r in self.rules if _ip(r.host) is not None)
+    def literals(self) -> frozenset[tuple[str, int]]:
+        """IP addresses a config names explicitly, with their ports (private ones are then
+        allowed there: only on those ports, whatever name resolved to them)."""
+        return frozenset(
+            (r.host, port) for r in self.rules if _ip(r.host) is not None for port in r.ports
+        )
 
     def describe(self) -> list[str]:
         """Readable ``host:port`` entries, the model endpoint first."""
@@ -239,7 +243,7 @@ def check_address(policy: Policy, host: str, port: int, address: str) -> str | N
             return None
         return f"{ip} is this host's own address: only the model endpoint may be there"
     if kind in ("private", "special"):
-        if is_model or str(ip) in policy.literals:
+        if is_model or (str(ip), port) in policy.literals:
             return None
         return (
             f"{ip} is a private or non-public address: name it literally in the config's "
