@@ -245,3 +245,35 @@ def test_the_hosts_own_addresses_are_found() -> None:
     # From /proc: loopback is always there (the interfaces' addresses vary by machine).
     found = egress_proxy.local_addresses()
     assert {"127.0.0.1", "::1"} <= found
+
+
+async def test_connections_over_the_limit_are_refused_not_queued(
+    tmp_path: Path, setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Queued connections would each hold a socket and memory in the proxy, outside the
+    # sandbox's limits, for as long as the agent keeps the tunnels ahead of them open.
+    monkeypatch.setattr(egress_proxy, "MAX_CONNECTIONS", 2)
+    policy = policies.build_policy(["pypi.org"], model_url=None, remote=None, control=[])
+    proxy = egress_proxy.Proxy(
+        policy, setup.recorder.reports.append,
+        resolve=setup.recorder.resolve, connect=setup.recorder.connect,
+    )  # fmt: skip
+    path = str(tmp_path / "capped.sock")
+    front = await asyncio.start_unix_server(proxy.handle, path, limit=egress_proxy.MAX_HEAD)
+    tunnels = []
+    for _ in range(2):  # two open tunnels hold both places
+        reader, writer = await asyncio.open_unix_connection(path)
+        writer.write(connect("pypi.org:443"))
+        assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
+        tunnels.append(writer)
+    # The answer comes before any request (one sent first could turn the close into a reset).
+    reader, writer = await asyncio.open_unix_connection(path)
+    answer = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    await writer.wait_closed()
+    assert answer.startswith(b"HTTP/1.1 503") and b"too many connections" in answer, answer
+    for writer in tunnels:
+        writer.close()
+        await writer.wait_closed()
+    front.close()
+    await front.wait_closed()

@@ -116,7 +116,13 @@ def close_response(head: bytes) -> bytes:
 
 
 def response(status: int, reason: str) -> bytes:
-    titles = {400: "Bad Request", 403: "Forbidden", 502: "Bad Gateway", 504: "Gateway Timeout"}
+    titles = {
+        400: "Bad Request",
+        403: "Forbidden",
+        502: "Bad Gateway",
+        503: "Service Unavailable",
+        504: "Gateway Timeout",
+    }
     body = f"agentfarm egress proxy: {reason}\n".encode()
     head = (
         f"HTTP/1.1 {status} {titles.get(status, 'Error')}\r\nContent-Type: text/plain\r\n"
@@ -138,16 +144,23 @@ class Proxy:
         self.report = report
         self.resolve = resolve
         self.connect = connect
-        self.slots = asyncio.Semaphore(MAX_CONNECTIONS)
+        #: Connections being served; one over :data:`MAX_CONNECTIONS` is refused at once
+        #: (queued, each would hold a socket and memory here, outside the sandbox's limits).
+        self.active = 0
         self.reported: set[tuple[str, int, str]] = set()
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.active += 1
         try:
-            async with self.slots:
-                await self._handle(reader, writer)
+            if self.active > MAX_CONNECTIONS:
+                limit = f"too many connections (at most {MAX_CONNECTIONS} at a time)"
+                writer.write(response(503, limit))
+                return
+            await self._handle(reader, writer)
         except (OSError, asyncio.IncompleteReadError):
             pass
         finally:
+            self.active -= 1
             writer.close()
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
