@@ -146,6 +146,7 @@ def test_malformed_targets_are_refused() -> None:
         "::",
         "::ffff:127.0.0.1",
         "::127.0.0.1",
+        "::ffff:0:7f00:1",  # IPv4-translated (SIIT) 127.0.0.1
         "0.1.2.3",
     ],
 )
@@ -193,6 +194,7 @@ def test_link_local_is_refused_even_for_the_model_endpoint() -> None:
         "fd12:3456::1",
         "::ffff:10.0.0.1",
         "64:ff9b::a00:1",  # NAT64 of 10.0.0.1
+        "64:ff9b:1::a00:1",  # local-use NAT64 (RFC 8215): which IPv4 it maps to is unknown
         "2002:a00:1::1",  # 6to4 of 10.0.0.1
         "192.0.2.1",  # documentation range: not public either
         "224.0.0.1",

@@ -50,9 +50,21 @@ LOCAL_NETS = tuple(
 LINK_LOCAL_NETS = tuple(ipaddress.ip_network(n) for n in ("169.254.0.0/16", "fe80::/10"))
 PRIVATE_NETS = tuple(
     ipaddress.ip_network(n)
-    for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7")
+    # 64:ff9b:1::/48 is for local NAT64 prefixes of any length: the IPv4 address inside
+    # cannot be told, so the whole range counts as private (Python 3.11 calls it global).
+    for n in (
+        "10.0.0.0/8",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "100.64.0.0/10",
+        "fc00::/7",
+        "64:ff9b:1::/48",
+    )
 )
 NAT64 = ipaddress.ip_network("64:ff9b::/96")
+#: IPv4-translated addresses (SIIT, ``::ffff:0:a.b.c.d``): not IPv4-mapped, and Python calls
+#: them global, but a translator on the path delivers them to the IPv4 address inside.
+TRANSLATED = ipaddress.ip_network("::ffff:0:0:0/96")
 
 
 @dataclass(frozen=True)
@@ -278,7 +290,8 @@ def _is_control_plane(policy: Policy, ip: IP, port: int, kind: str) -> bool:
 
 
 def _unwrap(ip: IP) -> IP:
-    """The IPv4 address inside an IPv4-mapped, IPv4-compatible, 6to4 or NAT64 IPv6 address."""
+    """The IPv4 address inside an IPv4-mapped, IPv4-compatible, IPv4-translated, 6to4 or
+    NAT64 IPv6 address."""
     if isinstance(ip, ipaddress.IPv6Address):
         if 1 < int(ip) <= 0xFFFFFFFF:  # ::a.b.c.d, deprecated but still parsed
             return ipaddress.IPv4Address(int(ip))
@@ -286,7 +299,7 @@ def _unwrap(ip: IP) -> IP:
             return ip.ipv4_mapped
         if ip.sixtofour is not None:
             return ip.sixtofour
-        if ip in NAT64:
+        if ip in NAT64 or ip in TRANSLATED:
             return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
     return ip
 
