@@ -201,6 +201,7 @@ async def test_unresolvable_names_answer_502_and_are_not_reported(setup: Setup) 
         b"GET /relative HTTP/1.1\r\nHost: pypi.org\r\n\r\n",
         b"GET https://pypi.org/ HTTP/1.1\r\n\r\n",
         b"CONNECT pypi.org HTTP/1.1\r\n\r\n",
+        b"CONNECT pypi.org:\xb2 HTTP/1.1\r\n\r\n",  # latin-1 superscript two: isdigit(), no int
         b"nonsense\r\n\r\n",
     ],
 )

@@ -82,7 +82,8 @@ def parse_head(head: bytes) -> Request:
     method, target = parts[0].decode("latin-1"), parts[1].decode("latin-1")
     if method == "CONNECT":
         host, sep, port_text = target.rpartition(":")
-        if not sep or not port_text.isdigit():
+        # isascii: str.isdigit() also says yes to "²", which int() refuses.
+        if not sep or not (port_text.isascii() and port_text.isdigit()):
             raise Denied(400, "CONNECT needs host:port")
         return Request(method, host.strip("[]"), int(port_text))
     try:
