@@ -53,6 +53,7 @@ def test_groups_expand_to_their_hosts() -> None:
         ("example.com:0", "port"),
         ("example.com:99999", "port"),
         ("example.com:http", "port"),
+        ("example.com:\u00b2", "port"),  # isdigit() says yes, int() says no
         ("http://example.com", "not a URL"),
         ("exa mple.com", "host name"),
         ("-bad.example", "host name"),

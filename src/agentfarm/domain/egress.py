@@ -97,7 +97,7 @@ def normalize_host(raw: str) -> str | None:
 
 
 def _port(text: str, entry: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= 65535:
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= 65535:
         raise ValueError(f"egress entry {entry!r}: the port must be a number from 1 to 65535")
     return int(text)
 
