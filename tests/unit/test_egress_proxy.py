@@ -188,6 +188,21 @@ async def test_named_private_literal_and_model_endpoint_on_loopback_connect(setu
     assert body == b"{}"
 
 
+async def test_a_forwarded_request_names_the_checked_host_only(setup: Setup) -> None:
+    # RFC 9112 3.2.2: a proxy replaces the Host of an absolute-form request with the target's.
+    # Passed on, it would pick another site behind the allowed one's address (a CDN's).
+    request = (
+        b"GET http://user@PyPI.org/simple/ HTTP/1.1\r\nHost: evil.example\r\n"
+        b"host: evil2.example\r\nAccept: */*\r\n\r\n"
+    )
+    answer = await setup.ask(request)
+    assert answer.startswith(b"HTTP/1.1 200 OK"), answer
+    lines = setup.upstream[-1].partition(b"\r\n\r\n")[0].split(b"\r\n")
+    assert lines[0] == b"GET /simple/ HTTP/1.1"
+    assert [x for x in lines if x.lower().startswith(b"host:")] == [b"Host: pypi.org"]
+    assert b"Accept: */*" in lines
+
+
 async def test_unresolvable_names_answer_502_and_are_not_reported(setup: Setup) -> None:
     setup.recorder.table.pop("pypi.org")
     answer = await setup.ask(connect("pypi.org:443"))

@@ -8,11 +8,11 @@ run's monitor (``egress.py`` says how the port reaches it); the agent cannot tou
 
 It speaks just enough HTTP proxy: ``CONNECT host:port`` opens a tunnel (any protocol), and an
 absolute-form request (``GET http://host:port/path``) is forwarded in origin form with
-``Connection: close``. Every request is checked against the run's policy (see
-:mod:`agentfarm.domain.egress`) before any DNS look-up; then the name is resolved, every
-address is checked, and the connection goes to an address that passed, so a name that
-resolves differently a moment later (DNS rebinding) changes nothing. Denials are reported
-to the monitor, which turns them into ``sandbox.egress_denied`` events.
+``Connection: close`` and the target's own ``Host``. Every request is checked against the
+run's policy (see :mod:`agentfarm.domain.egress`) before any DNS look-up; then the name is
+resolved, every address is checked, and the connection goes to an address that passed, so a
+name that resolves differently a moment later (DNS rebinding) changes nothing. Denials are
+reported to the monitor, which turns them into ``sandbox.egress_denied`` events.
 """
 
 from __future__ import annotations
@@ -96,10 +96,15 @@ def parse_head(head: bytes) -> Request:
     path = url.path or "/"
     if url.query:
         path += "?" + url.query
-    out = [f"{method} {path} HTTP/1.1".encode("latin-1")]
+    # RFC 9112 3.2.2: the target's host replaces any Host the client sent, which would
+    # otherwise pick another site behind the checked one's address (a CDN's, say).
+    authority = f"[{url.hostname}]" if ":" in url.hostname else url.hostname
+    if url.port is not None:
+        authority += f":{url.port}"
+    out = [f"{method} {path} HTTP/1.1".encode("latin-1"), f"Host: {authority}".encode("latin-1")]
     for line in lines[1:]:
         name = line.split(b":", 1)[0].strip().lower()
-        if line and name not in HOP_BY_HOP:
+        if line and name not in HOP_BY_HOP and name != b"host":
             out.append(line)
     out.append(b"Connection: close")
     return Request(method, url.hostname, port, b"\r\n".join(out) + b"\r\n\r\n")
