@@ -298,7 +298,7 @@ async def test_queue_limit_and_stopping_a_queued_run(
 
 
 async def read_sse(
-    client: httpx.AsyncClient, run_id: str, headers: dict[str, str] | None = None
+    client: httpx.AsyncClient, run_id: str, headers: dict[str, str | bytes] | None = None
 ) -> list[dict[str, Any]]:
     events: list[dict[str, Any]] = []
     async with client.stream(
@@ -338,6 +338,10 @@ async def test_sse_streams_live_events_and_resumes(
         assert stored[-1]["data"]["status"] == "succeeded"
         resumed = await read_sse(client, run["id"], {"Last-Event-ID": "3"})
         assert resumed == stored[3:]
+        # Not a number we can use (latin-1 '²' passes str.isdigit(); too long for SQLite or
+        # for int()): ignored, the stream starts from the beginning, never a 500.
+        for odd in (b"\xb2", "9" * 30, "9" * 5000):
+            assert await read_sse(client, run["id"], {"Last-Event-ID": odd}) == stored
 
 
 async def test_restart_reattaches_without_loss_or_duplicates(

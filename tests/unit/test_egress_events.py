@@ -37,3 +37,17 @@ def test_cockpit_and_cli_show_host_port_and_reason() -> None:
     assert "pypi.org:443" in html and "not on the list" in html
     line = event_text.event_line(event.model_dump(mode="json"))
     assert line is not None and "pypi.org:443" in line.plain and "not on the list" in line.plain
+
+
+def test_an_agent_chosen_host_is_shown_as_text() -> None:
+    # The proxy passes printable ASCII through: markup is what is left to an agent.
+    data = {"host": '<img src=x onerror="alert(1)">', "port": 80, "reason": "[bold]no[/]"}
+    event = models.Event(run_id="esc", seq=7, type="sandbox.egress_denied", data=data)
+    html = event_html.event_html(event)
+    assert "<img" not in html and "&lt;img src=x onerror=" in html
+    line = event_text.event_line(event.model_dump(mode="json"))
+    assert (
+        line is not None
+        and "[bold]no[/]" in line.plain
+        and '<img src=x onerror="alert(1)">' in line.plain
+    )

@@ -53,6 +53,7 @@ def test_groups_expand_to_their_hosts() -> None:
         ("example.com:0", "port"),
         ("example.com:99999", "port"),
         ("example.com:http", "port"),
+        ("example.com:\u00b2", "port"),  # isdigit() says yes, int() says no
         ("http://example.com", "not a URL"),
         ("exa mple.com", "host name"),
         ("-bad.example", "host name"),
@@ -146,6 +147,7 @@ def test_malformed_targets_are_refused() -> None:
         "::",
         "::ffff:127.0.0.1",
         "::127.0.0.1",
+        "::ffff:0:7f00:1",  # IPv4-translated (SIIT) 127.0.0.1
         "0.1.2.3",
     ],
 )
@@ -193,6 +195,7 @@ def test_link_local_is_refused_even_for_the_model_endpoint() -> None:
         "fd12:3456::1",
         "::ffff:10.0.0.1",
         "64:ff9b::a00:1",  # NAT64 of 10.0.0.1
+        "64:ff9b:1::a00:1",  # local-use NAT64 (RFC 8215): which IPv4 it maps to is unknown
         "2002:a00:1::1",  # 6to4 of 10.0.0.1
         "192.0.2.1",  # documentation range: not public either
         "224.0.0.1",
@@ -210,6 +213,16 @@ def test_a_literal_private_address_in_the_config_is_allowed() -> None:
     assert egress.check_address(p, "git.internal", 443, "10.1.2.3") is None
     assert egress.check_address(p, "10.1.2.3", 443, "10.1.2.3") is None
     assert egress.check_address(p, "git.internal", 443, "10.1.2.4") is not None
+
+
+def test_a_literal_private_address_is_allowed_only_on_its_ports() -> None:
+    # A listed name that resolves to the literal (DNS the agent may control, a wildcard entry)
+    # must not open the literal's other ports.
+    p = policy("*.tunnel.example", "10.1.2.3:5000")
+    assert egress.check_address(p, "10.1.2.3", 5000, "10.1.2.3") is None
+    assert egress.check_address(p, "x.tunnel.example", 5000, "10.1.2.3") is None
+    reason = egress.check_address(p, "x.tunnel.example", 443, "10.1.2.3")
+    assert reason is not None and "private" in reason
 
 
 def test_public_addresses_pass() -> None:

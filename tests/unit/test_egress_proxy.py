@@ -188,6 +188,21 @@ async def test_named_private_literal_and_model_endpoint_on_loopback_connect(setu
     assert body == b"{}"
 
 
+async def test_a_forwarded_request_names_the_checked_host_only(setup: Setup) -> None:
+    # RFC 9112 3.2.2: a proxy replaces the Host of an absolute-form request with the target's.
+    # Passed on, it would pick another site behind the allowed one's address (a CDN's).
+    request = (
+        b"GET http://user@PyPI.org/simple/ HTTP/1.1\r\nHost: evil.example\r\n"
+        b"host: evil2.example\r\nAccept: */*\r\n\r\n"
+    )
+    answer = await setup.ask(request)
+    assert answer.startswith(b"HTTP/1.1 200 OK"), answer
+    lines = setup.upstream[-1].partition(b"\r\n\r\n")[0].split(b"\r\n")
+    assert lines[0] == b"GET /simple/ HTTP/1.1"
+    assert [x for x in lines if x.lower().startswith(b"host:")] == [b"Host: pypi.org"]
+    assert b"Accept: */*" in lines
+
+
 async def test_unresolvable_names_answer_502_and_are_not_reported(setup: Setup) -> None:
     setup.recorder.table.pop("pypi.org")
     answer = await setup.ask(connect("pypi.org:443"))
@@ -201,6 +216,7 @@ async def test_unresolvable_names_answer_502_and_are_not_reported(setup: Setup) 
         b"GET /relative HTTP/1.1\r\nHost: pypi.org\r\n\r\n",
         b"GET https://pypi.org/ HTTP/1.1\r\n\r\n",
         b"CONNECT pypi.org HTTP/1.1\r\n\r\n",
+        b"CONNECT pypi.org:\xb2 HTTP/1.1\r\n\r\n",  # latin-1 superscript two: isdigit(), no int
         b"nonsense\r\n\r\n",
     ],
 )
@@ -245,3 +261,35 @@ def test_the_hosts_own_addresses_are_found() -> None:
     # From /proc: loopback is always there (the interfaces' addresses vary by machine).
     found = egress_proxy.local_addresses()
     assert {"127.0.0.1", "::1"} <= found
+
+
+async def test_connections_over_the_limit_are_refused_not_queued(
+    tmp_path: Path, setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Queued connections would each hold a socket and memory in the proxy, outside the
+    # sandbox's limits, for as long as the agent keeps the tunnels ahead of them open.
+    monkeypatch.setattr(egress_proxy, "MAX_CONNECTIONS", 2)
+    policy = policies.build_policy(["pypi.org"], model_url=None, remote=None, control=[])
+    proxy = egress_proxy.Proxy(
+        policy, setup.recorder.reports.append,
+        resolve=setup.recorder.resolve, connect=setup.recorder.connect,
+    )  # fmt: skip
+    path = str(tmp_path / "capped.sock")
+    front = await asyncio.start_unix_server(proxy.handle, path, limit=egress_proxy.MAX_HEAD)
+    tunnels = []
+    for _ in range(2):  # two open tunnels hold both places
+        reader, writer = await asyncio.open_unix_connection(path)
+        writer.write(connect("pypi.org:443"))
+        assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
+        tunnels.append(writer)
+    # The answer comes before any request (one sent first could turn the close into a reset).
+    reader, writer = await asyncio.open_unix_connection(path)
+    answer = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    await writer.wait_closed()
+    assert answer.startswith(b"HTTP/1.1 503") and b"too many connections" in answer, answer
+    for writer in tunnels:
+        writer.close()
+        await writer.wait_closed()
+    front.close()
+    await front.wait_closed()

@@ -565,6 +565,26 @@ async def test_a_failed_launch_masks_credentials_from_the_environment_too(
     assert done.error == "the sandbox would not start (key [redacted:ANTHROPIC_API_KEY])"
 
 
+async def test_the_backends_launch_notices_are_redacted_too(
+    store: Store, backend: FakeBackend, supervisors: Callable[..., Supervisor]
+) -> None:
+    sup = supervisors()
+    key = sup.settings.anthropic_api_key
+    assert key is not None
+    backend.script = fake.claude_like_script
+    backend.world.launch_notices = [f"cloned with key {key.get_secret_value()}"]
+    run = await sup.submit(spec())
+    await sup.start()
+    await ended(store, run.id)
+    notices = [
+        e.data["message"]
+        for e in await store.list_events(run.id)
+        if e.type == models.EventType.run_notice
+    ]
+    assert "cloned with key [redacted:ANTHROPIC_API_KEY]" in notices
+    assert not any(key.get_secret_value() in n for n in notices)
+
+
 async def test_the_launch_spec_is_built_once_and_follow_ups_use_its_command(
     tmp_path: Path, store: Store, backend: FakeBackend, supervisors: Callable[..., Supervisor]
 ) -> None:

@@ -248,6 +248,21 @@ async def test_forward_auth_header_only_from_trusted_proxies(
         assert made.status_code == 303
 
 
+async def test_a_duplicated_forward_auth_header_is_not_believed(tmp_path: Path) -> None:
+    # A proxy that appends its header to the client's instead of replacing it would let the
+    # client's copy (the first) name the user: two copies name nobody.
+    async with (
+        cockpit(tmp_path, trusted_proxies="10.1.2.3", forward_auth_header="Remote-User") as cp,
+        cp.browser("10.1.2.3") as browser,
+    ):
+        await cp.add_user("ada")  # the first account: admin
+        twice = [("Remote-User", "ada"), ("remote-user", "grace")]
+        assert (await browser.get("/", headers=twice)).status_code == 303
+        assert (await browser.get("/api/runs", headers=twice)).status_code == 401
+        once = [("Remote-User", "grace")]
+        assert (await browser.get("/api/runs", headers=once)).status_code == 200
+
+
 async def test_forward_auth_is_off_by_default(tmp_path: Path) -> None:
     async with (
         cockpit(tmp_path, trusted_proxies="10.1.2.0/24") as cp,

@@ -116,6 +116,8 @@ class FakeWorld:
     #: Ids of the runs ``cleanup`` was called for, in order.
     cleaned: list[str] = field(default_factory=list)
     fail_launch: str | None = None
+    #: Notices every launch reports (as a real backend's launch info carries them).
+    launch_notices: list[str] = field(default_factory=list)
 
 
 class FakeBackend:
@@ -173,7 +175,7 @@ class FakeBackend:
         self.world.launches[run.id] = spec
         state.task = asyncio.create_task(self._play(state, self.script(run, spec.command)))
         return FakeHandle(run.id, state), LaunchInfo(
-            branch=spec.branch, workspace=f"/fake/{run.id}"
+            branch=spec.branch, workspace=f"/fake/{run.id}", notices=list(self.world.launch_notices)
         )
 
     async def _play(self, state: _FakeRun, steps: list[Step]) -> None:

@@ -8,7 +8,8 @@ lists (``host`` means ports 80 and 443, ``host:port`` one port, ``*.domain`` its
 - :func:`check_address`, for every address the name resolved to: whatever the list says, the
   control plane's port, the host's own addresses (loopback included: only the model endpoint,
   the operator's own setting, may live there) and link-local addresses are refused; private
-  and other non-public ranges are refused unless the config names that literal address.
+  and other non-public ranges are refused unless the config names that literal address, and
+  then only on the ports it names.
 
 Both answer ``None`` (allowed) or a sentence saying why not. Only the standard library is
 imported: the per-run monitor and its proxy use this module and must start fast.
@@ -49,9 +50,21 @@ LOCAL_NETS = tuple(
 LINK_LOCAL_NETS = tuple(ipaddress.ip_network(n) for n in ("169.254.0.0/16", "fe80::/10"))
 PRIVATE_NETS = tuple(
     ipaddress.ip_network(n)
-    for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7")
+    # 64:ff9b:1::/48 is for local NAT64 prefixes of any length: the IPv4 address inside
+    # cannot be told, so the whole range counts as private (Python 3.11 calls it global).
+    for n in (
+        "10.0.0.0/8",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "100.64.0.0/10",
+        "fc00::/7",
+        "64:ff9b:1::/48",
+    )
 )
 NAT64 = ipaddress.ip_network("64:ff9b::/96")
+#: IPv4-translated addresses (SIIT, ``::ffff:0:a.b.c.d``): not IPv4-mapped, and Python calls
+#: them global, but a translator on the path delivers them to the IPv4 address inside.
+TRANSLATED = ipaddress.ip_network("::ffff:0:0:0/96")
 
 
 @dataclass(frozen=True)
@@ -84,7 +97,7 @@ def normalize_host(raw: str) -> str | None:
 
 
 def _port(text: str, entry: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= 65535:
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= 65535:
         raise ValueError(f"egress entry {entry!r}: the port must be a number from 1 to 65535")
     return int(text)
 
@@ -154,9 +167,12 @@ class Policy:
     local_addresses: frozenset[str] = field(default_factory=frozenset)
 
     @property
-    def literals(self) -> frozenset[str]:
-        """IP addresses a config names explicitly (private ones are then allowed)."""
-        return frozenset(r.host for r in self.rules if _ip(r.host) is not None)
+    def literals(self) -> frozenset[tuple[str, int]]:
+        """IP addresses a config names explicitly, with their ports (private ones are then
+        allowed there: only on those ports, whatever name resolved to them)."""
+        return frozenset(
+            (r.host, port) for r in self.rules if _ip(r.host) is not None for port in r.ports
+        )
 
     def describe(self) -> list[str]:
         """Readable ``host:port`` entries, the model endpoint first."""
@@ -239,7 +255,7 @@ def check_address(policy: Policy, host: str, port: int, address: str) -> str | N
             return None
         return f"{ip} is this host's own address: only the model endpoint may be there"
     if kind in ("private", "special"):
-        if is_model or str(ip) in policy.literals:
+        if is_model or (str(ip), port) in policy.literals:
             return None
         return (
             f"{ip} is a private or non-public address: name it literally in the config's "
@@ -274,7 +290,8 @@ def _is_control_plane(policy: Policy, ip: IP, port: int, kind: str) -> bool:
 
 
 def _unwrap(ip: IP) -> IP:
-    """The IPv4 address inside an IPv4-mapped, IPv4-compatible, 6to4 or NAT64 IPv6 address."""
+    """The IPv4 address inside an IPv4-mapped, IPv4-compatible, IPv4-translated, 6to4 or
+    NAT64 IPv6 address."""
     if isinstance(ip, ipaddress.IPv6Address):
         if 1 < int(ip) <= 0xFFFFFFFF:  # ::a.b.c.d, deprecated but still parsed
             return ipaddress.IPv4Address(int(ip))
@@ -282,7 +299,7 @@ def _unwrap(ip: IP) -> IP:
             return ip.ipv4_mapped
         if ip.sixtofour is not None:
             return ip.sixtofour
-        if ip in NAT64:
+        if ip in NAT64 or ip in TRANSLATED:
             return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
     return ip
 

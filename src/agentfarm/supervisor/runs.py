@@ -277,7 +277,8 @@ class Supervisor:
             "branch": info.branch or current.branch,
             "workspace": info.workspace or current.workspace,
         }
-        drafts = [events.notice_event(n) for n in info.notices]
+        # A backend's notices may quote what it was given (a URL, git's words): mask them too.
+        drafts = [events.redact(events.notice_event(n), redactor) for n in info.notices]
         if current.status != models.RunStatus.running:
             drafts.append(events.status_event(models.RunStatus.running, branch=fields["branch"]))
         if drafts or any(getattr(current, k) != v for k, v in fields.items()):

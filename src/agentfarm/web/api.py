@@ -185,8 +185,7 @@ async def run_events(
     await st.get_run(run_id)  # 404 for unknown runs, in both modes
     if "text/event-stream" in accept:
         start = after
-        if last_event_id and last_event_id.strip().isdigit():
-            start = max(start, int(last_event_id.strip()))
+        start = max(start, ids.last_event_id(last_event_id))
         return EventSourceResponse(
             _sse(sup, run_id, start),
             ping=15,

@@ -187,7 +187,9 @@ async def _resolve(request: Request) -> Principal | None:
             return None
         return await _bearer(request, token)
     if forwarded_auth_believed(request, settings):
-        name = request.headers.get(settings.forward_auth_header or "", "").strip()[:128]
+        # Exactly one copy: with two, a proxy appended its header to one the client sent.
+        copies = request.headers.getlist(settings.forward_auth_header or "")
+        name = copies[0].strip()[:128] if len(copies) == 1 else ""
         if name:
             account = await users(request).get_user(name)
             return Principal(

@@ -23,6 +23,13 @@ def shown(value: str) -> str:
     return repr(value[:40] + ("..." if len(value) > 40 else ""))
 
 
+def last_event_id(header: str | None) -> int:
+    """The sequence number in a ``Last-Event-ID`` header, 0 when it is not one: ASCII digits
+    only (``str.isdigit`` also takes ``²``) and short enough for SQLite's integers."""
+    text = (header or "").strip()
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= 18 else 0
+
+
 def run_id(run_id: Annotated[str, Path(description="Run id.")]) -> str:
     if not RUN_ID_RE.fullmatch(run_id):
         raise errors.NotFoundError(f"no run with id {shown(run_id)}; `agentfarm ls` lists runs")

@@ -8,11 +8,11 @@ run's monitor (``egress.py`` says how the port reaches it); the agent cannot tou
 
 It speaks just enough HTTP proxy: ``CONNECT host:port`` opens a tunnel (any protocol), and an
 absolute-form request (``GET http://host:port/path``) is forwarded in origin form with
-``Connection: close``. Every request is checked against the run's policy (see
-:mod:`agentfarm.domain.egress`) before any DNS look-up; then the name is resolved, every
-address is checked, and the connection goes to an address that passed, so a name that
-resolves differently a moment later (DNS rebinding) changes nothing. Denials are reported
-to the monitor, which turns them into ``sandbox.egress_denied`` events.
+``Connection: close`` and the target's own ``Host``. Every request is checked against the
+run's policy (see :mod:`agentfarm.domain.egress`) before any DNS look-up; then the name is
+resolved, every address is checked, and the connection goes to an address that passed, so a
+name that resolves differently a moment later (DNS rebinding) changes nothing. Denials are
+reported to the monitor, which turns them into ``sandbox.egress_denied`` events.
 """
 
 from __future__ import annotations
@@ -82,7 +82,8 @@ def parse_head(head: bytes) -> Request:
     method, target = parts[0].decode("latin-1"), parts[1].decode("latin-1")
     if method == "CONNECT":
         host, sep, port_text = target.rpartition(":")
-        if not sep or not port_text.isdigit():
+        # isascii: str.isdigit() also says yes to "²", which int() refuses.
+        if not sep or not (port_text.isascii() and port_text.isdigit()):
             raise Denied(400, "CONNECT needs host:port")
         return Request(method, host.strip("[]"), int(port_text))
     try:
@@ -95,10 +96,15 @@ def parse_head(head: bytes) -> Request:
     path = url.path or "/"
     if url.query:
         path += "?" + url.query
-    out = [f"{method} {path} HTTP/1.1".encode("latin-1")]
+    # RFC 9112 3.2.2: the target's host replaces any Host the client sent, which would
+    # otherwise pick another site behind the checked one's address (a CDN's, say).
+    authority = f"[{url.hostname}]" if ":" in url.hostname else url.hostname
+    if url.port is not None:
+        authority += f":{url.port}"
+    out = [f"{method} {path} HTTP/1.1".encode("latin-1"), f"Host: {authority}".encode("latin-1")]
     for line in lines[1:]:
         name = line.split(b":", 1)[0].strip().lower()
-        if line and name not in HOP_BY_HOP:
+        if line and name not in HOP_BY_HOP and name != b"host":
             out.append(line)
     out.append(b"Connection: close")
     return Request(method, url.hostname, port, b"\r\n".join(out) + b"\r\n\r\n")
@@ -116,7 +122,13 @@ def close_response(head: bytes) -> bytes:
 
 
 def response(status: int, reason: str) -> bytes:
-    titles = {400: "Bad Request", 403: "Forbidden", 502: "Bad Gateway", 504: "Gateway Timeout"}
+    titles = {
+        400: "Bad Request",
+        403: "Forbidden",
+        502: "Bad Gateway",
+        503: "Service Unavailable",
+        504: "Gateway Timeout",
+    }
     body = f"agentfarm egress proxy: {reason}\n".encode()
     head = (
         f"HTTP/1.1 {status} {titles.get(status, 'Error')}\r\nContent-Type: text/plain\r\n"
@@ -138,16 +150,23 @@ class Proxy:
         self.report = report
         self.resolve = resolve
         self.connect = connect
-        self.slots = asyncio.Semaphore(MAX_CONNECTIONS)
+        #: Connections being served; one over :data:`MAX_CONNECTIONS` is refused at once
+        #: (queued, each would hold a socket and memory here, outside the sandbox's limits).
+        self.active = 0
         self.reported: set[tuple[str, int, str]] = set()
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.active += 1
         try:
-            async with self.slots:
-                await self._handle(reader, writer)
+            if self.active > MAX_CONNECTIONS:
+                limit = f"too many connections (at most {MAX_CONNECTIONS} at a time)"
+                writer.write(response(503, limit))
+                return
+            await self._handle(reader, writer)
         except (OSError, asyncio.IncompleteReadError):
             pass
         finally:
+            self.active -= 1
             writer.close()
             with contextlib.suppress(OSError):
                 await writer.wait_closed()

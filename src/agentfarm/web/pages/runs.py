@@ -65,9 +65,7 @@ async def run_live(
 ) -> Response:
     store = api.store(request)
     await store.get_run(run_id)
-    last_id = request.headers.get("last-event-id", "").strip()
-    if last_id.isdigit():
-        after = max(after, int(last_id))
+    after = max(after, ids.last_event_id(request.headers.get("last-event-id")))
     hub = api.supervisor(request).hub
 
     async def stream() -> AsyncIterator[dict[str, Any]]:
