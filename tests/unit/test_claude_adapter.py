@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agentfarm.agents import base, capping, claude, claude_stream
+from agentfarm.agents import base, capping, claude, claude_stream, jsonlines
 from agentfarm.agents.base import AgentAdapter, StreamParser
 from agentfarm.domain import models
 from tests.fakes import anthropic_api as fake
@@ -403,7 +403,7 @@ def test_unknown_types_become_system_events() -> None:
     (unknown,) = parser.feed_stdout(one_line({"type": "brand_new", "value": 3, "huge": "x" * 5000}))
     assert unknown.type == "agent.system"
     assert unknown.data["subtype"] == "brand_new" and unknown.data["value"] == 3
-    assert len(unknown.data["huge"]) <= claude_stream.MAX_SMALL_FIELD
+    assert len(unknown.data["huge"]) <= jsonlines.MAX_SMALL_FIELD
     retry = {
         "type": "system",
         "subtype": "api_retry",

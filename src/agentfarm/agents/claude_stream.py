@@ -20,72 +20,32 @@ from __future__ import annotations
 import json
 import re
 import signal as signals
-from collections import deque
 from typing import Any
 
-from agentfarm.agents import capping
+from agentfarm.agents import capping, jsonlines
 from agentfarm.agents.base import Outcome, Summary
+from agentfarm.agents.jsonlines import as_dict, as_int, as_number, as_str, signal_name, system_event
 from agentfarm.domain import models
-
-#: Lines longer than this are not parsed at all (they become ``agent.unparsed``).
-MAX_PARSE = 32 * 1024 * 1024
-#: ``agent.system`` keeps only small fields (their JSON under this many bytes).
-MAX_SMALL_FIELD = 2048
-#: Stderr lines remembered for the failure sentence.
-STDERR_TAIL = 5
-
-#: Fields of system lines that are noise for a person reading the run.
-_SYSTEM_SKIP = frozenset({"type", "subtype", "uuid", "session_id"})
-
-
-def _reject_constant(name: str) -> Any:
-    # NaN/Infinity are not JSON; letting them through would poison the stored event data.
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def _dict(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
-def _str(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
-
-
-def _int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    return None
 
 
 def _usage(value: Any) -> models.Usage:
-    raw = _dict(value)
+    raw = as_dict(value)
     return models.Usage(
-        **{name: max(0, _int(raw.get(name)) or 0) for name in models.Usage.model_fields}
+        **{name: max(0, as_int(raw.get(name)) or 0) for name in models.Usage.model_fields}
     )
-
-
-def _signal_name(number: int) -> str:
-    try:
-        return signals.Signals(number).name
-    except ValueError:
-        return f"signal {number}"
 
 
 # --- the parser --------------------------------------------------------------------------
 
 
-class ClaudeStreamParser:
+class ClaudeStreamParser(jsonlines.JsonLinesParser):
     """Turns Claude Code stream-json lines into event drafts and keeps the run's figures."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.summary = Summary()
         #: Blocks seen so far per assistant message id (a block's index within its message).
         self._blocks: dict[str, int] = {}
-        self._stderr: deque[str] = deque(maxlen=STDERR_TAIL)
         self._last_result: dict[str, Any] | None = None
         #: Cost of earlier processes, should the stream hold more than one (a resumed agent
         #: starts counting from zero again).
@@ -94,37 +54,9 @@ class ClaudeStreamParser:
 
     # -- input --
 
-    def feed_stdout(self, line: bytes) -> list[models.EventDraft]:
-        if not line.strip():
-            return []
-        if len(line) > MAX_PARSE:
-            return [_unparsed(line, "line too long to parse")]
-        try:
-            obj = json.loads(line.decode("utf-8"), parse_constant=_reject_constant)
-        except UnicodeDecodeError:
-            return [_unparsed(line, "not UTF-8")]
-        except (ValueError, RecursionError) as exc:
-            return [_unparsed(line, f"invalid JSON: {str(exc)[:200]}")]
-        if not isinstance(obj, dict):
-            return [_unparsed(line, f"a JSON {type(obj).__name__}, not an object")]
-        try:
-            return self._dispatch(obj)
-        except Exception as exc:  # never crash on a line: show it instead
-            return [_unparsed(line, f"could not interpret: {type(exc).__name__}: {exc}"[:300])]
-
-    def feed_stderr(self, line: bytes) -> list[models.EventDraft]:
-        text = line.decode("utf-8", "replace").rstrip("\r\n")
-        if not text.strip():
-            return []
-        text = capping.cap_text(text)[0]
-        self._stderr.append(text)
-        return [models.EventDraft(type=models.EventType.agent_stderr, data={"line": text})]
-
-    # -- stdout line kinds --
-
     def _dispatch(self, obj: dict[str, Any]) -> list[models.EventDraft]:
         kind = obj.get("type")
-        session = _str(obj.get("session_id"))
+        session = as_str(obj.get("session_id"))
         if session:
             self.summary.session_id = session
         if kind == "system" and obj.get("subtype") == "init":
@@ -136,47 +68,47 @@ class ClaudeStreamParser:
         if kind == "result":
             return [self._result(obj)]
         subtype = obj.get("subtype") if kind == "system" else kind
-        return [_system(obj, str(subtype) if subtype is not None else "unknown")]
+        return [system_event(obj, str(subtype) if subtype is not None else "unknown")]
 
     def _init(self, obj: dict[str, Any]) -> models.EventDraft:
         tools = obj.get("tools")
         data = {
-            "session_id": _str(obj.get("session_id")),
-            "model": _str(obj.get("model")),
+            "session_id": as_str(obj.get("session_id")),
+            "model": as_str(obj.get("model")),
             "tools": [t for t in tools if isinstance(t, str)] if isinstance(tools, list) else [],
-            "cwd": _str(obj.get("cwd")),
-            "permission_mode": _str(obj.get("permissionMode")),
-            "version": _str(obj.get("claude_code_version")),
+            "cwd": as_str(obj.get("cwd")),
+            "permission_mode": as_str(obj.get("permissionMode")),
+            "version": as_str(obj.get("claude_code_version")),
         }
         return models.EventDraft(type=models.EventType.agent_init, data=capping.cap(data))
 
     def _assistant(self, obj: dict[str, Any]) -> list[models.EventDraft]:
-        message = _dict(obj.get("message"))
-        message_id = _str(message.get("id")) or ""
+        message = as_dict(obj.get("message"))
+        message_id = as_str(message.get("id")) or ""
         content = message.get("content")
         if isinstance(content, str):
             content = [{"type": "text", "text": content}]
         if not isinstance(content, list):
-            return [_system(obj, "assistant")]
+            return [system_event(obj, "assistant")]
         drafts = []
         for block in content:
             index = self._blocks.get(message_id, 0)
             self._blocks[message_id] = index + 1
-            drafts.append(_assistant_block(message_id, index, _dict(block)))
+            drafts.append(_assistant_block(message_id, index, as_dict(block)))
         return drafts
 
     def _user(self, obj: dict[str, Any]) -> list[models.EventDraft]:
-        content = _dict(obj.get("message")).get("content")
+        content = as_dict(obj.get("message")).get("content")
         if not isinstance(content, list):
             # A plain user message (a replayed prompt): the supervisor records what it sent.
-            return [_system(obj, "user")]
+            return [system_event(obj, "user")]
         drafts = []
-        for block in map(_dict, content):
+        for block in map(as_dict, content):
             if block.get("type") == "tool_result":
                 drafts.append(_tool_result(block))
             elif block.get("type") == "text":
                 # e.g. "[Request interrupted by user]" after an interrupt.
-                text = capping.cap_text(_str(block.get("text")) or "")[0]
+                text = capping.cap_text(as_str(block.get("text")) or "")[0]
                 drafts.append(
                     models.EventDraft(
                         type=models.EventType.agent_system,
@@ -187,26 +119,26 @@ class ClaudeStreamParser:
 
     def _result(self, obj: dict[str, Any]) -> models.EventDraft:
         usage = _usage(obj.get("usage"))
-        cost = _number(obj.get("total_cost_usd"))
-        result = _str(obj.get("result"))
+        cost = as_number(obj.get("total_cost_usd"))
+        result = as_str(obj.get("result"))
         errors = [e for e in obj.get("errors") or [] if isinstance(e, str)]
         if result is None and errors:
             result = "; ".join(errors)
         data = {
-            "subtype": _str(obj.get("subtype")),
+            "subtype": as_str(obj.get("subtype")),
             "is_error": obj.get("is_error") is True,
             "result": result,
             "cost_usd": cost,
             "usage": usage.model_dump(),
-            "num_turns": _int(obj.get("num_turns")),
-            "duration_ms": _int(obj.get("duration_ms")),
-            "duration_api_ms": _int(obj.get("duration_api_ms")),
+            "num_turns": as_int(obj.get("num_turns")),
+            "duration_ms": as_int(obj.get("duration_ms")),
+            "duration_api_ms": as_int(obj.get("duration_api_ms")),
             "permission_denials": obj.get("permission_denials") or [],
-            "terminal_reason": _str(obj.get("terminal_reason")),
-            "api_error_status": _int(obj.get("api_error_status")),
+            "terminal_reason": as_str(obj.get("terminal_reason")),
+            "api_error_status": as_int(obj.get("api_error_status")),
         }
         data = capping.cap(data)
-        self._update_summary(data, usage, cost, _str(obj.get("api_error_type")), errors)
+        self._update_summary(data, usage, cost, as_str(obj.get("api_error_type")), errors)
         return models.EventDraft(type=models.EventType.agent_result, data=data)
 
     def _update_summary(
@@ -261,7 +193,7 @@ class ClaudeStreamParser:
         if signal is None and exit_code is not None and exit_code > 128:
             signal = exit_code - 128  # a shell-style status: the process died of a signal
         if signal is not None:
-            name = _signal_name(signal)
+            name = signal_name(signal)
             sentence = f"The agent was killed by {name} before it reported a result."
             if signal == signals.SIGKILL:
                 sentence += (
@@ -280,7 +212,7 @@ class ClaudeStreamParser:
 def _assistant_block(message_id: str, index: int, block: dict[str, Any]) -> models.EventDraft:
     kind = block.get("type")
     if kind == "text" or kind == "thinking":
-        text = _str(block.get("text" if kind == "text" else "thinking")) or ""
+        text = as_str(block.get("text" if kind == "text" else "thinking")) or ""
         event = models.EventType.agent_text if kind == "text" else models.EventType.agent_thinking
         return models.EventDraft(
             type=event,
@@ -290,8 +222,8 @@ def _assistant_block(message_id: str, index: int, block: dict[str, Any]) -> mode
         data: dict[str, Any] = {
             "message_id": message_id,
             "index": index,
-            "id": _str(block.get("id")),
-            "name": _str(block.get("name")),
+            "id": as_str(block.get("id")),
+            "name": as_str(block.get("name")),
             "input": block.get("input") if isinstance(block.get("input"), dict) else {},
         }
         return models.EventDraft(type=models.EventType.agent_tool_call, data=capping.cap(data))
@@ -309,7 +241,7 @@ def _assistant_block(message_id: str, index: int, block: dict[str, Any]) -> mode
 def _tool_result(block: dict[str, Any]) -> models.EventDraft:
     content, truncated, size = capping.cap_text(_content_text(block.get("content")))
     data = {
-        "id": _str(block.get("tool_use_id")),
+        "id": as_str(block.get("tool_use_id")),
         "is_error": block.get("is_error") is True,
         "content": content,
         "truncated": truncated,
@@ -327,41 +259,12 @@ def _content_text(content: Any) -> str:
     parts = []
     for block in content:
         if isinstance(block, dict) and block.get("type") == "text":
-            parts.append(_str(block.get("text")) or "")
+            parts.append(as_str(block.get("text")) or "")
         elif isinstance(block, dict):
             parts.append(f"[{block.get('type', 'block')}]")
         else:
             parts.append(str(block))
     return "\n".join(parts)
-
-
-def _system(obj: dict[str, Any], subtype: str) -> models.EventDraft:
-    """``agent.system`` with the line's small fields: enough to show, never huge."""
-    data: dict[str, Any] = {"subtype": capping.cap_text(subtype, 200)[0]}
-    for key, value in obj.items():
-        if key in _SYSTEM_SKIP or key in data:
-            continue
-        value = capping.cap(value)
-        if isinstance(value, dict | list):
-            if len(json.dumps(value)) > MAX_SMALL_FIELD:
-                continue
-        elif isinstance(value, str) and len(value) > MAX_SMALL_FIELD:
-            value = capping.cap_text(value, MAX_SMALL_FIELD)[0]
-        data[capping.cap_text(str(key), 200)[0]] = value
-    return models.EventDraft(type=models.EventType.agent_system, data=data)
-
-
-def _unparsed(line: bytes, reason: str) -> models.EventDraft:
-    text, truncated, _ = capping.cap_text(
-        line[: capping.MAX_STRING + 16].decode("utf-8", "replace")
-    )
-    data: dict[str, Any] = {
-        "line": text,
-        "size": len(line),
-        "truncated": truncated or len(line) > capping.MAX_STRING,
-        "reason": reason,
-    }
-    return models.EventDraft(type=models.EventType.agent_unparsed, data=data)
 
 
 _API_ERROR_PREFIX = re.compile(r"^API Error:\s*(\d{3})?\s*")

@@ -24,26 +24,24 @@ from __future__ import annotations
 
 import json
 import signal as signals
-from collections import deque
 from typing import Any
 
-from agentfarm.agents import capping, claude_stream
+from agentfarm.agents import capping, jsonlines
 from agentfarm.agents.base import Outcome, Summary
+from agentfarm.agents.jsonlines import as_dict, as_int, as_str, signal_name, system_event
 from agentfarm.domain import models
 
 # The line-level helpers are agent-neutral; they live with the first parser.
-_dict, _str, _int = claude_stream._dict, claude_stream._str, claude_stream._int
-_system, _unparsed = claude_stream._system, claude_stream._unparsed
 
 EventType = models.EventType
 
 
 def usage(value: Any) -> models.Usage:
     """Codex's per-turn usage in the shared shape (cached input counted once, as a cache read)."""
-    raw = _dict(value)
+    raw = as_dict(value)
 
     def count(name: str) -> int:
-        return max(0, _int(raw.get(name)) or 0)
+        return max(0, as_int(raw.get(name)) or 0)
 
     cached = count("cached_input_tokens")
     return models.Usage(
@@ -56,25 +54,25 @@ def usage(value: Any) -> models.Usage:
 
 def error_message(value: Any) -> str:
     """The readable part of an error message, which may be an API error body as JSON."""
-    text = (_str(value) or "").strip()
+    text = (as_str(value) or "").strip()
     try:
         body = json.loads(text) if text.startswith("{") else None
     except ValueError:
         body = None
-    error = _dict(_dict(body).get("error"))
-    message = _str(error.get("message"))
+    error = as_dict(as_dict(body).get("error"))
+    message = as_str(error.get("message"))
     if message:
-        kind = _str(error.get("code")) or _str(error.get("type"))
+        kind = as_str(error.get("code")) or as_str(error.get("type"))
         return f"{message} ({kind})" if kind else message
     return text or "no message"
 
 
-class CodexStreamParser:
+class CodexStreamParser(jsonlines.JsonLinesParser):
     """Turns ``codex exec --json`` lines into event drafts and keeps the run's figures."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.summary = Summary()
-        self._stderr: deque[str] = deque(maxlen=claude_stream.STDERR_TAIL)
         #: Command items whose call was already shown (at ``item.started``).
         self._called: set[str] = set()
         self._turn_open = False
@@ -83,56 +81,28 @@ class CodexStreamParser:
 
     # -- input --
 
-    def feed_stdout(self, line: bytes) -> list[models.EventDraft]:
-        if not line.strip():
-            return []
-        if len(line) > claude_stream.MAX_PARSE:
-            return [_unparsed(line, "line too long to parse")]
-        try:
-            obj = json.loads(line.decode("utf-8"), parse_constant=claude_stream._reject_constant)
-        except UnicodeDecodeError:
-            return [_unparsed(line, "not UTF-8")]
-        except (ValueError, RecursionError) as exc:
-            return [_unparsed(line, f"invalid JSON: {str(exc)[:200]}")]
-        if not isinstance(obj, dict):
-            return [_unparsed(line, f"a JSON {type(obj).__name__}, not an object")]
-        try:
-            return self._dispatch(obj)
-        except Exception as exc:  # never crash on a line: show it instead
-            return [_unparsed(line, f"could not interpret: {type(exc).__name__}: {exc}"[:300])]
-
-    def feed_stderr(self, line: bytes) -> list[models.EventDraft]:
-        text = line.decode("utf-8", "replace").rstrip("\r\n")
-        if not text.strip():
-            return []
-        text = capping.cap_text(text)[0]
-        self._stderr.append(text)
-        return [models.EventDraft(type=EventType.agent_stderr, data={"line": text})]
-
-    # -- stdout line kinds --
-
     def _dispatch(self, obj: dict[str, Any]) -> list[models.EventDraft]:
         kind = obj.get("type")
         if kind == "thread.started":
             return [self._thread(obj)]
         if kind == "turn.started":
             self._turn_open = True
-            return [_system(obj, "turn.started")]
+            return [system_event(obj, "turn.started")]
         if kind == "turn.completed":
             return [self._turn_end(obj, error=None)]
         if kind == "turn.failed":
             return [
-                self._turn_end(obj, error=error_message(_dict(obj.get("error")).get("message")))
+                self._turn_end(obj, error=error_message(as_dict(obj.get("error")).get("message")))
             ]
         if kind == "error":
             self._last_error = error_message(obj.get("message"))
-            return [_system({"message": self._last_error}, "error")]
+            return [system_event({"message": self._last_error}, "error")]
         if kind in ("item.started", "item.updated", "item.completed"):
-            return self._item(str(kind), _dict(obj.get("item")))
-        return [_system(obj, str(kind) if kind is not None else "unknown")]
+            return self._item(str(kind), as_dict(obj.get("item")))
+        return [system_event(obj, str(kind) if kind is not None else "unknown")]
 
     def _thread(self, obj: dict[str, Any]) -> models.EventDraft:
-        thread = _str(obj.get("thread_id"))
+        thread = as_str(obj.get("thread_id"))
         if thread:
             self.summary.session_id = thread
         # The keys Claude's init has, so every page shows both alike; Codex says less.
@@ -141,23 +111,23 @@ class CodexStreamParser:
         return models.EventDraft(type=EventType.agent_init, data=data)
 
     def _item(self, kind: str, item: dict[str, Any]) -> list[models.EventDraft]:
-        item_type = _str(item.get("type")) or "unknown"
-        item_id = _str(item.get("id")) or ""
+        item_type = as_str(item.get("type")) or "unknown"
+        item_id = as_str(item.get("id")) or ""
         done = kind == "item.completed"
         if item_type == "command_execution":
             drafts = []
             if item_id not in self._called:
                 self._called.add(item_id)
-                command = _str(item.get("command")) or ""
+                command = as_str(item.get("command")) or ""
                 drafts.append(_call(item_id, "command", {"command": command}))
             if done:
                 drafts.append(_command_result(item_id, item))
             return drafts
         if not done:
             # Progress of other items (a todo list growing, a search running): shown, small.
-            return [_system(item, f"{kind}:{item_type}")]
+            return [system_event(item, f"{kind}:{item_type}")]
         if item_type in ("agent_message", "reasoning"):
-            text = _str(item.get("text")) or ""
+            text = as_str(item.get("text")) or ""
             if item_type == "agent_message":
                 self._last_text = text
             event = (
@@ -167,24 +137,24 @@ class CodexStreamParser:
             return [models.EventDraft(type=event, data=data)]
         if item_type == "error":
             # A warning: the turn goes on (a failed turn says so itself).
-            return [_system({"message": error_message(item.get("message"))}, "warning")]
+            return [system_event({"message": error_message(item.get("message"))}, "warning")]
         if item_type == "file_change":
-            changes = [_dict(c) for c in item.get("changes") or [] if isinstance(c, dict)]
-            listing = "\n".join(f"{_str(c.get('kind'))} {_str(c.get('path'))}" for c in changes)
+            changes = [as_dict(c) for c in item.get("changes") or [] if isinstance(c, dict)]
+            listing = "\n".join(f"{as_str(c.get('kind'))} {as_str(c.get('path'))}" for c in changes)
             failed = item.get("status") == "failed"
             call = _call(item_id, "file_change", {"changes": changes})
             return [call, _result(item_id, listing, is_error=failed, status=item.get("status"))]
         if item_type == "mcp_tool_call":
-            name = f"mcp__{_str(item.get('server'))}__{_str(item.get('tool'))}"
+            name = f"mcp__{as_str(item.get('server'))}__{as_str(item.get('tool'))}"
             arguments = item.get("arguments")
-            error = _dict(item.get("error")).get("message") or item.get("error")
+            error = as_dict(item.get("error")).get("message") or item.get("error")
             output = json.dumps(item.get("result")) if error is None else str(error)
             call = _call(item_id, name, arguments if isinstance(arguments, dict) else {})
             failed = error is not None or item.get("status") == "failed"
             return [call, _result(item_id, output, is_error=failed, status=item.get("status"))]
         if item_type == "web_search":
-            return [_call(item_id, "web_search", {"query": _str(item.get("query"))})]
-        return [_system(item, f"item:{item_type}")]
+            return [_call(item_id, "web_search", {"query": as_str(item.get("query"))})]
+        return [system_event(item, f"item:{item_type}")]
 
     def _turn_end(self, obj: dict[str, Any], *, error: str | None) -> models.EventDraft:
         self._turn_open = False
@@ -239,10 +209,7 @@ class CodexStreamParser:
         if signal is None and exit_code is not None and exit_code > 128:
             signal = exit_code - 128  # a shell-style status: the process died of a signal
         if signal is not None:
-            sentence = (
-                f"The agent was killed by {claude_stream._signal_name(signal)} before it "
-                "finished its turn."
-            )
+            sentence = f"The agent was killed by {signal_name(signal)} before it finished its turn."
             if signal == signals.SIGKILL:
                 sentence += " SIGKILL usually means the memory limit was hit (sandbox.memory_mb)."
         elif exit_code is None:
@@ -269,9 +236,9 @@ def _result(item_id: str, output: str, *, is_error: bool, **extra: Any) -> model
 
 
 def _command_result(item_id: str, item: dict[str, Any]) -> models.EventDraft:
-    exit_code = _int(item.get("exit_code"))
+    exit_code = as_int(item.get("exit_code"))
     failed = item.get("status") == "failed" or (exit_code is not None and exit_code != 0)
-    output = _str(item.get("aggregated_output")) or ""
+    output = as_str(item.get("aggregated_output")) or ""
     return _result(item_id, output, is_error=failed, exit_code=exit_code, status=item.get("status"))
 
 
