@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agentfarm.agents import codex, codex_stream
+from agentfarm.agents import base, codex, codex_stream
 from agentfarm.agents.base import AgentAdapter, StreamParser
 from agentfarm.domain import models
 
@@ -148,7 +148,7 @@ def test_write_and_commit() -> None:
     assert usage.input_tokens == 16130 and usage.output_tokens == 152
     assert parser.summary.num_turns == 1 and parser.summary.cost_usd is None
     assert parser.finish(meta("write-and-commit")["exit_code"], None, stopped=False) == (
-        codex_stream.Outcome(models.RunStatus.succeeded)
+        base.Outcome(models.RunStatus.succeeded)
     )
 
 

@@ -23,7 +23,6 @@ import signal as signals
 from typing import Any
 
 from agentfarm.agents import capping, jsonlines
-from agentfarm.agents.base import Outcome, Summary
 from agentfarm.agents.jsonlines import as_dict, as_int, as_number, as_str, signal_name, system_event
 from agentfarm.domain import models
 
@@ -43,7 +42,6 @@ class ClaudeStreamParser(jsonlines.JsonLinesParser):
 
     def __init__(self) -> None:
         super().__init__()
-        self.summary = Summary()
         #: Blocks seen so far per assistant message id (a block's index within its message).
         self._blocks: dict[str, int] = {}
         self._last_result: dict[str, Any] | None = None
@@ -171,23 +169,6 @@ class ClaudeStreamParser(jsonlines.JsonLinesParser):
         )
 
     # -- the end --
-
-    def finish(
-        self, exit_code: int | None, signal: int | None, *, stopped: bool, lost: bool = False
-    ) -> Outcome:
-        if stopped:
-            return Outcome(models.RunStatus.stopped)
-        if lost:
-            return Outcome(
-                models.RunStatus.lost,
-                "The agent's process was lost (its monitor or pod disappeared) before it "
-                "reported an exit status; its output so far is kept.",
-            )
-        if self.summary.saw_result:
-            if self.summary.result_is_error:
-                return Outcome(models.RunStatus.failed, self.summary.result_error)
-            return Outcome(models.RunStatus.succeeded)
-        return Outcome(models.RunStatus.failed, self._no_result_sentence(exit_code, signal))
 
     def _no_result_sentence(self, exit_code: int | None, signal: int | None) -> str:
         if signal is None and exit_code is not None and exit_code > 128:

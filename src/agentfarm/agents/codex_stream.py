@@ -27,7 +27,6 @@ import signal as signals
 from typing import Any
 
 from agentfarm.agents import capping, jsonlines
-from agentfarm.agents.base import Outcome, Summary
 from agentfarm.agents.jsonlines import as_dict, as_int, as_str, signal_name, system_event
 from agentfarm.domain import models
 
@@ -72,7 +71,6 @@ class CodexStreamParser(jsonlines.JsonLinesParser):
 
     def __init__(self) -> None:
         super().__init__()
-        self.summary = Summary()
         #: Command items whose call was already shown (at ``item.started``).
         self._called: set[str] = set()
         self._turn_open = False
@@ -188,22 +186,8 @@ class CodexStreamParser(jsonlines.JsonLinesParser):
 
     # -- the end --
 
-    def finish(
-        self, exit_code: int | None, signal: int | None, *, stopped: bool, lost: bool = False
-    ) -> Outcome:
-        if stopped:
-            return Outcome(models.RunStatus.stopped)
-        if lost:
-            return Outcome(
-                models.RunStatus.lost,
-                "The agent's process was lost (its monitor or pod disappeared) before it "
-                "reported an exit status; its output so far is kept.",
-            )
-        if self.summary.saw_result and not self._turn_open:
-            if self.summary.result_is_error:
-                return Outcome(models.RunStatus.failed, self.summary.result_error)
-            return Outcome(models.RunStatus.succeeded)
-        return Outcome(models.RunStatus.failed, self._no_result_sentence(exit_code, signal))
+    def _answered(self) -> bool:
+        return self.summary.saw_result and not self._turn_open
 
     def _no_result_sentence(self, exit_code: int | None, signal: int | None) -> str:
         if signal is None and exit_code is not None and exit_code > 128:

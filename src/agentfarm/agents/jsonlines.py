@@ -14,6 +14,7 @@ from collections import deque
 from typing import Any
 
 from agentfarm.agents import capping
+from agentfarm.agents.base import Outcome, Summary
 from agentfarm.domain import models
 
 #: Lines longer than this are not parsed at all (they become ``agent.unparsed``).
@@ -32,6 +33,7 @@ class JsonLinesParser:
     :meth:`_dispatch` (which may raise: the line is then shown as unparsed)."""
 
     def __init__(self) -> None:
+        self.summary = Summary()
         self._stderr: deque[str] = deque(maxlen=STDERR_TAIL)
 
     def feed_stdout(self, line: bytes) -> list[models.EventDraft]:
@@ -60,7 +62,31 @@ class JsonLinesParser:
         self._stderr.append(text)
         return [models.EventDraft(type=models.EventType.agent_stderr, data={"line": text})]
 
+    def finish(
+        self, exit_code: int | None, signal: int | None, *, stopped: bool, lost: bool = False
+    ) -> Outcome:
+        if stopped:
+            return Outcome(models.RunStatus.stopped)
+        if lost:
+            return Outcome(
+                models.RunStatus.lost,
+                "The agent's process was lost (its monitor or pod disappeared) before it "
+                "reported an exit status; its output so far is kept.",
+            )
+        if self._answered():
+            if self.summary.result_is_error:
+                return Outcome(models.RunStatus.failed, self.summary.result_error)
+            return Outcome(models.RunStatus.succeeded)
+        return Outcome(models.RunStatus.failed, self._no_result_sentence(exit_code, signal))
+
+    def _answered(self) -> bool:
+        """The agent reported how its work ended (a subclass may ask for more)."""
+        return self.summary.saw_result
+
     def _dispatch(self, obj: dict[str, Any]) -> list[models.EventDraft]:
+        raise NotImplementedError
+
+    def _no_result_sentence(self, exit_code: int | None, signal: int | None) -> str:
         raise NotImplementedError
 
 
