@@ -21,7 +21,6 @@ import asyncio
 import itertools
 import json
 import re
-import socket
 import threading
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +31,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+
+from tests.fakes import threaded
 
 MARKER_RE = re.compile(r"\[scenario:([A-Za-z0-9_.-]+)(?::([A-Za-z0-9_.,=-]*))?\]")
 DEFAULT_MODEL = "claude-sonnet-4-5-20250929"
@@ -263,8 +264,7 @@ class FakeAnthropic:
     port: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _ids: itertools.count[int] = field(default_factory=itertools.count, repr=False)
-    _server: uvicorn.Server | None = field(default=None, repr=False)
-    _thread: threading.Thread | None = field(default=None, repr=False)
+    _served: threaded.ThreadedServer = field(default_factory=threaded.ThreadedServer, repr=False)
 
     @property
     def base_url(self) -> str:
@@ -421,42 +421,17 @@ class FakeAnthropic:
     # -- lifecycle --
 
     def start(self) -> FakeAnthropic:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.host, self.port))
-        self.port = sock.getsockname()[1]
-        config = uvicorn.Config(
-            self.app(),
-            log_level="warning",
-            access_log=False,
-            lifespan="off",
-            ws="none",
-            http="h11",
-            timeout_graceful_shutdown=1,
+        self.port = self._served.start(
+            self.app(), self.host, self.port, name="fake-anthropic", what="the fake Anthropic API"
         )
-        self._server = uvicorn.Server(config)
-        server = self._server
-        self._thread = threading.Thread(
-            target=lambda: server.run(sockets=[sock]), name="fake-anthropic", daemon=True
-        )
-        self._thread.start()
-        deadline = 100  # x 0.05 s
-        while not server.started and self._thread.is_alive() and deadline:
-            threading.Event().wait(0.05)
-            deadline -= 1
-        if not server.started:
-            raise RuntimeError("the fake Anthropic API did not start")
         return self
 
     def stop(self) -> None:
-        if self._server is not None and self._thread is not None:
-            self._server.should_exit = True
-            self._thread.join(timeout=10)
-        self._server = self._thread = None
+        self._served.stop()
 
     def __enter__(self) -> FakeAnthropic:
         # `with FakeAnthropic().start() as fake:` is fine too: starting twice is a no-op.
-        return self if self._server is not None else self.start()
+        return self if self._served.running else self.start()
 
     def __exit__(self, *_exc: object) -> None:
         self.stop()

@@ -21,7 +21,6 @@ import hashlib
 import hmac
 import itertools
 import json
-import socket
 import threading
 import time
 import uuid
@@ -31,13 +30,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import httpx
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from tests.fakes import forge_api, forge_git
+from tests.fakes import forge_api, forge_git, threaded
 
 Kind = Literal["github", "forgejo"]
 FAKE_FORGE_TOKEN = "fake-forge-token-0123456789abcdef"
@@ -171,8 +169,7 @@ class FakeForge:
         self.failures: list[Failure] = []
         self.lock = threading.RLock()
         self._ids = itertools.count(1000)
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
+        self._served = threaded.ThreadedServer()
         (root / "git").mkdir(parents=True, exist_ok=True)
 
     # -- addresses --
@@ -538,40 +535,16 @@ class FakeForge:
     # -- lifecycle --
 
     def start(self) -> FakeForge:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.host, self.port))
-        self.port = sock.getsockname()[1]
-        config = uvicorn.Config(
-            self.app(),
-            log_level="warning",
-            access_log=False,
-            lifespan="off",
-            ws="none",
-            http="h11",
-            timeout_graceful_shutdown=1,
+        self.port = self._served.start(
+            self.app(), self.host, self.port, name="fake-forge", what="the fake forge"
         )
-        self._server = server = uvicorn.Server(config)
-        self._thread = threading.Thread(
-            target=lambda: server.run(sockets=[sock]), name="fake-forge", daemon=True
-        )
-        self._thread.start()
-        for _ in range(200):
-            if server.started or not self._thread.is_alive():
-                break
-            time.sleep(0.05)
-        if not server.started:
-            raise RuntimeError("the fake forge did not start")
         return self
 
     def stop(self) -> None:
-        if self._server is not None and self._thread is not None:
-            self._server.should_exit = True
-            self._thread.join(timeout=10)
-        self._server = self._thread = None
+        self._served.stop()
 
     def __enter__(self) -> FakeForge:
-        return self if self._server is not None else self.start()
+        return self if self._served.running else self.start()
 
     def __exit__(self, *_exc: object) -> None:
         self.stop()

@@ -20,18 +20,17 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import socket
 import threading
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from tests.fakes import threaded
 from tests.fakes.anthropic_api import MARKER_RE, RecordedRequest, ScenarioFactory, marker
 
 DEFAULT_MODEL = "gpt-5-codex"
@@ -193,8 +192,7 @@ class FakeOpenAI:
     port: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _ids: itertools.count[int] = field(default_factory=itertools.count, repr=False)
-    _server: uvicorn.Server | None = field(default=None, repr=False)
-    _thread: threading.Thread | None = field(default=None, repr=False)
+    _served: threaded.ThreadedServer = field(default_factory=threaded.ThreadedServer, repr=False)
 
     @property
     def base_url(self) -> str:
@@ -343,41 +341,16 @@ class FakeOpenAI:
     # -- lifecycle --
 
     def start(self) -> FakeOpenAI:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.host, self.port))
-        self.port = sock.getsockname()[1]
-        config = uvicorn.Config(
-            self.app(),
-            log_level="warning",
-            access_log=False,
-            lifespan="off",
-            ws="none",
-            http="h11",
-            timeout_graceful_shutdown=1,
+        self.port = self._served.start(
+            self.app(), self.host, self.port, name="fake-openai", what="the fake OpenAI API"
         )
-        self._server = uvicorn.Server(config)
-        server = self._server
-        self._thread = threading.Thread(
-            target=lambda: server.run(sockets=[sock]), name="fake-openai", daemon=True
-        )
-        self._thread.start()
-        deadline = 100  # x 0.05 s
-        while not server.started and self._thread.is_alive() and deadline:
-            threading.Event().wait(0.05)
-            deadline -= 1
-        if not server.started:
-            raise RuntimeError("the fake OpenAI API did not start")
         return self
 
     def stop(self) -> None:
-        if self._server is not None and self._thread is not None:
-            self._server.should_exit = True
-            self._thread.join(timeout=10)
-        self._server = self._thread = None
+        self._served.stop()
 
     def __enter__(self) -> FakeOpenAI:
-        return self if self._server is not None else self.start()
+        return self if self._served.running else self.start()
 
     def __exit__(self, *_exc: object) -> None:
         self.stop()
