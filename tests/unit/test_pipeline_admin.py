@@ -97,6 +97,13 @@ async def test_a_token_secret_that_does_not_exist_without_a_token_is_refused(
     assert parts.secrets.get("GITHUB_TOKEN") == "stored-before"
 
 
+async def test_a_token_may_not_overwrite_a_webhook_secret(parts: Parts) -> None:
+    _, secret = await parts.admin.add(forge_in())
+    with pytest.raises(errors.InvalidInputError, match="webhook secret is kept"):
+        await parts.admin.add(forge_in(name="other", token_secret="FORGE_WEBHOOK_GH"))
+    assert parts.secrets.get("FORGE_WEBHOOK_GH") == secret
+
+
 async def test_a_token_with_whitespace_is_refused(parts: Parts) -> None:
     with pytest.raises(errors.InvalidInputError, match="without a 'Bearer '"):
         await parts.admin.add(forge_in(token="Bearer abc"))

@@ -27,6 +27,8 @@ from agentfarm.store.secrets import SecretStore
 
 #: The config a forge's runs use unless it names another; made on first use.
 DEFAULT_CONFIG = "issue-implementer"
+#: Webhook secrets' names start with this (``domain.pipeline.webhook_secret_name``).
+WEBHOOK_SECRET_PREFIX = domain.webhook_secret_name("")
 #: How a token test's answer starts when the token works.
 TOKEN_WORKS = "token works"  # noqa: S105 (words, not a token)
 #: One try when testing a token: a person is waiting for the answer.
@@ -193,6 +195,11 @@ class ForgeAdmin:
         self, settings: domain.ForgeSettings, token: SecretStr | None
     ) -> domain.ForgeSettings:
         """Refuse what would not work (an unknown config, no token); name the default config."""
+        if settings.token_secret.startswith(WEBHOOK_SECRET_PREFIX):
+            raise errors.InvalidInputError(
+                f"{settings.token_secret} is where a forge's webhook secret is kept: store the "
+                "token under another name, e.g. GITHUB_TOKEN or FORGEJO_TOKEN"
+            )
         if token is not None:
             forges.Token(token.get_secret_value())  # refuses an empty or whitespace-laden one
         elif await asyncio.to_thread(self._secrets.get, settings.token_secret) is None:
