@@ -206,10 +206,15 @@ async def test_pipeline_page_lists_attempts_with_links_and_retries(tmp_path: Pat
         assert 'href="/runs/0123456789ab"' in text and "agentfarm/issue-7-add-hello" in text
         assert 'href="https://github.com/alice/proj/pull/3"' in text
         assert "the run made no commits" in text and "Issues seen" in text
+        assert 'hx-get="/pipeline/attempts"' in text
         assert f"/pipeline/attempts/{ended.id}/retry" in text
         assert f"/pipeline/attempts/{running.id}/stop" in text
         assert f"/pipeline/attempts/{running.id}/retry" not in text
+        fragment = await browser.get("/pipeline/attempts")
+        assert fragment.text.lstrip().startswith('<ul class="attempts"')
+        assert f'id="attempt-{ended.id}"' in fragment.text and "<html" not in fragment.text
         token = csrf_of(text)
+        assert f'value="{token}"' in fragment.text  # its retry and stop forms work too
         early = await browser.post(
             f"/pipeline/attempts/{running.id}/retry", data={"csrf_token": token}
         )

@@ -39,7 +39,11 @@ def _switch_context(request: Request, who: identity.Principal, paused: bool) -> 
 
 
 async def _page(
-    request: Request, who: identity.Principal, status_code: int = 200, problem: str | None = None
+    request: Request,
+    who: identity.Principal,
+    status_code: int = 200,
+    problem: str | None = None,
+    template: str = "pipeline.html",
 ) -> HTMLResponse:
     ps = api_forges.pipeline_store(request)
     forges = {f.id: f for f in await ps.list_forges()}
@@ -51,7 +55,7 @@ async def _page(
         return admin.issue_url(forge, item.repo, item.number) if forge else None
 
     return templating.page(
-        request, "pipeline.html", who, status_code, forges=forges, attempts=attempts,
+        request, template, who, status_code, forges=forges, attempts=attempts,
         issues=issues, paused=await api_forges.is_paused(request, ps), state_class=STATE_CLASS,
         issue_url=issue_url, link=link, problem=problem,
     )  # fmt: skip
@@ -60,6 +64,12 @@ async def _page(
 @router.get("/pipeline")
 async def pipeline(request: Request, who: access.Viewer) -> Response:
     return await _page(request, who)
+
+
+@router.get("/pipeline/attempts")
+async def pipeline_attempts(request: Request, who: access.Viewer) -> Response:
+    """The attempts list alone: the page refreshes it (htmx) while it is open."""
+    return await _page(request, who, template="_attempts.html")
 
 
 @router.post("/pipeline/pause")
