@@ -27,7 +27,8 @@ def server(tmp_path: Path) -> Iterator[Server]:
 def fake_forge(tmp_path: Path) -> Iterator[FakeForge]:
     with FakeForge(tmp_path / "forge", kind="forgejo") as fake:
         fake.create_repo(REPO)
-        fake.open_issue(REPO, "Add hello", labels=["agentfarm"])
+        # Unlabeled: the server's pipeline, which polls this forge, has nothing to dispatch.
+        fake.open_issue(REPO, "Add hello", labels=["bug"])
         yield fake
 
 
@@ -50,7 +51,7 @@ def test_forge_add_ls_test_rm_and_the_kill_switch(server: Server, fake_forge: Fa
     assert secret not in everything and fake_forge.token not in everything
     tested = server.cli("forge", "test", "home")
     assert tested.returncode == 0, tested.stderr
-    assert f"token works: can read {REPO}" in tested.stdout
+    assert f"token works: can read {REPO} (0 open issue(s) labeled 'agentfarm')" in tested.stdout
     # A wrong token: the forge's answer in words, and a failing exit.
     assert server.cli("secret", "set", "FORGEJO_TOKEN", input="wrong\n").returncode == 0
     failed = server.cli("forge", "test", "home")
