@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+from unittest.mock import ANY
 
 from agentfarm.domain import pipeline as domain
 from agentfarm.store.pipeline import PipelineStore
@@ -133,7 +134,7 @@ async def test_validation_answers_in_the_one_error_shape(tmp_path: Path) -> None
         assert (await cp.api.post("/api/pipeline/attempts/nope/retry")).status_code == 404
 
 
-async def test_setting_up_forges_needs_an_admin_but_operating_does_not(tmp_path: Path) -> None:
+async def test_forges_are_for_admins_and_operating_is_for_everyone(tmp_path: Path) -> None:
     async with cockpit(tmp_path) as cp, cp.browser() as browser:
         await cp.add_user("ada")
         await cp.add_user("bob")
@@ -142,6 +143,8 @@ async def test_setting_up_forges_needs_an_admin_but_operating_does_not(tmp_path:
         async with bearer(cp, await new_token(browser, "bobs")) as bob:
             for method, path, body in (
                 ("POST", "/api/forges", {**FORGE, "name": "other"}),
+                ("GET", "/api/forges", None),
+                ("GET", "/api/forges/gh", None),
                 ("PUT", "/api/forges/gh", SETTINGS),
                 ("DELETE", "/api/forges/gh", None),
                 ("POST", "/api/forges/gh/test", None),
@@ -149,7 +152,13 @@ async def test_setting_up_forges_needs_an_admin_but_operating_does_not(tmp_path:
                 refused = await bob.request(method, path, json=body)
                 assert refused.status_code == 403, (method, path)
                 assert "admin" in refused.json()["error"]["message"]
-            assert (await bob.get("/api/forges")).status_code == 200
+            # The pipeline's view names forges without their settings.
+            view = await bob.get("/api/pipeline")
+            assert view.status_code == 200
+            assert view.json()["forges"] == [
+                {"id": ANY, "name": "gh", "kind": "github", "web_url": "https://github.com"}
+            ]
+            assert "GITHUB_TOKEN" not in view.text and "FORGE_WEBHOOK" not in view.text
             paused = await bob.put("/api/pipeline/pause", json={"paused": True})
             assert paused.status_code == 200 and paused.json() == {"paused": True}
         assert (await cp.api.get("/api/forges/gh")).status_code == 200

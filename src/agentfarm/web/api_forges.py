@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from agentfarm.domain import backend_config, errors
 from agentfarm.domain import pipeline as domain
+from agentfarm.pipeline import admin
 from agentfarm.pipeline.admin import TOKEN_WORKS, ForgeAdmin
 from agentfarm.settings import Settings
 from agentfarm.store.pipeline import PipelineStore
@@ -48,11 +49,11 @@ AttemptId = Annotated[str, Depends(attempt_id)]
 async def require_admin(
     principal: Annotated[identity.Principal, Depends(check_bearer)],
 ) -> identity.Principal:
-    """Setting up forges handles their tokens: admins only."""
+    """Forges hold tokens and decide what agents may act on: admins only."""
     if not principal.admin:
         raise HTTPException(
             status_code=status.HTTP_403_FORBIDDEN,
-            detail="setting up forges needs an admin (an admin's session or API token)",
+            detail="forges are for admins (an admin's session or API token): ask an admin",
         )
     return principal
 
@@ -69,8 +70,14 @@ def pipeline_store(request: Request) -> PipelineStore:
     return PipelineStore(api.store(request).database)
 
 
-def forge_admin(request: Request) -> ForgeAdmin:
+def admin_of(request: Request) -> ForgeAdmin:
     return ForgeAdmin(pipeline_store(request), api.store(request), api.secret_store(request))
+
+
+async def forge_admin(request: Request, _: Admin) -> ForgeAdmin:
+    """Every forge route goes through this: forges are for admins, reading them too (they
+    name the token secrets and the repositories agents may act on)."""
+    return admin_of(request)
 
 
 FA = Annotated[ForgeAdmin, Depends(forge_admin)]
@@ -121,9 +128,18 @@ class PauseState(BaseModel):
     paused: bool = Field(..., description="True: nothing new is dispatched.")
 
 
+class ForgeRef(BaseModel):
+    """What the pipeline's readers see of a forge: enough to name it and link its issues."""
+
+    id: str
+    name: str
+    kind: domain.ForgeKind
+    web_url: str = Field(..., description="Where people see its repositories and issues.")
+
+
 class PipelineView(BaseModel):
     paused: bool
-    forges: list[domain.Forge]
+    forges: list[ForgeRef]
     attempts: list[domain.Attempt] = Field(..., description="Newest first.")
     issues: list[domain.TrackedIssue]
 
@@ -134,7 +150,7 @@ def _out(request: Request, forge: domain.Forge) -> ForgeOut:
 
 # --- forges ----------------------------------------------------------------------------------
 @router.post("/forges", status_code=201, response_model=ForgeCreated, tags=["forges"])
-async def create_forge(request: Request, body: domain.ForgeIn, fa: FA, _: Admin) -> ForgeCreated:
+async def create_forge(request: Request, body: domain.ForgeIn, fa: FA) -> ForgeCreated:
     """Set up a forge. The answer holds the webhook secret: it is not shown again."""
     forge, secret = await fa.add(body)
     return ForgeCreated(**_out(request, forge).model_dump(), webhook_secret=secret)
@@ -152,7 +168,7 @@ async def get_forge(request: Request, name: ForgeName, fa: FA) -> ForgeOut:
 
 @router.put("/forges/{name}", response_model=ForgeUpdated, tags=["forges"])
 async def update_forge(
-    request: Request, name: ForgeName, body: ForgeUpdate, fa: FA, _: Admin
+    request: Request, name: ForgeName, body: ForgeUpdate, fa: FA
 ) -> ForgeUpdated:
     if body.new_webhook_secret and body.webhook_secret is not None:
         raise errors.InvalidInputError(
@@ -176,7 +192,6 @@ async def delete_forge(
     request: Request,
     name: ForgeName,
     fa: FA,
-    _: Admin,
     force: Annotated[bool, Query(description="Stop its active attempts first.")] = False,
 ) -> Response:
     """Remove a forge and its webhook secret (its token secret stays: it may be shared)."""
@@ -189,7 +204,7 @@ async def delete_forge(
 
 
 @router.post("/forges/{name}/test", response_model=TokenTest, tags=["forges"])
-async def check_forge_token(name: ForgeName, fa: FA, _: Admin) -> TokenTest:
+async def check_forge_token(name: ForgeName, fa: FA) -> TokenTest:
     """Call the forge with the stored token; the answer says whether it works, in words."""
     message = await fa.test(name)
     return TokenTest(ok=message.startswith(TOKEN_WORKS), message=message)
@@ -241,7 +256,10 @@ async def pipeline_view(
         attempts = [a for a in attempts if a.state in state][:limit]
     return PipelineView(
         paused=await is_paused(request, ps),
-        forges=await ps.list_forges(),
+        forges=[
+            ForgeRef(id=f.id, name=f.name, kind=f.kind, web_url=admin.web_root(f))
+            for f in await ps.list_forges()
+        ],
         attempts=attempts,
         issues=await ps.list_tracked_issues(forge_id=forge_id, limit=limit),
     )

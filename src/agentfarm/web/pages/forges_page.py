@@ -1,7 +1,7 @@
 """Forge set-up pages: the list, a new forge, a forge's settings with the webhook URL to paste,
 the webhook secret once (when made), and a "test token" button answered inline (htmx).
 
-Everyone signed in sees forges; only admins change them (they handle tokens)."""
+Forges are for admins, reading them too, as over the API."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ router = APIRouter(include_in_schema=False)
 def forbidden_page(request: Request, who: identity.Principal) -> HTMLResponse:
     return templating.page(
         request, "forges.html", who, 403, forges=[], webhook_urls={},
-        problem="setting up forges needs an admin: ask one to change it, or to make you one",
+        problem="forges are for admins: ask one to set up or change a forge",
     )  # fmt: skip
 
 
@@ -46,7 +46,9 @@ def _form(
 
 @router.get("/forges")
 async def forges(request: Request, who: access.Viewer) -> Response:
-    found = await api_forges.forge_admin(request).list()
+    if not who.admin:
+        return forbidden_page(request, who)
+    found = await api_forges.admin_of(request).list()
     urls = {f.name: api_forges.webhook_url(request, f.name) for f in found}
     return templating.page(request, "forges.html", who, forges=found, webhook_urls=urls)
 
@@ -67,7 +69,7 @@ async def forge_create(request: Request, who: access.Checked) -> Response:
     problem = None
     if isinstance(parsed, domain.ForgeIn):
         try:
-            forge, secret = await api_forges.forge_admin(request).add(parsed)
+            forge, secret = await api_forges.admin_of(request).add(parsed)
         except errors.ConflictError:
             problems["name"] = "a forge with this name already exists"
         except errors.InvalidInputError as exc:
@@ -88,7 +90,9 @@ async def forge_create(request: Request, who: access.Checked) -> Response:
 
 @router.get("/forges/{name}")
 async def forge_edit(request: Request, who: access.Viewer, name: api_forges.ForgeName) -> Response:
-    forge = await api_forges.forge_admin(request).get(name)
+    if not who.admin:
+        return forbidden_page(request, who)
+    forge = await api_forges.admin_of(request).get(name)
     return _form(request, who, forge=forge, values=forge_forms.values_of(forge))
 
 
@@ -98,7 +102,7 @@ async def forge_update(
 ) -> Response:
     if not who.admin:
         return forbidden_page(request, who)
-    fa = api_forges.forge_admin(request)
+    fa = api_forges.admin_of(request)
     forge = await fa.get(name)
     values = await forms.read(request)
     parsed, problems = forge_forms.parse(values, new=False)
@@ -133,7 +137,7 @@ async def forge_delete(
 ) -> Response:
     if not who.admin:
         return forbidden_page(request, who)
-    fa = api_forges.forge_admin(request)
+    fa = api_forges.admin_of(request)
     try:
         await fa.remove(name)
     except errors.ConflictError as exc:
@@ -150,7 +154,7 @@ async def forge_test(request: Request, who: access.Checked, name: api_forges.For
     """The token test's answer: a fragment for htmx, else the forge page around it."""
     if not who.admin:
         return forbidden_page(request, who)
-    fa = api_forges.forge_admin(request)
+    fa = api_forges.admin_of(request)
     message = await fa.test(name)
     ok = message.startswith(TOKEN_WORKS)
     if request.headers.get("hx-request"):
