@@ -47,7 +47,7 @@ def default_instructions() -> str:
             "committing."
         )
     instructions: str = prompt.DEFAULT_INSTRUCTIONS
-    return instructions
+    return instructions.strip()  # as a config stores it
 
 
 def web_root(forge: domain.Forge) -> str:
