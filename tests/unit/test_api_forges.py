@@ -7,11 +7,14 @@ from pathlib import Path
 from typing import Any
 from unittest.mock import ANY
 
+from agentfarm.backends.fake import FakeBackend, Step, claude_like_script
+from agentfarm.domain import models
 from agentfarm.domain import pipeline as domain
 from agentfarm.store.pipeline import PipelineStore
 from tests.fakes.forge import FakeForge
 from tests.unit.forge_helpers import REPO, forge
 
+from .test_web_pages import wait_terminal
 from .test_web_roles import bearer, new_token
 from .web_helpers import Cockpit, cockpit, login
 
@@ -57,6 +60,12 @@ class StandIn:
         return await self.pipeline.save_attempt(
             old.model_copy(update={"state": domain.AttemptState.stopped})
         )
+
+
+def slow(run: models.Run, command: object) -> list[Step]:
+    """A fake agent that waits (until stopped) after starting."""
+    steps = claude_like_script(run, command)  # type: ignore[arg-type]
+    return [*steps[:2], Step("stdout", steps[2].data, delay=30), *steps[3:]]
 
 
 def stand_in(cp: Cockpit) -> StandIn:
@@ -226,18 +235,22 @@ async def test_retry_and_stop_go_through_the_service(tmp_path: Path) -> None:
         assert missing.status_code == 404
 
 
-async def test_force_removal_stops_active_attempts_first(tmp_path: Path) -> None:
-    async with cockpit(tmp_path) as cp:
+async def test_force_removal_stops_the_runs_of_active_attempts(tmp_path: Path) -> None:
+    async with cockpit(tmp_path, FakeBackend(script=slow)) as cp:
         forge_id = (await cp.api.post("/api/forges", json=FORGE)).json()["id"]
+        await cp.api.post("/api/configs", json={"name": "demo", "repo": "/r", "prompt": "go"})
+        run_id = (await cp.api.post("/api/runs", json={"config": "demo"})).json()["id"]
         ps = PipelineStore(cp.app.state.store.database)
-        running = await ps.create_attempt(
-            domain.Attempt(forge_id=forge_id, repo="alice/proj", number=1, state="running")
+        await ps.create_attempt(
+            domain.Attempt(
+                forge_id=forge_id, repo="alice/proj", number=1, state="running", run_id=run_id
+            )
         )
-        service = stand_in(cp)
         refused = await cp.api.delete("/api/forges/gh")
         assert refused.status_code == 409 and "force" in refused.json()["error"]["message"]
         assert (await cp.api.delete("/api/forges/gh?force=true")).status_code == 204
-        assert service.asked == [("stop", running.id)]
+        assert (await wait_terminal(cp.api, run_id))["status"] == "stopped"
+        assert await ps.list_attempts(forge_id=forge_id) == []
 
 
 async def test_token_test_over_the_api(tmp_path: Path, forge: FakeForge) -> None:

@@ -7,6 +7,7 @@ No answer ever carries a secret, except the webhook secret in the answer that ma
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from typing import Annotated, Any
 
@@ -192,13 +193,19 @@ async def delete_forge(
     request: Request,
     name: ForgeName,
     fa: FA,
-    force: Annotated[bool, Query(description="Stop its active attempts first.")] = False,
+    force: Annotated[
+        bool, Query(description="Also when attempts are active: their runs are stopped.")
+    ] = False,
 ) -> Response:
     """Remove a forge and its webhook secret (its token secret stays: it may be shared)."""
-    found = getattr(request.app.state, "pipeline", None)
-    if force and found is not None:
+    if force:
+        # The forge's attempts go with it, so their runs are stopped here, not by the
+        # pipeline's loop (which would find no attempt left to stop).
         for attempt in await fa.active_attempts(name):
-            await settle(found.stop_attempt(attempt.id))
+            if attempt.run_id is None:
+                continue
+            with contextlib.suppress(errors.NotFoundError, errors.ConflictError):
+                await api.supervisor(request).stop_run(attempt.run_id)
     await fa.remove(name, force=force)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
