@@ -6,12 +6,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from agentfarm.backends.fake import FakeBackend
 from agentfarm.domain import pipeline as domain
 from agentfarm.store.pipeline import PipelineStore
 from tests.fakes.forge import FakeForge
 from tests.unit.forge_helpers import REPO, forge
 
-from .test_api_forges import FORGE, TOKEN_VALUE, stand_in
+from .test_api_forges import FORGE, TOKEN_VALUE, slow, stand_in
+from .test_web_pages import wait_terminal
 from .web_helpers import cockpit, csrf_of, login, page_csrf
 
 __all__ = ["forge"]
@@ -237,3 +239,24 @@ async def test_pipeline_pages_need_a_sign_in(tmp_path: Path) -> None:
             assert answer.status_code == 303 and answer.headers["location"].startswith("/login")
         assert 'href="/pipeline"' not in (await browser.get("/login")).text
         del cp
+
+
+async def test_removing_a_busy_forge_offers_to_stop_its_runs(tmp_path: Path) -> None:
+    async with cockpit(tmp_path, FakeBackend(script=slow)) as cp, cp.browser() as browser:
+        await cp.add_user()
+        await login(browser)
+        forge_id = (await cp.api.post("/api/forges", json=FORGE)).json()["id"]
+        await cp.api.post("/api/configs", json={"name": "demo", "repo": "/r", "prompt": "go"})
+        run_id = (await cp.api.post("/api/runs", json={"config": "demo"})).json()["id"]
+        ps = PipelineStore(cp.app.state.store.database)
+        await ps.create_attempt(
+            domain.Attempt(forge_id=forge_id, repo=REPO, number=1, state="running", run_id=run_id)
+        )
+        token = await page_csrf(browser, "/forges/gh")
+        refused = await browser.post("/forges/gh/delete", data={"csrf_token": token})
+        assert refused.status_code == 409 and "1 active attempt" in refused.text
+        assert 'name="force" value="1"' in refused.text
+        forced = await browser.post("/forges/gh/delete", data={"csrf_token": token, "force": "1"})
+        assert forced.status_code == 303
+        assert (await wait_terminal(cp.api, run_id))["status"] == "stopped"
+        assert (await cp.api.get("/api/forges")).json() == []

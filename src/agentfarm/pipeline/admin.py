@@ -159,7 +159,8 @@ class ForgeAdmin:
         if active and not force:
             raise errors.ConflictError(
                 f"the forge {forge.name!r} has {len(active)} active attempt(s): stop them on "
-                "the pipeline page (or `agentfarm pipeline ls`) first, or remove it with force"
+                "the pipeline page (or `agentfarm pipeline stop`) first, or remove it with "
+                "force (`agentfarm forge rm --force`), which stops their runs"
             )
         await self._forges.delete_forge(forge.id)
         await self._drop_secret(forge.webhook_secret_name)

@@ -198,16 +198,20 @@ async def delete_forge(
     ] = False,
 ) -> Response:
     """Remove a forge and its webhook secret (its token secret stays: it may be shared)."""
+    await remove_forge(request, fa, name, force=force)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+async def remove_forge(request: Request, fa: ForgeAdmin, name: str, *, force: bool) -> None:
+    """Remove a forge; with ``force`` also when attempts are active, stopping their runs
+    here: the attempts go with the forge, so the pipeline's loop would find none to stop."""
     if force:
-        # The forge's attempts go with it, so their runs are stopped here, not by the
-        # pipeline's loop (which would find no attempt left to stop).
         for attempt in await fa.active_attempts(name):
             if attempt.run_id is None:
                 continue
             with contextlib.suppress(errors.NotFoundError, errors.ConflictError):
                 await api.supervisor(request).stop_run(attempt.run_id)
     await fa.remove(name, force=force)
-    return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.post("/forges/{name}/test", response_model=TokenTest, tags=["forges"])

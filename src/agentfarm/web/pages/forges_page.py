@@ -138,13 +138,14 @@ async def forge_delete(
     if not who.admin:
         return forbidden_page(request, who)
     fa = api_forges.admin_of(request)
+    force = (await forms.read(request)).get("force") == "1"
     try:
-        await fa.remove(name)
+        await api_forges.remove_forge(request, fa, name, force=force)
     except errors.ConflictError as exc:
         forge = await fa.get(name)
         return _form(
             request, who, forge=forge, values=forge_forms.values_of(forge), status_code=409,
-            problem=str(exc),
+            problem=str(exc), offer_force=True,
         )  # fmt: skip
     return templating.see_other("/forges")
 
