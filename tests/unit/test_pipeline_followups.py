@@ -521,3 +521,11 @@ async def test_a_forge_error_on_one_pull_request_does_not_stop_the_poll(
     made = await followups.poll_checks(pstore, client, forge)
     assert len(made) == 1
     assert len(await followups.poll_checks(pstore, client, forge)) == 1
+
+
+async def test_a_head_that_is_not_a_sha_is_not_acted_on(
+    pstore: PipelineStore, forge: Forge, client: MemoryForge, opened: Attempt
+) -> None:
+    client.open_pull(12, BRANCH, "main; rm -rf /")
+    client.set_checks("main; rm -rf /", failing())
+    assert await followups.poll_checks(pstore, client, forge) == []

@@ -217,7 +217,7 @@ async def _check_pull(
     pull: types.PullRequest,
 ) -> Attempt | None:
     sha = pull.head_sha.lower()
-    if not sha or forge.check_fix_attempts == 0:
+    if not _SHA_RE.fullmatch(sha) or forge.check_fix_attempts == 0:
         return None
     thread = await pstore.attempts_for_pull(forge.id, latest.repo, pull.number)
     checks = [a for a in thread if a.kind == AttemptKind.checks]
