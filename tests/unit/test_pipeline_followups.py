@@ -3,6 +3,7 @@ PipelineStore on SQLite and an in-memory forge."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -529,3 +530,22 @@ async def test_a_head_that_is_not_a_sha_is_not_acted_on(
     client.open_pull(12, BRANCH, "main; rm -rf /")
     client.set_checks("main; rm -rf /", failing())
     assert await followups.poll_checks(pstore, client, forge) == []
+
+
+async def test_racing_deliveries_make_one_followup_and_one_notice(
+    pstore: PipelineStore, forge: Forge, client: MemoryForge, opened: Attempt
+) -> None:
+    # Each check that finishes sends its own delivery; several arrive at once.
+    forge.check_fix_attempts = 1
+    client.set_checks(SHA1, failing("a"), failing("b"), failing("c"))
+    racing = [followups.followup_for_status(pstore, client, forge, REPO, SHA1) for _ in range(3)]
+    made = [a for a in await asyncio.gather(*racing) if a is not None]
+    assert len(made) == 1
+    made[0].state = AttemptState.done
+    await pstore.save_attempt(made[0])
+    client.open_pull(12, BRANCH, SHA2)
+    client.set_checks(SHA2, failing("a"), failing("b"))
+    again = [followups.followup_for_status(pstore, client, forge, REPO, SHA2) for _ in range(3)]
+    results = await asyncio.gather(*again, followups.poll_checks(pstore, client, forge))
+    assert not any(results)
+    assert len(client.all_comments()) == 1

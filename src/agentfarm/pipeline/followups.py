@@ -16,6 +16,7 @@ commit, and at most ``forge.check_fix_attempts`` of them run per pull request in
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 from collections.abc import Sequence
@@ -272,10 +273,14 @@ async def _say_limit(
     thread: Sequence[Attempt],
     recent: Sequence[Attempt],
 ) -> None:
-    """Once per run of refusals: record the notice (an ``ignored`` checks attempt on this
-    head), then post it on the issue, found by its marker first after a crash."""
-    newest = max(a.created_at for a in recent)
-    notice = next((a for a in thread if _is_notice(a) and a.created_at > newest), None)
+    """Once per run of refusals: record the notice (an ``ignored`` checks attempt), then post
+    it on the issue, found by its marker first after a crash. Its id is derived from the newest
+    counted fix, so of racing deliveries (one per check that finishes) one records it and posts;
+    the others find the id taken and leave it to that one."""
+    newest = max(recent, key=lambda a: a.created_at)
+    key = f"{forge.id}/{latest.repo}/{pull.number}/{newest.id}"
+    notice_id = hashlib.sha256(key.encode()).hexdigest()[:12]
+    notice = next((a for a in thread if a.id == notice_id), None)
     if notice is None:
         reason = (
             f"the checks still fail after {len(recent)} fix attempts in "
@@ -290,7 +295,11 @@ async def _say_limit(
             state=AttemptState.ignored,
             reason=reason,
         )
-        notice = await pstore.create_attempt(made)
+        made.id = notice_id
+        try:
+            notice = await pstore.create_attempt(made)
+        except errors.ConflictError:
+            return  # recorded by a racing delivery, which posts it
         log.info("%s#%s: %s", latest.repo, latest.number, reason)
     if notice.comment_id is not None:
         return
