@@ -9,7 +9,9 @@ the HTML entities that encode them, elements that are hidden (``hidden``, ``disp
 link titles and link reference definitions nothing refers to (``[//]: # (hidden)``). The text
 is NFKC-normalized and truncated with a visible note.
 
-This fails closed: markup is removed wherever it appears, code blocks included.
+This fails closed: comments, entities, alt text and link titles go wherever they appear, code
+included; only tags inside code (as :mod:`.mdcode` finds it, erring toward prose) keep their
+attributes and content, because there the reader sees them as written.
 
 ``clean(clean(x)) == clean(x)``: removing one thing can join its neighbours into another (two
 halves of a comment around a removed one), so the passes repeat until nothing changes; text
@@ -21,6 +23,8 @@ from __future__ import annotations
 import html
 import re
 import unicodedata
+
+from agentfarm.pipeline import mdcode
 
 DEFAULT_LIMIT = 60_000
 #: The smallest limit that leaves room for the truncation note.
@@ -120,7 +124,7 @@ def _pass(text: str) -> str:
     text = _ENTITY.sub(_entity, text)
     text = _COMMENT.sub("", text)
     text = _drop_hidden_elements(text)
-    text = _TAG.sub(_strip_attributes, text)
+    text = _strip_attributes(text)
     text = _IMAGE_ALT.sub("![]", text)
     text = _LINK_TITLE.sub(r"](\1)", text)
     return _drop_reference_definitions(text)
@@ -163,12 +167,16 @@ def _hides(name: str, raw: str) -> bool:
 
 
 def _drop_hidden_elements(text: str) -> str:
-    """Hidden elements go with their content, up to their matching end tag (or the end)."""
+    """Hidden elements go with their content, up to their matching end tag (or the end).
+    Tags in code are text (an issue about ``<script>`` quotes one)."""
+    code = mdcode.ranges(text, _TAG)
     out: list[str] = []
     pos = 0
     for match in _TAG.finditer(text):
         closing, name, raw = match.group(1), match.group(2).lower(), match.group(3)
         if match.start() < pos or closing or not _hides(name, raw):
+            continue
+        if mdcode.inside(code, match.start()):
             continue
         out.append(text[pos : match.start()])
         pos = match.end()
@@ -177,7 +185,7 @@ def _drop_hidden_elements(text: str) -> str:
         depth = 1
         pos = len(text)
         for inner in _TAG.finditer(text, match.end()):
-            if inner.group(2).lower() != name:
+            if inner.group(2).lower() != name or mdcode.inside(code, inner.start()):
                 continue
             if inner.group(1):
                 depth -= 1
@@ -190,7 +198,13 @@ def _drop_hidden_elements(text: str) -> str:
     return "".join(out)
 
 
-def _strip_attributes(match: re.Match[str]) -> str:
+def _strip_attributes(text: str) -> str:
+    """Tags keep ``href`` and ``src`` only, except in code, where they are what is shown."""
+    code = mdcode.ranges(text, _TAG)
+    return _TAG.sub(lambda m: m.group() if mdcode.inside(code, m.start()) else _bare_tag(m), text)
+
+
+def _bare_tag(match: re.Match[str]) -> str:
     closing, name, raw = match.group(1), match.group(2), match.group(3)
     if closing:
         return f"</{name}>"
