@@ -5,9 +5,10 @@ Pure: no I/O. What a person reading the issue on the forge cannot see is removed
 is never handed instructions a reviewer could not have read: HTML comments (unterminated ones
 run to the end), zero-width, bidirectional, control, tag and variation-selector characters,
 the HTML entities that encode them, elements that are hidden (``hidden``, ``display:none``,
-``<script>``, ``<style>``, ...), HTML attributes other than ``href``/``src``, image alt text,
-link titles and link reference definitions nothing refers to (``[//]: # (hidden)``). The text
-is NFKC-normalized and truncated with a visible note.
+``<script>``, ``<style>``, ...), processing instructions and declarations, HTML attributes
+other than ``href``/``src``, image alt text, link titles, and the link reference definitions
+and footnotes nothing refers to (``[//]: # (hidden)``). The text is NFKC-normalized and
+truncated with a visible note.
 
 This fails closed: comments, entities, alt text and link titles go wherever they appear, code
 included; only tags inside code (as :mod:`.mdcode` finds it, erring toward prose) keep their
@@ -44,6 +45,13 @@ _INVISIBLE = re.compile(
 _NEWLINES = re.compile("\r\n?|[\u2028\u2029]")
 _ENTITY = re.compile(r"&(?:#[xX][0-9a-fA-F]{1,16}|#[0-9]{1,16}|[A-Za-z][A-Za-z0-9]{0,40});?")
 _COMMENT = re.compile(r"<!--.*?(?:-->|--!>|\Z)", re.DOTALL)
+# What an HTML parser turns into a comment: processing instructions, declarations, CDATA;
+# each with the end it needs.
+_BOGUS_COMMENTS = (
+    (re.compile(r"<\?.*?\?>", re.DOTALL), "?>"),
+    (re.compile(r"<![A-Za-z][^>]*>"), ">"),
+    (re.compile(r"<!\[CDATA\[.*?\]\]>", re.DOTALL), "]]>"),
+)
 # A tag as a lenient HTML parser reads it (quoted values may hold `>`). Bounded so that text
 # full of `<` stays linear.
 _TAG = re.compile(
@@ -73,6 +81,10 @@ _REF_DEF = re.compile(
     r"(?:[ \t]*\n?[ \t]*(?:\"[^\"]*\"|'[^']*'|\([^()]*\)))?[ \t]*(?:\n|\Z)",
     re.MULTILINE,
 )
+# A footnote shows only where something refers to it; continuation lines are indented.
+_FOOTNOTE = re.compile(
+    r"^ {0,3}\[\^([^\]\s]+)\]:[^\n]*(?:\n(?:    |\t)[^\n]*)*(?:\n|\Z)", re.MULTILINE
+)
 _PLAIN = re.compile(r"[^A-Za-z0-9 \n.,-]+")
 _SPACES = re.compile(r"\s+")
 
@@ -99,9 +111,11 @@ def one_line(text: str, limit: int = 200) -> str:
         line = _collapse(_PLAIN.sub("", line))
     if len(line) <= limit:
         return line
-    head = _collapse(_settle(line[: limit - 3]))[: limit - 3]
+    head = _collapse(_settle(line[: limit - 3]))[: limit - 3].rstrip()
     cut = f"{head}..."
-    return cut if _collapse(_pass(cut)) == cut else _collapse(_PLAIN.sub("", head)) + "..."
+    if _pass(cut) == cut and _collapse(cut) == cut:
+        return cut
+    return _collapse(_PLAIN.sub("", head)) + "..."
 
 
 def _collapse(text: str) -> str:
@@ -122,12 +136,12 @@ def _settle(text: str) -> str:
 def _pass(text: str) -> str:
     text = _characters(text)
     text = _ENTITY.sub(_entity, text)
-    text = _COMMENT.sub("", text)
+    text = _drop_bogus_comments(_COMMENT.sub("", text))
     text = _drop_hidden_elements(text)
     text = _strip_attributes(text)
     text = _IMAGE_ALT.sub("![]", text)
     text = _LINK_TITLE.sub(r"](\1)", text)
-    return _drop_reference_definitions(text)
+    return _drop_footnotes(_drop_reference_definitions(text))
 
 
 def _characters(text: str) -> str:
@@ -148,6 +162,17 @@ def _entity(match: re.Match[str]) -> str:
     if not any(_invisible(c) for c in decoded):
         return match.group()
     return "".join(c for c in decoded if not _invisible(c))
+
+
+def _drop_bogus_comments(text: str) -> str:
+    """Only up to the last end marker: an opening after it can match nothing, and trying every
+    one of them to the end of the text would take quadratic time."""
+    for pattern, end in _BOGUS_COMMENTS:
+        last = text.rfind(end)
+        if last != -1:
+            last += len(end)
+            text = pattern.sub("", text[:last]) + text[last:]
+    return text
 
 
 def _attributes(raw: str) -> dict[str, str]:
@@ -231,6 +256,18 @@ def _drop_reference_definitions(text: str) -> str:
             out.append(f"[{match.group(1)}]: {match.group(2)}{end}")
     out.append(text[pos:])
     return "".join(out)
+
+
+def _drop_footnotes(text: str) -> str:
+    """A footnote nothing refers to is not shown: it goes."""
+    notes = list(_FOOTNOTE.finditer(text))
+    if not notes:
+        return text
+    rest = _FOOTNOTE.sub("\n", text).lower()
+    unused = [m for m in notes if f"[^{m.group(1).lower()}]" not in rest]
+    for match in reversed(unused):
+        text = text[: match.start()] + text[match.end() :]
+    return text
 
 
 def _truncate(text: str, limit: int) -> str:
