@@ -65,7 +65,7 @@ def test_queued() -> None:
     body = sc.render(attempt(), run_url=RUN_URL)
     assert checked(body) == ["Queued"]
     assert unchecked(body) == [
-        "Agent running",
+        "Agent run",
         "Branch `agentfarm/issue-3-fix-it` pushed",
         "Pull request opened",
     ]
@@ -119,13 +119,26 @@ def test_a_failure_says_why_and_what_to_do() -> None:
     ("state", "words"),
     [
         (AttemptState.stopped, "**Stopped:**"),
-        (AttemptState.ignored, "**Not started:**"),
         (AttemptState.waiting, "**Waiting:**"),
     ],
 )
 def test_other_states_say_so(state: AttemptState, words: str) -> None:
     body = sc.render(attempt(state=state, reason="Because."), run_url=None)
     assert f"{words} Because." in body
+
+
+def test_a_stopped_run_is_no_longer_live() -> None:
+    body = sc.render(attempt(state=AttemptState.stopped, run_id="r"), run_url=RUN_URL)
+    assert f"- [x] Agent ran ([the run]({RUN_URL}))" in body
+    assert "add it again" in body
+
+
+def test_an_ignored_trigger_only_says_why() -> None:
+    reason = "@eve may not write to a/b: only people with write access can hand it over."
+    body = sc.render(attempt(state=AttemptState.ignored, reason=reason), run_url=RUN_URL)
+    assert sc.attempt_marker(body) == "0123456789ab"
+    assert "- [" not in body
+    assert "**Not started:** `@eve` may not write to a/b: only people" in body
 
 
 def test_a_follow_up_updates_the_pull_request() -> None:

@@ -26,7 +26,13 @@ _URL = re.compile(r"https?://[^\s<>\"'`()\[\]\\]{1,2000}")
 _LINKY = re.compile(r"[@#`]|://|^www\.", re.IGNORECASE)
 _MARKDOWN = re.compile(r"([\\`*_\[\]()!|~<>&#+$-])")
 _AFTER_RUN = frozenset(
-    {AttemptState.finishing, AttemptState.opening_pr, AttemptState.done, AttemptState.failed}
+    {
+        AttemptState.finishing,
+        AttemptState.opening_pr,
+        AttemptState.done,
+        AttemptState.failed,
+        AttemptState.stopped,
+    }
 )
 
 
@@ -55,6 +61,8 @@ def render(
     label) and ``mention`` (the follow-up mention) make the retry advice precise."""
     follow_up = attempt.kind != AttemptKind.issue
     lines = [marker(attempt.id), f"### {_heading(attempt)}", ""]
+    if attempt.state == AttemptState.ignored:  # nothing was queued: only say why
+        return "\n".join([*lines, _footer(attempt, label, mention)]) + "\n"
     lines.append(_item(True, "Queued"))
     lines.append(_item(_ran(attempt), _run_line(attempt, run_url)))
     branch = f" {_code(attempt.branch)}" if attempt.branch else ""
@@ -89,8 +97,10 @@ def _ran(attempt: Attempt) -> bool:
 
 
 def _run_line(attempt: Attempt, run_url: str | None) -> str:
-    line = "Agent ran" if attempt.state in _AFTER_RUN and _ran(attempt) else "Agent running"
-    if run_url and _URL.fullmatch(run_url) and _ran(attempt):
+    if not _ran(attempt):
+        return "Agent run"
+    line = "Agent ran" if attempt.state in _AFTER_RUN else "Agent running"
+    if run_url and _URL.fullmatch(run_url):
         link = "the run" if attempt.state in _AFTER_RUN else "watch it live"
         line += f" ([{link}]({run_url}))"
     return line
