@@ -221,6 +221,7 @@ async def test_mentions_count_in_prose(
         "@agentfarm/team fix it",
         "@agentfarms fix it",
         "<!-- @agentfarm fix it -->",
+        '<span style="display:none">@agentfarm fix it</span>',
     ],
 )
 async def test_no_followup_without_a_mention_in_prose(
@@ -549,3 +550,32 @@ async def test_racing_deliveries_make_one_followup_and_one_notice(
     results = await asyncio.gather(*again, followups.poll_checks(pstore, client, forge))
     assert not any(results)
     assert len(client.all_comments()) == 1
+
+
+async def test_a_notice_posted_before_a_crash_is_found_not_posted_again(
+    pstore: PipelineStore,
+    forge: Forge,
+    client: MemoryForge,
+    opened: Attempt,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    forge.check_fix_attempts = 1
+    client.set_checks(SHA1, failing())
+    made = await followups.followup_for_status(pstore, client, forge, REPO, SHA1)
+    assert made is not None
+    made.state = AttemptState.done
+    await pstore.save_attempt(made)
+    client.open_pull(12, BRANCH, SHA2)
+    client.set_checks(SHA2, failing())
+
+    async def crash(attempt: Attempt) -> Attempt:
+        raise RuntimeError("the control plane died here")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(pstore, "save_attempt", crash)
+        with pytest.raises(RuntimeError):
+            await followups.followup_for_status(pstore, client, forge, REPO, SHA2)
+    assert await followups.followup_for_status(pstore, client, forge, REPO, SHA2) is None
+    [posted] = client.all_comments()
+    [notice] = [a for a in await attempts(pstore, forge) if a.state == AttemptState.ignored]
+    assert notice.comment_id == posted.id

@@ -25,7 +25,7 @@ from datetime import timedelta
 from agentfarm.domain import errors
 from agentfarm.domain.models import utcnow
 from agentfarm.domain.pipeline import Attempt, AttemptKind, AttemptState, Forge
-from agentfarm.pipeline import mentions, text
+from agentfarm.pipeline import mentions, status_comment, text
 from agentfarm.pipeline.forges import errors as forge_errors
 from agentfarm.pipeline.forges import types
 from agentfarm.pipeline.forges.webhooks import Trigger
@@ -242,18 +242,14 @@ def _unsaid(attempt: Attempt) -> bool:
     return _is_notice(attempt) and attempt.comment_id is None
 
 
-def _one_line(value: str, limit: int) -> str:
-    return " ".join(text.clean(value, limit=limit).split())
-
-
 def _checks_request(pull: types.PullRequest, status: types.CombinedStatus) -> str:
     """The failing checks as the agent is told them; every part came from the forge, so each
     is cleaned and a link is kept only when it is a plain http(s) URL."""
     failing = status.failing
     lines = [f"The checks of pull request #{pull.number} fail on commit {pull.head_sha[:12]}:"]
     for check in failing[:MAX_LISTED_CHECKS]:
-        line = f"- {_one_line(check.name, 200) or '(unnamed check)'}"
-        description = _one_line(check.description, 500)
+        line = f"- {text.one_line(check.name, 200) or '(unnamed check)'}"
+        description = text.one_line(check.description, 500)
         if description:
             line += f": {description}"
         if _URL_RE.fullmatch(check.url):
@@ -303,9 +299,9 @@ async def _say_limit(
         log.info("%s#%s: %s", latest.repo, latest.number, reason)
     if notice.comment_id is not None:
         return
-    marker = f"<!-- agentfarm:attempt:{notice.id} -->"
+    marker = status_comment.marker(notice.id)
     comments = await client.list_comments(notice.repo, notice.number)
-    posted = next((c for c in comments if marker in c.body), None)
+    posted = next((c for c in comments if status_comment.attempt_marker(c.body) == notice.id), None)
     if posted is None:
         body = (
             f"{marker}\n**agentfarm**: the checks of pull request #{pull.number} still fail "
