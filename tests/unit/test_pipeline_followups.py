@@ -244,10 +244,15 @@ async def test_a_mention_by_someone_without_write_access_is_ignored(
 async def test_a_forge_that_cannot_say_who_may_write_fails_closed(
     pstore: PipelineStore, forge: Forge, client: MemoryForge, opened: Attempt
 ) -> None:
-    client.failures["may_write"] = forge_errors.TemporaryForgeError("down", delay=1.0)
+    client.failures["may_write"] = forge_errors.PermanentForgeError("403: no permission")
     trigger = comment("@agentfarm fix it")
     assert await followups.followup_for_comment(pstore, client, forge, trigger) is None
+    # A temporary failure is raised, for the pipeline to ask again later.
+    client.failures["may_write"] = forge_errors.TemporaryForgeError("502", delay=1.0)
+    with pytest.raises(forge_errors.TemporaryForgeError):
+        await followups.followup_for_comment(pstore, client, forge, trigger)
     assert len(await attempts(pstore, forge)) == 1
+    assert await followups.followup_for_comment(pstore, client, forge, trigger)
 
 
 @pytest.mark.parametrize("actor", ["github-actions[bot]", "Renovate[BOT]", ""])

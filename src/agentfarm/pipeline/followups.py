@@ -12,6 +12,11 @@ open state and head come from the forge. A checks follow-up records the head it 
 ``base_sha``, so a re-delivered status or the next poll never starts a second one for the same
 commit, and at most ``forge.check_fix_attempts`` of them run per pull request in
 ``forge.check_fix_window_minutes``; the first refusal after that is said once on the issue.
+
+The pipeline's own comments are told apart by their hidden ``<!-- agentfarm:`` marker, not by
+login: the token is often a person's own, and that person's requests must still count.
+Forge errors other than "may not write" are raised (a temporary one: ask again later; nothing
+was recorded yet), except in :func:`poll_checks`, which logs them per pull request.
 """
 
 from __future__ import annotations
@@ -151,9 +156,11 @@ async def _done_pulls(pstore: PipelineStore, forge: Forge, repo: str | None) -> 
 
 
 async def _may_write(client: types.ForgeClient, repo: str, user: str) -> bool:
+    """Fail closed: a forge that will not say is a no. A temporary failure is raised instead,
+    so the caller asks again later rather than dropping a writer's request."""
     try:
         return await client.may_write(repo, user)
-    except forge_errors.ForgeError as exc:  # fail closed
+    except forge_errors.PermanentForgeError as exc:
         log.warning("%s: could not tell whether %r may write, taken as no: %s", repo, user, exc)
         return False
 
