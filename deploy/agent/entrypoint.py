@@ -2,7 +2,8 @@
 """Entrypoint of the agentfarm agent image (standard library only).
 
     entrypoint.py clone            init container: clone AGENTFARM_REPO into the workspace on a
-                                   new branch AGENTFARM_BRANCH
+                                   new branch AGENTFARM_BRANCH (or, when it is also
+                                   AGENTFARM_BASE_BRANCH, on that existing branch)
     entrypoint.py run -- ARGV...   agent container: run ARGV with the first stdin bytes from
                                    AGENTFARM_STDIN, relay its output, then push the branch
 
@@ -160,7 +161,8 @@ def clone() -> int:
         if base:
             args += ["--branch", base]
         git(*args, "--", repo, workspace, env=env)
-        git("checkout", "--quiet", "-b", branch, env=env)
+        if base != branch:  # else a follow-up: it continues the branch it cloned
+            git("checkout", "--quiet", "-b", branch, env=env)
         git("config", "user.name", "agentfarm", env=env)
         git("config", "user.email", "agentfarm@localhost", env=env)
         head = git("rev-parse", "HEAD", env=env)

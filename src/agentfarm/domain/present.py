@@ -66,3 +66,18 @@ def fmt_bytes(value: int) -> str:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
     return f"{size:.1f} TiB"
+
+
+def branch_summary(data: dict[str, Any]) -> tuple[str, bool]:
+    """A ``run.branch`` event as one sentence, and whether it says something went wrong."""
+    branch = str(data.get("branch") or "?")
+    commits = data.get("commits") if isinstance(data.get("commits"), int) else 0
+    head = str(data.get("head") or "")[:12]
+    plural = "commit" if commits == 1 else "commits"
+    if data.get("error"):
+        return f"branch {branch} not pushed ({commits} {plural}): {data['error']}", True
+    if not data.get("pushed"):
+        return f"branch {branch}: no commits, nothing pushed", False
+    if not commits:
+        return f"branch {branch}: no new commits (brought home at {head})", False
+    return f"branch {branch}: {commits} {plural} pushed, head {head}", False

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from agentfarm.backends.base import ExitInfo, Record, RecordKind
+from agentfarm.backends.base import BranchOutcome, ExitInfo, Record, RecordKind
 from agentfarm.backends.kubernetes import api as k8s_api
 from agentfarm.backends.kubernetes import manifests, status
 from agentfarm.domain import errors
@@ -107,6 +107,8 @@ class KubernetesHandle:
         self._api = api
         self._state = state
         self._delete_pod_now = delete_pod_now
+        #: The entrypoint pushes the branch and says how in a notice (no structured outcome).
+        self.branch_outcome: BranchOutcome | None = None
 
     async def records(self, after: int) -> AsyncIterator[Record]:
         cursor = _Cursor()
