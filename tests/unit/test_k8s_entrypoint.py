@@ -106,6 +106,30 @@ def test_clone_run_and_push(env: dict[str, str], tmp_path: Path) -> None:
     assert git("-C", origin, "log", "--format=%s", "agentfarm/t1").splitlines()[0] == "add f"
 
 
+def test_a_follow_up_continues_its_branch_and_pushes_on_top(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    """AGENTFARM_BASE_BRANCH == AGENTFARM_BRANCH: clone that branch and keep working on it
+    (no new branch), then push fast-forward."""
+    origin = env["AGENTFARM_REPO"].removeprefix("file://")
+    agent = tmp_path / "agent.sh"
+    agent.write_text("#!/bin/sh\necho $$ >> f.txt; git add f.txt; git commit -qm more\n")
+    agent.chmod(0o755)
+    assert entrypoint(env, "clone").returncode == 0
+    assert entrypoint(env, "run", "--", str(agent)).returncode == 0
+    first = git("-C", origin, "rev-parse", "agentfarm/t1").strip()
+    (tmp_path / "ws2").mkdir()
+    again = env | {
+        "AGENTFARM_BASE_BRANCH": "agentfarm/t1",
+        "AGENTFARM_WORKSPACE": str(tmp_path / "ws2"),
+    }
+    cloned = entrypoint(again, "clone")
+    assert cloned.returncode == 0, cloned.stderr
+    done = entrypoint(again, "run", "--", str(agent))
+    assert parse(done.stdout)[-1][1].startswith("pushed 1 commit(s) to agentfarm/t1")
+    assert git("-C", origin, "rev-parse", "agentfarm/t1^").strip() == first
+
+
 def test_clone_failure_is_one_clear_line_without_tokens(env: dict[str, str]) -> None:
     env |= {
         "AGENTFARM_REPO": "https://github.invalid/none/none.git",
