@@ -499,7 +499,7 @@ async def test_a_refused_token_is_masked_in_gits_words(
     with pytest.raises(git.GitError) as raised:
         await git.clone(remote.url("repo.git"), tmp_path / "ws", None, auth)
     message = str(raised.value)
-    assert message.startswith("git clone failed: ")
+    assert message.startswith(f"git clone failed: {git.AUTH_REFUSED} (git: ")
     assert auth.token not in message and auth.basic not in message
 
 

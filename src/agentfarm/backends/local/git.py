@@ -55,6 +55,12 @@ class GitError(errors.LaunchError):
     pass
 
 
+AUTH_REFUSED = (
+    "the server refused the run's git token (git_token_secret): it is wrong, expired or "
+    "revoked, or lacks access to the repository; store a valid one with `agentfarm secret set`"
+)
+
+
 def _config_args(trusted: tuple[Path, ...]) -> list[str]:
     argv: list[str] = []
     for item in SAFE_CONFIG:
@@ -115,6 +121,9 @@ async def git(
         raise GitError(f"git {_verb(args)} took longer than {limit:g} s") from None
     if proc.returncode != 0:
         message = _mask(err.decode(errors="replace").strip(), auth) or "no output"
+        if auth is not None and "could not read Username" in message:
+            # The server answered 401 to the token, and git fell back to asking for one.
+            message = f"{AUTH_REFUSED} (git: {message})"
         raise GitError(f"git {_verb(args)} failed: {message}")
     return out.decode(errors="replace")
 
@@ -286,7 +295,9 @@ async def fetch_back(source: Path, workspace: Path, branch: str, *, force: bool 
 
 async def push(repo: str, workspace: Path, branch: str, auth: launch.GitAuth | None = None) -> None:
     """Push ``branch`` to ``repo`` (the URL itself, not a remote name), fast-forward only."""
+    # Git's words without its advice on pulling first (the reason is what a person needs).
     await git(
+        "-c", "advice.pushUpdateRejected=false",
         "push", "--quiet", "--", repo, f"refs/heads/{branch}:refs/heads/{branch}",
         cwd=workspace, trusted=(workspace, workspace / ".git"), auth=auth,
     )  # fmt: skip
