@@ -72,6 +72,17 @@ class Farm:
     def __init__(self, settings: Settings, store: Store, sup: Supervisor, agent: str) -> None:
         self.settings, self.store, self.sup, self.agent = settings, store, sup, agent
 
+    async def restart(self) -> None:
+        """The control plane goes away and comes back (the agents keep running)."""
+        await self.sup.close()
+        self.sup = supervisor(self.settings, self.store)
+        await self.sup.start()
+
+    async def running(self, run_id: str) -> None:
+        async with asyncio.timeout(GUARD):
+            while (await self.store.get_run(run_id)).status is not models.RunStatus.running:
+                await asyncio.sleep(0.05)
+
     async def run(
         self, forge: FakeForge, prompt: str, branch: str, base: str | None = None
     ) -> models.Run:
@@ -104,21 +115,24 @@ class Farm:
         return self.settings.runs_dir / run_id / "workspace"
 
 
+def supervisor(settings: Settings, store: Store) -> Supervisor:
+    secrets = SecretStore(settings.secrets_path)
+    backends = {"local": LocalBackend(settings)}
+    return Supervisor(settings, store, secrets, backends, {"command": CommandAdapter()})
+
+
 @pytest.fixture
 async def farm(tmp_path: Path, forge: FakeForge, agent: str) -> AsyncIterator[Farm]:
     settings = Settings(data_dir=tmp_path / "data", stop_grace_seconds=3)
     settings.ensure_dirs()
-    secrets = SecretStore(settings.secrets_path)
-    secrets.set("FORGE_BOT", forge.token)
+    SecretStore(settings.secrets_path).set("FORGE_BOT", forge.token)
     store = await Store.open(settings.data_dir / "agentfarm.db")
-    sup = Supervisor(
-        settings, store, secrets, {"local": LocalBackend(settings)}, {"command": CommandAdapter()}
-    )
-    await sup.start()
+    farm = Farm(settings, store, supervisor(settings, store), agent)
+    await farm.sup.start()
     try:
-        yield Farm(settings, store, sup, agent)
+        yield farm
     finally:
-        await sup.close()
+        await farm.sup.close()
         await store.close()
 
 
@@ -198,9 +212,7 @@ async def test_a_token_revoked_before_the_push_fails_the_push_with_gits_words(
     farm: Farm, forge: FakeForge
 ) -> None:
     run = await farm.run(forge, "wait", "agentfarm/issue-10-revoked")
-    async with asyncio.timeout(GUARD):  # cloned (with the token) and running
-        while (await farm.store.get_run(run.id)).status is not models.RunStatus.running:
-            await asyncio.sleep(0.05)
+    await farm.running(run.id)  # cloned (with the token)
     old = forge.token
     forge.token = "rotated-token-9876543210fedcba"
     (farm.workspace(run.id) / "go").write_text("")
@@ -236,3 +248,18 @@ async def test_a_follow_up_continues_the_branch_on_top_of_its_head(
     }
     assert forge.branch_sha(REPO, f"refs/heads/{branch}~1") == before
     assert (farm.workspace(follow.id) / "work.txt").read_text() == "first step\nsecond step\n"
+
+
+async def test_after_a_restart_the_push_resolves_the_token_again(
+    farm: Farm, forge: FakeForge
+) -> None:
+    run = await farm.run(forge, "wait", "agentfarm/issue-12-restarted")
+    await farm.running(run.id)
+    await farm.restart()  # the new control plane reattaches the run, token and all
+    (farm.workspace(run.id) / "go").write_text("")
+    done = await farm.ended(run.id)
+    assert done.status is models.RunStatus.succeeded, done.error
+    outcome = await farm.branch_event(run.id)
+    assert outcome["pushed"] is True and outcome["commits"] == 1, outcome
+    assert forge.branch_sha(REPO, "refs/heads/agentfarm/issue-12-restarted") == outcome["head"]
+    assert done.branch == "agentfarm/issue-12-restarted"
