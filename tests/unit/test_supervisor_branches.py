@@ -17,6 +17,7 @@ from agentfarm.agents.claude import ClaudeAdapter
 from agentfarm.backends.base import BranchOutcome
 from agentfarm.backends.fake import FakeBackend
 from agentfarm.domain import errors, launch, models
+from agentfarm.domain.pipeline import webhook_secret_name
 from agentfarm.store import Store
 from agentfarm.store.secrets import SecretStore
 from agentfarm.supervisor.runs import Supervisor
@@ -119,6 +120,10 @@ def test_git_token_secret_is_a_secret_name_for_an_http_repository() -> None:
     with pytest.raises(pydantic.ValidationError, match="git_token_secret"):
         spec(git_token_secret="not a name")
     assert spec(git_token_secret="FORGE_BOT").git_token_secret == "FORGE_BOT"
+    # It is sent to the repository's host: never the model's key nor a webhook's secret.
+    for name in ("ANTHROPIC_API_KEY", "CLAUDE_CODE_OAUTH_TOKEN", webhook_secret_name("gh")):
+        with pytest.raises(pydantic.ValidationError, match="which is not a git token"):
+            spec(git_token_secret=name)
 
 
 async def test_the_backends_branch_outcome_is_one_run_branch_event_before_the_end(

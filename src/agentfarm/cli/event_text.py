@@ -38,8 +38,8 @@ def event_line(event: dict[str, Any]) -> Text | None:
             text.append(f"  {data['error']}", style="red")
         return text
     if kind == "run.branch":
-        sentence, failed = branch_summary(data)
-        return Text(f"⎇ {sentence}", style="red" if failed else "green")
+        template, values, failed = branch_summary(data)
+        return Text(f"⎇ {template.format(**values)}", style="red" if failed else "green")
     if kind == "run.notice":
         return Text(f"! {data.get('message', '')}", style="yellow")
     if kind == "sandbox.egress_denied":

@@ -22,6 +22,9 @@ from agentfarm.domain import backend_config, gittokens
 SLUG_RE = backend_config.SLUG_RE
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 SECRET_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+#: Stored secrets that are never a git token: forges' webhook secrets
+#: (``pipeline.webhook_secret_name``).
+NOT_GIT_TOKENS_PREFIX = "FORGE_WEBHOOK_"
 TOOL_RE = re.compile(r"^[A-Za-z0-9_*:.()\- /,@\[\]]{1,200}$")
 #: Variables a config may not set: they are the server's to control.
 RESERVED_ENV = frozenset(
@@ -209,7 +212,14 @@ class AgentSpec(_Strict):
 
     @model_validator(mode="after")
     def _check_git_token_secret(self) -> AgentSpec:
-        if self.git_token_secret and not self.repo.lower().startswith(("https://", "http://")):
+        name = self.git_token_secret
+        if name and (name in RESERVED_ENV or name.startswith(NOT_GIT_TOKENS_PREFIX)):
+            # Sent to the repository's host: never the model's key or a webhook's secret.
+            raise ValueError(
+                f"git_token_secret may not name {name}, which is not a git token: store the "
+                "repository's token under a name of its own (`agentfarm secret set NAME`)"
+            )
+        if name and not self.repo.lower().startswith(("https://", "http://")):
             raise ValueError(
                 "git_token_secret is for a repository reached over https:// or http://; "
                 f"{self.repo!r} is not such a URL: remove git_token_secret or give the URL"

@@ -157,10 +157,11 @@ def _body(event: models.Event) -> tuple[Markup, str]:
             return Markup("").join(parts), " is-error"
         return Markup("").join(parts), ""
     if t == models.EventType.run_branch:
-        sentence, failed = branch_summary(d)
-        return Markup('<span class="{}">{}</span>').format(
-            "branch-outcome" if failed else "muted", sentence
-        ), " is-error" if failed else ""
+        template, values, failed = branch_summary(d)
+        code = {k: Markup("<code>{}</code>").format(v) for k, v in values.items() if k != "error"}
+        # The template is ours (no outside text); the values are escaped by format.
+        sentence = Markup(template).format(**code, error=values["error"])  # noqa: S704
+        return sentence, " is-error" if failed else ""
     if t == models.EventType.run_notice:
         return Markup('<span class="muted">{}</span>').format(d.get("message", "")), ""
     if t == models.EventType.sandbox_egress_denied:
