@@ -263,3 +263,16 @@ async def test_after_a_restart_the_push_resolves_the_token_again(
     assert outcome["pushed"] is True and outcome["commits"] == 1, outcome
     assert forge.branch_sha(REPO, "refs/heads/agentfarm/issue-12-restarted") == outcome["head"]
     assert done.branch == "agentfarm/issue-12-restarted"
+
+
+async def test_a_token_the_forge_refuses_at_the_clone_fails_the_run_saying_so(
+    farm: Farm, forge: FakeForge
+) -> None:
+    SecretStore(farm.settings.secrets_path).set("FORGE_BOT", "stale-token-0123456789abcdef")
+    run = await farm.run(forge, "fix it", "agentfarm/issue-13-stale")
+    done = await farm.ended(run.id)
+    assert done.status is models.RunStatus.failed
+    assert done.error is not None
+    assert done.error.startswith("git clone failed: the server refused the run's git token")
+    assert "stale-token-0123456789abcdef" not in await farm.events_text(run.id)
+    assert forge.branch_sha(REPO, "refs/heads/agentfarm/issue-13-stale") is None
