@@ -157,8 +157,8 @@ class LocalHandle:
                 self._outcome(branch, start, None, 0, error=why)
                 return [*notices, f"the branch {branch} was not brought back: {why}"]
             if commits == 0 and not git.is_local(repo):
-                self._outcome(branch, start, head, 0)
-                return [*notices, f"no commits on {branch}: nothing to push"]
+                self._outcome(branch, start, head, 0)  # the run.branch event says so
+                return notices
         try:
             if git.is_local(repo):
                 force = not state.get("continues")
