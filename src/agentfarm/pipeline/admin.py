@@ -12,14 +12,13 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
-import importlib
 import secrets as pysecrets
 
 from pydantic import SecretStr
 
 from agentfarm.domain import errors, models
 from agentfarm.domain import pipeline as domain
-from agentfarm.pipeline import forges
+from agentfarm.pipeline import forges, prompt
 from agentfarm.pipeline.forges import errors as forge_errors
 from agentfarm.store import Store
 from agentfarm.store.pipeline import PipelineStore
@@ -37,17 +36,7 @@ TEST_RETRY = forges.RetryPolicy(attempts=1)
 
 def default_instructions() -> str:
     """The standing instructions a new ``issue-implementer`` config starts with."""
-    try:
-        prompt = importlib.import_module("agentfarm.pipeline.prompt")
-    except ImportError:  # pragma: no cover - until the prompt module lands
-        return (
-            "Implement the issue below in this repository. Follow the repository's CLAUDE.md "
-            "and conventions, keep the change focused, add or update tests, and commit your "
-            "work with clear messages. If it cannot be done, say why and stop without "
-            "committing."
-        )
-    instructions: str = prompt.DEFAULT_INSTRUCTIONS
-    return instructions.strip()  # as a config stores it
+    return prompt.DEFAULT_INSTRUCTIONS.strip()  # as a config stores its prompt
 
 
 def web_root(forge: domain.Forge) -> str:
