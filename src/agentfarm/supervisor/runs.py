@@ -73,8 +73,14 @@ class Supervisor:
 
     # --- public operations ---------------------------------------------------------------
     async def submit(
-        self, spec: models.AgentSpec, *, config: models.AgentConfig | None = None
+        self,
+        spec: models.AgentSpec,
+        *,
+        config: models.AgentConfig | None = None,
+        run_id: str | None = None,
     ) -> models.Run:
+        """Queue a run; ``run_id`` is an id chosen beforehand (an orchestration dispatch
+        records it before the run exists, so that a crash in between never launches twice)."""
         if spec.agent not in self.adapters:
             raise errors.InvalidInputError(f"unknown agent {spec.agent!r}")
         if spec.backend.type not in self.backends:
@@ -86,6 +92,7 @@ class Supervisor:
         # Fail early, before anything is queued.
         (await self._credentials(spec)).require()
         run = models.Run(
+            id=run_id or models.new_id(),
             spec=spec,
             config_id=config.id if config else None,
             config_name=config.name if config else None,

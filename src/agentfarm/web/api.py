@@ -109,6 +109,14 @@ class MessageRequest(BaseModel):
 
 @router.post("/runs", status_code=201, response_model=models.Run, tags=["runs"])
 async def create_run(body: RunRequest, sup: Sup, st: St) -> models.Run:
+    spec, config = await resolve_run(body, st)
+    return await sup.submit(spec, config=config)
+
+
+async def resolve_run(
+    body: RunRequest, st: Store
+) -> tuple[models.AgentSpec, models.AgentConfig | None]:
+    """What a run request launches: its saved config's spec or its own, prompt overridden."""
     config: models.AgentConfig | None = None
     if body.config is not None:
         try:
@@ -124,7 +132,7 @@ async def create_run(body: RunRequest, sup: Sup, st: St) -> models.Run:
         raise errors.InvalidInputError("give `config` or `spec`")
     if body.prompt is not None:
         spec = spec.model_copy(update={"prompt": body.prompt})
-    return await sup.submit(spec, config=config)
+    return spec, config
 
 
 @router.get("/runs", response_model=list[models.Run], tags=["runs"])
