@@ -120,9 +120,7 @@ async def test_keys_are_validated_and_belong_to_their_caller(tmp_path: Path) -> 
             theirs = await ada.post(URL, json=body)
             assert theirs.status_code == 201  # ada's key, not the server token's
             assert theirs.json()["run_id"] != mine.json()["run_id"]
-            assert (await ada.get(f"{URL}/shared-name")).json()["run_id"] == theirs.json()[
-                "run_id"
-            ]
+            assert (await ada.get(f"{URL}/shared-name")).json()["run_id"] == theirs.json()["run_id"]
         reader = await cp.api.post(
             "/api/tokens", json={"name": "r", "user": "ada", "scopes": ["read"]}
         )
