@@ -19,7 +19,7 @@ from typing import Any
 from agentfarm import tasks
 from agentfarm.agents.base import AgentAdapter
 from agentfarm.backends.base import Backend, LaunchInfo, RunHandle
-from agentfarm.domain import errors, launch, models
+from agentfarm.domain import diffs, errors, launch, models
 from agentfarm.domain.redact import Redactor
 from agentfarm.settings import Settings
 from agentfarm.store import Store
@@ -157,6 +157,21 @@ class Supervisor:
             await backend.cleanup(run)
         await self.store.delete_run(run_id)
         self.hub.forget(run_id)
+
+    async def diff(self, run_id: str, *, limit: int = diffs.PATCH_LIMIT) -> diffs.RunDiff:
+        """An ended run's changes, from its backend. Not while it runs: the agent still
+        writes its workspace, and host git runs there only after the agent has exited."""
+        run = await self.store.get_run(run_id)
+        if not run.status.terminal or run_id in self.dispatcher.active:
+            raise errors.ConflictError(
+                f"run {run_id} is {run.status.value}: its changes are shown once it has ended"
+            )
+        backend = self.backends.get(run.spec.backend.type)
+        if backend is None:
+            raise errors.ConfigurationError(
+                f"the {run.spec.backend.type!r} backend of run {run_id} is not enabled here"
+            )
+        return await backend.diff(run, limit=limit)
 
     # --- internals -----------------------------------------------------------------------
     async def _credentials(self, spec: models.AgentSpec) -> credentials.Credentials:

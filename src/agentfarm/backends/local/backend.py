@@ -20,6 +20,7 @@ from pathlib import Path
 import agentfarm
 from agentfarm.backends.base import LaunchInfo
 from agentfarm.backends.local import binaries, cgroups, git, hostinfo, monitor_spec, procs, sandbox
+from agentfarm.backends.local import diff as local_diff
 from agentfarm.backends.local.handle import (
     GIT_STATE,
     LocalHandle,
@@ -27,7 +28,7 @@ from agentfarm.backends.local.handle import (
     monitor_running,
     read_identity,
 )
-from agentfarm.domain import backend_config, errors, launch, models
+from agentfarm.domain import backend_config, diffs, errors, launch, models
 from agentfarm.domain import egress as policies
 from agentfarm.settings import Settings
 
@@ -110,7 +111,8 @@ class LocalBackend:
             branch = spec.branch
             await git.clone(run.spec.repo, workspace, run.spec.base_branch)
             await git.new_branch(workspace, branch)
-            borrowed = await asyncio.to_thread(_save_git_state, run_dir, workspace)
+            start = (await git.git("rev-parse", "HEAD", cwd=workspace)).strip()
+            borrowed = await asyncio.to_thread(_save_git_state, run_dir, workspace, start)
             if uid is not None:
                 await _chown(f"{uid}:{gid}", workspace, home)
         except BaseException:
@@ -158,6 +160,9 @@ class LocalBackend:
     async def attach(self, run: models.Run) -> tuple[LocalHandle, LaunchInfo]:
         workspace = str(self.run_dir(run.id) / "workspace")
         return self.handle(run), LaunchInfo(branch=launch.branch_name(run.id), workspace=workspace)
+
+    async def diff(self, run: models.Run, *, limit: int) -> diffs.RunDiff:
+        return await local_diff.run_diff(run, self.run_dir(run.id), limit=limit)
 
     async def cleanup(self, run: models.Run) -> None:
         run_dir = self.run_dir(run.id)
@@ -274,15 +279,16 @@ def _root_layout() -> tuple[list[str], list[str], list[str]]:
     return links, dirs, etc
 
 
-def _save_git_state(run_dir: Path, workspace: Path) -> list[Path]:
-    """Keep what the host wrote into .git (restored before host git runs there again)."""
+def _save_git_state(run_dir: Path, workspace: Path, start: str) -> list[Path]:
+    """Keep what the host wrote into .git (restored before host git runs there again), and
+    the commit the run starts from (what its changes are shown against)."""
     config = (workspace / ".git" / "config").read_text()
     alternates_file = workspace / ".git" / "objects" / "info" / "alternates"
     alternates = alternates_file.read_text() if alternates_file.exists() else None
     path = run_dir / GIT_STATE
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
-        json.dump({"config": config, "alternates": alternates}, fh)
+        json.dump({"config": config, "alternates": alternates, "base": start}, fh)
     return git.alternates(workspace)
 
 
