@@ -137,6 +137,7 @@ async def test_a_users_role_bounds_their_tokens_and_sessions(tmp_path: Path) -> 
             assert refused(await bob_admin.get("/api/secrets"), "admin")
         # The cockpit: bob's session may launch but not change configs.
         await login(browser, "bob")
+        assert "New config" not in (await browser.get("/configs")).text
         csrf = await page_csrf(browser, "/configs")
         edit = await browser.post(
             "/configs/new", data={"name": "x", "prompt": "p", "csrf_token": csrf}
