@@ -288,7 +288,7 @@ def _save_git_state(run_dir: Path, workspace: Path, start: str) -> list[Path]:
     path = run_dir / GIT_STATE
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
-        json.dump({"config": config, "alternates": alternates, "base": start}, fh)
+        json.dump({"config": config, "alternates": alternates, "start": start}, fh)
     return git.alternates(workspace)
 
 

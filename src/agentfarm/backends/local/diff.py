@@ -34,7 +34,7 @@ async def run_diff(run: models.Run, run_dir: Path, *, limit: int) -> diffs.RunDi
         ) from None
     try:
         await asyncio.to_thread(git.sanitize, workspace, state["config"], state["alternates"])
-        start = state.get("base") or f"refs/remotes/origin/{run.spec.base_branch or 'HEAD'}"
+        start = state.get("start") or f"refs/remotes/origin/{run.spec.base_branch or 'HEAD'}"
         trusted = (workspace, workspace / ".git")
         base = (
             await git.git("merge-base", start, f"refs/heads/{branch}", cwd=workspace,
