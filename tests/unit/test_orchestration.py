@@ -9,6 +9,10 @@ from typing import Any
 
 import httpx
 
+from agentfarm.domain.pipeline import Dispatch
+from agentfarm.store.pipeline import PipelineStore
+from agentfarm.web import orchestration
+
 from .conftest import AppFactory
 from .test_api import wait_terminal
 from .test_web_roles import bearer
@@ -99,7 +103,7 @@ async def test_a_failed_launch_frees_the_key_and_a_deleted_run_is_said(
         await wait_terminal(client, run_id)
         assert (await client.delete(f"/api/runs/{run_id}")).status_code == 204
         gone = await client.post(URL, json=body)
-        assert gone.status_code == 409 and "no longer exists" in gone.text
+        assert gone.status_code == 409 and "it was deleted" in gone.text
         assert await run_ids(client) == []
 
 
@@ -132,3 +136,20 @@ async def test_keys_are_validated_and_belong_to_their_caller(tmp_path: Path) -> 
         post = schema["paths"][URL]["post"]
         assert {"200", "201", "409"} <= set(post["responses"])
         assert "idempotency_key" in str(schema["components"]["schemas"]["DispatchRequest"])
+
+
+async def test_a_key_recorded_before_a_crash_never_launches_twice(tmp_path: Path) -> None:
+    # The server stopped after recording the dispatch and before creating its run.
+    async with cockpit(tmp_path) as cp:
+        await cp.api.post("/api/configs", json=CONFIG)
+        body = {"idempotency_key": "crashed", "config": "demo"}
+        request = orchestration.DispatchRequest.model_validate(body)
+        recorded = Dispatch(
+            key="crashed", caller="token", digest=orchestration.digest_of(request),
+            run_id="0123456789ab",
+        )  # fmt: skip
+        await PipelineStore(cp.app.state.store.database).create_dispatch(recorded)
+        again = await cp.api.post(URL, json=body)
+        assert again.status_code == 409 and "stopped while launching" in again.text
+        assert "0123456789ab" in again.text and "a new key" in again.text
+        assert await run_ids(cp.api) == []

@@ -30,7 +30,9 @@ from agentfarm.supervisor.runs import Supervisor
 from agentfarm.web import api, identity
 from agentfarm.web.auth import check_bearer
 
-router = APIRouter(prefix="/api/orchestration", tags=["orchestration"])
+router = APIRouter(
+    prefix="/api/orchestration", tags=["orchestration"], dependencies=[Depends(check_bearer)]
+)
 Who = Annotated[identity.Principal, Depends(check_bearer)]
 KEY_DOC = "The client's idempotency key: 1 to 200 printable characters."
 
@@ -118,7 +120,8 @@ async def _answer(st: Store, dispatch: domain.Dispatch) -> DispatchOut:
     except errors.NotFoundError:
         raise errors.ConflictError(
             f"the run {dispatch.run_id} dispatched with the idempotency key "
-            f"{dispatch.key!r} no longer exists (it was deleted); dispatch again with a new key"
+            f"{dispatch.key!r} does not exist (it was deleted, or the server stopped while "
+            "launching it); dispatch again with a new key"
         ) from None
     return DispatchOut(
         idempotency_key=dispatch.key,

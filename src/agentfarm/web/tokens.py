@@ -18,7 +18,7 @@ from agentfarm.web.admin import USER_NAME
 from agentfarm.web.auth import check_bearer
 
 Who = Annotated[identity.Principal, Depends(check_bearer)]
-router = APIRouter(prefix="/api/tokens", tags=["tokens"])
+router = APIRouter(prefix="/api/tokens", tags=["tokens"], dependencies=[Depends(check_bearer)])
 TOKEN_ID = Annotated[str, Path(pattern=r"^[0-9a-f]{12}$", description="The token's id.")]
 
 
