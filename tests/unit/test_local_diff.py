@@ -47,8 +47,8 @@ async def launched(tmp_path: Path, source: Path) -> tuple[models.Run, Path]:
     run_dir.mkdir(parents=True)
     await git.clone(str(source), workspace, None)
     await git.new_branch(workspace, run.branch)
-    start = (await git.git("rev-parse", "HEAD", cwd=workspace)).strip()
-    backend._save_git_state(run_dir, workspace, start)
+    state = {"branch": run.branch, "start": await git.head(workspace), "continues": False}
+    backend._save_git_state(run_dir, workspace, state)
     return run, run_dir
 
 

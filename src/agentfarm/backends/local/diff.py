@@ -32,6 +32,8 @@ async def run_diff(run: models.Run, run_dir: Path, *, limit: int) -> diffs.RunDi
             f"run {run.id} has no workspace any more (removed after it ended, or never made); "
             f"its branch {branch} is in the repository"
         ) from None
+    # The branch the host recorded at launch (the agent cannot change it), else the run's.
+    branch = str(state.get("branch") or branch)
     try:
         await asyncio.to_thread(git.sanitize, workspace, state["config"], state["alternates"])
         start = state.get("start") or f"refs/remotes/origin/{run.spec.base_branch or 'HEAD'}"
