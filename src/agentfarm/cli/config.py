@@ -21,7 +21,9 @@ def config_add(
     repo: Annotated[str | None, typer.Option(help="Local path or git URL.")] = None,
     prompt: Annotated[str | None, typer.Option(help="The task.")] = None,
     base_branch: Annotated[str | None, typer.Option()] = None,
-    agent: Annotated[str | None, typer.Option(help="claude (the default) | command.")] = None,
+    agent: Annotated[
+        str | None, typer.Option(help="claude (the default) | codex | command.")
+    ] = None,
     command_argv: Annotated[
         list[str] | None,
         typer.Option(

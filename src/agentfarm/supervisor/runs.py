@@ -154,11 +154,9 @@ class Supervisor:
     # --- internals -----------------------------------------------------------------------
     async def _credentials(self, spec: models.AgentSpec) -> credentials.Credentials:
         """Once per launch, off the loop: the secrets file is read here and nowhere else."""
-        resolved = await asyncio.to_thread(
-            credentials.resolve, self.settings, self.secrets, spec.backend
+        return await asyncio.to_thread(
+            credentials.resolve, self.settings, self.secrets, spec.backend, spec.agent
         )
-        adapter = self.adapters.get(spec.agent)
-        return credentials.for_agent(resolved, adapter.credential_names() if adapter else None)
 
     async def _append(
         self,
@@ -229,7 +227,9 @@ class Supervisor:
                 spec = launch.LaunchSpec(
                     run_id=run.id,
                     branch=run.branch or launch.branch_name(run.id),
-                    command=self.adapters[run.spec.agent].build_command(run.spec),
+                    command=self.adapters[run.spec.agent].build_command(
+                        run.spec, base_url=creds.base_url
+                    ),
                     credentials=creds.require().env,
                 )
                 handle, info = await backend.launch(run, spec)
@@ -251,11 +251,12 @@ class Supervisor:
                 )
                 return
             handle, info = await backend.attach(run)
-            # Pure: the same command as at launch, for its follow-up format.
-            command = self.adapters[run.spec.agent].build_command(run.spec)
-            redactor = Redactor()
+            redactor, base_url = Redactor(), None
             with contextlib.suppress(errors.ConfigurationError):  # a broken secrets file
-                redactor = (await self._credentials(run.spec)).redactor
+                creds = await self._credentials(run.spec)
+                redactor, base_url = creds.redactor, creds.base_url
+            # Pure: the same command as at launch, for its follow-up format.
+            command = self.adapters[run.spec.agent].build_command(run.spec, base_url=base_url)
             await self._attached(run, handle, info, command, redactor)
 
     async def _attached(
