@@ -72,6 +72,7 @@ def test_minimal_turn_uses_the_builtin_provider() -> None:
     assert settings_of(argv) == {
         "check_for_update_on_startup": False,
         "analytics.enabled": False,
+        "features.plugins": False,
     }
 
 

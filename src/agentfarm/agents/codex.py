@@ -58,10 +58,13 @@ FOLLOWUP = launch.Followup(prefix=b'{"text": ', suffix=b"}\n")
 #: After a turn's end the backend closes stdin unless more is queued: the driver then exits.
 TURN_ENDS = ("turn.completed", "turn.failed")
 
-#: Settings every launch gets: no update check or analytics calls from inside the sandbox.
+#: Settings every launch gets: no update check or analytics calls from inside the sandbox, and
+#: no plugins (with them on, 0.169.0 reaches github.com, api.github.com and chatgpt.com at each
+#: start: egress denials in every run).
 BASE_SETTINGS = {
     "check_for_update_on_startup": False,
     "analytics.enabled": False,
+    "features.plugins": False,
 }
 
 
