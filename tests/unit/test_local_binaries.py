@@ -31,12 +31,12 @@ def nowhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_a_missing_codex_says_make_codex(nowhere: Path, tmp_path: Path) -> None:
-    with pytest.raises(errors.ConfigurationError, match="`make codex`.*AGENTFARM_CODEX_BIN"):
+    with pytest.raises(errors.ConfigurationError, match=r"`make codex`.*AGENTFARM_CODEX_BIN"):
         binaries.find("codex", Settings(data_dir=tmp_path))
-    with pytest.raises(errors.ConfigurationError, match="`make run`.*AGENTFARM_CLAUDE_BIN"):
+    with pytest.raises(errors.ConfigurationError, match=r"`make run`.*AGENTFARM_CLAUDE_BIN"):
         binaries.find("claude", Settings(data_dir=tmp_path))
     bad = Settings(data_dir=tmp_path, codex_bin=str(tmp_path / "nope"))
-    with pytest.raises(errors.ConfigurationError, match="AGENTFARM_CODEX_BIN=.*not an executable"):
+    with pytest.raises(errors.ConfigurationError, match=r"AGENTFARM_CODEX_BIN=.*not an executable"):
         binaries.find("codex", bad)
 
 
