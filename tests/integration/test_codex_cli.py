@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from agentfarm.backends.local import binaries
 from tests.fakes import openai_api as fake
 from tests.integration.conftest import git
 from tests.integration.server import Server
@@ -189,3 +190,27 @@ def test_a_followup_resumes_the_thread_in_the_same_workspace(
     requests = fake_openai.requests_for("codex-two-answers")
     assert "First answer." in json.dumps(requests[-1].body)
     assert any(e["type"] == "user.message" for e in stored)
+
+
+def test_without_the_codex_binary_a_run_fails_saying_make_codex(
+    tmp_path: Path, source: Path, fake_openai: fake.FakeOpenAI
+) -> None:
+    pinned = binaries.CHECKOUT_TOOLS / "node_modules" / ".bin" / "codex"
+    if shutil.which("codex") or pinned.exists():
+        # A precondition, not a missing real part: this server would find a Codex.
+        pytest.skip("a codex on PATH or in this checkout's .tools would be found")
+    empty = tmp_path / "no-tools"
+    empty.mkdir()
+    srv = Server(
+        tmp_path / "data",
+        {"AGENTFARM_TOOLS": str(empty), "OPENAI_BASE_URL": fake_openai.base_url,
+         "CODEX_API_KEY": KEY},
+        tmp_path / "server.log",
+    ).start()  # fmt: skip
+    try:
+        run_id = launch(srv, source, "anything")
+        done = srv.wait_status(run_id, {"succeeded", "failed", "lost"}, timeout=30)
+    finally:
+        srv.stop()
+    assert done["status"] == "failed", done
+    assert "Codex CLI was not found" in done["error"] and "make codex" in done["error"]

@@ -92,3 +92,13 @@ async def test_a_claude_run_gets_no_openai_key_and_a_codex_run_needs_one(
 
 def test_default_prices_cover_the_default_model() -> None:
     assert pricing.price_of(pricing.table(), None) is not None
+
+
+async def test_a_prompt_codex_cannot_take_is_refused_at_submit(
+    setup: tuple[Supervisor, FakeBackend, Store],
+) -> None:
+    sup, _backend, store = setup
+    long = "x" * 130_000
+    with pytest.raises(errors.InvalidInputError, match="KiB"):
+        await sup.submit(models.AgentSpec(repo="/r", prompt=long, agent="codex"))
+    assert await store.list_runs() == []
