@@ -68,7 +68,7 @@ def test_minimal_turn_uses_the_builtin_provider() -> None:
         "/opt/codex", "exec", "--json", "--dangerously-bypass-approvals-and-sandbox",
         "--skip-git-repo-check",
     ]  # fmt: skip
-    assert argv[-2:] == ["--", "Fix it"]
+    assert argv[-2:] == ["--", "-"]  # the prompt comes on stdin
     assert settings_of(argv) == {
         "check_for_update_on_startup": False,
         "analytics.enabled": False,
@@ -118,12 +118,10 @@ def test_base_url_defines_a_provider_whose_key_comes_from_the_environment() -> N
 
 
 def test_resume_passes_the_flags_again_then_thread_and_prompt() -> None:
-    argv = codex.CodexAdapter().exec_argv(
-        spec(model="m"), resume_thread="01a2-thread", prompt="And now the tests."
-    )
+    argv = codex.CodexAdapter().exec_argv(spec(model="m"), resume_thread="01a2-thread")
     assert argv[1:3] == ["exec", "resume"]
     assert "--dangerously-bypass-approvals-and-sandbox" in argv
-    assert argv[-3:] == ["--", "01a2-thread", "And now the tests."]
+    assert argv[-3:] == ["--", "01a2-thread", "-"]
 
 
 def test_ignores_what_codex_has_no_flag_for() -> None:
@@ -134,9 +132,11 @@ def test_ignores_what_codex_has_no_flag_for() -> None:
     assert plain.argv == other.argv
 
 
-def test_a_prompt_too_long_for_an_argument_is_refused_with_advice() -> None:
-    with pytest.raises(ValueError, match="KiB"):
-        codex.CodexAdapter().build_command(spec(prompt="x" * (codex.MAX_PROMPT_BYTES + 1)))
+def test_a_long_prompt_goes_on_stdin_not_on_the_command_line() -> None:
+    long = "x" * 190_000  # over Linux's 128 KiB limit for one argument
+    command = codex.CodexAdapter().build_command(spec(prompt=long))
+    assert json.loads(command.stdin) == {"text": long}
+    assert all(len(arg) < 10_000 for arg in command.argv)
 
 
 # --- the parser, on recorded lines -------------------------------------------------------

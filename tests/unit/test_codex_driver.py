@@ -12,10 +12,12 @@ from pathlib import Path
 from agentfarm.agents import codex
 
 FAKE = """#!/bin/sh
-# Prints its arguments as JSON lines, like codex exec --json would print events.
+# Prints its arguments and its stdin as JSON lines, like codex exec --json would print events.
 echo "{\\"type\\":\\"thread.started\\",\\"thread_id\\":\\"th-0001\\"}"
 for arg in "$@"; do printf '{"type":"arg","value":"%s"}\\n' "$arg"; done
-case "$*" in
+text=$(cat)
+printf '{"type":"arg","value":"stdin:%s"}\\n' "$text"
+case "$text" in
   *fail*) echo '{"type":"turn.failed"}'; exit 3 ;;
   *sleep*) trap 'kill $!; echo "{\\"type\\":\\"got-term\\"}"; exit 143' TERM
            echo '{"type":"sleeping"}'; sleep 30 & wait; exit 0 ;;
@@ -64,9 +66,11 @@ def test_the_first_line_starts_the_thread_and_later_ones_resume_it(tmp_path: Pat
     out, err = proc.communicate(line("first") + line("second -x") + b"not json\n", timeout=30)
     assert proc.returncode == 0, err
     first, second = args_per_turn(out)
-    assert first[0] == "exec" and first[-2:] == ["--", "first"]
-    assert second[:2] == ["exec", "resume"] and second[-3:] == ["--", "th-0001", "second -x"]
-    assert first[1:-2] == second[2:-3]  # the same flags every turn
+    # The text comes on stdin (the prompt argument is `-`), each turn's own.
+    assert first[0] == "exec" and first[-3:] == ["--", "-", "stdin:first"]
+    assert second[:2] == ["exec", "resume"]
+    assert second[-4:] == ["--", "th-0001", "-", "stdin:second -x"]
+    assert first[1:-3] == second[2:-4]  # the same flags every turn
     assert b"ignored a stdin line" in err
 
 

@@ -18,10 +18,10 @@ argv), ``wire_api = "responses"``. Without one, Codex's built-in OpenAI provider
 One ``codex exec`` answers one prompt; a follow-up is a new process (``codex exec resume <thread
 id>``, flags given again). The run's process is therefore a small driver (``codex_driver``, run
 by the sandbox's ``python3``) that takes the prompt and follow-ups as ``{"text": ...}`` lines on
-stdin and runs one ``codex exec`` per turn in the same workspace and HOME. Each turn's prompt is
-the last argument, after ``--`` (a prompt starting with ``-`` stays a prompt); Codex's stdin is
-/dev/null (it appends whatever is on stdin to the prompt). There is no stdin interrupt: stopping
-is by signal, which the driver passes on.
+stdin and runs one ``codex exec`` per turn in the same workspace and HOME. Each turn's text
+reaches Codex on its stdin (the prompt argument is ``-``, after ``--``): no size limit of a
+command-line argument, and nothing for Codex to append to the prompt. There is no stdin
+interrupt: stopping is by signal, which the driver passes on.
 
 Credentials: ``CODEX_API_KEY`` in the agent's environment (the supervisor hands on an
 ``OPENAI_API_KEY`` under that name). A ChatGPT-plan login (``$CODEX_HOME/auth.json``) is not
@@ -42,7 +42,7 @@ import json
 from pathlib import Path
 
 from agentfarm.agents import codex_driver, codex_stream
-from agentfarm.domain import errors, launch, models
+from agentfarm.domain import launch, models
 
 #: The binary's name; the backend finds it (the pinned copy, PATH).
 BINARY = "codex"
@@ -50,8 +50,6 @@ BINARY = "codex"
 PROVIDER = "agentfarm"
 #: Where the key comes from, for either provider.
 API_KEY = "CODEX_API_KEY"
-#: Linux refuses a single argument over 128 KiB (MAX_ARG_STRLEN); leave room for the rest.
-MAX_PROMPT_BYTES = 120 * 1024
 
 #: A stdin line for the driver: ``{"text": "..."}`` (the first is the prompt).
 FOLLOWUP = launch.Followup(prefix=b'{"text": ', suffix=b"}\n")
@@ -109,14 +107,6 @@ def turn_flags(spec: models.AgentSpec, base_url: str | None) -> list[str]:
     return flags
 
 
-def check_prompt(text: str) -> None:
-    if len(text.encode("utf-8", "surrogatepass")) > MAX_PROMPT_BYTES:
-        raise errors.InvalidInputError(
-            f"The prompt is over {MAX_PROMPT_BYTES // 1024} KiB, more than Codex can take "
-            "as an argument; shorten it or move the detail into a file in the repository."
-        )
-
-
 @functools.cache
 def driver_source() -> str:
     """The driver's source, handed to ``python3 -c`` (read once from this package)."""
@@ -133,7 +123,6 @@ class CodexAdapter:
     ) -> launch.AgentCommand:
         """The run's command: the driver (``codex_driver``) running ``binary`` once per turn;
         the prompt and follow-ups reach it on stdin."""
-        check_prompt(spec.prompt)
         return launch.AgentCommand(
             argv=[binary, *turn_flags(spec, base_url)],
             env=dict(spec.env),
@@ -150,19 +139,16 @@ class CodexAdapter:
         binary: str = BINARY,
         base_url: str | None = None,
         resume_thread: str | None = None,
-        prompt: str | None = None,
     ) -> list[str]:
-        """One turn's process, as the driver starts it: the first turn, or with
-        ``resume_thread`` a follow-up ``prompt`` on that thread."""
-        text = spec.prompt if prompt is None else prompt
-        check_prompt(text)
+        """One turn's process as the driver starts it (the turn's text then on its stdin): the
+        first turn, or with ``resume_thread`` a follow-up on that thread."""
         argv = [binary, "exec"]
         if resume_thread is not None:
             argv.append("resume")
-        argv += [*turn_flags(spec, base_url), "--"]
+        argv += [*turn_flags(spec, base_url), codex_driver.END_OF_OPTIONS]
         if resume_thread is not None:
             argv.append(resume_thread)
-        return [*argv, text]
+        return [*argv, codex_driver.FROM_STDIN]
 
     def credential_names(self) -> tuple[str, ...]:
         return (API_KEY,)

@@ -4,8 +4,9 @@
 <thread id>``, in the same workspace and HOME. This driver gives agentfarm the one long-lived
 agent process with follow-ups on stdin it expects of every agent (as Claude Code's stream-json
 input does): each stdin line is ``{"text": "..."}``; the first starts the thread, each later
-one resumes it. Codex's stdout goes through unchanged (``thread.started`` tells the driver the
-thread id); its stdin is /dev/null (Codex would append stdin to the prompt). The driver ends
+one resumes it. Each turn's text reaches Codex on its stdin (the prompt argument is ``-``), so a
+prompt has no command-line size limit; Codex's stdout goes through unchanged (``thread.started``
+tells the driver the thread id). The driver ends
 when stdin closes (the backend closes it once a turn ends and nothing else is queued) or a turn's
 process fails, with that process's exit status. SIGTERM and SIGINT are passed on to the running
 ``codex``; the driver then ends.
@@ -17,15 +18,20 @@ stdout (which carries Codex's JSON lines); its complaints go to stderr.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterable
 from types import FrameType
+from typing import IO
 
-#: The separator the thread id and prompt follow (a prompt starting with ``-`` stays one).
+#: The separator the thread id and prompt follow.
 END_OF_OPTIONS = "--"
+#: The prompt argument that makes Codex read the prompt from stdin, to its end.
+FROM_STDIN = "-"
 
 
 class Driver:
@@ -45,20 +51,22 @@ class Driver:
         # Between turns, waiting for stdin: nothing to pass it on to.
         raise SystemExit(128 + signum)
 
-    def argv(self, text: str) -> list[str]:
+    def argv(self) -> list[str]:
         if self.thread is None:
-            return [self.binary, "exec", *self.flags, END_OF_OPTIONS, text]
-        return [self.binary, "exec", "resume", *self.flags, END_OF_OPTIONS, self.thread, text]
+            return [self.binary, "exec", *self.flags, END_OF_OPTIONS, FROM_STDIN]
+        return [self.binary, "exec", "resume", *self.flags, END_OF_OPTIONS, self.thread, FROM_STDIN]
 
     def turn(self, text: str) -> int:
         out = sys.stdout.buffer
         try:
             self.child = subprocess.Popen(
-                self.argv(text), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE
+                self.argv(), stdin=subprocess.PIPE, stdout=subprocess.PIPE
             )
         except OSError as exc:
             sys.stderr.write(f"agentfarm: cannot start {self.binary}: {exc}\n")
             return 127
+        # On a thread: a long prompt must not block the reading of Codex's output.
+        threading.Thread(target=feed, args=(self.child.stdin, text.encode()), daemon=True).start()
         stdout = self.child.stdout
         if stdout is not None:
             for line in stdout:
@@ -81,6 +89,15 @@ class Driver:
             if code != 0 or self.stopping:
                 break
         return code
+
+
+def feed(stdin: IO[bytes] | None, data: bytes) -> None:
+    """Write the turn's text to Codex's stdin and close it (Codex reads to the end)."""
+    if stdin is None:
+        return
+    # OSError: Codex is gone already; its exit status tells why.
+    with contextlib.suppress(OSError), stdin:
+        stdin.write(data)
 
 
 def message_text(raw: bytes) -> str | None:

@@ -83,8 +83,8 @@ class Supervisor:
             )
         if not spec.prompt.strip():
             raise errors.InvalidInputError("the run has no prompt: give one in the config or run")
-        # Fail early, before anything is queued: credentials, and what the agent's CLI cannot
-        # take (the adapter is pure; Codex refuses a prompt too long for an argument).
+        # Fail early, before anything is queued: what the agent cannot take (the adapter is
+        # pure), and missing credentials.
         self.adapters[spec.agent].build_command(spec)
         (await self._credentials(spec)).require()
         run = models.Run(
