@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from pydantic import AliasChoices, SecretStr
 
-from agentfarm.domain import backend_config, errors, gittokens
+from agentfarm.domain import backend_config, errors, gittokens, launch
 from agentfarm.domain.redact import Redactor
 from agentfarm.settings import Settings
 from agentfarm.store.secrets import SecretStore
@@ -54,6 +54,9 @@ class Credentials:
     missing: bool = False
     #: The agent whose credentials these are (names what to set when they are missing).
     agent: str = "claude"
+    #: The token of the spec's ``git_token_secret`` for its repository (git's, never the
+    #: agent's: it is not in ``env``).
+    git_auth: launch.GitAuth | None = field(default=None, repr=False)
 
     def require(self) -> Credentials:
         if self.missing:
@@ -90,10 +93,15 @@ def resolve(
     secrets: SecretStore,
     backend: backend_config.BackendSpec,
     agent: str = "claude",
+    *,
+    repo: str = "",
+    git_token_secret: str | None = None,
 ) -> Credentials:
     """The credentials ``agent`` gets on ``backend``: its own model credentials (the server's
     environment first, then the secret store) and endpoint, never another agent's. Blocking
-    (it reads the secrets file): call it in a thread."""
+    (it reads the secrets file): call it in a thread. ``git_token_secret`` (a run's spec
+    naming the secret that authenticates its repository ``repo``) must be stored: a
+    ConfigurationError says so otherwise."""
     stored = secrets.all()
     environment = _from_settings(settings)
 
@@ -112,11 +120,31 @@ def resolve(
         found[url_name] = base_url
     needs_model = agent in AGENT_CREDENTIALS and backend.model_credentials_required
     missing = needs_model and not any(name in found for name, _ in AGENT_CREDENTIALS[agent])
-    if backend.clones_remotely:
+    auth = explicit_git_auth(stored, repo, git_token_secret) if git_token_secret else None
+    if backend.clones_remotely and auth is None:
+        # With a token named by the spec, that one alone reaches the pod (as ``git_auth``).
         found |= git_tokens(settings, stored)
     masked = {k: v for k, v in found.items() if "URL" not in k}
-    redactor = Redactor.of(server_secrets(settings), stored, masked)
-    return Credentials(env=found, redactor=redactor, missing=missing, agent=agent)
+    extra = auth.secrets() if auth else {}
+    redactor = Redactor.of(server_secrets(settings), stored, masked, extra)
+    return Credentials(env=found, redactor=redactor, missing=missing, agent=agent, git_auth=auth)
+
+
+def explicit_git_auth(stored: Mapping[str, str], repo: str, name: str) -> launch.GitAuth:
+    """The git token a run's spec names (``git_token_secret``) for its repository URL."""
+    value = stored.get(name)
+    if not value:
+        raise errors.ConfigurationError(
+            f"the run's git_token_secret names {name!r}, which is not stored: store the "
+            f"repository's token with `agentfarm secret set {name}`, or name another secret"
+        )
+    token = gittokens.explicit_token(repo)
+    if token is None:
+        raise errors.InvalidInputError(
+            f"git_token_secret is for a repository reached over https:// or http://, not "
+            f"{repo!r}: remove git_token_secret or give the repository's URL"
+        )
+    return launch.GitAuth(token.prefix, token.user, value, token.name)
 
 
 def server_secrets(settings: Settings) -> dict[str, str]:
