@@ -16,6 +16,7 @@ from tests.unit.forge_helpers import REPO, forge
 
 from .test_web_pages import wait_terminal
 from .test_web_roles import bearer, new_token
+from .test_web_scopes import api_token, refused
 from .web_helpers import Cockpit, cockpit, login
 
 __all__ = ["forge"]
@@ -171,6 +172,27 @@ async def test_forges_are_for_admins_and_operating_is_for_everyone(tmp_path: Pat
             paused = await bob.put("/api/pipeline/pause", json={"paused": True})
             assert paused.status_code == 200 and paused.json() == {"paused": True}
         assert (await cp.api.get("/api/forges/gh")).status_code == 200
+
+
+async def test_scopes_decide_reading_operating_and_setting_up(tmp_path: Path) -> None:
+    async with cockpit(tmp_path) as cp:
+        await cp.add_user("ada")  # the first user: an admin
+        await cp.api.post("/api/forges", json=FORGE)
+        stand_in(cp)
+        async with bearer(cp, await api_token(cp, "ada", "read")) as reader:
+            assert (await reader.get("/api/pipeline")).status_code == 200
+            assert (await reader.get("/api/pipeline/pause")).status_code == 200
+            assert refused(
+                await reader.put("/api/pipeline/pause", json={"paused": True}), "operate"
+            )
+            assert refused(await reader.get("/api/forges"), "admin")
+        async with bearer(cp, await api_token(cp, "ada", "operate")) as operator:
+            paused = await operator.put("/api/pipeline/pause", json={"paused": True})
+            assert paused.status_code == 200
+            assert refused(await operator.get("/api/forges/gh"), "admin")
+            assert refused(await operator.post("/api/forges/gh/test"), "admin")
+        async with bearer(cp, await api_token(cp, "ada", "admin")) as admin:
+            assert (await admin.get("/api/forges/gh")).status_code == 200
 
 
 async def test_pause_through_the_service_or_the_flag(tmp_path: Path) -> None:

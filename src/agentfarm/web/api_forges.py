@@ -1,6 +1,10 @@
-"""Forges and the pipeline over the API: set-up (admins), the kill switch, the attempts seen,
-retry and stop. The forge's webhook itself (`POST /api/forges/{name}/webhook`) is public and
-lives with the pipeline service.
+"""Forges and the pipeline over the API: set-up, the kill switch, the attempts seen, retry
+and stop. The forge's webhook itself (`POST /api/forges/{name}/webhook`) is public and lives
+with the pipeline service.
+
+Who may do what is the scopes' one check (``domain.scopes``, made by ``check_bearer``): every
+forge request is admin (forges hold tokens and say what agents may act on), reading the
+pipeline is read, pausing, retrying and stopping are operate.
 
 No answer ever carries a secret, except the webhook secret in the answer that made it.
 """
@@ -11,7 +15,7 @@ import contextlib
 import inspect
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response, status
+from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from agentfarm.domain import backend_config, errors
@@ -20,7 +24,7 @@ from agentfarm.pipeline import admin
 from agentfarm.pipeline.admin import TOKEN_WORKS, ForgeAdmin
 from agentfarm.settings import Settings
 from agentfarm.store.pipeline import PipelineStore
-from agentfarm.web import api, identity, ids
+from agentfarm.web import api, ids
 from agentfarm.web.auth import check_bearer
 
 #: The flag the pipeline keeps its kill switch in.
@@ -47,24 +51,7 @@ ForgeName = Annotated[str, Depends(forge_name)]
 AttemptId = Annotated[str, Depends(attempt_id)]
 
 
-async def require_admin(
-    principal: Annotated[identity.Principal, Depends(check_bearer)],
-) -> identity.Principal:
-    """Forges hold tokens and decide what agents may act on: admins only."""
-    if not principal.admin:
-        raise HTTPException(
-            status_code=status.HTTP_403_FORBIDDEN,
-            detail="forges are for admins (an admin's session or API token): ask an admin",
-        )
-    return principal
-
-
-#: Operating the pipeline (pause, retry, stop): any signed-in user or token.
-require_operate = check_bearer
-
 router = APIRouter(prefix="/api", dependencies=[Depends(check_bearer)])
-Admin = Annotated[identity.Principal, Depends(require_admin)]
-Operator = Annotated[identity.Principal, Depends(require_operate)]
 
 
 def pipeline_store(request: Request) -> PipelineStore:
@@ -75,13 +62,7 @@ def admin_of(request: Request) -> ForgeAdmin:
     return ForgeAdmin(pipeline_store(request), api.store(request), api.secret_store(request))
 
 
-async def forge_admin(request: Request, _: Admin) -> ForgeAdmin:
-    """Every forge route goes through this: forges are for admins, reading them too (they
-    name the token secrets and the repositories agents may act on)."""
-    return admin_of(request)
-
-
-FA = Annotated[ForgeAdmin, Depends(forge_admin)]
+FA = Annotated[ForgeAdmin, Depends(admin_of)]
 PS = Annotated[PipelineStore, Depends(pipeline_store)]
 
 
@@ -282,7 +263,7 @@ async def get_pause(request: Request, ps: PS) -> PauseState:
 
 
 @router.put("/pipeline/pause", response_model=PauseState, tags=["pipeline"])
-async def put_pause(request: Request, body: PauseState, ps: PS, _: Operator) -> PauseState:
+async def put_pause(request: Request, body: PauseState, ps: PS) -> PauseState:
     """The kill switch: while paused nothing new is dispatched (runs going on go on)."""
     return PauseState(paused=await set_paused(request, ps, body.paused))
 
@@ -293,9 +274,7 @@ async def put_pause(request: Request, body: PauseState, ps: PS, _: Operator) -> 
     response_model=domain.Attempt,
     tags=["pipeline"],
 )
-async def retry_attempt(
-    request: Request, attempt_id: AttemptId, ps: PS, _: Operator
-) -> domain.Attempt:
+async def retry_attempt(request: Request, attempt_id: AttemptId, ps: PS) -> domain.Attempt:
     """Try an ended attempt's issue again (a new attempt, on a new branch)."""
     current = await ps.get_attempt(attempt_id)
     if current.active:
@@ -311,9 +290,7 @@ async def retry_attempt(
     response_model=domain.Attempt,
     tags=["pipeline"],
 )
-async def stop_attempt(
-    request: Request, attempt_id: AttemptId, ps: PS, _: Operator
-) -> domain.Attempt:
+async def stop_attempt(request: Request, attempt_id: AttemptId, ps: PS) -> domain.Attempt:
     """Stop an attempt (and its run); the issue is told."""
     current = await ps.get_attempt(attempt_id)
     return await _attempt(await settle(service(request).stop_attempt(current.id)), ps, current.id)

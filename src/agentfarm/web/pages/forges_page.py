@@ -1,7 +1,8 @@
 """Forge set-up pages: the list, a new forge, a forge's settings with the webhook URL to paste,
 the webhook secret once (when made), and a "test token" button answered inline (htmx).
 
-Forges are for admins, reading them too, as over the API."""
+Forges are for admins, reading them too: the scopes' one check (``access``) answers anyone
+else before these handlers run."""
 
 from __future__ import annotations
 
@@ -17,13 +18,6 @@ from agentfarm.web import api_forges, identity
 from agentfarm.web.pages import access, forge_forms, forms, templating
 
 router = APIRouter(include_in_schema=False)
-
-
-def forbidden_page(request: Request, who: identity.Principal) -> HTMLResponse:
-    return templating.page(
-        request, "forges.html", who, 403, forges=[], webhook_urls={},
-        problem="forges are for admins: ask one to set up or change a forge",
-    )  # fmt: skip
 
 
 def _form(
@@ -46,8 +40,6 @@ def _form(
 
 @router.get("/forges")
 async def forges(request: Request, who: access.Viewer) -> Response:
-    if not who.admin:
-        return forbidden_page(request, who)
     found = await api_forges.admin_of(request).list()
     urls = {f.name: api_forges.webhook_url(request, f.name) for f in found}
     return templating.page(request, "forges.html", who, forges=found, webhook_urls=urls)
@@ -55,15 +47,11 @@ async def forges(request: Request, who: access.Viewer) -> Response:
 
 @router.get("/forges/new")
 async def forge_new(request: Request, who: access.Viewer) -> Response:
-    if not who.admin:
-        return forbidden_page(request, who)
     return _form(request, who, forge=None, values=forge_forms.values_of(None))
 
 
 @router.post("/forges/new")
 async def forge_create(request: Request, who: access.Checked) -> Response:
-    if not who.admin:
-        return forbidden_page(request, who)
     values = await forms.read(request)
     parsed, problems = forge_forms.parse(values, new=True)
     problem = None
@@ -90,8 +78,6 @@ async def forge_create(request: Request, who: access.Checked) -> Response:
 
 @router.get("/forges/{name}")
 async def forge_edit(request: Request, who: access.Viewer, name: api_forges.ForgeName) -> Response:
-    if not who.admin:
-        return forbidden_page(request, who)
     forge = await api_forges.admin_of(request).get(name)
     return _form(request, who, forge=forge, values=forge_forms.values_of(forge))
 
@@ -100,8 +86,6 @@ async def forge_edit(request: Request, who: access.Viewer, name: api_forges.Forg
 async def forge_update(
     request: Request, who: access.Checked, name: api_forges.ForgeName
 ) -> Response:
-    if not who.admin:
-        return forbidden_page(request, who)
     fa = api_forges.admin_of(request)
     forge = await fa.get(name)
     values = await forms.read(request)
@@ -135,8 +119,6 @@ async def forge_update(
 async def forge_delete(
     request: Request, who: access.Checked, name: api_forges.ForgeName
 ) -> Response:
-    if not who.admin:
-        return forbidden_page(request, who)
     fa = api_forges.admin_of(request)
     force = (await forms.read(request)).get("force") == "1"
     try:
@@ -153,8 +135,6 @@ async def forge_delete(
 @router.post("/forges/{name}/test")
 async def forge_test(request: Request, who: access.Checked, name: api_forges.ForgeName) -> Response:
     """The token test's answer: a fragment for htmx, else the forge page around it."""
-    if not who.admin:
-        return forbidden_page(request, who)
     fa = api_forges.admin_of(request)
     message = await fa.test(name)
     ok = message.startswith(TOKEN_WORKS)

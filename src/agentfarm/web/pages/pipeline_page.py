@@ -90,7 +90,7 @@ async def attempt_retry(
 ) -> Response:
     ps = api_forges.pipeline_store(request)
     try:
-        await api_forges.retry_attempt(request, attempt_id, ps, who)
+        await api_forges.retry_attempt(request, attempt_id, ps)
     except (errors.ConflictError, errors.ConfigurationError) as exc:
         return await _page(request, who, 409, problem=str(exc))
     return templating.see_other("/pipeline")
@@ -102,7 +102,7 @@ async def attempt_stop(
 ) -> Response:
     ps = api_forges.pipeline_store(request)
     try:
-        await api_forges.stop_attempt(request, attempt_id, ps, who)
+        await api_forges.stop_attempt(request, attempt_id, ps)
     except (errors.ConflictError, errors.ConfigurationError) as exc:
         return await _page(request, who, 409, problem=str(exc))
     return templating.see_other("/pipeline")
