@@ -76,6 +76,7 @@ class ClaudeAdapter:
             close_stdin_after=("result",),
             interrupt=self.interrupt(),
             followup=FOLLOWUP,
+            followup_window=float(spec.followup_window_seconds),
         )
 
     def credential_names(self) -> tuple[str, ...]:

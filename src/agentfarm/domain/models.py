@@ -157,6 +157,13 @@ class AgentSpec(_Strict):
         validate_default=True,
         description="For `agent: command` only: `{argv: [...], prompt: stdin|argument|none}`.",
     )
+    followup_window_seconds: int = Field(
+        0,
+        ge=0,
+        le=86_400,
+        description="Keep the run open this long after a turn ends, for a follow-up message "
+        "(`agentfarm send`, the run page's reply box); 0: the run ends at its result.",
+    )
     git_token_secret: str | None = Field(
         None,
         pattern=SECRET_NAME_RE.pattern,
@@ -332,6 +339,10 @@ class EventType(StrEnum):
     agent_stderr = "agent.stderr"
     agent_unparsed = "agent.unparsed"
     user_message = "user.message"
+    #: A person interrupted the agent's running turn (the run goes on).
+    user_interrupt = "user.interrupt"
+    #: A turn ended and the agent waits for a follow-up: {seconds} from the event's time.
+    run_waiting = "run.waiting"
     sandbox_egress_denied = "sandbox.egress_denied"
 
 

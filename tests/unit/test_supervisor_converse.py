@@ -1,0 +1,133 @@
+"""Follow-ups and interrupts through the supervisor on the fake backend: what reaches the
+agent, what is recorded, and the 409s with their reasons."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from agentfarm.agents.claude import ClaudeAdapter
+from agentfarm.agents.codex import CodexAdapter
+from agentfarm.agents.command import CommandAdapter
+from agentfarm.backends.fake import FakeBackend, FakeHandle
+from agentfarm.domain import errors, models
+from agentfarm.store import Store
+from agentfarm.store.secrets import SecretStore
+from agentfarm.supervisor import events
+from agentfarm.supervisor.runs import Supervisor
+from tests.unit.conftest import make_settings
+from tests.unit.test_supervisor_runs import ended, has_status, slow_script
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    store = await Store.open(tmp_path / "data" / "agentfarm.db")
+    yield store
+    await store.close()
+
+
+@pytest.fixture
+async def sup(tmp_path: Path, store: Store) -> AsyncIterator[tuple[Supervisor, FakeBackend]]:
+    backend = FakeBackend(slow_script)
+    settings = make_settings(tmp_path / "data", openai_api_key="sk-openai-test")
+    adapters = {"claude": ClaudeAdapter(), "codex": CodexAdapter(), "command": CommandAdapter()}
+    supervisor = Supervisor(
+        settings, store, SecretStore(settings.secrets_path), {"local": backend}, adapters
+    )
+    yield supervisor, backend
+    await supervisor.close()
+    await backend.shutdown()
+
+
+async def running(sup: Supervisor, store: Store, **fields: object) -> models.Run:
+    spec = models.AgentSpec.model_validate({"repo": "/srv/repo", "prompt": "fix it", **fields})
+    run = await sup.submit(spec)
+    await sup.start()
+    await has_status(store, run.id, models.RunStatus.running)
+    return run
+
+
+async def test_an_interrupt_reaches_the_agent_and_is_recorded(
+    store: Store, sup: tuple[Supervisor, FakeBackend]
+) -> None:
+    supervisor, backend = sup
+    run = await running(supervisor, store)
+    await supervisor.interrupt(run.id)
+    assert backend.runs[run.id].interrupts == 1
+    kinds = [e.type for e in await store.list_events(run.id)]
+    assert models.EventType.user_interrupt in kinds
+    assert (await store.get_run(run.id)).status is models.RunStatus.running  # not ended
+    await supervisor.stop_run(run.id)
+    done = await ended(store, run.id)
+    with pytest.raises(errors.ConflictError, match=r"has ended \(stopped\).*launch a new run"):
+        await supervisor.interrupt(run.id)
+    with pytest.raises(errors.ConflictError, match="has ended"):
+        await supervisor.send(done.id, "too late")
+
+
+async def test_a_command_agent_takes_no_messages_and_no_interrupts(
+    store: Store, sup: tuple[Supervisor, FakeBackend]
+) -> None:
+    supervisor, backend = sup
+    run = await running(supervisor, store, agent="command", command={"argv": ["make"]})
+    with pytest.raises(errors.ConflictError, match="takes no follow-up messages"):
+        await supervisor.send(run.id, "hello")
+    with pytest.raises(errors.ConflictError, match=r"cannot be interrupted.*agentfarm stop"):
+        await supervisor.interrupt(run.id)
+    assert backend.runs[run.id].stdin == [] and backend.runs[run.id].interrupts == 0
+    await supervisor.stop_run(run.id)
+    await ended(store, run.id)
+
+
+async def test_codex_takes_messages_but_no_interrupt(
+    store: Store, sup: tuple[Supervisor, FakeBackend]
+) -> None:
+    supervisor, backend = sup
+    run = await running(supervisor, store, agent="codex", followup_window_seconds=60)
+    sent = backend.world.launches[run.id].command
+    assert sent.followup_window == 60.0
+    await supervisor.send(run.id, "and the docs")
+    assert sent.followup is not None
+    assert backend.runs[run.id].stdin == [sent.followup.encode("and the docs")]
+    with pytest.raises(errors.ConflictError, match="cannot be interrupted"):
+        await supervisor.interrupt(run.id)
+    await supervisor.stop_run(run.id)
+    await ended(store, run.id)
+
+
+async def test_what_the_backend_refuses_is_a_conflict_with_its_reason(
+    store: Store, sup: tuple[Supervisor, FakeBackend], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    supervisor, _ = sup
+    run = await running(supervisor, store)
+
+    async def refuse(*_args: object) -> None:
+        raise errors.BackendError("no turn is running: the agent is waiting for a message")
+
+    monkeypatch.setattr(FakeHandle, "interrupt", refuse)
+    monkeypatch.setattr(FakeHandle, "send", refuse)
+    with pytest.raises(errors.ConflictError, match=r"nothing was interrupted: no turn is running"):
+        await supervisor.interrupt(run.id)
+    with pytest.raises(errors.ConflictError, match="the message was not delivered"):
+        await supervisor.send(run.id, "hello")
+    kinds = [e.type for e in await store.list_events(run.id)]
+    assert models.EventType.user_interrupt not in kinds
+    assert models.EventType.user_message not in kinds
+    await supervisor.stop_run(run.id)
+    await ended(store, run.id)
+
+
+def test_a_waiting_notice_becomes_a_waiting_event() -> None:
+    from agentfarm.backends.base import Record
+    from agentfarm.domain import launch
+    from agentfarm.domain.redact import Redactor
+
+    parser = ClaudeAdapter().new_parser()
+    record = Record(3, "notice", launch.waiting_notice(45).encode())
+    (draft,) = events.translate(parser, record, Redactor())
+    assert (draft.type, draft.data) == (models.EventType.run_waiting, {"seconds": 45.0})
+    plain = Record(4, "notice", b"agentfarm.waiting not json")
+    (draft,) = events.translate(parser, plain, Redactor())
+    assert draft.type == models.EventType.run_notice
