@@ -30,6 +30,7 @@ app.command()(runs.logs)
 app.command()(runs.stop)
 app.command("rm")(runs.remove_run)
 app.command()(runs.send)
+app.command()(runs.interrupt)
 app.command()(runs.show)
 
 

@@ -60,6 +60,7 @@ FIELDS = (
     "model",
     "permission_mode",
     "max_turns",
+    "followup_window_seconds",
     "allowed_tools",
     "disallowed_tools",
     "append_system_prompt",
@@ -121,6 +122,7 @@ def values_of(cfg: models.ConfigIn | None) -> dict[str, str]:
         "model": cfg.model or "",
         "permission_mode": cfg.permission_mode,
         "max_turns": str(cfg.max_turns or ""),
+        "followup_window_seconds": str(cfg.followup_window_seconds or ""),
         "allowed_tools": "\n".join(cfg.allowed_tools),
         "disallowed_tools": "\n".join(cfg.disallowed_tools),
         "append_system_prompt": cfg.append_system_prompt or "",
@@ -229,6 +231,7 @@ def parse_config(
     body["allowed_tools"] = _lines(values, "allowed_tools")
     body["disallowed_tools"] = _lines(values, "disallowed_tools")
     body["max_turns"] = values.get("max_turns", "").strip() or None
+    body["followup_window_seconds"] = values.get("followup_window_seconds", "").strip() or 0
     env: dict[str, str] = {}
     for line in values.get("env", "").splitlines():
         if not line.strip():

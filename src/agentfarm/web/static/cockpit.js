@@ -96,6 +96,8 @@
       if (now && ["succeeded", "failed", "stopped", "lost"].indexOf(now.dataset.status) >= 0) {
         const stop = document.getElementById("stop-form");
         if (stop) stop.remove();
+        const talk = document.getElementById("talk-form");
+        if (talk) talk.remove();
         const del = document.getElementById("delete-form");
         if (del) del.hidden = false;
       }
@@ -131,3 +133,11 @@
   toBottom();
   connect();
 })();
+
+// The run page's reply box: empty it once a message was sent (the message itself appears in
+// the live stream); keep the text when it was refused, with the reason beside it.
+document.addEventListener("htmx:afterRequest", function (e) {
+  const form = document.getElementById("talk-form");
+  if (!form || e.detail.elt !== form || !e.detail.successful) return;
+  if (e.detail.xhr.responseText.indexOf("alert-error") < 0) form.reset();
+});
