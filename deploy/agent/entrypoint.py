@@ -28,11 +28,11 @@ Follow-ups and interrupts (as the local backend's monitor_stdin does them): ``ru
 a unix socket (AGENTFARM_CONTROL) for ``{"op": "send", "data": <base64>}`` and ``{"op":
 "interrupt"}``; the control plane reaches it by exec'ing ``entrypoint.py control`` in the pod
 (the exec API carries the request on stdin and the reply on stdout). The agent's stdin stays
-open while turns are pending (one per message; each stdout line whose type is in
-AGENTFARM_CLOSE_STDIN_AFTER ends one), then for AGENTFARM_FOLLOWUP_WINDOW seconds (at least
-AGENTFARM_INTERRUPTED_WINDOW after an interrupted turn), announced by an ``agentfarm.waiting
-{"seconds": N}`` notice, and closes. The socket is the agent's too (same uid, same /tmp): it
-can only talk to itself through it.
+open while messages wait (one less at each stdout line whose type is in
+AGENTFARM_CLOSE_STDIN_AFTER, or with AGENTFARM_REPLAYS=1 at each echo of a message), then for
+AGENTFARM_FOLLOWUP_WINDOW seconds (at least AGENTFARM_INTERRUPTED_WINDOW after an interrupted
+turn), announced by an ``agentfarm.waiting {"seconds": N}`` notice, and closes. The socket is
+the agent's too (same uid, same /tmp): it can only talk to itself through it.
 """
 
 from __future__ import annotations
@@ -248,6 +248,7 @@ def run(argv: list[str]) -> int:
         window=float(os.environ.get("AGENTFARM_FOLLOWUP_WINDOW") or 0),
         interrupt=base64.b64decode(os.environ.get("AGENTFARM_INTERRUPT") or ""),
         interrupted_window=float(os.environ.get("AGENTFARM_INTERRUPTED_WINDOW") or 600),
+        replays=os.environ.get("AGENTFARM_REPLAYS") == "1",
     )
     listener = serve_control(feeder)
 
@@ -263,8 +264,8 @@ def run(argv: list[str]) -> int:
     def relay_stdout() -> None:
         for line in stdout:
             emit(KIND_STDOUT, line)
-            if close_after and _top_type(line) in close_after:
-                feeder.turn_ended()
+            if close_after:
+                feeder.on_stdout(line)
 
     threads = [threading.Thread(target=feed, daemon=True)]
     threads.append(threading.Thread(target=relay_stderr, daemon=True))
@@ -297,8 +298,9 @@ class AgentStdin:
     pipe) under ``writing``, so a slow reader never holds up the output relay."""
 
     def __init__(self, pipe: IO[bytes], close_after: set[str], first: bytes, *, window: float,
-                 interrupt: bytes, interrupted_window: float) -> None:  # fmt: skip
+                 interrupt: bytes, interrupted_window: float, replays: bool) -> None:  # fmt: skip
         self.pipe = pipe
+        self.replays = replays
         self.close_after = close_after
         self.window = window
         self.interrupt_bytes = interrupt
@@ -337,16 +339,26 @@ class AgentStdin:
                 return "this agent cannot be interrupted: stop the run instead"
             if not self.open:
                 return "the agent's stdin is closed: it is finishing"
-            if self.pending == 0:
+            if self.timer is not None:
                 return "no turn is running: the agent is waiting for a message"
             self.interrupted = True
         return self.write(self.interrupt_bytes)
+
+    def on_stdout(self, line: bytes) -> None:
+        """A line of the agent's: the echo of a message it took, a turn's end, or other."""
+        if self.replays and _is_replay(line):
+            with self.state:
+                self.pending = max(0, self.pending - 1)
+            return
+        if _top_type(line) in self.close_after:
+            self.turn_ended()
 
     def turn_ended(self) -> None:
         with self.state:
             if not self.open:
                 return
-            self.pending = max(0, self.pending - 1)
+            if not self.replays:
+                self.pending = max(0, self.pending - 1)
             interrupted, self.interrupted = self.interrupted, False
             if self.pending:
                 return  # a queued message is answered next
@@ -585,6 +597,17 @@ def _top_type(line: bytes) -> str | None:
     except ValueError:
         return None
     return value.get("type") if isinstance(value, dict) else None
+
+
+def _is_replay(line: bytes) -> bool:
+    """The echo of a stdin message the agent took (domain/launch.py, is_replay)."""
+    if b'"isReplay"' not in line:
+        return False
+    try:
+        value = json.loads(line)
+    except ValueError:
+        return False
+    return isinstance(value, dict) and value.get("type") == "user" and value.get("isReplay") is True
 
 
 def _make_undumpable() -> None:

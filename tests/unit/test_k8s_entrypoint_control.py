@@ -25,14 +25,18 @@ GUARD = 60
 #: Answers each stdin line with a ``result``; ``slow`` waits for the next line, and answers
 #: an interrupt there with an interrupted ``result`` (as Claude Code does).
 AGENT = r"""
-import json, sys
+import json, os, sys
 def say(**kw):
     print(json.dumps(kw), flush=True)
+def took():
+    if os.environ.get("AGENTFARM_REPLAYS") == "1":
+        say(type="user", isReplay=True)
 for line in sys.stdin:
     body = json.loads(line)
     if body.get("type") == "control_request":
         say(type="control_response")
         continue
+    took()
     text = body["text"]
     if text == "slow":
         nxt = json.loads(sys.stdin.readline())
@@ -40,7 +44,8 @@ for line in sys.stdin:
             say(type="control_response")
             say(type="result", text="interrupted")
             continue
-        text = nxt["text"]
+        took()
+        text = "slow+" + nxt["text"]  # taken within the running turn, as Claude does
     say(type="result", text=text)
 """
 INTERRUPT = b'{"type": "control_request", "request": {"subtype": "interrupt"}}\n'
@@ -53,9 +58,11 @@ def message(text: str) -> bytes:
 class Pod:
     """The entrypoint's ``run`` as a process; its output lines (kind, text) on a queue."""
 
-    def __init__(self, tmp_path: Path, window: float) -> None:
+    def __init__(
+        self, tmp_path: Path, window: float, first: str = "one", replays: bool = False
+    ) -> None:
         (tmp_path / "agent.py").write_text(AGENT)
-        (tmp_path / "stdin").write_bytes(message("one"))
+        (tmp_path / "stdin").write_bytes(message(first))
         (tmp_path / "ws").mkdir()
         self.env = dict(
             os.environ,
@@ -68,6 +75,7 @@ class Pod:
             AGENTFARM_INTERRUPTED_WINDOW=str(window),
             AGENTFARM_CONTROL=str(tmp_path / "control.sock"),
             AGENTFARM_GIT_CREDENTIALS="[]",
+            AGENTFARM_REPLAYS="1" if replays else "",
         )
         agent = [sys.executable, str(tmp_path / "agent.py")]
         self.proc = subprocess.Popen(
@@ -163,3 +171,13 @@ def test_without_a_window_stdin_closes_at_the_result(tmp_path: Path, pods: list[
     while (line := pod.next())[0] != "EOF":
         kinds.append(line)
     assert not [text for kind, text in kinds if text.startswith("agentfarm.waiting")]
+
+
+def test_with_replays_a_message_taken_mid_turn_ends_with_that_turn(
+    tmp_path: Path, pods: list[Pod]
+) -> None:
+    pod = Pod(tmp_path, window=0, first="slow", replays=True)
+    pods.append(pod)
+    assert pod.send("two") == {"ok": True}
+    assert pod.result() == "slow+two"  # one turn answered both
+    assert pod.proc.wait(timeout=GUARD) == 0  # nothing left unread: stdin closed

@@ -145,3 +145,42 @@ def test_a_program_that_reads_to_the_end_gets_stdin_closed_once_written(
     )
     assert pipe.drain(stdin) == b"first\n"
     assert pipe.closed
+
+
+REPLAY = b'{"type":"user","message":{"role":"user","content":"x"},"isReplay":true}'
+
+
+def test_with_replays_a_message_taken_mid_turn_is_answered_in_that_turn(
+    sel: selectors.BaseSelector,
+) -> None:
+    # Claude Code answers a message sent while a tool runs within the running turn: one
+    # result for two messages, each echoed as it is taken.
+    stdin, pipe, _, _ = make(sel, replays=True)
+    stdin.on_stdout(REPLAY)  # the prompt, taken
+    assert stdin.accept(b"second\n") is None
+    pipe.drain(stdin)
+    stdin.on_stdout(b'{"type":"user","message":{"content":[{"type":"tool_result"}]}}')
+    assert stdin.pending == 1  # a tool's result is no echo
+    stdin.on_stdout(REPLAY)  # the second, taken within the turn
+    stdin.on_stdout(RESULT)
+    assert pipe.closed
+
+
+def test_with_replays_a_message_not_yet_taken_keeps_stdin_open(
+    sel: selectors.BaseSelector,
+) -> None:
+    stdin, pipe, _, _ = make(sel, replays=True)
+    stdin.on_stdout(REPLAY)
+    assert stdin.accept(b"second\n") is None
+    stdin.on_stdout(RESULT)  # the first turn ends before the CLI took the second message
+    assert stdin.open
+    stdin.on_stdout(REPLAY)
+    stdin.on_stdout(RESULT)
+    assert pipe.closed
+
+
+def test_a_replay_is_told_by_its_top_level_field() -> None:
+    assert launch.is_replay(REPLAY)
+    assert not launch.is_replay(b'{"type":"user","tool_use_result":"\\"isReplay\\":true"}')
+    assert not launch.is_replay(b'{"type":"assistant","isReplay":true}')
+    assert not launch.is_replay(b'"isReplay" not json')

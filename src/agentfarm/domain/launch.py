@@ -106,6 +106,18 @@ def waiting_seconds(notice: str) -> float | None:
     return float(seconds) if ok else None
 
 
+def is_replay(line: bytes) -> bool:
+    """A stdout line echoing a stdin message the agent took (see ``AgentCommand.replays``):
+    a top-level ``isReplay: true`` on a ``user`` line, not the words in some tool's output."""
+    if b'"isReplay"' not in line:
+        return False
+    try:
+        body = json.loads(line)
+    except ValueError:
+        return False
+    return isinstance(body, dict) and body.get("type") == "user" and body.get("isReplay") is True
+
+
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
@@ -140,6 +152,12 @@ class AgentCommand:
     interrupt: bytes = b""
     #: None: this agent takes no follow-up messages.
     followup: Followup | None = None
+    #: The agent echoes each stdin message as it takes it, as a stdout line ``{"type": "user",
+    #: "isReplay": true, ...}`` (Claude's ``--replay-user-messages``). Claude answers a message
+    #: sent while a tool runs in the running turn, not in a turn of its own, so a turn's end
+    #: does not mean one message answered: with replays, stdin stays open after a turn's end
+    #: while a message is still unread. Without: each message is answered by one turn's end.
+    replays: bool = False
     #: Seconds stdin stays open after a turn ends with nothing queued (a follow-up within
     #: them starts a new turn); 0: it closes at once and the run ends on that result.
     followup_window: float = 0.0
@@ -171,6 +189,7 @@ class AgentCommand:
             else [_b64(self.followup.prefix), _b64(self.followup.suffix)],
             "runner": list(self.runner),
             "followup_window": self.followup_window,
+            "replays": self.replays,
         }
 
     @classmethod
@@ -188,6 +207,7 @@ class AgentCommand:
             else Followup(base64.b64decode(followup[0]), base64.b64decode(followup[1])),
             runner=tuple(raw.get("runner", ())),
             followup_window=float(raw.get("followup_window", 0.0)),
+            replays=bool(raw.get("replays", False)),
         )
 
 

@@ -2,11 +2,12 @@
 when to close it.
 
 An agent whose stdout says when a turn ends (``close_stdin_after``: Claude's ``result``,
-Codex's ``turn.completed``) answers each message on stdin with one turn, also a message queued
-while a turn runs. So stdin stays open while turns are pending: the first message counts one,
-each follow-up one more, each turn's end one less. When none is pending the agent has answered
-everything: stdin closes (the agent then exits), or with a follow-up window it stays open that
-long for a message (``waiting``), and closes at the window's end.
+Codex's ``turn.completed``) keeps its stdin while messages wait: the first message counts one,
+each follow-up one more, and one less when the agent takes it (its echo, for an agent that
+``replays``: Claude answers a message sent while a tool runs within the running turn) or else
+at each turn's end (Codex's driver answers each message with one turn). At a turn's end with
+none waiting the agent has answered everything: stdin closes (the agent then exits), or with a
+follow-up window it stays open that long for a message (``waiting``), and closes at its end.
 
 An interrupt (the command's ``interrupt`` bytes) ends the running turn, not the run: after an
 interrupted turn the window is at least :data:`~agentfarm.domain.launch.INTERRUPTED_WINDOW_SECONDS`,
@@ -61,13 +62,19 @@ class Stdin:
 
     # --- what the agent printed --------------------------------------------------------------
     def on_stdout(self, line: bytes) -> None:
-        closing = self.command.close_stdin_after
-        if not closing or not self.open or lines.line_type(line) not in closing:
+        command = self.command
+        if not command.close_stdin_after or not self.open:
             return
-        self.pending = max(0, self.pending - 1)
+        if command.replays and launch.is_replay(line):
+            self.pending = max(0, self.pending - 1)  # taken: answered in the running turn
+            return
+        if lines.line_type(line) not in command.close_stdin_after:
+            return
+        if not command.replays:
+            self.pending = max(0, self.pending - 1)
         interrupted, self.interrupted = self.interrupted, False
         if self.pending:
-            return  # a queued message is answered next
+            return  # a message still unread starts the next turn
         window = self.command.followup_window
         if interrupted:
             window = max(window, launch.INTERRUPTED_WINDOW_SECONDS)
@@ -109,7 +116,7 @@ class Stdin:
             return "this agent cannot be interrupted: stop the run instead"
         if not self.open:
             return "the agent's stdin is closed: it is finishing"
-        if self.pending == 0:
+        if self.close_at is not None:
             return "no turn is running: the agent is waiting for a message"
         self.buffer += self.command.interrupt
         self.interrupted = True
