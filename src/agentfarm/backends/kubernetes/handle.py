@@ -318,7 +318,7 @@ class KubernetesHandle:
             )
         except k8s_api.ApiError as exc:
             raise errors.BackendError(
-                f"cannot reach the agent of run {self.run_id} in pod {ns}/{name} ({exc.message}); "
+                f"cannot reach the agent of run {self.run_id} in pod {ns}/{name} ({exc}); "
                 "the pod may have ended, or the control plane may lack the pods/exec permission"
             ) from None
         try:
