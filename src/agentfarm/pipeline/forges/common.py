@@ -22,6 +22,9 @@ class IssuesAndComments:
     async def aclose(self) -> None:
         await self.http.aclose()
 
+    async def get_repo(self, repo: str) -> types.Repository:
+        return parse.repository(await self.http.json("GET", repo_path(repo)))
+
     async def get_issue(self, repo: str, number: int) -> types.Issue:
         return parse.issue(await self.http.json("GET", f"{repo_path(repo)}/issues/{number}"))
 
