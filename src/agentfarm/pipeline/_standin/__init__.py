@@ -1,0 +1,1 @@
+"""Temporary stand-ins for modules other helpers are writing (deleted once they land)."""

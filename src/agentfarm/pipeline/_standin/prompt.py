@@ -1,0 +1,21 @@
+from __future__ import annotations
+
+DEFAULT_INSTRUCTIONS = "Implement the issue below. Commit your work. Say so if it cannot be done."
+
+
+def issue_prompt(
+    instructions: str, *, repo: str, number: int, title: str, body: str, url: str
+) -> str:
+    return (
+        f"{instructions}\n\n<issue repo={repo!r} number={number} url={url!r}>\n"
+        f"<title>{title}</title>\n<body>\n{body}\n</body>\n</issue>\n"
+    )
+
+
+def followup_prompt(
+    instructions: str, *, repo: str, number: int, pr_number: int, kind: str, request: str
+) -> str:
+    return (
+        f"{instructions}\n\n<followup repo={repo!r} issue={number} pull={pr_number} "
+        f"kind={kind!r}>\n{request}\n</followup>\n"
+    )
