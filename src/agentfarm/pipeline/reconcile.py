@@ -15,6 +15,7 @@ Keys of ``Attempt.steps`` starting with ``_`` are the machine's own notes, not c
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -254,7 +255,10 @@ class Reconciler:
         attempt.steps["_submitting"] = now_iso()
         attempt = await self.pstore.save_attempt(attempt)
         submit: Any = self.supervisor.submit  # `branch=` lands with the backend's support
-        run = await submit(spec, config=config, branch=attempt.branch)
+        if "branch" in inspect.signature(submit).parameters:  # stand-in until it lands
+            run = await submit(spec, config=config, branch=attempt.branch)
+        else:
+            run = await submit(spec, config=config)
         return await self._running(client, attempt, run)
 
     async def _running(
