@@ -22,8 +22,8 @@ from typing import Any, Literal
 
 from agentfarm.domain import errors, models
 from agentfarm.domain import pipeline as domain
-from agentfarm.pipeline import finish, report
-from agentfarm.pipeline._standin import blocked, branches, prompt, text
+from agentfarm.pipeline import finish, report, runspec
+from agentfarm.pipeline._standin import blocked, branches, text
 from agentfarm.pipeline.forges import types
 from agentfarm.settings import Settings
 from agentfarm.store import Store
@@ -111,14 +111,15 @@ class Reconciler:
             delivery_id=look.delivery_id,
             title=text.clean(issue.title, limit=300),
             body=text.clean(issue.body),
-            clone_url=clone_url(forge, look.repo),
+            clone_url=runspec.clone_url(forge, look.repo),
         )
         try:
             await self.pstore.create_attempt(attempt)
         except errors.ConflictError:
             return  # another trigger recorded it first
-        log.info("forge %s: %s#%d attempt %s recorded", forge.name, look.repo, look.number,
-                 attempt.id)  # fmt: skip
+        log.info(
+            "forge %s: %s#%d attempt %s recorded", forge.name, look.repo, look.number, attempt.id
+        )
 
     # --- stepping ------------------------------------------------------------------------
     async def step(
@@ -184,11 +185,17 @@ class Reconciler:
                 attempt.actor and await client.may_write(attempt.repo, attempt.actor)
             ):
                 who = f"@{attempt.actor}" if attempt.actor else "an unknown user"
-                return await self.conclude(forge, client, attempt, State.ignored, (
-                    f"The `{forge.label}` label was applied by {who}, who cannot write to "
-                    f"{attempt.repo}, so agentfarm ignored it. Someone with write access can "
-                    "remove the label and apply it again."
-                ))  # fmt: skip
+                return await self.conclude(
+                    forge,
+                    client,
+                    attempt,
+                    State.ignored,
+                    (
+                        f"The `{forge.label}` label was applied by {who}, who cannot write to "
+                        f"{attempt.repo}, so agentfarm ignored it. Someone with write access can "
+                        "remove the label and apply it again."
+                    ),
+                )
             attempt.steps["_permitted"] = now_iso()
             attempt = await self.pstore.save_attempt(attempt)
         if paused and "_submitting" not in attempt.steps:
@@ -251,7 +258,7 @@ class Reconciler:
             attempt.base_branch = (await client.get_repo(attempt.repo)).default_branch
         if not attempt.branch:
             attempt.branch = await self._new_branch(forge, attempt)
-        spec = self._spec(forge, attempt, config)
+        spec = runspec.spec(forge, attempt, config)
         attempt.steps["_submitting"] = now_iso()
         attempt = await self.pstore.save_attempt(attempt)
         submit: Any = self.supervisor.submit  # `branch=` lands with the backend's support
@@ -290,43 +297,12 @@ class Reconciler:
     async def _new_branch(self, forge: domain.Forge, attempt: domain.Attempt) -> str:
         used = {
             a.branch
-            for a in await self.pstore.list_attempts(forge_id=forge.id, repo=attempt.repo,
-                                                      limit=10_000)
+            for a in await self.pstore.list_attempts(
+                forge_id=forge.id, repo=attempt.repo, limit=10_000
+            )
             if a.branch
-        }  # fmt: skip
-        return branches.issue_branch(attempt.number, attempt.title, lambda name: name in used)
-
-    def _spec(
-        self, forge: domain.Forge, attempt: domain.Attempt, config: models.AgentConfig
-    ) -> models.AgentSpec:
-        spec = config.spec()
-        instructions = spec.prompt or prompt.DEFAULT_INSTRUCTIONS
-        if attempt.kind == domain.AttemptKind.issue:
-            task = prompt.issue_prompt(
-                instructions,
-                repo=attempt.repo,
-                number=attempt.number,
-                title=attempt.title,
-                body=attempt.body,
-                url=f"{web_root(forge)}/{attempt.repo}/issues/{attempt.number}",
-            )
-        else:
-            task = prompt.followup_prompt(
-                instructions,
-                repo=attempt.repo,
-                number=attempt.number,
-                pr_number=attempt.pr_number or attempt.number,
-                kind=attempt.kind.value,
-                request=attempt.request,
-            )
-        update: dict[str, Any] = {
-            "repo": attempt.clone_url or clone_url(forge, attempt.repo),
-            "base_branch": attempt.base_branch,
-            "prompt": task,
         }
-        if "git_token_secret" in models.AgentSpec.model_fields:
-            update["git_token_secret"] = forge.token_secret
-        return models.AgentSpec.model_validate(spec.model_dump() | update)
+        return branches.issue_branch(attempt.number, attempt.title, lambda name: name in used)
 
     async def _watch(
         self, forge: domain.Forge, client: types.ForgeClient, attempt: domain.Attempt
@@ -380,14 +356,3 @@ class Reconciler:
         attempt.pr_number, attempt.pr_url = pull.number, pull.url
         attempt.steps.setdefault("pull_request", now_iso())
         return await self.conclude(forge, client, attempt, State.done, "")
-
-
-def web_root(forge: domain.Forge) -> str:
-    """Where people (and git) reach the forge: the API root's origin; github.com for the
-    public GitHub API."""
-    host = forge.git_host
-    return "https://github.com" if host == "https://api.github.com" else host
-
-
-def clone_url(forge: domain.Forge, repo: str) -> str:
-    return f"{web_root(forge)}/{repo}.git"

@@ -127,14 +127,17 @@ class Pipeline:
         if trigger is None:
             return "ignored"
         if trigger.repo not in forge.repos:
-            log.info("forge %s: %s is not allow-listed; delivery ignored", forge.name,
-                     trigger.repo)  # fmt: skip
+            log.info("forge %s: %s is not allow-listed; delivery ignored", forge.name, trigger.repo)
             return "ignored"
         if trigger.kind in ("labeled", "unlabeled") and trigger.number is not None:
             look = reconcile.Look(
-                forge.id, trigger.repo, trigger.number, trigger.kind,
-                actor=trigger.actor, delivery_id=trigger.delivery_id,
-            )  # fmt: skip
+                forge.id,
+                trigger.repo,
+                trigger.number,
+                trigger.kind,
+                actor=trigger.actor,
+                delivery_id=trigger.delivery_id,
+            )
             self.enqueue(look)
         elif (trigger.kind == "comment" and trigger.is_pull) or trigger.kind == "status":
             self._followups.append((0.0, forge.id, trigger))
@@ -158,15 +161,24 @@ class Pipeline:
             )
         followup = old.kind != domain.AttemptKind.issue
         new = domain.Attempt(
-            forge_id=old.forge_id, repo=old.repo, number=old.number, kind=old.kind,
+            forge_id=old.forge_id,
+            repo=old.repo,
+            number=old.number,
+            kind=old.kind,
             seq=await self.pstore.next_seq(old.forge_id, old.repo, old.number),
-            actor=old.actor, title=old.title, body=old.body, request=old.request,
-            branch=old.branch if followup else "", base_branch=old.base_branch if followup else "",
-            clone_url=old.clone_url, pr_number=old.pr_number if followup else None,
-            pr_url=old.pr_url if followup else "", parent_id=old.parent_id,
+            actor=old.actor,
+            title=old.title,
+            body=old.body,
+            request=old.request,
+            branch=old.branch if followup else "",
+            base_branch=old.base_branch if followup else "",
+            clone_url=old.clone_url,
+            pr_number=old.pr_number if followup else None,
+            pr_url=old.pr_url if followup else "",
+            parent_id=old.parent_id,
             # Asked for by an operator of this server: no label to check the applier of.
             steps={"_permitted": reconcile.now_iso()},
-        )  # fmt: skip
+        )
         try:
             await self.pstore.create_attempt(new)
         except errors.ConflictError:
