@@ -96,7 +96,8 @@ async def test_a_label_from_a_user_without_write_access_is_ignored_with_one_comm
 
 
 async def test_blocked_by_waits_until_the_blocker_is_closed(world: World) -> None:
-    pipe = await world.pipeline()
+    now = [1000.0]
+    pipe = await world.pipeline(clock=lambda: now[0])
     world.client.open_issue(2, "The blocker")
     world.client.open_issue(1, "Later", "Needs the other one.\n\nBlocked by #2")
     await labeled(world, pipe)
@@ -106,6 +107,11 @@ async def test_blocked_by_waits_until_the_blocker_is_closed(world: World) -> Non
     await pipe.tick()
     assert (await one(world)).state == State.waiting
     world.client.issues[(REPO, 2)].state = "closed"
+    asked = world.client.count("get_issue")
+    await pipe.tick()  # the forge is asked again only after a while
+    assert (await one(world)).state == State.waiting
+    assert world.client.count("get_issue") == asked
+    now[0] += 31
     await pipe.tick()
     assert (await one(world)).state == State.running
 

@@ -50,7 +50,7 @@ class Poller:
 
     async def poll(self, forge: domain.Forge) -> None:
         """List every allow-listed repository of ``forge`` once and queue what it shows."""
-        client = self.pipeline.client(forge)
+        client = await self.pipeline.client(forge)
         tracked = await self.pipeline.pstore.list_tracked_issues(forge.id, limit=10_000)
         for repo in forge.repos:
             try:

@@ -24,6 +24,7 @@ from agentfarm.domain import errors, models
 from agentfarm.domain import pipeline as domain
 from agentfarm.pipeline import finish, report, runspec
 from agentfarm.pipeline._standin import blocked, branches, text
+from agentfarm.pipeline.forges import errors as forge_errors
 from agentfarm.pipeline.forges import types
 from agentfarm.settings import Settings
 from agentfarm.store import Store
@@ -36,6 +37,8 @@ State = domain.AttemptState
 DEFAULT_CONFIG = "issue-implementer"
 #: States in which an attempt holds its repository's lock.
 HOLDING = frozenset({State.running, State.finishing, State.opening_pr})
+#: How a reason for waiting on another issue starts.
+BLOCKED = "Waiting: blocked by"
 #: Recent runs searched for one already on an attempt's branch (after a restart).
 RUN_SEARCH = 500
 
@@ -217,15 +220,22 @@ class Reconciler:
         """Why the attempt must wait (empty: it may run now)."""
         if "_submitting" in attempt.steps:
             return ""
-        for number in blocked.blocked_by(attempt.body):
-            if number != attempt.number:
-                issue = await client.get_issue(attempt.repo, number)
-                if issue.state != "closed":
-                    return f"Waiting: blocked by #{number}, which is still open."
         others = await self.pstore.list_attempts(forge_id=forge.id, repo=attempt.repo, active=True)
         for other in others:
             if other.id != attempt.id and (other.state in HOLDING or "_submitting" in other.steps):
                 return f"Waiting: another attempt is working on {attempt.repo} (#{other.number})."
+        for number in blocked.blocked_by(attempt.body):
+            if number == attempt.number:
+                continue
+            try:
+                issue = await client.get_issue(attempt.repo, number)
+            except forge_errors.ForgeNotFoundError:
+                return (
+                    f"{BLOCKED} #{number}, which the forge cannot find: fix the `Blocked by` "
+                    "line in the issue, then retry."
+                )
+            if issue.state != "closed":
+                return f"{BLOCKED} #{number}, which is still open."
         return ""
 
     async def _wait(

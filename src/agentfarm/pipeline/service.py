@@ -38,6 +38,8 @@ TICK_SECONDS = 5.0
 #: Backoff for a step that failed in a way not meant to be retried soon.
 SLOW_RETRY = 60.0
 MAX_BACKOFF = 600.0
+#: An attempt blocked by another issue asks the forge about it this often.
+BLOCKED_RECHECK = 30.0
 
 
 class Pipeline:
@@ -58,7 +60,7 @@ class Pipeline:
         self.secrets = secrets
         self.supervisor = supervisor
         self.clock = clock
-        self._factory = client_factory or self._default_client
+        self._factory = client_factory
         self._clients: dict[str, tuple[str, types.ForgeClient]] = {}
         self.reconciler = reconcile.Reconciler(settings, store, pipeline_store, supervisor)
         self._looks: list[tuple[float, reconcile.Look]] = []
@@ -224,19 +226,21 @@ class Pipeline:
     async def _observe(self, look: reconcile.Look) -> None:
         try:
             forge = await self.pstore.get_forge(look.forge_id)
-            await self.reconciler.observe(forge, self.client(forge), look)
+            await self.reconciler.observe(forge, await self.client(forge), look)
         except errors.NotFoundError:
             log.info("pipeline: forge %s is gone; trigger dropped", look.forge_id)
         except forge_errors.TemporaryForgeError as exc:
             log.warning("pipeline: looking at %s#%d: %s", look.repo, look.number, exc)
             self.enqueue(look, not_before=self.clock() + max(exc.delay, 5.0))
+        except forge_errors.PermanentForgeError as exc:
+            log.warning("pipeline: looking at %s#%d: %s; dropped", look.repo, look.number, exc)
         except Exception:
             log.exception("pipeline: looking at %s#%d failed", look.repo, look.number)
 
     async def _followup(self, forge_id: str, trigger: webhooks.Trigger) -> None:
         try:
             forge = await self.pstore.get_forge(forge_id)
-            client = self.client(forge)
+            client = await self.client(forge)
             if trigger.kind == "comment":
                 await followups.followup_for_comment(self.pstore, client, forge, trigger)
             else:
@@ -260,7 +264,7 @@ class Pipeline:
             await self.pstore.save_attempt(attempt)
             return
         try:
-            client = self.client(forge)
+            client = await self.client(forge)
             saved = await self.reconciler.step(forge, client, attempt, paused)
         except forge_errors.TemporaryForgeError as exc:
             self._defer(attempt, exc.delay, str(exc))
@@ -270,10 +274,23 @@ class Pipeline:
             return
         except errors.AgentfarmError as exc:  # a config gone, a secret missing, ...
             self._defer(attempt, SLOW_RETRY, str(exc))
+            await self._held_by(attempt.id, f"Held: {exc}")
             return
         self._backoff.pop(attempt.id, None)
+        if saved.state == domain.AttemptState.waiting and saved.reason.startswith(
+            reconcile.BLOCKED
+        ):
+            self._backoff[attempt.id] = (self.clock() + BLOCKED_RECHECK, 0)
         if saved.state == domain.AttemptState.running and saved.run_id:
             self._watch(saved.run_id)
+
+    async def _held_by(self, attempt_id: str, reason: str) -> None:
+        """Show in the attempt (for the cockpit) why it is not moving; the issue is not told,
+        the operator is who can fix it."""
+        current = await self.pstore.get_attempt(attempt_id)
+        if current.active and current.reason != reason:
+            current.reason = reason[:500]
+            await self.pstore.save_attempt(current)
 
     def _defer(self, attempt: domain.Attempt, delay: float, why: str) -> None:
         _, failures = self._backoff.get(attempt.id, (0.0, 0))
@@ -321,26 +338,26 @@ class Pipeline:
         tasks.spawn(watch(), name=f"pipeline-watch-{run_id}", into=self._tasks)
 
     # --- forge clients -------------------------------------------------------------------
-    def client(self, forge: domain.Forge) -> types.ForgeClient:
+    async def client(self, forge: domain.Forge) -> types.ForgeClient:
         """One client per forge, made anew when the forge's settings change."""
         version = forge.updated_at.isoformat()
         cached = self._clients.get(forge.id)
         if cached is not None and cached[0] == version:
             return cached[1]
-        client = self._factory(forge)
+        if self._factory is not None:
+            client = self._factory(forge)
+        else:  # the secrets file is read off the loop
+            token = await asyncio.to_thread(self.secrets.get, forge.token_secret)
+            if not token:
+                raise errors.ConfigurationError(
+                    f"forge {forge.name!r}: the secret {forge.token_secret!r} holding its token "
+                    "is not set: store it with `agentfarm secret set` (or on the forge's page)"
+                )
+            client = make_client(forge.kind, forge.base_url, Token(token))
         if cached is not None:
             tasks.spawn(cached[1].aclose(), name=f"close-{forge.id}", into=self._tasks)
         self._clients[forge.id] = (version, client)
         return client
-
-    def _default_client(self, forge: domain.Forge) -> types.ForgeClient:
-        token = self.secrets.get(forge.token_secret)
-        if not token:
-            raise errors.ConfigurationError(
-                f"forge {forge.name!r}: the secret {forge.token_secret!r} holding its token is "
-                "not set: store it with `agentfarm secret set` (or the forge's page)"
-            )
-        return make_client(forge.kind, forge.base_url, Token(token))
 
 
 def _delivery_id(kind: str, headers: Mapping[str, str]) -> str:
