@@ -273,3 +273,33 @@ async def test_a_restart_at_any_step_resumes_without_doing_anything_twice(
     assert len(world.client.pulls) == 1
     assert world.client.count("create_comment") == 1
     assert len(statuses(world)) == 1
+
+
+async def test_a_missing_config_holds_the_attempt_and_says_why(world: World) -> None:
+    now = [1000.0]
+    pipe = await world.pipeline(clock=lambda: now[0])
+    await world.store.delete_config("issue-implementer")
+    await labeled(world, pipe)
+    attempt = await one(world)
+    assert attempt.active and attempt.run_id is None
+    assert "issue-implementer" in attempt.reason and "does not exist" in attempt.reason
+    await world.store.create_config(
+        models.AgentConfig(name="issue-implementer", repo="unused", prompt="Standing orders.")
+    )
+    now[0] += 3600
+    await pipe.tick()
+    assert (await one(world)).state == State.running
+
+
+async def test_a_repository_taken_off_the_allow_list_is_left_alone(world: World) -> None:
+    now = [1000.0]
+    pipe = await world.pipeline(clock=lambda: now[0])
+    await world.store.delete_config("issue-implementer")  # hold it before it runs
+    await labeled(world, pipe)
+    await world.pstore.update_forge(world.forge.model_copy(update={"repos": ["alice/else"]}))
+    now[0] += 3600
+    calls = len(world.client.calls)
+    await pipe.tick()
+    attempt = await one(world)
+    assert attempt.state == State.ignored and "allow-list" in attempt.reason
+    assert len(world.client.calls) == calls

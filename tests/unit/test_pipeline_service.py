@@ -246,3 +246,40 @@ async def test_the_webhook_endpoint(app_client: AppFactory, tmp_path: Path) -> N
         schema = (await client.get("/openapi.json")).json()
         documented = schema["paths"]["/api/forges/{name}/webhook"]["post"]["responses"]
         assert {"202", "400", "401", "404"} <= set(documented)
+
+
+async def test_a_forgejo_label_update_asks_the_timeline_who_applied_the_label(
+    world: World,
+) -> None:
+    secrets = SecretStore(world.settings().secrets_path)
+    secrets.set(domain.webhook_secret_name("fj"), SECRET)
+    forge = await world.pstore.create_forge(
+        domain.Forge(
+            name="fj",
+            kind="forgejo",
+            base_url="https://code.example/api/v1",
+            token_secret="FORGE_TOKEN",
+            repos=[REPO],
+            webhook_secret_name=domain.webhook_secret_name("fj"),
+        )
+    )
+    pipe = await world.pipeline()
+    world.client.open_issue(1)
+    world.client.label(1, by="alice")
+    payload = {
+        "action": "label_updated",
+        "issue": {"number": 1, "title": "t", "body": "", "labels": [{"name": "agentfarm"}]},
+        "repository": {"full_name": REPO},
+        "sender": {"login": "bob"},  # changed another label afterwards
+    }
+    body = json.dumps(payload).encode()
+    headers = {
+        "X-Forgejo-Event": "issues",
+        "X-Forgejo-Delivery": "fj-1",
+        "X-Forgejo-Signature": webhooks.sign("forgejo", SECRET, body),
+    }
+    assert await pipe.handle_delivery("fj", headers, body) == "accepted"
+    await pipe.tick()
+    [attempt] = await world.pstore.list_attempts(forge_id=forge.id)
+    assert attempt.actor == "alice" and attempt.state == State.running
+    assert attempt.clone_url == "https://code.example/alice/proj.git"

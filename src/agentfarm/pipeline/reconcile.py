@@ -102,7 +102,9 @@ class Reconciler:
         last = await self.pstore.list_attempts(forge_id=forge.id, repo=repo, number=number, limit=1)
         if last and was_labeled:
             return  # labeled all along since the last attempt: nothing new was asked
-        actor = look.actor if look.source == "labeled" else ""
+        # GitHub names the label's applier in its delivery; Forgejo's label_updated names
+        # whoever changed some label, so its timeline is asked instead.
+        actor = look.actor if look.source == "labeled" and forge.kind == "github" else ""
         if not actor:
             actor = await client.label_applied_by(look.repo, look.number, forge.label) or ""
         attempt = domain.Attempt(
@@ -183,6 +185,10 @@ class Reconciler:
     async def _dispatch(
         self, forge: domain.Forge, client: types.ForgeClient, attempt: domain.Attempt, paused: bool
     ) -> domain.Attempt:
+        if attempt.repo not in forge.repos:  # taken off the allow-list: do nothing there
+            attempt.state = State.ignored
+            attempt.reason = f"{attempt.repo} is no longer on forge {forge.name!r}'s allow-list."
+            return await self.pstore.save_attempt(attempt)
         if "_permitted" not in attempt.steps:
             if attempt.kind == domain.AttemptKind.issue and not (
                 attempt.actor and await client.may_write(attempt.repo, attempt.actor)
@@ -340,6 +346,7 @@ class Reconciler:
             return await self.conclude(forge, client, attempt, State.failed, failed)
         attempt.state = State.opening_pr
         attempt = await self.pstore.save_attempt(attempt)
+        attempt = await self._show(client, attempt)  # pushed
         return await self._open_pull(forge, client, attempt)
 
     async def _open_pull(
