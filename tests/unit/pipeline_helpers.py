@@ -300,10 +300,10 @@ class World:
         run = await self.store.get_run(attempt.run_id)
         for step in fake.claude_like_script(run, None)[2:-1]:  # type: ignore[arg-type]
             state.append(step.kind, step.data)
-        state.append("exit", exit=ExitInfo(exit_code=0))
-        run = await self.run_ended(attempt.run_id)
+        # Before the end, as the supervisor records it with the run's last events.
         await self.store.append_events(run.id, [models.EventDraft(type="run.branch", data=data)])
-        return run
+        state.append("exit", exit=ExitInfo(exit_code=0))
+        return await self.run_ended(attempt.run_id)
 
 
 def _started(backend: FakeBackend, run_id: str) -> Awaitable[bool]:

@@ -17,7 +17,7 @@ from agentfarm.pipeline.service import Pipeline
 from agentfarm.store.pipeline import PipelineStore
 from agentfarm.store.secrets import SecretStore
 from tests.unit.conftest import AppFactory
-from tests.unit.pipeline_helpers import REPO, SECRET, World, world
+from tests.unit.pipeline_helpers import REPO, SECRET, World, until, world
 
 __all__ = ["world"]  # the fixture
 
@@ -283,3 +283,45 @@ async def test_a_forgejo_label_update_asks_the_timeline_who_applied_the_label(
     [attempt] = await world.pstore.list_attempts(forge_id=forge.id)
     assert attempt.actor == "alice" and attempt.state == State.running
     assert attempt.clone_url == "https://code.example/alice/proj.git"
+
+
+async def test_the_started_service_runs_on_its_own_and_resumes_after_a_restart(
+    world: World,
+) -> None:
+    pipe = await world.pipeline()
+    await pipe.start()
+    world.client.open_issue(1)
+    world.client.label(1)
+    assert await deliver(pipe) == "accepted"
+
+    async def state_is(state: State) -> bool:
+        attempts = await world.attempts()
+        return bool(attempts) and attempts[-1].state == state
+
+    await until(lambda: state_is(State.running))
+    [attempt] = await world.attempts()
+    await world.finish_run(attempt)  # the run's end wakes the loop
+    await until(lambda: state_is(State.done))
+    # Labeled again while the server is down: a restart catches up, then stops it when the
+    # label is gone by the next start (no delivery reached anyone either time).
+    await world.close()
+    world.client.unlabel(1)
+    pipe = await world.pipeline()
+    await pipe.start()
+    await until(lambda: _tracked_without_label(world))
+    await world.close()
+    world.client.label(1)
+    pipe = await world.pipeline()
+    await pipe.start()
+    await until(lambda: state_is(State.running))
+    await world.close()
+    world.client.unlabel(1)
+    pipe = await world.pipeline()
+    await pipe.start()
+    await until(lambda: state_is(State.stopped))
+    assert len(await world.attempts()) == 2
+
+
+async def _tracked_without_label(world: World) -> bool:
+    tracked = await world.pstore.get_tracked_issue(world.forge.id, REPO, 1)
+    return tracked is not None and "agentfarm" not in tracked.labels

@@ -5,6 +5,8 @@ trigger label (the clients ask conditionally, so an unchanged list costs a 304),
 is queued to be looked at, as a delivery would be. Issues that had the label when last seen but
 are no longer listed are looked at too: that is how a poll notices a removed label. Failing
 checks on the pipeline's pull requests are polled here as well (Forgejo sends no status event).
+Every forge, webhooks-only ones too, is polled once when the server starts, for the deliveries
+it missed while down.
 """
 
 from __future__ import annotations
@@ -33,6 +35,13 @@ class Poller:
         self._due: dict[str, float] = {}
 
     async def run_forever(self) -> None:
+        # Once at start, every forge (webhooks only too): labels applied while the server was
+        # down were delivered to no one.
+        for forge in await self.pipeline.pstore.list_forges():
+            try:
+                await self.poll(forge)
+            except Exception:
+                log.exception("forge %s: the catch-up poll at start failed", forge.name)
         while True:
             try:
                 await self.poll_due()

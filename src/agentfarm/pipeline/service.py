@@ -75,6 +75,10 @@ class Pipeline:
     # --- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
         """Resume every active attempt where it stopped, and start the pollers."""
+        for attempt in await self.pstore.list_attempts(active=True, limit=10_000):
+            if attempt.kind == domain.AttemptKind.issue:  # still labeled? (stop on unlabel)
+                look = reconcile.Look(attempt.forge_id, attempt.repo, attempt.number, "poll")
+                self._looks.append((0.0, look))
         tasks.spawn(self._loop(), name="pipeline", into=self._tasks)
         tasks.spawn(self.poller.run_forever(), name="pipeline-poll", into=self._tasks)
         self.wake()
