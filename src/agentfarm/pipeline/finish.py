@@ -70,9 +70,11 @@ def failure(attempt: domain.Attempt, outcome: RunOutcome) -> str | None:
     run = outcome.run
     said = f"\n\nThe agent said:\n\n> {_quote(outcome.summary)}" if outcome.summary else ""
     if outcome.branch is None:
+        why = f": {_one_line(run.error)}" if run.error else ""
         return (
-            f"The run ended ({run.status.value}) without reporting its branch `{attempt.branch}`, "
-            "so nothing was pushed. Look at the run in the cockpit, then retry the attempt." + said
+            f"The run ended {run.status.value}{why}, without reporting its branch "
+            f"`{attempt.branch}`, so nothing was pushed. Look at the run in the cockpit, fix "
+            "what it says, then retry the attempt." + said
         )
     if outcome.commits == 0:
         ended = (
@@ -135,4 +137,4 @@ def _quote(value: str) -> str:
 
 
 def _one_line(value: str) -> str:
-    return " ".join(value.split())
+    return " ".join(text.clean(value, limit=500).split())
