@@ -281,6 +281,7 @@ class World:
         commits: int = 1,
         pushed: bool = True,
         error: str | None = None,
+        exit_code: int = 0,
     ) -> models.Run:
         """End the attempt's (busy) agent with a successful answer, its branch reported as the
         backend's ``run.branch`` event says; returns the ended run."""
@@ -298,11 +299,12 @@ class World:
         if state.task is not None:
             state.task.cancel()
         run = await self.store.get_run(attempt.run_id)
-        for step in fake.claude_like_script(run, None)[2:-1]:  # type: ignore[arg-type]
+        answer = fake.claude_like_script(run, None)[2:-1]  # type: ignore[arg-type]
+        for step in answer if exit_code == 0 else []:  # a failing agent gives no answer
             state.append(step.kind, step.data)
         # Before the end, as the supervisor records it with the run's last events.
         await self.store.append_events(run.id, [models.EventDraft(type="run.branch", data=data)])
-        state.append("exit", exit=ExitInfo(exit_code=0))
+        state.append("exit", exit=ExitInfo(exit_code=exit_code))
         return await self.run_ended(attempt.run_id)
 
 

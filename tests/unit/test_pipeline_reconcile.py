@@ -303,3 +303,15 @@ async def test_a_repository_taken_off_the_allow_list_is_left_alone(world: World)
     attempt = await one(world)
     assert attempt.state == State.ignored and "allow-list" in attempt.reason
     assert len(world.client.calls) == calls
+
+
+async def test_a_failed_run_with_pushed_commits_fails_naming_the_branch(world: World) -> None:
+    pipe = await world.pipeline()
+    await labeled(world, pipe)
+    run = await world.finish_run(await one(world), commits=2, exit_code=3)
+    assert run.status == models.RunStatus.failed
+    await pipe.tick()
+    attempt = await one(world)
+    assert attempt.state == State.failed
+    assert f"pushed on branch `{attempt.branch}`" in attempt.reason
+    assert "no work is lost" in attempt.reason and not world.client.pulls
