@@ -122,7 +122,7 @@ async def test_one_attempt_runs_per_repository_the_next_waits_its_turn(world: Wo
     await labeled(world, pipe, 2)
     first, second = await one(world, 1), await one(world, 2)
     assert first.state == State.running
-    assert second.state == State.waiting and "another attempt" in second.reason
+    assert second.state == State.waiting and "Another attempt" in second.reason
     assert len(await world.store.list_runs()) == 1
     await world.finish_run(first)
     await pipe.tick()

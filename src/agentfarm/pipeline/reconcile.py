@@ -38,7 +38,7 @@ DEFAULT_CONFIG = "issue-implementer"
 #: States in which an attempt holds its repository's lock.
 HOLDING = frozenset({State.running, State.finishing, State.opening_pr})
 #: How a reason for waiting on another issue starts.
-BLOCKED = "Waiting: blocked by"
+BLOCKED = "Blocked by"
 #: Recent runs searched for one already on an attempt's branch (after a restart).
 RUN_SEARCH = 500
 
@@ -78,7 +78,7 @@ class Reconciler:
                 forge_id=forge.id,
                 repo=look.repo,
                 number=look.number,
-                title=text.clean(issue.title, limit=300),
+                title=text.one_line(issue.title, 300),
                 state=issue.state,
                 labels=list(issue.labels),
             )
@@ -114,7 +114,7 @@ class Reconciler:
             seq=await self.pstore.next_seq(forge.id, look.repo, look.number),
             actor=actor,
             delivery_id=look.delivery_id,
-            title=text.clean(issue.title, limit=300),
+            title=text.one_line(issue.title, 300),
             body=text.clean(issue.body),
             clone_url=runspec.clone_url(forge, look.repo),
         )
@@ -164,7 +164,12 @@ class Reconciler:
         self, forge: domain.Forge, client: types.ForgeClient, attempt: domain.Attempt
     ) -> domain.Attempt:
         final = State(attempt.steps["_outcome"])
-        attempt.comment_id = await report.post_status(client, attempt, self.settings, shown=final)
+        cost = None
+        if attempt.run_id is not None:
+            cost = (await self.store.get_run(attempt.run_id)).cost_usd
+        attempt.comment_id = await report.post_status(
+            client, forge, attempt, self.settings, shown=final, cost_usd=cost
+        )
         attempt = await self.pstore.save_attempt(attempt)
         if "queued" in attempt.steps:  # it got as far as showing a state label
             await report.set_state_label(client, forge, attempt, final)
@@ -208,15 +213,17 @@ class Reconciler:
             attempt.steps["_permitted"] = now_iso()
             attempt = await self.pstore.save_attempt(attempt)
         if paused and "_submitting" not in attempt.steps:
-            return await self._wait(client, attempt, "Dispatching is paused (the kill switch).")
+            return await self._wait(
+                forge, client, attempt, "Dispatching is paused (the kill switch)."
+            )
         reason = await self._held(forge, client, attempt)
         if reason:
-            return await self._wait(client, attempt, reason)
+            return await self._wait(forge, client, attempt, reason)
         if "queued" not in attempt.steps or attempt.comment_id is None:
             attempt.steps.setdefault("queued", now_iso())
             attempt.reason = ""
             attempt = await self.pstore.save_attempt(attempt)
-            attempt = await self._show(client, attempt)
+            attempt = await self._show(forge, client, attempt)
             await report.set_state_label(client, forge, attempt, None)
         return await self._submit(forge, client, attempt)
 
@@ -229,7 +236,7 @@ class Reconciler:
         others = await self.pstore.list_attempts(forge_id=forge.id, repo=attempt.repo, active=True)
         for other in others:
             if other.id != attempt.id and (other.state in HOLDING or "_submitting" in other.steps):
-                return f"Waiting: another attempt is working on {attempt.repo} (#{other.number})."
+                return f"Another attempt is working on {attempt.repo} (#{other.number})."
         for number in blocked.blocked_by(attempt.body):
             if number == attempt.number:
                 continue
@@ -245,18 +252,24 @@ class Reconciler:
         return ""
 
     async def _wait(
-        self, client: types.ForgeClient, attempt: domain.Attempt, reason: str
+        self,
+        forge: domain.Forge,
+        client: types.ForgeClient,
+        attempt: domain.Attempt,
+        reason: str,
     ) -> domain.Attempt:
         if attempt.state == State.waiting and attempt.reason == reason:
             return attempt
         attempt.state, attempt.reason = State.waiting, reason
         attempt = await self.pstore.save_attempt(attempt)
         if attempt.comment_id is not None:  # shown already: say why it waits
-            attempt = await self._show(client, attempt)
+            attempt = await self._show(forge, client, attempt)
         return attempt
 
-    async def _show(self, client: types.ForgeClient, attempt: domain.Attempt) -> domain.Attempt:
-        comment_id = await report.post_status(client, attempt, self.settings)
+    async def _show(
+        self, forge: domain.Forge, client: types.ForgeClient, attempt: domain.Attempt
+    ) -> domain.Attempt:
+        comment_id = await report.post_status(client, forge, attempt, self.settings)
         if comment_id != attempt.comment_id:
             attempt.comment_id = comment_id
             attempt = await self.pstore.save_attempt(attempt)
@@ -268,7 +281,7 @@ class Reconciler:
         if "_submitting" in attempt.steps:
             run = await self._run_on_branch(attempt.branch)
             if run is not None:  # submitted before a restart: adopt it, never submit twice
-                return await self._running(client, attempt, run)
+                return await self._running(forge, client, attempt, run)
         config = await self._config(forge)
         if not attempt.base_branch:
             attempt.base_branch = (await client.get_repo(attempt.repo)).default_branch
@@ -282,17 +295,21 @@ class Reconciler:
             run = await submit(spec, config=config, branch=attempt.branch)
         else:
             run = await submit(spec, config=config)
-        return await self._running(client, attempt, run)
+        return await self._running(forge, client, attempt, run)
 
     async def _running(
-        self, client: types.ForgeClient, attempt: domain.Attempt, run: models.Run
+        self,
+        forge: domain.Forge,
+        client: types.ForgeClient,
+        attempt: domain.Attempt,
+        run: models.Run,
     ) -> domain.Attempt:
         attempt.run_id = run.id
         attempt.state, attempt.reason = State.running, ""
         attempt.steps.pop("_submitting", None)
         attempt.steps.setdefault("running", now_iso())
         attempt = await self.pstore.save_attempt(attempt)
-        return await self._show(client, attempt)
+        return await self._show(forge, client, attempt)
 
     async def _run_on_branch(self, branch: str) -> models.Run | None:
         for run in await self.store.list_runs(limit=RUN_SEARCH):
@@ -346,7 +363,7 @@ class Reconciler:
             return await self.conclude(forge, client, attempt, State.failed, failed)
         attempt.state = State.opening_pr
         attempt = await self.pstore.save_attempt(attempt)
-        attempt = await self._show(client, attempt)  # pushed
+        attempt = await self._show(forge, client, attempt)  # pushed
         return await self._open_pull(forge, client, attempt)
 
     async def _open_pull(

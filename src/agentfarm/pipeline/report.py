@@ -30,15 +30,23 @@ async def find_comment(client: types.ForgeClient, attempt: domain.Attempt) -> in
 
 async def post_status(
     client: types.ForgeClient,
+    forge: domain.Forge,
     attempt: domain.Attempt,
     settings: Settings,
     *,
     shown: domain.AttemptState | None = None,
+    cost_usd: float | None = None,
 ) -> int:
     """Create or edit the attempt's status comment (rendered as in state ``shown``, default
     its own); returns the comment's id for the caller to record."""
     view = attempt if shown is None else attempt.model_copy(update={"state": shown})
-    body = status_comment.render(view, run_url=run_url(settings, attempt.run_id))
+    body = status_comment.render(
+        view,
+        run_url=run_url(settings, attempt.run_id),
+        cost_usd=cost_usd,
+        label=forge.label,
+        mention=forge.mention,
+    )
     comment_id = attempt.comment_id
     if comment_id is None:
         comment_id = await find_comment(client, attempt)

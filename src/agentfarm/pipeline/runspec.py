@@ -31,7 +31,7 @@ def spec(
             repo=attempt.repo,
             number=attempt.number,
             pr_number=attempt.pr_number or attempt.number,
-            kind=attempt.kind.value,
+            kind=attempt.kind,
             request=attempt.request,
         )
     update: dict[str, Any] = {

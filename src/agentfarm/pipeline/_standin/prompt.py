@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from agentfarm.domain.pipeline import AttemptKind
+
 DEFAULT_INSTRUCTIONS = "Implement the issue below. Commit your work. Say so if it cannot be done."
 
 
@@ -13,9 +15,15 @@ def issue_prompt(
 
 
 def followup_prompt(
-    instructions: str, *, repo: str, number: int, pr_number: int, kind: str, request: str
+    instructions: str,
+    *,
+    repo: str,
+    number: int,
+    pr_number: int,
+    kind: AttemptKind,
+    request: str,
 ) -> str:
     return (
         f"{instructions}\n\n<followup repo={repo!r} issue={number} pull={pr_number} "
-        f"kind={kind!r}>\n{request}\n</followup>\n"
+        f"kind={kind.value!r}>\n{request}\n</followup>\n"
     )

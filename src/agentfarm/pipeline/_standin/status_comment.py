@@ -7,7 +7,14 @@ from agentfarm.domain import pipeline as domain
 _MARKER = re.compile(r"<!-- agentfarm:attempt:([A-Za-z0-9_-]+) -->")
 
 
-def render(attempt: domain.Attempt, *, run_url: str | None) -> str:
+def render(
+    attempt: domain.Attempt,
+    *,
+    run_url: str | None,
+    cost_usd: float | None = None,
+    label: str | None = None,
+    mention: str | None = None,
+) -> str:
     lines = [f"<!-- agentfarm:attempt:{attempt.id} -->", f"agentfarm: {attempt.state.value}"]
     for step in ("queued", "running", "pushed", "pull_request"):
         lines.append(f"- [{'x' if step in attempt.steps else ' '}] {step}")
