@@ -26,36 +26,45 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 #: How often the poller looks for a forge that is due.
 GRANULARITY = 5.0
+#: Checks are polled at most this often (on a polling forge, and on Forgejo/Gitea, which
+#: send no commit-status webhook).
+CHECKS_SECONDS = 120.0
 
 
 class Poller:
     def __init__(self, pipeline: Pipeline) -> None:
         self.pipeline = pipeline
-        #: Forge id -> monotonic time of its next poll.
+        #: Forge id -> monotonic time of its next poll of issues, and of checks.
         self._due: dict[str, float] = {}
+        self._checks_due: dict[str, float] = {}
 
     async def run_forever(self) -> None:
         # Once at start, every forge (webhooks only too): labels applied while the server was
         # down were delivered to no one.
-        for forge in await self.pipeline.pstore.list_forges():
-            try:
-                await self.poll(forge)
-            except Exception:
-                log.exception("forge %s: the catch-up poll at start failed", forge.name)
+        await self.poll_due(catch_up=True)
         while True:
-            try:
-                await self.poll_due()
-            except Exception:
-                log.exception("pipeline: a poll failed; the next one retries")
             await asyncio.sleep(GRANULARITY)
+            await self.poll_due()
 
-    async def poll_due(self) -> None:
+    async def poll_due(self, *, catch_up: bool = False) -> None:
         now = self.pipeline.clock()
-        for forge in await self.pipeline.pstore.list_forges():
-            if forge.poll_seconds <= 0 or self._due.get(forge.id, 0.0) > now:
-                continue
-            self._due[forge.id] = now + forge.poll_seconds
-            await self.poll(forge)
+        try:
+            forges = await self.pipeline.pstore.list_forges()
+        except Exception:
+            log.exception("pipeline: listing the forges to poll failed")
+            return
+        for forge in forges:
+            try:
+                if catch_up or (forge.poll_seconds > 0 and self._due.get(forge.id, 0.0) <= now):
+                    self._due[forge.id] = now + forge.poll_seconds
+                    await self.poll(forge)
+                # Forgejo sends no commit-status webhook: its checks are always polled.
+                checks = forge.poll_seconds > 0 or forge.kind != "github"
+                if checks and (catch_up or self._checks_due.get(forge.id, 0.0) <= now):
+                    self._checks_due[forge.id] = now + max(forge.poll_seconds, CHECKS_SECONDS)
+                    await self.poll_checks(forge)
+            except Exception:
+                log.exception("forge %s: a poll failed; the next one retries", forge.name)
 
     async def poll(self, forge: domain.Forge) -> None:
         """List every allow-listed repository of ``forge`` once and queue what it shows."""
@@ -75,6 +84,10 @@ class Poller:
             for seen in tracked:
                 if seen.repo == repo and seen.number not in listed and forge.label in seen.labels:
                     self.pipeline.enqueue(reconcile.Look(forge.id, repo, seen.number, "poll"))
+
+    async def poll_checks(self, forge: domain.Forge) -> None:
+        """Failing checks on the pipeline's open pull requests become follow-ups."""
+        client = await self.pipeline.client(forge)
         try:
             started = await followups.poll_checks(self.pipeline.pstore, client, forge)
         except forge_errors.ForgeError as exc:
