@@ -12,7 +12,7 @@ from typing import Any
 
 from agentfarm.domain import models
 from agentfarm.domain import pipeline as domain
-from agentfarm.pipeline._standin import text
+from agentfarm.pipeline import text
 from agentfarm.store import Store
 
 BRANCH_EVENT = "run.branch"

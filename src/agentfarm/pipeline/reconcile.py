@@ -22,8 +22,7 @@ from typing import Any, Literal
 
 from agentfarm.domain import errors, models
 from agentfarm.domain import pipeline as domain
-from agentfarm.pipeline import finish, report, runspec
-from agentfarm.pipeline._standin import blocked, branches, text
+from agentfarm.pipeline import blocked, branches, finish, report, runspec, text
 from agentfarm.pipeline.forges import errors as forge_errors
 from agentfarm.pipeline.forges import types
 from agentfarm.settings import Settings

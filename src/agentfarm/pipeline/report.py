@@ -8,7 +8,7 @@ its id never makes a second one), and labels are sets.
 from __future__ import annotations
 
 from agentfarm.domain import pipeline as domain
-from agentfarm.pipeline._standin import status_comment
+from agentfarm.pipeline import status_comment
 from agentfarm.pipeline.forges import types
 from agentfarm.settings import Settings
 

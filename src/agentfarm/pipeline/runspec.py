@@ -6,7 +6,7 @@ from typing import Any
 
 from agentfarm.domain import models
 from agentfarm.domain import pipeline as domain
-from agentfarm.pipeline._standin import prompt
+from agentfarm.pipeline import prompt
 
 
 def spec(
