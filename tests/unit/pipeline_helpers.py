@@ -58,6 +58,8 @@ class MemoryForge:
     comments: dict[int, tuple[str, int, str, str]] = field(default_factory=dict)
     pulls: list[dict[str, Any]] = field(default_factory=list)
     writers: set[str] = field(default_factory=lambda: {"alice"})
+    #: Branches on the forge besides those of pull requests (pushed by a person).
+    branches: set[str] = field(default_factory=set)
     calls: list[str] = field(default_factory=list)
     failures: list[tuple[str, Exception]] = field(default_factory=list)
     #: Method name -> raise :class:`Crash` right after that call's effect (a kill -9 there).
@@ -124,6 +126,10 @@ class MemoryForge:
     async def get_repo(self, repo: str) -> types.Repository:
         self._call("get_repo")
         return types.Repository(full_name=repo, default_branch="main")
+
+    async def branch_exists(self, repo: str, branch: str) -> bool:
+        self._call("branch_exists")
+        return branch in self.branches or any(p["head"] == branch for p in self.pulls)
 
     async def get_issue(self, repo: str, number: int) -> types.Issue:
         self._call("get_issue")

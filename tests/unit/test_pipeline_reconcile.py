@@ -167,6 +167,13 @@ async def test_labeling_again_after_the_end_makes_a_new_attempt_on_a_new_branch(
     assert len(statuses(world)) == 2  # one status comment per attempt
 
 
+async def test_a_branch_already_on_the_forge_is_not_reused(world: World) -> None:
+    pipe = await world.pipeline()
+    world.client.branches.add("agentfarm/issue-1-fix-the-bug")
+    await labeled(world, pipe)
+    assert (await one(world)).branch == "agentfarm/issue-1-fix-the-bug-2"
+
+
 async def test_a_run_without_commits_fails_with_the_agents_explanation(world: World) -> None:
     pipe = await world.pipeline()
     await labeled(world, pipe)

@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from agentfarm.domain import errors, models
 from agentfarm.domain import pipeline as domain
-from agentfarm.pipeline import blocked, branches, finish, report, runspec, text
+from agentfarm.pipeline import blocked, finish, report, runspec, text
 from agentfarm.pipeline.forges import errors as forge_errors
 from agentfarm.pipeline.forges import types
 from agentfarm.settings import Settings
@@ -285,7 +285,7 @@ class Reconciler:
         if not attempt.base_branch:
             attempt.base_branch = (await client.get_repo(attempt.repo)).default_branch
         if not attempt.branch:
-            attempt.branch = await self._new_branch(forge, attempt)
+            attempt.branch = await runspec.new_branch(self.pstore, client, forge, attempt)
         spec = runspec.spec(forge, attempt, config)
         attempt.steps["_submitting"] = now_iso()
         attempt = await self.pstore.save_attempt(attempt)
@@ -325,16 +325,6 @@ class Reconciler:
                 f"the config {name!r} that forge {forge.name!r} runs with does not exist: "
                 "create it (its prompt holds the standing instructions) or set the forge's config"
             ) from None
-
-    async def _new_branch(self, forge: domain.Forge, attempt: domain.Attempt) -> str:
-        used = {
-            a.branch
-            for a in await self.pstore.list_attempts(
-                forge_id=forge.id, repo=attempt.repo, limit=10_000
-            )
-            if a.branch
-        }
-        return branches.issue_branch(attempt.number, attempt.title, lambda name: name in used)
 
     async def _watch(
         self, forge: domain.Forge, client: types.ForgeClient, attempt: domain.Attempt

@@ -1,12 +1,18 @@
-"""What an attempt's run is given: its spec from the forge's config, and the forge's URLs."""
+"""What an attempt's run is given: its branch (never one used before), its spec from the
+forge's config, and the forge's URLs."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from agentfarm.domain import models
+from agentfarm.domain import errors, models
 from agentfarm.domain import pipeline as domain
-from agentfarm.pipeline import prompt
+from agentfarm.pipeline import branches, prompt
+from agentfarm.pipeline.forges import types
+from agentfarm.store.pipeline import PipelineStore
+
+#: Names tried against the forge before giving up (each one found there is skipped).
+MAX_REMOTE_TRIES = 20
 
 
 def spec(
@@ -53,3 +59,21 @@ def web_root(forge: domain.Forge) -> str:
 
 def clone_url(forge: domain.Forge, repo: str) -> str:
     return f"{web_root(forge)}/{repo}.git"
+
+
+async def new_branch(
+    pstore: PipelineStore, client: types.ForgeClient, forge: domain.Forge, attempt: domain.Attempt
+) -> str:
+    """``agentfarm/issue-<n>-<slug>`` with the first suffix no attempt has used and the
+    repository does not have (a branch a person pushed, or one from a wiped database)."""
+    attempts = await pstore.list_attempts(forge_id=forge.id, repo=attempt.repo, limit=10_000)
+    used = {a.branch for a in attempts if a.branch}
+    for _ in range(MAX_REMOTE_TRIES):
+        name = branches.issue_branch(attempt.number, attempt.title, lambda n: n in used)
+        if not await client.branch_exists(attempt.repo, name):
+            return name
+        used.add(name)
+    raise errors.ConflictError(
+        f"{MAX_REMOTE_TRIES} branch names for issue #{attempt.number} already exist in "
+        f"{attempt.repo}: delete old agentfarm branches there, then retry"
+    )
