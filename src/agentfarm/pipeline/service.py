@@ -104,7 +104,8 @@ class Pipeline:
 
     # --- kill switch ---------------------------------------------------------------------
     async def paused(self) -> bool:
-        return await self.pstore.get_flag(PAUSED_FLAG) == "1"
+        # Any value is "paused" (a note of who paused may be stored); no flag is running.
+        return await self.pstore.get_flag(PAUSED_FLAG) is not None
 
     async def set_paused(self, paused: bool) -> None:
         await self.pstore.set_flag(PAUSED_FLAG, "1" if paused else None)
