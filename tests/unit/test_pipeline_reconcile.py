@@ -322,3 +322,51 @@ async def test_a_failed_run_with_pushed_commits_fails_naming_the_branch(world: W
     assert attempt.state == State.failed
     assert f"pushed on branch `{attempt.branch}`" in attempt.reason
     assert "no work is lost" in attempt.reason and not world.client.pulls
+
+
+@pytest.mark.parametrize("crash", [False, True])
+async def test_a_follow_up_continues_the_branch_and_ends_on_the_same_pull_request(
+    world: World, crash: bool
+) -> None:
+    pipe = await world.pipeline()
+    await labeled(world, pipe)
+    first = await one(world)
+    await world.finish_run(first)
+    await pipe.tick()
+    first = await one(world)
+    # As followups.py records one for a review comment mentioning @agentfarm.
+    review = domain.Attempt(
+        forge_id=world.forge.id,
+        repo=REPO,
+        number=1,
+        kind=domain.AttemptKind.review,
+        seq=2,
+        actor="alice",
+        title=first.title,
+        request="@agentfarm please rename the helper",
+        branch=first.branch,
+        base_branch=first.branch,
+        clone_url=first.clone_url,
+        pr_number=first.pr_number,
+        pr_url=first.pr_url,
+        parent_id=first.id,
+    )
+    await world.pstore.create_attempt(review)
+    if crash:  # dies right after submitting: the new server adopts this run, not the first
+        crash_in_submit(world, pipe)
+        with pytest.raises(Crash):
+            await pipe.tick()
+        pipe = await world.pipeline()
+    await pipe.tick()
+    review = await world.pstore.get_attempt(review.id)
+    assert len(await world.store.list_runs()) == 2
+    assert review.state == State.running
+    run = await world.store.get_run(review.run_id or "")
+    assert run.spec.base_branch == first.branch
+    assert "rename the helper" in run.spec.prompt
+    await world.finish_run(review)
+    await pipe.tick()
+    review = await world.pstore.get_attempt(review.id)
+    assert review.state == State.done and review.pr_number == first.pr_number
+    assert world.client.count("open_pull") == 1 and len(world.client.pulls) == 1
+    assert world.client.count("may_write") == 1  # followups.py checked the reviewer

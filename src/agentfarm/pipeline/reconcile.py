@@ -278,7 +278,7 @@ class Reconciler:
         self, forge: domain.Forge, client: types.ForgeClient, attempt: domain.Attempt
     ) -> domain.Attempt:
         if "_submitting" in attempt.steps:
-            run = await self._run_on_branch(attempt.branch)
+            run = await self._run_on_branch(attempt)
             if run is not None:  # submitted before a restart: adopt it, never submit twice
                 return await self._running(forge, client, attempt, run)
         config = await self._config(forge)
@@ -310,9 +310,15 @@ class Reconciler:
         attempt = await self.pstore.save_attempt(attempt)
         return await self._show(forge, client, attempt)
 
-    async def _run_on_branch(self, branch: str) -> models.Run | None:
+    async def _run_on_branch(self, attempt: domain.Attempt) -> models.Run | None:
+        """A run this attempt submitted before a restart: on its branch, made after it, and
+        no other attempt's (a follow-up shares its branch with the runs before it)."""
         for run in await self.store.list_runs(limit=RUN_SEARCH):
-            if branch and run.branch == branch:
+            if not attempt.branch or run.branch != attempt.branch:
+                continue
+            if run.created_at < attempt.created_at:
+                break  # newest first: older runs belong to earlier attempts
+            if await self.pstore.attempt_for_run(run.id) is None:
                 return run
         return None
 
