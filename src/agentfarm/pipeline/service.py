@@ -281,6 +281,10 @@ class Pipeline:
             self._defer(attempt, SLOW_RETRY, str(exc))
             await self._held_by(attempt.id, f"Held: {exc}")
             return
+        except Exception:  # a bug: keep it to this attempt, the others go on
+            log.exception("attempt %s: a step failed", attempt.id)
+            self._defer(attempt, SLOW_RETRY, "an internal error (see the log above)")
+            return
         self._backoff.pop(attempt.id, None)
         if saved.state == domain.AttemptState.waiting and saved.reason.startswith(
             reconcile.BLOCKED
