@@ -51,7 +51,8 @@ async def test_a_labeled_issue_becomes_a_run_a_pull_request_and_one_edited_comme
     assert attempt.state == State.running and attempt.branch == "agentfarm/issue-1-fix-the-parser"
     run = await world.store.get_run(attempt.run_id or "")
     assert run.spec.repo == "https://github.com/alice/proj.git"
-    assert run.spec.base_branch == "main"
+    assert run.spec.base_branch == "main" and run.branch == attempt.branch
+    assert run.spec.git_token_secret == "FORGE_TOKEN"  # the name only; git gets it via env
     assert "Standing orders." in run.spec.prompt and "Fix the parser" in run.spec.prompt
     assert "secret" not in run.spec.prompt  # hidden markup is cleaned before the prompt
     assert run.config_name == "issue-implementer"

@@ -15,10 +15,9 @@ Keys of ``Attempt.steps`` starting with ``_`` are the machine's own notes, not c
 from __future__ import annotations
 
 import contextlib
-import inspect
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 from agentfarm.domain import errors, models
 from agentfarm.domain import pipeline as domain
@@ -289,11 +288,7 @@ class Reconciler:
         spec = runspec.spec(forge, attempt, config)
         attempt.steps["_submitting"] = now_iso()
         attempt = await self.pstore.save_attempt(attempt)
-        submit: Any = self.supervisor.submit  # `branch=` lands with the backend's support
-        if "branch" in inspect.signature(submit).parameters:  # stand-in until it lands
-            run = await submit(spec, config=config, branch=attempt.branch)
-        else:
-            run = await submit(spec, config=config)
+        run = await self.supervisor.submit(spec, config, branch=attempt.branch)
         return await self._running(forge, client, attempt, run)
 
     async def _running(

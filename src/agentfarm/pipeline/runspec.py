@@ -44,9 +44,8 @@ def spec(
         "repo": attempt.clone_url or clone_url(forge, attempt.repo),
         "base_branch": attempt.base_branch,
         "prompt": task,
+        "git_token_secret": forge.token_secret,
     }
-    if "git_token_secret" in models.AgentSpec.model_fields:
-        update["git_token_secret"] = forge.token_secret
     return models.AgentSpec.model_validate(base.model_dump() | update)
 
 
