@@ -14,7 +14,7 @@ import pytest
 
 from agentfarm.agents.claude import ClaudeAdapter
 from agentfarm.backends import fake
-from agentfarm.backends.base import ExitInfo
+from agentfarm.backends.base import BranchOutcome, ExitInfo
 from agentfarm.backends.fake import FakeBackend, Step
 from agentfarm.domain import models
 from agentfarm.domain import pipeline as domain
@@ -236,6 +236,8 @@ class World:
     client: MemoryForge
     forge: domain.Forge
     made: list[tuple[Supervisor, Pipeline]] = field(default_factory=list)
+    #: What each run's branch did, by run id, as the fake backend reports it at the end.
+    outcomes: dict[str, BranchOutcome] = field(default_factory=dict)
 
     @property
     def pstore(self) -> PipelineStore:
@@ -292,14 +294,11 @@ class World:
         """End the attempt's (busy) agent with a successful answer, its branch reported as the
         backend's ``run.branch`` event says; returns the ended run."""
         assert attempt.run_id is not None
-        data = {
-            "branch": attempt.branch,
-            "start": "a" * 40,
-            "head": "b" * 40,
-            "commits": commits,
-            "pushed": pushed,
-            "error": error,
-        }
+        # What the backend reports of the branch at the end (the run.branch event).
+        self.outcomes[attempt.run_id] = BranchOutcome(
+            branch=attempt.branch, start="a" * 40, head="b" * 40, commits=commits,
+            pushed=pushed, error=error,
+        )  # fmt: skip
         await until(lambda: _started(self.backend, attempt.run_id or ""))
         state = self.backend.runs[attempt.run_id]
         if state.task is not None:
@@ -308,8 +307,6 @@ class World:
         answer = fake.claude_like_script(run, None)[2:-1]  # type: ignore[arg-type]
         for step in answer if exit_code == 0 else []:  # a failing agent gives no answer
             state.append(step.kind, step.data)
-        # Before the end, as the supervisor records it with the run's last events.
-        await self.store.append_events(run.id, [models.EventDraft(type="run.branch", data=data)])
         state.append("exit", exit=ExitInfo(exit_code=exit_code))
         return await self.run_ended(attempt.run_id)
 
@@ -355,6 +352,7 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
     )
     backend = FakeBackend(slow_script)
     w = World(tmp_path, store, backend, MemoryForge(), forge)
+    backend.world.outcome = lambda run: w.outcomes.get(run.id)
     yield w
     await w.close()
     await backend.shutdown()
