@@ -152,6 +152,8 @@ class MemoryForge:
 
     async def edit_comment(self, repo: str, comment_id: int, body: str) -> types.Comment:
         self._call("edit_comment")
+        if comment_id not in self.comments:
+            raise forge_errors.ForgeNotFoundError("PATCH comment answered 404", status=404)
         r, n, _, author = self.comments[comment_id]
         self.comments[comment_id] = (r, n, body, author)
         self._after("edit_comment")

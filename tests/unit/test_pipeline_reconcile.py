@@ -175,6 +175,17 @@ async def test_a_branch_already_on_the_forge_is_not_reused(world: World) -> None
     assert (await one(world)).branch == "agentfarm/issue-1-fix-the-bug-2"
 
 
+async def test_a_deleted_status_comment_is_posted_again(world: World) -> None:
+    pipe = await world.pipeline()
+    await labeled(world, pipe)
+    world.client.comments.clear()  # a person deleted it
+    await world.finish_run(await one(world))
+    await pipe.tick()
+    attempt = await one(world)
+    assert attempt.state == State.done and len(statuses(world)) == 1
+    assert attempt.comment_id in world.client.comments
+
+
 async def test_a_run_without_commits_fails_with_the_agents_explanation(world: World) -> None:
     pipe = await world.pipeline()
     await labeled(world, pipe)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from agentfarm.domain import pipeline as domain
 from agentfarm.pipeline import status_comment
-from agentfarm.pipeline.forges import types
+from agentfarm.pipeline.forges import errors, types
 from agentfarm.settings import Settings
 
 
@@ -50,10 +50,13 @@ async def post_status(
     comment_id = attempt.comment_id
     if comment_id is None:
         comment_id = await find_comment(client, attempt)
-    if comment_id is None:
-        return (await client.create_comment(attempt.repo, attempt.number, body)).id
-    await client.edit_comment(attempt.repo, comment_id, body)
-    return comment_id
+    if comment_id is not None:
+        try:
+            await client.edit_comment(attempt.repo, comment_id, body)
+            return comment_id
+        except errors.ForgeNotFoundError:
+            pass  # someone deleted it: post it again rather than fail the attempt
+    return (await client.create_comment(attempt.repo, attempt.number, body)).id
 
 
 async def set_state_label(
