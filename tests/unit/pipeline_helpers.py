@@ -33,6 +33,8 @@ GUARD = 20
 REPO = "alice/proj"
 SECRET = "webhook-secret-0123456789"
 BOT = "agentfarm-bot"
+#: The head every pull request of the in-memory forge has (what the fake runs push).
+HEAD_SHA = "b" * 40
 
 
 class Crash(BaseException):
@@ -58,6 +60,8 @@ class MemoryForge:
     comments: dict[int, tuple[str, int, str, str]] = field(default_factory=dict)
     pulls: list[dict[str, Any]] = field(default_factory=list)
     writers: set[str] = field(default_factory=lambda: {"alice"})
+    #: The combined status of a commit, by sha (none reported when missing).
+    statuses: dict[str, types.CombinedStatus] = field(default_factory=dict)
     #: Branches on the forge besides those of pull requests (pushed by a person).
     branches: set[str] = field(default_factory=set)
     calls: list[str] = field(default_factory=list)
@@ -204,7 +208,7 @@ class MemoryForge:
 
     async def combined_status(self, repo: str, ref: str) -> types.CombinedStatus:
         self._call("combined_status")
-        return types.CombinedStatus(sha=ref, state="none", checks=())
+        return self.statuses.get(ref) or types.CombinedStatus(sha=ref, state="none", checks=())
 
     async def aclose(self) -> None:
         pass
@@ -216,7 +220,7 @@ def _pull(pull: dict[str, Any]) -> types.PullRequest:
         f"http://forge/pull/{pull['number']}",
         pull["title"],
         pull["head"],
-        "sha",
+        HEAD_SHA,
         pull["base"],
         pull["draft"],
     )
@@ -298,9 +302,13 @@ class World:
         assert attempt.run_id is not None
         # What the backend reports of the branch at the end (the run.branch event).
         self.outcomes[attempt.run_id] = BranchOutcome(
-            branch=attempt.branch, start="a" * 40, head="b" * 40, commits=commits,
-            pushed=pushed, error=error,
-        )  # fmt: skip
+            branch=attempt.branch,
+            start="a" * 40,
+            head=HEAD_SHA,
+            commits=commits,
+            pushed=pushed,
+            error=error,
+        )
         await until(lambda: _started(self.backend, attempt.run_id or ""))
         state = self.backend.runs[attempt.run_id]
         if state.task is not None:

@@ -12,12 +12,12 @@ import pytest
 
 from agentfarm.domain import errors
 from agentfarm.domain import pipeline as domain
-from agentfarm.pipeline.forges import webhooks
+from agentfarm.pipeline.forges import types, webhooks
 from agentfarm.pipeline.service import Pipeline
 from agentfarm.store.pipeline import PipelineStore
 from agentfarm.store.secrets import SecretStore
 from tests.unit.conftest import AppFactory
-from tests.unit.pipeline_helpers import REPO, SECRET, World, until, world
+from tests.unit.pipeline_helpers import HEAD_SHA, REPO, SECRET, World, until, world
 
 __all__ = ["world"]  # the fixture
 
@@ -325,3 +325,90 @@ async def test_the_started_service_runs_on_its_own_and_resumes_after_a_restart(
 async def _tracked_without_label(world: World) -> bool:
     tracked = await world.pstore.get_tracked_issue(world.forge.id, REPO, 1)
     return tracked is not None and "agentfarm" not in tracked.labels
+
+
+def comment_delivery(
+    pr_number: int, body: str, *, by: str = "alice"
+) -> tuple[dict[str, str], bytes]:
+    payload = {
+        "action": "created",
+        "issue": {
+            "number": pr_number,
+            "title": "t",
+            "body": "",
+            "labels": [],
+            "pull_request": {"url": "x"},
+        },
+        "comment": {"id": 555, "body": body, "user": {"login": by}},
+        "repository": {"full_name": REPO},
+        "sender": {"login": by},
+    }
+    body_bytes = json.dumps(payload).encode()
+    headers = {
+        "X-GitHub-Event": "issue_comment",
+        "X-GitHub-Delivery": str(uuid.uuid4()),
+        "X-Hub-Signature-256": webhooks.sign("github", SECRET, body_bytes),
+    }
+    return headers, body_bytes
+
+
+def status_delivery(sha: str, state: str = "failure") -> tuple[dict[str, str], bytes]:
+    payload = {"sha": sha, "state": state, "context": "ci/test", "repository": {"full_name": REPO}}
+    body = json.dumps(payload).encode()
+    headers = {
+        "X-GitHub-Event": "status",
+        "X-GitHub-Delivery": str(uuid.uuid4()),
+        "X-Hub-Signature-256": webhooks.sign("github", SECRET, body),
+    }
+    return headers, body
+
+
+async def done_with_pull(world: World, pipe: Pipeline) -> domain.Attempt:
+    world.client.open_issue(1)
+    world.client.label(1)
+    await deliver(pipe)
+    await pipe.tick()
+    [attempt] = await world.attempts()
+    await world.finish_run(attempt)
+    await pipe.tick()
+    [attempt] = await world.attempts()
+    assert attempt.state == State.done and attempt.pr_number is not None
+    return attempt
+
+
+async def test_a_review_comment_mentioning_the_bot_runs_a_follow_up(world: World) -> None:
+    pipe = await world.pipeline()
+    first = await done_with_pull(world, pipe)
+    assert first.pr_number is not None
+    headers, body = comment_delivery(first.pr_number, "@agentfarm please add a test")
+    assert await pipe.handle_delivery("home", headers, body) == "accepted"
+    await pipe.tick()
+    _, review = await world.attempts()
+    assert review.kind == domain.AttemptKind.review and review.state == State.running
+    run = await world.store.get_run(review.run_id or "")
+    assert run.branch == first.branch and run.spec.base_branch == first.branch
+    assert "please add a test" in run.spec.prompt
+    await world.finish_run(review)
+    await pipe.tick()
+    _, review = await world.attempts()
+    assert review.state == State.done and review.pr_number == first.pr_number
+    assert len(world.client.pulls) == 1
+
+
+async def test_a_failing_status_runs_one_checks_follow_up(world: World) -> None:
+    pipe = await world.pipeline()
+    first = await done_with_pull(world, pipe)
+    failing = types.Check(
+        name="ci/test", state="failure", url="https://ci.example/1", description="2 tests failed"
+    )
+    world.client.statuses[HEAD_SHA] = types.CombinedStatus(HEAD_SHA, "failure", (failing,))
+    for _ in range(2):  # a re-delivered status changes nothing
+        headers, body = status_delivery(HEAD_SHA)
+        assert await pipe.handle_delivery("home", headers, body) == "accepted"
+        await pipe.tick()
+    attempts = await world.attempts()
+    assert [a.kind for a in attempts] == [domain.AttemptKind.issue, domain.AttemptKind.checks]
+    checks = attempts[-1]
+    assert checks.state == State.running and checks.branch == first.branch
+    run = await world.store.get_run(checks.run_id or "")
+    assert "2 tests failed" in run.spec.prompt

@@ -16,8 +16,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from agentfarm.domain import pipeline as domain
-from agentfarm.pipeline import reconcile
-from agentfarm.pipeline._standin import followups
+from agentfarm.pipeline import followups, reconcile
 from agentfarm.pipeline.forges import errors as forge_errors
 
 if TYPE_CHECKING:

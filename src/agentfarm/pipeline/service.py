@@ -17,8 +17,7 @@ from typing import Any, Literal
 from agentfarm import tasks
 from agentfarm.domain import errors
 from agentfarm.domain import pipeline as domain
-from agentfarm.pipeline import poll, reconcile
-from agentfarm.pipeline._standin import followups
+from agentfarm.pipeline import followups, poll, reconcile
 from agentfarm.pipeline.forges import errors as forge_errors
 from agentfarm.pipeline.forges import make_client, types, webhooks
 from agentfarm.pipeline.forges.http import Token

@@ -1,1 +1,0 @@
-"""Temporary stand-ins for modules other helpers are writing (deleted once they land)."""
