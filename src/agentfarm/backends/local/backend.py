@@ -20,6 +20,7 @@ from pathlib import Path
 import agentfarm
 from agentfarm.backends.base import LaunchInfo
 from agentfarm.backends.local import binaries, cgroups, git, hostinfo, monitor_spec, procs, sandbox
+from agentfarm.backends.local import diff as local_diff
 from agentfarm.backends.local.handle import (
     GIT_STATE,
     LocalHandle,
@@ -27,7 +28,7 @@ from agentfarm.backends.local.handle import (
     monitor_running,
     read_identity,
 )
-from agentfarm.domain import backend_config, errors, launch, models
+from agentfarm.domain import backend_config, diffs, errors, launch, models
 from agentfarm.domain import egress as policies
 from agentfarm.domain.launch import GitAuth
 from agentfarm.settings import Settings
@@ -168,6 +169,9 @@ class LocalBackend:
         workspace = str(self.run_dir(run.id) / "workspace")
         branch = run.branch or launch.branch_name(run.id)
         return self.handle(run, git_auth), LaunchInfo(branch=branch, workspace=workspace)
+
+    async def diff(self, run: models.Run, *, limit: int) -> diffs.RunDiff:
+        return await local_diff.run_diff(run, self.run_dir(run.id), limit=limit)
 
     async def cleanup(self, run: models.Run) -> None:
         run_dir = self.run_dir(run.id)
