@@ -8,7 +8,7 @@ every side effect looks before it creates (the comment by its marker, the pull r
 head, a run by its branch), so a restart at any point resumes without doing anything twice.
 
 Keys of ``Attempt.steps`` starting with ``_`` are the machine's own notes, not checklist items:
-``_permitted`` (the label's applier may write), ``_submitting`` (a run is being submitted),
+``_permitted`` (the label's applier may write), ``_submitting`` (the id of the run being submitted),
 ``_outcome`` (the terminal state decided, being reported before it is entered).
 """
 
@@ -37,8 +37,6 @@ DEFAULT_CONFIG = "issue-implementer"
 HOLDING = frozenset({State.running, State.finishing, State.opening_pr})
 #: How a reason for waiting on another issue starts.
 BLOCKED = "Blocked by"
-#: Recent runs searched for one already on an attempt's branch (after a restart).
-RUN_SEARCH = 500
 
 
 def now_iso() -> str:
@@ -276,19 +274,25 @@ class Reconciler:
     async def _submit(
         self, forge: domain.Forge, client: types.ForgeClient, attempt: domain.Attempt
     ) -> domain.Attempt:
-        if "_submitting" in attempt.steps:
-            run = await self._run_on_branch(attempt)
-            if run is not None:  # submitted before a restart: adopt it, never submit twice
+        run_id = attempt.steps.get("_submitting")
+        if run_id:
+            try:  # submitted before a restart: adopt it, never submit twice
+                run = await self.store.get_run(run_id)
                 return await self._running(forge, client, attempt, run)
+            except errors.NotFoundError:
+                pass
         config = await self._config(forge)
         if not attempt.base_branch:
             attempt.base_branch = (await client.get_repo(attempt.repo)).default_branch
         if not attempt.branch:
             attempt.branch = await runspec.new_branch(self.pstore, client, forge, attempt)
         spec = runspec.spec(forge, attempt, config)
-        attempt.steps["_submitting"] = now_iso()
+        # The run's id is chosen and recorded first: a restart finds the run by it.
+        attempt.steps["_submitting"] = run_id or models.new_id()
         attempt = await self.pstore.save_attempt(attempt)
-        run = await self.supervisor.submit(spec, config, branch=attempt.branch)
+        run = await self.supervisor.submit(
+            spec, config, branch=attempt.branch, run_id=attempt.steps["_submitting"]
+        )
         return await self._running(forge, client, attempt, run)
 
     async def _running(
@@ -304,18 +308,6 @@ class Reconciler:
         attempt.steps.setdefault("running", now_iso())
         attempt = await self.pstore.save_attempt(attempt)
         return await self._show(forge, client, attempt)
-
-    async def _run_on_branch(self, attempt: domain.Attempt) -> models.Run | None:
-        """A run this attempt submitted before a restart: on its branch, made after it, and
-        no other attempt's (a follow-up shares its branch with the runs before it)."""
-        for run in await self.store.list_runs(limit=RUN_SEARCH):
-            if not attempt.branch or run.branch != attempt.branch:
-                continue
-            if run.created_at < attempt.created_at:
-                break  # newest first: older runs belong to earlier attempts
-            if await self.pstore.attempt_for_run(run.id) is None:
-                return run
-        return None
 
     async def _config(self, forge: domain.Forge) -> models.AgentConfig:
         name = forge.config or DEFAULT_CONFIG
