@@ -5,11 +5,12 @@ compares what the forge shows with what was recorded and at most records a new a
 :meth:`Reconciler.step` then moves one attempt on by one side effect at a time. Each step
 records its intent (``state`` and ``steps``) before the side effect and its result after, and
 every side effect looks before it creates (the comment by its marker, the pull request by its
-head, a run by its branch), so a restart at any point resumes without doing anything twice.
+head, a run by the id chosen for it), so a restart at any point resumes without doing anything
+twice.
 
 Keys of ``Attempt.steps`` starting with ``_`` are the machine's own notes, not checklist items:
-``_permitted`` (the label's applier may write), ``_submitting`` (the id of the run being submitted),
-``_outcome`` (the terminal state decided, being reported before it is entered).
+``_permitted`` (the label's applier may write), ``_submitting`` (the id of the run being
+submitted), ``_outcome`` (the terminal state decided, being reported before it is entered).
 """
 
 from __future__ import annotations
