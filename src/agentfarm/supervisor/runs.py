@@ -186,18 +186,17 @@ class Supervisor:
     # --- internals -----------------------------------------------------------------------
     async def _credentials(self, spec: models.AgentSpec) -> credentials.Credentials:
         """Once per launch, off the loop: the secrets file is read here and nowhere else."""
-        resolved = await asyncio.to_thread(
+        return await asyncio.to_thread(
             functools.partial(
                 credentials.resolve,
                 self.settings,
                 self.secrets,
                 spec.backend,
+                spec.agent,
                 repo=spec.repo,
                 git_token_secret=spec.git_token_secret,
             )
         )
-        adapter = self.adapters.get(spec.agent)
-        return credentials.for_agent(resolved, adapter.credential_names() if adapter else None)
 
     async def _append(
         self,
@@ -268,7 +267,9 @@ class Supervisor:
                 spec = launch.LaunchSpec(
                     run_id=run.id,
                     branch=run.branch or launch.branch_name(run.id),
-                    command=self.adapters[run.spec.agent].build_command(run.spec),
+                    command=self.adapters[run.spec.agent].build_command(
+                        run.spec, base_url=creds.base_url
+                    ),
                     credentials=creds.require().env,
                     git_auth=creds.git_auth,
                 )
@@ -298,7 +299,8 @@ class Supervisor:
             git_auth = creds.git_auth if creds else None
             handle, info = await backend.attach(run, git_auth=git_auth)
             # Pure: the same command as at launch, for its follow-up format.
-            command = self.adapters[run.spec.agent].build_command(run.spec)
+            base_url = creds.base_url if creds else None
+            command = self.adapters[run.spec.agent].build_command(run.spec, base_url=base_url)
             redactor = creds.redactor if creds else Redactor()
             await self._attached(run, handle, info, command, redactor)
 

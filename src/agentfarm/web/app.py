@@ -27,9 +27,10 @@ log = logging.getLogger(__name__)
 
 def default_adapters() -> dict[str, AgentAdapter]:
     from agentfarm.agents.claude import ClaudeAdapter
+    from agentfarm.agents.codex import CodexAdapter
     from agentfarm.agents.command import CommandAdapter
 
-    return {"claude": ClaudeAdapter(), "command": CommandAdapter()}
+    return {"claude": ClaudeAdapter(), "codex": CodexAdapter(), "command": CommandAdapter()}
 
 
 def default_backends(settings: Settings) -> dict[str, Backend]:

@@ -132,7 +132,7 @@ class LocalBackend:
         binds += [sandbox.Bind(str(path), str(path)) for path in borrowed]
         usr_links, real_dirs, etc = await asyncio.to_thread(_root_layout)
         binds = [sandbox.Bind(d, d) for d in real_dirs] + binds
-        if box.mode == "bwrap" and box.network == "allowlist":
+        if box.mode == "bwrap" and (box.network == "allowlist" or command.runner):
             binds += [sandbox.Bind(d, d) for d in python[1]]
         to_monitor = monitor_spec.MonitorSpec(
             run_dir=str(run_dir),
@@ -191,13 +191,15 @@ class LocalBackend:
         self, run: models.Run, secrets: Mapping[str, str]
     ) -> tuple[policies.Policy, tuple[str, list[str]], list[str]]:
         """The run's egress policy, the bridge's interpreter (and binds it needs), notices."""
-        box, repo = _sandbox(run), run.spec.repo
+        box, repo, agent = _sandbox(run), run.spec.repo, run.spec.agent
+        setting, _default = policies.model_endpoint(agent)
         try:
             policy = policies.build_policy(
                 box.egress,
-                model_url=secrets.get("ANTHROPIC_BASE_URL"),
+                model_url=secrets.get(setting),
                 remote=None if git.is_local(repo) else git.strip_credentials(repo),
                 control=[(self.settings.host, self.settings.port)],
+                agent=agent,
             )
         except ValueError as exc:
             raise errors.ConfigurationError(str(exc)) from None
