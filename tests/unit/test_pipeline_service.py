@@ -412,3 +412,21 @@ async def test_a_failing_status_runs_one_checks_follow_up(world: World) -> None:
     assert checks.state == State.running and checks.branch == first.branch
     run = await world.store.get_run(checks.run_id or "")
     assert "2 tests failed" in run.spec.prompt
+
+
+async def test_the_default_client_uses_the_stored_token_and_follows_its_rotation(
+    world: World,
+) -> None:
+    made = await world.pipeline()
+    pipe = Pipeline(world.settings(), world.store, world.pstore, made.secrets, made.supervisor)
+    try:
+        first = await pipe.client(world.forge)
+        assert await pipe.client(world.forge) is first
+        assert "forge-token-123" not in repr(first)
+        made.secrets.set("FORGE_TOKEN", "rotated-token-456")
+        assert await pipe.client(world.forge) is not first
+        made.secrets.delete("FORGE_TOKEN")
+        with pytest.raises(errors.ConfigurationError, match="agentfarm secret set"):
+            await pipe.client(world.forge)
+    finally:
+        await pipe.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -347,21 +348,25 @@ class Pipeline:
 
     # --- forge clients -------------------------------------------------------------------
     async def client(self, forge: domain.Forge) -> types.ForgeClient:
-        """One client per forge, made anew when the forge's settings change."""
-        version = forge.updated_at.isoformat()
+        """One client per forge, made anew when the forge's settings or its token change (a
+        token rotated with `agentfarm secret set` is used from the next call on)."""
+        if self._factory is not None:
+            return self._cached(forge, forge.updated_at.isoformat(), self._factory)
+        token = await asyncio.to_thread(self.secrets.get, forge.token_secret)  # off the loop
+        if not token:
+            raise errors.ConfigurationError(
+                f"forge {forge.name!r}: the secret {forge.token_secret!r} holding its token is "
+                "not set: store it with `agentfarm secret set` (or on the forge's page)"
+            )
+        digest = hashlib.sha256(token.encode()).hexdigest()[:16]
+        version = f"{forge.updated_at.isoformat()}/{digest}"
+        return self._cached(forge, version, lambda f: make_client(f.kind, f.base_url, Token(token)))
+
+    def _cached(self, forge: domain.Forge, version: str, make: ClientFactory) -> types.ForgeClient:
         cached = self._clients.get(forge.id)
         if cached is not None and cached[0] == version:
             return cached[1]
-        if self._factory is not None:
-            client = self._factory(forge)
-        else:  # the secrets file is read off the loop
-            token = await asyncio.to_thread(self.secrets.get, forge.token_secret)
-            if not token:
-                raise errors.ConfigurationError(
-                    f"forge {forge.name!r}: the secret {forge.token_secret!r} holding its token "
-                    "is not set: store it with `agentfarm secret set` (or on the forge's page)"
-                )
-            client = make_client(forge.kind, forge.base_url, Token(token))
+        client = make(forge)
         if cached is not None:
             tasks.spawn(cached[1].aclose(), name=f"close-{forge.id}", into=self._tasks)
         self._clients[forge.id] = (version, client)
