@@ -17,7 +17,7 @@ from agentfarm.store import Store
 from agentfarm.store.pipeline import PipelineStore
 from agentfarm.store.secrets import SecretStore
 from agentfarm.supervisor.runs import Supervisor
-from agentfarm.web import api, apidocs, orchestration, pages, tokens, webhooks
+from agentfarm.web import api, api_forges, apidocs, orchestration, pages, tokens, webhooks
 from agentfarm.web import errors as web_errors
 from agentfarm.web.bodylimit import BodySizeLimit
 from agentfarm.web.hosts import HostAllowList
@@ -105,6 +105,7 @@ def create_app(
     app.include_router(api.public)
     app.include_router(webhooks.router)
     app.include_router(api.router)
+    app.include_router(api_forges.router)
     app.include_router(tokens.router)
     app.include_router(orchestration.router)
     pages.install(app)
