@@ -23,6 +23,10 @@ class InvalidInputError(AgentfarmError, ValueError):
     """Input that passed schema validation but makes no sense (a repo that is not a repo)."""
 
 
+class UnauthorizedError(AgentfarmError, PermissionError):
+    """The request does not prove who sent it (a missing or wrong webhook signature)."""
+
+
 class ConfigurationError(AgentfarmError, RuntimeError):
     """The host or the server is not set up for what was asked (no bubblewrap, no credentials)."""
 

@@ -8,9 +8,13 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from agentfarm.domain import errors
+from agentfarm.pipeline.forges import webhooks
 
 STATUS: list[tuple[type[errors.AgentfarmError], int, str]] = [
     (errors.NotFoundError, 404, "not_found"),
+    (errors.UnauthorizedError, 401, "unauthorized"),
+    # Before InvalidInputError: a signed delivery we cannot read is a bad request.
+    (webhooks.InvalidDeliveryError, 400, "invalid_delivery"),
     (errors.ConflictError, 409, "conflict"),
     (errors.InvalidInputError, 422, "invalid_input"),
     (errors.ConfigurationError, 400, "not_configured"),
