@@ -15,7 +15,7 @@ from agentfarm.settings import Settings
 from agentfarm.store import Store
 from agentfarm.store.secrets import SecretStore
 from agentfarm.supervisor.runs import Supervisor
-from agentfarm.web import api, apidocs, pages
+from agentfarm.web import api, apidocs, notifications, pages
 from agentfarm.web import errors as web_errors
 from agentfarm.web.bodylimit import BodySizeLimit
 from agentfarm.web.hosts import HostAllowList
@@ -96,5 +96,6 @@ def create_app(
         apidocs.install(app)
     app.include_router(api.public)
     app.include_router(api.router)
+    app.include_router(notifications.router)
     pages.install(app)
     return app
