@@ -4,15 +4,18 @@ An Apprise URL is a credential: Slack's and Discord's carry their webhook tokens
 Telegram's its bot token as the "host", ntfy's its topic. So a target is shown as its scheme
 and, only where the host is a real host name (it has a dot, or is an address or
 ``localhost``), that host; and whatever Apprise says about a send is masked of every other
-part of the URL before it reaches a log or a response. Apprise's own logger is kept out of the
-server's log for the same reason (it names URLs at debug level).
+part of the URL before it reaches a log or a response. Apprise's and urllib3's loggers name
+URLs (at debug level): while a URL is being sent to, a filter on them masks it in every record.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import re
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -107,22 +110,74 @@ class Outcome:
     detail: str = ""
 
 
-def quiet_apprise() -> None:
-    """Keep Apprise's logger out of the server's log (its debug lines name URLs); what it
-    says about a send is collected per call, masked, and logged by ``send``."""
-    logger = logging.getLogger("apprise")
-    logger.propagate = False
-    if not any(isinstance(h, logging.NullHandler) for h in logger.handlers):
-        logger.addHandler(logging.NullHandler())
+class _Masking(logging.Filter):
+    """Masks the URLs being sent to in every record of the loggers it sits on (Apprise's, and
+    urllib3's, whose debug lines name request paths), before any handler sees it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.Lock()
+        self._active: dict[int, Target] = {}
+        self._next = 0
+
+    @contextlib.contextmanager
+    def sending(self, target: Target) -> Iterator[None]:
+        with self._lock:
+            key = self._next = self._next + 1
+            self._active[key] = target
+        try:
+            yield
+        finally:
+            with self._lock:
+                del self._active[key]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        with self._lock:
+            targets = list(self._active.values())
+        if targets:
+            text = record.getMessage()
+            for target in targets:
+                text = target.mask(text)
+            record.msg, record.args = text, None
+        return True
+
+
+MASKING = _Masking()
+MASKED_LOGGERS = ("apprise", "urllib3.connectionpool")
+
+
+def install_masking() -> None:
+    """Put the URL mask on the loggers of Apprise and of the HTTP library under it."""
+    for name in MASKED_LOGGERS:
+        logger = logging.getLogger(name)
+        if MASKING not in logger.filters:
+            logger.addFilter(MASKING)
 
 
 NOTIFY_TYPES = {"success": "success", "failure": "failure", "warning": "warning", "info": "info"}
 
 
-def send(target: Target, title: str, body: str, level: str, timeout: float) -> Outcome:
-    """Send one message to one target; blocking (called in a worker thread). Never raises."""
+def _notify(
+    url: str, title: str, body: str, level: str, timeout: float, collect: Any
+) -> bool | None:
+    """One Apprise send: True sent, False not, None not a URL Apprise knows."""
     import apprise  # lazily: it loads a plugin per service
 
+    apobj = apprise.Apprise()
+    if not apobj.add(url):
+        return None
+    result = apobj.notify(
+        body=body,
+        title=title,
+        notify_type=NOTIFY_TYPES.get(level, "info"),
+        timeout=timeout,
+        log_callback=collect,
+    )
+    return bool(result)
+
+
+def send(target: Target, title: str, body: str, level: str, timeout: float) -> Outcome:
+    """Send one message to one target; blocking (called in a worker thread). Never raises."""
     entries: list[str] = []
 
     def collect(entry: Any, _service: Any) -> None:
@@ -131,23 +186,14 @@ def send(target: Target, title: str, body: str, level: str, timeout: float) -> O
 
     shown = target.shown
     try:
-        apobj = apprise.Apprise()
-        if not apobj.add(target.url):
-            return Outcome(
-                shown, False, "not a URL Apprise knows: check its scheme and form "
-                "(https://github.com/caronc/apprise/wiki)"
-            )  # fmt: skip
-        result = apobj.notify(
-            body=body,
-            title=title,
-            notify_type=NOTIFY_TYPES.get(level, "info"),
-            timeout=timeout,
-            log_callback=collect,
-        )
-        ok = bool(result)
+        with MASKING.sending(target):
+            ok = _notify(target.url, title, body, level, timeout, collect)
     except Exception as exc:  # an Apprise plugin's own error: the message may quote the URL
         entries.append(f"{type(exc).__name__}: {exc}")
         ok = False
+    if ok is None:
+        return Outcome(shown, False, "not a URL Apprise knows: check its scheme and form "
+                       "(https://github.com/caronc/apprise/wiki)")  # fmt: skip
     if ok:
         return Outcome(shown, True, "sent")
     why = target.mask(entries[-1]) if entries else "the service did not accept it"

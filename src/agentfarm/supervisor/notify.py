@@ -133,7 +133,7 @@ class Notifier:
         self.secrets = secrets
         self.push = push
         self._tasks: set[asyncio.Task[Any]] = set()
-        apprise_targets.quiet_apprise()
+        apprise_targets.install_masking()
 
     async def start(self) -> None:
         if self.push is not None:

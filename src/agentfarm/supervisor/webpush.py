@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 from agentfarm.settings import Settings
 from agentfarm.store import push
-from agentfarm.supervisor.apprise_targets import Outcome
+from agentfarm.supervisor.apprise_targets import MASKING, Outcome, Target
 
 log = logging.getLogger(__name__)
 
@@ -119,14 +119,16 @@ class WebPush:
         where = shown(sub.endpoint)
         claims: dict[str, str | int] = {"sub": self._contact()}
         try:
-            webpush(
-                sub.info(),
-                data=data,
-                vapid_private_key=self._vapid,
-                vapid_claims=claims,
-                timeout=self._settings.notify_timeout_seconds,
-                ttl=TTL,
-            )
+            # The endpoint is a capability URL: masked in what requests' urllib3 logs.
+            with MASKING.sending(Target(sub.endpoint, "push")):
+                webpush(
+                    sub.info(),
+                    data=data,
+                    vapid_private_key=self._vapid,
+                    vapid_claims=claims,
+                    timeout=self._settings.notify_timeout_seconds,
+                    ttl=TTL,
+                )
         except WebPushException as exc:
             status = exc.response.status_code if exc.response is not None else None
             if status in (404, 410):
