@@ -7,7 +7,13 @@ from typing import Any
 from rich.markup import escape
 from rich.text import Text
 
-from agentfarm.domain.present import fmt_cost, fmt_duration, one_line, tool_summary
+from agentfarm.domain.present import (
+    branch_summary,
+    fmt_cost,
+    fmt_duration,
+    one_line,
+    tool_summary,
+)
 
 STATUS_STYLE = {
     "queued": "yellow",
@@ -31,6 +37,9 @@ def event_line(event: dict[str, Any]) -> Text | None:
         if data.get("error"):
             text.append(f"  {data['error']}", style="red")
         return text
+    if kind == "run.branch":
+        template, values, failed = branch_summary(data)
+        return Text(f"⎇ {template.format(**values)}", style="red" if failed else "green")
     if kind == "run.notice":
         return Text(f"! {data.get('message', '')}", style="yellow")
     if kind == "sandbox.egress_denied":
@@ -64,8 +73,9 @@ def event_line(event: dict[str, Any]) -> Text | None:
         secs = (data.get("duration_ms") or 0) / 1000
         style = "red" if data.get("is_error") else "green"
         label = "error" if data.get("is_error") else "done"
+        cost = fmt_cost(data.get("cost_usd"), bool(data.get("cost_estimated")))
         return Text(
-            f"✔ {label}: {data.get('num_turns', '?')} turns · {fmt_cost(data.get('cost_usd'))}"
+            f"✔ {label}: {data.get('num_turns', '?')} turns · {cost}"
             f" · {tokens} tokens · {fmt_duration(secs)}",
             style=f"bold {style}",
         )

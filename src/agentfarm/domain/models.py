@@ -13,6 +13,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationInfo,
+    computed_field,
     field_validator,
     model_validator,
 )
@@ -21,6 +22,10 @@ from agentfarm.domain import backend_config, gittokens
 
 SLUG_RE = backend_config.SLUG_RE
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+SECRET_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+#: Stored secrets that are never a git token: forges' webhook secrets
+#: (``pipeline.webhook_secret_name``).
+NOT_GIT_TOKENS_PREFIX = "FORGE_WEBHOOK_"
 TOOL_RE = re.compile(r"^[A-Za-z0-9_*:.()\- /,@\[\]]{1,200}$")
 #: Variables a config may not set: they are the server's to control.
 RESERVED_ENV = frozenset(
@@ -32,6 +37,9 @@ RESERVED_ENV = frozenset(
         "ANTHROPIC_API_KEY",
         "ANTHROPIC_BASE_URL",
         "CLAUDE_CODE_OAUTH_TOKEN",
+        "CODEX_API_KEY",
+        "OPENAI_API_KEY",
+        "OPENAI_BASE_URL",
         "LD_PRELOAD",
         "LD_LIBRARY_PATH",
     }
@@ -74,7 +82,9 @@ class _Strict(BaseModel):
 
 
 PromptDelivery = Literal["stdin", "argument", "none"]
-AgentKind = Literal["claude", "command"]
+AgentKind = Literal["claude", "codex", "command"]
+#: Agents that report tokens but no price: their cost is estimated from a price table.
+ESTIMATED_COST_AGENTS = frozenset({"codex"})
 
 
 class CommandSpec(_Strict):
@@ -109,7 +119,8 @@ class AgentSpec(_Strict):
 
     agent: AgentKind = Field(
         "claude",
-        description="Agent CLI: `claude` (Claude Code) or `command` (any program, see `command`).",
+        description="Agent CLI: `claude` (Claude Code), `codex` (OpenAI Codex CLI) or `command` "
+        "(any program, see `command`).",
     )
     repo: str = Field(
         ..., min_length=1, max_length=4096, description="Local path or git URL to clone."
@@ -152,6 +163,12 @@ class AgentSpec(_Strict):
         description="Names of stored secrets (`agentfarm secret set NAME`), each holding Apprise "
         "URLs (comma- or space-separated) told of this config's runs besides the farm-wide "
         "ones. Names, not URLs: a URL carries its service's token.",
+    )
+    git_token_secret: str | None = Field(
+        None,
+        pattern=SECRET_NAME_RE.pattern,
+        description="Name of a stored secret used as the git token for the run's repository "
+        "(an https:// or http:// URL): the clone and the push send it, the agent never sees it.",
     )
     backend: backend_config.BackendSpec = Field(
         default_factory=backend_config.LocalSpec,
@@ -208,7 +225,7 @@ class AgentSpec(_Strict):
                     "be shown with the config): `agentfarm secret set NOTIFY_TEAM '<url>'`, "
                     "then `notify_secrets: [NOTIFY_TEAM]`"
                 )
-            if not ENV_NAME_RE.match(name) or len(name) > 128:
+            if not SECRET_NAME_RE.match(name):
                 raise ValueError(
                     f"{name!r} is not a secret name: use letters, digits and _ (e.g. NOTIFY_TEAM)"
                 )
@@ -222,6 +239,22 @@ class AgentSpec(_Strict):
         if value.startswith("-") or ".." in value or any(c in value for c in " ~^:?*[\\\x00"):
             raise ValueError(f"{value!r} is not a valid branch name")
         return value
+
+    @model_validator(mode="after")
+    def _check_git_token_secret(self) -> AgentSpec:
+        name = self.git_token_secret
+        if name and (name in RESERVED_ENV or name.startswith(NOT_GIT_TOKENS_PREFIX)):
+            # Sent to the repository's host: never the model's key or a webhook's secret.
+            raise ValueError(
+                f"git_token_secret may not name {name}, which is not a git token: store the "
+                "repository's token under a name of its own (`agentfarm secret set NAME`)"
+            )
+        if name and not self.repo.lower().startswith(("https://", "http://")):
+            raise ValueError(
+                "git_token_secret is for a repository reached over https:// or http://; "
+                f"{self.repo!r} is not such a URL: remove git_token_secret or give the URL"
+            )
+        return self
 
     @field_validator("repo")
     @classmethod
@@ -300,10 +333,18 @@ class Run(BaseModel):
     def prompt(self) -> str:
         return self.spec.prompt
 
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def cost_estimated(self) -> bool:
+        """The cost comes from agentfarm's price table (the agent reports tokens only)."""
+        return self.spec.agent in ESTIMATED_COST_AGENTS
+
 
 class EventType(StrEnum):
     run_status = "run.status"
     run_notice = "run.notice"
+    #: Where the run's branch ended up: {branch, start, head, commits, pushed, error}.
+    run_branch = "run.branch"
     agent_init = "agent.init"
     agent_text = "agent.text"
     agent_thinking = "agent.thinking"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -19,7 +20,7 @@ from typing import Any
 from agentfarm import tasks
 from agentfarm.agents.base import AgentAdapter
 from agentfarm.backends.base import Backend, LaunchInfo, RunHandle
-from agentfarm.domain import errors, launch, models
+from agentfarm.domain import diffs, errors, launch, models
 from agentfarm.domain.redact import Redactor
 from agentfarm.settings import Settings
 from agentfarm.store import Store, push
@@ -80,8 +81,23 @@ class Supervisor:
 
     # --- public operations ---------------------------------------------------------------
     async def submit(
-        self, spec: models.AgentSpec, *, config: models.AgentConfig | None = None
+        self,
+        spec: models.AgentSpec,
+        config: models.AgentConfig | None = None,
+        *,
+        branch: str | None = None,
+        run_id: str | None = None,
     ) -> models.Run:
+        """Queue a run. It works on ``branch`` when given (the pipeline names its branches),
+        else on ``agentfarm/<run id>``; with ``spec.base_branch == branch`` it continues that
+        existing branch (a follow-up) instead of starting a new one. ``run_id`` is an id chosen
+        beforehand (an orchestration dispatch records it before the run exists, so that a crash
+        in between never launches twice)."""
+        if branch is not None and not launch.valid_branch(branch):
+            raise errors.InvalidInputError(
+                f"{branch!r} is not a branch name git takes (no spaces, `..`, `~^:?*[\\`, "
+                "leading `-` or `.`): name the branch with letters, digits, `-`, `_`, `.`, `/`"
+            )
         if spec.agent not in self.adapters:
             raise errors.InvalidInputError(f"unknown agent {spec.agent!r}")
         if spec.backend.type not in self.backends:
@@ -93,11 +109,12 @@ class Supervisor:
         # Fail early, before anything is queued.
         (await self._credentials(spec)).require()
         run = models.Run(
+            id=run_id or models.new_id(),
             spec=spec,
             config_id=config.id if config else None,
             config_name=config.name if config else None,
         )
-        run.branch = launch.branch_name(run.id)
+        run.branch = branch or launch.branch_name(run.id)
         await self.store.create_run(run)
         await self._append(run.id, [events.status_event(models.RunStatus.queued)])
         self.dispatcher.wake()
@@ -158,14 +175,35 @@ class Supervisor:
         await self.store.delete_run(run_id)
         self.hub.forget(run_id)
 
+    async def diff(self, run_id: str, *, limit: int = diffs.PATCH_LIMIT) -> diffs.RunDiff:
+        """An ended run's changes, from its backend. Not while it runs: the agent still
+        writes its workspace, and host git runs there only after the agent has exited."""
+        run = await self.store.get_run(run_id)
+        if not run.status.terminal or run_id in self.dispatcher.active:
+            raise errors.ConflictError(
+                f"run {run_id} is {run.status.value}: its changes are shown once it has ended"
+            )
+        backend = self.backends.get(run.spec.backend.type)
+        if backend is None:
+            raise errors.ConfigurationError(
+                f"the {run.spec.backend.type!r} backend of run {run_id} is not enabled here"
+            )
+        return await backend.diff(run, limit=limit)
+
     # --- internals -----------------------------------------------------------------------
     async def _credentials(self, spec: models.AgentSpec) -> credentials.Credentials:
         """Once per launch, off the loop: the secrets file is read here and nowhere else."""
-        resolved = await asyncio.to_thread(
-            credentials.resolve, self.settings, self.secrets, spec.backend
+        return await asyncio.to_thread(
+            functools.partial(
+                credentials.resolve,
+                self.settings,
+                self.secrets,
+                spec.backend,
+                spec.agent,
+                repo=spec.repo,
+                git_token_secret=spec.git_token_secret,
+            )
         )
-        adapter = self.adapters.get(spec.agent)
-        return credentials.for_agent(resolved, adapter.credential_names() if adapter else None)
 
     async def _append(
         self,
@@ -248,8 +286,11 @@ class Supervisor:
                 spec = launch.LaunchSpec(
                     run_id=run.id,
                     branch=run.branch or launch.branch_name(run.id),
-                    command=self.adapters[run.spec.agent].build_command(run.spec),
+                    command=self.adapters[run.spec.agent].build_command(
+                        run.spec, base_url=creds.base_url
+                    ),
                     credentials=creds.require().env,
+                    git_auth=creds.git_auth,
                 )
                 handle, info = await backend.launch(run, spec)
             except errors.AgentfarmError as exc:
@@ -269,12 +310,17 @@ class Supervisor:
                     f"the {run.spec.backend.type!r} backend is no longer enabled on this server",
                 )
                 return
-            handle, info = await backend.attach(run)
+            # Resolved again: the branch's push (at the end) needs the git token.
+            creds: credentials.Credentials | None = None
+            # A broken secrets file, a secret removed meanwhile: the push will say so.
+            with contextlib.suppress(errors.ConfigurationError, errors.InvalidInputError):
+                creds = await self._credentials(run.spec)
+            git_auth = creds.git_auth if creds else None
+            handle, info = await backend.attach(run, git_auth=git_auth)
             # Pure: the same command as at launch, for its follow-up format.
-            command = self.adapters[run.spec.agent].build_command(run.spec)
-            redactor = Redactor()
-            with contextlib.suppress(errors.ConfigurationError):  # a broken secrets file
-                redactor = (await self._credentials(run.spec)).redactor
+            base_url = creds.base_url if creds else None
+            command = self.adapters[run.spec.agent].build_command(run.spec, base_url=base_url)
+            redactor = creds.redactor if creds else Redactor()
             await self._attached(run, handle, info, command, redactor)
 
     async def _attached(
