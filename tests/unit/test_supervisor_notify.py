@@ -105,7 +105,7 @@ async def test_a_run_that_succeeds_is_reported_with_its_cost_turns_and_link(
     lines = message["message"].splitlines()
     assert lines == [
         "succeeded: one-off run, agent claude",
-        "$0.00, 1 turn",
+        "$0.0012, 1 turn",
         f"{PUBLIC}/runs/{run.id}",
     ]
 
@@ -253,7 +253,7 @@ def test_for_run_cuts_a_long_error_and_counts_turns() -> None:
     assert note.secrets == ("TEAM",)
     lines = note.body.splitlines()
     assert lines[0] == "lost: nightly, agent claude"
-    assert lines[1] == "$1.23, 12 turns"
+    assert lines[1] == "$1.2340, 12 turns"
     assert len(lines[2]) == len("error: ") + notify.ERROR_CHARS
     assert note.url == f"{PUBLIC}/runs/{run.id}"
     assert note.push_payload()["url"] == f"/runs/{run.id}"
@@ -282,6 +282,18 @@ def test_a_target_shows_its_scheme_and_a_real_host_only(url: str, shown: str) ->
     for bit in secret_bits:
         if bit != host and not bit.startswith(host + ":"):
             assert bit not in masked, (bit, masked)
+
+
+def test_an_estimated_cost_says_so() -> None:
+    settings = make_settings(Path("/nonexistent"))
+    run = models.Run(
+        spec=models.AgentSpec(repo="/r", prompt="p", agent="codex"),
+        status=models.RunStatus.succeeded,
+        cost_usd=0.5,
+    )
+    note = notify.for_run(settings, run)
+    assert note is not None
+    assert note.body.splitlines()[1] == "≈ $0.5000 (estimate)"
 
 
 def test_a_config_refuses_a_url_where_a_secret_name_belongs() -> None:

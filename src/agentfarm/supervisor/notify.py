@@ -19,7 +19,7 @@ from enum import StrEnum
 from typing import Any
 
 from agentfarm import tasks
-from agentfarm.domain import models
+from agentfarm.domain import models, present
 from agentfarm.settings import Settings
 from agentfarm.store.secrets import SecretStore
 from agentfarm.supervisor import apprise_targets
@@ -104,7 +104,7 @@ def for_run(settings: Settings, run: models.Run) -> Notification | None:
     lines = [f"{run.status.value}: {who}, agent {run.spec.agent}"]
     spent = []
     if run.cost_usd is not None:
-        spent.append(f"${run.cost_usd:.2f}")
+        spent.append(present.fmt_cost(run.cost_usd, run.cost_estimated))
     if run.num_turns is not None:
         spent.append(f"{run.num_turns} turn{'s' if run.num_turns != 1 else ''}")
     if spent:
