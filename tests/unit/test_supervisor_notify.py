@@ -296,6 +296,36 @@ def test_an_estimated_cost_says_so() -> None:
     assert note.body.splitlines()[1] == "≈ $0.5000 (estimate)"
 
 
+def test_the_pipeline_s_pull_request_message_links_the_pull_request_and_the_run() -> None:
+    settings = make_settings(Path("/nonexistent"), public_url=PUBLIC)
+    note = notify.for_pull_request(
+        settings, forge="gh", repo="me/app", number=7, pr_number=12,
+        pr_url="https://github.com/me/app/pull/12", run_id="0123456789ab", secrets=("GH_HOOK",),
+    )  # fmt: skip
+    assert note.kind is notify.Kind.pull_request_opened
+    assert note.title == "agentfarm: pull request #12 for me/app#7"
+    assert note.text().splitlines() == [
+        "me/app#7: pull request #12 opened (gh)",
+        f"run: {PUBLIC}/runs/0123456789ab",
+        "https://github.com/me/app/pull/12",
+    ]
+    assert note.forge == "gh" and note.secrets == ("GH_HOOK",)
+
+
+async def test_a_secret_a_config_names_but_nobody_stored_is_skipped_with_a_warning(
+    store: Store,
+    supervisor: Callable[..., Supervisor],
+    endpoint: JsonEndpoint,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    sup = supervisor(notify_urls=endpoint.url("/farm"))
+    run = await run_once(sup, store, notify_secrets=["NOT_STORED"])
+    assert run.status is models.RunStatus.succeeded
+    [got] = await asyncio.to_thread(endpoint.wait_for, 1)
+    assert got.path == "/farm"
+    assert "no secret named NOT_STORED" in caplog.text
+
+
 def test_a_config_refuses_a_url_where_a_secret_name_belongs() -> None:
     with pytest.raises(ValueError, match="name of a stored secret, not a URL"):
         models.AgentSpec(repo="/r", notify_secrets=["slack://a/b/c"])

@@ -125,6 +125,33 @@ def for_run(settings: Settings, run: models.Run) -> Notification | None:
     )
 
 
+def for_pull_request(
+    settings: Settings,
+    *,
+    forge: str,
+    repo: str,
+    number: int,
+    pr_number: int,
+    pr_url: str,
+    run_id: str | None = None,
+    secrets: tuple[str, ...] = (),
+) -> Notification:
+    """The message the pipeline sends when it opened a pull request for an issue; it links to
+    the pull request (the run's page is one tap away from there, and in Web Push)."""
+    lines = [f"{repo}#{number}: pull request #{pr_number} opened ({forge})"]
+    if run_id and settings.public_url:
+        lines.append(f"run: {run_link(settings, run_id)}")
+    return Notification(
+        kind=Kind.pull_request_opened,
+        title=f"agentfarm: pull request #{pr_number} for {repo}#{number}",
+        body="\n".join(lines),
+        url=pr_url,
+        run_id=run_id,
+        forge=forge,
+        secrets=secrets,
+    )
+
+
 class Notifier:
     def __init__(
         self, settings: Settings, secrets: SecretStore, push: WebPush | None = None

@@ -41,7 +41,10 @@ def load_or_create_key(path: Path) -> Any:
     vapid = Vapid02()
     vapid.generate_keys()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another server on this data directory made it meanwhile
+        return Vapid02.from_file(str(path))
     with os.fdopen(fd, "wb") as fh:
         fh.write(vapid.private_pem())
     return vapid
