@@ -57,3 +57,21 @@ def test_a_finished_run_sends_one_message_with_its_link_and_a_hanging_target_hol
         endpoint.release()
         srv.stop()
     assert [r.path for r in endpoint.received].count("/hook") == 1
+
+
+def test_the_cli_lists_the_targets_and_sends_a_test(tmp_path: Path, endpoint: JsonEndpoint) -> None:
+    env = {"AGENTFARM_NOTIFY_URLS": endpoint.url("/hook/cli-secret-token-9")}
+    srv = Server(tmp_path / "data", env, tmp_path / "server.log").start()
+    try:
+        listed = srv.cli("notify", "ls")
+        assert listed.returncode == 0, listed.stderr
+        assert "json://127.0.0.1  (from AGENTFARM_NOTIFY_URLS)" in listed.stdout
+        assert "cli-secret-token-9" not in listed.stdout
+        tested = srv.cli("notify", "test")
+        assert tested.returncode == 0, tested.stdout + tested.stderr
+        assert tested.stdout.strip() == "json://127.0.0.1: sent"
+        [got] = endpoint.wait_for(1)
+        assert got.json()["title"] == "agentfarm: test notification"
+    finally:
+        srv.stop()
+    assert "cli-secret-token-9" not in (tmp_path / "server.log").read_text()
