@@ -22,6 +22,7 @@ from agentfarm.store.secrets import SecretStore
 from tests.fakes.json_endpoint import JsonEndpoint
 
 from .test_web_roles import bearer, new_token
+from .test_web_scopes import api_token
 from .web_helpers import cockpit, login, page_csrf
 
 SECRET_PATH = "/hook/very-secret-token-123"
@@ -106,6 +107,27 @@ async def test_only_admins_send_a_test(tmp_path: Path) -> None:
         csrf = await page_csrf(browser, "/settings")
         hx = {"HX-Request": "true", "X-CSRF-Token": csrf}
         assert (await browser.post("/settings/notifications/test", headers=hx)).status_code == 403
+
+
+async def test_an_admins_token_without_the_admin_scope_sends_no_test(tmp_path: Path) -> None:
+    async with cockpit(tmp_path) as cp:
+        await cp.add_user("ada")  # an admin
+        async with bearer(cp, await api_token(cp, "ada", "operate")) as operate:
+            refused = await operate.post("/api/notifications/test")
+            assert refused.status_code == 403
+            assert "missing scope `admin`" in refused.json()["error"]["message"]
+            made = await operate.post(
+                "/api/push/subscriptions",
+                json=Browser().subscription("https://push.example.org/send/abc"),
+            )
+            assert made.status_code == 201, made.text  # subscribing is operating
+            gone = await operate.request(
+                "DELETE", "/api/push/subscriptions",
+                json={"endpoint": "https://push.example.org/send/abc"},
+            )  # fmt: skip
+            assert gone.status_code == 204  # (a test would push to it: tests stay on loopback)
+        async with bearer(cp, await api_token(cp, "ada", "admin")) as admin:
+            assert (await admin.post("/api/notifications/test")).status_code == 200
 
 
 async def test_the_settings_page_s_test_button_shows_the_outcome_inline(
