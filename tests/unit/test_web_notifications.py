@@ -65,8 +65,11 @@ async def test_targets_are_listed_by_scheme_and_host_and_a_test_reaches_them(
     tmp_path: Path, endpoint: JsonEndpoint, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
+    dead = JsonEndpoint()
+    dead_url = dead.url("/dead/dead-secret-token-456")
+    dead.close()  # nothing listens there any more
     SecretStore(tmp_path / "secrets.json").set(
-        "NOTIFY_URLS", f"{endpoint.url(SECRET_PATH)} tgram://123456789:AAbbccddeeffgg/5555"
+        "NOTIFY_URLS", f"{endpoint.url(SECRET_PATH)} {dead_url}"
     )
     async with cockpit(tmp_path, notify_urls=endpoint.url("/farm")) as cp:
         listed = await cp.api.get("/api/notifications")
@@ -75,13 +78,12 @@ async def test_targets_are_listed_by_scheme_and_host_and_a_test_reaches_them(
         assert body["targets"] == [
             {"target": "json://127.0.0.1", "source": "AGENTFARM_NOTIFY_URLS"},
             {"target": "json://127.0.0.1", "source": "NOTIFY_URLS"},
-            {"target": "tgram://", "source": "NOTIFY_URLS"},
+            {"target": "json://127.0.0.1", "source": "NOTIFY_URLS"},
         ]
         assert "run_stopped" not in body["events"]
         tested = await cp.api.post("/api/notifications/test")
         assert tested.status_code == 200, tested.text
         result = tested.json()
-        # The Telegram bot token is made up: that send fails, the two local ones arrive.
         assert (result["sent"], result["failed"]) == (2, 1)
         assert [o["ok"] for o in result["outcomes"]] == [True, True, False]
         got = await asyncio.to_thread(endpoint.wait_for, 2)
@@ -89,7 +91,17 @@ async def test_targets_are_listed_by_scheme_and_host_and_a_test_reaches_them(
         assert got[0].json()["title"] == "agentfarm: test notification"
         for text in (listed.text, tested.text, caplog.text):
             assert "very-secret-token-123" not in text
-            assert "AAbbccddeeffgg" not in text
+            assert "dead-secret-token-456" not in text
+
+
+async def test_a_target_whose_host_is_its_token_is_listed_by_scheme_only(tmp_path: Path) -> None:
+    # Listing sends nothing: no request leaves the machine.
+    urls = "tgram://123456789:AAbbccddeeffgg/5555 discord://1234567/abcdefTOKEN"
+    async with cockpit(tmp_path, notify_urls=urls) as cp:
+        listed = await cp.api.get("/api/notifications")
+        assert [t["target"] for t in listed.json()["targets"]] == ["tgram://", "discord://"]
+        assert "AAbbccddeeffgg" not in listed.text and "abcdefTOKEN" not in listed.text
+        assert "123456789" not in listed.text
 
 
 async def test_only_admins_send_a_test(tmp_path: Path) -> None:
