@@ -18,6 +18,25 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from agentfarm.domain import pricing
 
+#: Events a notification can be about (``supervisor.notify.Kind`` has them, and ``test``).
+NOTIFY_EVENTS = (
+    "run_finished",
+    "run_failed",
+    "run_stopped",
+    "run_parked",
+    "run_resumed",
+    "budget_reached",
+    "pull_request_opened",
+)
+#: Sent unless ``notify_events`` says otherwise: a stop is a person's own doing.
+DEFAULT_NOTIFY_EVENTS = (
+    "run_finished",
+    "run_failed",
+    "run_parked",
+    "budget_reached",
+    "pull_request_opened",
+)
+
 
 def default_data_dir() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
@@ -146,6 +165,51 @@ class Settings(BaseSettings):
         False, description="Serve `/docs` and `/openapi.json` without authentication."
     )
 
+    # --- notifications -------------------------------------------------------------------
+    notify_urls: SecretStr | None = Field(
+        None,
+        description="Apprise URLs told of every run (comma- or space-separated), e.g. "
+        "`ntfys://ntfy.sh/my-topic`; also read from the secret NOTIFY_URLS (`agentfarm secret "
+        "set NOTIFY_URLS ...`). A config adds its own with `notify_secrets`.",
+    )
+    notify_events: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_NOTIFY_EVENTS),
+        description="Comma-separated events that are sent: `run_finished`, `run_failed`, "
+        "`run_stopped`, `run_parked`, `run_resumed`, `budget_reached`, `pull_request_opened`.",
+    )
+    notify_timeout_seconds: float = Field(
+        15.0, gt=0, le=300, description="Time limit of one notification to one target."
+    )
+    push_contact: str | None = Field(
+        None,
+        description="Contact push services see for Web Push (VAPID `sub`): `mailto:...` or "
+        "`https://...`; default: `public_url`, else `mailto:agentfarm@localhost`.",
+        pattern=r"^(mailto:[^\s]+|https://[^\s]+)$",
+    )
+    push_allow_http: bool = Field(
+        False,
+        description="Accept `http://` Web Push endpoints (tests, a push service on a private "
+        "network); browsers' push services are `https://`.",
+    )
+
+    @field_validator("notify_events", mode="before")
+    @classmethod
+    def _split_events(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in re.split(r"[,\s]+", value) if item.strip()]
+        return value
+
+    @field_validator("notify_events")
+    @classmethod
+    def _check_events(cls, value: list[str]) -> list[str]:
+        for item in value:
+            if item not in NOTIFY_EVENTS:
+                raise ValueError(
+                    f"notify_events: {item!r} is not an event; choose from "
+                    + ", ".join(NOTIFY_EVENTS)
+                )
+        return value
+
     @field_validator("model_prices")
     @classmethod
     def _lower_models(cls, value: dict[str, pricing.ModelPrice]) -> dict[str, pricing.ModelPrice]:
@@ -256,6 +320,10 @@ class Settings(BaseSettings):
     @property
     def runs_dir(self) -> Path:
         return self.data_dir / "runs"
+
+    @property
+    def vapid_key_path(self) -> Path:
+        return self.data_dir / "vapid_private.pem"
 
     def ensure_dirs(self) -> None:
         # 0711: the sandbox uid must traverse to its own workspace, but may not list anything.

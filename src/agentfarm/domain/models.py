@@ -157,6 +157,13 @@ class AgentSpec(_Strict):
         validate_default=True,
         description="For `agent: command` only: `{argv: [...], prompt: stdin|argument|none}`.",
     )
+    notify_secrets: list[str] = Field(
+        default_factory=list,
+        max_length=20,
+        description="Names of stored secrets (`agentfarm secret set NAME`), each holding Apprise "
+        "URLs (comma- or space-separated) told of this config's runs besides the farm-wide "
+        "ones. Names, not URLs: a URL carries its service's token.",
+    )
     git_token_secret: str | None = Field(
         None,
         pattern=SECRET_NAME_RE.pattern,
@@ -205,6 +212,22 @@ class AgentSpec(_Strict):
             if key in RESERVED_ENV:
                 raise ValueError(
                     f"{key} is set by agentfarm; store credentials with `agentfarm secret set`"
+                )
+        return value
+
+    @field_validator("notify_secrets")
+    @classmethod
+    def _check_notify_secrets(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if "://" in name:
+                raise ValueError(
+                    "give the name of a stored secret, not a URL (it carries a token and would "
+                    "be shown with the config): `agentfarm secret set NOTIFY_TEAM '<url>'`, "
+                    "then `notify_secrets: [NOTIFY_TEAM]`"
+                )
+            if not SECRET_NAME_RE.match(name):
+                raise ValueError(
+                    f"{name!r} is not a secret name: use letters, digits and _ (e.g. NOTIFY_TEAM)"
                 )
         return value
 

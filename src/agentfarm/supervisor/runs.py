@@ -23,9 +23,9 @@ from agentfarm.backends.base import Backend, LaunchInfo, RunHandle
 from agentfarm.domain import diffs, errors, launch, models
 from agentfarm.domain.redact import Redactor
 from agentfarm.settings import Settings
-from agentfarm.store import Store
+from agentfarm.store import Store, push
 from agentfarm.store.secrets import SecretStore
-from agentfarm.supervisor import credentials, dispatch, events, ingest
+from agentfarm.supervisor import credentials, dispatch, events, ingest, notify, webpush
 from agentfarm.supervisor.hub import Hub
 from agentfarm.supervisor.retention import Retention
 
@@ -40,6 +40,8 @@ class Supervisor:
         secrets: SecretStore,
         backends: Mapping[str, Backend],
         adapters: Mapping[str, AgentAdapter],
+        *,
+        notifier: notify.Notifier | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -48,6 +50,9 @@ class Supervisor:
         self.adapters = dict(adapters)
         self.hub = Hub(store)
         self.retention = Retention(store, self.backends, settings.retention_hours)
+        self.notifier = notifier or notify.Notifier(
+            settings, secrets, webpush.WebPush(settings, push.PushSubscriptions(store.database))
+        )
         self._tasks: set[asyncio.Task[Any]] = set()
         self._handles: dict[str, RunHandle] = {}
         #: Each followed run's command: how to send it a follow-up.
@@ -59,6 +64,7 @@ class Supervisor:
 
     # --- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
+        await self.notifier.start()
         for run in await self.store.active_runs():
             if run.status != models.RunStatus.queued:
                 self.dispatcher.active.add(run.id)
@@ -71,6 +77,7 @@ class Supervisor:
     async def close(self) -> None:
         """Stop watching; the agents themselves keep running and are reattached next start."""
         await tasks.stop(list(self._tasks))
+        await self.notifier.close()
 
     # --- public operations ---------------------------------------------------------------
     async def submit(
@@ -211,6 +218,18 @@ class Supervisor:
             run_id, drafts, cursor=cursor, run_fields=run_fields
         )
         await self.hub.publish(run_id, stored, final=final)
+        if final:
+            await self._announce(run_id)
+
+    async def _announce(self, run_id: str) -> None:
+        """Tell the notification targets that the run ended (in the background: a slow or
+        failing notifier never holds up or changes the run)."""
+        try:
+            note = notify.for_run(self.settings, await self.store.get_run(run_id))
+            if note is not None:
+                await self.notifier.notify(note)
+        except Exception:
+            log.warning("run %s: could not send its notification", run_id, exc_info=True)
 
     async def _finish_without_agent(
         self, run: models.Run, status: models.RunStatus, error: str | None

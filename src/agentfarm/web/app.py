@@ -17,7 +17,16 @@ from agentfarm.store import Store
 from agentfarm.store.pipeline import PipelineStore
 from agentfarm.store.secrets import SecretStore
 from agentfarm.supervisor.runs import Supervisor
-from agentfarm.web import api, api_forges, apidocs, orchestration, pages, tokens, webhooks
+from agentfarm.web import (
+    api,
+    api_forges,
+    apidocs,
+    notifications,
+    orchestration,
+    pages,
+    tokens,
+    webhooks,
+)
 from agentfarm.web import errors as web_errors
 from agentfarm.web.bodylimit import BodySizeLimit
 from agentfarm.web.hosts import HostAllowList
@@ -108,5 +117,6 @@ def create_app(
     app.include_router(api_forges.router)
     app.include_router(tokens.router)
     app.include_router(orchestration.router)
+    app.include_router(notifications.router)
     pages.install(app)
     return app
