@@ -22,7 +22,7 @@ import re
 import signal as signals
 from typing import Any
 
-from agentfarm.agents import capping, jsonlines
+from agentfarm.agents import capping, jsonlines, pricing
 from agentfarm.agents.jsonlines import as_dict, as_int, as_number, as_str, signal_name, system_event
 from agentfarm.domain import models
 
@@ -49,6 +49,8 @@ class ClaudeStreamParser(jsonlines.JsonLinesParser):
         #: starts counting from zero again).
         self._cost_base = 0.0
         self._cost_latest = 0.0
+        #: Each assistant message's estimated cost (its lines repeat its usage).
+        self._message_cost: dict[str, float] = {}
 
     # -- input --
 
@@ -86,6 +88,7 @@ class ClaudeStreamParser(jsonlines.JsonLinesParser):
         content = message.get("content")
         if isinstance(content, str):
             content = [{"type": "text", "text": content}]
+        self._estimate(message_id, message)
         if not isinstance(content, list):
             return [system_event(obj, "assistant")]
         drafts = []
@@ -94,6 +97,17 @@ class ClaudeStreamParser(jsonlines.JsonLinesParser):
             self._blocks[message_id] = index + 1
             drafts.append(_assistant_block(message_id, index, as_dict(block)))
         return drafts
+
+    def _estimate(self, message_id: str, message: dict[str, Any]) -> None:
+        """A turn per new message id; its cost from its usage at list prices."""
+        if message_id not in self._message_cost:
+            self.summary.live_turns += 1
+        if "usage" not in message:
+            self._message_cost.setdefault(message_id, 0.0)
+            return
+        cost = pricing.cost(as_str(message.get("model")), _usage(message.get("usage")))
+        self._message_cost[message_id] = max(cost, self._message_cost.get(message_id, 0.0))
+        self.summary.live_cost_usd = sum(self._message_cost.values())
 
     def _user(self, obj: dict[str, Any]) -> list[models.EventDraft]:
         content = as_dict(obj.get("message")).get("content")
@@ -149,6 +163,7 @@ class ClaudeStreamParser(jsonlines.JsonLinesParser):
     ) -> None:
         summary = self.summary
         summary.saw_result = True
+        summary.result_subtype = data["subtype"]
         if cost is not None:
             if cost < self._cost_latest:  # a new process: its count restarted at zero
                 self._cost_base += self._cost_latest
