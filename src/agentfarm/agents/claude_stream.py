@@ -22,7 +22,7 @@ import re
 import signal as signals
 from typing import Any
 
-from agentfarm.agents import capping, jsonlines, pricing
+from agentfarm.agents import capping, claude_pricing, jsonlines
 from agentfarm.agents.jsonlines import as_dict, as_int, as_number, as_str, signal_name, system_event
 from agentfarm.domain import models
 
@@ -105,7 +105,7 @@ class ClaudeStreamParser(jsonlines.JsonLinesParser):
         if "usage" not in message:
             self._message_cost.setdefault(message_id, 0.0)
             return
-        cost = pricing.cost(as_str(message.get("model")), _usage(message.get("usage")))
+        cost = claude_pricing.cost(as_str(message.get("model")), _usage(message.get("usage")))
         self._message_cost[message_id] = max(cost, self._message_cost.get(message_id, 0.0))
         self.summary.live_cost_usd = sum(self._message_cost.values())
 

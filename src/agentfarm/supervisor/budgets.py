@@ -25,10 +25,11 @@ from agentfarm.supervisor.queue import Holds
 # --- a run's own budgets -------------------------------------------------------------------
 
 
-def spent(summary: Summary) -> float | None:
-    """What the run has cost: the agent's own figure, or the estimate when that is higher
-    (the figure arrives only with a result)."""
-    figures = [c for c in (summary.cost_usd, summary.live_cost_usd) if c is not None]
+def spent(summary: Summary, cost: float | None = None) -> float | None:
+    """What the run has cost: the agent's own figure, the run's (``cost``: estimated from
+    tokens for an agent that reports no dollars), or the streamed estimate when that is
+    higher (the agent's figure arrives only with a result)."""
+    figures = [c for c in (summary.cost_usd, summary.live_cost_usd, cost) if c is not None]
     return max(figures) if figures else None
 
 
@@ -36,9 +37,10 @@ def money(value: float) -> str:
     return f"${value:,.2f}"
 
 
-def run_over(spec: models.AgentSpec, summary: Summary) -> str | None:
-    """The reason to stop a run that has crossed its dollar or turn budget, else None."""
-    cost = spent(summary)
+def run_over(spec: models.AgentSpec, summary: Summary, cost: float | None = None) -> str | None:
+    """The reason to stop a run that has crossed its dollar or turn budget, else None.
+    ``cost``: the run's cost as recorded, when the agent reports none of its own."""
+    cost = spent(summary, cost)
     if spec.max_budget_usd is not None and cost is not None and cost >= spec.max_budget_usd:
         return f"budget: {money(cost)} spent of {money(spec.max_budget_usd)}"
     turns = max(summary.num_turns or 0, summary.live_turns)

@@ -1,4 +1,4 @@
-"""What a model's tokens cost, to estimate a run's spend while it streams (pure).
+"""What Claude models' tokens cost, to estimate a run's spend while it streams (pure).
 
 Claude Code reports its own figure (``total_cost_usd``) only in a ``result``; until then
 agentfarm estimates from each assistant message's ``usage`` so a budget holds in the middle
