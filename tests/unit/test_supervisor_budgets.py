@@ -14,6 +14,7 @@ import pytest
 
 from agentfarm.agents.claude import ClaudeAdapter
 from agentfarm.agents.claude_stream import ClaudeStreamParser
+from agentfarm.agents.codex import CodexAdapter
 from agentfarm.backends.base import ExitInfo
 from agentfarm.backends.fake import FakeBackend, Step
 from agentfarm.domain import errors, models
@@ -24,6 +25,7 @@ from agentfarm.store.stats import RunStats
 from agentfarm.supervisor import budgets, spend
 from agentfarm.supervisor.runs import Supervisor
 from tests.unit.conftest import AppFactory, make_settings
+from tests.unit.test_supervisor_codex import COST, PRICES, RECORDED
 from tests.unit.test_supervisor_runs import ended, has_status, slow_script
 
 
@@ -322,3 +324,27 @@ async def test_the_api_and_the_dashboard_show_spend(app_client: AppFactory) -> N
         assert page.status_code == 200
         assert 'class="spend-chart"' in page.text and "<rect" in page.text
         assert "today $0.0000 of $4.0000" in page.text
+
+
+async def test_a_dollar_budget_holds_for_an_agent_that_reports_tokens_only(
+    tmp_path: Path, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AGENTFARM_MODEL_PRICES", PRICES)
+    recorded = [Step("stdout", x) for x in RECORDED.read_bytes().splitlines()]
+    backend = FakeBackend(then_busy(*recorded))
+    settings = make_settings(
+        tmp_path / "data", openai_base_url="http://127.0.0.1:9/v1", codex_api_key="sk-codex-0123456"
+    )
+    sup = Supervisor(settings, store, SecretStore(settings.secrets_path), {"local": backend},
+                     {"codex": CodexAdapter()})  # fmt: skip
+    try:
+        await sup.start()
+        spec = models.AgentSpec(
+            repo="/srv/repo", prompt="p", agent="codex", model="gpt-test", max_budget_usd=1.0
+        )
+        done = await ended(store, (await sup.submit(spec)).id)
+    finally:
+        await sup.close()
+        await backend.shutdown()
+    assert done.status is models.RunStatus.stopped
+    assert done.error == f"budget: ${COST:,.2f} spent of $1.00"
