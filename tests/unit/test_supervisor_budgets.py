@@ -201,6 +201,11 @@ def test_the_claude_parser_estimates_cost_and_counts_turns_while_streaming() -> 
     # The repeated message counts once, at its highest usage: $3 + 15e-6, then b's 45e-6.
     assert parser.summary.live_cost_usd == pytest.approx(3.0 + 15e-6 + 45e-6)
     assert parser.summary.cost_usd is None  # the agent's own figure comes with its result
+    result = {"type": "result", "subtype": "success", "total_cost_usd": 2.5, "usage": {}}
+    parser.feed_stdout(json.dumps(result).encode())
+    assert parser.summary.live_cost_usd == 2.5  # the agent's figure replaces the estimate
+    parser.feed_stdout(assistant("c", input_tokens=1_000_000).data)
+    assert parser.summary.live_cost_usd == pytest.approx(2.5 + 3.0 + 15e-6)
 
 
 def test_budget_reasons() -> None:

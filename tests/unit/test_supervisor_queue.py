@@ -4,6 +4,7 @@ queue's length is limited (429) and nothing running is ever evicted."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from pathlib import Path
@@ -278,3 +279,13 @@ async def test_the_api_shows_the_queue_and_answers_429_over_its_limit(
         assert bad.status_code == 422
         for r in (second, first):
             await client.post(f"/api/runs/{r['id']}/stop", headers=AUTH)
+
+
+async def test_launches_racing_for_the_last_places_never_overfill_the_queue(
+    store: Store, supervisors: Callable[..., Supervisor]
+) -> None:
+    sup = supervisors(max_queued_runs=2)  # not started: every run stays queued
+    results = await asyncio.gather(*(sup.submit(spec()) for _ in range(6)), return_exceptions=True)
+    refused = [r for r in results if isinstance(r, errors.LimitReachedError)]
+    assert len(refused) == 4 and len(results) - len(refused) == 2
+    assert len(await store.list_runs(statuses=[models.RunStatus.queued])) == 2

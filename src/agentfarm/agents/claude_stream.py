@@ -49,8 +49,10 @@ class ClaudeStreamParser(jsonlines.JsonLinesParser):
         #: starts counting from zero again).
         self._cost_base = 0.0
         self._cost_latest = 0.0
-        #: Each assistant message's estimated cost (its lines repeat its usage).
+        #: Each assistant message's estimated cost (its lines repeat its usage), and their sum
+        #: when the agent last reported its own figure: the estimate adds only what came after.
         self._message_cost: dict[str, float] = {}
+        self._estimated_at_result = 0.0
 
     # -- input --
 
@@ -107,7 +109,8 @@ class ClaudeStreamParser(jsonlines.JsonLinesParser):
             return
         cost = claude_pricing.cost(as_str(message.get("model")), _usage(message.get("usage")))
         self._message_cost[message_id] = max(cost, self._message_cost.get(message_id, 0.0))
-        self.summary.live_cost_usd = sum(self._message_cost.values())
+        since_result = sum(self._message_cost.values()) - self._estimated_at_result
+        self.summary.live_cost_usd = (self.summary.cost_usd or 0.0) + since_result
 
     def _user(self, obj: dict[str, Any]) -> list[models.EventDraft]:
         content = as_dict(obj.get("message")).get("content")
@@ -169,6 +172,8 @@ class ClaudeStreamParser(jsonlines.JsonLinesParser):
                 self._cost_base += self._cost_latest
             self._cost_latest = cost
             summary.cost_usd = self._cost_base + cost
+            summary.live_cost_usd = summary.cost_usd
+            self._estimated_at_result = sum(self._message_cost.values())
         # usage and num_turns are per result (per user message), so they add up.
         summary.usage = models.Usage(
             **{

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from agentfarm.domain import models
-from agentfarm.store import db
+from agentfarm.domain import errors, models
+from agentfarm.store import db, mapping
 from agentfarm.store.mapping import dump_time
 
 #: The run's origin inside the spec column's JSON (``mapping.RUN_IN_SPEC``).
@@ -36,6 +36,30 @@ class RunStats:
 
     def __init__(self, database: db.Database) -> None:
         self._db = database
+
+    async def create_queued(self, run: models.Run, *, limit: int) -> int | None:
+        """Insert the queued ``run`` unless ``limit`` runs already wait: the count and the
+        insert in one transaction, so that launches racing each other cannot overfill the
+        queue. Returns None when inserted, else how many wait."""
+        row = mapping.run_to_row(run)
+        columns = ", ".join(mapping.RUN_COLUMNS)
+        sql = f"INSERT INTO runs ({columns}) VALUES ({', '.join('?' * len(row))})"  # noqa: S608
+
+        def insert(conn: sqlite3.Connection) -> int | None:
+            count = int(
+                conn.execute(
+                    "SELECT COUNT(*) FROM runs WHERE status = ?", (models.RunStatus.queued.value,)
+                ).fetchone()[0]
+            )
+            if count >= limit:
+                return count
+            try:
+                conn.execute(sql, row)
+            except sqlite3.IntegrityError as exc:
+                raise errors.ConflictError(f"a run with id {run.id} already exists") from exc
+            return None
+
+        return await self._db.write(insert)
 
     async def queued_count(self) -> int:
         def count(conn: sqlite3.Connection) -> int:

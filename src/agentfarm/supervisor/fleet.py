@@ -37,11 +37,16 @@ class Fleet:
 
     # --- admission -------------------------------------------------------------------------
     async def admit(self, config: models.AgentConfig | None) -> None:
-        """Refuse a launch (429) over the queue's length or, when so configured, while a
-        budget it falls under is reached. Nothing running is touched."""
+        """Refuse a launch (429), when so configured, while a budget it falls under is
+        reached."""
+        await self.budgets.admit(config)
+
+    async def enqueue(self, run: models.Run) -> None:
+        """Store the queued ``run``, or refuse it (429) when the queue is full. Nothing
+        running (or queued) is touched to make room."""
         limit = self.settings.max_queued_runs
-        count = await self.stats.queued_count()
-        if count >= limit:
+        count = await self.stats.create_queued(run, limit=limit)
+        if count is not None:
             raise errors.LimitReachedError(
                 f"the queue is full: {count} runs wait in `queued` and the limit is {limit} "
                 "(AGENTFARM_MAX_QUEUED_RUNS); launch again once some have started, or stop "
@@ -50,7 +55,6 @@ class Fleet:
                 limit=limit,
                 count=count,
             )
-        await self.budgets.admit(config)
 
     # --- the queue -------------------------------------------------------------------------
     async def plan(self, launching: Collection[str]) -> queue.Plan:

@@ -116,7 +116,7 @@ class Supervisor:
             origin=origin,
         )
         run.branch = branch or launch.branch_name(run.id)
-        await self.store.create_run(run)
+        await self.fleet.enqueue(run)
         await self._append(run.id, [events.status_event(models.RunStatus.queued)])
         self.dispatcher.wake()
         return run
