@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from pathlib import Path
 
+import pydantic
 import pytest
 
 from agentfarm.agents.claude import ClaudeAdapter
@@ -289,3 +290,11 @@ async def test_launches_racing_for_the_last_places_never_overfill_the_queue(
     refused = [r for r in results if isinstance(r, errors.LimitReachedError)]
     assert len(refused) == 4 and len(results) - len(refused) == 2
     assert len(await store.list_runs(statuses=[models.RunStatus.queued])) == 2
+
+
+def test_per_backend_caps_read_from_the_environment(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, max_concurrent_per_backend="local=4, kubernetes=20")
+    assert queue.Caps.of(settings).per_backend == {"local": 4, "kubernetes": 20}
+    for bad, words in (("local", "is not `backend=number`"), ("local=0", "1 or more")):
+        with pytest.raises(pydantic.ValidationError, match=words):
+            make_settings(tmp_path, max_concurrent_per_backend=bad)
