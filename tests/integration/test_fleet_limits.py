@@ -100,6 +100,12 @@ def test_a_dollar_budget_crossed_mid_run_stops_it_with_the_reason(
     # --max-budget-usd would only look after the tool).
     assert notices[-1] == f"{run['error']}: stopping the agent"
     assert tools == ["Bash"]
+    # What it cost counts toward the day's spend, though the CLI never reported a figure.
+    assert run["cost_usd"] >= 0.5
+    with server.client() as c:
+        assert c.get("/api/spend").json()["today_usd"] == pytest.approx(run["cost_usd"])
+    shown = server.cli("spend")
+    assert f"today ${run['cost_usd']:.4f}" in shown.stdout, shown.stdout + shown.stderr
 
 
 def test_a_queue_over_its_limit_answers_429_and_evicts_nothing(

@@ -136,6 +136,7 @@ async def test_a_run_over_its_dollar_budget_is_stopped_with_the_budget_named(
     done = await ended(store, run.id)
     assert done.status is models.RunStatus.stopped
     assert done.error == "budget: $0.60 spent of $0.50"
+    assert done.cost_usd == pytest.approx(0.6 + 15e-6)  # the estimate counts toward spend
     assert "budget: $0.60 spent of $0.50: stopping the agent" in await notices(store, run.id)
     assert backend.runs[run.id].stop_requested
     assert "--max-budget-usd" in backend.commands[run.id].argv
