@@ -44,6 +44,7 @@ app.command()(runs.stop)
 app.command("rm")(runs.remove_run)
 app.command()(runs.send)
 app.command()(runs.show)
+app.command()(runs.spend)
 
 
 def main() -> None:

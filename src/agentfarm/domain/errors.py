@@ -46,3 +46,14 @@ class StatusConflictError(ConflictError):
         super().__init__(message)
         #: The run's status as stored (a ``RunStatus`` value).
         self.current = current
+
+
+class LimitReachedError(AgentfarmError, RuntimeError):
+    """A launch refused by a limit (the queue's length, a day or month budget): HTTP 429.
+    ``code`` names the limit; ``details`` (the limit, the current count, when it resets) go
+    into the error body beside the message."""
+
+    def __init__(self, message: str, *, code: str, **details: object) -> None:
+        super().__init__(message)
+        self.code = code
+        self.details = details

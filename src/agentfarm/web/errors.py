@@ -45,6 +45,9 @@ def error_body(code: str, message: str, **extra: object) -> dict[str, object]:
 def install(app: FastAPI) -> None:
     @app.exception_handler(errors.AgentfarmError)
     async def _domain(_: Request, exc: errors.AgentfarmError) -> JSONResponse:
+        if isinstance(exc, errors.LimitReachedError):
+            body = error_body(exc.code, str(exc), **exc.details)
+            return JSONResponse(body, status_code=429)
         for kind, status, code in STATUS:
             if isinstance(exc, kind):
                 return JSONResponse(error_body(code, str(exc)), status_code=status)
