@@ -178,6 +178,7 @@ def test_with_replays_a_message_taken_mid_turn_ends_with_that_turn(
 ) -> None:
     pod = Pod(tmp_path, window=0, first="slow", replays=True)
     pods.append(pod)
+    assert pod.next() == ("O", '{"type": "user", "isReplay": true}')  # it took "slow"
     assert pod.send("two") == {"ok": True}
     assert pod.result() == "slow+two"  # one turn answered both
     assert pod.proc.wait(timeout=GUARD) == 0  # nothing left unread: stdin closed

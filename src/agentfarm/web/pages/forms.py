@@ -50,6 +50,15 @@ PATTERN_WORDS = {
 #: The command agent's form fields, by the CommandSpec field each one sets.
 COMMAND_FIELDS = {"argv": "command_argv", "prompt": "command_prompt"}
 
+#: Budgets and caps, each a number or empty (docs/fleet.md).
+LIMIT_FIELDS = (
+    "max_budget_usd",
+    "max_minutes",
+    "max_concurrent",
+    "daily_budget_usd",
+    "monthly_budget_usd",
+)
+
 FIELDS = (
     "name",
     "agent",
@@ -61,6 +70,7 @@ FIELDS = (
     "permission_mode",
     "max_turns",
     "followup_window_seconds",
+    *LIMIT_FIELDS,
     "allowed_tools",
     "disallowed_tools",
     "append_system_prompt",
@@ -123,6 +133,7 @@ def values_of(cfg: models.ConfigIn | None) -> dict[str, str]:
         "permission_mode": cfg.permission_mode,
         "max_turns": str(cfg.max_turns or ""),
         "followup_window_seconds": str(cfg.followup_window_seconds or ""),
+        **{name: _text(getattr(cfg, name)) for name in LIMIT_FIELDS},
         "allowed_tools": "\n".join(cfg.allowed_tools),
         "disallowed_tools": "\n".join(cfg.disallowed_tools),
         "append_system_prompt": cfg.append_system_prompt or "",
@@ -232,6 +243,8 @@ def parse_config(
     body["disallowed_tools"] = _lines(values, "disallowed_tools")
     body["max_turns"] = values.get("max_turns", "").strip() or None
     body["followup_window_seconds"] = values.get("followup_window_seconds", "").strip() or 0
+    for name in LIMIT_FIELDS:
+        body[name] = values.get(name, "").strip() or None
     env: dict[str, str] = {}
     for line in values.get("env", "").splitlines():
         if not line.strip():
