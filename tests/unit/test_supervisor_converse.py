@@ -11,8 +11,10 @@ import pytest
 from agentfarm.agents.claude import ClaudeAdapter
 from agentfarm.agents.codex import CodexAdapter
 from agentfarm.agents.command import CommandAdapter
-from agentfarm.backends.fake import FakeBackend, FakeHandle
-from agentfarm.domain import errors, models
+from agentfarm.backends import fake
+from agentfarm.backends.base import ExitInfo
+from agentfarm.backends.fake import FakeBackend, FakeHandle, Step
+from agentfarm.domain import errors, launch, models
 from agentfarm.store import Store
 from agentfarm.store.secrets import SecretStore
 from agentfarm.supervisor import events
@@ -131,3 +133,31 @@ def test_a_waiting_notice_becomes_a_waiting_event() -> None:
     plain = Record(4, "notice", b"agentfarm.waiting not json")
     (draft,) = events.translate(parser, plain, Redactor())
     assert draft.type == models.EventType.run_notice
+
+
+async def test_the_watchdog_lets_an_agent_wait_through_its_follow_up_window(
+    tmp_path: Path, store: Store
+) -> None:
+    def waits(run: models.Run, command: launch.AgentCommand) -> list[Step]:
+        steps = fake.claude_like_script(run, command)
+        # The result, the window (long), then the agent exits after a while of silence that
+        # is far beyond the watchdog's 0.05 s.
+        notice = Step("notice", launch.waiting_notice(30).encode())
+        return [*steps[:-1], notice, Step("exit", exit=ExitInfo(exit_code=0), delay=0.3)]
+
+    backend = FakeBackend(waits)
+    settings = make_settings(tmp_path / "data", watchdog_seconds=0.05)
+    supervisor = Supervisor(
+        settings, store, SecretStore(settings.secrets_path), {"local": backend},
+        {"claude": ClaudeAdapter()},
+    )  # fmt: skip
+    try:
+        run = await supervisor.submit(models.AgentSpec(repo="/srv/repo", prompt="go"))
+        await supervisor.start()
+        done = await ended(store, run.id)
+        assert done.status is models.RunStatus.succeeded, done.error
+        kinds = [e.type for e in await store.list_events(run.id)]
+        assert models.EventType.run_waiting in kinds
+    finally:
+        await supervisor.close()
+        await backend.shutdown()

@@ -5,7 +5,8 @@ batches, turns them into events with the agent's parser, and stores events and t
 cursor in one transaction (through the supervisor's ``append``) before they are published.
 After a restart the parser is rebuilt by replaying records up to the stored cursor without
 storing them again, so no event is lost or doubled. A watchdog stops an agent that prints
-nothing for ``AGENTFARM_WATCHDOG_SECONDS``.
+nothing for ``AGENTFARM_WATCHDOG_SECONDS`` (while it waits for a follow-up, for at least its
+window and a minute more: that silence is expected).
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from agentfarm.supervisor import budgets, events
 log = logging.getLogger(__name__)
 
 BATCH = 500
+#: Beyond a follow-up window, how long the agent may stay silent (it closes its stdin then).
+WAITING_GRACE = 60.0
 _DONE = object()
 
 
@@ -93,9 +96,14 @@ class Ingest:
         watchdog_fired = False
         last_summary: dict[str, Any] = {}
         pricer = self.pricer
+        #: While the agent waits for a follow-up its silence is expected: the window's length.
+        waiting: float | None = None
         while exit_info is None:
+            quiet = watchdog
+            if watchdog is not None and waiting is not None:
+                quiet = max(watchdog, waiting + WAITING_GRACE)
             try:
-                item = await asyncio.wait_for(queue.get(), timeout=watchdog)
+                item = await asyncio.wait_for(queue.get(), timeout=quiet)
             except TimeoutError:
                 if not watchdog_fired:
                     watchdog_fired = True
@@ -116,6 +124,11 @@ class Ingest:
                     )
                     break
                 new = events.translate(self.parser, entry, self.redactor)
+                if entry.kind in ("stdout", "stderr", "notice"):
+                    waiting = next(
+                        (d.data["seconds"] for d in new if d.type == models.EventType.run_waiting),
+                        None,
+                    )
                 if pricer is not None:
                     new = [pricer.result(d) for d in new]
                 if entry.kind == "exit":
