@@ -178,9 +178,9 @@ def _body(event: models.Event) -> tuple[Markup, str]:
         seconds = float(d.get("seconds") or 0)
         until = event.ts + timedelta(seconds=seconds)
         return Markup(
-            '<span class="waiting">waiting for a follow-up (ends in {} s, at <time datetime="{}">'
-            "{}</time> UTC)</span>"
-        ).format(f"{seconds:g}", until.isoformat(), until.strftime("%H:%M:%S")), ""
+            '<span class="waiting">waiting for a follow-up (ends in {} s, at <time datetime="{}" '
+            'data-until="{}">{}</time> UTC)</span>'
+        ).format(f"{seconds:g}", *[until.isoformat()] * 2, until.strftime("%H:%M:%S")), ""
     if t == models.EventType.user_interrupt:
         return Markup('<span class="muted">you interrupted the turn</span>'), ""
     if t == models.EventType.user_message:

@@ -75,10 +75,24 @@
     events.appendChild(frag);
     stream.dataset.lastSeq = String(lastSeq);
     placeResults(events);
+    showWaiting();
     if (follow) toBottom(); else toLatest.hidden = false;
   }
 
   function setState(text) { liveState.textContent = text; stream.dataset.live = text; }
+
+  // While the agent waits for a follow-up (the latest event says so), the toolbar counts down.
+  const waitingState = document.getElementById("waiting-state");
+  function showWaiting() {
+    const last = events.lastElementChild;
+    const until = last ? last.querySelector("[data-until]") : null;
+    if (!waitingState) return;
+    if (!until || ended) { waitingState.hidden = true; return; }
+    const left = Math.max(0, Math.round((Date.parse(until.dataset.until) - Date.now()) / 1000));
+    waitingState.textContent = "waiting for a follow-up (ends in " + left + " s)";
+    waitingState.hidden = false;
+  }
+  setInterval(showWaiting, 1000);
 
   function connect() {
     retry = null;
