@@ -151,3 +151,26 @@ def test_an_interrupt_ends_the_turn_and_the_run_takes_a_message(
     last = of_type(seen, "agent.result")[-1]
     assert last["result"] == "Did the other thing." and not last["is_error"]
     assert [e["type"] for e in seen].count("user.interrupt") == 1
+
+
+def test_a_run_waiting_for_a_follow_up_survives_a_server_kill9(
+    server: Server, source: Path, scenario: Callable[..., str]
+) -> None:
+    marker = scenario(fake.text("First answer."), fake.text("Second answer."))
+    run = launch(server, source, f"{marker} first question", followup_window_seconds=600)
+    wait_for(server, run["id"], lambda seen: bool(of_type(seen, "run.waiting")))
+    server.kill()  # the agent and its monitor stay; the new server reattaches
+    server.start()
+    assert server.wait_status(run["id"], {"running"})["status"] == "running"
+    sent = server.cli("send", run["id"], "a question after the restart")
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+    wait_for(server, run["id"], lambda seen: len(of_type(seen, "run.waiting")) == 2)
+    with server.client() as c:
+        c.post(f"/api/runs/{run['id']}/stop")
+    server.wait_status(run["id"], {"stopped"}, timeout=GUARD)
+    seen = events(server, run["id"])
+    assert [r["result"] for r in of_type(seen, "agent.result")] == [
+        "First answer.",
+        "Second answer.",
+    ]
+    assert [e["seq"] for e in seen] == list(range(1, len(seen) + 1))
