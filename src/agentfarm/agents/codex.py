@@ -22,8 +22,9 @@ stdin and runs one ``codex exec`` per turn in the same workspace and HOME. Each 
 reaches Codex on its stdin (the prompt argument is ``-``, after ``--``): no size limit of a
 command-line argument, and nothing for Codex to append to the prompt. There is no stdin
 interrupt: stopping is by signal, which the driver passes on. So a turn cannot be interrupted
-without ending the run (the driver reads stdin only between turns, and an interrupted ``codex
-exec`` leaves a thread whose resume was not checked): the API answers 409 and says to stop.
+without ending the run: SIGINT to a running ``codex exec`` (0.169.0) ends it with no
+``turn.failed`` and "failed to record rollout items: thread ... not found" on stderr, so the
+thread is not safe to resume. The API answers 409 and says to stop the run instead.
 
 Credentials: ``CODEX_API_KEY`` in the agent's environment (the supervisor hands on an
 ``OPENAI_API_KEY`` under that name). A ChatGPT-plan login (``$CODEX_HOME/auth.json``) is not
