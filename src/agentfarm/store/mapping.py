@@ -31,6 +31,9 @@ RUN_COLUMNS: tuple[str, ...] = (
     "num_turns",
     "exit_code",
     "error",
+    "parked_until",
+    "warning",
+    "continuation",
 )
 #: Columns of ``runs`` that are not ``Run`` fields.
 RUN_EXTRA_COLUMNS: tuple[str, ...] = ("ingest_cursor",)
@@ -39,8 +42,8 @@ EVENT_COLUMNS: tuple[str, ...] = ("run_id", "seq", "type", "ts", "data")
 
 #: ``Run`` fields ``update_run`` may change.
 UPDATABLE_RUN_FIELDS = frozenset(RUN_COLUMNS) - {"id"}
-_RUN_TIME_FIELDS = frozenset({"created_at", "started_at", "finished_at"})
-_RUN_JSON_FIELDS = frozenset({"spec", "usage"})
+_RUN_TIME_FIELDS = frozenset({"created_at", "started_at", "finished_at", "parked_until"})
+_RUN_JSON_FIELDS = frozenset({"spec", "usage", "continuation"})
 
 
 def dump_time(value: datetime) -> str:
@@ -88,7 +91,7 @@ def run_to_row(run: models.Run) -> tuple[Any, ...]:
 def row_to_run(row: Sequence[Any]) -> models.Run:
     data = dict(zip(RUN_COLUMNS, row, strict=True))
     for name in _RUN_JSON_FIELDS:
-        data[name] = json.loads(data[name])
+        data[name] = json.loads(data[name]) if data[name] is not None else {}
     for name in _RUN_TIME_FIELDS:
         if data[name] is not None:
             data[name] = load_time(data[name])

@@ -25,6 +25,8 @@ class Dispatcher:
         self.tasks = into
         #: Runs with a task of their own (launching, reattaching or followed).
         self.active: set[str] = set()
+        #: Queued runs not to launch yet (their credentials wait for a usage limit to reset).
+        self.hold: Callable[[models.Run], bool] = lambda _run: False
         self._wakeup = asyncio.Event()
 
     def wake(self) -> None:
@@ -46,7 +48,8 @@ class Dispatcher:
                 r
                 for r in await self.store.active_runs()
                 if r.status == models.RunStatus.queued and r.id not in self.active
-            ]
+                and not self.hold(r)
+            ]  # fmt: skip
             for run in queued[:free]:
                 self.active.add(run.id)
                 tasks.spawn(self.launch(run), name=f"run-{run.id}", into=self.tasks)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Any
 
+from agentfarm.agents import usage_limit
 from agentfarm.agents.base import StreamParser
 from agentfarm.backends.base import BranchOutcome, Record
 from agentfarm.domain import models
@@ -54,17 +56,45 @@ def translate(parser: StreamParser, record: Record, redactor: Redactor) -> list[
     return []
 
 
-def summary_fields(parser: StreamParser) -> dict[str, Any]:
-    """The run's figures the parser has so far, as run fields."""
+def summary_fields(parser: StreamParser, base: models.Continuation | None = None) -> dict[str, Any]:
+    """The run's figures the parser has so far, as run fields; ``base`` holds those of the
+    run's earlier agent processes (a resumed agent counts from zero)."""
     s = parser.summary
-    fields: dict[str, Any] = {"usage": s.usage}
+    base = base or models.Continuation()
+    usage = models.Usage(
+        **{
+            name: getattr(s.usage, name) + getattr(base.base_usage, name)
+            for name in models.Usage.model_fields
+        }
+    )
+    fields: dict[str, Any] = {"usage": usage}
     if s.session_id is not None:
         fields["session_id"] = s.session_id
-    if s.cost_usd is not None:
-        fields["cost_usd"] = s.cost_usd
-    if s.num_turns is not None:
-        fields["num_turns"] = s.num_turns
+    if s.cost_usd is not None or base.base_cost_usd is not None:
+        fields["cost_usd"] = (s.cost_usd or 0.0) + (base.base_cost_usd or 0.0)
+    if s.num_turns is not None or base.base_num_turns is not None:
+        fields["num_turns"] = (s.num_turns or 0) + (base.base_num_turns or 0)
+    warning = s.limit_warning
+    fields["warning"] = None if warning is None else warning_sentence(warning)
     return fields
+
+
+def warning_sentence(limit: usage_limit.Limit) -> str:
+    """An ``allowed_warning``, for the run page and the dashboard."""
+    used = f" ({limit.utilization:.0%} used)" if limit.utilization is not None else ""
+    window = (limit.limit_type or "usage").replace("_", "-")
+    resets = ""
+    if limit.resets_at is not None:
+        resets = f"; it resets at {fmt_time(datetime.fromtimestamp(limit.resets_at, UTC))}"
+    return f"the model's {window} limit is close{used}{resets}"
+
+
+def fmt_time(when: datetime) -> str:
+    """``10:10 UTC``, or ``Dec 1 10:10 UTC`` when not today."""
+    when = when.astimezone(UTC)
+    if when.date() == datetime.now(UTC).date():
+        return when.strftime("%H:%M UTC")
+    return f"{when:%b} {when.day} {when:%H:%M} UTC"
 
 
 def redact(draft: models.EventDraft, redactor: Redactor) -> models.EventDraft:

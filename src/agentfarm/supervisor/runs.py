@@ -25,7 +25,7 @@ from agentfarm.domain.redact import Redactor
 from agentfarm.settings import Settings
 from agentfarm.store import Store
 from agentfarm.store.secrets import SecretStore
-from agentfarm.supervisor import credentials, dispatch, events, ingest
+from agentfarm.supervisor import credentials, dispatch, events, ingest, parking, watchdog
 from agentfarm.supervisor.hub import Hub
 from agentfarm.supervisor.retention import Retention
 
@@ -56,11 +56,18 @@ class Supervisor:
         self.dispatcher = dispatch.Dispatcher(
             store, settings.max_concurrent_runs, self._launch, self._tasks
         )
+        self.parking = parking.Parking(
+            settings, store, self.backends, self.adapters, self._append,
+            self._resume_parked, self.dispatcher.wake, self._tasks,
+        )  # fmt: skip
+        self.dispatcher.hold = self.parking.held
 
     # --- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
-        for run in await self.store.active_runs():
-            if run.status != models.RunStatus.queued:
+        active = await self.store.active_runs()
+        self.parking.restore(active)
+        for run in active:
+            if run.status not in (models.RunStatus.queued, models.RunStatus.parked):
                 self.dispatcher.active.add(run.id)
                 tasks.spawn(self._resume(run), name=f"resume-{run.id}", into=self._tasks)
         tasks.spawn(self.dispatcher.run_forever(), name="dispatch", into=self._tasks)
@@ -97,11 +104,15 @@ class Supervisor:
         if not spec.prompt.strip():
             raise errors.InvalidInputError("the run has no prompt: give one in the config or run")
         # Fail early, before anything is queued.
-        (await self._credentials(spec)).require()
+        creds = (await self._credentials(spec)).require()
+        names = self.adapters[spec.agent].credential_names()
         run = models.Run(
             spec=spec,
             config_id=config.id if config else None,
             config_name=config.name if config else None,
+            continuation=models.Continuation(
+                credentials_key=parking.credentials_key(creds.env, names)
+            ),
         )
         run.branch = branch or launch.branch_name(run.id)
         await self.store.create_run(run)
@@ -114,6 +125,11 @@ class Supervisor:
         if run.status.terminal:
             raise errors.ConflictError(f"run {run_id} has already ended ({run.status.value})")
         self._stop_requested.add(run_id)
+        if run.status == models.RunStatus.parked and run_id not in self.dispatcher.active:
+            self.parking.disarm(run_id)
+            self.dispatcher.active.add(run_id)
+            tasks.spawn(self._end_parked(run), name=f"unpark-{run_id}", into=self._tasks)
+            return run
         if run.status == models.RunStatus.queued and run_id not in self.dispatcher.active:
             try:
                 return await self._finish_without_agent(
@@ -133,6 +149,16 @@ class Supervisor:
                 name=f"stop-{run_id}",
                 into=self._tasks,
             )
+        return run
+
+    async def resume_run(self, run_id: str) -> models.Run:
+        """Resume a parked run now, rather than at its reset time."""
+        run = await self.store.get_run(run_id)
+        if run.status != models.RunStatus.parked:
+            raise errors.ConflictError(
+                f"run {run_id} is {run.status.value}: only a parked run can be resumed"
+            )
+        await self._resume_parked(run, parking.PERSON)
         return run
 
     async def send(self, run_id: str, text: str) -> None:
@@ -261,6 +287,46 @@ class Supervisor:
                 return
             await self._attached(run, handle, info, spec.command, creds.redactor)
 
+    async def _resume_parked(self, run: models.Run, reason: str) -> None:
+        if run.id in self.dispatcher.active:
+            raise errors.ConflictError(f"run {run.id} is already being resumed or stopped")
+        self.parking.disarm(run.id)
+        self.dispatcher.active.add(run.id)
+        tasks.spawn(self._continue(run, reason), name=f"continue-{run.id}", into=self._tasks)
+
+    async def _continue(self, run: models.Run, reason: str) -> None:
+        """A parked run's new agent process: same workspace, branch, HOME and session."""
+        async with self._owning(run, models.RunStatus.failed, "could not resume the run"):
+            try:
+                await self._append(
+                    run.id,
+                    [events.status_event(models.RunStatus.starting, reason=reason)],
+                    run_fields={"status": models.RunStatus.starting, "parked_until": None},
+                )
+            except errors.StatusConflictError:
+                return  # stopped meanwhile
+            creds: credentials.Credentials | None = None
+            try:
+                creds = await self._credentials(run.spec)
+                spec = self.parking.launch_spec(run, reason, creds.require())
+                handle, info = await self.parking.backend(run).resume(run, spec)
+            except errors.AgentfarmError as exc:
+                redacted = (creds.redactor if creds else Redactor()).text(str(exc))
+                await self._finish_without_agent(run, models.RunStatus.failed, redacted)
+                return
+            await self._attached(run, handle, info, spec.command, creds.redactor)
+
+    async def _end_parked(self, run: models.Run) -> None:
+        """A parked run stopped by a person: its branch is brought home, as at any end."""
+        async with self._owning(run, models.RunStatus.stopped, "stopping the parked run"):
+            creds: credentials.Credentials | None = None
+            with contextlib.suppress(errors.ConfigurationError, errors.InvalidInputError):
+                creds = await self._credentials(run.spec)
+            redactor = creds.redactor if creds else Redactor()
+            await self.parking.end(run, creds.git_auth if creds else None, redactor)
+            self._stop_requested.discard(run.id)
+            self.hub.forget(run.id)
+
     async def _resume(self, run: models.Run) -> None:
         async with self._owning(run, models.RunStatus.lost, "could not reattach after a restart"):
             backend = self.backends.get(run.spec.backend.type)
@@ -311,7 +377,7 @@ class Supervisor:
         if run.id in self._stop_requested:
             await handle.stop(self.settings.stop_grace_seconds)
         await ingest.Ingest(
-            run=run,
+            run=current,
             handle=handle,
             parser=self.adapters[run.spec.agent].new_parser(),
             redactor=redactor,
@@ -320,6 +386,8 @@ class Supervisor:
             stop_requested=self._stop_requested,
             forget=self.hub.forget,
             tasks=self._tasks,
+            limits=watchdog.Limits.of(self.settings, run.spec),
+            park=self.parking.park,
             stored=await self.store.get_cursor(run.id),
         ).run_to_end()
 
