@@ -16,31 +16,33 @@ from agentfarm.domain import backend_config, errors, models
 from agentfarm.store import Store, mapping, schema
 
 ROOT = Path(__file__).resolve().parents[2]
+#: The newest migration: a new one changes this line only.
+HEAD = "0006"
 
 LATER_REVISION = """
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0099"
-down_revision = "0005"
+down_revision = "{head}"
 
 
 def upgrade() -> None:
     op.add_column("configs", sa.Column("notes", sa.Text(), nullable=True))
-"""
+""".format(head=HEAD)
 
 FAILING_REVISION = """
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0099"
-down_revision = "0005"
+down_revision = "{head}"
 
 
 def upgrade() -> None:
     op.create_table("half_done", sa.Column("id", sa.Integer(), primary_key=True))
     raise RuntimeError("migration failed halfway")
-"""
+""".format(head=HEAD)
 
 
 def columns(conn: sqlite3.Connection, table: str) -> set[str]:
@@ -98,7 +100,7 @@ async def test_open_migrates_to_head_and_reopening_is_a_no_op(tmp_path: Path) ->
     path = tmp_path / "agentfarm.db"
     path.touch()  # an empty file
     await (await Store.open(path)).close()
-    assert schema.current_revision(path) == schema.head_revision() == "0005"
+    assert schema.current_revision(path) == schema.head_revision() == HEAD
     with contextlib.closing(sqlite3.connect(path)) as conn:
         before = conn.execute("SELECT type, name, sql FROM sqlite_master").fetchall()
     await (await Store.open(path)).close()
@@ -127,7 +129,7 @@ def test_a_failing_migration_leaves_the_database_as_it_was(tmp_path: Path) -> No
     schema.migrate(path)
     with pytest.raises(RuntimeError, match="halfway"):
         schema.migrate(path, script_location=scripts_with(tmp_path, FAILING_REVISION))
-    assert schema.current_revision(path) == "0005"
+    assert schema.current_revision(path) == HEAD
     with contextlib.closing(sqlite3.connect(path)) as conn:
         assert "half_done" not in tables(conn)
 
@@ -195,7 +197,7 @@ async def test_0004_moves_stored_configs_and_runs_into_the_backend_union(tmp_pat
 
     store = await Store.open(path)
     try:
-        assert schema.current_revision(path) == "0005"
+        assert schema.current_revision(path) == HEAD
         local_cfg, k8s_cfg = [await store.get_config(n) for n in ("local-cfg", "k8s-cfg")]
         local_run, k8s_run = [await store.get_run(i) for i in ("0123456789aa", "0123456789bb")]
     finally:

@@ -72,9 +72,10 @@ def list_runs(
     table = Table("id", "status", "agent", "config", "branch", "cost", "turns", "created", box=None)
     for r in runs:
         style = event_text.STATUS_STYLE.get(r["status"], "white")
+        shown = present.parked_label(r.get("parked_until")) if r["status"] == "parked" else None
         table.add_row(
             r["id"],
-            f"[{style}]{r['status']}[/]",
+            f"[{style}]{shown or r['status']}[/]" + (" [yellow]⚠[/]" if r.get("warning") else ""),
             (r.get("spec") or {}).get("agent") or "claude",
             r.get("config_name") or "-",
             r.get("branch") or "-",
@@ -128,6 +129,16 @@ def remove_run(run_id: str) -> None:
     with client.Client() as c:
         c.delete(f"/api/runs/{run_id}")
     console.out.print(f"run {run_id} removed", highlight=False)
+
+
+def resume(run_id: str, as_json: console.JsonFlag = False) -> None:
+    """Resume a parked run now, rather than when its usage limit resets."""
+    with client.Client() as c:
+        result = c.post(f"/api/runs/{run_id}/resume")
+    if as_json:
+        console.print_json(result)
+    else:
+        console.out.print(f"resuming run {run_id}", highlight=False)
 
 
 def send(run_id: str, text: str) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 from agentfarm.agents import usage_limit
 from agentfarm.agents.base import StreamParser
 from agentfarm.backends.base import BranchOutcome, Record
-from agentfarm.domain import models
+from agentfarm.domain import models, present
 from agentfarm.domain.redact import Redactor
 
 
@@ -89,12 +89,7 @@ def warning_sentence(limit: usage_limit.Limit) -> str:
     return f"the model's {window} limit is close{used}{resets}"
 
 
-def fmt_time(when: datetime) -> str:
-    """``10:10 UTC``, or ``Dec 1 10:10 UTC`` when not today."""
-    when = when.astimezone(UTC)
-    if when.date() == datetime.now(UTC).date():
-        return when.strftime("%H:%M UTC")
-    return f"{when:%b} {when.day} {when:%H:%M} UTC"
+fmt_time = present.fmt_time
 
 
 def redact(draft: models.EventDraft, redactor: Redactor) -> models.EventDraft:

@@ -17,7 +17,7 @@ from agentfarm.store import Store
 from agentfarm.web import api
 from agentfarm.web.pages import access, templating
 
-FILTERS = ("active", "running", "queued", "succeeded", "failed", "stopped", "lost")
+FILTERS = ("active", "running", "parked", "queued", "succeeded", "failed", "stopped", "lost")
 
 router = APIRouter(include_in_schema=False)
 
@@ -36,15 +36,22 @@ def _statuses(status: str | None) -> list[models.RunStatus] | None:
 async def _dashboard_runs(store: Store, status: str | None) -> list[models.Run]:
     runs = await store.list_runs(statuses=_statuses(status), limit=100)
     # Running and queued first, then the rest by recency (list_runs is newest first).
-    order = {models.RunStatus.running: 0, models.RunStatus.starting: 0, models.RunStatus.queued: 1}
+    order = {
+        models.RunStatus.running: 0,
+        models.RunStatus.starting: 0,
+        models.RunStatus.parked: 1,
+        models.RunStatus.queued: 1,
+    }
     return sorted(runs, key=lambda r: order.get(r.status, 2))
 
 
+def _fingerprint(r: models.Run) -> tuple[object, ...]:
+    started = r.started_at is None
+    return (r.id, r.status, r.cost_usd, r.num_turns, r.branch, started, r.parked_until, r.warning)
+
+
 def _signature(runs: list[models.Run]) -> str:
-    return json.dumps(
-        [(r.id, r.status, r.cost_usd, r.num_turns, r.branch, r.started_at is None) for r in runs],
-        default=str,
-    )
+    return json.dumps([_fingerprint(r) for r in runs], default=str)
 
 
 @router.get("/")
