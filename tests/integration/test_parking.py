@@ -84,7 +84,7 @@ class LimitOnce:
             fake.tool_use(
                 "Bash",
                 {"command": "git add -A && git commit -q -m 'Both files'", "description": "Commit"},
-            ),  # fmt: skip
+            ),
             fake.text("Both files are written and committed."),
         ]
         return turns

@@ -19,30 +19,30 @@ ROOT = Path(__file__).resolve().parents[2]
 #: The newest migration: a new one changes this line only.
 HEAD = "0006"
 
-LATER_REVISION = """
+LATER_REVISION = f"""
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0099"
-down_revision = "{head}"
+down_revision = "{HEAD}"
 
 
 def upgrade() -> None:
     op.add_column("configs", sa.Column("notes", sa.Text(), nullable=True))
-""".format(head=HEAD)
+"""
 
-FAILING_REVISION = """
+FAILING_REVISION = f"""
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0099"
-down_revision = "{head}"
+down_revision = "{HEAD}"
 
 
 def upgrade() -> None:
     op.create_table("half_done", sa.Column("id", sa.Integer(), primary_key=True))
     raise RuntimeError("migration failed halfway")
-""".format(head=HEAD)
+"""
 
 
 def columns(conn: sqlite3.Connection, table: str) -> set[str]:
@@ -230,3 +230,24 @@ def test_0004_downgrade_gives_back_the_old_shape() -> None:
     # Already in the new shape (a half-migrated copy): left as it is.
     new = m0004.to_union(OLD_K8S)
     assert m0004.to_union(new) == new
+
+
+async def test_0006_runs_from_before_parking_load_unparked(tmp_path: Path) -> None:
+    path = tmp_path / "agentfarm.db"
+    schema.migrate(path, script_location=scripts_up_to(tmp_path, "0005"))
+    now = "2026-01-01T00:00:00.000000+00:00"
+    spec = {"repo": "/srv/repo", "prompt": "p", "backend": {"type": "local"}}
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute(
+            "INSERT INTO runs (id, spec, status, created_at, usage) VALUES (?, ?, ?, ?, ?)",
+            ("0123456789cc", json.dumps(spec), "running", now, "{}"),
+        )
+    store = await Store.open(path)
+    try:
+        run = await store.get_run("0123456789cc")
+        parked = await store.update_run(run.id, status=models.RunStatus.parked)
+    finally:
+        await store.close()
+    assert run.parked_until is None and run.warning is None
+    assert run.continuation == models.Continuation()
+    assert parked.status is models.RunStatus.parked

@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 
 from agentfarm.agents.claude import ClaudeAdapter
-from agentfarm.backends import fake
 from agentfarm.backends.base import ExitInfo
 from agentfarm.backends.fake import FakeBackend, Step
 from agentfarm.domain import errors, models

@@ -71,7 +71,7 @@ def from_event(obj: dict[str, Any]) -> Limit | None:
 _PIPE = re.compile(r"usage limit reached\|(\d{9,14})", re.IGNORECASE)
 _SENTENCE = re.compile(
     r"(?:hit your (?:[\w-]+ )?limit|limit reached|usage limit)\b.{0,40}?\bresets\s+"
-    r"(?:(?P<month>[A-Z][a-z]{2,8})\s+(?P<day>\d{1,2})(?:,?\s+at)?\s+)?"
+    r"(?:(?P<month>[A-Z][a-z]{2,8})\s+(?P<day>\d{1,2}),?\s+(?:at\s+)?)?"
     r"(?P<hour>\d{1,2})(?::(?P<minute>\d{2}))?\s*(?P<ampm>am|pm)?"
     r"(?:\s*\((?P<tz>[A-Za-z_/+\-0-9]{1,64})\))?",
     re.IGNORECASE,
