@@ -373,3 +373,43 @@ async def test_a_failed_result_then_a_hang_ends_failed_on_that_result(
     done = await ended(store, run.id)
     assert done.status is models.RunStatus.failed
     assert done.error is not None and "HTTP 500" in done.error
+
+
+async def test_a_resume_that_cannot_start_ends_the_run_failed_with_its_branch_home(
+    store: Store, backend: FakeBackend, supervisors: Callable[..., Supervisor]
+) -> None:
+    backend.script = lambda run, command: limited(time.time() + 3600)
+    sup = supervisors()
+    run = await sup.submit(spec())
+    await sup.start()
+    await reaches(store, run.id, models.RunStatus.parked)
+    backend.fail_launch = "the workspace is gone"
+    await sup.resume_run(run.id)
+    done = await ended(store, run.id)
+    assert done.status is models.RunStatus.failed
+    assert done.error == "the workspace is gone"
+    assert backend.runs[run.id].finalized
+
+
+async def test_a_person_resuming_early_lets_the_runs_held_on_its_credentials_go(
+    store: Store, backend: FakeBackend, supervisors: Callable[..., Supervisor]
+) -> None:
+    first: list[str] = []
+
+    def script(run: models.Run, command: AgentCommand) -> list[Step]:
+        if not first:
+            first.append(run.id)
+            return limited(time.time() + 3600)
+        return finishes()
+
+    backend.script = script
+    sup = supervisors()
+    run = await sup.submit(spec())
+    await sup.start()
+    await reaches(store, run.id, models.RunStatus.parked)
+    held = await sup.submit(spec())
+    assert sup.parking.held(held)
+    await sup.resume_run(run.id)
+    assert not sup.parking.held(held)
+    assert (await ended(store, held.id)).status is models.RunStatus.succeeded
+    assert (await ended(store, run.id)).status is models.RunStatus.succeeded

@@ -8,12 +8,14 @@ and whether it clones and pushes away from this host (then it needs git tokens).
 
 from __future__ import annotations
 
+import asyncio
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from pydantic import AliasChoices, SecretStr
 
-from agentfarm.domain import backend_config, errors, gittokens, launch
+from agentfarm.domain import backend_config, errors, gittokens, launch, models
 from agentfarm.domain.redact import Redactor
 from agentfarm.settings import Settings
 from agentfarm.store.secrets import SecretStore
@@ -79,6 +81,27 @@ def resolve(
     extra = auth.secrets() if auth else {}
     redactor = Redactor.of(server_secrets(settings), stored, masked, extra)
     return Credentials(env=found, redactor=redactor, missing=missing, git_auth=auth)
+
+
+async def for_spec(
+    settings: Settings,
+    secrets: SecretStore,
+    spec: models.AgentSpec,
+    names: tuple[str, ...] | None,
+) -> Credentials:
+    """Once per launch, off the loop: the secrets file is read here and nowhere else.
+    ``names``: the model credentials the agent takes (None: any)."""
+    resolved = await asyncio.to_thread(
+        functools.partial(
+            resolve,
+            settings,
+            secrets,
+            spec.backend,
+            repo=spec.repo,
+            git_token_secret=spec.git_token_secret,
+        )
+    )
+    return for_agent(resolved, names)
 
 
 def explicit_git_auth(stored: Mapping[str, str], repo: str, name: str) -> launch.GitAuth:

@@ -147,7 +147,7 @@ class Parking:
             )
             until = max(resets, now) + timedelta(seconds=self.settings.park_margin_seconds)
             if cont.credentials_key:
-                self._limits[cont.credentials_key] = until
+                self._hold(cont.credentials_key, until)
             what = f"the model's usage limit was reached: parked until {events.fmt_time(until)}"
         else:
             return False
@@ -173,16 +173,28 @@ class Parking:
         self.arm(run.id, until)
         return True
 
-    async def end(self, run: models.Run, git_auth: GitAuth | None, redactor: Redactor) -> None:
-        """End a parked run ``stopped`` (a person asked): its branch is brought home."""
-        handle, _ = await self.backends[run.spec.backend.type].attach(run, git_auth=git_auth)
-        drafts = [events.notice_event(n) for n in await handle.finalize()]
-        if handle.branch_outcome is not None:
-            drafts.append(events.branch_event(handle.branch_outcome))
-        error = "stopped while parked"
-        drafts.append(events.status_event(models.RunStatus.stopped, error=error))
+    async def end(
+        self,
+        run: models.Run,
+        status: models.RunStatus,
+        error: str,
+        git_auth: GitAuth | None,
+        redactor: Redactor,
+    ) -> None:
+        """End a run that has no agent process (parked, or its resume failed): its branch is
+        brought home first."""
+        drafts: list[models.EventDraft] = []
+        try:
+            handle, _ = await self.backends[run.spec.backend.type].attach(run, git_auth=git_auth)
+            drafts += [events.notice_event(n) for n in await handle.finalize()]
+            if handle.branch_outcome is not None:
+                drafts.append(events.branch_event(handle.branch_outcome))
+        except Exception as exc:  # the run ends either way; say what went wrong
+            log.warning("run %s: bringing its branch home failed", run.id, exc_info=True)
+            drafts.append(events.notice_event(f"bringing the results home failed: {exc}"))
+        drafts.append(events.status_event(status, error=error))
         fields = {
-            "status": models.RunStatus.stopped,
+            "status": status,
             "finished_at": models.utcnow(),
             "error": error,
             "parked_until": None,
@@ -199,8 +211,28 @@ class Parking:
             until = run.parked_until or models.utcnow()
             key = run.continuation.credentials_key
             if run.continuation.reason == USAGE_LIMIT and key:
-                self._limits[key] = max(until, self._limits.get(key, until))
+                self._hold(key, until)
             self.arm(run.id, until)
+
+    def release(self, run: models.Run) -> None:
+        """A person resumed a parked run early: they judge the limit gone, so the runs held
+        on its credentials may go too."""
+        key = run.continuation.credentials_key
+        if key and self._limits.pop(key, None) is not None:
+            self.wake()
+
+    def _hold(self, key: str, until: datetime) -> None:
+        """Hold runs on these credentials until ``until``; the dispatcher looks again then."""
+        if until <= self._limits.get(key, until) and key in self._limits:
+            return
+        self._limits[key] = until
+        tasks.spawn(self._wake_at(until), name=f"limit-{key}", into=self.tasks)
+
+    async def _wake_at(self, until: datetime) -> None:
+        delay = (until - models.utcnow()).total_seconds()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        self._expire()
 
     def arm(self, run_id: str, until: datetime) -> None:
         self.disarm(run_id)
@@ -218,7 +250,6 @@ class Parking:
         if delay > 0:
             await asyncio.sleep(delay)
         self._timers.pop(run_id, None)
-        self._expire()
         run = await self.store.get_run(run_id)
         if run.status == models.RunStatus.parked:
             with contextlib.suppress(errors.ConflictError):  # a person was quicker

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -128,7 +127,8 @@ class Supervisor:
         if run.status == models.RunStatus.parked and run_id not in self.dispatcher.active:
             self.parking.disarm(run_id)
             self.dispatcher.active.add(run_id)
-            tasks.spawn(self._end_parked(run), name=f"unpark-{run_id}", into=self._tasks)
+            stopping = self._end_parked(run, models.RunStatus.stopped, "stopped while parked")
+            tasks.spawn(stopping, name=f"unpark-{run_id}", into=self._tasks)
             return run
         if run.status == models.RunStatus.queued and run_id not in self.dispatcher.active:
             try:
@@ -159,6 +159,7 @@ class Supervisor:
                 f"run {run_id} is {run.status.value}: only a parked run can be resumed"
             )
         await self._resume_parked(run, parking.PERSON)
+        self.parking.release(run)
         return run
 
     async def send(self, run_id: str, text: str) -> None:
@@ -192,19 +193,9 @@ class Supervisor:
 
     # --- internals -----------------------------------------------------------------------
     async def _credentials(self, spec: models.AgentSpec) -> credentials.Credentials:
-        """Once per launch, off the loop: the secrets file is read here and nowhere else."""
-        resolved = await asyncio.to_thread(
-            functools.partial(
-                credentials.resolve,
-                self.settings,
-                self.secrets,
-                spec.backend,
-                repo=spec.repo,
-                git_token_secret=spec.git_token_secret,
-            )
-        )
         adapter = self.adapters.get(spec.agent)
-        return credentials.for_agent(resolved, adapter.credential_names() if adapter else None)
+        names = adapter.credential_names() if adapter else None
+        return await credentials.for_spec(self.settings, self.secrets, spec, names)
 
     async def _append(
         self,
@@ -311,19 +302,20 @@ class Supervisor:
                 spec = self.parking.launch_spec(run, reason, creds.require())
                 handle, info = await self.parking.backend(run).resume(run, spec)
             except errors.AgentfarmError as exc:
-                redacted = (creds.redactor if creds else Redactor()).text(str(exc))
-                await self._finish_without_agent(run, models.RunStatus.failed, redacted)
+                redactor = creds.redactor if creds else Redactor()
+                await self._end_parked(run, models.RunStatus.failed, redactor.text(str(exc)))
                 return
             await self._attached(run, handle, info, spec.command, creds.redactor)
 
-    async def _end_parked(self, run: models.Run) -> None:
-        """A parked run stopped by a person: its branch is brought home, as at any end."""
-        async with self._owning(run, models.RunStatus.stopped, "stopping the parked run"):
+    async def _end_parked(self, run: models.Run, status: models.RunStatus, error: str) -> None:
+        """End a run between agent processes (stopped while parked, or its resume failed):
+        its branch is brought home, as at any end."""
+        async with self._owning(run, status, "ending the parked run"):
             creds: credentials.Credentials | None = None
             with contextlib.suppress(errors.ConfigurationError, errors.InvalidInputError):
                 creds = await self._credentials(run.spec)
             redactor = creds.redactor if creds else Redactor()
-            await self.parking.end(run, creds.git_auth if creds else None, redactor)
+            await self.parking.end(run, status, error, creds.git_auth if creds else None, redactor)
             self._stop_requested.discard(run.id)
             self.hub.forget(run.id)
 
