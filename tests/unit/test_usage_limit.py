@@ -158,7 +158,7 @@ def test_a_resumed_process_adds_to_the_figures_of_the_ones_before() -> None:
     before = models.Continuation(
         base_cost_usd=1.0, base_usage=models.Usage(input_tokens=3), base_num_turns=4
     )
-    fields = events.summary_fields(parser, before)
+    fields = events.summary_fields(parser, base=before)
     assert fields["cost_usd"] == pytest.approx(1.25)
     assert fields["num_turns"] == 6
     assert fields["usage"].input_tokens == 10

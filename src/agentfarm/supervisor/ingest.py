@@ -82,6 +82,13 @@ class Ingest:
     park: Park
     stored: int = 0
 
+    @property
+    def pricer(self) -> events.Pricer | None:
+        """Agents that report tokens only get their cost estimated from the price table."""
+        if self.run.spec.agent not in models.ESTIMATED_COST_AGENTS:
+            return None
+        return events.Pricer(self.settings.prices(), self.run.spec.model)
+
     async def run_to_end(self) -> None:
         queue: asyncio.Queue[Record | object] = asyncio.Queue(maxsize=4 * BATCH)
         pump = tasks.spawn(self._pump(queue), name=f"pump-{self.run.id}", into=self.tasks)
@@ -109,6 +116,7 @@ class Ingest:
         tracker = watchdog.Tracker()
         fired: watchdog.Phase | None = None
         last_summary: dict[str, Any] = {}
+        pricer = self.pricer
         while exit_info is None:
             quiet = None if fired else self.limits.quiet(tracker.phase)
             try:
@@ -130,12 +138,14 @@ class Ingest:
                     break
                 new = events.translate(self.parser, entry, self.redactor)
                 tracker.feed(new)
+                if pricer is not None:
+                    new = [pricer.result(d) for d in new]
                 if entry.kind == "exit":
                     exit_info = entry.exit or ExitInfo(exit_code=None)
                 if entry.cursor > self.stored:
                     drafts.extend(new)
                     cursor = entry.cursor
-            summary = events.summary_fields(self.parser, self.run.continuation)
+            summary = events.summary_fields(self.parser, pricer, base=self.run.continuation)
             fields = summary if summary != last_summary else None
             last_summary = summary
             if drafts or cursor is not None:
@@ -199,7 +209,7 @@ class Ingest:
             "exit_code": info.exit_code,
             "error": error,
             "parked_until": None,
-            **events.summary_fields(self.parser, self.run.continuation),
+            **events.summary_fields(self.parser, self.pricer, base=self.run.continuation),
         }
         redacted = [events.redact(d, self.redactor) for d in drafts]
         await self.append(run.id, redacted, run_fields=fields, final=True)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime, timedelta
@@ -46,15 +45,6 @@ PROMPTS = {
 }
 
 Resume = Callable[[models.Run, str], Awaitable[Any]]
-
-
-def credentials_key(env: Mapping[str, str], names: tuple[str, ...]) -> str | None:
-    """A short digest of the model credentials a run uses (never the secret itself): runs
-    with the same one share a usage limit."""
-    used = sorted((n, env[n]) for n in (*names, "ANTHROPIC_BASE_URL") if env.get(n))
-    if not used:
-        return None
-    return hashlib.sha256(repr(used).encode()).hexdigest()[:16]
 
 
 class Parking:

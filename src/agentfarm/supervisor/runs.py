@@ -19,7 +19,7 @@ from typing import Any
 from agentfarm import tasks
 from agentfarm.agents.base import AgentAdapter
 from agentfarm.backends.base import Backend, LaunchInfo, RunHandle
-from agentfarm.domain import errors, launch, models
+from agentfarm.domain import diffs, errors, launch, models
 from agentfarm.domain.redact import Redactor
 from agentfarm.settings import Settings
 from agentfarm.store import Store
@@ -85,10 +85,13 @@ class Supervisor:
         config: models.AgentConfig | None = None,
         *,
         branch: str | None = None,
+        run_id: str | None = None,
     ) -> models.Run:
         """Queue a run. It works on ``branch`` when given (the pipeline names its branches),
         else on ``agentfarm/<run id>``; with ``spec.base_branch == branch`` it continues that
-        existing branch (a follow-up) instead of starting a new one."""
+        existing branch (a follow-up) instead of starting a new one. ``run_id`` is an id chosen
+        beforehand (an orchestration dispatch records it before the run exists, so that a crash
+        in between never launches twice)."""
         if branch is not None and not launch.valid_branch(branch):
             raise errors.InvalidInputError(
                 f"{branch!r} is not a branch name git takes (no spaces, `..`, `~^:?*[\\`, "
@@ -104,14 +107,12 @@ class Supervisor:
             raise errors.InvalidInputError("the run has no prompt: give one in the config or run")
         # Fail early, before anything is queued.
         creds = (await self._credentials(spec)).require()
-        names = self.adapters[spec.agent].credential_names()
         run = models.Run(
+            id=run_id or models.new_id(),
             spec=spec,
             config_id=config.id if config else None,
             config_name=config.name if config else None,
-            continuation=models.Continuation(
-                credentials_key=parking.credentials_key(creds.env, names)
-            ),
+            continuation=models.Continuation(credentials_key=creds.model_key),
         )
         run.branch = branch or launch.branch_name(run.id)
         await self.store.create_run(run)
@@ -191,11 +192,24 @@ class Supervisor:
         await self.store.delete_run(run_id)
         self.hub.forget(run_id)
 
+    async def diff(self, run_id: str, *, limit: int = diffs.PATCH_LIMIT) -> diffs.RunDiff:
+        """An ended run's changes, from its backend. Not while it runs: the agent still
+        writes its workspace, and host git runs there only after the agent has exited."""
+        run = await self.store.get_run(run_id)
+        if not run.status.terminal or run_id in self.dispatcher.active:
+            raise errors.ConflictError(
+                f"run {run_id} is {run.status.value}: its changes are shown once it has ended"
+            )
+        backend = self.backends.get(run.spec.backend.type)
+        if backend is None:
+            raise errors.ConfigurationError(
+                f"the {run.spec.backend.type!r} backend of run {run_id} is not enabled here"
+            )
+        return await backend.diff(run, limit=limit)
+
     # --- internals -----------------------------------------------------------------------
     async def _credentials(self, spec: models.AgentSpec) -> credentials.Credentials:
-        adapter = self.adapters.get(spec.agent)
-        names = adapter.credential_names() if adapter else None
-        return await credentials.for_spec(self.settings, self.secrets, spec, names)
+        return await credentials.for_spec(self.settings, self.secrets, spec)
 
     async def _append(
         self,
@@ -241,20 +255,22 @@ class Supervisor:
             self._commands.pop(run.id, None)
             self.dispatcher.release(run.id)
 
-    async def _launch(self, run: models.Run) -> None:
+    async def _launch(self, run: models.Run, resuming: str | None = None) -> None:
+        """Start a queued run's agent or, ``resuming`` saying why, a parked run's next agent
+        process (its session continued, in its workspace and on its branch)."""
         async with self._owning(run, models.RunStatus.failed, "internal error in agentfarm"):
+            fields: dict[str, Any] = {"status": models.RunStatus.starting}
+            if resuming:
+                fields["parked_until"] = None
             try:
-                await self._append(
-                    run.id,
-                    [events.status_event(models.RunStatus.starting)],
-                    run_fields={"status": models.RunStatus.starting},
-                )
+                starting = events.status_event(models.RunStatus.starting, reason=resuming)
+                await self._append(run.id, [starting], run_fields=fields)
             except errors.StatusConflictError as exc:
                 # Stopped (or otherwise ended) between the dispatcher's look and now.
                 log.info("run %s: not launched, it is %s", run.id, exc.current)
                 self._stop_requested.discard(run.id)
                 return
-            if run.id in self._stop_requested:
+            if run.id in self._stop_requested and not resuming:
                 await self._finish_without_agent(
                     run, models.RunStatus.stopped, "stopped before it started"
                 )
@@ -262,17 +278,25 @@ class Supervisor:
             creds: credentials.Credentials | None = None
             try:
                 creds = await self._credentials(run.spec)
-                backend = self.backends[run.spec.backend.type]
-                spec = launch.LaunchSpec(
-                    run_id=run.id,
-                    branch=run.branch or launch.branch_name(run.id),
-                    command=self.adapters[run.spec.agent].build_command(run.spec),
-                    credentials=creds.require().env,
-                    git_auth=creds.git_auth,
-                )
-                handle, info = await backend.launch(run, spec)
+                if resuming:
+                    spec = self.parking.launch_spec(run, resuming, creds.require())
+                    handle, info = await self.parking.backend(run).resume(run, spec)
+                else:
+                    spec = launch.LaunchSpec(
+                        run_id=run.id,
+                        branch=run.branch or launch.branch_name(run.id),
+                        command=self.adapters[run.spec.agent].build_command(
+                            run.spec, base_url=creds.base_url
+                        ),
+                        credentials=creds.require().env,
+                        git_auth=creds.git_auth,
+                    )
+                    handle, info = await self.backends[run.spec.backend.type].launch(run, spec)
             except errors.AgentfarmError as exc:
                 redacted = (creds.redactor if creds else Redactor()).text(str(exc))
+                if resuming:  # the workspace is there: its branch goes home
+                    await self._end_parked(run, models.RunStatus.failed, redacted)
+                    return
                 await self._finish_without_agent(run, models.RunStatus.failed, redacted)
                 await self._discard_failed_launch(run)
                 return
@@ -283,29 +307,7 @@ class Supervisor:
             raise errors.ConflictError(f"run {run.id} is already being resumed or stopped")
         self.parking.disarm(run.id)
         self.dispatcher.active.add(run.id)
-        tasks.spawn(self._continue(run, reason), name=f"continue-{run.id}", into=self._tasks)
-
-    async def _continue(self, run: models.Run, reason: str) -> None:
-        """A parked run's new agent process: same workspace, branch, HOME and session."""
-        async with self._owning(run, models.RunStatus.failed, "could not resume the run"):
-            try:
-                await self._append(
-                    run.id,
-                    [events.status_event(models.RunStatus.starting, reason=reason)],
-                    run_fields={"status": models.RunStatus.starting, "parked_until": None},
-                )
-            except errors.StatusConflictError:
-                return  # stopped meanwhile
-            creds: credentials.Credentials | None = None
-            try:
-                creds = await self._credentials(run.spec)
-                spec = self.parking.launch_spec(run, reason, creds.require())
-                handle, info = await self.parking.backend(run).resume(run, spec)
-            except errors.AgentfarmError as exc:
-                redactor = creds.redactor if creds else Redactor()
-                await self._end_parked(run, models.RunStatus.failed, redactor.text(str(exc)))
-                return
-            await self._attached(run, handle, info, spec.command, creds.redactor)
+        tasks.spawn(self._launch(run, reason), name=f"continue-{run.id}", into=self._tasks)
 
     async def _end_parked(self, run: models.Run, status: models.RunStatus, error: str) -> None:
         """End a run between agent processes (stopped while parked, or its resume failed):
@@ -337,7 +339,8 @@ class Supervisor:
             git_auth = creds.git_auth if creds else None
             handle, info = await backend.attach(run, git_auth=git_auth)
             # Pure: the same command as at launch, for its follow-up format.
-            command = self.adapters[run.spec.agent].build_command(run.spec)
+            base_url = creds.base_url if creds else None
+            command = self.adapters[run.spec.agent].build_command(run.spec, base_url=base_url)
             redactor = creds.redactor if creds else Redactor()
             await self._attached(run, handle, info, command, redactor)
 
