@@ -70,7 +70,9 @@ class ClaudeStreamParser(jsonlines.JsonLinesParser):
         if kind == "rate_limit_event":
             limit = usage_limit.from_event(obj)
             if limit is not None:
-                return [self._rate_limit(limit)]
+                draft = self._rate_limit(limit)
+                # Every answer brings one; a plain "allowed" says nothing worth a line.
+                return [] if limit.status == "allowed" else [draft]
         subtype = obj.get("subtype") if kind == "system" else kind
         return [system_event(obj, str(subtype) if subtype is not None else "unknown")]
 

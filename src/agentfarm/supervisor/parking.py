@@ -74,9 +74,14 @@ class Parking:
     # --- queries ---------------------------------------------------------------------------
     def held(self, run: models.Run) -> bool:
         """A queued run whose credentials wait for their usage limit to reset."""
+        return self.held_until(run) is not None
+
+    def held_until(self, run: models.Run) -> datetime | None:
+        """Until when a queued run is held for its credentials' usage limit (None: it is
+        not), for a queue to show what the run waits for."""
         key = run.continuation.credentials_key
         until = self._limits.get(key) if key else None
-        return until is not None and until > models.utcnow()
+        return until if until is not None and until > models.utcnow() else None
 
     def can_continue(self, run: models.Run) -> bool:
         return isinstance(self.backends.get(run.spec.backend.type), Resumes) and isinstance(
