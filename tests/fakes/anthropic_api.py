@@ -120,7 +120,8 @@ def usage_limit(resets_at: float, *, claim: str = "five_hour") -> Turn:
         ("anthropic-ratelimit-unified-representative-claim", claim),
     )
     message = "This request would exceed your account's rate limit. Please try again later."
-    return Turn(error=ApiError(429, message, "rate_limit_error", headers), until=resets_at)
+    # The header has whole seconds: the limit lifts when the header says, not a fraction later.
+    return Turn(error=ApiError(429, message, "rate_limit_error", headers), until=int(resets_at))
 
 
 def warned(then: Turn, *, resets_at: float, utilization: float = 0.9) -> Turn:
