@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import itertools
 import json
 import re
@@ -84,6 +85,8 @@ class Turn:
     until: float | None = None
     #: Extra response headers (e.g. ``anthropic-ratelimit-unified-status: allowed_warning``).
     headers: tuple[tuple[str, str], ...] = ()
+    #: Input tokens the reply reports (its price); default: an estimate of the request's.
+    input_tokens: int | None = None
 
     @property
     def stop_reason(self) -> str:
@@ -108,7 +111,13 @@ def error(status: int, message: str, *, type: str = "api_error", delay: float = 
 
 def delay(seconds: float, then: Turn) -> Turn:
     """``then``, answered after ``seconds``."""
-    return Turn(blocks=then.blocks, error=then.error, delay=seconds)
+    return Turn(blocks=then.blocks, error=then.error, delay=seconds, input_tokens=then.input_tokens)
+
+
+def costly(input_tokens: int, then: Turn) -> Turn:
+    """``then``, reporting ``input_tokens`` of usage: what makes a reply cost money (a million
+    tokens of the default Sonnet model: $3 at list price)."""
+    return Turn(blocks=then.blocks, error=then.error, delay=then.delay, input_tokens=input_tokens)
 
 
 def usage_limit(resets_at: float, *, claim: str = "five_hour") -> Turn:
@@ -135,7 +144,7 @@ def warned(then: Turn, *, resets_at: float, utilization: float = 0.9) -> Turn:
         ("anthropic-ratelimit-unified-5h-reset", str(int(resets_at))),
         ("anthropic-ratelimit-unified-5h-surpassed-threshold", str(utilization)),
     )
-    return Turn(blocks=then.blocks, error=then.error, delay=then.delay, headers=headers)
+    return dataclasses.replace(then, headers=headers)
 
 
 def stall(*blocks: Block, after: int = 0) -> Turn:
@@ -370,7 +379,10 @@ class FakeAnthropic:
         if reply.error is not None:
             return _error_response(reply.error)
         model = str(body.get("model") or DEFAULT_MODEL)
-        events = self._message_events(reply, model, _estimate_tokens(body["messages"]))
+        tokens = reply.input_tokens
+        if tokens is None:
+            tokens = _estimate_tokens(body["messages"])
+        events = self._message_events(reply, model, tokens)
         if not body.get("stream"):
             return JSONResponse(self._message_json(reply, model))
         headers = dict(reply.headers)

@@ -16,27 +16,25 @@ from agentfarm.domain import backend_config, errors, models
 from agentfarm.store import Store, mapping, schema
 
 ROOT = Path(__file__).resolve().parents[2]
-#: The newest migration: a new one changes this line only.
-HEAD = "0006"
 
-LATER_REVISION = f"""
+LATER_REVISION = """
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0099"
-down_revision = "{HEAD}"
+down_revision = "0006"
 
 
 def upgrade() -> None:
     op.add_column("configs", sa.Column("notes", sa.Text(), nullable=True))
 """
 
-FAILING_REVISION = f"""
+FAILING_REVISION = """
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0099"
-down_revision = "{HEAD}"
+down_revision = "0006"
 
 
 def upgrade() -> None:
@@ -78,6 +76,7 @@ def test_the_schema_is_what_the_code_expects(tmp_path: Path) -> None:
             "attempts",
             "flags",
             "dispatches",
+            "push_subscriptions",
         }
         assert columns(conn, "configs") == set(mapping.CONFIG_COLUMNS)
         assert columns(conn, "runs") == set(mapping.RUN_COLUMNS + mapping.RUN_EXTRA_COLUMNS)
@@ -92,7 +91,7 @@ def test_the_schema_is_what_the_code_expects(tmp_path: Path) -> None:
 
 def test_every_run_field_has_a_column() -> None:
     # A new Run field needs a migration and a place in mapping.RUN_COLUMNS.
-    assert set(mapping.RUN_COLUMNS) == set(models.Run.model_fields)
+    assert set(mapping.RUN_COLUMNS + mapping.RUN_IN_SPEC) == set(models.Run.model_fields)
     assert mapping.CONFIG_COLUMNS[:2] == ("id", "name")
 
 
@@ -100,7 +99,7 @@ async def test_open_migrates_to_head_and_reopening_is_a_no_op(tmp_path: Path) ->
     path = tmp_path / "agentfarm.db"
     path.touch()  # an empty file
     await (await Store.open(path)).close()
-    assert schema.current_revision(path) == schema.head_revision() == HEAD
+    assert schema.current_revision(path) == schema.head_revision() == "0006"
     with contextlib.closing(sqlite3.connect(path)) as conn:
         before = conn.execute("SELECT type, name, sql FROM sqlite_master").fetchall()
     await (await Store.open(path)).close()
@@ -129,7 +128,7 @@ def test_a_failing_migration_leaves_the_database_as_it_was(tmp_path: Path) -> No
     schema.migrate(path)
     with pytest.raises(RuntimeError, match="halfway"):
         schema.migrate(path, script_location=scripts_with(tmp_path, FAILING_REVISION))
-    assert schema.current_revision(path) == HEAD
+    assert schema.current_revision(path) == "0006"
     with contextlib.closing(sqlite3.connect(path)) as conn:
         assert "half_done" not in tables(conn)
 
@@ -197,7 +196,7 @@ async def test_0004_moves_stored_configs_and_runs_into_the_backend_union(tmp_pat
 
     store = await Store.open(path)
     try:
-        assert schema.current_revision(path) == HEAD
+        assert schema.current_revision(path) == "0006"
         local_cfg, k8s_cfg = [await store.get_config(n) for n in ("local-cfg", "k8s-cfg")]
         local_run, k8s_run = [await store.get_run(i) for i in ("0123456789aa", "0123456789bb")]
     finally:
@@ -230,24 +229,3 @@ def test_0004_downgrade_gives_back_the_old_shape() -> None:
     # Already in the new shape (a half-migrated copy): left as it is.
     new = m0004.to_union(OLD_K8S)
     assert m0004.to_union(new) == new
-
-
-async def test_0006_runs_from_before_parking_load_unparked(tmp_path: Path) -> None:
-    path = tmp_path / "agentfarm.db"
-    schema.migrate(path, script_location=scripts_up_to(tmp_path, "0005"))
-    now = "2026-01-01T00:00:00.000000+00:00"
-    spec = {"repo": "/srv/repo", "prompt": "p", "backend": {"type": "local"}}
-    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
-        conn.execute(
-            "INSERT INTO runs (id, spec, status, created_at, usage) VALUES (?, ?, ?, ?, ?)",
-            ("0123456789cc", json.dumps(spec), "running", now, "{}"),
-        )
-    store = await Store.open(path)
-    try:
-        run = await store.get_run("0123456789cc")
-        parked = await store.update_run(run.id, status=models.RunStatus.parked)
-    finally:
-        await store.close()
-    assert run.parked_until is None and run.warning is None
-    assert run.continuation == models.Continuation()
-    assert parked.status is models.RunStatus.parked

@@ -71,6 +71,7 @@ async def test_update_run_round_trips_every_field(store: Store) -> None:
         "parked_until": T0 + timedelta(hours=5),
         "warning": "usage limit close",
         "continuation": models.Continuation(parks=2, credentials_key="abc", reason="stalled"),
+        "origin": "pipeline",
     }
     assert set(fields) == set(models.Run.model_fields) - {"id"}
     updated = await store.update_run(run.id, **fields)

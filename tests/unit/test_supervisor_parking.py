@@ -207,7 +207,10 @@ async def test_a_parked_run_shows_when_it_resumes_and_survives_a_restart(
     # Queued runs on the same credentials are held until the reset.
     waiting = await first.submit(spec())
     assert waiting.continuation.credentials_key == parked.continuation.credentials_key
-    assert first.parking.held(waiting)
+    assert first.parking.holding(waiting)
+    (place,) = (await first.queue_info([waiting.id])).values()
+    assert place.waiting_for is not None
+    assert place.waiting_for.startswith("the model's usage limit of its credentials, until")
     await first.close()
 
     second = supervisors(on=backend.restarted(), park_margin_seconds=60)
@@ -215,7 +218,7 @@ async def test_a_parked_run_shows_when_it_resumes_and_survives_a_restart(
     again = await store.get_run(run.id)
     assert again.status is models.RunStatus.parked
     assert again.parked_until == parked.parked_until
-    assert second.parking.held(await store.get_run(waiting.id))
+    assert second.parking.holding(await store.get_run(waiting.id))
     assert (await store.get_run(waiting.id)).status is models.RunStatus.queued
     # A person need not wait.
     await second.resume_run(run.id)
@@ -408,8 +411,8 @@ async def test_a_person_resuming_early_lets_the_runs_held_on_its_credentials_go(
     await sup.start()
     await reaches(store, run.id, models.RunStatus.parked)
     held = await sup.submit(spec())
-    assert sup.parking.held(held)
+    assert sup.parking.holding(held)
     await sup.resume_run(run.id)
-    assert not sup.parking.held(held)
+    assert not sup.parking.holding(held)
     assert (await ended(store, held.id)).status is models.RunStatus.succeeded
     assert (await ended(store, run.id)).status is models.RunStatus.succeeded

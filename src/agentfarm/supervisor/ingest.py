@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from agentfarm import tasks
@@ -23,7 +23,7 @@ from agentfarm.backends.base import ExitInfo, Record, RunHandle
 from agentfarm.domain import models
 from agentfarm.domain.redact import Redactor
 from agentfarm.settings import Settings
-from agentfarm.supervisor import events, watchdog
+from agentfarm.supervisor import budgets, events, watchdog
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +81,10 @@ class Ingest:
     limits: watchdog.Limits
     park: Park
     stored: int = 0
+    #: Why agentfarm stopped a run (a budget), by run id: the error it ends with.
+    stop_reasons: dict[str, str] = field(default_factory=dict)
+    #: ``over_budget(run_id, reason)``: stop the run, which crossed its dollar or turn budget.
+    over_budget: Callable[[str, str], Awaitable[None]] | None = None
 
     @property
     def pricer(self) -> events.Pricer | None:
@@ -153,6 +157,9 @@ class Ingest:
                 await self.append(run_id, drafts, cursor=cursor, run_fields=fields)
                 if cursor is not None:
                     self.stored = max(self.stored, cursor)
+            reason = budgets.run_over(self.run.spec, self.parser.summary, summary.get("cost_usd"))
+            if reason is not None and self.over_budget is not None and exit_info is None:
+                await self.over_budget(run_id, reason)
         if fired is watchdog.Phase.result:
             return Ending(exit_info, ended_on_result=True)
         return Ending(exit_info, stalled=fired)
@@ -185,6 +192,11 @@ class Ingest:
             error = f"{error} ({info.error})" if error else info.error
         if info.oom_killed and outcome.status != models.RunStatus.succeeded:
             error = run.spec.backend.out_of_memory()
+        own_budget = budgets.ended_by_own_budget(run.spec, self.parser.summary)
+        if outcome.status == models.RunStatus.stopped and run.id in self.stop_reasons:
+            error = self.stop_reasons[run.id]
+        elif own_budget is not None and not info.lost:
+            outcome.status, error = models.RunStatus.stopped, own_budget
         if ending.stalled is not None:
             quiet = self.limits.quiet(ending.stalled) or 0
             error = (

@@ -72,16 +72,14 @@ class Parking:
         self._limits: dict[str, datetime] = {}
 
     # --- queries ---------------------------------------------------------------------------
-    def held(self, run: models.Run) -> bool:
-        """A queued run whose credentials wait for their usage limit to reset."""
-        return self.held_until(run) is not None
-
-    def held_until(self, run: models.Run) -> datetime | None:
-        """Until when a queued run is held for its credentials' usage limit (None: it is
-        not), for a queue to show what the run waits for."""
+    def holding(self, run: models.Run) -> str | None:
+        """What holds a queued run whose credentials wait for their usage limit to reset
+        (None: nothing), as the queue shows it."""
         key = run.continuation.credentials_key
         until = self._limits.get(key) if key else None
-        return until if until is not None and until > models.utcnow() else None
+        if until is None or until <= models.utcnow():
+            return None
+        return f"the model's usage limit of its credentials, until {events.fmt_time(until)}"
 
     def can_continue(self, run: models.Run) -> bool:
         return isinstance(self.backends.get(run.spec.backend.type), Resumes) and isinstance(

@@ -22,16 +22,29 @@ from agentfarm.backends.base import Backend, LaunchInfo, RunHandle
 from agentfarm.domain import diffs, errors, launch, models
 from agentfarm.domain.redact import Redactor
 from agentfarm.settings import Settings
-from agentfarm.store import Store
+from agentfarm.store import Store, push
 from agentfarm.store.secrets import SecretStore
-from agentfarm.supervisor import credentials, dispatch, events, ingest, parking, watchdog
+from agentfarm.supervisor import (
+    credentials,
+    dispatch,
+    events,
+    files,
+    fleet,
+    ingest,
+    notify,
+    parking,
+    queue,
+    resuming,
+    watchdog,
+    webpush,
+)
 from agentfarm.supervisor.hub import Hub
 from agentfarm.supervisor.retention import Retention
 
 log = logging.getLogger(__name__)
 
 
-class Supervisor:
+class Supervisor(resuming.Resuming):
     def __init__(
         self,
         settings: Settings,
@@ -39,6 +52,8 @@ class Supervisor:
         secrets: SecretStore,
         backends: Mapping[str, Backend],
         adapters: Mapping[str, AgentAdapter],
+        *,
+        notifier: notify.Notifier | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -47,22 +62,28 @@ class Supervisor:
         self.adapters = dict(adapters)
         self.hub = Hub(store)
         self.retention = Retention(store, self.backends, settings.retention_hours)
+        self.notifier = notifier or notify.Notifier(
+            settings, secrets, webpush.WebPush(settings, push.PushSubscriptions(store.database))
+        )
         self._tasks: set[asyncio.Task[Any]] = set()
         self._handles: dict[str, RunHandle] = {}
         #: Each followed run's command: how to send it a follow-up.
         self._commands: dict[str, launch.AgentCommand] = {}
         self._stop_requested: set[str] = set()
-        self.dispatcher = dispatch.Dispatcher(
-            store, settings.max_concurrent_runs, self._launch, self._tasks
-        )
+        #: Why a run was stopped by agentfarm (a budget): the error it ends with.
+        self._stop_reasons: dict[str, str] = {}
+        self.fleet = fleet.Fleet(settings, store, self.stop_for)
+        self.dispatcher = dispatch.Dispatcher(self.fleet.plan, self._launch, self._tasks)
+        self.files = files.RunFiles(store, self.backends, self.hub, self.dispatcher.active)
         self.parking = parking.Parking(
             settings, store, self.backends, self.adapters, self._append,
             self._resume_parked, self.dispatcher.wake, self._tasks,
         )  # fmt: skip
-        self.dispatcher.hold = self.parking.held
+        self.fleet.held = self.parking.holding
 
     # --- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
+        await self.notifier.start()
         active = await self.store.active_runs()
         self.parking.restore(active)
         for run in active:
@@ -72,11 +93,14 @@ class Supervisor:
         tasks.spawn(self.dispatcher.run_forever(), name="dispatch", into=self._tasks)
         if self.settings.retention_hours > 0:
             tasks.spawn(self.retention.run_forever(), name="retention", into=self._tasks)
+        watch = self.fleet.watch_forever(self.dispatcher.wake)
+        tasks.spawn(watch, name="budgets", into=self._tasks)
         self.dispatcher.wake()
 
     async def close(self) -> None:
         """Stop watching; the agents themselves keep running and are reattached next start."""
         await tasks.stop(list(self._tasks))
+        await self.notifier.close()
 
     # --- public operations ---------------------------------------------------------------
     async def submit(
@@ -85,13 +109,16 @@ class Supervisor:
         config: models.AgentConfig | None = None,
         *,
         branch: str | None = None,
+        origin: models.RunOrigin = "person",
         run_id: str | None = None,
     ) -> models.Run:
         """Queue a run. It works on ``branch`` when given (the pipeline names its branches),
         else on ``agentfarm/<run id>``; with ``spec.base_branch == branch`` it continues that
-        existing branch (a follow-up) instead of starting a new one. ``run_id`` is an id chosen
-        beforehand (an orchestration dispatch records it before the run exists, so that a crash
-        in between never launches twice)."""
+        existing branch (a follow-up) instead of starting a new one. ``origin`` places it in
+        the queue (a person's first, by default) and under the pipeline's per-repository cap.
+        ``run_id`` is an id chosen beforehand (an orchestration dispatch records it before the
+        run exists, so that a crash in between never launches twice). Refused with 429
+        (``LimitReachedError``) over the queue's length or a budget."""
         if branch is not None and not launch.valid_branch(branch):
             raise errors.InvalidInputError(
                 f"{branch!r} is not a branch name git takes (no spaces, `..`, `~^:?*[\\`, "
@@ -107,15 +134,17 @@ class Supervisor:
             raise errors.InvalidInputError("the run has no prompt: give one in the config or run")
         # Fail early, before anything is queued.
         creds = (await self._credentials(spec)).require()
+        await self.fleet.admit(config)
         run = models.Run(
             id=run_id or models.new_id(),
             spec=spec,
             config_id=config.id if config else None,
             config_name=config.name if config else None,
+            origin=origin,
             continuation=models.Continuation(credentials_key=creds.model_key),
         )
         run.branch = branch or launch.branch_name(run.id)
-        await self.store.create_run(run)
+        await self.fleet.enqueue(run)
         await self._append(run.id, [events.status_event(models.RunStatus.queued)])
         self.dispatcher.wake()
         return run
@@ -125,11 +154,7 @@ class Supervisor:
         if run.status.terminal:
             raise errors.ConflictError(f"run {run_id} has already ended ({run.status.value})")
         self._stop_requested.add(run_id)
-        if run.status == models.RunStatus.parked and run_id not in self.dispatcher.active:
-            self.parking.disarm(run_id)
-            self.dispatcher.active.add(run_id)
-            stopping = self._end_parked(run, models.RunStatus.stopped, "stopped while parked")
-            tasks.spawn(stopping, name=f"unpark-{run_id}", into=self._tasks)
+        if self._stop_parked(run):
             return run
         if run.status == models.RunStatus.queued and run_id not in self.dispatcher.active:
             try:
@@ -152,16 +177,19 @@ class Supervisor:
             )
         return run
 
-    async def resume_run(self, run_id: str) -> models.Run:
-        """Resume a parked run now, rather than at its reset time."""
-        run = await self.store.get_run(run_id)
-        if run.status != models.RunStatus.parked:
-            raise errors.ConflictError(
-                f"run {run_id} is {run.status.value}: only a parked run can be resumed"
-            )
-        await self._resume_parked(run, parking.PERSON)
-        self.parking.release(run)
-        return run
+    async def stop_for(self, run_id: str, reason: str) -> None:
+        """Stop a running run because of ``reason`` (a budget), which it ends with."""
+        if run_id in self._stop_requested or run_id not in self._handles:
+            return
+        self._stop_reasons[run_id] = reason
+        await self._append(run_id, [events.notice_event(f"{reason}: stopping the agent")])
+        with contextlib.suppress(errors.ConflictError):  # it ended meanwhile
+            await self.stop_run(run_id)
+
+    async def queue_info(self, run_ids: list[str] | None = None) -> dict[str, queue.QueueInfo]:
+        """Queued runs' places in the queue and what they wait for, by run id."""
+        info = (await self.fleet.plan(set(self.dispatcher.active))).info
+        return info if run_ids is None else {k: v for k, v in info.items() if k in run_ids}
 
     async def send(self, run_id: str, text: str) -> None:
         run = await self.store.get_run(run_id)
@@ -177,35 +205,10 @@ class Supervisor:
         )
 
     async def delete_run(self, run_id: str) -> None:
-        """Delete an ended run: its files (through its backend's cleanup), then its row and
-        events. A run not yet ended is a conflict: stop it first."""
-        run = await self.store.get_run(run_id)
-        if not run.status.terminal or run_id in self.dispatcher.active:
-            raise errors.ConflictError(
-                f"run {run_id} is {run.status.value}: stop it first (`agentfarm stop {run_id}`), "
-                "then delete it once it has ended"
-            )
-        backend = self.backends.get(run.spec.backend.type)
-        if backend is not None:
-            # Files first: if this fails the run is still listed and can be deleted again.
-            await backend.cleanup(run)
-        await self.store.delete_run(run_id)
-        self.hub.forget(run_id)
+        await self.files.delete(run_id)
 
     async def diff(self, run_id: str, *, limit: int = diffs.PATCH_LIMIT) -> diffs.RunDiff:
-        """An ended run's changes, from its backend. Not while it runs: the agent still
-        writes its workspace, and host git runs there only after the agent has exited."""
-        run = await self.store.get_run(run_id)
-        if not run.status.terminal or run_id in self.dispatcher.active:
-            raise errors.ConflictError(
-                f"run {run_id} is {run.status.value}: its changes are shown once it has ended"
-            )
-        backend = self.backends.get(run.spec.backend.type)
-        if backend is None:
-            raise errors.ConfigurationError(
-                f"the {run.spec.backend.type!r} backend of run {run_id} is not enabled here"
-            )
-        return await backend.diff(run, limit=limit)
+        return await self.files.diff(run_id, limit=limit)
 
     # --- internals -----------------------------------------------------------------------
     async def _credentials(self, spec: models.AgentSpec) -> credentials.Credentials:
@@ -224,6 +227,18 @@ class Supervisor:
             run_id, drafts, cursor=cursor, run_fields=run_fields
         )
         await self.hub.publish(run_id, stored, final=final)
+        if final:
+            await self._announce(run_id)
+
+    async def _announce(self, run_id: str) -> None:
+        """Tell the notification targets that the run ended (in the background: a slow or
+        failing notifier never holds up or changes the run)."""
+        try:
+            note = notify.for_run(self.settings, await self.store.get_run(run_id))
+            if note is not None:
+                await self.notifier.notify(note)
+        except Exception:
+            log.warning("run %s: could not send its notification", run_id, exc_info=True)
 
     async def _finish_without_agent(
         self, run: models.Run, status: models.RunStatus, error: str | None
@@ -253,24 +268,23 @@ class Supervisor:
         finally:
             self._handles.pop(run.id, None)
             self._commands.pop(run.id, None)
+            self._stop_reasons.pop(run.id, None)
             self.dispatcher.release(run.id)
 
-    async def _launch(self, run: models.Run, resuming: str | None = None) -> None:
-        """Start a queued run's agent or, ``resuming`` saying why, a parked run's next agent
-        process (its session continued, in its workspace and on its branch)."""
+    async def _launch(self, run: models.Run) -> None:
         async with self._owning(run, models.RunStatus.failed, "internal error in agentfarm"):
-            fields: dict[str, Any] = {"status": models.RunStatus.starting}
-            if resuming:
-                fields["parked_until"] = None
             try:
-                starting = events.status_event(models.RunStatus.starting, reason=resuming)
-                await self._append(run.id, [starting], run_fields=fields)
+                await self._append(
+                    run.id,
+                    [events.status_event(models.RunStatus.starting)],
+                    run_fields={"status": models.RunStatus.starting},
+                )
             except errors.StatusConflictError as exc:
                 # Stopped (or otherwise ended) between the dispatcher's look and now.
                 log.info("run %s: not launched, it is %s", run.id, exc.current)
                 self._stop_requested.discard(run.id)
                 return
-            if run.id in self._stop_requested and not resuming:
+            if run.id in self._stop_requested:
                 await self._finish_without_agent(
                     run, models.RunStatus.stopped, "stopped before it started"
                 )
@@ -278,48 +292,23 @@ class Supervisor:
             creds: credentials.Credentials | None = None
             try:
                 creds = await self._credentials(run.spec)
-                if resuming:
-                    spec = self.parking.launch_spec(run, resuming, creds.require())
-                    handle, info = await self.parking.backend(run).resume(run, spec)
-                else:
-                    spec = launch.LaunchSpec(
-                        run_id=run.id,
-                        branch=run.branch or launch.branch_name(run.id),
-                        command=self.adapters[run.spec.agent].build_command(
-                            run.spec, base_url=creds.base_url
-                        ),
-                        credentials=creds.require().env,
-                        git_auth=creds.git_auth,
-                    )
-                    handle, info = await self.backends[run.spec.backend.type].launch(run, spec)
+                backend = self.backends[run.spec.backend.type]
+                spec = launch.LaunchSpec(
+                    run_id=run.id,
+                    branch=run.branch or launch.branch_name(run.id),
+                    command=self.adapters[run.spec.agent].build_command(
+                        run.spec, base_url=creds.base_url
+                    ),
+                    credentials=creds.require().env,
+                    git_auth=creds.git_auth,
+                )
+                handle, info = await backend.launch(run, spec)
             except errors.AgentfarmError as exc:
                 redacted = (creds.redactor if creds else Redactor()).text(str(exc))
-                if resuming:  # the workspace is there: its branch goes home
-                    await self._end_parked(run, models.RunStatus.failed, redacted)
-                    return
                 await self._finish_without_agent(run, models.RunStatus.failed, redacted)
                 await self._discard_failed_launch(run)
                 return
             await self._attached(run, handle, info, spec.command, creds.redactor)
-
-    async def _resume_parked(self, run: models.Run, reason: str) -> None:
-        if run.id in self.dispatcher.active:
-            raise errors.ConflictError(f"run {run.id} is already being resumed or stopped")
-        self.parking.disarm(run.id)
-        self.dispatcher.active.add(run.id)
-        tasks.spawn(self._launch(run, reason), name=f"continue-{run.id}", into=self._tasks)
-
-    async def _end_parked(self, run: models.Run, status: models.RunStatus, error: str) -> None:
-        """End a run between agent processes (stopped while parked, or its resume failed):
-        its branch is brought home, as at any end."""
-        async with self._owning(run, status, "ending the parked run"):
-            creds: credentials.Credentials | None = None
-            with contextlib.suppress(errors.ConfigurationError, errors.InvalidInputError):
-                creds = await self._credentials(run.spec)
-            redactor = creds.redactor if creds else Redactor()
-            await self.parking.end(run, status, error, creds.git_auth if creds else None, redactor)
-            self._stop_requested.discard(run.id)
-            self.hub.forget(run.id)
 
     async def _resume(self, run: models.Run) -> None:
         async with self._owning(run, models.RunStatus.lost, "could not reattach after a restart"):
@@ -371,20 +360,27 @@ class Supervisor:
             await self._append(run.id, drafts, run_fields=fields)
         if run.id in self._stop_requested:
             await handle.stop(self.settings.stop_grace_seconds)
-        await ingest.Ingest(
-            run=current,
-            handle=handle,
-            parser=self.adapters[run.spec.agent].new_parser(),
-            redactor=redactor,
-            settings=self.settings,
-            append=self._append,
-            stop_requested=self._stop_requested,
-            forget=self.hub.forget,
-            tasks=self._tasks,
-            limits=watchdog.Limits.of(self.settings, run.spec),
-            park=self.parking.park,
-            stored=await self.store.get_cursor(run.id),
-        ).run_to_end()
+        timer = self.fleet.watch_time(current.model_copy(update=fields), self._tasks)
+        try:
+            await ingest.Ingest(
+                run=current,
+                handle=handle,
+                parser=self.adapters[run.spec.agent].new_parser(),
+                redactor=redactor,
+                settings=self.settings,
+                append=self._append,
+                stop_requested=self._stop_requested,
+                forget=self.hub.forget,
+                tasks=self._tasks,
+                stored=await self.store.get_cursor(run.id),
+                stop_reasons=self._stop_reasons,
+                over_budget=self.stop_for,
+                limits=watchdog.Limits.of(self.settings, run.spec),
+                park=self.parking.park,
+            ).run_to_end()
+        finally:
+            if timer is not None:
+                timer.cancel()
 
     async def _discard_failed_launch(self, run: models.Run) -> None:
         """A launch that failed leaves nothing behind (no branch, no workspace worth a look:
