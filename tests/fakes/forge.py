@@ -55,6 +55,8 @@ class Recorded:
     authorized: bool
     body: Any
     status: int = 0
+    #: When it was answered (``time.time()``), for benchmarks.
+    at: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -495,6 +497,7 @@ class FakeForge:
                     authorized,
                     body,
                     status,
+                    time.time(),
                 )
             )
 
