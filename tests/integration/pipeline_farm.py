@@ -121,13 +121,12 @@ class Farm:
         return [r for r in reversed(runs) if str(r["spec"]["repo"]).rstrip("/").endswith(wanted)]
 
     def attempts(self, repo: str | None = None) -> list[dict[str, Any]]:
-        """The pipeline's attempts as ``GET /api/pipeline`` shows them (any nesting)."""
+        """The pipeline's attempts as ``GET /api/pipeline`` shows them, newest first."""
         with self.api() as c:
-            response = c.get("/api/pipeline")
+            response = c.get("/api/pipeline", params={"limit": 1000})
         if response.status_code != 200:
             return []
-        found: list[dict[str, Any]] = []
-        _collect_attempts(response.json(), found)
+        found: list[dict[str, Any]] = response.json().get("attempts", [])
         return [a for a in found if repo is None or a.get("repo") == repo]
 
     def bot_comments(self, repo: str, number: int) -> list[str]:
@@ -192,18 +191,6 @@ class Farm:
         log = self.server.log.read_text(errors="replace") if self.server.log.exists() else ""
         lines.append("--- server log (tail):\n" + log[-2500:])
         return "\n".join(lines)
-
-
-def _collect_attempts(value: Any, out: list[dict[str, Any]]) -> None:
-    if isinstance(value, dict):
-        if {"repo", "number", "state"} <= value.keys():
-            out.append(value)
-            return
-        for item in value.values():
-            _collect_attempts(item, out)
-    elif isinstance(value, list):
-        for item in value:
-            _collect_attempts(item, out)
 
 
 def wait_for(
