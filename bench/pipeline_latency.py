@@ -124,7 +124,9 @@ def main() -> None:
                 "ANTHROPIC_API_KEY": "sk-bench-key-000000",
             },
             root / "server.log",
-        ).start()
+        )
+        srv.env["AGENTFARM_PUBLIC_URL"] = srv.url
+        srv.start()
         farm = Farm(args.kind, forge, srv, model, name="bench", repos=[REPO])
         try:
             farm.add_forge()

@@ -72,7 +72,10 @@ def farm(
             "AGENTFARM_STOP_GRACE_SECONDS": "3",
         },
         root / "server.log",
-    ).start()
+    )
+    # Status comments and pull requests link to the run in the cockpit at this address.
+    server.env["AGENTFARM_PUBLIC_URL"] = server.url
+    server.start()
     farm = Farm(kind, forge, server, fake_anthropic, name=f"e2e-{kind}", repos=REPOS)
     try:
         # Forgejo sends no commit-status webhook: its checks are seen by polling.
