@@ -53,7 +53,7 @@ def started(farm: Farm, run_id: str) -> tuple[dict[str, Any], float]:
     return run, stamp(run["started_at"])
 
 
-def via_webhook(farm: Farm, index: int) -> dict[str, float]:
+def via_webhook(farm: Farm, index: int, *, trace: bool = False) -> dict[str, float]:
     marker = farm.scenario(f"bench-{index}")
     number = farm.forge.open_issue(REPO, f"Benchmark issue {index}", f"Go. {marker}")
     deliveries = farm.forge.label(REPO, number, "agentfarm", by=WRITER)
@@ -84,6 +84,11 @@ def via_webhook(farm: Farm, index: int) -> dict[str, float]:
         repo=REPO,
     )
     wait_for("the attempt to end", lambda: farm.settled(REPO), farm=farm, repo=REPO)
+    if trace:  # where the time goes: the forge calls before the run started
+        for r in farm.forge.requests:
+            if sent <= r.at <= run_started:
+                print(f"  +{(r.at - sent) * 1000:6.1f} ms  {r.method} {r.path} -> {r.status}")
+        print(f"  +{(run_started - sent) * 1000:6.1f} ms  run started")
     return {"started": run_started - sent, "comment": comment - sent, "agent": agent - sent}
 
 
@@ -110,6 +115,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--kind", choices=["github", "forgejo"], default="github")
+    parser.add_argument("--trace", action="store_true", help="show the last webhook's calls")
     args = parser.parse_args()
     binary = claude_bin()
     root = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
@@ -135,7 +141,8 @@ def main() -> None:
             hook: list[dict[str, float]] = []
             direct: list[dict[str, float]] = []
             for index in range(args.runs):
-                hook.append(via_webhook(farm, index))
+                last = index == args.runs - 1
+                hook.append(via_webhook(farm, index, trace=args.trace and last))
                 direct.append(via_api(farm, index))
         finally:
             srv.stop()
