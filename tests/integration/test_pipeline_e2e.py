@@ -174,8 +174,8 @@ def test_label_leads_to_one_pull_request(farm: Farm) -> None:
     assert farm.forge.issue_comments(FLOW, number) == []
 
     # The genuine delivery, replayed at once and again at the end: one run.
-    farm.deliver(deliveries)
-    farm.deliver(deliveries)
+    assert [r.json()["status"] for r in farm.deliver(deliveries)] == ["accepted"]
+    assert [r.json()["status"] for r in farm.deliver(deliveries)] == ["duplicate"]
     pull = one_pull(farm, FLOW)
     labels_end_with(farm, FLOW, number, "agentfarm:done")
     settle(farm, FLOW)
@@ -344,14 +344,14 @@ def test_a_rejected_push_is_explained_and_nothing_is_lost(farm: Farm) -> None:
     assert len(runs) == 1 and runs[0]["status"] == "succeeded", runs
     # Nothing lost: the agent's commit is still in the run's workspace.
     workspace = runs[0].get("workspace")
-    if workspace and Path(workspace).exists():
-        log = subprocess.run(
-            ["git", "-c", "safe.directory=*", "-C", workspace, "log", "--format=%s", "-3"],
-            capture_output=True,
-            text=True,
-            check=False,
-        ).stdout
-        assert "Record afk-" in log, log
+    assert workspace and Path(workspace).exists(), runs[0]
+    log = subprocess.run(
+        ["git", "-c", "safe.directory=*", "-C", workspace, "log", "--format=%s", "-3"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout
+    assert "Record afk-" in log, log
 
 
 def pause(farm: Farm, paused: bool) -> None:
