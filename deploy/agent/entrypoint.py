@@ -2,7 +2,8 @@
 """Entrypoint of the agentfarm agent image (standard library only).
 
     entrypoint.py clone            init container: clone AGENTFARM_REPO into the workspace on a
-                                   new branch AGENTFARM_BRANCH
+                                   new branch AGENTFARM_BRANCH (or, when it is also
+                                   AGENTFARM_BASE_BRANCH, on that existing branch)
     entrypoint.py run -- ARGV...   agent container: run ARGV with the first stdin bytes from
                                    AGENTFARM_STDIN, relay its output, then push the branch
 
@@ -40,6 +41,9 @@ import time
 KIND_STDOUT = b"O"
 KIND_STDERR = b"E"
 KIND_NOTICE = b"N"
+#: Starts the notice that says where the branch ended up (JSON follows); the control plane's
+#: handle (backends/kubernetes/handle.py, BRANCH_NOTICE) reads it.
+BRANCH_RECORD = "agentfarm.branch "
 _out = threading.Lock()
 _seq = 0
 _secrets: list[str] = []
@@ -51,6 +55,8 @@ SAFE_CONFIG = (
     ("core.alternateRefsCommand", ""),
     ("credential.helper", ""),
     ("protocol.ext.allow", "never"),
+    # A rejected push says why, without git's advice on pulling first.
+    ("advice.pushUpdateRejected", "false"),
 )
 
 
@@ -160,7 +166,8 @@ def clone() -> int:
         if base:
             args += ["--branch", base]
         git(*args, "--", repo, workspace, env=env)
-        git("checkout", "--quiet", "-b", branch, env=env)
+        if base != branch:  # else a follow-up: it continues the branch it cloned
+            git("checkout", "--quiet", "-b", branch, env=env)
         git("config", "user.name", "agentfarm", env=env)
         git("config", "user.email", "agentfarm@localhost", env=env)
         head = git("rev-parse", "HEAD", env=env)
@@ -305,8 +312,19 @@ def reap_leftovers() -> None:
         time.sleep(0.1)
 
 
+def report(branch: str, start: str, head: str | None, commits: int, error: str | None) -> None:
+    """Where the branch ended up, for the control plane (its ``run.branch`` event): one
+    notice line ``agentfarm.branch {json}``, before the sentence for people."""
+    pushed = error is None and commits > 0
+    data = {"branch": branch, "start": start, "head": head, "commits": commits,
+            "pushed": pushed, "error": error[:4000] if error else error}  # fmt: skip
+    notice(BRANCH_RECORD + json.dumps(data))
+
+
 def push() -> None:
-    """Push HEAD of the workspace to AGENTFARM_BRANCH of AGENTFARM_REPO, and nowhere else.
+    """Push HEAD of the workspace to AGENTFARM_BRANCH of AGENTFARM_REPO, and nowhere else,
+    when it has commits beyond where the run started (a follow-up's push is a fast-forward
+    of the branch it continued).
 
     The workspace's git is read without a token and with hooks and fsmonitor off; the commits
     of its HEAD are copied into a fresh bare repository whose only config is ours, and the
@@ -317,6 +335,8 @@ def push() -> None:
     workspace = os.environ.get("AGENTFARM_WORKSPACE", "/workspace")
     git_dir = os.path.join(workspace, ".git")
     fresh = ""
+    base, count = "", 0
+    head: str | None = None
     try:
         if os.path.islink(git_dir) or not os.path.isdir(git_dir):
             notice(f"not pushing {branch}: the workspace's .git is no longer a directory")
@@ -327,17 +347,19 @@ def push() -> None:
         env = plain_env()
         fd = os.open(os.path.join(git_dir, "agentfarm-base"), os.O_RDONLY | os.O_NOFOLLOW)
         with os.fdopen(fd) as fh:
-            base = fh.read(200).strip()
-        if not re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", base):
+            read = fh.read(200).strip()
+        if not re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", read):
             raise ValueError("the workspace's .git/agentfarm-base no longer names a commit")
+        base = read
         if git("status", "--porcelain", env=env):
             notice("uncommitted changes are left in the workspace; only commits are pushed")
-        count = int(git("rev-list", "--count", f"{base}..HEAD", env=env) or "0")
+        head = git("rev-parse", "--verify", "HEAD^{commit}", env=env)
+        count = int(git("rev-list", "--count", f"{base}..{head}", env=env) or "0")
         if count == 0:
+            report(branch, base, head, 0, None)
             notice(f"no commits on {branch}: nothing to push")
             return
-        last = git("log", "-1", "--format=%h %s", env=env)
-        head = git("rev-parse", "--verify", "HEAD^{commit}", env=env)
+        last = git("log", "-1", "--format=%h %s", head, env=env)
         fresh = tempfile.mkdtemp(prefix="agentfarm-push-")
         git("init", "--quiet", "--bare", fresh, env=env, cwd=fresh)
         # Borrow the workspace's objects just long enough to copy what the branch needs: no
@@ -353,8 +375,11 @@ def push() -> None:
             "push", "--quiet", "--", repo, f"refs/heads/{branch}:refs/heads/{branch}",
             env=token_env(), cwd=fresh, timeout=300,
         )  # fmt: skip
+        report(branch, base, head, count, None)
         notice(f"pushed {count} commit(s) to {branch} (last: {last})")
     except (OSError, ValueError, RuntimeError, subprocess.TimeoutExpired) as exc:
+        if base:
+            report(branch, base, head, count, mask(str(exc)))
         notice(f"pushing {branch} failed: {exc}")
     finally:
         if fresh:

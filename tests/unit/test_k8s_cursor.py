@@ -120,3 +120,38 @@ async def test_a_follow_that_goes_quiet_is_reopened_from_shortly_before_the_last
     assert not [r for r in found if r.kind == "notice"]
     follow, since = api.calls[1]
     assert follow and since is not None and since >= k8s_handle.SINCE_MARGIN_SECONDS
+
+
+BRANCH = (
+    b'agentfarm.branch {"branch": "agentfarm/issue-3-x", "start": "' + b"a" * 40 + b'", '
+    b'"head": "' + b"b" * 40 + b'", "commits": 2, "pushed": true, "error": null}'
+)
+
+
+async def test_the_entrypoints_branch_notice_becomes_the_outcome_even_before_the_cursor() -> None:
+    lines = [line(1), b"\x1eN2 " + BRANCH, line(3, "N")]
+    for after in (0, 3 << 8):  # a first read, and a reattach past it
+        state = k8s_handle.RunState("ns", "agentfarm-run-r1")
+        api = RotatingLog([(lines, "end")])
+        handle = k8s_handle.KubernetesHandle("r1", api, state)  # type: ignore[arg-type]
+        found = [r async for r in handle.records(after=after)]
+        assert not any(r.data.startswith(b"agentfarm.branch") for r in found)
+        assert handle.branch_outcome is not None
+        assert handle.branch_outcome.to_data() == {
+            "branch": "agentfarm/issue-3-x",
+            "start": "a" * 40,
+            "head": "b" * 40,
+            "commits": 2,
+            "pushed": True,
+            "error": None,
+        }
+        assert found[-1].kind == "exit"
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [b"not json", b"[]", b'{"branch": "b", "start": "s", "commits": -1, "pushed": true}',
+     b'{"branch": "b", "start": "s", "commits": 1, "pushed": "yes"}'],
+)  # fmt: skip
+def test_a_malformed_branch_notice_is_no_outcome(payload: bytes) -> None:
+    assert k8s_handle.parse_branch(k8s_handle.BRANCH_NOTICE + payload) is None

@@ -106,6 +106,73 @@ def test_clone_run_and_push(env: dict[str, str], tmp_path: Path) -> None:
     assert git("-C", origin, "log", "--format=%s", "agentfarm/t1").splitlines()[0] == "add f"
 
 
+def test_a_follow_up_continues_its_branch_and_pushes_on_top(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    """AGENTFARM_BASE_BRANCH == AGENTFARM_BRANCH: clone that branch and keep working on it
+    (no new branch), then push fast-forward."""
+    origin = env["AGENTFARM_REPO"].removeprefix("file://")
+    agent = tmp_path / "agent.sh"
+    agent.write_text("#!/bin/sh\necho $$ >> f.txt; git add f.txt; git commit -qm more\n")
+    agent.chmod(0o755)
+    assert entrypoint(env, "clone").returncode == 0
+    assert entrypoint(env, "run", "--", str(agent)).returncode == 0
+    first = git("-C", origin, "rev-parse", "agentfarm/t1").strip()
+    (tmp_path / "ws2").mkdir()
+    again = env | {
+        "AGENTFARM_BASE_BRANCH": "agentfarm/t1",
+        "AGENTFARM_WORKSPACE": str(tmp_path / "ws2"),
+    }
+    cloned = entrypoint(again, "clone")
+    assert cloned.returncode == 0, cloned.stderr
+    done = entrypoint(again, "run", "--", str(agent))
+    lines = parse(done.stdout)
+    assert lines[-1][1].startswith("pushed 1 commit(s) to agentfarm/t1")
+    assert git("-C", origin, "rev-parse", "agentfarm/t1^").strip() == first
+    # The outcome for the control plane's run.branch event comes just before.
+    kind, text = lines[-2]
+    assert kind == "N" and text.startswith("agentfarm.branch ")
+    assert json.loads(text.removeprefix("agentfarm.branch ")) == {
+        "branch": "agentfarm/t1",
+        "start": first,
+        "head": git("-C", origin, "rev-parse", "agentfarm/t1").strip(),
+        "commits": 1,
+        "pushed": True,
+        "error": None,
+    }
+
+
+def test_no_commits_push_nothing_and_a_rejected_push_says_why(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    origin = env["AGENTFARM_REPO"].removeprefix("file://")
+    idle = tmp_path / "idle.sh"
+    idle.write_text("#!/bin/sh\ntrue\n")
+    idle.chmod(0o755)
+    assert entrypoint(env, "clone").returncode == 0
+    lines = parse(entrypoint(env, "run", "--", str(idle)).stdout)
+    assert lines[-1] == ("N", "no commits on agentfarm/t1: nothing to push")
+    outcome = json.loads(lines[-2][1].removeprefix("agentfarm.branch "))
+    assert (outcome["commits"], outcome["pushed"], outcome["error"]) == (0, False, None)
+    assert outcome["head"] == outcome["start"]
+    # Someone else's commit on the branch meanwhile: the run's push is refused.
+    seed = tmp_path / "other"
+    git("clone", "-q", origin, str(seed))
+    git("checkout", "-q", "-b", "agentfarm/t1", cwd=seed)
+    (seed / "theirs.txt").write_text("theirs\n")
+    git("add", ".", cwd=seed)
+    git("commit", "-q", "-m", "theirs", cwd=seed)
+    git("push", "-q", "origin", "agentfarm/t1", cwd=seed)
+    worker = tmp_path / "worker.sh"
+    worker.write_text("#!/bin/sh\necho x > f.txt; git add f.txt; git commit -qm mine\n")
+    worker.chmod(0o755)
+    lines = parse(entrypoint(env, "run", "--", str(worker)).stdout)
+    assert lines[-1][1].startswith("pushing agentfarm/t1 failed: git push: ")
+    outcome = json.loads(lines[-2][1].removeprefix("agentfarm.branch "))
+    assert (outcome["commits"], outcome["pushed"]) == (1, False)
+    assert "[rejected]" in outcome["error"] and "hint:" not in outcome["error"]
+
+
 def test_clone_failure_is_one_clear_line_without_tokens(env: dict[str, str]) -> None:
     env |= {
         "AGENTFARM_REPO": "https://github.invalid/none/none.git",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 
 import pytest
@@ -12,6 +13,7 @@ from agentfarm.backends.kubernetes import config, manifests
 from agentfarm.domain import backend_config, errors, models
 from agentfarm.domain.launch import AgentCommand, LaunchSpec
 from agentfarm.settings import Settings
+from agentfarm.supervisor import credentials
 
 SECRETS = {"CLAUDE_CODE_OAUTH_TOKEN": "sk-oauth-secret", "GITHUB_TOKEN": "ghp_secret"}
 
@@ -129,6 +131,45 @@ def test_the_runs_secret_holds_only_the_token_for_its_repository(
     pod = json.dumps(manifests.build_pod(run, LaunchSpec.of(run.id, command, secrets), cfg))
     for value in secrets.values():
         assert value not in pod
+
+
+@pytest.mark.parametrize(
+    ("repo", "name", "user"),
+    [
+        ("https://github.com/o/r.git", "GITHUB_TOKEN", "x-access-token"),
+        ("https://github.example.com/o/r.git", "GIT_TOKEN_GITHUB_EXAMPLE_COM", "x-access-token"),
+        ("https://code.example.org/o/r.git", "GIT_TOKEN_CODE_EXAMPLE_ORG", "oauth2"),
+        ("http://127.0.0.1:3000/o/r.git", "GIT_TOKEN_127_0_0_1_3000", "oauth2"),
+    ],
+)
+def test_a_token_the_spec_names_reaches_the_pod_under_its_hosts_name(
+    repo: str, name: str, user: str
+) -> None:
+    """``git_token_secret``: that token alone, under the name the entrypoint expects for the
+    repository's host, with the right user; the run's named branch goes with it."""
+    spec = models.AgentSpec(
+        repo=repo, prompt="p", backend="kubernetes", git_token_secret="FORGE_BOT"
+    )
+    run = models.Run(id="abc123def456", spec=spec, branch="agentfarm/issue-4-fix")
+    _, command, _ = make()
+    cfg = config.resolve(spec, Settings(k8s_image="a:1"))
+    auth = credentials.explicit_git_auth({"FORGE_BOT": "tok_named"}, repo, "FORGE_BOT")
+    launching = dataclasses.replace(
+        LaunchSpec.of(run.id, command, {"ANTHROPIC_API_KEY": "sk-ant-1"}),
+        branch="agentfarm/issue-4-fix",
+        git_auth=auth,
+    )
+    data = manifests.build_secret(run, launching, cfg)["data"]
+    assert base64.b64decode(data[name]) == b"tok_named"
+    assert "FORGE_BOT" not in data
+    pod = manifests.build_pod(run, launching, cfg)
+    assert "tok_named" not in json.dumps(pod)
+    for container in pod["spec"]["initContainers"] + pod["spec"]["containers"]:
+        env = env_of(container)
+        rules = json.loads(env["AGENTFARM_GIT_CREDENTIALS"])  # type: ignore[arg-type]
+        assert rules == [{"url": auth.prefix, "user": user, "env": name}]
+        assert env[name] == {"secretKeyRef": {"name": "agentfarm-run-abc123def456", "key": name}}
+        assert env["AGENTFARM_BRANCH"] == "agentfarm/issue-4-fix"
 
 
 def test_scheduling_and_runtime_settings() -> None:

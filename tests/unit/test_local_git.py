@@ -9,12 +9,13 @@ import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pydantic
 import pytest
 
 from agentfarm.backends.local import git
-from agentfarm.domain import errors, models
+from agentfarm.domain import errors, launch, models
 from tests.fakes import git_http
 
 CONFIG = "[core]\n\tbare = false\n"
@@ -451,3 +452,76 @@ def test_alternates_follow_chains_and_skip_comments(tmp_path: Path) -> None:
     (last / "objects" / "info" / "alternates").write_text(f"{middle / 'objects'}\n")  # a loop
     assert git.alternates(ws) == [middle / "objects", last / "objects"]
     assert git.alternates(tmp_path / "none") == []
+
+
+def remote_auth(remote: git_http.GitHttpServer, token: str) -> launch.GitAuth:
+    prefix = f"http://127.0.0.1:{remote.port}/"
+    return launch.GitAuth(prefix, "oauth2", token, "GIT_TOKEN_127_0_0_1")
+
+
+async def test_a_token_reaches_git_through_its_environment_only(
+    remote: git_http.GitHttpServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    token = "forge-token-0123456789"
+    auth = remote_auth(remote, token)
+    started: list[tuple[tuple[str, ...], dict[str, str]]] = []
+    real_exec = asyncio.create_subprocess_exec
+
+    async def recording(*argv: str, **kwargs: Any) -> asyncio.subprocess.Process:
+        started.append((argv, dict(kwargs["env"])))
+        return await real_exec(*argv, **kwargs)
+
+    monkeypatch.setattr(asyncio, "create_subprocess_exec", recording)
+    monkeypatch.setenv("GIT_CONFIG_COUNT", "1")  # the server's own: never passed on
+    monkeypatch.setenv("GIT_CONFIG_KEY_0", "http.extraHeader")
+    monkeypatch.setenv("GIT_CONFIG_VALUE_0", "X-Leak: server")
+    dest = tmp_path / "ws"
+    await git.clone(remote.url("repo.git"), dest, "main", auth)
+
+    assert (dest / "README.md").read_text() == "remote\n"
+    assert remote.passwords() == {token}  # every request carried it
+    [(argv, env)] = started
+    assert not any(token in arg or auth.basic in arg for arg in argv)
+    assert {k: v for k, v in env.items() if k.startswith("GIT_CONFIG_")} == {
+        "GIT_CONFIG_COUNT": "1",
+        "GIT_CONFIG_KEY_0": f"http.http://127.0.0.1:{remote.port}/.extraHeader",
+        "GIT_CONFIG_VALUE_0": f"Authorization: Basic {auth.basic}",
+    }
+    written = "".join(p.read_text(errors="replace") for p in (dest / ".git").glob("config*"))
+    assert token not in written and auth.basic not in written
+    assert setup_git("remote", "get-url", "origin", cwd=dest) == remote.url("repo.git")
+
+
+async def test_a_refused_token_is_masked_in_gits_words(
+    remote: git_http.GitHttpServer, tmp_path: Path
+) -> None:
+    auth = remote_auth(remote, "wrong-token-0000000000")
+    with pytest.raises(git.GitError) as raised:
+        await git.clone(remote.url("repo.git"), tmp_path / "ws", None, auth)
+    message = str(raised.value)
+    assert message.startswith(f"git clone failed: {git.AUTH_REFUSED} (git: ")
+    assert auth.token not in message and auth.basic not in message
+
+
+async def test_push_with_a_token_sends_the_branch_fast_forward_only(
+    remote: git_http.GitHttpServer, tmp_path: Path
+) -> None:
+    auth = remote_auth(remote, "forge-token-0123456789")
+    dest = tmp_path / "ws"
+    await git.clone(remote.url("repo.git"), dest, None, auth)
+    await git.new_branch(dest, "agentfarm/issue-1-x")
+    start = await git.head(dest)
+    (dest / "work.txt").write_text("done\n")
+    setup_git("add", "work.txt", cwd=dest)
+    setup_git("commit", "-q", "-m", "work", cwd=dest)
+    head = await git.head(dest, "refs/heads/agentfarm/issue-1-x")
+    assert await git.count(dest, start, head) == 1
+    await git.push(remote.url("repo.git"), dest, "agentfarm/issue-1-x", auth)
+    bare = remote.root / "repo.git"
+    assert setup_git("rev-parse", "refs/heads/agentfarm/issue-1-x", cwd=bare) == head
+    # Rewritten history does not replace what the remote has.
+    setup_git("commit", "-q", "--amend", "-m", "rewritten", cwd=dest)
+    with pytest.raises(git.GitError) as raised:
+        await git.push(remote.url("repo.git"), dest, "agentfarm/issue-1-x", auth)
+    assert "rejected" in str(raised.value)
+    assert setup_git("rev-parse", "refs/heads/agentfarm/issue-1-x", cwd=bare) == head

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from agentfarm.domain import backend_config, errors
+from agentfarm.domain import backend_config, errors, gittokens
 from agentfarm.settings import Settings
 from agentfarm.store.secrets import SecretStore
 from agentfarm.supervisor import credentials
@@ -71,3 +71,62 @@ def test_an_agent_naming_no_credentials_needs_none_and_gets_no_model_key(tmp_pat
     missing = credentials.resolve(settings, empty, LOCAL)
     assert missing.missing and not credentials.for_agent(missing, ()).missing
     credentials.for_agent(missing, ()).require()
+
+
+def test_git_token_secret_resolves_to_a_token_for_the_repositorys_prefix(tmp_path: Path) -> None:
+    secrets, settings = store_with(
+        tmp_path,
+        ANTHROPIC_API_KEY="sk-0123456789",
+        FORGE_BOT="forge-token-0123456789",
+        GITHUB_TOKEN="ghp-0123456789",
+    )
+    repo = "https://code.example.org:8443/alice/proj.git"
+    found = credentials.resolve(settings, secrets, LOCAL, repo=repo, git_token_secret="FORGE_BOT")
+    auth = found.git_auth
+    assert auth is not None
+    assert (auth.prefix, auth.user, auth.token) == (
+        "https://code.example.org:8443/",
+        "oauth2",
+        "forge-token-0123456789",
+    )
+    assert auth.env_name == "GIT_TOKEN_CODE_EXAMPLE_ORG_8443"
+    # Git's, never the agent's; masked, in both its forms, wherever a run's text shows it.
+    assert "forge-token-0123456789" not in found.env.values()
+    assert "forge-token-0123456789" not in repr(found) + repr(auth)
+    shown = found.redactor.text(f"token forge-token-0123456789 header {auth.basic}")
+    assert "forge-token-0123456789" not in shown and auth.basic not in shown
+    # A pod gets that one token (as git_auth), not every stored git token.
+    pod = credentials.resolve(settings, secrets, TOKEN_POD, repo=repo, git_token_secret="FORGE_BOT")
+    assert pod.git_auth == auth and "GITHUB_TOKEN" not in pod.env
+    github = credentials.resolve(
+        settings, secrets, LOCAL, repo="https://github.com/o/r.git", git_token_secret="FORGE_BOT"
+    )
+    assert github.git_auth is not None
+    assert (github.git_auth.user, github.git_auth.env_name) == ("x-access-token", "GITHUB_TOKEN")
+
+
+def test_a_missing_git_token_secret_is_a_clear_configuration_error(tmp_path: Path) -> None:
+    secrets, settings = store_with(tmp_path, ANTHROPIC_API_KEY="sk-0123456789")
+    with pytest.raises(errors.ConfigurationError) as raised:
+        credentials.resolve(
+            settings, secrets, LOCAL, repo="https://git.lan/o/r.git", git_token_secret="NOPE"
+        )
+    assert "'NOPE', which is not stored" in str(raised.value)
+    assert "agentfarm secret set NOPE" in str(raised.value)
+
+
+def test_plain_http_gets_a_token_only_when_the_spec_names_it(tmp_path: Path) -> None:
+    secrets, settings = store_with(
+        tmp_path, FORGE_BOT="forge-token-0123456789", GITHUB_TOKEN="ghp-0123456789"
+    )
+    repo = "http://127.0.0.1:3000/alice/proj.git"
+    # Without git_token_secret a forge-wide token never goes over http (nor anywhere local).
+    assert gittokens.token_for(repo, {"GITHUB_TOKEN", "FORGEJO_TOKEN"}) is None
+    plain = credentials.resolve(settings, secrets, LOCAL, repo=repo)
+    assert plain.git_auth is None
+    named = credentials.resolve(settings, secrets, LOCAL, repo=repo, git_token_secret="FORGE_BOT")
+    assert named.git_auth is not None
+    assert (named.git_auth.prefix, named.git_auth.env_name) == (
+        "http://127.0.0.1:3000/",
+        "GIT_TOKEN_127_0_0_1_3000",
+    )

@@ -170,7 +170,7 @@ async def test_reattach_records_running_start_time_and_workspace(
     got = await store.get_run(run.id)
     assert got.started_at is not None
     assert got.workspace == f"/fake/{run.id}"
-    assert got.branch == f"agentfarm/{run.id}"
+    assert got.branch == "agentfarm/x"  # the stored branch: a run's branch may be named
     assert await statuses(store, run.id) == ["running"]
     await sup.stop_run(run.id)
     assert (await ended(store, run.id)).status is models.RunStatus.stopped
@@ -196,10 +196,10 @@ async def test_a_stop_during_reattach_is_honoured(
     real_attach = restarted.attach
     attaching, gate = asyncio.Event(), asyncio.Event()
 
-    async def attach(r: models.Run) -> Any:
+    async def attach(r: models.Run, **kwargs: Any) -> Any:
         attaching.set()
         await gate.wait()
-        return await real_attach(r)
+        return await real_attach(r, **kwargs)
 
     monkeypatch.setattr(restarted, "attach", attach)
     second = supervisors(restarted)

@@ -1,4 +1,5 @@
-"""The rendered-HTML cache: bounded in bytes, least recently used out first."""
+"""The rendered-HTML cache: bounded in bytes, least recently used out first; and how a
+branch outcome (`run.branch`) reads on the page and in a terminal."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections import OrderedDict
 
 import pytest
 
+from agentfarm.cli import event_text
 from agentfarm.domain import models
 from agentfarm.web import event_html
 
@@ -46,3 +48,42 @@ def test_a_hit_keeps_an_entry_and_a_huge_entry_does_not_stick(small_cache: int) 
     huge = event_html.event_html(text_event(999, size=200_000))
     assert "w w" in huge
     assert event_html.cache_bytes() <= small_cache
+
+
+@pytest.mark.parametrize(
+    ("data", "html", "line", "failed"),
+    [
+        (
+            {"branch": "agentfarm/issue-1-x", "start": "a" * 40, "head": "b" * 40,
+             "commits": 2, "pushed": True, "error": None},
+            "branch <code>agentfarm/issue-1-x</code>: 2 commits pushed, "
+            "head <code>bbbbbbbbbbbb</code>",
+            "branch agentfarm/issue-1-x: 2 commits pushed, head bbbbbbbbbbbb",
+            False,
+        ),
+        (
+            {"branch": "b", "start": "a" * 40, "head": "a" * 40, "commits": 0,
+             "pushed": False, "error": None},
+            "branch <code>b</code>: no commits, nothing pushed",
+            "branch b: no commits, nothing pushed",
+            False,
+        ),
+        (
+            {"branch": "b", "start": "a" * 40, "head": "c" * 40, "commits": 1,
+             "pushed": False, "error": "git push failed: <rejected>"},
+            "branch <code>b</code> not pushed (1 commit): git push failed: &lt;rejected&gt;",
+            "branch b not pushed (1 commit): git push failed: <rejected>",
+            True,
+        ),
+    ],
+)  # fmt: skip
+def test_a_branch_outcome_reads_as_one_sentence(
+    data: dict[str, object], html: str, line: str, failed: bool
+) -> None:
+    run_id = models.new_id()  # rendered HTML is cached by (run, seq)
+    event = models.Event(run_id=run_id, seq=9, type=models.EventType.run_branch, data=data)
+    shown = event_html.event_html(event)
+    assert html in shown
+    assert ("is-error" in shown) is failed
+    text = event_text.event_line(event.model_dump(mode="json"))
+    assert text is not None and text.plain.endswith(line)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from agentfarm.domain import launch, models
+from agentfarm.domain.launch import GitAuth
 
 #: ``egress``: a connection the sandbox's egress proxy refused (JSON: host, port, reason).
 RecordKind = Literal["stdout", "stderr", "notice", "started", "exit", "egress"]
@@ -39,6 +40,34 @@ class Record:
     exit: ExitInfo | None = None
 
 
+@dataclass(frozen=True)
+class BranchOutcome:
+    """Where a run's branch ended up, once its backend brought it home (pushed it to the
+    remote, or fetched it back into a local source repository)."""
+
+    branch: str
+    #: The commit the run started from (its branch's head at launch).
+    start: str
+    #: The branch's head at the end; None when it could not be read.
+    head: str | None
+    #: Commits on the branch beyond ``start``.
+    commits: int
+    #: The branch reached the remote (or the local source repository).
+    pushed: bool
+    #: Why it did not (git's words, masked); None when it did or there was nothing to push.
+    error: str | None = None
+
+    def to_data(self) -> dict[str, object]:
+        return {
+            "branch": self.branch,
+            "start": self.start,
+            "head": self.head,
+            "commits": self.commits,
+            "pushed": self.pushed,
+            "error": self.error,
+        }
+
+
 @dataclass
 class LaunchInfo:
     """What the backend tells the supervisor about a launched run."""
@@ -50,6 +79,8 @@ class LaunchInfo:
 
 class RunHandle(Protocol):
     run_id: str
+    #: Set by :meth:`finalize` when the backend brought a branch home (else None).
+    branch_outcome: BranchOutcome | None
 
     def records(self, after: int) -> AsyncIterator[Record]:
         """Every record with ``cursor > after``, following live output until the exit record."""
@@ -83,9 +114,12 @@ class Backend(Protocol):
         and this backend's settings (``run.spec.backend``)."""
         ...
 
-    async def attach(self, run: models.Run) -> tuple[RunHandle, LaunchInfo]:
+    async def attach(
+        self, run: models.Run, *, git_auth: GitAuth | None = None
+    ) -> tuple[RunHandle, LaunchInfo]:
         """Find a run started before a restart; its records end with a lost exit if it is gone.
-        The info is what :meth:`launch` would have said (branch, workspace), without notices."""
+        The info is what :meth:`launch` would have said (branch, workspace), without notices.
+        ``git_auth`` is the launch's git token, resolved again (for a push at the end)."""
         ...
 
     async def cleanup(self, run: models.Run) -> None:

@@ -14,8 +14,9 @@ import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
-from agentfarm.backends.base import ExitInfo, LaunchInfo, Record, RecordKind
+from agentfarm.backends.base import BranchOutcome, ExitInfo, LaunchInfo, Record, RecordKind
 from agentfarm.domain import errors, launch, models
+from agentfarm.domain.launch import GitAuth
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,8 @@ class Step:
 
 
 Script = Callable[[models.Run, launch.AgentCommand], list[Step]]
+#: What a finished fake run's branch did (the ``run.branch`` event), by run; None: nothing.
+Outcome = Callable[[models.Run], BranchOutcome | None]
 
 
 def claude_like_script(run: models.Run, command: launch.AgentCommand) -> list[Step]:
@@ -56,6 +59,7 @@ class _FakeRun:
     stop_requested: bool = False
     finalized: bool = False
     output_discarded: bool = False
+    run: models.Run | None = None
 
     def append(self, kind: RecordKind, data: bytes = b"", exit: ExitInfo | None = None) -> None:
         self.records.append(Record(len(self.records) + 1, kind, data, exit))
@@ -67,9 +71,11 @@ class _FakeRun:
 
 
 class FakeHandle:
-    def __init__(self, run_id: str, state: _FakeRun) -> None:
+    def __init__(self, run_id: str, state: _FakeRun, outcome: Outcome | None = None) -> None:
         self.run_id = run_id
         self._state = state
+        self._outcome = outcome
+        self.branch_outcome: BranchOutcome | None = None
 
     async def records(self, after: int) -> AsyncIterator[Record]:
         index = after
@@ -98,6 +104,8 @@ class FakeHandle:
 
     async def finalize(self) -> list[str]:
         self._state.finalized = True
+        if self._outcome is not None and self._state.run is not None:
+            self.branch_outcome = self._outcome(self._state.run)
         return []
 
     async def discard_output(self) -> None:
@@ -118,6 +126,8 @@ class FakeWorld:
     fail_launch: str | None = None
     #: Notices every launch reports (as a real backend's launch info carries them).
     launch_notices: list[str] = field(default_factory=list)
+    #: What each run's branch did at the end (pushed, how many commits); None: no event.
+    outcome: Outcome | None = None
 
 
 class FakeBackend:
@@ -170,11 +180,11 @@ class FakeBackend:
     ) -> tuple[FakeHandle, LaunchInfo]:
         if self.fail_launch:
             raise errors.LaunchError(self.fail_launch)
-        state = _FakeRun()
+        state = _FakeRun(run=run.model_copy(update={"branch": spec.branch}))
         self.runs[run.id] = state
         self.world.launches[run.id] = spec
         state.task = asyncio.create_task(self._play(state, self.script(run, spec.command)))
-        return FakeHandle(run.id, state), LaunchInfo(
+        return FakeHandle(run.id, state, self.world.outcome), LaunchInfo(
             branch=spec.branch, workspace=f"/fake/{run.id}", notices=list(self.world.launch_notices)
         )
 
@@ -186,14 +196,17 @@ class FakeBackend:
                 return
             state.append(step.kind, step.data, step.exit)
 
-    async def attach(self, run: models.Run) -> tuple[FakeHandle, LaunchInfo]:
+    async def attach(
+        self, run: models.Run, *, git_auth: GitAuth | None = None
+    ) -> tuple[FakeHandle, LaunchInfo]:
         state = self.runs.get(run.id)
         if state is None:
-            state = _FakeRun()
+            state = _FakeRun(run=run)
             state.append("exit", exit=ExitInfo(exit_code=None, lost=True, error="unknown run"))
             self.runs[run.id] = state
-        info = LaunchInfo(branch=launch.branch_name(run.id), workspace=f"/fake/{run.id}")
-        return FakeHandle(run.id, state), info
+        branch = run.branch or launch.branch_name(run.id)
+        info = LaunchInfo(branch=branch, workspace=f"/fake/{run.id}")
+        return FakeHandle(run.id, state, self.world.outcome), info
 
     def lose(self, run_id: str) -> None:
         """Simulate the agent vanishing (its monitor killed while the server was down)."""

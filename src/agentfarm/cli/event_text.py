@@ -7,7 +7,13 @@ from typing import Any
 from rich.markup import escape
 from rich.text import Text
 
-from agentfarm.domain.present import fmt_cost, fmt_duration, one_line, tool_summary
+from agentfarm.domain.present import (
+    branch_summary,
+    fmt_cost,
+    fmt_duration,
+    one_line,
+    tool_summary,
+)
 
 STATUS_STYLE = {
     "queued": "yellow",
@@ -31,6 +37,9 @@ def event_line(event: dict[str, Any]) -> Text | None:
         if data.get("error"):
             text.append(f"  {data['error']}", style="red")
         return text
+    if kind == "run.branch":
+        template, values, failed = branch_summary(data)
+        return Text(f"⎇ {template.format(**values)}", style="red" if failed else "green")
     if kind == "run.notice":
         return Text(f"! {data.get('message', '')}", style="yellow")
     if kind == "sandbox.egress_denied":

@@ -90,3 +90,27 @@ def token_for(repo: str, names: set[str], forgejo_url: str | None = None) -> Git
     ):
         return GitToken(prefix, "oauth2", "FORGEJO_TOKEN")
     return None
+
+
+def basic_user(host: str) -> str:
+    """The user name sent with a token: ``x-access-token`` for GitHub (github.com, and
+    Enterprise servers named ``github.*``), ``oauth2`` for Forgejo, Gitea, GitLab and others
+    (they take any user with a token as the password)."""
+    host = host.lower()
+    return "x-access-token" if host == "github.com" or host.startswith("github.") else "oauth2"
+
+
+def explicit_token(repo: str) -> GitToken | None:
+    """The prefix and user for a token the run's spec names itself (``git_token_secret``):
+    the operator's choice for this repository, so plain http is allowed too (a trusted
+    network only). ``name`` is the variable the agent image's entrypoint expects for that
+    host (``GITHUB_TOKEN`` for https://github.com, else ``GIT_TOKEN_<HOST>[_<PORT>]``).
+    None for a URL that is not http(s)."""
+    parts = urlsplit(repo)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        return None
+    host, port = parts.hostname, parts.port
+    prefix = f"{parts.scheme}://{host}{f':{port}' if port else ''}/"
+    github = parts.scheme == "https" and host == "github.com" and port is None
+    name = "GITHUB_TOKEN" if github else host_token_name(host, port)
+    return GitToken(prefix, basic_user(host), name)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +25,62 @@ BRANCH_PREFIX = "agentfarm/"
 
 def branch_name(run_id: str) -> str:
     return f"{BRANCH_PREFIX}{run_id}"
+
+
+_BRANCH_BAD = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]|\.\.|//|@\{|/\.|\.lock/")
+
+
+def valid_branch(name: str) -> bool:
+    """A branch name git takes (``git check-ref-format --branch``) and that no command line
+    could read as an option: at most 255 characters, no space, control character or any of
+    ``~^:?*[\\``, no ``..``, ``//`` or ``@{``, no component starting with ``.`` or ending
+    with ``.lock``, not starting with ``-`` or ``/``, not ending with ``/`` or ``.``."""
+    return (
+        0 < len(name) <= 255
+        and name not in ("@", "HEAD")
+        and not name.startswith(("-", "/", "."))
+        and not name.endswith(("/", ".", ".lock"))
+        and _BRANCH_BAD.search(name) is None
+    )
+
+
+def continues(base_branch: str | None, branch: str) -> bool:
+    """A follow-up: the run starts from its own branch and keeps working on it (no new
+    branch; its commits go back on top, fast-forward only)."""
+    return base_branch == branch
+
+
+@dataclass(frozen=True)
+class GitAuth:
+    """A git token for the URLs under ``prefix`` (``scheme://host[:port]/``), sent as HTTP
+    basic auth with ``user``. ``env_name`` is the variable the agent image's entrypoint
+    expects it in (Kubernetes). Never logged (``token`` is left out of repr) and never given
+    to an agent: git gets it through :meth:`env` only."""
+
+    prefix: str
+    user: str
+    token: str = field(repr=False)
+    env_name: str
+
+    @property
+    def basic(self) -> str:
+        return _b64(f"{self.user}:{self.token}".encode())
+
+    def env(self) -> dict[str, str]:
+        """Git's configuration through the environment (``GIT_CONFIG_COUNT``/``_KEY_n``/
+        ``_VALUE_n``, git >= 2.31): an ``Authorization`` header for URLs under the prefix.
+        Not an ``insteadOf`` rewrite to a URL with the token: git hands the URL it fetches
+        from to its remote helper as an argument and quotes it in errors; a header is in
+        neither, nor in .git/config."""
+        return {
+            "GIT_CONFIG_COUNT": "1",
+            "GIT_CONFIG_KEY_0": f"http.{self.prefix}.extraHeader",
+            "GIT_CONFIG_VALUE_0": f"Authorization: Basic {self.basic}",
+        }
+
+    def secrets(self) -> dict[str, str]:
+        """What to mask wherever git's words are shown."""
+        return {self.env_name: self.token, f"{self.env_name}_BASIC": self.basic}
 
 
 def _b64(data: bytes) -> str:
@@ -104,6 +161,9 @@ class LaunchSpec:
     #: Model credentials (and, for backends that clone remotely, git tokens), resolved once
     #: per launch; never logged (left out of repr).
     credentials: Mapping[str, str] = field(default_factory=dict, repr=False)
+    #: The token of the spec's ``git_token_secret`` for its repository, if it names one.
+    #: Not part of :meth:`to_json`: what the local monitor (and so the sandbox) reads.
+    git_auth: GitAuth | None = field(default=None, repr=False)
 
     @classmethod
     def of(

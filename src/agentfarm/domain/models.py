@@ -21,6 +21,10 @@ from agentfarm.domain import backend_config, gittokens
 
 SLUG_RE = backend_config.SLUG_RE
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+SECRET_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+#: Stored secrets that are never a git token: forges' webhook secrets
+#: (``pipeline.webhook_secret_name``).
+NOT_GIT_TOKENS_PREFIX = "FORGE_WEBHOOK_"
 TOOL_RE = re.compile(r"^[A-Za-z0-9_*:.()\- /,@\[\]]{1,200}$")
 #: Variables a config may not set: they are the server's to control.
 RESERVED_ENV = frozenset(
@@ -146,6 +150,12 @@ class AgentSpec(_Strict):
         validate_default=True,
         description="For `agent: command` only: `{argv: [...], prompt: stdin|argument|none}`.",
     )
+    git_token_secret: str | None = Field(
+        None,
+        pattern=SECRET_NAME_RE.pattern,
+        description="Name of a stored secret used as the git token for the run's repository "
+        "(an https:// or http:// URL): the clone and the push send it, the agent never sees it.",
+    )
     backend: backend_config.BackendSpec = Field(
         default_factory=backend_config.LocalSpec,
         description="Where the agent runs and that backend's settings: `{type: local, "
@@ -199,6 +209,22 @@ class AgentSpec(_Strict):
         if value.startswith("-") or ".." in value or any(c in value for c in " ~^:?*[\\\x00"):
             raise ValueError(f"{value!r} is not a valid branch name")
         return value
+
+    @model_validator(mode="after")
+    def _check_git_token_secret(self) -> AgentSpec:
+        name = self.git_token_secret
+        if name and (name in RESERVED_ENV or name.startswith(NOT_GIT_TOKENS_PREFIX)):
+            # Sent to the repository's host: never the model's key or a webhook's secret.
+            raise ValueError(
+                f"git_token_secret may not name {name}, which is not a git token: store the "
+                "repository's token under a name of its own (`agentfarm secret set NAME`)"
+            )
+        if name and not self.repo.lower().startswith(("https://", "http://")):
+            raise ValueError(
+                "git_token_secret is for a repository reached over https:// or http://; "
+                f"{self.repo!r} is not such a URL: remove git_token_secret or give the URL"
+            )
+        return self
 
     @field_validator("repo")
     @classmethod
@@ -281,6 +307,8 @@ class Run(BaseModel):
 class EventType(StrEnum):
     run_status = "run.status"
     run_notice = "run.notice"
+    #: Where the run's branch ended up: {branch, start, head, commits, pushed, error}.
+    run_branch = "run.branch"
     agent_init = "agent.init"
     agent_text = "agent.text"
     agent_thinking = "agent.thinking"

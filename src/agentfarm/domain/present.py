@@ -66,3 +66,23 @@ def fmt_bytes(value: int) -> str:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
     return f"{size:.1f} TiB"
+
+
+def branch_summary(data: dict[str, Any]) -> tuple[str, dict[str, str], bool]:
+    """A ``run.branch`` event as one sentence: a template with ``{branch}``, ``{head}`` and
+    ``{error}`` fields (a page sets them apart; a terminal fills them in), its values, and
+    whether it says something went wrong."""
+    commits = data.get("commits") if isinstance(data.get("commits"), int) else 0
+    values = {
+        "branch": str(data.get("branch") or "?"),
+        "head": str(data.get("head") or "")[:12],
+        "error": str(data.get("error") or ""),
+    }
+    plural = "commit" if commits == 1 else "commits"
+    if data.get("error"):
+        return f"branch {{branch}} not pushed ({commits} {plural}): {{error}}", values, True
+    if not data.get("pushed"):
+        return "branch {branch}: no commits, nothing pushed", values, False
+    if not commits:
+        return "branch {branch}: no new commits, brought home at {head}", values, False
+    return f"branch {{branch}}: {commits} {plural} pushed, head {{head}}", values, False

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from pydantic import AliasChoices, SecretStr
 
-from agentfarm.domain import backend_config, errors, gittokens
+from agentfarm.domain import backend_config, errors, gittokens, launch
 from agentfarm.domain.redact import Redactor
 from agentfarm.settings import Settings
 from agentfarm.store.secrets import SecretStore
@@ -35,6 +35,9 @@ class Credentials:
     redactor: Redactor = field(repr=False)
     #: The backend needs model credentials and none is configured.
     missing: bool = False
+    #: The token of the spec's ``git_token_secret`` for its repository (git's, never the
+    #: agent's: it is not in ``env``).
+    git_auth: launch.GitAuth | None = field(default=None, repr=False)
 
     def require(self) -> Credentials:
         if self.missing:
@@ -43,9 +46,16 @@ class Credentials:
 
 
 def resolve(
-    settings: Settings, secrets: SecretStore, backend: backend_config.BackendSpec
+    settings: Settings,
+    secrets: SecretStore,
+    backend: backend_config.BackendSpec,
+    *,
+    repo: str = "",
+    git_token_secret: str | None = None,
 ) -> Credentials:
-    """Blocking (it reads the secrets file): call it in a thread."""
+    """Blocking (it reads the secrets file): call it in a thread. ``git_token_secret`` (a
+    run's spec naming the secret that authenticates its repository ``repo``) must be stored:
+    a ConfigurationError says so otherwise."""
     stored = secrets.all()
     found: dict[str, str] = {}
     from_env = {
@@ -61,11 +71,31 @@ def resolve(
     if base_url:
         found["ANTHROPIC_BASE_URL"] = base_url
     missing = backend.model_credentials_required and not set(found) & set(MODEL_CREDENTIALS)
-    if backend.clones_remotely:
+    auth = explicit_git_auth(stored, repo, git_token_secret) if git_token_secret else None
+    if backend.clones_remotely and auth is None:
+        # With a token named by the spec, that one alone reaches the pod (as ``git_auth``).
         found |= git_tokens(settings, stored)
     masked = {k: v for k, v in found.items() if "URL" not in k}
-    redactor = Redactor.of(server_secrets(settings), stored, masked)
-    return Credentials(env=found, redactor=redactor, missing=missing)
+    extra = auth.secrets() if auth else {}
+    redactor = Redactor.of(server_secrets(settings), stored, masked, extra)
+    return Credentials(env=found, redactor=redactor, missing=missing, git_auth=auth)
+
+
+def explicit_git_auth(stored: Mapping[str, str], repo: str, name: str) -> launch.GitAuth:
+    """The git token a run's spec names (``git_token_secret``) for its repository URL."""
+    value = stored.get(name)
+    if not value:
+        raise errors.ConfigurationError(
+            f"the run's git_token_secret names {name!r}, which is not stored: store the "
+            f"repository's token with `agentfarm secret set {name}`, or name another secret"
+        )
+    token = gittokens.explicit_token(repo)
+    if token is None:
+        raise errors.InvalidInputError(
+            f"git_token_secret is for a repository reached over https:// or http://, not "
+            f"{repo!r}: remove git_token_secret or give the repository's URL"
+        )
+    return launch.GitAuth(token.prefix, token.user, value, token.name)
 
 
 def for_agent(creds: Credentials, names: tuple[str, ...] | None) -> Credentials:
@@ -75,7 +105,7 @@ def for_agent(creds: Credentials, names: tuple[str, ...] | None) -> Credentials:
         return creds
     model = {*MODEL_CREDENTIALS, "ANTHROPIC_BASE_URL"}
     env = {k: v for k, v in creds.env.items() if k not in model}
-    return Credentials(env=env, redactor=creds.redactor, missing=False)
+    return Credentials(env=env, redactor=creds.redactor, missing=False, git_auth=creds.git_auth)
 
 
 def server_secrets(settings: Settings) -> dict[str, str]:

@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 from agentfarm.agents.base import StreamParser
-from agentfarm.backends.base import Record
+from agentfarm.backends.base import BranchOutcome, Record
 from agentfarm.domain import models
 from agentfarm.domain.redact import Redactor
 
@@ -19,6 +19,12 @@ def status_event(status: models.RunStatus, **extra: Any) -> models.EventDraft:
 
 def notice_event(message: str) -> models.EventDraft:
     return models.EventDraft(type=models.EventType.run_notice, data={"message": message})
+
+
+def branch_event(outcome: BranchOutcome) -> models.EventDraft:
+    """Where the run's branch ended up: what the pipeline reads to tell "no commits",
+    "pushed at <sha>" and "push rejected: <git's words>" apart."""
+    return models.EventDraft(type=models.EventType.run_branch, data=outcome.to_data())
 
 
 def egress_event(payload: bytes) -> models.EventDraft:

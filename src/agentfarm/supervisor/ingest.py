@@ -138,6 +138,8 @@ class Ingest:
         except Exception as exc:  # the run is over either way; say what went wrong
             log.warning("run %s: finalize failed", run.id, exc_info=True)
             drafts.append(events.notice_event(f"bringing the results home failed: {exc}"))
+        if handle.branch_outcome is not None:
+            drafts.append(events.branch_event(handle.branch_outcome))
         if error:
             error = self.redactor.text(error)
         drafts.append(events.status_event(outcome.status, error=error, exit_code=info.exit_code))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -73,8 +74,20 @@ class Supervisor:
 
     # --- public operations ---------------------------------------------------------------
     async def submit(
-        self, spec: models.AgentSpec, *, config: models.AgentConfig | None = None
+        self,
+        spec: models.AgentSpec,
+        config: models.AgentConfig | None = None,
+        *,
+        branch: str | None = None,
     ) -> models.Run:
+        """Queue a run. It works on ``branch`` when given (the pipeline names its branches),
+        else on ``agentfarm/<run id>``; with ``spec.base_branch == branch`` it continues that
+        existing branch (a follow-up) instead of starting a new one."""
+        if branch is not None and not launch.valid_branch(branch):
+            raise errors.InvalidInputError(
+                f"{branch!r} is not a branch name git takes (no spaces, `..`, `~^:?*[\\`, "
+                "leading `-` or `.`): name the branch with letters, digits, `-`, `_`, `.`, `/`"
+            )
         if spec.agent not in self.adapters:
             raise errors.InvalidInputError(f"unknown agent {spec.agent!r}")
         if spec.backend.type not in self.backends:
@@ -90,7 +103,7 @@ class Supervisor:
             config_id=config.id if config else None,
             config_name=config.name if config else None,
         )
-        run.branch = launch.branch_name(run.id)
+        run.branch = branch or launch.branch_name(run.id)
         await self.store.create_run(run)
         await self._append(run.id, [events.status_event(models.RunStatus.queued)])
         self.dispatcher.wake()
@@ -155,7 +168,14 @@ class Supervisor:
     async def _credentials(self, spec: models.AgentSpec) -> credentials.Credentials:
         """Once per launch, off the loop: the secrets file is read here and nowhere else."""
         resolved = await asyncio.to_thread(
-            credentials.resolve, self.settings, self.secrets, spec.backend
+            functools.partial(
+                credentials.resolve,
+                self.settings,
+                self.secrets,
+                spec.backend,
+                repo=spec.repo,
+                git_token_secret=spec.git_token_secret,
+            )
         )
         adapter = self.adapters.get(spec.agent)
         return credentials.for_agent(resolved, adapter.credential_names() if adapter else None)
@@ -231,6 +251,7 @@ class Supervisor:
                     branch=run.branch or launch.branch_name(run.id),
                     command=self.adapters[run.spec.agent].build_command(run.spec),
                     credentials=creds.require().env,
+                    git_auth=creds.git_auth,
                 )
                 handle, info = await backend.launch(run, spec)
             except errors.AgentfarmError as exc:
@@ -250,12 +271,16 @@ class Supervisor:
                     f"the {run.spec.backend.type!r} backend is no longer enabled on this server",
                 )
                 return
-            handle, info = await backend.attach(run)
+            # Resolved again: the branch's push (at the end) needs the git token.
+            creds: credentials.Credentials | None = None
+            # A broken secrets file, a secret removed meanwhile: the push will say so.
+            with contextlib.suppress(errors.ConfigurationError, errors.InvalidInputError):
+                creds = await self._credentials(run.spec)
+            git_auth = creds.git_auth if creds else None
+            handle, info = await backend.attach(run, git_auth=git_auth)
             # Pure: the same command as at launch, for its follow-up format.
             command = self.adapters[run.spec.agent].build_command(run.spec)
-            redactor = Redactor()
-            with contextlib.suppress(errors.ConfigurationError):  # a broken secrets file
-                redactor = (await self._credentials(run.spec)).redactor
+            redactor = creds.redactor if creds else Redactor()
             await self._attached(run, handle, info, command, redactor)
 
     async def _attached(

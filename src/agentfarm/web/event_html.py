@@ -19,7 +19,13 @@ from markdown_it import MarkdownIt
 from markupsafe import Markup
 
 from agentfarm.domain import models
-from agentfarm.domain.present import fmt_cost, fmt_duration, one_line, tool_summary
+from agentfarm.domain.present import (
+    branch_summary,
+    fmt_cost,
+    fmt_duration,
+    one_line,
+    tool_summary,
+)
 
 MAX_SHOWN = 20_000
 _md = MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": False})
@@ -150,6 +156,12 @@ def _body(event: models.Event) -> tuple[Markup, str]:
             parts.append(Markup('<div class="alert alert-error">{}</div>').format(d["error"]))
             return Markup("").join(parts), " is-error"
         return Markup("").join(parts), ""
+    if t == models.EventType.run_branch:
+        template, values, failed = branch_summary(d)
+        code = {k: Markup("<code>{}</code>").format(v) for k, v in values.items() if k != "error"}
+        # The template is ours (no outside text); the values are escaped by format.
+        sentence = Markup(template).format(**code, error=values["error"])  # noqa: S704
+        return sentence, " is-error" if failed else ""
     if t == models.EventType.run_notice:
         return Markup('<span class="muted">{}</span>').format(d.get("message", "")), ""
     if t == models.EventType.sandbox_egress_denied:

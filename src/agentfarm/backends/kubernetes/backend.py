@@ -16,6 +16,7 @@ from agentfarm.backends.base import LaunchInfo
 from agentfarm.backends.kubernetes import api as k8s_api
 from agentfarm.backends.kubernetes import config, handle, manifests
 from agentfarm.domain import backend_config, errors, launch, models
+from agentfarm.domain.launch import GitAuth
 from agentfarm.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -105,7 +106,10 @@ class KubernetesBackend:
         )
         return handle.KubernetesHandle(run.id, api, state, delete_pod_now=self._delete_now), info
 
-    async def attach(self, run: models.Run) -> tuple[handle.KubernetesHandle, LaunchInfo]:
+    async def attach(
+        self, run: models.Run, *, git_auth: GitAuth | None = None
+    ) -> tuple[handle.KubernetesHandle, LaunchInfo]:
+        """The pod pushes its branch itself (with the token from the run's Secret)."""
         api = await self._client()
         state = self._runs.get(run.id)
         if state is None:
@@ -119,7 +123,7 @@ class KubernetesBackend:
                 name = items[0]["metadata"]["name"]
             state = self._runs[run.id] = handle.RunState(namespace, name)
         info = LaunchInfo(
-            branch=launch.branch_name(run.id),
+            branch=run.branch or launch.branch_name(run.id),
             workspace=f"pod {state.namespace}/{state.name}:{manifests.WORKSPACE}",
         )
         return handle.KubernetesHandle(run.id, api, state, delete_pod_now=self._delete_now), info

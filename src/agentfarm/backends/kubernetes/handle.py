@@ -24,13 +24,16 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from agentfarm.backends.base import ExitInfo, Record, RecordKind
+from agentfarm.backends.base import BranchOutcome, ExitInfo, Record, RecordKind
 from agentfarm.backends.kubernetes import api as k8s_api
 from agentfarm.backends.kubernetes import manifests, status
 from agentfarm.domain import errors
 
 log = logging.getLogger(__name__)
 
+#: The entrypoint's notice saying where the branch ended up (deploy/agent/entrypoint.py,
+#: BRANCH_RECORD): it becomes the run's ``run.branch`` event, not a notice.
+BRANCH_NOTICE = b"agentfarm.branch "
 STARTED_SLOT = 254
 EXIT_SLOT = 255
 _KINDS: dict[int, RecordKind] = {ord("O"): "stdout", ord("E"): "stderr", ord("N"): "notice"}
@@ -63,6 +66,25 @@ def parse_line(line: bytes) -> tuple[int | None, RecordKind, bytes]:
         if not digits and line[2:3] == b" ":
             return None, kind, line[3:]
     return None, "stdout", line
+
+
+def parse_branch(line: bytes) -> BranchOutcome | None:
+    """The entrypoint's ``agentfarm.branch {json}`` notice; None if it is not well formed."""
+    try:
+        data = json.loads(line[len(BRANCH_NOTICE) :])
+    except ValueError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    branch, start, head = data.get("branch"), data.get("start"), data.get("head")
+    commits, pushed, error = data.get("commits"), data.get("pushed"), data.get("error")
+    if not (isinstance(branch, str) and isinstance(start, str) and isinstance(pushed, bool)):
+        return None
+    if not isinstance(commits, int) or isinstance(commits, bool) or commits < 0:
+        return None
+    if not (head is None or isinstance(head, str)) or not (error is None or isinstance(error, str)):
+        return None
+    return BranchOutcome(branch, start, head, commits, pushed, error)
 
 
 @dataclass
@@ -107,6 +129,8 @@ class KubernetesHandle:
         self._api = api
         self._state = state
         self._delete_pod_now = delete_pod_now
+        #: The entrypoint pushes the branch and says where it ended up in a notice.
+        self.branch_outcome: BranchOutcome | None = None
 
     async def records(self, after: int) -> AsyncIterator[Record]:
         cursor = _Cursor()
@@ -177,6 +201,10 @@ class KubernetesHandle:
                         if record := keep("notice", cursor.notice(), what):
                             yield record
                     at = cursor.advance(seq)
+                    if kind == "notice" and data.startswith(BRANCH_NOTICE):
+                        # Read on every pass (also before ``after``): finalize reports it.
+                        self.branch_outcome = parse_branch(data) or self.branch_outcome
+                        continue
                     if at > after:
                         yield Record(at, kind, data)
             except _Quiet:

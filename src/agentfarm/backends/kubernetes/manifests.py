@@ -70,9 +70,18 @@ def run_selector(run_id: str, instance: str) -> str:
     return f"{instance_selector(instance)},{LABEL_RUN}={run_id}"
 
 
-def git_credentials(run: models.Run, secrets: Mapping[str, str], cfg: PodConfig) -> list[Json]:
+def git_credentials(
+    run: models.Run,
+    secrets: Mapping[str, str],
+    cfg: PodConfig,
+    auth: launch.GitAuth | None = None,
+) -> list[Json]:
     """The git token for the run's repository (at most one), as the entrypoint's rule: which
-    secret authenticates which URL prefix, with which user name."""
+    secret authenticates which URL prefix, with which user name. A token the run's spec
+    names (``auth``, from ``git_token_secret``) is that one, under the variable the
+    entrypoint expects for the repository's host."""
+    if auth is not None:
+        return [{"url": auth.prefix, "user": auth.user, "env": auth.env_name}]
     present = {name for name, value in secrets.items() if value}
     token = gittokens.token_for(run.spec.repo, present, cfg.forgejo_url)
     if token is None:
@@ -80,15 +89,23 @@ def git_credentials(run: models.Run, secrets: Mapping[str, str], cfg: PodConfig)
     return [{"url": token.prefix, "user": token.user, "env": token.name}]
 
 
-def secret_data(run: models.Run, secrets: Mapping[str, str], cfg: PodConfig) -> dict[str, str]:
+def secret_data(
+    run: models.Run,
+    secrets: Mapping[str, str],
+    cfg: PodConfig,
+    auth: launch.GitAuth | None = None,
+) -> dict[str, str]:
     """The secrets the run's Secret holds: every credential that is not a git token, and the
     one git token for the run's own repository host (other hosts' tokens stay home)."""
-    wanted = {rule["env"] for rule in git_credentials(run, secrets, cfg)}
-    return {
+    wanted = {rule["env"] for rule in git_credentials(run, secrets, cfg, auth)}
+    kept = {
         name: value
         for name, value in secrets.items()
-        if not gittokens.is_git_token(name) or name in wanted
+        if not gittokens.is_git_token(name) or (name in wanted and auth is None)
     }
+    if auth is not None:
+        kept[auth.env_name] = auth.token
+    return kept
 
 
 def secret_env_names(secrets: Mapping[str, str], cfg: PodConfig) -> list[str]:
@@ -102,7 +119,7 @@ def secret_env_names(secrets: Mapping[str, str], cfg: PodConfig) -> list[str]:
 
 def build_secret(run: models.Run, spec: launch.LaunchSpec, cfg: PodConfig) -> Json:
     name = object_name(run.id)
-    kept = secret_data(run, spec.credentials, cfg)
+    kept = secret_data(run, spec.credentials, cfg, spec.git_auth)
     data = {key: _b64(value.encode()) for key, value in sorted(kept.items())}
     data[STDIN_KEY] = _b64(spec.command.stdin)
     return {
@@ -133,7 +150,7 @@ def owner_reference(pod: Json) -> Json:
 def build_pod(run: models.Run, launching: launch.LaunchSpec, cfg: PodConfig) -> Json:
     name = object_name(run.id)
     spec, command, secrets = run.spec, launching.command, launching.credentials
-    token_rules = git_credentials(run, secrets, cfg)
+    token_rules = git_credentials(run, secrets, cfg, launching.git_auth)
     token_env = [_secret_ref(rule["env"], name) for rule in token_rules]
     common_env = [
         {"name": "HOME", "value": HOME},

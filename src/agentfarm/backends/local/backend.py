@@ -1,6 +1,6 @@
 """The local backend: one clone and one bubblewrap sandbox per run, watched by a monitor.
 
-``launch`` prepares ``runs/<id>/`` (workspace clone on branch ``agentfarm/<id>``, private
+``launch`` prepares ``runs/<id>/`` (workspace clone on the run's branch, private
 HOME, generated passwd/group), then starts the monitor (``monitor.py``) with the whole spec
 on a pipe and returns once the agent has started. Everything here is async; blocking file
 work runs in threads.
@@ -29,6 +29,7 @@ from agentfarm.backends.local.handle import (
 )
 from agentfarm.domain import backend_config, errors, launch, models
 from agentfarm.domain import egress as policies
+from agentfarm.domain.launch import GitAuth
 from agentfarm.settings import Settings
 
 NO_BWRAP = (
@@ -79,8 +80,8 @@ class LocalBackend:
     def run_dir(self, run_id: str) -> Path:
         return self.settings.runs_dir / run_id
 
-    def handle(self, run: models.Run) -> LocalHandle:
-        return LocalHandle(run, self.run_dir(run.id))
+    def handle(self, run: models.Run, git_auth: GitAuth | None = None) -> LocalHandle:
+        return LocalHandle(run, self.run_dir(run.id), git_auth)
 
     async def launch(
         self, run: models.Run, spec: launch.LaunchSpec
@@ -108,9 +109,15 @@ class LocalBackend:
         monitor = await self._spawn_monitor(run_dir)
         try:
             branch = spec.branch
-            await git.clone(run.spec.repo, workspace, run.spec.base_branch)
-            await git.new_branch(workspace, branch)
-            borrowed = await asyncio.to_thread(_save_git_state, run_dir, workspace)
+            # The clone (and, at the end, the push) runs here, with the token in git's
+            # environment only: the sandbox never gets it.
+            await git.clone(run.spec.repo, workspace, run.spec.base_branch, spec.git_auth)
+            follow_up = launch.continues(run.spec.base_branch, branch)
+            if not follow_up:
+                await git.new_branch(workspace, branch)
+            start = await git.head(workspace)
+            state = {"branch": branch, "start": start, "continues": follow_up}
+            borrowed = await asyncio.to_thread(_save_git_state, run_dir, workspace, state)
             if uid is not None:
                 await _chown(f"{uid}:{gid}", workspace, home)
         except BaseException:
@@ -151,13 +158,16 @@ class LocalBackend:
         )
         await self._send_spec(monitor, run_dir, to_monitor)
         notices += hostinfo.run_notices(is_root=is_root)  # no sandbox uid without root
-        return self.handle(run), LaunchInfo(
+        return self.handle(run, spec.git_auth), LaunchInfo(
             branch=branch, workspace=str(workspace), notices=notices
         )
 
-    async def attach(self, run: models.Run) -> tuple[LocalHandle, LaunchInfo]:
+    async def attach(
+        self, run: models.Run, *, git_auth: GitAuth | None = None
+    ) -> tuple[LocalHandle, LaunchInfo]:
         workspace = str(self.run_dir(run.id) / "workspace")
-        return self.handle(run), LaunchInfo(branch=launch.branch_name(run.id), workspace=workspace)
+        branch = run.branch or launch.branch_name(run.id)
+        return self.handle(run, git_auth), LaunchInfo(branch=branch, workspace=workspace)
 
     async def cleanup(self, run: models.Run) -> None:
         run_dir = self.run_dir(run.id)
@@ -274,15 +284,17 @@ def _root_layout() -> tuple[list[str], list[str], list[str]]:
     return links, dirs, etc
 
 
-def _save_git_state(run_dir: Path, workspace: Path) -> list[Path]:
-    """Keep what the host wrote into .git (restored before host git runs there again)."""
+def _save_git_state(run_dir: Path, workspace: Path, branch: Mapping[str, object]) -> list[Path]:
+    """Keep what the host wrote into .git (restored before host git runs there again), and
+    the run's branch: its name, the commit it started from, whether it continues an
+    existing branch (outside the workspace: the agent cannot change them)."""
     config = (workspace / ".git" / "config").read_text()
     alternates_file = workspace / ".git" / "objects" / "info" / "alternates"
     alternates = alternates_file.read_text() if alternates_file.exists() else None
     path = run_dir / GIT_STATE
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
-        json.dump({"config": config, "alternates": alternates}, fh)
+        json.dump({"config": config, "alternates": alternates, **branch}, fh)
     return git.alternates(workspace)
 
 

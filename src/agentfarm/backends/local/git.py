@@ -21,7 +21,7 @@ import signal
 import stat
 from pathlib import Path
 
-from agentfarm.domain import errors
+from agentfarm.domain import errors, launch
 
 SAFE_CONFIG = (
     "core.hooksPath=/dev/null",
@@ -55,6 +55,12 @@ class GitError(errors.LaunchError):
     pass
 
 
+AUTH_REFUSED = (
+    "the server refused the run's git token (git_token_secret): it is wrong, expired or "
+    "revoked, or lacks access to the repository; store a valid one with `agentfarm secret set`"
+)
+
+
 def _config_args(trusted: tuple[Path, ...]) -> list[str]:
     argv: list[str] = []
     for item in SAFE_CONFIG:
@@ -64,14 +70,37 @@ def _config_args(trusted: tuple[Path, ...]) -> list[str]:
     return argv
 
 
-async def git(
-    *args: str, cwd: Path | None = None, trusted: tuple[Path, ...] = (), limit: float = 600
-) -> str:
-    """Run git with the safe settings; raise :class:`GitError` with git's own words."""
-    argv = ["git", *_config_args(trusted), *args]
-    env = dict(os.environ)
+def auth_env(auth: launch.GitAuth | None) -> dict[str, str]:
+    """The environment of a host git command: the server's, without any git configuration
+    it carries (``GIT_CONFIG_*``), never prompting, plus the run's token as configuration
+    (:meth:`~agentfarm.domain.launch.GitAuth.env`) when it has one."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_CONFIG_")}
     # Never wait for a password on a terminal nobody watches.
     env.update(GIT_TERMINAL_PROMPT="0", GIT_ASKPASS="/bin/false", SSH_ASKPASS="/bin/false")
+    if auth is not None:
+        env.update(auth.env())
+    return env
+
+
+def _mask(text: str, auth: launch.GitAuth | None) -> str:
+    text = strip_credentials(text)
+    if auth is not None:
+        for value in (auth.token, auth.basic):
+            text = text.replace(value, "***")
+    return text
+
+
+async def git(
+    *args: str,
+    cwd: Path | None = None,
+    trusted: tuple[Path, ...] = (),
+    limit: float = 600,
+    auth: launch.GitAuth | None = None,
+) -> str:
+    """Run git with the safe settings; raise :class:`GitError` with git's own words. With
+    ``auth``, git gets the token through its environment only (not argv, not a file)."""
+    argv = ["git", *_config_args(trusted), *args]
+    env = auth_env(auth)
     proc = await asyncio.create_subprocess_exec(
         *argv,
         cwd=cwd,
@@ -91,7 +120,10 @@ async def git(
         await proc.wait()
         raise GitError(f"git {_verb(args)} took longer than {limit:g} s") from None
     if proc.returncode != 0:
-        message = strip_credentials(err.decode(errors="replace").strip()) or "no output"
+        message = _mask(err.decode(errors="replace").strip(), auth) or "no output"
+        if auth is not None and "could not read Username" in message:
+            # The server answered 401 to the token, and git fell back to asking for one.
+            message = f"{AUTH_REFUSED} (git: {message})"
         raise GitError(f"git {_verb(args)} failed: {message}")
     return out.decode(errors="replace")
 
@@ -107,7 +139,9 @@ def _verb(args: tuple[str, ...]) -> str:
     return "command"
 
 
-async def clone(repo: str, dest: Path, base_branch: str | None) -> None:
+async def clone(
+    repo: str, dest: Path, base_branch: str | None, auth: launch.GitAuth | None = None
+) -> None:
     """Clone ``repo`` into ``dest`` (sharing objects with a local source)."""
     args = ["clone", "--quiet"]
     if base_branch:
@@ -117,7 +151,7 @@ async def clone(repo: str, dest: Path, base_branch: str | None) -> None:
         args += ["--shared", "--", str(source), str(dest)]
     else:
         args += ["--", repo, str(dest)]
-    await git(*args)
+    await git(*args, auth=auth)
     if not is_local(repo) and strip_credentials(repo) != repo:
         # The clone wrote the URL, credentials included, into .git/config: take them out.
         await git("remote", "set-url", "origin", strip_credentials(repo), cwd=dest)
@@ -125,6 +159,22 @@ async def clone(repo: str, dest: Path, base_branch: str | None) -> None:
 
 async def new_branch(workspace: Path, branch: str) -> None:
     await git("checkout", "--quiet", "-b", branch, cwd=workspace)
+
+
+async def head(workspace: Path, ref: str = "HEAD") -> str:
+    """The commit ``ref`` names in the workspace (a host-written one: at launch, or after
+    :func:`sanitize`)."""
+    trusted = (workspace, workspace / ".git")
+    out = await git("rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}",
+                    cwd=workspace, trusted=trusted)  # fmt: skip
+    return out.strip()
+
+
+async def count(workspace: Path, start: str, end: str) -> int:
+    """Commits reachable from ``end`` and not from ``start``."""
+    trusted = (workspace, workspace / ".git")
+    out = await git("rev-list", "--count", f"{start}..{end}", "--", cwd=workspace, trusted=trusted)
+    return int(out.strip() or "0")
 
 
 def alternates(workspace: Path) -> list[Path]:
@@ -227,9 +277,10 @@ def _clean(git_dir: Path, config: str, alternates_text: str | None) -> list[str]
     return notices
 
 
-async def fetch_back(source: Path, workspace: Path, branch: str) -> None:
-    """Copy ``branch`` from the workspace into the local source repository."""
-    refspec = f"+refs/heads/{branch}:refs/heads/{branch}"
+async def fetch_back(source: Path, workspace: Path, branch: str, *, force: bool = True) -> None:
+    """Copy ``branch`` from the workspace into the local source repository (fast-forward
+    only unless ``force``: a follow-up continues a branch that may have moved meanwhile)."""
+    refspec = f"{'+' if force else ''}refs/heads/{branch}:refs/heads/{branch}"
     # git drops -c settings (GIT_CONFIG_PARAMETERS) when it spawns upload-pack for a local
     # transport, so the workspace side gets them through --upload-pack explicitly.
     upload_pack = ["git", *_config_args((workspace, workspace / ".git")), "upload-pack"]
@@ -242,8 +293,11 @@ async def fetch_back(source: Path, workspace: Path, branch: str) -> None:
     )  # fmt: skip
 
 
-async def push(repo: str, workspace: Path, branch: str) -> None:
+async def push(repo: str, workspace: Path, branch: str, auth: launch.GitAuth | None = None) -> None:
+    """Push ``branch`` to ``repo`` (the URL itself, not a remote name), fast-forward only."""
+    # Git's words without its advice on pulling first (the reason is what a person needs).
     await git(
+        "-c", "advice.pushUpdateRejected=false",
         "push", "--quiet", "--", repo, f"refs/heads/{branch}:refs/heads/{branch}",
-        cwd=workspace, trusted=(workspace, workspace / ".git"),
+        cwd=workspace, trusted=(workspace, workspace / ".git"), auth=auth,
     )  # fmt: skip

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from agentfarm.backends.base import Record
+from agentfarm.backends.base import BranchOutcome, Record
 from agentfarm.backends.local import cgroups, git, monitor_spec, procs, spool
 from agentfarm.domain import errors, launch, models
 
@@ -49,10 +49,15 @@ def monitor_running(run_dir: Path) -> bool:
 class LocalHandle:
     """A run of the local backend, through its run directory and its monitor."""
 
-    def __init__(self, run: models.Run, run_dir: Path) -> None:
+    def __init__(
+        self, run: models.Run, run_dir: Path, git_auth: launch.GitAuth | None = None
+    ) -> None:
         self.run_id = run.id
         self.run = run
         self.run_dir = run_dir
+        #: The run's git token (for the push); git gets it through its environment only.
+        self.git_auth = git_auth
+        self.branch_outcome: BranchOutcome | None = None
         self._identity: tuple[int, int] | None = None
 
     async def alive(self) -> bool:
@@ -124,26 +129,61 @@ class LocalHandle:
         else:
             raise errors.BackendError(f"run {self.run_id} is still running; stop it first")
         workspace = self.run_dir / "workspace"
-        branch = launch.branch_name(self.run_id)
+        branch = self.run.branch or launch.branch_name(self.run_id)
         try:
             state = json.loads(await asyncio.to_thread((self.run_dir / GIT_STATE).read_text))
+            branch = str(state.get("branch") or branch)
+        except (OSError, ValueError) as exc:
+            return [f"the branch {branch} was not brought back: the workspace is gone ({exc})"]
+        start = state.get("start") if isinstance(state.get("start"), str) else None
+        try:
             notices = await asyncio.to_thread(
                 git.sanitize, workspace, state["config"], state["alternates"]
             )
         except git.GitError as exc:
+            self._outcome(branch, start, None, 0, error=str(exc))
             return [f"the branch {branch} was not brought back: {exc}"]
-        except (OSError, ValueError, KeyError) as exc:
+        except (OSError, KeyError) as exc:
             return [f"the branch {branch} was not brought back: the workspace is gone ({exc})"]
         repo = self.run.spec.repo
+        head: str | None = None
+        commits = 0
+        if start is not None:  # runs launched before the start was recorded: push as then
+            try:
+                head = await git.head(workspace, f"refs/heads/{branch}")
+                commits = await git.count(workspace, start, head)
+            except git.GitError:
+                why = f"the agent deleted the branch {branch} (or made it unreadable)"
+                self._outcome(branch, start, None, 0, error=why)
+                return [*notices, f"the branch {branch} was not brought back: {why}"]
+            if commits == 0 and not git.is_local(repo):
+                self._outcome(branch, start, head, 0)  # the run.branch event says so
+                return notices
         try:
             if git.is_local(repo):
-                await git.fetch_back(git.local_path(repo), workspace, branch)
+                force = not state.get("continues")
+                await git.fetch_back(git.local_path(repo), workspace, branch, force=force)
             else:
-                await git.push(repo, workspace, branch)
+                await git.push(repo, workspace, branch, self.git_auth)
         except git.GitError as exc:
+            self._outcome(branch, start, head, commits, error=str(exc))
             where = "into the source repository" if git.is_local(repo) else "to the remote"
             return [*notices, f"the branch {branch} could not be copied {where}: {exc}"]
+        self._outcome(branch, start, head, commits, pushed=True)
         return notices
+
+    def _outcome(
+        self,
+        branch: str,
+        start: str | None,
+        head: str | None,
+        commits: int,
+        *,
+        pushed: bool = False,
+        error: str | None = None,
+    ) -> None:
+        if start is not None:
+            self.branch_outcome = BranchOutcome(branch, start, head, commits, pushed, error)
 
     async def discard_output(self) -> None:
         """Delete the spool: once the run's events are stored its raw lines are a second copy.
