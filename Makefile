@@ -38,7 +38,7 @@ web-vendor:
 claude:
 	@scripts/install-claude.sh "$(CLAUDE_CODE_VERSION)"
 
-## codex: the pinned Codex CLI (about 400 MB; tests only until `agent: codex` is registered)
+## codex: the pinned Codex CLI (about 400 MB), for `agent: codex` runs; `make run` does not install it
 codex:
 	@scripts/install-codex.sh "$(CODEX_VERSION)"
 
@@ -84,7 +84,7 @@ DOCKER ?= $(shell command -v docker 2>/dev/null || command -v podman 2>/dev/null
 .PHONY: images push-images
 images:
 	@command -v $(DOCKER) >/dev/null || { echo "make images needs docker or podman (DOCKER=...)" >&2; exit 1; }
-	$(DOCKER) build -f deploy/agent/Dockerfile --build-arg CLAUDE_CODE_VERSION=$(CLAUDE_CODE_VERSION) -t $(REGISTRY)/agentfarm-agent:$(IMAGE_TAG) .
+	$(DOCKER) build -f deploy/agent/Dockerfile --build-arg CLAUDE_CODE_VERSION=$(CLAUDE_CODE_VERSION) --build-arg CODEX_VERSION=$(CODEX_VERSION) -t $(REGISTRY)/agentfarm-agent:$(IMAGE_TAG) .
 	$(DOCKER) build -f deploy/controlplane/Dockerfile -t $(REGISTRY)/agentfarm:$(IMAGE_TAG) .
 
 ## push-images: build both images, then push them to REGISTRY (e.g. REGISTRY=ghcr.io/you)

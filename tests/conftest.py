@@ -1,4 +1,5 @@
-"""Fixtures shared by every test tier: the real Claude Code CLI and the fake model API."""
+"""Fixtures shared by every test tier: the real Claude Code and Codex CLIs and the fake model
+APIs."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 
 from tests import realparts
 from tests.fakes.anthropic_api import FakeAnthropic
+from tests.fakes.openai_api import FakeOpenAI
 
 ROOT = Path(__file__).resolve().parents[1]
 #: A key the fake accepts; long enough to be masked by the redactor, obviously not real.
@@ -30,6 +32,26 @@ def claude_bin() -> str:
             "Claude Code CLI", "run `make test` (scripts/install-claude.sh installs it)"
         )
     return found
+
+
+@pytest.fixture(scope="session")
+def codex_bin() -> str:
+    """The pinned Codex CLI: ``$AGENTFARM_TOOLS`` (``make test`` installs it), else PATH."""
+    tools = Path(os.environ.get("AGENTFARM_TOOLS", ROOT / ".tools"))
+    candidate = tools / "node_modules" / ".bin" / "codex"
+    if candidate.exists() and os.access(candidate, os.X_OK):
+        return str(candidate)
+    found = shutil.which("codex")
+    if not found:
+        realparts.missing("Codex CLI", "run `make codex` (scripts/install-codex.sh installs it)")
+    return found
+
+
+@pytest.fixture(scope="session")
+def fake_openai() -> Iterator[FakeOpenAI]:
+    """One fake Responses API for the session; tests pick scenarios with prompt markers."""
+    with FakeOpenAI() as fake:
+        yield fake
 
 
 @pytest.fixture(scope="session")

@@ -16,6 +16,8 @@ from urllib.parse import urlsplit
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from agentfarm.domain import pricing
+
 
 def default_data_dir() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
@@ -37,6 +39,18 @@ class Settings(BaseSettings):
     claude_bin: str | None = Field(
         None,
         description="Path to the Claude Code CLI; default: the project's pinned copy, then PATH.",
+    )
+    codex_bin: str | None = Field(
+        None,
+        description="Path to the Codex CLI; default: the project's pinned copy (`make codex`), "
+        "then PATH.",
+    )
+    model_prices: dict[str, pricing.ModelPrice] = Field(
+        default_factory=dict,
+        description="JSON price table over the built-in one, in US dollars per million tokens, "
+        'e.g. `{"gpt-5-codex": {"input": 1.25, "cached_input": 0.125, "output": 10}}`; '
+        "`default` prices a run that names no model. Estimates the cost of agents that report "
+        "tokens only (Codex); see docs/agents.md.",
     )
     stop_grace_seconds: float = Field(
         10.0, ge=0, le=600, description="Grace period between SIGTERM and SIGKILL on stop."
@@ -132,6 +146,18 @@ class Settings(BaseSettings):
         False, description="Serve `/docs` and `/openapi.json` without authentication."
     )
 
+    @field_validator("model_prices")
+    @classmethod
+    def _lower_models(cls, value: dict[str, pricing.ModelPrice]) -> dict[str, pricing.ModelPrice]:
+        return {name.strip().lower(): price for name, price in value.items()}
+
+    @field_validator("openai_base_url")
+    @classmethod
+    def _check_openai_url(cls, value: str | None) -> str | None:
+        if value and not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError(f"OPENAI_BASE_URL {value!r} is not an http(s) URL")
+        return value or None
+
     @field_validator("trusted_proxies", "allowed_hosts", mode="before")
     @classmethod
     def _split_proxies(cls, value: object) -> object:
@@ -171,6 +197,25 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("ANTHROPIC_BASE_URL"),
         description="Messages API endpoint for agents (a proxy or gateway).",
     )
+    codex_api_key: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("CODEX_API_KEY"),
+        description="OpenAI API key for `agent: codex` runs (or `agentfarm secret set "
+        "CODEX_API_KEY`).",
+    )
+    openai_api_key: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("OPENAI_API_KEY"),
+        description="OpenAI API key, used when CODEX_API_KEY is not set; handed to Codex as "
+        "CODEX_API_KEY.",
+    )
+    openai_base_url: str | None = Field(
+        None,
+        validation_alias=AliasChoices("AGENTFARM_OPENAI_BASE_URL", "OPENAI_BASE_URL"),
+        description="Responses API endpoint for Codex runs (a proxy or gateway), e.g. "
+        "`https://gateway.example/v1`; `OPENAI_BASE_URL` is read too, or `agentfarm secret set "
+        "OPENAI_BASE_URL`; default: OpenAI's. Handed to Codex as a provider in `-c` flags.",
+    )
     github_token: SecretStr | None = Field(
         None,
         validation_alias=AliasChoices("GITHUB_TOKEN"),
@@ -192,6 +237,10 @@ class Settings(BaseSettings):
         return cls(**{name: value for name, value in given.items() if value is not None})
 
     # --- paths derived from data_dir -------------------------------------------------------
+    def prices(self) -> dict[str, pricing.ModelPrice]:
+        """The price table: the built-in one with ``model_prices`` over it."""
+        return pricing.table(self.model_prices)
+
     @property
     def db_path(self) -> Path:
         return self.data_dir / "agentfarm.db"

@@ -62,19 +62,36 @@ def test_adapter_and_parser_satisfy_the_protocols() -> None:
     assert parser.summary.saw_result is False
 
 
-def test_minimal_command_uses_the_builtin_provider_and_no_stdin() -> None:
-    command = codex.CodexAdapter().build_command(spec(), binary="/opt/codex")
-    assert command.argv[:5] == [
+def test_minimal_turn_uses_the_builtin_provider() -> None:
+    argv = codex.CodexAdapter().exec_argv(spec(), binary="/opt/codex")
+    assert argv[:5] == [
         "/opt/codex", "exec", "--json", "--dangerously-bypass-approvals-and-sandbox",
         "--skip-git-repo-check",
     ]  # fmt: skip
-    assert command.argv[-2:] == ["--", "Fix it"]
-    assert settings_of(list(command.argv)) == {
+    assert argv[-2:] == ["--", "-"]  # the prompt comes on stdin
+    assert settings_of(argv) == {
         "check_for_update_on_startup": False,
         "analytics.enabled": False,
+        "features.plugins": False,
     }
-    assert command.stdin == b"" and command.followup is None and command.interrupt == b""
-    assert command.env == {}
+
+
+def test_the_run_command_is_the_driver_with_the_prompt_on_stdin() -> None:
+    adapter = codex.CodexAdapter()
+    command = adapter.build_command(spec(env={"FOO": "bar"}), binary="/opt/codex")
+    # The driver runs `<binary> exec <flags> -- <text>` per turn: argv carries the flags only.
+    assert list(command.argv) == ["/opt/codex", *codex.turn_flags(spec(), None)]
+    assert command.runner[:4] == ("python3", "-S", "-I", "-c")
+    assert "class Driver" in command.runner[4]
+    assert json.loads(command.stdin) == {"text": "Fix it"}
+    assert command.followup is not None
+    assert json.loads(command.followup.encode("more ☃\n")) == {"text": "more ☃\n"}
+    assert command.close_stdin_after == ("turn.completed", "turn.failed")
+    assert command.interrupt == b"" and command.env == {"FOO": "bar"}
+    assert command.with_program("/real/codex", "/usr/bin/python3")[:5] == [
+        "/usr/bin/python3", "-S", "-I", "-c", command.runner[4],
+    ]  # fmt: skip
+    assert command.with_program("/real/codex")[5:7] == ["/real/codex", "--json"]
 
 
 def test_base_url_defines_a_provider_whose_key_comes_from_the_environment() -> None:
@@ -95,18 +112,16 @@ def test_base_url_defines_a_provider_whose_key_comes_from_the_environment() -> N
     assert values["model_providers.agentfarm.env_key"] == "CODEX_API_KEY"
     assert values["model_providers.agentfarm.wire_api"] == "responses"
     assert values["developer_instructions"] == 'Be brief.\n"Really" ☃ 😀'
-    assert argv[-2:] == ["--", "-a prompt that looks like a flag"]
+    assert json.loads(command.stdin)["text"] == "-a prompt that looks like a flag"
     assert command.env == {"FOO": "bar"}
     assert not any("sk-" in arg for arg in argv)
 
 
 def test_resume_passes_the_flags_again_then_thread_and_prompt() -> None:
-    command = codex.CodexAdapter().build_command(
-        spec(model="m"), resume_thread="01a2-thread", prompt="And now the tests."
-    )
-    assert command.argv[1:3] == ["exec", "resume"]
-    assert "--dangerously-bypass-approvals-and-sandbox" in command.argv
-    assert list(command.argv[-3:]) == ["--", "01a2-thread", "And now the tests."]
+    argv = codex.CodexAdapter().exec_argv(spec(model="m"), resume_thread="01a2-thread")
+    assert argv[1:3] == ["exec", "resume"]
+    assert "--dangerously-bypass-approvals-and-sandbox" in argv
+    assert argv[-3:] == ["--", "01a2-thread", "-"]
 
 
 def test_ignores_what_codex_has_no_flag_for() -> None:
@@ -117,9 +132,11 @@ def test_ignores_what_codex_has_no_flag_for() -> None:
     assert plain.argv == other.argv
 
 
-def test_a_prompt_too_long_for_an_argument_is_refused_with_advice() -> None:
-    with pytest.raises(ValueError, match="KiB"):
-        codex.CodexAdapter().build_command(spec(prompt="x" * (codex.MAX_PROMPT_BYTES + 1)))
+def test_a_long_prompt_goes_on_stdin_not_on_the_command_line() -> None:
+    long = "x" * 190_000  # over Linux's 128 KiB limit for one argument
+    command = codex.CodexAdapter().build_command(spec(prompt=long))
+    assert json.loads(command.stdin) == {"text": long}
+    assert all(len(arg) < 10_000 for arg in command.argv)
 
 
 # --- the parser, on recorded lines -------------------------------------------------------

@@ -117,6 +117,21 @@ def test_configured_model_endpoint_replaces_the_default() -> None:
     assert egress.check_target(p, "api.anthropic.com", 443) is not None
 
 
+def test_each_agent_reaches_its_own_model_endpoint() -> None:
+    codex = egress.build_policy([], model_url=None, remote=None, control=CONTROL, agent="codex")
+    assert egress.check_target(codex, "api.openai.com", 443) is None
+    assert egress.check_target(codex, "api.anthropic.com", 443) is not None
+    moved = egress.build_policy(
+        [], model_url="http://127.0.0.1:9/v1", remote=None, control=CONTROL, agent="codex"
+    )
+    assert egress.check_target(moved, "127.0.0.1", 9) is None
+    assert egress.check_target(moved, "api.openai.com", 443) is not None
+    claude = egress.build_policy([], model_url=None, remote=None, control=CONTROL, agent="claude")
+    assert egress.check_target(claude, "api.openai.com", 443) is not None
+    with pytest.raises(ValueError, match="OPENAI_BASE_URL"):
+        egress.build_policy([], model_url="nohost", remote=None, control=CONTROL, agent="codex")
+
+
 def test_entries_ports_and_wildcards() -> None:
     p = policy("pypi.org", "*.example.com", "db.example.net:5432")
     assert egress.check_target(p, "pypi.org", 80) is None

@@ -248,3 +248,17 @@ def test_a_command_agent_pod_runs_its_program_and_closes_stdin_once_written() ->
     assert json.loads(env_of(agent)["AGENTFARM_CLOSE_STDIN_AFTER"]) == []  # type: ignore[arg-type]
     secret = manifests.build_secret(run, launched, cfg)
     assert base64.b64decode(secret["data"][manifests.STDIN_KEY]) == b"do it\n"
+
+
+def test_a_codex_pod_runs_its_driver_before_the_binary_the_image_has() -> None:
+    from agentfarm.agents import codex
+
+    run, _command, cfg = make()
+    spec = run.spec.model_copy(update={"agent": "codex"})
+    command = codex.CodexAdapter().build_command(spec, binary="/host/tools/codex")
+    pod = manifests.build_pod(run, LaunchSpec.of(run.id, command, {"CODEX_API_KEY": "k"}), cfg)
+    argv = pod["spec"]["containers"][0]["command"]
+    rest = argv[argv.index("--") + 1 :]
+    assert rest[:4] == ["python3", "-S", "-I", "-c"]
+    assert rest[5:7] == ["codex", "--json"]
+    assert "do it" not in json.dumps(pod)

@@ -66,6 +66,27 @@ async def test_tokens_expire_and_go_with_their_user(tmp_path: Path) -> None:
         await store.close()
 
 
+async def test_tokens_keep_their_scopes(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path / "agentfarm.db")
+    try:
+        users = Users(store.database)
+        ada = await users.create_user("ada", "hash")
+        await users.create_token("everything", "secret-all", ada)
+        await users.create_token("ro", "secret-ro", ada, granted=frozenset({"read"}))
+        await users.create_token("op", "secret-op", ada, granted=frozenset({"operate"}))
+        found = {n: await users.find_token(f"secret-{n}") for n in ("all", "ro", "op")}
+        assert {n: t and t.scopes for n, t in found.items()} == {
+            "all": {"read", "operate", "admin"},
+            "ro": {"read"},
+            "op": {"read", "operate"},  # a scope brings the ones below it
+        }
+        with contextlib.closing(sqlite3.connect(tmp_path / "agentfarm.db")) as conn:
+            stored = dict(conn.execute("SELECT name, scopes FROM api_tokens").fetchall())
+        assert stored == {"everything": "read,operate,admin", "ro": "read", "op": "read,operate"}
+    finally:
+        await store.close()
+
+
 def test_the_upgrade_makes_the_oldest_user_admin_and_gives_tokens_owners(tmp_path: Path) -> None:
     path = tmp_path / "agentfarm.db"
     engine = schema._engine(path)  # a database as the previous version left it

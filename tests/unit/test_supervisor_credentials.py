@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
 from agentfarm.domain import backend_config, errors, gittokens
 from agentfarm.settings import Settings
@@ -62,15 +63,64 @@ def test_an_agent_naming_no_credentials_needs_none_and_gets_no_model_key(tmp_pat
     secrets, settings = store_with(
         tmp_path, ANTHROPIC_API_KEY="sk-0123456789", GITHUB_TOKEN="ghp-0123456789"
     )
-    pod = credentials.resolve(settings, secrets, TOKEN_POD)
-    assert credentials.for_agent(pod, ("ANTHROPIC_API_KEY",)) is pod
-    bare = credentials.for_agent(pod, ())
+    bare = credentials.resolve(settings, secrets, TOKEN_POD, "command")
     assert bare.env == {"GITHUB_TOKEN": "ghp-0123456789"} and not bare.missing
     assert "sk-0123456789" not in bare.redactor.text("key sk-0123456789")
     empty, settings = store_with(tmp_path / "empty")
-    missing = credentials.resolve(settings, empty, LOCAL)
-    assert missing.missing and not credentials.for_agent(missing, ()).missing
-    credentials.for_agent(missing, ()).require()
+    assert credentials.resolve(settings, empty, LOCAL, "claude").missing
+    credentials.resolve(settings, empty, LOCAL, "command").require()
+
+
+def test_codex_gets_the_openai_credentials_and_claude_the_anthropic_ones(tmp_path: Path) -> None:
+    secrets, settings = store_with(
+        tmp_path,
+        ANTHROPIC_API_KEY="sk-ant-0123456789",
+        OPENAI_API_KEY="sk-openai-0123456789",
+        OPENAI_BASE_URL="http://127.0.0.1:9/v1",
+    )
+    settings = settings.model_copy(update={"anthropic_base_url": "http://127.0.0.1:8"})
+    codex = credentials.resolve(settings, secrets, LOCAL, "codex")
+    # An OPENAI_API_KEY is handed on as CODEX_API_KEY (what `codex exec` reads).
+    assert codex.env == {
+        "CODEX_API_KEY": "sk-openai-0123456789",
+        "OPENAI_BASE_URL": "http://127.0.0.1:9/v1",
+    }
+    assert codex.base_url == "http://127.0.0.1:9/v1"
+    claude = credentials.resolve(settings, secrets, LOCAL, "claude")
+    assert claude.env == {
+        "ANTHROPIC_API_KEY": "sk-ant-0123456789",
+        "ANTHROPIC_BASE_URL": "http://127.0.0.1:8",
+    }
+    # Whatever the agent, every key is masked in what a run shows.
+    for creds in (codex, claude):
+        text = creds.redactor.text("sk-ant-0123456789 sk-openai-0123456789")
+        assert text == "[redacted:ANTHROPIC_API_KEY] [redacted:OPENAI_API_KEY]"
+
+
+def test_codex_key_order_and_the_missing_key_sentence(tmp_path: Path) -> None:
+    secrets, settings = store_with(
+        tmp_path, CODEX_API_KEY="stored-codex-0123", OPENAI_API_KEY="stored-openai-0123"
+    )
+    assert credentials.resolve(settings, secrets, LOCAL, "codex").env == {
+        "CODEX_API_KEY": "stored-codex-0123"
+    }
+    from_env = settings.model_copy(
+        update={
+            "codex_api_key": SecretStr("env-codex-0123456"),
+            "openai_base_url": "https://gw.example/v1",
+        }
+    )
+    found = credentials.resolve(from_env, secrets, LOCAL, "codex")
+    assert found.env == {
+        "CODEX_API_KEY": "env-codex-0123456",
+        "OPENAI_BASE_URL": ("https://gw.example/v1"),
+    }
+    assert found.redactor.text("env-codex-0123456") == "[redacted:CODEX_API_KEY]"
+    empty, settings = store_with(tmp_path / "empty", ANTHROPIC_API_KEY="sk-ant-0123456789")
+    missing = credentials.resolve(settings, empty, LOCAL, "codex")
+    assert missing.env == {}
+    with pytest.raises(errors.ConfigurationError, match=r"CODEX_API_KEY.*OPENAI_API_KEY"):
+        missing.require()
 
 
 def test_git_token_secret_resolves_to_a_token_for_the_repositorys_prefix(tmp_path: Path) -> None:

@@ -244,6 +244,10 @@ async def test_forward_auth_header_only_from_trusted_proxies(
         form = {"name": "p", "repo": "/r", "prompt": "x", "permission_mode": "default",
                 "backend": "local", "sandbox_mode": "bwrap"}  # fmt: skip
         assert (await browser.post("/configs/new", data=form)).status_code == 403
+        # Without an account of that name grace is no admin: config changes need the scope.
+        made = await browser.post("/configs/new", data={**form, "csrf_token": token})
+        assert made.status_code == 403 and "missing scope `admin`" in made.text
+        await cp.add_user("grace")  # the first account: an admin
         made = await browser.post("/configs/new", data={**form, "csrf_token": token})
         assert made.status_code == 303
 

@@ -55,11 +55,14 @@ class StreamParser(Protocol):
 class AgentAdapter(Protocol):
     name: str
 
-    def build_command(self, spec: models.AgentSpec) -> launch.AgentCommand:
+    def build_command(
+        self, spec: models.AgentSpec, *, base_url: str | None = None
+    ) -> launch.AgentCommand:
         """Everything agent-specific about a launch: argv (the binary's name first; the backend
         resolves it), environment, first stdin bytes, how to send a follow-up and how to
         interrupt. Credentials are not in it: the supervisor resolves them and puts them in
-        the launch spec beside the command."""
+        the launch spec beside the command. ``base_url`` is the agent's model endpoint as the
+        server is configured (None: the CLI's default), for a CLI that takes it as an option."""
         ...
 
     def credential_names(self) -> tuple[str, ...]:

@@ -44,7 +44,10 @@ class ClaudeAdapter:
 
     name = "claude"
 
-    def build_command(self, spec: models.AgentSpec, *, binary: str = BINARY) -> launch.AgentCommand:
+    def build_command(
+        self, spec: models.AgentSpec, *, base_url: str | None = None, binary: str = BINARY
+    ) -> launch.AgentCommand:
+        """``base_url`` is not needed: ANTHROPIC_BASE_URL reaches the CLI with the credentials."""
         argv = [
             binary,
             "-p",

@@ -15,11 +15,17 @@ sync): ``base_url``, ``env_key = "CODEX_API_KEY"`` (the key comes from the envir
 argv), ``wire_api = "responses"``. Without one, Codex's built-in OpenAI provider is used, and
 ``codex exec`` reads ``CODEX_API_KEY`` itself.
 
-The prompt is the last argument, after ``--`` (a prompt starting with ``-`` stays a prompt).
-stdin is left empty: Codex appends whatever is on stdin to the prompt, and with ``-`` instead
-of a prompt it would wait for stdin to close, which agentfarm's launches do not do. Follow-ups
-are new processes (``codex exec resume <thread id>``, flags given again): there is no stdin
-protocol, and no stdin interrupt; stopping is by signal.
+One ``codex exec`` answers one prompt; a follow-up is a new process (``codex exec resume <thread
+id>``, flags given again). The run's process is therefore a small driver (``codex_driver``, run
+by the sandbox's ``python3``) that takes the prompt and follow-ups as ``{"text": ...}`` lines on
+stdin and runs one ``codex exec`` per turn in the same workspace and HOME. Each turn's text
+reaches Codex on its stdin (the prompt argument is ``-``, after ``--``): no size limit of a
+command-line argument, and nothing for Codex to append to the prompt. There is no stdin
+interrupt: stopping is by signal, which the driver passes on.
+
+Credentials: ``CODEX_API_KEY`` in the agent's environment (the supervisor hands on an
+``OPENAI_API_KEY`` under that name). A ChatGPT-plan login (``$CODEX_HOME/auth.json``) is not
+used: every run has a private HOME (docs/agents.md).
 
 What Codex has no equivalent for is not passed: ``permission_mode``, ``allowed_tools``,
 ``disallowed_tools``, ``max_turns``. ``append_system_prompt`` becomes ``developer_instructions``.
@@ -31,9 +37,11 @@ Facts checked against the pinned CLI (0.169.0): ``-c key=value`` values are TOML
 
 from __future__ import annotations
 
+import functools
 import json
+from pathlib import Path
 
-from agentfarm.agents import codex_stream
+from agentfarm.agents import codex_driver, codex_stream
 from agentfarm.domain import launch, models
 
 #: The binary's name; the backend finds it (the pinned copy, PATH).
@@ -42,13 +50,19 @@ BINARY = "codex"
 PROVIDER = "agentfarm"
 #: Where the key comes from, for either provider.
 API_KEY = "CODEX_API_KEY"
-#: Linux refuses a single argument over 128 KiB (MAX_ARG_STRLEN); leave room for the rest.
-MAX_PROMPT_BYTES = 120 * 1024
 
-#: Settings every launch gets: no update check or analytics calls from inside the sandbox.
+#: A stdin line for the driver: ``{"text": "..."}`` (the first is the prompt).
+FOLLOWUP = launch.Followup(prefix=b'{"text": ', suffix=b"}\n")
+#: After a turn's end the backend closes stdin unless more is queued: the driver then exits.
+TURN_ENDS = ("turn.completed", "turn.failed")
+
+#: Settings every launch gets: no update check or analytics calls from inside the sandbox, and
+#: no plugins (with them on, 0.169.0 reaches github.com, api.github.com and chatgpt.com at each
+#: start: egress denials in every run).
 BASE_SETTINGS = {
     "check_for_update_on_startup": False,
     "analytics.enabled": False,
+    "features.plugins": False,
 }
 
 
@@ -83,40 +97,58 @@ def settings(spec: models.AgentSpec, base_url: str | None) -> dict[str, str | bo
     return values
 
 
+def turn_flags(spec: models.AgentSpec, base_url: str | None) -> list[str]:
+    """The flags of every turn's ``codex exec`` (first or resumed): Codex needs them again."""
+    flags = ["--json", "--dangerously-bypass-approvals-and-sandbox", "--skip-git-repo-check"]
+    if spec.model:
+        flags += ["--model", spec.model]
+    for key, value in settings(spec, base_url).items():
+        flags += ["-c", f"{key}={toml_value(value)}"]
+    return flags
+
+
+@functools.cache
+def driver_source() -> str:
+    """The driver's source, handed to ``python3 -c`` (read once from this package)."""
+    return Path(codex_driver.__file__).read_text(encoding="utf-8")
+
+
 class CodexAdapter:
     """Builds ``codex exec`` command lines and parsers (see the module docstring)."""
 
     name = "codex"
 
     def build_command(
+        self, spec: models.AgentSpec, *, base_url: str | None = None, binary: str = BINARY
+    ) -> launch.AgentCommand:
+        """The run's command: the driver (``codex_driver``) running ``binary`` once per turn;
+        the prompt and follow-ups reach it on stdin."""
+        return launch.AgentCommand(
+            argv=[binary, *turn_flags(spec, base_url)],
+            env=dict(spec.env),
+            stdin=FOLLOWUP.encode(spec.prompt),
+            close_stdin_after=TURN_ENDS,
+            followup=FOLLOWUP,
+            runner=("python3", "-S", "-I", "-c", driver_source()),
+        )
+
+    def exec_argv(
         self,
         spec: models.AgentSpec,
         *,
         binary: str = BINARY,
         base_url: str | None = None,
         resume_thread: str | None = None,
-        prompt: str | None = None,
-    ) -> launch.AgentCommand:
-        """The first turn, or with ``resume_thread`` a follow-up ``prompt`` on that thread."""
-        text = spec.prompt if prompt is None else prompt
-        if len(text.encode("utf-8", "surrogatepass")) > MAX_PROMPT_BYTES:
-            raise ValueError(
-                f"The prompt is over {MAX_PROMPT_BYTES // 1024} KiB, more than Codex can take "
-                "as an argument; shorten it or move the detail into a file in the repository."
-            )
+    ) -> list[str]:
+        """One turn's process as the driver starts it (the turn's text then on its stdin): the
+        first turn, or with ``resume_thread`` a follow-up on that thread."""
         argv = [binary, "exec"]
         if resume_thread is not None:
             argv.append("resume")
-        argv += ["--json", "--dangerously-bypass-approvals-and-sandbox", "--skip-git-repo-check"]
-        if spec.model:
-            argv += ["--model", spec.model]
-        for key, value in settings(spec, base_url).items():
-            argv += ["-c", f"{key}={toml_value(value)}"]
-        argv.append("--")
+        argv += [*turn_flags(spec, base_url), codex_driver.END_OF_OPTIONS]
         if resume_thread is not None:
             argv.append(resume_thread)
-        argv.append(text)
-        return launch.AgentCommand(argv=argv, env=dict(spec.env))
+        return [*argv, codex_driver.FROM_STDIN]
 
     def credential_names(self) -> tuple[str, ...]:
         return (API_KEY,)

@@ -19,7 +19,9 @@ class CommandAdapter:
 
     name = "command"
 
-    def build_command(self, spec: models.AgentSpec) -> launch.AgentCommand:
+    def build_command(
+        self, spec: models.AgentSpec, *, base_url: str | None = None
+    ) -> launch.AgentCommand:
         if spec.command is None:
             raise errors.InvalidInputError("the command agent needs a command: {argv: [...]}")
         argv = list(spec.command.argv)

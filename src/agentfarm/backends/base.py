@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from agentfarm.domain import launch, models
+from agentfarm.domain import diffs, launch, models
 from agentfarm.domain.launch import GitAuth
 
 #: ``egress``: a connection the sandbox's egress proxy refused (JSON: host, port, reason).
@@ -124,4 +124,10 @@ class Backend(Protocol):
 
     async def cleanup(self, run: models.Run) -> None:
         """Remove what the run left behind that is no longer needed."""
+        ...
+
+    async def diff(self, run: models.Run, *, limit: int) -> diffs.RunDiff:
+        """An ended run's changes: its branch against the commit it started from, the patch
+        cut after ``limit`` bytes. NotFoundError when its workspace is gone, ConflictError
+        when this backend keeps none the control plane can read."""
         ...

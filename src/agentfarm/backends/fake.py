@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from agentfarm.backends.base import BranchOutcome, ExitInfo, LaunchInfo, Record, RecordKind
-from agentfarm.domain import errors, launch, models
+from agentfarm.domain import diffs, errors, launch, models
 from agentfarm.domain.launch import GitAuth
 
 
@@ -128,6 +128,8 @@ class FakeWorld:
     launch_notices: list[str] = field(default_factory=list)
     #: What each run's branch did at the end (pushed, how many commits); None: no event.
     outcome: Outcome | None = None
+    #: What ``diff`` answers per run (tests set it); a run without one has no workspace.
+    run_diffs: dict[str, diffs.RunDiff] = field(default_factory=dict)
 
 
 class FakeBackend:
@@ -216,6 +218,12 @@ class FakeBackend:
         state.append(
             "exit", exit=ExitInfo(exit_code=None, lost=True, error="the agent disappeared")
         )
+
+    async def diff(self, run: models.Run, *, limit: int) -> diffs.RunDiff:
+        found = self.world.run_diffs.get(run.id)
+        if found is None:
+            raise errors.ConflictError(f"the fake backend keeps no workspace for run {run.id}")
+        return found
 
     async def cleanup(self, run: models.Run) -> None:
         self.cleaned.append(run.id)

@@ -21,7 +21,9 @@ def config_add(
     repo: Annotated[str | None, typer.Option(help="Local path or git URL.")] = None,
     prompt: Annotated[str | None, typer.Option(help="The task.")] = None,
     base_branch: Annotated[str | None, typer.Option()] = None,
-    agent: Annotated[str | None, typer.Option(help="claude (the default) | command.")] = None,
+    agent: Annotated[
+        str | None, typer.Option(help="claude (the default) | codex | command.")
+    ] = None,
     command_argv: Annotated[
         list[str] | None,
         typer.Option(
@@ -33,12 +35,18 @@ def config_add(
         str | None,
         typer.Option(help="For --agent command: stdin (the default) | argument | none."),
     ] = None,
-    model: Annotated[str | None, typer.Option()] = None,
-    permission_mode: Annotated[str | None, typer.Option()] = None,
-    allowed_tool: Annotated[list[str] | None, typer.Option(help="Repeatable.")] = None,
-    disallowed_tool: Annotated[list[str] | None, typer.Option(help="Repeatable.")] = None,
-    max_turns: Annotated[int | None, typer.Option()] = None,
-    append_system_prompt: Annotated[str | None, typer.Option()] = None,
+    model: Annotated[
+        str | None, typer.Option(help="For claude or codex, e.g. gpt-5-codex; default: its own.")
+    ] = None,
+    permission_mode: Annotated[str | None, typer.Option(help="claude only.")] = None,
+    allowed_tool: Annotated[list[str] | None, typer.Option(help="claude only; repeatable.")] = None,
+    disallowed_tool: Annotated[
+        list[str] | None, typer.Option(help="claude only; repeatable.")
+    ] = None,
+    max_turns: Annotated[int | None, typer.Option(help="claude only.")] = None,
+    append_system_prompt: Annotated[
+        str | None, typer.Option(help="claude: system prompt; codex: developer instructions.")
+    ] = None,
     env: Annotated[list[str] | None, typer.Option(help="KEY=VALUE, repeatable.")] = None,
     network: Annotated[
         str | None, typer.Option(help="none | allowlist (the default) | open.")

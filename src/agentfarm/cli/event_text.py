@@ -73,8 +73,9 @@ def event_line(event: dict[str, Any]) -> Text | None:
         secs = (data.get("duration_ms") or 0) / 1000
         style = "red" if data.get("is_error") else "green"
         label = "error" if data.get("is_error") else "done"
+        cost = fmt_cost(data.get("cost_usd"), bool(data.get("cost_estimated")))
         return Text(
-            f"✔ {label}: {data.get('num_turns', '?')} turns · {fmt_cost(data.get('cost_usd'))}"
+            f"✔ {label}: {data.get('num_turns', '?')} turns · {cost}"
             f" · {tokens} tokens · {fmt_duration(secs)}",
             style=f"bold {style}",
         )

@@ -1,7 +1,7 @@
 """The `agentfarm` command line. Everything but `serve` and `token` talks to the API.
 
-One module per command group (``secret``, ``user``, ``config``), the run commands in ``runs``,
-and the two commands of the server's host in ``server``."""
+One module per command group (``secret``, ``user``, ``config``, ``forge``, ``pipeline``), the
+run commands in ``runs``, and the two commands of the server's host in ``server``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 
 import typer
 
-from agentfarm.cli import client, config, console, runs, secret, server, user
+from agentfarm.cli import client, config, console, forge, pipeline, runs, secret, server, user
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -20,6 +20,8 @@ app = typer.Typer(
 app.add_typer(secret.app, name="secret")
 app.add_typer(config.app, name="config")
 app.add_typer(user.app, name="user")
+app.add_typer(forge.app, name="forge")
+app.add_typer(pipeline.app, name="pipeline")
 app.command()(server.serve)
 app.command()(server.token)
 app.command()(runs.run)

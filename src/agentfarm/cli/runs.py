@@ -78,7 +78,7 @@ def list_runs(
             (r.get("spec") or {}).get("agent") or "claude",
             r.get("config_name") or "-",
             r.get("branch") or "-",
-            present.fmt_cost(r.get("cost_usd")),
+            present.fmt_cost(r.get("cost_usd"), bool(r.get("cost_estimated"))),
             str(r.get("num_turns") or "-"),
             r["created_at"][:19].replace("T", " "),
         )

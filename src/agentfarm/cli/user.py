@@ -7,9 +7,10 @@ from typing import Annotated
 
 import typer
 
-from agentfarm.cli import client, console
+from agentfarm.cli import client, console, tokens
 
-app = typer.Typer(no_args_is_help=True, help="Cockpit users (password logins).")
+app = typer.Typer(no_args_is_help=True, help="Cockpit users (password logins) and their tokens.")
+app.add_typer(tokens.app, name="token")
 
 
 def read_password(name: str) -> str:

@@ -37,6 +37,19 @@ GROUPS: dict[str, tuple[str, ...]] = {
 DEFAULT_PORTS = (80, 443)
 #: Where the Claude CLI goes when ANTHROPIC_BASE_URL is not set.
 DEFAULT_MODEL = ("api.anthropic.com", 443)
+#: Each agent's model endpoint: the setting that moves it, and where it is by default. An
+#: agent not listed (the generic command agent) is given Anthropic's, as before.
+MODEL_ENDPOINTS: dict[str, tuple[str, tuple[str, int]]] = {
+    "claude": ("ANTHROPIC_BASE_URL", DEFAULT_MODEL),
+    "codex": ("OPENAI_BASE_URL", ("api.openai.com", 443)),
+}
+
+
+def model_endpoint(agent: str) -> tuple[str, tuple[str, int]]:
+    """(the base URL setting's name, the default endpoint) for ``agent``."""
+    return MODEL_ENDPOINTS.get(agent, MODEL_ENDPOINTS["claude"])
+
+
 SCHEME_PORTS = {"http": 80, "https": 443, "ssh": 22, "git": 9418}
 
 _LABEL = r"(?!-)[a-z0-9_-]{1,63}(?<!-)"
@@ -205,16 +218,19 @@ def build_policy(
     model_url: str | None,
     remote: str | None,
     control: list[tuple[str, int]],
+    agent: str = "claude",
 ) -> Policy:
     """The policy of one run: its config's entries, the model endpoint and its git remote
-    (``remote``: the repository URL, None for a repository on this machine)."""
+    (``remote``: the repository URL, None for a repository on this machine). ``model_url``
+    is the agent's configured base URL; None: the agent's default endpoint."""
     rules: list[Rule] = []
     for entry in entries:
         rules += parse_entry(entry)
-    model = endpoint_of_url(model_url) if model_url else DEFAULT_MODEL
+    setting, default = model_endpoint(agent)
+    model = endpoint_of_url(model_url) if model_url else default
     if model is None:
         raise ValueError(
-            f"ANTHROPIC_BASE_URL {model_url!r} is not a URL with a host: fix it, or a sandbox "
+            f"{setting} {model_url!r} is not a URL with a host: fix it, or a sandbox "
             "with network allowlist cannot reach its model"
         )
     remote_end = endpoint_of_url(remote) if remote else None

@@ -117,10 +117,20 @@ class AgentCommand:
     interrupt: bytes = b""
     #: None: this agent takes no follow-up messages.
     followup: Followup | None = None
+    #: A driver put before the resolved binary: ``("python3", "-c", SOURCE)`` runs the agent
+    #: once per turn (Codex). Its first item is ``python3``: the backend puts the interpreter
+    #: it has inside the sandbox there. The binary and the rest of argv follow it.
+    runner: tuple[str, ...] = ()
 
     @property
     def binary(self) -> str:
         return self.argv[0]
+
+    def with_program(self, program: str, python: str = "python3") -> list[str]:
+        """The command line to execute: the runner (its interpreter as ``python``), then
+        ``program`` (the binary as resolved) and the rest of argv."""
+        runner = [python, *self.runner[1:]] if self.runner else []
+        return [*runner, program, *self.argv[1:]]
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -133,6 +143,7 @@ class AgentCommand:
             "followup": None
             if self.followup is None
             else [_b64(self.followup.prefix), _b64(self.followup.suffix)],
+            "runner": list(self.runner),
         }
 
     @classmethod
@@ -148,6 +159,7 @@ class AgentCommand:
             followup=None
             if followup is None
             else Followup(base64.b64decode(followup[0]), base64.b64decode(followup[1])),
+            runner=tuple(raw.get("runner", ())),
         )
 
 

@@ -13,6 +13,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationInfo,
+    computed_field,
     field_validator,
     model_validator,
 )
@@ -36,6 +37,9 @@ RESERVED_ENV = frozenset(
         "ANTHROPIC_API_KEY",
         "ANTHROPIC_BASE_URL",
         "CLAUDE_CODE_OAUTH_TOKEN",
+        "CODEX_API_KEY",
+        "OPENAI_API_KEY",
+        "OPENAI_BASE_URL",
         "LD_PRELOAD",
         "LD_LIBRARY_PATH",
     }
@@ -78,7 +82,9 @@ class _Strict(BaseModel):
 
 
 PromptDelivery = Literal["stdin", "argument", "none"]
-AgentKind = Literal["claude", "command"]
+AgentKind = Literal["claude", "codex", "command"]
+#: Agents that report tokens but no price: their cost is estimated from a price table.
+ESTIMATED_COST_AGENTS = frozenset({"codex"})
 
 
 class CommandSpec(_Strict):
@@ -113,7 +119,8 @@ class AgentSpec(_Strict):
 
     agent: AgentKind = Field(
         "claude",
-        description="Agent CLI: `claude` (Claude Code) or `command` (any program, see `command`).",
+        description="Agent CLI: `claude` (Claude Code), `codex` (OpenAI Codex CLI) or `command` "
+        "(any program, see `command`).",
     )
     repo: str = Field(
         ..., min_length=1, max_length=4096, description="Local path or git URL to clone."
@@ -302,6 +309,12 @@ class Run(BaseModel):
     @property
     def prompt(self) -> str:
         return self.spec.prompt
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def cost_estimated(self) -> bool:
+        """The cost comes from agentfarm's price table (the agent reports tokens only)."""
+        return self.spec.agent in ESTIMATED_COST_AGENTS
 
 
 class EventType(StrEnum):

@@ -54,8 +54,12 @@ def fmt_duration(seconds: float | None) -> str:
     return f"{hours}h{minutes:02d}m"
 
 
-def fmt_cost(cost: float | None) -> str:
-    return "-" if cost is None else f"${cost:.4f}"
+def fmt_cost(cost: float | None, estimated: bool = False) -> str:
+    """``$0.1234``; an estimate (from a price table, not the agent) reads ``≈ $0.1234
+    (estimate)``."""
+    if cost is None:
+        return "-"
+    return f"≈ ${cost:.4f} (estimate)" if estimated else f"${cost:.4f}"
 
 
 def fmt_bytes(value: int) -> str:

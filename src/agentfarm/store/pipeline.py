@@ -343,6 +343,11 @@ class PipelineStore:
         await self._db.write(insert)
         return dispatch
 
+    async def delete_dispatch(self, caller: str, key: str) -> None:
+        """Forget a dispatch whose run could not be created: the key is free again."""
+        sql = "DELETE FROM dispatches WHERE caller = ? AND key = ?"
+        await self._db.write(lambda conn: conn.execute(sql, (caller, key)).rowcount)
+
 
 _DELETE_OF_FORGE = {
     table: f"DELETE FROM {table} WHERE forge_id = ?"  # noqa: S608 (constant table names)

@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from agentfarm.domain import errors, models
+from agentfarm.domain import scopes as scoping
 from agentfarm.store import db
 from agentfarm.store.mapping import dump_time, load_time
 
@@ -34,7 +35,8 @@ class User:
 
 @dataclass(frozen=True, slots=True)
 class ApiToken:
-    """A named token; it acts as its user (``user_id``) with that user's role."""
+    """A named token; it acts as its user (``user_id``) with its scopes, bounded by that
+    user's role."""
 
     id: str
     name: str
@@ -45,6 +47,7 @@ class ApiToken:
     user_name: str = ""
     user_is_admin: bool = False
     expires_at: datetime | None = None
+    scopes: frozenset[scoping.Scope] = scoping.ALL
 
     def expired(self, now: datetime) -> bool:
         return self.expires_at is not None and self.expires_at <= now
@@ -61,7 +64,7 @@ class Session:
 _USER_SELECT = "SELECT id, name, password_hash, created_at, is_admin FROM users"
 _API_ROWS = (
     "SELECT t.id, t.name, t.created_by, t.created_at, t.last_used_at, t.user_id, u.name, "
-    "u.is_admin, t.expires_at FROM api_tokens t JOIN users u ON u.id = t.user_id"
+    "u.is_admin, t.expires_at, t.scopes FROM api_tokens t JOIN users u ON u.id = t.user_id"
 )
 
 
@@ -80,6 +83,7 @@ def _token(row: Any) -> ApiToken:
         row[6],
         bool(row[7]),
         row[8] and load_time(row[8]),
+        scoping.parse(row[9]),
     )
 
 
@@ -216,21 +220,24 @@ class Users:
         *,
         created_by: str | None = None,
         expires_at: datetime | None = None,
+        granted: frozenset[scoping.Scope] = scoping.ALL,
     ) -> ApiToken:
-        """A token of ``owner``: it acts with their role and dies with them."""
+        """A token of ``owner``: it acts with ``granted`` bounded by their role, and dies with
+        them."""
         token = ApiToken(
             models.new_id(), name, created_by or owner.name, models.utcnow(), None,
-            owner.id, owner.name, owner.is_admin, expires_at,
+            owner.id, owner.name, owner.is_admin, expires_at, scoping.closure(granted),
         )  # fmt: skip
 
         def insert(conn: sqlite3.Connection) -> None:
             try:
                 conn.execute(
                     "INSERT INTO api_tokens (id, name, token_hash, user_id, created_by, "
-                    "created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    "created_at, expires_at, scopes) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         token.id, name, digest(secret), owner.id, token.created_by,
                         dump_time(token.created_at), expires_at and dump_time(expires_at),
+                        scoping.dump(token.scopes),
                     ),
                 )  # fmt: skip
             except sqlite3.IntegrityError as exc:  # the user was deleted meanwhile

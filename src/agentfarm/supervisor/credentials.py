@@ -18,13 +18,30 @@ from agentfarm.domain.redact import Redactor
 from agentfarm.settings import Settings
 from agentfarm.store.secrets import SecretStore
 
-MODEL_CREDENTIALS = ("ANTHROPIC_API_KEY", "CLAUDE_CODE_OAUTH_TOKEN")
+#: Each agent's model credentials: (the variable the agent gets, where it may come from, in
+#: order: the setting's environment name or a stored secret of that name). An agent not listed
+#: (the generic command agent) gets none: an arbitrary program does not get the server's keys.
+AGENT_CREDENTIALS: dict[str, tuple[tuple[str, tuple[str, ...]], ...]] = {
+    "claude": (
+        ("ANTHROPIC_API_KEY", ("ANTHROPIC_API_KEY",)),
+        ("CLAUDE_CODE_OAUTH_TOKEN", ("CLAUDE_CODE_OAUTH_TOKEN",)),
+    ),
+    # Codex's `exec` reads CODEX_API_KEY; an OPENAI_API_KEY is handed on under that name.
+    "codex": (("CODEX_API_KEY", ("CODEX_API_KEY", "OPENAI_API_KEY")),),
+}
+#: Each agent's model endpoint setting (not a secret: handed on, never masked).
+AGENT_BASE_URLS = {"claude": "ANTHROPIC_BASE_URL", "codex": "OPENAI_BASE_URL"}
+#: Every model credential and endpoint of every agent: what an agent of another kind never gets.
+MODEL_CREDENTIALS = ("ANTHROPIC_API_KEY", "CLAUDE_CODE_OAUTH_TOKEN", "CODEX_API_KEY")
 
-MISSING = (
-    "no Claude credentials are configured: set CLAUDE_CODE_OAUTH_TOKEN (from "
+MISSING = {
+    "claude": "no Claude credentials are configured: set CLAUDE_CODE_OAUTH_TOKEN (from "
     "`claude setup-token`) or ANTHROPIC_API_KEY in the server's environment, or "
-    "store one with `agentfarm secret set CLAUDE_CODE_OAUTH_TOKEN`"
-)
+    "store one with `agentfarm secret set CLAUDE_CODE_OAUTH_TOKEN`",
+    "codex": "no OpenAI credentials are configured for the Codex agent: set CODEX_API_KEY (or "
+    "OPENAI_API_KEY) in the server's environment, or store one with `agentfarm secret set "
+    "CODEX_API_KEY`",
+}
 
 
 @dataclass(frozen=True)
@@ -35,42 +52,74 @@ class Credentials:
     redactor: Redactor = field(repr=False)
     #: The backend needs model credentials and none is configured.
     missing: bool = False
+    #: The agent whose credentials these are (names what to set when they are missing).
+    agent: str = "claude"
     #: The token of the spec's ``git_token_secret`` for its repository (git's, never the
     #: agent's: it is not in ``env``).
     git_auth: launch.GitAuth | None = field(default=None, repr=False)
 
     def require(self) -> Credentials:
         if self.missing:
-            raise errors.ConfigurationError(MISSING)
+            raise errors.ConfigurationError(MISSING.get(self.agent, MISSING["claude"]))
         return self
+
+    @property
+    def base_url(self) -> str | None:
+        """The agent's configured model endpoint, if any."""
+        name = AGENT_BASE_URLS.get(self.agent)
+        return self.env.get(name) if name else None
+
+
+def _from_settings(settings: Settings) -> dict[str, str]:
+    """The model credentials and endpoints in the server's environment, by their names."""
+    values = {
+        "ANTHROPIC_API_KEY": settings.anthropic_api_key,
+        "CLAUDE_CODE_OAUTH_TOKEN": settings.claude_code_oauth_token,
+        "CODEX_API_KEY": settings.codex_api_key,
+        "OPENAI_API_KEY": settings.openai_api_key,
+    }
+    found = {k: v.get_secret_value() for k, v in values.items() if v and v.get_secret_value()}
+    for name, url in (
+        ("ANTHROPIC_BASE_URL", settings.anthropic_base_url),
+        ("OPENAI_BASE_URL", settings.openai_base_url),
+    ):
+        if url:
+            found[name] = url
+    return found
 
 
 def resolve(
     settings: Settings,
     secrets: SecretStore,
     backend: backend_config.BackendSpec,
+    agent: str = "claude",
     *,
     repo: str = "",
     git_token_secret: str | None = None,
 ) -> Credentials:
-    """Blocking (it reads the secrets file): call it in a thread. ``git_token_secret`` (a
-    run's spec naming the secret that authenticates its repository ``repo``) must be stored:
-    a ConfigurationError says so otherwise."""
+    """The credentials ``agent`` gets on ``backend``: its own model credentials (the server's
+    environment first, then the secret store) and endpoint, never another agent's. Blocking
+    (it reads the secrets file): call it in a thread. ``git_token_secret`` (a run's spec
+    naming the secret that authenticates its repository ``repo``) must be stored: a
+    ConfigurationError says so otherwise."""
     stored = secrets.all()
+    environment = _from_settings(settings)
+
+    def lookup(name: str) -> str | None:
+        return environment.get(name) or stored.get(name) or None
+
     found: dict[str, str] = {}
-    from_env = {
-        "ANTHROPIC_API_KEY": settings.anthropic_api_key,
-        "CLAUDE_CODE_OAUTH_TOKEN": settings.claude_code_oauth_token,
-    }
-    for name in MODEL_CREDENTIALS:
-        env_value = from_env[name]
-        value = env_value.get_secret_value() if env_value else stored.get(name)
+    for given, sources in AGENT_CREDENTIALS.get(agent, ()):
+        # The first source set anywhere wins: the environment's before the store's.
+        value = next((v for v in map(lookup, sources) if v), None)
         if value:
-            found[name] = value
-    base_url = settings.anthropic_base_url or stored.get("ANTHROPIC_BASE_URL")
-    if base_url:
-        found["ANTHROPIC_BASE_URL"] = base_url
-    missing = backend.model_credentials_required and not set(found) & set(MODEL_CREDENTIALS)
+            found[given] = value
+    url_name = AGENT_BASE_URLS.get(agent)
+    base_url = lookup(url_name) if url_name else None
+    if url_name and base_url:
+        found[url_name] = base_url
+    needs_model = agent in AGENT_CREDENTIALS and backend.model_credentials_required
+    missing = needs_model and not any(name in found for name, _ in AGENT_CREDENTIALS[agent])
     auth = explicit_git_auth(stored, repo, git_token_secret) if git_token_secret else None
     if backend.clones_remotely and auth is None:
         # With a token named by the spec, that one alone reaches the pod (as ``git_auth``).
@@ -78,7 +127,7 @@ def resolve(
     masked = {k: v for k, v in found.items() if "URL" not in k}
     extra = auth.secrets() if auth else {}
     redactor = Redactor.of(server_secrets(settings), stored, masked, extra)
-    return Credentials(env=found, redactor=redactor, missing=missing, git_auth=auth)
+    return Credentials(env=found, redactor=redactor, missing=missing, agent=agent, git_auth=auth)
 
 
 def explicit_git_auth(stored: Mapping[str, str], repo: str, name: str) -> launch.GitAuth:
@@ -96,16 +145,6 @@ def explicit_git_auth(stored: Mapping[str, str], repo: str, name: str) -> launch
             f"{repo!r}: remove git_token_secret or give the repository's URL"
         )
     return launch.GitAuth(token.prefix, token.user, value, token.name)
-
-
-def for_agent(creds: Credentials, names: tuple[str, ...] | None) -> Credentials:
-    """An agent that names no model credentials (the generic command agent) needs none and
-    is given none: an arbitrary program does not get the server's Claude key."""
-    if names is None or names:
-        return creds
-    model = {*MODEL_CREDENTIALS, "ANTHROPIC_BASE_URL"}
-    env = {k: v for k, v in creds.env.items() if k not in model}
-    return Credentials(env=env, redactor=creds.redactor, missing=False, git_auth=creds.git_auth)
 
 
 def server_secrets(settings: Settings) -> dict[str, str]:

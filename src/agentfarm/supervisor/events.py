@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from agentfarm.agents.base import StreamParser
 from agentfarm.backends.base import BranchOutcome, Record
-from agentfarm.domain import models
+from agentfarm.domain import models, pricing
 from agentfarm.domain.redact import Redactor
 
 
@@ -54,14 +56,41 @@ def translate(parser: StreamParser, record: Record, redactor: Redactor) -> list[
     return []
 
 
-def summary_fields(parser: StreamParser) -> dict[str, Any]:
-    """The run's figures the parser has so far, as run fields."""
+@dataclass(frozen=True)
+class Pricer:
+    """Estimates the cost of an agent that reports tokens only, from the server's price table
+    and the run's model (None: the CLI's default, priced as ``default``)."""
+
+    prices: Mapping[str, pricing.ModelPrice]
+    model: str | None
+
+    def cost(self, usage: models.Usage) -> float | None:
+        return pricing.estimate(self.prices, self.model, usage)
+
+    def result(self, draft: models.EventDraft) -> models.EventDraft:
+        """An ``agent.result`` with its turn's estimated cost, marked as an estimate."""
+        if draft.type != models.EventType.agent_result or draft.data.get("cost_usd") is not None:
+            return draft
+        try:
+            usage = models.Usage.model_validate(draft.data.get("usage") or {})
+        except ValueError:
+            return draft
+        data = {**draft.data, "cost_usd": self.cost(usage), "cost_estimated": True}
+        return draft.model_copy(update={"data": data})
+
+
+def summary_fields(parser: StreamParser, pricer: Pricer | None = None) -> dict[str, Any]:
+    """The run's figures the parser has so far, as run fields (with an estimated cost when
+    the agent reports none and a ``pricer`` is given)."""
     s = parser.summary
     fields: dict[str, Any] = {"usage": s.usage}
     if s.session_id is not None:
         fields["session_id"] = s.session_id
-    if s.cost_usd is not None:
-        fields["cost_usd"] = s.cost_usd
+    cost = s.cost_usd
+    if cost is None and pricer is not None and s.usage.total > 0:
+        cost = pricer.cost(s.usage)
+    if cost is not None:
+        fields["cost_usd"] = cost
     if s.num_turns is not None:
         fields["num_turns"] = s.num_turns
     return fields

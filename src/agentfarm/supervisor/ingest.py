@@ -59,6 +59,13 @@ class Ingest:
     tasks: set[asyncio.Task[Any]]
     stored: int = 0
 
+    @property
+    def pricer(self) -> events.Pricer | None:
+        """Agents that report tokens only get their cost estimated from the price table."""
+        if self.run.spec.agent not in models.ESTIMATED_COST_AGENTS:
+            return None
+        return events.Pricer(self.settings.prices(), self.run.spec.model)
+
     async def run_to_end(self) -> None:
         queue: asyncio.Queue[Record | object] = asyncio.Queue(maxsize=4 * BATCH)
         pump = tasks.spawn(self._pump(queue), name=f"pump-{self.run.id}", into=self.tasks)
@@ -81,6 +88,7 @@ class Ingest:
         watchdog = self.settings.watchdog_seconds or None
         watchdog_fired = False
         last_summary: dict[str, Any] = {}
+        pricer = self.pricer
         while exit_info is None:
             try:
                 item = await asyncio.wait_for(queue.get(), timeout=watchdog)
@@ -104,12 +112,14 @@ class Ingest:
                     )
                     break
                 new = events.translate(self.parser, entry, self.redactor)
+                if pricer is not None:
+                    new = [pricer.result(d) for d in new]
                 if entry.kind == "exit":
                     exit_info = entry.exit or ExitInfo(exit_code=None)
                 if entry.cursor > self.stored:
                     drafts.extend(new)
                     cursor = entry.cursor
-            summary = events.summary_fields(self.parser)
+            summary = events.summary_fields(self.parser, pricer)
             fields = summary if summary != last_summary else None
             last_summary = summary
             if drafts or cursor is not None:
@@ -148,7 +158,7 @@ class Ingest:
             "finished_at": models.utcnow(),
             "exit_code": info.exit_code,
             "error": error,
-            **events.summary_fields(self.parser),
+            **events.summary_fields(self.parser, self.pricer),
         }
         redacted = [events.redact(d, self.redactor) for d in drafts]
         await self.append(run.id, redacted, run_fields=fields, final=True)

@@ -20,7 +20,7 @@ from typing import Any
 from agentfarm import tasks
 from agentfarm.agents.base import AgentAdapter
 from agentfarm.backends.base import Backend, LaunchInfo, RunHandle
-from agentfarm.domain import errors, launch, models
+from agentfarm.domain import diffs, errors, launch, models
 from agentfarm.domain.redact import Redactor
 from agentfarm.settings import Settings
 from agentfarm.store import Store
@@ -79,10 +79,13 @@ class Supervisor:
         config: models.AgentConfig | None = None,
         *,
         branch: str | None = None,
+        run_id: str | None = None,
     ) -> models.Run:
         """Queue a run. It works on ``branch`` when given (the pipeline names its branches),
         else on ``agentfarm/<run id>``; with ``spec.base_branch == branch`` it continues that
-        existing branch (a follow-up) instead of starting a new one."""
+        existing branch (a follow-up) instead of starting a new one. ``run_id`` is an id chosen
+        beforehand (an orchestration dispatch records it before the run exists, so that a crash
+        in between never launches twice)."""
         if branch is not None and not launch.valid_branch(branch):
             raise errors.InvalidInputError(
                 f"{branch!r} is not a branch name git takes (no spaces, `..`, `~^:?*[\\`, "
@@ -99,6 +102,7 @@ class Supervisor:
         # Fail early, before anything is queued.
         (await self._credentials(spec)).require()
         run = models.Run(
+            id=run_id or models.new_id(),
             spec=spec,
             config_id=config.id if config else None,
             config_name=config.name if config else None,
@@ -164,21 +168,35 @@ class Supervisor:
         await self.store.delete_run(run_id)
         self.hub.forget(run_id)
 
+    async def diff(self, run_id: str, *, limit: int = diffs.PATCH_LIMIT) -> diffs.RunDiff:
+        """An ended run's changes, from its backend. Not while it runs: the agent still
+        writes its workspace, and host git runs there only after the agent has exited."""
+        run = await self.store.get_run(run_id)
+        if not run.status.terminal or run_id in self.dispatcher.active:
+            raise errors.ConflictError(
+                f"run {run_id} is {run.status.value}: its changes are shown once it has ended"
+            )
+        backend = self.backends.get(run.spec.backend.type)
+        if backend is None:
+            raise errors.ConfigurationError(
+                f"the {run.spec.backend.type!r} backend of run {run_id} is not enabled here"
+            )
+        return await backend.diff(run, limit=limit)
+
     # --- internals -----------------------------------------------------------------------
     async def _credentials(self, spec: models.AgentSpec) -> credentials.Credentials:
         """Once per launch, off the loop: the secrets file is read here and nowhere else."""
-        resolved = await asyncio.to_thread(
+        return await asyncio.to_thread(
             functools.partial(
                 credentials.resolve,
                 self.settings,
                 self.secrets,
                 spec.backend,
+                spec.agent,
                 repo=spec.repo,
                 git_token_secret=spec.git_token_secret,
             )
         )
-        adapter = self.adapters.get(spec.agent)
-        return credentials.for_agent(resolved, adapter.credential_names() if adapter else None)
 
     async def _append(
         self,
@@ -249,7 +267,9 @@ class Supervisor:
                 spec = launch.LaunchSpec(
                     run_id=run.id,
                     branch=run.branch or launch.branch_name(run.id),
-                    command=self.adapters[run.spec.agent].build_command(run.spec),
+                    command=self.adapters[run.spec.agent].build_command(
+                        run.spec, base_url=creds.base_url
+                    ),
                     credentials=creds.require().env,
                     git_auth=creds.git_auth,
                 )
@@ -279,7 +299,8 @@ class Supervisor:
             git_auth = creds.git_auth if creds else None
             handle, info = await backend.attach(run, git_auth=git_auth)
             # Pure: the same command as at launch, for its follow-up format.
-            command = self.adapters[run.spec.agent].build_command(run.spec)
+            base_url = creds.base_url if creds else None
+            command = self.adapters[run.spec.agent].build_command(run.spec, base_url=base_url)
             redactor = creds.redactor if creds else Redactor()
             await self._attached(run, handle, info, command, redactor)
 

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sse_starlette import EventSourceResponse
 
 from agentfarm import __version__
-from agentfarm.domain import errors, models
+from agentfarm.domain import diffs, errors, models
 from agentfarm.store import Store
 from agentfarm.store.secrets import SecretStore
 from agentfarm.supervisor.runs import Supervisor
@@ -109,6 +109,14 @@ class MessageRequest(BaseModel):
 
 @router.post("/runs", status_code=201, response_model=models.Run, tags=["runs"])
 async def create_run(body: RunRequest, sup: Sup, st: St) -> models.Run:
+    spec, config = await resolve_run(body, st)
+    return await sup.submit(spec, config=config)
+
+
+async def resolve_run(
+    body: RunRequest, st: Store
+) -> tuple[models.AgentSpec, models.AgentConfig | None]:
+    """What a run request launches: its saved config's spec or its own, prompt overridden."""
     config: models.AgentConfig | None = None
     if body.config is not None:
         try:
@@ -124,7 +132,7 @@ async def create_run(body: RunRequest, sup: Sup, st: St) -> models.Run:
         raise errors.InvalidInputError("give `config` or `spec`")
     if body.prompt is not None:
         spec = spec.model_copy(update={"prompt": body.prompt})
-    return await sup.submit(spec, config=config)
+    return spec, config
 
 
 @router.get("/runs", response_model=list[models.Run], tags=["runs"])
@@ -163,6 +171,25 @@ async def delete_run(run_id: RUN_ID, sup: Sup) -> Response:
 async def send_message(run_id: RUN_ID, body: MessageRequest, sup: Sup) -> dict[str, str]:
     await sup.send(run_id, body.text)
     return {"status": "sent"}
+
+
+@router.get(
+    "/runs/{run_id}/diff",
+    response_model=diffs.RunDiff,
+    tags=["runs"],
+    responses={
+        404: {"description": "No such run, or its workspace was removed."},
+        409: {"description": "Not ended yet, or its backend keeps no readable workspace."},
+    },
+)
+async def run_diff(
+    run_id: RUN_ID,
+    sup: Sup,
+    limit: Annotated[int, Query(ge=1024, le=8 * 1024 * 1024)] = diffs.PATCH_LIMIT,
+) -> diffs.RunDiff:
+    """An ended run's changes: its branch against the commit it started from (files with
+    their counts, and the patch cut after ``limit`` bytes, ``truncated`` then saying so)."""
+    return await sup.diff(run_id, limit=limit)
 
 
 @router.get(

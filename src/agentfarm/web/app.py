@@ -15,7 +15,7 @@ from agentfarm.settings import Settings
 from agentfarm.store import Store
 from agentfarm.store.secrets import SecretStore
 from agentfarm.supervisor.runs import Supervisor
-from agentfarm.web import api, apidocs, pages
+from agentfarm.web import api, api_forges, apidocs, orchestration, pages, tokens
 from agentfarm.web import errors as web_errors
 from agentfarm.web.bodylimit import BodySizeLimit
 from agentfarm.web.hosts import HostAllowList
@@ -25,9 +25,10 @@ log = logging.getLogger(__name__)
 
 def default_adapters() -> dict[str, AgentAdapter]:
     from agentfarm.agents.claude import ClaudeAdapter
+    from agentfarm.agents.codex import CodexAdapter
     from agentfarm.agents.command import CommandAdapter
 
-    return {"claude": ClaudeAdapter(), "command": CommandAdapter()}
+    return {"claude": ClaudeAdapter(), "codex": CodexAdapter(), "command": CommandAdapter()}
 
 
 def default_backends(settings: Settings) -> dict[str, Backend]:
@@ -96,5 +97,8 @@ def create_app(
         apidocs.install(app)
     app.include_router(api.public)
     app.include_router(api.router)
+    app.include_router(api_forges.router)
+    app.include_router(tokens.router)
+    app.include_router(orchestration.router)
     pages.install(app)
     return app

@@ -1,11 +1,16 @@
 """Authentication of API requests: bearer tokens (primary or named), browser sessions and a
 trusted forward-auth proxy (see ``identity``). Requests a browser makes with its cookies must
-also carry the CSRF token when they change something."""
+also carry the CSRF token when they change something.
+
+Authorization is one check, :func:`authorize`, made by every guard here and by the cockpit's
+page dependencies: the scope the request needs (``domain.scopes.required``) must be among the
+principal's."""
 
 from __future__ import annotations
 
 from fastapi import HTTPException, Request, status
 
+from agentfarm.domain import scopes as scoping
 from agentfarm.web import csrf, identity
 
 
@@ -18,11 +23,39 @@ def _unauthorized() -> HTTPException:
     )
 
 
+_WHAT = {
+    "read": "reading",
+    "operate": "launching, stopping, messaging and dispatching runs",
+    "admin": "users, secrets, config changes and forges",
+}
+
+
+def authorize(request: Request, principal: identity.Principal) -> None:
+    """403 unless ``principal`` has the scope this request needs, naming the missing scope."""
+    needed = scoping.required(request.method, request.url.path)
+    if needed in principal.scopes:
+        return
+    has = scoping.dump(principal.scopes) or "none"
+    if principal.kind == "token" and needed in scoping.role_scopes(principal.admin):
+        advice = (
+            f"this API token has the scopes {has}; create one with the `{needed}` scope "
+            f"(`agentfarm user token create NAME --scope {needed}`, or the settings page)"
+        )
+    else:
+        advice = f"{principal.name} may do {has} only; ask an admin"
+    raise HTTPException(
+        status_code=status.HTTP_403_FORBIDDEN,
+        detail=f"missing scope `{needed}` ({_WHAT[needed]} needs it): {advice}",
+    )
+
+
 async def check_bearer(request: Request) -> identity.Principal:
-    """The API's guard: any principal; CSRF-checked when it rode in on ambient credentials."""
+    """The API's guard: any principal with the scope the request needs; CSRF-checked when it
+    rode in on ambient credentials."""
     principal = await identity.authenticate(request)
     if principal is None:
         raise _unauthorized()
+    authorize(request, principal)
     if principal.binding is not None and request.method not in csrf.SAFE_METHODS:
         key: bytes = request.app.state.web_key
         if not csrf.valid(key, principal.binding, request.headers.get(csrf.HEADER)):
@@ -39,6 +72,7 @@ async def require_admin_token(request: Request) -> identity.Principal:
     principal = await identity.authenticate(request)
     if principal is None:
         raise _unauthorized()
+    authorize(request, principal)
     if principal.kind != "token" or not principal.admin:
         raise HTTPException(
             status_code=status.HTTP_403_FORBIDDEN,

@@ -131,7 +131,7 @@ def _body(event: models.Event) -> tuple[Markup, str]:
         facts = " · ".join(
             [
                 str(d.get("subtype", "result")),
-                fmt_cost(d.get("cost_usd")),
+                fmt_cost(d.get("cost_usd"), bool(d.get("cost_estimated"))),
                 f"{d.get('num_turns') or 0} turns",
                 f"{tokens} tokens",
                 fmt_duration(duration / 1000 if isinstance(duration, int | float) else None),

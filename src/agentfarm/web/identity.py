@@ -15,6 +15,9 @@ requests must present the matching token (forms: a hidden field; fetch/htmx: a h
 Roles: the primary token is admin; a user is admin or not (``users.is_admin``), and their
 sessions and named tokens act with that role, read on every request so that a change applies at
 once. A forward-auth user has the role of the account of the same name, if there is one.
+
+Scopes (``domain.scopes``): a principal carries what it may do, a named token's scopes bounded
+by its user's role; ``auth.authorize`` compares them with what the request needs.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from fastapi import Request, Response
 
 from agentfarm.domain import models
+from agentfarm.domain import scopes as scoping
 from agentfarm.settings import Settings
 from agentfarm.store.users import Users, digest
 
@@ -66,6 +70,8 @@ class Principal:
     admin: bool = False
     #: The account acted for; None for the primary token and proxy users without an account.
     user_id: str | None = None
+    #: What it may do: a token's scopes bounded by its user's role (``domain.scopes``).
+    scopes: frozenset[scoping.Scope] = frozenset()
 
 
 # --- passwords -------------------------------------------------------------------------------
@@ -198,6 +204,7 @@ async def _resolve(request: Request) -> Principal | None:
                 f"proxy:{name}",
                 admin=account is not None and account.is_admin,
                 user_id=account.id if account else None,
+                scopes=scoping.role_scopes(account is not None and account.is_admin),
             )
     cookie = request.cookies.get(SESSION_COOKIE)
     if cookie:
@@ -209,6 +216,7 @@ async def _resolve(request: Request) -> Principal | None:
                 f"session:{digest(cookie)}",
                 admin=session.is_admin,
                 user_id=session.user_id,
+                scopes=scoping.role_scopes(session.is_admin),
             )
     return None
 
@@ -243,7 +251,7 @@ def forwarded_auth_believed(request: Request, settings: Settings) -> bool:
 async def _bearer(request: Request, token: str) -> Principal | None:
     primary: str = request.app.state.api_token
     if hmac.compare_digest(token.encode(), primary.encode()):
-        return Principal("api-token", "token", admin=True)
+        return Principal("api-token", "token", admin=True, scopes=scoping.ALL)
     found = await users(request).find_token(token)  # None when unknown or expired
     if found is None:
         return None
@@ -251,5 +259,9 @@ async def _bearer(request: Request, token: str) -> Principal | None:
     if found.last_used_at is None or now - found.last_used_at > TOUCH_EVERY:
         await users(request).touch_token(found.id)
     return Principal(
-        f"token:{found.name}", "token", admin=found.user_is_admin, user_id=found.user_id
+        f"token:{found.name}",
+        "token",
+        admin=found.user_is_admin,
+        user_id=found.user_id,
+        scopes=scoping.closure(found.scopes) & scoping.role_scopes(found.user_is_admin),
     )

@@ -15,7 +15,7 @@ from agentfarm import tasks
 from agentfarm.backends.base import LaunchInfo
 from agentfarm.backends.kubernetes import api as k8s_api
 from agentfarm.backends.kubernetes import config, handle, manifests
-from agentfarm.domain import backend_config, errors, launch, models
+from agentfarm.domain import backend_config, diffs, errors, launch, models
 from agentfarm.domain.launch import GitAuth
 from agentfarm.settings import Settings
 
@@ -127,6 +127,12 @@ class KubernetesBackend:
             workspace=f"pod {state.namespace}/{state.name}:{manifests.WORKSPACE}",
         )
         return handle.KubernetesHandle(run.id, api, state, delete_pod_now=self._delete_now), info
+
+    async def diff(self, run: models.Run, *, limit: int) -> diffs.RunDiff:
+        raise errors.ConflictError(
+            f"run {run.id} ran in a Kubernetes pod, whose workspace the control plane cannot "
+            f"read: see its branch {run.branch or ''} in the repository (or its pull request)"
+        )
 
     async def cleanup(self, run: models.Run) -> None:
         """Delete the run's Secret now (it marks the run as done with) and its pod now or,

@@ -208,7 +208,8 @@ def build_pod(run: models.Run, launching: launch.LaunchSpec, cfg: PodConfig) -> 
         # hooks (settings.json) that every later run executes.
         agent_mounts.append({"name": "claude-home", "mountPath": SHARED_CLAUDE, "readOnly": True})
 
-    argv = [posixpath.basename(command.argv[0]), *command.argv[1:]] if command.argv else []
+    # The image's PATH finds the binary (and python3, for a runner).
+    argv = command.with_program(posixpath.basename(command.argv[0])) if command.argv else []
     resources = _resources(cfg.resources)
     pod_spec: Json = {
         "restartPolicy": "Never",

@@ -20,6 +20,7 @@ from pathlib import Path
 import agentfarm
 from agentfarm.backends.base import LaunchInfo
 from agentfarm.backends.local import binaries, cgroups, git, hostinfo, monitor_spec, procs, sandbox
+from agentfarm.backends.local import diff as local_diff
 from agentfarm.backends.local.handle import (
     GIT_STATE,
     LocalHandle,
@@ -27,7 +28,7 @@ from agentfarm.backends.local.handle import (
     monitor_running,
     read_identity,
 )
-from agentfarm.domain import backend_config, errors, launch, models
+from agentfarm.domain import backend_config, diffs, errors, launch, models
 from agentfarm.domain import egress as policies
 from agentfarm.domain.launch import GitAuth
 from agentfarm.settings import Settings
@@ -131,7 +132,7 @@ class LocalBackend:
         binds += [sandbox.Bind(str(path), str(path)) for path in borrowed]
         usr_links, real_dirs, etc = await asyncio.to_thread(_root_layout)
         binds = [sandbox.Bind(d, d) for d in real_dirs] + binds
-        if box.mode == "bwrap" and box.network == "allowlist":
+        if box.mode == "bwrap" and (box.network == "allowlist" or command.runner):
             binds += [sandbox.Bind(d, d) for d in python[1]]
         to_monitor = monitor_spec.MonitorSpec(
             run_dir=str(run_dir),
@@ -169,6 +170,9 @@ class LocalBackend:
         branch = run.branch or launch.branch_name(run.id)
         return self.handle(run, git_auth), LaunchInfo(branch=branch, workspace=workspace)
 
+    async def diff(self, run: models.Run, *, limit: int) -> diffs.RunDiff:
+        return await local_diff.run_diff(run, self.run_dir(run.id), limit=limit)
+
     async def cleanup(self, run: models.Run) -> None:
         run_dir = self.run_dir(run.id)
         identity = await asyncio.to_thread(read_identity, run_dir)
@@ -187,13 +191,15 @@ class LocalBackend:
         self, run: models.Run, secrets: Mapping[str, str]
     ) -> tuple[policies.Policy, tuple[str, list[str]], list[str]]:
         """The run's egress policy, the bridge's interpreter (and binds it needs), notices."""
-        box, repo = _sandbox(run), run.spec.repo
+        box, repo, agent = _sandbox(run), run.spec.repo, run.spec.agent
+        setting, _default = policies.model_endpoint(agent)
         try:
             policy = policies.build_policy(
                 box.egress,
-                model_url=secrets.get("ANTHROPIC_BASE_URL"),
+                model_url=secrets.get(setting),
                 remote=None if git.is_local(repo) else git.strip_credentials(repo),
                 control=[(self.settings.host, self.settings.port)],
+                agent=agent,
             )
         except ValueError as exc:
             raise errors.ConfigurationError(str(exc)) from None

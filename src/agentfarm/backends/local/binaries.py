@@ -1,4 +1,4 @@
-"""Where an agent's binary is on this host. The adapter names it (``claude``); the local
+"""Where an agent's binary is on this host. The adapter names it (``claude``, ``codex``); the local
 backend finds it here, so the supervisor never needs to know where or whether it runs."""
 
 from __future__ import annotations
@@ -14,19 +14,41 @@ from agentfarm.settings import Settings
 CHECKOUT_TOOLS = Path(__file__).resolve().parents[4] / ".tools"
 
 
+#: Each agent CLI's setting, its name as an environment variable, and how to install it.
+KNOWN = {
+    "claude": ("claude_bin", "AGENTFARM_CLAUDE_BIN", "the Claude Code CLI", "make run"),
+    "codex": ("codex_bin", "AGENTFARM_CODEX_BIN", "the Codex CLI", "make codex"),
+}
+#: Where npm puts Codex's native binary; the ``codex`` on PATH is a Node launcher for it.
+CODEX_NATIVE = ("codex-linux-x64", "vendor", "x86_64-unknown-linux-musl", "bin", "codex")
+
+
 def _configured(name: str, settings: Settings) -> str | None:
-    return settings.claude_bin if name == "claude" else None
+    known = KNOWN.get(name)
+    value = getattr(settings, known[0]) if known else None
+    return value if isinstance(value, str) and value else None
+
+
+def native(path: str) -> str:
+    """The program itself for an npm launcher script: Codex's ``bin/codex.js`` runs a native
+    binary from a sibling package, which the sandbox would not see (only the program's own
+    directory is bound). Anything else is returned as it is."""
+    if not path.endswith(".js"):
+        return path
+    package = Path(path).resolve().parents[1]  # .../@openai/codex
+    candidate = package.parent.joinpath(*CODEX_NATIVE)
+    return str(candidate) if os.access(candidate, os.X_OK) else path
 
 
 def find(name: str, settings: Settings) -> str:
     """The executable for ``name`` (blocking): a path is taken as given; a bare name is the
-    configured path (AGENTFARM_CLAUDE_BIN for ``claude``), the pinned copy (AGENTFARM_TOOLS,
-    then this checkout's), then PATH. The real path, as its directory gets bound into the
-    sandbox."""
+    configured path (AGENTFARM_CLAUDE_BIN for ``claude``, AGENTFARM_CODEX_BIN for ``codex``),
+    the pinned copy (AGENTFARM_TOOLS, then this checkout's), then PATH. The real path, as its
+    directory gets bound into the sandbox."""
     if os.sep in name:
         if not os.path.exists(name):
             raise errors.LaunchError(f"the agent program {name!r} was not found")
-        return os.path.realpath(name)
+        return native(os.path.realpath(name))
     configured = _configured(name, settings)
     candidates: list[str | None] = [configured]
     tools = os.environ.get("AGENTFARM_TOOLS")
@@ -35,14 +57,13 @@ def find(name: str, settings: Settings) -> str:
     candidates += [str(CHECKOUT_TOOLS / "node_modules" / ".bin" / name), shutil.which(name)]
     for candidate in candidates:
         if candidate and os.access(candidate, os.X_OK):
-            return os.path.realpath(candidate)
-    if configured:
+            return native(os.path.realpath(candidate))
+    known = KNOWN.get(name)
+    if configured and known:
+        raise errors.ConfigurationError(f"{known[1]}={configured} is not an executable file")
+    if known:
+        _setting, env, what, make = known
         raise errors.ConfigurationError(
-            f"AGENTFARM_CLAUDE_BIN={configured} is not an executable file"
-        )
-    if name == "claude":
-        raise errors.ConfigurationError(
-            "the Claude Code CLI was not found: run `make run` (it installs the pinned "
-            "version) or set AGENTFARM_CLAUDE_BIN"
+            f"{what} was not found: run `{make}` (it installs the pinned version) or set {env}"
         )
     raise errors.LaunchError(f"the agent program {name!r} was not found")

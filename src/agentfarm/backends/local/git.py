@@ -301,3 +301,38 @@ async def push(repo: str, workspace: Path, branch: str, auth: launch.GitAuth | N
         "push", "--quiet", "--", repo, f"refs/heads/{branch}:refs/heads/{branch}",
         cwd=workspace, trusted=(workspace, workspace / ".git"), auth=auth,
     )  # fmt: skip
+
+
+async def git_head(
+    *args: str, cwd: Path, trusted: tuple[Path, ...], max_bytes: int, limit: float = 120
+) -> tuple[str, bool]:
+    """Like :func:`git`, but keeps only the first ``max_bytes`` of its output and then stops
+    it (a huge diff is never read whole); True when the output was cut."""
+    proc = await asyncio.create_subprocess_exec(
+        "git", *_config_args(trusted), *args, cwd=cwd, env=auth_env(None),
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, start_new_session=True,
+    )  # fmt: skip
+    out, err, cut = bytearray(), b"", False
+    stdout, stderr = proc.stdout, proc.stderr
+    try:
+        async with asyncio.timeout(limit):
+            while stdout is not None and (chunk := await stdout.read(65536)):
+                out += chunk
+                if len(out) > max_bytes:
+                    cut = True
+                    break
+            if not cut:
+                err = await stderr.read() if stderr is not None else b""
+                await proc.wait()
+    except TimeoutError:
+        raise GitError(f"git {_verb(args)} took longer than {limit:g} s") from None
+    finally:
+        if proc.returncode is None:  # cut short, timed out or cancelled: stop it and its helpers
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
+    if not cut and proc.returncode != 0:
+        message = strip_credentials(err.decode(errors="replace").strip()) or "no output"
+        raise GitError(f"git {_verb(args)} failed: {message}")
+    return bytes(out[:max_bytes]).decode(errors="replace"), cut

@@ -74,8 +74,8 @@ class MonitorSpec:
 
     @property
     def argv(self) -> list[str]:
-        """The agent's command line on this host."""
-        return [self.program, *self.launch.command.argv[1:]]
+        """The agent's command line on this host (its runner first, if it has one)."""
+        return self.launch.command.with_program(self.program, self.python)
 
     @property
     def allowlist(self) -> bool:

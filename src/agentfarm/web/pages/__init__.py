@@ -2,9 +2,9 @@
 the API. Forms work without JavaScript; htmx and a small script add live updates.
 
 One module per concern: ``login``, ``dashboard``, ``configs`` (with ``forms``), ``runs``,
-``settings_page``; ``access`` holds the page dependencies (signed in; CSRF), ``templating`` the
-page response, ``shell`` the manifest, static files and security headers, ``appstate`` the
-per-app state made at start-up.
+``pipeline_page``, ``forges_page`` (with ``forge_forms``), ``settings_page``; ``access`` holds
+the page dependencies (signed in; CSRF), ``templating`` the page response, ``shell`` the
+manifest, static files and security headers, ``appstate`` the per-app state made at start-up.
 """
 
 from __future__ import annotations
@@ -21,7 +21,9 @@ from agentfarm.web.pages import (
     appstate,
     configs,
     dashboard,
+    forges_page,
     login,
+    pipeline_page,
     runs,
     settings_page,
     shell,
@@ -54,7 +56,16 @@ def install(app: FastAPI) -> None:
             status_code=403,
         )
 
-    for module in (login, dashboard, configs, runs, settings_page, shell):
+    for module in (
+        login,
+        dashboard,
+        configs,
+        runs,
+        pipeline_page,
+        forges_page,
+        settings_page,
+        shell,
+    ):
         app.include_router(module.router)
     app.include_router(admin.router)
     shell.install(app)

@@ -1,5 +1,6 @@
-"""Who may see a page: the viewer dependency (signed in, else the login page) and the checked
-one for state-changing requests (the browser's CSRF token too)."""
+"""Who may see a page: the viewer dependency (signed in, else the login page; with the scope
+the page needs, see ``auth.authorize``) and the checked one for state-changing requests (the
+browser's CSRF token too)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from agentfarm.web import csrf, identity
+from agentfarm.web import auth, csrf, identity
 
 
 class LoginRequiredError(Exception):
@@ -28,6 +29,7 @@ async def viewer(request: Request) -> identity.Principal:
     principal = await identity.authenticate(request)
     if principal is None:
         raise LoginRequiredError
+    auth.authorize(request, principal)
     return principal
 
 

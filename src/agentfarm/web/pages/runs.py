@@ -56,6 +56,38 @@ async def run_head(request: Request, who: access.Viewer, run_id: RUN_ID) -> Resp
     return templating.page(request, "_run_head.html", who, run=run)
 
 
+@router.get("/runs/{run_id}/changes")
+async def run_changes(request: Request, who: access.Viewer, run_id: RUN_ID) -> Response:
+    """The run page's Changes section (loaded when opened): files, counts, the patch."""
+    await api.store(request).get_run(run_id)  # 404 for unknown runs
+    diff, problem = None, None
+    try:
+        diff = await api.supervisor(request).diff(run_id)
+    except (errors.ConflictError, errors.NotFoundError) as exc:
+        problem = str(exc)  # running, workspace gone, a backend without one: said in place
+    lines = patch_lines(diff.patch) if diff else []
+    html = templating.fragment("_changes.html", diff=diff, problem=problem, lines=lines)
+    return HTMLResponse(html, headers={"Cache-Control": "no-store"})
+
+
+def patch_lines(patch: str) -> list[tuple[str, str]]:
+    """Each line of a unified diff with its class (the template escapes the text)."""
+    lines = []
+    for line in patch.splitlines():
+        if line.startswith(("diff --git", "+++ ", "--- ", "index ", "rename ", "new file")):
+            kind = "diff-file"
+        elif line.startswith("@@"):
+            kind = "diff-hunk"
+        elif line.startswith("+"):
+            kind = "diff-add"
+        elif line.startswith("-"):
+            kind = "diff-del"
+        else:
+            kind = "diff-ctx"
+        lines.append((kind, line))
+    return lines
+
+
 @router.get("/runs/{run_id}/live")
 async def run_live(
     request: Request,

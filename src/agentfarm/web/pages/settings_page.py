@@ -10,10 +10,12 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 
 from agentfarm.domain import errors, models
+from agentfarm.domain import scopes as scoping
 from agentfarm.settings import Settings
 from agentfarm.store.users import ApiToken
 from agentfarm.supervisor import retention
 from agentfarm.web import identity, ids
+from agentfarm.web import tokens as token_api
 from agentfarm.web.pages import access, forms, templating
 
 #: Lifetimes offered when creating a token (days; 0: it does not expire).
@@ -41,8 +43,14 @@ def _settings_page(
 ) -> HTMLResponse:
     return templating.page(
         request, "settings.html", who, status_code, tokens=tokens, new_token=new_token,
-        problem=problem, token_days=TOKEN_DAYS, now=models.utcnow(), **extra,
+        problem=problem, token_days=TOKEN_DAYS, now=models.utcnow(),
+        token_scopes=_offered(who), **extra,
     )  # fmt: skip
+
+
+def _offered(who: identity.Principal) -> list[scoping.Scope]:
+    """The scopes a token made here may have, highest first."""
+    return [s for s in reversed(scoping.ORDER) if s in who.scopes]
 
 
 async def _disk_use(request: Request) -> retention.DiskUse:
@@ -73,6 +81,7 @@ async def token_create(request: Request, who: access.Checked) -> Response:
     values = await forms.read(request)
     name = values.get("name", "").strip()
     days = values.get("expires_days", "0").strip() or "0"
+    scope = values.get("scope", "").strip()  # none: all the role allows (see tokens.grant)
     store = identity.users(request)
     owner = await store.get_user_by_id(who.user_id) if who.user_id else None
     problem = None
@@ -80,6 +89,8 @@ async def token_create(request: Request, who: access.Checked) -> Response:
         problem = "give the token a name (up to 64 characters)"
     elif not days.isdigit() or int(days) not in TOKEN_DAYS:
         problem = f"choose a lifetime of {', '.join(map(str, TOKEN_DAYS[1:]))} days, or none"
+    elif scope and scope not in _offered(who):
+        problem = f"choose the token's scope among {', '.join(_offered(who))}"
     elif owner is None:
         # A token acts as its user: the primary token and accountless proxy users have none.
         problem = "API tokens belong to a cockpit user: sign in with a user account to create one"
@@ -88,7 +99,10 @@ async def token_create(request: Request, who: access.Checked) -> Response:
         return _settings_page(request, who, tokens, 422, problem=problem)
     expires = models.utcnow() + timedelta(days=int(days)) if int(days) else None
     secret = "afn_" + identity.new_secret()
-    await store.create_token(name, secret, owner, created_by=who.name, expires_at=expires)
+    granted = token_api.grant(who, owner, [s for s in scoping.ORDER if s == scope] or None)
+    await store.create_token(
+        name, secret, owner, created_by=who.name, expires_at=expires, granted=granted
+    )
     # Shown once, in this response only; the store keeps its hash.
     tokens = await _visible_tokens(request, who)
     return _settings_page(request, who, tokens, new_token=(name, secret))
