@@ -25,6 +25,7 @@ import pytest
 from tests.fakes.anthropic_api import FakeAnthropic
 from tests.fakes.forge import BOT, FakeForge
 from tests.integration.pipeline_farm import (
+    DEADLINE,
     OUTSIDER,
     WEBHOOK_SECRET,
     WRITER,
@@ -235,12 +236,14 @@ def flow_state(farm: Farm) -> dict[str, Any]:
     return state
 
 
-def wait_new_head(farm: Farm, repo: str, branch: str, old: str) -> str:
+def wait_new_head(
+    farm: Farm, repo: str, branch: str, old: str, *, timeout: float = DEADLINE
+) -> str:
     def probe() -> str | None:
         sha = farm.forge.branch_sha(repo, branch)
         return sha if sha not in (None, old) else None
 
-    return wait_for(f"a new commit on {branch}", probe, farm=farm, repo=repo)
+    return wait_for(f"a new commit on {branch}", probe, farm=farm, repo=repo, timeout=timeout)
 
 
 def test_review_comment_starts_one_followup_on_the_same_branch(farm: Farm) -> None:
@@ -274,7 +277,9 @@ def test_failing_status_starts_one_followup_on_the_same_branch(farm: Farm) -> No
         description=f"2 tests failed {marker}",
     )
     farm.deliver(deliveries)  # GitHub only; Forgejo's statuses are polled
-    head = wait_new_head(farm, FLOW, state["branch"], state["head"])
+    # Forgejo: the pipeline polls checks every 2 minutes (pipeline/poll.py CHECKS_SECONDS).
+    timeout = DEADLINE if farm.kind == "github" else DEADLINE + 150
+    head = wait_new_head(farm, FLOW, state["branch"], state["head"], timeout=timeout)
     assert git_parent(farm.forge.repos[FLOW].bare, head) == state["head"]
     settle(farm, FLOW)
     assert len(farm.runs(FLOW)) == runs_before + 1
