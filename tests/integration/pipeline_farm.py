@@ -60,29 +60,41 @@ class Farm:
     def api(self) -> httpx.Client:
         return self.server.client()
 
-    def add_forge(self, *, poll_seconds: int = 0) -> dict[str, Any]:
-        """The token as a stored secret, then the forge, then the fake's webhooks."""
+    def add_forge(
+        self,
+        *,
+        poll_seconds: int = 0,
+        name: str | None = None,
+        repos: list[str] | None = None,
+        hooks: bool = True,
+    ) -> dict[str, Any]:
+        """The token as a stored secret, then the forge, then (``hooks``) the fake's
+        webhooks. By default the farm's own forge; another ``name`` adds a second one on the
+        same fake forge (for other ``repos``)."""
+        name, repos = name or self.name, repos or self.repos
         with self.api() as c:
             response = c.put(f"/api/secrets/{TOKEN_SECRET}", json={"value": self.forge.token})
             assert response.status_code == 204, response.text
             response = c.post(
                 "/api/forges",
                 json={
-                    "name": self.name,
+                    "name": name,
                     "kind": self.kind,
                     "base_url": self.forge.api_url,
                     "token_secret": TOKEN_SECRET,
                     "webhook_secret": WEBHOOK_SECRET,
-                    "repos": self.repos,
+                    "repos": repos,
                     "poll_seconds": poll_seconds,
                 },
             )
             assert response.status_code == 201, response.text
             created: dict[str, Any] = response.json()
-        url = created.get("webhook_url") or f"/api/forges/{self.name}/webhook"
-        self.webhook_url = url if url.startswith("http") else self.server.url + url
-        for repo in self.repos:
-            self.forge.add_webhook(repo, self.webhook_url, WEBHOOK_SECRET)
+        url = created.get("webhook_url") or f"/api/forges/{name}/webhook"
+        url = url if url.startswith("http") else self.server.url + url
+        if name == self.name:
+            self.webhook_url = url
+        for repo in repos if hooks else ():
+            self.forge.add_webhook(repo, url, WEBHOOK_SECRET)
         return created
 
     def scenario(self, tag: str) -> str:
