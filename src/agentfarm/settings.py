@@ -10,13 +10,32 @@ import os
 import re
 import secrets as _secrets
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from agentfarm.domain import pricing
+
+#: Events a notification can be about (``supervisor.notify.Kind`` has them, and ``test``).
+NOTIFY_EVENTS = (
+    "run_finished",
+    "run_failed",
+    "run_stopped",
+    "run_parked",
+    "run_resumed",
+    "budget_reached",
+    "pull_request_opened",
+)
+#: Sent unless ``notify_events`` says otherwise: a stop is a person's own doing.
+DEFAULT_NOTIFY_EVENTS = (
+    "run_finished",
+    "run_failed",
+    "run_parked",
+    "budget_reached",
+    "pull_request_opened",
+)
 
 
 def default_data_dir() -> Path:
@@ -57,6 +76,61 @@ class Settings(BaseSettings):
     )
     max_concurrent_runs: int = Field(
         8, ge=1, le=1000, description="Runs beyond this many wait in `queued`."
+    )
+    # --- queue and caps (docs/fleet.md) ---------------------------------------------------
+    max_concurrent_per_backend: Annotated[dict[str, int], NoDecode] = Field(
+        default_factory=dict,
+        description="Caps per backend, e.g. `local=4,kubernetes=20`; runs beyond one wait in "
+        "`queued`. A backend not named has only the global cap.",
+    )
+    max_concurrent_per_repo: int = Field(
+        0,
+        ge=0,
+        le=1000,
+        description="Runs (of any origin) on one repository beyond this many wait (0: no cap).",
+    )
+    pipeline_max_concurrent_per_repo: int = Field(
+        1,
+        ge=0,
+        le=1000,
+        description="Pipeline runs on one repository beyond this many wait, so two agents never "
+        "race on one repository's issues (0: no cap).",
+    )
+    max_queued_runs: int = Field(
+        100,
+        ge=1,
+        le=100_000,
+        description="A launch while this many runs wait in `queued` is refused with 429; "
+        "running runs are never evicted to make room.",
+    )
+    queue_person_first: bool = Field(
+        True,
+        description="A person's launch (cockpit, CLI) goes before queued pipeline and API runs; "
+        "false: strictly oldest first.",
+    )
+    # --- budgets (docs/fleet.md) ----------------------------------------------------------
+    daily_budget_usd: float | None = Field(
+        None, gt=0, description="What all runs together may cost per UTC day, in US dollars."
+    )
+    monthly_budget_usd: float | None = Field(
+        None,
+        gt=0,
+        description="What all runs together may cost per calendar month (UTC), in US dollars.",
+    )
+    budget_reached_launch: Literal["queue", "refuse"] = Field(
+        "queue",
+        description="A launch while a day or month budget is reached: `queue` (it waits until "
+        "the budget resets) or `refuse` (429).",
+    )
+    budget_reached_running: Literal["finish", "stop"] = Field(
+        "finish",
+        description="Runs still running when a day or month budget is reached: `finish` or `stop`.",
+    )
+    budget_check_seconds: float = Field(
+        15.0,
+        gt=0,
+        le=3600,
+        description="How often day and month budgets are checked against spend.",
     )
     sandbox_uid: int = Field(
         61000, ge=1, description="Uid agents run as when the server runs as root."
@@ -146,6 +220,51 @@ class Settings(BaseSettings):
         False, description="Serve `/docs` and `/openapi.json` without authentication."
     )
 
+    # --- notifications -------------------------------------------------------------------
+    notify_urls: SecretStr | None = Field(
+        None,
+        description="Apprise URLs told of every run (comma- or space-separated), e.g. "
+        "`ntfys://ntfy.sh/my-topic`; also read from the secret NOTIFY_URLS (`agentfarm secret "
+        "set NOTIFY_URLS ...`). A config adds its own with `notify_secrets`.",
+    )
+    notify_events: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_NOTIFY_EVENTS),
+        description="Comma-separated events that are sent: `run_finished`, `run_failed`, "
+        "`run_stopped`, `run_parked`, `run_resumed`, `budget_reached`, `pull_request_opened`.",
+    )
+    notify_timeout_seconds: float = Field(
+        15.0, gt=0, le=300, description="Time limit of one notification to one target."
+    )
+    push_contact: str | None = Field(
+        None,
+        description="Contact push services see for Web Push (VAPID `sub`): `mailto:...` or "
+        "`https://...`; default: `public_url`, else `mailto:agentfarm@localhost`.",
+        pattern=r"^(mailto:[^\s]+|https://[^\s]+)$",
+    )
+    push_allow_http: bool = Field(
+        False,
+        description="Accept `http://` Web Push endpoints (tests, a push service on a private "
+        "network); browsers' push services are `https://`.",
+    )
+
+    @field_validator("notify_events", mode="before")
+    @classmethod
+    def _split_events(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in re.split(r"[,\s]+", value) if item.strip()]
+        return value
+
+    @field_validator("notify_events")
+    @classmethod
+    def _check_events(cls, value: list[str]) -> list[str]:
+        for item in value:
+            if item not in NOTIFY_EVENTS:
+                raise ValueError(
+                    f"notify_events: {item!r} is not an event; choose from "
+                    + ", ".join(NOTIFY_EVENTS)
+                )
+        return value
+
     @field_validator("model_prices")
     @classmethod
     def _lower_models(cls, value: dict[str, pricing.ModelPrice]) -> dict[str, pricing.ModelPrice]:
@@ -163,6 +282,30 @@ class Settings(BaseSettings):
     def _split_proxies(cls, value: object) -> object:
         if isinstance(value, str):
             return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("max_concurrent_per_backend", mode="before")
+    @classmethod
+    def _split_caps(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        caps: dict[str, object] = {}
+        for item in filter(None, (part.strip() for part in value.split(","))):
+            name, sep, number = item.partition("=")
+            if not sep or not name.strip():
+                raise ValueError(
+                    f"max_concurrent_per_backend: {item!r} is not `backend=number` "
+                    "(e.g. `local=4,kubernetes=20`)"
+                )
+            caps[name.strip()] = number.strip()
+        return caps
+
+    @field_validator("max_concurrent_per_backend")
+    @classmethod
+    def _check_caps(cls, value: dict[str, int]) -> dict[str, int]:
+        for name, cap in value.items():
+            if cap < 1:
+                raise ValueError(f"max_concurrent_per_backend: {name}={cap}: a cap is 1 or more")
         return value
 
     @field_validator("allowed_hosts")
@@ -256,6 +399,10 @@ class Settings(BaseSettings):
     @property
     def runs_dir(self) -> Path:
         return self.data_dir / "runs"
+
+    @property
+    def vapid_key_path(self) -> Path:
+        return self.data_dir / "vapid_private.pem"
 
     def ensure_dirs(self) -> None:
         # 0711: the sandbox uid must traverse to its own workspace, but may not list anything.

@@ -74,6 +74,8 @@ class Turn:
     blocks: tuple[Block, ...] = ()
     error: ApiError | None = None
     delay: float = 0.0
+    #: Input tokens the reply reports (its price); default: an estimate of the request's.
+    input_tokens: int | None = None
 
     @property
     def stop_reason(self) -> str:
@@ -98,7 +100,13 @@ def error(status: int, message: str, *, type: str = "api_error", delay: float = 
 
 def delay(seconds: float, then: Turn) -> Turn:
     """``then``, answered after ``seconds``."""
-    return Turn(blocks=then.blocks, error=then.error, delay=seconds)
+    return Turn(blocks=then.blocks, error=then.error, delay=seconds, input_tokens=then.input_tokens)
+
+
+def costly(input_tokens: int, then: Turn) -> Turn:
+    """``then``, reporting ``input_tokens`` of usage: what makes a reply cost money (a million
+    tokens of the default Sonnet model: $3 at list price)."""
+    return Turn(blocks=then.blocks, error=then.error, delay=then.delay, input_tokens=input_tokens)
 
 
 #: A scenario factory gets the marker's optional argument (``[scenario:name:ARG]``).
@@ -328,7 +336,10 @@ class FakeAnthropic:
         if reply.error is not None:
             return _error_response(reply.error)
         model = str(body.get("model") or DEFAULT_MODEL)
-        events = self._message_events(reply, model, _estimate_tokens(body["messages"]))
+        tokens = reply.input_tokens
+        if tokens is None:
+            tokens = _estimate_tokens(body["messages"])
+        events = self._message_events(reply, model, tokens)
         if not body.get("stream"):
             return JSONResponse(self._message_json(reply, model))
         return StreamingResponse(_iterate(events), media_type="text/event-stream")

@@ -407,6 +407,14 @@ def permission(ctx: Ctx) -> Response:
     return JSONResponse({"permission": level, "role_name": level, "user": user_json(user)})
 
 
+def get_branch(ctx: Ctx) -> Response:
+    name = str(ctx.params["branch"])
+    sha = ctx.fake.branch_sha(ctx.repo.name, f"refs/heads/{name}")
+    if sha is None:
+        return error(404, "Branch not found")
+    return JSONResponse({"name": name, "commit": {"sha": sha}})
+
+
 def combined_status(ctx: Ctx) -> Response:
     sha = ctx.fake.branch_sha(ctx.repo.name, str(ctx.params["ref"]))
     if sha is None:
@@ -458,6 +466,7 @@ ROUTES: list[tuple[str, Handler, list[str]]] = [
     (R + "/pulls", pulls, ["GET", "POST"]),
     (R + "/collaborators", collaborators, ["GET"]),
     (R + "/collaborators/{user}/permission", permission, ["GET"]),
+    (R + "/branches/{branch:path}", get_branch, ["GET"]),
     (R + "/commits/{ref:path}/status", combined_status, ["GET"]),
     (R + "/commits/{ref:path}/check-runs", check_runs, ["GET"]),
 ]

@@ -215,3 +215,20 @@ async def test_combined_status(forge: FakeForge, client: types.ForgeClient, tmp_
 async def test_a_missing_issue_is_not_found(client: types.ForgeClient) -> None:
     with pytest.raises(forges.errors.ForgeNotFoundError, match="check the repository name"):
         await client.get_issue(REPO, 999)
+
+
+async def test_the_repository_names_its_default_branch(
+    forge: FakeForge, client: types.ForgeClient
+) -> None:
+    forge.create_repo("alice/other", default_branch="trunk")
+    assert (await client.get_repo(REPO)).default_branch == "main"
+    assert (await client.get_repo("alice/other")).default_branch == "trunk"
+
+
+async def test_whether_a_branch_exists(
+    forge: FakeForge, client: types.ForgeClient, tmp_path: Path
+) -> None:
+    push_branch(forge, tmp_path, "agentfarm/issue-1-x")
+    assert await client.branch_exists(REPO, "agentfarm/issue-1-x")
+    assert await client.branch_exists(REPO, "main")
+    assert not await client.branch_exists(REPO, "agentfarm/issue-1-x-2")

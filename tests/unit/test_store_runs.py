@@ -68,6 +68,7 @@ async def test_update_run_round_trips_every_field(store: Store) -> None:
         "num_turns": 4,
         "exit_code": 0,
         "error": "nothing: all good ✓",
+        "origin": "pipeline",
     }
     assert set(fields) == set(models.Run.model_fields) - {"id"}
     updated = await store.update_run(run.id, **fields)

@@ -360,3 +360,52 @@ async def test_config_form_sets_the_sandbox_cpus_and_pids(tmp_path: Path) -> Non
         assert (await browser.post(f"/configs/{saved['id']}/edit", data=unset)).status_code == 303
         box = (await cp.api.get("/api/configs/demo")).json()["backend"]["sandbox"]
         assert (box["cpus"], box["pids"]) == (None, None)
+
+
+async def test_limits_on_the_form_and_queue_places_on_the_dashboard_and_run_page(
+    tmp_path: Path,
+) -> None:
+    def slow(run: models.Run, command: object) -> list[Step]:
+        steps = claude_like_script(run, command)  # type: ignore[arg-type]
+        return [*steps[:2], Step("stdout", steps[2].data, delay=600), *steps[3:]]
+
+    backend = FakeBackend(script=slow)  # type: ignore[arg-type]
+    async with (
+        cockpit(tmp_path, backend, max_queued_runs=2) as cp,
+        cp.browser() as browser,
+    ):
+        await cp.add_user()
+        await login(browser)
+        token = await page_csrf(browser, "/configs/new")
+        limits = {"max_budget_usd": "0.5", "max_minutes": "30", "max_concurrent": "1",
+                  "daily_budget_usd": "5", "monthly_budget_usd": "50"}  # fmt: skip
+        bad = await browser.post(
+            "/configs/new", data={**FORM, **limits, "max_concurrent": "0", "csrf_token": token}
+        )
+        assert bad.status_code == 422 and 'id="max_concurrent-error"' in bad.text
+        ok = await browser.post("/configs/new", data={**FORM, **limits, "csrf_token": token})
+        assert ok.status_code == 303
+        saved = (await cp.api.get("/api/configs/demo")).json()
+        assert {k: saved[k] for k in limits} == {k: float(v) for k, v in limits.items()}
+        form = await browser.get(f"/configs/{saved['id']}/edit")
+        assert 'name="daily_budget_usd" inputmode="decimal" value="5.0"' in form.text
+        first = (await cp.api.post("/api/runs", json={"config": "demo"})).json()
+        async with asyncio.timeout(10):
+            while (await cp.api.get(f"/api/runs/{first['id']}")).json()["status"] != "running":
+                await asyncio.sleep(0.01)
+        second = (await cp.api.post("/api/runs", json={"config": "demo"})).json()
+        assert second["queue"]["waiting_for"] == "config demo 1/1"
+        dashboard = await browser.get("/")
+        assert "#1 of 1 in the queue" in dashboard.text
+        assert "waiting for config demo 1/1" in dashboard.text
+        assert 'class="spend-chart"' in dashboard.text
+        run_page = await browser.get(f"/runs/{second['id']}")
+        assert "waiting for config demo 1/1" in run_page.text
+        await cp.api.post("/api/runs", json={"config": "demo"})
+        # The queue is full (2): the cockpit's launch says so, with 429.
+        launch = await browser.post(
+            f"/configs/{saved['id']}/launch", data={"csrf_token": token, "prompt": ""}
+        )
+        assert launch.status_code == 429 and "the queue is full" in launch.text
+        for run in (await cp.api.get("/api/runs")).json():
+            await cp.api.post(f"/api/runs/{run['id']}/stop")

@@ -40,6 +40,11 @@ CONFIG = {"name": "demo", "repo": "/srv/repo", "prompt": "fix the bug"}
         ("GET", "/api/admin/users", "admin"),
         ("GET", "/api/forges", "admin"),
         ("POST", "/api/forges/gh/test", "admin"),
+        ("POST", "/api/notifications/test", "admin"),
+        ("POST", "/settings/notifications/test", "admin"),
+        ("GET", "/api/notifications", "read"),
+        ("POST", "/api/push/subscriptions", "operate"),
+        ("DELETE", "/api/push/subscriptions", "operate"),
         ("GET", "/api/secretsxyz", "read"),  # a path boundary, not a prefix of a word
     ],
 )

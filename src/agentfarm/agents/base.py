@@ -34,6 +34,12 @@ class Summary:
     saw_result: bool = False
     result_is_error: bool = False
     result_error: str | None = None
+    #: The latest result's subtype (``error_max_budget_usd``: the agent's own budget ended it).
+    result_subtype: str | None = None
+    #: Estimated while the agent streams, before (and between) its own reports: what it has
+    #: cost so far (None: no estimate), and how many model turns it has taken.
+    live_cost_usd: float | None = None
+    live_turns: int = 0
 
 
 class StreamParser(Protocol):

@@ -65,6 +65,8 @@ class ClaudeAdapter:
         argv += [f"--disallowedTools={tool}" for tool in spec.disallowed_tools]
         if spec.max_turns is not None:
             argv += ["--max-turns", str(spec.max_turns)]
+        if spec.max_budget_usd is not None:
+            argv += ["--max-budget-usd", str(spec.max_budget_usd)]
         if spec.append_system_prompt:
             argv += ["--append-system-prompt", spec.append_system_prompt]
         # The config's own variables win: a user may want more retries, for example.

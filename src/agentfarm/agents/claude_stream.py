@@ -22,7 +22,7 @@ import re
 import signal as signals
 from typing import Any
 
-from agentfarm.agents import capping, jsonlines
+from agentfarm.agents import capping, claude_pricing, jsonlines
 from agentfarm.agents.jsonlines import as_dict, as_int, as_number, as_str, signal_name, system_event
 from agentfarm.domain import models
 
@@ -49,6 +49,10 @@ class ClaudeStreamParser(jsonlines.JsonLinesParser):
         #: starts counting from zero again).
         self._cost_base = 0.0
         self._cost_latest = 0.0
+        #: Each assistant message's estimated cost (its lines repeat its usage), and their sum
+        #: when the agent last reported its own figure: the estimate adds only what came after.
+        self._message_cost: dict[str, float] = {}
+        self._estimated_at_result = 0.0
 
     # -- input --
 
@@ -86,6 +90,7 @@ class ClaudeStreamParser(jsonlines.JsonLinesParser):
         content = message.get("content")
         if isinstance(content, str):
             content = [{"type": "text", "text": content}]
+        self._estimate(message_id, message)
         if not isinstance(content, list):
             return [system_event(obj, "assistant")]
         drafts = []
@@ -94,6 +99,18 @@ class ClaudeStreamParser(jsonlines.JsonLinesParser):
             self._blocks[message_id] = index + 1
             drafts.append(_assistant_block(message_id, index, as_dict(block)))
         return drafts
+
+    def _estimate(self, message_id: str, message: dict[str, Any]) -> None:
+        """A turn per new message id; its cost from its usage at list prices."""
+        if message_id not in self._message_cost:
+            self.summary.live_turns += 1
+        if "usage" not in message:
+            self._message_cost.setdefault(message_id, 0.0)
+            return
+        cost = claude_pricing.cost(as_str(message.get("model")), _usage(message.get("usage")))
+        self._message_cost[message_id] = max(cost, self._message_cost.get(message_id, 0.0))
+        since_result = sum(self._message_cost.values()) - self._estimated_at_result
+        self.summary.live_cost_usd = (self.summary.cost_usd or 0.0) + since_result
 
     def _user(self, obj: dict[str, Any]) -> list[models.EventDraft]:
         content = as_dict(obj.get("message")).get("content")
@@ -149,11 +166,14 @@ class ClaudeStreamParser(jsonlines.JsonLinesParser):
     ) -> None:
         summary = self.summary
         summary.saw_result = True
+        summary.result_subtype = data["subtype"]
         if cost is not None:
             if cost < self._cost_latest:  # a new process: its count restarted at zero
                 self._cost_base += self._cost_latest
             self._cost_latest = cost
             summary.cost_usd = self._cost_base + cost
+            summary.live_cost_usd = summary.cost_usd
+            self._estimated_at_result = sum(self._message_cost.values())
         # usage and num_turns are per result (per user message), so they add up.
         summary.usage = models.Usage(
             **{

@@ -1,7 +1,8 @@
 """The `agentfarm` command line. Everything but `serve` and `token` talks to the API.
 
-One module per command group (``secret``, ``user``, ``config``, ``forge``, ``pipeline``), the
-run commands in ``runs``, and the two commands of the server's host in ``server``."""
+One module per command group (``secret``, ``user``, ``config``, ``forge``, ``pipeline``,
+``notify``), the run commands in ``runs``, and the two commands of the server's host in
+``server``."""
 
 from __future__ import annotations
 
@@ -9,7 +10,18 @@ import sys
 
 import typer
 
-from agentfarm.cli import client, config, console, forge, pipeline, runs, secret, server, user
+from agentfarm.cli import (
+    client,
+    config,
+    console,
+    forge,
+    notify,
+    pipeline,
+    runs,
+    secret,
+    server,
+    user,
+)  # fmt: skip
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -22,6 +34,7 @@ app.add_typer(config.app, name="config")
 app.add_typer(user.app, name="user")
 app.add_typer(forge.app, name="forge")
 app.add_typer(pipeline.app, name="pipeline")
+app.add_typer(notify.app, name="notify")
 app.command()(server.serve)
 app.command()(server.token)
 app.command()(runs.run)
@@ -31,6 +44,7 @@ app.command()(runs.stop)
 app.command("rm")(runs.remove_run)
 app.command()(runs.send)
 app.command()(runs.show)
+app.command()(runs.spend)
 
 
 def main() -> None:

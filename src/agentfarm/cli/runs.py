@@ -7,6 +7,7 @@ import sys
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from agentfarm.cli import client, console, event_text
@@ -29,6 +30,16 @@ def follow(c: client.Client, run_id: str, *, as_json: bool) -> str:
     return status
 
 
+def queue_text(run: dict[str, Any]) -> str | None:
+    """``queued #2 of 5, waiting for global cap 4/4`` for a queued run, else None."""
+    info = run.get("queue")
+    if not isinstance(info, dict):
+        return None
+    text = f"queued #{info.get('position')} of {info.get('length')}"
+    waiting = info.get("waiting_for")
+    return f"{text}, waiting for {waiting}" if waiting else f"{text}, starting"
+
+
 def run(
     config: Annotated[str, typer.Argument(help="Config name or id.")],
     prompt: Annotated[str | None, typer.Option(help="Override the config's prompt.")] = None,
@@ -49,6 +60,9 @@ def run(
             console.out.print(
                 f"run [bold]{run_id}[/] on branch {created.get('branch')}", highlight=False
             )
+            waiting = queue_text(created)
+            if waiting:
+                console.out.print(waiting, highlight=False, markup=False)
         try:
             status = follow(c, run_id, as_json=as_json)
         except KeyboardInterrupt:
@@ -72,9 +86,10 @@ def list_runs(
     table = Table("id", "status", "agent", "config", "branch", "cost", "turns", "created", box=None)
     for r in runs:
         style = event_text.STATUS_STYLE.get(r["status"], "white")
+        shown = queue_text(r) or r["status"]
         table.add_row(
             r["id"],
-            f"[{style}]{r['status']}[/]",
+            f"[{style}]{escape(shown)}[/]",
             (r.get("spec") or {}).get("agent") or "claude",
             r.get("config_name") or "-",
             r.get("branch") or "-",
@@ -141,3 +156,30 @@ def show(run_id: str) -> None:
     """Show one run as JSON."""
     with client.Client() as c:
         console.print_json(c.get(f"/api/runs/{run_id}"))
+
+
+def spend(as_json: console.JsonFlag = False) -> None:
+    """Show what runs cost today and this month, per config and origin, against the budgets."""
+    with client.Client() as c:
+        report = c.get("/api/spend")
+    if as_json:
+        console.print_json(report)
+        return
+
+    def of(spent: float, budget: float | None) -> str:
+        shown = present.fmt_cost(spent)
+        return f"{shown} of {present.fmt_cost(budget)}" if budget else shown
+
+    console.out.print(
+        f"today {of(report['today_usd'], report['daily_budget_usd'])} · "
+        f"this month {of(report['month_usd'], report['monthly_budget_usd'])}",
+        highlight=False,
+    )
+    table = Table("config / origin", "today", "this month", box=None)
+    for line in report["by_config"] + report["by_origin"]:
+        table.add_row(
+            line["name"],
+            of(line["today_usd"], line.get("daily_budget_usd")),
+            of(line["month_usd"], line.get("monthly_budget_usd")),
+        )
+    console.out.print(table)

@@ -23,6 +23,10 @@ class InvalidInputError(AgentfarmError, ValueError):
     """Input that passed schema validation but makes no sense (a repo that is not a repo)."""
 
 
+class UnauthorizedError(AgentfarmError, PermissionError):
+    """The request does not prove who sent it (a missing or wrong webhook signature)."""
+
+
 class ConfigurationError(AgentfarmError, RuntimeError):
     """The host or the server is not set up for what was asked (no bubblewrap, no credentials)."""
 
@@ -42,3 +46,14 @@ class StatusConflictError(ConflictError):
         super().__init__(message)
         #: The run's status as stored (a ``RunStatus`` value).
         self.current = current
+
+
+class LimitReachedError(AgentfarmError, RuntimeError):
+    """A launch refused by a limit (the queue's length, a day or month budget): HTTP 429.
+    ``code`` names the limit; ``details`` (the limit, the current count, when it resets) go
+    into the error body beside the message."""
+
+    def __init__(self, message: str, *, code: str, **details: object) -> None:
+        super().__init__(message)
+        self.code = code
+        self.details = details

@@ -75,6 +75,10 @@ TERMINAL_STATUSES = frozenset(
 ACTIVE_STATUSES = frozenset({RunStatus.queued, RunStatus.starting, RunStatus.running})
 
 PermissionMode = Literal["default", "acceptEdits", "bypassPermissions", "plan"]
+#: Who asked for a run: a person (the cockpit, the CLI), the AFK pipeline, or another program
+#: through the API. The queue orders by it (a person's launch first, by default) and the
+#: per-repository cap of pipeline runs counts by it.
+RunOrigin = Literal["person", "pipeline", "api"]
 
 
 class _Strict(BaseModel):
@@ -146,6 +150,16 @@ class AgentSpec(_Strict):
     max_turns: int | None = Field(
         None, ge=1, le=10_000, description="Stop the agent after this many turns."
     )
+    max_budget_usd: float | None = Field(
+        None,
+        gt=0,
+        le=100_000,
+        description="Stop the run once it has cost this many US dollars (passed to Claude Code "
+        "as `--max-budget-usd` and enforced by agentfarm from the streamed cost).",
+    )
+    max_minutes: float | None = Field(
+        None, gt=0, le=100_000, description="Stop the run after this many minutes of running."
+    )
     append_system_prompt: str | None = Field(
         None, max_length=100_000, description="Text appended to the agent's system prompt."
     )
@@ -156,6 +170,13 @@ class AgentSpec(_Strict):
         None,
         validate_default=True,
         description="For `agent: command` only: `{argv: [...], prompt: stdin|argument|none}`.",
+    )
+    notify_secrets: list[str] = Field(
+        default_factory=list,
+        max_length=20,
+        description="Names of stored secrets (`agentfarm secret set NAME`), each holding Apprise "
+        "URLs (comma- or space-separated) told of this config's runs besides the farm-wide "
+        "ones. Names, not URLs: a URL carries its service's token.",
     )
     git_token_secret: str | None = Field(
         None,
@@ -205,6 +226,22 @@ class AgentSpec(_Strict):
             if key in RESERVED_ENV:
                 raise ValueError(
                     f"{key} is set by agentfarm; store credentials with `agentfarm secret set`"
+                )
+        return value
+
+    @field_validator("notify_secrets")
+    @classmethod
+    def _check_notify_secrets(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if "://" in name:
+                raise ValueError(
+                    "give the name of a stored secret, not a URL (it carries a token and would "
+                    "be shown with the config): `agentfarm secret set NOTIFY_TEAM '<url>'`, "
+                    "then `notify_secrets: [NOTIFY_TEAM]`"
+                )
+            if not SECRET_NAME_RE.match(name):
+                raise ValueError(
+                    f"{name!r} is not a secret name: use letters, digits and _ (e.g. NOTIFY_TEAM)"
                 )
         return value
 
@@ -259,6 +296,21 @@ class ConfigIn(AgentSpec):
         pattern=SLUG_RE.pattern,
         description="Unique slug: lowercase letters, digits and dashes.",
     )
+    max_concurrent: int | None = Field(
+        None, ge=1, le=1000, description="Runs of this config beyond this many wait in `queued`."
+    )
+    daily_budget_usd: float | None = Field(
+        None,
+        gt=0,
+        le=1_000_000,
+        description="What this config's runs may cost per UTC day, in US dollars.",
+    )
+    monthly_budget_usd: float | None = Field(
+        None,
+        gt=0,
+        le=10_000_000,
+        description="What this config's runs may cost per calendar month (UTC), in US dollars.",
+    )
 
 
 class AgentConfig(ConfigIn):
@@ -293,6 +345,8 @@ class Run(BaseModel):
     config_id: str | None = None
     config_name: str | None = None
     spec: AgentSpec
+    #: Stored inside the ``spec`` column (``mapping.RUN_IN_SPEC``): no migration needed.
+    origin: RunOrigin = "person"
     status: RunStatus = RunStatus.queued
     created_at: datetime = Field(default_factory=utcnow)
     started_at: datetime | None = None

@@ -2,9 +2,9 @@
 
 Three scopes, each including the ones below it: ``read`` (GET requests and live streams),
 ``operate`` (launch, stop, send, dispatch, pause, retry) and ``admin`` (users, secrets, config
-writes, forges). A token stores a set of them; what a request may do is that set bounded by
-what its user's role allows (an admin: all three; anyone else: ``read`` and ``operate``). The
-primary token and admins' sessions have every scope.
+writes, forges, test notifications). A token stores a set of them; what a request may do is
+that set bounded by what its user's role allows (an admin: all three; anyone else: ``read`` and
+``operate``). The primary token and admins' sessions have every scope.
 
 Which scope a request needs is decided here, from its method and path, so that one check in
 the web layer covers every route, including routes added later.
@@ -25,7 +25,11 @@ USER_ROLE: frozenset[Scope] = frozenset({"read", "operate"})
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 #: Paths whose every request is administration (prefix match at a path boundary).
-_ADMIN_ALWAYS = ("/api/admin", "/api/secrets", "/api/forges", "/forges")
+_ADMIN_ALWAYS = (
+    "/api/admin", "/api/secrets", "/api/forges", "/forges",
+    # a test notification: it reaches every target, people's phones included
+    "/api/notifications/test", "/settings/notifications/test",
+)  # fmt: skip
 #: Paths whose writes are administration: configs (the API's and the cockpit's forms).
 _ADMIN_WRITES = re.compile(r"^(/api/configs(/.*)?|/configs/new|/configs/[^/]+/(edit|delete))$")
 

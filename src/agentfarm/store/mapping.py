@@ -34,11 +34,15 @@ RUN_COLUMNS: tuple[str, ...] = (
 )
 #: Columns of ``runs`` that are not ``Run`` fields.
 RUN_EXTRA_COLUMNS: tuple[str, ...] = ("ingest_cursor",)
+#: ``Run`` fields kept inside the ``spec`` column's JSON (under ``_run``), not in columns of
+#: their own: small facts about a run that need no index, added without a migration.
+RUN_IN_SPEC: tuple[str, ...] = ("origin",)
+_RUN_IN_SPEC_KEY = "_run"
 CONFIG_COLUMNS: tuple[str, ...] = ("id", "name", "spec", "created_at", "updated_at")
 EVENT_COLUMNS: tuple[str, ...] = ("run_id", "seq", "type", "ts", "data")
 
 #: ``Run`` fields ``update_run`` may change.
-UPDATABLE_RUN_FIELDS = frozenset(RUN_COLUMNS) - {"id"}
+UPDATABLE_RUN_FIELDS = frozenset(RUN_COLUMNS + RUN_IN_SPEC) - {"id"}
 _RUN_TIME_FIELDS = frozenset({"created_at", "started_at", "finished_at"})
 _RUN_JSON_FIELDS = frozenset({"spec", "usage"})
 
@@ -81,14 +85,35 @@ def run_value(field: str, value: Any) -> Any:
     return value
 
 
+def _spec_column(run: models.Run) -> str:
+    spec = run.spec.model_dump(mode="json")
+    spec[_RUN_IN_SPEC_KEY] = {name: getattr(run, name) for name in RUN_IN_SPEC}
+    return dump_json(spec)
+
+
 def run_to_row(run: models.Run) -> tuple[Any, ...]:
-    return tuple(run_value(name, getattr(run, name)) for name in RUN_COLUMNS)
+    return tuple(
+        _spec_column(run) if name == "spec" else run_value(name, getattr(run, name))
+        for name in RUN_COLUMNS
+    )
+
+
+def run_assignments(run: models.Run, names: Sequence[str]) -> list[tuple[str, Any]]:
+    """``(column, value)`` pairs that store the (validated) ``run``'s fields ``names``."""
+    columns = sorted({"spec" if name in RUN_IN_SPEC else name for name in names})
+    return [
+        (col, _spec_column(run) if col == "spec" else run_value(col, getattr(run, col)))
+        for col in columns
+    ]
 
 
 def row_to_run(row: Sequence[Any]) -> models.Run:
     data = dict(zip(RUN_COLUMNS, row, strict=True))
     for name in _RUN_JSON_FIELDS:
         data[name] = json.loads(data[name])
+    extra = data["spec"].pop(_RUN_IN_SPEC_KEY, None) if isinstance(data["spec"], dict) else None
+    if isinstance(extra, dict):
+        data.update({k: v for k, v in extra.items() if k in RUN_IN_SPEC})
     for name in _RUN_TIME_FIELDS:
         if data[name] is not None:
             data[name] = load_time(data[name])
@@ -116,8 +141,15 @@ def check_run_fields(fields: Any) -> None:
 # Configs
 
 
+#: Config fields that are not the config's spec but are kept in its ``spec`` column's JSON
+#: (caps and budgets: about the config, not snapshotted by its runs).
+CONFIG_IN_SPEC: tuple[str, ...] = ("max_concurrent", "daily_budget_usd", "monthly_budget_usd")
+
+
 def config_spec_json(cfg: models.AgentConfig) -> str:
-    return dump_json(cfg.spec().model_dump(mode="json"))
+    spec = cfg.spec().model_dump(mode="json")
+    spec.update({name: getattr(cfg, name) for name in CONFIG_IN_SPEC if getattr(cfg, name)})
+    return dump_json(spec)
 
 
 def config_to_row(cfg: models.AgentConfig) -> tuple[Any, ...]:

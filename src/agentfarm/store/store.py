@@ -360,16 +360,12 @@ def _update_run(conn: sqlite3.Connection, run_id: str, fields: Mapping[str, Any]
             f"run {run_id} is {current.status.value}; it cannot become {run.status.value}",
             current=current.status.value,
         )
-    names = sorted(fields)
-    assignments = ", ".join(f"{name} = ?" for name in names)
+    pairs = mapping.run_assignments(run, sorted(fields))
+    assignments = ", ".join(f"{column} = ?" for column, _ in pairs)
     updated = conn.execute(
         # The status in the WHERE clause makes the compare-and-set explicit in SQL as well.
         f"UPDATE runs SET {assignments} WHERE id = ? AND status = ?",  # noqa: S608 (checked names)
-        [
-            *(mapping.run_value(name, getattr(run, name)) for name in names),
-            run_id,
-            current.status.value,
-        ],
+        [*(value for _, value in pairs), run_id, current.status.value],
     ).rowcount
     if updated != 1:  # pragma: no cover - the writer thread is the only writer
         raise errors.StatusConflictError(

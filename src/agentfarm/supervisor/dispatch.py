@@ -1,26 +1,26 @@
-"""The dispatcher: queued runs are launched, oldest first, while fewer than
-``AGENTFARM_MAX_CONCURRENT_RUNS`` are active. Woken when a run is queued and when one gives
-its slot back; it reads the queue from the store each time, so nothing is lost to a race."""
+"""The dispatcher: queued runs are launched in the queue's order while its caps and budgets
+allow (``queue.plan``, through the fleet). Woken when a run is queued, when one gives its slot
+back and when budgets are checked; it reads the queue from the store each time, so nothing is
+lost to a race."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Collection, Coroutine
 from typing import Any
 
 from agentfarm import tasks
 from agentfarm.domain import models
-from agentfarm.store import Store
+from agentfarm.supervisor import queue
 
 Launch = Callable[[models.Run], Coroutine[Any, Any, None]]
+#: The queue's plan, given the runs the dispatcher has taken.
+Planner = Callable[[Collection[str]], Awaitable[queue.Plan]]
 
 
 class Dispatcher:
-    def __init__(
-        self, store: Store, limit: int, launch: Launch, into: set[asyncio.Task[Any]]
-    ) -> None:
-        self.store = store
-        self.limit = limit
+    def __init__(self, plan: Planner, launch: Launch, into: set[asyncio.Task[Any]]) -> None:
+        self.plan = plan
         self.launch = launch
         self.tasks = into
         #: Runs with a task of their own (launching, reattaching or followed).
@@ -39,14 +39,8 @@ class Dispatcher:
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
-            free = self.limit - len(self.active)
-            if free <= 0:
-                continue
-            queued = [
-                r
-                for r in await self.store.active_runs()
-                if r.status == models.RunStatus.queued and r.id not in self.active
-            ]
-            for run in queued[:free]:
+            for run in (await self.plan(set(self.active))).start:
+                if run.id in self.active:
+                    continue
                 self.active.add(run.id)
                 tasks.spawn(self.launch(run), name=f"run-{run.id}", into=self.tasks)

@@ -86,7 +86,9 @@ def summary_fields(parser: StreamParser, pricer: Pricer | None = None) -> dict[s
     fields: dict[str, Any] = {"usage": s.usage}
     if s.session_id is not None:
         fields["session_id"] = s.session_id
-    cost = s.cost_usd
+    # The agent's last figure plus the estimate of its replies since (Claude Code reports
+    # dollars only with a result): a run stopped in the middle of a turn still counts.
+    cost = s.cost_usd if s.live_cost_usd is None else max(s.live_cost_usd, s.cost_usd or 0.0)
     if cost is None and pricer is not None and s.usage.total > 0:
         cost = pricer.cost(s.usage)
     if cost is not None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from agentfarm import tasks
@@ -22,7 +22,7 @@ from agentfarm.backends.base import ExitInfo, Record, RunHandle
 from agentfarm.domain import models
 from agentfarm.domain.redact import Redactor
 from agentfarm.settings import Settings
-from agentfarm.supervisor import events
+from agentfarm.supervisor import budgets, events
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,10 @@ class Ingest:
     forget: Callable[[str], None]
     tasks: set[asyncio.Task[Any]]
     stored: int = 0
+    #: Why agentfarm stopped a run (a budget), by run id: the error it ends with.
+    stop_reasons: dict[str, str] = field(default_factory=dict)
+    #: ``over_budget(run_id, reason)``: stop the run, which crossed its dollar or turn budget.
+    over_budget: Callable[[str, str], Awaitable[None]] | None = None
 
     @property
     def pricer(self) -> events.Pricer | None:
@@ -127,6 +131,9 @@ class Ingest:
                 await self.append(run_id, drafts, cursor=cursor, run_fields=fields)
                 if cursor is not None:
                     self.stored = max(self.stored, cursor)
+            reason = budgets.run_over(self.run.spec, self.parser.summary, summary.get("cost_usd"))
+            if reason is not None and self.over_budget is not None and exit_info is None:
+                await self.over_budget(run_id, reason)
         return exit_info, watchdog_fired
 
     async def _conclude(self, info: ExitInfo, watchdog_fired: bool) -> None:
@@ -138,6 +145,11 @@ class Ingest:
             error = f"{error} ({info.error})" if error else info.error
         if info.oom_killed and outcome.status != models.RunStatus.succeeded:
             error = run.spec.backend.out_of_memory()
+        own_budget = budgets.ended_by_own_budget(run.spec, self.parser.summary)
+        if outcome.status == models.RunStatus.stopped and run.id in self.stop_reasons:
+            error = self.stop_reasons[run.id]
+        elif own_budget is not None and not info.lost:
+            outcome.status, error = models.RunStatus.stopped, own_budget
         if watchdog_fired:
             quiet = self.settings.watchdog_seconds
             error = f"the agent printed nothing for {quiet:.0f} s and was stopped"

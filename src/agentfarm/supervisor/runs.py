@@ -23,9 +23,19 @@ from agentfarm.backends.base import Backend, LaunchInfo, RunHandle
 from agentfarm.domain import diffs, errors, launch, models
 from agentfarm.domain.redact import Redactor
 from agentfarm.settings import Settings
-from agentfarm.store import Store
+from agentfarm.store import Store, push
 from agentfarm.store.secrets import SecretStore
-from agentfarm.supervisor import credentials, dispatch, events, ingest
+from agentfarm.supervisor import (
+    credentials,
+    dispatch,
+    events,
+    files,
+    fleet,
+    ingest,
+    notify,
+    queue,
+    webpush,
+)
 from agentfarm.supervisor.hub import Hub
 from agentfarm.supervisor.retention import Retention
 
@@ -40,6 +50,8 @@ class Supervisor:
         secrets: SecretStore,
         backends: Mapping[str, Backend],
         adapters: Mapping[str, AgentAdapter],
+        *,
+        notifier: notify.Notifier | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -48,17 +60,23 @@ class Supervisor:
         self.adapters = dict(adapters)
         self.hub = Hub(store)
         self.retention = Retention(store, self.backends, settings.retention_hours)
+        self.notifier = notifier or notify.Notifier(
+            settings, secrets, webpush.WebPush(settings, push.PushSubscriptions(store.database))
+        )
         self._tasks: set[asyncio.Task[Any]] = set()
         self._handles: dict[str, RunHandle] = {}
         #: Each followed run's command: how to send it a follow-up.
         self._commands: dict[str, launch.AgentCommand] = {}
         self._stop_requested: set[str] = set()
-        self.dispatcher = dispatch.Dispatcher(
-            store, settings.max_concurrent_runs, self._launch, self._tasks
-        )
+        #: Why a run was stopped by agentfarm (a budget): the error it ends with.
+        self._stop_reasons: dict[str, str] = {}
+        self.fleet = fleet.Fleet(settings, store, self.stop_for)
+        self.dispatcher = dispatch.Dispatcher(self.fleet.plan, self._launch, self._tasks)
+        self.files = files.RunFiles(store, self.backends, self.hub, self.dispatcher.active)
 
     # --- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
+        await self.notifier.start()
         for run in await self.store.active_runs():
             if run.status != models.RunStatus.queued:
                 self.dispatcher.active.add(run.id)
@@ -66,11 +84,14 @@ class Supervisor:
         tasks.spawn(self.dispatcher.run_forever(), name="dispatch", into=self._tasks)
         if self.settings.retention_hours > 0:
             tasks.spawn(self.retention.run_forever(), name="retention", into=self._tasks)
+        watch = self.fleet.watch_forever(self.dispatcher.wake)
+        tasks.spawn(watch, name="budgets", into=self._tasks)
         self.dispatcher.wake()
 
     async def close(self) -> None:
         """Stop watching; the agents themselves keep running and are reattached next start."""
         await tasks.stop(list(self._tasks))
+        await self.notifier.close()
 
     # --- public operations ---------------------------------------------------------------
     async def submit(
@@ -79,13 +100,16 @@ class Supervisor:
         config: models.AgentConfig | None = None,
         *,
         branch: str | None = None,
+        origin: models.RunOrigin = "person",
         run_id: str | None = None,
     ) -> models.Run:
         """Queue a run. It works on ``branch`` when given (the pipeline names its branches),
         else on ``agentfarm/<run id>``; with ``spec.base_branch == branch`` it continues that
-        existing branch (a follow-up) instead of starting a new one. ``run_id`` is an id chosen
-        beforehand (an orchestration dispatch records it before the run exists, so that a crash
-        in between never launches twice)."""
+        existing branch (a follow-up) instead of starting a new one. ``origin`` places it in
+        the queue (a person's first, by default) and under the pipeline's per-repository cap.
+        ``run_id`` is an id chosen beforehand (an orchestration dispatch records it before the
+        run exists, so that a crash in between never launches twice). Refused with 429
+        (``LimitReachedError``) over the queue's length or a budget."""
         if branch is not None and not launch.valid_branch(branch):
             raise errors.InvalidInputError(
                 f"{branch!r} is not a branch name git takes (no spaces, `..`, `~^:?*[\\`, "
@@ -101,14 +125,16 @@ class Supervisor:
             raise errors.InvalidInputError("the run has no prompt: give one in the config or run")
         # Fail early, before anything is queued.
         (await self._credentials(spec)).require()
+        await self.fleet.admit(config)
         run = models.Run(
             id=run_id or models.new_id(),
             spec=spec,
             config_id=config.id if config else None,
             config_name=config.name if config else None,
+            origin=origin,
         )
         run.branch = branch or launch.branch_name(run.id)
-        await self.store.create_run(run)
+        await self.fleet.enqueue(run)
         await self._append(run.id, [events.status_event(models.RunStatus.queued)])
         self.dispatcher.wake()
         return run
@@ -139,6 +165,20 @@ class Supervisor:
             )
         return run
 
+    async def stop_for(self, run_id: str, reason: str) -> None:
+        """Stop a running run because of ``reason`` (a budget), which it ends with."""
+        if run_id in self._stop_requested or run_id not in self._handles:
+            return
+        self._stop_reasons[run_id] = reason
+        await self._append(run_id, [events.notice_event(f"{reason}: stopping the agent")])
+        with contextlib.suppress(errors.ConflictError):  # it ended meanwhile
+            await self.stop_run(run_id)
+
+    async def queue_info(self, run_ids: list[str] | None = None) -> dict[str, queue.QueueInfo]:
+        """Queued runs' places in the queue and what they wait for, by run id."""
+        info = (await self.fleet.plan(set(self.dispatcher.active))).info
+        return info if run_ids is None else {k: v for k, v in info.items() if k in run_ids}
+
     async def send(self, run_id: str, text: str) -> None:
         run = await self.store.get_run(run_id)
         handle = self._handles.get(run_id)
@@ -153,35 +193,10 @@ class Supervisor:
         )
 
     async def delete_run(self, run_id: str) -> None:
-        """Delete an ended run: its files (through its backend's cleanup), then its row and
-        events. A run not yet ended is a conflict: stop it first."""
-        run = await self.store.get_run(run_id)
-        if not run.status.terminal or run_id in self.dispatcher.active:
-            raise errors.ConflictError(
-                f"run {run_id} is {run.status.value}: stop it first (`agentfarm stop {run_id}`), "
-                "then delete it once it has ended"
-            )
-        backend = self.backends.get(run.spec.backend.type)
-        if backend is not None:
-            # Files first: if this fails the run is still listed and can be deleted again.
-            await backend.cleanup(run)
-        await self.store.delete_run(run_id)
-        self.hub.forget(run_id)
+        await self.files.delete(run_id)
 
     async def diff(self, run_id: str, *, limit: int = diffs.PATCH_LIMIT) -> diffs.RunDiff:
-        """An ended run's changes, from its backend. Not while it runs: the agent still
-        writes its workspace, and host git runs there only after the agent has exited."""
-        run = await self.store.get_run(run_id)
-        if not run.status.terminal or run_id in self.dispatcher.active:
-            raise errors.ConflictError(
-                f"run {run_id} is {run.status.value}: its changes are shown once it has ended"
-            )
-        backend = self.backends.get(run.spec.backend.type)
-        if backend is None:
-            raise errors.ConfigurationError(
-                f"the {run.spec.backend.type!r} backend of run {run_id} is not enabled here"
-            )
-        return await backend.diff(run, limit=limit)
+        return await self.files.diff(run_id, limit=limit)
 
     # --- internals -----------------------------------------------------------------------
     async def _credentials(self, spec: models.AgentSpec) -> credentials.Credentials:
@@ -211,6 +226,18 @@ class Supervisor:
             run_id, drafts, cursor=cursor, run_fields=run_fields
         )
         await self.hub.publish(run_id, stored, final=final)
+        if final:
+            await self._announce(run_id)
+
+    async def _announce(self, run_id: str) -> None:
+        """Tell the notification targets that the run ended (in the background: a slow or
+        failing notifier never holds up or changes the run)."""
+        try:
+            note = notify.for_run(self.settings, await self.store.get_run(run_id))
+            if note is not None:
+                await self.notifier.notify(note)
+        except Exception:
+            log.warning("run %s: could not send its notification", run_id, exc_info=True)
 
     async def _finish_without_agent(
         self, run: models.Run, status: models.RunStatus, error: str | None
@@ -240,6 +267,7 @@ class Supervisor:
         finally:
             self._handles.pop(run.id, None)
             self._commands.pop(run.id, None)
+            self._stop_reasons.pop(run.id, None)
             self.dispatcher.release(run.id)
 
     async def _launch(self, run: models.Run) -> None:
@@ -331,18 +359,25 @@ class Supervisor:
             await self._append(run.id, drafts, run_fields=fields)
         if run.id in self._stop_requested:
             await handle.stop(self.settings.stop_grace_seconds)
-        await ingest.Ingest(
-            run=run,
-            handle=handle,
-            parser=self.adapters[run.spec.agent].new_parser(),
-            redactor=redactor,
-            settings=self.settings,
-            append=self._append,
-            stop_requested=self._stop_requested,
-            forget=self.hub.forget,
-            tasks=self._tasks,
-            stored=await self.store.get_cursor(run.id),
-        ).run_to_end()
+        timer = self.fleet.watch_time(current.model_copy(update=fields), self._tasks)
+        try:
+            await ingest.Ingest(
+                run=run,
+                handle=handle,
+                parser=self.adapters[run.spec.agent].new_parser(),
+                redactor=redactor,
+                settings=self.settings,
+                append=self._append,
+                stop_requested=self._stop_requested,
+                forget=self.hub.forget,
+                tasks=self._tasks,
+                stored=await self.store.get_cursor(run.id),
+                stop_reasons=self._stop_reasons,
+                over_budget=self.stop_for,
+            ).run_to_end()
+        finally:
+            if timer is not None:
+                timer.cancel()
 
     async def _discard_failed_launch(self, run: models.Run) -> None:
         """A launch that failed leaves nothing behind (no branch, no workspace worth a look:

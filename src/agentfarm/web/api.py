@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response, status
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -15,6 +15,8 @@ from agentfarm import __version__
 from agentfarm.domain import diffs, errors, models
 from agentfarm.store import Store
 from agentfarm.store.secrets import SecretStore
+from agentfarm.supervisor import spend
+from agentfarm.supervisor.queue import QueueInfo
 from agentfarm.supervisor.runs import Supervisor
 from agentfarm.web import ids
 from agentfarm.web.auth import check_bearer
@@ -94,6 +96,11 @@ class RunRequest(BaseModel):
         None, max_length=200_000, description="Overrides the config's prompt for this run."
     )
     spec: models.AgentSpec | None = Field(None, description="A one-off config, not saved.")
+    origin: Literal["person", "api"] = Field(
+        "person",
+        description="`api` for a program's launch: it waits behind people's launches "
+        "(AGENTFARM_QUEUE_PERSON_FIRST).",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> RunRequest:
@@ -102,15 +109,36 @@ class RunRequest(BaseModel):
         return self
 
 
+class RunOut(models.Run):
+    """A run, and for a queued one its place in the queue."""
+
+    queue: QueueInfo | None = Field(
+        None, description="For a queued run: its position and what it waits for."
+    )
+
+
+async def with_queue(sup: Supervisor, runs: list[models.Run]) -> list[RunOut]:
+    queued = [r.id for r in runs if r.status == models.RunStatus.queued]
+    info = await sup.queue_info(queued) if queued else {}
+    return [RunOut(**r.model_dump(), queue=info.get(r.id)) for r in runs]
+
+
 class MessageRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     text: str = Field(..., min_length=1, max_length=200_000)
 
 
-@router.post("/runs", status_code=201, response_model=models.Run, tags=["runs"])
-async def create_run(body: RunRequest, sup: Sup, st: St) -> models.Run:
+@router.post(
+    "/runs",
+    status_code=201,
+    response_model=RunOut,
+    tags=["runs"],
+    responses={429: {"description": "The queue is full, or a budget refuses launches."}},
+)
+async def create_run(body: RunRequest, sup: Sup, st: St) -> RunOut:
     spec, config = await resolve_run(body, st)
-    return await sup.submit(spec, config=config)
+    run = await sup.submit(spec, config=config, origin=body.origin)
+    return (await with_queue(sup, [run]))[0]
 
 
 async def resolve_run(
@@ -135,19 +163,27 @@ async def resolve_run(
     return spec, config
 
 
-@router.get("/runs", response_model=list[models.Run], tags=["runs"])
+@router.get("/runs", response_model=list[RunOut], tags=["runs"])
 async def list_runs(
     st: St,
+    sup: Sup,
     status_: Annotated[list[models.RunStatus] | None, Query(alias="status")] = None,
     config: Annotated[str | None, Query(max_length=64)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-) -> list[models.Run]:
-    return await st.list_runs(statuses=status_, config=config, limit=limit)
+) -> list[RunOut]:
+    return await with_queue(sup, await st.list_runs(statuses=status_, config=config, limit=limit))
 
 
-@router.get("/runs/{run_id}", response_model=models.Run, tags=["runs"])
-async def get_run(run_id: RUN_ID, st: St) -> models.Run:
-    return await st.get_run(run_id)
+@router.get("/runs/{run_id}", response_model=RunOut, tags=["runs"])
+async def get_run(run_id: RUN_ID, st: St, sup: Sup) -> RunOut:
+    return (await with_queue(sup, [await st.get_run(run_id)]))[0]
+
+
+@router.get("/spend", response_model=spend.SpendReport, tags=["runs"])
+async def get_spend(sup: Sup, st: St) -> spend.SpendReport:
+    """Spend today and this month (farm, per config, per origin), the last 30 days, and the
+    day and month budgets."""
+    return await spend.report(sup.settings, sup.fleet.stats, await st.list_configs())
 
 
 @router.post("/runs/{run_id}/stop", status_code=202, response_model=models.Run, tags=["runs"])

@@ -11,11 +11,22 @@ from fastapi import FastAPI
 from agentfarm import __version__
 from agentfarm.agents.base import AgentAdapter
 from agentfarm.backends.base import Backend
+from agentfarm.pipeline.service import Pipeline
 from agentfarm.settings import Settings
 from agentfarm.store import Store
+from agentfarm.store.pipeline import PipelineStore
 from agentfarm.store.secrets import SecretStore
 from agentfarm.supervisor.runs import Supervisor
-from agentfarm.web import api, api_forges, apidocs, orchestration, pages, tokens
+from agentfarm.web import (
+    api,
+    api_forges,
+    apidocs,
+    notifications,
+    orchestration,
+    pages,
+    tokens,
+    webhooks,
+)
 from agentfarm.web import errors as web_errors
 from agentfarm.web.bodylimit import BodySizeLimit
 from agentfarm.web.hosts import HostAllowList
@@ -67,10 +78,15 @@ def create_app(
         supervisor = Supervisor(settings, store, secrets, chosen, chosen_adapters)
         app.state.store, app.state.secrets, app.state.supervisor = store, secrets, supervisor
         await pages.appstate.startup(app, store, settings, first_user)
+        pipeline_store = PipelineStore(store.database)
+        pipeline = Pipeline(settings, store, pipeline_store, secrets, supervisor)
+        app.state.pipeline_store, app.state.pipeline = pipeline_store, pipeline
         await supervisor.start()
+        await pipeline.start()
         try:
             yield
         finally:
+            await pipeline.close()
             await supervisor.close()
             for backend in chosen.values():
                 closer = getattr(backend, "aclose", None)
@@ -96,9 +112,11 @@ def create_app(
     if not public_docs:
         apidocs.install(app)
     app.include_router(api.public)
+    app.include_router(webhooks.router)
     app.include_router(api.router)
     app.include_router(api_forges.router)
     app.include_router(tokens.router)
     app.include_router(orchestration.router)
+    app.include_router(notifications.router)
     pages.install(app)
     return app

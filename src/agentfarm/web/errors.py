@@ -8,9 +8,13 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from agentfarm.domain import errors
+from agentfarm.pipeline.forges import webhooks
 
 STATUS: list[tuple[type[errors.AgentfarmError], int, str]] = [
     (errors.NotFoundError, 404, "not_found"),
+    (errors.UnauthorizedError, 401, "unauthorized"),
+    # Before InvalidInputError: a signed delivery we cannot read is a bad request.
+    (webhooks.InvalidDeliveryError, 400, "invalid_delivery"),
     (errors.ConflictError, 409, "conflict"),
     (errors.InvalidInputError, 422, "invalid_input"),
     (errors.ConfigurationError, 400, "not_configured"),
@@ -41,6 +45,9 @@ def error_body(code: str, message: str, **extra: object) -> dict[str, object]:
 def install(app: FastAPI) -> None:
     @app.exception_handler(errors.AgentfarmError)
     async def _domain(_: Request, exc: errors.AgentfarmError) -> JSONResponse:
+        if isinstance(exc, errors.LimitReachedError):
+            body = error_body(exc.code, str(exc), **exc.details)
+            return JSONResponse(body, status_code=429)
         for kind, status, code in STATUS:
             if isinstance(exc, kind):
                 return JSONResponse(error_body(code, str(exc)), status_code=status)

@@ -189,7 +189,7 @@ async def _launch(
 ) -> None:
     try:
         spec, config = await api.resolve_run(body, st)
-        await sup.submit(spec, config=config, run_id=record.run_id)
+        await sup.submit(spec, config=config, run_id=record.run_id, origin=body.origin)
     except BaseException:
         # Nothing was launched: free the key so that the request can be repeated once fixed.
         await asyncio.shield(pipe.delete_dispatch(record.caller, record.key))

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from agentfarm.pipeline.forges import parse, types
-from agentfarm.pipeline.forges.http import ForgeHttp, repo_path
+from agentfarm.pipeline.forges import errors, parse, types
+from agentfarm.pipeline.forges.http import ForgeHttp, repo_path, segment
 
 
 class IssuesAndComments:
@@ -21,6 +21,16 @@ class IssuesAndComments:
 
     async def aclose(self) -> None:
         await self.http.aclose()
+
+    async def get_repo(self, repo: str) -> types.Repository:
+        return parse.repository(await self.http.json("GET", repo_path(repo)))
+
+    async def branch_exists(self, repo: str, branch: str) -> bool:
+        try:
+            await self.http.json("GET", f"{repo_path(repo)}/branches/{segment(branch)}")
+        except errors.ForgeNotFoundError:
+            return False
+        return True
 
     async def get_issue(self, repo: str, number: int) -> types.Issue:
         return parse.issue(await self.http.json("GET", f"{repo_path(repo)}/issues/{number}"))

@@ -48,6 +48,16 @@ def issue(data: Any) -> types.Issue:
     )
 
 
+def repository(data: Any) -> types.Repository:
+    data = _require(data, "a repository")
+    branch = str(data.get("default_branch") or "")
+    if not branch or len(branch) > 255 or not branch.isprintable() or branch.startswith("-"):
+        raise errors.PermanentForgeError(
+            "the forge sent a repository without a usable default branch: set one on the forge"
+        )
+    return types.Repository(full_name=str(data.get("full_name") or ""), default_branch=branch)
+
+
 def comment(data: Any) -> types.Comment:
     data = _require(data, "a comment")
     return types.Comment(

@@ -17,6 +17,13 @@ CheckState = Literal["success", "failure", "pending", "none"]
 
 
 @dataclass(frozen=True)
+class Repository:
+    full_name: str
+    #: The branch pull requests go to when nothing else is said.
+    default_branch: str
+
+
+@dataclass(frozen=True)
 class Issue:
     number: int
     title: str
@@ -76,6 +83,10 @@ class ForgeClient(Protocol):
     async def list_labeled_issues(self, repo: str, label: str) -> list[Issue]:
         """Open issues (never pull requests) carrying ``label``; conditional where supported."""
         ...
+
+    async def get_repo(self, repo: str) -> Repository: ...
+
+    async def branch_exists(self, repo: str, branch: str) -> bool: ...
 
     async def get_issue(self, repo: str, number: int) -> Issue: ...
 

@@ -99,8 +99,9 @@ async def config_launch(request: Request, who: access.Checked, key: KEY) -> Resp
     try:
         run = await api.supervisor(request).submit(spec, config=cfg)
     except errors.AgentfarmError as exc:
+        code = 429 if isinstance(exc, errors.LimitReachedError) else 400
         return templating.page(
-            request, "configs.html", who, 400,
+            request, "configs.html", who, code,
             configs=await api.store(request).list_configs(), launch_error=(cfg.id, str(exc)),
         )  # fmt: skip
     return templating.see_other(f"/runs/{run.id}")

@@ -50,6 +50,15 @@ PATTERN_WORDS = {
 #: The command agent's form fields, by the CommandSpec field each one sets.
 COMMAND_FIELDS = {"argv": "command_argv", "prompt": "command_prompt"}
 
+#: Budgets and caps, each a number or empty (docs/fleet.md).
+LIMIT_FIELDS = (
+    "max_budget_usd",
+    "max_minutes",
+    "max_concurrent",
+    "daily_budget_usd",
+    "monthly_budget_usd",
+)
+
 FIELDS = (
     "name",
     "agent",
@@ -60,6 +69,7 @@ FIELDS = (
     "model",
     "permission_mode",
     "max_turns",
+    *LIMIT_FIELDS,
     "allowed_tools",
     "disallowed_tools",
     "append_system_prompt",
@@ -121,6 +131,7 @@ def values_of(cfg: models.ConfigIn | None) -> dict[str, str]:
         "model": cfg.model or "",
         "permission_mode": cfg.permission_mode,
         "max_turns": str(cfg.max_turns or ""),
+        **{name: _text(getattr(cfg, name)) for name in LIMIT_FIELDS},
         "allowed_tools": "\n".join(cfg.allowed_tools),
         "disallowed_tools": "\n".join(cfg.disallowed_tools),
         "append_system_prompt": cfg.append_system_prompt or "",
@@ -229,6 +240,8 @@ def parse_config(
     body["allowed_tools"] = _lines(values, "allowed_tools")
     body["disallowed_tools"] = _lines(values, "disallowed_tools")
     body["max_turns"] = values.get("max_turns", "").strip() or None
+    for name in LIMIT_FIELDS:
+        body[name] = values.get(name, "").strip() or None
     env: dict[str, str] = {}
     for line in values.get("env", "").splitlines():
         if not line.strip():

@@ -23,6 +23,13 @@ RUN_ID = ids.RunId
 router = APIRouter(include_in_schema=False)
 
 
+async def _place(request: Request, run: models.Run) -> Any:
+    """A queued run's place in the queue (None otherwise)."""
+    if run.status != models.RunStatus.queued:
+        return None
+    return (await api.supervisor(request).queue_info([run.id])).get(run.id)
+
+
 @router.get("/runs/{run_id}")
 async def run_page(request: Request, who: access.Viewer, run_id: RUN_ID) -> Response:
     store = api.store(request)
@@ -32,7 +39,7 @@ async def run_page(request: Request, who: access.Viewer, run_id: RUN_ID) -> Resp
     oldest = events[0].seq if events else last + 1
     return templating.page(
         request, "run.html", who, run=run, events=event_html.events_html(events),
-        last_seq=last, oldest=oldest,
+        last_seq=last, oldest=oldest, place=await _place(request, run),
     )  # fmt: skip
 
 
@@ -53,7 +60,8 @@ async def run_older(
 @router.get("/runs/{run_id}/head")
 async def run_head(request: Request, who: access.Viewer, run_id: RUN_ID) -> Response:
     run = await api.store(request).get_run(run_id)
-    return templating.page(request, "_run_head.html", who, run=run)
+    place = await _place(request, run)
+    return templating.page(request, "_run_head.html", who, run=run, place=place)
 
 
 @router.get("/runs/{run_id}/changes")
@@ -107,7 +115,8 @@ async def run_live(
             if any(e.type in (models.EventType.run_status, models.EventType.agent_result)
                    for e in batch):  # fmt: skip
                 run = await store.get_run(run_id)
-                yield {"event": "head", "data": templating.fragment("_run_head.html", run=run)}
+                head = templating.fragment("_run_head.html", run=run, place=None)
+                yield {"event": "head", "data": head}
         yield {"event": "end", "data": run_id}
 
     return EventSourceResponse(

@@ -1,5 +1,5 @@
-"""The settings page: named API tokens (create, shown once; revoke) and the data directory's
-disk use."""
+"""The settings page: named API tokens (create, shown once; revoke), notifications (the
+targets, a test; Web Push for this browser) and the data directory's disk use."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from agentfarm.domain import scopes as scoping
 from agentfarm.settings import Settings
 from agentfarm.store.users import ApiToken
 from agentfarm.supervisor import retention
-from agentfarm.web import identity, ids
+from agentfarm.web import identity, ids, notifications
 from agentfarm.web import tokens as token_api
 from agentfarm.web.pages import access, forms, templating
 
@@ -73,7 +73,24 @@ async def settings_page(request: Request, who: access.Viewer) -> Response:
         disk=await _disk_use(request),
         data_dir=settings.data_dir,
         retention_hours=settings.retention_hours,
+        notify=await notifications.overview(request),
     )
+
+
+@router.post("/settings/notifications/test")
+async def notification_test(request: Request, who: access.Checked) -> Response:
+    """The "send a test" button (the admin scope, see ``domain.scopes``): htmx swaps in the
+    outcome; without script, the whole page comes back with it."""
+    result = await notifications.send_test(request, who)
+    if request.headers.get("hx-request"):
+        html = templating.fragment("_notify_result.html", result=result)
+        return HTMLResponse(html, headers={"Cache-Control": "no-store"})
+    settings: Settings = request.app.state.settings
+    return _settings_page(
+        request, who, await _visible_tokens(request, who), disk=await _disk_use(request),
+        data_dir=settings.data_dir, retention_hours=settings.retention_hours,
+        notify=await notifications.overview(request), notify_result=result,
+    )  # fmt: skip
 
 
 @router.post("/settings/tokens")

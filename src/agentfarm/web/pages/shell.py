@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
-from fastapi.responses import Response
+from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from agentfarm.domain import errors
@@ -43,6 +43,16 @@ async def manifest() -> Response:
         ],
     }  # fmt: skip
     return Response(json.dumps(body), media_type="application/manifest+json")
+
+
+@router.get("/sw.js")
+async def service_worker() -> Response:
+    """The service worker, from the site's root so that its scope is the whole cockpit."""
+    return FileResponse(
+        STATIC / "sw.js",
+        media_type="text/javascript",
+        headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"},
+    )
 
 
 def check_assets() -> None:
