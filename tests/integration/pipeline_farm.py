@@ -12,6 +12,7 @@ Every wait is on observable state with a generous deadline; nothing asserts how 
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -227,8 +228,6 @@ def wait_for(
 
 
 def git_parent(bare: Path, sha: str) -> str:
-    import subprocess
-
     return subprocess.run(
         ["git", "--git-dir", str(bare), "rev-parse", f"{sha}^"],
         capture_output=True,
