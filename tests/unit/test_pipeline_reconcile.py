@@ -382,3 +382,27 @@ async def test_a_follow_up_continues_the_branch_and_ends_on_the_same_pull_reques
     assert review.state == State.done and review.pr_number == first.pr_number
     assert world.client.count("open_pull") == 1 and len(world.client.pulls) == 1
     assert world.client.count("may_write") == 1  # followups.py checked the reviewer
+
+
+async def test_a_pipeline_run_is_queued_as_such_and_its_pull_request_is_announced(
+    world: World,
+) -> None:
+    pipe = await world.pipeline()
+    sent: list[Any] = []
+
+    async def record(note: Any) -> None:
+        sent.append(note)
+
+    pipe.supervisor.notifier.notify = record  # type: ignore[method-assign]
+    world.client.open_issue(1, "Fix the parser", "Please.")
+    await labeled(world, pipe)
+    attempt = await one(world)
+    run = await world.store.get_run(attempt.run_id or "")
+    assert run.origin == "pipeline"  # the per-repository cap for pipeline runs applies
+    await world.finish_run(attempt)
+    await pipe.tick()
+    attempt = await one(world)
+    [note] = [n for n in sent if n.kind == "pull_request_opened"]
+    assert note.url == attempt.pr_url and note.run_id == run.id
+    await pipe.tick()  # nothing new: the announcement is made once
+    assert len([n for n in sent if n.kind == "pull_request_opened"]) == 1

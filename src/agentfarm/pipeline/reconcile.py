@@ -28,6 +28,7 @@ from agentfarm.pipeline.forges import types
 from agentfarm.settings import Settings
 from agentfarm.store import Store
 from agentfarm.store.pipeline import PipelineStore
+from agentfarm.supervisor import notify
 from agentfarm.supervisor.runs import Supervisor
 
 log = logging.getLogger(__name__)
@@ -292,7 +293,11 @@ class Reconciler:
         attempt.steps["_submitting"] = run_id or models.new_id()
         attempt = await self.pstore.save_attempt(attempt)
         run = await self.supervisor.submit(
-            spec, config, branch=attempt.branch, run_id=attempt.steps["_submitting"]
+            spec,
+            config,
+            branch=attempt.branch,
+            run_id=attempt.steps["_submitting"],
+            origin="pipeline",
         )
         return await self._running(forge, client, attempt, run)
 
@@ -369,6 +374,17 @@ class Reconciler:
                     attempt, forge, outcome, report.run_url(self.settings, run.id)
                 ),
                 draft=forge.draft,
+            )
+            await self.supervisor.notifier.notify(
+                notify.for_pull_request(
+                    self.settings,
+                    forge=forge.name,
+                    repo=attempt.repo,
+                    number=attempt.number,
+                    pr_number=pull.number,
+                    pr_url=pull.url,
+                    run_id=run.id,
+                )
             )
         attempt.pr_number, attempt.pr_url = pull.number, pull.url
         attempt.steps.setdefault("pull_request", now_iso())
