@@ -89,6 +89,20 @@ class Settings(BaseSettings):
         le=1000,
         description="Runs (of any origin) on one repository beyond this many wait (0: no cap).",
     )
+    pipeline_checks_poll_seconds: float = Field(
+        120.0,
+        ge=1,
+        le=86_400,
+        description="How often the pipeline reads the checks of its open pull requests where no "
+        "webhook tells it (Forgejo/Gitea, polling forges).",
+    )
+    pipeline_blocked_recheck_seconds: float = Field(
+        30.0,
+        ge=1,
+        le=86_400,
+        description="How often an issue waiting on `Blocked by #N` asks the forge whether #N "
+        "is closed.",
+    )
     pipeline_max_concurrent_per_repo: int = Field(
         1,
         ge=0,

@@ -76,6 +76,9 @@ def farm(
             "ANTHROPIC_BASE_URL": fake_anthropic.base_url,
             "ANTHROPIC_API_KEY": "sk-ant-e2e-pipeline-secret",
             "AGENTFARM_STOP_GRACE_SECONDS": "3",
+            # Forgejo sends no status webhook: checks are polled; Blocked-by is re-asked.
+            "AGENTFARM_PIPELINE_CHECKS_POLL_SECONDS": "3",
+            "AGENTFARM_PIPELINE_BLOCKED_RECHECK_SECONDS": "2",
         },
         root / "server.log",
     )
@@ -279,8 +282,8 @@ def test_failing_status_starts_one_followup_on_the_same_branch(farm: Farm) -> No
         description=f"2 tests failed {marker}",
     )
     farm.deliver(deliveries)  # GitHub only; Forgejo's statuses are polled
-    # Forgejo: the pipeline polls checks every 2 minutes (pipeline/poll.py CHECKS_SECONDS).
-    timeout = DEADLINE if farm.kind == "github" else DEADLINE + 150
+    # Forgejo: the pipeline polls checks (every 3 s here, AGENTFARM_PIPELINE_CHECKS_POLL_SECONDS).
+    timeout = DEADLINE
     head = wait_new_head(farm, FLOW, state["branch"], state["head"], timeout=timeout)
     assert git_parent(farm.forge.repos[FLOW].bare, head) == state["head"]
     settle(farm, FLOW)
