@@ -153,7 +153,7 @@ def test_a_token_the_spec_names_reaches_the_pod_under_its_hosts_name(
     run = models.Run(id="abc123def456", spec=spec, branch="agentfarm/issue-4-fix")
     _, command, _ = make()
     cfg = config.resolve(spec, Settings(k8s_image="a:1"))
-    auth = credentials.explicit_git_auth({"FORGE_BOT": "tok_named"}, repo, "FORGE_BOT")
+    auth = credentials.explicit_git_auth(Settings(), {"FORGE_BOT": "tok_named"}, repo, "FORGE_BOT")
     launching = dataclasses.replace(
         LaunchSpec.of(run.id, command, {"ANTHROPIC_API_KEY": "sk-ant-1"}),
         branch="agentfarm/issue-4-fix",

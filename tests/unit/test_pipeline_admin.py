@@ -12,9 +12,11 @@ from pydantic import SecretStr
 from agentfarm.domain import errors
 from agentfarm.domain import pipeline as domain
 from agentfarm.pipeline import admin
+from agentfarm.settings import Settings
 from agentfarm.store import Store
 from agentfarm.store.pipeline import PipelineStore
 from agentfarm.store.secrets import SecretStore
+from agentfarm.supervisor import credentials
 from tests.fakes.forge import FakeForge
 from tests.unit.forge_helpers import REPO, forge
 
@@ -95,6 +97,22 @@ async def test_a_token_secret_that_does_not_exist_without_a_token_is_refused(
     parts.secrets.set("GITHUB_TOKEN", "stored-before")
     await parts.admin.add(forge_in(token=None))
     assert parts.secrets.get("GITHUB_TOKEN") == "stored-before"
+
+
+async def test_a_token_in_the_servers_environment_is_enough(parts: Parts) -> None:
+    """The kit hands GITHUB_TOKEN/FORGEJO_TOKEN to the server as environment variables."""
+    env = Settings.model_validate({"github_token": "ghp_from-the-environment"})
+    with_env = admin.ForgeAdmin(parts.pipeline, parts.store, parts.secrets, env)
+    await with_env.add(forge_in(token=None))
+    assert parts.secrets.get("GITHUB_TOKEN") is None  # nothing copied into the store
+    assert await with_env._token("GITHUB_TOKEN") == "ghp_from-the-environment"
+    assert await with_env._token("GH_TOKEN") == "ghp_from-the-environment"
+    parts.secrets.set("GITHUB_TOKEN", "ghp_stored")
+    assert await with_env._token("GITHUB_TOKEN") == "ghp_stored"  # the store's wins
+    auth = credentials.explicit_git_auth(
+        env, {}, "https://github.com/alice/proj.git", "GITHUB_TOKEN"
+    )
+    assert auth.token == "ghp_from-the-environment"
 
 
 async def test_a_token_may_not_overwrite_a_webhook_secret(parts: Parts) -> None:

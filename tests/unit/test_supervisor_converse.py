@@ -17,7 +17,7 @@ from agentfarm.backends.fake import FakeBackend, FakeHandle, Step
 from agentfarm.domain import errors, launch, models
 from agentfarm.store import Store
 from agentfarm.store.secrets import SecretStore
-from agentfarm.supervisor import events
+from agentfarm.supervisor import events, watchdog
 from agentfarm.supervisor.runs import Supervisor
 from tests.unit.conftest import make_settings
 from tests.unit.test_supervisor_runs import ended, has_status, slow_script
@@ -141,12 +141,12 @@ async def test_the_watchdog_lets_an_agent_wait_through_its_follow_up_window(
     def waits(run: models.Run, command: launch.AgentCommand) -> list[Step]:
         steps = fake.claude_like_script(run, command)
         # The result, the window (long), then the agent exits after a while of silence that
-        # is far beyond the watchdog's 0.05 s.
+        # is far beyond the watchdog's 0.05 s after a result.
         notice = Step("notice", launch.waiting_notice(30).encode())
         return [*steps[:-1], notice, Step("exit", exit=ExitInfo(exit_code=0), delay=0.3)]
 
     backend = FakeBackend(waits)
-    settings = make_settings(tmp_path / "data", watchdog_seconds=0.05)
+    settings = make_settings(tmp_path / "data", result_grace_seconds=0.05, model_stall_seconds=0.05)
     supervisor = Supervisor(
         settings, store, SecretStore(settings.secrets_path), {"local": backend},
         {"claude": ClaudeAdapter()},
@@ -156,8 +156,24 @@ async def test_the_watchdog_lets_an_agent_wait_through_its_follow_up_window(
         await supervisor.start()
         done = await ended(store, run.id)
         assert done.status is models.RunStatus.succeeded, done.error
-        kinds = [e.type for e in await store.list_events(run.id)]
-        assert models.EventType.run_waiting in kinds
+        stored = await store.list_events(run.id)
+        assert models.EventType.run_waiting in [e.type for e in stored]
+        notices = [e.data["message"] for e in stored if e.type == models.EventType.run_notice]
+        assert not [n for n in notices if "had not exited" in n], notices
+        assert not backend.runs[run.id].stop_requested
     finally:
         await supervisor.close()
         await backend.shutdown()
+
+
+def test_the_watchdogs_phase_while_waiting_for_a_follow_up() -> None:
+    tracker = watchdog.Tracker()
+    limits = watchdog.Limits(model=60, tool=600, result=5, stall_resumes=1)
+    result = models.EventDraft(type=models.EventType.agent_result, data={})
+    tracker.feed([result])
+    assert tracker.phase is watchdog.Phase.result and tracker.quiet(limits) == 5
+    tracker.feed([events.waiting_event(300), events.notice_event("a notice")])
+    assert tracker.phase is watchdog.Phase.waiting
+    assert tracker.quiet(limits) == 300 + watchdog.WAITING_GRACE
+    tracker.feed([models.EventDraft(type=models.EventType.agent_text, data={"text": "hi"})])
+    assert tracker.phase is watchdog.Phase.model and tracker.quiet(limits) == 60

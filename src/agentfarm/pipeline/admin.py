@@ -20,9 +20,11 @@ from agentfarm.domain import errors, models
 from agentfarm.domain import pipeline as domain
 from agentfarm.pipeline import forges, prompt
 from agentfarm.pipeline.forges import errors as forge_errors
+from agentfarm.settings import Settings
 from agentfarm.store import Store
 from agentfarm.store.pipeline import PipelineStore
 from agentfarm.store.secrets import SecretStore
+from agentfarm.supervisor import credentials
 
 #: The config a forge's runs use unless it names another; made on first use.
 DEFAULT_CONFIG = "issue-implementer"
@@ -55,10 +57,22 @@ def new_webhook_secret() -> str:
 
 
 class ForgeAdmin:
-    def __init__(self, pipeline_store: PipelineStore, store: Store, secrets: SecretStore) -> None:
+    def __init__(
+        self,
+        pipeline_store: PipelineStore,
+        store: Store,
+        secrets: SecretStore,
+        settings: Settings | None = None,
+    ) -> None:
         self._forges = pipeline_store
         self._store = store
         self._secrets = secrets
+        self._settings = settings or Settings()
+
+    async def _token(self, name: str) -> str | None:
+        """The stored token, else the server's environment's (GITHUB_TOKEN, FORGEJO_TOKEN)."""
+        stored = await asyncio.to_thread(self._secrets.all)
+        return credentials.named_token(self._settings, stored, name)
 
     # --- reading -----------------------------------------------------------------------------
     async def list(self) -> list[domain.Forge]:
@@ -157,7 +171,7 @@ class ForgeAdmin:
     async def test(self, name: str) -> str:
         """Call the forge with the stored token and say, in words, whether it works."""
         forge = await self._forges.get_forge(name)
-        value = await asyncio.to_thread(self._secrets.get, forge.token_secret)
+        value = await self._token(forge.token_secret)
         if not value:
             return (
                 f"no token stored under {forge.token_secret}: store it with "
@@ -192,7 +206,7 @@ class ForgeAdmin:
             )
         if token is not None:
             forges.Token(token.get_secret_value())  # refuses an empty or whitespace-laden one
-        elif await asyncio.to_thread(self._secrets.get, settings.token_secret) is None:
+        elif await self._token(settings.token_secret) is None:
             raise errors.InvalidInputError(
                 f"no secret named {settings.token_secret}: give the token (`token`, or "
                 f"`--token-stdin`), or store it first with "

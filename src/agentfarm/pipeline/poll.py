@@ -25,9 +25,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 #: How often the poller looks for a forge that is due.
 GRANULARITY = 5.0
-#: Checks are polled at most this often (on a polling forge, and on Forgejo/Gitea, which
-#: send no commit-status webhook).
-CHECKS_SECONDS = 120.0
 
 
 class Poller:
@@ -60,7 +57,9 @@ class Poller:
                 # Forgejo sends no commit-status webhook: its checks are always polled.
                 checks = forge.poll_seconds > 0 or forge.kind != "github"
                 if checks and (catch_up or self._checks_due.get(forge.id, 0.0) <= now):
-                    self._checks_due[forge.id] = now + max(forge.poll_seconds, CHECKS_SECONDS)
+                    self._checks_due[forge.id] = now + max(
+                        forge.poll_seconds, self.pipeline.settings.pipeline_checks_poll_seconds
+                    )
                     await self.poll_checks(forge)
             except Exception:
                 log.exception("forge %s: a poll failed; the next one retries", forge.name)

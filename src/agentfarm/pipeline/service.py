@@ -26,6 +26,7 @@ from agentfarm.settings import Settings
 from agentfarm.store import Store
 from agentfarm.store.pipeline import PipelineStore
 from agentfarm.store.secrets import SecretStore
+from agentfarm.supervisor import credentials
 from agentfarm.supervisor.runs import Supervisor
 
 log = logging.getLogger(__name__)
@@ -38,8 +39,6 @@ TICK_SECONDS = 5.0
 #: Backoff for a step that failed in a way not meant to be retried soon.
 SLOW_RETRY = 60.0
 MAX_BACKOFF = 600.0
-#: An attempt blocked by another issue asks the forge about it this often.
-BLOCKED_RECHECK = 30.0
 
 
 class Pipeline:
@@ -289,7 +288,10 @@ class Pipeline:
         if saved.state == domain.AttemptState.waiting and saved.reason.startswith(
             reconcile.BLOCKED
         ):
-            self._backoff[attempt.id] = (self.clock() + BLOCKED_RECHECK, 0)
+            self._backoff[attempt.id] = (
+                self.clock() + self.settings.pipeline_blocked_recheck_seconds,
+                0,
+            )
         if saved.state == domain.AttemptState.running and saved.run_id:
             self._watch(saved.run_id)
 
@@ -352,11 +354,13 @@ class Pipeline:
         token rotated with `agentfarm secret set` is used from the next call on)."""
         if self._factory is not None:
             return self._cached(forge, forge.updated_at.isoformat(), self._factory)
-        token = await asyncio.to_thread(self.secrets.get, forge.token_secret)  # off the loop
+        stored = await asyncio.to_thread(self.secrets.all)  # off the loop
+        token = credentials.named_token(self.settings, stored, forge.token_secret)
         if not token:
             raise errors.ConfigurationError(
                 f"forge {forge.name!r}: the secret {forge.token_secret!r} holding its token is "
-                "not set: store it with `agentfarm secret set` (or on the forge's page)"
+                "not set: store it with `agentfarm secret set` (or on the forge's page, or in the "
+                "server's environment as GITHUB_TOKEN/FORGEJO_TOKEN)"
             )
         digest = hashlib.sha256(token.encode()).hexdigest()[:16]
         version = f"{forge.updated_at.isoformat()}/{digest}"

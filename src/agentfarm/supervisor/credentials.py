@@ -8,12 +8,15 @@ and whether it clones and pushes away from this host (then it needs git tokens).
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from pydantic import AliasChoices, SecretStr
 
-from agentfarm.domain import backend_config, errors, gittokens, launch
+from agentfarm.domain import backend_config, errors, gittokens, launch, models
 from agentfarm.domain.redact import Redactor
 from agentfarm.settings import Settings
 from agentfarm.store.secrets import SecretStore
@@ -62,6 +65,17 @@ class Credentials:
         if self.missing:
             raise errors.ConfigurationError(MISSING.get(self.agent, MISSING["claude"]))
         return self
+
+    @property
+    def model_key(self) -> str | None:
+        """A short digest of the model credentials and endpoint (never the secret itself):
+        runs with the same one share the model's usage limit."""
+        names = [n for n, _ in AGENT_CREDENTIALS.get(self.agent, ())]
+        names.append(AGENT_BASE_URLS.get(self.agent, ""))
+        used = sorted((n, self.env[n]) for n in names if self.env.get(n))
+        if not used:
+            return None
+        return hashlib.sha256(repr((self.agent, used)).encode()).hexdigest()[:16]
 
     @property
     def base_url(self) -> str | None:
@@ -120,7 +134,7 @@ def resolve(
         found[url_name] = base_url
     needs_model = agent in AGENT_CREDENTIALS and backend.model_credentials_required
     missing = needs_model and not any(name in found for name, _ in AGENT_CREDENTIALS[agent])
-    auth = explicit_git_auth(stored, repo, git_token_secret) if git_token_secret else None
+    auth = explicit_git_auth(settings, stored, repo, git_token_secret) if git_token_secret else None
     if backend.clones_remotely and auth is None:
         # With a token named by the spec, that one alone reaches the pod (as ``git_auth``).
         found |= git_tokens(settings, stored)
@@ -130,9 +144,45 @@ def resolve(
     return Credentials(env=found, redactor=redactor, missing=missing, agent=agent, git_auth=auth)
 
 
-def explicit_git_auth(stored: Mapping[str, str], repo: str, name: str) -> launch.GitAuth:
+async def for_spec(settings: Settings, secrets: SecretStore, spec: models.AgentSpec) -> Credentials:
+    """Once per launch, off the loop: the secrets file is read here and nowhere else."""
+    return await asyncio.to_thread(
+        functools.partial(
+            resolve,
+            settings,
+            secrets,
+            spec.backend,
+            spec.agent,
+            repo=spec.repo,
+            git_token_secret=spec.git_token_secret,
+        )
+    )
+
+
+def environment_tokens(settings: Settings) -> dict[str, str]:
+    """The forge tokens the server's environment holds (the kit's GITHUB_TOKEN/FORGEJO_TOKEN),
+    by the secret names they stand for."""
+    found: dict[str, str] = {}
+    for names, value in (
+        (("GITHUB_TOKEN", "GH_TOKEN"), settings.github_token),
+        (("FORGEJO_TOKEN",), settings.forgejo_token),
+    ):
+        if value is not None and value.get_secret_value():
+            found |= dict.fromkeys(names, value.get_secret_value())
+    return found
+
+
+def named_token(settings: Settings, stored: Mapping[str, str], name: str) -> str | None:
+    """The token a forge or a run names (``token_secret``, ``git_token_secret``): the
+    secret store's, else the server's environment for the names it reads there."""
+    return stored.get(name) or environment_tokens(settings).get(name) or None
+
+
+def explicit_git_auth(
+    settings: Settings, stored: Mapping[str, str], repo: str, name: str
+) -> launch.GitAuth:
     """The git token a run's spec names (``git_token_secret``) for its repository URL."""
-    value = stored.get(name)
+    value = named_token(settings, stored, name)
     if not value:
         raise errors.ConfigurationError(
             f"the run's git_token_secret names {name!r}, which is not stored: store the "

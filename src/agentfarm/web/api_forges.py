@@ -59,7 +59,12 @@ def pipeline_store(request: Request) -> PipelineStore:
 
 
 def admin_of(request: Request) -> ForgeAdmin:
-    return ForgeAdmin(pipeline_store(request), api.store(request), api.secret_store(request))
+    return ForgeAdmin(
+        pipeline_store(request),
+        api.store(request),
+        api.secret_store(request),
+        request.app.state.settings,
+    )
 
 
 FA = Annotated[ForgeAdmin, Depends(admin_of)]
