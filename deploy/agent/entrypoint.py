@@ -351,9 +351,9 @@ class AgentStdin:
                 self.pending = max(0, self.pending - 1)
             return
         if _top_type(line) in self.close_after:
-            self.turn_ended()
+            self.turn_ended(api_failed=_failed_on_api(line))
 
-    def turn_ended(self) -> None:
+    def turn_ended(self, *, api_failed: bool = False) -> None:
         with self.state:
             if not self.open:
                 return
@@ -365,7 +365,7 @@ class AgentStdin:
             window = self.window
             if interrupted:
                 window = max(window, self.interrupted_window)
-            if window <= 0:
+            if window <= 0 or api_failed:  # a usage limit, an outage: no window
                 self.open = False
             else:
                 self.timer = threading.Timer(window, self._expire, args=(window,))
@@ -608,6 +608,17 @@ def _is_replay(line: bytes) -> bool:
     except ValueError:
         return False
     return isinstance(value, dict) and value.get("type") == "user" and value.get("isReplay") is True
+
+
+def _failed_on_api(line: bytes) -> bool:
+    """A turn's end saying the model's API failed (domain/launch.py, failed_on_api)."""
+    if b'"api_error"' not in line:
+        return False
+    try:
+        value = json.loads(line)
+    except ValueError:
+        return False
+    return isinstance(value, dict) and value.get("terminal_reason") == "api_error"
 
 
 def _make_undumpable() -> None:

@@ -20,6 +20,7 @@ from tests.fakes import anthropic_api as fake
 from tests.integration.server import Server
 from tests.integration.test_e2e import events
 from tests.integration.test_e2e import server as server  # the fixture
+from tests.integration.test_parking import start_server as start_server  # the fixture
 
 pytestmark = pytest.mark.integration
 
@@ -174,3 +175,22 @@ def test_a_run_waiting_for_a_follow_up_survives_a_server_kill9(
         "Second answer.",
     ]
     assert [e["seq"] for e in seen] == list(range(1, len(seen) + 1))
+
+
+def test_a_usage_limit_parks_the_run_at_once_whatever_its_window(
+    start_server: Callable[..., Server], source: Path, scenario: Callable[..., str]
+) -> None:
+    # A subscription (OAuth) token: the CLI then reads the usage-limit headers (parking's set-up).
+    srv = start_server()
+    marker = scenario(
+        fake.tool_use("Write", {"file_path": "before.txt", "content": "before\n"}),
+        fake.usage_limit(time.time() + 3600),
+    )
+    run = launch(srv, source, f"{marker} a question", followup_window_seconds=600)
+    # Parked well before the window would have ended (GUARD < 600 s): no window after it.
+    parked = srv.wait_status(run["id"], {"parked", "succeeded", "failed"}, timeout=GUARD)
+    assert parked["status"] == "parked", (parked["error"], events(srv, run["id"]))
+    assert not of_type(events(srv, run["id"]), "run.waiting")
+    with srv.client() as c:
+        c.post(f"/api/runs/{run['id']}/stop")
+    srv.wait_status(run["id"], {"stopped"}, timeout=GUARD)

@@ -46,6 +46,9 @@ for line in sys.stdin:
             continue
         took()
         text = "slow+" + nxt["text"]  # taken within the running turn, as Claude does
+    if text == "limit":
+        say(type="result", text="You've hit your limit", terminal_reason="api_error")
+        continue
     say(type="result", text=text)
 """
 INTERRUPT = b'{"type": "control_request", "request": {"subtype": "interrupt"}}\n'
@@ -182,3 +185,10 @@ def test_with_replays_a_message_taken_mid_turn_ends_with_that_turn(
     assert pod.send("two") == {"ok": True}
     assert pod.result() == "slow+two"  # one turn answered both
     assert pod.proc.wait(timeout=GUARD) == 0  # nothing left unread: stdin closed
+
+
+def test_a_turn_the_api_failed_opens_no_window(tmp_path: Path, pods: list[Pod]) -> None:
+    pod = Pod(tmp_path, window=3600, first="limit")
+    pods.append(pod)
+    assert pod.result() == "You've hit your limit"
+    assert pod.proc.wait(timeout=GUARD) == 0  # stdin closed at once: no window

@@ -184,3 +184,11 @@ def test_a_replay_is_told_by_its_top_level_field() -> None:
     assert not launch.is_replay(b'{"type":"user","tool_use_result":"\\"isReplay\\":true"}')
     assert not launch.is_replay(b'{"type":"assistant","isReplay":true}')
     assert not launch.is_replay(b'"isReplay" not json')
+
+
+def test_a_turn_the_api_failed_opens_no_window(sel: selectors.BaseSelector) -> None:
+    # A usage limit: the run ends (or is parked) now, not after the window.
+    stdin, pipe, _, notices = make(sel, followup_window=600.0)
+    pipe.drain(stdin)
+    stdin.on_stdout(b'{"type":"result","is_error":true,"terminal_reason":"api_error"}')
+    assert pipe.closed and notices == []

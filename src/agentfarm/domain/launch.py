@@ -118,6 +118,19 @@ def is_replay(line: bytes) -> bool:
     return isinstance(body, dict) and body.get("type") == "user" and body.get("isReplay") is True
 
 
+def failed_on_api(line: bytes) -> bool:
+    """A turn's end that says the model's API failed (Claude's ``result`` with
+    ``terminal_reason: api_error``: a usage limit, an outage). No follow-up window opens after
+    it: the run ends (or is parked until the limit resets) at once."""
+    if b'"api_error"' not in line:
+        return False
+    try:
+        body = json.loads(line)
+    except ValueError:
+        return False
+    return isinstance(body, dict) and body.get("terminal_reason") == "api_error"
+
+
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 

@@ -11,7 +11,8 @@ follow-up window it stays open that long for a message (``waiting``), and closes
 
 An interrupt (the command's ``interrupt`` bytes) ends the running turn, not the run: after an
 interrupted turn the window is at least :data:`~agentfarm.domain.launch.INTERRUPTED_WINDOW_SECONDS`,
-for the person who interrupted to say what to do instead.
+for the person who interrupted to say what to do instead. A turn that ended because the model's
+API failed (a usage limit) opens no window: the run ends, or is parked, at once.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ class Stdin:
         window = self.command.followup_window
         if interrupted:
             window = max(window, launch.INTERRUPTED_WINDOW_SECONDS)
-        if window <= 0 or self.command.followup is None:
+        if window <= 0 or self.command.followup is None or launch.failed_on_api(line):
             self.close()
             return
         self.close_at = self.clock() + window
