@@ -147,10 +147,20 @@ def remove_run(run_id: str) -> None:
     console.out.print(f"run {run_id} removed", highlight=False)
 
 
-def resume(run_id: str, as_json: console.JsonFlag = False) -> None:
-    """Resume a parked run now, rather than when its usage limit resets."""
+def resume(
+    run_id: str,
+    prompt: Annotated[
+        str | None, typer.Argument(help="What to tell the agent; `-` reads it from stdin.")
+    ] = None,
+    as_json: console.JsonFlag = False,
+) -> None:
+    """Resume a parked run now, rather than when its usage limit resets, or continue an ended
+    run with a new prompt (its session, workspace and branch)."""
+    if prompt == "-":
+        prompt = sys.stdin.read()
+    body = {"prompt": prompt} if prompt and prompt.strip() else None
     with client.Client() as c:
-        result = c.post(f"/api/runs/{run_id}/resume")
+        result = c.post(f"/api/runs/{run_id}/resume", json=body)
     if as_json:
         console.print_json(result)
     else:

@@ -77,6 +77,8 @@ TERMINAL_STATUSES = frozenset(
 ACTIVE_STATUSES = frozenset(
     {RunStatus.queued, RunStatus.starting, RunStatus.running, RunStatus.parked}
 )
+#: Ended runs a person may continue with a new prompt (a new agent process in their session).
+CONTINUABLE_STATUSES = frozenset({RunStatus.succeeded, RunStatus.failed, RunStatus.stopped})
 
 PermissionMode = Literal["default", "acceptEdits", "bypassPermissions", "plan"]
 #: Who asked for a run: a person (the cockpit, the CLI), the AFK pipeline, or another program

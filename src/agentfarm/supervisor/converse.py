@@ -19,7 +19,8 @@ def check_live(
     """The run's handle and command, or a ConflictError saying why it cannot ``what``."""
     if run.status.terminal:
         raise errors.ConflictError(
-            f"run {run.id} has ended ({run.status.value}); it cannot {what}: launch a new run"
+            f"run {run.id} has ended ({run.status.value}); it cannot {what}: continue it with a "
+            f'new prompt (`agentfarm resume {run.id} "..."`) or launch a new run'
         )
     if handle is None or command is None:
         raise errors.ConflictError(

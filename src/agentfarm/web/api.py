@@ -191,17 +191,32 @@ async def stop_run(run_id: RUN_ID, sup: Sup) -> models.Run:
     return await sup.stop_run(run_id)
 
 
+class ResumeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    prompt: str | None = Field(
+        None, min_length=1, max_length=200_000, description="What to tell the agent."
+    )
+
+
 @router.post(
     "/runs/{run_id}/resume",
     status_code=202,
     response_model=models.Run,
     tags=["runs"],
-    responses={409: {"description": "The run is not parked."}},
+    responses={
+        409: {
+            "description": "The run is neither parked nor ended (succeeded, failed, stopped), "
+            "an ended one came without a prompt, or it cannot be continued (a pipeline run, an "
+            "agent or backend that cannot start a process in its session, its workspace "
+            "removed); the message says which."
+        }
+    },
 )
-async def resume_run(run_id: RUN_ID, sup: Sup) -> models.Run:
-    """Resume a parked run now, rather than when its usage limit resets: a new agent process
-    in its session, workspace and branch."""
-    return await sup.resume_run(run_id)
+async def resume_run(run_id: RUN_ID, sup: Sup, body: ResumeRequest | None = None) -> models.Run:
+    """Resume a parked run now, rather than when its usage limit resets (told ``prompt``, else
+    to continue where it stopped), or, with a ``prompt``, continue an ended one: a new agent
+    process in its session, workspace and branch."""
+    return await sup.resume_run(run_id, body.prompt if body else None)
 
 
 @router.delete(
