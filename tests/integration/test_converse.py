@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from tests.fakes import anthropic_api as fake
+from tests.integration.conftest import git
 from tests.integration.server import Server
 from tests.integration.test_e2e import events
 from tests.integration.test_e2e import server as server  # the fixture
@@ -194,3 +195,38 @@ def test_a_usage_limit_parks_the_run_at_once_whatever_its_window(
     with srv.client() as c:
         c.post(f"/api/runs/{run['id']}/stop")
     srv.wait_status(run["id"], {"stopped"}, timeout=GUARD)
+
+
+def test_an_ended_run_is_continued_with_a_new_prompt_in_its_session_and_branch(
+    server: Server, source: Path, scenario: Callable[..., str]
+) -> None:
+    commit = {"command": "git add -A && git commit -q -m 'second file'", "description": "c"}
+    marker = scenario(
+        fake.tool_use("Write", {"file_path": "first.txt", "content": "one\n"}),
+        fake.tool_use("Bash", {**commit, "command": "git add -A && git commit -q -m 'first'"}),
+        fake.text("First done."),
+        fake.tool_use("Write", {"file_path": "second.txt", "content": "two\n"}),
+        fake.tool_use("Bash", commit),
+        fake.text("Second done."),
+    )
+    run = launch(server, source, f"{marker} write the first file")
+    first = server.wait_status(run["id"], {"succeeded", "failed", "stopped"}, timeout=GUARD)
+    assert first["status"] == "succeeded", events(server, run["id"])
+    resumed = server.cli("resume", run["id"], "now write the second file")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    done = server.wait_status(run["id"], {"succeeded", "failed", "stopped"}, timeout=GUARD)
+    seen = events(server, run["id"])
+    assert done["status"] == "succeeded", seen
+    assert [r["result"] for r in of_type(seen, "agent.result")] == ["First done.", "Second done."]
+    sessions = {i["session_id"] for i in of_type(seen, "agent.init")}
+    assert sessions == {first["session_id"]} == {done["session_id"]}
+    assert done["workspace"] == first["workspace"]
+    assert done["cost_usd"] > first["cost_usd"]
+    log = git(source, "log", "--format=%s", f"agentfarm/{run['id']}").split("\n")
+    assert log[:3] == ["second file", "first", "initial"]
+    statuses = [e["data"]["status"] for e in seen if e["type"] == "run.status"]
+    assert statuses == ["queued", "starting", "running", "succeeded",
+                        "starting", "running", "succeeded"]  # fmt: skip
+    with server.client() as c:
+        bare = c.post(f"/api/runs/{run['id']}/resume")
+    assert bare.status_code == 409 and "with a new prompt" in bare.text

@@ -100,3 +100,30 @@ async def test_the_config_form_sets_the_follow_up_window(tmp_path: Path) -> None
         bad = {**form, "name": "demo2", "followup_window_seconds": "-1"}
         response = await browser.post("/configs/new", data=bad)
         assert response.status_code == 422
+
+
+async def test_an_ended_run_is_continued_from_its_page(tmp_path: Path) -> None:
+    backend = FakeBackend()  # a short conversation that succeeds
+    async with cockpit(tmp_path, backend) as cp, cp.browser() as browser:
+        await cp.add_user()
+        await login(browser)
+        await cp.api.post("/api/configs", json={"name": "demo", "repo": "/r", "prompt": "go"})
+        run_id = (await cp.api.post("/api/runs", json={"config": "demo"})).json()["id"]
+        assert (await wait_terminal(cp.api, run_id))["status"] == "succeeded"
+        page = await browser.get(f"/runs/{run_id}")
+        assert 'id="continue-form"' in page.text and 'id="talk-form"' not in page.text
+        token = await page_csrf(browser, f"/runs/{run_id}")
+        hx = {"HX-Request": "true", "X-CSRF-Token": token}
+        blank = await browser.post(f"/runs/{run_id}/continue", data={"text": ""}, headers=hx)
+        assert "write what the agent should do next" in blank.text
+        went = await browser.post(f"/runs/{run_id}/continue", data={"text": "more"}, headers=hx)
+        assert went.status_code == 204 and went.headers["hx-redirect"] == f"/runs/{run_id}"
+        assert (await wait_terminal(cp.api, run_id))["status"] == "succeeded"
+        assert backend.world.resumes == [run_id]
+        events = (await cp.api.get(f"/api/runs/{run_id}/events")).json()
+        assert [e["data"]["text"] for e in events if e["type"] == "user.message"] == ["more"]
+        api_bare = await cp.api.post(f"/api/runs/{run_id}/resume")
+        assert api_bare.status_code == 409 and "with a new prompt" in api_bare.text
+        api_go = await cp.api.post(f"/api/runs/{run_id}/resume", json={"prompt": "and more"})
+        assert api_go.status_code == 202 and api_go.json()["status"] == "starting"
+        await wait_terminal(cp.api, run_id)

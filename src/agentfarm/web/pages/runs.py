@@ -181,3 +181,22 @@ def _talk_reply(request: Request, run_id: str, ok: bool, message: str) -> Respon
         return templating.see_other(f"/runs/{run_id}")
     html = templating.fragment("_talk_status.html", ok=ok, message=message)
     return HTMLResponse(html, headers={"Cache-Control": "no-store"})
+
+
+@router.post("/runs/{run_id}/continue")
+async def run_continue(request: Request, who: access.Checked, run_id: RUN_ID) -> Response:
+    """An ended run's "continue" box: a new prompt in its session, workspace and branch. The
+    page reloads onto the continued run (htmx), or says why not in place."""
+    form = await request.form()
+    text = form.get("text")
+    if not isinstance(text, str) or not text.strip():
+        return _talk_reply(request, run_id, False, "write what the agent should do next")
+    if len(text) > MESSAGE_LIMIT:
+        return _talk_reply(request, run_id, False, f"at most {MESSAGE_LIMIT} characters")
+    try:
+        await api.supervisor(request).resume_run(run_id, text)
+    except errors.ConflictError as exc:
+        return _talk_reply(request, run_id, False, str(exc))
+    if request.headers.get("hx-request"):
+        return Response(status_code=204, headers={"HX-Redirect": f"/runs/{run_id}"})
+    return templating.see_other(f"/runs/{run_id}")
