@@ -58,3 +58,31 @@ def test_reply_to_an_agent_waiting_for_a_follow_up(
     page.locator("#run-status .badge").filter(has_text="stopped").wait_for(timeout=60_000)
     page.locator("#talk-form").wait_for(state="detached")
     waiting.wait_for(state="hidden")
+
+
+def test_continue_an_ended_run_from_its_page(
+    phone: Any, server: Server, source: Path, fake_anthropic: fake.FakeAnthropic
+) -> None:
+    page = phone
+    marker = fake_anthropic.register(
+        "cockpit-continue", [fake.text("First answer."), fake.text("Second answer.")]
+    )
+    with server.client() as c:
+        response = c.post(
+            "/api/configs",
+            json={"name": "again", "repo": str(source), "prompt": f"{marker} hello",
+                  "env": {"CLAUDE_CODE_MAX_RETRIES": "0"}},
+        )  # fmt: skip
+        assert response.status_code == 201, response.text
+    sign_in(page)
+    run_id = launch(server, "again")
+    server.wait_status(run_id, {"succeeded"}, timeout=90)
+    page.goto(f"/runs/{run_id}")
+    page.locator("#continue-text").fill("One more thing, please.")
+    page.get_by_role("button", name="Continue").click()
+    page.locator(".ev-user-message", has_text="One more thing, please.").wait_for()
+    page.locator(".result-card", has_text="Second answer.").wait_for(timeout=90_000)
+    page.locator("#run-status .badge-success").wait_for(timeout=60_000)
+    shot(page, "run-continued")
+    with server.client() as c:
+        assert c.get(f"/api/runs/{run_id}").json()["status"] == "succeeded"
