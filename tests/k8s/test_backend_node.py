@@ -1,9 +1,9 @@
 """The kubernetes backend on a real node (tier B): a real pod runs the real Claude Code CLI.
 
-The agent image is assembled from this machine's files (python3, git, bash, the pinned CLI and
-deploy/agent/entrypoint.py) with scripts/k8s-testenv/build-image.py. The scripted fake model
-and a git daemon (clone and push over git://) listen on host loopback; socat relays carry them
-into the node's network namespace at the node IP, which pods reach.
+The agent image is assembled from this machine's files (python3, git, bash, the pinned Claude
+Code and Codex CLIs and deploy/agent/entrypoint.py) with scripts/k8s-testenv/build-image.py.
+The scripted fake model and a git daemon (clone and push over git://) listen on host loopback;
+socat relays carry them into the node's network namespace at the node IP, which pods reach.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import pytest
 from agentfarm.backends.base import Record
 from agentfarm.backends.kubernetes import backend as k8s_backend
 from agentfarm.backends.kubernetes import manifests
+from agentfarm.backends.local import binaries
 from agentfarm.domain import models
 from agentfarm.domain.launch import AgentCommand, LaunchSpec
 from agentfarm.settings import Settings
@@ -42,6 +43,16 @@ def claude_binary() -> Path:
     path = (tools / "node_modules" / ".bin" / "claude").resolve()
     if not path.is_file():
         realparts.missing("Claude Code CLI", "run make claude")
+    return path
+
+
+def codex_binary() -> Path:
+    """Codex's native binary (static), as deploy/agent/Dockerfile copies it: the ``codex`` npm
+    puts on PATH is a Node launcher, and the image has no Node."""
+    tools = Path(os.environ.get("AGENTFARM_TOOLS", REPO / ".tools"))
+    path = Path(binaries.native(str((tools / "node_modules" / ".bin" / "codex").resolve())))
+    if path.suffix == ".js" or not os.access(path, os.X_OK):
+        realparts.missing("Codex CLI", "run `make codex` (scripts/install-codex.sh installs it)")
     return path
 
 
@@ -115,6 +126,7 @@ def build_agent_image(out: Path) -> Path:
             "--add", "/usr/lib/python3.11:/usr/lib/python3.11",
             "--add-binary", "/usr/bin/git", "--add", "/usr/lib/git-core:/usr/lib/git-core",
             "--add", f"{claude_binary()}:/usr/local/bin/claude",
+            "--add", f"{codex_binary()}:/usr/local/bin/codex",
             "--add", f"{REPO / 'deploy/agent/entrypoint.py'}:{manifests.ENTRYPOINT}",
             "--add", f"{passwd}:/etc/passwd", "--add", f"{group}:/etc/group",
             "--symlink", "/bin/sh:bash",
