@@ -36,7 +36,8 @@ from agentfarm.supervisor.runs import Supervisor
 from tests.fakes import anthropic_api, forge_git, openai_api
 from tests.fakes.forge import FakeForge
 from tests.k8s import cluster
-from tests.k8s.test_backend_node import IMAGE, Relay, build_agent_image
+from tests.k8s.test_backend_node import IMAGE, Relay, import_agent_image
+from tests.unit.forge_helpers import push_branch
 
 REPO = "alice/proj"
 TOKEN_SECRET = "FORGE_BOT"  # the name of the stored secret
@@ -96,10 +97,8 @@ class World:
 @pytest.fixture(scope="module")
 def world(k8s_node: cluster.Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     work = tmp_path_factory.mktemp("k8s-forge-node")
-    started = time.monotonic()
-    k8s_node.import_image(build_agent_image(work))
-    seconds = time.monotonic() - started
-    print(f"agent image (Claude Code and Codex) built and imported in {seconds:.1f} s")
+    seconds = import_agent_image(k8s_node, work)
+    print(f"agent image built and imported in {seconds:.1f} s (0: imported before)")
     with contextlib.ExitStack() as stack:
         forge = stack.enter_context(FakeForge(work / "forge", kind="forgejo"))
         forge.create_repo(REPO)
@@ -334,3 +333,58 @@ async def test_a_codex_run_in_a_pod_commits_and_its_branch_is_pushed(
     for value in (*secret_forms(forge), CODEX_KEY):
         assert value not in records
         assert value not in json.dumps(pod["spec"])
+
+
+async def test_a_run_without_commits_pushes_nothing_and_says_so(farm: Farm, world: World) -> None:
+    forge = world.forge
+    branch = "agentfarm/issue-8-nothing-to-do"
+    main = forge.branch_sha(REPO, "refs/heads/main")
+    since = len(forge.requests)
+    run = await farm.submit(f"{anthropic_api.marker('hello')} anything?", branch=branch)
+    done = await farm.ended(run.id)
+    assert done.status is models.RunStatus.succeeded, (done.error, await farm.records_text(run.id))
+    assert await farm.branch_event(run.id) == {
+        "branch": branch, "start": main, "head": main, "commits": 0, "pushed": False,
+        "error": None,
+    }  # fmt: skip
+    assert forge.branch_sha(REPO, f"refs/heads/{branch}") is None
+    assert not any("git-receive-pack" in r.path for r in git_requests(forge, since))
+
+
+async def test_a_push_rejected_as_not_fast_forward_says_gits_reason(
+    farm: Farm, world: World, tmp_path: Path
+) -> None:
+    forge = world.forge
+    branch = "agentfarm/issue-9-taken"
+    # Someone else's work is on the branch already: the run's push must not replace it.
+    theirs = push_branch(forge, tmp_path, branch, "theirs\n")
+    run = await farm.submit(f"{anthropic_api.marker('write-and-commit')} add it", branch=branch)
+    done = await farm.ended(run.id)
+    assert done.status is models.RunStatus.succeeded, (done.error, await farm.records_text(run.id))
+    outcome = await farm.branch_event(run.id)
+    assert outcome["pushed"] is False and outcome["commits"] == 1, outcome
+    # The push comes from a fresh repository holding only the run's commits: git cannot tell
+    # "non-fast-forward" there, and says "fetch first" (the remote has work it lacks).
+    assert "[rejected]" in outcome["error"] and "(fetch first)" in outcome["error"], outcome
+    assert "hint:" not in outcome["error"]  # git's reason, not its advice
+    assert forge.branch_sha(REPO, f"refs/heads/{branch}") == theirs
+
+
+async def test_a_token_the_forge_refuses_fails_the_clone_saying_so(
+    farm: Farm, world: World
+) -> None:
+    stale = "stale-token-0123456789abcdef"
+    SecretStore(farm.sup.settings.secrets_path).set(TOKEN_SECRET, stale)
+    branch = "agentfarm/issue-13-stale"
+    run = await farm.submit(f"{anthropic_api.marker('write-and-commit')} add it", branch=branch)
+    done = await farm.ended(run.id)
+    assert done.status is models.RunStatus.failed, done
+    assert done.error is not None
+    assert done.error.startswith(
+        "cloning the repository failed: git clone: the server refused the run's git token"
+    ), done.error
+    assert "git_token_secret" in done.error and "agentfarm secret set" in done.error, done.error
+    for value in (stale, basic("oauth2", stale)):
+        assert value not in await farm.records_text(run.id)
+        assert value not in json.dumps((await world.pod(run.id))["spec"])
+    assert world.forge.branch_sha(REPO, f"refs/heads/{branch}") is None
