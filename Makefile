@@ -72,6 +72,7 @@ bench: test-deps
 	@$(BIN)/python bench/launch_overhead.py
 	@$(BIN)/python bench/event_ingest.py
 	@$(BIN)/python bench/cockpit.py
+	@$(BIN)/python bench/pipeline_latency.py
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

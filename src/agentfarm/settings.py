@@ -138,10 +138,52 @@ class Settings(BaseSettings):
     sandbox_gid: int = Field(
         61000, ge=1, description="Gid agents run as when the server runs as root."
     )
-    watchdog_seconds: float = Field(
-        1800.0,
+    model_stall_seconds: float = Field(
+        300.0,
         ge=0,
-        description="Stop a run whose agent printed nothing for this long (0: never).",
+        description="Watchdog: a run waiting this long for the model (a request out, or a "
+        "message begun) with no output has stalled (0: never). A config's `watchdog` "
+        "overrides it.",
+    )
+    tool_quiet_seconds: float = Field(
+        3600.0,
+        ge=0,
+        description="Watchdog: a tool (a test suite, a build) may run this long without output "
+        "before the run counts as stalled (0: never). A config's `watchdog` overrides it.",
+    )
+    result_grace_seconds: float = Field(
+        30.0,
+        ge=0,
+        description="Watchdog: an agent that reported its result but has not exited after this "
+        "long is ended, and the run finishes on its result (0: wait forever).",
+    )
+    stall_resumes: int = Field(
+        1,
+        ge=0,
+        le=100,
+        description="A stalled run is stopped and resumed in its session this many times before "
+        "it ends `failed` with the reason `stalled`. A config's `watchdog` overrides it.",
+    )
+    park_margin_seconds: float = Field(
+        60.0,
+        ge=0,
+        le=86_400,
+        description="A run parked for the model's usage limit resumes this long after the "
+        "limit's reset time.",
+    )
+    park_unknown_reset_seconds: float = Field(
+        3600.0,
+        ge=1,
+        le=7 * 86_400,
+        description="How long a run waits for a usage limit whose reset time the agent did not "
+        "say.",
+    )
+    park_max: int = Field(
+        5,
+        ge=0,
+        le=1000,
+        description="A run that hits the usage limit more often than this ends `failed` instead "
+        "of being parked again (0: never park).",
     )
     retention_hours: float = Field(
         168.0,

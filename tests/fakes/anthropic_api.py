@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import itertools
 import json
 import re
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -65,6 +67,7 @@ class ApiError:
     status: int
     message: str
     type: str = "api_error"
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,14 @@ class Turn:
     blocks: tuple[Block, ...] = ()
     error: ApiError | None = None
     delay: float = 0.0
+    #: Stream the message's start and ``stall_after`` content blocks, then send nothing more
+    #: (the connection stays open): a model stream that stops mid-message.
+    stall_after: int | None = None
+    #: An error turn that is answered only until this time (epoch seconds); afterwards the
+    #: scenario reads as if it were not there (a usage limit that has reset).
+    until: float | None = None
+    #: Extra response headers (e.g. ``anthropic-ratelimit-unified-status: allowed_warning``).
+    headers: tuple[tuple[str, str], ...] = ()
     #: Input tokens the reply reports (its price); default: an estimate of the request's.
     input_tokens: int | None = None
 
@@ -107,6 +118,38 @@ def costly(input_tokens: int, then: Turn) -> Turn:
     """``then``, reporting ``input_tokens`` of usage: what makes a reply cost money (a million
     tokens of the default Sonnet model: $3 at list price)."""
     return Turn(blocks=then.blocks, error=then.error, delay=then.delay, input_tokens=input_tokens)
+
+
+def usage_limit(resets_at: float, *, claim: str = "five_hour") -> Turn:
+    """The subscription's usage limit: HTTP 429 with the ``anthropic-ratelimit-unified-*``
+    headers the CLI reads (see shared notes: it then prints a ``rate_limit_event``)."""
+    headers = (
+        ("anthropic-ratelimit-unified-status", "rejected"),
+        ("anthropic-ratelimit-unified-reset", str(int(resets_at))),
+        ("anthropic-ratelimit-unified-representative-claim", claim),
+    )
+    message = "This request would exceed your account's rate limit. Please try again later."
+    # The header has whole seconds: the limit lifts when the header says, not a fraction later.
+    return Turn(error=ApiError(429, message, "rate_limit_error", headers), until=int(resets_at))
+
+
+def warned(then: Turn, *, resets_at: float, utilization: float = 0.9) -> Turn:
+    """``then``, answered with the headers of a usage limit that is close
+    (``allowed_warning``)."""
+    headers = (
+        ("anthropic-ratelimit-unified-status", "allowed_warning"),
+        ("anthropic-ratelimit-unified-reset", str(int(resets_at))),
+        ("anthropic-ratelimit-unified-representative-claim", "five_hour"),
+        ("anthropic-ratelimit-unified-5h-utilization", str(utilization)),
+        ("anthropic-ratelimit-unified-5h-reset", str(int(resets_at))),
+        ("anthropic-ratelimit-unified-5h-surpassed-threshold", str(utilization)),
+    )
+    return dataclasses.replace(then, headers=headers)
+
+
+def stall(*blocks: Block, after: int = 0) -> Turn:
+    """A reply whose stream stops mid-message after ``after`` of its blocks."""
+    return Turn(blocks=blocks, stall_after=after)
 
 
 #: A scenario factory gets the marker's optional argument (``[scenario:name:ARG]``).
@@ -342,7 +385,13 @@ class FakeAnthropic:
         events = self._message_events(reply, model, tokens)
         if not body.get("stream"):
             return JSONResponse(self._message_json(reply, model))
-        return StreamingResponse(_iterate(events), media_type="text/event-stream")
+        headers = dict(reply.headers)
+        if reply.stall_after is not None:
+            return StreamingResponse(
+                _stalled(events, reply.stall_after), media_type="text/event-stream",
+                headers=headers,
+            )  # fmt: skip
+        return StreamingResponse(_iterate(events), media_type="text/event-stream", headers=headers)
 
     # -- helpers --
 
@@ -362,7 +411,8 @@ class FakeAnthropic:
         factory = self.scenarios.get(name) if name else None
         if factory is None:
             return FALLBACK
-        turns = factory(arg)
+        now = time.time()
+        turns = [t for t in factory(arg) if t.until is None or now < t.until]
         return turns[index] if index < len(turns) else FALLBACK
 
     def _next_id(self, prefix: str) -> str:
@@ -453,11 +503,24 @@ async def _iterate(events: list[bytes]) -> AsyncIterator[bytes]:
         yield event
 
 
+async def _stalled(events: list[bytes], blocks: int) -> AsyncIterator[bytes]:
+    """The events up to the end of ``blocks`` content blocks, then silence until the client
+    goes away (the server's shutdown cancels it)."""
+    stops = 0
+    for event in events:
+        if stops >= blocks and not event.startswith((b"event: message_start", b"event: ping")):
+            break
+        yield event
+        if event.startswith(b"event: content_block_stop"):
+            stops += 1
+    await asyncio.Event().wait()
+
+
 def _error_response(err: ApiError) -> Response:
     return JSONResponse(
         {"type": "error", "error": {"type": err.type, "message": err.message}},
         status_code=err.status,
-        headers={"request-id": "req_fake"},
+        headers={"request-id": "req_fake", **dict(err.headers)},
     )
 
 

@@ -11,7 +11,8 @@ request (401 otherwise) and every request is recorded.
 Tests act as users through methods (``label``, ``unlabel``, ``comment``, ``set_status``) that
 change the state and return the signed webhook :class:`Delivery` for each registered hook;
 ``delivery.send()`` (or ``await delivery.asend()``) posts it. The fake never sends on its own.
-``fail_next`` makes the next API calls fail with a 5xx or a rate limit.
+``fail_next`` makes the next API calls fail with a 5xx or a rate limit; ``block`` makes every
+call to matching endpoints fail until ``unblock`` (a forge that is down for one operation).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import hashlib
 import hmac
 import itertools
 import json
+import re
 import threading
 import time
 import uuid
@@ -53,6 +55,8 @@ class Recorded:
     authorized: bool
     body: Any
     status: int = 0
+    #: When it was answered (``time.time()``), for benchmarks.
+    at: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -167,6 +171,8 @@ class FakeForge:
         self.comments: dict[int, Comment] = {}
         self.requests: list[Recorded] = []
         self.failures: list[Failure] = []
+        #: (method, compiled path pattern, status): persistent failures, see :meth:`block`.
+        self.blocks: list[tuple[str, re.Pattern[str], int]] = []
         self.lock = threading.RLock()
         self._ids = itertools.count(1000)
         self._served = threaded.ThreadedServer()
@@ -277,6 +283,17 @@ class FakeForge:
         ``reset_in`` (seconds until X-RateLimit-Reset) they are rate limits."""
         with self.lock:
             self.failures.extend(Failure(status, retry_after, reset_in) for _ in range(count))
+
+    def block(self, method: str, path_pattern: str, status: int = 503) -> None:
+        """Every ``method`` API call whose path (after the API prefix) matches
+        ``path_pattern`` (a regular expression, searched) answers ``status`` until
+        :meth:`unblock`; the call is recorded with that status."""
+        with self.lock:
+            self.blocks.append((method.upper(), re.compile(path_pattern), status))
+
+    def unblock(self) -> None:
+        with self.lock:
+            self.blocks.clear()
 
     # -- inspection --
 
@@ -480,11 +497,16 @@ class FakeForge:
                     authorized,
                     body,
                     status,
+                    time.time(),
                 )
             )
 
-    def take_failure(self) -> Response | None:
+    def take_failure(self, method: str = "", path: str = "") -> Response | None:
         with self.lock:
+            rest = path.removeprefix(self.api_prefix)
+            for blocked_method, pattern, status in self.blocks:
+                if blocked_method == method and pattern.search(rest):
+                    return JSONResponse({"message": "unavailable (blocked by the test)"}, status)
             if not self.failures:
                 return None
             failure = self.failures.pop(0)

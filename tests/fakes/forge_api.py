@@ -486,7 +486,7 @@ def endpoint(fake: FakeForge, handler: Handler) -> Callable[[Request], Any]:
         if user is None:
             fake.record(request, False, body, 401)
             return error(401, "Bad credentials" if fake.kind == "github" else "token is required")
-        failure = fake.take_failure()
+        failure = fake.take_failure(request.method, request.url.path)
         if failure is not None:
             fake.record(request, True, body, failure.status_code)
             return failure

@@ -120,12 +120,12 @@ def start(claude_bin: str, agent_env: AgentEnv, repo: Path) -> Iterator[Any]:
     """``start(prompt, **spec fields)`` -> a running :class:`LiveAgent`."""
     agents: list[LiveAgent] = []
 
-    def launch(prompt: str, **fields: Any) -> LiveAgent:
+    def launch(prompt: str, env_extra: dict[str, str] | None = None, **fields: Any) -> LiveAgent:
         spec = models.AgentSpec(repo=str(repo), prompt=prompt, **fields)
         command: AgentCommand = claude.ClaudeAdapter().build_command(spec, binary=claude_bin)
         # Root may only bypass permissions in a declared sandbox; agentfarm itself runs the
         # agent as a non-root uid, so this is for the direct-CLI tests only.
-        env = agent_env(**command.env, IS_SANDBOX="1")
+        env = agent_env(**command.env, IS_SANDBOX="1", **(env_extra or {}))
         agent = LiveAgent(command.argv, env, repo, command.stdin)
         agents.append(agent)
         return agent
@@ -240,3 +240,46 @@ def test_disallowed_tool_is_denied(start: Any, repo: Path) -> None:
     bash_result = agent.of_type("agent.tool_result")[1]
     assert bash_result["is_error"] is True
     assert git_log(repo) == ["initial"]
+
+
+def test_a_usage_limit_is_reported_and_the_session_resumes_after_it(
+    start: Any, fake_anthropic: fake.FakeAnthropic, claude_bin: str, agent_env: AgentEnv, repo: Path
+) -> None:
+    lifted: list[bool] = []
+
+    def scenario(_arg: str | None) -> list[fake.Turn]:
+        turns = [fake.tool_use("Write", {"file_path": "before.txt", "content": "1\n"})]
+        if not lifted:
+            turns.append(fake.usage_limit(time.time() + 3600))
+        return [*turns, fake.text("All done.")]
+
+    marker = fake_anthropic.register("cli-usage-limit", scenario)
+    # The CLI reports a usage limit only on a subscription token.
+    subscription = {"ANTHROPIC_API_KEY": "", "CLAUDE_CODE_OAUTH_TOKEN": "sk-ant-oat01-test-0"}
+    agent = start(f"{marker} write a file", env_extra=subscription)
+    agent.wait_for("result")
+    code = agent.close_stdin()
+    (limit,) = [d for d in agent.of_type("agent.rate_limit") if d["status"] == "rejected"]
+    assert limit["source"] == "event" and limit["limit_type"] == "five_hour"
+    assert limit["resets_at"] == pytest.approx(time.time() + 3600, abs=60)
+    summary = agent.parser.summary
+    assert summary.usage_limit is not None and summary.usage_limit.rejected
+    assert agent.parser.finish(code, None, stopped=False).status == models.RunStatus.failed
+    session = summary.session_id
+    assert session is not None and (repo / "before.txt").exists()
+
+    lifted.append(True)
+    spec = models.AgentSpec(repo=str(repo), prompt="unused")
+    command = claude.ClaudeAdapter().resume_command(spec, session, "Continue.", binary=claude_bin)
+    env = agent_env(**command.env, IS_SANDBOX="1", **subscription)
+    again = LiveAgent(list(command.argv), env, repo, command.stdin)
+    try:
+        again.wait_for("result")
+        assert again.close_stdin() == 0
+        (init,) = again.of_type("agent.init")
+        assert init["session_id"] == session
+        (result,) = again.of_type("agent.result")
+        assert result["result"] == "All done." and not result["is_error"]
+        assert again.parser.summary.usage_limit is None
+    finally:
+        again.dispose()

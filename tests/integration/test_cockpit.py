@@ -383,7 +383,7 @@ def test_real_server_roles_hosts_docs_and_a_quiet_log(
         )  # fmt: skip
         assert done.returncode == 1
         lines = done.stderr.strip().splitlines()
-        assert len(lines) == 1 and "admin's API token" in lines[0], done.stderr
+        assert len(lines) == 1 and "missing scope `admin`" in lines[0], done.stderr
         assert (
             subprocess.run(
                 [cli, "ls"], env=as_bob, capture_output=True, text=True, timeout=60, check=False

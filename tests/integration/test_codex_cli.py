@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 
-from agentfarm.backends.local import binaries
 from tests.fakes import openai_api as fake
 from tests.integration.conftest import git
 from tests.integration.server import Server
@@ -193,18 +192,15 @@ def test_a_followup_resumes_the_thread_in_the_same_workspace(
     assert any(e["type"] == "user.message" for e in stored)
 
 
-def test_without_the_codex_binary_a_run_fails_saying_make_codex(
+def test_a_codex_binary_that_is_not_there_fails_the_run_saying_which_setting(
     tmp_path: Path, source: Path, fake_openai: fake.FakeOpenAI
 ) -> None:
-    pinned = binaries.CHECKOUT_TOOLS / "node_modules" / ".bin" / "codex"
-    if shutil.which("codex") or pinned.exists():
-        # A precondition, not a missing real part: this server would find a Codex.
-        pytest.skip("a codex on PATH or in this checkout's .tools would be found")
-    empty = tmp_path / "no-tools"
-    empty.mkdir()
+    """The end-to-end path of a missing CLI (the search order and the `make codex` sentence
+    are tested in test_local_binaries.py: this checkout's .tools would be found here)."""
+    missing = tmp_path / "no-codex-here"
     srv = Server(
         tmp_path / "data",
-        {"AGENTFARM_TOOLS": str(empty), "OPENAI_BASE_URL": fake_openai.base_url,
+        {"AGENTFARM_CODEX_BIN": str(missing), "OPENAI_BASE_URL": fake_openai.base_url,
          "CODEX_API_KEY": KEY},
         tmp_path / "server.log",
     ).start()  # fmt: skip
@@ -214,4 +210,4 @@ def test_without_the_codex_binary_a_run_fails_saying_make_codex(
     finally:
         srv.stop()
     assert done["status"] == "failed", done
-    assert "Codex CLI was not found" in done["error"] and "make codex" in done["error"]
+    assert f"AGENTFARM_CODEX_BIN={missing} is not an executable file" in done["error"], done

@@ -68,6 +68,9 @@ async def test_update_run_round_trips_every_field(store: Store) -> None:
         "num_turns": 4,
         "exit_code": 0,
         "error": "nothing: all good ✓",
+        "parked_until": T0 + timedelta(hours=5),
+        "warning": "usage limit close",
+        "continuation": models.Continuation(parks=2, credentials_key="abc", reason="stalled"),
         "origin": "pipeline",
     }
     assert set(fields) == set(models.Run.model_fields) - {"id"}
@@ -212,6 +215,25 @@ async def test_a_started_run_never_goes_back(store: Store) -> None:
         with pytest.raises(errors.StatusConflictError):
             await store.update_run(run.id, status=back)
     assert (await store.update_run(run.id, status="succeeded")).status is models.RunStatus.succeeded
+
+
+async def test_only_a_running_run_parks_and_a_parked_one_resumes_or_ends(store: Store) -> None:
+    run = await store.create_run(make_run())
+    for early in (models.RunStatus.queued, models.RunStatus.starting):
+        if early is not models.RunStatus.queued:
+            await store.update_run(run.id, status=early)
+        with pytest.raises(errors.StatusConflictError, match="cannot become parked"):
+            await store.update_run(run.id, status=models.RunStatus.parked)
+    await store.update_run(run.id, status=models.RunStatus.running)
+    parked = await store.update_run(run.id, status=models.RunStatus.parked, parked_until=T0)
+    assert parked.status is models.RunStatus.parked and parked.parked_until == T0
+    assert [r.id for r in await store.active_runs()] == [run.id]  # not ended
+    with pytest.raises(errors.StatusConflictError):
+        await store.update_run(run.id, status=models.RunStatus.queued)
+    await store.update_run(run.id, status=models.RunStatus.starting, parked_until=None)
+    await store.update_run(run.id, status=models.RunStatus.running)
+    await store.update_run(run.id, status=models.RunStatus.parked)
+    assert (await store.update_run(run.id, status="stopped")).status is models.RunStatus.stopped
 
 
 async def test_racing_status_changes_exactly_one_wins(store: Store) -> None:

@@ -489,7 +489,8 @@ async def test_a_follow_up_reaches_the_agent_and_is_recorded(
 async def test_the_watchdog_stops_a_silent_agent_and_fails_the_run(
     store: Store, backend: FakeBackend, supervisors: Callable[..., Supervisor]
 ) -> None:
-    sup = supervisors(watchdog_seconds=0.05)  # slow_script goes quiet for ten minutes
+    # slow_script goes quiet for ten minutes, waiting for the model; no resume after a stall
+    sup = supervisors(model_stall_seconds=0.05, stall_resumes=0)
     run = await sup.submit(spec())
     await sup.start()
     done = await ended(store, run.id)

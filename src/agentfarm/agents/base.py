@@ -10,8 +10,9 @@ after a restart (it must be deterministic).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
+from agentfarm.agents.usage_limit import Limit
 from agentfarm.domain import launch, models
 
 
@@ -34,6 +35,10 @@ class Summary:
     saw_result: bool = False
     result_is_error: bool = False
     result_error: str | None = None
+    #: The model's usage limit stopped the agent (``usage_limit.Limit``, status rejected).
+    usage_limit: Limit | None = None
+    #: The usage limit is close (status allowed_warning); cleared when it is not.
+    limit_warning: Limit | None = None
     #: The latest result's subtype (``error_max_budget_usd``: the agent's own budget ended it).
     result_subtype: str | None = None
     #: Estimated while the agent streams, before (and between) its own reports: what it has
@@ -76,3 +81,14 @@ class AgentAdapter(Protocol):
         ...
 
     def new_parser(self) -> StreamParser: ...
+
+
+@runtime_checkable
+class Resumable(Protocol):
+    """An adapter whose agent can continue a session in a new process (after a usage limit
+    or a stall): the same command, resuming ``session_id``, with ``prompt`` as the next
+    message."""
+
+    def resume_command(
+        self, spec: models.AgentSpec, session_id: str, prompt: str
+    ) -> launch.AgentCommand: ...

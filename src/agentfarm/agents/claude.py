@@ -13,6 +13,7 @@ rule (``Bash(git *)``) intact. ``-p`` needs no prompt argument when the prompt c
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import secrets
 
@@ -78,6 +79,16 @@ class ClaudeAdapter:
             close_stdin_after=("result",),
             interrupt=self.interrupt(),
             followup=FOLLOWUP,
+        )
+
+    def resume_command(
+        self, spec: models.AgentSpec, session_id: str, prompt: str, *, binary: str = BINARY
+    ) -> launch.AgentCommand:
+        """The same command continuing ``session_id`` (kept in the run's HOME), with
+        ``prompt`` as its next user message."""
+        command = self.build_command(spec, binary=binary)
+        return dataclasses.replace(
+            command, argv=[*command.argv, "--resume", session_id], stdin=user_line(prompt)
         )
 
     def credential_names(self) -> tuple[str, ...]:

@@ -20,9 +20,10 @@ from __future__ import annotations
 import json
 import re
 import signal as signals
+from datetime import UTC, datetime
 from typing import Any
 
-from agentfarm.agents import capping, claude_pricing, jsonlines
+from agentfarm.agents import capping, claude_pricing, jsonlines, usage_limit
 from agentfarm.agents.jsonlines import as_dict, as_int, as_number, as_str, signal_name, system_event
 from agentfarm.domain import models
 
@@ -68,9 +69,35 @@ class ClaudeStreamParser(jsonlines.JsonLinesParser):
         if kind == "user":
             return self._user(obj)
         if kind == "result":
-            return [self._result(obj)]
+            result = self._result(obj)
+            return [*self._limit_from_text(result.data), result]
+        if kind == "rate_limit_event":
+            limit = usage_limit.from_event(obj)
+            if limit is not None:
+                draft = self._rate_limit(limit)
+                # Every answer brings one; a plain "allowed" says nothing worth a line.
+                return [] if limit.status == "allowed" else [draft]
         subtype = obj.get("subtype") if kind == "system" else kind
         return [system_event(obj, str(subtype) if subtype is not None else "unknown")]
+
+    def _rate_limit(self, limit: usage_limit.Limit) -> models.EventDraft:
+        summary = self.summary
+        summary.usage_limit = limit if limit.rejected else None
+        if limit.status == "allowed_warning":
+            summary.limit_warning = limit
+        elif limit.status == "allowed":
+            summary.limit_warning = None
+        return models.EventDraft(type=models.EventType.agent_rate_limit, data=limit.to_data())
+
+    def _limit_from_text(self, data: dict[str, Any]) -> list[models.EventDraft]:
+        """The sentence forms, for CLI versions that print no ``rate_limit_event``: only in
+        a result that reports an error (an agent may well *write* such a sentence)."""
+        if self.summary.usage_limit is not None or not data["is_error"]:
+            return []
+        if data["api_error_status"] not in (None, 429):
+            return []
+        limit = usage_limit.from_text(data["result"] or "", datetime.now(UTC))
+        return [] if limit is None else [self._rate_limit(limit)]
 
     def _init(self, obj: dict[str, Any]) -> models.EventDraft:
         tools = obj.get("tools")

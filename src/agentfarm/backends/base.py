@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 from agentfarm.domain import diffs, launch, models
 from agentfarm.domain.launch import GitAuth
@@ -131,3 +131,14 @@ class Backend(Protocol):
         cut after ``limit`` bytes. NotFoundError when its workspace is gone, ConflictError
         when this backend keeps none the control plane can read."""
         ...
+
+
+@runtime_checkable
+class Resumes(Protocol):
+    """A backend that can start a new agent process for a run whose last one ended (parked
+    for a usage limit, stopped after a stall), in the same workspace, branch and HOME.
+    Its records start again from cursor 0."""
+
+    async def resume(
+        self, run: models.Run, spec: launch.LaunchSpec
+    ) -> tuple[RunHandle, LaunchInfo]: ...

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from agentfarm.backends.base import BranchOutcome, ExitInfo, LaunchInfo, Record, RecordKind
 from agentfarm.domain import diffs, errors, launch, models
-from agentfarm.domain.launch import GitAuth
+from agentfarm.domain.launch import GitAuth, LaunchSpec
 
 
 @dataclass(frozen=True)
@@ -130,6 +130,8 @@ class FakeWorld:
     outcome: Outcome | None = None
     #: What ``diff`` answers per run (tests set it); a run without one has no workspace.
     run_diffs: dict[str, diffs.RunDiff] = field(default_factory=dict)
+    #: Ids of the runs resumed in a new process, in order.
+    resumes: list[str] = field(default_factory=list)
 
 
 class FakeBackend:
@@ -188,6 +190,22 @@ class FakeBackend:
         state.task = asyncio.create_task(self._play(state, self.script(run, spec.command)))
         return FakeHandle(run.id, state, self.world.outcome), LaunchInfo(
             branch=spec.branch, workspace=f"/fake/{run.id}", notices=list(self.world.launch_notices)
+        )
+
+    async def resume(self, run: models.Run, spec: LaunchSpec) -> tuple[FakeHandle, LaunchInfo]:
+        """A new scripted process for the same run: records start again from cursor 1."""
+        previous = self.runs.get(run.id)
+        if previous is not None and not previous.done:
+            raise errors.ConflictError(f"run {run.id} still has an agent running")
+        if self.fail_launch:
+            raise errors.LaunchError(self.fail_launch)
+        state = _FakeRun(run=run.model_copy(update={"branch": spec.branch}))
+        self.runs[run.id] = state
+        self.world.launches[run.id] = spec
+        self.world.resumes.append(run.id)
+        state.task = asyncio.create_task(self._play(state, self.script(run, spec.command)))
+        return FakeHandle(run.id, state, self.world.outcome), LaunchInfo(
+            branch=spec.branch, workspace=f"/fake/{run.id}"
         )
 
     async def _play(self, state: _FakeRun, steps: list[Step]) -> None:

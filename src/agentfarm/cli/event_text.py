@@ -12,6 +12,8 @@ from agentfarm.domain.present import (
     fmt_cost,
     fmt_duration,
     one_line,
+    parked_label,
+    rate_limit_summary,
     tool_summary,
 )
 
@@ -19,6 +21,7 @@ STATUS_STYLE = {
     "queued": "yellow",
     "starting": "yellow",
     "running": "cyan",
+    "parked": "blue",
     "succeeded": "green",
     "failed": "red",
     "stopped": "magenta",
@@ -32,6 +35,9 @@ def event_line(event: dict[str, Any]) -> Text | None:
     if kind == "run.status":
         status = str(data.get("status", "?"))
         text = Text.from_markup(f"[bold {STATUS_STYLE.get(status, 'white')}]● {status}[/]")
+        if status == "parked":
+            text = Text.from_markup(f"[bold blue]● {parked_label(data.get('until'))}[/]")
+            text.append(f"  ({str(data.get('reason', '')).replace('_', ' ')})", style="dim")
         if data.get("branch"):
             text.append(f"  branch {data['branch']}", style="dim")
         if data.get("error"):
@@ -79,6 +85,9 @@ def event_line(event: dict[str, Any]) -> Text | None:
             f" · {tokens} tokens · {fmt_duration(secs)}",
             style=f"bold {style}",
         )
+    if kind == "agent.rate_limit":
+        said = rate_limit_summary(data)
+        return None if said is None else Text(f"! {said}", style="yellow")
     if kind == "agent.stderr":
         return Text(f"stderr: {data.get('line', '')}", style="dim")
     if kind == "agent.unparsed":

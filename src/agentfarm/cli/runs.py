@@ -87,9 +87,11 @@ def list_runs(
     for r in runs:
         style = event_text.STATUS_STYLE.get(r["status"], "white")
         shown = queue_text(r) or r["status"]
+        if r["status"] == "parked":
+            shown = present.parked_label(r.get("parked_until"))
         table.add_row(
             r["id"],
-            f"[{style}]{escape(shown)}[/]",
+            f"[{style}]{escape(shown)}[/]" + (" [yellow]⚠[/]" if r.get("warning") else ""),
             (r.get("spec") or {}).get("agent") or "claude",
             r.get("config_name") or "-",
             r.get("branch") or "-",
@@ -143,6 +145,16 @@ def remove_run(run_id: str) -> None:
     with client.Client() as c:
         c.delete(f"/api/runs/{run_id}")
     console.out.print(f"run {run_id} removed", highlight=False)
+
+
+def resume(run_id: str, as_json: console.JsonFlag = False) -> None:
+    """Resume a parked run now, rather than when its usage limit resets."""
+    with client.Client() as c:
+        result = c.post(f"/api/runs/{run_id}/resume")
+    if as_json:
+        console.print_json(result)
+    else:
+        console.out.print(f"resuming run {run_id}", highlight=False)
 
 
 def send(run_id: str, text: str) -> None:

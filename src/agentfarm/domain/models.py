@@ -59,6 +59,8 @@ class RunStatus(StrEnum):
     queued = "queued"
     starting = "starting"
     running = "running"
+    #: Waiting for the model's usage limit to reset (``Run.parked_until``); resumes by itself.
+    parked = "parked"
     succeeded = "succeeded"
     failed = "failed"
     stopped = "stopped"
@@ -72,7 +74,9 @@ class RunStatus(StrEnum):
 TERMINAL_STATUSES = frozenset(
     {RunStatus.succeeded, RunStatus.failed, RunStatus.stopped, RunStatus.lost}
 )
-ACTIVE_STATUSES = frozenset({RunStatus.queued, RunStatus.starting, RunStatus.running})
+ACTIVE_STATUSES = frozenset(
+    {RunStatus.queued, RunStatus.starting, RunStatus.running, RunStatus.parked}
+)
 
 PermissionMode = Literal["default", "acceptEdits", "bypassPermissions", "plan"]
 #: Who asked for a run: a person (the cockpit, the CLI), the AFK pipeline, or another program
@@ -116,6 +120,20 @@ class CommandSpec(_Strict):
         if value[0].startswith("-"):
             raise ValueError("the first item must be the program, not an option")
         return value
+
+
+class WatchdogSpec(_Strict):
+    """A config's watchdog thresholds; each one left out is the server's setting."""
+
+    model_stall_seconds: float | None = Field(
+        None, ge=0, le=86_400, description="Waiting for the model with no output (0: never)."
+    )
+    tool_quiet_seconds: float | None = Field(
+        None, ge=0, le=7 * 86_400, description="A tool running without output (0: never)."
+    )
+    stall_resumes: int | None = Field(
+        None, ge=0, le=100, description="Resumes after a stall before the run fails."
+    )
 
 
 class AgentSpec(_Strict):
@@ -183,6 +201,11 @@ class AgentSpec(_Strict):
         pattern=SECRET_NAME_RE.pattern,
         description="Name of a stored secret used as the git token for the run's repository "
         "(an https:// or http:// URL): the clone and the push send it, the agent never sees it.",
+    )
+    watchdog: WatchdogSpec | None = Field(
+        None,
+        description="Watchdog thresholds for this config: `{model_stall_seconds, "
+        "tool_quiet_seconds, stall_resumes}`; each left out is the server's setting.",
     )
     backend: backend_config.BackendSpec = Field(
         default_factory=backend_config.LocalSpec,
@@ -340,6 +363,25 @@ class Usage(BaseModel):
         )
 
 
+class Continuation(BaseModel):
+    """What agentfarm keeps to continue a run in a new agent process (after a usage limit
+    or a stall): how often it did, the figures of the processes before (a new process counts
+    from zero), and which credentials hit a limit."""
+
+    #: Times the run was parked for a usage limit.
+    parks: int = 0
+    #: Times the run was resumed after a stall.
+    stall_resumes: int = 0
+    #: Why the last new process was started: ``usage_limit``, ``stalled`` or ``person``.
+    reason: str | None = None
+    base_cost_usd: float | None = None
+    base_usage: Usage = Field(default_factory=Usage)
+    base_num_turns: int | None = None
+    #: A short digest of the model credentials the run uses (not the secret): runs with the
+    #: same digest share a usage limit.
+    credentials_key: str | None = None
+
+
 class Run(BaseModel):
     id: str = Field(default_factory=new_id)
     config_id: str | None = None
@@ -359,6 +401,11 @@ class Run(BaseModel):
     num_turns: int | None = None
     exit_code: int | None = None
     error: str | None = None
+    #: While ``parked``: when the run resumes by itself (the limit's reset plus a margin).
+    parked_until: datetime | None = None
+    #: The model's usage limit is close (``allowed_warning``): the sentence to show.
+    warning: str | None = None
+    continuation: Continuation = Field(default_factory=Continuation)
 
     @property
     def prompt(self) -> str:
@@ -382,6 +429,9 @@ class EventType(StrEnum):
     agent_tool_call = "agent.tool_call"
     agent_tool_result = "agent.tool_result"
     agent_result = "agent.result"
+    #: The model's usage-limit state as the agent reported it: {status, resets_at, limit_type,
+    #: utilization, source}; ``status`` is ``allowed``, ``allowed_warning`` or ``rejected``.
+    agent_rate_limit = "agent.rate_limit"
     agent_system = "agent.system"
     agent_stderr = "agent.stderr"
     agent_unparsed = "agent.unparsed"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 #: The argument that best says what a tool call does, by tool name.
@@ -90,3 +91,35 @@ def branch_summary(data: dict[str, Any]) -> tuple[str, dict[str, str], bool]:
     if not commits:
         return "branch {branch}: no new commits, brought home at {head}", values, False
     return f"branch {{branch}}: {commits} {plural} pushed, head {{head}}", values, False
+
+
+def fmt_time(when: datetime | str, now: datetime | None = None) -> str:
+    """``10:10 UTC``; ``Dec 1 10:10 UTC`` when not today."""
+    if isinstance(when, str):
+        when = datetime.fromisoformat(when)
+    when = (when if when.tzinfo else when.replace(tzinfo=UTC)).astimezone(UTC)
+    today = (now or datetime.now(UTC)).astimezone(UTC).date()
+    if when.date() == today:
+        return when.strftime("%H:%M UTC")
+    return f"{when:%b} {when.day} {when:%H:%M} UTC"
+
+
+def parked_label(parked_until: datetime | str | None) -> str:
+    """A parked run's badge: ``parked until 10:10 UTC``."""
+    return "parked" if not parked_until else f"parked until {fmt_time(parked_until)}"
+
+
+def rate_limit_summary(data: dict[str, Any]) -> str | None:
+    """An ``agent.rate_limit`` event as one sentence; None for a plain ``allowed``."""
+    status = data.get("status")
+    resets = data.get("resets_at")
+    when = ""
+    if isinstance(resets, int | float) and not isinstance(resets, bool):
+        when = f"; resets at {fmt_time(datetime.fromtimestamp(resets, UTC))}"
+    if status == "rejected":
+        return f"usage limit reached{when}"
+    if status == "allowed_warning":
+        used = data.get("utilization")
+        share = f" ({used:.0%} used)" if isinstance(used, int | float) else ""
+        return f"usage limit close{share}{when}"
+    return None

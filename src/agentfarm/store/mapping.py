@@ -36,7 +36,7 @@ RUN_COLUMNS: tuple[str, ...] = (
 RUN_EXTRA_COLUMNS: tuple[str, ...] = ("ingest_cursor",)
 #: ``Run`` fields kept inside the ``spec`` column's JSON (under ``_run``), not in columns of
 #: their own: small facts about a run that need no index, added without a migration.
-RUN_IN_SPEC: tuple[str, ...] = ("origin",)
+RUN_IN_SPEC: tuple[str, ...] = ("origin", "parked_until", "warning", "continuation")
 _RUN_IN_SPEC_KEY = "_run"
 CONFIG_COLUMNS: tuple[str, ...] = ("id", "name", "spec", "created_at", "updated_at")
 EVENT_COLUMNS: tuple[str, ...] = ("run_id", "seq", "type", "ts", "data")
@@ -87,7 +87,7 @@ def run_value(field: str, value: Any) -> Any:
 
 def _spec_column(run: models.Run) -> str:
     spec = run.spec.model_dump(mode="json")
-    spec[_RUN_IN_SPEC_KEY] = {name: getattr(run, name) for name in RUN_IN_SPEC}
+    spec[_RUN_IN_SPEC_KEY] = run.model_dump(mode="json", include=set(RUN_IN_SPEC))
     return dump_json(spec)
 
 

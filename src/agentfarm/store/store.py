@@ -36,7 +36,9 @@ _S = models.RunStatus
 NEXT_STATUSES: Mapping[models.RunStatus, frozenset[models.RunStatus]] = {
     _S.queued: frozenset({_S.starting, _S.running}) | models.TERMINAL_STATUSES,
     _S.starting: frozenset({_S.running}) | models.TERMINAL_STATUSES,
-    _S.running: frozenset({_S.running}) | models.TERMINAL_STATUSES,
+    _S.running: frozenset({_S.running, _S.parked}) | models.TERMINAL_STATUSES,
+    # A parked run resumes (a new agent process: starting) or ends without one.
+    _S.parked: frozenset({_S.parked, _S.starting}) | models.TERMINAL_STATUSES,
     **{status: frozenset() for status in models.TERMINAL_STATUSES},
 }
 _TERMINAL = tuple(s.value for s in models.RunStatus if s in models.TERMINAL_STATUSES)

@@ -8,12 +8,15 @@ and whether it clones and pushes away from this host (then it needs git tokens).
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from pydantic import AliasChoices, SecretStr
 
-from agentfarm.domain import backend_config, errors, gittokens, launch
+from agentfarm.domain import backend_config, errors, gittokens, launch, models
 from agentfarm.domain.redact import Redactor
 from agentfarm.settings import Settings
 from agentfarm.store.secrets import SecretStore
@@ -62,6 +65,17 @@ class Credentials:
         if self.missing:
             raise errors.ConfigurationError(MISSING.get(self.agent, MISSING["claude"]))
         return self
+
+    @property
+    def model_key(self) -> str | None:
+        """A short digest of the model credentials and endpoint (never the secret itself):
+        runs with the same one share the model's usage limit."""
+        names = [n for n, _ in AGENT_CREDENTIALS.get(self.agent, ())]
+        names.append(AGENT_BASE_URLS.get(self.agent, ""))
+        used = sorted((n, self.env[n]) for n in names if self.env.get(n))
+        if not used:
+            return None
+        return hashlib.sha256(repr((self.agent, used)).encode()).hexdigest()[:16]
 
     @property
     def base_url(self) -> str | None:
@@ -128,6 +142,21 @@ def resolve(
     extra = auth.secrets() if auth else {}
     redactor = Redactor.of(server_secrets(settings), stored, masked, extra)
     return Credentials(env=found, redactor=redactor, missing=missing, agent=agent, git_auth=auth)
+
+
+async def for_spec(settings: Settings, secrets: SecretStore, spec: models.AgentSpec) -> Credentials:
+    """Once per launch, off the loop: the secrets file is read here and nowhere else."""
+    return await asyncio.to_thread(
+        functools.partial(
+            resolve,
+            settings,
+            secrets,
+            spec.backend,
+            spec.agent,
+            repo=spec.repo,
+            git_token_secret=spec.git_token_secret,
+        )
+    )
 
 
 def explicit_git_auth(stored: Mapping[str, str], repo: str, name: str) -> launch.GitAuth:

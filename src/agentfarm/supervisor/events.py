@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
+from agentfarm.agents import usage_limit
 from agentfarm.agents.base import StreamParser
 from agentfarm.backends.base import BranchOutcome, Record
-from agentfarm.domain import models, pricing
+from agentfarm.domain import models, present, pricing
 from agentfarm.domain.redact import Redactor
 
 
@@ -79,11 +81,24 @@ class Pricer:
         return draft.model_copy(update={"data": data})
 
 
-def summary_fields(parser: StreamParser, pricer: Pricer | None = None) -> dict[str, Any]:
+def summary_fields(
+    parser: StreamParser,
+    pricer: Pricer | None = None,
+    *,
+    base: models.Continuation | None = None,
+) -> dict[str, Any]:
     """The run's figures the parser has so far, as run fields (with an estimated cost when
-    the agent reports none and a ``pricer`` is given)."""
+    the agent reports none and a ``pricer`` is given); ``base`` holds those of the run's
+    earlier agent processes (a resumed agent counts from zero)."""
     s = parser.summary
-    fields: dict[str, Any] = {"usage": s.usage}
+    base = base or models.Continuation()
+    usage = models.Usage(
+        **{
+            name: getattr(s.usage, name) + getattr(base.base_usage, name)
+            for name in models.Usage.model_fields
+        }
+    )
+    fields: dict[str, Any] = {"usage": usage}
     if s.session_id is not None:
         fields["session_id"] = s.session_id
     # The agent's last figure plus the estimate of its replies since (Claude Code reports
@@ -91,11 +106,26 @@ def summary_fields(parser: StreamParser, pricer: Pricer | None = None) -> dict[s
     cost = s.cost_usd if s.live_cost_usd is None else max(s.live_cost_usd, s.cost_usd or 0.0)
     if cost is None and pricer is not None and s.usage.total > 0:
         cost = pricer.cost(s.usage)
-    if cost is not None:
-        fields["cost_usd"] = cost
-    if s.num_turns is not None:
-        fields["num_turns"] = s.num_turns
+    if cost is not None or base.base_cost_usd is not None:
+        fields["cost_usd"] = (cost or 0.0) + (base.base_cost_usd or 0.0)
+    if s.num_turns is not None or base.base_num_turns is not None:
+        fields["num_turns"] = (s.num_turns or 0) + (base.base_num_turns or 0)
+    warning = s.limit_warning
+    fields["warning"] = None if warning is None else warning_sentence(warning)
     return fields
+
+
+def warning_sentence(limit: usage_limit.Limit) -> str:
+    """An ``allowed_warning``, for the run page and the dashboard."""
+    used = f" ({limit.utilization:.0%} used)" if limit.utilization is not None else ""
+    window = (limit.limit_type or "usage").replace("_", "-")
+    resets = ""
+    if limit.resets_at is not None:
+        resets = f"; it resets at {fmt_time(datetime.fromtimestamp(limit.resets_at, UTC))}"
+    return f"the model's {window} limit is close{used}{resets}"
+
+
+fmt_time = present.fmt_time
 
 
 def redact(draft: models.EventDraft, redactor: Redactor) -> models.EventDraft:

@@ -9,6 +9,7 @@ its one stop path (``Stop``) when a budget says so.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Collection
 from typing import Any
@@ -34,6 +35,8 @@ class Fleet:
         self.budgets = budgets.Budgets(settings, self.stats)
         self.caps = queue.Caps.of(settings)
         self._stop = stop
+        #: What holds a single queued run, if anything (the supervisor's usage-limit parking).
+        self.held: Callable[[models.Run], str | None] = lambda _run: None
 
     # --- admission -------------------------------------------------------------------------
     async def admit(self, config: models.AgentConfig | None) -> None:
@@ -63,11 +66,19 @@ class Fleet:
         runs = await self.store.active_runs()
         waiting = [r for r in runs if r.status == models.RunStatus.queued]
         queued = [r for r in waiting if r.id not in launching]
-        occupying = [r for r in runs if r.status != models.RunStatus.queued or r.id in launching]
+        # A parked run has no agent process: it takes no slot until it resumes.
+        occupying = [
+            r
+            for r in runs
+            if r.status not in (models.RunStatus.queued, models.RunStatus.parked)
+            or r.id in launching
+        ]
         if not queued:
             return queue.Plan()
         configs = {c.id: c for c in await self.store.list_configs()}
         holds = await self.budgets.holds(configs.values())
+        held = {r.id: why for r in queued if (why := self.held(r)) is not None}
+        holds = dataclasses.replace(holds, runs=held) if held else holds
         return queue.plan(
             queued, occupying, self.caps, configs=configs, holds=holds, busy=len(launching)
         )

@@ -4,8 +4,9 @@ A pump task reads the backend's records into a bounded queue; the ingest takes t
 batches, turns them into events with the agent's parser, and stores events and the backend
 cursor in one transaction (through the supervisor's ``append``) before they are published.
 After a restart the parser is rebuilt by replaying records up to the stored cursor without
-storing them again, so no event is lost or doubled. A watchdog stops an agent that prints
-nothing for ``AGENTFARM_WATCHDOG_SECONDS``.
+storing them again, so no event is lost or doubled. A watchdog (``watchdog``) stops an agent
+quiet for longer than its phase allows; the supervisor's ``park`` may then continue the run in
+a new process (a stall, a usage limit) instead of ending it.
 """
 
 from __future__ import annotations
@@ -22,12 +23,32 @@ from agentfarm.backends.base import ExitInfo, Record, RunHandle
 from agentfarm.domain import models
 from agentfarm.domain.redact import Redactor
 from agentfarm.settings import Settings
-from agentfarm.supervisor import budgets, events
+from agentfarm.supervisor import budgets, events, watchdog
 
 log = logging.getLogger(__name__)
 
 BATCH = 500
 _DONE = object()
+
+
+@dataclass(frozen=True)
+class Ending:
+    """How the agent process ended, as the ingest saw it."""
+
+    info: ExitInfo
+    #: The watchdog stopped a stalled agent, in this phase.
+    stalled: watchdog.Phase | None = None
+    #: The agent reported its result and was ended for not exiting.
+    ended_on_result: bool = False
+
+
+class Park(Protocol):
+    """The supervisor's say before a run ends: True when it continues the run instead (parked
+    until its usage limit resets, or resumed after a stall)."""
+
+    def __call__(
+        self, run: models.Run, parser: StreamParser, ending: Ending
+    ) -> Awaitable[bool]: ...
 
 
 class Append(Protocol):
@@ -57,6 +78,8 @@ class Ingest:
     #: Called once the run has ended and its last events are stored.
     forget: Callable[[str], None]
     tasks: set[asyncio.Task[Any]]
+    limits: watchdog.Limits
+    park: Park
     stored: int = 0
     #: Why agentfarm stopped a run (a budget), by run id: the error it ends with.
     stop_reasons: dict[str, str] = field(default_factory=dict)
@@ -74,10 +97,15 @@ class Ingest:
         queue: asyncio.Queue[Record | object] = asyncio.Queue(maxsize=4 * BATCH)
         pump = tasks.spawn(self._pump(queue), name=f"pump-{self.run.id}", into=self.tasks)
         try:
-            exit_info, watchdog_fired = await self._follow(queue)
+            ending = await self._follow(queue)
         finally:
             pump.cancel()
-        await self._conclude(exit_info, watchdog_fired)
+        # A stop a person asked for ends the run; the watchdog's own stop may continue it.
+        by_person = self.run.id in self.stop_requested and ending.stalled is None
+        if not by_person and await self.park(self.run, self.parser, ending):
+            self.stop_requested.discard(self.run.id)
+            return
+        await self._conclude(ending)
 
     async def _pump(self, queue: asyncio.Queue[Record | object]) -> None:
         try:
@@ -86,23 +114,20 @@ class Ingest:
         finally:
             await queue.put(_DONE)
 
-    async def _follow(self, queue: asyncio.Queue[Record | object]) -> tuple[ExitInfo, bool]:
+    async def _follow(self, queue: asyncio.Queue[Record | object]) -> Ending:
         run_id = self.run.id
         exit_info: ExitInfo | None = None
-        watchdog = self.settings.watchdog_seconds or None
-        watchdog_fired = False
+        tracker = watchdog.Tracker()
+        fired: watchdog.Phase | None = None
         last_summary: dict[str, Any] = {}
         pricer = self.pricer
         while exit_info is None:
+            quiet = None if fired else self.limits.quiet(tracker.phase)
             try:
-                item = await asyncio.wait_for(queue.get(), timeout=watchdog)
+                item = await asyncio.wait_for(queue.get(), timeout=quiet)
             except TimeoutError:
-                if not watchdog_fired:
-                    watchdog_fired = True
-                    notice = f"no output for {watchdog:.0f} s: stopping the agent"
-                    await self.append(run_id, [events.notice_event(notice)])
-                    self.stop_requested.add(run_id)
-                    await self.handle.stop(self.settings.stop_grace_seconds)
+                fired = tracker.phase
+                await self._quiet_too_long(fired, quiet or 0)
                 continue
             batch = [item]
             while len(batch) < BATCH and not queue.empty():
@@ -116,6 +141,7 @@ class Ingest:
                     )
                     break
                 new = events.translate(self.parser, entry, self.redactor)
+                tracker.feed(new)
                 if pricer is not None:
                     new = [pricer.result(d) for d in new]
                 if entry.kind == "exit":
@@ -123,7 +149,7 @@ class Ingest:
                 if entry.cursor > self.stored:
                     drafts.extend(new)
                     cursor = entry.cursor
-            summary = events.summary_fields(self.parser, pricer)
+            summary = events.summary_fields(self.parser, pricer, base=self.run.continuation)
             fields = summary if summary != last_summary else None
             last_summary = summary
             if drafts or cursor is not None:
@@ -134,12 +160,33 @@ class Ingest:
             reason = budgets.run_over(self.run.spec, self.parser.summary, summary.get("cost_usd"))
             if reason is not None and self.over_budget is not None and exit_info is None:
                 await self.over_budget(run_id, reason)
-        return exit_info, watchdog_fired
+        if fired is watchdog.Phase.result:
+            return Ending(exit_info, ended_on_result=True)
+        return Ending(exit_info, stalled=fired)
 
-    async def _conclude(self, info: ExitInfo, watchdog_fired: bool) -> None:
-        run, handle = self.run, self.handle
+    async def _quiet_too_long(self, phase: watchdog.Phase, quiet: float) -> None:
+        if phase is watchdog.Phase.result:
+            notice = (
+                f"the agent reported its result but had not exited {quiet:.0f} s later: "
+                "ending it; the run finishes on its result"
+            )
+        else:
+            notice = f"no output for {quiet:.0f} s {phase.waiting_for}: stopping the agent"
+            self.stop_requested.add(self.run.id)
+        await self.append(self.run.id, [events.notice_event(notice)])
+        await self.handle.stop(self.settings.stop_grace_seconds)
+
+    async def _conclude(self, ending: Ending) -> None:
+        run, handle, info = self.run, self.handle, ending.info
         stopped = info.stopped or (run.id in self.stop_requested and not info.lost)
-        outcome = self.parser.finish(info.exit_code, info.signal, stopped=stopped, lost=info.lost)
+        if ending.ended_on_result and self.parser.summary.saw_result:
+            # Ended for not exiting: the run finishes on what its result said.
+            stopped = run.id in self.stop_requested
+            outcome = self.parser.finish(0, None, stopped=stopped)
+        else:
+            outcome = self.parser.finish(
+                info.exit_code, info.signal, stopped=stopped, lost=info.lost
+            )
         error = outcome.error
         if info.lost and info.error:
             error = f"{error} ({info.error})" if error else info.error
@@ -154,9 +201,12 @@ class Ingest:
             error = self.stop_reasons[run.id]
         elif own_budget is not None and not info.lost:
             outcome.status, error = models.RunStatus.stopped, own_budget
-        if watchdog_fired:
-            quiet = self.settings.watchdog_seconds
-            error = f"the agent printed nothing for {quiet:.0f} s and was stopped"
+        if ending.stalled is not None:
+            quiet = self.limits.quiet(ending.stalled) or 0
+            error = (
+                f"stalled: no output for {quiet:.0f} s {ending.stalled.waiting_for}; "
+                "the agent was stopped"
+            )
             outcome.status = models.RunStatus.failed
         drafts: list[models.EventDraft] = []
         try:
@@ -174,7 +224,8 @@ class Ingest:
             "finished_at": models.utcnow(),
             "exit_code": info.exit_code,
             "error": error,
-            **events.summary_fields(self.parser, self.pricer),
+            "parked_until": None,
+            **events.summary_fields(self.parser, self.pricer, base=self.run.continuation),
         }
         redacted = [events.redact(d, self.redactor) for d in drafts]
         await self.append(run.id, redacted, run_fields=fields, final=True)

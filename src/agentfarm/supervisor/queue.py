@@ -59,6 +59,8 @@ class Holds:
 
     farm: str | None = None
     configs: Mapping[str, str] = field(default_factory=dict)
+    #: Single runs held (by run id), e.g. on credentials whose usage limit has not reset.
+    runs: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -105,6 +107,8 @@ def _held_by(
 ) -> str | None:
     if holds.farm:
         return holds.farm
+    if run.id in holds.runs:
+        return holds.runs[run.id]
     if run.config_id and run.config_id in holds.configs:
         return holds.configs[run.config_id]
     if counts.total >= caps.total:

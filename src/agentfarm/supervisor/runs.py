@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -33,7 +32,10 @@ from agentfarm.supervisor import (
     fleet,
     ingest,
     notify,
+    parking,
     queue,
+    resuming,
+    watchdog,
     webpush,
 )
 from agentfarm.supervisor.hub import Hub
@@ -42,7 +44,7 @@ from agentfarm.supervisor.retention import Retention
 log = logging.getLogger(__name__)
 
 
-class Supervisor:
+class Supervisor(resuming.Resuming):
     def __init__(
         self,
         settings: Settings,
@@ -73,12 +75,19 @@ class Supervisor:
         self.fleet = fleet.Fleet(settings, store, self.stop_for)
         self.dispatcher = dispatch.Dispatcher(self.fleet.plan, self._launch, self._tasks)
         self.files = files.RunFiles(store, self.backends, self.hub, self.dispatcher.active)
+        self.parking = parking.Parking(
+            settings, store, self.backends, self.adapters, self._append,
+            self._resume_parked, self.dispatcher.wake, self._tasks,
+        )  # fmt: skip
+        self.fleet.held = self.parking.holding
 
     # --- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
         await self.notifier.start()
-        for run in await self.store.active_runs():
-            if run.status != models.RunStatus.queued:
+        active = await self.store.active_runs()
+        self.parking.restore(active)
+        for run in active:
+            if run.status not in (models.RunStatus.queued, models.RunStatus.parked):
                 self.dispatcher.active.add(run.id)
                 tasks.spawn(self._resume(run), name=f"resume-{run.id}", into=self._tasks)
         tasks.spawn(self.dispatcher.run_forever(), name="dispatch", into=self._tasks)
@@ -124,7 +133,7 @@ class Supervisor:
         if not spec.prompt.strip():
             raise errors.InvalidInputError("the run has no prompt: give one in the config or run")
         # Fail early, before anything is queued.
-        (await self._credentials(spec)).require()
+        creds = (await self._credentials(spec)).require()
         await self.fleet.admit(config)
         run = models.Run(
             id=run_id or models.new_id(),
@@ -132,6 +141,7 @@ class Supervisor:
             config_id=config.id if config else None,
             config_name=config.name if config else None,
             origin=origin,
+            continuation=models.Continuation(credentials_key=creds.model_key),
         )
         run.branch = branch or launch.branch_name(run.id)
         await self.fleet.enqueue(run)
@@ -144,6 +154,8 @@ class Supervisor:
         if run.status.terminal:
             raise errors.ConflictError(f"run {run_id} has already ended ({run.status.value})")
         self._stop_requested.add(run_id)
+        if self._stop_parked(run):
+            return run
         if run.status == models.RunStatus.queued and run_id not in self.dispatcher.active:
             try:
                 return await self._finish_without_agent(
@@ -200,18 +212,7 @@ class Supervisor:
 
     # --- internals -----------------------------------------------------------------------
     async def _credentials(self, spec: models.AgentSpec) -> credentials.Credentials:
-        """Once per launch, off the loop: the secrets file is read here and nowhere else."""
-        return await asyncio.to_thread(
-            functools.partial(
-                credentials.resolve,
-                self.settings,
-                self.secrets,
-                spec.backend,
-                spec.agent,
-                repo=spec.repo,
-                git_token_secret=spec.git_token_secret,
-            )
-        )
+        return await credentials.for_spec(self.settings, self.secrets, spec)
 
     async def _append(
         self,
@@ -362,7 +363,7 @@ class Supervisor:
         timer = self.fleet.watch_time(current.model_copy(update=fields), self._tasks)
         try:
             await ingest.Ingest(
-                run=run,
+                run=current,
                 handle=handle,
                 parser=self.adapters[run.spec.agent].new_parser(),
                 redactor=redactor,
@@ -374,6 +375,8 @@ class Supervisor:
                 stored=await self.store.get_cursor(run.id),
                 stop_reasons=self._stop_reasons,
                 over_budget=self.stop_for,
+                limits=watchdog.Limits.of(self.settings, run.spec),
+                park=self.parking.park,
             ).run_to_end()
         finally:
             if timer is not None:

@@ -191,6 +191,19 @@ async def stop_run(run_id: RUN_ID, sup: Sup) -> models.Run:
     return await sup.stop_run(run_id)
 
 
+@router.post(
+    "/runs/{run_id}/resume",
+    status_code=202,
+    response_model=models.Run,
+    tags=["runs"],
+    responses={409: {"description": "The run is not parked."}},
+)
+async def resume_run(run_id: RUN_ID, sup: Sup) -> models.Run:
+    """Resume a parked run now, rather than when its usage limit resets: a new agent process
+    in its session, workspace and branch."""
+    return await sup.resume_run(run_id)
+
+
 @router.delete(
     "/runs/{run_id}",
     status_code=204,

@@ -24,6 +24,8 @@ from agentfarm.domain.present import (
     fmt_cost,
     fmt_duration,
     one_line,
+    parked_label,
+    rate_limit_summary,
     tool_summary,
 )
 
@@ -40,6 +42,7 @@ STATUS_CLASS = {
     "queued": "badge-neutral",
     "starting": "badge-info",
     "running": "badge-info",
+    "parked": "badge-warning",
     "succeeded": "badge-success",
     "failed": "badge-error",
     "stopped": "badge-warning",
@@ -54,6 +57,15 @@ def markdown(text: str) -> Markup:
 def badge(status: str) -> Markup:
     cls = STATUS_CLASS.get(status, "badge-neutral")
     return Markup('<span class="badge {}">{}</span>').format(cls, status)
+
+
+def run_badge(run: models.Run) -> Markup:
+    """A run's status badge; a parked run's says until when (``parked until 10:10 UTC``)."""
+    if run.status != models.RunStatus.parked:
+        return badge(run.status)
+    return Markup('<span class="badge {}">{}</span>').format(
+        STATUS_CLASS["parked"], parked_label(run.parked_until)
+    )
 
 
 def _clip(text: str) -> str:
@@ -148,6 +160,10 @@ def _body(event: models.Event) -> tuple[Markup, str]:
     if t == models.EventType.run_status:
         status = str(d.get("status", "?"))
         parts = [Markup("run {}").format(badge(status))]
+        if status == "parked":
+            until = parked_label(d.get("until")).removeprefix("parked")
+            reason = str(d.get("reason") or "").replace("_", " ")
+            parts.append(Markup('{} <span class="muted">({})</span>').format(until, reason))
         if d.get("branch"):
             parts.append(Markup(" on <code>{}</code>").format(d["branch"]))
         if d.get("exit_code") is not None:
@@ -162,6 +178,11 @@ def _body(event: models.Event) -> tuple[Markup, str]:
         # The template is ours (no outside text); the values are escaped by format.
         sentence = Markup(template).format(**code, error=values["error"])  # noqa: S704
         return sentence, " is-error" if failed else ""
+    if t == models.EventType.agent_rate_limit:
+        said = rate_limit_summary(d)
+        if said is None:
+            return Markup('<span class="muted">usage limit: {}</span>').format(d.get("status")), ""
+        return Markup('<span class="badge badge-warning">{}</span>').format(said), ""
     if t == models.EventType.run_notice:
         return Markup('<span class="muted">{}</span>').format(d.get("message", "")), ""
     if t == models.EventType.sandbox_egress_denied:

@@ -30,7 +30,7 @@ from agentfarm.backends.local.handle import (
 )
 from agentfarm.domain import backend_config, diffs, errors, launch, models
 from agentfarm.domain import egress as policies
-from agentfarm.domain.launch import GitAuth
+from agentfarm.domain.launch import GitAuth, LaunchSpec
 from agentfarm.settings import Settings
 
 NO_BWRAP = (
@@ -87,6 +87,25 @@ class LocalBackend:
     async def launch(
         self, run: models.Run, spec: launch.LaunchSpec
     ) -> tuple[LocalHandle, LaunchInfo]:
+        return await self._start(run, spec, resume=False)
+
+    async def resume(self, run: models.Run, spec: LaunchSpec) -> tuple[LocalHandle, LaunchInfo]:
+        """A new agent process for a run whose last one ended (parked for a usage limit, or
+        stopped after a stall): the same run directory, workspace, branch and HOME (where
+        the agent keeps its session), a new monitor and a new spool."""
+        run_dir = self.run_dir(run.id)
+        if not await asyncio.to_thread((run_dir / "workspace").is_dir):
+            raise errors.LaunchError(
+                f"run {run.id} cannot be resumed: its workspace {run_dir / 'workspace'} is gone"
+            )
+        if await asyncio.to_thread(monitor_running, run_dir):
+            raise errors.ConflictError(f"run {run.id} still has an agent running")
+        await asyncio.to_thread(_forget_process, run_dir, run.id)
+        return await self._start(run, spec, resume=True)
+
+    async def _start(
+        self, run: models.Run, spec: LaunchSpec, *, resume: bool
+    ) -> tuple[LocalHandle, LaunchInfo]:
         command = spec.command
         box = _sandbox(run)
         bwrap = find_bwrap() if box.mode == "bwrap" else None
@@ -105,25 +124,12 @@ class LocalBackend:
         run_dir = self.run_dir(run.id)
         workspace, home = run_dir / "workspace", run_dir / "home"
         agent = await asyncio.to_thread(binaries.find, command.binary, self.settings)
-        await asyncio.to_thread(self._prepare, run_dir, uid, gid)
-        # The monitor's interpreter starts while we clone: it waits for its spec on stdin.
-        monitor = await self._spawn_monitor(run_dir)
-        try:
-            branch = spec.branch
-            # The clone (and, at the end, the push) runs here, with the token in git's
-            # environment only: the sandbox never gets it.
-            await git.clone(run.spec.repo, workspace, run.spec.base_branch, spec.git_auth)
-            follow_up = launch.continues(run.spec.base_branch, branch)
-            if not follow_up:
-                await git.new_branch(workspace, branch)
-            start = await git.head(workspace)
-            state = {"branch": branch, "start": start, "continues": follow_up}
-            borrowed = await asyncio.to_thread(_save_git_state, run_dir, workspace, state)
-            if uid is not None:
-                await _chown(f"{uid}:{gid}", workspace, home)
-        except BaseException:
-            await _abandon(monitor)
-            raise
+        branch = spec.branch
+        if resume:
+            monitor = await self._spawn_monitor(run_dir)
+            borrowed = await asyncio.to_thread(git.alternates, workspace)
+        else:
+            monitor, borrowed = await self._new_workspace(run, spec, uid, gid)
 
         binds: list[sandbox.Bind] = []
         agent_dir = os.path.dirname(agent)
@@ -162,6 +168,33 @@ class LocalBackend:
         return self.handle(run, spec.git_auth), LaunchInfo(
             branch=branch, workspace=str(workspace), notices=notices
         )
+
+    async def _new_workspace(
+        self, run: models.Run, spec: LaunchSpec, uid: int | None, gid: int | None
+    ) -> tuple[asyncio.subprocess.Process, list[Path]]:
+        """The run directory, its clone on the run's branch and its HOME; the monitor,
+        spawned meanwhile; the paths the clone borrows objects from."""
+        run_dir = self.run_dir(run.id)
+        workspace, home, branch = run_dir / "workspace", run_dir / "home", spec.branch
+        await asyncio.to_thread(self._prepare, run_dir, uid, gid)
+        # The monitor's interpreter starts while we clone: it waits for its spec on stdin.
+        monitor = await self._spawn_monitor(run_dir)
+        try:
+            # The clone (and, at the end, the push) runs here, with the token in git's
+            # environment only: the sandbox never gets it.
+            await git.clone(run.spec.repo, workspace, run.spec.base_branch, spec.git_auth)
+            follow_up = launch.continues(run.spec.base_branch, branch)
+            if not follow_up:
+                await git.new_branch(workspace, branch)
+            start = await git.head(workspace)
+            state = {"branch": branch, "start": start, "continues": follow_up}
+            borrowed = await asyncio.to_thread(_save_git_state, run_dir, workspace, state)
+            if uid is not None:
+                await _chown(f"{uid}:{gid}", workspace, home)
+        except BaseException:
+            await _abandon(monitor)
+            raise
+        return monitor, borrowed
 
     async def attach(
         self, run: models.Run, *, git_auth: GitAuth | None = None
@@ -288,6 +321,14 @@ def _root_layout() -> tuple[list[str], list[str], list[str]]:
             dirs.append(path)
     etc = [name for name in sandbox.ETC_ALLOW if os.path.lexists(f"/etc/{name}")]
     return links, dirs, etc
+
+
+def _forget_process(run_dir: Path, run_id: str) -> None:
+    """Before a new agent process in an existing run directory: what is left of the last
+    one goes (its events are stored; a new spool starts at cursor 0)."""
+    kill_orphans(run_dir, run_id)
+    for name in (monitor_spec.SPOOL, monitor_spec.MONITOR_JSON, monitor_spec.SANDBOX_JSON):
+        (run_dir / name).unlink(missing_ok=True)
 
 
 def _save_git_state(run_dir: Path, workspace: Path, branch: Mapping[str, object]) -> list[Path]:

@@ -50,7 +50,12 @@ def find(name: str, settings: Settings) -> str:
             raise errors.LaunchError(f"the agent program {name!r} was not found")
         return native(os.path.realpath(name))
     configured = _configured(name, settings)
-    candidates: list[str | None] = [configured]
+    known = KNOWN.get(name)
+    if configured and known:  # the operator's explicit choice: that one or a clear error
+        if not os.access(configured, os.X_OK):
+            raise errors.ConfigurationError(f"{known[1]}={configured} is not an executable file")
+        return native(os.path.realpath(configured))
+    candidates: list[str | None] = []
     tools = os.environ.get("AGENTFARM_TOOLS")
     if tools:
         candidates.append(str(Path(tools) / "node_modules" / ".bin" / name))
@@ -58,9 +63,6 @@ def find(name: str, settings: Settings) -> str:
     for candidate in candidates:
         if candidate and os.access(candidate, os.X_OK):
             return native(os.path.realpath(candidate))
-    known = KNOWN.get(name)
-    if configured and known:
-        raise errors.ConfigurationError(f"{known[1]}={configured} is not an executable file")
     if known:
         _setting, env, what, make = known
         raise errors.ConfigurationError(

@@ -19,7 +19,7 @@ from agentfarm.supervisor.runs import Supervisor
 from agentfarm.web import api
 from agentfarm.web.pages import access, spend_card, templating
 
-FILTERS = ("active", "running", "queued", "succeeded", "failed", "stopped", "lost")
+FILTERS = ("active", "running", "parked", "queued", "succeeded", "failed", "stopped", "lost")
 
 router = APIRouter(include_in_schema=False)
 
@@ -40,11 +40,16 @@ Queue = dict[str, queue.QueueInfo]
 
 async def _dashboard_runs(sup: Supervisor, status: str | None) -> tuple[list[models.Run], Queue]:
     runs = await sup.store.list_runs(statuses=_statuses(status), limit=100)
-    # Running and queued first (queued in the queue's order), then the rest by recency
-    # (list_runs is newest first).
+    # Running, then parked and queued (queued in the queue's order), then the rest by
+    # recency (list_runs is newest first).
     queued = [r.id for r in runs if r.status == models.RunStatus.queued]
     places = await sup.queue_info(queued) if queued else {}
-    order = {models.RunStatus.running: 0, models.RunStatus.starting: 0, models.RunStatus.queued: 1}
+    order = {
+        models.RunStatus.running: 0,
+        models.RunStatus.starting: 0,
+        models.RunStatus.parked: 1,
+        models.RunStatus.queued: 1,
+    }
 
     def key(r: models.Run) -> tuple[int, int]:
         place = places.get(r.id)
@@ -53,10 +58,14 @@ async def _dashboard_runs(sup: Supervisor, status: str | None) -> tuple[list[mod
     return sorted(runs, key=key), places
 
 
+def _fingerprint(r: models.Run) -> tuple[object, ...]:
+    started = r.started_at is None
+    return (r.id, r.status, r.cost_usd, r.num_turns, r.branch, started, r.parked_until, r.warning)
+
+
 def _signature(runs: list[models.Run], places: Queue) -> str:
     return json.dumps(
-        [(r.id, r.status, r.cost_usd, r.num_turns, r.branch, r.started_at is None) for r in runs]
-        + [(k, v.model_dump()) for k, v in sorted(places.items())],
+        [_fingerprint(r) for r in runs] + [(k, v.model_dump()) for k, v in sorted(places.items())],
         default=str,
     )
 

@@ -131,6 +131,13 @@ async def run_stop(request: Request, who: access.Checked, run_id: RUN_ID) -> Res
     return templating.see_other(f"/runs/{run_id}")
 
 
+@router.post("/runs/{run_id}/resume")
+async def run_resume(request: Request, who: access.Checked, run_id: RUN_ID) -> Response:
+    with contextlib.suppress(errors.ConflictError):  # resumed or ended meanwhile: the page shows
+        await api.supervisor(request).resume_run(run_id)
+    return templating.see_other(f"/runs/{run_id}")
+
+
 @router.post("/runs/{run_id}/delete")
 async def run_delete(request: Request, who: access.Checked, run_id: RUN_ID) -> Response:
     try:

@@ -33,6 +33,7 @@ def _tokens(run: models.Run) -> int:
 
 templates.env.globals.update(
     badge=event_html.badge,
+    run_badge=event_html.run_badge,
     fmt_cost=fmt_cost,
     fmt_bytes=fmt_bytes,
     version=__version__,

@@ -93,9 +93,12 @@
       tpl.innerHTML = e.data.trim();
       if (head && tpl.content.firstElementChild) head.replaceWith(tpl.content.firstElementChild);
       const now = document.getElementById("run-head");
+      const resume = document.getElementById("resume-form");
+      if (now && resume) resume.hidden = now.dataset.status !== "parked";
       if (now && ["succeeded", "failed", "stopped", "lost"].indexOf(now.dataset.status) >= 0) {
         const stop = document.getElementById("stop-form");
         if (stop) stop.remove();
+        if (resume) resume.remove();
         const del = document.getElementById("delete-form");
         if (del) del.hidden = false;
       }

@@ -1,0 +1,122 @@
+"""The supervisor's operations on parked runs, mixed into ``Supervisor``: resume one (a person,
+now; or its timer, at the reset), stop one, and end one whose next process cannot start.
+
+A parked run has no agent process: its next one is started here, in the same workspace,
+branch and HOME, continuing its session (``parking.Parking.launch_spec``), and then followed
+by the supervisor's one path after a launch (``_attached``). A parked run that ends without
+one has its branch brought home as at any end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from agentfarm import tasks
+from agentfarm.backends.base import LaunchInfo, RunHandle
+from agentfarm.domain import errors, launch, models
+from agentfarm.domain.redact import Redactor
+from agentfarm.store import Store
+from agentfarm.supervisor import credentials, dispatch, events, parking
+from agentfarm.supervisor.hub import Hub
+
+
+class Resuming:
+    store: Store
+    hub: Hub
+    parking: parking.Parking
+    dispatcher: dispatch.Dispatcher
+    _tasks: set[asyncio.Task[Any]]
+    _stop_requested: set[str]
+
+    if TYPE_CHECKING:  # the supervisor's own (runs.py)
+
+        def _owning(
+            self, run: models.Run, status: models.RunStatus, what: str
+        ) -> contextlib.AbstractAsyncContextManager[None]: ...
+
+        async def _credentials(self, spec: models.AgentSpec) -> credentials.Credentials: ...
+
+        async def _append(
+            self,
+            run_id: str,
+            drafts: list[models.EventDraft],
+            *,
+            cursor: int | None = None,
+            run_fields: Mapping[str, Any] | None = None,
+            final: bool = False,
+        ) -> None: ...
+
+        async def _attached(
+            self,
+            run: models.Run,
+            handle: RunHandle,
+            info: LaunchInfo,
+            command: launch.AgentCommand,
+            redactor: Redactor,
+        ) -> None: ...
+
+    async def resume_run(self, run_id: str) -> models.Run:
+        """Resume a parked run now, rather than when its usage limit resets."""
+        run = await self.store.get_run(run_id)
+        if run.status != models.RunStatus.parked:
+            raise errors.ConflictError(
+                f"run {run_id} is {run.status.value}: only a parked run can be resumed"
+            )
+        await self._resume_parked(run, parking.PERSON)
+        self.parking.release(run)
+        return run
+
+    async def _resume_parked(self, run: models.Run, reason: str) -> None:
+        if run.id in self.dispatcher.active:
+            raise errors.ConflictError(f"run {run.id} is already being resumed or stopped")
+        self.parking.disarm(run.id)
+        self.dispatcher.active.add(run.id)
+        tasks.spawn(self._continue(run, reason), name=f"continue-{run.id}", into=self._tasks)
+
+    async def _continue(self, run: models.Run, reason: str) -> None:
+        """A parked run's next agent process: its session continued, in its workspace and
+        on its branch."""
+        async with self._owning(run, models.RunStatus.failed, "could not resume the run"):
+            try:
+                await self._append(
+                    run.id,
+                    [events.status_event(models.RunStatus.starting, reason=reason)],
+                    run_fields={"status": models.RunStatus.starting, "parked_until": None},
+                )
+            except errors.StatusConflictError:
+                return  # stopped meanwhile
+            creds: credentials.Credentials | None = None
+            try:
+                creds = await self._credentials(run.spec)
+                spec = self.parking.launch_spec(run, reason, creds.require())
+                handle, info = await self.parking.backend(run).resume(run, spec)
+            except errors.AgentfarmError as exc:
+                redactor = creds.redactor if creds else Redactor()
+                # The workspace is there: its branch goes home.
+                await self._end_parked(run, models.RunStatus.failed, redactor.text(str(exc)))
+                return
+            await self._attached(run, handle, info, spec.command, creds.redactor)
+
+    def _stop_parked(self, run: models.Run) -> bool:
+        """A person's stop of a parked run (True): it ends ``stopped``, its branch home."""
+        if run.status != models.RunStatus.parked or run.id in self.dispatcher.active:
+            return False
+        self.parking.disarm(run.id)
+        self.dispatcher.active.add(run.id)
+        stopping = self._end_parked(run, models.RunStatus.stopped, "stopped while parked")
+        tasks.spawn(stopping, name=f"unpark-{run.id}", into=self._tasks)
+        return True
+
+    async def _end_parked(self, run: models.Run, status: models.RunStatus, error: str) -> None:
+        """End a run between agent processes: its branch is brought home, as at any end."""
+        async with self._owning(run, status, "ending the parked run"):
+            creds: credentials.Credentials | None = None
+            with contextlib.suppress(errors.ConfigurationError, errors.InvalidInputError):
+                creds = await self._credentials(run.spec)
+            redactor = creds.redactor if creds else Redactor()
+            await self.parking.end(run, status, error, creds.git_auth if creds else None, redactor)
+            self._stop_requested.discard(run.id)
+            self.hub.forget(run.id)
