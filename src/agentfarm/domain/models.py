@@ -378,8 +378,9 @@ class Continuation(BaseModel):
     base_usage: Usage = Field(default_factory=Usage)
     base_num_turns: int | None = None
     #: A short digest of the model credentials the run uses (not the secret): runs with the
-    #: same digest share a usage limit.
-    credentials_key: str | None = None
+    #: same digest share a usage limit. Internal: left out of every dump (so of every API
+    #: response); the store writes it itself (``mapping``).
+    credentials_key: str | None = Field(default=None, exclude=True)
 
 
 class Run(BaseModel):
