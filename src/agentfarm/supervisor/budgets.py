@@ -12,7 +12,7 @@ at UTC midnight or on the first of the month, and stops running ones if so confi
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -112,12 +112,31 @@ class Reached:
         )
 
 
+#: Told of every reached budget found (the supervisor's notifications; it tells each once).
+OnReached = Callable[[Reached, models.AgentConfig | None], Awaitable[None]]
+
+
 class Budgets:
     """Day and month budgets against the store's spend figures."""
 
     def __init__(self, settings: Settings, stats: RunStats) -> None:
         self.settings = settings
         self.stats = stats
+        self.on_reached: OnReached | None = None
+
+    async def _tell(
+        self,
+        farm: Reached | None,
+        per_config: dict[str, Reached],
+        configs: list[models.AgentConfig],
+    ) -> None:
+        if self.on_reached is None:
+            return
+        if farm is not None:
+            await self.on_reached(farm, None)
+        by_id = {c.id: c for c in configs}
+        for config_id, found in per_config.items():
+            await self.on_reached(found, by_id.get(config_id))
 
     async def reached(
         self, configs: Iterable[models.AgentConfig], now: datetime | None = None
@@ -141,6 +160,7 @@ class Budgets:
         per_config: dict[str, Reached] = {}
         budgeted = [c for c in configs if c.daily_budget_usd or c.monthly_budget_usd]
         if not budgeted:
+            await self._tell(farm, per_config, budgeted)
             return farm, per_config
         by_day = await self.stats.spent_by_config(since=day)
         by_month = await self.stats.spent_by_config(since=month)
@@ -155,6 +175,7 @@ class Budgets:
                         f"config {config.name}", period, total, limit, resets
                     )
                     break
+        await self._tell(farm, per_config, budgeted)
         return farm, per_config
 
     async def holds(self, configs: Iterable[models.AgentConfig]) -> Holds:
