@@ -93,6 +93,9 @@ PromptDelivery = Literal["stdin", "argument", "none"]
 AgentKind = Literal["claude", "codex", "command"]
 #: Agents that report tokens but no price: their cost is estimated from a price table.
 ESTIMATED_COST_AGENTS = frozenset({"codex"})
+#: Agents whose output is plain lines (no protocol): they report no cost and no turns, so only
+#: the time budget holds for them, and all their silence is a tool's (the watchdog).
+OUTPUT_ONLY_AGENTS = frozenset({"command"})
 
 
 class CommandSpec(_Strict):

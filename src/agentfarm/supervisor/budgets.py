@@ -33,6 +33,19 @@ def spent(summary: Summary, cost: float | None = None) -> float | None:
     return max(figures) if figures else None
 
 
+def check_supported(spec: models.AgentSpec) -> None:
+    """Refuse (400) a dollar or turn budget on an agent that reports neither: it could not
+    hold, and a budget silently ignored is worse than none."""
+    if spec.agent not in models.OUTPUT_ONLY_AGENTS:
+        return
+    given = [n for n in ("max_budget_usd", "max_turns") if getattr(spec, n) is not None]
+    if given:
+        raise errors.InvalidInputError(
+            f"the {spec.agent} agent reports no cost and no turns, so {' and '.join(given)} "
+            "cannot hold for it: remove it and use max_minutes (the time budget) instead"
+        )
+
+
 def money(value: float) -> str:
     return f"${value:,.2f}"
 

@@ -26,6 +26,7 @@ from agentfarm.store import Store, push
 from agentfarm.store.secrets import SecretStore
 from agentfarm.supervisor import (
     announce,
+    budgets,
     credentials,
     dispatch,
     events,
@@ -135,6 +136,7 @@ class Supervisor(resuming.Resuming):
             )
         if not spec.prompt.strip():
             raise errors.InvalidInputError("the run has no prompt: give one in the config or run")
+        budgets.check_supported(spec)
         # Fail early, before anything is queued.
         creds = (await self._credentials(spec)).require()
         await self.fleet.admit(config)
