@@ -185,10 +185,15 @@ async def test_a_run_stopped_by_its_own_budget_is_told_naming_the_budget(
     await sup.start()
     done = await ended(store, run.id)
     assert done.status is models.RunStatus.stopped
-    (note,) = recorded(sup).sent
+    # Told as a stop (if wanted) and as a budget reached (sent by default): both name it.
+    note, budget = recorded(sup).sent
     assert note.kind is notify.Kind.run_stopped
     assert note.title == f"agentfarm: run {run.id} stopped by a budget"
     assert "stopped by a budget: turns: 2 of 2" in note.body
+    assert budget.kind is notify.Kind.budget_reached and budget.run_id == run.id
+    assert budget.title == f"agentfarm: run {run.id} stopped by its budget"
+    assert budget.body == "turns: 2 of 2: one-off run, agent claude was stopped"
+    assert sup.notifier.wants(budget.kind) and not sup.notifier.wants(note.kind)
 
 
 async def test_a_parked_run_takes_no_cap_slot(
@@ -211,3 +216,18 @@ async def test_a_parked_run_takes_no_cap_slot(
     assert (await store.get_run(parked.id)).status is models.RunStatus.parked
     await sup.stop_run(parked.id)
     await ended(store, parked.id)
+
+
+def test_a_run_stopped_by_a_day_budget_is_not_a_budget_of_its_own(tmp_path: Path) -> None:
+    # The day's budget was told once already; its stopped runs each say it, as stops.
+    settings = make_settings(tmp_path / "data")
+    run = models.Run(
+        spec=spec(), status=models.RunStatus.stopped,
+        error="budget: farm daily $2.00 spent of $1.00; it resets at 2026-12-01 00:00 UTC",
+    )  # fmt: skip
+    assert notify.for_own_budget(settings, run) is None
+    note = notify.for_run(settings, run)
+    assert note is not None and note.title.endswith("stopped by a budget")
+    assert notify.for_own_budget(settings, run.model_copy(update={"error": "time: 5 min"}))
+    stopped_by_person = run.model_copy(update={"error": None})
+    assert notify.for_own_budget(settings, stopped_by_person) is None

@@ -36,12 +36,16 @@ class Announcer:
             log.warning("could not send the notification that %s", what, exc_info=True)
 
     async def ended(self, run_id: str) -> None:
+        """A run ended; one stopped by its own budget is also a budget reached."""
         try:
-            note = notify.for_run(self.settings, await self.store.get_run(run_id))
+            run = await self.store.get_run(run_id)
+            note = notify.for_run(self.settings, run)
+            budget = notify.for_own_budget(self.settings, run)
         except Exception:
             log.warning("run %s: could not build its notification", run_id, exc_info=True)
             return
         await self._send(f"run {run_id} ended", note)
+        await self._send(f"run {run_id} was stopped by its budget", budget)
 
     async def parked(self, run_id: str) -> None:
         """A run parked at the model's usage limit (a stall's resume is not a park to tell)."""

@@ -88,6 +88,8 @@ def run_link(settings: Settings, run_id: str) -> str | None:
 
 
 #: How the reasons of a run stopped by its own budget (``budgets``) begin.
+OWN_BUDGET_REASONS = ("budget: $", "turns: ", "time: ")
+#: ... and by any budget (a day or month one: ``budget: farm daily ...``).
 BUDGET_REASONS = ("budget: ", "turns: ", "time: ")
 
 _KIND_OF_STATUS = {
@@ -123,6 +125,24 @@ def for_run(settings: Settings, run: models.Run) -> Notification | None:
         kind=kind,
         title=f"agentfarm: run {run.id} {run.status.value}" + (" by a budget" if by_budget else ""),
         body="\n".join(lines),
+        url=run_link(settings, run.id),
+        run_id=run.id,
+        config_name=run.config_name,
+        secrets=tuple(run.spec.notify_secrets),
+    )
+
+
+def for_own_budget(settings: Settings, run: models.Run) -> Notification | None:
+    """A run stopped by its own budget is a budget reached, too (``budget_reached`` is sent by
+    default, ``run_stopped`` is not); None for any other run."""
+    error = (run.error or "").strip()
+    if run.status != models.RunStatus.stopped or not error.startswith(OWN_BUDGET_REASONS):
+        return None
+    who = run.config_name or "one-off run"
+    return Notification(
+        kind=Kind.budget_reached,
+        title=f"agentfarm: run {run.id} stopped by its budget",
+        body=f"{error.splitlines()[0][:ERROR_CHARS]}: {who}, agent {run.spec.agent} was stopped",
         url=run_link(settings, run.id),
         run_id=run.id,
         config_name=run.config_name,
