@@ -168,6 +168,11 @@ async def test_a_reached_day_budget_is_told_once_however_many_runs_it_holds(
     await sup.fleet.check_budgets()
     assert told.kinds() == ["budget_reached", "budget_reached"]
     assert told.sent[1].body.startswith("budget: farm daily $201.50 spent of $100.00")
+    # A restarted server remembers what it told.
+    again = supervisors(daily_budget_usd=100.0)
+    await again.fleet.check_budgets()
+    await again.fleet.plan(set())
+    assert recorded(again).sent == []
     for run in held:
         assert (await store.get_run(run.id)).status is models.RunStatus.queued
         await sup.stop_run(run.id)

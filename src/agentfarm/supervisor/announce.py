@@ -1,6 +1,6 @@
 """What the supervisor tells the notification targets, and when: a run ended, parked at the
 model's usage limit, resumed; a day or month budget reached (once per budget and period, not
-once per run it holds).
+once per run it holds, and not again after a restart: the store's flags remember it).
 
 Every message goes through ``notify.Notifier.notify``, which only starts a background send: a
 slow or failing notifier never holds up or changes a run. A failure to build a message is
@@ -15,6 +15,7 @@ from datetime import datetime
 from agentfarm.domain import models
 from agentfarm.settings import Settings
 from agentfarm.store import Store
+from agentfarm.store.pipeline import PipelineStore
 from agentfarm.supervisor import budgets, notify, parking
 
 log = logging.getLogger(__name__)
@@ -25,6 +26,7 @@ class Announcer:
         self.settings = settings
         self.store = store
         self.notifier = notifier
+        self.flags = PipelineStore(store.database)  # its farm-wide flags table
         #: Budgets already told, with when they reset: (scope, period) -> reset time.
         self._told: dict[tuple[str, str], datetime] = {}
 
@@ -72,5 +74,13 @@ class Announcer:
         if key in self._told:
             return
         self._told[key] = reached.resets_at
+        # Remembered in the store too, so that a restart does not tell it again.
+        flag, value = f"notified.budget:{reached.scope}:{reached.period}", reached.resets_at
+        try:
+            if await self.flags.get_flag(flag) == value.isoformat():
+                return
+            await self.flags.set_flag(flag, value.isoformat())
+        except Exception:  # told at most once more; never in the way of the queue
+            log.warning("could not read or record a budget's notification", exc_info=True)
         note = notify.for_budget(self.settings, reached.sentence, config=config)
         await self._send(f"the {reached.scope} {reached.period} budget was reached", note)
