@@ -117,7 +117,7 @@ class Ingest:
     async def _follow(self, queue: asyncio.Queue[Record | object]) -> Ending:
         run_id = self.run.id
         exit_info: ExitInfo | None = None
-        tracker = watchdog.Tracker()
+        tracker = watchdog.Tracker.of(self.run.spec)
         fired: watchdog.Phase | None = None
         last_summary: dict[str, Any] = {}
         pricer = self.pricer
