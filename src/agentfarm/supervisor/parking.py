@@ -15,7 +15,6 @@ stored; ``restore`` re-arms the timers.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime, timedelta
@@ -36,6 +35,8 @@ log = logging.getLogger(__name__)
 USAGE_LIMIT, STALLED, PERSON = "usage_limit", "stalled", "person"
 #: An ended run a person continued with a new prompt (``Resuming.resume_run``).
 CONTINUED = "continued"
+#: A due resume that finds the run still busy (its last process winding up) looks again after.
+RETRY_SECONDS = 0.2
 
 PROMPTS = {
     USAGE_LIMIT: "The model's usage limit has reset. Continue the task from where you "
@@ -252,10 +253,14 @@ class Parking:
         if delay > 0:
             await asyncio.sleep(delay)
         self._timers.pop(run_id, None)
-        run = await self.store.get_run(run_id)
-        if run.status == models.RunStatus.parked:
-            with contextlib.suppress(errors.ConflictError):  # a person was quicker
+        while (run := await self.store.get_run(run_id)).status == models.RunStatus.parked:
+            try:
                 await self.resume(run, run.continuation.reason or USAGE_LIMIT)
+                return
+            except errors.ConflictError:
+                # The process before is still being wound up (a reset already past fires at
+                # once), or a person is resuming or stopping it: look again shortly.
+                await asyncio.sleep(RETRY_SECONDS)
 
     def _expire(self) -> None:
         now = models.utcnow()

@@ -135,16 +135,28 @@ class MessageRequest(BaseModel):
     tags=["runs"],
     responses={429: {"description": "The queue is full, or a budget refuses launches."}},
 )
-async def create_run(body: RunRequest, sup: Sup, st: St) -> RunOut:
-    spec, config = await resolve_run(body, st)
+async def create_run(request: Request, body: RunRequest, sup: Sup, st: St) -> RunOut:
+    spec, config = await resolve_run(body, st, request)
     run = await sup.submit(spec, config=config, origin=body.origin)
     return (await with_queue(sup, [run]))[0]
 
 
 async def resolve_run(
-    body: RunRequest, st: Store
+    body: RunRequest, st: Store, request: Request
 ) -> tuple[models.AgentSpec, models.AgentConfig | None]:
-    """What a run request launches: its saved config's spec or its own, prompt overridden."""
+    """What a run request launches: its saved config's spec or its own, prompt overridden.
+
+    A one-off spec naming a stored secret to send to its repository's host
+    (``git_token_secret``) needs the admin scope, as writing a config does: otherwise anyone
+    who may launch could send any stored secret to a host of their choosing."""
+    if body.spec is not None and body.spec.git_token_secret:
+        principal = getattr(request.state, "principal", None)
+        if principal is None or "admin" not in principal.scopes:
+            raise errors.ForbiddenError(
+                "a spec that names git_token_secret needs the admin scope (it sends that "
+                "secret to the repository's host): launch a config an admin saved with it, "
+                "or ask an admin"
+            )
     config: models.AgentConfig | None = None
     if body.config is not None:
         try:
