@@ -77,6 +77,8 @@ TERMINAL_STATUSES = frozenset(
 ACTIVE_STATUSES = frozenset(
     {RunStatus.queued, RunStatus.starting, RunStatus.running, RunStatus.parked}
 )
+#: Ended runs a person may continue with a new prompt (a new agent process in their session).
+CONTINUABLE_STATUSES = frozenset({RunStatus.succeeded, RunStatus.failed, RunStatus.stopped})
 
 PermissionMode = Literal["default", "acceptEdits", "bypassPermissions", "plan"]
 #: Who asked for a run: a person (the cockpit, the CLI), the AFK pipeline, or another program
@@ -191,6 +193,13 @@ class AgentSpec(_Strict):
         None,
         validate_default=True,
         description="For `agent: command` only: `{argv: [...], prompt: stdin|argument|none}`.",
+    )
+    followup_window_seconds: int = Field(
+        0,
+        ge=0,
+        le=86_400,
+        description="Keep the run open this long after a turn ends, for a follow-up message "
+        "(`agentfarm send`, the run page's reply box); 0: the run ends at its result.",
     )
     notify_secrets: list[str] = Field(
         default_factory=list,
@@ -440,6 +449,10 @@ class EventType(StrEnum):
     agent_stderr = "agent.stderr"
     agent_unparsed = "agent.unparsed"
     user_message = "user.message"
+    #: A person interrupted the agent's running turn (the run goes on).
+    user_interrupt = "user.interrupt"
+    #: A turn ended and the agent waits for a follow-up: {seconds} from the event's time.
+    run_waiting = "run.waiting"
     sandbox_egress_denied = "sandbox.egress_denied"
 
 

@@ -32,7 +32,7 @@ _S = models.RunStatus
 #: The status changes a run may make. The check and the write happen in one transaction on the
 #: single writer thread, so it is a compare-and-set: a run leaves ``queued`` only while it is
 #: still queued (two launchers cannot both take it), and nothing leaves a terminal status (not
-#: even for the same one again).
+#: even for the same one again) unless ``REOPEN`` says so.
 NEXT_STATUSES: Mapping[models.RunStatus, frozenset[models.RunStatus]] = {
     _S.queued: frozenset({_S.starting, _S.running}) | models.TERMINAL_STATUSES,
     _S.starting: frozenset({_S.running}) | models.TERMINAL_STATUSES,
@@ -41,6 +41,10 @@ NEXT_STATUSES: Mapping[models.RunStatus, frozenset[models.RunStatus]] = {
     _S.parked: frozenset({_S.parked, _S.starting}) | models.TERMINAL_STATUSES,
     **{status: frozenset() for status in models.TERMINAL_STATUSES},
 }
+#: Not a run field: given with the fields, it lets an ended run (``CONTINUABLE_STATUSES``) go
+#: back to ``starting``, once (the compare-and-set holds): a person continues it with a new
+#: prompt (supervisor/continuing.py). Without it nothing leaves a terminal status.
+REOPEN = mapping.REOPEN
 _TERMINAL = tuple(s.value for s in models.RunStatus if s in models.TERMINAL_STATUSES)
 
 
@@ -347,6 +351,8 @@ class Store:
 
 def _update_run(conn: sqlite3.Connection, run_id: str, fields: Mapping[str, Any]) -> models.Run:
     """Validate ``fields`` against the current run and write them; runs on the writer thread."""
+    fields = dict(fields)
+    reopen = bool(fields.pop(REOPEN, False))
     row = conn.execute(f"{_RUN_SELECT} WHERE id = ?", (run_id,)).fetchone()
     if row is None:
         raise _run_not_found(run_id)
@@ -358,7 +364,10 @@ def _update_run(conn: sqlite3.Connection, run_id: str, fields: Mapping[str, Any]
         run = models.Run.model_validate({**dict(current), **fields})
     except pydantic.ValidationError as exc:
         raise errors.InvalidInputError(f"invalid run fields for run {run_id}: {exc}") from exc
-    if "status" in fields and run.status not in NEXT_STATUSES[current.status]:
+    allowed = NEXT_STATUSES[current.status]
+    if reopen and current.status in models.CONTINUABLE_STATUSES:
+        allowed = frozenset({_S.starting})
+    if "status" in fields and run.status not in allowed:
         raise errors.StatusConflictError(
             f"run {run_id} is {current.status.value}; it cannot become {run.status.value}",
             current=current.status.value,
