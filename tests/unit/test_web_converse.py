@@ -77,12 +77,13 @@ async def test_the_reply_box_sends_and_interrupts_and_says_why_not(tmp_path: Pat
 
 def test_waiting_and_interrupt_events_read_well() -> None:
     when = models.utcnow()
+    run_id = models.new_id()  # the HTML cache is keyed by (run, seq): not another test's "r"
     waiting = models.Event(
-        run_id="r", seq=1, type=models.EventType.run_waiting, data={"seconds": 90}, ts=when
+        run_id=run_id, seq=1, type=models.EventType.run_waiting, data={"seconds": 90}, ts=when
     )
     html = event_html.event_html(waiting)
     assert "waiting for a follow-up (ends in 90 s" in html
-    interrupt = models.Event(run_id="r", seq=2, type=models.EventType.user_interrupt, ts=when)
+    interrupt = models.Event(run_id=run_id, seq=2, type=models.EventType.user_interrupt, ts=when)
     assert "you interrupted the turn" in event_html.event_html(interrupt)
 
 

@@ -10,7 +10,6 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
-    ConfigDict,
     Field,
     ValidationInfo,
     computed_field,
@@ -19,6 +18,15 @@ from pydantic import (
 )
 
 from agentfarm.domain import backend_config, gittokens
+
+# Re-exported: the rest of the code names them ``models.X``.
+from agentfarm.domain.agent_options import CommandSpec as CommandSpec
+from agentfarm.domain.agent_options import PromptDelivery as PromptDelivery
+from agentfarm.domain.agent_options import Strict as _Strict
+from agentfarm.domain.agent_options import WatchdogSpec as WatchdogSpec
+from agentfarm.domain.events import Event as Event
+from agentfarm.domain.events import EventDraft as EventDraft
+from agentfarm.domain.events import EventType as EventType
 
 SLUG_RE = backend_config.SLUG_RE
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -87,58 +95,12 @@ PermissionMode = Literal["default", "acceptEdits", "bypassPermissions", "plan"]
 RunOrigin = Literal["person", "pipeline", "api"]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
-
-
-PromptDelivery = Literal["stdin", "argument", "none"]
 AgentKind = Literal["claude", "codex", "command"]
 #: Agents that report tokens but no price: their cost is estimated from a price table.
 ESTIMATED_COST_AGENTS = frozenset({"codex"})
 #: Agents whose output is plain lines (no protocol): they report no cost and no turns, so only
 #: the time budget holds for them, and all their silence is a tool's (the watchdog).
 OUTPUT_ONLY_AGENTS = frozenset({"command"})
-
-
-class CommandSpec(_Strict):
-    """The generic command agent's program: any command line, its output shown line by line,
-    its exit code deciding the run's status."""
-
-    argv: list[Annotated[str, Field(min_length=1, max_length=4096)]] = Field(
-        ...,
-        min_length=1,
-        max_length=200,
-        description="The program and its arguments, e.g. `[sh, -c, 'make fix']`: a path, or "
-        "a name found on the server's PATH.",
-    )
-    prompt: PromptDelivery = Field(
-        "stdin",
-        description="How the prompt reaches it: `stdin` (then stdin closes), `argument` (the "
-        "last argument) or `none`.",
-    )
-
-    @field_validator("argv")
-    @classmethod
-    def _check_argv(cls, value: list[str]) -> list[str]:
-        if any("\x00" in arg for arg in value):
-            raise ValueError("an argument may not contain a NUL character")
-        if value[0].startswith("-"):
-            raise ValueError("the first item must be the program, not an option")
-        return value
-
-
-class WatchdogSpec(_Strict):
-    """A config's watchdog thresholds; each one left out is the server's setting."""
-
-    model_stall_seconds: float | None = Field(
-        None, ge=0, le=86_400, description="Waiting for the model with no output (0: never)."
-    )
-    tool_quiet_seconds: float | None = Field(
-        None, ge=0, le=7 * 86_400, description="A tool running without output (0: never)."
-    )
-    stall_resumes: int | None = Field(
-        None, ge=0, le=100, description="Resumes after a stall before the run fails."
-    )
 
 
 class AgentSpec(_Strict):
@@ -429,41 +391,3 @@ class Run(BaseModel):
     def cost_estimated(self) -> bool:
         """The cost comes from agentfarm's price table (the agent reports tokens only)."""
         return self.spec.agent in ESTIMATED_COST_AGENTS
-
-
-class EventType(StrEnum):
-    run_status = "run.status"
-    run_notice = "run.notice"
-    #: Where the run's branch ended up: {branch, start, head, commits, pushed, error}.
-    run_branch = "run.branch"
-    agent_init = "agent.init"
-    agent_text = "agent.text"
-    agent_thinking = "agent.thinking"
-    agent_tool_call = "agent.tool_call"
-    agent_tool_result = "agent.tool_result"
-    agent_result = "agent.result"
-    #: The model's usage-limit state as the agent reported it: {status, resets_at, limit_type,
-    #: utilization, source}; ``status`` is ``allowed``, ``allowed_warning`` or ``rejected``.
-    agent_rate_limit = "agent.rate_limit"
-    agent_system = "agent.system"
-    agent_stderr = "agent.stderr"
-    agent_unparsed = "agent.unparsed"
-    user_message = "user.message"
-    #: A person interrupted the agent's running turn (the run goes on).
-    user_interrupt = "user.interrupt"
-    #: A turn ended and the agent waits for a follow-up: {seconds} from the event's time.
-    run_waiting = "run.waiting"
-    sandbox_egress_denied = "sandbox.egress_denied"
-
-
-class EventDraft(BaseModel):
-    """An event before the store gives it its sequence number."""
-
-    type: str
-    data: dict[str, Any] = Field(default_factory=dict)
-    ts: datetime = Field(default_factory=utcnow)
-
-
-class Event(EventDraft):
-    run_id: str
-    seq: int
