@@ -3,11 +3,12 @@ agent, what is recorded, and the 409s with their reasons."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from agentfarm.agents.base import AgentAdapter
 from agentfarm.agents.claude import ClaudeAdapter
 from agentfarm.agents.codex import CodexAdapter
 from agentfarm.agents.command import CommandAdapter
@@ -20,27 +21,24 @@ from agentfarm.store.secrets import SecretStore
 from agentfarm.supervisor import events, watchdog
 from agentfarm.supervisor.runs import Supervisor
 from tests.unit.conftest import make_settings
-from tests.unit.test_supervisor_runs import ended, has_status, slow_script
+from tests.unit.supervisor_kit import ended, has_status, slow_script
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    store = await Store.open(tmp_path / "data" / "agentfarm.db")
-    yield store
-    await store.close()
+def backend_script() -> fake.Script:
+    return slow_script
 
 
 @pytest.fixture
-async def sup(tmp_path: Path, store: Store) -> AsyncIterator[tuple[Supervisor, FakeBackend]]:
-    backend = FakeBackend(slow_script)
-    settings = make_settings(tmp_path / "data", openai_api_key="sk-openai-test")
-    adapters = {"claude": ClaudeAdapter(), "codex": CodexAdapter(), "command": CommandAdapter()}
-    supervisor = Supervisor(
-        settings, store, SecretStore(settings.secrets_path), {"local": backend}, adapters
-    )
-    yield supervisor, backend
-    await supervisor.close()
-    await backend.shutdown()
+def adapters() -> dict[str, AgentAdapter]:
+    return {"claude": ClaudeAdapter(), "codex": CodexAdapter(), "command": CommandAdapter()}
+
+
+@pytest.fixture
+def sup(
+    supervisors: Callable[..., Supervisor], backend: FakeBackend
+) -> tuple[Supervisor, FakeBackend]:
+    return supervisors(openai_api_key="sk-openai-test"), backend
 
 
 async def running(sup: Supervisor, store: Store, **fields: object) -> models.Run:
