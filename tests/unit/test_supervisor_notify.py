@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -34,13 +34,6 @@ def failing_script(run: models.Run, command: launch.AgentCommand) -> list[Step]:
         Step("stderr", b"fatal: the repository went away\nsecond line of the story"),
         Step("exit", exit=ExitInfo(exit_code=3)),
     ]
-
-
-@pytest.fixture
-def endpoint() -> Iterator[JsonEndpoint]:
-    server = JsonEndpoint()
-    yield server
-    server.close()
 
 
 async def run_once(sup: Supervisor, store: Store, **spec: object) -> models.Run:
