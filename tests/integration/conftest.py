@@ -20,6 +20,18 @@ def git(repo: Path, *args: str) -> str:
     ).stdout
 
 
+def agent_script(tmp_path: Path, body: str) -> str:
+    """Writes ``body`` as an executable shell script (a command agent) under ``tmp_path``;
+    its path."""
+    bindir = tmp_path / "agents"
+    bindir.mkdir(exist_ok=True)
+    bindir.chmod(0o755)
+    path = bindir / "agent.sh"
+    path.write_text(body)
+    path.chmod(0o755)
+    return str(path)
+
+
 @pytest.fixture
 def source(tmp_path: Path) -> Path:
     """A git repository with one commit on `main`."""

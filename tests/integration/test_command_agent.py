@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from tests.integration.conftest import agent_script as script
 from tests.integration.conftest import git
 from tests.integration.server import Server, events, post_run
 
@@ -30,16 +31,6 @@ echo "committed: $prompt"
 @pytest.fixture
 def server(serve: Callable[[dict[str, str]], Server]) -> Server:
     return serve({"ANTHROPIC_API_KEY": SECRET, "AGENTFARM_STOP_GRACE_SECONDS": "3"})
-
-
-def script(tmp_path: Path, body: str) -> str:
-    bindir = tmp_path / "agents"
-    bindir.mkdir(exist_ok=True)
-    bindir.chmod(0o755)
-    path = bindir / "agent.sh"
-    path.write_text(body)
-    path.chmod(0o755)
-    return str(path)
 
 
 def submit(srv: Server, source: Path, command: dict[str, Any], prompt: str) -> str:
