@@ -12,17 +12,24 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    JsonValue,
     ValidationInfo,
     computed_field,
     field_validator,
     model_validator,
 )
 
-from agentfarm.domain import backend_config, gittokens
+from agentfarm.domain import backend_config, gittokens, launch
 
 SLUG_RE = backend_config.SLUG_RE
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+#: ``launch.valid_branch`` as a JSON Schema pattern, short names only (no ``refs/...``).
+BRANCH_PATTERN = (
+    r"^(?!-|/|\.|refs/)(?!(?:HEAD|@)$)(?!.*(?:\.\.|//|@\{|/\.|\.lock/))"
+    r"(?!.*(?:/|\.|\.lock)$)[^\x00-\x20\x7f~^:?*\[\\]{1,255}$"
+)
 SECRET_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+SECRET_NAME_SCHEMA: dict[str, Any] = {"pattern": SECRET_NAME_RE.pattern}
 #: Stored secrets that are never a git token: forges' webhook secrets
 #: (``pipeline.webhook_secret_name``).
 NOT_GIT_TOKENS_PREFIX = "FORGE_WEBHOOK_"
@@ -99,7 +106,17 @@ class CommandSpec(_Strict):
     """The generic command agent's program: any command line, its output shown line by line,
     its exit code deciding the run's status."""
 
-    argv: list[Annotated[str, Field(min_length=1, max_length=4096)]] = Field(
+    argv: list[
+        Annotated[
+            str,
+            # Not blank once stripped, no NUL (the validator below), said in the schema.
+            Field(
+                min_length=1,
+                max_length=4096,
+                json_schema_extra={"pattern": r"^[^\x00]*[^\s\x00][^\x00]*$"},
+            ),
+        ]
+    ] = Field(
         ...,
         min_length=1,
         max_length=200,
@@ -139,16 +156,48 @@ class WatchdogSpec(_Strict):
 class AgentSpec(_Strict):
     """Everything needed to launch an agent; the part of a config a run snapshots."""
 
+    # The validators' rules across fields, said in the schema: a `command` exactly for the
+    # command agent, a git token only for an http(s) repository.
+    model_config = ConfigDict(
+        json_schema_extra={
+            "allOf": [
+                {
+                    "if": {"required": ["agent"], "properties": {"agent": {"const": "command"}}},
+                    "then": {
+                        "required": ["command"],
+                        "properties": {"command": {"type": "object"}},
+                    },
+                    "else": {"properties": {"command": {"type": "null"}}},
+                },
+                {
+                    "if": {
+                        "required": ["git_token_secret"],
+                        "properties": {"git_token_secret": {"type": "string", "minLength": 1}},
+                    },
+                    "then": {"properties": {"repo": {"pattern": "^[hH][tT][tT][pP][sS]?://"}}},
+                },
+            ]
+        }
+    )
+
     agent: AgentKind = Field(
         "claude",
         description="Agent CLI: `claude` (Claude Code), `codex` (OpenAI Codex CLI) or `command` "
         "(any program, see `command`).",
     )
     repo: str = Field(
-        ..., min_length=1, max_length=4096, description="Local path or git URL to clone."
+        ...,
+        min_length=1,
+        max_length=4096,
+        description="Local path or git URL to clone.",
+        # What the validator below refuses, said in the schema (no option, no ext::).
+        json_schema_extra={"pattern": r"^(?!-)(?![eE][xX][tT]::)[^\x00\n]+$"},
     )
     base_branch: str | None = Field(
-        None, max_length=255, description="Branch to start from; default: the repo's HEAD."
+        None,
+        max_length=255,
+        description="Branch to start from; default: the repo's HEAD.",
+        json_schema_extra={"pattern": BRANCH_PATTERN},
     )
     prompt: str = Field("", max_length=200_000, description="The task for the agent.")
     model: str | None = Field(
@@ -182,14 +231,22 @@ class AgentSpec(_Strict):
         None, max_length=100_000, description="Text appended to the agent's system prompt."
     )
     env: dict[str, Annotated[str, Field(max_length=32_768)]] = Field(
-        default_factory=dict, description="Extra environment variables for the agent."
+        default_factory=dict,
+        description="Extra environment variables for the agent.",
+        json_schema_extra={
+            "maxProperties": 200,
+            "propertyNames": {
+                "pattern": ENV_NAME_RE.pattern,
+                "not": {"enum": list[JsonValue](sorted(RESERVED_ENV))},
+            },
+        },
     )
     command: CommandSpec | None = Field(
         None,
         validate_default=True,
         description="For `agent: command` only: `{argv: [...], prompt: stdin|argument|none}`.",
     )
-    notify_secrets: list[str] = Field(
+    notify_secrets: list[Annotated[str, Field(json_schema_extra=SECRET_NAME_SCHEMA)]] = Field(
         default_factory=list,
         max_length=20,
         description="Names of stored secrets (`agentfarm secret set NAME`), each holding Apprise "
@@ -273,8 +330,11 @@ class AgentSpec(_Strict):
     def _check_branch(cls, value: str | None) -> str | None:
         if value is None or value == "":
             return None
-        if value.startswith("-") or ".." in value or any(c in value for c in " ~^:?*[\\\x00"):
-            raise ValueError(f"{value!r} is not a valid branch name")
+        if not launch.valid_branch(value) or value.startswith("refs/"):
+            raise ValueError(
+                f"{value!r} is not a valid branch name: give a branch's short name (no "
+                "leading `-`, no `..`, spaces or `~^:?*[\\`, not HEAD or refs/...)"
+            )
         return value
 
     @model_validator(mode="after")
