@@ -122,7 +122,7 @@ class TokenTest(BaseModel):
 
 class PauseState(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    paused: bool = Field(..., description="True: nothing new is dispatched.")
+    paused: bool = Field(..., strict=True, description="True: nothing new is dispatched.")
 
 
 class ForgeRef(BaseModel):
