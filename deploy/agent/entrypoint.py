@@ -58,6 +58,12 @@ SAFE_CONFIG = (
     # A rejected push says why, without git's advice on pulling first.
     ("advice.pushUpdateRejected", "false"),
 )
+#: Said when the server refuses the token git sent (backends/local/git.py says the same).
+AUTH_REFUSED = (
+    "the server refused the run's git token (its git_token_secret, or the host's GIT_TOKEN_*, "
+    "GITHUB_TOKEN or FORGEJO_TOKEN): it is wrong, expired or revoked, or lacks access to the "
+    "repository; store a valid one with `agentfarm secret set`"
+)
 
 
 def emit(kind: bytes, data: bytes) -> None:
@@ -151,8 +157,18 @@ def git(*args: str, env: dict[str, str], cwd: str | None = None, timeout: float 
     )
     if done.returncode != 0:
         message = mask((done.stderr or done.stdout).strip()) or f"exit code {done.returncode}"
+        if "could not read Username" in message and _sends_token(env):
+            # The server answered 401 to the token, and git fell back to asking for one.
+            message = f"{AUTH_REFUSED} (git: {message})"
         raise RuntimeError(f"git {args[0]}: {message}")
     return done.stdout.strip()
+
+
+def _sends_token(env: dict[str, str]) -> bool:
+    return any(
+        key.startswith("GIT_CONFIG_KEY_") and value.endswith(".extraHeader")
+        for key, value in env.items()
+    )
 
 
 def clone() -> int:

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from tests.fakes import anthropic_api as fake
+from tests.fakes.json_endpoint import JsonEndpoint
 from tests.integration.conftest import git
 from tests.integration.server import Server
 from tests.realparts import missing
@@ -121,7 +122,25 @@ def test_a_usage_limit_parks_the_run_and_it_finishes_after_the_reset(
 ) -> None:
     scenario = LimitOnce(reset_in=3)
     marker = fake_anthropic.register("limit-once", scenario)
-    srv = start_server()
+    endpoint = JsonEndpoint()
+    try:
+        srv = start_server(
+            AGENTFARM_NOTIFY_URLS=endpoint.url("/hook"),
+            AGENTFARM_NOTIFY_EVENTS="run_finished,run_parked,run_resumed",
+        )
+        parks_and_resumes(srv, source, marker, fake_anthropic)
+        # The park (with its reset time), the resume and the end arrive as notifications.
+        titles = sorted(r.json()["title"].rsplit(" ", 1)[-1] for r in endpoint.wait_for(3))
+        assert titles == ["parked", "resumed", "succeeded"]
+        (park,) = [r.json() for r in endpoint.received if r.json()["title"].endswith("parked")]
+        assert "it resumes by itself at " in park["message"] and " UTC" in park["message"]
+    finally:
+        endpoint.close()
+
+
+def parks_and_resumes(
+    srv: Server, source: Path, marker: str, fake_anthropic: fake.FakeAnthropic
+) -> None:
     run = launch(srv, source, f"{marker} write two files")
     parked = srv.wait_status(run["id"], {"parked", "succeeded", "failed"})
     assert parked["status"] == "parked", parked

@@ -1,7 +1,7 @@
 """An agent world on the tier-B node, for tests and benchmarks that drive a real agentfarm
-server: the agent image imported into the node, a git origin served over git:// and the
-scripted fake model, both on host loopback and relayed to the node IP, which pods reach, and a
-namespace for the agent pods.
+server: the agent image imported into the node (once per node), a git origin served over
+git:// and the scripted fake model, both on host loopback and relayed to the node IP, which
+pods reach, and a namespace for the agent pods.
 
 The image builder and the relay are tests/k8s/test_backend_node.py's, used as they are.
 """
@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.fakes import anthropic_api
 from tests.k8s import cluster
-from tests.k8s.test_backend_node import IMAGE, Relay, build_agent_image
+from tests.k8s.test_backend_node import IMAGE, Relay, import_agent_image
 
 __all__ = ["API_KEY", "IMAGE", "AgentWorld", "agent_world"]
 
@@ -118,9 +117,7 @@ def agent_world(node: cluster.Cluster, work: Path, instance: str) -> Iterator[Ag
     make a namespace; on exit stop everything started here and delete the namespace's pods
     and the namespace (without waiting: the node's teardown ends what remains)."""
     with contextlib.ExitStack() as stack:
-        started = time.monotonic()
-        node.import_image(build_agent_image(work))
-        image_seconds = time.monotonic() - started
+        image_seconds = import_agent_image(node, work)
         (work / "git").mkdir()
         origin = make_origin(work / "git")
         git_port = cluster.free_port()

@@ -223,6 +223,9 @@ async def test_launch_fails_early_without_credentials(
         assert run["status"] == "succeeded"
         assert fake_backend.secrets[run["id"]] == {"CLAUDE_CODE_OAUTH_TOKEN": "oauth-token-abcdef"}
         assert "oauth-token-abcdef" not in json.dumps(run)
+        # Nor its digest (the run's credentials key is internal).
+        assert "credentials_key" not in run["continuation"]
+        assert "credentials_key" not in response.text
         assert (tmp_path / "d" / "secrets.json").stat().st_mode & 0o777 == 0o600
         assert (await client.put("/api/secrets/bad-name", json={"value": "x"})).status_code == 422
         assert (await client.delete("/api/secrets/NOPE")).status_code == 404

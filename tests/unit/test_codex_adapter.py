@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from agentfarm.agents import base, codex, codex_stream
 from agentfarm.agents.base import AgentAdapter, StreamParser
 from agentfarm.domain import models
+from agentfarm.supervisor import watchdog
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "codex"
 CASES = sorted(p.stem for p in DATA.glob("*.jsonl"))
@@ -228,7 +229,7 @@ def test_documented_item_types_become_calls_text_and_thinking() -> None:
     _, drafts = parse(*({"type": "item.completed", "item": item} for item in items))
     assert [d.type for d in drafts] == [
         "agent.thinking", "agent.tool_call", "agent.tool_result", "agent.tool_call",
-        "agent.tool_result", "agent.tool_call",
+        "agent.tool_result", "agent.tool_call", "agent.tool_result",
     ]  # fmt: skip
     calls = of_type(drafts, "agent.tool_call")
     assert [c["name"] for c in calls] == ["file_change", "mcp__s__t", "web_search"]
@@ -289,3 +290,50 @@ def test_never_crashes_on_odd_shapes(value: Any) -> None:
         obj = {"type": kind, "item": value, "usage": value, "error": value, "message": value}
         for draft in parser.feed_stdout(json.dumps(obj).encode()):
             json.dumps(draft.data)
+
+
+# --- turns counted live, and the watchdog's phases ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("case", "turns"),
+    [("write-and-commit", 3), ("followup", 3), ("failing-command", 2), ("stream-error", 0)],
+)
+def test_model_turns_are_counted_live_from_the_items(case: str, turns: int) -> None:
+    # A reply with a command, another, then the message: three model turns. The warning item
+    # before the turn (Codex's, not the model's) counts for nothing.
+    parser = codex.CodexAdapter().new_parser()
+    for raw in lines(case):
+        parser.feed_stdout(raw)
+    assert parser.summary.live_turns == turns
+
+
+def test_commands_one_reply_started_together_are_one_turn() -> None:
+    def command(kind: str, item_id: str) -> dict[str, Any]:
+        return {"type": kind, "item": {"id": item_id, "type": "command_execution",
+                                       "command": "true", "exit_code": 0}}  # fmt: skip
+
+    parser, _ = parse(
+        {"type": "turn.started"},
+        command("item.started", "a"), command("item.started", "b"),
+        command("item.completed", "a"), command("item.completed", "b"),
+        {"type": "item.completed", "item": {"id": "c", "type": "agent_message", "text": "ok"}},
+    )  # fmt: skip
+    assert parser.summary.live_turns == 2
+
+
+def test_the_watchdog_s_phase_follows_codex_s_items() -> None:
+    tracker = watchdog.Tracker.of(models.AgentSpec(repo="/r", agent="codex"))
+    parser = codex.CodexAdapter().new_parser()
+    phases = []
+    for raw in lines("write-and-commit"):
+        tracker.feed(parser.feed_stdout(raw))
+        phases.append(tracker.phase.value)
+    # thread, warning, turn.started; two commands (started: tool; completed: the model's
+    # turn again); the message; the turn's end (the process should exit now).
+    assert phases == [
+        "model", "model", "model", "tool", "model", "tool", "model", "model", "result",
+    ]  # fmt: skip
+    # A follow-up's turn (the next ``codex exec resume``) is the model's again.
+    tracker.feed(parser.feed_stdout(b'{"type":"turn.started"}'))
+    assert tracker.phase is watchdog.Phase.model

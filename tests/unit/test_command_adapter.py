@@ -7,7 +7,8 @@ import pytest
 
 from agentfarm.agents import capping, command
 from agentfarm.agents.base import AgentAdapter, StreamParser
-from agentfarm.domain import launch, models
+from agentfarm.domain import errors, launch, models
+from agentfarm.supervisor import budgets, watchdog
 
 
 def spec(**command_section: object) -> models.AgentSpec:
@@ -114,3 +115,15 @@ def test_the_exit_code_decides_the_status(
         assert outcome.error is None
     else:
         assert outcome.error is not None and needle in outcome.error
+
+
+def test_only_the_time_budget_holds_and_quiet_output_is_a_tool_s() -> None:
+    for field, value in (("max_budget_usd", 1.0), ("max_turns", 3)):
+        with pytest.raises(errors.InvalidInputError, match=f"{field} cannot hold"):
+            budgets.check_supported(spec().model_copy(update={field: value}))
+    budgets.check_supported(spec().model_copy(update={"max_minutes": 5.0}))
+    tracker = watchdog.Tracker.of(spec())
+    assert tracker.phase is watchdog.Phase.tool
+    parser = command.CommandAdapter().new_parser()
+    tracker.feed(parser.feed_stdout(b"working"))
+    assert tracker.phase is watchdog.Phase.tool

@@ -1,7 +1,7 @@
 """Budgets on the fake backend: a run that crosses its dollar, turn or time budget is stopped
 and ends ``stopped`` with a reason naming the budget; day and month budgets hold queued runs
 (or refuse launches) until they reset, and stop running ones when so configured; spend is
-summed per day, config and origin."""
+summed per day, config, origin and forge."""
 
 from __future__ import annotations
 
@@ -18,12 +18,15 @@ from agentfarm.agents.codex import CodexAdapter
 from agentfarm.backends.base import ExitInfo
 from agentfarm.backends.fake import FakeBackend, Step
 from agentfarm.domain import errors, models
+from agentfarm.domain import pipeline as pipeline_domain
 from agentfarm.domain.launch import AgentCommand
 from agentfarm.store import Store
+from agentfarm.store.pipeline import PipelineStore
 from agentfarm.store.secrets import SecretStore
 from agentfarm.store.stats import RunStats
 from agentfarm.supervisor import budgets, spend
 from agentfarm.supervisor.runs import Supervisor
+from agentfarm.web.pages import spend_card, templating
 from tests.unit.conftest import AppFactory, make_settings
 from tests.unit.test_supervisor_codex import COST, PRICES, RECORDED
 from tests.unit.test_supervisor_runs import ended, has_status, slow_script
@@ -321,6 +324,51 @@ async def test_spend_per_day_config_and_origin(store: Store, tmp_path: Path) -> 
     assert sum(d.cost_usd for d in report.days) == 1.75
 
 
+async def test_spend_per_forge_through_the_pipeline_s_attempts(
+    store: Store, tmp_path: Path
+) -> None:
+    now = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+    pipeline = PipelineStore(store.database)
+    forges = {}
+    for name in ("gh", "home"):
+        forges[name] = await pipeline.create_forge(
+            pipeline_domain.Forge.model_validate({
+                "name": name, "kind": "github", "base_url": "https://api.github.com",
+                "token_secret": "GH_TOKEN", "repos": ["octo/app"],
+                "webhook_secret_name": pipeline_domain.webhook_secret_name(name),
+            })
+        )  # fmt: skip
+    for number, (name, cost, days) in enumerate(
+        [("gh", 1.0, 0), ("gh", 0.25, 0), ("home", 2.0, 1), ("gh", 9.0, 40)], start=1
+    ):
+        run = await spent_run(
+            store, cost, origin="pipeline", finished_at=now - timedelta(days=days, hours=1)
+        )
+        await pipeline.create_attempt(
+            pipeline_domain.Attempt(
+                forge_id=forges[name].id, repo="octo/app", number=number, run_id=run.id,
+                state=pipeline_domain.AttemptState.done,
+            )
+        )  # fmt: skip
+    await spent_run(store, 0.5, finished_at=now)  # a person's run: no forge
+    settings = make_settings(tmp_path / "data")
+    report = await spend.report(settings, RunStats(store.database), [], now=now)
+    assert [(x.name, x.today_usd, x.month_usd) for x in report.by_forge] == [
+        ("gh", 1.25, 1.25),
+        ("home", 0.0, 2.0),
+    ]
+    assert [(x.name, x.month_usd) for x in report.by_origin] == [
+        ("person", 0.5),
+        ("pipeline", 3.25),
+    ]
+    assert report.month_usd == 3.75  # each run counted once
+    card = templating.fragment(
+        "_spend.html", spend=report, bars=spend_card.bars(report.days),
+        chart_width=spend_card.WIDTH, chart_height=spend_card.HEIGHT,
+    )  # fmt: skip
+    assert '<tr class="spend-forge muted"><td>forge home</td>' in card
+
+
 async def test_the_api_and_the_dashboard_show_spend(app_client: AppFactory) -> None:
     async with app_client(daily_budget_usd=4) as client:
         report = (await client.get("/api/spend")).json()
@@ -330,6 +378,7 @@ async def test_the_api_and_the_dashboard_show_spend(app_client: AppFactory) -> N
         assert page.status_code == 200
         assert 'class="spend-chart"' in page.text and "<rect" in page.text
         assert "today $0.0000 of $4.0000" in page.text
+        assert report["by_forge"] == []
 
 
 async def test_a_dollar_budget_holds_for_an_agent_that_reports_tokens_only(

@@ -64,6 +64,9 @@ async def test_a_parked_run_in_the_api_and_the_cockpit_and_resumed_from_its_page
         assert run["parked_until"] is not None
         assert run["warning"].startswith("the model's five-hour limit is close (80% used)")
         assert run["continuation"]["parks"] == 1
+        # The digest of the model token stays inside agentfarm.
+        assert "credentials_key" not in run["continuation"]
+        assert "credentials_key" not in (await cp.api.get("/api/runs")).text
 
         page = (await browser.get(f"/runs/{run_id}")).text
         assert "parked until" in page and "UTC" in page

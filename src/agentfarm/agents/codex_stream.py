@@ -66,6 +66,10 @@ def error_message(value: Any) -> str:
     return text or "no message"
 
 
+#: Items that are tool calls: the model waits for their results before it replies again.
+TOOL_ITEMS = frozenset({"command_execution", "file_change", "mcp_tool_call", "web_search"})
+
+
 class CodexStreamParser(jsonlines.JsonLinesParser):
     """Turns ``codex exec --json`` lines into event drafts and keeps the run's figures."""
 
@@ -76,6 +80,10 @@ class CodexStreamParser(jsonlines.JsonLinesParser):
         self._turn_open = False
         self._last_text: str | None = None
         self._last_error: str | None = None
+        #: Model turns, counted live (``summary.live_turns``, for ``max_turns``): the items of
+        #: one model reply follow a turn's start or its tools' results. Tool items running:
+        self._open_tools: set[str] = set()
+        self._awaiting_model = False
 
     # -- input --
 
@@ -85,6 +93,7 @@ class CodexStreamParser(jsonlines.JsonLinesParser):
             return [self._thread(obj)]
         if kind == "turn.started":
             self._turn_open = True
+            self._awaiting_model = True
             return [system_event(obj, "turn.started")]
         if kind == "turn.completed":
             return [self._turn_end(obj, error=None)]
@@ -96,8 +105,31 @@ class CodexStreamParser(jsonlines.JsonLinesParser):
             self._last_error = error_message(obj.get("message"))
             return [system_event({"message": self._last_error}, "error")]
         if kind in ("item.started", "item.updated", "item.completed"):
-            return self._item(str(kind), as_dict(obj.get("item")))
+            item = as_dict(obj.get("item"))
+            self._count_turn(str(kind), item)
+            return self._item(str(kind), item)
         return [system_event(obj, str(kind) if kind is not None else "unknown")]
+
+    def _count_turn(self, kind: str, item: dict[str, Any]) -> None:
+        """Codex streams no model requests, only items: the first item after the turn's start
+        or after its running tools all completed is a new model reply (tools a reply started
+        together complete before the next one)."""
+        item_type = as_str(item.get("type"))
+        item_id = as_str(item.get("id")) or ""
+        if item_type == "error":  # a warning, from Codex rather than the model
+            return
+        if kind == "item.completed" and item_id in self._open_tools:
+            self._open_tools.discard(item_id)
+            self._awaiting_model = not self._open_tools
+            return
+        if self._awaiting_model:
+            self.summary.live_turns += 1
+            self._awaiting_model = False
+        if item_type in TOOL_ITEMS:
+            if kind == "item.completed":
+                self._awaiting_model = not self._open_tools
+            else:
+                self._open_tools.add(item_id)
 
     def _thread(self, obj: dict[str, Any]) -> models.EventDraft:
         thread = as_str(obj.get("thread_id"))
@@ -151,11 +183,15 @@ class CodexStreamParser(jsonlines.JsonLinesParser):
             failed = error is not None or item.get("status") == "failed"
             return [call, _result(item_id, output, is_error=failed, status=item.get("status"))]
         if item_type == "web_search":
-            return [_call(item_id, "web_search", {"query": as_str(item.get("query"))})]
+            # Completed: the search is done (its result is the model's, not shown).
+            call = _call(item_id, "web_search", {"query": as_str(item.get("query"))})
+            return [call, _result(item_id, "", is_error=False, status=item.get("status"))]
         return [system_event(item, f"item:{item_type}")]
 
     def _turn_end(self, obj: dict[str, Any], *, error: str | None) -> models.EventDraft:
         self._turn_open = False
+        self._awaiting_model = False
+        self._open_tools.clear()
         turn_usage = usage(obj.get("usage"))
         summary = self.summary
         summary.saw_result = True

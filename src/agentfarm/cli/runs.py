@@ -171,7 +171,8 @@ def show(run_id: str) -> None:
 
 
 def spend(as_json: console.JsonFlag = False) -> None:
-    """Show what runs cost today and this month, per config and origin, against the budgets."""
+    """Show what runs cost today and this month, per config, origin and forge, against the
+    budgets."""
     with client.Client() as c:
         report = c.get("/api/spend")
     if as_json:
@@ -187,8 +188,9 @@ def spend(as_json: console.JsonFlag = False) -> None:
         f"this month {of(report['month_usd'], report['monthly_budget_usd'])}",
         highlight=False,
     )
-    table = Table("config / origin", "today", "this month", box=None)
-    for line in report["by_config"] + report["by_origin"]:
+    table = Table("config / origin / forge", "today", "this month", box=None)
+    forges = [{**line, "name": f"forge {line['name']}"} for line in report.get("by_forge", [])]
+    for line in report["by_config"] + report["by_origin"] + forges:
         table.add_row(
             line["name"],
             of(line["today_usd"], line.get("daily_budget_usd")),

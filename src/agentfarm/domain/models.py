@@ -100,6 +100,9 @@ PromptDelivery = Literal["stdin", "argument", "none"]
 AgentKind = Literal["claude", "codex", "command"]
 #: Agents that report tokens but no price: their cost is estimated from a price table.
 ESTIMATED_COST_AGENTS = frozenset({"codex"})
+#: Agents whose output is plain lines (no protocol): they report no cost and no turns, so only
+#: the time budget holds for them, and all their silence is a tool's (the watchdog).
+OUTPUT_ONLY_AGENTS = frozenset({"command"})
 
 
 class CommandSpec(_Strict):
@@ -438,8 +441,9 @@ class Continuation(BaseModel):
     base_usage: Usage = Field(default_factory=Usage)
     base_num_turns: int | None = None
     #: A short digest of the model credentials the run uses (not the secret): runs with the
-    #: same digest share a usage limit.
-    credentials_key: str | None = None
+    #: same digest share a usage limit. Internal: left out of every dump (so of every API
+    #: response); the store writes it itself (``mapping``).
+    credentials_key: str | None = Field(default=None, exclude=True)
 
 
 class Run(BaseModel):

@@ -87,7 +87,10 @@ def run_value(field: str, value: Any) -> Any:
 
 def _spec_column(run: models.Run) -> str:
     spec = run.spec.model_dump(mode="json")
-    spec[_RUN_IN_SPEC_KEY] = run.model_dump(mode="json", include=set(RUN_IN_SPEC))
+    extra = run.model_dump(mode="json", include=set(RUN_IN_SPEC))
+    # Excluded from dumps so that no API response shows it; stored all the same.
+    extra["continuation"]["credentials_key"] = run.continuation.credentials_key
+    spec[_RUN_IN_SPEC_KEY] = extra
     return dump_json(spec)
 
 

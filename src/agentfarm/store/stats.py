@@ -18,17 +18,25 @@ from agentfarm.store.mapping import dump_time
 
 #: The run's origin inside the spec column's JSON (``mapping.RUN_IN_SPEC``).
 _ORIGIN = "COALESCE(json_extract(spec, '$._run.origin'), 'person')"
+#: The forge a pipeline run worked for: the pipeline's attempt that names the run (runs carry
+#: no forge themselves); NULL for every other run.
+_FORGE = (
+    "(SELECT COALESCE(f.name, '(removed forge)') FROM attempts a"
+    " LEFT JOIN forges f ON f.id = a.forge_id WHERE a.run_id = runs.id LIMIT 1)"
+)
 
 
 @dataclass(frozen=True, slots=True)
 class DaySpend:
-    """What runs of one config (None: one-off runs) and origin cost on one UTC day."""
+    """What runs of one config (None: one-off runs), origin and forge (None: not a pipeline
+    run) cost on one UTC day."""
 
     day: str  # YYYY-MM-DD
     config_name: str | None
     origin: str
     cost_usd: float
     runs: int
+    forge: str | None = None
 
 
 class RunStats:
@@ -101,17 +109,18 @@ class RunStats:
         return await self._db.read(totals)
 
     async def by_day(self, *, since: datetime, now: datetime) -> list[DaySpend]:
-        """Spend per UTC day, config and origin, from ``since`` (a run not yet finished counts
-        on ``now``'s day), oldest day first."""
+        """Spend per UTC day, config, origin and forge, from ``since`` (a run not yet finished
+        counts on ``now``'s day), oldest day first."""
         day = "substr(COALESCE(finished_at, ?1), 1, 10)"
         sql = (
-            f"SELECT {day} AS day, config_name, {_ORIGIN} AS origin, SUM(cost_usd), COUNT(*)"  # noqa: S608 (constants)
+            f"SELECT {day} AS day, config_name, {_ORIGIN} AS origin, {_FORGE} AS forge,"  # noqa: S608 (constants)
+            " SUM(cost_usd), COUNT(*)"
             " FROM runs WHERE cost_usd IS NOT NULL AND (finished_at IS NULL OR finished_at >= ?2)"
-            " GROUP BY day, config_name, origin ORDER BY day, config_name"
+            " GROUP BY day, config_name, origin, forge ORDER BY day, config_name"
         )
 
         def rows(conn: sqlite3.Connection) -> list[DaySpend]:
             found = conn.execute(sql, (dump_time(now), dump_time(since)))
-            return [DaySpend(str(d), c, str(o), float(s), int(n)) for d, c, o, s, n in found]
+            return [DaySpend(str(d), c, str(o), float(s), int(n), f) for d, c, o, f, s, n in found]
 
         return await self._db.read(rows)

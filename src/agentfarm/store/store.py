@@ -354,7 +354,8 @@ def _update_run(conn: sqlite3.Connection, run_id: str, fields: Mapping[str, Any]
     if not fields:
         return current
     try:
-        run = models.Run.model_validate({**current.model_dump(), **fields})
+        # The fields as they are (not a dump, which leaves out internal ones).
+        run = models.Run.model_validate({**dict(current), **fields})
     except pydantic.ValidationError as exc:
         raise errors.InvalidInputError(f"invalid run fields for run {run_id}: {exc}") from exc
     if "status" in fields and run.status not in NEXT_STATUSES[current.status]:

@@ -12,7 +12,7 @@ at UTC midnight or on the first of the month, and stops running ones if so confi
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -31,6 +31,19 @@ def spent(summary: Summary, cost: float | None = None) -> float | None:
     higher (the agent's figure arrives only with a result)."""
     figures = [c for c in (summary.cost_usd, summary.live_cost_usd, cost) if c is not None]
     return max(figures) if figures else None
+
+
+def check_supported(spec: models.AgentSpec) -> None:
+    """Refuse (400) a dollar or turn budget on an agent that reports neither: it could not
+    hold, and a budget silently ignored is worse than none."""
+    if spec.agent not in models.OUTPUT_ONLY_AGENTS:
+        return
+    given = [n for n in ("max_budget_usd", "max_turns") if getattr(spec, n) is not None]
+    if given:
+        raise errors.InvalidInputError(
+            f"the {spec.agent} agent reports no cost and no turns, so {' and '.join(given)} "
+            "cannot hold for it: remove it and use max_minutes (the time budget) instead"
+        )
 
 
 def money(value: float) -> str:
@@ -112,12 +125,31 @@ class Reached:
         )
 
 
+#: Told of every reached budget found (the supervisor's notifications; it tells each once).
+OnReached = Callable[[Reached, models.AgentConfig | None], Awaitable[None]]
+
+
 class Budgets:
     """Day and month budgets against the store's spend figures."""
 
     def __init__(self, settings: Settings, stats: RunStats) -> None:
         self.settings = settings
         self.stats = stats
+        self.on_reached: OnReached | None = None
+
+    async def _tell(
+        self,
+        farm: Reached | None,
+        per_config: dict[str, Reached],
+        configs: list[models.AgentConfig],
+    ) -> None:
+        if self.on_reached is None:
+            return
+        if farm is not None:
+            await self.on_reached(farm, None)
+        by_id = {c.id: c for c in configs}
+        for config_id, found in per_config.items():
+            await self.on_reached(found, by_id.get(config_id))
 
     async def reached(
         self, configs: Iterable[models.AgentConfig], now: datetime | None = None
@@ -141,6 +173,7 @@ class Budgets:
         per_config: dict[str, Reached] = {}
         budgeted = [c for c in configs if c.daily_budget_usd or c.monthly_budget_usd]
         if not budgeted:
+            await self._tell(farm, per_config, budgeted)
             return farm, per_config
         by_day = await self.stats.spent_by_config(since=day)
         by_month = await self.stats.spent_by_config(since=month)
@@ -155,6 +188,7 @@ class Budgets:
                         f"config {config.name}", period, total, limit, resets
                     )
                     break
+        await self._tell(farm, per_config, budgeted)
         return farm, per_config
 
     async def holds(self, configs: Iterable[models.AgentConfig]) -> Holds:

@@ -99,13 +99,13 @@ class Fleet:
         return tasks.spawn(wait_then_stop(), name=f"time-{run.id}", into=into)
 
     async def check_budgets(self) -> None:
-        """Stop running runs under a reached day or month budget, when so configured
+        """Look at the day and month budgets (a reached one is told to the notification
+        targets) and stop running runs under a reached one, when so configured
         (``budget_reached_running = stop``)."""
-        if self.settings.budget_reached_running != "stop":
-            return
         configs = await self.store.list_configs()
+        # Looked at even when nothing is stopped: a reached budget is told (once) then too.
         farm, per_config = await self.budgets.reached(configs)
-        if farm is None and not per_config:
+        if self.settings.budget_reached_running != "stop" or (farm is None and not per_config):
             return
         for run in await self.store.active_runs():
             if run.status == models.RunStatus.queued:

@@ -117,7 +117,7 @@ class Ingest:
     async def _follow(self, queue: asyncio.Queue[Record | object]) -> Ending:
         run_id = self.run.id
         exit_info: ExitInfo | None = None
-        tracker = watchdog.Tracker()
+        tracker = watchdog.Tracker.of(self.run.spec)
         fired: watchdog.Phase | None = None
         last_summary: dict[str, Any] = {}
         pricer = self.pricer
@@ -190,6 +190,10 @@ class Ingest:
         error = outcome.error
         if info.lost and info.error:
             error = f"{error} ({info.error})" if error else info.error
+        elif info.error and outcome.status is models.RunStatus.failed:
+            # The backend knows why the agent never ran or ended (a failed clone, an image it
+            # cannot start, an eviction): that says more than the agent's missing result.
+            error = info.error
         if info.oom_killed and outcome.status != models.RunStatus.succeeded:
             error = run.spec.backend.out_of_memory()
         own_budget = budgets.ended_by_own_budget(run.spec, self.parser.summary)

@@ -87,6 +87,11 @@ def run_link(settings: Settings, run_id: str) -> str | None:
     return f"{settings.public_url.rstrip('/')}/runs/{run_id}"
 
 
+#: How the reasons of a run stopped by its own budget (``budgets``) begin.
+OWN_BUDGET_REASONS = ("budget: $", "turns: ", "time: ")
+#: ... and by any budget (a day or month one: ``budget: farm daily ...``).
+BUDGET_REASONS = ("budget: ", "turns: ", "time: ")
+
 _KIND_OF_STATUS = {
     models.RunStatus.succeeded: Kind.run_finished,
     models.RunStatus.failed: Kind.run_failed,
@@ -109,19 +114,90 @@ def for_run(settings: Settings, run: models.Run) -> Notification | None:
         spent.append(f"{run.num_turns} turn{'s' if run.num_turns != 1 else ''}")
     if spent:
         lines.append(", ".join(spent))
+    by_budget = False
     if run.error and run.status != models.RunStatus.succeeded:
         first = run.error.strip().splitlines()[0] if run.error.strip() else ""
         if first:
             cut = first if len(first) <= ERROR_CHARS else first[: ERROR_CHARS - 1] + "…"
-            lines.append(f"error: {cut}")
+            by_budget = run.status == models.RunStatus.stopped and first.startswith(BUDGET_REASONS)
+            lines.append(f"stopped by a budget: {cut}" if by_budget else f"error: {cut}")
     return Notification(
         kind=kind,
-        title=f"agentfarm: run {run.id} {run.status.value}",
+        title=f"agentfarm: run {run.id} {run.status.value}" + (" by a budget" if by_budget else ""),
         body="\n".join(lines),
         url=run_link(settings, run.id),
         run_id=run.id,
         config_name=run.config_name,
         secrets=tuple(run.spec.notify_secrets),
+    )
+
+
+def for_own_budget(settings: Settings, run: models.Run) -> Notification | None:
+    """A run stopped by its own budget is a budget reached, too (``budget_reached`` is sent by
+    default, ``run_stopped`` is not); None for any other run."""
+    error = (run.error or "").strip()
+    if run.status != models.RunStatus.stopped or not error.startswith(OWN_BUDGET_REASONS):
+        return None
+    who = run.config_name or "one-off run"
+    return Notification(
+        kind=Kind.budget_reached,
+        title=f"agentfarm: run {run.id} stopped by its budget",
+        body=f"{error.splitlines()[0][:ERROR_CHARS]}: {who}, agent {run.spec.agent} was stopped",
+        url=run_link(settings, run.id),
+        run_id=run.id,
+        config_name=run.config_name,
+        secrets=tuple(run.spec.notify_secrets),
+    )
+
+
+def for_park(settings: Settings, run: models.Run) -> Notification:
+    """The message when a run parks at the model's usage limit: when it resumes by itself."""
+    who = run.config_name or "one-off run"
+    until = run.parked_until
+    when = until.strftime("%Y-%m-%d %H:%M UTC") if until else "when the limit resets"
+    return Notification(
+        kind=Kind.run_parked,
+        title=f"agentfarm: run {run.id} parked",
+        body=f"parked: {who}, the model's usage limit was reached; it resumes by itself at "
+        f"{when} (or resume it now from its page)",
+        url=run_link(settings, run.id),
+        run_id=run.id,
+        config_name=run.config_name,
+        secrets=tuple(run.spec.notify_secrets),
+    )
+
+
+def for_resume(settings: Settings, run: models.Run, *, by_person: bool) -> Notification:
+    """The message when a parked run goes on: at its reset, or because a person said so."""
+    who = run.config_name or "one-off run"
+    how = "resumed by a person" if by_person else "resumed by itself after the usage limit reset"
+    return Notification(
+        kind=Kind.run_resumed,
+        title=f"agentfarm: run {run.id} resumed",
+        body=f"{how}: {who}, agent {run.spec.agent}",
+        url=run_link(settings, run.id),
+        run_id=run.id,
+        config_name=run.config_name,
+        secrets=tuple(run.spec.notify_secrets),
+    )
+
+
+def for_budget(
+    settings: Settings, sentence: str, *, config: models.AgentConfig | None = None
+) -> Notification:
+    """The message when a day or month budget is reached (``sentence`` says which, how much
+    and when it resets); a config's budget is also told to that config's targets."""
+    held = "new runs are refused" if settings.budget_reached_launch == "refuse" else (
+        "new runs wait in the queue")  # fmt: skip
+    running = "running ones are stopped" if settings.budget_reached_running == "stop" else (
+        "running ones finish")  # fmt: skip
+    return Notification(
+        kind=Kind.budget_reached,
+        title="agentfarm: budget reached",
+        body=f"{sentence}\n{held} until then; {running}",
+        url=settings.public_url.rstrip("/") + "/" if settings.public_url else None,
+        config_name=config.name if config else None,
+        secrets=tuple(config.notify_secrets) if config else (),
     )
 
 

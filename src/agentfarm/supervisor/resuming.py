@@ -15,16 +15,18 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from agentfarm import tasks
+from agentfarm.agents.base import StreamParser
 from agentfarm.backends.base import LaunchInfo, RunHandle
 from agentfarm.domain import errors, launch, models
 from agentfarm.domain.redact import Redactor
 from agentfarm.store import Store
-from agentfarm.supervisor import credentials, dispatch, events, parking
+from agentfarm.supervisor import announce, credentials, dispatch, events, ingest, parking
 from agentfarm.supervisor.hub import Hub
 
 
 class Resuming:
     store: Store
+    announcer: announce.Announcer
     hub: Hub
     parking: parking.Parking
     dispatcher: dispatch.Dispatcher
@@ -69,6 +71,13 @@ class Resuming:
         self.parking.release(run)
         return run
 
+    async def _park(self, run: models.Run, parser: StreamParser, ending: ingest.Ending) -> bool:
+        """``ingest.Park``: the parking's decision, told to the notification targets."""
+        parked = await self.parking.park(run, parser, ending)
+        if parked:
+            await self.announcer.parked(run.id)
+        return parked
+
     async def _resume_parked(self, run: models.Run, reason: str) -> None:
         if run.id in self.dispatcher.active:
             raise errors.ConflictError(f"run {run.id} is already being resumed or stopped")
@@ -88,6 +97,8 @@ class Resuming:
                 )
             except errors.StatusConflictError:
                 return  # stopped meanwhile
+            if reason in (parking.USAGE_LIMIT, parking.PERSON):  # a stall's resume is not told
+                await self.announcer.resumed(run, by_person=reason == parking.PERSON)
             creds: credentials.Credentials | None = None
             try:
                 creds = await self._credentials(run.spec)

@@ -25,6 +25,8 @@ from agentfarm.settings import Settings
 from agentfarm.store import Store, push
 from agentfarm.store.secrets import SecretStore
 from agentfarm.supervisor import (
+    announce,
+    budgets,
     credentials,
     dispatch,
     events,
@@ -72,7 +74,9 @@ class Supervisor(resuming.Resuming):
         self._stop_requested: set[str] = set()
         #: Why a run was stopped by agentfarm (a budget): the error it ends with.
         self._stop_reasons: dict[str, str] = {}
+        self.announcer = announce.Announcer(settings, store, self.notifier)
         self.fleet = fleet.Fleet(settings, store, self.stop_for)
+        self.fleet.budgets.on_reached = self.announcer.budget
         self.dispatcher = dispatch.Dispatcher(self.fleet.plan, self._launch, self._tasks)
         self.files = files.RunFiles(store, self.backends, self.hub, self.dispatcher.active)
         self.parking = parking.Parking(
@@ -132,6 +136,7 @@ class Supervisor(resuming.Resuming):
             )
         if not spec.prompt.strip():
             raise errors.InvalidInputError("the run has no prompt: give one in the config or run")
+        budgets.check_supported(spec)
         # Fail early, before anything is queued.
         creds = (await self._credentials(spec)).require()
         await self.fleet.admit(config)
@@ -228,17 +233,7 @@ class Supervisor(resuming.Resuming):
         )
         await self.hub.publish(run_id, stored, final=final)
         if final:
-            await self._announce(run_id)
-
-    async def _announce(self, run_id: str) -> None:
-        """Tell the notification targets that the run ended (in the background: a slow or
-        failing notifier never holds up or changes the run)."""
-        try:
-            note = notify.for_run(self.settings, await self.store.get_run(run_id))
-            if note is not None:
-                await self.notifier.notify(note)
-        except Exception:
-            log.warning("run %s: could not send its notification", run_id, exc_info=True)
+            await self.announcer.ended(run_id)
 
     async def _finish_without_agent(
         self, run: models.Run, status: models.RunStatus, error: str | None
@@ -376,7 +371,7 @@ class Supervisor(resuming.Resuming):
                 stop_reasons=self._stop_reasons,
                 over_budget=self.stop_for,
                 limits=watchdog.Limits.of(self.settings, run.spec),
-                park=self.parking.park,
+                park=self._park,
             ).run_to_end()
         finally:
             if timer is not None:

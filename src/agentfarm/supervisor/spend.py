@@ -1,8 +1,8 @@
 """What the farm spent: today, this month, per config and per origin, and the last 30 days,
 with the day and month budgets beside them (``GET /api/spend``, the cockpit's spend card).
 
-Runs carry no forge yet; ``by_origin`` groups pipeline runs apart from people's and is where
-a per-forge breakdown goes once runs record their forge.
+``by_origin`` groups pipeline runs apart from people's; ``by_forge`` splits the pipeline's
+per forge (the store finds a run's forge through the pipeline's attempt that names it).
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ DAYS = 30
 
 class SpendLine(BaseModel):
     name: str = Field(
-        ..., description="A config's name (`one-off` for runs of none), or an origin."
+        ...,
+        description="A config's name (`one-off` for runs of none), an origin, or a forge's name.",
     )
     today_usd: float
     month_usd: float
@@ -46,6 +47,9 @@ class SpendReport(BaseModel):
     month_resets_at: datetime
     by_config: list[SpendLine]
     by_origin: list[SpendLine]
+    by_forge: list[SpendLine] = Field(
+        ..., description="Pipeline runs per forge they worked for (other runs are in none)."
+    )
     days: list[SpendDay] = Field(..., description=f"The last {DAYS} days, oldest first.")
 
 
@@ -54,8 +58,10 @@ def _lines(
 ) -> dict[str, tuple[float, float]]:
     sums: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
     for row in rows:
-        name = (row.config_name or "one-off") if key == "config" else row.origin
-        if row.day >= month:
+        if key == "forge" and row.forge is None:
+            continue
+        name = {"config": row.config_name or "one-off", "origin": row.origin}.get(key, row.forge)
+        if name is not None and row.day >= month:
             sums[name][1] += row.cost_usd
             if row.day == today:
                 sums[name][0] += row.cost_usd
@@ -100,6 +106,10 @@ async def report(
         SpendLine(name=name, today_usd=round(t, 6), month_usd=round(m, 6))
         for name, (t, m) in sorted(_lines(rows, "origin", today_key, month_key).items())
     ]
+    forge_lines = [
+        SpendLine(name=name, today_usd=round(t, 6), month_usd=round(m, 6))
+        for name, (t, m) in sorted(_lines(rows, "forge", today_key, month_key).items())
+    ]
     return SpendReport(
         today_usd=round(sum(line.today_usd for line in config_lines), 6),
         month_usd=round(sum(line.month_usd for line in config_lines), 6),
@@ -109,5 +119,6 @@ async def report(
         month_resets_at=budgets.next_month(now),
         by_config=config_lines,
         by_origin=origin_lines,
+        by_forge=forge_lines,
         days=days,
     )

@@ -5,8 +5,10 @@ phase is rebuilt too):
 
 - ``model``: waiting for the model (a request out, or a message begun and not finished). A
   model stream silent for minutes has stalled: ``model_stall_seconds``.
-- ``tool``: a tool call was issued and its result not seen yet. A test suite may print
-  nothing for half an hour: ``tool_quiet_seconds``.
+- ``tool``: a tool call was issued and its result not seen yet (Claude's ``tool_use``
+  without its ``tool_result``; Codex's ``command_execution`` item started and not completed).
+  A test suite may print nothing for half an hour: ``tool_quiet_seconds``. The command agent
+  has no protocol to tell phases by: it is always in this phase.
 - ``result``: the agent reported its result; the process should exit now. One that does not
   is ended after ``result_grace_seconds`` and the run finishes on its result.
 """
@@ -70,18 +72,30 @@ _NEW_TURN = frozenset(
     {models.EventType.agent_text, models.EventType.agent_thinking, models.EventType.user_message}
 )
 
+#: ``agent.system`` subtypes that start a turn.
+_TURN_START = frozenset({"turn.started"})
+
 
 @dataclass
 class Tracker:
-    """Follows a run's events and says its phase."""
+    """Follows a run's events and says its phase. ``output_only``: an agent whose output is
+    plain lines (``models.OUTPUT_ONLY_AGENTS``) is always in the tool phase: one threshold,
+    ``tool_quiet_seconds``, for its quiet output."""
 
     open_tools: set[str] = field(default_factory=set)
     answered: bool = False
+    output_only: bool = False
+
+    @classmethod
+    def of(cls, spec: models.AgentSpec) -> Tracker:
+        return cls(output_only=spec.agent in models.OUTPUT_ONLY_AGENTS)
 
     def feed(self, drafts: Iterable[models.EventDraft]) -> None:
         for draft in drafts:
             kind = draft.type
-            if kind == models.EventType.agent_result:
+            if kind == models.EventType.agent_system and draft.data.get("subtype") in _TURN_START:
+                self.answered = False  # a new turn (Codex says so before its first item)
+            elif kind == models.EventType.agent_result:
                 self.answered = True
                 self.open_tools.clear()
             elif kind == models.EventType.agent_tool_call:
@@ -94,6 +108,8 @@ class Tracker:
 
     @property
     def phase(self) -> Phase:
+        if self.output_only:
+            return Phase.tool
         if self.answered:
             return Phase.result
         return Phase.tool if self.open_tools else Phase.model

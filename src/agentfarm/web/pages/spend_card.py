@@ -1,5 +1,5 @@
-"""The cockpit's spend card: today and this month against the budgets, per config and
-origin, and the last 30 days as an inline SVG bar chart (no JavaScript, no library)."""
+"""The cockpit's spend card: today and this month against the budgets, per config,
+origin and forge, and the last 30 days as an inline SVG bar chart (no JavaScript, no library)."""
 
 from __future__ import annotations
 
