@@ -8,10 +8,14 @@ from typing import Any
 import httpx
 import pytest
 
+from agentfarm.pipeline.forges import webhooks
 from agentfarm.web.bodylimit import MAX_BODY
+from tests.unit.pipeline_helpers import SECRET, World, world
 
 from .conftest import AppFactory
 from .test_web_errors import assert_error
+
+__all__ = ["world"]  # the fixture
 
 SPEC = {"repo": "https://example.invalid/o/r.git", "prompt": "hi"}
 
@@ -122,3 +126,18 @@ async def test_405_lists_every_method_of_the_path(app_client: AppFactory) -> Non
         assert response.headers["allow"] == "DELETE, GET, PUT"
         assert "DELETE, GET, PUT" in error["message"]
         assert (await client.delete("/api/runs")).headers["allow"] == "GET, POST"
+
+
+@pytest.mark.parametrize(
+    "body", [b"[" * 100_000 + b"]" * 100_000, b'{"a":' * 50_000 + b"1" + b"}" * 50_000]
+)
+async def test_a_signed_nesting_bomb_is_an_unreadable_delivery(world: World, body: bytes) -> None:
+    pipe = await world.pipeline()
+    headers = {
+        "X-GitHub-Event": "issues",
+        "X-GitHub-Delivery": "d-bomb",
+        "X-Hub-Signature-256": webhooks.sign("github", SECRET, body),
+    }
+    with pytest.raises(webhooks.InvalidDeliveryError, match="nested too deeply"):
+        await pipe.handle_delivery("home", headers, body)
+    assert await world.attempts() == []
