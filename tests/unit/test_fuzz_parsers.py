@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from agentfarm.agents.claude_stream import ClaudeStreamParser
 from agentfarm.agents.codex_stream import CodexStreamParser
 from agentfarm.agents.jsonlines import JsonLinesParser
-from agentfarm.domain import launch, models
+from agentfarm.domain import launch, models, spec_schema
 from agentfarm.pipeline import branches
 from agentfarm.pipeline.forges import webhooks
 
@@ -168,4 +168,4 @@ def test_every_delivery_with_event_headers_is_read_or_refused(
 def test_pipeline_branch_names_are_safe_whatever_the_issue_title(number: int, title: str) -> None:
     name = branches.issue_branch(number, title, lambda _: False)
     assert launch.valid_branch(name) and branches.valid_branch(name), name
-    assert re.match(models.BRANCH_PATTERN, name), name
+    assert re.match(spec_schema.BRANCH_PATTERN, name), name

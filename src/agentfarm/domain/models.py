@@ -12,22 +12,16 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    JsonValue,
     ValidationInfo,
     computed_field,
     field_validator,
     model_validator,
 )
 
-from agentfarm.domain import backend_config, gittokens, launch
+from agentfarm.domain import backend_config, gittokens, launch, spec_schema
 
 SLUG_RE = backend_config.SLUG_RE
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-#: ``launch.valid_branch`` as a JSON Schema pattern, short names only (no ``refs/...``).
-BRANCH_PATTERN = (
-    r"^(?!-|/|\.|refs/)(?!(?:HEAD|@)$)(?!.*(?:\.\.|//|@\{|/\.|\.lock/))"
-    r"(?!.*(?:/|\.|\.lock)$)[^\x00-\x20\x7f~^:?*\[\\]{1,255}$"
-)
 SECRET_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 SECRET_NAME_SCHEMA: dict[str, Any] = {"pattern": SECRET_NAME_RE.pattern}
 #: Stored secrets that are never a git token: forges' webhook secrets
@@ -110,15 +104,7 @@ class CommandSpec(_Strict):
     its exit code deciding the run's status."""
 
     argv: list[
-        Annotated[
-            str,
-            # Not blank once stripped, no NUL (the validator below), said in the schema.
-            Field(
-                min_length=1,
-                max_length=4096,
-                json_schema_extra={"pattern": r"^[^\x00]*[^\s\x00][^\x00]*$"},
-            ),
-        ]
+        Annotated[str, Field(min_length=1, max_length=4096, json_schema_extra=spec_schema.ARGUMENT)]
     ] = Field(
         ...,
         min_length=1,
@@ -159,29 +145,7 @@ class WatchdogSpec(_Strict):
 class AgentSpec(_Strict):
     """Everything needed to launch an agent; the part of a config a run snapshots."""
 
-    # The validators' rules across fields, said in the schema: a `command` exactly for the
-    # command agent, a git token only for an http(s) repository.
-    model_config = ConfigDict(
-        json_schema_extra={
-            "allOf": [
-                {
-                    "if": {"required": ["agent"], "properties": {"agent": {"const": "command"}}},
-                    "then": {
-                        "required": ["command"],
-                        "properties": {"command": {"type": "object"}},
-                    },
-                    "else": {"properties": {"command": {"type": "null"}}},
-                },
-                {
-                    "if": {
-                        "required": ["git_token_secret"],
-                        "properties": {"git_token_secret": {"type": "string", "minLength": 1}},
-                    },
-                    "then": {"properties": {"repo": {"pattern": "^[hH][tT][tT][pP][sS]?://"}}},
-                },
-            ]
-        }
-    )
+    model_config = ConfigDict(json_schema_extra=spec_schema.ACROSS)
 
     agent: AgentKind = Field(
         "claude",
@@ -193,14 +157,13 @@ class AgentSpec(_Strict):
         min_length=1,
         max_length=4096,
         description="Local path or git URL to clone.",
-        # What the validator below refuses, said in the schema (no option, no ext::).
-        json_schema_extra={"pattern": r"^(?!-)(?![eE][xX][tT]::)[^\x00\n]+$"},
+        json_schema_extra=spec_schema.REPO,
     )
     base_branch: str | None = Field(
         None,
         max_length=255,
         description="Branch to start from; default: the repo's HEAD.",
-        json_schema_extra={"pattern": BRANCH_PATTERN},
+        json_schema_extra={"pattern": spec_schema.BRANCH_PATTERN},
     )
     prompt: str = Field("", max_length=200_000, description="The task for the agent.")
     model: str | None = Field(
@@ -236,13 +199,7 @@ class AgentSpec(_Strict):
     env: dict[str, Annotated[str, Field(max_length=32_768)]] = Field(
         default_factory=dict,
         description="Extra environment variables for the agent.",
-        json_schema_extra={
-            "maxProperties": 200,
-            "propertyNames": {
-                "pattern": ENV_NAME_RE.pattern,
-                "not": {"enum": list[JsonValue](sorted(RESERVED_ENV))},
-            },
-        },
+        json_schema_extra=spec_schema.env(ENV_NAME_RE.pattern, sorted(RESERVED_ENV)),
     )
     command: CommandSpec | None = Field(
         None,

@@ -60,6 +60,7 @@ DOMAIN: dict[tuple[str, str], set[int]] = {
     ("post", "/api/runs"): {409, 429, 502},
     ("post", "/api/runs/{run_id}/stop"): {409},
     ("post", "/api/runs/{run_id}/messages"): {409},
+    ("post", "/api/runs/{run_id}/interrupt"): {409},
     ("post", "/api/orchestration/dispatch"): {409, 429, 502},
     ("post", "/api/forges"): {409},
     ("put", "/api/forges/{name}"): {409},

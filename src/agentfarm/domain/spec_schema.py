@@ -1,0 +1,43 @@
+"""The agent spec's validators, said in its JSON Schema: what the server refuses, the API's
+schema states, so a request valid by the schema is not refused for its shape."""
+
+from __future__ import annotations
+
+from typing import Any
+
+#: ``launch.valid_branch`` as a pattern, short names only (no ``refs/...``).
+BRANCH_PATTERN = (
+    r"^(?!-|/|\.|refs/)(?!(?:HEAD|@)$)(?!.*(?:\.\.|//|@\{|/\.|\.lock/))"
+    r"(?!.*(?:/|\.|\.lock)$)[^\x00-\x20\x7f~^:?*\[\\]{1,255}$"
+)
+#: No option, no ext:: transport, no NUL or newline.
+REPO: dict[str, Any] = {"pattern": r"^(?!-)(?![eE][xX][tT]::)[^\x00\n]+$"}
+#: Not blank once stripped, no NUL.
+ARGUMENT: dict[str, Any] = {"pattern": r"^[^\x00]*[^\s\x00][^\x00]*$"}
+
+
+def env(name_pattern: str, reserved: list[Any]) -> dict[str, Any]:
+    return {
+        "maxProperties": 200,
+        "propertyNames": {"pattern": name_pattern, "not": {"enum": reserved}},
+    }
+
+
+#: Across fields: a `command` exactly for the command agent, a git token only for an
+#: http(s) repository.
+ACROSS: dict[str, Any] = {
+    "allOf": [
+        {
+            "if": {"required": ["agent"], "properties": {"agent": {"const": "command"}}},
+            "then": {"required": ["command"], "properties": {"command": {"type": "object"}}},
+            "else": {"properties": {"command": {"type": "null"}}},
+        },
+        {
+            "if": {
+                "required": ["git_token_secret"],
+                "properties": {"git_token_secret": {"type": "string", "minLength": 1}},
+            },
+            "then": {"properties": {"repo": {"pattern": "^[hH][tT][tT][pP][sS]?://"}}},
+        },
+    ]
+}
