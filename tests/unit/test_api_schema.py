@@ -121,23 +121,8 @@ def error_shape(response: Any) -> None:
     assert isinstance(error.get("message"), str) and error["message"], error
 
 
-#: Not yet stated in the schema: the agent spec's backend blocks (egress entries, Kubernetes
-#: label keys, the `type` discriminator when left out) and pydantic's lax coercion (1.0 for
-#: an integer). Listed so the rest runs; each is a follow-up.
-KNOWN_GAPS = {
-    "POST /api/configs": "the agent spec's backend constraints are not all in the schema",
-    "PUT /api/configs/{key}": "the agent spec's backend constraints are not all in the schema",
-    "POST /api/runs": "the agent spec's backend constraints are not all in the schema",
-    "POST /api/orchestration/dispatch": "the agent spec's backend constraints are not all in "
-    "the schema",
-}
-
-
 def _param(label: str, mode: GenerationMode) -> Any:
-    marks = []
-    if label in KNOWN_GAPS and mode.is_positive:
-        marks.append(pytest.mark.xfail(reason=KNOWN_GAPS[label], strict=False))
-    return pytest.param(label, mode, marks=marks, id=f"{label}-{mode.value}")
+    return pytest.param(label, mode, id=f"{label}-{mode.value}")
 
 
 # Schemathesis's own strategies use `random` (its problem, not the API's).

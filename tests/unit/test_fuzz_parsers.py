@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from agentfarm.agents.claude_stream import ClaudeStreamParser
 from agentfarm.agents.codex_stream import CodexStreamParser
 from agentfarm.agents.jsonlines import JsonLinesParser
-from agentfarm.domain import launch, models, spec_schema
+from agentfarm.domain import egress, launch, models, spec_schema
 from agentfarm.pipeline import branches
 from agentfarm.pipeline.forges import webhooks
 
@@ -169,3 +169,10 @@ def test_pipeline_branch_names_are_safe_whatever_the_issue_title(number: int, ti
     name = branches.issue_branch(number, title, lambda _: False)
     assert launch.valid_branch(name) and branches.valid_branch(name), name
     assert re.match(spec_schema.BRANCH_PATTERN, name), name
+
+
+@FUZZ
+@given(st.from_regex(egress.ENTRY_PATTERN))
+def test_egress_entries_valid_by_the_schema_are_taken(entry: str) -> None:
+    if len(entry.strip().rstrip(".")) <= 253:  # the one rule left to the server
+        assert egress.parse_entry(entry)

@@ -79,9 +79,35 @@ DOMAIN: dict[tuple[str, str], set[int]] = {
 PUBLIC = frozenset({("get", "/api/health"), ("post", "/api/forges/{name}/webhook")})
 
 
+def tighten(node: Any, components: dict[str, Any]) -> None:
+    """Say what pydantic checks but leaves out of the schema: a dict whose keys have a
+    pattern takes no other keys, and a discriminated union's tag must be given."""
+    if isinstance(node, list):
+        for item in node:
+            tighten(item, components)
+        return
+    if not isinstance(node, dict):
+        return
+    if len(node.get("patternProperties") or {}) == 1 and not node.keys() & {
+        "additionalProperties",
+        "properties",
+    }:
+        node["additionalProperties"] = False
+    discriminator = node.get("discriminator")
+    if isinstance(discriminator, dict):
+        tag = discriminator["propertyName"]
+        for ref in discriminator.get("mapping", {}).values():
+            target = components.get(ref.rsplit("/", 1)[-1], {})
+            if tag not in target.setdefault("required", []):
+                target["required"].append(tag)
+    for value in node.values():
+        tighten(value, components)
+
+
 def document(schema: dict[str, Any]) -> dict[str, Any]:
     """Add the error shape and the status codes every kind of operation can answer."""
     components = schema.setdefault("components", {}).setdefault("schemas", {})
+    tighten(schema, components)
     components["Error"] = ERROR_SCHEMA
     components.pop("HTTPValidationError", None)
     components.pop("ValidationError", None)
