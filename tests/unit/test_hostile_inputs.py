@@ -3,11 +3,14 @@ clear 4xx in the one error shape, never a 5xx, never used."""
 
 from __future__ import annotations
 
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from agentfarm.backends.local import git as local_git
 from agentfarm.pipeline.forges import webhooks
 from agentfarm.web.bodylimit import MAX_BODY
 from tests.unit.pipeline_helpers import SECRET, World, world
@@ -141,3 +144,37 @@ async def test_a_signed_nesting_bomb_is_an_unreadable_delivery(world: World, bod
     with pytest.raises(webhooks.InvalidDeliveryError, match="nested too deeply"):
         await pipe.handle_delivery("home", headers, body)
     assert await world.attempts() == []
+
+
+def _source(path: Path) -> Path:
+    """A real repository with one commit on `main`."""
+    path.mkdir()
+    run = ["git", "-C", str(path), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*run[:3], "init", "-q", "-b", "main"], check=True)
+    (path / "f").write_text("x\n")
+    subprocess.run([*run, "add", "f"], check=True)
+    subprocess.run([*run, "commit", "-qm", "c"], check=True)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("repo", "branch"),
+    [
+        ("--upload-pack=touch {marker}", None),
+        ("ext::sh -c touch% {marker}", None),
+        ("{source}", "--upload-pack=touch {marker}"),
+        ("{source}", "-c core.sshCommand=touch {marker}"),
+    ],
+)
+async def test_git_never_reads_a_hostile_repo_or_branch_as_an_option(
+    tmp_path: Path, repo: str, branch: str | None
+) -> None:
+    """Past the API's validation too: the clone puts them after `--` or as a value."""
+    marker = tmp_path / "pwned"
+    source = _source(tmp_path / "source")
+    fill = {"marker": marker, "source": source}
+    with pytest.raises(local_git.GitError):
+        await local_git.clone(
+            repo.format(**fill), tmp_path / "dest", branch.format(**fill) if branch else None
+        )
+    assert not marker.exists()
