@@ -27,7 +27,10 @@ SECRET_NAME_SCHEMA: dict[str, Any] = {"pattern": SECRET_NAME_RE.pattern}
 #: Stored secrets that are never a git token: forges' webhook secrets
 #: (``pipeline.webhook_secret_name``).
 NOT_GIT_TOKENS_PREFIX = "FORGE_WEBHOOK_"
-TOOL_RE = re.compile(r"^[A-Za-z0-9_*:.()\- /,@\[\]]{1,200}$")
+_TOOL_CHARS = r"A-Za-z0-9_*:.()\- /,@\[\]"
+TOOL_RE = re.compile(rf"^[{_TOOL_CHARS}]{{1,200}}$")
+#: TOOL_RE once the whitespace is stripped, as the schema states it.
+_TOOL_SCHEMA = {"maxLength": 200, **spec_schema.not_blank(_TOOL_CHARS)}
 #: Variables a config may not set: they are the server's to control.
 RESERVED_ENV = frozenset(
     {
@@ -174,12 +177,14 @@ class AgentSpec(_Strict):
         description="`default`, `acceptEdits`, `bypassPermissions` (safe inside the sandbox) "
         "or `plan`.",
     )
-    allowed_tools: list[Annotated[str, Field(pattern=TOOL_RE.pattern)]] = Field(
+    allowed_tools: list[
+        Annotated[str, Field(pattern=TOOL_RE.pattern, json_schema_extra=_TOOL_SCHEMA)]
+    ] = Field(
         default_factory=list, max_length=200, description="Tools allowed, e.g. `Bash(git *)`."
     )
-    disallowed_tools: list[Annotated[str, Field(pattern=TOOL_RE.pattern)]] = Field(
-        default_factory=list, max_length=200, description="Tools the agent may not use."
-    )
+    disallowed_tools: list[
+        Annotated[str, Field(pattern=TOOL_RE.pattern, json_schema_extra=_TOOL_SCHEMA)]
+    ] = Field(default_factory=list, max_length=200, description="Tools the agent may not use.")
     max_turns: int | None = Field(
         None, ge=1, le=10_000, description="Stop the agent after this many turns."
     )

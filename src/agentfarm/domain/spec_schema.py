@@ -10,8 +10,13 @@ BRANCH_PATTERN = (
     r"^(?!-|/|\.|refs/)(?!(?:HEAD|@)$)(?!.*(?:\.\.|//|@\{|/\.|\.lock/))"
     r"(?!.*(?:/|\.|\.lock)$)[^\x00-\x20\x7f~^:?*\[\\]{1,255}$"
 )
-#: No option, no ext:: transport, no NUL or newline.
-REPO: dict[str, Any] = {"pattern": r"^(?!-)(?![eE][xX][tT]::)[^\x00\n]+$"}
+#: After the whitespace is stripped: not blank, no option, no ext:: transport, no
+#: credentials in the URL (``gittokens.has_url_credentials``), no NUL or newline.
+REPO: dict[str, Any] = {
+    "pattern": r"^(?=[^\x00\n]*\S)(?!\s*-)(?!\s*[eE][xX][tT]::)"
+    r"(?!\s*(?:[hH][tT][tT][pP][sS]?|[fF][tT][pP][sS]?|[gG][iI][tT])://[^/?#]*@)"
+    r"(?!\s*[A-Za-z][A-Za-z0-9+.-]*://[^/?#@]*:[^/?#@]*@)[^\x00\n]+$"
+}
 #: Not blank once stripped, no NUL.
 ARGUMENT: dict[str, Any] = {"pattern": r"^[^\x00]*[^\s\x00][^\x00]*$"}
 
@@ -41,3 +46,10 @@ ACROSS: dict[str, Any] = {
         },
     ]
 }
+
+
+def not_blank(characters: str) -> dict[str, Any]:
+    """A pattern for strings of ``characters`` (a character class's inside, with the space)
+    that are not blank once stripped."""
+    solid = characters.replace(" ", "")
+    return {"pattern": f"^[{characters}]*[{solid}][{characters}]*$"}
