@@ -114,6 +114,7 @@ class CommandSpec(_Strict):
         max_length=200,
         description="The program and its arguments, e.g. `[sh, -c, 'make fix']`: a path, or "
         "a name found on the server's PATH.",
+        json_schema_extra=spec_schema.PROGRAM_FIRST,
     )
     prompt: PromptDelivery = Field(
         "stdin",

@@ -17,6 +17,11 @@ REPO: dict[str, Any] = {
     r"(?!\s*(?:[hH][tT][tT][pP][sS]?|[fF][tT][pP][sS]?|[gG][iI][tT])://[^/?#]*@)"
     r"(?!\s*[A-Za-z][A-Za-z0-9+.-]*://[^/?#@]*:[^/?#@]*@)[^\x00\n]+$"
 }
+#: A command line starts with its program, not an option (``items`` then holds for the
+#: arguments after it only: the program's item says all of it).
+PROGRAM_FIRST: dict[str, Any] = {
+    "prefixItems": [{"type": "string", "maxLength": 4096, "pattern": r"^\s*[^\s\-\x00][^\x00]*$"}]
+}
 #: Not blank once stripped, no NUL.
 ARGUMENT: dict[str, Any] = {"pattern": r"^[^\x00]*[^\s\x00][^\x00]*$"}
 
