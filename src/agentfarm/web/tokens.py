@@ -32,7 +32,11 @@ class TokenIn(BaseModel):
         "after a role change (if the caller has all of it; else the caller's own scopes).",
     )
     expires_days: int | None = Field(
-        None, ge=1, le=3650, description="Days until it expires; none: it does not expire."
+        None,
+        ge=1,
+        le=3650,
+        strict=True,  # a number, as the schema says: not "6" or true
+        description="Days until it expires; none: it does not expire.",
     )
     user: str | None = Field(
         None, pattern=USER_NAME, description="Whose token (admins only); default: the caller's."
