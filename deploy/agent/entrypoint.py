@@ -6,6 +6,9 @@
                                    AGENTFARM_BASE_BRANCH, on that existing branch)
     entrypoint.py run -- ARGV...   agent container: run ARGV with the first stdin bytes from
                                    AGENTFARM_STDIN, relay its output, then push the branch
+    entrypoint.py control          in the agent container (``exec``, by the control plane):
+                                   one JSON request line on stdin for the running ``run``
+                                   (a follow-up, an interrupt), its JSON reply on stdout
 
 The control plane reads this container's log, which merges stdout and stderr, so everything
 goes to stdout, one line per write, each line ``\\x1e<kind><seq> <payload>``: kind ``O`` for
@@ -20,6 +23,16 @@ The workspace is the agent's, so its .git (config, hooks, fsmonitor, pushurl, in
 commondir, a symlinked .git) is never trusted with a token: every git command here disables
 hooks and fsmonitor, and the branch is pushed from a fresh repository holding a copy of its
 commits and no configuration but ours, after every process the agent left was killed.
+
+Follow-ups and interrupts (as the local backend's monitor_stdin does them): ``run`` listens on
+a unix socket (AGENTFARM_CONTROL) for ``{"op": "send", "data": <base64>}`` and ``{"op":
+"interrupt"}``; the control plane reaches it by exec'ing ``entrypoint.py control`` in the pod
+(the exec API carries the request on stdin and the reply on stdout). The agent's stdin stays
+open while messages wait (one less at each stdout line whose type is in
+AGENTFARM_CLOSE_STDIN_AFTER, or with AGENTFARM_REPLAYS=1 at each echo of a message), then for
+AGENTFARM_FOLLOWUP_WINDOW seconds (at least AGENTFARM_INTERRUPTED_WINDOW after an interrupted
+turn), announced by an ``agentfarm.waiting {"seconds": N}`` notice, and closes. The socket is
+the agent's too (same uid, same /tmp): it can only talk to itself through it.
 """
 
 from __future__ import annotations
@@ -32,11 +45,13 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from typing import IO
 
 KIND_STDOUT = b"O"
 KIND_STDERR = b"E"
@@ -44,6 +59,11 @@ KIND_NOTICE = b"N"
 #: Starts the notice that says where the branch ended up (JSON follows); the control plane's
 #: handle (backends/kubernetes/handle.py, BRANCH_NOTICE) reads it.
 BRANCH_RECORD = "agentfarm.branch "
+#: Starts the notice that says the agent waits for a follow-up (domain/launch.py,
+#: WAITING_NOTICE).
+WAITING_RECORD = "agentfarm.waiting "
+CONTROL_SOCKET = "/tmp/.agentfarm-control.sock"  # noqa: S108 - the pod's private emptyDir
+CONTROL_LIMIT = 4 << 20
 _out = threading.Lock()
 _seq = 0
 _secrets: list[str] = []
@@ -237,20 +257,21 @@ def run(argv: list[str]) -> int:
     stdin, stdout, stderr = proc.stdin, proc.stdout, proc.stderr
     if stdin is None or stdout is None or stderr is None:
         raise RuntimeError("the agent's pipes were not created")
-    stdin_lock = threading.Lock()
-    written = threading.Event()
-
-    def close_stdin() -> None:
-        with stdin_lock, contextlib.suppress(OSError, ValueError):
-            stdin.close()
+    feeder = AgentStdin(
+        stdin,
+        close_after,
+        first,
+        window=float(os.environ.get("AGENTFARM_FOLLOWUP_WINDOW") or 0),
+        interrupt=base64.b64decode(os.environ.get("AGENTFARM_INTERRUPT") or ""),
+        interrupted_window=float(os.environ.get("AGENTFARM_INTERRUPTED_WINDOW") or 600),
+        replays=os.environ.get("AGENTFARM_REPLAYS") == "1",
+    )
+    listener = serve_control(feeder)
 
     def feed() -> None:
-        with contextlib.suppress(OSError, ValueError):
-            stdin.write(first)
-            stdin.flush()
-        written.set()
+        feeder.write(first)
         if not close_after:  # nothing to wait for: the agent has everything it will get
-            close_stdin()
+            feeder.close()
 
     def relay_stderr() -> None:
         for line in stderr:
@@ -259,9 +280,8 @@ def run(argv: list[str]) -> int:
     def relay_stdout() -> None:
         for line in stdout:
             emit(KIND_STDOUT, line)
-            if close_after and not stdin.closed and _top_type(line) in close_after:
-                written.wait(5)
-                close_stdin()
+            if close_after:
+                feeder.on_stdout(line)
 
     threads = [threading.Thread(target=feed, daemon=True)]
     threads.append(threading.Thread(target=relay_stderr, daemon=True))
@@ -269,6 +289,11 @@ def run(argv: list[str]) -> int:
     for thread in threads:
         thread.start()
     code = proc.wait()
+    feeder.close()
+    if listener is not None:
+        with contextlib.suppress(OSError):
+            listener.close()
+            os.unlink(control_path())
     for thread in threads:
         thread.join(timeout=5)
     if any(thread.is_alive() for thread in threads):
@@ -281,6 +306,186 @@ def run(argv: list[str]) -> int:
     if not signalled and os.environ.get("AGENTFARM_PUSH") == "1":
         push()
     return code
+
+
+class AgentStdin:
+    """The agent's stdin: the first message, follow-ups and interrupts, and when to close it
+    (see the module docstring). Counters under ``state``; writes (which may block on a full
+    pipe) under ``writing``, so a slow reader never holds up the output relay."""
+
+    def __init__(self, pipe: IO[bytes], close_after: set[str], first: bytes, *, window: float,
+                 interrupt: bytes, interrupted_window: float, replays: bool) -> None:  # fmt: skip
+        self.pipe = pipe
+        self.replays = replays
+        self.close_after = close_after
+        self.window = window
+        self.interrupt_bytes = interrupt
+        self.interrupted_window = interrupted_window
+        self.state = threading.Lock()
+        self.writing = threading.Lock()
+        self.open = True
+        self.pending = 1 if first and close_after else 0
+        self.interrupted = False
+        self.timer: threading.Timer | None = None
+
+    def write(self, data: bytes) -> str | None:
+        with self.writing:
+            if self.pipe.closed:
+                return "the agent's stdin is closed: it takes no more messages"
+            try:
+                self.pipe.write(data)
+                self.pipe.flush()
+            except (OSError, ValueError):
+                self.open = False
+                return "the agent's stdin is closed: it takes no more messages"
+        return None
+
+    def send(self, data: bytes) -> str | None:
+        with self.state:
+            if not self.open:
+                return "the agent's stdin is closed: it takes no more messages"
+            if self.close_after:
+                self.pending += 1
+            self._cancel_timer()
+        return self.write(data)
+
+    def interrupt(self) -> str | None:
+        with self.state:
+            if not self.interrupt_bytes:
+                return "this agent cannot be interrupted: stop the run instead"
+            if not self.open:
+                return "the agent's stdin is closed: it is finishing"
+            if self.timer is not None:
+                return "no turn is running: the agent is waiting for a message"
+            self.interrupted = True
+        return self.write(self.interrupt_bytes)
+
+    def on_stdout(self, line: bytes) -> None:
+        """A line of the agent's: the echo of a message it took, a turn's end, or other."""
+        if self.replays and _is_replay(line):
+            with self.state:
+                self.pending = max(0, self.pending - 1)
+            return
+        if _top_type(line) in self.close_after:
+            self.turn_ended(api_failed=_failed_on_api(line))
+
+    def turn_ended(self, *, api_failed: bool = False) -> None:
+        with self.state:
+            if not self.open:
+                return
+            if not self.replays:
+                self.pending = max(0, self.pending - 1)
+            interrupted, self.interrupted = self.interrupted, False
+            if self.pending:
+                return  # a queued message is answered next
+            window = self.window
+            if interrupted:
+                window = max(window, self.interrupted_window)
+            if window <= 0 or api_failed:  # a usage limit, an outage: no window
+                self.open = False
+            else:
+                self.timer = threading.Timer(window, self._expire, args=(window,))
+                self.timer.daemon = True
+                self.timer.start()
+                notice(WAITING_RECORD + json.dumps({"seconds": window}))
+                return
+        self.close()
+
+    def _expire(self, window: float) -> None:
+        with self.state:
+            if self.timer is None or self.timer is not threading.current_thread():
+                return  # a message came meanwhile
+            self.timer = None
+            self.open = False
+        notice(f"no follow-up came within {window:g} s: the agent ends on its last answer")
+        self.close()
+
+    def _cancel_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def close(self) -> None:
+        with self.state:
+            self.open = False
+            self._cancel_timer()
+        with self.writing, contextlib.suppress(OSError, ValueError):
+            self.pipe.close()
+
+    def handle(self, request: object) -> dict[str, object]:
+        op = request.get("op") if isinstance(request, dict) else None
+        if op == "ping":
+            return {"ok": True}
+        if op == "send" and isinstance(request, dict) and isinstance(request.get("data"), str):
+            try:
+                data = base64.b64decode(request["data"], validate=True)
+            except ValueError:
+                return {"ok": False, "error": "bad request: data is not base64"}
+            error = self.send(data)
+        elif op == "interrupt":
+            error = self.interrupt()
+        else:
+            return {"ok": False, "error": f"unknown request {op!r}"}
+        return {"ok": False, "error": error} if error else {"ok": True}
+
+
+def control_path() -> str:
+    return os.environ.get("AGENTFARM_CONTROL") or CONTROL_SOCKET
+
+
+def serve_control(feeder: AgentStdin) -> socket.socket | None:
+    """Answer control requests on a unix socket, one connection at a time, on a thread."""
+    path = control_path()
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        listener.bind(path)
+        listener.listen(8)
+    except OSError as exc:
+        notice(f"follow-ups cannot reach this agent: no control socket at {path} ({exc})")
+        listener.close()
+        return None
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return  # closed: the agent has exited
+            with conn, contextlib.suppress(OSError):
+                conn.settimeout(30)
+                line = conn.makefile("rb").readline(CONTROL_LIMIT)
+                try:
+                    reply = feeder.handle(json.loads(line))
+                except ValueError:
+                    reply = {"ok": False, "error": "bad request: not JSON"}
+                conn.sendall(json.dumps(reply).encode() + b"\n")
+
+    threading.Thread(target=serve, daemon=True).start()
+    return listener
+
+
+def control() -> int:
+    """``entrypoint.py control``: pass one request line from stdin to the running ``run``
+    and print its reply (the exec API carries both)."""
+    line = sys.stdin.buffer.readline(CONTROL_LIMIT)
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.settimeout(30)
+            conn.connect(control_path())
+            conn.sendall(line if line.endswith(b"\n") else line + b"\n")
+            reply = conn.makefile("rb").readline(CONTROL_LIMIT)
+    except OSError as exc:
+        reply = b""
+        why = f"the agent is not running or not listening ({exc.strerror or exc})"
+    else:
+        why = "the agent hung up without a reply"
+    if not reply.strip():
+        reply = json.dumps({"ok": False, "error": why}).encode() + b"\n"
+    sys.stdout.buffer.write(reply)
+    sys.stdout.buffer.flush()
+    return 0
 
 
 def copy_credentials(shared: str, claude_dir: str) -> None:
@@ -410,6 +615,28 @@ def _top_type(line: bytes) -> str | None:
     return value.get("type") if isinstance(value, dict) else None
 
 
+def _is_replay(line: bytes) -> bool:
+    """The echo of a stdin message the agent took (domain/launch.py, is_replay)."""
+    if b'"isReplay"' not in line:
+        return False
+    try:
+        value = json.loads(line)
+    except ValueError:
+        return False
+    return isinstance(value, dict) and value.get("type") == "user" and value.get("isReplay") is True
+
+
+def _failed_on_api(line: bytes) -> bool:
+    """A turn's end saying the model's API failed (domain/launch.py, failed_on_api)."""
+    if b'"api_error"' not in line:
+        return False
+    try:
+        value = json.loads(line)
+    except ValueError:
+        return False
+    return isinstance(value, dict) and value.get("terminal_reason") == "api_error"
+
+
 def _make_undumpable() -> None:
     """Keep /proc/1/environ (which holds git tokens) unreadable by the agent's processes."""
     with contextlib.suppress(OSError, AttributeError):
@@ -419,10 +646,12 @@ def _make_undumpable() -> None:
 def main(args: list[str]) -> int:
     if args[:1] == ["clone"]:
         return clone()
+    if args[:1] == ["control"]:
+        return control()
     if args[:1] == ["run"]:
         rest = args[1:]
         return run(rest[1:] if rest[:1] == ["--"] else rest)
-    print("usage: entrypoint.py clone | run -- ARGV...", file=sys.stderr)
+    print("usage: entrypoint.py clone | run -- ARGV... | control", file=sys.stderr)
     return 2
 
 

@@ -214,3 +214,55 @@ def test_a_run_pushes_to_a_remote_that_requires_the_stored_token(
     finally:
         relay.stop()
         forge.stop()
+
+
+def test_follow_up_and_interrupt_through_the_api_reach_the_pod(
+    server: Server, world: AgentWorld
+) -> None:
+    """The API, the CLI and a real pod: a reply within the follow-up window starts a new turn
+    in the same session; an interrupt ends a running tool's turn and the run takes a message."""
+    scenario = world.fake.register(
+        "api-node-converse",
+        [anthropic_api.text("First answer."), anthropic_api.text("Second answer.")],
+    )
+    spec = {**world.spec(f"{scenario} first question"), "followup_window_seconds": 600}
+    with server.client() as c:
+        response = c.post("/api/runs", json={"spec": spec})
+    assert response.status_code == 201, response.text
+    run_id = response.json()["id"]
+    wait_event(server, run_id, "run.waiting")
+    with server.client() as c:
+        idle = c.post(f"/api/runs/{run_id}/interrupt")
+        assert idle.status_code == 409 and "no turn is running" in idle.text
+        sent = c.post(f"/api/runs/{run_id}/messages", json={"text": "a second question"})
+        assert sent.status_code == 202, sent.text
+
+    def count(kind: str) -> int:
+        return [e["type"] for e in stored_events(server, run_id)].count(kind)
+
+    deadline = time.monotonic() + 120
+    while count("run.waiting") < 2:
+        assert time.monotonic() < deadline, stored_events(server, run_id)
+        time.sleep(0.2)
+    # A new task with a long tool, and an interrupt of it: the run goes on waiting.
+    sleeping = server.cli("send", run_id, f"{anthropic_api.marker('sleep')} now wait")
+    assert sleeping.returncode == 0, sleeping.stderr
+    while count("agent.tool_call") < 1:
+        assert time.monotonic() < deadline, stored_events(server, run_id)
+        time.sleep(0.2)
+    time.sleep(1.0)  # not an assertion: lets the Bash tool start
+    interrupted = server.cli("interrupt", run_id)
+    assert interrupted.returncode == 0, interrupted.stdout + interrupted.stderr
+    while count("run.waiting") < 3:
+        assert time.monotonic() < deadline, stored_events(server, run_id)
+        time.sleep(0.2)
+    events = stored_events(server, run_id)
+    results = [e["data"] for e in events if e["type"] == "agent.result"]
+    assert [r["result"] for r in results[:2]] == ["First answer.", "Second answer."]
+    assert results[2]["subtype"] == "error_during_execution"
+    sessions = {e["data"]["session_id"] for e in events if e["type"] == "agent.init"}
+    assert len(sessions) == 1
+    with server.client() as c:
+        assert c.get(f"/api/runs/{run_id}").json()["status"] == "running"
+        c.post(f"/api/runs/{run_id}/stop")
+    assert server.wait_status(run_id, TERMINAL, timeout=90)["status"] == "stopped"

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -435,4 +436,91 @@ async def test_the_cursor_survives_the_kubelets_log_rotation(
     assert any("rotated away" in r.data.decode() for r in replay if r.kind == "notice")
     resumed = await collect(again.records(after=live[-2].cursor), timeout=120)
     assert [r.kind for r in resumed] == ["exit"]
+    await backend.cleanup(run)
+
+
+@pytest.fixture
+async def kit_backend(world: World) -> AsyncIterator[k8s_backend.KubernetesBackend]:
+    """The backend with the kit's Role (deploy/k8s/base/rbac.yaml) and nothing else."""
+    from tests.k8s.test_backend_api import kit_role_rules
+
+    ns = world.settings.k8s_namespace
+    access = await asyncio.to_thread(
+        world.node.service_account_access, ns, kit_role_rules(), name="agentfarm-kit"
+    )
+    b = k8s_backend.KubernetesBackend(
+        world.settings.model_copy(update={"k8s_kubeconfig": access.kubeconfig})
+    )
+    yield b
+    await b.aclose()
+
+
+async def test_follow_ups_and_an_interrupt_reach_the_agent_in_its_pod(
+    world: World, kit_backend: k8s_backend.KubernetesBackend
+) -> None:
+    """Through the exec API into the pod (the entrypoint's control socket), with the kit's
+    RBAC: a follow-up within the window starts a second turn in the same session; an interrupt
+    ends a running tool's turn and the run goes on; refusals come back with their reason."""
+    from agentfarm.agents import claude
+    from agentfarm.domain import errors
+
+    backend = kit_backend
+
+    scenario = world.fake.register(
+        "converse-node", [anthropic_api.text("First answer."), anthropic_api.text("Second.")]
+    )
+    run = world.run(f"{scenario} first question")
+    base = world.command(run.prompt)
+    command = dataclasses.replace(
+        base,
+        argv=[*base.argv, "--replay-user-messages"],
+        interrupt=claude.ClaudeAdapter().interrupt(),
+        followup=claude.FOLLOWUP,
+        followup_window=600.0,
+        replays=True,
+    )
+    handle, _ = await backend.launch(
+        run, LaunchSpec.of(run.id, command, {"ANTHROPIC_API_KEY": "fake"})
+    )
+    seen: list[Record] = []
+    records = handle.records(after=0)
+
+    async def until(check: Callable[[Record], bool]) -> Record:
+        async with asyncio.timeout(120):
+            async for record in records:
+                seen.append(record)
+                assert record.kind != "exit", [r.data for r in seen]
+                if check(record):
+                    return record
+        raise AssertionError(f"the log ended: {[r.data for r in seen]}")
+
+    def waiting(record: Record) -> bool:
+        return record.kind == "notice" and record.data.startswith(b"agentfarm.waiting ")
+
+    def result(record: Record) -> bool:
+        return record.kind == "stdout" and b'"type":"result"' in record.data
+
+    await until(result)
+    assert (await until(waiting)).data == b'agentfarm.waiting {"seconds": 600.0}'
+    with pytest.raises(errors.BackendError, match="no turn is running"):
+        await handle.interrupt()
+    await handle.send(claude.FOLLOWUP.encode("a second question"))
+    second = json.loads((await until(result)).data)
+    assert second["result"] == "Second." and second["num_turns"] >= 1
+    await until(waiting)
+    # A new task that runs a long tool, then an interrupt of it: the run goes on.
+    await handle.send(claude.FOLLOWUP.encode(f"{anthropic_api.marker('sleep')} now wait"))
+    await until(lambda r: r.kind == "stdout" and b'"tool_use"' in r.data)
+    await asyncio.sleep(1.0)  # not an assertion: lets the Bash tool start
+    await handle.interrupt()
+    interrupted = json.loads((await until(result)).data)
+    assert interrupted["subtype"] == "error_during_execution"
+    assert (await until(waiting)).data == b'agentfarm.waiting {"seconds": 600.0}'
+    inits = [json.loads(r.data) for r in seen if r.kind == "stdout" and b'"init"' in r.data]
+    assert len({i["session_id"] for i in inits}) == 1
+    await handle.stop(grace=3)
+    rest = await collect(records, timeout=90)
+    assert rest[-1].exit is not None and rest[-1].exit.stopped
+    with pytest.raises(errors.BackendError, match=r"cannot reach the agent|not running"):
+        await handle.send(claude.FOLLOWUP.encode("too late"))
     await backend.cleanup(run)

@@ -73,9 +73,11 @@ def test_minimal_command() -> None:
     command = claude.ClaudeAdapter().build_command(spec(), binary="/opt/claude")
     assert command.argv == [
         "/opt/claude", "-p", "--output-format", "stream-json", "--verbose",
-        "--input-format", "stream-json", "--permission-mode", "bypassPermissions",
+        "--input-format", "stream-json", "--replay-user-messages",
+        "--permission-mode", "bypassPermissions",
     ]  # fmt: skip
     assert command.close_stdin_after == ("result",)
+    assert command.replays and command.followup_window == 0.0
     assert command.stdin.endswith(b"\n") and command.stdin.count(b"\n") == 1
     assert json.loads(command.stdin) == {
         "type": "user",
@@ -102,7 +104,7 @@ def test_full_command_passes_each_tool_rule_as_its_own_flag() -> None:
         ),
         binary="claude",
     )
-    assert command.argv[7:] == [
+    assert command.argv[8:] == [
         "--permission-mode", "default",
         "--model", "claude-sonnet-4-5",
         "--allowedTools=Write", "--allowedTools=Bash(git *)",
@@ -657,3 +659,11 @@ def test_fake_streams_messages_api_events(fake_anthropic: fake.FakeAnthropic) ->
         }
     (recorded,) = fake_anthropic.requests_for("unit-stream")
     assert recorded.query == "beta=true" and recorded.turn == 0 and recorded.body == body
+
+
+def test_the_echo_of_a_sent_message_makes_no_event_and_the_window_reaches_the_command() -> None:
+    parser = claude.ClaudeAdapter().new_parser()
+    replay = {"type": "user", "message": {"role": "user", "content": "hi"}, "isReplay": True}
+    assert parser.feed_stdout(json.dumps(replay).encode()) == []
+    command = claude.ClaudeAdapter().build_command(spec(followup_window_seconds=90))
+    assert command.followup_window == 90.0 and command.followup is not None

@@ -253,3 +253,27 @@ async def test_racing_status_changes_exactly_one_wins(store: Store) -> None:
         won = await asyncio.gather(*(change(run.id, s) for s in contenders))
         assert won == [True, False]
         assert (await store.get_run(run.id)).status is contenders[0]
+
+
+@pytest.mark.parametrize("terminal", sorted(models.TERMINAL_STATUSES))
+async def test_an_ended_run_goes_back_to_starting_only_when_reopened_and_once(
+    store: Store, terminal: models.RunStatus
+) -> None:
+    from agentfarm.store.store import REOPEN
+
+    run = await store.create_run(make_run(status=terminal))
+    if terminal not in models.CONTINUABLE_STATUSES:  # lost: nothing to continue
+        with pytest.raises(errors.StatusConflictError):
+            await store.update_run(run.id, status=models.RunStatus.starting, **{REOPEN: True})
+        return
+    with pytest.raises(errors.StatusConflictError):  # reopened, but only to starting
+        await store.update_run(run.id, status=models.RunStatus.running, **{REOPEN: True})
+    again = await store.update_run(
+        run.id, status=models.RunStatus.starting, finished_at=None, **{REOPEN: True}
+    )
+    assert again.status is models.RunStatus.starting and again.finished_at is None
+    with pytest.raises(errors.StatusConflictError):  # a second continue loses the race
+        await store.update_run(run.id, status=models.RunStatus.starting, **{REOPEN: True})
+    queued = await store.create_run(make_run())
+    with pytest.raises(errors.StatusConflictError):  # REOPEN opens no other door
+        await store.update_run(queued.id, status=models.RunStatus.parked, **{REOPEN: True})

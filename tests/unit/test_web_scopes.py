@@ -116,6 +116,33 @@ async def test_an_operate_token_launches_but_does_not_administer(tmp_path: Path)
             assert (await admin.get("/api/admin/users")).status_code == 200
 
 
+async def test_a_one_off_spec_naming_a_git_token_secret_needs_admin(tmp_path: Path) -> None:
+    """Otherwise anyone who may launch could send any stored secret to a host they choose."""
+    spec = {
+        "repo": "https://evil.example/x/y.git",
+        "prompt": "p",
+        "git_token_secret": "GITHUB_TOKEN",
+    }
+    async with cockpit(tmp_path) as cp:
+        await cp.add_user("ada")
+        async with bearer(cp, await api_token(cp, "ada", "operate")) as operator:
+            for path, body in (
+                ("/api/runs", {"spec": spec}),
+                ("/api/orchestration/dispatch", {"spec": spec, "idempotency_key": "k1"}),
+            ):
+                response = await operator.post(path, json=body)
+                assert response.status_code == 403, response.text
+                error = response.json()["error"]
+                assert error["code"] == "forbidden" and "git_token_secret" in error["message"]
+            plain = await operator.post(
+                "/api/runs", json={"spec": {**spec, "git_token_secret": None}}
+            )
+            assert plain.status_code == 201, plain.text
+        async with bearer(cp, await api_token(cp, "ada", "admin")) as admin:
+            allowed = await admin.post("/api/runs", json={"spec": spec})
+            assert allowed.status_code != 403, allowed.text  # past the scope check
+
+
 async def test_a_users_role_bounds_their_tokens_and_sessions(tmp_path: Path) -> None:
     async with cockpit(tmp_path) as cp, cp.browser() as browser:
         await cp.add_user("ada")

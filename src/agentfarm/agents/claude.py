@@ -57,6 +57,9 @@ class ClaudeAdapter:
             "--verbose",  # mandatory with stream-json in print mode
             "--input-format",
             "stream-json",
+            # Each stdin message echoed as the CLI takes it: how the backend knows a follow-up
+            # sent while a tool runs was answered within the running turn.
+            "--replay-user-messages",
             "--permission-mode",
             spec.permission_mode,
         ]
@@ -79,6 +82,8 @@ class ClaudeAdapter:
             close_stdin_after=("result",),
             interrupt=self.interrupt(),
             followup=FOLLOWUP,
+            followup_window=float(spec.followup_window_seconds),
+            replays=True,
         )
 
     def resume_command(

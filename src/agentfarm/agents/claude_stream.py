@@ -67,6 +67,8 @@ class ClaudeStreamParser(jsonlines.JsonLinesParser):
         if kind == "assistant":
             return self._assistant(obj)
         if kind == "user":
+            if obj.get("isReplay") is True:
+                return []  # the echo of a message we sent: the supervisor recorded it
             return self._user(obj)
         if kind == "result":
             result = self._result(obj)

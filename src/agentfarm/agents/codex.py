@@ -21,7 +21,10 @@ by the sandbox's ``python3``) that takes the prompt and follow-ups as ``{"text":
 stdin and runs one ``codex exec`` per turn in the same workspace and HOME. Each turn's text
 reaches Codex on its stdin (the prompt argument is ``-``, after ``--``): no size limit of a
 command-line argument, and nothing for Codex to append to the prompt. There is no stdin
-interrupt: stopping is by signal, which the driver passes on.
+interrupt: stopping is by signal, which the driver passes on. So a turn cannot be interrupted
+without ending the run: SIGINT to a running ``codex exec`` (0.169.0) ends it with no
+``turn.failed`` and "failed to record rollout items: thread ... not found" on stderr, so the
+thread is not safe to resume. The API answers 409 and says to stop the run instead.
 
 Credentials: ``CODEX_API_KEY`` in the agent's environment (the supervisor hands on an
 ``OPENAI_API_KEY`` under that name). A ChatGPT-plan login (``$CODEX_HOME/auth.json``) is not
@@ -129,6 +132,7 @@ class CodexAdapter:
             stdin=FOLLOWUP.encode(spec.prompt),
             close_stdin_after=TURN_ENDS,
             followup=FOLLOWUP,
+            followup_window=float(spec.followup_window_seconds),
             runner=("python3", "-S", "-I", "-c", driver_source()),
         )
 

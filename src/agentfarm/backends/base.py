@@ -87,7 +87,14 @@ class RunHandle(Protocol):
         ...
 
     async def send(self, data: bytes) -> None:
-        """Write to the agent's stdin (follow-ups, interrupts)."""
+        """A follow-up for the agent's stdin: one more turn. BackendError (with the reason) when
+        the agent no longer takes messages."""
+        ...
+
+    async def interrupt(self) -> None:
+        """End the agent's running turn, not the run: its command's interrupt on stdin, after
+        which the agent waits for a message. BackendError (with the reason) when no turn runs
+        or the agent cannot be interrupted."""
         ...
 
     async def stop(self, grace: float) -> None:

@@ -55,6 +55,7 @@ class _FakeRun:
     records: list[Record] = field(default_factory=list)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     stdin: list[bytes] = field(default_factory=list)
+    interrupts: int = 0
     task: asyncio.Task[None] | None = None
     stop_requested: bool = False
     finalized: bool = False
@@ -93,6 +94,11 @@ class FakeHandle:
         if self._state.done:
             raise errors.ConflictError("the agent has exited; it cannot take more input")
         self._state.stdin.append(data)
+
+    async def interrupt(self) -> None:
+        if self._state.done:
+            raise errors.BackendError("the agent has exited; there is no turn to interrupt")
+        self._state.interrupts += 1
 
     async def stop(self, grace: float) -> None:
         if self._state.done:

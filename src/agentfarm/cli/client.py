@@ -11,7 +11,8 @@ from typing import Any
 import httpx
 from httpx_sse import connect_sse
 
-from agentfarm.settings import Settings, default_data_dir
+from agentfarm.settings import Settings
+from agentfarm.settings_base import default_data_dir
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 

@@ -92,6 +92,11 @@ def event_line(event: dict[str, Any]) -> Text | None:
         return Text(f"stderr: {data.get('line', '')}", style="dim")
     if kind == "agent.unparsed":
         return Text(f"(unparsed output, {data.get('size', '?')} bytes)", style="dim")
+    if kind == "run.waiting":
+        seconds = float(data.get("seconds") or 0)
+        return Text(f"… waiting for a follow-up (ends in {seconds:g} s)", style="cyan")
+    if kind == "user.interrupt":
+        return Text("> (interrupted the turn)", style="bold")
     if kind == "user.message":
         return Text(f"> {data.get('text', '')}", style="bold")
     if kind == "agent.system":

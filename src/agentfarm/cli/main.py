@@ -44,6 +44,7 @@ app.command()(runs.stop)
 app.command()(runs.resume)
 app.command("rm")(runs.remove_run)
 app.command()(runs.send)
+app.command()(runs.interrupt)
 app.command()(runs.show)
 app.command()(runs.spend)
 

@@ -1,4 +1,4 @@
-"""The run commands: launch and follow, list, logs, stop, remove, send, show."""
+"""The run commands: launch and follow, list, logs, stop, remove, send, interrupt, show."""
 
 from __future__ import annotations
 
@@ -147,21 +147,48 @@ def remove_run(run_id: str) -> None:
     console.out.print(f"run {run_id} removed", highlight=False)
 
 
-def resume(run_id: str, as_json: console.JsonFlag = False) -> None:
-    """Resume a parked run now, rather than when its usage limit resets."""
+def resume(
+    run_id: str,
+    prompt: Annotated[
+        str | None, typer.Argument(help="What to tell the agent; `-` reads it from stdin.")
+    ] = None,
+    as_json: console.JsonFlag = False,
+) -> None:
+    """Resume a parked run now, rather than when its usage limit resets, or continue an ended
+    run with a new prompt (its session, workspace and branch)."""
+    if prompt == "-":
+        prompt = sys.stdin.read()
+    body = {"prompt": prompt} if prompt and prompt.strip() else None
     with client.Client() as c:
-        result = c.post(f"/api/runs/{run_id}/resume")
+        result = c.post(f"/api/runs/{run_id}/resume", json=body)
     if as_json:
         console.print_json(result)
     else:
         console.out.print(f"resuming run {run_id}", highlight=False)
 
 
-def send(run_id: str, text: str) -> None:
-    """Send a follow-up message to a running agent."""
+def send(
+    run_id: str,
+    text: Annotated[str, typer.Argument(help="The message; `-` reads it from stdin.")],
+) -> None:
+    """Send a follow-up message to a running agent: answered after its running turn, or at
+    once while it waits for one (the config's followup_window_seconds)."""
+    if text == "-":
+        text = sys.stdin.read()
+    if not text.strip():
+        console.err.print("[red]error:[/] the message is empty: give the text, or `-` and pipe it")
+        raise typer.Exit(2)
     with client.Client() as c:
         c.post(f"/api/runs/{run_id}/messages", json={"text": text})
     console.out.print("sent")
+
+
+def interrupt(run_id: str) -> None:
+    """Interrupt the agent's running turn without ending the run; then `agentfarm send` it
+    what to do instead."""
+    with client.Client() as c:
+        c.post(f"/api/runs/{run_id}/interrupt")
+    console.out.print(f"interrupted; the agent waits for `agentfarm send {run_id} ...`")
 
 
 def show(run_id: str) -> None:

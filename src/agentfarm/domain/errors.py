@@ -27,6 +27,10 @@ class UnauthorizedError(AgentfarmError, PermissionError):
     """The request does not prove who sent it (a missing or wrong webhook signature)."""
 
 
+class ForbiddenError(AgentfarmError, PermissionError):
+    """Who asked may not do this (a scope or role they lack): HTTP 403."""
+
+
 class ConfigurationError(AgentfarmError, RuntimeError):
     """The host or the server is not set up for what was asked (no bubblewrap, no credentials)."""
 

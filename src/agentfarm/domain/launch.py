@@ -21,6 +21,13 @@ from typing import Any
 
 #: Every run works on a branch of its own: ``agentfarm/<run id>``.
 BRANCH_PREFIX = "agentfarm/"
+#: After a turn a person interrupted, the agent waits this long at least for a message (the
+#: run goes on: an interrupt ends the turn, not the run), whatever the follow-up window says.
+INTERRUPTED_WINDOW_SECONDS = 600.0
+#: The notice a backend's process owner (the local monitor, the pod's entrypoint) writes when
+#: a turn has ended and the agent waits for a follow-up: this prefix, then
+#: ``{"seconds": N}``. The supervisor turns it into a ``run.waiting`` event.
+WAITING_NOTICE = "agentfarm.waiting "
 
 
 def branch_name(run_id: str) -> str:
@@ -83,6 +90,47 @@ class GitAuth:
         return {self.env_name: self.token, f"{self.env_name}_BASIC": self.basic}
 
 
+def waiting_notice(seconds: float) -> str:
+    return WAITING_NOTICE + json.dumps({"seconds": round(seconds, 3)})
+
+
+def waiting_seconds(notice: str) -> float | None:
+    """The seconds of a :data:`WAITING_NOTICE`; None for any other notice."""
+    if not notice.startswith(WAITING_NOTICE):
+        return None
+    try:
+        seconds = json.loads(notice[len(WAITING_NOTICE) :]).get("seconds")
+    except (ValueError, AttributeError):
+        return None
+    ok = isinstance(seconds, int | float) and not isinstance(seconds, bool) and seconds >= 0
+    return float(seconds) if ok else None
+
+
+def is_replay(line: bytes) -> bool:
+    """A stdout line echoing a stdin message the agent took (see ``AgentCommand.replays``):
+    a top-level ``isReplay: true`` on a ``user`` line, not the words in some tool's output."""
+    if b'"isReplay"' not in line:
+        return False
+    try:
+        body = json.loads(line)
+    except ValueError:
+        return False
+    return isinstance(body, dict) and body.get("type") == "user" and body.get("isReplay") is True
+
+
+def failed_on_api(line: bytes) -> bool:
+    """A turn's end that says the model's API failed (Claude's ``result`` with
+    ``terminal_reason: api_error``: a usage limit, an outage). No follow-up window opens after
+    it: the run ends (or is parked until the limit resets) at once."""
+    if b'"api_error"' not in line:
+        return False
+    try:
+        body = json.loads(line)
+    except ValueError:
+        return False
+    return isinstance(body, dict) and body.get("terminal_reason") == "api_error"
+
+
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
@@ -117,6 +165,15 @@ class AgentCommand:
     interrupt: bytes = b""
     #: None: this agent takes no follow-up messages.
     followup: Followup | None = None
+    #: The agent echoes each stdin message as it takes it, as a stdout line ``{"type": "user",
+    #: "isReplay": true, ...}`` (Claude's ``--replay-user-messages``). Claude answers a message
+    #: sent while a tool runs in the running turn, not in a turn of its own, so a turn's end
+    #: does not mean one message answered: with replays, stdin stays open after a turn's end
+    #: while a message is still unread. Without: each message is answered by one turn's end.
+    replays: bool = False
+    #: Seconds stdin stays open after a turn ends with nothing queued (a follow-up within
+    #: them starts a new turn); 0: it closes at once and the run ends on that result.
+    followup_window: float = 0.0
     #: A driver put before the resolved binary: ``("python3", "-c", SOURCE)`` runs the agent
     #: once per turn (Codex). Its first item is ``python3``: the backend puts the interpreter
     #: it has inside the sandbox there. The binary and the rest of argv follow it.
@@ -144,6 +201,8 @@ class AgentCommand:
             if self.followup is None
             else [_b64(self.followup.prefix), _b64(self.followup.suffix)],
             "runner": list(self.runner),
+            "followup_window": self.followup_window,
+            "replays": self.replays,
         }
 
     @classmethod
@@ -160,6 +219,8 @@ class AgentCommand:
             if followup is None
             else Followup(base64.b64decode(followup[0]), base64.b64decode(followup[1])),
             runner=tuple(raw.get("runner", ())),
+            followup_window=float(raw.get("followup_window", 0.0)),
+            replays=bool(raw.get("replays", False)),
         )
 
 

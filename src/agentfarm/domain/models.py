@@ -20,6 +20,15 @@ from pydantic import (
 
 from agentfarm.domain import backend_config, gittokens, launch, spec_schema
 
+# Re-exported: the rest of the code names them ``models.X``.
+from agentfarm.domain.agent_options import CommandSpec as CommandSpec
+from agentfarm.domain.agent_options import PromptDelivery as PromptDelivery
+from agentfarm.domain.agent_options import Strict as _Strict
+from agentfarm.domain.agent_options import WatchdogSpec as WatchdogSpec
+from agentfarm.domain.events import Event as Event
+from agentfarm.domain.events import EventDraft as EventDraft
+from agentfarm.domain.events import EventType as EventType
+
 SLUG_RE = backend_config.SLUG_RE
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 SECRET_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
@@ -27,10 +36,7 @@ SECRET_NAME_SCHEMA: dict[str, Any] = {"pattern": SECRET_NAME_RE.pattern}
 #: Stored secrets that are never a git token: forges' webhook secrets
 #: (``pipeline.webhook_secret_name``).
 NOT_GIT_TOKENS_PREFIX = "FORGE_WEBHOOK_"
-_TOOL_CHARS = r"A-Za-z0-9_*:.()\- /,@\[\]"
-TOOL_RE = re.compile(rf"^[{_TOOL_CHARS}]{{1,200}}$")
-#: TOOL_RE once the whitespace is stripped, as the schema states it.
-_TOOL_SCHEMA = {"maxLength": 200, **spec_schema.not_blank(_TOOL_CHARS)}
+TOOL_RE = re.compile(rf"^[{spec_schema.TOOL_CHARS}]{{1,200}}$")
 #: Variables a config may not set: they are the server's to control.
 RESERVED_ENV = frozenset(
     {
@@ -81,6 +87,8 @@ TERMINAL_STATUSES = frozenset(
 ACTIVE_STATUSES = frozenset(
     {RunStatus.queued, RunStatus.starting, RunStatus.running, RunStatus.parked}
 )
+#: Ended runs a person may continue with a new prompt (a new agent process in their session).
+CONTINUABLE_STATUSES = frozenset({RunStatus.succeeded, RunStatus.failed, RunStatus.stopped})
 
 PermissionMode = Literal["default", "acceptEdits", "bypassPermissions", "plan"]
 #: Who asked for a run: a person (the cockpit, the CLI), the AFK pipeline, or another program
@@ -89,61 +97,12 @@ PermissionMode = Literal["default", "acceptEdits", "bypassPermissions", "plan"]
 RunOrigin = Literal["person", "pipeline", "api"]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
-
-
-PromptDelivery = Literal["stdin", "argument", "none"]
 AgentKind = Literal["claude", "codex", "command"]
 #: Agents that report tokens but no price: their cost is estimated from a price table.
 ESTIMATED_COST_AGENTS = frozenset({"codex"})
 #: Agents whose output is plain lines (no protocol): they report no cost and no turns, so only
 #: the time budget holds for them, and all their silence is a tool's (the watchdog).
 OUTPUT_ONLY_AGENTS = frozenset({"command"})
-
-
-class CommandSpec(_Strict):
-    """The generic command agent's program: any command line, its output shown line by line,
-    its exit code deciding the run's status."""
-
-    argv: list[
-        Annotated[str, Field(min_length=1, max_length=4096, json_schema_extra=spec_schema.ARGUMENT)]
-    ] = Field(
-        ...,
-        min_length=1,
-        max_length=200,
-        description="The program and its arguments, e.g. `[sh, -c, 'make fix']`: a path, or "
-        "a name found on the server's PATH.",
-        json_schema_extra=spec_schema.PROGRAM_FIRST,
-    )
-    prompt: PromptDelivery = Field(
-        "stdin",
-        description="How the prompt reaches it: `stdin` (then stdin closes), `argument` (the "
-        "last argument) or `none`.",
-    )
-
-    @field_validator("argv")
-    @classmethod
-    def _check_argv(cls, value: list[str]) -> list[str]:
-        if any("\x00" in arg for arg in value):
-            raise ValueError("an argument may not contain a NUL character")
-        if value[0].startswith("-"):
-            raise ValueError("the first item must be the program, not an option")
-        return value
-
-
-class WatchdogSpec(_Strict):
-    """A config's watchdog thresholds; each one left out is the server's setting."""
-
-    model_stall_seconds: float | None = Field(
-        None, ge=0, le=86_400, description="Waiting for the model with no output (0: never)."
-    )
-    tool_quiet_seconds: float | None = Field(
-        None, ge=0, le=7 * 86_400, description="A tool running without output (0: never)."
-    )
-    stall_resumes: int | None = Field(
-        None, ge=0, le=100, description="Resumes after a stall before the run fails."
-    )
 
 
 class AgentSpec(_Strict):
@@ -156,18 +115,9 @@ class AgentSpec(_Strict):
         description="Agent CLI: `claude` (Claude Code), `codex` (OpenAI Codex CLI) or `command` "
         "(any program, see `command`).",
     )
-    repo: str = Field(
-        ...,
-        min_length=1,
-        max_length=4096,
-        description="Local path or git URL to clone.",
-        json_schema_extra=spec_schema.REPO,
-    )
-    base_branch: str | None = Field(
-        None,
-        max_length=255,
-        description="Branch to start from; default: the repo's HEAD.",
-        json_schema_extra={"pattern": spec_schema.BRANCH_PATTERN},
+    repo: spec_schema.Repo = Field(..., description="Local path or git URL to clone.")
+    base_branch: spec_schema.Branch | None = Field(
+        None, description="Branch to start from; default: the repo's HEAD."
     )
     prompt: str = Field("", max_length=200_000, description="The task for the agent.")
     model: str | None = Field(
@@ -178,14 +128,12 @@ class AgentSpec(_Strict):
         description="`default`, `acceptEdits`, `bypassPermissions` (safe inside the sandbox) "
         "or `plan`.",
     )
-    allowed_tools: list[
-        Annotated[str, Field(pattern=TOOL_RE.pattern, json_schema_extra=_TOOL_SCHEMA)]
-    ] = Field(
+    allowed_tools: list[spec_schema.Tool] = Field(
         default_factory=list, max_length=200, description="Tools allowed, e.g. `Bash(git *)`."
     )
-    disallowed_tools: list[
-        Annotated[str, Field(pattern=TOOL_RE.pattern, json_schema_extra=_TOOL_SCHEMA)]
-    ] = Field(default_factory=list, max_length=200, description="Tools the agent may not use.")
+    disallowed_tools: list[spec_schema.Tool] = Field(
+        default_factory=list, max_length=200, description="Tools the agent may not use."
+    )
     max_turns: int | None = Field(
         None, ge=1, le=10_000, description="Stop the agent after this many turns."
     )
@@ -211,6 +159,13 @@ class AgentSpec(_Strict):
         None,
         validate_default=True,
         description="For `agent: command` only: `{argv: [...], prompt: stdin|argument|none}`.",
+    )
+    followup_window_seconds: int = Field(
+        0,
+        ge=0,
+        le=86_400,
+        description="Keep the run open this long after a turn ends, for a follow-up message "
+        "(`agentfarm send`, the run page's reply box); 0: the run ends at its result.",
     )
     notify_secrets: list[Annotated[str, Field(json_schema_extra=SECRET_NAME_SCHEMA)]] = Field(
         default_factory=list,
@@ -443,37 +398,3 @@ class Run(BaseModel):
     def cost_estimated(self) -> bool:
         """The cost comes from agentfarm's price table (the agent reports tokens only)."""
         return self.spec.agent in ESTIMATED_COST_AGENTS
-
-
-class EventType(StrEnum):
-    run_status = "run.status"
-    run_notice = "run.notice"
-    #: Where the run's branch ended up: {branch, start, head, commits, pushed, error}.
-    run_branch = "run.branch"
-    agent_init = "agent.init"
-    agent_text = "agent.text"
-    agent_thinking = "agent.thinking"
-    agent_tool_call = "agent.tool_call"
-    agent_tool_result = "agent.tool_result"
-    agent_result = "agent.result"
-    #: The model's usage-limit state as the agent reported it: {status, resets_at, limit_type,
-    #: utilization, source}; ``status`` is ``allowed``, ``allowed_warning`` or ``rejected``.
-    agent_rate_limit = "agent.rate_limit"
-    agent_system = "agent.system"
-    agent_stderr = "agent.stderr"
-    agent_unparsed = "agent.unparsed"
-    user_message = "user.message"
-    sandbox_egress_denied = "sandbox.egress_denied"
-
-
-class EventDraft(BaseModel):
-    """An event before the store gives it its sequence number."""
-
-    type: str
-    data: dict[str, Any] = Field(default_factory=dict)
-    ts: datetime = Field(default_factory=utcnow)
-
-
-class Event(EventDraft):
-    run_id: str
-    seq: int

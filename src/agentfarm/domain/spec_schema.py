@@ -3,7 +3,9 @@ schema states, so a request valid by the schema is not refused for its shape."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import Field
 
 #: ``launch.valid_branch`` as a pattern, short names only (no ``refs/...``).
 BRANCH_PATTERN = (
@@ -58,3 +60,17 @@ def not_blank(characters: str) -> dict[str, Any]:
     that are not blank once stripped."""
     solid = characters.replace(" ", "")
     return {"pattern": f"^[{characters}]*[{solid}][{characters}]*$"}
+
+
+#: A tool pattern's characters (``models.TOOL_RE``), the space among them.
+TOOL_CHARS = r"A-Za-z0-9_*:.()\- /,@\[\]"
+Tool = Annotated[
+    str,
+    Field(
+        pattern=rf"^[{TOOL_CHARS}]{{1,200}}$",
+        # The pattern once the whitespace is stripped, as the schema states it.
+        json_schema_extra={"maxLength": 200, **not_blank(TOOL_CHARS)},
+    ),
+]
+Repo = Annotated[str, Field(min_length=1, max_length=4096, json_schema_extra=REPO)]
+Branch = Annotated[str, Field(max_length=255, json_schema_extra={"pattern": BRANCH_PATTERN})]

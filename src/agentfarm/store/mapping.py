@@ -131,9 +131,13 @@ def _strip_repo_credentials(spec: Any) -> None:
         spec["repo"] = gittokens.strip_url_credentials(repo)
 
 
+#: Not a run field: with it, an ended run may go back to ``starting`` (``store.REOPEN``).
+REOPEN = "reopen_ended_run"
+
+
 def check_run_fields(fields: Any) -> None:
     """Raise ``InvalidInputError`` unless every name in ``fields`` is an updatable Run field."""
-    unknown = sorted(set(fields) - UPDATABLE_RUN_FIELDS)
+    unknown = sorted(set(fields) - UPDATABLE_RUN_FIELDS - {REOPEN})
     if unknown:
         raise errors.InvalidInputError(
             f"cannot update run field(s) {', '.join(unknown)}: "

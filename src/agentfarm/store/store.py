@@ -15,10 +15,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import pydantic
-
 from agentfarm.domain import errors, models
-from agentfarm.store import db, mapping, schema
+from agentfarm.store import db, mapping, schema, transitions
+from agentfarm.store.transitions import NEXT_STATUSES as NEXT_STATUSES
+from agentfarm.store.transitions import REOPEN as REOPEN
 
 _RUN_SELECT = f"SELECT {', '.join(mapping.RUN_COLUMNS)} FROM runs"  # noqa: S608 (constants)
 _CONFIG_SELECT = f"SELECT {', '.join(mapping.CONFIG_COLUMNS)} FROM configs"  # noqa: S608
@@ -28,19 +28,6 @@ _CONFIG_BY_ID_OR_NAME = "WHERE id = ?1 OR name = ?1 ORDER BY id = ?1 DESC LIMIT 
 _CONFIG_DELETE = f"DELETE FROM configs WHERE id = (SELECT id FROM configs {_CONFIG_BY_ID_OR_NAME})"  # noqa: S608
 _CONFIG_INSERT = f"INSERT INTO configs ({', '.join(mapping.CONFIG_COLUMNS)}) VALUES (?, ?, ?, ?, ?)"  # noqa: S608
 _ACTIVE = tuple(s.value for s in models.RunStatus if s in models.ACTIVE_STATUSES)
-_S = models.RunStatus
-#: The status changes a run may make. The check and the write happen in one transaction on the
-#: single writer thread, so it is a compare-and-set: a run leaves ``queued`` only while it is
-#: still queued (two launchers cannot both take it), and nothing leaves a terminal status (not
-#: even for the same one again).
-NEXT_STATUSES: Mapping[models.RunStatus, frozenset[models.RunStatus]] = {
-    _S.queued: frozenset({_S.starting, _S.running}) | models.TERMINAL_STATUSES,
-    _S.starting: frozenset({_S.running}) | models.TERMINAL_STATUSES,
-    _S.running: frozenset({_S.running, _S.parked}) | models.TERMINAL_STATUSES,
-    # A parked run resumes (a new agent process: starting) or ends without one.
-    _S.parked: frozenset({_S.parked, _S.starting}) | models.TERMINAL_STATUSES,
-    **{status: frozenset() for status in models.TERMINAL_STATUSES},
-}
 _TERMINAL = tuple(s.value for s in models.RunStatus if s in models.TERMINAL_STATUSES)
 
 
@@ -161,7 +148,7 @@ class Store:
 
         row = await self._db.read(select)
         if row is None:
-            raise _run_not_found(run_id)
+            raise transitions.run_not_found(run_id)
         return mapping.row_to_run(row)
 
     async def list_runs(
@@ -208,7 +195,7 @@ class Store:
         Unknown fields or invalid values raise ``InvalidInputError``; a status change that
         ``NEXT_STATUSES`` does not allow from the stored status raises ``StatusConflictError``."""
         mapping.check_run_fields(fields)
-        return await self._db.write(lambda conn: _update_run(conn, run_id, fields))
+        return await self._db.write(lambda conn: transitions.update_run(conn, run_id, fields))
 
     async def active_runs(self) -> list[models.Run]:
         """Runs queued, starting or running, oldest first."""
@@ -243,7 +230,7 @@ class Store:
         def delete(conn: sqlite3.Connection) -> None:
             row = conn.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchone()
             if row is None:
-                raise _run_not_found(run_id)
+                raise transitions.run_not_found(run_id)
             if row[0] not in _TERMINAL:
                 raise errors.ConflictError(
                     f"run {run_id} is {row[0]}: stop it first (`agentfarm stop {run_id}`), "
@@ -279,7 +266,7 @@ class Store:
                 (run_id,),
             ).fetchone()
             if row is None:
-                raise _run_not_found(run_id)
+                raise transitions.run_not_found(run_id)
             last: int = row[0] or 0
             if values:
                 conn.executemany(
@@ -288,7 +275,9 @@ class Store:
                 )
             if cursor is not None:
                 conn.execute("UPDATE runs SET ingest_cursor = ? WHERE id = ?", (cursor, run_id))
-            run = _update_run(conn, run_id, run_fields) if run_fields is not None else None
+            run = (
+                transitions.update_run(conn, run_id, run_fields) if run_fields is not None else None
+            )
             return last, run
 
         last, run = await self._db.write(append)
@@ -345,40 +334,6 @@ class Store:
         return await self._db.read(select)
 
 
-def _update_run(conn: sqlite3.Connection, run_id: str, fields: Mapping[str, Any]) -> models.Run:
-    """Validate ``fields`` against the current run and write them; runs on the writer thread."""
-    row = conn.execute(f"{_RUN_SELECT} WHERE id = ?", (run_id,)).fetchone()
-    if row is None:
-        raise _run_not_found(run_id)
-    current = mapping.row_to_run(row)
-    if not fields:
-        return current
-    try:
-        # The fields as they are (not a dump, which leaves out internal ones).
-        run = models.Run.model_validate({**dict(current), **fields})
-    except pydantic.ValidationError as exc:
-        raise errors.InvalidInputError(f"invalid run fields for run {run_id}: {exc}") from exc
-    if "status" in fields and run.status not in NEXT_STATUSES[current.status]:
-        raise errors.StatusConflictError(
-            f"run {run_id} is {current.status.value}; it cannot become {run.status.value}",
-            current=current.status.value,
-        )
-    pairs = mapping.run_assignments(run, sorted(fields))
-    assignments = ", ".join(f"{column} = ?" for column, _ in pairs)
-    updated = conn.execute(
-        # The status in the WHERE clause makes the compare-and-set explicit in SQL as well.
-        f"UPDATE runs SET {assignments} WHERE id = ? AND status = ?",  # noqa: S608 (checked names)
-        [*(value for _, value in pairs), run_id, current.status.value],
-    ).rowcount
-    if updated != 1:  # pragma: no cover - the writer thread is the only writer
-        raise errors.StatusConflictError(
-            f"run {run_id} changed while it was being updated; try again",
-            current=current.status.value,
-        )
-    # Read back, so the caller gets what is stored (datetimes in UTC, naive ones made aware).
-    return mapping.row_to_run(conn.execute(f"{_RUN_SELECT} WHERE id = ?", (run_id,)).fetchone())
-
-
 def _config_conflict(cfg: models.AgentConfig, exc: sqlite3.IntegrityError) -> errors.ConflictError:
     if "configs.name" in str(exc):
         return errors.ConflictError(
@@ -389,7 +344,3 @@ def _config_conflict(cfg: models.AgentConfig, exc: sqlite3.IntegrityError) -> er
 
 def _config_not_found(id_or_name: str) -> errors.NotFoundError:
     return errors.NotFoundError(f"no config with id or name {id_or_name!r}")
-
-
-def _run_not_found(run_id: str) -> errors.NotFoundError:
-    return errors.NotFoundError(f"no run with id {run_id!r}")

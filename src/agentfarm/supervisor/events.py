@@ -11,7 +11,7 @@ from typing import Any
 from agentfarm.agents import usage_limit
 from agentfarm.agents.base import StreamParser
 from agentfarm.backends.base import BranchOutcome, Record
-from agentfarm.domain import models, present, pricing
+from agentfarm.domain import launch, models, present, pricing
 from agentfarm.domain.redact import Redactor
 
 
@@ -23,6 +23,12 @@ def status_event(status: models.RunStatus, **extra: Any) -> models.EventDraft:
 
 def notice_event(message: str) -> models.EventDraft:
     return models.EventDraft(type=models.EventType.run_notice, data={"message": message})
+
+
+def waiting_event(seconds: float) -> models.EventDraft:
+    """A turn has ended and the agent waits ``seconds`` for a follow-up (its stdin stays open
+    that long); the event's time plus ``seconds`` is when the run ends without one."""
+    return models.EventDraft(type=models.EventType.run_waiting, data={"seconds": seconds})
 
 
 def branch_event(outcome: BranchOutcome) -> models.EventDraft:
@@ -52,7 +58,11 @@ def translate(parser: StreamParser, record: Record, redactor: Redactor) -> list[
     if record.kind == "stderr":
         return parser.feed_stderr(redactor.raw(record.data))
     if record.kind == "notice":
-        return [notice_event(record.data.decode("utf-8", "replace"))]
+        text = record.data.decode("utf-8", "replace")
+        seconds = launch.waiting_seconds(text)
+        if seconds is not None:
+            return [waiting_event(seconds)]
+        return [notice_event(text)]
     if record.kind == "egress":
         return [egress_event(record.data)]
     return []

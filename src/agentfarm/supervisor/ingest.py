@@ -122,7 +122,7 @@ class Ingest:
         last_summary: dict[str, Any] = {}
         pricer = self.pricer
         while exit_info is None:
-            quiet = None if fired else self.limits.quiet(tracker.phase)
+            quiet = None if fired else tracker.quiet(self.limits)
             try:
                 item = await asyncio.wait_for(queue.get(), timeout=quiet)
             except TimeoutError:
@@ -160,15 +160,15 @@ class Ingest:
             reason = budgets.run_over(self.run.spec, self.parser.summary, summary.get("cost_usd"))
             if reason is not None and self.over_budget is not None and exit_info is None:
                 await self.over_budget(run_id, reason)
-        if fired is watchdog.Phase.result:
+        if fired in (watchdog.Phase.result, watchdog.Phase.waiting):
             return Ending(exit_info, ended_on_result=True)
         return Ending(exit_info, stalled=fired)
 
     async def _quiet_too_long(self, phase: watchdog.Phase, quiet: float) -> None:
-        if phase is watchdog.Phase.result:
+        if phase in (watchdog.Phase.result, watchdog.Phase.waiting):
             notice = (
-                f"the agent reported its result but had not exited {quiet:.0f} s later: "
-                "ending it; the run finishes on its result"
+                f"the agent reported its result but had not exited {quiet:.0f} s later "
+                f"{phase.waiting_for}: ending it; the run finishes on its result"
             )
         else:
             notice = f"no output for {quiet:.0f} s {phase.waiting_for}: stopping the agent"

@@ -15,7 +15,6 @@ stored; ``restore`` re-arms the timers.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime, timedelta
@@ -34,6 +33,10 @@ from agentfarm.supervisor import credentials, events, ingest, watchdog
 log = logging.getLogger(__name__)
 
 USAGE_LIMIT, STALLED, PERSON = "usage_limit", "stalled", "person"
+#: An ended run a person continued with a new prompt (``Resuming.resume_run``).
+CONTINUED = "continued"
+#: A due resume that finds the run still busy (its last process winding up) looks again after.
+RETRY_SECONDS = 0.2
 
 PROMPTS = {
     USAGE_LIMIT: "The model's usage limit has reset. Continue the task from where you "
@@ -42,6 +45,8 @@ PROMPTS = {
     "where you stopped: the workspace and the branch are as you left them.",
     PERSON: "Continue the task from where you stopped: the workspace and the branch are as "
     "you left them.",
+    CONTINUED: "Continue the task from where you stopped: the workspace and the branch are as "
+    "you left them.",  # a person's own prompt comes instead (continuing.py)
 }
 
 Resume = Callable[[models.Run, str], Awaitable[Any]]
@@ -87,16 +92,21 @@ class Parking:
         )
 
     def launch_spec(
-        self, run: models.Run, reason: str, creds: credentials.Credentials
+        self,
+        run: models.Run,
+        reason: str,
+        creds: credentials.Credentials,
+        prompt: str | None = None,
     ) -> launch.LaunchSpec:
-        """The launch of a parked run's next agent process: its session, resumed."""
+        """The launch of a parked run's next agent process: its session, resumed (with
+        ``prompt``, a person's, else the reason's own)."""
         adapter = self.adapters[run.spec.agent]
         if not isinstance(adapter, Resumable) or not run.session_id:
             raise errors.ConflictError(f"run {run.id} has no agent session to resume")
         return launch.LaunchSpec(
             run_id=run.id,
             branch=run.branch or launch.branch_name(run.id),
-            command=adapter.resume_command(run.spec, run.session_id, PROMPTS[reason]),
+            command=adapter.resume_command(run.spec, run.session_id, prompt or PROMPTS[reason]),
             credentials=creds.env,
             git_auth=creds.git_auth,
         )
@@ -243,10 +253,14 @@ class Parking:
         if delay > 0:
             await asyncio.sleep(delay)
         self._timers.pop(run_id, None)
-        run = await self.store.get_run(run_id)
-        if run.status == models.RunStatus.parked:
-            with contextlib.suppress(errors.ConflictError):  # a person was quicker
+        while (run := await self.store.get_run(run_id)).status == models.RunStatus.parked:
+            try:
                 await self.resume(run, run.continuation.reason or USAGE_LIMIT)
+                return
+            except errors.ConflictError:
+                # The process before is still being wound up (a reset already past fires at
+                # once), or a person is resuming or stopping it: look again shortly.
+                await asyncio.sleep(RETRY_SECONDS)
 
     def _expire(self) -> None:
         now = models.utcnow()

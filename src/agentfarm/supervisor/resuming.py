@@ -1,5 +1,6 @@
 """The supervisor's operations on parked runs, mixed into ``Supervisor``: resume one (a person,
-now; or its timer, at the reset), stop one, and end one whose next process cannot start.
+now; or its timer, at the reset), stop one, and end one whose next process cannot start. An
+ended run a person continues with a new prompt takes the same path (``continuing``).
 
 A parked run has no agent process: its next one is started here, in the same workspace,
 branch and HOME, continuing its session (``parking.Parking.launch_spec``), and then followed
@@ -20,7 +21,15 @@ from agentfarm.backends.base import LaunchInfo, RunHandle
 from agentfarm.domain import errors, launch, models
 from agentfarm.domain.redact import Redactor
 from agentfarm.store import Store
-from agentfarm.supervisor import announce, credentials, dispatch, events, ingest, parking
+from agentfarm.supervisor import (
+    announce,
+    continuing,
+    credentials,
+    dispatch,
+    events,
+    ingest,
+    parking,
+)
 from agentfarm.supervisor.hub import Hub
 
 
@@ -60,14 +69,25 @@ class Resuming:
             redactor: Redactor,
         ) -> None: ...
 
-    async def resume_run(self, run_id: str) -> models.Run:
-        """Resume a parked run now, rather than when its usage limit resets."""
+    async def resume_run(self, run_id: str, prompt: str | None = None) -> models.Run:
+        """Resume a parked run now, rather than when its usage limit resets (told ``prompt``,
+        else to continue); or, given a ``prompt``, continue an ended one (``continuing``)."""
         run = await self.store.get_run(run_id)
+        if run.status in models.CONTINUABLE_STATUSES and prompt:
+            return await self._continue_ended(run, prompt)
+        if run.status in models.CONTINUABLE_STATUSES:
+            raise errors.ConflictError(
+                f"run {run_id} has ended ({run.status.value}): only a parked run can be resumed "
+                f'as it is; continue an ended one with a new prompt (`agentfarm resume {run_id} "'
+                'what to do next"`)'
+            )
         if run.status != models.RunStatus.parked:
             raise errors.ConflictError(
-                f"run {run_id} is {run.status.value}: only a parked run can be resumed"
+                f"run {run_id} is {run.status.value}: only a parked run can be resumed (an ended "
+                f"one continued with a new prompt); send a running one a message instead "
+                f"(`agentfarm send {run_id}`)"
             )
-        await self._resume_parked(run, parking.PERSON)
+        await self._resume_parked(run, parking.PERSON, prompt)
         self.parking.release(run)
         return run
 
@@ -78,23 +98,48 @@ class Resuming:
             await self.announcer.parked(run.id)
         return parked
 
-    async def _resume_parked(self, run: models.Run, reason: str) -> None:
+    async def _resume_parked(self, run: models.Run, reason: str, prompt: str | None = None) -> None:
         if run.id in self.dispatcher.active:
             raise errors.ConflictError(f"run {run.id} is already being resumed or stopped")
         self.parking.disarm(run.id)
         self.dispatcher.active.add(run.id)
-        tasks.spawn(self._continue(run, reason), name=f"continue-{run.id}", into=self._tasks)
+        work = self._continue(run, reason, prompt)
+        tasks.spawn(work, name=f"continue-{run.id}", into=self._tasks)
 
-    async def _continue(self, run: models.Run, reason: str) -> None:
-        """A parked run's next agent process: its session continued, in its workspace and
-        on its branch."""
+    async def _continue_ended(self, run: models.Run, prompt: str) -> models.Run:
+        """An ended run continued by a person: a new agent process in its session, workspace
+        and branch, told ``prompt``, as a parked run resumes."""
+        continuing.check(run, can_continue=self.parking.can_continue(run))
+        if run.id in self.dispatcher.active:
+            raise errors.ConflictError(f"run {run.id} is still finishing; try again in a moment")
+        self.dispatcher.active.add(run.id)
+        try:
+            await self._append(
+                run.id, continuing.drafts(run, prompt), cursor=0, run_fields=continuing.fields(run)
+            )
+        except errors.StatusConflictError as exc:
+            self.dispatcher.release(run.id)
+            raise errors.ConflictError(
+                f"run {run.id} is {exc.current} now: it was continued or deleted meanwhile"
+            ) from None
+        current = await self.store.get_run(run.id)
+        work = self._continue(current, parking.CONTINUED, prompt, started=True)
+        tasks.spawn(work, name=f"continue-{run.id}", into=self._tasks)
+        return current
+
+    async def _continue(
+        self, run: models.Run, reason: str, prompt: str | None = None, *, started: bool = False
+    ) -> None:
+        """A parked (or ended, ``started``) run's next agent process: its session continued,
+        in its workspace and on its branch."""
         async with self._owning(run, models.RunStatus.failed, "could not resume the run"):
             try:
-                await self._append(
-                    run.id,
-                    [events.status_event(models.RunStatus.starting, reason=reason)],
-                    run_fields={"status": models.RunStatus.starting, "parked_until": None},
-                )
+                if not started:
+                    await self._append(
+                        run.id,
+                        [events.status_event(models.RunStatus.starting, reason=reason)],
+                        run_fields={"status": models.RunStatus.starting, "parked_until": None},
+                    )
             except errors.StatusConflictError:
                 return  # stopped meanwhile
             if reason in (parking.USAGE_LIMIT, parking.PERSON):  # a stall's resume is not told
@@ -102,7 +147,7 @@ class Resuming:
             creds: credentials.Credentials | None = None
             try:
                 creds = await self._credentials(run.spec)
-                spec = self.parking.launch_spec(run, reason, creds.require())
+                spec = self.parking.launch_spec(run, reason, creds.require(), prompt)
                 handle, info = await self.parking.backend(run).resume(run, spec)
             except errors.AgentfarmError as exc:
                 redactor = creds.redactor if creds else Redactor()

@@ -27,6 +27,7 @@ from agentfarm.store.secrets import SecretStore
 from agentfarm.supervisor import (
     announce,
     budgets,
+    converse,
     credentials,
     dispatch,
     events,
@@ -197,17 +198,20 @@ class Supervisor(resuming.Resuming):
         return info if run_ids is None else {k: v for k, v in info.items() if k in run_ids}
 
     async def send(self, run_id: str, text: str) -> None:
+        """A follow-up message for the running agent (``converse``); 409 saying why not."""
         run = await self.store.get_run(run_id)
-        handle = self._handles.get(run_id)
-        command = self._commands.get(run_id)
-        if run.status.terminal or handle is None or command is None:
-            raise errors.ConflictError(f"run {run_id} is not running; it cannot take a message")
-        if command.followup is None:
-            raise errors.ConflictError(f"the {run.spec.agent} agent takes no follow-up messages")
-        await handle.send(command.followup.encode(text))
-        await self._append(
-            run_id, [models.EventDraft(type=models.EventType.user_message, data={"text": text})]
+        handle, command = converse.check_live(
+            run, self._handles.get(run_id), self._commands.get(run_id), "take a message"
         )
+        await self._append(run_id, [await converse.send(run, handle, command, text)])
+
+    async def interrupt(self, run_id: str) -> None:
+        """End the agent's running turn, not the run (``converse``); 409 saying why not."""
+        run = await self.store.get_run(run_id)
+        handle, command = converse.check_live(
+            run, self._handles.get(run_id), self._commands.get(run_id), "be interrupted"
+        )
+        await self._append(run_id, [await converse.interrupt(run, handle, command)])
 
     async def delete_run(self, run_id: str) -> None:
         await self.files.delete(run_id)

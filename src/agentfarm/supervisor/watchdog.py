@@ -11,6 +11,9 @@ phase is rebuilt too):
   has no protocol to tell phases by: it is always in this phase.
 - ``result``: the agent reported its result; the process should exit now. One that does not
   is ended after ``result_grace_seconds`` and the run finishes on its result.
+- ``waiting``: after its result the agent waits for a follow-up (a ``run.waiting`` event: the
+  config's ``followup_window_seconds``, or after an interrupt): quiet on purpose, for that long
+  and ``WAITING_GRACE`` more (its stdin is closed at the window's end, and it exits).
 """
 
 from __future__ import annotations
@@ -22,11 +25,15 @@ from enum import StrEnum
 from agentfarm.domain import models
 from agentfarm.settings import Settings
 
+#: Beyond a follow-up window, how long the agent may stay silent (its stdin closes at the end).
+WAITING_GRACE = 60.0
+
 
 class Phase(StrEnum):
     model = "model"
     tool = "tool"
     result = "result"
+    waiting = "waiting"
 
     @property
     def waiting_for(self) -> str:
@@ -34,6 +41,7 @@ class Phase(StrEnum):
             Phase.model: "waiting for the model",
             Phase.tool: "while a tool ran",
             Phase.result: "after its result",
+            Phase.waiting: "after its follow-up window",
         }[self]
 
 
@@ -64,7 +72,9 @@ class Limits:
         )
 
     def quiet(self, phase: Phase) -> float | None:
-        return {Phase.model: self.model, Phase.tool: self.tool, Phase.result: self.result}[phase]
+        """The limit of a phase; ``waiting``'s is the window's (``Tracker.quiet``)."""
+        limits = {Phase.model: self.model, Phase.tool: self.tool, Phase.result: self.result}
+        return limits.get(phase)
 
 
 #: What says the agent is working on a turn again (a follow-up starts a new one).
@@ -84,6 +94,8 @@ class Tracker:
 
     open_tools: set[str] = field(default_factory=set)
     answered: bool = False
+    #: Seconds of the follow-up window the agent waits in, if it does.
+    waiting: float | None = None
     output_only: bool = False
 
     @classmethod
@@ -93,6 +105,11 @@ class Tracker:
     def feed(self, drafts: Iterable[models.EventDraft]) -> None:
         for draft in drafts:
             kind = draft.type
+            if kind == models.EventType.run_waiting:
+                self.waiting = float(draft.data.get("seconds") or 0)
+                continue
+            if kind != models.EventType.run_notice:
+                self.waiting = None
             if kind == models.EventType.agent_system and draft.data.get("subtype") in _TURN_START:
                 self.answered = False  # a new turn (Codex says so before its first item)
             elif kind == models.EventType.agent_result:
@@ -106,8 +123,16 @@ class Tracker:
             elif kind in _NEW_TURN:
                 self.answered = False
 
+    def quiet(self, limits: Limits) -> float | None:
+        """How long the agent may be quiet now."""
+        if self.waiting is not None:
+            return self.waiting + WAITING_GRACE
+        return limits.quiet(self.phase)
+
     @property
     def phase(self) -> Phase:
+        if self.waiting is not None:
+            return Phase.waiting
         if self.output_only:
             return Phase.tool
         if self.answered:

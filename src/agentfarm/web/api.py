@@ -150,16 +150,28 @@ class MessageRequest(BaseModel):
     tags=["runs"],
     responses={429: {"description": "The queue is full, or a budget refuses launches."}},
 )
-async def create_run(body: RunRequest, sup: Sup, st: St) -> RunOut:
-    spec, config = await resolve_run(body, st)
+async def create_run(request: Request, body: RunRequest, sup: Sup, st: St) -> RunOut:
+    spec, config = await resolve_run(body, st, request)
     run = await sup.submit(spec, config=config, origin=body.origin)
     return (await with_queue(sup, [run]))[0]
 
 
 async def resolve_run(
-    body: RunRequest, st: Store
+    body: RunRequest, st: Store, request: Request
 ) -> tuple[models.AgentSpec, models.AgentConfig | None]:
-    """What a run request launches: its saved config's spec or its own, prompt overridden."""
+    """What a run request launches: its saved config's spec or its own, prompt overridden.
+
+    A one-off spec naming a stored secret to send to its repository's host
+    (``git_token_secret``) needs the admin scope, as writing a config does: otherwise anyone
+    who may launch could send any stored secret to a host of their choosing."""
+    if body.spec is not None and body.spec.git_token_secret:
+        principal = getattr(request.state, "principal", None)
+        if principal is None or "admin" not in principal.scopes:
+            raise errors.ForbiddenError(
+                "a spec that names git_token_secret needs the admin scope (it sends that "
+                "secret to the repository's host): launch a config an admin saved with it, "
+                "or ask an admin"
+            )
     config: models.AgentConfig | None = None
     if body.config is not None:
         try:
@@ -206,17 +218,32 @@ async def stop_run(run_id: RUN_ID, sup: Sup) -> models.Run:
     return await sup.stop_run(run_id)
 
 
+class ResumeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    prompt: str | None = Field(
+        None, min_length=1, max_length=200_000, description="What to tell the agent."
+    )
+
+
 @router.post(
     "/runs/{run_id}/resume",
     status_code=202,
     response_model=models.Run,
     tags=["runs"],
-    responses={409: {"description": "The run is not parked."}},
+    responses={
+        409: {
+            "description": "The run is neither parked nor ended (succeeded, failed, stopped), "
+            "an ended one came without a prompt, or it cannot be continued (a pipeline run, an "
+            "agent or backend that cannot start a process in its session, its workspace "
+            "removed); the message says which."
+        }
+    },
 )
-async def resume_run(run_id: RUN_ID, sup: Sup) -> models.Run:
-    """Resume a parked run now, rather than when its usage limit resets: a new agent process
-    in its session, workspace and branch."""
-    return await sup.resume_run(run_id)
+async def resume_run(run_id: RUN_ID, sup: Sup, body: ResumeRequest | None = None) -> models.Run:
+    """Resume a parked run now, rather than when its usage limit resets (told ``prompt``, else
+    to continue where it stopped), or, with a ``prompt``, continue an ended one: a new agent
+    process in its session, workspace and branch."""
+    return await sup.resume_run(run_id, body.prompt if body else None)
 
 
 @router.delete(
@@ -231,10 +258,37 @@ async def delete_run(run_id: RUN_ID, sup: Sup) -> Response:
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.post("/runs/{run_id}/messages", status_code=202, tags=["runs"])
+_TALK_409 = (
+    "The run cannot take it now, and the message says why: it has ended or not started yet, "
+    "its agent takes no follow-ups (`command`) or cannot be interrupted (`codex`, `command`), "
+    "its follow-up window has closed, or (interrupt) no turn is running."
+)
+
+
+@router.post(
+    "/runs/{run_id}/messages",
+    status_code=202,
+    tags=["runs"],
+    responses={404: {"description": "No such run."}, 409: {"description": _TALK_409}},
+)
 async def send_message(run_id: RUN_ID, body: MessageRequest, sup: Sup) -> dict[str, str]:
+    """A follow-up message for the running agent: queued on its stdin, answered as a turn of
+    its own after the running one (or at once while it waits in its follow-up window)."""
     await sup.send(run_id, body.text)
     return {"status": "sent"}
+
+
+@router.post(
+    "/runs/{run_id}/interrupt",
+    status_code=202,
+    tags=["runs"],
+    responses={404: {"description": "No such run."}, 409: {"description": _TALK_409}},
+)
+async def interrupt_run(run_id: RUN_ID, sup: Sup) -> dict[str, str]:
+    """End the agent's running turn without ending the run: it then waits for a message
+    (at least 10 minutes, or the config's follow-up window if longer)."""
+    await sup.interrupt(run_id)
+    return {"status": "interrupted"}
 
 
 @router.get(

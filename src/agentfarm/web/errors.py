@@ -14,6 +14,7 @@ from agentfarm.pipeline.forges import webhooks
 STATUS: list[tuple[type[errors.AgentfarmError], int, str]] = [
     (errors.NotFoundError, 404, "not_found"),
     (errors.UnauthorizedError, 401, "unauthorized"),
+    (errors.ForbiddenError, 403, "forbidden"),
     # Before InvalidInputError: a signed delivery we cannot read is a bad request.
     (webhooks.InvalidDeliveryError, 400, "invalid_delivery"),
     (errors.ConflictError, 409, "conflict"),

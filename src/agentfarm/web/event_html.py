@@ -13,6 +13,7 @@ import json
 import sys
 from collections import OrderedDict
 from collections.abc import Iterable
+from datetime import timedelta
 from typing import Any
 
 from markdown_it import MarkdownIt
@@ -194,6 +195,15 @@ def _body(event: models.Event) -> tuple[Markup, str]:
         return Markup('<span class="muted">session {} · {} · {} tools · {}</span>').format(
             d.get("session_id", "?"), d.get("model", "?"), len(tools), d.get("permission_mode", "")
         ), ""
+    if t == models.EventType.run_waiting:
+        seconds = float(d.get("seconds") or 0)
+        ends = event.ts + timedelta(seconds=seconds)
+        return Markup(
+            '<span class="waiting">waiting for a follow-up (ends in {} s, at <time datetime="{}" '
+            'data-until="{}">{}</time> UTC)</span>'
+        ).format(f"{seconds:g}", *[ends.isoformat()] * 2, ends.strftime("%H:%M:%S")), ""
+    if t == models.EventType.user_interrupt:
+        return Markup('<span class="muted">you interrupted the turn</span>'), ""
     if t == models.EventType.user_message:
         return Markup('<div class="bubble"><span class="label">you</span> {}</div>').format(
             d.get("text", "")

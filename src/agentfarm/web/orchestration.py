@@ -180,7 +180,7 @@ async def dispatch(
                 if found is None:  # recorded and removed again meanwhile (its launch failed)
                     raise
             else:
-                await _launch(body, sup, st, pipe, found)
+                await _launch(body, request, sup, st, pipe, found)
                 response.status_code = status.HTTP_201_CREATED
                 return await _answer(st, found)
         if found.digest != digest:
@@ -194,13 +194,14 @@ async def dispatch(
 
 async def _launch(
     body: DispatchRequest,
+    request: Request,
     sup: Supervisor,
     st: Store,
     pipe: PipelineStore,
     record: domain.Dispatch,
 ) -> None:
     try:
-        spec, config = await api.resolve_run(body, st)
+        spec, config = await api.resolve_run(body, st, request)
         await sup.submit(spec, config=config, run_id=record.run_id, origin=body.origin)
     except BaseException:
         # Nothing was launched: free the key so that the request can be repeated once fixed.

@@ -14,7 +14,9 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from kubernetes_asyncio import client, config
+from kubernetes_asyncio.stream import WsApiClient
 
 from agentfarm.domain import errors
 
@@ -22,6 +24,11 @@ Json = dict[str, Any]
 
 #: Bytes a log line may reach before it is cut (the adapter copes with partial lines).
 MAX_LINE = 16 * 1024 * 1024
+#: What an exec'd command may print before the rest is dropped (its reply is one short line).
+EXEC_OUTPUT_LIMIT = 64 * 1024
+EXEC_SECONDS = 30
+#: Stdin goes in websocket messages of at most this many bytes.
+EXEC_CHUNK = 256 * 1024
 
 
 class ApiError(errors.BackendError):
@@ -168,6 +175,53 @@ class Api:
                 raise _error(response.status, await response.read())
             async for line in _lines(response.content):
                 yield line
+
+    async def exec_pod(
+        self, namespace: str, name: str, container: str, command: list[str], stdin: bytes
+    ) -> tuple[bytes, str | None]:
+        """Run ``command`` in a running container with ``stdin`` (the exec API over a
+        websocket, ``v4.channel.k8s.io``): its stdout (cut at EXEC_OUTPUT_LIMIT bytes) and its
+        failure (None: exit 0). The command must stop reading at its own end of input: this
+        protocol cannot close stdin."""
+        ws_client = WsApiClient(configuration=self.api_client.configuration)
+        out = bytearray()
+        failure: str | None = None
+        try:
+            core: Any = client.CoreV1Api(ws_client)
+            async with asyncio.timeout(EXEC_SECONDS):
+                pending = await core.connect_get_namespaced_pod_exec(
+                    name, namespace, container=container, command=command, stdin=True,
+                    stdout=True, stderr=True, tty=False, _preload_content=False,
+                )  # fmt: skip
+                async with pending as sock:
+                    for start in range(0, len(stdin), EXEC_CHUNK):
+                        await sock.send_bytes(b"\x00" + stdin[start : start + EXEC_CHUNK])
+                    async for message in sock:
+                        data = message.data if isinstance(message.data, bytes) else b""
+                        if data[:1] == b"\x01" and len(out) < EXEC_OUTPUT_LIMIT:
+                            out += data[1 : 1 + EXEC_OUTPUT_LIMIT - len(out)]
+                        elif data[:1] == b"\x03" and len(data) > 1:
+                            failure = _exec_failure(data[1:])
+        except aiohttp.WSServerHandshakeError as exc:
+            raise ApiError(exc.status, f"exec in pod {namespace}/{name}: {exc.message}") from None
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise errors.BackendError(
+                f"exec in pod {namespace}/{name} failed ({exc!r}); is the pod still running?"
+            ) from None
+        finally:
+            await ws_client.close()
+        return bytes(out), failure
+
+
+def _exec_failure(status: bytes) -> str | None:
+    """The exec's final status (channel 3): None when it succeeded, else its message."""
+    try:
+        body = json.loads(status)
+    except ValueError:
+        return status.decode(errors="replace")[:500]
+    if not isinstance(body, dict) or body.get("status") == "Success":
+        return None
+    return str(body.get("message") or "the command failed")[:500]
 
 
 async def _lines(stream: Any) -> AsyncIterator[bytes]:

@@ -16,6 +16,7 @@ nothing is doubled; lines the kubelet rotated away before they were read become 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import math
@@ -34,6 +35,9 @@ log = logging.getLogger(__name__)
 #: The entrypoint's notice saying where the branch ended up (deploy/agent/entrypoint.py,
 #: BRANCH_RECORD): it becomes the run's ``run.branch`` event, not a notice.
 BRANCH_NOTICE = b"agentfarm.branch "
+#: What the control plane execs in the agent container to reach the entrypoint's control
+#: socket (a follow-up, an interrupt): the request on its stdin, the reply on its stdout.
+CONTROL_ARGV = ["python3", manifests.ENTRYPOINT, "control"]
 STARTED_SLOT = 254
 EXIT_SLOT = 255
 _KINDS: dict[int, RecordKind] = {ord("O"): "stdout", ord("E"): "stderr", ord("N"): "notice"}
@@ -297,10 +301,38 @@ class KubernetesHandle:
                 pod = await self._api.get_pod(ns, name)
 
     async def send(self, data: bytes) -> None:
-        raise errors.BackendError(
-            "follow-ups are not supported on kubernetes yet: the agent's stdin comes from its "
-            "Secret at start; launch a new run instead"
-        )
+        await self._control({"op": "send", "data": base64.b64encode(data).decode()})
+
+    async def interrupt(self) -> None:
+        await self._control({"op": "interrupt"})
+
+    async def _control(self, request: dict[str, str]) -> None:
+        """One request to the entrypoint's control socket, through ``entrypoint.py control``
+        exec'd in the agent container (deploy/agent/entrypoint.py). Its reply comes from a
+        hostile pod: only ``ok`` and a short, printable ``error`` are read."""
+        ns, name = self._state.namespace, self._state.name
+        line = json.dumps(request).encode() + b"\n"
+        try:
+            out, failure = await self._api.exec_pod(
+                ns, name, manifests.AGENT_CONTAINER, CONTROL_ARGV, line
+            )
+        except k8s_api.ApiError as exc:
+            raise errors.BackendError(
+                f"cannot reach the agent of run {self.run_id} in pod {ns}/{name} ({exc}); "
+                "the pod may have ended, or the control plane may lack the pods/exec permission"
+            ) from None
+        try:
+            reply = json.loads(out.splitlines()[0]) if out.strip() else None
+        except ValueError:
+            reply = None
+        if not isinstance(reply, dict):
+            why = failure or "no reply"
+            raise errors.BackendError(f"the agent of run {self.run_id} did not answer ({why})")
+        if reply.get("ok") is not True:
+            error = reply.get("error")
+            text = error if isinstance(error, str) else "refused"
+            printable = "".join(c if c.isprintable() else " " for c in text[:300])
+            raise errors.BackendError(f"run {self.run_id}: {printable}")
 
     async def stop(self, grace: float) -> None:
         self._state.stopping = True

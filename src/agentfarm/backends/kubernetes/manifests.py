@@ -171,6 +171,14 @@ def build_pod(run: models.Run, launching: launch.LaunchSpec, cfg: PodConfig) -> 
     agent_env += [
         {"name": "AGENTFARM_STDIN", "value": f"{INPUT_DIR}/stdin"},
         {"name": "AGENTFARM_CLOSE_STDIN_AFTER", "value": json.dumps(command.close_stdin_after)},
+        # Follow-ups and interrupts (the entrypoint's control socket): not secrets.
+        {"name": "AGENTFARM_FOLLOWUP_WINDOW", "value": f"{command.followup_window:g}"},
+        {"name": "AGENTFARM_REPLAYS", "value": "1" if command.replays else ""},
+        {"name": "AGENTFARM_INTERRUPT", "value": base64.b64encode(command.interrupt).decode()},
+        {
+            "name": "AGENTFARM_INTERRUPTED_WINDOW",
+            "value": f"{launch.INTERRUPTED_WINDOW_SECONDS:g}",
+        },
         {"name": "AGENTFARM_PUSH", "value": "1"},
     ]
     agent_env += [_secret_ref(key, name) for key in secret_env_names(secrets, cfg)]

@@ -110,6 +110,9 @@ class LocalHandle:
     async def send(self, data: bytes) -> None:
         await self.request({"op": "send", "data": base64.b64encode(data).decode()})
 
+    async def interrupt(self) -> None:
+        await self.request({"op": "interrupt"})
+
     async def stop(self, grace: float) -> None:
         # The monitor writes the run command's interrupt to stdin first.
         message = {"op": "stop", "grace": grace}

@@ -4,8 +4,9 @@ One small process per running agent, detached from the control plane (its own se
 reparented to init by a double fork), so it outlives a server restart or ``kill -9``. It reads
 its spec (``monitor_spec``, credentials included) as JSON on stdin, starts the agent
 (``monitor_launch``), and then, in one synchronous ``selectors`` loop: spools the agent's
-stdout and stderr lines as frames (``spool.py``); feeds its stdin, closing it after a stdout
-line whose ``type`` says the agent is done; answers ``control.sock`` (``monitor_control``);
+stdout and stderr lines as frames (``spool.py``); feeds its stdin (``monitor_stdin``: the
+prompt, follow-ups, interrupts, closing it once the agent has answered); answers
+``control.sock`` (``monitor_control``);
 runs the egress proxy with ``network: allowlist`` and spools its denials (``monitor_egress``);
 watches the OOM counter; and on exit writes the exit frame, fsyncs and leaves.
 
@@ -36,6 +37,7 @@ from agentfarm.backends.local import (
     monitor_egress,
     monitor_launch,
     monitor_spec,
+    monitor_stdin,
     procs,
 )
 from agentfarm.backends.local.frames import SpoolWriter
@@ -60,8 +62,7 @@ class Monitor:
         self.sel = selectors.DefaultSelector()
         self.proc: subprocess.Popen[bytes] | None = None
         self.child_pid: int | None = None
-        self.stdin_buffer = bytearray(spec.launch.command.stdin)
-        self.stdin_open = True
+        self.stdin = monitor_stdin.Stdin(self.sel, spec.launch.command, self.spool.notice)
         self.stopped = False
         self.kill_at: float | None = None
         self.oom = False
@@ -109,8 +110,6 @@ class Monitor:
                 os.set_blocking(stream.fileno(), False)
                 self.sel.register(stream, selectors.EVENT_READ, (name, None))
                 self.open_streams += 1
-        if proc.stdin is not None:
-            os.set_blocking(proc.stdin.fileno(), False)
         if spec.mode != "none":
             self.wait_for_sandbox(status_r)
         self.write_sandbox_identity()
@@ -120,7 +119,7 @@ class Monitor:
         self.sel.register(self.pidfd, selectors.EVENT_READ, ("exit", None))
         started = {"pid": proc.pid, "sandbox": spec.mode, "uid": spec.uid or os.getuid()}
         self.spool.write("started", json.dumps(started).encode())
-        self.update_stdin()
+        self.stdin.attach(proc.stdin)
 
     def wait_for_sandbox(self, status_r: int, timeout: float = 10.0) -> None:
         """Block until bubblewrap reports its child (its set-up, --die-with-parent included, is
@@ -159,6 +158,8 @@ class Monitor:
                 self.kill_at = None
                 self.kill_all()
             deadlines = [next_oom]
+            if (close_at := self.stdin.tick()) is not None:
+                deadlines.append(close_at)
             if self.kill_at is not None:
                 deadlines.append(self.kill_at)
             if drain_until is not None:
@@ -169,7 +170,7 @@ class Monitor:
                 if kind in ("stdout", "stderr"):
                     self.read_stream(kind, key.fileobj)
                 elif kind == "stdin":
-                    self.write_stdin()
+                    self.stdin.write()
                 elif kind == "status":
                     self.read_status(key.fd)
                 elif kind == monitor_egress.DENIALS:
@@ -219,54 +220,8 @@ class Monitor:
             return
         for line in self.splitters[name].feed(data):
             self.spool.write(name, line)  # type: ignore[arg-type]
-            closing = self.spec.launch.command.close_stdin_after
-            closes = name == "stdout" and closing and lines.line_type(line) in closing
-            if closes and self.stdin_open:
-                self.close_stdin()
-
-    def update_stdin(self) -> None:
-        proc = self.proc
-        if proc is None or proc.stdin is None or not self.stdin_open:
-            return
-        if not self.stdin_buffer and self.spec.launch.command.close_stdin_when_written:
-            self.close_stdin()
-            return
-        registered = self._is_registered(proc.stdin)
-        if self.stdin_buffer and not registered:
-            self.sel.register(proc.stdin, selectors.EVENT_WRITE, ("stdin", None))
-        elif not self.stdin_buffer and registered:
-            self.sel.unregister(proc.stdin)
-
-    def _is_registered(self, fileobj: Any) -> bool:
-        try:
-            self.sel.get_key(fileobj)
-        except KeyError:
-            return False
-        return True
-
-    def write_stdin(self) -> None:
-        proc = self.proc
-        if proc is None or proc.stdin is None:
-            return
-        try:
-            written = os.write(proc.stdin.fileno(), self.stdin_buffer[:READ_SIZE])
-        except BlockingIOError:
-            return
-        except (BrokenPipeError, OSError):
-            self.close_stdin()
-            return
-        del self.stdin_buffer[:written]
-        self.update_stdin()
-
-    def close_stdin(self) -> None:
-        proc = self.proc
-        if proc is None or proc.stdin is None or not self.stdin_open:
-            return
-        if self._is_registered(proc.stdin):
-            self.sel.unregister(proc.stdin)
-        with contextlib.suppress(OSError):
-            proc.stdin.close()
-        self.stdin_open = False
+            if name == "stdout":
+                self.stdin.on_stdout(line)
 
     def read_status(self, fd: int) -> None:
         try:
@@ -317,21 +272,16 @@ class Monitor:
             procs.kill_quietly(pid)
 
     def accept_input(self, data: bytes) -> str | None:
-        if not self.stdin_open:
-            return "the agent's stdin is closed"
-        self.stdin_buffer += data
-        self.update_stdin()
-        return None
+        return self.stdin.accept(data)
+
+    def interrupt_turn(self) -> str | None:
+        return self.stdin.interrupt()
 
     def request_stop(self, grace: float, interrupt: bytes | None) -> None:
         """Interrupt (the run's command says how, unless the request does), SIGTERM, and kill
         everything after ``grace`` seconds."""
         self.stopped = True
-        if interrupt is None:
-            interrupt = self.spec.launch.command.interrupt
-        if interrupt and self.stdin_open:
-            self.stdin_buffer += interrupt
-            self.update_stdin()
+        self.stdin.write_on_stop(interrupt)
         self.terminate()
         deadline = time.monotonic() + max(0.0, grace)
         self.kill_at = deadline if self.kill_at is None else min(self.kill_at, deadline)

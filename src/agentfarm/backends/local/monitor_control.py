@@ -1,7 +1,8 @@
 """A run monitor's control socket: ``control.sock`` in the run directory, one JSON object per
-line each way. Requests: ``{"op": "ping"}``, ``{"op": "send", "data": <base64>}`` (bytes for
-the agent's stdin) and ``{"op": "stop", "grace": <seconds>}`` (an ``interrupt`` in base64 may
-replace the one in the run's command). Replies carry ``ok`` and, when not, an ``error``.
+line each way. Requests: ``{"op": "ping"}``, ``{"op": "send", "data": <base64>}`` (a follow-up
+for the agent's stdin), ``{"op": "interrupt"}`` (end the running turn, not the run) and
+``{"op": "stop", "grace": <seconds>}`` (an ``interrupt`` in base64 may replace the one in the
+run's command). Replies carry ``ok`` and, when not, an ``error``.
 
 It lives on the monitor's ``selectors`` loop: :meth:`ControlSocket.on_ready` is called for the
 keys it registered.
@@ -48,6 +49,10 @@ class Controlled(Protocol):
 
     def accept_input(self, data: bytes) -> str | None:
         """Queue bytes for the agent's stdin; an error sentence if it cannot take them."""
+        ...
+
+    def interrupt_turn(self) -> str | None:
+        """End the agent's running turn; an error sentence if it cannot."""
         ...
 
     def request_stop(self, grace: float, interrupt: bytes | None) -> None: ...
@@ -112,6 +117,9 @@ class ControlSocket:
             return {"ok": True, "pid": os.getpid(), "child_pid": self.target.child_pid}
         if op == "send":
             error = self.target.accept_input(base64.b64decode(request.get("data", "")))
+            return {"ok": False, "error": error} if error else {"ok": True}
+        if op == "interrupt":
+            error = self.target.interrupt_turn()
             return {"ok": False, "error": error} if error else {"ok": True}
         if op == "stop":
             given = request.get("interrupt")

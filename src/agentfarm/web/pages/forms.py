@@ -69,6 +69,7 @@ FIELDS = (
     "model",
     "permission_mode",
     "max_turns",
+    "followup_window_seconds",
     *LIMIT_FIELDS,
     "allowed_tools",
     "disallowed_tools",
@@ -131,6 +132,7 @@ def values_of(cfg: models.ConfigIn | None) -> dict[str, str]:
         "model": cfg.model or "",
         "permission_mode": cfg.permission_mode,
         "max_turns": str(cfg.max_turns or ""),
+        "followup_window_seconds": str(cfg.followup_window_seconds or ""),
         **{name: _text(getattr(cfg, name)) for name in LIMIT_FIELDS},
         "allowed_tools": "\n".join(cfg.allowed_tools),
         "disallowed_tools": "\n".join(cfg.disallowed_tools),
@@ -240,6 +242,7 @@ def parse_config(
     body["allowed_tools"] = _lines(values, "allowed_tools")
     body["disallowed_tools"] = _lines(values, "disallowed_tools")
     body["max_turns"] = values.get("max_turns", "").strip() or None
+    body["followup_window_seconds"] = values.get("followup_window_seconds", "").strip() or 0
     for name in LIMIT_FIELDS:
         body[name] = values.get(name, "").strip() or None
     env: dict[str, str] = {}

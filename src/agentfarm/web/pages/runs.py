@@ -18,6 +18,7 @@ from agentfarm.web import api, event_html, ids
 from agentfarm.web.pages import access, templating
 
 PAGE = 200  # events per page of the run view
+MESSAGE_LIMIT = 200_000  # as the API's MessageRequest
 RUN_ID = ids.RunId
 
 router = APIRouter(include_in_schema=False)
@@ -145,3 +146,57 @@ async def run_delete(request: Request, who: access.Checked, run_id: RUN_ID) -> R
     except errors.ConflictError:  # not ended yet: its page shows what it is doing
         return templating.see_other(f"/runs/{run_id}")
     return templating.see_other("/")
+
+
+@router.post("/runs/{run_id}/message")
+async def run_message(request: Request, who: access.Checked, run_id: RUN_ID) -> Response:
+    """The reply box: a follow-up for the running agent. For htmx, a line saying it was sent
+    (the message itself shows in the live stream) or why not; else back to the run page."""
+    form = await request.form()
+    text = form.get("text")
+    if not isinstance(text, str) or not text.strip():
+        return _talk_reply(request, run_id, False, "write a message first")
+    if len(text) > MESSAGE_LIMIT:
+        return _talk_reply(
+            request, run_id, False, f"a message has at most {MESSAGE_LIMIT} characters"
+        )
+    try:
+        await api.supervisor(request).send(run_id, text)
+    except errors.ConflictError as exc:
+        return _talk_reply(request, run_id, False, str(exc))
+    return _talk_reply(request, run_id, True, "sent")
+
+
+@router.post("/runs/{run_id}/interrupt")
+async def run_interrupt(request: Request, who: access.Checked, run_id: RUN_ID) -> Response:
+    try:
+        await api.supervisor(request).interrupt(run_id)
+    except errors.ConflictError as exc:
+        return _talk_reply(request, run_id, False, str(exc))
+    return _talk_reply(request, run_id, True, "interrupted: the agent waits for your message")
+
+
+def _talk_reply(request: Request, run_id: str, ok: bool, message: str) -> Response:
+    if not request.headers.get("hx-request"):
+        return templating.see_other(f"/runs/{run_id}")
+    html = templating.fragment("_talk_status.html", ok=ok, message=message)
+    return HTMLResponse(html, headers={"Cache-Control": "no-store"})
+
+
+@router.post("/runs/{run_id}/continue")
+async def run_continue(request: Request, who: access.Checked, run_id: RUN_ID) -> Response:
+    """An ended run's "continue" box: a new prompt in its session, workspace and branch. The
+    page reloads onto the continued run (htmx), or says why not in place."""
+    form = await request.form()
+    text = form.get("text")
+    if not isinstance(text, str) or not text.strip():
+        return _talk_reply(request, run_id, False, "write what the agent should do next")
+    if len(text) > MESSAGE_LIMIT:
+        return _talk_reply(request, run_id, False, f"at most {MESSAGE_LIMIT} characters")
+    try:
+        await api.supervisor(request).resume_run(run_id, text)
+    except errors.ConflictError as exc:
+        return _talk_reply(request, run_id, False, str(exc))
+    if request.headers.get("hx-request"):
+        return Response(status_code=204, headers={"HX-Redirect": f"/runs/{run_id}"})
+    return templating.see_other(f"/runs/{run_id}")

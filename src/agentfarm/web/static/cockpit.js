@@ -75,10 +75,24 @@
     events.appendChild(frag);
     stream.dataset.lastSeq = String(lastSeq);
     placeResults(events);
+    showWaiting();
     if (follow) toBottom(); else toLatest.hidden = false;
   }
 
   function setState(text) { liveState.textContent = text; stream.dataset.live = text; }
+
+  // While the agent waits for a follow-up (the latest event says so), the toolbar counts down.
+  const waitingState = document.getElementById("waiting-state");
+  function showWaiting() {
+    const last = events.lastElementChild;
+    const until = last ? last.querySelector("[data-until]") : null;
+    if (!waitingState) return;
+    if (!until || ended) { waitingState.hidden = true; return; }
+    const left = Math.max(0, Math.round((Date.parse(until.dataset.until) - Date.now()) / 1000));
+    waitingState.textContent = "waiting for a follow-up (ends in " + left + " s)";
+    waitingState.hidden = false;
+  }
+  setInterval(showWaiting, 1000);
 
   function connect() {
     retry = null;
@@ -98,6 +112,8 @@
       if (now && ["succeeded", "failed", "stopped", "lost"].indexOf(now.dataset.status) >= 0) {
         const stop = document.getElementById("stop-form");
         if (stop) stop.remove();
+        const talk = document.getElementById("talk-form");
+        if (talk) talk.remove();
         if (resume) resume.remove();
         const del = document.getElementById("delete-form");
         if (del) del.hidden = false;
@@ -134,3 +150,11 @@
   toBottom();
   connect();
 })();
+
+// The run page's reply box: empty it once a message was sent (the message itself appears in
+// the live stream); keep the text when it was refused, with the reason beside it.
+document.addEventListener("htmx:afterRequest", function (e) {
+  const form = document.getElementById("talk-form");
+  if (!form || e.detail.elt !== form || !e.detail.successful) return;
+  if (e.detail.xhr.responseText.indexOf("alert-error") < 0) form.reset();
+});
