@@ -3,15 +3,19 @@ clear 4xx in the one error shape, never a 5xx, never used."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pydantic
 import pytest
 
 from agentfarm.backends.local import git as local_git
+from agentfarm.domain import models
 from agentfarm.pipeline.forges import webhooks
+from agentfarm.store import mapping
 from agentfarm.web.bodylimit import MAX_BODY
 from tests.unit.pipeline_helpers import SECRET, World, world
 
@@ -178,3 +182,12 @@ async def test_git_never_reads_a_hostile_repo_or_branch_as_an_option(
             repo.format(**fill), tmp_path / "dest", branch.format(**fill) if branch else None
         )
     assert not marker.exists()
+
+
+def test_configs_and_runs_stored_before_the_branch_rule_still_load() -> None:
+    now = mapping.dump_time(models.utcnow())
+    spec = json.dumps({"repo": "/r", "base_branch": "refs/heads/main"})
+    config = mapping.row_to_config(("0123456789ab", "old", spec, now, now))
+    assert config.base_branch == "refs/heads/main"
+    with pytest.raises(pydantic.ValidationError, match="not a valid branch name"):
+        models.ConfigIn(name="new", repo="/r", base_branch="refs/heads/main")

@@ -18,7 +18,7 @@ from pydantic import (
     model_validator,
 )
 
-from agentfarm.domain import backend_config, gittokens, launch, spec_schema
+from agentfarm.domain import backend_config, gittokens, spec_schema
 
 # Re-exported: the rest of the code names them ``models.X``.
 from agentfarm.domain.agent_options import CommandSpec as CommandSpec
@@ -248,15 +248,11 @@ class AgentSpec(_Strict):
 
     @field_validator("base_branch")
     @classmethod
-    def _check_branch(cls, value: str | None) -> str | None:
-        if value is None or value == "":
-            return None
-        if not launch.valid_branch(value) or value.startswith("refs/"):
-            raise ValueError(
-                f"{value!r} is not a valid branch name: give a branch's short name (no "
-                "leading `-`, no `..`, spaces or `~^:?*[\\`, not HEAD or refs/...)"
-            )
-        return value
+    def _check_branch(cls, value: str | None, info: ValidationInfo) -> str | None:
+        stored = isinstance(info.context, dict) and info.context.get("stored")
+        if value and not stored and (problem := spec_schema.branch_problem(value)):
+            raise ValueError(problem)
+        return value or None
 
     @model_validator(mode="after")
     def _check_git_token_secret(self) -> AgentSpec:

@@ -7,6 +7,8 @@ from typing import Annotated, Any
 
 from pydantic import Field
 
+from agentfarm.domain import launch
+
 #: ``launch.valid_branch`` as a pattern, short names only (no ``refs/...``).
 BRANCH_PATTERN = (
     r"^(?!-|/|\.|refs/)(?!(?:HEAD|@)$)(?!.*(?:\.\.|//|@\{|/\.|\.lock/))"
@@ -74,3 +76,14 @@ Tool = Annotated[
 ]
 Repo = Annotated[str, Field(min_length=1, max_length=4096, json_schema_extra=REPO)]
 Branch = Annotated[str, Field(max_length=255, json_schema_extra={"pattern": BRANCH_PATTERN})]
+
+
+def branch_problem(value: str) -> str | None:
+    """Why ``value`` cannot be a base branch (what BRANCH_PATTERN says), or None. Stored
+    configs and runs from before this rule load as they are (``context={"stored": True}``)."""
+    if launch.valid_branch(value) and not value.startswith("refs/"):
+        return None
+    return (
+        f"{value!r} is not a valid branch name: give a branch's short name (no leading `-`, "
+        "no `..`, spaces or `~^:?*[\\`, not HEAD or refs/...)"
+    )
