@@ -7,6 +7,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from agentfarm.domain import spec_schema
+
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
@@ -19,12 +21,15 @@ class CommandSpec(Strict):
     """The generic command agent's program: any command line, its output shown line by line,
     its exit code deciding the run's status."""
 
-    argv: list[Annotated[str, Field(min_length=1, max_length=4096)]] = Field(
+    argv: list[
+        Annotated[str, Field(min_length=1, max_length=4096, json_schema_extra=spec_schema.ARGUMENT)]
+    ] = Field(
         ...,
         min_length=1,
         max_length=200,
         description="The program and its arguments, e.g. `[sh, -c, 'make fix']`: a path, or "
         "a name found on the server's PATH.",
+        json_schema_extra=spec_schema.PROGRAM_FIRST,
     )
     prompt: PromptDelivery = Field(
         "stdin",

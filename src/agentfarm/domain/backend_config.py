@@ -36,7 +36,11 @@ class SandboxSpec(_Strict):
         "the host's network (an explicit, visible choice). Deprecated: `true`/`false` in older "
         "configs read as `allowlist`/`none`.",
     )
-    egress: list[Annotated[str, Field(max_length=300)]] = Field(
+    egress: list[
+        Annotated[
+            str, Field(max_length=300, json_schema_extra={"pattern": egress_policy.ENTRY_PATTERN})
+        ]
+    ] = Field(
         default_factory=list,
         max_length=200,
         description="Hosts the agent may reach with `network: allowlist`: `host` (ports 80 and "

@@ -80,6 +80,25 @@ NAT64 = ipaddress.ip_network("64:ff9b::/96")
 TRANSLATED = ipaddress.ip_network("::ffff:0:0:0/96")
 
 
+def _nocase(word: str) -> str:
+    return "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else re.escape(c) for c in word)
+
+
+_PORT = (
+    r"0*(?:[1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
+)
+_LABEL_PATTERN = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+_NAME = rf"(?:\*\.)?{_LABEL_PATTERN}(?:\.{_LABEL_PATTERN})*\.?"
+_HEX = r"[0-9A-Fa-f]{1,4}"
+_V6 = rf"(?:(?:{_HEX}:){{7}}{_HEX}|(?:{_HEX}:){{1,7}}:|::(?:{_HEX}:){{0,6}}{_HEX})"
+#: What :func:`parse_entry` takes, as the API's schema states it (host names up to 253
+#: characters are the one rule it leaves to the server).
+ENTRY_PATTERN = (
+    rf"^\s*(?:{'|'.join(_nocase(g) for g in GROUPS)}|{_NAME}(?::{_PORT})?"
+    rf"|\[{_V6}\](?::{_PORT})?|{_V6})\s*$"
+)
+
+
 @dataclass(frozen=True)
 class Rule:
     """One allowed host (a name, ``*.suffix`` or an IP literal) on some ports."""

@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
+    ConfigDict,
     Field,
     ValidationInfo,
     computed_field,
@@ -17,7 +18,7 @@ from pydantic import (
     model_validator,
 )
 
-from agentfarm.domain import backend_config, gittokens
+from agentfarm.domain import backend_config, gittokens, spec_schema
 
 # Re-exported: the rest of the code names them ``models.X``.
 from agentfarm.domain.agent_options import CommandSpec as CommandSpec
@@ -31,10 +32,11 @@ from agentfarm.domain.events import EventType as EventType
 SLUG_RE = backend_config.SLUG_RE
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 SECRET_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+SECRET_NAME_SCHEMA: dict[str, Any] = {"pattern": SECRET_NAME_RE.pattern}
 #: Stored secrets that are never a git token: forges' webhook secrets
 #: (``pipeline.webhook_secret_name``).
 NOT_GIT_TOKENS_PREFIX = "FORGE_WEBHOOK_"
-TOOL_RE = re.compile(r"^[A-Za-z0-9_*:.()\- /,@\[\]]{1,200}$")
+TOOL_RE = re.compile(rf"^[{spec_schema.TOOL_CHARS}]{{1,200}}$")
 #: Variables a config may not set: they are the server's to control.
 RESERVED_ENV = frozenset(
     {
@@ -106,16 +108,16 @@ OUTPUT_ONLY_AGENTS = frozenset({"command"})
 class AgentSpec(_Strict):
     """Everything needed to launch an agent; the part of a config a run snapshots."""
 
+    model_config = ConfigDict(json_schema_extra=spec_schema.ACROSS)
+
     agent: AgentKind = Field(
         "claude",
         description="Agent CLI: `claude` (Claude Code), `codex` (OpenAI Codex CLI) or `command` "
         "(any program, see `command`).",
     )
-    repo: str = Field(
-        ..., min_length=1, max_length=4096, description="Local path or git URL to clone."
-    )
-    base_branch: str | None = Field(
-        None, max_length=255, description="Branch to start from; default: the repo's HEAD."
+    repo: spec_schema.Repo = Field(..., description="Local path or git URL to clone.")
+    base_branch: spec_schema.Branch | None = Field(
+        None, description="Branch to start from; default: the repo's HEAD."
     )
     prompt: str = Field("", max_length=200_000, description="The task for the agent.")
     model: str | None = Field(
@@ -126,10 +128,10 @@ class AgentSpec(_Strict):
         description="`default`, `acceptEdits`, `bypassPermissions` (safe inside the sandbox) "
         "or `plan`.",
     )
-    allowed_tools: list[Annotated[str, Field(pattern=TOOL_RE.pattern)]] = Field(
+    allowed_tools: list[spec_schema.Tool] = Field(
         default_factory=list, max_length=200, description="Tools allowed, e.g. `Bash(git *)`."
     )
-    disallowed_tools: list[Annotated[str, Field(pattern=TOOL_RE.pattern)]] = Field(
+    disallowed_tools: list[spec_schema.Tool] = Field(
         default_factory=list, max_length=200, description="Tools the agent may not use."
     )
     max_turns: int | None = Field(
@@ -149,7 +151,9 @@ class AgentSpec(_Strict):
         None, max_length=100_000, description="Text appended to the agent's system prompt."
     )
     env: dict[str, Annotated[str, Field(max_length=32_768)]] = Field(
-        default_factory=dict, description="Extra environment variables for the agent."
+        default_factory=dict,
+        description="Extra environment variables for the agent.",
+        json_schema_extra=spec_schema.env(ENV_NAME_RE.pattern, sorted(RESERVED_ENV)),
     )
     command: CommandSpec | None = Field(
         None,
@@ -163,7 +167,7 @@ class AgentSpec(_Strict):
         description="Keep the run open this long after a turn ends, for a follow-up message "
         "(`agentfarm send`, the run page's reply box); 0: the run ends at its result.",
     )
-    notify_secrets: list[str] = Field(
+    notify_secrets: list[Annotated[str, Field(json_schema_extra=SECRET_NAME_SCHEMA)]] = Field(
         default_factory=list,
         max_length=20,
         description="Names of stored secrets (`agentfarm secret set NAME`), each holding Apprise "
@@ -244,12 +248,11 @@ class AgentSpec(_Strict):
 
     @field_validator("base_branch")
     @classmethod
-    def _check_branch(cls, value: str | None) -> str | None:
-        if value is None or value == "":
-            return None
-        if value.startswith("-") or ".." in value or any(c in value for c in " ~^:?*[\\\x00"):
-            raise ValueError(f"{value!r} is not a valid branch name")
-        return value
+    def _check_branch(cls, value: str | None, info: ValidationInfo) -> str | None:
+        stored = isinstance(info.context, dict) and info.context.get("stored")
+        if value and not stored and (problem := spec_schema.branch_problem(value)):
+            raise ValueError(problem)
+        return value or None
 
     @model_validator(mode="after")
     def _check_git_token_secret(self) -> AgentSpec:

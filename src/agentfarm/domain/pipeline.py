@@ -79,6 +79,7 @@ class ForgeSettings(_Strict):
         0,
         ge=0,
         le=86_400,
+        json_schema_extra={"not": {"minimum": 1, "maximum": 9}},
         description="Also list labeled issues every N seconds (for a server the forge cannot "
         "reach); 0: webhooks only. At least 10 when set.",
     )

@@ -110,6 +110,11 @@ def run_assignments(run: models.Run, names: Sequence[str]) -> list[tuple[str, An
     ]
 
 
+#: Validation context of rows read back: rules made stricter since they were stored (base
+#: branch names) do not make them unreadable.
+STORED = {"stored": True}
+
+
 def row_to_run(row: Sequence[Any]) -> models.Run:
     data = dict(zip(RUN_COLUMNS, row, strict=True))
     for name in _RUN_JSON_FIELDS:
@@ -121,7 +126,7 @@ def row_to_run(row: Sequence[Any]) -> models.Run:
         if data[name] is not None:
             data[name] = load_time(data[name])
     _strip_repo_credentials(data["spec"])
-    return models.Run.model_validate(data)
+    return models.Run.model_validate(data, context=STORED)
 
 
 def _strip_repo_credentials(spec: Any) -> None:
@@ -180,7 +185,8 @@ def row_to_config(row: Sequence[Any]) -> models.AgentConfig:
             "name": name,
             "created_at": load_time(created_at),
             "updated_at": load_time(updated_at),
-        }
+        },
+        context=STORED,
     )
 
 

@@ -14,7 +14,7 @@ from sse_starlette import EventSourceResponse
 from agentfarm import __version__
 from agentfarm.domain import diffs, errors, models
 from agentfarm.store import Store
-from agentfarm.store.secrets import SecretStore
+from agentfarm.store.secrets import NAME_RE, SecretStore
 from agentfarm.supervisor import spend
 from agentfarm.supervisor.queue import QueueInfo
 from agentfarm.supervisor.runs import Supervisor
@@ -89,7 +89,22 @@ async def delete_config(key: KEY, st: St) -> Response:
 
 # --- runs ----------------------------------------------------------------------------------
 class RunRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        # Exactly one of `config` and `spec`, as the validator below demands.
+        json_schema_extra={
+            "oneOf": [
+                {
+                    "required": ["config"],
+                    "properties": {"config": {"type": "string"}, "spec": {"type": "null"}},
+                },
+                {
+                    "required": ["spec"],
+                    "properties": {"spec": {"type": "object"}, "config": {"type": "null"}},
+                },
+            ]
+        },
+    )
 
     config: str | None = Field(None, max_length=64, description="Config id or name.")
     prompt: str | None = Field(
@@ -339,6 +354,10 @@ class SecretValue(BaseModel):
     value: str = Field(..., min_length=1, max_length=65_536)
 
 
+#: Secret names are environment variable names (the store refuses others with a 422).
+SECRET_NAME = {"pattern": NAME_RE.pattern}
+
+
 @router.get("/secrets", tags=["secrets"])
 async def list_secrets(sec: Sec) -> dict[str, list[str]]:
     return {"names": await asyncio.to_thread(sec.names)}
@@ -346,13 +365,17 @@ async def list_secrets(sec: Sec) -> dict[str, list[str]]:
 
 @router.put("/secrets/{name}", status_code=204, tags=["secrets"])
 async def set_secret(
-    name: Annotated[str, Path(max_length=128)], body: SecretValue, sec: Sec
+    name: Annotated[str, Path(max_length=128, json_schema_extra=SECRET_NAME)],
+    body: SecretValue,
+    sec: Sec,
 ) -> Response:
     await asyncio.to_thread(sec.set, name, body.value)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.delete("/secrets/{name}", status_code=204, tags=["secrets"])
-async def delete_secret(name: Annotated[str, Path(max_length=128)], sec: Sec) -> Response:
+async def delete_secret(
+    name: Annotated[str, Path(max_length=128, json_schema_extra=SECRET_NAME)], sec: Sec
+) -> Response:
     await asyncio.to_thread(sec.delete, name)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

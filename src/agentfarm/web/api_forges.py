@@ -31,7 +31,13 @@ from agentfarm.web.auth import check_bearer
 PAUSED_FLAG = "pipeline.paused"
 
 
-def forge_name(name: Annotated[str, Path(description="Forge name.")]) -> str:
+#: Forge names are slugs (the schema says so; the server answers anything else with 404).
+FORGE_NAME_SCHEMA = {"pattern": backend_config.SLUG_RE.pattern, "maxLength": 64}
+
+
+def forge_name(
+    name: Annotated[str, Path(description="Forge name.", json_schema_extra=FORGE_NAME_SCHEMA)],
+) -> str:
     if not backend_config.SLUG_RE.fullmatch(name) or len(name) > 64:
         raise errors.NotFoundError(
             f"no forge named {ids.shown(name)}; `agentfarm forge ls` lists them"
@@ -39,7 +45,11 @@ def forge_name(name: Annotated[str, Path(description="Forge name.")]) -> str:
     return name
 
 
-def attempt_id(attempt_id: Annotated[str, Path(description="Attempt id.")]) -> str:
+def attempt_id(
+    attempt_id: Annotated[
+        str, Path(description="Attempt id.", json_schema_extra=ids.RUN_ID_SCHEMA)
+    ],
+) -> str:
     if not ids.RUN_ID_RE.fullmatch(attempt_id):  # attempts' ids are made as runs' are
         raise errors.NotFoundError(
             f"no attempt with id {ids.shown(attempt_id)}; `agentfarm pipeline ls` lists them"
@@ -112,7 +122,7 @@ class TokenTest(BaseModel):
 
 class PauseState(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    paused: bool = Field(..., description="True: nothing new is dispatched.")
+    paused: bool = Field(..., strict=True, description="True: nothing new is dispatched.")
 
 
 class ForgeRef(BaseModel):

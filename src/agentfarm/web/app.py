@@ -22,6 +22,7 @@ from agentfarm.web import (
     api_forges,
     apidocs,
     notifications,
+    openapi,
     orchestration,
     pages,
     tokens,
@@ -119,4 +120,5 @@ def create_app(
     app.include_router(orchestration.router)
     app.include_router(notifications.router)
     pages.install(app)
+    openapi.install(app)
     return app

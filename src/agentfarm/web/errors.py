@@ -6,6 +6,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.routing import Match, Mount
 
 from agentfarm.domain import errors
 from agentfarm.pipeline.forges import webhooks
@@ -39,6 +40,9 @@ HTTP_CODES = {
 }
 
 
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
 def error_body(code: str, message: str, **extra: object) -> dict[str, object]:
     return {"error": {"code": code, "message": message, **extra}}
 
@@ -55,17 +59,16 @@ def install(app: FastAPI) -> None:
         return JSONResponse(error_body("error", str(exc)), status_code=500)
 
     @app.exception_handler(HTTPException)
-    async def _http(_: Request, exc: HTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: HTTPException) -> JSONResponse:
         message = exc.detail if isinstance(exc.detail, str) else "request failed"
+        headers = dict(exc.headers or {})
         if exc.status_code == 404 and message == "Not Found":
             message = "no such path: the API is under /api (see /docs)"
-        elif exc.status_code == 405 and message == "Method Not Allowed":
-            allowed = (exc.headers or {}).get("Allow", "")
-            message = f"method not allowed here; this path takes {allowed or 'other methods'}"
+        elif exc.status_code == 405:
+            headers["Allow"] = allowed_methods(request, headers.get("Allow", ""))
+            message = f"method not allowed here; this path takes {headers['Allow']}"
         code = HTTP_CODES.get(exc.status_code, "error")
-        return JSONResponse(
-            error_body(code, message), status_code=exc.status_code, headers=exc.headers
-        )
+        return JSONResponse(error_body(code, message), status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
@@ -89,3 +92,17 @@ def install(app: FastAPI) -> None:
             error_body("validation_error", f"invalid request: {summary}", fields=fields),
             status_code=422,
         )
+
+
+def allowed_methods(request: Request, given: str) -> str:
+    """Every method some route takes on this path. The router names only the methods of the
+    first route that matched the path, while a path often has one route per method; mounts
+    (static files) answer for themselves, in ``given``."""
+    methods = {m.strip().upper() for m in given.split(",") if m.strip()}
+    for method in METHODS - methods:
+        scope = {**request.scope, "method": method}
+        for route in request.app.router.routes:
+            if not isinstance(route, Mount) and route.matches(scope)[0] == Match.FULL:
+                methods.add(method)
+                break
+    return ", ".join(sorted(methods))

@@ -30,13 +30,22 @@ def last_event_id(header: str | None) -> int:
     return int(text) if text.isascii() and text.isdigit() and len(text) <= 18 else 0
 
 
-def run_id(run_id: Annotated[str, Path(description="Run id.")]) -> str:
+#: What the schema documents for ids and keys: the server answers anything else with 404.
+RUN_ID_SCHEMA = {"pattern": f"^{RUN_ID_RE.pattern}$"}
+KEY_SCHEMA = {"minLength": 1, "maxLength": MAX_KEY, "pattern": "^[^\\x00-\\x1f\\x7f]+$"}
+
+
+def run_id(
+    run_id: Annotated[str, Path(description="Run id.", json_schema_extra=RUN_ID_SCHEMA)],
+) -> str:
     if not RUN_ID_RE.fullmatch(run_id):
         raise errors.NotFoundError(f"no run with id {shown(run_id)}; `agentfarm ls` lists runs")
     return run_id
 
 
-def config_key(key: Annotated[str, Path(description="Config id or name.")]) -> str:
+def config_key(
+    key: Annotated[str, Path(description="Config id or name.", json_schema_extra=KEY_SCHEMA)],
+) -> str:
     if not key or len(key) > MAX_KEY or not key.isprintable():
         raise errors.NotFoundError(
             f"no config with id or name {shown(key)}; `agentfarm config ls` lists them"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -37,8 +38,13 @@ Who = Annotated[identity.Principal, Depends(check_bearer)]
 KEY_DOC = "The client's idempotency key: 1 to 200 printable characters."
 
 
+#: No control characters and not only spaces: the schema states it, the server checks it.
+KEY_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+_KEY_RE = re.compile(KEY_PATTERN)
+
+
 def _check_key(value: str) -> str:
-    if not value.strip() or not value.isprintable():
+    if not _KEY_RE.match(value):
         raise ValueError("the idempotency key must be printable characters, not only spaces")
     return value
 
@@ -46,7 +52,13 @@ def _check_key(value: str) -> str:
 class DispatchRequest(api.RunRequest):
     """A run request (as ``POST /api/runs``) with the client's idempotency key."""
 
-    idempotency_key: str = Field(..., min_length=1, max_length=200, description=KEY_DOC)
+    idempotency_key: str = Field(
+        ...,
+        min_length=1,
+        max_length=200,
+        description=KEY_DOC,
+        json_schema_extra={"pattern": KEY_PATTERN},
+    )
 
     @field_validator("idempotency_key")
     @classmethod

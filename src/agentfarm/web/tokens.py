@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Request, Response, status
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from agentfarm.domain import errors, models
 from agentfarm.domain import scopes as scoping
@@ -32,11 +32,22 @@ class TokenIn(BaseModel):
         "after a role change (if the caller has all of it; else the caller's own scopes).",
     )
     expires_days: int | None = Field(
-        None, ge=1, le=3650, description="Days until it expires; none: it does not expire."
+        None,
+        ge=1,
+        le=3650,
+        description="Days until it expires; none: it does not expire.",
     )
     user: str | None = Field(
         None, pattern=USER_NAME, description="Whose token (admins only); default: the caller's."
     )
+
+    @field_validator("expires_days", mode="before")
+    @classmethod
+    def _a_number(cls, value: object) -> object:
+        # A JSON number, as the schema says (1.0 is one); not "6" or true.
+        if isinstance(value, bool | str):
+            raise ValueError("expires_days is a number of days, such as 30")
+        return value
 
 
 class TokenOut(BaseModel):

@@ -8,11 +8,14 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Request
 from pydantic import BaseModel
 
+from agentfarm.domain.backend_config import SLUG_RE
 from agentfarm.pipeline import service
 
 router = APIRouter(prefix="/api")
 
-ForgeName = Annotated[str, Path(min_length=1, max_length=64)]
+ForgeName = Annotated[
+    str, Path(min_length=1, max_length=64, json_schema_extra={"pattern": SLUG_RE.pattern})
+]
 
 
 class DeliveryAnswer(BaseModel):

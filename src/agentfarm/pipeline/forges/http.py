@@ -38,9 +38,15 @@ class Token:
     __slots__ = ("_value",)
 
     def __init__(self, value: str) -> None:
-        if not value or any(ch.isspace() for ch in value) or not value.isprintable():
+        # It goes into a header, which carries ASCII only (httpx would fail at each request).
+        if (
+            not value
+            or not value.isascii()
+            or any(ch.isspace() for ch in value)
+            or not value.isprintable()
+        ):
             raise domain_errors.InvalidInputError(
-                "the forge token is empty or contains whitespace or control characters: "
+                "the forge token is empty or contains whitespace, control or non-ASCII characters: "
                 "store the token alone, without a 'Bearer ' or 'token ' prefix"
             )
         self._value = value

@@ -109,6 +109,8 @@ def parse_delivery(
         raise InvalidDeliveryError(
             "the delivery body is not JSON: set the webhook's content type to application/json"
         ) from None
+    except RecursionError:  # a nesting bomb: no forge sends one
+        raise InvalidDeliveryError("the delivery body is nested too deeply to read") from None
     if not isinstance(payload, dict):
         raise InvalidDeliveryError("the delivery body is not a JSON object")
     repo = str(_at(payload, "repository", "full_name"))
