@@ -485,7 +485,11 @@ async def test_a_failing_finalize_is_a_notice_and_the_run_still_ends(
         models.EventType.run_notice,
         models.EventType.run_status,
     ]
-    assert backend.runs[run.id].output_discarded
+
+    async def discarded() -> bool:  # right after the run is stored as ended
+        return backend.runs[run.id].output_discarded
+
+    await until(discarded)
     assert await store.get_cursor(run.id) == len(backend.runs[run.id].records)
 
 
