@@ -1,5 +1,5 @@
-"""Fixtures shared by every test tier: the real Claude Code and Codex CLIs and the fake model
-APIs."""
+"""Fixtures shared by every test tier: the real Claude Code and Codex CLIs, the fake model
+APIs and a JSON endpoint on loopback (a notification target)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import pytest
 
 from tests import realparts
 from tests.fakes.anthropic_api import FakeAnthropic
+from tests.fakes.json_endpoint import JsonEndpoint
 from tests.fakes.openai_api import FakeOpenAI
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,6 +63,14 @@ def fake_anthropic() -> Iterator[FakeAnthropic]:
 
 
 AgentEnv = Callable[..., dict[str, str]]
+
+
+@pytest.fixture
+def endpoint() -> Iterator[JsonEndpoint]:
+    """A JSON endpoint on loopback that keeps what is posted to it (Apprise ``json://``)."""
+    server = JsonEndpoint()
+    yield server
+    server.close()
 
 
 @pytest.fixture

@@ -138,3 +138,20 @@ class Server:
                 if time.monotonic() > deadline:
                     raise AssertionError(f"run {run_id} still {run['status']}: {run}")
                 time.sleep(0.1)
+
+
+def post_run(srv: Server, body: dict[str, Any]) -> dict[str, Any]:
+    """Launches a run through ``POST /api/runs`` (``{"spec": ...}`` or ``{"config": ...}``);
+    the created run."""
+    with srv.client() as c:
+        response = c.post("/api/runs", json=body)
+        assert response.status_code == 201, response.text
+        run: dict[str, Any] = response.json()
+        return run
+
+
+def events(srv: Server, run_id: str) -> list[dict[str, Any]]:
+    """The run's stored events."""
+    with srv.client() as c:
+        found: list[dict[str, Any]] = c.get(f"/api/runs/{run_id}/events").json()
+        return found

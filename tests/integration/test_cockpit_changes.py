@@ -3,16 +3,15 @@ agent's file names and patch shown as text, long lines wrapped inside the screen
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.integration.conftest import agent_script
 from tests.integration.server import Server
 from tests.integration.test_cockpit import PASSWORD, PHONE, chromium, shot, sign_in
-from tests.realparts import missing
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 __all__ = ["chromium"]  # the browser fixture, shared with the cockpit's tests
@@ -28,14 +27,11 @@ git -c user.name=agent -c user.email=agent@example.invalid commit -qm work
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
-    if shutil.which("bwrap") is None:
-        missing("bubblewrap", "apt-get install bubblewrap (make test does it)")
-    srv = Server(tmp_path / "data", {}, tmp_path / "server.log").start()
+def server(serve: Callable[[dict[str, str]], Server]) -> Server:
+    srv = serve({})
     result = srv.cli("user", "add", "ada", input=PASSWORD + "\n")
     assert result.returncode == 0, result.stdout + result.stderr
-    yield srv
-    srv.stop()
+    return srv
 
 
 @pytest.fixture
@@ -53,12 +49,9 @@ def phone(chromium: Any, server: Server) -> Iterator[Any]:
 def test_the_changes_of_a_run_on_a_phone(
     phone: Any, server: Server, source: Path, tmp_path: Path
 ) -> None:
-    agents = tmp_path / "agents"
-    agents.mkdir(mode=0o755)
-    (agents / "agent.sh").write_text(AGENT)
-    (agents / "agent.sh").chmod(0o755)
+    agent = agent_script(tmp_path, AGENT)
     spec = {"repo": str(source), "prompt": "p", "agent": "command",
-            "command": {"argv": [str(agents / "agent.sh")], "prompt": "none"}}  # fmt: skip
+            "command": {"argv": [agent], "prompt": "none"}}  # fmt: skip
     with server.client() as c:
         run_id = c.post("/api/runs", json={"spec": spec}).json()["id"]
     assert server.wait_status(run_id, {"succeeded", "failed"}, timeout=60)["status"] == "succeeded"

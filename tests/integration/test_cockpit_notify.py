@@ -26,13 +26,6 @@ HOOK_PATH = "/hook/secret-path-token-77"
 
 
 @pytest.fixture
-def endpoint() -> Iterator[JsonEndpoint]:
-    server = JsonEndpoint()
-    yield server
-    server.close()
-
-
-@pytest.fixture
 def server(
     tmp_path: Path, claude_bin: str, fake_anthropic: fake.FakeAnthropic, endpoint: JsonEndpoint
 ) -> Iterator[Server]:

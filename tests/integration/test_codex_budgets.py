@@ -4,16 +4,13 @@ fake Responses API; agentfarm counts Codex's model turns from its stream (Codex 
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.fakes import openai_api as fake
-from tests.integration.server import Server
-from tests.realparts import missing
+from tests.integration.server import Server, events, post_run
 
 pytestmark = pytest.mark.integration
 
@@ -22,17 +19,13 @@ MODEL = "gpt-5-codex"  # a model the CLI offers its shell tool for (test_codex_c
 
 
 @pytest.fixture
-def server(tmp_path: Path, codex_bin: str, fake_openai: fake.FakeOpenAI) -> Iterator[Server]:
-    if shutil.which("bwrap") is None:
-        missing("bubblewrap", "apt-get install bubblewrap (make test does it)")
-    srv = Server(
-        tmp_path / "data",
+def server(
+    codex_bin: str, fake_openai: fake.FakeOpenAI, serve: Callable[[dict[str, str]], Server]
+) -> Server:
+    return serve(
         {"AGENTFARM_CODEX_BIN": codex_bin, "OPENAI_BASE_URL": fake_openai.base_url,
-         "CODEX_API_KEY": KEY, "AGENTFARM_STOP_GRACE_SECONDS": "3"},
-        tmp_path / "server.log",
-    ).start()  # fmt: skip
-    yield srv
-    srv.stop()
+         "CODEX_API_KEY": KEY, "AGENTFARM_STOP_GRACE_SECONDS": "3"}
+    )  # fmt: skip
 
 
 def test_codex_s_max_turns_stops_the_run_with_the_budget_named(
@@ -49,13 +42,9 @@ def test_codex_s_max_turns_stops_the_run_with_the_budget_named(
     )
     body = {"repo": str(source), "prompt": f"{marker} work", "agent": "codex", "model": MODEL,
             "max_turns": 1}  # fmt: skip
-    with server.client() as c:
-        response = c.post("/api/runs", json={"spec": body})
-        assert response.status_code == 201, response.text
-        run_id: str = response.json()["id"]
+    run_id: str = post_run(server, {"spec": body})["id"]
     done = server.wait_status(run_id, {"succeeded", "failed", "lost", "stopped"}, timeout=90)
-    with server.client() as c:
-        stored: list[dict[str, Any]] = c.get(f"/api/runs/{run_id}/events").json()
+    stored = events(server, run_id)
     assert done["status"] == "stopped", (done, stored)
     assert done["error"] == "turns: 1 of 1"
     notices = [e["data"]["message"] for e in stored if e["type"] == "run.notice"]

@@ -4,10 +4,9 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +14,7 @@ import pytest
 
 from tests.fakes import openai_api as fake
 from tests.integration.conftest import git
-from tests.integration.server import Server
-from tests.realparts import missing
+from tests.integration.server import Server, events, post_run
 
 pytestmark = pytest.mark.integration
 
@@ -27,36 +25,23 @@ MODEL = "gpt-5-codex"
 
 
 @pytest.fixture
-def server(tmp_path: Path, codex_bin: str, fake_openai: fake.FakeOpenAI) -> Iterator[Server]:
-    if shutil.which("bwrap") is None:
-        missing("bubblewrap", "apt-get install bubblewrap (make test does it)")
-    srv = Server(
-        tmp_path / "data",
+def server(
+    codex_bin: str, fake_openai: fake.FakeOpenAI, serve: Callable[[dict[str, str]], Server]
+) -> Server:
+    return serve(
         {
             "AGENTFARM_CODEX_BIN": codex_bin,
             "OPENAI_BASE_URL": fake_openai.base_url,
             "CODEX_API_KEY": KEY,
             "AGENTFARM_STOP_GRACE_SECONDS": "3",
-        },
-        tmp_path / "server.log",
-    ).start()
-    yield srv
-    srv.stop()
+        }
+    )
 
 
 def launch(srv: Server, source: Path, prompt: str, **spec: Any) -> str:
     body = {"repo": str(source), "prompt": prompt, "agent": "codex", "model": MODEL, **spec}
-    with srv.client() as c:
-        response = c.post("/api/runs", json={"spec": body})
-        assert response.status_code == 201, response.text
-        run_id: str = response.json()["id"]
-        return run_id
-
-
-def events(srv: Server, run_id: str) -> list[dict[str, Any]]:
-    with srv.client() as c:
-        found: list[dict[str, Any]] = c.get(f"/api/runs/{run_id}/events").json()
-        return found
+    run_id: str = post_run(srv, {"spec": body})["id"]
+    return run_id
 
 
 def wait_for_event(srv: Server, run_id: str, kind: str, timeout: float = 60) -> None:

@@ -3,17 +3,16 @@ bubblewrap and real git, with shell scripts as agents."""
 
 from __future__ import annotations
 
-import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.integration.conftest import agent_script as script
 from tests.integration.conftest import git
-from tests.integration.server import Server
-from tests.realparts import missing
+from tests.integration.server import Server, events, post_run
 
 pytestmark = pytest.mark.integration
 
@@ -30,41 +29,14 @@ echo "committed: $prompt"
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
-    if shutil.which("bwrap") is None:
-        missing("bubblewrap", "apt-get install bubblewrap (make test does it)")
-    srv = Server(
-        tmp_path / "data",
-        {"ANTHROPIC_API_KEY": SECRET, "AGENTFARM_STOP_GRACE_SECONDS": "3"},
-        tmp_path / "server.log",
-    ).start()
-    yield srv
-    srv.stop()
-
-
-def script(tmp_path: Path, body: str) -> str:
-    bindir = tmp_path / "agents"
-    bindir.mkdir(exist_ok=True)
-    bindir.chmod(0o755)
-    path = bindir / "agent.sh"
-    path.write_text(body)
-    path.chmod(0o755)
-    return str(path)
+def server(serve: Callable[[dict[str, str]], Server]) -> Server:
+    return serve({"ANTHROPIC_API_KEY": SECRET, "AGENTFARM_STOP_GRACE_SECONDS": "3"})
 
 
 def submit(srv: Server, source: Path, command: dict[str, Any], prompt: str) -> str:
     spec = {"repo": str(source), "prompt": prompt, "agent": "command", "command": command}
-    with srv.client() as c:
-        response = c.post("/api/runs", json={"spec": spec})
-        assert response.status_code == 201, response.text
-        run_id: str = response.json()["id"]
-        return run_id
-
-
-def events(srv: Server, run_id: str) -> list[dict[str, Any]]:
-    with srv.client() as c:
-        found: list[dict[str, Any]] = c.get(f"/api/runs/{run_id}/events").json()
-        return found
+    run_id: str = post_run(srv, {"spec": spec})["id"]
+    return run_id
 
 
 def test_a_script_that_commits_succeeds_with_its_commit_on_the_branch(

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,28 +16,23 @@ import pytest
 
 from tests.fakes import anthropic_api as fake
 from tests.integration.conftest import git
-from tests.integration.server import Server
-from tests.realparts import missing
+from tests.integration.server import Server, events, post_run
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def server(tmp_path: Path, claude_bin: str, fake_anthropic: fake.FakeAnthropic) -> Iterator[Server]:
-    if shutil.which("bwrap") is None:
-        missing("bubblewrap", "apt-get install bubblewrap (make test does it)")
-    srv = Server(
-        tmp_path / "data",
+def server(
+    claude_bin: str, fake_anthropic: fake.FakeAnthropic, serve: Callable[[dict[str, str]], Server]
+) -> Server:
+    return serve(
         {
             "AGENTFARM_CLAUDE_BIN": claude_bin,
             "ANTHROPIC_BASE_URL": fake_anthropic.base_url,
             "ANTHROPIC_API_KEY": "sk-ant-e2e-secret-value",
             "AGENTFARM_STOP_GRACE_SECONDS": "3",
-        },
-        tmp_path / "server.log",
-    ).start()
-    yield srv
-    srv.stop()
+        }
+    )
 
 
 def create_config(srv: Server, source: Path, name: str, prompt: str) -> None:
@@ -56,20 +50,10 @@ def create_config(srv: Server, source: Path, name: str, prompt: str) -> None:
 
 
 def launch(srv: Server, config: str, prompt: str | None = None) -> dict[str, Any]:
-    with srv.client() as c:
-        body: dict[str, Any] = {"config": config}
-        if prompt is not None:
-            body["prompt"] = prompt
-        response = c.post("/api/runs", json=body)
-        assert response.status_code == 201, response.text
-        run: dict[str, Any] = response.json()
-        return run
-
-
-def events(srv: Server, run_id: str) -> list[dict[str, Any]]:
-    with srv.client() as c:
-        result: list[dict[str, Any]] = c.get(f"/api/runs/{run_id}/events").json()
-        return result
+    body: dict[str, Any] = {"config": config}
+    if prompt is not None:
+        body["prompt"] = prompt
+    return post_run(srv, body)
 
 
 def test_cli_run_commits_on_its_branch(server: Server, source: Path) -> None:

@@ -4,9 +4,8 @@ the real Claude Code CLI against the fake model, which reports what each reply c
 from __future__ import annotations
 
 import re
-import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,6 @@ import pytest
 
 from tests.fakes import anthropic_api as fake
 from tests.integration.server import Server
-from tests.realparts import missing
 
 pytestmark = pytest.mark.integration
 
@@ -23,11 +21,10 @@ GUARD = 120.0
 
 
 @pytest.fixture
-def server(tmp_path: Path, claude_bin: str, fake_anthropic: fake.FakeAnthropic) -> Iterator[Server]:
-    if shutil.which("bwrap") is None:
-        missing("bubblewrap", "apt-get install bubblewrap (make test does it)")
-    srv = Server(
-        tmp_path / "data",
+def server(
+    claude_bin: str, fake_anthropic: fake.FakeAnthropic, serve: Callable[[dict[str, str]], Server]
+) -> Server:
+    return serve(
         {
             "AGENTFARM_CLAUDE_BIN": claude_bin,
             "ANTHROPIC_BASE_URL": fake_anthropic.base_url,
@@ -35,11 +32,8 @@ def server(tmp_path: Path, claude_bin: str, fake_anthropic: fake.FakeAnthropic) 
             "AGENTFARM_STOP_GRACE_SECONDS": "3",
             "AGENTFARM_MAX_CONCURRENT_RUNS": "1",
             "AGENTFARM_MAX_QUEUED_RUNS": "1",
-        },
-        tmp_path / "server.log",
-    ).start()
-    yield srv
-    srv.stop()
+        }
+    )
 
 
 def launch(srv: Server, source: Path, prompt: str, **spec: Any) -> Any:

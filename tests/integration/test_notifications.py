@@ -4,7 +4,6 @@ command agent; Apprise sends to a JSON endpoint on a loopback port."""
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,13 +15,6 @@ from tests.realparts import missing
 pytestmark = pytest.mark.integration
 
 PUBLIC = "https://farm.example.org"
-
-
-@pytest.fixture
-def endpoint() -> Iterator[JsonEndpoint]:
-    server = JsonEndpoint()
-    yield server
-    server.close()
 
 
 def test_a_finished_run_sends_one_message_with_its_link_and_a_hanging_target_holds_nothing(

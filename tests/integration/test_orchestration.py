@@ -4,16 +4,14 @@ commit it started from, and scoped tokens made with the CLI."""
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.integration.conftest import git
+from tests.integration.conftest import agent_script, git
 from tests.integration.server import Server
-from tests.realparts import missing
 
 pytestmark = pytest.mark.integration
 
@@ -29,21 +27,14 @@ git -c user.name=agent -c user.email=agent@example.invalid commit -qm "$prompt"
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
-    if shutil.which("bwrap") is None:
-        missing("bubblewrap", "apt-get install bubblewrap (make test does it)")
-    srv = Server(tmp_path / "data", {}, tmp_path / "server.log").start()
-    yield srv
-    srv.stop()
+def server(serve: Callable[[dict[str, str]], Server]) -> Server:
+    return serve({})
 
 
 def test_a_dispatched_run_shows_its_changes(server: Server, source: Path, tmp_path: Path) -> None:
-    agents = tmp_path / "agents"
-    agents.mkdir(mode=0o755)
-    (agents / "agent.sh").write_text(AGENT)
-    (agents / "agent.sh").chmod(0o755)
+    agent = agent_script(tmp_path, AGENT)
     spec = {"repo": str(source), "prompt": "one more line", "agent": "command",
-            "command": {"argv": [str(agents / "agent.sh")], "prompt": "stdin"}}  # fmt: skip
+            "command": {"argv": [agent], "prompt": "stdin"}}  # fmt: skip
     body = {"idempotency_key": "ci/build-7", "spec": spec}
     start = git(source, "rev-parse", "main").strip()
     with server.client() as c:

@@ -20,8 +20,7 @@ import pytest
 from tests.fakes import anthropic_api as fake
 from tests.fakes.json_endpoint import JsonEndpoint
 from tests.integration.conftest import git
-from tests.integration.server import Server
-from tests.realparts import missing
+from tests.integration.server import Server, events, post_run
 
 pytestmark = pytest.mark.integration
 
@@ -30,15 +29,10 @@ TOKEN = "sk-ant-oat01-parking-secret-value"
 
 @pytest.fixture
 def start_server(
-    tmp_path: Path, claude_bin: str, fake_anthropic: fake.FakeAnthropic
-) -> Iterator[Callable[..., Server]]:
-    if shutil.which("bwrap") is None:
-        missing("bubblewrap", "apt-get install bubblewrap (make test does it)")
-    servers: list[Server] = []
-
+    claude_bin: str, fake_anthropic: fake.FakeAnthropic, serve: Callable[[dict[str, str]], Server]
+) -> Callable[..., Server]:
     def start(**env: str) -> Server:
-        srv = Server(
-            tmp_path / "data",
+        return serve(
             {
                 "AGENTFARM_CLAUDE_BIN": claude_bin,
                 "ANTHROPIC_BASE_URL": fake_anthropic.base_url,
@@ -46,15 +40,10 @@ def start_server(
                 "AGENTFARM_STOP_GRACE_SECONDS": "3",
                 "AGENTFARM_PARK_MARGIN_SECONDS": "0",
                 **env,
-            },
-            tmp_path / "server.log",
-        ).start()
-        servers.append(srv)
-        return srv
+            }
+        )
 
-    yield start
-    for srv in servers:
-        srv.stop()
+    return start
 
 
 class LimitOnce:
@@ -100,17 +89,7 @@ def launch(srv: Server, source: Path, prompt: str, **spec: Any) -> dict[str, Any
             **spec,
         }
     }
-    with srv.client() as c:
-        response = c.post("/api/runs", json=body)
-        assert response.status_code == 201, response.text
-        run: dict[str, Any] = response.json()
-        return run
-
-
-def events(srv: Server, run_id: str) -> list[dict[str, Any]]:
-    with srv.client() as c:
-        found: list[dict[str, Any]] = c.get(f"/api/runs/{run_id}/events").json()
-        return found
+    return post_run(srv, body)
 
 
 def session_ids(srv: Server, run_id: str) -> list[str]:

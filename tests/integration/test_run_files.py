@@ -5,9 +5,8 @@ finished run's files while its row, events and branch stay."""
 
 from __future__ import annotations
 
-import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +15,7 @@ import pytest
 from agentfarm.backends.local.monitor_spec import SPOOL
 from tests.fakes import anthropic_api as fake
 from tests.integration.conftest import git
-from tests.integration.server import Server
-from tests.realparts import missing
+from tests.integration.server import Server, post_run
 
 pytestmark = pytest.mark.integration
 
@@ -26,42 +24,29 @@ StartServer = Callable[..., Server]
 
 @pytest.fixture
 def start_server(
-    tmp_path: Path, claude_bin: str, fake_anthropic: fake.FakeAnthropic
-) -> Iterator[StartServer]:
-    if shutil.which("bwrap") is None:
-        missing("bubblewrap", "apt-get install bubblewrap (make test does it)")
-    started: list[Server] = []
-
+    claude_bin: str, fake_anthropic: fake.FakeAnthropic, serve: Callable[[dict[str, str]], Server]
+) -> StartServer:
     def start(**env: str) -> Server:
-        srv = Server(
-            tmp_path / "data",
+        return serve(
             {
                 "AGENTFARM_CLAUDE_BIN": claude_bin,
                 "ANTHROPIC_BASE_URL": fake_anthropic.base_url,
                 "ANTHROPIC_API_KEY": "sk-ant-e2e-secret-value",
                 "AGENTFARM_STOP_GRACE_SECONDS": "3",
                 **env,
-            },
-            tmp_path / "server.log",
-        ).start()
-        started.append(srv)
-        return srv
+            }
+        )
 
-    yield start
-    for srv in started:
-        srv.stop()
+    return start
 
 
 def run_to_the_end(srv: Server, source: Path) -> dict[str, Any]:
-    with srv.client() as c:
-        spec = {
-            "repo": str(source),
-            "prompt": f"{fake.marker('write-and-commit')} add a hello file",
-            "env": {"CLAUDE_CODE_MAX_RETRIES": "0"},
-        }
-        response = c.post("/api/runs", json={"spec": spec})
-        assert response.status_code == 201, response.text
-        run_id = response.json()["id"]
+    spec = {
+        "repo": str(source),
+        "prompt": f"{fake.marker('write-and-commit')} add a hello file",
+        "env": {"CLAUDE_CODE_MAX_RETRIES": "0"},
+    }
+    run_id = post_run(srv, {"spec": spec})["id"]
     return srv.wait_status(run_id, {"succeeded", "failed", "lost"}, timeout=90)
 
 

@@ -14,27 +14,26 @@ from __future__ import annotations
 import shutil
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.fakes import anthropic_api as fake
-from tests.integration.server import Server, free_port
+from tests.integration.server import Server, events, free_port, post_run
 from tests.realparts import missing
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def server(tmp_path: Path, claude_bin: str, fake_anthropic: fake.FakeAnthropic) -> Iterator[Server]:
-    if shutil.which("bwrap") is None:
-        missing("bubblewrap", "apt-get install bubblewrap (make test does it)")
+def server(
+    claude_bin: str, fake_anthropic: fake.FakeAnthropic, serve: Callable[[dict[str, str]], Server]
+) -> Server:
     if shutil.which("curl") is None:
         missing("curl", "apt-get install curl")
-    srv = Server(
-        tmp_path / "data",
+    return serve(
         {
             "AGENTFARM_CLAUDE_BIN": claude_bin,
             "ANTHROPIC_BASE_URL": fake_anthropic.base_url,
@@ -42,11 +41,8 @@ def server(tmp_path: Path, claude_bin: str, fake_anthropic: fake.FakeAnthropic) 
             "AGENTFARM_STOP_GRACE_SECONDS": "2",
             "AGENTFARM_TRUSTED_PROXIES": "127.0.0.1",
             "AGENTFARM_FORWARD_AUTH_HEADER": "Remote-User",
-        },
-        tmp_path / "server.log",
-    ).start()
-    yield srv
-    srv.stop()
+        }
+    )
 
 
 @pytest.fixture
@@ -60,18 +56,9 @@ def host_listener() -> Iterator[int]:
 
 
 def launch(srv: Server, spec: dict[str, Any]) -> str:
-    with srv.client() as c:
-        body = {"env": {"CLAUDE_CODE_MAX_RETRIES": "0"}, **spec}
-        response = c.post("/api/runs", json={"spec": body})
-        assert response.status_code == 201, response.text
-        run_id: str = response.json()["id"]
-        return run_id
-
-
-def events(srv: Server, run_id: str) -> list[dict[str, Any]]:
-    with srv.client() as c:
-        result: list[dict[str, Any]] = c.get(f"/api/runs/{run_id}/events").json()
-        return result
+    body = {"env": {"CLAUDE_CODE_MAX_RETRIES": "0"}, **spec}
+    run_id: str = post_run(srv, {"spec": body})["id"]
+    return run_id
 
 
 def wait_listening(port: int, timeout: float = 60) -> None:

@@ -1,4 +1,7 @@
-"""Unit-test fixtures: the API in-process on the fake backend (no real agent)."""
+"""Unit-test fixtures: the API in-process on the fake backend (no real agent), and a
+supervisor on the fake backend (``store``, ``backend``, ``supervisors``). A test module shapes
+the supervisor by overriding ``backend_script``, ``adapters``, ``supervisor_settings`` or
+``notifier``."""
 
 from __future__ import annotations
 
@@ -10,8 +13,15 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from agentfarm.agents.base import AgentAdapter
+from agentfarm.agents.claude import ClaudeAdapter
+from agentfarm.backends import fake
 from agentfarm.backends.fake import FakeBackend
 from agentfarm.settings import Settings
+from agentfarm.store import Store
+from agentfarm.store.secrets import SecretStore
+from agentfarm.supervisor import notify
+from agentfarm.supervisor.runs import Supervisor
 from agentfarm.web.app import create_app
 
 TOKEN = "test-token-0123456789"
@@ -65,3 +75,72 @@ def app_client(tmp_path: Path, fake_backend: FakeBackend) -> AppFactory:
         return serve_app(app)
 
     return factory
+
+
+# --- a supervisor on the fake backend ----------------------------------------------------
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    store = await Store.open(tmp_path / "data" / "agentfarm.db")
+    yield store
+    await store.close()
+
+
+@pytest.fixture
+def backend_script() -> fake.Script:
+    """What the fake agents do (override in a module)."""
+    return fake.claude_like_script
+
+
+@pytest.fixture
+async def backend(backend_script: fake.Script) -> AsyncIterator[FakeBackend]:
+    backend = FakeBackend(backend_script)
+    yield backend
+    await backend.shutdown()
+
+
+@pytest.fixture
+def adapters() -> dict[str, AgentAdapter]:
+    """The supervisor's agent adapters (override in a module)."""
+    return {"claude": ClaudeAdapter()}
+
+
+@pytest.fixture
+def supervisor_settings() -> dict[str, object]:
+    """Settings every supervisor of a module has, under a test's own (override in a module)."""
+    return {}
+
+
+@pytest.fixture
+def notifier() -> Callable[[Settings], notify.Notifier] | None:
+    """Makes the supervisor's notifier from its settings; None: the default (override)."""
+    return None
+
+
+@pytest.fixture
+async def supervisors(
+    tmp_path: Path,
+    store: Store,
+    backend: FakeBackend,
+    adapters: dict[str, AgentAdapter],
+    supervisor_settings: dict[str, object],
+    notifier: Callable[[Settings], notify.Notifier] | None,
+) -> AsyncIterator[Callable[..., Supervisor]]:
+    """``supervisors(on=None, **settings)``: a new supervisor (a server start) on the same
+    store, on ``backend`` or ``on`` (a restarted object over the same agents); closed after
+    the test."""
+    made: list[Supervisor] = []
+
+    def make(on: FakeBackend | None = None, **extra: object) -> Supervisor:
+        settings = make_settings(tmp_path / "data", **{**supervisor_settings, **extra})
+        sup = Supervisor(
+            settings, store, SecretStore(settings.secrets_path), {"local": on or backend},
+            adapters, notifier=notifier(settings) if notifier else None,
+        )  # fmt: skip
+        made.append(sup)
+        return sup
+
+    yield make
+    for sup in made:
+        await sup.close()

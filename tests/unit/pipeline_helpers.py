@@ -338,6 +338,18 @@ async def until(check: Callable[[], Awaitable[bool]]) -> None:
             await asyncio.sleep(0.01)
 
 
+def home_forge() -> domain.Forge:
+    """The forge "home" (GitHub, token secret FORGE_TOKEN) that serves REPO."""
+    return domain.Forge(
+        name="home",
+        kind="github",
+        base_url="https://api.github.com",
+        token_secret="FORGE_TOKEN",
+        repos=[REPO],
+        webhook_secret_name=domain.webhook_secret_name("home"),
+    )
+
+
 @pytest.fixture
 async def world(tmp_path: Path) -> AsyncIterator[World]:
     store = await Store.open(tmp_path / "data" / "agentfarm.db")
@@ -347,16 +359,7 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
     secrets.set("FORGE_TOKEN", "forge-token-123")
     secrets.set(domain.webhook_secret_name("home"), SECRET)
     pstore = PipelineStore(store.database)
-    forge = await pstore.create_forge(
-        domain.Forge(
-            name="home",
-            kind="github",
-            base_url="https://api.github.com",
-            token_secret="FORGE_TOKEN",
-            repos=[REPO],
-            webhook_secret_name=domain.webhook_secret_name("home"),
-        )
-    )
+    forge = await pstore.create_forge(home_forge())
     await store.create_config(
         models.AgentConfig(name="issue-implementer", repo="unused", prompt="Standing orders.")
     )

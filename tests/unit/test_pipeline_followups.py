@@ -465,9 +465,11 @@ async def test_fixes_older_than_the_window_do_not_count(
     assert client.all_comments() == []
 
 
-async def test_a_notice_that_failed_to_post_is_posted_once_later(
-    pstore: PipelineStore, forge: Forge, client: MemoryForge, opened: Attempt
+async def the_one_fix_used_then_failing_again(
+    pstore: PipelineStore, forge: Forge, client: MemoryForge
 ) -> None:
+    """One check fix allowed and used (done); then the pull request's next commit fails
+    its checks too."""
     forge.check_fix_attempts = 1
     client.set_checks(SHA1, failing())
     made = await followups.followup_for_status(pstore, client, forge, REPO, SHA1)
@@ -476,6 +478,12 @@ async def test_a_notice_that_failed_to_post_is_posted_once_later(
     await pstore.save_attempt(made)
     client.open_pull(12, BRANCH, SHA2)
     client.set_checks(SHA2, failing())
+
+
+async def test_a_notice_that_failed_to_post_is_posted_once_later(
+    pstore: PipelineStore, forge: Forge, client: MemoryForge, opened: Attempt
+) -> None:
+    await the_one_fix_used_then_failing_again(pstore, forge, client)
     client.failures["create_comment"] = forge_errors.TemporaryForgeError("down", delay=1.0)
     with pytest.raises(forge_errors.TemporaryForgeError):
         await followups.followup_for_status(pstore, client, forge, REPO, SHA2)
@@ -564,14 +572,7 @@ async def test_a_notice_posted_before_a_crash_is_found_not_posted_again(
     opened: Attempt,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    forge.check_fix_attempts = 1
-    client.set_checks(SHA1, failing())
-    made = await followups.followup_for_status(pstore, client, forge, REPO, SHA1)
-    assert made is not None
-    made.state = AttemptState.done
-    await pstore.save_attempt(made)
-    client.open_pull(12, BRANCH, SHA2)
-    client.set_checks(SHA2, failing())
+    await the_one_fix_used_then_failing_again(pstore, forge, client)
 
     async def crash(attempt: Attempt) -> Attempt:
         raise RuntimeError("the control plane died here")

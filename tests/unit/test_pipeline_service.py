@@ -17,7 +17,7 @@ from agentfarm.pipeline.service import Pipeline
 from agentfarm.store.pipeline import PipelineStore
 from agentfarm.store.secrets import SecretStore
 from tests.unit.conftest import AppFactory
-from tests.unit.pipeline_helpers import HEAD_SHA, REPO, SECRET, World, until, world
+from tests.unit.pipeline_helpers import HEAD_SHA, REPO, SECRET, World, home_forge, until, world
 
 __all__ = ["world"]  # the fixture
 
@@ -218,16 +218,7 @@ async def test_the_webhook_endpoint(app_client: AppFactory, tmp_path: Path) -> N
         pstore: PipelineStore = app.state.pipeline_store
         secrets: SecretStore = app.state.secrets
         secrets.set(domain.webhook_secret_name("home"), SECRET)
-        await pstore.create_forge(
-            domain.Forge(
-                name="home",
-                kind="github",
-                base_url="https://api.github.com",
-                token_secret="FORGE_TOKEN",
-                repos=[REPO],
-                webhook_secret_name=domain.webhook_secret_name("home"),
-            )
-        )
+        await pstore.create_forge(home_forge())
         anonymous = {"Authorization": ""}
         headers, body = delivery(repo="eve/other")
         url = "/api/forges/home/webhook"

@@ -6,13 +6,15 @@ run gives its slot to a queued one. Fake backend, the real Claude adapter and pa
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from agentfarm.agents.base import AgentAdapter
 from agentfarm.agents.claude import ClaudeAdapter
 from agentfarm.agents.command import CommandAdapter
+from agentfarm.backends import fake
 from agentfarm.backends.base import ExitInfo
 from agentfarm.backends.fake import FakeBackend, Step
 from agentfarm.domain import models
@@ -23,6 +25,7 @@ from agentfarm.store.secrets import SecretStore
 from agentfarm.supervisor import notify
 from agentfarm.supervisor.runs import Supervisor
 from tests.unit.conftest import make_settings
+from tests.unit.supervisor_kit import spec
 from tests.unit.test_supervisor_budgets import spent_run
 from tests.unit.test_supervisor_parking import (
     ended,
@@ -49,47 +52,28 @@ class Recording(notify.Notifier):
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    store = await Store.open(tmp_path / "data" / "agentfarm.db")
-    yield store
-    await store.close()
+def backend_script() -> fake.Script:
+    return lambda run, command: finishes()
 
 
 @pytest.fixture
-async def backend() -> AsyncIterator[FakeBackend]:
-    backend = FakeBackend(lambda run, command: finishes())
-    yield backend
-    await backend.shutdown()
+def adapters() -> dict[str, AgentAdapter]:
+    return {"claude": ClaudeAdapter(), "command": CommandAdapter()}
 
 
 @pytest.fixture
-async def supervisors(
-    tmp_path: Path, store: Store, backend: FakeBackend
-) -> AsyncIterator[Callable[..., Supervisor]]:
-    made: list[Supervisor] = []
+def supervisor_settings() -> dict[str, object]:
+    return {"park_margin_seconds": 0}
 
-    def make(**extra: object) -> Supervisor:
-        settings = make_settings(tmp_path / "data", **{"park_margin_seconds": 0, **extra})
-        adapters = {"claude": ClaudeAdapter(), "command": CommandAdapter()}
-        sup = Supervisor(
-            settings, store, SecretStore(settings.secrets_path), {"local": backend}, adapters,
-            notifier=Recording(settings),
-        )  # fmt: skip
-        made.append(sup)
-        return sup
 
-    yield make
-    for sup in made:
-        await sup.close()
+@pytest.fixture
+def notifier() -> Callable[[Settings], notify.Notifier]:
+    return Recording
 
 
 def recorded(sup: Supervisor) -> Recording:
     assert isinstance(sup.notifier, Recording)
     return sup.notifier
-
-
-def spec(**fields: object) -> models.AgentSpec:
-    return models.AgentSpec.model_validate({"repo": "/srv/repo", "prompt": "fix it", **fields})
 
 
 async def test_a_park_and_the_resume_by_itself_are_told_with_the_reset_time(

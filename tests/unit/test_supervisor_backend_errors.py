@@ -5,10 +5,7 @@ the agent's missing result."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
-
-import pytest
 
 from agentfarm.agents.claude import ClaudeAdapter
 from agentfarm.backends.base import ExitInfo
@@ -19,20 +16,13 @@ from agentfarm.store import Store
 from agentfarm.store.secrets import SecretStore
 from agentfarm.supervisor.runs import Supervisor
 from tests.unit.conftest import make_settings
+from tests.unit.supervisor_kit import GUARD
 
-GUARD = 20  # hang guard only
 WHY = "cloning the repository failed: git clone: fatal: repository not found"
 
 
 def clone_failed(_run: models.Run, _command: AgentCommand) -> list[Step]:
     return [Step("exit", exit=ExitInfo(exit_code=None, error=WHY))]
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    store = await Store.open(tmp_path / "data" / "agentfarm.db")
-    yield store
-    await store.close()
 
 
 async def test_the_backends_reason_is_the_runs_error(store: Store, tmp_path: Path) -> None:

@@ -5,64 +5,33 @@ event."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import AsyncIterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pydantic
 import pytest
 
-from agentfarm.agents.claude import ClaudeAdapter
 from agentfarm.backends.base import BranchOutcome
 from agentfarm.backends.fake import FakeBackend
 from agentfarm.domain import errors, launch, models
 from agentfarm.domain.pipeline import webhook_secret_name
 from agentfarm.store import Store
-from agentfarm.store.secrets import SecretStore
 from agentfarm.supervisor.runs import Supervisor
-from tests.unit.conftest import make_settings
+from tests.unit.supervisor_kit import ended
 
-GUARD = 20  # hang guard only
 REPO = "http://127.0.0.1:3000/alice/proj.git"
 TOKEN = "forge-token-0123456789abcdef"
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    store = await Store.open(tmp_path / "data" / "agentfarm.db")
-    yield store
-    await store.close()
-
-
-@pytest.fixture
-async def backend() -> AsyncIterator[FakeBackend]:
-    backend = FakeBackend()
-    yield backend
-    await backend.shutdown()
-
-
-@pytest.fixture
-async def sup(tmp_path: Path, store: Store, backend: FakeBackend) -> AsyncIterator[Supervisor]:
-    settings = make_settings(tmp_path / "data")
-    secrets = SecretStore(settings.secrets_path)
-    secrets.set("FORGE_BOT", TOKEN)
-    supervisor = Supervisor(
-        settings, store, secrets, {"local": backend}, {"claude": ClaudeAdapter()}
-    )
-    yield supervisor
-    await supervisor.close()
+def sup(supervisors: Callable[..., Supervisor]) -> Supervisor:
+    supervisor = supervisors()
+    supervisor.secrets.set("FORGE_BOT", TOKEN)
+    return supervisor
 
 
 def spec(**extra: object) -> models.AgentSpec:
     return models.AgentSpec.model_validate({"repo": REPO, "prompt": "fix it", **extra})
-
-
-async def ended(store: Store, run_id: str) -> models.Run:
-    async with asyncio.timeout(GUARD):
-        while not (run := await store.get_run(run_id)).status.terminal:
-            await asyncio.sleep(0.01)
-    return run
 
 
 @pytest.mark.parametrize(

@@ -6,15 +6,15 @@ summed per day, config, origin and forge."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from agentfarm.agents.claude import ClaudeAdapter
 from agentfarm.agents.claude_stream import ClaudeStreamParser
 from agentfarm.agents.codex import CodexAdapter
+from agentfarm.backends import fake
 from agentfarm.backends.base import ExitInfo
 from agentfarm.backends.fake import FakeBackend, Step
 from agentfarm.domain import errors, models
@@ -28,8 +28,8 @@ from agentfarm.supervisor import budgets, spend
 from agentfarm.supervisor.runs import Supervisor
 from agentfarm.web.pages import spend_card, templating
 from tests.unit.conftest import AppFactory, make_settings
+from tests.unit.supervisor_kit import ended, has_status, slow_script, spec
 from tests.unit.test_supervisor_codex import COST, PRICES, RECORDED
-from tests.unit.test_supervisor_runs import ended, has_status, slow_script
 
 
 def line(obj: dict[str, object]) -> Step:
@@ -57,44 +57,8 @@ def then_busy(*steps: Step) -> Callable[[models.Run, AgentCommand], list[Step]]:
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    store = await Store.open(tmp_path / "data" / "agentfarm.db")
-    yield store
-    await store.close()
-
-
-@pytest.fixture
-async def backend() -> AsyncIterator[FakeBackend]:
-    backend = FakeBackend(slow_script)
-    yield backend
-    await backend.shutdown()
-
-
-@pytest.fixture
-async def supervisors(
-    tmp_path: Path, store: Store, backend: FakeBackend
-) -> AsyncIterator[Callable[..., Supervisor]]:
-    made: list[Supervisor] = []
-
-    def make(**extra: object) -> Supervisor:
-        settings = make_settings(tmp_path / "data", **extra)
-        sup = Supervisor(
-            settings,
-            store,
-            SecretStore(settings.secrets_path),
-            {"local": backend},
-            {"claude": ClaudeAdapter()},
-        )
-        made.append(sup)
-        return sup
-
-    yield make
-    for sup in made:
-        await sup.close()
-
-
-def spec(**extra: object) -> models.AgentSpec:
-    return models.AgentSpec.model_validate({"repo": "/srv/repo", "prompt": "fix it", **extra})
+def backend_script() -> fake.Script:
+    return slow_script
 
 
 async def notices(store: Store, run_id: str) -> list[str]:

@@ -3,11 +3,12 @@ agent, what is recorded, and the 409s with their reasons."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from agentfarm.agents.base import AgentAdapter
 from agentfarm.agents.claude import ClaudeAdapter
 from agentfarm.agents.codex import CodexAdapter
 from agentfarm.agents.command import CommandAdapter
@@ -20,27 +21,24 @@ from agentfarm.store.secrets import SecretStore
 from agentfarm.supervisor import events, watchdog
 from agentfarm.supervisor.runs import Supervisor
 from tests.unit.conftest import make_settings
-from tests.unit.test_supervisor_runs import ended, has_status, slow_script
+from tests.unit.supervisor_kit import ended, has_status, slow_script
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    store = await Store.open(tmp_path / "data" / "agentfarm.db")
-    yield store
-    await store.close()
+def backend_script() -> fake.Script:
+    return slow_script
 
 
 @pytest.fixture
-async def sup(tmp_path: Path, store: Store) -> AsyncIterator[tuple[Supervisor, FakeBackend]]:
-    backend = FakeBackend(slow_script)
-    settings = make_settings(tmp_path / "data", openai_api_key="sk-openai-test")
-    adapters = {"claude": ClaudeAdapter(), "codex": CodexAdapter(), "command": CommandAdapter()}
-    supervisor = Supervisor(
-        settings, store, SecretStore(settings.secrets_path), {"local": backend}, adapters
-    )
-    yield supervisor, backend
-    await supervisor.close()
-    await backend.shutdown()
+def adapters() -> dict[str, AgentAdapter]:
+    return {"claude": ClaudeAdapter(), "codex": CodexAdapter(), "command": CommandAdapter()}
+
+
+@pytest.fixture
+def sup(
+    supervisors: Callable[..., Supervisor], backend: FakeBackend
+) -> tuple[Supervisor, FakeBackend]:
+    return supervisors(openai_api_key="sk-openai-test"), backend
 
 
 async def running(sup: Supervisor, store: Store, **fields: object) -> models.Run:
@@ -180,66 +178,50 @@ def test_the_watchdogs_phase_while_waiting_for_a_follow_up() -> None:
 
 
 async def test_an_ended_run_is_continued_with_a_new_prompt_in_its_session(
-    tmp_path: Path, store: Store
+    store: Store, backend: FakeBackend, supervisors: Callable[..., Supervisor]
 ) -> None:
-    backend = FakeBackend()  # a short conversation that succeeds
-    settings = make_settings(tmp_path / "data")
-    supervisor = Supervisor(
-        settings, store, SecretStore(settings.secrets_path), {"local": backend},
-        {"claude": ClaudeAdapter(), "command": CommandAdapter()},
-    )  # fmt: skip
-    try:
-        run = await supervisor.submit(models.AgentSpec(repo="/srv/repo", prompt="go"))
-        await supervisor.start()
-        first = await ended(store, run.id)
-        assert first.status is models.RunStatus.succeeded and first.session_id
-        with pytest.raises(errors.ConflictError, match="agentfarm resume"):
-            await supervisor.send(run.id, "not like this")  # ended: 409, resume instead
-        continued = await supervisor.resume_run(run.id, "and now the docs")
-        assert continued.status is models.RunStatus.starting and continued.finished_at is None
-        assert continued.continuation.base_cost_usd == first.cost_usd
-        done = await ended(store, run.id)
-        assert done.status is models.RunStatus.succeeded
-        command = backend.world.launches[run.id].command
-        assert command.argv[-2:] == ["--resume", first.session_id]
-        assert b"and now the docs" in command.stdin
-        stored = await store.list_events(run.id)
-        statuses = [e.data["status"] for e in stored if e.type == models.EventType.run_status]
-        assert statuses == ["queued", "starting", "running", "succeeded",
-                            "starting", "running", "succeeded"]  # fmt: skip
-        said = [e.data["text"] for e in stored if e.type == models.EventType.user_message]
-        assert said == ["and now the docs"]
-        assert [e.seq for e in stored] == list(range(1, len(stored) + 1))
-        # Cost counts both processes.
-        assert done.cost_usd is not None and first.cost_usd is not None
-        assert done.cost_usd > first.cost_usd
-    finally:
-        await supervisor.close()
-        await backend.shutdown()
+    backend.script = fake.claude_like_script  # a short conversation that succeeds
+    supervisor = supervisors()
+    run = await supervisor.submit(models.AgentSpec(repo="/srv/repo", prompt="go"))
+    await supervisor.start()
+    first = await ended(store, run.id)
+    assert first.status is models.RunStatus.succeeded and first.session_id
+    with pytest.raises(errors.ConflictError, match="agentfarm resume"):
+        await supervisor.send(run.id, "not like this")  # ended: 409, resume instead
+    continued = await supervisor.resume_run(run.id, "and now the docs")
+    assert continued.status is models.RunStatus.starting and continued.finished_at is None
+    assert continued.continuation.base_cost_usd == first.cost_usd
+    done = await ended(store, run.id)
+    assert done.status is models.RunStatus.succeeded
+    command = backend.world.launches[run.id].command
+    assert command.argv[-2:] == ["--resume", first.session_id]
+    assert b"and now the docs" in command.stdin
+    stored = await store.list_events(run.id)
+    statuses = [e.data["status"] for e in stored if e.type == models.EventType.run_status]
+    assert statuses == ["queued", "starting", "running", "succeeded",
+                        "starting", "running", "succeeded"]  # fmt: skip
+    said = [e.data["text"] for e in stored if e.type == models.EventType.user_message]
+    assert said == ["and now the docs"]
+    assert [e.seq for e in stored] == list(range(1, len(stored) + 1))
+    # Cost counts both processes.
+    assert done.cost_usd is not None and first.cost_usd is not None
+    assert done.cost_usd > first.cost_usd
 
 
-async def test_what_cannot_be_continued_says_why(tmp_path: Path, store: Store) -> None:
-    backend = FakeBackend()
-    settings = make_settings(tmp_path / "data")
-    supervisor = Supervisor(
-        settings, store, SecretStore(settings.secrets_path), {"local": backend},
-        {"claude": ClaudeAdapter(), "command": CommandAdapter()},
-    )  # fmt: skip
-    try:
-        cmd = await supervisor.submit(
-            models.AgentSpec(
-                repo="/srv/repo", prompt="go", agent="command", command={"argv": ["make"]}
-            )
-        )
-        await supervisor.start()
-        await ended(store, cmd.id)
-        with pytest.raises(errors.ConflictError, match="cannot start a new process"):
-            await supervisor.resume_run(cmd.id, "again")
-        piped = await supervisor.submit(models.AgentSpec(repo="/srv/repo", prompt="go"))
-        await ended(store, piped.id)
-        await store.update_run(piped.id, origin="pipeline")
-        with pytest.raises(errors.ConflictError, match="pipeline run"):
-            await supervisor.resume_run(piped.id, "again")
-    finally:
-        await supervisor.close()
-        await backend.shutdown()
+async def test_what_cannot_be_continued_says_why(
+    store: Store, backend: FakeBackend, supervisors: Callable[..., Supervisor]
+) -> None:
+    backend.script = fake.claude_like_script
+    supervisor = supervisors()
+    cmd = await supervisor.submit(
+        models.AgentSpec(repo="/srv/repo", prompt="go", agent="command", command={"argv": ["make"]})
+    )
+    await supervisor.start()
+    await ended(store, cmd.id)
+    with pytest.raises(errors.ConflictError, match="cannot start a new process"):
+        await supervisor.resume_run(cmd.id, "again")
+    piped = await supervisor.submit(models.AgentSpec(repo="/srv/repo", prompt="go"))
+    await ended(store, piped.id)
+    await store.update_run(piped.id, origin="pipeline")
+    with pytest.raises(errors.ConflictError, match="pipeline run"):
+        await supervisor.resume_run(piped.id, "again")

@@ -5,25 +5,23 @@ dollar or turn budget on the command agent refused at submit (it reports neither
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 
+from agentfarm.agents.base import AgentAdapter
 from agentfarm.agents.codex import CodexAdapter
 from agentfarm.agents.command import CommandAdapter
+from agentfarm.backends import fake
 from agentfarm.backends.base import ExitInfo
 from agentfarm.backends.fake import FakeBackend, Step
 from agentfarm.domain import errors, launch, models
 from agentfarm.store import Store
-from agentfarm.store.secrets import SecretStore
 from agentfarm.supervisor.runs import Supervisor
-from tests.unit.conftest import AppFactory, make_settings
+from tests.unit.conftest import AppFactory
+from tests.unit.supervisor_kit import GUARD, ended
 from tests.unit.test_supervisor_codex import RECORDED
 
-#: Hang guard only: every wait below ends on an event long before this.
-GUARD = 20
 LINES = RECORDED.read_bytes().splitlines()
 
 
@@ -33,46 +31,18 @@ def hangs() -> Step:
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    store = await Store.open(tmp_path / "data" / "agentfarm.db")
-    yield store
-    await store.close()
+def backend_script() -> fake.Script:
+    return lambda run, command: [hangs()]
 
 
 @pytest.fixture
-async def backend() -> AsyncIterator[FakeBackend]:
-    backend = FakeBackend(lambda run, command: [hangs()])
-    yield backend
-    await backend.shutdown()
+def adapters() -> dict[str, AgentAdapter]:
+    return {"codex": CodexAdapter(), "command": CommandAdapter()}
 
 
 @pytest.fixture
-async def supervisors(
-    tmp_path: Path, store: Store, backend: FakeBackend
-) -> AsyncIterator[Callable[..., Supervisor]]:
-    made: list[Supervisor] = []
-
-    def make(**extra: object) -> Supervisor:
-        settings = make_settings(
-            tmp_path / "data", codex_api_key="sk-codex-0123456", stall_resumes=0, **extra
-        )
-        adapters = {"codex": CodexAdapter(), "command": CommandAdapter()}
-        sup = Supervisor(
-            settings, store, SecretStore(settings.secrets_path), {"local": backend}, adapters
-        )
-        made.append(sup)
-        return sup
-
-    yield make
-    for sup in made:
-        await sup.close()
-
-
-async def ended(store: Store, run_id: str) -> models.Run:
-    async with asyncio.timeout(GUARD):
-        while not (run := await store.get_run(run_id)).status.terminal:
-            await asyncio.sleep(0.01)
-    return run
+def supervisor_settings() -> dict[str, object]:
+    return {"codex_api_key": "sk-codex-0123456", "stall_resumes": 0}
 
 
 def codex(**fields: object) -> models.AgentSpec:

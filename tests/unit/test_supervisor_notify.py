@@ -7,12 +7,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from agentfarm.agents.claude import ClaudeAdapter
 from agentfarm.backends.base import ExitInfo
 from agentfarm.backends.fake import FakeBackend, Step
 from agentfarm.domain import launch, models
@@ -23,8 +22,8 @@ from agentfarm.supervisor.apprise_targets import Target
 from agentfarm.supervisor.runs import Supervisor
 from tests.fakes.json_endpoint import JsonEndpoint
 from tests.unit.conftest import make_settings
+from tests.unit.supervisor_kit import GUARD, ended
 
-GUARD = 20
 PUBLIC = "https://farm.example.org"
 TOKEN_IN_URL = "tok3n-SEKRET-value-42"
 
@@ -37,54 +36,6 @@ def failing_script(run: models.Run, command: launch.AgentCommand) -> list[Step]:
     ]
 
 
-@pytest.fixture
-def endpoint() -> Iterator[JsonEndpoint]:
-    server = JsonEndpoint()
-    yield server
-    server.close()
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    store = await Store.open(tmp_path / "data" / "agentfarm.db")
-    yield store
-    await store.close()
-
-
-@pytest.fixture
-async def backend() -> AsyncIterator[FakeBackend]:
-    backend = FakeBackend()
-    yield backend
-    await backend.shutdown()
-
-
-@pytest.fixture
-async def supervisor(
-    tmp_path: Path, store: Store, backend: FakeBackend
-) -> AsyncIterator[Callable[..., Supervisor]]:
-    made: list[Supervisor] = []
-
-    def make(**extra: object) -> Supervisor:
-        settings = make_settings(tmp_path / "data", **extra)
-        sup = Supervisor(
-            settings, store, SecretStore(settings.secrets_path), {"local": backend},
-            {"claude": ClaudeAdapter()},
-        )  # fmt: skip
-        made.append(sup)
-        return sup
-
-    yield make
-    for sup in made:
-        await sup.close()
-
-
-async def ended(store: Store, run_id: str) -> models.Run:
-    async with asyncio.timeout(GUARD):
-        while not (run := await store.get_run(run_id)).status.terminal:
-            await asyncio.sleep(0.01)
-    return run
-
-
 async def run_once(sup: Supervisor, store: Store, **spec: object) -> models.Run:
     await sup.start()
     run = await sup.submit(models.AgentSpec(repo="/srv/repo", prompt="fix it", **spec))  # type: ignore[arg-type]
@@ -92,9 +43,9 @@ async def run_once(sup: Supervisor, store: Store, **spec: object) -> models.Run:
 
 
 async def test_a_run_that_succeeds_is_reported_with_its_cost_turns_and_link(
-    store: Store, supervisor: Callable[..., Supervisor], endpoint: JsonEndpoint
+    store: Store, supervisors: Callable[..., Supervisor], endpoint: JsonEndpoint
 ) -> None:
-    sup = supervisor(notify_urls=endpoint.url("/farm"), public_url=PUBLIC)
+    sup = supervisors(notify_urls=endpoint.url("/farm"), public_url=PUBLIC)
     run = await run_once(sup, store)
     assert run.status is models.RunStatus.succeeded
     [got] = await asyncio.to_thread(endpoint.wait_for, 1)
@@ -112,12 +63,12 @@ async def test_a_run_that_succeeds_is_reported_with_its_cost_turns_and_link(
 
 async def test_a_failed_run_says_the_first_line_of_its_error(
     store: Store,
-    supervisor: Callable[..., Supervisor],
+    supervisors: Callable[..., Supervisor],
     backend: FakeBackend,
     endpoint: JsonEndpoint,
 ) -> None:
     backend.script = failing_script
-    sup = supervisor(notify_urls=endpoint.url("/farm"))
+    sup = supervisors(notify_urls=endpoint.url("/farm"))
     run = await run_once(sup, store)
     assert run.status is models.RunStatus.failed
     [got] = await asyncio.to_thread(endpoint.wait_for, 1)
@@ -132,36 +83,36 @@ async def test_a_failed_run_says_the_first_line_of_its_error(
 
 
 async def test_a_config_s_notify_secrets_are_told_besides_the_farm_wide_targets(
-    tmp_path: Path, store: Store, supervisor: Callable[..., Supervisor], endpoint: JsonEndpoint
+    tmp_path: Path, store: Store, supervisors: Callable[..., Supervisor], endpoint: JsonEndpoint
 ) -> None:
     secrets = SecretStore(tmp_path / "data" / "secrets.json")
     secrets.set("NOTIFY_URLS", endpoint.url("/from-secret"))
     secrets.set("TEAM_HOOK", f"{endpoint.url('/team-a')}, {endpoint.url('/team-b')}")
-    sup = supervisor(notify_urls=endpoint.url("/farm"))
+    sup = supervisors(notify_urls=endpoint.url("/farm"))
     await run_once(sup, store, notify_secrets=["TEAM_HOOK"])
     got = await asyncio.to_thread(endpoint.wait_for, 4)
     assert sorted(r.path for r in got) == ["/farm", "/from-secret", "/team-a", "/team-b"]
 
 
 async def test_stopped_runs_are_not_sent_by_default_but_can_be(
-    store: Store, supervisor: Callable[..., Supervisor], endpoint: JsonEndpoint
+    store: Store, supervisors: Callable[..., Supervisor], endpoint: JsonEndpoint
 ) -> None:
-    quiet = supervisor(notify_urls=endpoint.url("/farm"))
+    quiet = supervisors(notify_urls=endpoint.url("/farm"))
     assert not quiet.notifier.wants(notify.Kind.run_stopped)
     assert quiet.notifier.wants(notify.Kind.run_finished)
     assert quiet.notifier.wants(notify.Kind.test)
-    told = supervisor(notify_urls=endpoint.url("/farm"), notify_events="run_stopped")
+    told = supervisors(notify_urls=endpoint.url("/farm"), notify_events="run_stopped")
     assert told.notifier.wants(notify.Kind.run_stopped)
     assert not told.notifier.wants(notify.Kind.run_finished)
 
 
 async def test_a_stopped_run_then_a_finished_one_sends_only_the_finished_one(
     store: Store,
-    supervisor: Callable[..., Supervisor],
+    supervisors: Callable[..., Supervisor],
     backend: FakeBackend,
     endpoint: JsonEndpoint,
 ) -> None:
-    sup = supervisor(notify_urls=endpoint.url("/farm"))
+    sup = supervisors(notify_urls=endpoint.url("/farm"))
     await sup.start()
     first = await sup.submit(models.AgentSpec(repo="/srv/repo", prompt="one"))
     await sup.stop_run(first.id)
@@ -174,7 +125,7 @@ async def test_a_stopped_run_then_a_finished_one_sends_only_the_finished_one(
 
 async def test_a_dead_target_changes_nothing_and_its_url_stays_out_of_the_log(
     store: Store,
-    supervisor: Callable[..., Supervisor],
+    supervisors: Callable[..., Supervisor],
     endpoint: JsonEndpoint,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -182,7 +133,7 @@ async def test_a_dead_target_changes_nothing_and_its_url_stays_out_of_the_log(
     dead = JsonEndpoint()
     dead_url = dead.url(f"/hook/{TOKEN_IN_URL}?token={TOKEN_IN_URL}")
     dead.close()  # nothing listens on its port any more
-    sup = supervisor(notify_urls=f"{dead_url} {endpoint.url('/alive')}")
+    sup = supervisors(notify_urls=f"{dead_url} {endpoint.url('/alive')}")
     run = await run_once(sup, store)
     assert run.status is models.RunStatus.succeeded
     [got] = await asyncio.to_thread(endpoint.wait_for, 1)
@@ -197,9 +148,9 @@ async def test_a_dead_target_changes_nothing_and_its_url_stays_out_of_the_log(
 
 
 async def test_a_hanging_target_does_not_hold_up_the_run_s_end(
-    store: Store, supervisor: Callable[..., Supervisor], endpoint: JsonEndpoint
+    store: Store, supervisors: Callable[..., Supervisor], endpoint: JsonEndpoint
 ) -> None:
-    sup = supervisor(notify_urls=endpoint.url("/hang"), notify_timeout_seconds=60)
+    sup = supervisors(notify_urls=endpoint.url("/hang"), notify_timeout_seconds=60)
     await sup.start()
     run = await sup.submit(models.AgentSpec(repo="/srv/repo", prompt="fix it"))
     # The notification is held by the endpoint: by then the run has ended and is stored.
@@ -314,11 +265,11 @@ def test_the_pipeline_s_pull_request_message_links_the_pull_request_and_the_run(
 
 async def test_a_secret_a_config_names_but_nobody_stored_is_skipped_with_a_warning(
     store: Store,
-    supervisor: Callable[..., Supervisor],
+    supervisors: Callable[..., Supervisor],
     endpoint: JsonEndpoint,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    sup = supervisor(notify_urls=endpoint.url("/farm"))
+    sup = supervisors(notify_urls=endpoint.url("/farm"))
     run = await run_once(sup, store, notify_secrets=["NOT_STORED"])
     assert run.status is models.RunStatus.succeeded
     [got] = await asyncio.to_thread(endpoint.wait_for, 1)

@@ -5,23 +5,22 @@ queue's length is limited (429) and nothing running is ever evicted."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
 import pydantic
 import pytest
 
-from agentfarm.agents.claude import ClaudeAdapter
+from agentfarm.backends import fake
 from agentfarm.backends.fake import FakeBackend
 from agentfarm.domain import errors, models
 from agentfarm.store import Store
-from agentfarm.store.secrets import SecretStore
 from agentfarm.supervisor import queue
 from agentfarm.supervisor.runs import Supervisor
 from tests.unit.conftest import AUTH, AppFactory, make_settings
+from tests.unit.supervisor_kit import ended, has_status, slow_script, spec
 from tests.unit.test_api import wait_running
-from tests.unit.test_supervisor_runs import ended, has_status, slow_script
 
 T0 = models.utcnow()
 
@@ -143,44 +142,8 @@ def test_busy_slots_count_even_when_the_runs_are_no_longer_listed() -> None:
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    store = await Store.open(tmp_path / "data" / "agentfarm.db")
-    yield store
-    await store.close()
-
-
-@pytest.fixture
-async def backend() -> AsyncIterator[FakeBackend]:
-    backend = FakeBackend(slow_script)
-    yield backend
-    await backend.shutdown()
-
-
-@pytest.fixture
-async def supervisors(
-    tmp_path: Path, store: Store, backend: FakeBackend
-) -> AsyncIterator[Callable[..., Supervisor]]:
-    made: list[Supervisor] = []
-
-    def make(**extra: object) -> Supervisor:
-        settings = make_settings(tmp_path / "data", **extra)
-        sup = Supervisor(
-            settings,
-            store,
-            SecretStore(settings.secrets_path),
-            {"local": backend},
-            {"claude": ClaudeAdapter()},
-        )
-        made.append(sup)
-        return sup
-
-    yield make
-    for sup in made:
-        await sup.close()
-
-
-def spec(repo: str = "/srv/repo") -> models.AgentSpec:
-    return models.AgentSpec(repo=repo, prompt="fix it")
+def backend_script() -> fake.Script:
+    return slow_script
 
 
 async def test_over_the_queue_limit_a_launch_is_refused_and_nothing_is_evicted(

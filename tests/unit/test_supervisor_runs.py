@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,73 +21,17 @@ from agentfarm.store import Store
 from agentfarm.store.secrets import SecretStore
 from agentfarm.supervisor.runs import Supervisor
 from tests.unit.conftest import make_settings
-
-#: Hang guard only: every wait below ends on an event long before this.
-GUARD = 20
-
-
-def slow_script(run: models.Run, command: AgentCommand) -> list[Step]:
-    """Starts, then stays busy for ten minutes unless stopped."""
-    steps = fake.claude_like_script(run, command)[:2]
-    return [*steps, Step("exit", exit=ExitInfo(exit_code=0), delay=600)]
+from tests.unit.supervisor_kit import GUARD, ended, has_status, slow_script, spec, until
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    store = await Store.open(tmp_path / "data" / "agentfarm.db")
-    yield store
-    await store.close()
-
-
-@pytest.fixture
-async def backend() -> AsyncIterator[FakeBackend]:
-    backend = FakeBackend(slow_script)
-    yield backend
-    await backend.shutdown()
-
-
-@pytest.fixture
-async def supervisors(
-    tmp_path: Path, store: Store, backend: FakeBackend
-) -> AsyncIterator[Callable[..., Supervisor]]:
-    """``supervisors(on=None, **settings)``: a new supervisor (a server start) on the same
-    store, on ``backend`` or ``on`` (a restarted object over the same agents)."""
-    made: list[Supervisor] = []
-
-    def make(on: FakeBackend | None = None, **extra: object) -> Supervisor:
-        settings = make_settings(tmp_path / "data", **extra)
-        secrets = SecretStore(settings.secrets_path)
-        backends = {"local": on or backend}
-        sup = Supervisor(settings, store, secrets, backends, {"claude": ClaudeAdapter()})
-        made.append(sup)
-        return sup
-
-    yield make
-    for sup in made:
-        await sup.close()
-
-
-def spec() -> models.AgentSpec:
-    return models.AgentSpec(repo="/srv/repo", prompt="fix it")
+def backend_script() -> fake.Script:
+    return slow_script
 
 
 async def statuses(store: Store, run_id: str) -> list[str]:
     events = await store.list_events(run_id)
     return [e.data["status"] for e in events if e.type == models.EventType.run_status]
-
-
-async def until(check: Callable[[], Awaitable[bool]]) -> None:
-    async with asyncio.timeout(GUARD):
-        while not await check():
-            await asyncio.sleep(0.01)
-
-
-async def ended(store: Store, run_id: str) -> models.Run:
-    async def done() -> bool:
-        return (await store.get_run(run_id)).status.terminal
-
-    await until(done)
-    return await store.get_run(run_id)
 
 
 async def test_a_run_stopped_while_the_dispatcher_looks_is_never_launched(
@@ -247,13 +191,6 @@ async def test_a_stop_that_loses_the_race_to_the_dispatcher_still_stops_the_run(
 
 
 # --- dispatch, stop and resume through the public methods -------------------------------------
-
-
-async def has_status(store: Store, run_id: str, status: models.RunStatus) -> None:
-    async def check() -> bool:
-        return (await store.get_run(run_id)).status is status
-
-    await until(check)
 
 
 def assistant_line(text: str) -> bytes:
@@ -548,7 +485,11 @@ async def test_a_failing_finalize_is_a_notice_and_the_run_still_ends(
         models.EventType.run_notice,
         models.EventType.run_status,
     ]
-    assert backend.runs[run.id].output_discarded
+
+    async def discarded() -> bool:  # right after the run is stored as ended
+        return backend.runs[run.id].output_discarded
+
+    await until(discarded)
     assert await store.get_cursor(run.id) == len(backend.runs[run.id].records)
 
 

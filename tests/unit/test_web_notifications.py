@@ -10,7 +10,6 @@ import json
 import logging
 import os
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 
 import http_ece
@@ -26,13 +25,6 @@ from .test_web_scopes import api_token
 from .web_helpers import cockpit, login, page_csrf
 
 SECRET_PATH = "/hook/very-secret-token-123"
-
-
-@pytest.fixture
-def endpoint() -> Iterator[JsonEndpoint]:
-    server = JsonEndpoint()
-    yield server
-    server.close()
 
 
 def b64(data: bytes) -> str:

@@ -24,7 +24,7 @@ import os
 import queue
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -212,6 +212,23 @@ class Database:
         self._check_open()
         result: T = await self._writer.submit(fn)
         return result
+
+    async def insert(
+        self,
+        sql: str,
+        row: Sequence[object],
+        conflict: Callable[[sqlite3.Connection, sqlite3.IntegrityError], Exception],
+    ) -> None:
+        """Insert ``row`` with ``sql``; a constraint it breaks raises ``conflict(conn, exc)``
+        (a domain error saying which, and what to do)."""
+
+        def insert(conn: sqlite3.Connection) -> None:
+            try:
+                conn.execute(sql, row)
+            except sqlite3.IntegrityError as exc:
+                raise conflict(conn, exc) from exc
+
+        await self.write(insert)
 
     async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn`` on a read-only connection in the reader pool."""

@@ -106,14 +106,7 @@ class PipelineStore:
     async def create_forge(self, forge: domain.Forge) -> domain.Forge:
         row = (forge.id, forge.name, forge.model_dump_json(),
                dump_time(forge.created_at), dump_time(forge.updated_at))  # fmt: skip
-
-        def insert(conn: sqlite3.Connection) -> None:
-            try:
-                conn.execute(_FORGE_INSERT, row)
-            except sqlite3.IntegrityError as exc:
-                raise _forge_conflict(forge, exc) from exc
-
-        await self._db.write(insert)
+        await self._db.insert(_FORGE_INSERT, row, lambda _, exc: _forge_conflict(forge, exc))
         return forge
 
     async def get_forge(self, id_or_name: str) -> domain.Forge:
@@ -218,14 +211,10 @@ class PipelineStore:
     async def create_attempt(self, attempt: domain.Attempt) -> domain.Attempt:
         """Record a new attempt. ConflictError when the issue already has an active one (and
         the new one is active) or the id is taken."""
-
-        def insert(conn: sqlite3.Connection) -> None:
-            try:
-                conn.execute(_ATTEMPT_INSERT, (attempt.id, *_attempt_row(attempt)))
-            except sqlite3.IntegrityError as exc:
-                raise _attempt_conflict(conn, attempt, exc) from exc
-
-        await self._db.write(insert)
+        row = (attempt.id, *_attempt_row(attempt))
+        await self._db.insert(
+            _ATTEMPT_INSERT, row, lambda conn, exc: _attempt_conflict(conn, attempt, exc)
+        )
         return attempt
 
     async def get_attempt(self, attempt_id: str) -> domain.Attempt:
@@ -330,17 +319,11 @@ class PipelineStore:
         """Remember a dispatch; ConflictError when its caller already used the key."""
         row = (dispatch.caller, dispatch.key, dispatch.digest, dispatch.run_id,
                dump_time(dispatch.created_at))  # fmt: skip
-
-        def insert(conn: sqlite3.Connection) -> None:
-            try:
-                conn.execute(_DISPATCH_INSERT, row)
-            except sqlite3.IntegrityError as exc:
-                raise errors.ConflictError(
-                    f"the idempotency key {dispatch.key!r} was already used by this caller; "
-                    "repeat that request as it was, or pick a new key"
-                ) from exc
-
-        await self._db.write(insert)
+        used = errors.ConflictError(
+            f"the idempotency key {dispatch.key!r} was already used by this caller; "
+            "repeat that request as it was, or pick a new key"
+        )
+        await self._db.insert(_DISPATCH_INSERT, row, lambda _conn, _exc: used)
         return dispatch
 
     async def delete_dispatch(self, caller: str, key: str) -> None:

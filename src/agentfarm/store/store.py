@@ -70,14 +70,7 @@ class Store:
 
     async def create_config(self, cfg: models.AgentConfig) -> models.AgentConfig:
         row = mapping.config_to_row(cfg)
-
-        def insert(conn: sqlite3.Connection) -> None:
-            try:
-                conn.execute(_CONFIG_INSERT, row)
-            except sqlite3.IntegrityError as exc:
-                raise _config_conflict(cfg, exc) from exc
-
-        await self._db.write(insert)
+        await self._db.insert(_CONFIG_INSERT, row, lambda _, exc: _config_conflict(cfg, exc))
         return cfg
 
     async def get_config(self, id_or_name: str) -> models.AgentConfig:
@@ -132,14 +125,8 @@ class Store:
         row = mapping.run_to_row(run)
         placeholders = ", ".join("?" * len(row))
         sql = f"INSERT INTO runs ({', '.join(mapping.RUN_COLUMNS)}) VALUES ({placeholders})"  # noqa: S608
-
-        def insert(conn: sqlite3.Connection) -> None:
-            try:
-                conn.execute(sql, row)
-            except sqlite3.IntegrityError as exc:
-                raise errors.ConflictError(f"a run with id {run.id} already exists") from exc
-
-        await self._db.write(insert)
+        taken = errors.ConflictError(f"a run with id {run.id} already exists")
+        await self._db.insert(sql, row, lambda _conn, _exc: taken)
         return run
 
     async def get_run(self, run_id: str) -> models.Run:

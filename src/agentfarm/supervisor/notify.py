@@ -87,6 +87,21 @@ def run_link(settings: Settings, run_id: str) -> str | None:
     return f"{settings.public_url.rstrip('/')}/runs/{run_id}"
 
 
+def _about(
+    settings: Settings, run: models.Run, kind: Kind, *, title: str, body: str
+) -> Notification:
+    """A notification about ``run``: its link, its config and the secrets its spec names."""
+    return Notification(
+        kind=kind,
+        title=title,
+        body=body,
+        url=run_link(settings, run.id),
+        run_id=run.id,
+        config_name=run.config_name,
+        secrets=tuple(run.spec.notify_secrets),
+    )
+
+
 #: How the reasons of a run stopped by its own budget (``budgets``) begin.
 OWN_BUDGET_REASONS = ("budget: $", "turns: ", "time: ")
 #: ... and by any budget (a day or month one: ``budget: farm daily ...``).
@@ -121,14 +136,12 @@ def for_run(settings: Settings, run: models.Run) -> Notification | None:
             cut = first if len(first) <= ERROR_CHARS else first[: ERROR_CHARS - 1] + "…"
             by_budget = run.status == models.RunStatus.stopped and first.startswith(BUDGET_REASONS)
             lines.append(f"stopped by a budget: {cut}" if by_budget else f"error: {cut}")
-    return Notification(
-        kind=kind,
+    return _about(
+        settings,
+        run,
+        kind,
         title=f"agentfarm: run {run.id} {run.status.value}" + (" by a budget" if by_budget else ""),
         body="\n".join(lines),
-        url=run_link(settings, run.id),
-        run_id=run.id,
-        config_name=run.config_name,
-        secrets=tuple(run.spec.notify_secrets),
     )
 
 
@@ -139,14 +152,12 @@ def for_own_budget(settings: Settings, run: models.Run) -> Notification | None:
     if run.status != models.RunStatus.stopped or not error.startswith(OWN_BUDGET_REASONS):
         return None
     who = run.config_name or "one-off run"
-    return Notification(
-        kind=Kind.budget_reached,
+    return _about(
+        settings,
+        run,
+        Kind.budget_reached,
         title=f"agentfarm: run {run.id} stopped by its budget",
         body=f"{error.splitlines()[0][:ERROR_CHARS]}: {who}, agent {run.spec.agent} was stopped",
-        url=run_link(settings, run.id),
-        run_id=run.id,
-        config_name=run.config_name,
-        secrets=tuple(run.spec.notify_secrets),
     )
 
 
@@ -155,15 +166,13 @@ def for_park(settings: Settings, run: models.Run) -> Notification:
     who = run.config_name or "one-off run"
     until = run.parked_until
     when = until.strftime("%Y-%m-%d %H:%M UTC") if until else "when the limit resets"
-    return Notification(
-        kind=Kind.run_parked,
+    return _about(
+        settings,
+        run,
+        Kind.run_parked,
         title=f"agentfarm: run {run.id} parked",
         body=f"parked: {who}, the model's usage limit was reached; it resumes by itself at "
         f"{when} (or resume it now from its page)",
-        url=run_link(settings, run.id),
-        run_id=run.id,
-        config_name=run.config_name,
-        secrets=tuple(run.spec.notify_secrets),
     )
 
 
@@ -171,14 +180,12 @@ def for_resume(settings: Settings, run: models.Run, *, by_person: bool) -> Notif
     """The message when a parked run goes on: at its reset, or because a person said so."""
     who = run.config_name or "one-off run"
     how = "resumed by a person" if by_person else "resumed by itself after the usage limit reset"
-    return Notification(
-        kind=Kind.run_resumed,
+    return _about(
+        settings,
+        run,
+        Kind.run_resumed,
         title=f"agentfarm: run {run.id} resumed",
         body=f"{how}: {who}, agent {run.spec.agent}",
-        url=run_link(settings, run.id),
-        run_id=run.id,
-        config_name=run.config_name,
-        secrets=tuple(run.spec.notify_secrets),
     )
 
 

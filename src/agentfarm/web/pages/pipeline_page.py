@@ -4,16 +4,22 @@ seen. Titles, reasons and URLs come from forges: shown as text, linked only when
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 
 from agentfarm.domain import errors
 from agentfarm.domain import pipeline as domain
 from agentfarm.pipeline import admin
+from agentfarm.store.pipeline import PipelineStore
 from agentfarm.web import api_forges, csrf, identity
 from agentfarm.web.pages import access, forms, templating
 
 router = APIRouter(include_in_schema=False)
+
+#: ``api_forges.retry_attempt`` or ``api_forges.stop_attempt``.
+AttemptAction = Callable[[Request, str, PipelineStore], Awaitable[domain.Attempt]]
 
 STATE_CLASS = {
     "pending": "badge-neutral",
@@ -88,21 +94,22 @@ async def pipeline_pause(request: Request, who: access.Checked) -> Response:
 async def attempt_retry(
     request: Request, who: access.Checked, attempt_id: api_forges.AttemptId
 ) -> Response:
-    ps = api_forges.pipeline_store(request)
-    try:
-        await api_forges.retry_attempt(request, attempt_id, ps)
-    except (errors.ConflictError, errors.ConfigurationError) as exc:
-        return await _page(request, who, 409, problem=str(exc))
-    return templating.see_other("/pipeline")
+    return await _on_attempt(request, who, attempt_id, api_forges.retry_attempt)
 
 
 @router.post("/pipeline/attempts/{attempt_id}/stop")
 async def attempt_stop(
     request: Request, who: access.Checked, attempt_id: api_forges.AttemptId
 ) -> Response:
-    ps = api_forges.pipeline_store(request)
+    return await _on_attempt(request, who, attempt_id, api_forges.stop_attempt)
+
+
+async def _on_attempt(
+    request: Request, who: access.Checked, attempt_id: str, action: AttemptAction
+) -> Response:
+    """Retries or stops an attempt (``action``); back to the page, or the page with the 409."""
     try:
-        await api_forges.stop_attempt(request, attempt_id, ps)
+        await action(request, attempt_id, api_forges.pipeline_store(request))
     except (errors.ConflictError, errors.ConfigurationError) as exc:
         return await _page(request, who, 409, problem=str(exc))
     return templating.see_other("/pipeline")
