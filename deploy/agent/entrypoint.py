@@ -41,6 +41,8 @@ the agent left, says ``agentfarm.exited {"code": N}`` and waits up to that many 
 workspace and HOME, its lines continuing the same sequence numbers; the reply's ``seq`` is the
 last number before them) or ``{"op": "finish"}``; then (or when the wait runs out) it pushes
 and exits as without a wait. A signal (the pod's deletion) ends the wait without a push.
+``{"op": "stop", "grace": N}`` ends the running agent (SIGTERM, SIGKILL after N s) but not the
+pod: a stopped run's branch is still pushed at ``finish``, a stalled one can be resumed.
 """
 
 from __future__ import annotations
@@ -244,9 +246,9 @@ def run(argv: list[str]) -> int:
     if shared:
         copy_credentials(shared, os.path.join(env.get("HOME") or "/home/agent", ".claude"))
     wait = float(os.environ.get("AGENTFARM_RESUME_WAIT") or 0)
-    control = Control()
     signalled: list[int] = []
     procs: list[subprocess.Popen[bytes]] = []
+    control = Control(procs)
 
     def forward(signum: int, _frame: object) -> None:
         signalled.append(signum)
@@ -373,7 +375,8 @@ class Control:
     """What the control socket reaches: the running agent's stdin (follow-ups, interrupts),
     or, between agent processes, the wait for ``resume`` or ``finish``."""
 
-    def __init__(self) -> None:
+    def __init__(self, procs: list[subprocess.Popen[bytes]]) -> None:
+        self.procs = procs
         self.feeder: AgentStdin | None = None
         self.lock = threading.Lock()
         self.waiting = False
@@ -386,11 +389,32 @@ class Control:
         if op in ("resume", "finish") and isinstance(request, dict):
             return self._decide(op, request)
         feeder = self.feeder
+        if op == "stop" and isinstance(request, dict):
+            grace = request.get("grace")
+            if feeder is not None:
+                self.stop(float(grace) if isinstance(grace, (int, float)) else 10.0)
+            return {"ok": True}
         if feeder is None:
             if op == "ping":
                 return {"ok": True}
             return {"ok": False, "error": "the agent has exited: it takes no more messages"}
         return feeder.handle(request)
+
+    def stop(self, grace: float) -> None:
+        """End the running agent, not the pod (a stop with a resume in mind): SIGTERM to its
+        process group, SIGKILL after ``grace`` seconds."""
+        procs = list(self.procs)
+
+        def kill(signum: int) -> None:
+            for proc in procs:
+                if proc.poll() is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(proc.pid, signum)
+
+        kill(signal.SIGTERM)
+        timer = threading.Timer(max(0.0, min(grace, 300.0)), kill, args=(signal.SIGKILL,))
+        timer.daemon = True
+        timer.start()
 
     def _decide(self, op: str, request: dict[str, object]) -> dict[str, object]:
         parsed = Resume.parse(request) if op == "resume" else None

@@ -116,3 +116,16 @@ def test_without_a_wait_the_run_ends_with_the_agent(
     assert pod.result() == "one"
     assert pod.proc.wait(timeout=GUARD) == 0
     assert pod.next() == ("EOF", "")  # no exited notice, no wait
+
+
+def test_stop_ends_the_agent_not_the_pod(tmp_path: Path, pods: list[Pod]) -> None:
+    pod = WaitingPod(tmp_path, first="slow")  # the agent waits for a next line: it hangs
+    pods.append(pod)
+    while pod.control({"op": "ping"}) != {"ok": True}:  # until its control socket listens
+        assert pod.proc.poll() is None
+    assert pod.control({"op": "stop", "grace": 5}) == {"ok": True}  # type: ignore[dict-item]
+    assert pod.next() == ("N", 'agentfarm.exited {"code": 143}')  # SIGTERM
+    assert pod.proc.poll() is None  # the pod waits: resume (after a stall) or finish
+    assert pod.control({"op": "stop"}) == {"ok": True}  # nothing runs: nothing to do
+    assert pod.control({"op": "finish"})["ok"] is True
+    assert pod.proc.wait(timeout=GUARD) == 143  # the pod ends with its last agent's code
