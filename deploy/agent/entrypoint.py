@@ -50,6 +50,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import ctypes
+import functools
 import json
 import os
 import re
@@ -61,6 +62,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from typing import IO
 
 KIND_STDOUT = b"O"
@@ -265,8 +267,8 @@ def run(argv: list[str]) -> int:
         # wait for the control plane's word, ``resume`` (a new agent process, same workspace
         # and HOME) or ``finish``.
         reap_leftovers()  # nothing the agent left may answer for the control plane
-        notice(EXITED_RECORD + json.dumps({"code": code}))
-        request = control.wait_next(wait, signalled)
+        said = EXITED_RECORD + json.dumps({"code": code})
+        request = control.wait_next(wait, signalled, announce=functools.partial(notice, said))
         if request is None:
             if not signalled and not control.finished:
                 notice(f"no word from the control plane within {wait:g} s: finishing the run")
@@ -315,6 +317,9 @@ def run_agent(
         replays=os.environ.get("AGENTFARM_REPLAYS") == "1",
     )
     control.feeder = feeder
+    if control.stop_asked:
+        control.stop_asked = False
+        control.stop(0)
 
     def feed() -> None:
         feeder.write(first)
@@ -383,6 +388,10 @@ class Control:
         self.finished = False
         self.next: Resume | None = None
         self.decided = threading.Event()
+        #: A stop came before the first agent process started: it ends at once.
+        self.stop_asked = False
+        #: Set once the reply to a ``resume`` or ``finish`` is on its way.
+        self.sent = threading.Event()
 
     def handle(self, request: object) -> dict[str, object]:
         op = request.get("op") if isinstance(request, dict) else None
@@ -391,8 +400,10 @@ class Control:
         feeder = self.feeder
         if op == "stop" and isinstance(request, dict):
             grace = request.get("grace")
-            if feeder is not None:
-                self.stop(float(grace) if isinstance(grace, (int, float)) else 10.0)
+            with self.lock:
+                if feeder is None and not self.waiting:  # the agent is about to start
+                    self.stop_asked = True
+            self.stop(float(grace) if isinstance(grace, (int, float)) else 10.0)
             return {"ok": True}
         if feeder is None:
             if op == "ping":
@@ -429,25 +440,35 @@ class Control:
             # Nothing is written between agent processes: the next line is ``seq`` + 1.
             with _out:
                 seq = _seq
+            self.sent.clear()
             self.decided.set()
         return {"ok": True, "seq": seq}
 
-    def wait_next(self, seconds: float, signalled: list[int]) -> Resume | None:
-        """Wait (at most ``seconds``, or until a signal) for ``resume`` (its request) or
-        ``finish`` (None)."""
+    def wait_next(
+        self, seconds: float, signalled: list[int], announce: Callable[[], None]
+    ) -> Resume | None:
+        """``announce`` the wait, then wait (at most ``seconds``, or until a signal) for
+        ``resume`` (its request) or ``finish`` (None). The wait is open before it is
+        announced: a ``finish`` sent at once finds it."""
         with self.lock:
             self.waiting, self.next, self.finished = True, None, False
             self.decided.clear()
+        announce()
         deadline = time.monotonic() + seconds
         while not signalled and not self.decided.wait(
             min(0.5, max(0.0, deadline - time.monotonic()))
         ):
             if time.monotonic() >= deadline:
                 break
+        if self.decided.is_set():
+            self.sent.wait(10)  # the control plane hears its answer before the pod goes
         with self.lock:
             self.waiting = False
             request, self.next = self.next, None
         return None if signalled else request
+
+    def replied(self) -> None:
+        self.sent.set()
 
 
 class AgentStdin:
@@ -603,6 +624,7 @@ def serve_control(feeder: Control) -> socket.socket | None:
                 except ValueError:
                     reply = {"ok": False, "error": "bad request: not JSON"}
                 conn.sendall(json.dumps(reply).encode() + b"\n")
+            feeder.replied()
 
     threading.Thread(target=serve, daemon=True).start()
     return listener

@@ -78,7 +78,8 @@ def test_resume_runs_the_next_agent_in_the_same_pod_then_finish_ends_it(
     assert pod.result() == "interrupted"
     assert min(pod.seqs[pod.seqs.index(exited_at) + 1 :]) == exited_at + 1  # numbered on
     assert pod.next() == ("N", EXITED)
-    assert pod.control({"op": "finish"})["ok"] is True
+    reply = pod.control({"op": "finish"})
+    assert reply["ok"] is True, reply
     assert pod.proc.wait(timeout=GUARD) == 0
     assert pod.next() == ("EOF", "")  # no push asked for (AGENTFARM_PUSH unset)
 
@@ -127,5 +128,6 @@ def test_stop_ends_the_agent_not_the_pod(tmp_path: Path, pods: list[Pod]) -> Non
     assert pod.next() == ("N", 'agentfarm.exited {"code": 143}')  # SIGTERM
     assert pod.proc.poll() is None  # the pod waits: resume (after a stall) or finish
     assert pod.control({"op": "stop"}) == {"ok": True}  # nothing runs: nothing to do
-    assert pod.control({"op": "finish"})["ok"] is True
+    reply = pod.control({"op": "finish"})
+    assert reply["ok"] is True, reply
     assert pod.proc.wait(timeout=GUARD) == 143  # the pod ends with its last agent's code
