@@ -8,13 +8,15 @@ person stops it. An ended pod run is not continued: its pod pushed and ended wit
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.fakes import anthropic_api
 from tests.integration.server import Server
 from tests.integration.test_parking import LimitOnce
 from tests.k8s import cluster
@@ -144,3 +146,56 @@ def test_stopping_a_parked_pod_run_ends_it_and_its_pod(
     while pod_status(world.node, world.namespace, run["id"]) != 404:
         assert time.monotonic() < deadline
         time.sleep(0.5)
+
+
+class StallOnce:
+    """A scenario: write ``before.txt``; the model's stream then stops mid-message (once);
+    resumed, write ``after.txt``, commit both and finish."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, _arg: str | None) -> Sequence[anthropic_api.Turn]:
+        with self._lock:
+            self.calls += 1
+            calls = self.calls
+        turns = [
+            anthropic_api.tool_use("Write", {"file_path": "before.txt", "content": "before\n"})
+        ]
+        if calls <= 2:  # the first process's requests: the second one stalls
+            turns.append(
+                anthropic_api.stall(anthropic_api.Text("I will"), anthropic_api.Text("x"), after=1)
+            )
+        turns += [
+            anthropic_api.tool_use("Write", {"file_path": "after.txt", "content": "after\n"}),
+            anthropic_api.tool_use(
+                "Bash",
+                {"command": "git add -A && git commit -q -m 'Both files'", "description": "c"},
+            ),
+            anthropic_api.text("Both files are written and committed."),
+        ]
+        return turns
+
+
+def test_a_stalled_pod_run_is_resumed_in_its_pod(
+    start_server: Callable[[], Server], world: AgentWorld
+) -> None:
+    marker = world.fake.register("k8s-stall-once", StallOnce())
+    srv = start_server()
+    spec = world.spec(f"{marker} write two files")
+    spec["watchdog"] = {"model_stall_seconds": 2, "tool_quiet_seconds": 600, "stall_resumes": 1}
+    with srv.client() as c:
+        response = c.post("/api/runs", json={"spec": spec})
+    assert response.status_code == 201, response.text
+    run_id = response.json()["id"]
+    done = srv.wait_status(run_id, TERMINAL, timeout=240)
+    assert done["status"] == "succeeded", (done, stored_events(srv, run_id))
+    assert done["continuation"]["stall_resumes"] == 1
+    first, second = (d["session_id"] for d in events_of(srv, run_id, "agent.init"))
+    assert first == second == done["session_id"]
+    notices = [d["message"] for d in events_of(srv, run_id, "run.notice")]
+    assert any(n.startswith("resumed the agent in its pod ") for n in notices), notices
+    branch = f"agentfarm/{run_id}"
+    assert world.branch_file(branch, "before.txt") == "before\n"
+    assert world.branch_log(branch) == ["Both files", "init"]
