@@ -33,6 +33,16 @@ AGENTFARM_CLOSE_STDIN_AFTER, or with AGENTFARM_REPLAYS=1 at each echo of a messa
 AGENTFARM_FOLLOWUP_WINDOW seconds (at least AGENTFARM_INTERRUPTED_WINDOW after an interrupted
 turn), announced by an ``agentfarm.waiting {"seconds": N}`` notice, and closes. The socket is
 the agent's too (same uid, same /tmp): it can only talk to itself through it.
+
+Resuming in the pod (a park at the model's usage limit, a stall's resume): with
+AGENTFARM_RESUME_WAIT > 0, ``run`` does not push and exit when the agent exits. It kills what
+the agent left, says ``agentfarm.exited {"code": N}`` and waits up to that many seconds for
+``{"op": "resume", "argv": [...], "stdin": <base64>}`` (the next agent process, in the same
+workspace and HOME, its lines continuing the same sequence numbers; the reply's ``seq`` is the
+last number before them) or ``{"op": "finish"}``; then (or when the wait runs out) it pushes
+and exits as without a wait. A signal (the pod's deletion) ends the wait without a push.
+``{"op": "stop", "grace": N}`` ends the running agent (SIGTERM, SIGKILL after N s) but not the
+pod: a stopped run's branch is still pushed at ``finish``, a stalled one can be resumed.
 """
 
 from __future__ import annotations
@@ -40,6 +50,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import ctypes
+import functools
 import json
 import os
 import re
@@ -51,6 +62,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from typing import IO
 
 KIND_STDOUT = b"O"
@@ -62,6 +74,9 @@ BRANCH_RECORD = "agentfarm.branch "
 #: Starts the notice that says the agent waits for a follow-up (domain/launch.py,
 #: WAITING_NOTICE).
 WAITING_RECORD = "agentfarm.waiting "
+#: Starts the notice that says the agent exited and this script waits for ``resume`` or
+#: ``finish`` (JSON ``{"code": N}`` follows); the handle makes it the exit record.
+EXITED_RECORD = "agentfarm.exited "
 CONTROL_SOCKET = "/tmp/.agentfarm-control.sock"  # noqa: S108 - the pod's private emptyDir
 CONTROL_LIMIT = 4 << 20
 _out = threading.Lock()
@@ -222,19 +237,63 @@ def run(argv: list[str]) -> int:
         print("usage: entrypoint.py run -- ARGV...", file=sys.stderr)
         return 2
     _make_undumpable()
-    workspace = os.environ.get("AGENTFARM_WORKSPACE", "/workspace")
     stdin_path = os.environ.get("AGENTFARM_STDIN", "")
     first = b""
     if stdin_path and os.path.exists(stdin_path):
         with open(stdin_path, "rb") as fh:
             first = fh.read()
-    close_after = set(json.loads(os.environ.get("AGENTFARM_CLOSE_STDIN_AFTER") or "[]"))
     hidden = hidden_names()
     env = trust_workspace({k: v for k, v in os.environ.items() if k not in hidden})
     shared = os.environ.get("AGENTFARM_SHARED_CLAUDE")
     if shared:
         copy_credentials(shared, os.path.join(env.get("HOME") or "/home/agent", ".claude"))
+    wait = float(os.environ.get("AGENTFARM_RESUME_WAIT") or 0)
+    signalled: list[int] = []
+    procs: list[subprocess.Popen[bytes]] = []
+    control = Control(procs)
 
+    def forward(signum: int, _frame: object) -> None:
+        signalled.append(signum)
+        for proc in procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, forward)
+    listener = serve_control(control)
+    code = run_agent(argv, first, env, control, procs)
+    while wait > 0 and not signalled:
+        # The run may go on in this pod (a park, a stall's resume): say the agent exited and
+        # wait for the control plane's word, ``resume`` (a new agent process, same workspace
+        # and HOME) or ``finish``.
+        reap_leftovers()  # nothing the agent left may answer for the control plane
+        said = EXITED_RECORD + json.dumps({"code": code})
+        request = control.wait_next(wait, signalled, announce=functools.partial(notice, said))
+        if request is None:
+            if not signalled and not control.finished:
+                notice(f"no word from the control plane within {wait:g} s: finishing the run")
+            break
+        code = run_agent(request.argv, request.stdin, env, control, procs)
+    if listener is not None:
+        with contextlib.suppress(OSError):
+            listener.close()
+            os.unlink(control_path())
+    if not signalled and os.environ.get("AGENTFARM_PUSH") == "1":
+        push()
+    return code
+
+
+def run_agent(
+    argv: list[str],
+    first: bytes,
+    env: dict[str, str],
+    control: Control,
+    procs: list[subprocess.Popen[bytes]],
+) -> int:
+    """Run the agent once: its stdin fed (and kept open for follow-ups) by an
+    :class:`AgentStdin` the control socket reaches, its output relayed; its exit code."""
+    workspace = os.environ.get("AGENTFARM_WORKSPACE", "/workspace")
+    close_after = set(json.loads(os.environ.get("AGENTFARM_CLOSE_STDIN_AFTER") or "[]"))
     proc = subprocess.Popen(
         argv,
         stdin=subprocess.PIPE,
@@ -244,16 +303,7 @@ def run(argv: list[str]) -> int:
         cwd=workspace,
         start_new_session=True,
     )
-    signalled: list[int] = []
-
-    def forward(signum: int, _frame: object) -> None:
-        signalled.append(signum)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signum)
-
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(signum, forward)
-
+    procs[:] = [proc]
     stdin, stdout, stderr = proc.stdin, proc.stdout, proc.stderr
     if stdin is None or stdout is None or stderr is None:
         raise RuntimeError("the agent's pipes were not created")
@@ -266,7 +316,10 @@ def run(argv: list[str]) -> int:
         interrupted_window=float(os.environ.get("AGENTFARM_INTERRUPTED_WINDOW") or 600),
         replays=os.environ.get("AGENTFARM_REPLAYS") == "1",
     )
-    listener = serve_control(feeder)
+    control.feeder = feeder
+    if control.stop_asked:
+        control.stop_asked = False
+        control.stop(0)
 
     def feed() -> None:
         feeder.write(first)
@@ -289,11 +342,8 @@ def run(argv: list[str]) -> int:
     for thread in threads:
         thread.start()
     code = proc.wait()
+    control.feeder = None
     feeder.close()
-    if listener is not None:
-        with contextlib.suppress(OSError):
-            listener.close()
-            os.unlink(control_path())
     for thread in threads:
         thread.join(timeout=5)
     if any(thread.is_alive() for thread in threads):
@@ -302,10 +352,123 @@ def run(argv: list[str]) -> int:
         reap_leftovers()
         for thread in threads:
             thread.join(timeout=5)
-    code = 128 - code if code < 0 else code
-    if not signalled and os.environ.get("AGENTFARM_PUSH") == "1":
-        push()
-    return code
+    return 128 - code if code < 0 else code
+
+
+class Resume:
+    """A ``resume`` request: the next agent process's argv and first stdin bytes."""
+
+    def __init__(self, argv: list[str], stdin: bytes) -> None:
+        self.argv = argv
+        self.stdin = stdin
+
+    @classmethod
+    def parse(cls, request: dict[str, object]) -> Resume | str:
+        argv, data = request.get("argv"), request.get("stdin", "")
+        if not (isinstance(argv, list) and argv and all(isinstance(a, str) for a in argv)):
+            return "bad request: argv must be a non-empty list of strings"
+        if not isinstance(data, str):
+            return "bad request: stdin must be base64 text"
+        try:
+            stdin = base64.b64decode(data, validate=True)
+        except ValueError:
+            return "bad request: stdin is not base64"
+        return cls(list(argv), stdin)
+
+
+class Control:
+    """What the control socket reaches: the running agent's stdin (follow-ups, interrupts),
+    or, between agent processes, the wait for ``resume`` or ``finish``."""
+
+    def __init__(self, procs: list[subprocess.Popen[bytes]]) -> None:
+        self.procs = procs
+        self.feeder: AgentStdin | None = None
+        self.lock = threading.Lock()
+        self.waiting = False
+        self.finished = False
+        self.next: Resume | None = None
+        self.decided = threading.Event()
+        #: A stop came before the first agent process started: it ends at once.
+        self.stop_asked = False
+        #: Set once the reply to a ``resume`` or ``finish`` is on its way.
+        self.sent = threading.Event()
+
+    def handle(self, request: object) -> dict[str, object]:
+        op = request.get("op") if isinstance(request, dict) else None
+        if op in ("resume", "finish") and isinstance(request, dict):
+            return self._decide(op, request)
+        feeder = self.feeder
+        if op == "stop" and isinstance(request, dict):
+            grace = request.get("grace")
+            with self.lock:
+                if feeder is None and not self.waiting:  # the agent is about to start
+                    self.stop_asked = True
+            self.stop(float(grace) if isinstance(grace, (int, float)) else 10.0)
+            return {"ok": True}
+        if feeder is None:
+            if op == "ping":
+                return {"ok": True}
+            return {"ok": False, "error": "the agent has exited: it takes no more messages"}
+        return feeder.handle(request)
+
+    def stop(self, grace: float) -> None:
+        """End the running agent, not the pod (a stop with a resume in mind): SIGTERM to its
+        process group, SIGKILL after ``grace`` seconds."""
+        procs = list(self.procs)
+
+        def kill(signum: int) -> None:
+            for proc in procs:
+                if proc.poll() is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(proc.pid, signum)
+
+        kill(signal.SIGTERM)
+        timer = threading.Timer(max(0.0, min(grace, 300.0)), kill, args=(signal.SIGKILL,))
+        timer.daemon = True
+        timer.start()
+
+    def _decide(self, op: str, request: dict[str, object]) -> dict[str, object]:
+        parsed = Resume.parse(request) if op == "resume" else None
+        if isinstance(parsed, str):
+            return {"ok": False, "error": parsed}
+        with self.lock:
+            if not self.waiting:
+                return {"ok": False, "error": f"cannot {op}: the agent is still running"}
+            self.waiting = False
+            self.next = parsed
+            self.finished = parsed is None
+            # Nothing is written between agent processes: the next line is ``seq`` + 1.
+            with _out:
+                seq = _seq
+            self.sent.clear()
+            self.decided.set()
+        return {"ok": True, "seq": seq}
+
+    def wait_next(
+        self, seconds: float, signalled: list[int], announce: Callable[[], None]
+    ) -> Resume | None:
+        """``announce`` the wait, then wait (at most ``seconds``, or until a signal) for
+        ``resume`` (its request) or ``finish`` (None). The wait is open before it is
+        announced: a ``finish`` sent at once finds it."""
+        with self.lock:
+            self.waiting, self.next, self.finished = True, None, False
+            self.decided.clear()
+        announce()
+        deadline = time.monotonic() + seconds
+        while not signalled and not self.decided.wait(
+            min(0.5, max(0.0, deadline - time.monotonic()))
+        ):
+            if time.monotonic() >= deadline:
+                break
+        if self.decided.is_set():
+            self.sent.wait(10)  # the control plane hears its answer before the pod goes
+        with self.lock:
+            self.waiting = False
+            request, self.next = self.next, None
+        return None if signalled else request
+
+    def replied(self) -> None:
+        self.sent.set()
 
 
 class AgentStdin:
@@ -433,7 +596,7 @@ def control_path() -> str:
     return os.environ.get("AGENTFARM_CONTROL") or CONTROL_SOCKET
 
 
-def serve_control(feeder: AgentStdin) -> socket.socket | None:
+def serve_control(feeder: Control) -> socket.socket | None:
     """Answer control requests on a unix socket, one connection at a time, on a thread."""
     path = control_path()
     with contextlib.suppress(FileNotFoundError):
@@ -461,6 +624,7 @@ def serve_control(feeder: AgentStdin) -> socket.socket | None:
                 except ValueError:
                     reply = {"ok": False, "error": "bad request: not JSON"}
                 conn.sendall(json.dumps(reply).encode() + b"\n")
+            feeder.replied()
 
     threading.Thread(target=serve, daemon=True).start()
     return listener

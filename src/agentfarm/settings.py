@@ -69,6 +69,15 @@ class Settings(RunSettings):
     k8s_cleanup_after_seconds: float = Field(
         3600.0, ge=0, description="Delete a finished run's pod this long after it ended."
     )
+    k8s_resume_wait_seconds: float = Field(
+        6 * 3600.0,
+        ge=0,
+        le=7 * 86_400,
+        description="An agent pod whose agent exited waits this long for the control plane to "
+        "resume the run in it (a park at the usage limit, a stall) or to finish it (push and "
+        "exit); a run parked longer ends `failed`, its branch pushed. 0: the pod pushes and "
+        "exits with its agent, and its runs are not parked.",
+    )
     k8s_credentials_claim: str = Field(
         "claude-home",
         description="ReadWriteMany PVC holding the shared ~/.claude (credentials `shared-home`).",

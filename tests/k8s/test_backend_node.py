@@ -252,8 +252,11 @@ async def test_a_run_writes_commits_and_pushes_in_a_real_pod(
     assert stdout_types(records)[0] == "system"
     assert "result" in stdout_types(records)
     assert json.loads(first_stdout.data)["cwd"] == "/workspace"
-    notices = [r.data.decode() for r in records if r.kind == "notice"]
+    # The pod waits after its agent (the run could be resumed in it) until finalize's finish:
+    # then it pushes, and says so.
+    notices = await handle.finalize()
     assert any(n.startswith("pushed 1 commit(s) to agentfarm/") for n in notices), notices
+    assert handle.branch_outcome is not None and handle.branch_outcome.pushed
     shown = subprocess.run(
         ["git", "-C", str(world.origin), "show", f"agentfarm/{run.id}:hello.txt"],
         capture_output=True, text=True, check=True,
@@ -284,6 +287,9 @@ async def test_stop_deletes_the_running_pod(
     print(f"stop -> exit record {time.monotonic() - started:.1f} s")
     assert rest[-1].exit is not None
     assert rest[-1].exit.stopped
+    # The stop ended the agent, not the pod (a stalled run goes on in it); the run's end
+    # finishes the pod, and its Secret and pod go.
+    await handle.finalize()
     name = manifests.object_name(run.id)
     ns = world.settings.k8s_namespace
     for _ in range(120):
@@ -521,6 +527,6 @@ async def test_follow_ups_and_an_interrupt_reach_the_agent_in_its_pod(
     await handle.stop(grace=3)
     rest = await collect(records, timeout=90)
     assert rest[-1].exit is not None and rest[-1].exit.stopped
-    with pytest.raises(errors.BackendError, match=r"cannot reach the agent|not running"):
+    with pytest.raises(errors.BackendError, match=r"cannot reach|not running|has exited"):
         await handle.send(claude.FOLLOWUP.encode("too late"))
     await backend.cleanup(run)

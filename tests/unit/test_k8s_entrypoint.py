@@ -274,6 +274,8 @@ def pod_env(run: models.Run, secrets: dict[str, str], tmp_path: Path) -> dict[st
         "AGENTFARM_WORKSPACE": str(tmp_path / "ws"),
         "AGENTFARM_STDIN": str(tmp_path / "stdin"),
         "AGENTFARM_BRANCH": "agentfarm/t1",
+        # The pod pushes as its agent exits, not at the control plane's ``finish``.
+        "AGENTFARM_RESUME_WAIT": "0",
     }
     return env
 

@@ -10,7 +10,8 @@ goes home again, on top of what the first end brought.
 
 Not continued: a pipeline run (its pull request is where it is talked to), an agent or a
 backend that cannot start a process in an existing session (Claude on the local backend can),
-and a run whose files were removed (retention) or that never ran.
+a Kubernetes run (its pod ended with it: a pod waits for its run's resume only while the run
+may go on, parked or stalled), and a run whose files were removed (retention) or that never ran.
 """
 
 from __future__ import annotations
@@ -28,6 +29,13 @@ def check(run: models.Run, *, can_continue: bool) -> None:
         raise errors.ConflictError(
             f"run {run.id} is a pipeline run: continue it from its pull request (mention the "
             "bot there), not here"
+        )
+    if not can_continue and run.spec.backend.type == "kubernetes":
+        raise errors.ConflictError(
+            f"run {run.id} cannot be continued: it ran in a Kubernetes pod, which pushed its "
+            "branch and ended with the run, and the agent's session lived in that pod; launch a "
+            f"new run on its branch {run.branch or ''} instead (a parked or stalled pod run "
+            "goes on in its pod)"
         )
     if not can_continue or not run.session_id:
         raise errors.ConflictError(

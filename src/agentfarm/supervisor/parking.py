@@ -86,8 +86,13 @@ class Parking:
             return None
         return f"the model's usage limit of its credentials, until {events.fmt_time(until)}"
 
-    def can_continue(self, run: models.Run) -> bool:
-        return isinstance(self.backends.get(run.spec.backend.type), Resumes) and isinstance(
+    def can_continue(self, run: models.Run, *, ended: bool = False) -> bool:
+        """The run's backend and agent can start its next agent process (after it ``ended``:
+        a backend whose runs leave nothing to go on in, Kubernetes', says so)."""
+        backend = self.backends.get(run.spec.backend.type)
+        if ended and not getattr(backend, "continues_ended", True):
+            return False
+        return isinstance(backend, Resumes) and isinstance(
             self.adapters.get(run.spec.agent), Resumable
         )
 

@@ -109,7 +109,7 @@ class Resuming:
     async def _continue_ended(self, run: models.Run, prompt: str) -> models.Run:
         """An ended run continued by a person: a new agent process in its session, workspace
         and branch, told ``prompt``, as a parked run resumes."""
-        continuing.check(run, can_continue=self.parking.can_continue(run))
+        continuing.check(run, can_continue=self.parking.can_continue(run, ended=True))
         if run.id in self.dispatcher.active:
             raise errors.ConflictError(f"run {run.id} is still finishing; try again in a moment")
         self.dispatcher.active.add(run.id)

@@ -90,6 +90,16 @@ class Api:
             )
         )  # fmt: skip
 
+    async def get_secret(self, namespace: str, name: str) -> Json | None:
+        try:
+            return await self._call(
+                self.core.read_namespaced_secret(name, namespace, _preload_content=False)
+            )
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
     async def delete_secret(self, namespace: str, name: str) -> None:
         await self._ignore_404(
             self.core.delete_namespaced_secret(name, namespace, _preload_content=False)

@@ -5,8 +5,10 @@ run's credentials and first stdin bytes); a sweeper deletes finished pods after
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
+import posixpath
 from collections.abc import Coroutine
 from datetime import UTC, datetime
 from typing import Any
@@ -15,8 +17,9 @@ from agentfarm import tasks
 from agentfarm.backends.base import LaunchInfo
 from agentfarm.backends.kubernetes import api as k8s_api
 from agentfarm.backends.kubernetes import config, handle, manifests
+from agentfarm.backends.kubernetes import status as k8s_status
 from agentfarm.domain import backend_config, diffs, errors, launch, models
-from agentfarm.domain.launch import GitAuth
+from agentfarm.domain.launch import GitAuth, LaunchSpec
 from agentfarm.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -24,6 +27,8 @@ log = logging.getLogger(__name__)
 
 class KubernetesBackend:
     name = "kubernetes"
+    #: An ended run's pod pushed its branch and exited: its session is gone with it.
+    continues_ended = False
 
     def __init__(self, settings: Settings, api_client: Any | None = None) -> None:
         self.settings = settings
@@ -99,6 +104,7 @@ class KubernetesBackend:
         except k8s_api.ApiError as exc:  # cleanup() still deletes it
             log.warning("cannot make pod %s own its Secret: %s", name, exc)
         state = self._runs[run.id] = handle.RunState(cfg.namespace, name)
+        state.waits = cfg.resume_wait > 0
         info = LaunchInfo(
             branch=spec.branch,
             workspace=f"pod {cfg.namespace}/{name}:{manifests.WORKSPACE}",
@@ -122,11 +128,58 @@ class KubernetesBackend:
             if items:
                 name = items[0]["metadata"]["name"]
             state = self._runs[run.id] = handle.RunState(namespace, name)
+            if items:
+                state.waits = manifests.resume_wait(items[0]) > 0
+            state.base = await _seq_base(api, namespace, name)
         info = LaunchInfo(
             branch=run.branch or launch.branch_name(run.id),
             workspace=f"pod {state.namespace}/{state.name}:{manifests.WORKSPACE}",
         )
         return handle.KubernetesHandle(run.id, api, state, delete_pod_now=self._delete_now), info
+
+    async def resume(
+        self, run: models.Run, spec: LaunchSpec
+    ) -> tuple[handle.KubernetesHandle, LaunchInfo]:
+        """The run's next agent process, in its pod (same workspace, HOME and branch): the
+        pod waits after its agent exits (AGENTFARM_RESUME_WAIT) for this ``resume``. Its log
+        lines continue the pod's numbering; the cursor counts from the last one before them
+        (kept on the run's Secret, for a reattach after a restart)."""
+        previous, _ = await self.attach(run)
+        api = await self._client()
+        state = self._runs[run.id]
+        where = f"pod {state.namespace}/{state.name}"
+        pod = await api.get_pod(state.namespace, state.name)
+        if pod is None or not k8s_status.agent_running(pod) or not state.waits:
+            raise errors.ConflictError(
+                f"run {run.id} cannot go on in its {where}: the pod has ended (it waits "
+                f"AGENTFARM_K8S_RESUME_WAIT_SECONDS after its agent, then pushes and exits) or "
+                "was deleted, and the agent's session lived in it; launch a new run instead"
+            )
+        command = spec.command
+        argv = command.with_program(posixpath.basename(command.argv[0])) if command.argv else []
+        request: dict[str, object] = {
+            "op": "resume",
+            "argv": argv,
+            "stdin": base64.b64encode(command.stdin).decode(),
+        }
+        reply = await previous.control(request)
+        base = reply.get("seq")
+        if not isinstance(base, int) or isinstance(base, bool) or base < 0:
+            raise errors.BackendError(f"the agent's {where} gave no line number on resume")
+        annotations = {"metadata": {"annotations": {manifests.SEQ_BASE_ANNOTATION: str(base)}}}
+        try:
+            await api.patch_secret(state.namespace, state.name, annotations)
+        except k8s_api.ApiError as exc:  # only a reattach after a restart needs it
+            log.warning("run %s: cannot note where its resumed log starts: %s", run.id, exc)
+        state.base, state.stopping = base, False
+        info = LaunchInfo(
+            branch=spec.branch,
+            workspace=f"{where}:{manifests.WORKSPACE}",
+            notices=[f"resumed the agent in its {where}"],
+        )
+        return handle.KubernetesHandle(
+            run.id, previous._api, state, delete_pod_now=self._delete_now
+        ), info
 
     async def diff(self, run: models.Run, *, limit: int) -> diffs.RunDiff:
         raise errors.ConflictError(
@@ -202,6 +255,14 @@ async def _secret_exists(api: k8s_api.Api, namespace: str, name: str) -> bool:
             return False
         raise
     return True
+
+
+async def _seq_base(api: k8s_api.Api, namespace: str, name: str) -> int:
+    """Where the log of the run's current agent process starts (0: its first process)."""
+    secret = await api.get_secret(namespace, name)
+    annotations = ((secret or {}).get("metadata") or {}).get("annotations") or {}
+    value = annotations.get(manifests.SEQ_BASE_ANNOTATION, "0")
+    return int(value) if isinstance(value, str) and value.isdigit() else 0
 
 
 async def _quietly(pending: Coroutine[Any, Any, None]) -> None:

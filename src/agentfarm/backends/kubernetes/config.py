@@ -23,6 +23,8 @@ class PodConfig:
     credentials_claim: str = "claude-home"
     grace_seconds: int = 10
     forgejo_url: str | None = None
+    #: Seconds the pod waits after its agent exits for resume or finish (0: it does not).
+    resume_wait: float = 0.0
 
 
 def resolve(spec: models.AgentSpec, settings: Settings) -> PodConfig:
@@ -49,4 +51,5 @@ def resolve(spec: models.AgentSpec, settings: Settings) -> PodConfig:
         credentials_claim=settings.k8s_credentials_claim,
         grace_seconds=max(1, math.ceil(settings.stop_grace_seconds)),
         forgejo_url=settings.k8s_forgejo_url,
+        resume_wait=settings.k8s_resume_wait_seconds,
     )

@@ -28,19 +28,21 @@ import aiohttp
 from agentfarm.backends.base import BranchOutcome, ExitInfo, Record, RecordKind
 from agentfarm.backends.kubernetes import api as k8s_api
 from agentfarm.backends.kubernetes import manifests, status
+from agentfarm.backends.kubernetes.lines import BRANCH_NOTICE as BRANCH_NOTICE
+from agentfarm.backends.kubernetes.lines import EXITED_NOTICE, parse_exited
+from agentfarm.backends.kubernetes.lines import parse_branch as parse_branch
+from agentfarm.backends.kubernetes.lines import parse_line as parse_line
 from agentfarm.domain import errors
 
 log = logging.getLogger(__name__)
 
-#: The entrypoint's notice saying where the branch ended up (deploy/agent/entrypoint.py,
-#: BRANCH_RECORD): it becomes the run's ``run.branch`` event, not a notice.
-BRANCH_NOTICE = b"agentfarm.branch "
 #: What the control plane execs in the agent container to reach the entrypoint's control
 #: socket (a follow-up, an interrupt): the request on its stdin, the reply on its stdout.
 CONTROL_ARGV = ["python3", manifests.ENTRYPOINT, "control"]
+#: How long finalize waits for a finishing pod's push (the entrypoint gives git 300 s).
+FINISH_SECONDS = 420.0
 STARTED_SLOT = 254
 EXIT_SLOT = 255
-_KINDS: dict[int, RecordKind] = {ord("O"): "stdout", ord("E"): "stderr", ord("N"): "notice"}
 #: How long the watch on a starting pod lasts before it is renewed (server side).
 WATCH_SECONDS = 60
 #: After the log ends, how long to wait for the kubelet to report the container's exit.
@@ -59,43 +61,16 @@ class _Quiet(Exception):
     """A followed log stream brought nothing for QUIET_REOPEN_SECONDS."""
 
 
-def parse_line(line: bytes) -> tuple[int | None, RecordKind, bytes]:
-    """A log line as (sequence number, kind, payload), the way the entrypoint wrote it. A line
-    without a sequence number (an older image, or the runtime's own words) has ``None``."""
-    if len(line) >= 2 and line[0] == 0x1E and line[1] in _KINDS:
-        kind = _KINDS[line[1]]
-        digits, space, payload = line[2:].partition(b" ")
-        if space and digits.isdigit():
-            return int(digits), kind, payload
-        if not digits and line[2:3] == b" ":
-            return None, kind, line[3:]
-    return None, "stdout", line
-
-
-def parse_branch(line: bytes) -> BranchOutcome | None:
-    """The entrypoint's ``agentfarm.branch {json}`` notice; None if it is not well formed."""
-    try:
-        data = json.loads(line[len(BRANCH_NOTICE) :])
-    except ValueError:
-        return None
-    if not isinstance(data, dict):
-        return None
-    branch, start, head = data.get("branch"), data.get("start"), data.get("head")
-    commits, pushed, error = data.get("commits"), data.get("pushed"), data.get("error")
-    if not (isinstance(branch, str) and isinstance(start, str) and isinstance(pushed, bool)):
-        return None
-    if not isinstance(commits, int) or isinstance(commits, bool) or commits < 0:
-        return None
-    if not (head is None or isinstance(head, str)) or not (error is None or isinstance(error, str)):
-        return None
-    return BranchOutcome(branch, start, head, commits, pushed, error)
-
-
 @dataclass
 class RunState:
     namespace: str
     name: str
     stopping: bool = False
+    #: The last log line's sequence number before this agent process (resumed in the pod):
+    #: lines up to it are an earlier process's, and the cursor counts from it.
+    base: int = 0
+    #: The pod waits for resume or finish after its agent exits (AGENTFARM_RESUME_WAIT).
+    waits: bool = False
 
 
 class _Cursor:
@@ -183,6 +158,12 @@ class KubernetesHandle:
                 async for line in self._log(follow, since):
                     last_line_at = loop.time()
                     seq, kind, data = parse_line(line)
+                    if seq is not None and self._state.base:
+                        numbered = True
+                        if seq <= self._state.base:  # an earlier agent process's
+                            last_kind = None
+                            continue
+                        seq -= self._state.base
                     if seq is None and numbered:
                         # The rest of a line longer than api.MAX_LINE: same kind, next slot.
                         if last_kind is not None and (
@@ -209,6 +190,11 @@ class KubernetesHandle:
                         # Read on every pass (also before ``after``): finalize reports it.
                         self.branch_outcome = parse_branch(data) or self.branch_outcome
                         continue
+                    if kind == "notice" and data.startswith(EXITED_NOTICE):
+                        # The agent exited; the pod waits for resume or finish (finalize).
+                        exited = parse_exited(data, stopping=self.stopping)
+                        yield Record(cursor.exit(), "exit", exit=exited)
+                        return
                     if at > after:
                         yield Record(at, kind, data)
             except _Quiet:
@@ -301,12 +287,12 @@ class KubernetesHandle:
                 pod = await self._api.get_pod(ns, name)
 
     async def send(self, data: bytes) -> None:
-        await self._control({"op": "send", "data": base64.b64encode(data).decode()})
+        await self.control({"op": "send", "data": base64.b64encode(data).decode()})
 
     async def interrupt(self) -> None:
-        await self._control({"op": "interrupt"})
+        await self.control({"op": "interrupt"})
 
-    async def _control(self, request: dict[str, str]) -> None:
+    async def control(self, request: dict[str, object]) -> dict[str, object]:
         """One request to the entrypoint's control socket, through ``entrypoint.py control``
         exec'd in the agent container (deploy/agent/entrypoint.py). Its reply comes from a
         hostile pod: only ``ok`` and a short, printable ``error`` are read."""
@@ -333,9 +319,19 @@ class KubernetesHandle:
             text = error if isinstance(error, str) else "refused"
             printable = "".join(c if c.isprintable() else " " for c in text[:300])
             raise errors.BackendError(f"run {self.run_id}: {printable}")
+        return reply
 
     async def stop(self, grace: float) -> None:
+        """End the agent. A pod that waits after its agent (a run resumable in its pod) ends
+        only the agent: the run's end finishes the pod (its branch pushed), a stalled run is
+        resumed in it. Else, or when the pod does not answer, the pod is deleted."""
         self._state.stopping = True
+        if self._state.waits:
+            try:
+                await self.control({"op": "stop", "grace": max(1, math.ceil(grace))})
+                return
+            except errors.BackendError as exc:
+                log.info("run %s: stopping its agent in the pod: %s", self.run_id, exc)
         await self._api.delete_pod(
             self._state.namespace, self._state.name, grace_seconds=max(1, math.ceil(grace))
         )
@@ -345,10 +341,43 @@ class KubernetesHandle:
         logs until the sweeper removes it (AGENTFARM_K8S_CLEANUP_AFTER_SECONDS), or goes now
         when that is 0. The entrypoint pushed the branch and said so in the log."""
         ns, name = self._state.namespace, self._state.name
+        notices = await self._finish()
         await self._api.delete_secret(ns, name)
         if self._delete_pod_now:
             await self._api.delete_pod(ns, name, grace_seconds=1)
-        return []
+        return notices
+
+    async def _finish(self) -> list[str]:
+        """A pod that waits after its agent exited (a run that could have been resumed in
+        it) is told to finish: it pushes the branch and exits. Its notices from then on
+        (where the branch went among them) are read here."""
+        pod = await self._api.get_pod(self._state.namespace, self._state.name)
+        if pod is None or not status.agent_running(pod) or not self._state.waits:
+            return []
+        try:
+            await self.control({"op": "finish"})
+        except errors.BackendError as exc:  # the pod is going away, or its agent still runs
+            log.info("run %s: finish: %s", self.run_id, exc)
+            return []
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + FINISH_SECONDS
+        while await self._wait_exit() is None and loop.time() < deadline:
+            pass
+        notices: list[str] = []
+        try:
+            async for line in self._log(False, None):
+                _, kind, data = parse_line(line)
+                if kind != "notice":
+                    continue
+                if data.startswith(EXITED_NOTICE):
+                    notices = []  # what came before was an agent process's own
+                elif data.startswith(BRANCH_NOTICE):
+                    self.branch_outcome = parse_branch(data) or self.branch_outcome
+                else:
+                    notices.append(data.decode("utf-8", "replace"))
+        except (k8s_api.ApiError, *RETRYABLE) as exc:
+            notices.append(f"reading the pod's last words (where its branch went) failed: {exc}")
+        return notices
 
     async def discard_output(self) -> None:
         """Nothing to do: the output is the pod's log, which goes with the pod."""

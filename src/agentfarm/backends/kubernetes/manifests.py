@@ -36,6 +36,10 @@ INPUT_DIR = "/run/agentfarm"
 SHARED_CLAUDE = "/mnt/claude-shared"
 #: The Secret key holding the agent's first stdin bytes (not a valid env name: no clash).
 STDIN_KEY = "agentfarm-stdin"
+#: The entrypoint waits this many seconds after its agent exits for resume or finish.
+RESUME_WAIT_ENV = "AGENTFARM_RESUME_WAIT"
+#: On the run's Secret: the last log line before the agent process resumed in the pod.
+SEQ_BASE_ANNOTATION = "agentfarm.dev/seq-base"
 
 LABEL_RUN = "agentfarm.dev/run-id"
 LABEL_INSTANCE = "agentfarm.dev/instance"
@@ -147,6 +151,21 @@ def owner_reference(pod: Json) -> Json:
     }
 
 
+def resume_wait(pod: Json) -> float:
+    """The AGENTFARM_RESUME_WAIT of a pod's agent container (0: absent, the pod does not wait
+    after its agent)."""
+    for container in (pod.get("spec") or {}).get("containers") or []:
+        if container.get("name") != AGENT_CONTAINER:
+            continue
+        for item in container.get("env") or []:
+            if item.get("name") == RESUME_WAIT_ENV:
+                try:
+                    return float(item.get("value") or 0)
+                except ValueError:
+                    return 0.0
+    return 0.0
+
+
 def build_pod(run: models.Run, launching: launch.LaunchSpec, cfg: PodConfig) -> Json:
     name = object_name(run.id)
     spec, command, secrets = run.spec, launching.command, launching.credentials
@@ -180,6 +199,7 @@ def build_pod(run: models.Run, launching: launch.LaunchSpec, cfg: PodConfig) -> 
             "value": f"{launch.INTERRUPTED_WINDOW_SECONDS:g}",
         },
         {"name": "AGENTFARM_PUSH", "value": "1"},
+        {"name": RESUME_WAIT_ENV, "value": f"{cfg.resume_wait:g}"},
     ]
     agent_env += [_secret_ref(key, name) for key in secret_env_names(secrets, cfg)]
     if cfg.credentials == "shared-home":

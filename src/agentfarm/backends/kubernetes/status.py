@@ -146,6 +146,15 @@ def _pod_failed(pod: Json, clone: Json, stopping: bool) -> ExitInfo:
     )
 
 
+def agent_running(pod: Json) -> bool:
+    """The agent container runs (its pod not being deleted)."""
+    if (pod.get("metadata") or {}).get("deletionTimestamp"):
+        return False
+    status = pod.get("status") or {}
+    agent = _container_status(status.get("containerStatuses"), AGENT_CONTAINER)
+    return "running" in (agent.get("state") or {})
+
+
 def _container_status(statuses: list[Json] | None, name: str) -> Json:
     for cs in statuses or []:
         if cs.get("name") == name:

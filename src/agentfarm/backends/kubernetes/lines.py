@@ -1,0 +1,61 @@
+"""The agent container's log lines as the entrypoint writes them (deploy/agent/entrypoint.py):
+``\\x1e<kind><seq> <payload>``, and the notices that carry data for the control plane."""
+
+from __future__ import annotations
+
+import json
+
+from agentfarm.backends.base import BranchOutcome, ExitInfo, RecordKind
+
+#: The entrypoint's notice saying where the branch ended up (deploy/agent/entrypoint.py,
+#: BRANCH_RECORD): it becomes the run's ``run.branch`` event, not a notice.
+BRANCH_NOTICE = b"agentfarm.branch "
+#: The entrypoint's notice saying the agent exited and the pod waits for ``resume`` or
+#: ``finish`` (EXITED_RECORD): the run's exit record.
+EXITED_NOTICE = b"agentfarm.exited "
+_KINDS: dict[int, RecordKind] = {ord("O"): "stdout", ord("E"): "stderr", ord("N"): "notice"}
+
+
+def parse_line(line: bytes) -> tuple[int | None, RecordKind, bytes]:
+    """A log line as (sequence number, kind, payload), the way the entrypoint wrote it. A line
+    without a sequence number (an older image, or the runtime's own words) has ``None``."""
+    if len(line) >= 2 and line[0] == 0x1E and line[1] in _KINDS:
+        kind = _KINDS[line[1]]
+        digits, space, payload = line[2:].partition(b" ")
+        if space and digits.isdigit():
+            return int(digits), kind, payload
+        if not digits and line[2:3] == b" ":
+            return None, kind, line[3:]
+    return None, "stdout", line
+
+
+def parse_branch(line: bytes) -> BranchOutcome | None:
+    """The entrypoint's ``agentfarm.branch {json}`` notice; None if it is not well formed."""
+    try:
+        data = json.loads(line[len(BRANCH_NOTICE) :])
+    except ValueError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    branch, start, head = data.get("branch"), data.get("start"), data.get("head")
+    commits, pushed, error = data.get("commits"), data.get("pushed"), data.get("error")
+    if not (isinstance(branch, str) and isinstance(start, str) and isinstance(pushed, bool)):
+        return None
+    if not isinstance(commits, int) or isinstance(commits, bool) or commits < 0:
+        return None
+    if not (head is None or isinstance(head, str)) or not (error is None or isinstance(error, str)):
+        return None
+    return BranchOutcome(branch, start, head, commits, pushed, error)
+
+
+def parse_exited(line: bytes, *, stopping: bool) -> ExitInfo:
+    """The entrypoint's ``agentfarm.exited {"code": N}`` notice as the run's exit."""
+    try:
+        data = json.loads(line[len(EXITED_NOTICE) :])
+    except ValueError:
+        data = None
+    code = data.get("code") if isinstance(data, dict) else None
+    if not isinstance(code, int) or isinstance(code, bool):
+        return ExitInfo(exit_code=None, error="the agent exited without saying its exit code")
+    signal = code - 128 if 128 < code <= 128 + 64 else None
+    return ExitInfo(exit_code=code, signal=signal, stopped=stopping)
