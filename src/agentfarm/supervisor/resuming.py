@@ -32,6 +32,9 @@ from agentfarm.supervisor import (
 )
 from agentfarm.supervisor.hub import Hub
 
+#: How long a resume waits for a just-parked run's last process to let go of it: 5 s at most.
+WIND_UP_POLLS, WIND_UP_POLL_SECONDS = 100, 0.05
+
 
 class Resuming:
     store: Store
@@ -99,7 +102,16 @@ class Resuming:
         return parked
 
     async def _resume_parked(self, run: models.Run, reason: str, prompt: str | None = None) -> None:
-        if run.id in self.dispatcher.active:
+        # Just after it parked, the run's last process may still be winding up (its watcher
+        # lets go of the run a moment after the status is stored): wait for that, briefly.
+        for _ in range(WIND_UP_POLLS):
+            if run.id not in self.dispatcher.active:
+                break
+            await asyncio.sleep(WIND_UP_POLL_SECONDS)
+        else:
+            raise errors.ConflictError(f"run {run.id} is already being resumed or stopped")
+        current = await self.store.get_run(run.id)
+        if current.status != models.RunStatus.parked or run.id in self.dispatcher.active:
             raise errors.ConflictError(f"run {run.id} is already being resumed or stopped")
         self.parking.disarm(run.id)
         self.dispatcher.active.add(run.id)
