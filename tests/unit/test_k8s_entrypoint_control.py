@@ -118,16 +118,21 @@ class Pod:
         return self.control({"op": "send", "data": base64.b64encode(message(text)).decode()})
 
 
-@pytest.fixture
-def pods(tmp_path: Path) -> Iterator[list[Pod]]:
-    made: list[Pod] = []
-    yield made
+def reap(made: list[Pod]) -> None:
+    """End the entrypoints a test started (the ones still running, killed)."""
     for pod in made:
         if pod.proc.poll() is None:
             pod.proc.kill()
         pod.proc.wait(timeout=GUARD)
         if pod.proc.stdout is not None:
             pod.proc.stdout.close()
+
+
+@pytest.fixture
+def pods(tmp_path: Path) -> Iterator[list[Pod]]:
+    made: list[Pod] = []
+    yield made
+    reap(made)
 
 
 def test_follow_ups_and_an_interrupt_through_the_control_socket(

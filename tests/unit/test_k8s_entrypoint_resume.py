@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.unit.test_k8s_entrypoint import LINE_RE
-from tests.unit.test_k8s_entrypoint_control import GUARD, Pod, message
+from tests.unit.test_k8s_entrypoint_control import GUARD, Pod, message, reap
 
 EXITED = 'agentfarm.exited {"code": 0}'
 
@@ -45,12 +45,7 @@ def pods(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Pod]]
     monkeypatch.setenv("AGENTFARM_RESUME_WAIT", "3600")
     made: list[Pod] = []
     yield made
-    for pod in made:
-        if pod.proc.poll() is None:
-            pod.proc.kill()
-        pod.proc.wait(timeout=GUARD)
-        if pod.proc.stdout is not None:
-            pod.proc.stdout.close()
+    reap(made)
 
 
 def test_resume_runs_the_next_agent_in_the_same_pod_then_finish_ends_it(
