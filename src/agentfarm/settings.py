@@ -78,6 +78,13 @@ class Settings(RunSettings):
         "exit); a run parked longer ends `failed`, its branch pushed. 0: the pod pushes and "
         "exits with its agent, and its runs are not parked.",
     )
+    k8s_log_streams: int = Field(
+        1000,
+        ge=1,
+        le=100_000,
+        description="Agent pod logs the control plane follows at once (one connection to the "
+        "API server each); past it, runs take turns (a stream yields its slot after 30 s).",
+    )
     k8s_credentials_claim: str = Field(
         "claude-home",
         description="ReadWriteMany PVC holding the shared ~/.claude (credentials `shared-home`).",

@@ -39,10 +39,17 @@ class ApiError(errors.BackendError):
         self.message = message
 
 
-async def connect(kubeconfig: Path | None) -> client.ApiClient:
+#: Connections beyond the followed logs: the pod watches, launches, reads, deletes.
+SPARE_CONNECTIONS = 64
+
+
+async def connect(kubeconfig: Path | None, *, log_streams: int = 100) -> client.ApiClient:
     """An API client from ``kubeconfig``, else in-cluster config inside a pod, else the default
-    kubeconfig (``$KUBECONFIG`` or ~/.kube/config)."""
+    kubeconfig (``$KUBECONFIG`` or ~/.kube/config). Every followed log holds a connection of
+    its own (HTTP/1.1): the pool has room for ``log_streams`` of them and the other calls."""
     configuration = client.Configuration()
+    # The client's default pool (100) would let followed logs starve every other call.
+    configuration.connection_pool_maxsize = log_streams + SPARE_CONNECTIONS
     try:
         if kubeconfig is not None:
             await config.load_kube_config(
@@ -151,6 +158,33 @@ class Api:
             watch=True,
             timeout_seconds=server_timeout,
             allow_watch_bookmarks=False,
+            _preload_content=False,
+        )
+        async with response:
+            if response.status >= 400:
+                raise _error(response.status, await response.read())
+            async for line in _lines(response.content):
+                event = json.loads(line)
+                kind = str(event.get("type"))
+                obj = event.get("object") or {}
+                if kind == "ERROR":
+                    raise ApiError(int(obj.get("code") or 500), str(obj.get("message")))
+                yield kind, obj
+
+    async def watch_pods(
+        self, namespace: str, label_selector: str, resource_version: str, server_timeout: int
+    ) -> AsyncIterator[tuple[str, Json]]:
+        """(type, object) events for the pods matching ``label_selector`` after
+        ``resource_version``, BOOKMARK events included (they carry only a newer version). The
+        server ends the stream after ``server_timeout`` seconds; an ERROR event raises
+        :class:`ApiError` (410: the version is too old, list again)."""
+        response: Any = await self.core.list_namespaced_pod(
+            namespace,
+            label_selector=label_selector,
+            resource_version=resource_version,
+            watch=True,
+            timeout_seconds=server_timeout,
+            allow_watch_bookmarks=True,
             _preload_content=False,
         )
         async with response:
