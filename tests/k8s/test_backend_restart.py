@@ -110,8 +110,8 @@ async def test_an_api_server_restart_mid_run_loses_and_doubles_nothing(
             for seq in range(6, 11):
                 log.write(line(seq))
             kubelet.log(namespace, names[starting.id]).write(line(1))
-            began = time.monotonic()
             outage = await down
+            began = time.monotonic()
 
             # Up again: states written now must reach the backend through the renewed watch.
             await driver.bind(names[pending.id])

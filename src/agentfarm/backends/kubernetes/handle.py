@@ -162,7 +162,7 @@ class KubernetesHandle:
         while True:
             quiet: _Quiet | None = None
             broken = False
-            read_any = False
+            read_any = progressed = False
             try:
                 async with contextlib.aclosing(self._log(follow, since, quiet_for)) as lines:
                     async for line in lines:
@@ -190,6 +190,7 @@ class KubernetesHandle:
                             last_kind = None  # read before: so is the rest of it
                             continue
                         last_kind = kind
+                        progressed = True
                         lost = range(max(cursor.line, after >> 8) + 1, seq)
                         if lost:
                             cursor.advance(seq - 1)
@@ -228,7 +229,9 @@ class KubernetesHandle:
             if quiet is not None:
                 if not quiet.shared:
                     quiet_for = (
-                        QUIET_REOPEN_SECONDS if read_any else min(QUIET_MAX_SECONDS, quiet_for * 2)
+                        QUIET_REOPEN_SECONDS
+                        if progressed
+                        else min(QUIET_MAX_SECONDS, quiet_for * 2)
                     )
                 continue
             quiet_for = QUIET_REOPEN_SECONDS
