@@ -117,7 +117,10 @@ class FakeKubelet:
         self.requests.append((ns, pod, follow, since_s))
         log = self.log(ns, pod, container)
         response = web.StreamResponse(headers={"Content-Type": "text/plain"})
-        await response.prepare(request)
+        try:
+            await response.prepare(request)
+        except ConnectionResetError:  # the API server gave up on this request already
+            return response
         self.open_streams += 1
         self._streams.add(response)
         try:
@@ -132,6 +135,8 @@ class FakeKubelet:
                     break
                 await log.changed.wait()
             await response.write_eof()
+        except ConnectionResetError:
+            pass  # the reader went away (a reopened follow, an API server restart)
         finally:
             self.open_streams -= 1
             self._streams.discard(response)
