@@ -205,11 +205,11 @@ async def test_a_quiet_stream_is_reopened_less_and_less_often(
     original = k8s_handle.KubernetesHandle._log
 
     def spy(
-        self: k8s_handle.KubernetesHandle, follow: bool, since: int | None, quiet_for: float
+        self: k8s_handle.KubernetesHandle, follow: bool, since: int | None, quiet: Any
     ) -> AsyncIterator[bytes]:
         if follow:
-            waits.append(quiet_for)
-        return original(self, follow, since, quiet_for)
+            waits.append(quiet.seconds)
+        return original(self, follow, since, quiet)
 
     monkeypatch.setattr(k8s_handle.KubernetesHandle, "_log", spy)
     api = QuietLog(quiet_reads=5)

@@ -13,10 +13,9 @@ broken stream) ``records(after)`` re-reads the log and skips what the stored cur
 nothing is doubled; lines the kubelet rotated away before they were read become one notice.
 
 The pod's state comes from the backend's shared watch (``watch.PodWatch``); its log is followed
-only while the agent runs, in one of the backend's log slots (``slots.LogSlots``), reopened
-from shortly before its last line when it breaks (with backoff: the API server may be
-restarting), when it goes quiet (a follow may stay on a file the kubelet rotated away; a pod
-that stays quiet is looked at less and less often) or when other runs wait for a slot.
+only while the agent runs, in a log slot (``slots.LogSlots``), and reopened from shortly before
+its last line when it breaks (with backoff), goes quiet (a follow may stay on a file the kubelet
+rotated away) or has to share its slot.
 """
 
 from __future__ import annotations
@@ -34,17 +33,12 @@ import aiohttp
 
 from agentfarm.backends.base import BranchOutcome, ExitInfo, Record, RecordKind
 from agentfarm.backends.kubernetes import api as k8s_api
+from agentfarm.backends.kubernetes import lines as k8s_lines
 from agentfarm.backends.kubernetes import manifests, status
 from agentfarm.backends.kubernetes import slots as k8s_slots
 from agentfarm.backends.kubernetes import watch as k8s_watch
 from agentfarm.backends.kubernetes.lines import BRANCH_NOTICE as BRANCH_NOTICE
-from agentfarm.backends.kubernetes.lines import (
-    EXITED_NOTICE,
-    STARTED_SLOT,
-    Cursor,
-    parse_exited,
-    rotated_notice,
-)
+from agentfarm.backends.kubernetes.lines import EXITED_NOTICE, parse_exited
 from agentfarm.backends.kubernetes.lines import parse_branch as parse_branch
 from agentfarm.backends.kubernetes.lines import parse_line as parse_line
 from agentfarm.domain import errors
@@ -75,12 +69,19 @@ SINCE_MARGIN_SECONDS = 30
 
 
 class _Quiet(Exception):
-    """A followed log stream brought nothing for a while, or gives its slot to a waiting run
-    (``shared``)."""
+    """A followed log brought nothing for a while, or gives its slot up (``shared``)."""
 
     def __init__(self, *, shared: bool = False) -> None:
         super().__init__("shared" if shared else "quiet")
         self.shared = shared
+
+
+class _QuietTimer:
+    """How long a followed log may bring nothing before it is reopened: QUIET_REOPEN_SECONDS
+    after a new line, doubling while reopened streams bring none."""
+
+    def __init__(self) -> None:
+        self.seconds = QUIET_REOPEN_SECONDS
 
 
 @dataclass
@@ -116,7 +117,7 @@ class KubernetesHandle:
         self.branch_outcome: BranchOutcome | None = None
 
     async def records(self, after: int) -> AsyncIterator[Record]:
-        cursor = Cursor()
+        cursor = k8s_lines.Cursor()
         ns, name = self._state.namespace, self._state.name
 
         def keep(kind: RecordKind, at: int | None, data: bytes = b"") -> Record | None:
@@ -140,7 +141,7 @@ class KubernetesHandle:
         if view.agent_started:
             node = (pod.get("spec") or {}).get("nodeName")
             started = json.dumps({"pod": f"{ns}/{name}", "node": node}).encode()
-            if record := keep("started", STARTED_SLOT, started):
+            if record := keep("started", k8s_lines.STARTED_SLOT, started):
                 yield record
         elif view.exit is not None:
             if not view.pod_done:
@@ -156,15 +157,15 @@ class KubernetesHandle:
         loop = asyncio.get_running_loop()
         last_line_at: float | None = None
         since: int | None = None
-        quiet_for = QUIET_REOPEN_SECONDS
+        quiet = _QuietTimer()
         backoff = k8s_watch.Backoff(first=0.5, cap=10.0)
         denials = k8s_watch.Denials()
         while True:
-            quiet: _Quiet | None = None
+            went_quiet: _Quiet | None = None
             broken = False
             read_any = progressed = False
             try:
-                async with contextlib.aclosing(self._log(follow, since, quiet_for)) as lines:
+                async with contextlib.aclosing(self._log(follow, since, quiet)) as lines:
                     async for line in lines:
                         read_any = True
                         last_line_at = loop.time()
@@ -191,10 +192,11 @@ class KubernetesHandle:
                             continue
                         last_kind = kind
                         progressed = True
+                        quiet.seconds = QUIET_REOPEN_SECONDS
                         lost = range(max(cursor.line, after >> 8) + 1, seq)
                         if lost:
                             cursor.advance(seq - 1)
-                            what = rotated_notice(lost).encode()
+                            what = k8s_lines.rotated_notice(lost).encode()
                             if record := keep("notice", cursor.notice(), what):
                                 yield record
                         at = cursor.advance(seq)
@@ -210,7 +212,7 @@ class KubernetesHandle:
                         if at > after:
                             yield Record(at, kind, data)
             except _Quiet as exc:
-                quiet = exc
+                went_quiet = exc
             except k8s_api.ApiError as exc:
                 if exc.status not in LOG_RETRY_STATUS and not denials.excused(exc):
                     raise
@@ -226,15 +228,11 @@ class KubernetesHandle:
             since = None
             if last_line_at is not None:
                 since = math.ceil(loop.time() - last_line_at) + SINCE_MARGIN_SECONDS
-            if quiet is not None:
-                if not quiet.shared:
-                    quiet_for = (
-                        QUIET_REOPEN_SECONDS
-                        if progressed
-                        else min(QUIET_MAX_SECONDS, quiet_for * 2)
-                    )
+            if went_quiet is not None:
+                if not went_quiet.shared and not progressed:
+                    quiet.seconds = min(QUIET_MAX_SECONDS, quiet.seconds * 2)
                 continue
-            quiet_for = QUIET_REOPEN_SECONDS
+            quiet.seconds = QUIET_REOPEN_SECONDS
             # A log that ended (not broke) means the container is ending: give the kubelet a
             # moment to say how. A broken one may belong to a running agent: look, go on.
             exit_info = await self._wait_exit(0.0 if broken else EXIT_REPORT_SECONDS)
@@ -248,10 +246,10 @@ class KubernetesHandle:
                 await backoff.sleep()
 
     async def _log(
-        self, follow: bool, since: int | None, quiet_for: float
+        self, follow: bool, since: int | None, quiet: _QuietTimer
     ) -> AsyncGenerator[bytes, None]:
         """The agent's log lines. A followed stream holds one of the backend's log slots; one
-        that brings nothing for ``quiet_for`` seconds ends with :class:`_Quiet` (the kubelet
+        that brings nothing for ``quiet.seconds`` ends with :class:`_Quiet` (the kubelet
         may be following a file it has rotated away, and only a new stream reads the new
         file), and so does one that has had its slot SHARE_SECONDS while other runs wait."""
         ns, name = self._state.namespace, self._state.name
@@ -270,7 +268,7 @@ class KubernetesHandle:
                     ):
                         raise _Quiet(shared=True)
                     try:
-                        async with asyncio.timeout(quiet_for if follow else None):
+                        async with asyncio.timeout(quiet.seconds if follow else None):
                             line = await anext(stream)
                     except StopAsyncIteration:
                         return
@@ -384,7 +382,7 @@ class KubernetesHandle:
             pass
         notices: list[str] = []
         try:
-            async for line in self._log(False, None, QUIET_REOPEN_SECONDS):
+            async for line in self._log(False, None, _QuietTimer()):
                 _, kind, data = parse_line(line)
                 if kind != "notice":
                     continue
