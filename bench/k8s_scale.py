@@ -99,8 +99,7 @@ async def harness(args: argparse.Namespace) -> None:
             peak_streams = max(peak_streams, kubelet.open_streams)
             await asyncio.sleep(0.1)
 
-    sampler = asyncio.create_task(watch_streams())
-    async with kubeletsim.Driver(target, args.namespace) as driver:
+    async def drive(driver: kubeletsim.Driver) -> None:
         plays: list[asyncio.Task[None]] = []
         selector = manifests.instance_selector(INSTANCE)
         async with contextlib.aclosing(driver.new_pods(selector)) as names:
@@ -109,10 +108,22 @@ async def harness(args: argparse.Namespace) -> None:
                 if len(plays) == args.pods:
                     break
         everyone.set()
-        await asyncio.gather(*plays)
-        requests = driver.requests
-        # The control plane may still read the ended logs: serve them until it says it is done.
+        try:
+            await asyncio.gather(*plays)
+        finally:
+            for task in plays:
+                task.cancel()
+
+    sampler = asyncio.create_task(watch_streams())
+    async with kubeletsim.Driver(target, args.namespace) as driver:
+        work = asyncio.create_task(drive(driver))
+        # The control plane says when it is done (every run ended, or it gave up); until then
+        # the ended logs are still served.
         await asyncio.to_thread(sys.stdin.readline)
+        work.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await work
+        requests = driver.requests
     sampler.cancel()
     await kubelet.aclose()
     result = {
@@ -253,6 +264,8 @@ async def phase(target: cluster.Cluster, pods: int, args: argparse.Namespace) ->
     try:
         async with asyncio.timeout(args.timeout):
             await asyncio.gather(*(follow(run, launches) for run in runs))
+    except TimeoutError:
+        print(f"gave up after {args.timeout:.0f} s", file=sys.stderr)
     finally:
         elapsed = time.monotonic() - began
         cpu1 = resource.getrusage(resource.RUSAGE_SELF)
@@ -265,8 +278,15 @@ async def phase(target: cluster.Cluster, pods: int, args: argparse.Namespace) ->
     times: dict[str, dict[str, float]] = played["times"]
     expected = list(range(1, played["lines_per_pod"] + 1))
     wrong = [name for name, got in lines.items() if got != expected]
-    started = [seen[n]["started"] - t["running"] for n, t in times.items() if "started" in seen[n]]
-    ended = [seen[n]["exit"] - t["done"] for n, t in times.items() if "exit" in seen[n]]
+    ended = sum("exit" in seen.get(manifests.object_name(run.id), {}) for run in runs)
+    started = [
+        seen[n]["started"] - t["running"] for n, t in times.items() if "started" in seen.get(n, {})
+    ]
+    exits = [
+        seen[n]["exit"] - t["done"]
+        for n, t in times.items()
+        if "exit" in seen.get(n, {}) and "done" in t
+    ]
     cpu = (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime)
     return {
         "pods": pods,
@@ -281,7 +301,8 @@ async def phase(target: cluster.Cluster, pods: int, args: argparse.Namespace) ->
         "requests": dict(counts),
         "log_requests_served": played["log_requests"],
         "started_ms": [s * 1000 for s in started],
-        "exit_ms": [e * 1000 for e in ended],
+        "exit_ms": [e * 1000 for e in exits],
+        "ended": ended,
     }
 
 
@@ -301,6 +322,7 @@ FIGURES: list[tuple[str, Any]] = [
     ("Succeeded -> exit p50 ms", lambda r, n: pct(r["exit_ms"], 0.5)),
     ("Succeeded -> exit p99 ms", lambda r, n: pct(r["exit_ms"], 0.99)),
     ("phase seconds (agents run 30 s)", lambda r, n: r["elapsed_s"]),
+    ("runs ended (of the pods launched)", lambda r, n: r["ended"]),
     ("runs with a line lost or doubled", lambda r, n: r["wrong"]),
 ]  # fmt: skip
 
