@@ -45,6 +45,8 @@ GONE_KEPT = 10_000
 #: refuses what it will allow a moment later: a refusal is believed after this long.
 DENIED_GRACE_SECONDS = 60.0
 DENIED_STATUS = frozenset({401, 403})
+#: After a lasting refusal, how long the watch waits before it asks again.
+REFUSED_PAUSE_SECONDS = 30.0
 
 
 class Denials:
@@ -220,12 +222,18 @@ class PodWatch:
                 async with asyncio.timeout(max(0.0, deadline - loop.time())):
                     await event.wait()
             except TimeoutError:
-                return await self.get(name)
+                # Read it, not the cache: the watch may be failing (a Role without list).
+                fresh = await read_pod(self._api, self.namespace, name)
+                if fresh is None:
+                    return None
+                self._store(fresh)
+                return self._pods.get(name, fresh)
 
     # -- the watch -----------------------------------------------------------------------------
 
     async def _follow(self) -> None:
         backoff = Backoff()
+        denials = Denials()
         version = ""
         while True:
             try:
@@ -236,6 +244,7 @@ class PodWatch:
                     self.namespace, self._selector, version, WATCH_SECONDS
                 ):
                     backoff.reset()
+                    denials.clear()
                     version = version_of(obj) or version
                     if kind == "DELETED":
                         self._delete(str((obj.get("metadata") or {}).get("name", "")))
@@ -245,10 +254,17 @@ class PodWatch:
                 if exc.status == 410:
                     version = ""  # too old: list again, at once
                     continue
-                level = logging.INFO if temporary(exc) else logging.WARNING
-                log.log(level, "watching the agent pods in %s: %s", self.namespace, exc)
-                await backoff.sleep()
-            except RETRYABLE as exc:
+                if temporary(exc) or denials.excused(exc):
+                    log.info("watching the agent pods in %s: %s", self.namespace, exc)
+                    await backoff.sleep()
+                else:
+                    log.warning(
+                        "cannot list and watch the agent pods in %s (%s): runs see their pods' "
+                        "states late; give the control plane's ServiceAccount list and watch "
+                        "on pods there (deploy/k8s/base/rbac.yaml)", self.namespace, exc,
+                    )  # fmt: skip
+                    await asyncio.sleep(REFUSED_PAUSE_SECONDS)
+            except (*RETRYABLE, ValueError) as exc:  # ValueError: a torn or garbled event
                 log.info("the watch of the agent pods in %s broke: %r", self.namespace, exc)
                 await backoff.sleep()
 
