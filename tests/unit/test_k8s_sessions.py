@@ -144,6 +144,19 @@ async def test_a_pod_gone_before_the_end_keeps_the_session_of_an_earlier_end(
     assert "AGENTFARM_K8S_RESUME_WAIT_SECONDS is 0" in str(await keeper.refusal("r2"))
 
 
+async def test_a_pod_with_no_session_files_says_nothing_and_keeps_an_earlier_one(
+    tmp_path: Path,
+) -> None:
+    keeper = sessions.Keeper(tmp_path)
+    empty = bundle_of([])
+    notices = await handle(SessionPod(list(FIRST), empty), keeper).finalize()
+    assert notices == ["pushed 2 commit(s) to agentfarm/r1 (last: b x)"]  # no word of it
+    assert "held no session files" in str(await keeper.refusal("r1"))
+    await handle(SessionPod(list(FIRST)), keeper).finalize()
+    await handle(SessionPod(list(FIRST), empty), keeper).finalize()
+    assert await keeper.refusal("r1") is None
+
+
 async def test_the_branch_stays_known_as_pushed_across_ends(tmp_path: Path) -> None:
     keeper = sessions.Keeper(tmp_path)
     await handle(SessionPod(list(FIRST)), keeper).finalize()

@@ -360,12 +360,12 @@ class KubernetesHandle:
             if keeper is not None:
                 await keeper.missed(self.run_id, sessions.why_missed(pod, self._state.waits))
             return []
-        kept = [await keeper.carry_out(self._api, ns, name, self.run_id)] if keeper else []
+        kept = await keeper.carry_out(self._api, ns, name, self.run_id) if keeper else None
         try:
             await self.control({"op": "finish"})
         except errors.BackendError as exc:  # the pod is going away, or its agent still runs
             log.info("run %s: finish: %s", self.run_id, exc)
-            return kept
+            return [kept] if kept else []
         loop = asyncio.get_running_loop()
         deadline = loop.time() + FINISH_SECONDS
         while await self._wait_exit() is None and loop.time() < deadline:
@@ -386,7 +386,7 @@ class KubernetesHandle:
             notices.append(f"reading the pod's last words (where its branch went) failed: {exc}")
         if keeper is not None:
             await keeper.note_branch(self.run_id, self.branch_outcome)
-        return kept + notices
+        return [kept, *notices] if kept else notices
 
     async def discard_output(self) -> None:
         """Nothing to do: the output is the pod's log, which goes with the pod."""

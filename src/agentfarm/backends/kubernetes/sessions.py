@@ -127,8 +127,11 @@ class Keeper:
         return self.runs_dir / run_id / name
 
     # --- at the run's end ------------------------------------------------------------------
-    async def carry_out(self, api: k8s_api.Api, namespace: str, pod: str, run_id: str) -> str:
-        """Carry the session out of the waiting ``pod`` and keep it; a notice saying so."""
+    async def carry_out(
+        self, api: k8s_api.Api, namespace: str, pod: str, run_id: str
+    ) -> str | None:
+        """Carry the session out of the waiting ``pod`` and keep it; a notice saying so (None:
+        the agent left no session there, an agent without one or a pod where it never ran)."""
         try:
             out, failure = await api.exec_pod(
                 namespace, pod, manifests.AGENT_CONTAINER, OUT_ARGV, b"",
@@ -141,6 +144,9 @@ class Keeper:
             reason = f"the agent's session could not be carried out of its pod: {exc}"
             await self._write_note(run_id, {"ok": False, "reason": reason})
             return f"{reason}; the run cannot be continued ({CONTINUE_HINT})"
+        if not bundle.files:
+            await self.missed(run_id, "its pod held no session files of the agent")
+            return None
         await asyncio.to_thread(self._keep, run_id, bundle)
         return (
             f"kept the agent's session ({len(bundle.files)} file(s), "
