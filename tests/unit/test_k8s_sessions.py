@@ -104,6 +104,7 @@ async def test_the_session_is_carried_out_before_the_pod_finishes(tmp_path: Path
     assert api.requests == [{"op": "finish"}]
     assert notices[0] == "kept the agent's session (1 file(s), 3 KiB) to continue the run later"
     assert (tmp_path / "r1" / sessions.BUNDLE).read_bytes() == GOOD
+    assert (tmp_path / "r1" / sessions.BUNDLE).stat().st_mode & 0o777 == 0o600
     assert await keeper.refusal("r1") is None
     bundle, note = await keeper.load("r1")
     assert bundle.files == ((NAME, len(TRANSCRIPT)),)

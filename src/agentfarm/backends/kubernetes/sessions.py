@@ -154,9 +154,7 @@ class Keeper:
         )
 
     def _keep(self, run_id: str, bundle: Bundle) -> None:
-        path = self._path(run_id, BUNDLE)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _replace(path, bundle.to_bytes())
+        _replace(self._path(run_id, BUNDLE), bundle.to_bytes())
         earlier = self._read_note(run_id)
         note = {
             "ok": True,
@@ -232,18 +230,18 @@ class Keeper:
         return note if isinstance(note, dict) else {}
 
     async def _write_note(self, run_id: str, note: dict[str, Any]) -> None:
-        def write() -> None:
-            path = self._path(run_id, NOTE)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            _replace(path, json.dumps(note).encode())
-
-        await asyncio.to_thread(write)
+        await asyncio.to_thread(_replace, self._path(run_id, NOTE), json.dumps(note).encode())
 
 
 def _replace(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` whole or not at all (a crash leaves the old file)."""
+    """Write ``data`` to ``path`` whole or not at all (a crash leaves the old file), readable
+    by the server's user only: a transcript holds whatever the agent read."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp")
-    with open(temporary, "wb") as fh:
+    with contextlib.suppress(FileNotFoundError):
+        temporary.unlink()
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as fh:
         fh.write(data)
         fh.flush()
         os.fsync(fh.fileno())
