@@ -109,3 +109,17 @@ def test_a_planted_link_on_the_way_is_refused(tmp_path: Path) -> None:
     )
     assert reply["ok"] is False and "not a directory" in reply["error"]
     assert list(elsewhere.iterdir()) == []
+
+
+def test_a_session_over_the_limit_is_an_error_line_not_a_bundle(tmp_path: Path) -> None:
+    big = tmp_path / ".claude" / PROJECT / f"{SESSION}.jsonl"
+    big.parent.mkdir(parents=True)
+    with big.open("wb") as fh:  # sparse: quick to write and to read
+        fh.truncate(sessions.LIMIT + 1)
+    raw = entrypoint(tmp_path, "session-out")
+    assert json.loads(raw) == {
+        "error": "the agent's session files are over 64 MiB or 4096 files, the most carried "
+        "out of a pod"
+    }
+    with pytest.raises(ValueError, match="over 64 MiB or 4096 files"):
+        sessions.parse(raw)
