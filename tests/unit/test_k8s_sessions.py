@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import zlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from agentfarm.backends.kubernetes import continued, sessions
 from agentfarm.backends.kubernetes import handle as k8s_handle
 from agentfarm.domain import errors, launch, models
 from tests.unit.conftest import make_settings
-from tests.unit.test_k8s_resume import DONE, FIRST, RUNNING, WaitingPod
+from tests.unit.test_k8s_resume import DONE, FIRST, RUNNING, WaitingPod, notice
 
 SESSION = "0b7c5a9e-6f7d-4c1e-9a55-2f0e8d7c6b5a"
 NAME = f"{sessions.PROJECT}/{SESSION}.jsonl"
@@ -179,7 +180,8 @@ class Cluster:
         self.calls: list[str] = []
         self.restored = b""
         self.put_back = put_back or {"ok": True, "files": 1}
-        self.idle_running = 1  # resume answers "still running" this many times
+        self.idle_reads = 1  # log reads before the entrypoint says its idle process exited
+        self.new_pod = RUNNING
 
     async def create_secret(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
         self.calls.append("create secret")
@@ -190,7 +192,7 @@ class Cluster:
         self.calls.append("create pod")
         assert body["metadata"]["name"] not in self.pods, "the earlier pod is still there"
         self.created.append(body)
-        self.pods[body["metadata"]["name"]] = RUNNING
+        self.pods[body["metadata"]["name"]] = self.new_pod
         return {"metadata": {"name": body["metadata"]["name"], "uid": "u2"}}
 
     async def patch_secret(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
@@ -204,6 +206,15 @@ class Cluster:
 
     async def list_pods(self, namespace: str, selector: str) -> dict[str, Any]:
         return {"items": []}
+
+    async def pod_log(
+        self, namespace: str, name: str, container: str, *, follow: bool
+    ) -> AsyncIterator[bytes]:
+        self.calls.append("log")
+        if self.idle_reads:
+            self.idle_reads -= 1
+            return
+        yield notice(1, 'agentfarm.exited {"code": 0}')
 
     async def delete_pod(self, namespace: str, name: str, grace_seconds: int) -> None:
         self.calls.append(f"delete pod (grace {grace_seconds})")
@@ -223,9 +234,6 @@ class Cluster:
             return json.dumps(self.put_back).encode() + b"\n", None
         request = json.loads(stdin)
         self.calls.append(request["op"])
-        if self.idle_running:
-            self.idle_running -= 1
-            return b'{"ok": false, "error": "cannot resume: the agent is still running"}\n', None
         return b'{"ok": true, "seq": 1}\n', None
 
 
@@ -275,7 +283,8 @@ async def test_a_continue_resumes_the_session_in_a_new_pod_on_the_pushed_branch(
     assert api.calls == [
         "delete pod (grace 0)", "delete secret",  # the earlier pod's leftovers go first
         "create secret", "create pod", "patch secret",
-        "session-in", "resume", "resume", "patch secret",
+        "log", "log",  # the session goes in once the idle first process has exited
+        "session-in", "resume", "patch secret",
     ]  # fmt: skip
     (pod,) = api.created
     clone = env_of(pod, "clone")
@@ -319,6 +328,23 @@ async def test_a_session_the_new_pod_refuses_ends_the_attempt_and_keeps_the_sess
         await b.continue_ended(run, spec)
     assert api.pods == {} and api.secrets == {}  # the new pod went again
     assert await b.continue_refusal(run) is None  # and the session is still there
+
+
+async def test_a_new_pod_whose_clone_fails_says_so_and_goes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(continued, "POLL_SECONDS", 0.01)
+    api = Cluster()
+    clone = {"name": "clone", "state": {"terminated": {"exitCode": 128, "message": "gone"}}}
+    api.new_pod = {"status": {"phase": "Failed", "initContainerStatuses": [clone]}}
+    b = backend_on(api, tmp_path)
+    run, spec = run_and_spec()
+    await keep(b, pushed=True)
+    with pytest.raises(errors.LaunchError, match="before the agent could resume its session: "
+                       "cloning the repository failed: gone"):  # fmt: skip
+        await b.continue_ended(run, spec)
+    assert api.pods == {} and api.secrets == {}
+    assert "session-in" not in api.calls
 
 
 async def test_no_kept_session_or_no_wait_is_a_409_that_says_why(tmp_path: Path) -> None:

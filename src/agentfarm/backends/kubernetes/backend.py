@@ -226,9 +226,9 @@ class KubernetesBackend:
         idle = dataclasses.replace(spec.command, argv=continued.IDLE_ARGV, runner=(), stdin=b"")
         _, info = await self._create(pod_run, dataclasses.replace(spec, command=idle), cfg)
         try:
-            await continued.wait_running(api, cfg.namespace, name)
+            await continued.wait_idle(api, cfg.namespace, name)
             files = await continued.put_back(api, cfg.namespace, name, bundle)
-            resumed, _ = await self._resume_when_idle(run, spec)
+            resumed, _ = await self.resume(run, spec)
         except BaseException:
             # Nothing ran: the run's end finds no pod and keeps the session it had.
             await _quietly(api.delete_pod(cfg.namespace, name, grace_seconds=0))
@@ -247,19 +247,6 @@ class KubernetesBackend:
                 f"{note['push_error']}"
             )
         return resumed, info
-
-    async def _resume_when_idle(
-        self, run: models.Run, spec: LaunchSpec
-    ) -> tuple[handle.KubernetesHandle, LaunchInfo]:
-        """``resume`` once the new pod's idle first process has exited (at once, usually)."""
-        for _ in range(40):
-            try:
-                return await self.resume(run, spec)
-            except errors.BackendError as exc:
-                if "still running" not in str(exc):
-                    raise
-            await asyncio.sleep(continued.POLL_SECONDS)
-        return await self.resume(run, spec)
 
     async def diff(self, run: models.Run, *, limit: int) -> diffs.RunDiff:
         raise errors.ConflictError(

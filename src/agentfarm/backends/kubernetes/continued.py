@@ -4,8 +4,8 @@ run, put the agent's kept session back into its HOME.
 
 The new pod starts an idle first process (:data:`IDLE_ARGV`, which exits at once) so that its
 entrypoint waits for ``resume`` as between a parked run's processes (AGENTFARM_RESUME_WAIT):
-the session goes in meanwhile (``entrypoint.py session-in``), and the agent then starts by the
-same ``resume`` a parked run takes, continuing its session.
+once it said so, the session goes in (``entrypoint.py session-in``), and the agent then starts
+by the same ``resume`` a parked run takes, continuing its session.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import asyncio
 import json
 
 from agentfarm.backends.kubernetes import api as k8s_api
-from agentfarm.backends.kubernetes import manifests, sessions, status
+from agentfarm.backends.kubernetes import lines, manifests, sessions, status
 from agentfarm.domain import errors
 
 #: The continued pod's first process: nothing (the entrypoint then waits for ``resume``).
@@ -40,16 +40,18 @@ async def clear(api: k8s_api.Api, namespace: str, name: str) -> None:
         await asyncio.sleep(POLL_SECONDS)
 
 
-async def wait_running(api: k8s_api.Api, namespace: str, name: str) -> None:
-    """Until the new pod's agent container runs; LaunchError when the pod ends first (its
-    clone failed, say) or takes longer than START_SECONDS."""
+async def wait_idle(api: k8s_api.Api, namespace: str, name: str) -> None:
+    """Until the new pod's entrypoint waits for ``resume``: its idle first process has exited
+    and it said so (``agentfarm.exited``), after killing what that process left, which would
+    also kill a ``session-in`` exec'd before. LaunchError when the pod ends first (its clone
+    failed, say) or takes longer than START_SECONDS."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + START_SECONDS
     while True:
         pod = await api.get_pod(namespace, name)
         if pod is None:
             raise errors.LaunchError(f"the run's new pod {namespace}/{name} was deleted")
-        if status.agent_running(pod):
+        if status.agent_running(pod) and await _said_exited(api, namespace, name):
             return
         view = status.describe(pod)
         if view.exit is not None:
@@ -58,12 +60,24 @@ async def wait_running(api: k8s_api.Api, namespace: str, name: str) -> None:
                 f"its session: {view.exit.error or 'exit code ' + str(view.exit.exit_code)}"
             )
         if loop.time() > deadline:
-            where = view.notice or "not running"
+            where = view.notice or "its entrypoint not waiting"
             raise errors.LaunchError(
-                f"the run's new pod {namespace}/{name} did not start within "
+                f"the run's new pod {namespace}/{name} was not ready within "
                 f"{START_SECONDS:g} s ({where})"
             )
         await asyncio.sleep(POLL_SECONDS)
+
+
+async def _said_exited(api: k8s_api.Api, namespace: str, name: str) -> bool:
+    stream = api.pod_log(namespace, name, manifests.AGENT_CONTAINER, follow=False)
+    try:
+        async for line in stream:
+            _, kind, data = lines.parse_line(line)
+            if kind == "notice" and data.startswith(lines.EXITED_NOTICE):
+                return True
+    finally:
+        await stream.aclose()
+    return False
 
 
 async def put_back(api: k8s_api.Api, namespace: str, name: str, bundle: sessions.Bundle) -> int:
