@@ -15,6 +15,7 @@ import aiohttp
 import pytest
 
 from agentfarm.backends.base import Record
+from agentfarm.backends.kubernetes import follow as k8s_follow
 from agentfarm.backends.kubernetes import handle as k8s_handle
 
 POD = {
@@ -111,7 +112,7 @@ async def test_a_follow_that_goes_quiet_is_reopened_from_shortly_before_the_last
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # The kubelet rotated the file under a running follow, which then brings nothing more.
-    monkeypatch.setattr(k8s_handle, "QUIET_REOPEN_SECONDS", 0.05)
+    monkeypatch.setattr(k8s_follow, "QUIET_REOPEN_SECONDS", 0.05)
     old = [line(n) for n in range(1, 4)]
     new = [line(n) for n in range(4, 7)]
     api = RotatingLog([(old, "stalled"), (new, "end")])

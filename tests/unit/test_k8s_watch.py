@@ -18,6 +18,7 @@ import pytest
 
 from agentfarm.backends.base import Record
 from agentfarm.backends.kubernetes import api as k8s_api
+from agentfarm.backends.kubernetes import follow as k8s_follow
 from agentfarm.backends.kubernetes import handle as k8s_handle
 from agentfarm.backends.kubernetes import slots as k8s_slots
 from agentfarm.backends.kubernetes import watch as k8s_watch
@@ -199,8 +200,8 @@ async def test_a_busy_stream_gives_its_slot_to_a_waiting_run(
 async def test_a_quiet_stream_is_reopened_less_and_less_often(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(k8s_handle, "QUIET_REOPEN_SECONDS", 0.01)
-    monkeypatch.setattr(k8s_handle, "QUIET_MAX_SECONDS", 0.04)
+    monkeypatch.setattr(k8s_follow, "QUIET_REOPEN_SECONDS", 0.01)
+    monkeypatch.setattr(k8s_follow, "QUIET_MAX_SECONDS", 0.04)
     waits: list[float] = []
     original = k8s_handle.KubernetesHandle._log
 

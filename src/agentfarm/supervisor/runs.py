@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -38,6 +39,7 @@ from agentfarm.supervisor import (
     parking,
     queue,
     resuming,
+    storage,
     watchdog,
     webpush,
 )
@@ -261,9 +263,14 @@ class Supervisor(resuming.Resuming):
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            log.exception("run %s: %s", run.id, what)
-            with contextlib.suppress(Exception):
-                await self._finish_without_agent(run, status, f"{what}: {exc}")
+            if isinstance(exc, errors.StorageFullError):
+                # The agent cannot be recorded: it stops, and its end is stored.
+                end = functools.partial(self._finish_without_agent, run, status, str(exc))
+                await storage.stop_and_end(run.id, self._handles.get(run.id), self.store, end)
+            else:
+                log.exception("run %s: %s", run.id, what)
+                with contextlib.suppress(Exception):
+                    await self._finish_without_agent(run, status, f"{what}: {exc}")
         finally:
             self._handles.pop(run.id, None)
             self._commands.pop(run.id, None)

@@ -33,8 +33,9 @@ import aiohttp
 
 from agentfarm.backends.base import BranchOutcome, ExitInfo, Record, RecordKind
 from agentfarm.backends.kubernetes import api as k8s_api
+from agentfarm.backends.kubernetes import follow as k8s_follow
 from agentfarm.backends.kubernetes import lines as k8s_lines
-from agentfarm.backends.kubernetes import manifests, status
+from agentfarm.backends.kubernetes import manifests, sessions, status
 from agentfarm.backends.kubernetes import slots as k8s_slots
 from agentfarm.backends.kubernetes import watch as k8s_watch
 from agentfarm.backends.kubernetes.lines import BRANCH_NOTICE as BRANCH_NOTICE
@@ -57,31 +58,9 @@ RETRYABLE = (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError)
 #: started or has ended (400), the pod went (404, the exit says it), the API server or the
 #: kubelet is busy or restarting.
 LOG_RETRY_STATUS = frozenset({400, 404, *k8s_watch.TEMPORARY_STATUS})
-#: A followed log that brings nothing for this long is reopened. The kubelet rotates a
-#: container's log (checking every 10 s); a follow that began before the rotation may keep
-#: reading the old file (Kubernetes 1.20 does), and what is in neither is lost. A rotation
-#: needs lines: while reopened streams bring none, the pause doubles up to QUIET_MAX_SECONDS.
-QUIET_REOPEN_SECONDS = 5.0
-QUIET_MAX_SECONDS = 60.0
 #: A reopened follow starts this long before the last line read (the kubelet's since-time
 #: counts on the node's clock; the skip by sequence number drops what was read before).
 SINCE_MARGIN_SECONDS = 30
-
-
-class _Quiet(Exception):
-    """A followed log brought nothing for a while, or gives its slot up (``shared``)."""
-
-    def __init__(self, *, shared: bool = False) -> None:
-        super().__init__("shared" if shared else "quiet")
-        self.shared = shared
-
-
-class _QuietTimer:
-    """How long a followed log may bring nothing before it is reopened: QUIET_REOPEN_SECONDS
-    after a new line, doubling while reopened streams bring none."""
-
-    def __init__(self) -> None:
-        self.seconds = QUIET_REOPEN_SECONDS
 
 
 @dataclass
@@ -106,6 +85,7 @@ class KubernetesHandle:
         delete_pod_now: bool = False,
         pods: k8s_watch.PodSource | None = None,
         log_slots: k8s_slots.LogSlots | None = None,
+        keeper: sessions.Keeper | None = None,
     ) -> None:
         self.run_id = run_id
         self._api = api
@@ -113,6 +93,8 @@ class KubernetesHandle:
         self._pods = pods or k8s_watch.DirectPods(api, state.namespace)
         self._slots = log_slots or k8s_slots.LogSlots(k8s_slots.UNLIMITED)
         self._delete_pod_now = delete_pod_now
+        #: Carries the agent's session out of the pod at the run's end (a later continue).
+        self._keeper = keeper
         #: The entrypoint pushes the branch and says where it ended up in a notice.
         self.branch_outcome: BranchOutcome | None = None
 
@@ -157,11 +139,11 @@ class KubernetesHandle:
         loop = asyncio.get_running_loop()
         last_line_at: float | None = None
         since: int | None = None
-        quiet = _QuietTimer()
+        quiet = k8s_follow.QuietTimer()
         backoff = k8s_watch.Backoff(first=0.5, cap=10.0)
         denials = k8s_watch.Denials()
         while True:
-            went_quiet: _Quiet | None = None
+            went_quiet: k8s_follow.Quiet | None = None
             broken = False
             read_any = progressed = False
             try:
@@ -192,7 +174,7 @@ class KubernetesHandle:
                             continue
                         last_kind = kind
                         progressed = True
-                        quiet.seconds = QUIET_REOPEN_SECONDS
+                        quiet.news()
                         lost = range(max(cursor.line, after >> 8) + 1, seq)
                         if lost:
                             cursor.advance(seq - 1)
@@ -211,7 +193,7 @@ class KubernetesHandle:
                             return
                         if at > after:
                             yield Record(at, kind, data)
-            except _Quiet as exc:
+            except k8s_follow.Quiet as exc:
                 went_quiet = exc
             except k8s_api.ApiError as exc:
                 if exc.status not in LOG_RETRY_STATUS and not denials.excused(exc):
@@ -230,9 +212,9 @@ class KubernetesHandle:
                 since = math.ceil(loop.time() - last_line_at) + SINCE_MARGIN_SECONDS
             if went_quiet is not None:
                 if not went_quiet.shared and not progressed:
-                    quiet.seconds = min(QUIET_MAX_SECONDS, quiet.seconds * 2)
+                    quiet.nothing_new()
                 continue
-            quiet.seconds = QUIET_REOPEN_SECONDS
+            quiet.news()
             # A log that ended (not broke) means the container is ending: give the kubelet a
             # moment to say how. A broken one may belong to a running agent: look, go on.
             exit_info = await self._wait_exit(0.0 if broken else EXIT_REPORT_SECONDS)
@@ -245,38 +227,13 @@ class KubernetesHandle:
             if follow or broken:
                 await backoff.sleep()
 
-    async def _log(
-        self, follow: bool, since: int | None, quiet: _QuietTimer
+    def _log(
+        self, follow: bool, since: int | None, quiet: k8s_follow.QuietTimer
     ) -> AsyncGenerator[bytes, None]:
-        """The agent's log lines. A followed stream holds one of the backend's log slots; one
-        that brings nothing for ``quiet.seconds`` ends with :class:`_Quiet` (the kubelet
-        may be following a file it has rotated away, and only a new stream reads the new
-        file), and so does one that has had its slot SHARE_SECONDS while other runs wait."""
-        ns, name = self._state.namespace, self._state.name
-        async with self._slots.slot() if follow else contextlib.nullcontext():
-            loop = asyncio.get_running_loop()
-            opened = loop.time()
-            stream = self._api.pod_log(
-                ns, name, manifests.AGENT_CONTAINER, follow=follow, since_seconds=since
-            )
-            try:
-                while True:
-                    if (
-                        follow
-                        and self._slots.contended
-                        and loop.time() - opened >= k8s_slots.SHARE_SECONDS
-                    ):
-                        raise _Quiet(shared=True)
-                    try:
-                        async with asyncio.timeout(quiet.seconds if follow else None):
-                            line = await anext(stream)
-                    except StopAsyncIteration:
-                        return
-                    except TimeoutError:
-                        raise _Quiet from None
-                    yield line
-            finally:
-                await stream.aclose()
+        ns, name, log_slots = self._state.namespace, self._state.name, self._slots
+        return k8s_follow.lines(
+            self._api, ns, name, log_slots, follow=follow, since=since, quiet=quiet
+        )
 
     @property
     def stopping(self) -> bool:
@@ -368,21 +325,25 @@ class KubernetesHandle:
         """A pod that waits after its agent exited (a run that could have been resumed in
         it) is told to finish: it pushes the branch and exits. Its notices from then on
         (where the branch went among them) are read here."""
-        pod = await self._api.get_pod(self._state.namespace, self._state.name)
+        ns, name, keeper = self._state.namespace, self._state.name, self._keeper
+        pod = await self._api.get_pod(ns, name)
         if pod is None or not status.agent_running(pod) or not self._state.waits:
+            if keeper is not None:
+                await keeper.missed(self.run_id, sessions.why_missed(pod, self._state.waits))
             return []
+        kept = await keeper.carry_out(self._api, ns, name, self.run_id) if keeper else None
         try:
             await self.control({"op": "finish"})
         except errors.BackendError as exc:  # the pod is going away, or its agent still runs
             log.info("run %s: finish: %s", self.run_id, exc)
-            return []
+            return [kept] if kept else []
         loop = asyncio.get_running_loop()
         deadline = loop.time() + FINISH_SECONDS
         while await self._wait_exit() is None and loop.time() < deadline:
             pass
         notices: list[str] = []
         try:
-            async for line in self._log(False, None, _QuietTimer()):
+            async for line in self._log(False, None, k8s_follow.QuietTimer()):
                 _, kind, data = parse_line(line)
                 if kind != "notice":
                     continue
@@ -394,7 +355,9 @@ class KubernetesHandle:
                     notices.append(data.decode("utf-8", "replace"))
         except (k8s_api.ApiError, *RETRYABLE) as exc:
             notices.append(f"reading the pod's last words (where its branch went) failed: {exc}")
-        return notices
+        if keeper is not None:
+            await keeper.note_branch(self.run_id, self.branch_outcome)
+        return [kept, *notices] if kept else notices
 
     async def discard_output(self) -> None:
         """Nothing to do: the output is the pod's log, which goes with the pod."""
