@@ -23,6 +23,10 @@ from agentfarm.backends.kubernetes import slots as k8s_slots
 #: needs lines: while reopened reads bring none, the pause doubles up to QUIET_MAX_SECONDS.
 QUIET_REOPEN_SECONDS = 5.0
 QUIET_MAX_SECONDS = 60.0
+#: The wait for a read's first line includes opening it (API server, kubelet): a loaded
+#: machine may take seconds, and a read given up while it connects can leave its socket behind.
+#: A reopened read starts before the last line seen, so its first line comes at once anyway.
+FIRST_LINE_SECONDS = 30.0
 
 
 class Quiet(Exception):
@@ -64,6 +68,7 @@ async def lines(
         stream = api.pod_log(
             namespace, name, manifests.AGENT_CONTAINER, follow=follow, since_seconds=since
         )
+        first = True
         try:
             while True:
                 if (
@@ -72,13 +77,15 @@ async def lines(
                     and loop.time() - opened >= k8s_slots.SHARE_SECONDS
                 ):
                     raise Quiet(shared=True)
+                wait = max(quiet.seconds, FIRST_LINE_SECONDS) if first else quiet.seconds
                 try:
-                    async with asyncio.timeout(quiet.seconds if follow else None):
+                    async with asyncio.timeout(wait if follow else None):
                         line = await anext(stream)
                 except StopAsyncIteration:
                     return
                 except TimeoutError:
                     raise Quiet from None
+                first = False
                 yield line
         finally:
             await stream.aclose()
