@@ -230,7 +230,10 @@ class QuietLog:
         self.reads = 0
 
     async def get_pod(self, namespace: str, name: str) -> dict[str, Any]:
-        return POD
+        if self.reads > self.quiet_reads + 1:
+            return POD
+        agent = {"name": "agent", "state": {"running": {}}}
+        return POD | {"status": {"phase": "Running", "containerStatuses": [agent]}}
 
     async def pod_log(
         self, namespace: str, name: str, container: str, *, follow: bool,

@@ -210,10 +210,13 @@ class KubernetesHandle:
             since = None
             if last_line_at is not None:
                 since = math.ceil(loop.time() - last_line_at) + SINCE_MARGIN_SECONDS
-            if went_quiet is not None:
+            # A quiet follow is reopened, unless its container has ended meanwhile (its
+            # follow should have ended too): then it is read once more, as a broken one.
+            if went_quiet is not None and (went_quiet.shared or await self._wait_exit(0.0) is None):
                 if not went_quiet.shared and not progressed:
                     quiet.nothing_new()
                 continue
+            broken = broken or went_quiet is not None
             quiet.news()
             # A log that ended (not broke) means the container is ending: give the kubelet a
             # moment to say how. A broken one may belong to a running agent: look, go on.
