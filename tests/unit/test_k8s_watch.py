@@ -55,9 +55,12 @@ class WatchApi:
         return next((p for p in self.pods if p["metadata"]["name"] == name), None)
 
     async def watch_pods(
-        self, namespace: str, label_selector: str, resource_version: str, server_timeout: int
-    ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        self, namespace: str, label_selector: str, resource_version: str, server_timeout: int,
+        opened: Any = None,
+    ) -> AsyncIterator[tuple[str, dict[str, Any]]]:  # fmt: skip
         self.watched_from.append(resource_version)
+        if opened is not None:
+            opened()
         if self.gate is not None:
             await self.gate.wait()
         if not self.scripts:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -172,12 +172,18 @@ class Api:
                 yield kind, obj
 
     async def watch_pods(
-        self, namespace: str, label_selector: str, resource_version: str, server_timeout: int
+        self,
+        namespace: str,
+        label_selector: str,
+        resource_version: str,
+        server_timeout: int,
+        opened: Callable[[], None] | None = None,
     ) -> AsyncIterator[tuple[str, Json]]:
         """(type, object) events for the pods matching ``label_selector`` after
         ``resource_version``, BOOKMARK events included (they carry only a newer version). The
         server ends the stream after ``server_timeout`` seconds; an ERROR event raises
-        :class:`ApiError` (410: the version is too old, list again)."""
+        :class:`ApiError` (410: the version is too old, list again). ``opened()`` is called
+        once the server has answered (the connection is made)."""
         response: Any = await self.core.list_namespaced_pod(
             namespace,
             label_selector=label_selector,
@@ -187,6 +193,8 @@ class Api:
             allow_watch_bookmarks=True,
             _preload_content=False,
         )
+        if opened is not None:
+            opened()
         async with response:
             if response.status >= 400:
                 raise _error(response.status, await response.read())

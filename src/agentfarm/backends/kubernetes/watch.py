@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import random
 from typing import Protocol
@@ -39,6 +40,8 @@ RETRYABLE = (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError)
 TEMPORARY_STATUS = frozenset({429, 500, 502, 503, 504})
 #: How long the API server may stay unreachable before a single read gives up.
 OUTAGE_SECONDS = 300.0
+#: How long closing waits for a request in flight to be answered before cancelling it.
+CLOSE_WAIT_SECONDS = 2.0
 #: Names of deleted pods remembered, so a late waiter learns its pod is gone.
 GONE_KEPT = 10_000
 #: A kube-apiserver that has just started answers before its RBAC cache holds every Role and
@@ -178,6 +181,9 @@ class PodWatch:
         #: Watches opened and lists made (the benchmark and the tests read them).
         self.watches = 0
         self.lists = 0
+        #: Set while no request is waiting for its answer (see aclose).
+        self._answered = asyncio.Event()
+        self._answered.set()
 
     def start(self) -> None:
         if self._task is None:
@@ -185,6 +191,11 @@ class PodWatch:
             self._task = tasks.spawn(self._follow(), name=name, into=self._tasks)
 
     async def aclose(self) -> None:
+        # A request cancelled while its TLS connection is being made can leave its socket
+        # behind: let one in flight be answered first (a watch then stops cleanly).
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(CLOSE_WAIT_SECONDS):
+                await self._answered.wait()
         await tasks.stop(list(self._tasks))
         self._task = None
 
@@ -238,10 +249,12 @@ class PodWatch:
         while True:
             try:
                 if not version:
+                    self._answered.clear()
                     version = await self._list()
                 self.watches += 1
+                self._answered.clear()
                 async for kind, obj in self._api.watch_pods(
-                    self.namespace, self._selector, version, WATCH_SECONDS
+                    self.namespace, self._selector, version, WATCH_SECONDS, self._opened
                 ):
                     backoff.reset()
                     denials.clear()
@@ -251,6 +264,7 @@ class PodWatch:
                     elif kind in ("ADDED", "MODIFIED"):
                         self._store(obj)
             except k8s_api.ApiError as exc:
+                self._answered.set()
                 if exc.status == 410:
                     version = ""  # too old: list again, at once
                     continue
@@ -265,8 +279,12 @@ class PodWatch:
                     )  # fmt: skip
                     await asyncio.sleep(REFUSED_PAUSE_SECONDS)
             except (*RETRYABLE, ValueError) as exc:  # ValueError: a torn or garbled event
+                self._answered.set()
                 log.info("the watch of the agent pods in %s broke: %r", self.namespace, exc)
                 await backoff.sleep()
+
+    def _opened(self) -> None:
+        self._answered.set()
 
     async def _list(self) -> str:
         self.lists += 1
@@ -279,6 +297,7 @@ class PodWatch:
         for pod in pods.values():
             self._store(pod)
         self._synced = True
+        self._answered.set()
         return str((listed.get("metadata") or {}).get("resourceVersion", ""))
 
     def _store(self, pod: Json) -> None:
