@@ -60,7 +60,7 @@ class WatchApi:
     ) -> AsyncIterator[tuple[str, dict[str, Any]]]:  # fmt: skip
         self.watched_from.append(resource_version)
         if opened is not None:
-            opened()
+            opened(None)
         if self.gate is not None:
             await self.gate.wait()
         if not self.scripts:

@@ -177,13 +177,13 @@ class Api:
         label_selector: str,
         resource_version: str,
         server_timeout: int,
-        opened: Callable[[], None] | None = None,
+        opened: Callable[[Any], None] | None = None,
     ) -> AsyncIterator[tuple[str, Json]]:
         """(type, object) events for the pods matching ``label_selector`` after
         ``resource_version``, BOOKMARK events included (they carry only a newer version). The
         server ends the stream after ``server_timeout`` seconds; an ERROR event raises
-        :class:`ApiError` (410: the version is too old, list again). ``opened()`` is called
-        once the server has answered (the connection is made)."""
+        :class:`ApiError` (410: the version is too old, list again). ``opened(response)`` is
+        called once the server has answered (its connection can then be aborted)."""
         response: Any = await self.core.list_namespaced_pod(
             namespace,
             label_selector=label_selector,
@@ -194,7 +194,7 @@ class Api:
             _preload_content=False,
         )
         if opened is not None:
-            opened()
+            opened(response)
         async with response:
             if response.status >= 400:
                 raise _error(response.status, await response.read())

@@ -19,7 +19,7 @@ import collections
 import contextlib
 import logging
 import random
-from typing import Protocol
+from typing import Any, Protocol
 
 import aiohttp
 
@@ -184,6 +184,7 @@ class PodWatch:
         #: Set while no request is waiting for its answer (see aclose).
         self._answered = asyncio.Event()
         self._answered.set()
+        self._response: Any = None
 
     def start(self) -> None:
         if self._task is None:
@@ -196,6 +197,11 @@ class PodWatch:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(CLOSE_WAIT_SECONDS):
                 await self._answered.wait()
+        # Abort the open watch rather than close it: a TLS close waits for the server's
+        # answer, which a loop about to stop never reads, and the socket is left behind.
+        transport = getattr(getattr(self._response, "connection", None), "transport", None)
+        if transport is not None:
+            transport.abort()
         await tasks.stop(list(self._tasks))
         self._task = None
 
@@ -283,7 +289,8 @@ class PodWatch:
                 log.info("the watch of the agent pods in %s broke: %r", self.namespace, exc)
                 await backoff.sleep()
 
-    def _opened(self) -> None:
+    def _opened(self, response: Any) -> None:
+        self._response = response
         self._answered.set()
 
     async def _list(self) -> str:
