@@ -55,6 +55,7 @@ async def viewer(
                     return
                 now = time.time()
                 pending += data
+            pending = pending.replace(b"\r\n", b"\n")  # either line ending
             *messages, pending = pending.split(b"\n\n")
             for message in messages:
                 delays.extend(now - float(m) for m in STAMP.findall(message))
