@@ -58,7 +58,7 @@ async def parked(hub: Hub, run_id: str, followers: int = 1) -> None:
     async def go() -> None:
         while True:
             channel = hub._channels.get(run_id)
-            if channel is not None and len(channel.changed._waiters) >= followers:
+            if channel is not None and len(channel.waiters) >= followers:
                 return
             await asyncio.sleep(0.001)
 

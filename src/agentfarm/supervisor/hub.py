@@ -4,6 +4,13 @@ One ingest task per run writes events; viewers never touch the agent. Each run k
 in-memory tail bounded in bytes, so viewers that are caught up read from memory; a viewer
 further behind (a reconnect with an old Last-Event-ID, a "load older") reads the store.
 
+Each follower is a cursor (the last seq it has) into the run's shared tail: a caught-up
+follower reads only what is new, from the tail's end. Waking is cheap for many followers:
+each waits on a future of its own, and a publish resolves them all in one call scheduled once
+per loop iteration (several publishes in a row wake each follower once), with no lock to take
+in turn. A follower asks the store whether its run has ended only when it starts, when the
+channel says the run ended, and after an idle period, never once per event.
+
 A run's channel lives while its run is ingested or someone follows it: it goes once the run
 has ended (its terminal event published, or the run found finished in the store) and its last
 follower has left, so viewing old runs leaves nothing behind.
@@ -12,6 +19,7 @@ follower has left, so viewing old runs leaves nothing behind.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
@@ -37,7 +45,9 @@ def event_size(event: models.Event) -> int:
 class _Channel:
     tail: deque[tuple[models.Event, int]] = field(default_factory=deque)
     tail_bytes: int = 0
-    changed: asyncio.Condition = field(default_factory=asyncio.Condition)
+    #: Followers waiting for news, each on its own future (removed when it stops waiting).
+    waiters: set[asyncio.Future[None]] = field(default_factory=set)
+    waking: bool = False
     last_seq: int = 0
     closed: bool = False
     followers: int = 0
@@ -48,6 +58,7 @@ class Hub:
         self._store = store
         self._tail_bytes = tail_bytes
         self._channels: dict[str, _Channel] = {}
+        self._closing = False
 
     def _channel(self, run_id: str) -> _Channel:
         channel = self._channels.get(run_id)
@@ -59,22 +70,43 @@ class Hub:
         channel = self._channels.get(run_id)
         return channel.tail_bytes if channel is not None else 0
 
+    @property
+    def closing(self) -> bool:
+        """The server is shutting down: followers have been let go (their runs go on)."""
+        return self._closing
+
+    def close(self) -> None:
+        """Let every follower go now (a server shutting down): ``follow`` returns."""
+        self._closing = True
+        for channel in self._channels.values():
+            self._wake(channel)
+
     async def publish(
         self, run_id: str, events: Sequence[models.Event], *, final: bool = False
     ) -> None:
         channel = self._channel(run_id)
-        async with channel.changed:
-            for event in events:
-                if event.seq > channel.last_seq:
-                    size = event_size(event)
-                    channel.tail.append((event, size))
-                    channel.tail_bytes += size
-                    channel.last_seq = event.seq
-            while channel.tail_bytes > self._tail_bytes:
-                _, size = channel.tail.popleft()
-                channel.tail_bytes -= size
-            channel.closed = channel.closed or final
-            channel.changed.notify_all()
+        for event in events:
+            if event.seq > channel.last_seq:
+                size = event_size(event)
+                channel.tail.append((event, size))
+                channel.tail_bytes += size
+                channel.last_seq = event.seq
+        while channel.tail_bytes > self._tail_bytes:
+            _, size = channel.tail.popleft()
+            channel.tail_bytes -= size
+        channel.closed = channel.closed or final
+        if channel.waiters and not channel.waking:
+            # Once per loop iteration: publishes in a row wake each follower once.
+            channel.waking = True
+            asyncio.get_running_loop().call_soon(self._wake, channel)
+
+    @staticmethod
+    def _wake(channel: _Channel) -> None:
+        channel.waking = False
+        waiters, channel.waiters = channel.waiters, set()
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     def forget(self, run_id: str) -> None:
         """The run has ended: drop its channel now, or when its last follower leaves."""
@@ -95,19 +127,46 @@ class Hub:
         self, run_id: str, channel: _Channel, after: int, limit: int
     ) -> list[models.Event]:
         tail = channel.tail
-        if tail and tail[0][0].seq <= after + 1:
-            return [e for e, _ in tail if e.seq > after][:limit]
-        return await self._store.list_events(run_id, after=after, limit=limit)
+        if not tail or tail[0][0].seq > after + 1:
+            return await self._store.list_events(run_id, after=after, limit=limit)
+        if channel.last_seq <= after:
+            return []
+        if channel.last_seq - after <= limit:
+            # Caught up or nearly: what is new is at the tail's end, read from there.
+            news = [e for e, _ in itertools.takewhile(lambda p: p[0].seq > after, reversed(tail))]
+            news.reverse()
+            return news
+        rest = itertools.dropwhile(lambda p: p[0].seq <= after, tail)
+        return [e for e, _ in itertools.islice(rest, limit)]
+
+    async def _wait(self, channel: _Channel, after: int, idle: float | None) -> bool:
+        """Until something is published after ``after`` (True), or ``idle`` seconds pass
+        without (False)."""
+        if channel.last_seq > after or self._closing:
+            return True
+        waiter = asyncio.get_running_loop().create_future()
+        channel.waiters.add(waiter)
+        try:
+            async with asyncio.timeout(idle):
+                await waiter
+        except TimeoutError:
+            return False
+        finally:
+            channel.waiters.discard(waiter)
+        return True
 
     async def follow(
-        self, run_id: str, after: int = 0, *, batch: int = 500
+        self, run_id: str, after: int = 0, *, batch: int = 500, idle: float | None = None
     ) -> AsyncIterator[list[models.Event]]:
-        """Batches of events with seq > ``after``, live, ending after the run's terminal event."""
+        """Batches of events with seq > ``after``, live, ending after the run's terminal event
+        (or when the hub closes: see ``closing``). With ``idle``, an empty batch after that
+        many seconds without events (a heartbeat for the caller)."""
         channel = self._channel(run_id)
         channel.followers += 1
         ended = False
+        ask_store = True  # whether the run has ended without us seeing its terminal event
         try:
-            while True:
+            while not self._closing:
                 events = await self._read(run_id, channel, after, batch)
                 if events:
                     after = events[-1].seq
@@ -117,13 +176,15 @@ class Hub:
                     if ended:
                         return
                     continue
-                run = await self._store.get_run(run_id)
-                if run.status.terminal and after >= await self._store.last_seq(run_id):
-                    ended = True
-                    return
-                async with channel.changed:
-                    if channel.last_seq <= after and not channel.closed:
-                        await channel.changed.wait()
+                if ask_store or channel.closed:
+                    run = await self._store.get_run(run_id)
+                    if run.status.terminal and after >= await self._store.last_seq(run_id):
+                        ended = True
+                        return
+                    ask_store = False
+                if not await self._wait(channel, after, idle):
+                    ask_store = True
+                    yield []
         finally:
             self._leave(run_id, channel, ended=ended)
 
