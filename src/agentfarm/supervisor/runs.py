@@ -38,6 +38,7 @@ from agentfarm.supervisor import (
     parking,
     queue,
     resuming,
+    runfeed,
     watchdog,
     webpush,
 )
@@ -64,6 +65,8 @@ class Supervisor(resuming.Resuming):
         self.backends = dict(backends)
         self.adapters = dict(adapters)
         self.hub = Hub(store)
+        #: Farm-wide: each run created, changed or deleted (the dashboard follows it).
+        self.runfeed = runfeed.RunFeed()
         self.retention = Retention(store, self.backends, settings.retention_hours)
         self.notifier = notifier or notify.Notifier(
             settings, secrets, webpush.WebPush(settings, push.PushSubscriptions(store.database))
@@ -151,6 +154,7 @@ class Supervisor(resuming.Resuming):
         )
         run.branch = branch or launch.branch_name(run.id)
         await self.fleet.enqueue(run)
+        self.runfeed.changed(run)
         await self._append(run.id, [events.status_event(models.RunStatus.queued)])
         self.dispatcher.wake()
         return run
@@ -215,6 +219,7 @@ class Supervisor(resuming.Resuming):
 
     async def delete_run(self, run_id: str) -> None:
         await self.files.delete(run_id)
+        self.runfeed.deleted(run_id)
 
     async def diff(self, run_id: str, *, limit: int = diffs.PATCH_LIMIT) -> diffs.RunDiff:
         return await self.files.diff(run_id, limit=limit)
@@ -232,10 +237,12 @@ class Supervisor(resuming.Resuming):
         run_fields: Mapping[str, Any] | None = None,
         final: bool = False,
     ) -> None:
-        stored, _ = await self.store.append_events(
+        stored, run = await self.store.append_events(
             run_id, drafts, cursor=cursor, run_fields=run_fields
         )
         await self.hub.publish(run_id, stored, final=final)
+        if run is not None:
+            self.runfeed.changed(run)
         if final:
             await self.announcer.ended(run_id)
 
