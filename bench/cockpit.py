@@ -102,7 +102,17 @@ def serve(data_dir: str, port: int) -> None:
         }
     )
     app = create_app(settings, backends={"local": backend})
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", proxy_headers=False)
+    profile = os.environ.get("AGENTFARM_BENCH_PROFILE")  # where the server's profile goes
+    if not profile:
+        uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", proxy_headers=False)
+        return
+    import cProfile
+    import signal
+
+    signal.raise_signal = lambda _sig: None  # uvicorn re-raises SIGTERM at exit: dump first
+    with cProfile.Profile() as prof:
+        uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", proxy_headers=False)
+    prof.dump_stats(profile)
 
 
 async def seed(data_dir: Path, events: int, runs: int) -> str:
