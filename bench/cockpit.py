@@ -7,8 +7,9 @@ agent event carries the wall-clock time it was emitted, so a viewer's delay is i
 time minus that stamp (same machine, same clock). The SSE viewers live in processes of their
 own (``bench/sse_viewers.py``, ``--workers`` of them, each holding many connections), never in
 the server's process nor in this one; the control plane's CPU comes from /proc/<pid>/stat. One
-viewer and 200 viewers are measured in interleaved rounds (``--rounds``), medians printed
-side by side. Prints the figures only.
+viewer, one viewer per agent (every event rendered once, as with 200) and 200 viewers are
+measured in interleaved rounds (``--rounds``), medians printed side by side. Prints the
+figures only.
 
     .venv/bin/python bench/cockpit.py [--agents 20] [--viewers 200] [--seconds 15]
         [--rounds 3] [--workers 4] [--no-browser]
@@ -102,6 +103,10 @@ def serve(data_dir: str, port: int) -> None:
         }
     )
     app = create_app(settings, backends={"local": backend})
+    if "AGENTFARM_BENCH_WAKE_BATCH" in os.environ:  # to compare batching delays
+        from agentfarm.supervisor import hub
+
+        hub.WAKE_BATCH = float(os.environ["AGENTFARM_BENCH_WAKE_BATCH"])
     profile = os.environ.get("AGENTFARM_BENCH_PROFILE")  # where the server's profile goes
     if not profile:
         uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", proxy_headers=False)
@@ -184,9 +189,11 @@ async def seed(data_dir: Path, events: int, runs: int) -> str:
 
 
 # --- the client side ---------------------------------------------------------------------------
-def cpu_seconds(pid: int) -> float:
+def cpu_split(pid: int) -> tuple[float, float]:
+    """The process's user and system CPU seconds so far (/proc/<pid>/stat)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 def pct(values: list[float], q: float) -> float:
@@ -234,9 +241,10 @@ async def fan_out(
     ]
     outputs = asyncio.gather(*(p.communicate() for p in procs))
     await asyncio.sleep(max(0.0, quiet - (time.monotonic() - started)))
-    cpu0, t0, load0 = cpu_seconds(pid), time.monotonic(), load_average()
+    (user0, sys0), t0, load0 = cpu_split(pid), time.monotonic(), load_average()
     results = [json.loads(out) for out, _ in await outputs]
-    cpu = (cpu_seconds(pid) - cpu0) / (time.monotonic() - t0)
+    (user1, sys1), elapsed = cpu_split(pid), time.monotonic() - t0
+    cpu = (user1 - user0 + sys1 - sys0) / elapsed
     delays = [d for r in results for d in r["delays"]]
     errors = [e for r in results for e in r["errors"]]
     if errors:
@@ -245,6 +253,7 @@ async def fan_out(
         "p50_ms": pct(delays, 0.5) * 1000,
         "p99_ms": pct(delays, 0.99) * 1000,
         "cpu_pct": cpu * 100,
+        "sys_pct": (sys1 - sys0) / elapsed * 100,  # the kernel's share: mostly the sockets
         "events": len(delays),
         "load": max(load0, load_average()),
     }
@@ -324,21 +333,24 @@ async def main_async(args: argparse.Namespace) -> None:
             if not args.no_browser:
                 pages = await asyncio.to_thread(browser_figures, url, big, 5)
             rounds: list[dict[str, dict[str, float]]] = []
+            # 1 viewer; one viewer per agent (every event rendered once, as with 200); 200.
+            variants = list(dict.fromkeys([1, args.agents, args.viewers]))
             for i in range(args.rounds):
-                # Interleaved, the order swapped every round: both see the same machine.
-                order = [1, args.viewers] if i % 2 == 0 else [args.viewers, 1]
+                # Interleaved, the order turned every round: all see the same machine.
+                order = variants[i % len(variants) :] + variants[: i % len(variants)]
                 fig: dict[str, dict[str, float]] = {}
                 for n in order:
                     fig[str(n)] = await fan_out(
                         url, proc.pid, args.agents, n, args.seconds, min(n, args.workers)
                     )
                 rounds.append(fig)
-                one, many = fig["1"], fig[str(args.viewers)]
                 print(
-                    f"round {i + 1}: 1 viewer p50 {one['p50_ms']:.1f} p99 {one['p99_ms']:.1f} ms "
-                    f"cpu {one['cpu_pct']:.1f}%; {args.viewers} viewers p50 "
-                    f"{many['p50_ms']:.1f} p99 {many['p99_ms']:.1f} ms cpu {many['cpu_pct']:.1f}% "
-                    f"(load {max(one['load'], many['load']):.1f})",
+                    f"round {i + 1}: "
+                    + "; ".join(
+                        f"{n} viewers p50 {f['p50_ms']:.1f} p99 {f['p99_ms']:.1f} ms cpu "
+                        f"{f['cpu_pct']:.1f}% (sys {f['sys_pct']:.1f}%) load {f['load']:.1f}"
+                        for n, f in fig.items()
+                    ),
                     flush=True,
                 )
         finally:
@@ -357,22 +369,25 @@ async def main_async(args: argparse.Namespace) -> None:
         "interleaved rounds:"
     )
     med: dict[str, dict[str, float]] = {}
-    for key in ("1", str(args.viewers)):
+    for key in rounds[0]:
         med[key] = {
             k: statistics.median(r[key][k] for r in rounds)
-            for k in ("p50_ms", "p99_ms", "cpu_pct", "events", "load")
+            for k in ("p50_ms", "p99_ms", "cpu_pct", "sys_pct", "events", "load")
         }
+    for key in sorted(med, key=int):
         label = "1 viewer" if key == "1" else f"{key} viewers"
         m = med[key]
         print(
             f"  {label:>12}: p50 {m['p50_ms']:.1f} ms, p99 {m['p99_ms']:.1f} ms, "
-            f"control-plane CPU {m['cpu_pct']:.1f}% of one core ({m['events']:.0f} deliveries)"
+            f"control-plane CPU {m['cpu_pct']:.1f}% of one core (system {m['sys_pct']:.1f}%) "
+            f"({m['events']:.0f} deliveries)"
         )
-    one, many = med["1"], med[str(args.viewers)]
+    one, per_agent, many = med["1"], med[str(args.agents)], med[str(args.viewers)]
     loads = [r[k]["load"] for r in rounds for k in r]
     print(
-        f"  ratio {args.viewers} viewers / 1 viewer: CPU {many['cpu_pct'] / one['cpu_pct']:.2f}x, "
-        f"p99 {many['p99_ms'] / one['p99_ms']:.2f}x; load average {min(loads):.1f}-{max(loads):.1f}"
+        f"  CPU ratio {args.viewers} viewers / 1 viewer: {many['cpu_pct'] / one['cpu_pct']:.2f}x; "
+        f"{args.viewers} / {args.agents} viewers: {many['cpu_pct'] / per_agent['cpu_pct']:.2f}x; "
+        f"load average {min(loads):.1f}-{max(loads):.1f}"
     )
 
 

@@ -6,10 +6,10 @@ further behind (a reconnect with an old Last-Event-ID, a "load older") reads the
 
 Each follower is a cursor (the last seq it has) into the run's shared tail: a caught-up
 follower reads only what is new, from the tail's end. Waking is cheap for many followers:
-each waits on a future of its own, and a publish resolves them all in one call scheduled once
-per loop iteration (several publishes in a row wake each follower once), with no lock to take
-in turn. A follower asks the store whether its run has ended only when it starts, when the
-channel says the run ended, and after an idle period, never once per event.
+each waits on a future of its own, and publishes are batched: the channels published to
+within ``WAKE_BATCH`` are woken together, each follower once, with no lock to take in turn.
+A follower asks the store whether its run has ended only when it starts, when the channel
+says the run ended, and after an idle period, never once per event.
 
 A run's channel lives while its run is ingested or someone follows it: it goes once the run
 has ended (its terminal event published, or the run found finished in the store) and its last
@@ -33,6 +33,10 @@ TAIL_BYTES = 4 << 20
 #: What an event costs in memory besides its data's JSON: the model, its dicts, the deque
 #: entry (measured with tracemalloc: 830-1340 bytes, more for more nested data).
 EVENT_OVERHEAD = 1024
+#: Seconds a publish waits before waking followers, so that the runs' events published
+#: meanwhile go out together: each viewer's writes, and the wake-ups of the processes that read
+#: them, come in bursts instead of one by one (0: at the next loop iteration).
+WAKE_BATCH = 0.02
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str)
 
 
@@ -41,13 +45,12 @@ def event_size(event: models.Event) -> int:
     return EVENT_OVERHEAD + len(_ENCODER.encode(event.data))
 
 
-@dataclass
+@dataclass(eq=False)  # hashed by identity (the channels to wake)
 class _Channel:
     tail: deque[tuple[models.Event, int]] = field(default_factory=deque)
     tail_bytes: int = 0
     #: Followers waiting for news, each on its own future (removed when it stops waiting).
-    waiters: set[asyncio.Future[None]] = field(default_factory=set)
-    waking: bool = False
+    waiters: set[asyncio.Future[bool]] = field(default_factory=set)
     last_seq: int = 0
     closed: bool = False
     followers: int = 0
@@ -59,6 +62,13 @@ class Hub:
         self._tail_bytes = tail_bytes
         self._channels: dict[str, _Channel] = {}
         self._closing = False
+        #: Channels published to since the last wake-up, woken together (``WAKE_BATCH``).
+        self._pending: set[_Channel] = set()
+        self._waking: asyncio.TimerHandle | asyncio.Handle | None = None
+        #: Waiting followers that asked for heartbeats, with when their wait times out: one
+        #: timer for all of them (``_sweep``), not one per wait.
+        self._idle: dict[asyncio.Future[bool], float] = {}
+        self._sweeping: asyncio.TimerHandle | None = None
 
     def _channel(self, run_id: str) -> _Channel:
         channel = self._channels.get(run_id)
@@ -95,18 +105,42 @@ class Hub:
             _, size = channel.tail.popleft()
             channel.tail_bytes -= size
         channel.closed = channel.closed or final
-        if channel.waiters and not channel.waking:
-            # Once per loop iteration: publishes in a row wake each follower once.
-            channel.waking = True
-            asyncio.get_running_loop().call_soon(self._wake, channel)
+        if channel.waiters:
+            self._pending.add(channel)
+            if self._waking is None:
+                loop = asyncio.get_running_loop()
+                self._waking = (
+                    loop.call_later(WAKE_BATCH, self._wake_pending)
+                    if WAKE_BATCH > 0
+                    else loop.call_soon(self._wake_pending)
+                )
+
+    def _wake_pending(self) -> None:
+        self._waking = None
+        pending, self._pending = self._pending, set()
+        for channel in pending:
+            self._wake(channel)
 
     @staticmethod
     def _wake(channel: _Channel) -> None:
-        channel.waking = False
         waiters, channel.waiters = channel.waiters, set()
         for waiter in waiters:
             if not waiter.done():
-                waiter.set_result(None)
+                waiter.set_result(True)
+
+    def _sweep(self) -> None:
+        """Time out the idle followers whose time has come; come back for the next."""
+        loop = asyncio.get_running_loop()
+        now, left = loop.time(), []
+        self._sweeping = None
+        for waiter, deadline in self._idle.items():
+            if deadline <= now:
+                if not waiter.done():
+                    waiter.set_result(False)
+            else:
+                left.append(deadline)
+        if left:  # a little later than the first, so that the next few go together
+            self._sweeping = loop.call_at(max(min(left), now + 0.25), self._sweep)
 
     def forget(self, run_id: str) -> None:
         """The run has ended: drop its channel now, or when its last follower leaves."""
@@ -144,16 +178,20 @@ class Hub:
         without (False)."""
         if channel.last_seq > after or self._closing:
             return True
-        waiter = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[bool] = loop.create_future()
         channel.waiters.add(waiter)
+        if idle is not None:
+            deadline = self._idle[waiter] = loop.time() + idle
+            if self._sweeping is None or self._sweeping.when() > deadline:
+                if self._sweeping is not None:
+                    self._sweeping.cancel()
+                self._sweeping = loop.call_at(deadline, self._sweep)
         try:
-            async with asyncio.timeout(idle):
-                await waiter
-        except TimeoutError:
-            return False
+            return await waiter
         finally:
             channel.waiters.discard(waiter)
-        return True
+            self._idle.pop(waiter, None)
 
     async def follow(
         self, run_id: str, after: int = 0, *, batch: int = 500, idle: float | None = None

@@ -16,8 +16,10 @@ stops, see ``shutting_down``.)
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import signal
+import weakref
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 
@@ -26,6 +28,8 @@ from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from agentfarm.domain import models
+
+log = logging.getLogger(__name__)
 
 #: Encoded frames kept in memory, in bytes (about).
 CACHE_BYTES = 16 << 20
@@ -121,6 +125,12 @@ class EventStream(StreamingResponse):
         super().__init__(chunks, headers={**_HEADERS, **(headers or {})}, media_type=MEDIA_TYPE)
         self.chunks = chunks
         self.send_timeout = send_timeout
+        #: When the write under way began (loop time), None between writes: ``_Reaper``
+        #: cuts a stream whose write has waited too long (one timer for all, not one per
+        #: write).
+        self.sending_since: float | None = None
+        self.cut = False
+        self.task: asyncio.Task[object] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         start = {"type": "http.response.start", "status": 200, "headers": self.raw_headers}
@@ -129,26 +139,75 @@ class EventStream(StreamingResponse):
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             return
         # Our task ends when the viewer goes; a task listening for that cancels the stream.
-        stream = asyncio.current_task()
-        listener = asyncio.create_task(_disconnected(receive, stream))
+        loop = asyncio.get_running_loop()
+        self.task = asyncio.current_task()
+        listener = asyncio.create_task(_disconnected(receive, self.task))
+        reaper = _Reaper.of(loop)
+        reaper.streams.add(self)
         try:
             async for chunk in self.chunks:
-                async with asyncio.timeout(self.send_timeout):  # a stuck viewer is cut
-                    await send(
-                        {"type": "http.response.body", "body": chunk or b": ping\n\n",
-                         "more_body": True}
-                    )  # fmt: skip
+                self.sending_since = loop.time()
+                reaper.arm(loop, self.send_timeout)
+                await send(
+                    {
+                        "type": "http.response.body",
+                        "body": chunk or b": ping\n\n",
+                        "more_body": True,
+                    }
+                )
+                self.sending_since = None
             await send({"type": "http.response.body", "body": b"", "more_body": False})
-        except (OSError, TimeoutError):
-            return  # the viewer went, or stopped reading: its browser reconnects
+        except OSError:
+            return  # the viewer went: its browser reconnects
         except asyncio.CancelledError:
-            if listener.done() and stream is not None:
-                stream.uncancel()  # cancelled by our listener: the viewer went
+            if (listener.done() or self.cut) and self.task is not None:
+                self.task.uncancel()  # cancelled by our listener or the reaper: the viewer went
+                if self.cut:
+                    log.info(
+                        "an SSE viewer took no data for %.0f s and was cut (its browser "
+                        "reconnects and resumes from its last event)", self.send_timeout,
+                    )  # fmt: skip
                 return
             raise
         finally:
+            reaper.streams.discard(self)
             listener.cancel()
             await _close(self.chunks)
+
+
+class _Reaper:
+    """Per event loop: cuts the streams whose write has waited longer than their timeout (a
+    viewer that stopped reading), checking every half timeout while streams are open."""
+
+    _loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Reaper] = (
+        weakref.WeakKeyDictionary()
+    )
+
+    def __init__(self) -> None:
+        self.streams: set[EventStream] = set()
+        self._timer: asyncio.TimerHandle | None = None
+
+    @classmethod
+    def of(cls, loop: asyncio.AbstractEventLoop) -> _Reaper:
+        reaper = cls._loops.get(loop)
+        if reaper is None:
+            reaper = cls._loops[loop] = cls()
+        return reaper
+
+    def arm(self, loop: asyncio.AbstractEventLoop, timeout: float) -> None:
+        if self._timer is None:
+            self._timer = loop.call_later(timeout / 2, self._check, loop)
+
+    def _check(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer = None
+        now = loop.time()
+        for stream in list(self.streams):
+            since = stream.sending_since
+            if since is not None and now - since > stream.send_timeout and stream.task:
+                stream.cut = True
+                stream.task.cancel()
+        if self.streams:
+            self.arm(loop, min(s.send_timeout for s in self.streams))
 
 
 async def _disconnected(receive: Receive, stream: asyncio.Task[object] | None) -> None:
