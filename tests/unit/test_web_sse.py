@@ -20,7 +20,9 @@ async def never() -> dict[str, Any]:
 
 
 def event(seq: int, text: str = "hi", run_id: str = "0123456789ab") -> models.Event:
-    return models.Event(run_id=run_id, seq=seq, type=models.EventType.agent_text, data={"text": text})
+    return models.Event(
+        run_id=run_id, seq=seq, type=models.EventType.agent_text, data={"text": text}
+    )
 
 
 async def test_each_chunk_is_one_write_an_empty_one_a_heartbeat_and_the_end_closes() -> None:
