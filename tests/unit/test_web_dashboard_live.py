@@ -69,6 +69,14 @@ async def test_viewers_get_a_status_change_without_a_store_read(
         other = (await cp.api.post("/api/runs", json=RUN)).json()["id"]
         assert other.encode() in (await asyncio.gather(*waiting))[0]
         assert reads["list_runs"] == 1  # (its place in the queue was asked for, once)
+        # A deleted run leaves the list the same way.
+        waiting = [asyncio.create_task(anext(viewers[1]))]
+        await sup.delete_run(run_id)
+        async with asyncio.timeout(GUARD):
+            while run_id.encode() in (frame := await waiting[0]):
+                waiting = [asyncio.create_task(anext(viewers[1]))]
+        assert other.encode() in frame
+        assert reads["list_runs"] == 1
         for viewer in viewers:
             await viewer.aclose()  # type: ignore[attr-defined]
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 from agentfarm.domain import models
 from agentfarm.store import Store
+from agentfarm.supervisor import runfeed
 
 #: Bytes of events a run's tail holds (about; see ``event_size``).
 TAIL_BYTES = 4 << 20
@@ -64,6 +65,8 @@ class Hub:
         self._tail_bytes = tail_bytes
         self._channels: dict[str, _Channel] = {}
         self._closing = False
+        #: Farm-wide: each run created, changed or deleted (the dashboard's live list).
+        self.runs = runfeed.RunFeed()
         #: Channels published to since the last wake-up, woken together (``WAKE_BATCH``).
         self._pending: set[_Channel] = set()
         self._waking: asyncio.TimerHandle | asyncio.Handle | None = None
@@ -90,6 +93,7 @@ class Hub:
     def close(self) -> None:
         """Let every follower go now (a server shutting down): ``follow`` returns."""
         self._closing = True
+        self.runs.close()
         for channel in self._channels.values():
             self._wake(channel)
 

@@ -1,6 +1,6 @@
 """The farm-wide channel of run changes: every change to a run's row (status, cost, turns,
 branch, parking, warning...), every new run and every deleted one, published by the supervisor
-once the store has committed it, with the run as it now is.
+once the store has committed it, with the run as it now is. It lives on the hub (``Hub.runs``).
 
 The dashboard's live list follows it instead of polling the store: a change bumps a version,
 wakes the followers (each on a future of its own, resolved in one call per loop iteration) and
@@ -37,9 +37,10 @@ class RunFeed:
         self._closing = True
         self._wake()
 
-    def changed(self, run: models.Run) -> None:
-        """``run`` was created or changed (as the store now has it)."""
-        self._publish(run.id, run.model_copy())
+    def changed(self, run: models.Run | None) -> None:
+        """``run`` was created or changed (as the store now has it; None: nothing changed)."""
+        if run is not None:
+            self._publish(run.id, run.model_copy())
 
     def deleted(self, run_id: str) -> None:
         self._publish(run_id, None)

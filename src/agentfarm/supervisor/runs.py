@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -38,7 +39,7 @@ from agentfarm.supervisor import (
     parking,
     queue,
     resuming,
-    runfeed,
+    storage,
     watchdog,
     webpush,
 )
@@ -65,8 +66,6 @@ class Supervisor(resuming.Resuming):
         self.backends = dict(backends)
         self.adapters = dict(adapters)
         self.hub = Hub(store)
-        #: Farm-wide: each run created, changed or deleted (the dashboard follows it).
-        self.runfeed = runfeed.RunFeed()
         self.retention = Retention(store, self.backends, settings.retention_hours)
         self.notifier = notifier or notify.Notifier(
             settings, secrets, webpush.WebPush(settings, push.PushSubscriptions(store.database))
@@ -154,7 +153,7 @@ class Supervisor(resuming.Resuming):
         )
         run.branch = branch or launch.branch_name(run.id)
         await self.fleet.enqueue(run)
-        self.runfeed.changed(run)
+        self.hub.runs.changed(run)
         await self._append(run.id, [events.status_event(models.RunStatus.queued)])
         self.dispatcher.wake()
         return run
@@ -219,7 +218,6 @@ class Supervisor(resuming.Resuming):
 
     async def delete_run(self, run_id: str) -> None:
         await self.files.delete(run_id)
-        self.runfeed.deleted(run_id)
 
     async def diff(self, run_id: str, *, limit: int = diffs.PATCH_LIMIT) -> diffs.RunDiff:
         return await self.files.diff(run_id, limit=limit)
@@ -241,8 +239,7 @@ class Supervisor(resuming.Resuming):
             run_id, drafts, cursor=cursor, run_fields=run_fields
         )
         await self.hub.publish(run_id, stored, final=final)
-        if run is not None:
-            self.runfeed.changed(run)
+        self.hub.runs.changed(run)
         if final:
             await self.announcer.ended(run_id)
 
@@ -268,9 +265,14 @@ class Supervisor(resuming.Resuming):
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            log.exception("run %s: %s", run.id, what)
-            with contextlib.suppress(Exception):
-                await self._finish_without_agent(run, status, f"{what}: {exc}")
+            if isinstance(exc, errors.StorageFullError):
+                # The agent cannot be recorded: it stops, and its end is stored.
+                end = functools.partial(self._finish_without_agent, run, status, str(exc))
+                await storage.stop_and_end(run.id, self._handles.get(run.id), self.store, end)
+            else:
+                log.exception("run %s: %s", run.id, what)
+                with contextlib.suppress(Exception):
+                    await self._finish_without_agent(run, status, f"{what}: {exc}")
         finally:
             self._handles.pop(run.id, None)
             self._commands.pop(run.id, None)

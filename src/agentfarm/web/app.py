@@ -90,11 +90,7 @@ def create_app(
         await pipeline.start()
 
         # On uvicorn's stop the live streams end at once (their runs go on; browsers resume).
-        def let_go() -> None:
-            supervisor.hub.close()
-            supervisor.runfeed.close()
-
-        watcher = asyncio.create_task(sse.watch_shutdown(let_go))
+        watcher = asyncio.create_task(sse.watch_shutdown(supervisor.hub.close))
         try:
             yield
         finally:

@@ -1,9 +1,9 @@
 """The dashboard's live list, shared by all its viewers: one copy per status filter, brought up
-to date from the supervisor's farm-wide feed of run changes (``supervisor.runfeed``), rendered
-once per change and sent to every viewer of that filter. No viewer polls the store: a list is
-read from the store once, when its first viewer comes (or when the feed's log no longer
-reaches back to it, or a run left a full list), and the queue's places are asked for once per
-change while runs are queued."""
+to date from the supervisor's farm-wide feed of run changes (``supervisor.runfeed``, the hub's
+``runs``), rendered once per change and sent to every viewer of that filter. No viewer polls the
+store: a list is read from the store once, when its first viewer comes (or when the feed's log
+no longer reaches back to it, or a run left a full list), and the queue's places are asked for
+once per change while runs are queued."""
 
 from __future__ import annotations
 
@@ -75,7 +75,7 @@ class LiveRuns:
         self._lists: dict[frozenset[models.RunStatus] | None, _List] = {}
 
     async def _refresh(self, lst: _List) -> None:
-        feed, store = self._sup.runfeed, self._sup.store
+        feed, store = self._sup.hub.runs, self._sup.store
         version = feed.version
         changes = feed.since(lst.version) if lst.version >= 0 else None
         runs = _apply(lst, changes) if changes is not None else None
@@ -99,7 +99,7 @@ class LiveRuns:
         if lst is None:
             lst = self._lists[statuses] = _List(statuses)
         async with lst.lock:  # one refresh for all the viewers that woke together
-            stale = lst.version != self._sup.runfeed.version
+            stale = lst.version != self._sup.hub.runs.version
             queued = any(r.status == models.RunStatus.queued for r in lst.runs)
             recheck = idle and queued and time.monotonic() - lst.checked >= sse.HEARTBEAT
             if stale or recheck:
@@ -108,7 +108,7 @@ class LiveRuns:
 
     async def stream(self, statuses: frozenset[models.RunStatus] | None) -> AsyncIterator[bytes]:
         """A viewer's stream: the list now, then each time what it shows changes."""
-        feed, shown, idle = self._sup.runfeed, -1, False
+        feed, shown, idle = self._sup.hub.runs, -1, False
         while not feed.closing:
             version, serial, frame = await self.frame(statuses, idle=idle)
             if serial != shown:
