@@ -16,7 +16,7 @@ from agentfarm.domain import models
 from agentfarm.supervisor.runs import Supervisor
 from agentfarm.web.pages.live_runs import LiveRuns
 
-from .supervisor_kit import GUARD, has_status, slow_script
+from .supervisor_kit import GUARD, has_status, slow_script, until
 from .web_helpers import cockpit
 
 RUN = {"spec": {"repo": "/r", "prompt": "go"}}
@@ -65,11 +65,15 @@ async def test_viewers_get_a_status_change_without_a_store_read(
             assert b'data-run="' + run_id.encode() in frame
         assert reads == {"list_runs": 1, "queue_info": 0}
         # A new run appears the same way, read from the feed, not the store.
-        waiting = [asyncio.create_task(next_with(v, b"queued")) for v in viewers[:1]]
         other = (await cp.api.post("/api/runs", json=RUN)).json()["id"]
-        assert other.encode() in (await asyncio.gather(*waiting))[0]
-        assert reads["list_runs"] == 1  # (its place in the queue was asked for, once)
+        await next_with(viewers[0], other.encode())
+        assert reads["list_runs"] == 1  # (its place in the queue is asked for, not the list)
         # A deleted run leaves the list the same way.
+
+        async def let_go() -> bool:
+            return run_id not in sup.dispatcher.active
+
+        await until(let_go)  # its task has given the run back: it may be deleted
         waiting = [asyncio.create_task(anext(viewers[1]))]
         await sup.delete_run(run_id)
         async with asyncio.timeout(GUARD):
@@ -107,16 +111,17 @@ async def test_a_run_leaving_a_full_list_reads_the_next_one_from_the_store(
         lists: LiveRuns = cp.app.state.live_runs
         monkeypatch.setattr("agentfarm.web.pages.live_runs.LIMIT", 2)
         ids = []
-        for _ in range(3):
-            run = await sup.store.create_run(models.Run(spec=models.AgentSpec(repo="/r")))
-            ids.append(run.id)
-        await asyncio.sleep(0)
-        viewer = lists.stream(frozenset({models.RunStatus.queued}))
+        for _ in range(3):  # ended runs: nothing in the server touches them meanwhile
+            run = models.Run(spec=models.AgentSpec(repo="/r"), status=models.RunStatus.succeeded)
+            ids.append((await sup.store.create_run(run)).id)
+        reads = count_reads(monkeypatch, sup)
+        viewer = lists.stream(frozenset({models.RunStatus.succeeded}))
         first = await anext(viewer)
         assert ids[2].encode() in first and ids[1].encode() in first
         assert ids[0].encode() not in first
         waiting = asyncio.create_task(next_with(viewer, ids[0].encode()))
-        await sup.stop_run(ids[2])  # leaves the queued list: the oldest one comes in
+        await sup.delete_run(ids[2])  # leaves a full list: the store says who comes next
         shown = await waiting
         assert ids[2].encode() not in shown and ids[1].encode() in shown
+        assert reads["list_runs"] == 2
         await viewer.aclose()  # type: ignore[attr-defined]
