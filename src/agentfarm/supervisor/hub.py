@@ -12,7 +12,6 @@ follower has left, so viewing old runs leaves nothing behind.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -25,12 +24,12 @@ TAIL_BYTES = 4 << 20
 #: What an event costs in memory besides its data's JSON: the model, its dicts, the deque
 #: entry (measured with tracemalloc: 830-1340 bytes, more for more nested data).
 EVENT_OVERHEAD = 1024
-_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str)
 
 
 def event_size(event: models.Event) -> int:
-    """An estimate of the memory an event holds: its data as compact JSON, plus overhead."""
-    return EVENT_OVERHEAD + len(_ENCODER.encode(event.data))
+    """An estimate of the memory an event holds: its data as compact JSON (encoded once, for
+    the store), plus overhead."""
+    return EVENT_OVERHEAD + len(event.data_json())
 
 
 @dataclass

@@ -18,7 +18,7 @@ from agentfarm.store.secrets import NAME_RE, SecretStore
 from agentfarm.supervisor import spend
 from agentfarm.supervisor.queue import QueueInfo
 from agentfarm.supervisor.runs import Supervisor
-from agentfarm.web import ids
+from agentfarm.web import ids, sse_frames
 from agentfarm.web.auth import check_bearer
 
 RUN_ID = ids.RunId
@@ -341,10 +341,9 @@ async def run_events(
     return await st.list_events(run_id, after=after, limit=limit)
 
 
-async def _sse(sup: Supervisor, run_id: str, after: int) -> AsyncIterator[dict[str, Any]]:
+async def _sse(sup: Supervisor, run_id: str, after: int) -> AsyncIterator[bytes | dict[str, Any]]:
     async for batch in sup.hub.follow(run_id, after):
-        for event in batch:
-            yield {"id": str(event.seq), "data": event.model_dump_json()}
+        yield sse_frames.frames(batch)  # a batch in one chunk: one send, not one per event
     yield {"event": "end", "data": json.dumps({"run_id": run_id})}
 
 
