@@ -48,6 +48,8 @@ _RUN_JSON_FIELDS = frozenset({"spec", "usage"})
 
 
 def dump_time(value: datetime) -> str:
+    if value.tzinfo is UTC:  # most of them (every event's): no conversion to make
+        return value.isoformat(timespec="microseconds")
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
     return value.astimezone(UTC).isoformat(timespec="microseconds")
