@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agentfarm.domain import errors, events, models
-from agentfarm.web import sse_frames
+from agentfarm.web import event_wire
 
 TS = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
 
@@ -97,12 +97,12 @@ def test_data_that_is_not_json_says_so() -> None:
         models.EventDraft(type="x", data={"o": object()}).data_json()
 
 
-def test_sse_frames_carry_each_event_whole_in_one_chunk() -> None:
+def test_event_wire_carry_each_event_whole_in_one_chunk() -> None:
     batch = [
         models.Event(run_id="r", seq=seq, type="agent.text", data={"text": text}, ts=TS)
         for seq, text in ((1, "one\nline\r\nbreaks"), (2, "é ünïcode"), (3, "a\ud800b"))
     ]
-    chunk = sse_frames.frames(batch)
+    chunk = event_wire.frames(batch)
     frames = chunk.decode().split("\r\n\r\n")
     assert frames[-1] == ""
     for frame, e in zip(frames[:-1], batch, strict=True):

@@ -18,7 +18,7 @@ from agentfarm.store.secrets import NAME_RE, SecretStore
 from agentfarm.supervisor import spend
 from agentfarm.supervisor.queue import QueueInfo
 from agentfarm.supervisor.runs import Supervisor
-from agentfarm.web import ids, sse_frames
+from agentfarm.web import event_wire, ids
 from agentfarm.web.auth import check_bearer
 
 RUN_ID = ids.RunId
@@ -337,13 +337,15 @@ async def run_events(
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )
     if before is not None:
-        return await st.list_events_before(run_id, before=before, limit=limit)
-    return await st.list_events(run_id, after=after, limit=limit)
+        page = await st.list_events_before(run_id, before=before, limit=limit)
+    else:
+        page = await st.list_events(run_id, after=after, limit=limit)
+    return Response(event_wire.json_array(page), media_type="application/json")
 
 
 async def _sse(sup: Supervisor, run_id: str, after: int) -> AsyncIterator[bytes | dict[str, Any]]:
     async for batch in sup.hub.follow(run_id, after):
-        yield sse_frames.frames(batch)  # a batch in one chunk: one send, not one per event
+        yield event_wire.frames(batch)  # a batch in one chunk: one send, not one per event
     yield {"event": "end", "data": json.dumps({"run_id": run_id})}
 
 
