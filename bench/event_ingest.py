@@ -13,6 +13,9 @@ Two rates per batch of runs:
 - *from POST*: all of a batch's events over the time from its first ``POST /api/runs`` to its
   last terminal event received (launch, clone and sandbox included).
 
+And the server's CPU time per event (all its threads, over the same span as *from POST*),
+which depends less on what else the machine runs than a rate does.
+
 ``--baseline`` starts a second server on another source tree (``PYTHONPATH``: e.g. a checkout
 of main) and measures both side by side, alternating which goes first run by run. ``--profile``
 runs this tree's server under cProfile and writes the profile of its event loop thread there.
@@ -111,10 +114,21 @@ class Figures:
     persisted: float  # streaming, ev/s
     served: float  # streaming, ev/s
     from_post: float  # ev/s
+    #: The server's CPU time (all its threads) per event, microseconds: from the first POST to
+    #: the last terminal event served. Less at the mercy of the machine's load than a rate.
+    cpu_us: float
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process, all its threads (``/proc/<pid>/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def batch(srv: Server, n: int, sample_rss: list[int]) -> Figures:
     """Launch ``n`` runs at once and follow each one's SSE stream to its end."""
+    assert srv.proc is not None
+    cpu_before = cpu_seconds(srv.proc.pid)
     with srv.client() as client:
         started = time.time()
         ids = [client.post("/api/runs", json={"config": "ingest"}).json()["id"] for _ in range(n)]
@@ -128,6 +142,7 @@ def batch(srv: Server, n: int, sample_rss: list[int]) -> Figures:
             time.sleep(0.05)
         for t in threads:
             t.join()
+        cpu = cpu_seconds(srv.proc.pid) - cpu_before
         total = agent = 0
         first_ts, last_ts = float("inf"), 0.0
         for run_id in ids:
@@ -152,6 +167,7 @@ def batch(srv: Server, n: int, sample_rss: list[int]) -> Figures:
         persisted=agent / (last_ts - first_ts),
         served=agent / (last_served - first_served),
         from_post=total / (last_served - started),
+        cpu_us=cpu * 1e6 / total,
     )
 
 
@@ -199,6 +215,14 @@ def start(
     return Variant(name, srv, idle_kib=rss_kib(srv.proc.pid))
 
 
+def _report(name: str, runs: int, f: Figures) -> None:
+    print(
+        f"  {name}, {runs} run(s): persisted {f.persisted:,.0f}, served {f.served:,.0f}, "
+        f"from POST {f.from_post:,.0f} ev/s, server CPU {f.cpu_us:.0f} us/event; {load()}",
+        file=sys.stderr,
+    )
+
+
 def load() -> str:
     return subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
 
@@ -211,6 +235,7 @@ def row(label: str, figures: list[Figures]) -> str:
     return (
         f"{label:<22} {figures[0].events:>8,} {_med(figures, 'persisted'):>12,.0f}"
         f" {_med(figures, 'served'):>12,.0f} {_med(figures, 'from_post'):>12,.0f}"
+        f" {_med(figures, 'cpu_us'):>10,.1f}"
     )
 
 
@@ -236,8 +261,10 @@ def main() -> None:
             order = variants if repeat % 2 == 0 else variants[::-1]
             for v in order:
                 v.one.append(batch(v.server, 1, v.rss_one))
+                _report(v.name, 1, v.one[-1])
             for v in order:
                 v.many.append(batch(v.server, args.concurrent, v.rss_many))
+                _report(v.name, args.concurrent, v.many[-1])
             loads.append(load())
             print(f"repeat {repeat + 1}/{args.repeats} done; {loads[-1]}", file=sys.stderr)
     finally:
@@ -245,7 +272,10 @@ def main() -> None:
             v.server.stop()
     print(f"agent lines per run: {args.events} (fast scripted agent); {args.repeats} repeat(s),")
     print("medians; rates in events/s (streaming: from the first agent event; see the docstring)")
-    print(f"{'variant, runs':<22} {'events':>8} {'persisted':>12} {'served':>12} {'from POST':>12}")
+    print(
+        f"{'variant, runs':<22} {'events':>8} {'persisted':>12} {'served':>12} {'from POST':>12}"
+        f" {'CPU us/ev':>10}"
+    )
     for v in variants:
         print(row(f"{v.name}, 1 run", v.one))
         print(row(f"{v.name}, {args.concurrent} runs", v.many))
@@ -257,7 +287,7 @@ def main() -> None:
         ):
             ratios = ", ".join(
                 f"{name} {_med(a, name) / _med(b, name):.2f}x"
-                for name in ("persisted", "served", "from_post")
+                for name in ("persisted", "served", "from_post", "cpu_us")
             )
             print(f"this / baseline, {label}: {ratios}")
     for v in variants:
