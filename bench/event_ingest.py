@@ -117,6 +117,8 @@ class Figures:
     #: The server's CPU time (all its threads) per event, microseconds: from the first POST to
     #: the last terminal event served. Less at the mercy of the machine's load than a rate.
     cpu_us: float
+    #: The longest ``POST /api/runs`` of the batch, seconds.
+    slowest_post: float
 
 
 def cpu_seconds(pid: int) -> float:
@@ -126,17 +128,26 @@ def cpu_seconds(pid: int) -> float:
 
 
 def batch(srv: Server, n: int, sample_rss: list[int]) -> Figures:
-    """Launch ``n`` runs at once and follow each one's SSE stream to its end."""
+    """Launch ``n`` runs at once (a thread each: its ``POST``, then its SSE stream to the end)."""
     assert srv.proc is not None
     cpu_before = cpu_seconds(srv.proc.pid)
+    ids: list[str] = []
+    posts: list[float] = []
+    served: dict[str, Served] = {}
+
+    def launch_and_follow() -> None:
+        with srv.client() as c:
+            sent = time.time()
+            run_id = c.post("/api/runs", json={"config": "ingest"}).json()["id"]
+            posts.append(time.time() - sent)
+        ids.append(run_id)
+        serve_all(srv, run_id, served)
+
     with srv.client() as client:
         started = time.time()
-        ids = [client.post("/api/runs", json={"config": "ingest"}).json()["id"] for _ in range(n)]
-        served: dict[str, Served] = {}
-        threads = [threading.Thread(target=serve_all, args=(srv, i, served)) for i in ids]
+        threads = [threading.Thread(target=launch_and_follow) for _ in range(n)]
         for t in threads:
             t.start()
-        assert srv.proc is not None
         while any(t.is_alive() for t in threads):
             sample_rss.append(rss_kib(srv.proc.pid))
             time.sleep(0.05)
@@ -168,6 +179,7 @@ def batch(srv: Server, n: int, sample_rss: list[int]) -> Figures:
         served=agent / (last_served - first_served),
         from_post=total / (last_served - started),
         cpu_us=cpu * 1e6 / total,
+        slowest_post=max(posts),
     )
 
 
@@ -218,7 +230,8 @@ def start(
 def _report(name: str, runs: int, f: Figures) -> None:
     print(
         f"  {name}, {runs} run(s): persisted {f.persisted:,.0f}, served {f.served:,.0f}, "
-        f"from POST {f.from_post:,.0f} ev/s, server CPU {f.cpu_us:.0f} us/event; {load()}",
+        f"from POST {f.from_post:,.0f} ev/s, server CPU {f.cpu_us:.0f} us/event, "
+        f"slowest POST {f.slowest_post:.2f} s; {load()}",
         file=sys.stderr,
     )
 
