@@ -131,3 +131,7 @@ def test_the_frame_cache_is_bounded_in_bytes() -> None:
     for seq in range(1, 200):
         cache.get("json", event(seq), lambda e: b"x" * 500)
     assert 0 < cache.bytes <= 10_000
+
+
+def test_a_lone_surrogate_in_html_is_replaced_not_a_broken_stream() -> None:
+    assert sse.data_lines("a\ud800b") == "data: a?b\n".encode()

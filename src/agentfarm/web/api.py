@@ -17,7 +17,7 @@ from agentfarm.store.secrets import NAME_RE, SecretStore
 from agentfarm.supervisor import spend
 from agentfarm.supervisor.queue import QueueInfo
 from agentfarm.supervisor.runs import Supervisor
-from agentfarm.web import ids, sse
+from agentfarm.web import event_wire, ids, sse
 from agentfarm.web.auth import check_bearer
 
 RUN_ID = ids.RunId
@@ -332,8 +332,10 @@ async def run_events(
         start = max(start, ids.last_event_id(last_event_id))
         return sse.EventStream(_sse(sup, run_id, start))
     if before is not None:
-        return await st.list_events_before(run_id, before=before, limit=limit)
-    return await st.list_events(run_id, after=after, limit=limit)
+        page = await st.list_events_before(run_id, before=before, limit=limit)
+    else:
+        page = await st.list_events(run_id, after=after, limit=limit)
+    return Response(event_wire.json_array(page), media_type="application/json")
 
 
 async def _sse(sup: Supervisor, run_id: str, after: int) -> AsyncIterator[bytes]:

@@ -27,6 +27,7 @@ from sse_starlette.sse import AppStatus
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from agentfarm.domain import events as domain_events
 from agentfarm.domain import models
 
 log = logging.getLogger(__name__)
@@ -68,8 +69,9 @@ frames = FrameCache()
 
 
 def data_lines(text: str) -> bytes:
-    """``text`` as the ``data:`` lines of one message (any line break splits a line)."""
-    return "".join(f"data: {line}\n" for line in _LINES.split(text)).encode()
+    """``text`` as the ``data:`` lines of one message (any line break splits a line; a lone
+    surrogate an agent printed becomes U+FFFD rather than breaking the stream)."""
+    return "".join(f"data: {line}\n" for line in _LINES.split(text)).encode("utf-8", "replace")
 
 
 def message(event: str | None, data: str, *, id: int | None = None) -> bytes:
@@ -78,7 +80,7 @@ def message(event: str | None, data: str, *, id: int | None = None) -> bytes:
 
 
 def _json_frame(event: models.Event) -> bytes:
-    return f"id: {event.seq}\ndata: {event.model_dump_json()}\n\n".encode()
+    return f"id: {event.seq}\ndata: {domain_events.event_json(event)}\n\n".encode()
 
 
 def json_frames(events: Iterable[models.Event]) -> bytes:
