@@ -82,6 +82,10 @@ def create_app(
         pipeline_store = PipelineStore(store.database)
         pipeline = Pipeline(settings, store, pipeline_store, secrets, supervisor)
         app.state.pipeline_store, app.state.pipeline = pipeline_store, pipeline
+        for backend in chosen.values():
+            starter = getattr(backend, "astart", None)
+            if starter is not None:
+                await starter()
         await supervisor.start()
         await pipeline.start()
         try:

@@ -42,6 +42,8 @@ from agentfarm.backends.local import (
 )
 from agentfarm.backends.local.frames import SpoolWriter
 
+#: The argument that makes a monitor idle (``monitors.MonitorPool``): started ahead of need.
+IDLE = "--idle"
 READ_SIZE = 1 << 16
 OOM_POLL = 0.2
 #: After the agent exits, how long its stdout may stay open (a daemonized grandchild).
@@ -304,10 +306,27 @@ def _report(message: dict[str, Any]) -> None:
     os.close(devnull)
 
 
+def _preload() -> None:
+    """An idle monitor has time to spare: it imports what the egress proxy it may fork needs,
+    which the proxy would otherwise import while the agent starts, competing for the CPU."""
+    from agentfarm.backends.local import egress_proxy  # noqa: F401
+    from agentfarm.domain import egress  # noqa: F401
+
+
+def _settle(dirfd: int) -> None:
+    """Work in the run's directory and log to its ``monitor.log`` (an idle monitor was started
+    before the run had a directory)."""
+    os.fchdir(dirfd)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
+    log = os.open(monitor_spec.MONITOR_LOG, flags, 0o600, dir_fd=dirfd)
+    os.dup2(log, 2)
+    os.close(log)
+
+
 def main() -> int:
-    raw = json.loads(sys.stdin.buffer.read())
     # Double fork: the launcher reaps the intermediate at once and the monitor is reparented
-    # to init, so no server (dead or restarted) has to wait for it.
+    # to init, so no server (dead or restarted) has to wait for it. Before the spec arrives,
+    # so that the fork is not on the launch's path.
     if os.fork() > 0:
         os._exit(0)
     os.setsid()
@@ -315,10 +334,17 @@ def main() -> int:
     # The server's ``kill -9`` or Ctrl-C aimed at its group must not reach us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    if IDLE in sys.argv[1:]:
+        _preload()
+    data = sys.stdin.buffer.read()
+    if not data:
+        return 0  # an idle monitor (``monitors.MonitorPool``) that no run took
+    raw = json.loads(data)
     spec = monitor_spec.MonitorSpec.from_json(raw)
     del raw
     try:
         monitor = Monitor(spec)
+        _settle(monitor.dirfd)
     except OSError as exc:
         _report({"ok": False, "error": f"cannot open the run directory: {exc}"})
         return 1
