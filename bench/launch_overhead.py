@@ -76,19 +76,29 @@ def via_agentfarm(srv: Server, client: httpx.Client, prompt: str, config: str) -
     return elapsed
 
 
-POOLS_OFF = {"AGENTFARM_LOCAL_CLONE_POOL": "0", "AGENTFARM_LOCAL_MONITOR_POOL": "0"}
+#: Server settings per ``--pools`` name: both pools (the defaults), none, or one of them.
+POOLS = {
+    "on": {},
+    "off": {"AGENTFARM_LOCAL_CLONE_POOL": "0", "AGENTFARM_LOCAL_MONITOR_POOL": "0"},
+    "clones": {"AGENTFARM_LOCAL_MONITOR_POOL": "0"},
+    "monitors": {"AGENTFARM_LOCAL_CLONE_POOL": "0"},
+}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=15)
     parser.add_argument("--networks", default="allowlist,open", help="comma-separated")
-    parser.add_argument("--pools", default="on,off", help="comma-separated: on, off")
+    parser.add_argument("--pools", default="on,off", help="comma-separated: " + ", ".join(POOLS))
     parser.add_argument("--settle", type=float, default=1.5, help="seconds between runs")
     args = parser.parse_args()
     networks = args.networks.split(",")
     pools = args.pools.split(",")
     variants = [(pool, network) for pool in pools for network in networks]
+    if unknown := set(pools) - POOLS.keys():
+        parser.error(
+            f"unknown --pools {', '.join(sorted(unknown))}: choose from {', '.join(POOLS)}"
+        )
     binary = claude_bin()
     repo = make_repo()
     prompt = "[scenario:hello] say hello"
@@ -101,7 +111,7 @@ def main() -> None:
                 "AGENTFARM_CLAUDE_BIN": binary,
                 "ANTHROPIC_BASE_URL": model.base_url,
                 "ANTHROPIC_API_KEY": "sk-bench-key-000000",
-                **(POOLS_OFF if pool == "off" else {}),
+                **POOLS[pool],
             }
             srv = Server(data, env, data.parent / f"server-{pool}.log").start()
             stack.callback(srv.stop)

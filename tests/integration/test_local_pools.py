@@ -41,6 +41,7 @@ print(json.dumps({
     "base": git("rev-parse", "HEAD~1"), "branch": git("branch", "--show-current"),
     "main": git("rev-parse", "main"), "origin": git("rev-parse", "origin/main"),
     "owner": os.stat(".").st_uid, "readme": open("README").read(), "uid": os.getuid(),
+    "nice": os.nice(0),
 }), flush=True)
 """
 
@@ -141,6 +142,7 @@ async def test_a_pooled_launch_starts_at_a_commit_pushed_after_the_pool_was_fill
         assert second["branch"] == f"agentfarm/{second['run']}"
         if ROOT:
             assert second["owner"] == second["uid"] == settings.sandbox_uid
+        assert second["nice"] == 0  # the idle monitor's lowered priority is not the agent's
         # Its commit came home on its own branch, on top of the pushed one.
         assert git_out(source, "rev-parse", f"agentfarm/{second['run']}~1") == pushed
         assert git_out(source, "show", f"agentfarm/{second['run']}:mine.txt") == "two"

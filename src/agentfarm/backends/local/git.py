@@ -119,7 +119,7 @@ async def git(
     )
     if background:
         with contextlib.suppress(OSError):  # it may have just ended
-            os.setpriority(os.PRIO_PROCESS, proc.pid, 10)
+            os.setpriority(os.PRIO_PROCESS, proc.pid, 19)
     try:
         data = None if stdin is None else stdin.encode()
         out, err = await asyncio.wait_for(proc.communicate(data), limit)

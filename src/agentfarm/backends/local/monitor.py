@@ -329,16 +329,20 @@ def main() -> int:
     # so that the fork is not on the launch's path.
     if os.fork() > 0:
         os._exit(0)
-    os.setsid()
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     # The server's ``kill -9`` or Ctrl-C aimed at its group must not reach us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    if IDLE in sys.argv[1:]:
+    idle = IDLE in sys.argv[1:]
+    if idle:
         _preload()
     data = sys.stdin.buffer.read()
     if not data:
         return 0  # an idle monitor (``monitors.MonitorPool``) that no run took
+    # Its own session only now: until then the server may reach it through the process
+    # group it was started in (``monitors.MonitorPool.take`` gives an idle one its priority
+    # back that way).
+    os.setsid()
     raw = json.loads(data)
     spec = monitor_spec.MonitorSpec.from_json(raw)
     del raw

@@ -34,6 +34,11 @@ log = logging.getLogger(__name__)
 PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(agentfarm.__file__)))
 #: A refill waits this long after a launch took a monitor (see ``clone_pool.REFILL_DELAY``).
 REFILL_DELAY = 1.0
+#: The monitor's argument for an idle start (``monitor.IDLE``; not imported: light modules).
+IDLE = "--idle"
+IDLE_NICENESS = 19
+#: Only root may give a process its priority back, so only root lowers idle monitors.
+LOWER_IDLE = os.geteuid() == 0
 
 
 async def spawn(run_dir: Path | None) -> asyncio.subprocess.Process:
@@ -53,14 +58,20 @@ async def spawn(run_dir: Path | None) -> asyncio.subprocess.Process:
             os.open, run_dir / "monitor.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600
         )
     try:
-        return await asyncio.create_subprocess_exec(
+        proc = await asyncio.create_subprocess_exec(
             sys.executable, "-S", "-m", "agentfarm.backends.local.monitor",
-            *([] if run_dir else ["--idle"]),
+            *([] if run_dir else [IDLE]),
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=log_fd,
             cwd=run_dir or "/", env=env, start_new_session=True,
         )  # fmt: skip
     finally:
         os.close(log_fd)
+    if run_dir is None and LOWER_IDLE:
+        # Its start must not slow the agents starting meanwhile: it runs at the lowest
+        # priority until a launch takes it (see ``MonitorPool.take``).
+        with contextlib.suppress(OSError):  # it may have failed already
+            os.setpriority(os.PRIO_PROCESS, proc.pid, IDLE_NICENESS)
+    return proc
 
 
 async def send_spec(
@@ -118,6 +129,11 @@ class MonitorPool:
                 proc = candidate
             else:
                 await abandon(candidate)
+        if proc is not None and LOWER_IDLE:
+            # The monitor is in the group its launcher led (it makes its own session once it
+            # has its spec): back to the normal priority, whether it is still starting or not.
+            with contextlib.suppress(OSError):
+                os.setpriority(os.PRIO_PGRP, proc.pid, 0)
         self._refill(delay=REFILL_DELAY)
         return proc if proc is not None else await spawn(run_dir)
 
