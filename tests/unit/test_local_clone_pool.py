@@ -163,3 +163,14 @@ async def test_an_earlier_servers_clones_are_never_used_and_close_removes_all(
     assert await pool.claim(key, tmp_path / "late", "agentfarm/r5") is None
     await asyncio.sleep(0.05)
     assert not root.exists()
+
+
+async def test_a_pool_not_started_claims_nothing(tmp_path: Path, source: Path) -> None:
+    """A backend used without a server (no ``astart``) clones as it always did."""
+    pool = clone_pool.ClonePool(tmp_path / "pool", 2)
+    key = pool.key(str(source), None)
+    assert key is not None
+    assert await pool.claim(key, tmp_path / "workspace", "agentfarm/r6") is None
+    await asyncio.sleep(0.05)
+    assert not (tmp_path / "pool").exists()
+    await pool.close()

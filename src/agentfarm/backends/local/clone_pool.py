@@ -107,15 +107,20 @@ class ClonePool:
         self._refill(key)
         if entry is None:
             return None
-        try:
-            await asyncio.to_thread(os.rename, entry.path / "workspace", workspace)
-        except OSError as exc:
-            log.warning("clone pool: cannot take %s (%s); cloning instead", entry.path, exc)
+        source = Path(key[0])
+        # The source's refs are read while the clone moves.
+        now, moved = await asyncio.gather(
+            source_state(source), asyncio.to_thread(_move, entry.path, workspace),
+            return_exceptions=True,
+        )  # fmt: skip
+        if isinstance(moved, BaseException):
+            log.warning("clone pool: cannot take %s (%s); cloning instead", entry.path, moved)
             await asyncio.to_thread(_remove, entry.path)
             return None
-        await asyncio.to_thread(_remove, entry.path)
         try:
-            start = await _refresh(Path(key[0]), key[1], workspace, entry.state, branch)
+            if isinstance(now, BaseException):
+                raise now
+            start = await _refresh(now, key[1], workspace, entry.state, branch)
         except git.GitError as exc:
             log.warning("clone pool: refreshing a clone of %s failed (%s)", key[0], exc)
             start = None
@@ -203,11 +208,11 @@ def _parse_refs(text: str) -> dict[str, str]:
 
 
 async def _refresh(
-    source: Path, base: str, workspace: Path, had: SourceState, branch: str
+    now: SourceState, base: str, workspace: Path, had: SourceState, branch: str
 ) -> str | None:
-    """Bring a claimed clone to the source's state now and make ``branch`` (see the module's
-    docstring); the base commit, or None when the clone cannot be patched up."""
-    now = await source_state(source)
+    """Bring a claimed clone from the source's state it copied (``had``) to the source's
+    state ``now`` and make ``branch`` (see the module's docstring); the base commit, or None
+    when the clone cannot be patched up."""
     base_ref = f"refs/heads/{base}" if base else now.head
     if base_ref is None or had.head != base_ref:
         return None  # the source's HEAD names another branch now, or none
@@ -217,8 +222,13 @@ async def _refresh(
     trusted = (workspace, workspace / ".git")
     await git.git("checkout", "--quiet", "-b", branch, start, cwd=workspace, trusted=trusted)
     if now.refs != had.refs:
-        lines = [f"update {base_ref} {start}"]
-        lines += [f"update {_copy(ref)} {sha}" for ref, sha in now.refs.items()]
+        # Only what changed: a local source gains a branch with every run that comes home.
+        lines = [f"update {base_ref} {start}"] if had.refs.get(base_ref) != start else []
+        lines += [
+            f"update {_copy(ref)} {sha}"
+            for ref, sha in now.refs.items()
+            if had.refs.get(ref) != sha
+        ]
         lines += [f"delete {_copy(ref)}" for ref in had.refs.keys() - now.refs.keys()]
         await git.git("update-ref", "--stdin", cwd=workspace, trusted=trusted,
                       stdin="".join(f"{line}\n" for line in lines))  # fmt: skip
@@ -233,6 +243,12 @@ def _copy(ref: str) -> str:
 def _odd(ref: str) -> bool:
     """A ref name ``update-ref --stdin`` could misread (git never makes one)."""
     return not ref or any(c.isspace() or ord(c) < 32 for c in ref)
+
+
+def _move(entry: Path, workspace: Path) -> None:
+    os.rename(entry / "workspace", workspace)
+    with contextlib.suppress(OSError):  # left for the next start's clean-up
+        os.rmdir(entry)
 
 
 def _remove(path: Path) -> None:
