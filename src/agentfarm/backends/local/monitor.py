@@ -42,8 +42,6 @@ from agentfarm.backends.local import (
 )
 from agentfarm.backends.local.frames import SpoolWriter
 
-#: The argument that makes a monitor idle (``monitors.MonitorPool``): started ahead of need.
-IDLE = "--idle"
 READ_SIZE = 1 << 16
 OOM_POLL = 0.2
 #: After the agent exits, how long its stdout may stay open (a daemonized grandchild).
@@ -306,13 +304,6 @@ def _report(message: dict[str, Any]) -> None:
     os.close(devnull)
 
 
-def _preload() -> None:
-    """An idle monitor has time to spare: it imports what the egress proxy it may fork needs,
-    which the proxy would otherwise import while the agent starts, competing for the CPU."""
-    from agentfarm.backends.local import egress_proxy  # noqa: F401
-    from agentfarm.domain import egress  # noqa: F401
-
-
 def _settle(dirfd: int) -> None:
     """Work in the run's directory and log to its ``monitor.log`` (an idle monitor was started
     before the run had a directory)."""
@@ -333,9 +324,6 @@ def main() -> int:
     # The server's ``kill -9`` or Ctrl-C aimed at its group must not reach us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    idle = IDLE in sys.argv[1:]
-    if idle:
-        _preload()
     data = sys.stdin.buffer.read()
     if not data:
         return 0  # an idle monitor (``monitors.MonitorPool``) that no run took
