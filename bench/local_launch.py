@@ -4,7 +4,7 @@ the figure is the backend's overhead alone (no model, no CLI start, no HTTP). Tw
 one process, one with both pools (the default sizes) and one with none, interleaved run by
 run, with ``--settle`` seconds between runs so that a refill never overlaps a timed launch.
 
-    .venv/bin/python bench/local_launch.py [--runs 15] [--network allowlist]
+    .venv/bin/python bench/local_launch.py [--runs 15] [--network allowlist] [--pools on,off]
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -23,7 +24,13 @@ from agentfarm.domain import backend_config, models
 from agentfarm.domain.launch import AgentCommand, LaunchSpec
 from agentfarm.settings import Settings
 
-POOLS = {"on": {}, "off": {"local_clone_pool": 0, "local_monitor_pool": 0}}
+#: Backend settings per ``--pools`` name: both pools (the defaults), none, or one of them.
+POOLS = {
+    "on": {},
+    "off": {"local_clone_pool": 0, "local_monitor_pool": 0},
+    "clones": {"local_monitor_pool": 0},
+    "monitors": {"local_clone_pool": 0},
+}
 
 
 async def once(backend: LocalBackend, repo: Path, network: str) -> tuple[float, float]:
@@ -50,11 +57,18 @@ async def main() -> None:
     parser.add_argument("--runs", type=int, default=15)
     parser.add_argument("--network", default="allowlist")
     parser.add_argument("--settle", type=float, default=1.5)
+    parser.add_argument("--pools", default="on,off", help="comma-separated: " + ", ".join(POOLS))
     args = parser.parse_args()
+    chosen = args.pools.split(",")
+    if unknown := set(chosen) - POOLS.keys():
+        parser.error(
+            f"unknown --pools {', '.join(sorted(unknown))}: choose from {', '.join(POOLS)}"
+        )
     repo = make_repo()
     base = Path(tempfile.mkdtemp(prefix="bench-local-", dir="/var/tmp"))
     backends = {}
-    for name, sizes in POOLS.items():
+    for name in chosen:
+        sizes = POOLS[name]
         backends[name] = LocalBackend(Settings(data_dir=base / name, **sizes))  # type: ignore[arg-type]
         await backends[name].astart()
     try:
@@ -70,6 +84,7 @@ async def main() -> None:
     finally:
         for backend in backends.values():
             await backend.aclose()
+        shutil.rmtree(base, ignore_errors=True)
     print(f"runs: {args.runs} each, interleaved; network {args.network}; cores: {os.cpu_count()};")
     print(f"load average (1 min) {min(loads):.1f}-{max(loads):.1f}, median {median(loads):.1f}")
     medians = {}
@@ -78,8 +93,12 @@ async def main() -> None:
         first = median([v[1] for v in values]) * 1000
         medians[name] = first
         print(f"pools {name:3}: launch() {launched:6.1f} ms, to the first line {first:6.1f} ms")
-    on, off = medians["on"], medians["off"]
-    print(f"to the first line, pools on vs off: {on - off:+.1f} ms; ratio {on / off:.2f}x")
+    if "off" in medians:
+        off = medians["off"]
+        for name, first in medians.items():
+            if name != "off":
+                print(f"to the first line, pools {name} vs off: {first - off:+.1f} ms; ", end="")
+                print(f"ratio {first / off:.2f}x")
 
 
 if __name__ == "__main__":
