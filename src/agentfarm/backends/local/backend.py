@@ -8,7 +8,7 @@ work runs in threads.
 In a server (between :meth:`LocalBackend.astart` and :meth:`LocalBackend.aclose`) the clone
 and the monitor usually come ready-made: ``clone_pool`` keeps clones of each local source
 launched lately, ``monitors`` keeps monitors started and waiting for a spec. A launch that
-finds neither clones and starts its monitor as before.
+finds no ready clone or monitor makes its own, as before.
 """
 
 from __future__ import annotations
