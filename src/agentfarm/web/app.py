@@ -86,6 +86,10 @@ def create_app(
         pipeline = Pipeline(settings, store, pipeline_store, secrets, supervisor)
         app.state.pipeline_store, app.state.pipeline = pipeline_store, pipeline
         app.state.live_runs = live_runs.LiveRuns(supervisor)
+        for backend in chosen.values():
+            starter = getattr(backend, "astart", None)
+            if starter is not None:
+                await starter()
         await supervisor.start()
         await pipeline.start()
 

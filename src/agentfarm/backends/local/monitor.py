@@ -313,21 +313,39 @@ def _report(message: dict[str, Any]) -> None:
     os.close(devnull)
 
 
+def _settle(dirfd: int) -> None:
+    """Work in the run's directory and log to its ``monitor.log`` (an idle monitor was started
+    before the run had a directory)."""
+    os.fchdir(dirfd)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
+    log = os.open(monitor_spec.MONITOR_LOG, flags, 0o600, dir_fd=dirfd)
+    os.dup2(log, 2)
+    os.close(log)
+
+
 def main() -> int:
-    raw = json.loads(sys.stdin.buffer.read())
     # Double fork: the launcher reaps the intermediate at once and the monitor is reparented
-    # to init, so no server (dead or restarted) has to wait for it.
+    # to init, so no server (dead or restarted) has to wait for it. Before the spec arrives,
+    # so that the fork is not on the launch's path.
     if os.fork() > 0:
         os._exit(0)
-    os.setsid()
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     # The server's ``kill -9`` or Ctrl-C aimed at its group must not reach us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    data = sys.stdin.buffer.read()
+    if not data:
+        return 0  # an idle monitor (``monitors.MonitorPool``) that no run took
+    # Its own session only now: until then the server may reach it through the process
+    # group it was started in (``monitors.MonitorPool.take`` gives an idle one its priority
+    # back that way).
+    os.setsid()
+    raw = json.loads(data)
     spec = monitor_spec.MonitorSpec.from_json(raw)
     del raw
     try:
         monitor = Monitor(spec)
+        _settle(monitor.dirfd)
     except OSError as exc:
         _report({"ok": False, "error": f"cannot open the run directory: {exc}"})
         return 1
