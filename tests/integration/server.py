@@ -50,16 +50,17 @@ class Server:
         }
         self.log = log
         self.proc: subprocess.Popen[bytes] | None = None
+        #: The server program (a benchmark may start another checkout's, side by side).
+        self.program = Path(sys.executable).with_name("agentfarm")
 
     @property
     def cli_env(self) -> dict[str, str]:
         return {**self.env, "COLUMNS": "200"}
 
     def start(self) -> Server:
-        agentfarm = Path(sys.executable).with_name("agentfarm")
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
-                [str(agentfarm), "serve"], env=self.env, stdout=log, stderr=subprocess.STDOUT
+                [str(self.program), "serve"], env=self.env, stdout=log, stderr=subprocess.STDOUT
             )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
