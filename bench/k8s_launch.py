@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import collections
 import contextlib
 import http.client
 import json
@@ -34,6 +35,7 @@ import ssl
 import tempfile
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +47,7 @@ from agentfarm.backends.kubernetes import manifests
 from tests.fakes import anthropic_api
 from tests.k8s import cluster, test_backend_node
 from tests.k8s import node as node_tools
-from tests.k8s.agentimage import IMAGE, AgentWorld, agent_world
+from tests.k8s.agentimage import API_KEY, IMAGE, AgentWorld, agent_world
 
 
 #: The model answers after a pause: a pod whose agent is done within the kubelet's status
@@ -142,11 +144,36 @@ def delete_pod(world: AgentWorld, watch: PodWatch, name: str) -> None:
     watch.wait_gone(name)
 
 
+def pod_timeline(world: AgentWorld, name: str, posted: float) -> dict[str, float]:
+    """Seconds from ``posted`` (wall clock) to what the pod's logs say, by the kubelet's
+    timestamps (the node shares this machine's clock): ``entrypoint``, its first line;
+    ``cloned``, the clone done (the agent container's notice, or the init container's line);
+    ``cli``, the agent's first stdout line."""
+    found: dict[str, float] = {}
+    for container in ("clone", "agent"):
+        out = world.node.kubectl(
+            "-n", world.namespace, "logs", "--timestamps", name, "-c", container, check=False
+        )  # fmt: skip
+        for line in out.split("\n"):  # not splitlines(): \x1e starts the entrypoint's lines
+            stamp, _, text = line.partition(" ")
+            if not text:
+                continue
+            at = datetime.fromisoformat(stamp[:26].rstrip("Z") + "+00:00").timestamp() - posted
+            if container == "agent":
+                found.setdefault("entrypoint", at)
+            if "cloned " in text:
+                found.setdefault("cloned", at)
+            if text.startswith("\x1eO") or (container == "agent" and not text.startswith("\x1e")):
+                found.setdefault("cli", at)
+    return found
+
+
 def via_agentfarm(
     srv: Server, client: httpx.Client, world: AgentWorld, watch: PodWatch
-) -> tuple[float, float, float]:
+) -> tuple[float, float, float, dict[str, float]]:
     """Seconds from POST /api/runs to the pod created, to the pod Running and to the first
-    agent.* event on the SSE stream."""
+    agent.* event on the SSE stream; and the pod's own timeline (:func:`pod_timeline`)."""
+    posted = time.time()
     started = time.perf_counter()
     response = client.post("/api/runs", json={"spec": world.spec(f"{PROMPT} say hello")})
     response.raise_for_status()
@@ -167,8 +194,9 @@ def via_agentfarm(
     done = srv.wait_status(run_id, {"succeeded", "failed", "stopped", "lost"}, timeout=120)
     if done["status"] != "succeeded":
         raise RuntimeError(f"run {run_id} ended {done['status']}: {done.get('error')}")
+    timeline = pod_timeline(world, name, posted)
     delete_pod(world, watch, name)
-    return created, running, first_event
+    return created, running, first_event, timeline
 
 
 def bare_pod(
@@ -202,6 +230,59 @@ def bare_pod(
     running = watch.wait_running(name) - started
     delete_pod(world, watch, name)
     return running, created
+
+
+def bare_cli_pod(world: AgentWorld, watch: PodWatch, index: int) -> tuple[float, float]:
+    """A bare pod (same image and RuntimeClass, writable HOME and /tmp) that runs the agent CLI
+    itself on the same prompt, no clone, no agentfarm: seconds from `kubectl create` to
+    Running, and to its first stdout line read through the API server (followed from when it
+    is seen Running, as agentfarm does)."""
+    name = f"bare-cli-{index}-{os.getpid()}"
+    env = {
+        "HOME": "/home/agent",
+        "ANTHROPIC_API_KEY": API_KEY,
+        "ANTHROPIC_BASE_URL": world.model_url,
+        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+        "CLAUDE_CODE_MAX_RETRIES": "0",
+    }
+    argv = ["claude", "-p", f"{PROMPT} say hello", "--output-format", "stream-json", "--verbose"]
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": world.namespace},
+        "spec": {
+            "restartPolicy": "Never",
+            "runtimeClassName": world.node.runtime_class,
+            "terminationGracePeriodSeconds": 1,
+            "containers": [
+                {"name": "main", "image": IMAGE, "imagePullPolicy": "IfNotPresent",
+                 "command": argv, "workingDir": "/tmp",
+                 "env": [{"name": k, "value": v} for k, v in env.items()],
+                 "volumeMounts": [{"name": "home", "mountPath": "/home/agent"},
+                                  {"name": "tmp", "mountPath": "/tmp"}]}
+            ],
+            "volumes": [{"name": "home", "emptyDir": {}}, {"name": "tmp", "emptyDir": {}}],
+        },
+    }  # fmt: skip
+    started = time.perf_counter()
+    world.node.kubectl("create", "-f", "-", input=json.dumps(pod))
+    running = watch.wait_running(name) - started
+    host, _, port = world.node.server.removeprefix("https://").partition(":")
+    context = ssl.create_default_context(cafile=str(world.node.ca_file))
+    conn = http.client.HTTPSConnection(host, int(port), context=context, timeout=60)
+    try:
+        path = f"/api/v1/namespaces/{world.namespace}/pods/{name}/log?container=main&follow=true"
+        conn.request("GET", path, headers={"Authorization": f"Bearer {world.node.admin_token}"})
+        response = conn.getresponse()
+        if response.status != 200:
+            raise RuntimeError(f"log of {name}: {response.status} {response.read()[:300]!r}")
+        if not response.readline():
+            raise RuntimeError(f"pod {name} printed nothing")
+        first_line = time.perf_counter() - started
+    finally:
+        conn.close()
+    delete_pod(world, watch, name)
+    return running, first_line
 
 
 def warm_pod(world: AgentWorld, watch: PodWatch) -> str:
@@ -285,9 +366,7 @@ def main() -> None:
         if not baseline.is_file():
             raise SystemExit(f"no {baseline}: give a checkout with its .venv (make install-dev)")
     work = Path(tempfile.mkdtemp(prefix="bench-k8s-"))
-    keys = ("farm_created", "farm_running", "farm_event", "bare", "bare_kubectl", "init", "warm")
-    figures: dict[str, list[float]] = {key: [] for key in keys}
-    figures |= {"base_created": [], "base_running": [], "base_event": []}
+    figures: dict[str, list[float]] = collections.defaultdict(list)
     loads: list[float] = []
     try:
         with (
@@ -297,12 +376,14 @@ def main() -> None:
             contextlib.ExitStack() as servers,
         ):
             world.fake.register(SLOW_HELLO, [anthropic_api.text("Hello!", delay=3.0)])
-            srv = Server(work / "data", world.server_env(), work / "server.log")
+            # The pods stay after their runs (the bench reads their logs' timestamps first).
+            env = world.server_env() | {"AGENTFARM_K8S_CLEANUP_AFTER_SECONDS": "3600"}
+            srv = Server(work / "data", env, work / "server.log")
             servers.callback(srv.stop)
             srv.start()
             farms = {"farm": srv}
             if baseline is not None:
-                env = world.server_env() | {"AGENTFARM_K8S_INSTANCE": "bench-baseline"}
+                env |= {"AGENTFARM_K8S_INSTANCE": "bench-baseline"}
                 base = Server(work / "data-baseline", env, work / "server-baseline.log")
                 base.program = baseline
                 servers.callback(base.stop)
@@ -312,16 +393,19 @@ def main() -> None:
                 via_agentfarm(server, clients[key], world, watch)
             bare_pod(world, watch, 0)
             bare_pod(world, watch, 0, init=True)
+            bare_cli_pod(world, watch, 0)
             warm = warm_pod(world, watch)
             claim_warm(world, warm)
-            paths = [*farms, "bare", "init", "warm"]
+            paths = [*farms, "bare", "init", "cli", "warm"]
             for i in range(1, args.runs + 1):
                 loads.append(os.getloadavg()[0])
                 for path in paths[i % len(paths) :] + paths[: i % len(paths)]:
                     if path in farms:
-                        got = via_agentfarm(farms[path], clients[path], world, watch)
+                        *got, timeline = via_agentfarm(farms[path], clients[path], world, watch)
                         for what, value in zip(("created", "running", "event"), got, strict=True):
                             figures[f"{path}_{what}"].append(value)
+                        for what, value in timeline.items():
+                            figures[f"{path}_pod_{what}"].append(value)
                     elif path == "bare":
                         running, kubectl = bare_pod(world, watch, i)
                         figures["bare"].append(running)
@@ -329,6 +413,10 @@ def main() -> None:
                     elif path == "init":
                         running, _ = bare_pod(world, watch, i, init=True)
                         figures["init"].append(running)
+                    elif path == "cli":
+                        running, first = bare_cli_pod(world, watch, i)
+                        figures["cli_running"].append(running)
+                        figures["cli_first"].append(first)
                     else:
                         figures["warm"].append(claim_warm(world, warm))
             loads.append(os.getloadavg()[0])
@@ -336,37 +424,43 @@ def main() -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    def ms(values: list[float]) -> str:
+    def ms(key: str) -> str:
+        values = figures[key]
         return (
-            f"median {median(values) * 1000:7.0f} ms  (all: "
+            f"median {median(values) * 1000:6.0f} ms  (all: "
             + ", ".join(f"{v * 1000:.0f}" for v in values)
             + ")"
         )
 
-    bare = median(figures["bare"])
+    bare, cli = median(figures["bare"]), median(figures["cli_first"])
     print(
         f"runs: {args.runs} each, interleaved; cores: {os.cpu_count()}; load average (1 min) "
         f"during the runs: {min(loads):.1f}-{max(loads):.1f}, median {median(loads):.1f}"
     )
-    print(f"(b)  bare pod, kubectl create -> Running:            {ms(figures['bare'])}")
-    print(f"     of which kubectl create returns:                {ms(figures['bare_kubectl'])}")
-    print(f"(c)  bare pod + init container -> Running:           {ms(figures['init'])}")
-    print(f"(d)  warm pod, exec of the entrypoint -> its reply:  {ms(figures['warm'])}")
+    print(f"(b)  bare pod (sleep), kubectl create -> Running:       {ms('bare')}")
+    print(f"       of which kubectl create returns:                {ms('bare_kubectl')}")
+    print(f"(b') bare pod running the CLI, create -> Running:      {ms('cli_running')}")
+    print(f"       create -> its first line (log followed):        {ms('cli_first')}")
+    print(f"(c)  bare pod + init container -> Running:             {ms('init')}")
+    print(f"(d)  warm pod, exec of the entrypoint -> its reply:    {ms('warm')}")
     rows = [("a", "farm", "this checkout")]
     if baseline is not None:
         rows.append(("a0", "base", str(args.baseline)))
     for label, key, what in rows:
-        print(f"({label}) {what}:")
+        print(f"({label}) {what}, from POST /api/runs:")
+        print(f"       -> pod created:                                 {ms(key + '_created')}")
+        print(f"       -> pod Running:                                 {ms(key + '_running')}")
+        print(f"       -> first agent event on SSE:                    {ms(key + '_event')}")
+        print("       the pod's log timestamps (kubelet):")
         print(
-            f"     POST /api/runs -> pod created:                  {ms(figures[key + '_created'])}"
+            f"       -> entrypoint's first line:                     {ms(key + '_pod_entrypoint')}"
         )
+        print(f"       -> clone done:                                  {ms(key + '_pod_cloned')}")
+        print(f"       -> the CLI's first line:                        {ms(key + '_pod_cli')}")
+        running, event = median(figures[key + "_running"]), median(figures[key + "_event"])
         print(
-            f"     POST /api/runs -> pod Running:                  {ms(figures[key + '_running'])}"
-        )
-        print(f"     POST /api/runs -> first agent event:            {ms(figures[key + '_event'])}")
-        print(
-            f"     ratios to (b): pod Running {median(figures[key + '_running']) / bare:.2f}x, "
-            f"first agent event {median(figures[key + '_event']) / bare:.2f}x"
+            f"       ratios: pod Running / (b) {running / bare:.2f}x; first agent event / (b') "
+            f"first line {event / cli:.2f}x (/ (b) {event / bare:.2f}x)"
         )
     init, warm = median(figures["init"]) / bare, median(figures["warm"]) / bare
     print(f"(c)/(b) {init:.2f}x; (d)/(b) {warm:.2f}x")
