@@ -22,8 +22,8 @@ the agent's stdout, ``E`` for its stderr, ``N`` for this script's notices, and `
 the lines from 1. The sequence number is the control plane's cursor: the kubelet rotates
 container logs, so a line's position in the log it can still read says nothing.
 
-Cloning in the agent container rather than in an init container saves a pod start: the kubelet
-sees an init container end only at its next relist (about a second). A failed clone ends
+Cloning in the agent container rather than in an init container saves a container start: the
+kubelet sees an init container end only at its next relist (about a second). A failed clone ends
 ``run`` with exit code 1 after the notice ``agentfarm.clone-failed {"error": "..."}`` (git's
 masked words), which the control plane makes the run's error; no agent runs and nothing is
 pushed.

@@ -194,14 +194,15 @@ def secret_forms(forge: FakeForge) -> tuple[str, ...]:
 
 
 def assert_token_only_by_reference(pod: dict[str, Any], forge: FakeForge, token_env: str) -> None:
-    """The token is in no value, command or argument of the pod's spec: each container that
-    needs it (the clone, the agent's push) refers to the run's Secret by key."""
+    """The token is in no value, command or argument of the pod's spec: its one container
+    (which clones and pushes) refers to the run's Secret by key."""
     spec = pod["spec"]
     text = json.dumps(spec)
     for value in secret_forms(forge):
         assert value not in text
     name = manifests.object_name(pod["metadata"]["labels"][manifests.LABEL_RUN])
-    for container in spec["initContainers"] + spec["containers"]:
+    assert "initContainers" not in spec
+    for container in spec["containers"]:
         (entry,) = [e for e in container["env"] if e["name"] == token_env]
         assert entry == {
             "name": token_env,
