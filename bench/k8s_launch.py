@@ -203,7 +203,8 @@ def bare_pod(
     world: AgentWorld, watch: PodWatch, index: int, *, init: bool = False
 ) -> tuple[float, float]:
     """Seconds from `kubectl create` to the pod Running, and for kubectl to return. With
-    ``init``, the pod first runs an init container (`sleep 0`), as agent pods do (the clone)."""
+    ``init``, the pod first runs an init container (`sleep 0`), the shape of an agent pod that
+    clones in an init container."""
     name = f"bare{'-init' if init else ''}-{index}-{os.getpid()}"
     container = {
         "name": "main",

@@ -239,7 +239,7 @@ async def test_a_pipeline_run_pushes_its_named_branch_and_a_follow_up_continues_
         "error": None,
     }  # fmt: skip
     assert forge.branch_sha(REPO, f"refs/heads/{branch}~1") == main
-    # Every git request (the clone in the init container, the push at the end) carried the
+    # Every git request (the clone before the agent, the push at the end) carried the
     # token, as the forge checks it.
     requests = git_requests(forge, since)
     assert requests and all(r.auth == "Basic" and r.authorized for r in requests), requests
