@@ -320,7 +320,9 @@ def test_push_with_the_token_from_the_runs_secret(
     assert lines[1][1].startswith(f"cloned {good.url('repo.git')} at "), lines
     assert lines[-1] == ("N", lines[-1][1]) and "pushed 1 commit(s)" in lines[-1][1], lines
     assert TOKEN not in (tmp_path / "agent-env").read_text()
-    assert TOKEN not in (tmp_path / "agent-git-config").read_text()
+    seen_config = (tmp_path / "agent-git-config").read_text()
+    assert TOKEN not in seen_config
+    assert "name = agentfarm" in seen_config and "email = agentfarm@localhost" in seen_config
     assert TOKEN not in (tmp_path / "ws" / ".git" / "config").read_text()
     commands = argvs.read_text()
     assert "clone" in commands and "push" in commands
