@@ -54,14 +54,15 @@ class Server:
         }
         self.log = log
         self.proc: subprocess.Popen[bytes] | None = None
+        #: The server program (a benchmark may start another checkout's, side by side).
+        self.program = Path(sys.executable).with_name("agentfarm")
 
     @property
     def cli_env(self) -> dict[str, str]:
         return {**self.env, "COLUMNS": "200"}
 
     def start(self) -> Server:
-        agentfarm = Path(sys.executable).with_name("agentfarm")
-        argv = self.argv or [str(agentfarm), "serve"]
+        argv = self.argv or [str(self.program), "serve"]
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(argv, env=self.env, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30

@@ -134,4 +134,4 @@ def test_the_frame_cache_is_bounded_in_bytes() -> None:
 
 
 def test_a_lone_surrogate_in_html_is_replaced_not_a_broken_stream() -> None:
-    assert sse.data_lines("a\ud800b") == "data: a?b\n".encode()
+    assert sse.data_lines("a\ud800b") == b"data: a?b\n"

@@ -70,7 +70,7 @@ frames = FrameCache()
 
 def data_lines(text: str) -> bytes:
     """``text`` as the ``data:`` lines of one message (any line break splits a line; a lone
-    surrogate an agent printed becomes U+FFFD rather than breaking the stream)."""
+    surrogate an agent printed becomes "?" rather than breaking the stream)."""
     return "".join(f"data: {line}\n" for line in _LINES.split(text)).encode("utf-8", "replace")
 
 

@@ -27,6 +27,7 @@ import aiohttp
 
 from agentfarm.backends.base import BranchOutcome, ExitInfo, Record, RecordKind
 from agentfarm.backends.kubernetes import api as k8s_api
+from agentfarm.backends.kubernetes import lines as k8s_lines
 from agentfarm.backends.kubernetes import manifests, sessions, status
 from agentfarm.backends.kubernetes.lines import BRANCH_NOTICE as BRANCH_NOTICE
 from agentfarm.backends.kubernetes.lines import EXITED_NOTICE, parse_exited
@@ -155,6 +156,7 @@ class KubernetesHandle:
         loop = asyncio.get_running_loop()
         last_line_at: float | None = None
         since: int | None = None
+        clone_error: str | None = None  # the entrypoint's clone failed: the run's error
         while True:
             quiet = False
             try:
@@ -193,6 +195,8 @@ class KubernetesHandle:
                         # Read on every pass (also before ``after``): finalize reports it.
                         self.branch_outcome = parse_branch(data) or self.branch_outcome
                         continue
+                    if kind == "notice" and (failed := k8s_lines.clone_failed(data)):
+                        clone_error, data = failed, failed.encode()
                     if kind == "notice" and data.startswith(EXITED_NOTICE):
                         # The agent exited; the pod waits for resume or finish (finalize).
                         exited = parse_exited(data, stopping=self.stopping)
@@ -217,7 +221,9 @@ class KubernetesHandle:
             since = None
             exit_info = await self._wait_exit()
             if exit_info is not None and not follow:
-                yield Record(cursor.exit(), "exit", exit=exit_info)
+                yield Record(
+                    cursor.exit(), "exit", exit=k8s_lines.with_error(exit_info, clone_error)
+                )
                 return
             # Read once more without follow once the container has ended (drains lines a
             # broken stream missed); keep following while it still runs.
