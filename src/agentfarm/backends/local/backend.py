@@ -19,7 +19,17 @@ from pathlib import Path
 
 import agentfarm
 from agentfarm.backends.base import LaunchInfo
-from agentfarm.backends.local import binaries, cgroups, git, hostinfo, monitor_spec, procs, sandbox
+from agentfarm.backends.local import (
+    binaries,
+    cgroups,
+    exits,
+    git,
+    hostinfo,
+    monitor_spec,
+    procs,
+    sandbox,
+    spoolwatch,
+)
 from agentfarm.backends.local import diff as local_diff
 from agentfarm.backends.local.handle import (
     GIT_STATE,
@@ -77,12 +87,18 @@ class LocalBackend:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        #: One inotify instance for every run's spool reader (see ``spoolwatch``).
+        self.watcher = spoolwatch.SpoolWatcher()
 
     def run_dir(self, run_id: str) -> Path:
         return self.settings.runs_dir / run_id
 
     def handle(self, run: models.Run, git_auth: GitAuth | None = None) -> LocalHandle:
-        return LocalHandle(run, self.run_dir(run.id), git_auth)
+        return LocalHandle(run, self.run_dir(run.id), git_auth, self.watcher)
+
+    async def aclose(self) -> None:
+        """The agents outlive the control plane; only the shared inotify instance goes."""
+        self.watcher.close()
 
     async def launch(
         self, run: models.Run, spec: launch.LaunchSpec
@@ -212,10 +228,7 @@ class LocalBackend:
         if identity is not None and await asyncio.to_thread(procs.is_running, *identity):
             # A monitor still going: kill it, and its sandbox dies with it (--die-with-parent).
             procs.kill_quietly(identity[0])
-            for _ in range(200):
-                if not await asyncio.to_thread(monitor_running, run_dir):
-                    break
-                await asyncio.sleep(0.01)
+            await exits.exited_within(*identity, 2.0)
         await asyncio.to_thread(kill_orphans, run_dir, run.id)
         await _remove_tree(run_dir)
 
