@@ -242,8 +242,12 @@ async def measure(
                 watching.append(
                     asyncio.create_task(view(client, response.json()["id"], viewers[-1]))
                 )
-            await asyncio.wait_for(asyncio.gather(*(v.started.wait() for v in viewers)), lead)
+            waits = [asyncio.ensure_future(v.started.wait()) for v in viewers]
+            await asyncio.wait(waits, timeout=max(1.0, until - args.window - time.time()))
+            for w in waits:
+                w.cancel()
             all_running = time.monotonic() - launched
+            running = sum(v.started.is_set() for v in viewers)
             begin = time.time() + 2
             await asyncio.sleep(2)
             agents_pss, agent_procs = await asyncio.to_thread(agents_pss_mib)
@@ -270,6 +274,7 @@ async def measure(
     statuses = [v.status for v in viewers]
     return {
         "runs": len(viewers),
+        "running_in_window": running,
         "succeeded": statuses.count("succeeded"),
         "launch_s": all_running,
         "idle_rss_mib": idle_rss / 1024,
@@ -325,7 +330,8 @@ def main() -> None:
                 results.setdefault((name, runs), []).append(found)
                 print(f"round {round_ + 1} {name} {runs} runs: " + json.dumps(found, default=str))
     print("\nmedians over rounds:")
-    keys = ["runs", "succeeded", "launch_s", "idle_rss_mib", "busy_rss_mib", "per_agent_mib",
+    keys = ["runs", "running_in_window", "succeeded", "launch_s", "idle_rss_mib", "busy_rss_mib",
+            "per_agent_mib",
             "idle_cpu_pct", "busy_cpu_pct", "events", "p50_ms", "p99_ms",
             "agents_pss_mib_per_run", "agent_procs", "fds", "threads",
             "mem_available_min_mib", "load_max"]  # fmt: skip
