@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -474,6 +475,36 @@ async def test_memory_limit_oom_kills_a_hog(
     assert last.oom_killed, records
     assert "out of memory" in (last.error or "")
     await backend.cleanup(run)
+
+
+def test_the_kernel_tells_of_an_oom_without_polling() -> None:
+    # cgroup v1: an eventfd on memory.oom_control becomes readable at the OOM, so the monitor
+    # reads the counter only then (and every few seconds), not five times a second per run.
+    if not ROOT:
+        realparts.missing("root for cgroups", "run the integration tests as root")
+    group = cgroups.create(f"oomtest-{os.getpid()}", cgroups.Limits(memory_mb=32))
+    try:
+        notifier = group.oom_notifier()
+        if group.version != 1:
+            assert notifier is None  # v2: the monitor polls memory.events as before
+            return
+        assert notifier is not None
+        hog = subprocess.Popen(
+            [sys.executable, "-c", "b = []\nwhile True: b.append(bytearray(8 << 20))"],
+            preexec_fn=group.join,
+        )
+        try:
+            readable, _, _ = select.select([notifier], [], [], 30)
+            assert readable == [notifier]
+            assert os.read(notifier, 8)
+            hog.wait(30)
+            assert group.oom_kills() >= 1
+        finally:
+            hog.kill()
+            hog.wait()
+            os.close(notifier)
+    finally:
+        group.destroy()
 
 
 async def test_unsandboxed_run_says_so(tmp_path: Path, settings: Settings, source: Path) -> None:
