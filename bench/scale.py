@@ -66,8 +66,9 @@ def threads(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/task"))
 
 
-def agents_pss_mib() -> tuple[float, int]:
-    """PSS of every run's monitor and what it started (sandbox, agent), and how many processes."""
+def agents_pss_mib(data: Path) -> tuple[float, int]:
+    """PSS of the monitors of this server's runs (their working directory is under ``data``)
+    and what they started (sandbox, agent), and how many processes that is."""
     parents: dict[int, int] = {}
     monitors: list[int] = []
     for entry in os.listdir("/proc"):
@@ -80,7 +81,11 @@ def agents_pss_mib() -> tuple[float, int]:
             continue
         parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
         if b"agentfarm.backends.local.monitor" in cmd:
-            monitors.append(int(entry))
+            try:
+                if os.readlink(f"/proc/{entry}/cwd").startswith(str(data)):
+                    monitors.append(int(entry))
+            except OSError:
+                continue
     tree = set(monitors)
     grew = True
     while grew:
@@ -250,7 +255,7 @@ async def measure(
             running = sum(v.started.is_set() for v in viewers)
             begin = time.time() + 2
             await asyncio.sleep(2)
-            agents_pss, agent_procs = await asyncio.to_thread(agents_pss_mib)
+            agents_pss, agent_procs = await asyncio.to_thread(agents_pss_mib, data)
             rss: list[int] = []
             cpu0, t0 = cpu_seconds(proc.pid), time.monotonic()
             fds = threads_n = 0

@@ -87,7 +87,7 @@ async def main_async(args: argparse.Namespace) -> None:
             while True:
                 await asyncio.sleep(1)
                 seqs = [await store.last_seq(r.id) for r in runs]
-                if min(seqs) >= args.events:
+                if min(seqs) >= args.events or time.time() > until - 5:
                     break
             gc.collect()
             during = tracemalloc.take_snapshot()
@@ -113,7 +113,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=500)
     parser.add_argument("--interval", type=float, default=0.5)
     parser.add_argument("--events", type=int, default=20, help="events per run before measuring")
-    parser.add_argument("--seconds", type=float, default=60.0, help="how long each run goes")
+    parser.add_argument("--seconds", type=float, default=300.0, help="how long each run goes")
     parser.add_argument("--top", type=int, default=15)
     args = parser.parse_args()
     tracemalloc.start()
