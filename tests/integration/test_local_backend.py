@@ -745,3 +745,52 @@ async def test_without_root_every_run_says_it_shares_the_servers_uid(
     await collect(handle.records(0))
     monkeypatch.undo()
     await backend.cleanup(run)
+
+
+PACED = """
+import sys, time
+sys.stdin.readline()
+for i in range(3):
+    time.sleep(1.0)  # quiet in between: each line comes after the reader went to sleep
+    print(f"line {i}", flush=True)
+"""
+
+
+def inotify_fds() -> int:
+    fds = os.listdir("/proc/self/fd")
+    return sum(1 for fd in fds if "inotify" in _link(f"/proc/self/fd/{fd}"))
+
+
+def _link(path: str) -> str:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return ""
+
+
+async def test_runs_share_the_backends_one_inotify_instance(
+    tmp_path: Path, settings: Settings, source: Path
+) -> None:
+    backend = LocalBackend(settings)
+    before = inotify_fds()
+    runs = [new_run(source, network="none") for _ in range(3)]
+    command = AgentCommand(argv=[agent(tmp_path, "paced", PACED)], env={}, stdin=b"go\n")
+    launches = [backend.launch(r, LaunchSpec.of(r.id, command, {})) for r in runs]
+    handles = [handle for handle, _ in await asyncio.gather(*launches)]
+    try:
+        streams = [asyncio.ensure_future(collect(h.records(0))) for h in handles]
+        await asyncio.sleep(0.2)
+        assert len(backend.watcher._dirs) == 3  # one watch per run directory
+        assert inotify_fds() == before + 1  # one instance for all of them
+        for records in await asyncio.gather(*streams):
+            assert stdout_lines(records) == [b"line 0", b"line 1", b"line 2"]
+            last = records[-1].exit
+            assert last is not None
+            assert last.exit_code == 0
+        assert backend.watcher.unavailable is None
+        assert backend.watcher._dirs == {}  # the watches went with their readers
+    finally:
+        for run in runs:
+            await backend.cleanup(run)
+        await backend.aclose()
+    assert inotify_fds() == before
