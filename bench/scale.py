@@ -261,7 +261,8 @@ async def measure(
             fds = threads_n = 0
             low_memory = mem_available_mib()
             load = os.getloadavg()[0]
-            while time.time() < until - 1:
+            stop_at = min(until - 1, time.time() + args.window)
+            while time.time() < stop_at:
                 rss.append(rss_kib(proc.pid))
                 fds = max(fds, len(os.listdir(f"/proc/{proc.pid}/fd")))
                 threads_n = max(threads_n, threads(proc.pid))
