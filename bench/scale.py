@@ -205,7 +205,6 @@ async def view(client: httpx.AsyncClient, run_id: str, viewer: Viewer) -> None:
             viewer.stamps += [(float(m), now) for m in STAMP.findall(line)]
             if event["type"] == "run.status" and event["data"].get("status") in TERMINAL:
                 viewer.status = event["data"]["status"]
-                viewer.started.set()
                 return
 
 
@@ -252,7 +251,7 @@ async def measure(
             for w in waits:
                 w.cancel()
             all_running = time.monotonic() - launched
-            running = sum(v.started.is_set() for v in viewers)
+            running = sum(v.started.is_set() and not v.status for v in viewers)
             begin = time.time() + 2
             await asyncio.sleep(2)
             agents_pss, agent_procs = await asyncio.to_thread(agents_pss_mib, data)
