@@ -121,7 +121,8 @@ class Resuming:
     async def _continue_ended(self, run: models.Run, prompt: str) -> models.Run:
         """An ended run continued by a person: a new agent process in its session, workspace
         and branch, told ``prompt``, as a parked run resumes."""
-        continuing.check(run, can_continue=self.parking.can_continue(run, ended=True))
+        refusal = await self.parking.ended_refusal(run)
+        continuing.check(run, can_continue=self.parking.can_continue(run), refusal=refusal)
         if run.id in self.dispatcher.active:
             raise errors.ConflictError(f"run {run.id} is still finishing; try again in a moment")
         self.dispatcher.active.add(run.id)
@@ -160,7 +161,7 @@ class Resuming:
             try:
                 creds = await self._credentials(run.spec)
                 spec = self.parking.launch_spec(run, reason, creds.require(), prompt)
-                handle, info = await self.parking.backend(run).resume(run, spec)
+                handle, info = await self.parking.start_next(run, spec, reason)
             except errors.AgentfarmError as exc:
                 redactor = creds.redactor if creds else Redactor()
                 # The workspace is there: its branch goes home.

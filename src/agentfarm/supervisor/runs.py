@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -38,6 +39,7 @@ from agentfarm.supervisor import (
     parking,
     queue,
     resuming,
+    storage,
     watchdog,
     webpush,
 )
@@ -151,6 +153,7 @@ class Supervisor(resuming.Resuming):
         )
         run.branch = branch or launch.branch_name(run.id)
         await self.fleet.enqueue(run)
+        self.hub.runs.changed(run)
         await self._append(run.id, [events.status_event(models.RunStatus.queued)])
         self.dispatcher.wake()
         return run
@@ -232,10 +235,11 @@ class Supervisor(resuming.Resuming):
         run_fields: Mapping[str, Any] | None = None,
         final: bool = False,
     ) -> None:
-        stored, _ = await self.store.append_events(
+        stored, run = await self.store.append_events(
             run_id, drafts, cursor=cursor, run_fields=run_fields
         )
         await self.hub.publish(run_id, stored, final=final)
+        self.hub.runs.changed(run)
         if final:
             await self.announcer.ended(run_id)
 
@@ -261,9 +265,14 @@ class Supervisor(resuming.Resuming):
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            log.exception("run %s: %s", run.id, what)
-            with contextlib.suppress(Exception):
-                await self._finish_without_agent(run, status, f"{what}: {exc}")
+            if isinstance(exc, errors.StorageFullError):
+                # The agent cannot be recorded: it stops, and its end is stored.
+                end = functools.partial(self._finish_without_agent, run, status, str(exc))
+                await storage.stop_and_end(run.id, self._handles.get(run.id), self.store, end)
+            else:
+                log.exception("run %s: %s", run.id, what)
+                with contextlib.suppress(Exception):
+                    await self._finish_without_agent(run, status, f"{what}: {exc}")
         finally:
             self._handles.pop(run.id, None)
             self._commands.pop(run.id, None)

@@ -73,6 +73,8 @@ class Monitor:
         self.oom_fd: int | None = None
         #: Until when the OOM counter is read every OOM_POLL (always, without a notifier).
         self.oom_watch_until = 0.0
+        #: The process limit refused a fork (said once, in a notice).
+        self.forks_refused = False
         self.cgroup = cgroups.RunCgroup()
         self.open_streams = 0
         self.splitters = {"stdout": lines.LineSplitter(), "stderr": lines.LineSplitter()}
@@ -165,6 +167,7 @@ class Monitor:
                     self.oom = True
                     self.spool.notice("the agent ran out of memory: stopping the sandbox")
                     self.kill_all()
+                self.check_forks()
             if self.kill_at is not None and now >= self.kill_at:
                 self.kill_at = None
                 self.kill_all()
@@ -200,7 +203,17 @@ class Monitor:
                 del events
         if self.cgroup.oom_kills() > 0:
             self.oom = True
+        self.check_forks()  # read every few seconds only where the kernel tells of OOMs
         return self.finish(returncode)
+
+    def check_forks(self) -> None:
+        if not self.forks_refused and self.cgroup.forks_refused() > 0:
+            self.forks_refused = True
+            self.spool.notice(
+                f"the agent reached its process limit ({self.spec.limits.pids}): its "
+                "new processes are refused until some exit; raise backend.sandbox.pids "
+                "if it needs more"
+            )
 
     def finish(self, returncode: int | None) -> bytes:
         """Flush, tear down, and return the exit frame's payload."""
