@@ -339,3 +339,25 @@ async def test_an_idle_follower_gets_heartbeats_and_close_lets_it_go(store: Stor
     with pytest.raises(StopAsyncIteration):
         await asyncio.wait_for(waiting, 10)
     assert hub.closing
+
+
+async def test_all_tails_share_one_budget_and_viewers_still_get_everything(store: Store) -> None:
+    # 500 runs at 4 MiB each would be 2 GiB: the runs share one budget instead (issue 12).
+    total = 4 * hub_module.TAIL_FLOOR
+    hub = Hub(store, total_bytes=total)
+    runs = [await new_run(store) for _ in range(2)]
+    for run in runs:
+        await store_and_publish(hub, store, run.id, texts(100, 1000))
+    assert all(hub.tail_bytes(r.id) <= total // 2 for r in runs)
+    assert hub.tail_bytes(runs[0].id) > total // 2 - 3000  # its whole share, not less
+    runs += [await new_run(store) for _ in range(6)]
+    for run in runs[2:]:
+        await store_and_publish(hub, store, run.id, texts(100, 1000))
+    # Eight runs: the floor each, the first two trimmed down to it as the others came.
+    assert all(hub.tail_bytes(r.id) <= hub_module.TAIL_FLOOR for r in runs)
+    assert hub._held == sum(hub.tail_bytes(r.id) for r in runs)
+    for run in runs[:2]:
+        await store_and_publish(hub, store, run.id, [status(models.RunStatus.failed)], final=True)
+        await store.update_run(run.id, status=models.RunStatus.failed)
+        assert [e.seq for e in await collect(hub, run.id)] == list(range(1, 102))
+    assert hub._held == sum(hub.tail_bytes(r.id) for r in runs[2:])

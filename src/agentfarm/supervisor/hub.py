@@ -29,8 +29,13 @@ from agentfarm.domain import models
 from agentfarm.store import Store
 from agentfarm.supervisor import runfeed
 
-#: Bytes of events a run's tail holds (about; see ``event_size``).
+#: Bytes of events a run's tail holds at most (about; see ``event_size``).
 TAIL_BYTES = 4 << 20
+#: Bytes all runs' tails hold together: with many runs each gets its share of this (never
+#: less than ``TAIL_FLOOR``), so 500 runs hold about as much as 16 (issue 12).
+TAIL_TOTAL_BYTES = 64 << 20
+#: What a run's tail may keep whatever the number of runs: its newest batches.
+TAIL_FLOOR = 64 << 10
 #: What an event costs in memory besides its data's JSON: the model, its dicts, the deque
 #: entry (measured with tracemalloc: 830-1340 bytes, more for more nested data).
 EVENT_OVERHEAD = 1024
@@ -60,9 +65,14 @@ class _Channel:
 
 
 class Hub:
-    def __init__(self, store: Store, *, tail_bytes: int = TAIL_BYTES) -> None:
+    def __init__(
+        self, store: Store, *, tail_bytes: int = TAIL_BYTES, total_bytes: int = TAIL_TOTAL_BYTES
+    ) -> None:
         self._store = store
         self._tail_bytes = tail_bytes
+        self._total_bytes = total_bytes
+        #: What every tail holds together (the sum of their ``tail_bytes``).
+        self._held = 0
         self._channels: dict[str, _Channel] = {}
         self._closing = False
         #: Farm-wide: each run created, changed or deleted (the dashboard's live list).
@@ -74,6 +84,21 @@ class Hub:
         #: timer for all of them (``_sweep``), not one per wait.
         self._idle: dict[asyncio.Future[bool], float] = {}
         self._sweeping: asyncio.TimerHandle | None = None
+
+    def _cap(self) -> int:
+        """What one run's tail may hold now: its share of the total, within its bounds."""
+        share = self._total_bytes // max(1, len(self._channels))
+        return max(min(self._tail_bytes, share), min(TAIL_FLOOR, self._tail_bytes))
+
+    def _trim(self, channel: _Channel, cap: int) -> None:
+        while channel.tail_bytes > cap:
+            _, size = channel.tail.popleft()
+            channel.tail_bytes -= size
+            self._held -= size
+
+    def _drop(self, run_id: str) -> None:
+        channel = self._channels.pop(run_id)
+        self._held -= channel.tail_bytes
 
     def _channel(self, run_id: str) -> _Channel:
         channel = self._channels.get(run_id)
@@ -106,10 +131,13 @@ class Hub:
                 size = event_size(event)
                 channel.tail.append((event, size))
                 channel.tail_bytes += size
+                self._held += size
                 channel.last_seq = event.seq
-        while channel.tail_bytes > self._tail_bytes:
-            _, size = channel.tail.popleft()
-            channel.tail_bytes -= size
+        cap = self._cap()
+        self._trim(channel, cap)
+        if self._held > self._total_bytes:  # more runs than when the others were trimmed
+            for other in self._channels.values():
+                self._trim(other, cap)
         channel.closed = channel.closed or final
         if channel.waiters:
             self._pending.add(channel)
@@ -152,7 +180,7 @@ class Hub:
         """The run has ended: drop its channel now, or when its last follower leaves."""
         channel = self._channels.get(run_id)
         if channel is not None and channel.closed and channel.followers == 0:
-            del self._channels[run_id]
+            self._drop(run_id)
 
     def _leave(self, run_id: str, channel: _Channel, *, ended: bool) -> None:
         channel.followers -= 1
@@ -161,7 +189,7 @@ class Hub:
         idle = channel.last_seq == 0
         current = self._channels.get(run_id) is channel
         if current and channel.followers == 0 and (channel.closed or idle):
-            del self._channels[run_id]
+            self._drop(run_id)
 
     async def _read(
         self, run_id: str, channel: _Channel, after: int, limit: int

@@ -124,7 +124,9 @@ class Ingest:
         while exit_info is None:
             quiet = None if fired else tracker.quiet(self.limits)
             try:
-                item = await asyncio.wait_for(queue.get(), timeout=quiet)
+                # A timer, not a task per batch (wait_for wraps the get in a task).
+                async with asyncio.timeout(quiet):
+                    item = await queue.get()
             except TimeoutError:
                 fired = tracker.phase
                 await self._quiet_too_long(fired, quiet or 0)

@@ -26,12 +26,14 @@ from agentfarm.backends.local import (
     binaries,
     cgroups,
     clone_pool,
+    exits,
     git,
     hostinfo,
     monitor_spec,
     monitors,
     procs,
     sandbox,
+    spoolwatch,
 )
 from agentfarm.backends.local import diff as local_diff
 from agentfarm.backends.local.handle import (
@@ -92,6 +94,8 @@ class LocalBackend:
         self.settings = settings
         self.clones = clone_pool.ClonePool(settings.data_dir / "pool", settings.local_clone_pool)
         self.monitors = monitors.MonitorPool(settings.local_monitor_pool)
+        #: One inotify instance for every run's spool reader (see ``spoolwatch``).
+        self.watcher = spoolwatch.SpoolWatcher()
 
     async def astart(self) -> None:
         """At server start: forget pooled clones of an earlier server, start idle monitors."""
@@ -99,15 +103,17 @@ class LocalBackend:
         self.monitors.start()
 
     async def aclose(self) -> None:
-        """At server stop: the pools go (running agents and their monitors stay)."""
+        """At server stop: the pools go, and the shared inotify instance (running agents and
+        their monitors stay)."""
         await self.clones.close()
         await self.monitors.close()
+        self.watcher.close()
 
     def run_dir(self, run_id: str) -> Path:
         return self.settings.runs_dir / run_id
 
     def handle(self, run: models.Run, git_auth: GitAuth | None = None) -> LocalHandle:
-        return LocalHandle(run, self.run_dir(run.id), git_auth)
+        return LocalHandle(run, self.run_dir(run.id), git_auth, self.watcher)
 
     async def launch(
         self, run: models.Run, spec: launch.LaunchSpec
@@ -241,10 +247,7 @@ class LocalBackend:
         if identity is not None and await asyncio.to_thread(procs.is_running, *identity):
             # A monitor still going: kill it, and its sandbox dies with it (--die-with-parent).
             procs.kill_quietly(identity[0])
-            for _ in range(200):
-                if not await asyncio.to_thread(monitor_running, run_dir):
-                    break
-                await asyncio.sleep(0.01)
+            await exits.exited_within(*identity, 2.0)
         await asyncio.to_thread(kill_orphans, run_dir, run.id)
         await _remove_tree(run_dir)
 
