@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from agentfarm import tasks
 from agentfarm.agents.base import StreamParser
-from agentfarm.backends.base import LaunchInfo, RunHandle
+from agentfarm.backends.base import Backend, KnowsStart, LaunchInfo, RunHandle
 from agentfarm.domain import errors, launch, models
 from agentfarm.domain.redact import Redactor
 from agentfarm.store import Store
@@ -71,6 +71,8 @@ class Resuming:
             command: launch.AgentCommand,
             redactor: Redactor,
         ) -> None: ...
+
+        async def _start_agent(self, run: models.Run) -> None: ...
 
     async def resume_run(self, run_id: str, prompt: str | None = None) -> models.Run:
         """Resume a parked run now, rather than when its usage limit resets (told ``prompt``,
@@ -167,6 +169,24 @@ class Resuming:
                 await self._end_parked(run, models.RunStatus.failed, redactor.text(str(exc)))
                 return
             await self._attached(run, handle, info, spec.command, creds.redactor)
+
+    async def _launch_cut_short(self, run: models.Run, backend: Backend) -> bool:
+        """After a restart: True when the run's launch was cut short before its agent process
+        started (it is ``starting`` and its backend started nothing). That launch is made
+        again: a fresh run's from a clean slate; a parked or continued run's next process in
+        its workspace, as its resume would have."""
+        if run.status != models.RunStatus.starting or not isinstance(backend, KnowsStart):
+            return False
+        if await backend.started(run):
+            return False
+        note = "agentfarm restarted before the agent started: starting it again"
+        await self._append(run.id, [events.notice_event(note)])
+        if run.continuation.reason is not None:  # a resume: the workspace holds its work
+            await self._continue(run, run.continuation.reason, started=True)
+        else:
+            await backend.cleanup(run)
+            await self._start_agent(run)
+        return True
 
     def _stop_parked(self, run: models.Run) -> bool:
         """A person's stop of a parked run (True): it ends ``stopped``, its branch home."""

@@ -283,31 +283,35 @@ class Supervisor(resuming.Resuming):
                 log.info("run %s: not launched, it is %s", run.id, exc.current)
                 self._stop_requested.discard(run.id)
                 return
-            if run.id in self._stop_requested:
-                await self._finish_without_agent(
-                    run, models.RunStatus.stopped, "stopped before it started"
-                )
-                return
-            creds: credentials.Credentials | None = None
-            try:
-                creds = await self._credentials(run.spec)
-                backend = self.backends[run.spec.backend.type]
-                spec = launch.LaunchSpec(
-                    run_id=run.id,
-                    branch=run.branch or launch.branch_name(run.id),
-                    command=self.adapters[run.spec.agent].build_command(
-                        run.spec, base_url=creds.base_url
-                    ),
-                    credentials=creds.require().env,
-                    git_auth=creds.git_auth,
-                )
-                handle, info = await backend.launch(run, spec)
-            except errors.AgentfarmError as exc:
-                redacted = (creds.redactor if creds else Redactor()).text(str(exc))
-                await self._finish_without_agent(run, models.RunStatus.failed, redacted)
-                await self._discard_failed_launch(run)
-                return
-            await self._attached(run, handle, info, spec.command, creds.redactor)
+            await self._start_agent(run)
+
+    async def _start_agent(self, run: models.Run) -> None:
+        """A ``starting`` run's launch: its command and credentials to its backend."""
+        if run.id in self._stop_requested:
+            await self._finish_without_agent(
+                run, models.RunStatus.stopped, "stopped before it started"
+            )
+            return
+        creds: credentials.Credentials | None = None
+        try:
+            creds = await self._credentials(run.spec)
+            backend = self.backends[run.spec.backend.type]
+            spec = launch.LaunchSpec(
+                run_id=run.id,
+                branch=run.branch or launch.branch_name(run.id),
+                command=self.adapters[run.spec.agent].build_command(
+                    run.spec, base_url=creds.base_url
+                ),
+                credentials=creds.require().env,
+                git_auth=creds.git_auth,
+            )
+            handle, info = await backend.launch(run, spec)
+        except errors.AgentfarmError as exc:
+            redacted = (creds.redactor if creds else Redactor()).text(str(exc))
+            await self._finish_without_agent(run, models.RunStatus.failed, redacted)
+            await self._discard_failed_launch(run)
+            return
+        await self._attached(run, handle, info, spec.command, creds.redactor)
 
     async def _resume(self, run: models.Run) -> None:
         async with self._owning(run, models.RunStatus.lost, "could not reattach after a restart"):
@@ -318,6 +322,8 @@ class Supervisor(resuming.Resuming):
                     models.RunStatus.lost,
                     f"the {run.spec.backend.type!r} backend is no longer enabled on this server",
                 )
+                return
+            if await self._launch_cut_short(run, backend):
                 return
             # Resolved again: the branch's push (at the end) needs the git token.
             creds: credentials.Credentials | None = None
