@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import random
 import shutil
+import signal
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -29,6 +30,8 @@ from tests.integration.server import Server
 from tests.realparts import missing
 
 HERE = Path(__file__).parent
+#: ``serve(env, port=None)``, the fixture below.
+Serve = Callable[..., Server]
 SEED_ENV = "AGENTFARM_FAULT_SEED"
 
 
@@ -82,17 +85,29 @@ def source(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def serve(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], Server]]:
-    """``serve(env)``: a real server process (local backend, real bubblewrap) with ``env`` on the
-    test's data directory (the same each time, as a restarted server has)."""
+def serve(tmp_path: Path) -> Iterator[Serve]:
+    """``serve(env, port=None)``: a real server process (local backend, real bubblewrap) with
+    ``env`` on the test's data directory (the same each time, as a restarted server has), on
+    ``port`` (default: a free one; a restart that webhooks must reach gives the same)."""
     if shutil.which("bwrap") is None:
         missing("bubblewrap", "apt-get install bubblewrap (make test does it)")
     started: list[Server] = []
 
-    def start(env: dict[str, str]) -> Server:
-        srv = Server(tmp_path / "data", env, tmp_path / "server.log").start()
+    def start(env: dict[str, str], port: int | None = None) -> Server:
+        # A server that does not come up is aborted: faulthandler shows where it was stuck.
+        srv = Server(tmp_path / "data", {"PYTHONFAULTHANDLER": "1", **env}, tmp_path / "server.log")
+        if port is not None:
+            srv.port, srv.url = port, f"http://127.0.0.1:{port}"
+            srv.env |= {"AGENTFARM_PORT": str(port), "AGENTFARM_URL": srv.url}
         started.append(srv)
-        return srv
+        try:
+            return srv.start()
+        except RuntimeError:
+            if srv.proc is not None and srv.proc.poll() is None:
+                srv.proc.send_signal(signal.SIGABRT)
+                srv.proc.wait(10)
+            srv.proc = None
+            raise RuntimeError(f"the server did not start: {srv.log.read_text()[-6000:]}") from None
 
     yield start
     for srv in started:
