@@ -120,10 +120,13 @@ def test_kill9_while_parked_at_resume_during_stops_and_streaming(
     delay = rng.uniform(0, 1.0)
     time.sleep(delay)
     campaign.kill("parked", delay, f" {parking[0]}")
+    delay = rng.uniform(0, 0.3)  # and again while the new server reattaches
+    time.sleep(delay)
+    campaign.kill("reattach", delay)
     for run in parked[1:]:
         # Around the reset: just before, as the timer fires, or while the new process starts.
         until = datetime.fromisoformat(run["parked_until"]).timestamp()
-        offset = rng.uniform(-0.3, 1.5)
+        offset = rng.uniform(-0.1, 0.8)
         time.sleep(max(0.0, until + offset - time.time()))
         campaign.kill("at resume", offset, f" {run['id']}")
 
@@ -141,6 +144,9 @@ def test_kill9_while_parked_at_resume_during_stops_and_streaming(
     delay = rng.uniform(0, 1.0)
     time.sleep(delay)
     campaign.kill("claude streaming", delay, f" {streaming}")
+    delay = rng.uniform(0, 0.3)
+    time.sleep(delay)
+    campaign.kill("reattach", delay)
     campaign.wait_for(
         f"{stopping} to run its tool",
         lambda: any(e["type"] == "agent.tool_call" for e in campaign.events(stopping)),
