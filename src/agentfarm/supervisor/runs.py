@@ -175,12 +175,11 @@ class Supervisor(resuming.Resuming):
                     self._stop_requested.discard(run_id)
                 return current
         handle = self._handles.get(run_id)
-        if handle is not None:
-            tasks.spawn(
-                handle.stop(self.settings.stop_grace_seconds),
-                name=f"stop-{run_id}",
-                into=self._tasks,
-            )
+        if handle is not None:  # answered once the backend has it (it outlives a kill -9 of ours)
+            grace = self.settings.stop_grace_seconds
+            stopping = tasks.spawn(handle.stop(grace), name=f"stop-{run_id}", into=self._tasks)
+            with contextlib.suppress(Exception):  # a failure is logged by the task itself
+                await asyncio.wait_for(asyncio.shield(stopping), 5)
         return run
 
     async def stop_for(self, run_id: str, reason: str) -> None:
