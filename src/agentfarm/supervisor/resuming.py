@@ -188,15 +188,15 @@ class Resuming:
             await self._start_agent(run)
         return True
 
-    def _stop_parked(self, run: models.Run) -> bool:
-        """A person's stop of a parked run (True): it ends ``stopped``, its branch home."""
+    def _stop_parked(self, run: models.Run) -> asyncio.Task[None] | None:
+        """A person's stop of a parked run (its task; None when the run is not parked): it
+        ends ``stopped``, its branch home."""
         if run.status != models.RunStatus.parked or run.id in self.dispatcher.active:
-            return False
+            return None
         self.parking.disarm(run.id)
         self.dispatcher.active.add(run.id)
         stopping = self._end_parked(run, models.RunStatus.stopped, "stopped while parked")
-        tasks.spawn(stopping, name=f"unpark-{run.id}", into=self._tasks)
-        return True
+        return tasks.spawn(stopping, name=f"unpark-{run.id}", into=self._tasks)
 
     async def _end_parked(self, run: models.Run, status: models.RunStatus, error: str) -> None:
         """End a run between agent processes: its branch is brought home, as at any end."""

@@ -160,7 +160,11 @@ class Supervisor(resuming.Resuming):
         if run.status.terminal:
             raise errors.ConflictError(f"run {run_id} has already ended ({run.status.value})")
         self._stop_requested.add(run_id)
-        if self._stop_parked(run):
+        # Answered once the stop is done (parked) or the backend has it, so that a kill -9 of
+        # this process after the answer cannot lose it (a failure is logged by the task).
+        if (ending := self._stop_parked(run)) is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(ending), 30)
             return run
         if run.status == models.RunStatus.queued and run_id not in self.dispatcher.active:
             try:
@@ -175,10 +179,10 @@ class Supervisor(resuming.Resuming):
                     self._stop_requested.discard(run_id)
                 return current
         handle = self._handles.get(run_id)
-        if handle is not None:  # answered once the backend has it (it outlives a kill -9 of ours)
+        if handle is not None:
             grace = self.settings.stop_grace_seconds
             stopping = tasks.spawn(handle.stop(grace), name=f"stop-{run_id}", into=self._tasks)
-            with contextlib.suppress(Exception):  # a failure is logged by the task itself
+            with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.shield(stopping), 5)
         return run
 
