@@ -9,6 +9,10 @@
     entrypoint.py control          in the agent container (``exec``, by the control plane):
                                    one JSON request line on stdin for the running ``run``
                                    (a follow-up, an interrupt), its JSON reply on stdout
+    entrypoint.py session-out      in the agent container (``exec``, at the run's end): the
+                                   agent's session files from HOME as a bundle on stdout
+    entrypoint.py session-in       (``exec``, in a continued run's new pod): such a bundle on
+                                   stdin, put back into HOME; its JSON reply on stdout
 
 The control plane reads this container's log, which merges stdout and stderr, so everything
 goes to stdout, one line per write, each line ``\\x1e<kind><seq> <payload>``: kind ``O`` for
@@ -57,11 +61,13 @@ import re
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from typing import IO
 
@@ -807,15 +813,179 @@ def _make_undumpable() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE = 4
 
 
+# --- the agent's session, carried out of the pod and back (a continued run) ----------------
+# A run that ended can be continued later in a new pod (backends/kubernetes/sessions.py): at
+# the run's end, before ``finish``, the control plane execs ``session-out`` and keeps the
+# bundle; the continued run's pod gets it back with ``session-in`` before its agent resumes
+# the session. A bundle is one JSON line ``{"files": [{"name", "size"}], "size": N}`` (names
+# under ~/.claude) and then N bytes: the files' contents, one after another, zlib-compressed.
+
+#: At most this many bytes of session files are carried (more: an ``error`` line instead).
+SESSION_LIMIT = 64 << 20
+SESSION_HEADER_LIMIT = 1 << 20
+SESSION_MAX_FILES = 4096
+_UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+#: Under a session's own directory (large tool results, subagents' transcripts).
+SESSION_SUBDIRS = ("subagents", "tool-results")
+
+
+def session_project() -> str:
+    """Claude Code's directory for the workspace's sessions, under ~/.claude (its cwd with
+    every character but letters and digits made ``-``)."""
+    workspace = os.environ.get("AGENTFARM_WORKSPACE", "/workspace")
+    return "projects/" + re.sub(r"[^A-Za-z0-9]", "-", workspace)
+
+
+def session_name_re() -> re.Pattern[str]:
+    project = re.escape(session_project())
+    subdirs = "|".join(SESSION_SUBDIRS)
+    return re.compile(
+        rf"{project}/{_UUID}(?:\.jsonl|/(?:{subdirs})/[A-Za-z0-9][A-Za-z0-9._-]{{0,127}})"
+    )
+
+
+def _session_candidates(claude: str) -> list[str]:
+    """Names (under ``claude``) of the session files there: regular files only, no links."""
+    names: list[str] = []
+    project = session_project()
+    pattern = session_name_re()
+
+    def files(rel: str) -> list[str]:
+        path = os.path.join(claude, rel)
+        try:
+            if not stat.S_ISDIR(os.lstat(path).st_mode):
+                return []
+            entries = sorted(os.listdir(path))
+        except OSError:
+            return []
+        return [f"{rel}/{entry}" for entry in entries]
+
+    for rel in files(project):
+        if pattern.fullmatch(rel):
+            names.append(rel)
+        elif re.fullmatch(_UUID, os.path.basename(rel)):
+            for sub in SESSION_SUBDIRS:
+                names += [n for n in files(f"{rel}/{sub}") if pattern.fullmatch(n)]
+    return names
+
+
+def _read_regular(path: str) -> bytes | None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+            return None
+        return fh.read(SESSION_LIMIT + 1)
+
+
+def session_out() -> int:
+    """``entrypoint.py session-out``: the session files of ~/.claude as a bundle on stdout,
+    or ``{"error": ...}`` when they are over SESSION_LIMIT."""
+    claude = os.path.join(os.environ.get("HOME") or "/home/agent", ".claude")
+    files: list[dict[str, object]] = []
+    packer = zlib.compressobj(6)
+    chunks: list[bytes] = []
+    total = 0
+    for name in _session_candidates(claude):
+        data = _read_regular(os.path.join(claude, name))
+        if data is None:
+            continue
+        total += len(data)
+        if total > SESSION_LIMIT or len(files) >= SESSION_MAX_FILES:
+            limit = SESSION_LIMIT >> 20
+            error = (
+                f"the agent's session files are over {limit} MiB or {SESSION_MAX_FILES} files, "
+                "the most carried out of a pod"
+            )
+            sys.stdout.buffer.write(json.dumps({"error": error}).encode() + b"\n")
+            return 0
+        files.append({"name": name, "size": len(data)})
+        chunks.append(packer.compress(data))
+    chunks.append(packer.flush())
+    packed = b"".join(chunks)
+    header = json.dumps({"files": files, "size": len(packed)}).encode()
+    sys.stdout.buffer.write(header + b"\n" + packed)
+    sys.stdout.buffer.flush()
+    return 0
+
+
+def session_in() -> int:
+    """``entrypoint.py session-in``: a bundle on stdin, its files put back under ~/.claude
+    (only session file names; a file there already is replaced, never followed)."""
+    try:
+        count = _restore_session(sys.stdin.buffer)
+        reply: dict[str, object] = {"ok": True, "files": count}
+    except (OSError, ValueError, zlib.error) as exc:
+        reply = {"ok": False, "error": f"cannot restore the agent's session: {exc}"}
+    sys.stdout.buffer.write(json.dumps(reply).encode() + b"\n")
+    sys.stdout.buffer.flush()
+    return 0
+
+
+def _restore_session(stream: IO[bytes]) -> int:
+    header = json.loads(stream.readline(SESSION_HEADER_LIMIT))
+    files, size = header.get("files"), header.get("size")
+    if not isinstance(files, list) or not isinstance(size, int) or size < 0:
+        raise ValueError("the bundle's header is not what session-out writes")
+    pattern, total, wanted = session_name_re(), 0, []
+    for item in files:
+        name, length = item.get("name"), item.get("size")
+        if not isinstance(name, str) or not pattern.fullmatch(name):
+            raise ValueError(f"unexpected file name {str(name)[:100]!r} in the bundle")
+        if not isinstance(length, int) or length < 0:
+            raise ValueError("a file size in the bundle is not a count of bytes")
+        total += length
+        wanted.append((name, length))
+    if total > SESSION_LIMIT or len(wanted) > SESSION_MAX_FILES:
+        raise ValueError(f"the bundle holds over {SESSION_LIMIT >> 20} MiB or too many files")
+    packed = stream.read(size)
+    data = zlib.decompressobj().decompress(packed, total + 1)
+    if len(packed) != size or len(data) != total:
+        raise ValueError("the bundle is cut short or its sizes do not add up")
+    claude = os.path.join(os.environ.get("HOME") or "/home/agent", ".claude")
+    offset = 0
+    for name, length in wanted:
+        path = os.path.join(claude, name)
+        _make_dirs(claude, os.path.dirname(name))
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data[offset : offset + length])
+        offset += length
+    return len(wanted)
+
+
+def _make_dirs(root: str, rel: str) -> None:
+    """Create ``rel`` under ``root`` one level at a time, refusing a link on the way."""
+    path = root
+    for part in ["", *rel.split("/")]:
+        path = os.path.join(path, part) if part else path
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            if not stat.S_ISDIR(os.lstat(path).st_mode):
+                raise ValueError(f"{path} is not a directory") from None
+
+
 def main(args: list[str]) -> int:
     if args[:1] == ["clone"]:
         return clone()
     if args[:1] == ["control"]:
         return control()
+    if args[:1] == ["session-out"]:
+        return session_out()
+    if args[:1] == ["session-in"]:
+        return session_in()
     if args[:1] == ["run"]:
         rest = args[1:]
         return run(rest[1:] if rest[:1] == ["--"] else rest)
-    print("usage: entrypoint.py clone | run -- ARGV... | control", file=sys.stderr)
+    print(
+        "usage: entrypoint.py clone | run -- ARGV... | control | session-out | session-in",
+        file=sys.stderr,
+    )
     return 2
 
 

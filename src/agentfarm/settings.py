@@ -76,7 +76,8 @@ class Settings(RunSettings):
         description="An agent pod whose agent exited waits this long for the control plane to "
         "resume the run in it (a park at the usage limit, a stall) or to finish it (push and "
         "exit); a run parked longer ends `failed`, its branch pushed. 0: the pod pushes and "
-        "exits with its agent, and its runs are not parked.",
+        "exits with its agent, its runs are not parked, and an ended run cannot be continued "
+        "(its agent's session is not carried out of the pod).",
     )
     k8s_credentials_claim: str = Field(
         "claude-home",

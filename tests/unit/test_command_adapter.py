@@ -96,7 +96,8 @@ def test_a_huge_line_is_capped() -> None:
     [
         (0, None, False, False, models.RunStatus.succeeded, None),
         (3, None, False, False, models.RunStatus.failed, "code 3"),
-        (None, 9, False, False, models.RunStatus.failed, "signal 9"),
+        (None, 9, False, False, models.RunStatus.failed, "killed by SIGKILL"),
+        (139, None, False, False, models.RunStatus.failed, "killed by SIGSEGV"),
         (None, 15, True, False, models.RunStatus.stopped, None),
         (None, None, False, True, models.RunStatus.lost, "went away"),
     ],

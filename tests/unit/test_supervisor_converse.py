@@ -12,6 +12,7 @@ from agentfarm.agents.base import AgentAdapter
 from agentfarm.agents.claude import ClaudeAdapter
 from agentfarm.agents.codex import CodexAdapter
 from agentfarm.agents.command import CommandAdapter
+from agentfarm.backends import base as backend_base
 from agentfarm.backends import fake
 from agentfarm.backends.base import ExitInfo
 from agentfarm.backends.fake import FakeBackend, FakeHandle, Step
@@ -225,3 +226,47 @@ async def test_what_cannot_be_continued_says_why(
     await store.update_run(piped.id, origin="pipeline")
     with pytest.raises(errors.ConflictError, match="pipeline run"):
         await supervisor.resume_run(piped.id, "again")
+
+
+class ElsewhereBackend(FakeBackend):
+    """A backend whose ended runs go on somewhere new (as Kubernetes' do, in a new pod):
+    ``ContinuesEnded``, with a refusal a test sets."""
+
+    def __init__(self, world: fake.FakeWorld) -> None:
+        super().__init__(world=world)
+        self.refusal: str | None = "its agent's session was not kept; launch a new run instead"
+        self.continued: list[str] = []
+
+    async def continue_refusal(self, run: models.Run) -> str | None:
+        return self.refusal
+
+    async def continue_ended(
+        self, run: models.Run, spec: launch.LaunchSpec
+    ) -> tuple[FakeHandle, backend_base.LaunchInfo]:
+        self.continued.append(run.id)
+        return await self.resume(run, spec)
+
+
+async def test_a_backend_that_continues_elsewhere_is_asked_and_says_why_not(
+    store: Store, backend: FakeBackend, supervisors: Callable[..., Supervisor]
+) -> None:
+    backend.script = fake.claude_like_script
+    elsewhere = ElsewhereBackend(world=backend.world)
+    assert isinstance(elsewhere, backend_base.ContinuesEnded)
+    supervisor = supervisors(on=elsewhere)
+    run = await supervisor.submit(models.AgentSpec(repo="/srv/repo", prompt="go"))
+    await supervisor.start()
+    first = await ended(store, run.id)
+    with pytest.raises(errors.ConflictError) as refused:
+        await supervisor.resume_run(run.id, "and now the docs")
+    assert str(refused.value) == (
+        f"run {run.id} cannot be continued: its agent's session was not kept; launch a new run "
+        "instead"
+    )
+    assert (await store.get_run(run.id)).status is models.RunStatus.succeeded  # untouched
+    elsewhere.refusal = None
+    await supervisor.resume_run(run.id, "and now the docs")
+    done = await ended(store, run.id)
+    assert done.status is models.RunStatus.succeeded and elsewhere.continued == [run.id]
+    command = backend.world.launches[run.id].command
+    assert command.argv[-2:] == ["--resume", first.session_id]

@@ -10,6 +10,7 @@ processes, then kills them.
 from __future__ import annotations
 
 from agentfarm.agents import base, capping
+from agentfarm.agents.jsonlines import signal_name
 from agentfarm.domain import errors, launch, models
 
 
@@ -69,8 +70,11 @@ class CommandParser:
             )
         if exit_code == 0:
             return base.Outcome(models.RunStatus.succeeded)
+        if signal is None and exit_code is not None and 128 < exit_code < 128 + 65:
+            signal = exit_code - 128  # a shell-style status: the process died of a signal
         if signal is not None:
-            return base.Outcome(
-                models.RunStatus.failed, f"the command was killed by signal {signal}"
-            )
+            reason = f"the command was killed by {signal_name(signal)}"
+            if signal == 9:
+                reason += " (often the sandbox's memory limit)"
+            return base.Outcome(models.RunStatus.failed, reason)
         return base.Outcome(models.RunStatus.failed, f"the command exited with code {exit_code}")

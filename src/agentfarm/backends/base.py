@@ -152,6 +152,24 @@ class Resumes(Protocol):
 
 
 @runtime_checkable
+class ContinuesEnded(Protocol):
+    """A backend whose ended runs go on somewhere new when a person continues them, not where
+    they ran (Kubernetes: the run's pod has gone; a new one gets the agent's session back).
+    Without it, :class:`Resumes` starts a continued run's process as a parked run's."""
+
+    async def continue_refusal(self, run: models.Run) -> str | None:
+        """Why the ended ``run`` cannot be continued, saying what to do instead (None: it
+        can)."""
+        ...
+
+    async def continue_ended(
+        self, run: models.Run, spec: launch.LaunchSpec
+    ) -> tuple[RunHandle, LaunchInfo]:
+        """The ended run's next agent process: ``spec`` resumes its session."""
+        ...
+
+
+@runtime_checkable
 class KnowsStart(Protocol):
     """A backend that can tell, after a restart, whether a run's agent process was ever
     started. A control plane killed in the middle of a launch leaves the run ``starting`` with

@@ -43,6 +43,11 @@ class BackendError(AgentfarmError, RuntimeError):
     """A backend operation failed (talking to a monitor, a pod, a sandbox)."""
 
 
+class StorageFullError(AgentfarmError, OSError):
+    """The disk under the data directory is full: nothing could be written (HTTP 507). What was
+    stored before stays; the same request works again once there is space."""
+
+
 class StatusConflictError(ConflictError):
     """A run's status changed under us: the change asked for is no longer allowed."""
 

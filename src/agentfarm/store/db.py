@@ -24,6 +24,7 @@ import os
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -88,11 +89,66 @@ def _settle(future: asyncio.Future[Any], result: Any, exc: BaseException | None)
         future.set_result(result)
 
 
+def full_error(exc: sqlite3.OperationalError, path: Path | None) -> errors.StorageFullError | None:
+    """A StorageFullError saying what to do, when ``exc`` is SQLite's "database or disk is full"
+    (the transaction was rolled back: what was stored before is intact)."""
+    if getattr(exc, "sqlite_errorcode", None) != sqlite3.SQLITE_FULL:
+        return None
+    where = f" ({path.parent})" if path is not None else ""
+    return errors.StorageFullError(
+        f"the disk under agentfarm's data directory{where} is full, so nothing could be "
+        "stored: free space there (remove old runs with `agentfarm rm`, or lower "
+        "AGENTFARM_RETENTION_HOURS), then retry; what was stored before is intact"
+    )
+
+
+#: A file of this many bytes beside the database, given up when the disk is full so that the
+#: ends of runs can still be stored (and made again once there is space).
+RESERVE_BYTES = 4 << 20
+RESERVE_NAME = ".agentfarm-reserve"
+
+
+class Reserve:
+    """The space kept back for a full disk (blocking; used on the writer thread)."""
+
+    def __init__(self, path: Path, size: int = RESERVE_BYTES) -> None:
+        self.path = path
+        self.size = size
+        self._next_try = 0.0
+
+    def refill(self) -> None:
+        """Make the file if it is missing (at most every few seconds while there is no room)."""
+        now = time.monotonic()
+        if now < self._next_try or self.path.exists():
+            return
+        self._next_try = now + 10.0
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except OSError:
+            return
+        try:
+            os.posix_fallocate(fd, 0, self.size)
+        except OSError:
+            self.path.unlink(missing_ok=True)  # no room yet: try again later
+        finally:
+            os.close(fd)
+
+    def release(self) -> bool:
+        """Give the space back to the disk; True if there was any to give."""
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
+
 class _Writer:
     """The one thread that writes; owns its connection and closes it on the way out."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, path: Path | None = None) -> None:
         self._conn = conn
+        self._path = path
+        self.reserve = Reserve(path.with_name(RESERVE_NAME)) if path is not None else None
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread = threading.Thread(
             target=self._run, name="agentfarm-store-writer", daemon=True
@@ -131,8 +187,12 @@ class _Writer:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
+        except sqlite3.OperationalError as exc:
+            error = full_error(exc, self._path) or exc
         except Exception as exc:  # handed over to the awaiting coroutine
             error = exc
+        if error is None and self.reserve is not None:
+            self.reserve.refill()
         # RuntimeError: the loop is closed, so nobody is waiting any more.
         with contextlib.suppress(RuntimeError):
             job.loop.call_soon_threadsafe(_settle, job.future, result, error)
@@ -201,11 +261,16 @@ class Database:
             for conn in conns:
                 conn.close()
             raise
-        return cls(path, _Writer(conns[0]), _Readers(conns[1:]))
+        return cls(path, _Writer(conns[0], path), _Readers(conns[1:]))
 
     @property
     def closed(self) -> bool:
         return self._closed
+
+    async def release_reserve(self) -> bool:
+        """Free the space kept back for a full disk (see :data:`RESERVE_BYTES`)."""
+        reserve = self._writer.reserve
+        return reserve is not None and await asyncio.to_thread(reserve.release)
 
     async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn`` in its own ``BEGIN IMMEDIATE`` transaction on the writer thread."""

@@ -8,10 +8,14 @@ and the figures so far become the base the new process counts on (as at a park).
 cursor goes back to 0: the new process's records start a new spool. At the new end the branch
 goes home again, on top of what the first end brought.
 
+On Kubernetes the run's pod has gone with its end: the backend continues it in a new pod on
+the run's branch, with the agent's session (carried out of the old pod at the run's end) put
+back in its HOME (``backends.base.ContinuesEnded``).
+
 Not continued: a pipeline run (its pull request is where it is talked to), an agent or a
-backend that cannot start a process in an existing session (Claude on the local backend can),
-a Kubernetes run (its pod ended with it: a pod waits for its run's resume only while the run
-may go on, parked or stalled), and a run whose files were removed (retention) or that never ran.
+backend that cannot start a process in an existing session (Claude can), a run whose files
+were removed (retention) or that never ran, and one its backend refuses with its reason (a
+Kubernetes run whose session could not be carried out of its pod).
 """
 
 from __future__ import annotations
@@ -23,31 +27,27 @@ from agentfarm.store import store
 from agentfarm.supervisor import events, parking
 
 
-def check(run: models.Run, *, can_continue: bool) -> None:
-    """A ConflictError saying why ``run`` cannot be continued, if it cannot."""
+def check(run: models.Run, *, can_continue: bool, refusal: str | None = None) -> None:
+    """A ConflictError saying why ``run`` cannot be continued, if it cannot (``refusal``: its
+    backend's reason, ``Parking.ended_refusal``)."""
     if run.origin == "pipeline":
         raise errors.ConflictError(
             f"run {run.id} is a pipeline run: continue it from its pull request (mention the "
             "bot there), not here"
         )
-    if not can_continue and run.spec.backend.type == "kubernetes":
-        raise errors.ConflictError(
-            f"run {run.id} cannot be continued: it ran in a Kubernetes pod, which pushed its "
-            "branch and ended with the run, and the agent's session lived in that pod; launch a "
-            f"new run on its branch {run.branch or ''} instead (a parked or stalled pod run "
-            "goes on in its pod)"
-        )
     if not can_continue or not run.session_id:
         raise errors.ConflictError(
             f"run {run.id} cannot be continued: the {run.spec.agent} agent on the "
             f"{run.spec.backend.type} backend cannot start a new process in its session "
-            "(Claude on the local backend can); launch a new run instead"
+            "(Claude can, on the local and Kubernetes backends); launch a new run instead"
         )
     if not run.workspace:
         raise errors.ConflictError(
             f"run {run.id} has no workspace any more (removed after AGENTFARM_RETENTION_HOURS, "
             "or it never started): launch a new run instead"
         )
+    if refusal is not None:
+        raise errors.ConflictError(f"run {run.id} cannot be continued: {refusal}")
 
 
 def drafts(run: models.Run, prompt: str) -> list[models.EventDraft]:

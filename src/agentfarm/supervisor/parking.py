@@ -22,7 +22,7 @@ from typing import Any
 
 from agentfarm import tasks
 from agentfarm.agents.base import AgentAdapter, Resumable, StreamParser
-from agentfarm.backends.base import Backend, Resumes
+from agentfarm.backends.base import Backend, ContinuesEnded, LaunchInfo, Resumes, RunHandle
 from agentfarm.domain import errors, launch, models
 from agentfarm.domain.launch import GitAuth
 from agentfarm.domain.redact import Redactor
@@ -86,15 +86,27 @@ class Parking:
             return None
         return f"the model's usage limit of its credentials, until {events.fmt_time(until)}"
 
-    def can_continue(self, run: models.Run, *, ended: bool = False) -> bool:
-        """The run's backend and agent can start its next agent process (after it ``ended``:
-        a backend whose runs leave nothing to go on in, Kubernetes', says so)."""
+    def can_continue(self, run: models.Run) -> bool:
+        """The run's backend and agent can start its next agent process."""
         backend = self.backends.get(run.spec.backend.type)
-        if ended and not getattr(backend, "continues_ended", True):
-            return False
         return isinstance(backend, Resumes) and isinstance(
             self.adapters.get(run.spec.agent), Resumable
         )
+
+    async def ended_refusal(self, run: models.Run) -> str | None:
+        """Why the run's backend cannot continue this ended run (None: nothing against it)."""
+        backend = self.backends.get(run.spec.backend.type)
+        return await backend.continue_refusal(run) if isinstance(backend, ContinuesEnded) else None
+
+    async def start_next(
+        self, run: models.Run, spec: launch.LaunchSpec, reason: str
+    ) -> tuple[RunHandle, LaunchInfo]:
+        """The run's next agent process: where it ran, or, for an ended run its backend
+        continues elsewhere (``ContinuesEnded``), there."""
+        backend = self.backend(run)
+        if reason == CONTINUED and isinstance(backend, ContinuesEnded):
+            return await backend.continue_ended(run, spec)
+        return await backend.resume(run, spec)
 
     def launch_spec(
         self,

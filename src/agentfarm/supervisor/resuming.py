@@ -123,7 +123,8 @@ class Resuming:
     async def _continue_ended(self, run: models.Run, prompt: str) -> models.Run:
         """An ended run continued by a person: a new agent process in its session, workspace
         and branch, told ``prompt``, as a parked run resumes."""
-        continuing.check(run, can_continue=self.parking.can_continue(run, ended=True))
+        refusal = await self.parking.ended_refusal(run)
+        continuing.check(run, can_continue=self.parking.can_continue(run), refusal=refusal)
         if run.id in self.dispatcher.active:
             raise errors.ConflictError(f"run {run.id} is still finishing; try again in a moment")
         self.dispatcher.active.add(run.id)
@@ -162,7 +163,7 @@ class Resuming:
             try:
                 creds = await self._credentials(run.spec)
                 spec = self.parking.launch_spec(run, reason, creds.require(), prompt)
-                handle, info = await self.parking.backend(run).resume(run, spec)
+                handle, info = await self.parking.start_next(run, spec, reason)
             except errors.AgentfarmError as exc:
                 redactor = creds.redactor if creds else Redactor()
                 # The workspace is there: its branch goes home.
@@ -188,15 +189,19 @@ class Resuming:
             await self._start_agent(run)
         return True
 
-    def _stop_parked(self, run: models.Run) -> asyncio.Task[None] | None:
-        """A person's stop of a parked run (its task; None when the run is not parked): it
-        ends ``stopped``, its branch home."""
+    async def _stop_parked(self, run: models.Run) -> bool:
+        """A person's stop of a parked run (True; False when it is not parked): it ends
+        ``stopped``, its branch home. Answered once it has ended (at most 30 s): a kill -9 of
+        the control plane after the answer must not leave it parked, to resume at the reset."""
         if run.status != models.RunStatus.parked or run.id in self.dispatcher.active:
-            return None
+            return False
         self.parking.disarm(run.id)
         self.dispatcher.active.add(run.id)
         stopping = self._end_parked(run, models.RunStatus.stopped, "stopped while parked")
-        return tasks.spawn(stopping, name=f"unpark-{run.id}", into=self._tasks)
+        ending = tasks.spawn(stopping, name=f"unpark-{run.id}", into=self._tasks)
+        with contextlib.suppress(Exception):  # a failure is logged by the task itself
+            await asyncio.wait_for(asyncio.shield(ending), 30)
+        return True
 
     async def _end_parked(self, run: models.Run, status: models.RunStatus, error: str) -> None:
         """End a run between agent processes: its branch is brought home, as at any end."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -38,6 +39,7 @@ from agentfarm.supervisor import (
     parking,
     queue,
     resuming,
+    storage,
     watchdog,
     webpush,
 )
@@ -160,11 +162,7 @@ class Supervisor(resuming.Resuming):
         if run.status.terminal:
             raise errors.ConflictError(f"run {run_id} has already ended ({run.status.value})")
         self._stop_requested.add(run_id)
-        # Answered once the stop is done (parked) or the backend has it, so that a kill -9 of
-        # this process after the answer cannot lose it (a failure is logged by the task).
-        if (ending := self._stop_parked(run)) is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.shield(ending), 30)
+        if await self._stop_parked(run):
             return run
         if run.status == models.RunStatus.queued and run_id not in self.dispatcher.active:
             try:
@@ -179,7 +177,7 @@ class Supervisor(resuming.Resuming):
                     self._stop_requested.discard(run_id)
                 return current
         handle = self._handles.get(run_id)
-        if handle is not None:
+        if handle is not None:  # answered once the backend has it: a kill -9 of ours cannot lose it
             grace = self.settings.stop_grace_seconds
             stopping = tasks.spawn(handle.stop(grace), name=f"stop-{run_id}", into=self._tasks)
             with contextlib.suppress(Exception):
@@ -264,9 +262,14 @@ class Supervisor(resuming.Resuming):
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            log.exception("run %s: %s", run.id, what)
-            with contextlib.suppress(Exception):
-                await self._finish_without_agent(run, status, f"{what}: {exc}")
+            if isinstance(exc, errors.StorageFullError):
+                # The agent cannot be recorded: it stops, and its end is stored.
+                end = functools.partial(self._finish_without_agent, run, status, str(exc))
+                await storage.stop_and_end(run.id, self._handles.get(run.id), self.store, end)
+            else:
+                log.exception("run %s: %s", run.id, what)
+                with contextlib.suppress(Exception):
+                    await self._finish_without_agent(run, status, f"{what}: {exc}")
         finally:
             self._handles.pop(run.id, None)
             self._commands.pop(run.id, None)
@@ -291,9 +294,8 @@ class Supervisor(resuming.Resuming):
     async def _start_agent(self, run: models.Run) -> None:
         """A ``starting`` run's launch: its command and credentials to its backend."""
         if run.id in self._stop_requested:
-            await self._finish_without_agent(
-                run, models.RunStatus.stopped, "stopped before it started"
-            )
+            stopped = models.RunStatus.stopped
+            await self._finish_without_agent(run, stopped, "stopped before it started")
             return
         creds: credentials.Credentials | None = None
         try:
@@ -391,8 +393,7 @@ class Supervisor(resuming.Resuming):
                 timer.cancel()
 
     async def _discard_failed_launch(self, run: models.Run) -> None:
-        """A launch that failed leaves nothing behind (no branch, no workspace worth a look:
-        the reason is in the run's error)."""
+        """A failed launch leaves nothing behind (no branch, no workspace: its error says why)."""
         try:
             await self.backends[run.spec.backend.type].cleanup(run)
         except Exception:  # best effort: retention does not see it (no workspace recorded)

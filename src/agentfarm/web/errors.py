@@ -20,6 +20,7 @@ STATUS: list[tuple[type[errors.AgentfarmError], int, str]] = [
     (errors.ConflictError, 409, "conflict"),
     (errors.InvalidInputError, 422, "invalid_input"),
     (errors.ConfigurationError, 400, "not_configured"),
+    (errors.StorageFullError, 507, "storage_full"),
     (errors.LaunchError, 502, "launch_failed"),
     (errors.BackendError, 502, "backend_error"),
 ]

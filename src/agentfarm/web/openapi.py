@@ -49,6 +49,7 @@ DESCRIPTIONS = {
     422: "Invalid request: the message and `fields` say what to change.",
     429: "A limit refuses it for now (the queue, a budget).",
     502: "The backend failed.",
+    507: "The disk under the data directory is full: free space there, then retry.",
 }
 
 #: What operations answer from the domain's errors (``errors.STATUS``), besides the codes
@@ -123,6 +124,8 @@ def document(schema: dict[str, Any]) -> dict[str, Any]:
                 codes |= {400, 413, 422}  # 400: a body that is not JSON at all
             if params:
                 codes.add(422)
+            if method != "get":
+                codes.add(507)  # any write: the disk may be full
             responses = operation.setdefault("responses", {})
             for code in codes:
                 responses.setdefault(str(code), {"description": DESCRIPTIONS[code]})

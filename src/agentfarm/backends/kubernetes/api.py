@@ -187,18 +187,19 @@ class Api:
                 yield line
 
     async def exec_pod(
-        self, namespace: str, name: str, container: str, command: list[str], stdin: bytes
-    ) -> tuple[bytes, str | None]:
+        self, namespace: str, name: str, container: str, command: list[str], stdin: bytes,
+        *, limit: int = EXEC_OUTPUT_LIMIT, seconds: float = EXEC_SECONDS,
+    ) -> tuple[bytes, str | None]:  # fmt: skip
         """Run ``command`` in a running container with ``stdin`` (the exec API over a
-        websocket, ``v4.channel.k8s.io``): its stdout (cut at EXEC_OUTPUT_LIMIT bytes) and its
-        failure (None: exit 0). The command must stop reading at its own end of input: this
-        protocol cannot close stdin."""
+        websocket, ``v4.channel.k8s.io``), for at most ``seconds``: its stdout (cut at
+        ``limit`` bytes) and its failure (None: exit 0). The command must stop reading at its
+        own end of input: this protocol cannot close stdin."""
         ws_client = WsApiClient(configuration=self.api_client.configuration)
         out = bytearray()
         failure: str | None = None
         try:
             core: Any = client.CoreV1Api(ws_client)
-            async with asyncio.timeout(EXEC_SECONDS):
+            async with asyncio.timeout(seconds):
                 pending = await core.connect_get_namespaced_pod_exec(
                     name, namespace, container=container, command=command, stdin=True,
                     stdout=True, stderr=True, tty=False, _preload_content=False,
@@ -208,8 +209,8 @@ class Api:
                         await sock.send_bytes(b"\x00" + stdin[start : start + EXEC_CHUNK])
                     async for message in sock:
                         data = message.data if isinstance(message.data, bytes) else b""
-                        if data[:1] == b"\x01" and len(out) < EXEC_OUTPUT_LIMIT:
-                            out += data[1 : 1 + EXEC_OUTPUT_LIMIT - len(out)]
+                        if data[:1] == b"\x01" and len(out) < limit:
+                            out += data[1 : 1 + limit - len(out)]
                         elif data[:1] == b"\x03" and len(data) > 1:
                             failure = _exec_failure(data[1:])
         except aiohttp.WSServerHandshakeError as exc:

@@ -1,12 +1,15 @@
 """The kubernetes backend: launch, reattach and clean up one pod per run (its Secret holds the
 run's credentials and first stdin bytes); a sweeper deletes finished pods after
-``AGENTFARM_K8S_CLEANUP_AFTER_SECONDS``. Following a run is ``handle.py``'s job."""
+``AGENTFARM_K8S_CLEANUP_AFTER_SECONDS``. Following a run is ``handle.py``'s job. An ended run
+continued with a new prompt goes on in a new pod that gets its agent's session back
+(``sessions.py`` keeps it at the run's end, ``continued.py`` has the steps)."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import logging
 import posixpath
 from collections.abc import Coroutine
@@ -16,7 +19,7 @@ from typing import Any
 from agentfarm import tasks
 from agentfarm.backends.base import LaunchInfo
 from agentfarm.backends.kubernetes import api as k8s_api
-from agentfarm.backends.kubernetes import config, handle, manifests
+from agentfarm.backends.kubernetes import config, continued, handle, manifests, sessions
 from agentfarm.backends.kubernetes import status as k8s_status
 from agentfarm.domain import backend_config, diffs, errors, launch, models
 from agentfarm.domain.launch import GitAuth, LaunchSpec
@@ -27,8 +30,6 @@ log = logging.getLogger(__name__)
 
 class KubernetesBackend:
     name = "kubernetes"
-    #: An ended run's pod pushed its branch and exited: its session is gone with it.
-    continues_ended = False
 
     def __init__(self, settings: Settings, api_client: Any | None = None) -> None:
         self.settings = settings
@@ -39,6 +40,7 @@ class KubernetesBackend:
         self._sweeper: asyncio.Task[Any] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._lock = asyncio.Lock()
+        self._keeper = sessions.Keeper(settings.runs_dir)
 
     async def _client(self) -> k8s_api.Api:
         async with self._lock:
@@ -80,7 +82,11 @@ class KubernetesBackend:
                 f"the kubernetes backend clones inside the pod: {run.spec.repo!r} must be an "
                 "https:// (or git://) URL the cluster can reach"
             )
-        cfg = config.resolve(run.spec, self.settings)
+        return await self._create(run, spec, config.resolve(run.spec, self.settings))
+
+    async def _create(
+        self, run: models.Run, spec: LaunchSpec, cfg: config.PodConfig
+    ) -> tuple[handle.KubernetesHandle, LaunchInfo]:
         api = await self._client()
         name = manifests.object_name(run.id)
         secret = manifests.build_secret(run, spec, cfg)
@@ -110,7 +116,14 @@ class KubernetesBackend:
             workspace=f"pod {cfg.namespace}/{name}:{manifests.WORKSPACE}",
             notices=[f"created pod {cfg.namespace}/{name} (image {cfg.image})"],
         )
-        return handle.KubernetesHandle(run.id, api, state, delete_pod_now=self._delete_now), info
+        return self._handle(run.id, api, state), info
+
+    def _handle(
+        self, run_id: str, api: k8s_api.Api, state: handle.RunState
+    ) -> handle.KubernetesHandle:
+        return handle.KubernetesHandle(
+            run_id, api, state, delete_pod_now=self._delete_now, keeper=self._keeper
+        )
 
     async def attach(
         self, run: models.Run, *, git_auth: GitAuth | None = None
@@ -135,7 +148,7 @@ class KubernetesBackend:
             branch=run.branch or launch.branch_name(run.id),
             workspace=f"pod {state.namespace}/{state.name}:{manifests.WORKSPACE}",
         )
-        return handle.KubernetesHandle(run.id, api, state, delete_pod_now=self._delete_now), info
+        return self._handle(run.id, api, state), info
 
     async def resume(
         self, run: models.Run, spec: LaunchSpec
@@ -177,9 +190,63 @@ class KubernetesBackend:
             workspace=f"{where}:{manifests.WORKSPACE}",
             notices=[f"resumed the agent in its {where}"],
         )
-        return handle.KubernetesHandle(
-            run.id, previous._api, state, delete_pod_now=self._delete_now
-        ), info
+        return self._handle(run.id, api, state), info
+
+    async def continue_refusal(self, run: models.Run) -> str | None:
+        """Why an ended run cannot be continued (None: it can)."""
+        if self.settings.k8s_resume_wait_seconds <= 0:
+            return (
+                "AGENTFARM_K8S_RESUME_WAIT_SECONDS is 0: a pod does not wait after its agent, "
+                f"so the agent's session is not kept; {sessions.CONTINUE_HINT}"
+            )
+        why = await self._keeper.refusal(run.id)
+        return f"{why}; {sessions.CONTINUE_HINT}" if why else None
+
+    async def continue_ended(
+        self, run: models.Run, spec: LaunchSpec
+    ) -> tuple[handle.KubernetesHandle, LaunchInfo]:
+        """An ended run, continued with a new prompt: its pod has gone, so a new pod on its
+        branch (cloned from the remote when the run pushed it, else made again from the
+        base, as at its launch) gets the agent's session back (kept at the run's end) and
+        resumes it with ``spec``'s command as a parked run resumes in its pod; at its end the
+        branch is pushed on top."""
+        bundle, note = await self._keeper.load(run.id)
+        cfg = config.resolve(run.spec, self.settings)
+        if (why := await self.continue_refusal(run)) is not None:
+            raise errors.ConflictError(f"run {run.id} cannot be continued: {why}")
+        api = await self._client()
+        name = manifests.object_name(run.id)
+        await continued.clear(api, cfg.namespace, name)
+        on_remote = bool(note.get("branch_pushed")) or run.spec.base_branch == spec.branch
+        pod_run = run
+        if on_remote:
+            pod_run = run.model_copy(
+                update={"spec": run.spec.model_copy(update={"base_branch": spec.branch})}
+            )
+        idle = dataclasses.replace(spec.command, argv=continued.IDLE_ARGV, runner=(), stdin=b"")
+        _, info = await self._create(pod_run, dataclasses.replace(spec, command=idle), cfg)
+        try:
+            await continued.wait_idle(api, cfg.namespace, name)
+            files = await continued.put_back(api, cfg.namespace, name, bundle)
+            resumed, _ = await self.resume(run, spec)
+        except BaseException:
+            # Nothing ran: the run's end finds no pod and keeps the session it had.
+            await _quietly(api.delete_pod(cfg.namespace, name, grace_seconds=0))
+            await _quietly(api.delete_secret(cfg.namespace, name))
+            self._runs.pop(run.id, None)
+            raise
+        base = run.spec.base_branch or "the default branch"
+        where = "its branch" if on_remote else f"its branch made again from {base} (none pushed)"
+        info.notices.append(
+            f"continued the run in a new pod {cfg.namespace}/{name} on {where}, the agent's "
+            f"session put back ({files} file(s))"
+        )
+        if note.get("push_error"):
+            info.notices.append(
+                "the run's last push was refused, so its last commits are not on the branch: "
+                f"{note['push_error']}"
+            )
+        return resumed, info
 
     async def diff(self, run: models.Run, *, limit: int) -> diffs.RunDiff:
         raise errors.ConflictError(
@@ -197,6 +264,7 @@ class KubernetesBackend:
         await api.delete_secret(namespace, name)
         if self.settings.k8s_cleanup_after_seconds <= 0:
             await api.delete_pod(namespace, name, grace_seconds=1)
+        await self._keeper.remove(run.id)
 
     async def sweep(self, now: datetime | None = None) -> list[str]:
         """Delete finished pods of this control plane that ended more than the cleanup time

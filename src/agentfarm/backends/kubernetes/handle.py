@@ -27,7 +27,7 @@ import aiohttp
 
 from agentfarm.backends.base import BranchOutcome, ExitInfo, Record, RecordKind
 from agentfarm.backends.kubernetes import api as k8s_api
-from agentfarm.backends.kubernetes import manifests, status
+from agentfarm.backends.kubernetes import manifests, sessions, status
 from agentfarm.backends.kubernetes.lines import BRANCH_NOTICE as BRANCH_NOTICE
 from agentfarm.backends.kubernetes.lines import EXITED_NOTICE, parse_exited
 from agentfarm.backends.kubernetes.lines import parse_branch as parse_branch
@@ -102,12 +102,15 @@ def _rotated_notice(lost: range) -> str:
 
 class KubernetesHandle:
     def __init__(
-        self, run_id: str, api: k8s_api.Api, state: RunState, *, delete_pod_now: bool = False
-    ) -> None:
+        self, run_id: str, api: k8s_api.Api, state: RunState, *, delete_pod_now: bool = False,
+        keeper: sessions.Keeper | None = None,
+    ) -> None:  # fmt: skip
         self.run_id = run_id
         self._api = api
         self._state = state
         self._delete_pod_now = delete_pod_now
+        #: Carries the agent's session out of the pod at the run's end (a later continue).
+        self._keeper = keeper
         #: The entrypoint pushes the branch and says where it ended up in a notice.
         self.branch_outcome: BranchOutcome | None = None
 
@@ -351,14 +354,18 @@ class KubernetesHandle:
         """A pod that waits after its agent exited (a run that could have been resumed in
         it) is told to finish: it pushes the branch and exits. Its notices from then on
         (where the branch went among them) are read here."""
-        pod = await self._api.get_pod(self._state.namespace, self._state.name)
+        ns, name, keeper = self._state.namespace, self._state.name, self._keeper
+        pod = await self._api.get_pod(ns, name)
         if pod is None or not status.agent_running(pod) or not self._state.waits:
+            if keeper is not None:
+                await keeper.missed(self.run_id, sessions.why_missed(pod, self._state.waits))
             return []
+        kept = await keeper.carry_out(self._api, ns, name, self.run_id) if keeper else None
         try:
             await self.control({"op": "finish"})
         except errors.BackendError as exc:  # the pod is going away, or its agent still runs
             log.info("run %s: finish: %s", self.run_id, exc)
-            return []
+            return [kept] if kept else []
         loop = asyncio.get_running_loop()
         deadline = loop.time() + FINISH_SECONDS
         while await self._wait_exit() is None and loop.time() < deadline:
@@ -377,7 +384,9 @@ class KubernetesHandle:
                     notices.append(data.decode("utf-8", "replace"))
         except (k8s_api.ApiError, *RETRYABLE) as exc:
             notices.append(f"reading the pod's last words (where its branch went) failed: {exc}")
-        return notices
+        if keeper is not None:
+            await keeper.note_branch(self.run_id, self.branch_outcome)
+        return [kept, *notices] if kept else notices
 
     async def discard_output(self) -> None:
         """Nothing to do: the output is the pod's log, which goes with the pod."""

@@ -48,6 +48,7 @@ class RunCgroup:
     #: The groups' directories (one per controller on v1, one on v2).
     dirs: list[Path] = field(default_factory=list)
     memory_dir: Path | None = None
+    pids_dir: Path | None = None
     notices: list[str] = field(default_factory=list)
 
     def join(self) -> None:
@@ -72,6 +73,20 @@ class RunCgroup:
         for line in text.splitlines():
             key, _, value = line.partition(" ")
             if key == "oom_kill":
+                return int(value)
+        return 0
+
+    def forks_refused(self) -> int:
+        """How many forks the process limit refused in this run so far (``pids.events``)."""
+        if self.pids_dir is None:
+            return 0
+        try:
+            text = (self.pids_dir / "pids.events").read_text()
+        except OSError:
+            return 0
+        for line in text.splitlines():
+            key, _, value = line.partition(" ")
+            if key == "max":
                 return int(value)
         return 0
 
@@ -230,6 +245,8 @@ def _create_v1(root: Path, name: str, limits: Limits, wanted: dict[str, str]) ->
         group.dirs.append(directory)
         if controller == "memory":
             group.memory_dir = directory
+        if controller == "pids":
+            group.pids_dir = directory
     group.notices = failed
     return group
 
@@ -269,6 +286,8 @@ def _create_v2(root: Path, name: str, limits: Limits, wanted: dict[str, str]) ->
     group.dirs.append(directory)
     if "memory" in usable:
         group.memory_dir = directory
+    if limits.pids is not None and "pids" in usable:
+        group.pids_dir = directory
     group.notices = notices
     return group
 

@@ -66,6 +66,8 @@ class Monitor:
         self.stopped = False
         self.kill_at: float | None = None
         self.oom = False
+        #: The process limit refused a fork (said once, in a notice).
+        self.forks_refused = False
         self.cgroup = cgroups.RunCgroup()
         self.open_streams = 0
         self.splitters = {"stdout": lines.LineSplitter(), "stderr": lines.LineSplitter()}
@@ -154,6 +156,13 @@ class Monitor:
                     self.oom = True
                     self.spool.notice("the agent ran out of memory: stopping the sandbox")
                     self.kill_all()
+                if not self.forks_refused and self.cgroup.forks_refused() > 0:
+                    self.forks_refused = True
+                    self.spool.notice(
+                        f"the agent reached its process limit ({self.spec.limits.pids}): its "
+                        "new processes are refused until some exit; raise backend.sandbox.pids "
+                        "if it needs more"
+                    )
             if self.kill_at is not None and now >= self.kill_at:
                 self.kill_at = None
                 self.kill_all()
