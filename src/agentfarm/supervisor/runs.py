@@ -153,6 +153,7 @@ class Supervisor(resuming.Resuming):
         )
         run.branch = branch or launch.branch_name(run.id)
         await self.fleet.enqueue(run)
+        self.hub.runs.changed(run)
         await self._append(run.id, [events.status_event(models.RunStatus.queued)])
         self.dispatcher.wake()
         return run
@@ -233,10 +234,11 @@ class Supervisor(resuming.Resuming):
         run_fields: Mapping[str, Any] | None = None,
         final: bool = False,
     ) -> None:
-        stored, _ = await self.store.append_events(
+        stored, run = await self.store.append_events(
             run_id, drafts, cursor=cursor, run_fields=run_fields
         )
         await self.hub.publish(run_id, stored, final=final)
+        self.hub.runs.changed(run)
         if final:
             await self.announcer.ended(run_id)
 
