@@ -6,12 +6,16 @@ A parked run has no agent process: its next one is started here, in the same wor
 branch and HOME, continuing its session (``parking.Parking.launch_spec``), and then followed
 by the supervisor's one path after a launch (``_attached``). A parked run that ends without
 one has its branch brought home as at any end.
+
+A launch that a restart cut short before its agent process started is made again here too
+(``_launch_cut_short``), as are what a failed launch leaves behind (``_discard_failed_launch``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -32,12 +36,14 @@ from agentfarm.supervisor import (
 )
 from agentfarm.supervisor.hub import Hub
 
+log = logging.getLogger(__name__)
 #: How long a resume waits for a just-parked run's last process to let go of it: 5 s at most.
 WIND_UP_POLLS, WIND_UP_POLL_SECONDS = 100, 0.05
 
 
 class Resuming:
     store: Store
+    backends: dict[str, Backend]
     announcer: announce.Announcer
     hub: Hub
     parking: parking.Parking
@@ -188,6 +194,13 @@ class Resuming:
             await backend.cleanup(run)
             await self._start_agent(run)
         return True
+
+    async def _discard_failed_launch(self, run: models.Run) -> None:
+        """A failed launch leaves nothing behind (no branch, no workspace: its error says why)."""
+        try:
+            await self.backends[run.spec.backend.type].cleanup(run)
+        except Exception:  # best effort: retention does not see it (no workspace recorded)
+            log.warning("run %s: cleaning up after its failed launch failed", run.id, exc_info=True)
 
     async def _stop_parked(self, run: models.Run) -> bool:
         """A person's stop of a parked run (True; False when it is not parked): it ends

@@ -393,10 +393,3 @@ class Supervisor(resuming.Resuming):
         finally:
             if timer is not None:
                 timer.cancel()
-
-    async def _discard_failed_launch(self, run: models.Run) -> None:
-        """A failed launch leaves nothing behind (no branch, no workspace: its error says why)."""
-        try:
-            await self.backends[run.spec.backend.type].cleanup(run)
-        except Exception:  # best effort: retention does not see it (no workspace recorded)
-            log.warning("run %s: cleaning up after its failed launch failed", run.id, exc_info=True)
