@@ -2,16 +2,16 @@
 tests kill, starve or feed hostile agents, then check what survives.
 
 Runnable alone (``make faults``) and part of ``make test``. Every test here gets the ``faults``
-and ``integration`` markers. Randomness is seeded: the seed is printed in the test report header
-and ``AGENTFARM_FAULT_SEED=<n>`` replays a run.
+and ``integration`` markers. Randomness is seeded: the seed is printed in the report header (when
+tests/faults is run alone) and in every failure; ``AGENTFARM_FAULT_SEED=<n>`` replays the draws.
 
 Shared fixtures (each helper may add its own in its own module):
 
 - ``fault_seed``: the session's seed (an int).
 - ``source``: a git repository with one commit on ``main``.
-- ``serve(env)``: a real server process (:class:`tests.integration.server.Server`, real
-  bubblewrap) on the test's data directory; ``.kill()`` is ``kill -9``, ``serve(env)`` again
-  restarts it on the same data; every server started is stopped after the test.
+- ``serve(env, port=None)``: a real server process (:class:`tests.integration.server.Server`,
+  real bubblewrap) on the test's data directory; ``.kill()`` is ``kill -9``, ``serve(env)``
+  again restarts it on the same data; every server started is stopped after the test.
 """
 
 from __future__ import annotations
@@ -62,10 +62,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture
-def fault_seed(request: pytest.FixtureRequest) -> int:
-    """The seed for this test: the session's seed mixed with the test's name, so each test draws
-    its own sequence and replays alone with the same ``AGENTFARM_FAULT_SEED``."""
-    return random.Random(f"{SEED}:{request.node.nodeid}").randrange(2**31)
+def fault_seed() -> int:
+    """The session's seed (``AGENTFARM_FAULT_SEED`` replays a run with it)."""
+    return SEED
 
 
 @pytest.fixture

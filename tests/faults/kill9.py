@@ -106,8 +106,8 @@ class Campaign:
         recent = ", ".join(f"{k.phase}+{k.delay * 1000:.0f}ms{k.note}" for k in self.kills[-6:])
         slowest = max(self.restarts, default=0.0)
         return (
-            f"seed {self.seed} after {len(self.kills)} kills (last: {recent}; slowest restart "
-            f"{slowest:.1f} s)"
+            f"AGENTFARM_FAULT_SEED={self.seed}, after {len(self.kills)} kills (last: {recent}; "
+            f"slowest restart {slowest:.1f} s)"
         )
 
     def summary(self) -> str:
