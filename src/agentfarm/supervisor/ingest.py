@@ -104,6 +104,9 @@ class Ingest:
         by_person = self.run.id in self.stop_requested and ending.stalled is None
         if not by_person and await self.park(self.run, self.parser, ending):
             self.stop_requested.discard(self.run.id)
+            # Its events are stored and the cursor is back at 0 for the next process: this
+            # process's output must not be read again (a restart during the resume would).
+            await self._discard_output()
             return
         await self._conclude(ending)
 
@@ -233,7 +236,11 @@ class Ingest:
         await self.append(run.id, redacted, run_fields=fields, final=True)
         self.stop_requested.discard(run.id)
         self.forget(run.id)
-        try:  # every record is stored and the run has ended: the raw output is a second copy
-            await handle.discard_output()
+        # Every record is stored and the run has ended: the raw output is a second copy.
+        await self._discard_output()
+
+    async def _discard_output(self) -> None:
+        try:
+            await self.handle.discard_output()
         except Exception:  # retention removes it later
-            log.warning("run %s: could not remove its raw output", run.id, exc_info=True)
+            log.warning("run %s: could not remove its raw output", self.run.id, exc_info=True)

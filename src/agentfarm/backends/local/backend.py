@@ -238,6 +238,15 @@ class LocalBackend:
         branch = run.branch or launch.branch_name(run.id)
         return self.handle(run, git_auth), LaunchInfo(branch=branch, workspace=workspace)
 
+    async def started(self, run: models.Run) -> bool:
+        """Whether the run's current agent process was started: its monitor makes the spool
+        (before anything else, once it has its spec), and only an ended or parked process's
+        spool is deleted. Without one (the control plane was killed while cloning or while
+        handing the monitor its spec, which then exits on the closed pipe; or while resuming a
+        parked run) no agent of this launch ever ran and it may be made again."""
+        spool = self.run_dir(run.id) / monitor_spec.SPOOL
+        return await asyncio.to_thread(spool.exists)
+
     async def diff(self, run: models.Run, *, limit: int) -> diffs.RunDiff:
         return await local_diff.run_diff(run, self.run_dir(run.id), limit=limit)
 
