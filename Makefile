@@ -8,7 +8,7 @@ CLAUDE_CODE_VERSION := $(shell cat scripts/claude-code.version)
 CODEX_VERSION := $(shell cat scripts/codex.version)
 PYTEST_ARGS ?=
 
-.PHONY: run serve test check fmt venv install install-dev web-vendor claude codex system-deps test-deps k8s-testenv unit integration bench clean
+.PHONY: run serve test check fmt venv install install-dev web-vendor claude codex system-deps test-deps k8s-testenv unit integration faults bench clean
 
 ## run: install the package and the pinned Claude Code CLI, then start the server
 run: install claude
@@ -67,6 +67,11 @@ unit: install-dev
 
 integration: test-deps
 	@$(BIN)/pytest tests/integration $(PYTEST_ARGS)
+
+## faults: the fault suite alone (kill -9 of the server, hostile agents, full disks); part of `make test`
+## AGENTFARM_FAULT_SEED=<n> replays the random draws of a failed run (its seed is printed)
+faults: test-deps
+	@scripts/test.sh tests/faults $(PYTEST_ARGS)
 
 bench: test-deps
 	@$(BIN)/python bench/launch_overhead.py

@@ -4,9 +4,15 @@ concurrent viewers of 20 running agents versus a single viewer, with the control
 
 The server is a real uvicorn process serving the real app, on a stamping fake backend: each
 agent event carries the wall-clock time it was emitted, so a viewer's delay is its arrival
-time minus that stamp (same machine, same clock). Prints the figures only.
+time minus that stamp (same machine, same clock). The SSE viewers live in processes of their
+own (``bench/sse_viewers.py``, ``--workers`` of them, each holding many connections), never in
+the server's process nor in this one; the control plane's CPU comes from /proc/<pid>/stat. One
+viewer, one viewer per agent (every event rendered once, as with 200) and 200 viewers are
+measured in interleaved rounds (``--rounds``), medians printed side by side. Prints the
+figures only.
 
     .venv/bin/python bench/cockpit.py [--agents 20] [--viewers 200] [--seconds 15]
+        [--rounds 3] [--workers 4] [--no-browser]
 """
 
 from __future__ import annotations
@@ -97,7 +103,21 @@ def serve(data_dir: str, port: int) -> None:
         }
     )
     app = create_app(settings, backends={"local": backend})
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", proxy_headers=False)
+    if "AGENTFARM_BENCH_WAKE_BATCH" in os.environ:  # to compare batching delays
+        from agentfarm.supervisor import hub
+
+        hub.WAKE_BATCH = float(os.environ["AGENTFARM_BENCH_WAKE_BATCH"])
+    profile = os.environ.get("AGENTFARM_BENCH_PROFILE")  # where the server's profile goes
+    if not profile:
+        uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", proxy_headers=False)
+        return
+    import cProfile
+    import signal
+
+    signal.raise_signal = lambda _sig: None  # uvicorn re-raises SIGTERM at exit: dump first
+    with cProfile.Profile() as prof:
+        uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", proxy_headers=False)
+    prof.dump_stats(profile)
 
 
 async def seed(data_dir: Path, events: int, runs: int) -> str:
@@ -169,9 +189,11 @@ async def seed(data_dir: Path, events: int, runs: int) -> str:
 
 
 # --- the client side ---------------------------------------------------------------------------
-def cpu_seconds(pid: int) -> float:
+def cpu_split(pid: int) -> tuple[float, float]:
+    """The process's user and system CPU seconds so far (/proc/<pid>/stat)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 def pct(values: list[float], q: float) -> float:
@@ -189,39 +211,51 @@ async def launch(client: httpx.AsyncClient, count: int, interval: float, wait: f
     return run_id
 
 
-async def viewer(url: str, run_id: str, delays: list[float]) -> None:
-    headers = {"Authorization": f"Bearer {TOKEN}", "Accept": "text/event-stream"}
-    timeout = httpx.Timeout(120, connect=30)
-    async with (
-        httpx.AsyncClient(base_url=url, headers=headers, timeout=timeout) as client,
-        client.stream("GET", f"/runs/{run_id}/live") as response,
-    ):
-        async for line in response.aiter_lines():
-            if line.startswith("data:"):
-                now = time.time()
-                delays.extend(now - float(m) for m in STAMP.findall(line))
-            elif line.startswith("event: end"):
-                return
+def load_average() -> float:
+    return float(Path("/proc/loadavg").read_text().split()[0])
 
 
 async def fan_out(
-    url: str, pid: int, agents: int, viewers: int, seconds: float
+    url: str, pid: int, agents: int, viewers: int, seconds: float, workers: int
 ) -> dict[str, float]:
+    """``agents`` runs emitting 5 stamped events a second, watched by ``viewers`` SSE
+    connections (spread evenly over the runs) held by ``workers`` processes of their own."""
     interval = 0.2
     count = int(seconds / interval)
+    quiet = 5.0  # the agents' quiet start: viewers connect meanwhile, CPU is measured after
     async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}) as c:
-        runs = [await launch(c, count, interval, wait=5.0) for _ in range(agents)]
-    delays: list[float] = []
-    watching = asyncio.gather(*(viewer(url, runs[i % agents], delays) for i in range(viewers)))
-    await asyncio.sleep(5.0)  # the agents' quiet start: CPU is measured while they emit
-    cpu0, t0 = cpu_seconds(pid), time.monotonic()
-    await watching
-    cpu = (cpu_seconds(pid) - cpu0) / (time.monotonic() - t0)
+        runs = [await launch(c, count, interval, wait=quiet) for _ in range(agents)]
+    started = time.monotonic()
+    targets = [runs[i % agents] for i in range(viewers)]
+    shares = [targets[w::workers] for w in range(min(workers, viewers))]
+    procs = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(ROOT / "bench" / "sse_viewers.py"),
+            url,
+            TOKEN,
+            *share,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        for share in shares
+    ]
+    outputs = asyncio.gather(*(p.communicate() for p in procs))
+    await asyncio.sleep(max(0.0, quiet - (time.monotonic() - started)))
+    (user0, sys0), t0, load0 = cpu_split(pid), time.monotonic(), load_average()
+    results = [json.loads(out) for out, _ in await outputs]
+    (user1, sys1), elapsed = cpu_split(pid), time.monotonic() - t0
+    cpu = (user1 - user0 + sys1 - sys0) / elapsed
+    delays = [d for r in results for d in r["delays"]]
+    errors = [e for r in results for e in r["errors"]]
+    if errors:
+        print(f"  viewer errors ({len(errors)}): {errors[:3]}", file=sys.stderr)
     return {
         "p50_ms": pct(delays, 0.5) * 1000,
         "p99_ms": pct(delays, 0.99) * 1000,
         "cpu_pct": cpu * 100,
+        "sys_pct": (sys1 - sys0) / elapsed * 100,  # the kernel's share: mostly the sockets
         "events": len(delays),
+        "load": max(load0, load_average()),
     }
 
 
@@ -295,25 +329,66 @@ async def main_async(args: argparse.Namespace) -> None:
                         pass
                     await asyncio.sleep(0.05)
                 await c.post("/api/admin/users", json={"name": "bench", "password": PASSWORD})
-            pages = await asyncio.to_thread(browser_figures, url, big, 5)
-            one = await fan_out(url, proc.pid, args.agents, 1, args.seconds)
-            many = await fan_out(url, proc.pid, args.agents, args.viewers, args.seconds)
+            pages = None
+            if not args.no_browser:
+                pages = await asyncio.to_thread(browser_figures, url, big, 5)
+            rounds: list[dict[str, dict[str, float]]] = []
+            # 1 viewer; one viewer per agent (every event rendered once, as with 200); 200.
+            variants = list(dict.fromkeys([1, args.agents, args.viewers]))
+            for i in range(args.rounds):
+                # Interleaved, the order turned every round: all see the same machine.
+                order = variants[i % len(variants) :] + variants[: i % len(variants)]
+                fig: dict[str, dict[str, float]] = {}
+                for n in order:
+                    fig[str(n)] = await fan_out(
+                        url, proc.pid, args.agents, n, args.seconds, min(n, args.workers)
+                    )
+                rounds.append(fig)
+                print(
+                    f"round {i + 1}: "
+                    + "; ".join(
+                        f"{n} viewers p50 {f['p50_ms']:.1f} p99 {f['p99_ms']:.1f} ms cpu "
+                        f"{f['cpu_pct']:.1f}% (sys {f['sys_pct']:.1f}%) load {f['load']:.1f}"
+                        for n, f in fig.items()
+                    ),
+                    flush=True,
+                )
         finally:
             proc.terminate()
             await proc.wait()
-    print(f"first contentful paint, dashboard (200 runs):   {pages['fcp_dashboard_ms']:.0f} ms")
-    print(f"first contentful paint, run with 10,000 events: {pages['fcp_run_10k_ms']:.0f} ms")
-    print(
-        f"agent event -> browser DOM: p50 {pages['browser_p50_ms']:.1f} ms, "
-        f"p99 {pages['browser_p99_ms']:.1f} ms ({pages['browser_events']:.0f} events)"
-    )
-    print(f"{args.agents} agents at 5 events/s each, SSE delivery to the cockpit's run stream:")
-    for label, fig in (("1 viewer", one), (f"{args.viewers} viewers", many)):
+    if pages is not None:
+        print(f"first contentful paint, dashboard (200 runs):   {pages['fcp_dashboard_ms']:.0f} ms")
+        print(f"first contentful paint, run with 10,000 events: {pages['fcp_run_10k_ms']:.0f} ms")
         print(
-            f"  {label:>12}: p50 {fig['p50_ms']:.1f} ms, p99 {fig['p99_ms']:.1f} ms, "
-            f"control-plane CPU {fig['cpu_pct']:.0f}% of one core "
-            f"({fig['events']:.0f} deliveries)"
+            f"agent event -> browser DOM: p50 {pages['browser_p50_ms']:.1f} ms, "
+            f"p99 {pages['browser_p99_ms']:.1f} ms ({pages['browser_events']:.0f} events)"
         )
+    print(
+        f"{args.agents} agents at 5 events/s each, SSE delivery to the cockpit's run stream, "
+        f"viewers in {args.workers} processes of their own; medians of {args.rounds} "
+        "interleaved rounds:"
+    )
+    med: dict[str, dict[str, float]] = {}
+    for key in rounds[0]:
+        med[key] = {
+            k: statistics.median(r[key][k] for r in rounds)
+            for k in ("p50_ms", "p99_ms", "cpu_pct", "sys_pct", "events", "load")
+        }
+    for key in sorted(med, key=int):
+        label = "1 viewer" if key == "1" else f"{key} viewers"
+        m = med[key]
+        print(
+            f"  {label:>12}: p50 {m['p50_ms']:.1f} ms, p99 {m['p99_ms']:.1f} ms, "
+            f"control-plane CPU {m['cpu_pct']:.1f}% of one core (system {m['sys_pct']:.1f}%) "
+            f"({m['events']:.0f} deliveries)"
+        )
+    one, per_agent, many = med["1"], med[str(args.agents)], med[str(args.viewers)]
+    loads = [r[k]["load"] for r in rounds for k in r]
+    print(
+        f"  CPU ratio {args.viewers} viewers / 1 viewer: {many['cpu_pct'] / one['cpu_pct']:.2f}x; "
+        f"{args.viewers} / {args.agents} viewers: {many['cpu_pct'] / per_agent['cpu_pct']:.2f}x; "
+        f"load average {min(loads):.1f}-{max(loads):.1f}"
+    )
 
 
 def main() -> None:
@@ -324,6 +399,9 @@ def main() -> None:
     parser.add_argument("--agents", type=int, default=20)
     parser.add_argument("--viewers", type=int, default=200)
     parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (medians)")
+    parser.add_argument("--workers", type=int, default=4, help="viewer processes")
+    parser.add_argument("--no-browser", action="store_true", help="only the SSE fan-out")
     asyncio.run(main_async(parser.parse_args()))
 
 

@@ -1,9 +1,13 @@
 """Launch overhead: POST /api/runs -> first agent event, against starting the same Claude Code
 command directly, interleaved in one run (this machine is shared and noisy). Runs go through a
-config per network policy (`allowlist`, the default, with its egress proxy and bridge, and
-`open`, the host's network), side by side.
+config per network policy (`allowlist`, the default, with its egress proxy, and `open`, the
+host's network), and through two servers side by side: one with the local backend's pools
+(ready clones, idle monitors; the defaults) and one with both pools off.
 
-    .venv/bin/python bench/launch_overhead.py [--runs 15]
+    .venv/bin/python bench/launch_overhead.py [--runs 15] [--pools on,off] [--settle 1.5]
+
+Between runs the script waits ``--settle`` seconds, so that a pool's background refill (a
+clone, a monitor's start) is done before the next variant is timed, and does not slow it.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import os
 import subprocess
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
@@ -71,52 +76,86 @@ def via_agentfarm(srv: Server, client: httpx.Client, prompt: str, config: str) -
     return elapsed
 
 
+#: Server settings per ``--pools`` name: both pools (the defaults), none, or one of them.
+POOLS = {
+    "on": {},
+    "off": {"AGENTFARM_LOCAL_CLONE_POOL": "0", "AGENTFARM_LOCAL_MONITOR_POOL": "0"},
+    "clones": {"AGENTFARM_LOCAL_MONITOR_POOL": "0"},
+    "monitors": {"AGENTFARM_LOCAL_CLONE_POOL": "0"},
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=15)
     parser.add_argument("--networks", default="allowlist,open", help="comma-separated")
+    parser.add_argument("--pools", default="on,off", help="comma-separated: " + ", ".join(POOLS))
+    parser.add_argument("--settle", type=float, default=1.5, help="seconds between runs")
     args = parser.parse_args()
     networks = args.networks.split(",")
+    pools = args.pools.split(",")
+    variants = [(pool, network) for pool in pools for network in networks]
+    if unknown := set(pools) - POOLS.keys():
+        parser.error(
+            f"unknown --pools {', '.join(sorted(unknown))}: choose from {', '.join(POOLS)}"
+        )
     binary = claude_bin()
     repo = make_repo()
     prompt = "[scenario:hello] say hello"
-    with FakeAnthropic().start() as model:
-        data = Path(tempfile.mkdtemp(prefix="bench-data-"))
-        srv = Server(
-            data,
-            {
+    loads: list[float] = []
+    with FakeAnthropic().start() as model, ExitStack() as stack:
+        servers: dict[str, tuple[Server, httpx.Client]] = {}
+        for pool in pools:
+            data = Path(tempfile.mkdtemp(prefix=f"bench-data-{pool}-"))
+            env = {
                 "AGENTFARM_CLAUDE_BIN": binary,
                 "ANTHROPIC_BASE_URL": model.base_url,
                 "ANTHROPIC_API_KEY": "sk-bench-key-000000",
-            },
-            data.parent / "server.log",
-        ).start()
-        try:
-            with srv.client() as client:
-                for network in networks:
-                    body = {"name": f"bench-{network}", "repo": str(repo), "prompt": prompt}
-                    body["backend"] = {"type": "local", "sandbox": {"network": network}}
-                    client.post("/api/configs", json=body).raise_for_status()
-                    via_agentfarm(srv, client, prompt, f"bench-{network}")  # warm-up
-                direct(binary, model.base_url, prompt, repo)
-                plain: list[float] = []
-                farm: dict[str, list[float]] = {n: [] for n in networks}
-                for _ in range(args.runs):
-                    plain.append(direct(binary, model.base_url, prompt, repo))
-                    for network in networks:
-                        farm[network].append(via_agentfarm(srv, client, prompt, f"bench-{network}"))
-        finally:
-            srv.stop()
+                **POOLS[pool],
+            }
+            srv = Server(data, env, data.parent / f"server-{pool}.log").start()
+            stack.callback(srv.stop)
+            client = stack.enter_context(srv.client())
+            servers[pool] = srv, client
+            for network in networks:
+                body = {"name": f"bench-{network}", "repo": str(repo), "prompt": prompt}
+                body["backend"] = {"type": "local", "sandbox": {"network": network}}
+                client.post("/api/configs", json=body).raise_for_status()
+                via_agentfarm(srv, client, prompt, f"bench-{network}")  # warm-up (fills pools)
+        direct(binary, model.base_url, prompt, repo)
+        plain: list[float] = []
+        farm: dict[tuple[str, str], list[float]] = {v: [] for v in variants}
+        for _ in range(args.runs):
+            loads.append(os.getloadavg()[0])
+            time.sleep(args.settle)
+            plain.append(direct(binary, model.base_url, prompt, repo))
+            for pool, network in variants:
+                time.sleep(args.settle)
+                srv, client = servers[pool]
+                farm[pool, network].append(via_agentfarm(srv, client, prompt, f"bench-{network}"))
     p = median(plain)
-    print(f"runs: {args.runs} each, interleaved; cores: {os.cpu_count()}")
+    print(f"runs: {args.runs} each, interleaved; cores: {os.cpu_count()}; ", end="")
+    print(f"load average (1 min) {min(loads):.1f}-{max(loads):.1f}, median {median(loads):.1f}")
     print(f"direct CLI, spawn -> first event:       median {p * 1000:7.1f} ms")
-    for network in networks:
-        f = median(farm[network])
-        print(f"agentfarm ({network}), POST /api/runs -> first event: median {f * 1000:7.1f} ms")
+    for pool, network in variants:
+        f = median(farm[pool, network])
+        print(f"agentfarm ({network}, pools {pool}), POST /api/runs -> first event: ", end="")
+        print(f"median {f * 1000:7.1f} ms")
         print(f"  overhead: {(f - p) * 1000:.1f} ms at the median; ratio {f / p:.2f}x")
-    if "allowlist" in farm and "open" in farm:
-        a, o = median(farm["allowlist"]), median(farm["open"])
-        print(f"allowlist vs open: {(a - o) * 1000:+.1f} ms at the median; ratio {a / o:.2f}x")
+    for pool in pools:
+        if (pool, "allowlist") in farm and (pool, "open") in farm:
+            a, o = median(farm[pool, "allowlist"]), median(farm[pool, "open"])
+            print(
+                f"pools {pool}: allowlist vs open: {(a - o) * 1000:+.1f} ms at the median; ", end=""
+            )
+            print(f"ratio {a / o:.2f}x")
+    if "on" in pools and "off" in pools:
+        for network in networks:
+            on, off = median(farm["on", network]), median(farm["off", network])
+            print(
+                f"{network}: pools on vs off: {(on - off) * 1000:+.1f} ms at the median; ", end=""
+            )
+            print(f"ratio {on / off:.2f}x")
 
 
 if __name__ == "__main__":

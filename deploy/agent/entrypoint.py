@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
 """Entrypoint of the agentfarm agent image (standard library only).
 
-    entrypoint.py clone            init container: clone AGENTFARM_REPO into the workspace on a
-                                   new branch AGENTFARM_BRANCH (or, when it is also
-                                   AGENTFARM_BASE_BRANCH, on that existing branch)
-    entrypoint.py run -- ARGV...   agent container: run ARGV with the first stdin bytes from
+    entrypoint.py clone            clone AGENTFARM_REPO into the workspace on a new branch
+                                   AGENTFARM_BRANCH (or, when it is also AGENTFARM_BASE_BRANCH,
+                                   on that existing branch): pods of older control planes ran
+                                   it as an init container
+    entrypoint.py run -- ARGV...   agent container: with AGENTFARM_CLONE=1 clone first (as
+                                   ``clone``), then run ARGV with the first stdin bytes from
                                    AGENTFARM_STDIN, relay its output, then push the branch
     entrypoint.py control          in the agent container (``exec``, by the control plane):
                                    one JSON request line on stdin for the running ``run``
@@ -19,6 +21,12 @@ goes to stdout, one line per write, each line ``\\x1e<kind><seq> <payload>``: ki
 the agent's stdout, ``E`` for its stderr, ``N`` for this script's notices, and ``seq`` counting
 the lines from 1. The sequence number is the control plane's cursor: the kubelet rotates
 container logs, so a line's position in the log it can still read says nothing.
+
+Cloning in the agent container rather than in an init container saves a container start: the
+kubelet sees an init container end only at its next relist (about a second). A failed clone ends
+``run`` with exit code 1 after the notice ``agentfarm.clone-failed {"error": "..."}`` (git's
+masked words), which the control plane makes the run's error; no agent runs and nothing is
+pushed.
 
 Git tokens (AGENTFARM_GIT_CREDENTIALS names the variables) reach git only as an HTTP
 Authorization header in GIT_CONFIG_* entries of the environment of the clone and of the push:
@@ -83,6 +91,9 @@ WAITING_RECORD = "agentfarm.waiting "
 #: Starts the notice that says the agent exited and this script waits for ``resume`` or
 #: ``finish`` (JSON ``{"code": N}`` follows); the handle makes it the exit record.
 EXITED_RECORD = "agentfarm.exited "
+#: Starts the notice that says the clone in ``run`` failed (JSON ``{"error": "..."}``); the
+#: handle makes it the run's error (backends/kubernetes/lines.py, CLONE_FAILED_NOTICE).
+CLONE_FAILED_RECORD = "agentfarm.clone-failed "
 CONTROL_SOCKET = "/tmp/.agentfarm-control.sock"  # noqa: S108 - the pod's private emptyDir
 CONTROL_LIMIT = 4 << 20
 _out = threading.Lock()
@@ -212,30 +223,40 @@ def _sends_token(env: dict[str, str]) -> bool:
     )
 
 
-def clone() -> int:
+def _to_stderr(text: str, _failed: bool) -> None:
+    print(text, file=sys.stderr)
+
+
+def clone(say: Callable[[str, bool], None] = _to_stderr) -> int:
+    """Clone, saying the outcome in one line with ``say(text, failed)``; 0 or 1."""
     repo = os.environ["AGENTFARM_REPO"]
     base = os.environ.get("AGENTFARM_BASE_BRANCH") or ""
     branch = os.environ["AGENTFARM_BRANCH"]
     workspace = os.environ.get("AGENTFARM_WORKSPACE", "/workspace")
     env = token_env()
     try:
-        args = ["clone", "--quiet", "--no-tags"]
+        # The identity goes into the new repository's config with the clone (two git
+        # processes fewer before the agent starts).
+        args = ["clone", "--quiet", "--no-tags", "-c", "user.name=agentfarm",
+                "-c", "user.email=agentfarm@localhost"]  # fmt: skip
         if base:
             args += ["--branch", base]
         git(*args, "--", repo, workspace, env=env)
         if base != branch:  # else a follow-up: it continues the branch it cloned
             git("checkout", "--quiet", "-b", branch, env=env)
-        git("config", "user.name", "agentfarm", env=env)
-        git("config", "user.email", "agentfarm@localhost", env=env)
         head = git("rev-parse", "HEAD", env=env)
         git_dir = os.path.join(workspace, ".git")
         with open(os.path.join(git_dir, "agentfarm-base"), "w") as fh:
             fh.write(head + "\n")
     except (RuntimeError, subprocess.TimeoutExpired) as exc:
-        print(mask(str(exc)).replace("\n", " "), file=sys.stderr)
+        say(mask(str(exc)).replace("\n", " "), True)
         return 1
-    print(f"cloned {repo} at {head[:12]} onto branch {branch}", file=sys.stderr)
+    say(f"cloned {repo} at {head[:12]} onto branch {branch}", False)
     return 0
+
+
+def _clone_notice(text: str, failed: bool) -> None:
+    notice(CLONE_FAILED_RECORD + json.dumps({"error": text}) if failed else text)
 
 
 def run(argv: list[str]) -> int:
@@ -267,6 +288,13 @@ def run(argv: list[str]) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, forward)
     listener = serve_control(control)
+    if os.environ.get("AGENTFARM_CLONE") == "1":
+        # Before the agent, with the tokens in git's environment only (as in ``clone``).
+        notice(f"cloning {os.environ.get('AGENTFARM_REPO', '')}")
+        cloned = clone(say=_clone_notice)
+        if cloned != 0 or signalled:
+            _close_control(listener)
+            return 128 + signalled[0] if signalled else cloned
     code = run_agent(argv, first, env, control, procs)
     while wait > 0 and not signalled:
         # The run may go on in this pod (a park, a stall's resume): say the agent exited and
@@ -280,13 +308,17 @@ def run(argv: list[str]) -> int:
                 notice(f"no word from the control plane within {wait:g} s: finishing the run")
             break
         code = run_agent(request.argv, request.stdin, env, control, procs)
+    _close_control(listener)
+    if not signalled and os.environ.get("AGENTFARM_PUSH") == "1":
+        push()
+    return code
+
+
+def _close_control(listener: socket.socket | None) -> None:
     if listener is not None:
         with contextlib.suppress(OSError):
             listener.close()
             os.unlink(control_path())
-    if not signalled and os.environ.get("AGENTFARM_PUSH") == "1":
-        push()
-    return code
 
 
 def run_agent(

@@ -129,6 +129,21 @@ class RunSettings(BaseSettings):
     sandbox_gid: int = Field(
         61000, ge=1, description="Gid agents run as when the server runs as root."
     )
+    local_clone_pool: int = Field(
+        2,
+        ge=0,
+        le=64,
+        description="Local backend: clones of a local source repository kept ready per "
+        "repository and base branch, made after a launch of it and brought up to date when a "
+        "run takes one, so that a launch need not clone (0: every launch clones).",
+    )
+    local_monitor_pool: int = Field(
+        2,
+        ge=0,
+        le=64,
+        description="Local backend: run monitors started ahead of need, waiting for their "
+        "run (0: each launch starts its own).",
+    )
     model_stall_seconds: float = Field(
         300.0,
         ge=0,

@@ -4,55 +4,29 @@ server process (its peak memory, whether it still answers)."""
 
 from __future__ import annotations
 
+import contextlib
+import secrets
 import shutil
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
-from tests.integration.conftest import agent_script, git
 from tests.integration.server import Server, events, post_run
 from tests.realparts import missing
 
-__all__ = ["agent_script", "events", "git", "post_run"]
+__all__ = ["events", "post_run"]
 
 FINAL = {"succeeded", "failed", "stopped", "lost"}
-
-
-@pytest.fixture
-def source(tmp_path: Path) -> Path:
-    """A git repository with one commit on `main`."""
-    repo = tmp_path / "project"
-    repo.mkdir()
-    git(repo, "init", "-q", "-b", "main")
-    (repo / "README.md").write_text("# project\n")
-    git(repo, "add", "-A")
-    git(repo, "-c", "user.name=t", "-c", "user.email=t@e", "commit", "-qm", "initial")
-    return repo
 
 
 def start_server(data_dir: Path, env: dict[str, str], log: Path) -> Server:
     if shutil.which("bwrap") is None:
         missing("bubblewrap", "apt-get install bubblewrap (make test does it)")
     return Server(data_dir, {"AGENTFARM_STOP_GRACE_SECONDS": "2", **env}, log).start()
-
-
-@pytest.fixture
-def serve(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], Server]]:
-    started: list[Server] = []
-
-    def start(env: dict[str, str]) -> Server:
-        srv = start_server(tmp_path / "data", env, tmp_path / "server.log")
-        started.append(srv)
-        return srv
-
-    yield start
-    for srv in started:
-        srv.stop()
 
 
 def launch(srv: Server, source: Path, argv: list[str], prompt: str = "go", **extra: Any) -> str:
@@ -86,6 +60,21 @@ def answers(srv: Server) -> bool:
             )
         except httpx.HTTPError:
             return False
+
+
+def marker() -> str:
+    """A number no other test (nor another checkout's run of this one) uses: an agent passes it
+    to `sleep`, so its processes can be found on the host."""
+    return f"{secrets.randbelow(10**6) + 10**6}.{secrets.randbelow(10**6)}"
+
+
+def stop_active(srv: Server) -> None:
+    """Stops the server's runs that have not ended (runs outlive their server by design: a
+    failed test must not leave its agents sleeping)."""
+    with srv.client() as c, contextlib.suppress(httpx.HTTPError):
+        for run in c.get("/api/runs", params={"limit": 200}).json():
+            if run["status"] not in FINAL:
+                c.post(f"/api/runs/{run['id']}/stop")
 
 
 def run_processes(marker: str) -> list[str]:

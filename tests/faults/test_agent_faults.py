@@ -7,36 +7,40 @@ answering with bounded memory."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.faults.conftest import Serve
 from tests.faults.fault_kit import (
     FINAL,
     answers,
     events,
     launch,
+    marker,
     peak_rss_kib,
     run_processes,
-    serve,
-    source,
+    stop_active,
     wait_for,
 )
 from tests.integration.server import Server
-
-__all__ = ["serve", "source"]  # fixtures
-
-pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
 #: How much the server's peak memory may grow while an agent floods it (generous: the point is
 #: that 100 MB of output is not held, not a precise figure).
 FLOOD_RSS_GROWTH_KIB = 200 * 1024
 
 
+#: The watchdog's limit for the agents that hang (the flood's, slow on a busy machine, keeps
+#: the default).
+QUIET = {"tool_quiet_seconds": 3}
+
+
 @pytest.fixture
-def server(serve: Callable[[dict[str, str]], Server]) -> Server:
-    return serve({"AGENTFARM_TOOL_QUIET_SECONDS": "3", "AGENTFARM_STALL_RESUMES": "0"})
+def server(serve: Serve) -> Iterator[Server]:
+    srv = serve({"AGENTFARM_STALL_RESUMES": "0"})
+    yield srv
+    stop_active(srv)
 
 
 def texts(srv: Server, run_id: str) -> list[str]:
@@ -60,13 +64,14 @@ def test_an_agent_that_crashes_mid_line_fails_saying_how_and_keeps_its_half_line
 def test_an_agent_that_hangs_is_ended_by_the_watchdog_and_leaves_nothing(
     server: Server, source: Path
 ) -> None:
-    marker = "4242.4242"  # sleep's argument: finds the agent's process on the host
-    run_id = launch(server, source, ["sh", "-c", f"echo working; exec sleep {marker}"])
-    wait_for(lambda: bool(run_processes(marker)), 60, "the hanging agent to start")
+    sleeps = marker()  # sleep's argument: finds the agent's process on the host
+    argv = ["sh", "-c", f"echo working; exec sleep {sleeps}"]
+    run_id = launch(server, source, argv, watchdog=QUIET)
+    wait_for(lambda: bool(run_processes(sleeps)), 60, "the hanging agent to start")
     run = server.wait_status(run_id, FINAL, timeout=60)
     assert run["status"] == "failed", run
     assert "stalled" in (run["error"] or "") or run.get("reason") == "stalled", run
-    wait_for(lambda: not run_processes(marker), 15, "the hanging agent's processes to go")
+    wait_for(lambda: not run_processes(sleeps), 15, "the hanging agent's processes to go")
     assert answers(server)
 
 
@@ -100,11 +105,11 @@ def test_a_flood_of_100_mb_keeps_the_control_plane_bounded_and_answering(
 def test_a_fork_bomb_stops_at_its_process_limit_and_the_host_is_unaffected(
     server: Server, source: Path
 ) -> None:
-    marker = "5151.5151"
+    sleeps = marker()
     # An inner shell forks sleepers until fork fails (and the shell exits on it); the outer
     # one says so and waits.
     bomb = (
-        f"echo forking; sh -c 'while :; do sleep {marker} & done' 2>/dev/null; "
+        f"echo forking; sh -c 'while :; do sleep {sleeps} & done' 2>/dev/null; "
         'echo "fork refused: $?"; exec sleep 3600'
     )
     backend = {"type": "local", "sandbox": {"pids": 64}}
@@ -113,7 +118,7 @@ def test_a_fork_bomb_stops_at_its_process_limit_and_the_host_is_unaffected(
         source,
         ["sh", "-c", bomb],
         backend=backend,
-        watchdog={"tool_quiet_seconds": 3},
+        watchdog=QUIET,
     )
     wait_for(
         lambda: any(t.startswith("fork refused") for t in texts(server, run_id)),
@@ -121,10 +126,10 @@ def test_a_fork_bomb_stops_at_its_process_limit_and_the_host_is_unaffected(
         "the fork bomb to reach its limit",
     )
     assert answers(server)
-    sleepers = len(run_processes(marker))
+    sleepers = len(run_processes(sleeps))
     assert 0 < sleepers < 64, f"{sleepers} processes under a limit of 64"
-    said = [json.dumps(e["data"]) for e in events(server, run_id) if e["type"] == "run.notice"]
-    assert any("process limit (64)" in text for text in said), said
     run = server.wait_status(run_id, FINAL, timeout=60)
     assert run["status"] == "failed", run
-    wait_for(lambda: not run_processes(marker), 15, "every forked process to go")
+    said = [json.dumps(e["data"]) for e in events(server, run_id) if e["type"] == "run.notice"]
+    assert any("process limit (64)" in text for text in said), said
+    wait_for(lambda: not run_processes(sleeps), 15, "every forked process to go")

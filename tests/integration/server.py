@@ -36,8 +36,12 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, data_dir: Path, env: dict[str, str], log: Path) -> None:
+    def __init__(
+        self, data_dir: Path, env: dict[str, str], log: Path, *, argv: list[str] | None = None
+    ) -> None:
         self.data_dir = data_dir
+        #: The command that serves (default: this interpreter's ``agentfarm serve``).
+        self.argv = argv
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {
@@ -50,17 +54,17 @@ class Server:
         }
         self.log = log
         self.proc: subprocess.Popen[bytes] | None = None
+        #: The server program (a benchmark may start another checkout's, side by side).
+        self.program = Path(sys.executable).with_name("agentfarm")
 
     @property
     def cli_env(self) -> dict[str, str]:
         return {**self.env, "COLUMNS": "200"}
 
     def start(self) -> Server:
-        agentfarm = Path(sys.executable).with_name("agentfarm")
+        argv = self.argv or [str(self.program), "serve"]
         with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [str(agentfarm), "serve"], env=self.env, stdout=log, stderr=subprocess.STDOUT
-            )
+            self.proc = subprocess.Popen(argv, env=self.env, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

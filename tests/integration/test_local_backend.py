@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -476,6 +477,36 @@ async def test_memory_limit_oom_kills_a_hog(
     await backend.cleanup(run)
 
 
+def test_the_kernel_tells_of_an_oom_without_polling() -> None:
+    # cgroup v1: an eventfd on memory.oom_control becomes readable at the OOM, so the monitor
+    # reads the counter only then (and every few seconds), not five times a second per run.
+    if not ROOT:
+        realparts.missing("root for cgroups", "run the integration tests as root")
+    group = cgroups.create(f"oomtest-{os.getpid()}", cgroups.Limits(memory_mb=32))
+    try:
+        notifier = group.oom_notifier()
+        if group.version != 1:
+            assert notifier is None  # v2: the monitor polls memory.events as before
+            return
+        assert notifier is not None
+        hog = subprocess.Popen(
+            [sys.executable, "-c", "b = []\nwhile True: b.append(bytearray(8 << 20))"],
+            preexec_fn=group.join,
+        )
+        try:
+            readable, _, _ = select.select([notifier], [], [], 30)
+            assert readable == [notifier]
+            assert os.read(notifier, 8)
+            hog.wait(30)
+            assert group.oom_kills() >= 1
+        finally:
+            hog.kill()
+            hog.wait()
+            os.close(notifier)
+    finally:
+        group.destroy()
+
+
 async def test_unsandboxed_run_says_so(tmp_path: Path, settings: Settings, source: Path) -> None:
     settings.data_dir.mkdir(parents=True)
     settings.data_dir.chmod(0o711)  # tmp_path is traversable; the run dir must be too
@@ -714,3 +745,52 @@ async def test_without_root_every_run_says_it_shares_the_servers_uid(
     await collect(handle.records(0))
     monkeypatch.undo()
     await backend.cleanup(run)
+
+
+PACED = """
+import sys, time
+sys.stdin.readline()
+for i in range(3):
+    time.sleep(1.0)  # quiet in between: each line comes after the reader went to sleep
+    print(f"line {i}", flush=True)
+"""
+
+
+def inotify_fds() -> int:
+    fds = os.listdir("/proc/self/fd")
+    return sum(1 for fd in fds if "inotify" in _link(f"/proc/self/fd/{fd}"))
+
+
+def _link(path: str) -> str:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return ""
+
+
+async def test_runs_share_the_backends_one_inotify_instance(
+    tmp_path: Path, settings: Settings, source: Path
+) -> None:
+    backend = LocalBackend(settings)
+    before = inotify_fds()
+    runs = [new_run(source, network="none") for _ in range(3)]
+    command = AgentCommand(argv=[agent(tmp_path, "paced", PACED)], env={}, stdin=b"go\n")
+    launches = [backend.launch(r, LaunchSpec.of(r.id, command, {})) for r in runs]
+    handles = [handle for handle, _ in await asyncio.gather(*launches)]
+    try:
+        streams = [asyncio.ensure_future(collect(h.records(0))) for h in handles]
+        await asyncio.sleep(0.2)
+        assert len(backend.watcher._dirs) == 3  # one watch per run directory
+        assert inotify_fds() == before + 1  # one instance for all of them
+        for records in await asyncio.gather(*streams):
+            assert stdout_lines(records) == [b"line 0", b"line 1", b"line 2"]
+            last = records[-1].exit
+            assert last is not None
+            assert last.exit_code == 0
+        assert backend.watcher.unavailable is None
+        assert backend.watcher._dirs == {}  # the watches went with their readers
+    finally:
+        for run in runs:
+            await backend.cleanup(run)
+        await backend.aclose()
+    assert inotify_fds() == before

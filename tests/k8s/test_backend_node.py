@@ -267,6 +267,30 @@ async def test_a_run_writes_commits_and_pushes_in_a_real_pod(
     await backend.cleanup(run)
 
 
+async def test_a_failed_clone_in_the_pod_is_the_runs_error(
+    world: World, backend: k8s_backend.KubernetesBackend
+) -> None:
+    """The agent container clones before the agent (no init container): a repository the
+    forge does not serve ends the run with git's reason, and no agent ran."""
+    spec = models.AgentSpec(
+        repo=f"git://{cluster.NODE_IP}:{world.git_port}/missing.git", base_branch="main",
+        prompt="x", backend="kubernetes",
+    )  # fmt: skip
+    run = models.Run(spec=spec)
+    handle, _ = await backend.launch(
+        run, LaunchSpec.of(run.id, world.command(run.prompt), {"ANTHROPIC_API_KEY": "fake"})
+    )
+    records = await collect(handle.records(after=0))
+    exit_info = records[-1].exit
+    assert exit_info is not None and exit_info.exit_code == 1, records
+    assert exit_info.error is not None
+    assert exit_info.error.startswith("cloning the repository failed: git clone:"), exit_info
+    assert "missing.git" in exit_info.error
+    assert not any(r.kind in ("stdout", "stderr") for r in records), records
+    assert await handle.finalize() == []
+    await backend.cleanup(run)
+
+
 async def test_stop_deletes_the_running_pod(
     world: World, backend: k8s_backend.KubernetesBackend
 ) -> None:

@@ -194,14 +194,15 @@ def secret_forms(forge: FakeForge) -> tuple[str, ...]:
 
 
 def assert_token_only_by_reference(pod: dict[str, Any], forge: FakeForge, token_env: str) -> None:
-    """The token is in no value, command or argument of the pod's spec: each container that
-    needs it (the clone, the agent's push) refers to the run's Secret by key."""
+    """The token is in no value, command or argument of the pod's spec: its one container
+    (which clones and pushes) refers to the run's Secret by key."""
     spec = pod["spec"]
     text = json.dumps(spec)
     for value in secret_forms(forge):
         assert value not in text
     name = manifests.object_name(pod["metadata"]["labels"][manifests.LABEL_RUN])
-    for container in spec["initContainers"] + spec["containers"]:
+    assert "initContainers" not in spec
+    for container in spec["containers"]:
         (entry,) = [e for e in container["env"] if e["name"] == token_env]
         assert entry == {
             "name": token_env,
@@ -238,7 +239,7 @@ async def test_a_pipeline_run_pushes_its_named_branch_and_a_follow_up_continues_
         "error": None,
     }  # fmt: skip
     assert forge.branch_sha(REPO, f"refs/heads/{branch}~1") == main
-    # Every git request (the clone in the init container, the push at the end) carried the
+    # Every git request (the clone before the agent, the push at the end) carried the
     # token, as the forge checks it.
     requests = git_requests(forge, since)
     assert requests and all(r.auth == "Basic" and r.authorized for r in requests), requests

@@ -347,6 +347,31 @@ async def test_sse_streams_live_events_and_resumes(
             assert await read_sse(client, run["id"], {"Last-Event-ID": odd}) == stored
 
 
+async def test_an_agent_line_with_a_lone_surrogate_is_stored_and_served(
+    app_client: AppFactory, fake_backend: FakeBackend
+) -> None:
+    # "\ud800" is valid JSON text but no UTF-8: the event is served with an ASCII escape.
+    odd = (
+        b'{"type":"assistant","message":{"id":"m9","content":[{"type":"text","text":"a\\ud800b"}]}}'
+    )
+
+    def script(run: models.Run, command: Any) -> list[Step]:
+        steps = claude_like_script(run, command)
+        return [*steps[:3], Step("stdout", odd), *steps[3:]]
+
+    fake_backend.script = script
+    async with app_client() as client:
+        run = (await client.post("/api/runs", json={"spec": {"repo": "/r", "prompt": "p"}})).json()
+        assert (await wait_terminal(client, run["id"]))["status"] == "succeeded"
+        listed = await client.get(f"/api/runs/{run['id']}/events")
+        assert listed.status_code == 200
+        stored = listed.json()
+        assert [e["data"]["text"] for e in stored if e["type"] == "agent.text"][-1] == "a\ud800b"
+        assert await read_sse(client, run["id"]) == stored
+        page = await client.get(f"/api/runs/{run['id']}/events", params={"before": 3})
+        assert page.json() == stored[:2]
+
+
 async def test_restart_reattaches_without_loss_or_duplicates(
     app_client: AppFactory, fake_backend: FakeBackend
 ) -> None:

@@ -11,7 +11,7 @@ import pytest
 from agentfarm.agents import capping
 from agentfarm.agents.claude import ClaudeAdapter
 from agentfarm.backends.base import Record
-from agentfarm.domain import redact
+from agentfarm.domain import models, redact
 from agentfarm.domain.redact import Redactor
 from agentfarm.supervisor import events
 
@@ -182,3 +182,49 @@ def test_raw_lines_are_masked_in_every_json_form_and_stay_json() -> None:
     masked = Redactor({"TOKEN": secret}).raw(line)
     assert b"tok" not in masked
     assert json.loads(masked)["content"] == '{"auth": "[redacted:TOKEN]"}'
+
+
+# --- the fast path: an event's JSON tells whether there is anything to mask ------------------
+
+
+@pytest.mark.parametrize(
+    "secret", [KEY, 'pa"ss\\wörd-0123456789', "tab\there-0123", "é-ünïcode-sècret", "12345678"]
+)
+def test_found_in_sees_a_secret_in_the_json_of_any_string_or_key(secret: str) -> None:
+    redactor = Redactor({"S": secret})
+    for data in (
+        {"text": f"it is {secret}!"},
+        {secret: 1},
+        {"nested": [{"deep": [f"x{secret}"]}]},
+        {"json in json": json.dumps({"auth": secret})},
+    ):
+        draft = models.EventDraft(type="agent.text", data=data)
+        assert redactor.found_in(draft.data_json())
+        masked = events.redact(draft, redactor)
+        assert masked.data == redactor.data(data)
+        assert secret not in json.dumps(masked.data, ensure_ascii=False)
+        assert json.dumps(secret, ensure_ascii=False)[1:-1] not in masked.data_json()
+
+
+def test_an_event_without_secrets_is_passed_on_as_it_is() -> None:
+    redactor = Redactor({"K": KEY})
+    draft = models.EventDraft(type="agent.text", data={"text": "sk-ant-api03-abc but not it"})
+    encoded = draft.data_json()
+    assert events.redact(draft, redactor) is draft
+    assert draft.data_json() is encoded  # the store reuses the text the check encoded
+
+
+def test_a_secret_the_agent_wrote_with_unicode_escapes_is_masked_after_parsing() -> None:
+    # The raw line has the secret only as \u escapes, which the mask of raw bytes cannot see;
+    # parsed, the string holds it whole, and the event's JSON shows it again.
+    escaped = "".join(f"\\u{ord(c):04x}" for c in KEY)
+    line = (
+        '{"type":"assistant","message":{"id":"m1","content":'
+        f'[{{"type":"text","text":"key {escaped}"}}]}}}}'
+    ).encode()
+    redactor = Redactor({"K": KEY})
+    assert KEY.encode() not in redactor.raw(line)
+    drafts = events.translate(ClaudeAdapter().new_parser(), Record(1, "stdout", line), redactor)
+    (masked,) = [events.redact(d, redactor) for d in drafts]
+    assert masked.data["text"] == "key [redacted:K]"
+    assert KEY not in masked.data_json()

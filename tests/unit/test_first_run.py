@@ -3,6 +3,7 @@ serve` owns the prompt, the app asks it only when the user table is empty."""
 
 from __future__ import annotations
 
+import gc
 import getpass
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +14,16 @@ from agentfarm.cli import server
 from agentfarm.store import Store
 from agentfarm.store.users import Users
 from agentfarm.web.pages import appstate
+
+TUNE_GC = server.tune_gc
+
+
+@pytest.fixture(autouse=True)
+def untuned_gc(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """``serve`` tunes the process's collector (``server.tune_gc``): not the test process's."""
+    calls: list[str] = []
+    monkeypatch.setattr(server, "tune_gc", lambda: calls.append("tuned"))
+    return calls
 
 
 def answers(monkeypatch: pytest.MonkeyPatch, typed: list[str], secret: list[str]) -> None:
@@ -80,6 +91,8 @@ def test_serve_passes_its_settings_to_the_app_without_touching_the_environment(
 
     served: list[tuple[FastAPI, dict[str, object]]] = []
     monkeypatch.setattr(uvicorn, "run", lambda target, **k: served.append((target, k)))
+    tuned: list[str] = []
+    monkeypatch.setattr(server, "tune_gc", lambda: tuned.append(f"before {len(served)} runs"))
     monkeypatch.delenv("AGENTFARM_TOKEN", raising=False)
     monkeypatch.setenv("AGENTFARM_HOST", "127.0.0.2")
     before = dict(os.environ)
@@ -91,6 +104,18 @@ def test_serve_passes_its_settings_to_the_app_without_touching_the_environment(
     settings = target.state.settings
     assert (settings.data_dir, settings.port, settings.host) == (tmp_path, 18099, "127.0.0.2")
     assert (options["host"], options["port"]) == ("127.0.0.2", 18099)
+    assert tuned == ["before 0 runs"]
+
+
+def test_the_servers_collector_leaves_its_start_heap_alone_and_runs_less_often() -> None:
+    before = gc.get_threshold()
+    try:
+        TUNE_GC()
+        assert gc.get_threshold() == server.GC_THRESHOLDS
+        assert gc.get_freeze_count() > 10_000  # the modules and schemas imported so far
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
 
 
 def test_serve_rejects_a_bad_flag_value_as_a_bad_setting(

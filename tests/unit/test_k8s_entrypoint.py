@@ -9,6 +9,7 @@ import base64
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -284,7 +285,9 @@ def test_push_with_the_token_from_the_runs_secret(
     remotes: tuple[git_http.GitHttpServer, git_http.GitHttpServer], tmp_path: Path
 ) -> None:
     """Item 6: the token travels run Secret -> entrypoint -> Authorization header of the clone
-    and the push, to the run's remote only; the agent never sees it."""
+    (in ``run``, before the agent: AGENTFARM_CLONE=1) and the push, to the run's remote only;
+    the agent never sees it, and no git command line nor the workspace's .git/config holds
+    it."""
     good, _ = remotes
     port = good.port
     spec = models.AgentSpec(repo=good.url("repo.git"), base_branch="main", backend="kubernetes")
@@ -295,19 +298,36 @@ def test_push_with_the_token_from_the_runs_secret(
     }
     env = pod_env(models.Run(spec=spec), secrets, tmp_path)
     assert "GIT_TOKEN_OTHER_EXAMPLE_ORG" not in env
-    done = entrypoint(env, "clone")
-    assert done.returncode == 0, done.stderr
-    assert TOKEN not in (tmp_path / "ws" / ".git" / "config").read_text()
+    assert env["AGENTFARM_CLONE"] == "1"
+    argvs = tmp_path / "git-argv"
+    shims = tmp_path / "shims"
+    shims.mkdir()
+    (shims / "git").write_text(
+        f'#!/bin/sh\necho "$@" >> {argvs}\nexec {shutil.which("git")} "$@"\n'
+    )
+    (shims / "git").chmod(0o755)
+    env["PATH"] = f"{shims}:{env['PATH']}"
     agent = tmp_path / "agent.sh"
     agent.write_text(
         f"#!/bin/sh\nenv > {tmp_path / 'agent-env'}\n"
+        f"cp .git/config {tmp_path / 'agent-git-config'}\n"
         "echo x > f.txt; git add f.txt; git commit -qm 'add f'\n"
     )
     agent.chmod(0o755)
     done = entrypoint(env, "run", "--", str(agent))
     lines = parse(done.stdout)
+    assert lines[0] == ("N", f"cloning {good.url('repo.git')}"), lines
+    assert lines[1][1].startswith(f"cloned {good.url('repo.git')} at "), lines
     assert lines[-1] == ("N", lines[-1][1]) and "pushed 1 commit(s)" in lines[-1][1], lines
     assert TOKEN not in (tmp_path / "agent-env").read_text()
+    seen_config = (tmp_path / "agent-git-config").read_text()
+    assert TOKEN not in seen_config
+    assert "name = agentfarm" in seen_config and "email = agentfarm@localhost" in seen_config
+    assert TOKEN not in (tmp_path / "ws" / ".git" / "config").read_text()
+    commands = argvs.read_text()
+    assert "clone" in commands and "push" in commands
+    for value in (TOKEN, base64.b64encode(f"oauth2:{TOKEN}".encode()).decode(), "Authorization"):
+        assert value not in commands
     assert TOKEN not in done.stdout.decode() + done.stderr.decode()
     assert git("--git-dir", str(tmp_path / "good/repo.git"), "log", "-1", "--format=%s",
                "agentfarm/t1").strip() == "add f"  # fmt: skip
@@ -348,7 +368,6 @@ def test_a_hostile_workspace_neither_gets_the_token_nor_redirects_the_push(
     good, evil = remotes
     spec = models.AgentSpec(repo=good.url("repo.git"), base_branch="main", backend="kubernetes")
     env = pod_env(models.Run(spec=spec), {f"GIT_TOKEN_127_0_0_1_{good.port}": TOKEN}, tmp_path)
-    assert entrypoint(env, "clone").returncode == 0
     leaks = tmp_path / "leaks"
     leaks.mkdir()
     spy = tmp_path / "spy.sh"
@@ -434,7 +453,6 @@ def test_processes_the_agent_leaves_behind_are_gone_before_the_push(
     good, _ = remotes
     spec = models.AgentSpec(repo=good.url("repo.git"), base_branch="main", backend="kubernetes")
     env = pod_env(models.Run(spec=spec), {f"GIT_TOKEN_127_0_0_1_{good.port}": TOKEN}, tmp_path)
-    assert entrypoint(env, "clone").returncode == 0
     spied = tmp_path / "spied"
     agent = tmp_path / "agent.sh"
     agent.write_text(

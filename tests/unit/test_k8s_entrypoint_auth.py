@@ -54,10 +54,35 @@ def test_a_refused_token_fails_the_clone_saying_so(
     assert remote.passwords() == {stale}
 
 
+def test_a_refused_token_fails_the_clone_in_the_agent_container_saying_so(
+    remote: git_http.GitHttpServer, tmp_path: Path
+) -> None:
+    """The pod's agent container clones first (AGENTFARM_CLONE=1): a refused token ends it
+    with exit code 1 and the notice the control plane makes the run's error; no agent runs,
+    nothing is pushed, and the token is in none of it."""
+    stale = "stale-token-0123456789abcdef"
+    marker = tmp_path / "agent-ran"
+    agent = tmp_path / "agent.sh"
+    agent.write_text(f"#!/bin/sh\ntouch {marker}\n")
+    agent.chmod(0o755)
+    done = entrypoint(env_for(remote, stale, tmp_path), "run", "--", str(agent))
+    assert done.returncode == 1
+    lines = parse(done.stdout)
+    assert lines[0] == ("N", f"cloning {remote.url('repo.git')}")
+    kind, text = lines[-1]
+    assert kind == "N" and text.startswith("agentfarm.clone-failed "), lines
+    error = json.loads(text.removeprefix("agentfarm.clone-failed "))["error"]
+    assert error.startswith(f"git clone: {ADVICE}") and STORE in error, error
+    assert len(lines) == 2 and not marker.exists()
+    for value in forms(stale):
+        assert value not in done.stdout.decode() + done.stderr.decode()
+
+
 def test_a_token_revoked_before_the_push_fails_the_push_saying_so(
     remote: git_http.GitHttpServer, tmp_path: Path
 ) -> None:
     env = env_for(remote, TOKEN, tmp_path)
+    del env["AGENTFARM_CLONE"]  # cloned here, before the token is revoked, not by ``run``
     assert entrypoint(env, "clone").returncode == 0
     agent = tmp_path / "agent.sh"
     agent.write_text("#!/bin/sh\necho x > f.txt; git add f.txt; git commit -qm 'add f'\n")

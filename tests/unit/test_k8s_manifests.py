@@ -63,7 +63,7 @@ def test_pod_is_hardened() -> None:
     assert spec["securityContext"]["runAsNonRoot"] is True
     assert spec["securityContext"]["runAsUser"] == 1000
     assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
-    for container in spec["initContainers"] + spec["containers"]:
+    for container in spec["containers"]:
         sc = container["securityContext"]
         assert sc["allowPrivilegeEscalation"] is False
         assert sc["readOnlyRootFilesystem"] is True
@@ -89,9 +89,12 @@ def test_git_token_goes_to_git_not_to_the_agent_env() -> None:
     assert "FORGEJO_TOKEN" not in env  # another host's token
     assert agent["command"][:5] == ["python3", manifests.ENTRYPOINT, "run", "--", "claude"]
     assert json.loads(env["AGENTFARM_CLOSE_STDIN_AFTER"]) == ["result"]  # type: ignore[arg-type]
-    clone_env = env_of(pod["spec"]["initContainers"][0])
-    assert "CLAUDE_CODE_OAUTH_TOKEN" not in clone_env
-    assert "GITHUB_TOKEN" in clone_env
+    # One container: the entrypoint clones before the agent (the token only in git's env).
+    assert "initContainers" not in pod["spec"] and len(pod["spec"]["containers"]) == 1
+    assert env["AGENTFARM_CLONE"] == "1"
+    assert env["GITHUB_TOKEN"] == {
+        "secretKeyRef": {"name": "agentfarm-run-abc123def456", "key": "GITHUB_TOKEN"}
+    }
 
 
 @pytest.mark.parametrize(
@@ -164,7 +167,7 @@ def test_a_token_the_spec_names_reaches_the_pod_under_its_hosts_name(
     assert "FORGE_BOT" not in data
     pod = manifests.build_pod(run, launching, cfg)
     assert "tok_named" not in json.dumps(pod)
-    for container in pod["spec"]["initContainers"] + pod["spec"]["containers"]:
+    for container in pod["spec"]["containers"]:
         env = env_of(container)
         rules = json.loads(env["AGENTFARM_GIT_CREDENTIALS"])  # type: ignore[arg-type]
         assert rules == [{"url": auth.prefix, "user": user, "env": name}]
@@ -211,8 +214,6 @@ def test_shared_home_is_mounted_read_only_beside_the_pods_own_home() -> None:
             "persistentVolumeClaim": {"claimName": "claude-home", "readOnly": True},
         }
     ]
-    init = pod["spec"]["initContainers"][0]
-    assert all(m["name"] != "claude-home" for m in init["volumeMounts"])
 
 
 def test_missing_image_and_bad_run_id_are_clear() -> None:

@@ -182,6 +182,7 @@ class Cluster:
         self.put_back = put_back or {"ok": True, "files": 1}
         self.idle_reads = 1  # log reads before the entrypoint says its idle process exited
         self.new_pod = RUNNING
+        self.log: list[bytes] | None = None  # the new pod's log, when not the idle process's
 
     async def create_secret(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
         self.calls.append("create secret")
@@ -211,6 +212,10 @@ class Cluster:
         self, namespace: str, name: str, container: str, *, follow: bool
     ) -> AsyncIterator[bytes]:
         self.calls.append("log")
+        if self.log is not None:
+            for line in self.log:
+                yield line
+            return
         if self.idle_reads:
             self.idle_reads -= 1
             return
@@ -266,7 +271,7 @@ async def keep(b: k8s_backend.KubernetesBackend, *, pushed: bool) -> None:
 
 def env_of(pod: dict[str, Any], container: str) -> dict[str, str]:
     spec = pod["spec"]
-    found = [c for c in spec["containers"] + spec["initContainers"] if c["name"] == container]
+    found = [c for c in spec["containers"] if c["name"] == container]
     return {e["name"]: e.get("value", "") for e in found[0]["env"]}
 
 
@@ -287,7 +292,7 @@ async def test_a_continue_resumes_the_session_in_a_new_pod_on_the_pushed_branch(
         "session-in", "resume", "patch secret",
     ]  # fmt: skip
     (pod,) = api.created
-    clone = env_of(pod, "clone")
+    clone = env_of(pod, "agent")  # the agent container clones first
     assert clone["AGENTFARM_BASE_BRANCH"] == clone["AGENTFARM_BRANCH"] == "agentfarm/r1"
     agent = pod["spec"]["containers"][0]
     assert agent["command"][-3:] == list(continued.IDLE_ARGV)  # idle, then resumed
@@ -309,7 +314,7 @@ async def test_a_branch_never_pushed_is_made_again_from_the_base(
     run, spec = run_and_spec()
     await keep(b, pushed=False)
     _, info = await b.continue_ended(run, spec)
-    clone = env_of(api.created[0], "clone")
+    clone = env_of(api.created[0], "agent")
     assert (clone["AGENTFARM_BASE_BRANCH"], clone["AGENTFARM_BRANCH"]) == ("main", "agentfarm/r1")
     assert "made again from main (none pushed)" in info.notices[-1]
 
@@ -342,6 +347,27 @@ async def test_a_new_pod_whose_clone_fails_says_so_and_goes(
     await keep(b, pushed=True)
     with pytest.raises(errors.LaunchError, match="before the agent could resume its session: "
                        "cloning the repository failed: gone"):  # fmt: skip
+        await b.continue_ended(run, spec)
+    assert api.pods == {} and api.secrets == {}
+    assert "session-in" not in api.calls
+
+
+async def test_a_new_pod_whose_clone_in_its_agent_container_fails_says_why_and_goes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The clone runs before the agent in its container (no init container): git's reason
+    comes from the entrypoint's ``agentfarm.clone-failed`` notice in the pod's log."""
+    monkeypatch.setattr(continued, "POLL_SECONDS", 0.01)
+    api = Cluster()
+    agent = {"name": "agent", "state": {"terminated": {"exitCode": 1, "reason": "Error"}}}
+    api.new_pod = {"status": {"phase": "Failed", "containerStatuses": [agent]}}
+    said = json.dumps({"error": "git clone: fatal: remote branch agentfarm/r1 not found"})
+    api.log = [notice(1, "cloning https://x/y"), notice(2, f"agentfarm.clone-failed {said}")]
+    b = backend_on(api, tmp_path)
+    run, spec = run_and_spec()
+    await keep(b, pushed=True)
+    why = "resume its session: cloning the repository failed: git clone: fatal: remote branch"
+    with pytest.raises(errors.LaunchError, match=why):
         await b.continue_ended(run, spec)
     assert api.pods == {} and api.secrets == {}
     assert "session-in" not in api.calls

@@ -421,3 +421,45 @@ async def test_the_default_client_uses_the_stored_token_and_follows_its_rotation
             await pipe.client(world.forge)
     finally:
         await pipe.close()
+
+
+async def test_a_retry_by_relabeling_answered_just_before_a_kill_runs_after_the_restart(
+    world: World,
+) -> None:
+    # A person retries a done issue by removing the label and applying it again; both
+    # deliveries are answered, then the server is killed before its loop looked. The forge
+    # never sends them again, and the catch-up poll alone sees an issue labeled all along:
+    # the looks kept with the deliveries are made at the next start, once.
+    pipe = await world.pipeline()
+    world.client.open_issue(1)
+    world.client.label(1)
+    await deliver(pipe)
+    await pipe.tick()
+    [first] = await world.attempts()
+    await world.finish_run(first)
+    await pipe.tick()
+    assert [a.state for a in await world.attempts()] == [State.done]
+    world.client.unlabel(1)
+    assert await deliver(pipe, "unlabeled", delivery_id="d-off") == "accepted"
+    world.client.label(1)
+    assert await deliver(pipe, "labeled", delivery_id="d-on") == "accepted"
+    pending = await world.pstore.pending_looks()
+    assert [(look.source, look.delivery_id) for _, look in pending] == [
+        ("unlabeled", "d-off"),
+        ("labeled", "d-on"),
+    ]
+    await world.close()  # killed: no pass of the loop made those looks
+    pipe = await world.pipeline()
+    await pipe.start()
+
+    async def retried() -> bool:
+        return [a.state for a in await world.attempts()] == [State.done, State.running]
+
+    await until(retried)
+    assert await world.pstore.pending_looks() == []
+    await world.close()
+    pipe = await world.pipeline()
+    await pipe.start()
+    await pipe.tick()
+    assert len(await world.attempts()) == 2 and len(await world.store.list_runs()) == 2
+    assert await deliver(pipe, delivery_id="d-on") == "duplicate"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import sqlite3
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
@@ -12,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from agentfarm.domain import errors, models
+from agentfarm.domain import errors, events, models
 from agentfarm.store import Store
 
 
@@ -222,3 +223,35 @@ async def test_events_of_other_runs_stay_apart(store: Store) -> None:
     assert [e.run_id for e in await store.list_events(two.id)] == [two.id, two.id]
     assert await store.count_events(one.id) == 3
     assert await store.get_cursor(one.id) == 0
+
+
+async def test_the_stored_text_is_the_events_json_and_is_served_as_it_is(store: Store) -> None:
+    run = await new_run(store)
+    data = {"text": "héllo ✓", "n": [1, 2.5, None, True], "odd": "\ud800"}
+    (appended,), _ = await store.append_events(run.id, [models.EventDraft(type="t", data=data)])
+    (stored,) = await store.list_events(run.id)
+
+    def column(conn: sqlite3.Connection) -> str:
+        return str(conn.execute("SELECT data FROM events").fetchone()[0])
+
+    text = await store.database.read(column)
+    assert appended.data_json() == text
+    assert stored.data_json() == text
+    assert stored.data == data
+
+
+async def test_rows_written_by_earlier_versions_are_served_as_valid_json(store: Store) -> None:
+    # The store used to write ``json`` with ASCII escapes, and NaN as ``NaN`` (not JSON).
+    run = await new_run(store)
+
+    def insert(conn: sqlite3.Connection) -> None:
+        for seq, text in ((1, '{"t":"h\\u00e9","x":NaN}'), (2, '{"t":"h\\u00e9"}')):
+            conn.execute(
+                "INSERT INTO events (run_id, seq, type, ts, data) VALUES (?, ?, 't', ?, ?)",
+                (run.id, seq, "2026-01-01T00:00:00.000000+00:00", text),
+            )
+
+    await store.database.write(insert)
+    with_nan, plain = await store.list_events(run.id)
+    assert json.loads(events.event_json(with_nan))["data"] == {"t": "hé", "x": None}
+    assert json.loads(events.event_json(plain))["data"] == {"t": "hé"}

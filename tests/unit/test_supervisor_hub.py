@@ -58,7 +58,7 @@ async def parked(hub: Hub, run_id: str, followers: int = 1) -> None:
     async def go() -> None:
         while True:
             channel = hub._channels.get(run_id)
-            if channel is not None and len(channel.changed._waiters) >= followers:
+            if channel is not None and len(channel.waiters) >= followers:
                 return
             await asyncio.sleep(0.001)
 
@@ -251,3 +251,113 @@ async def test_a_follower_leaving_a_channel_nobody_published_to_leaves_nothing(
     assert hub._channels == {}
     hub.forget(run.id)  # forgetting an unknown run is harmless
     assert hub.tail_bytes(run.id) == 0
+
+
+# --- many followers: cursors into the shared tail --------------------------------------------
+class CountingStore:
+    """The store, counting the reads the hub makes."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self.reads = 0
+
+    def __getattr__(self, name: str) -> object:
+        attr = getattr(self._store, name)
+        if name in ("get_run", "last_seq", "list_events"):
+            self.reads += 1
+        return attr
+
+
+async def test_caught_up_followers_read_the_tail_not_the_store_for_each_event(
+    store: Store,
+) -> None:
+    # Fails before: every follower asked the store for the run and its last seq after each
+    # batch it got (two reads per event per viewer).
+    counting = CountingStore(store)
+    hub = Hub(counting)  # type: ignore[arg-type]
+    run = await new_run(store)
+    await store_and_publish(hub, store, run.id, texts(1, 10))
+    followers = [asyncio.create_task(collect(hub, run.id)) for _ in range(5)]
+    await parked(hub, run.id, followers=5)
+    at_start = counting.reads
+    assert at_start <= 5 * 2  # each asked once, when it started
+    for _ in range(20):
+        await store_and_publish(hub, store, run.id, texts(1, 10))
+        await parked(hub, run.id, followers=5)
+    assert counting.reads == at_start
+    await store_and_publish(hub, store, run.id, [status(models.RunStatus.failed)], final=True)
+    for follower in followers:
+        assert [e.seq for e in await follower] == list(range(1, 23))
+
+
+async def test_a_slow_follower_holds_nobody_back_and_catches_up_from_the_store(
+    store: Store,
+) -> None:
+    hub = Hub(store, tail_bytes=8 * 1024)
+    run = await new_run(store)
+    slow = hub.follow(run.id, batch=50)
+    quick = asyncio.create_task(collect(hub, run.id))
+    await parked(hub, run.id)
+    await store_and_publish(hub, store, run.id, texts(1, 10))
+    assert [e.seq for e in await asyncio.wait_for(anext(slow), 10)] == [1]
+    # The slow one reads nothing more while 300 events go by: the quick one gets them all and
+    # the tail stays within its bound (nothing is queued for the slow one).
+    for _ in range(30):
+        await store_and_publish(hub, store, run.id, texts(10, 200))
+    await store_and_publish(hub, store, run.id, [status(models.RunStatus.succeeded)], final=True)
+    assert [e.seq for e in await quick] == list(range(1, 303))
+    assert hub.tail_bytes(run.id) <= 8 * 1024
+    got = [e.seq async for batch in slow for e in batch]  # from the store, then the tail
+    assert got == list(range(2, 303))
+
+
+async def test_a_resume_after_any_seq_is_exact_while_the_tail_has_moved_on(store: Store) -> None:
+    hub = Hub(store, tail_bytes=6 * hub_module.EVENT_OVERHEAD + 6 * 200)
+    run = await new_run(store)
+    for _ in range(4):
+        await store_and_publish(hub, store, run.id, texts(5, 100))
+    assert hub._channels[run.id].tail[0][0].seq > 10  # the oldest are only in the store
+    for after in range(21):
+        stream = hub.follow(run.id, after, batch=4)
+        got: list[int] = []
+        while len(got) < 20 - after:
+            got += [e.seq for e in await asyncio.wait_for(anext(stream), 10)]
+        await stream.aclose()
+        assert got == list(range(after + 1, 21)), after
+
+
+async def test_an_idle_follower_gets_heartbeats_and_close_lets_it_go(store: Store) -> None:
+    hub = Hub(store)
+    run = await new_run(store)
+    await store_and_publish(hub, store, run.id, texts(1, 10))
+    stream = hub.follow(run.id, idle=0.05)
+    assert [e.seq for e in await anext(stream)] == [1]
+    assert await asyncio.wait_for(anext(stream), 10) == []  # nothing for a while
+    waiting = asyncio.create_task(anext(stream))
+    await parked(hub, run.id)
+    hub.close()  # the server stops: the run goes on, its followers are let go
+    with pytest.raises(StopAsyncIteration):
+        await asyncio.wait_for(waiting, 10)
+    assert hub.closing
+
+
+async def test_all_tails_share_one_budget_and_viewers_still_get_everything(store: Store) -> None:
+    # 500 runs at 4 MiB each would be 2 GiB: the runs share one budget instead (issue 12).
+    total = 4 * hub_module.TAIL_FLOOR
+    hub = Hub(store, total_bytes=total)
+    runs = [await new_run(store) for _ in range(2)]
+    for run in runs:
+        await store_and_publish(hub, store, run.id, texts(100, 1000))
+    assert all(hub.tail_bytes(r.id) <= total // 2 for r in runs)
+    assert hub.tail_bytes(runs[0].id) > total // 2 - 3000  # its whole share, not less
+    runs += [await new_run(store) for _ in range(6)]
+    for run in runs[2:]:
+        await store_and_publish(hub, store, run.id, texts(100, 1000))
+    # Eight runs: the floor each, the first two trimmed down to it as the others came.
+    assert all(hub.tail_bytes(r.id) <= hub_module.TAIL_FLOOR for r in runs)
+    assert hub._held == sum(hub.tail_bytes(r.id) for r in runs)
+    for run in runs[:2]:
+        await store_and_publish(hub, store, run.id, [status(models.RunStatus.failed)], final=True)
+        await store.update_run(run.id, status=models.RunStatus.failed)
+        assert [e.seq for e in await collect(hub, run.id)] == list(range(1, 102))
+    assert hub._held == sum(hub.tail_bytes(r.id) for r in runs[2:])

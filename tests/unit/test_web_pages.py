@@ -409,3 +409,15 @@ async def test_limits_on_the_form_and_queue_places_on_the_dashboard_and_run_page
         assert launch.status_code == 429 and "the queue is full" in launch.text
         for run in (await cp.api.get("/api/runs")).json():
             await cp.api.post(f"/api/runs/{run['id']}/stop")
+
+
+async def test_html_pages_carry_the_security_headers_and_other_responses_do_not(
+    tmp_path: Path,
+) -> None:
+    async with cockpit(tmp_path) as cp, cp.browser() as browser:
+        page = await browser.get("/login")
+        assert page.headers["content-security-policy"].startswith("default-src 'self'")
+        assert page.headers["x-content-type-options"] == "nosniff"
+        assert page.headers["referrer-policy"] == "same-origin"
+        api = await cp.api.get("/api/runs")
+        assert "content-security-policy" not in api.headers

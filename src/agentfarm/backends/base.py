@@ -167,3 +167,12 @@ class ContinuesEnded(Protocol):
     ) -> tuple[RunHandle, LaunchInfo]:
         """The ended run's next agent process: ``spec`` resumes its session."""
         ...
+
+
+@runtime_checkable
+class KnowsStart(Protocol):
+    """A backend that can tell, after a restart, whether a run's agent process was ever
+    started. A control plane killed in the middle of a launch leaves the run ``starting`` with
+    nothing running: such a run is launched again instead of ending ``lost``."""
+
+    async def started(self, run: models.Run) -> bool: ...

@@ -248,8 +248,21 @@ class Attempt(BaseModel):
         return not self.state.terminal
 
 
+class PendingLook(BaseModel):
+    """A label delivery answered but not looked at yet. It is stored with the delivery's id
+    before the answer and dropped once the look is made, so a restart in between makes it
+    then: the forge never sends a delivery it had an answer to again."""
+
+    repo: str
+    number: int
+    source: Literal["labeled", "unlabeled"]
+    actor: str = ""
+    delivery_id: str
+
+
 class TrackedIssue(BaseModel):
-    """An issue the pipeline has seen: what the forge last said of it."""
+    """An issue the pipeline has seen: what the forge last said of it (nothing yet, while it
+    holds only the looks ``pending`` for it)."""
 
     forge_id: str
     repo: str
@@ -258,6 +271,7 @@ class TrackedIssue(BaseModel):
     state: str = "open"
     labels: list[str] = Field(default_factory=list)
     seen_at: datetime = Field(default_factory=utcnow)
+    pending: list[PendingLook] = Field(default_factory=list)
 
 
 class Dispatch(BaseModel):

@@ -51,6 +51,14 @@ class Redactor:
                 line = line.replace(secret, mask)
         return line
 
+    def found_in(self, text: str) -> bool:
+        """Whether any secret, in any of its forms, occurs in ``text``. On JSON text this says
+        whether ``data`` would mask anything in the value it encodes: JSON escapes a string
+        character by character, so a secret inside any string (or key) stands in the text in
+        one of the escaped forms kept here. It may say yes for nothing (a secret's digits in a
+        number), never no for a secret."""
+        return any(secret in text for secret, _ in self._pairs)
+
     def data(self, value: Any) -> Any:
         """A deep copy of JSON-like ``value`` with every secret masked (keys included)."""
         if not self._pairs:

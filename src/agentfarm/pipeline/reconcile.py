@@ -71,16 +71,23 @@ class Reconciler:
     # --- observing -----------------------------------------------------------------------
     async def observe(self, forge: domain.Forge, client: types.ForgeClient, look: Look) -> None:
         issue = look.issue or await client.get_issue(look.repo, look.number)
-        before = await self.pstore.track_issue(
-            domain.TrackedIssue(
-                forge_id=forge.id,
-                repo=look.repo,
-                number=look.number,
-                title=text.one_line(issue.title, 300),
-                state=issue.state,
-                labels=list(issue.labels),
-            )
+        await self._look(forge, client, look, issue)
+        # Recorded once the look is made (its pending copy goes with it): a restart before
+        # makes it again from the same "before", and finds the attempt it may have recorded.
+        seen = domain.TrackedIssue(
+            forge_id=forge.id,
+            repo=look.repo,
+            number=look.number,
+            title=text.one_line(issue.title, 300),
+            state=issue.state,
+            labels=list(issue.labels),
         )
+        await self.pstore.track_issue(seen, done=look.delivery_id)
+
+    async def _look(
+        self, forge: domain.Forge, client: types.ForgeClient, look: Look, issue: types.Issue
+    ) -> None:
+        before = await self.pstore.get_tracked_issue(forge.id, look.repo, look.number)
         # An unlabel delivery is itself a fact: the label was off at some point.
         was_labeled = before is not None and forge.label in before.labels
         was_labeled = was_labeled and look.source != "unlabeled"

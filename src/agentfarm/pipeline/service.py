@@ -74,6 +74,8 @@ class Pipeline:
     # --- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
         """Resume every active attempt where it stopped, and start the pollers."""
+        for forge_id, pending in await self.pstore.pending_looks():  # answered, not made
+            self._looks.append((0.0, _look(forge_id, pending)))
         for attempt in await self.pstore.list_attempts(active=True, limit=10_000):
             if attempt.kind == domain.AttemptKind.issue:  # still labeled? (stop on unlabel)
                 look = reconcile.Look(attempt.forge_id, attempt.repo, attempt.number, "poll")
@@ -128,23 +130,26 @@ class Pipeline:
             )
         trigger = webhooks.parse_delivery(forge.kind, headers, body, trigger_label=forge.label)
         delivery = _delivery_id(forge.kind, headers)
-        if not await self.pstore.record_delivery(forge.id, delivery):
+        pending = None
+        allowed = trigger is not None and trigger.repo in forge.repos
+        if allowed and trigger and trigger.kind in ("labeled", "unlabeled") and trigger.number:
+            pending = domain.PendingLook(
+                repo=trigger.repo,
+                number=trigger.number,
+                source=trigger.kind,
+                actor=trigger.actor,
+                delivery_id=trigger.delivery_id,
+            )
+        # The look is stored with the delivery's id before the answer (made after a restart).
+        if not await self.pstore.record_delivery(forge.id, delivery, pending):
             return "duplicate"
         if trigger is None:
             return "ignored"
         if trigger.repo not in forge.repos:
             log.info("forge %s: %s is not allow-listed; delivery ignored", forge.name, trigger.repo)
             return "ignored"
-        if trigger.kind in ("labeled", "unlabeled") and trigger.number is not None:
-            look = reconcile.Look(
-                forge.id,
-                trigger.repo,
-                trigger.number,
-                trigger.kind,
-                actor=trigger.actor,
-                delivery_id=trigger.delivery_id,
-            )
-            self.enqueue(look)
+        if pending is not None:
+            self.enqueue(_look(forge.id, pending))
         elif (trigger.kind == "comment" and trigger.is_pull) or trigger.kind == "status":
             self._followups.append((0.0, forge.id, trigger))
             self.wake()
@@ -381,3 +386,14 @@ def _delivery_id(kind: str, headers: Mapping[str, str]) -> str:
     lower = {key.lower(): value for key, value in headers.items()}
     names = ("x-github-",) if kind == "github" else ("x-forgejo-", "x-gitea-", "x-gogs-")
     return next((lower[n + "delivery"] for n in names if n + "delivery" in lower), "")
+
+
+def _look(forge_id: str, pending: domain.PendingLook) -> reconcile.Look:
+    return reconcile.Look(
+        forge_id,
+        pending.repo,
+        pending.number,
+        pending.source,
+        actor=pending.actor,
+        delivery_id=pending.delivery_id,
+    )

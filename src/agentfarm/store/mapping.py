@@ -48,6 +48,8 @@ _RUN_JSON_FIELDS = frozenset({"spec", "usage"})
 
 
 def dump_time(value: datetime) -> str:
+    if value.tzinfo is UTC:  # most of them (every event's): no conversion to make
+        return value.isoformat(timespec="microseconds")
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
     return value.astimezone(UTC).isoformat(timespec="microseconds")
@@ -194,10 +196,19 @@ def row_to_config(row: Sequence[Any]) -> models.AgentConfig:
 
 
 def draft_to_values(draft: models.EventDraft) -> tuple[str, str, str]:
-    """``(type, ts, data)`` of a draft, ready to insert."""
-    return (draft.type, dump_time(draft.ts), dump_json(draft.data))
+    """``(type, ts, data)`` of a draft, ready to insert (its data's JSON, encoded once, is the
+    one the hub and the SSE stream use too)."""
+    return (draft.type, dump_time(draft.ts), draft.data_json())
 
 
 def row_to_event(row: Sequence[Any]) -> models.Event:
     run_id, seq, type_, ts, data = row
-    return models.Event(run_id=run_id, seq=seq, type=type_, ts=load_time(ts), data=json.loads(data))
+    event = models.Event(
+        run_id=run_id, seq=seq, type=type_, ts=load_time(ts), data=json.loads(data)
+    )
+    # The stored text is the data's JSON, served as it is; unless it may hold NaN or Infinity
+    # (rows written before the store took pydantic's encoding), which are not JSON: then the
+    # event encodes its data afresh (NaN as null), as the model would.
+    if "NaN" in data or "Infinity" in data:
+        return event
+    return event.with_data_json(data)

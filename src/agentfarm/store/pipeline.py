@@ -19,7 +19,7 @@ from typing import Any
 
 from agentfarm.domain import errors, models
 from agentfarm.domain import pipeline as domain
-from agentfarm.store import db
+from agentfarm.store import db, looks
 from agentfarm.store.mapping import dump_time, load_time
 
 #: Delivery ids are remembered this long; a forge redelivers within hours, not weeks.
@@ -43,13 +43,6 @@ _DELIVERY_PRUNE = (
     "WHERE received_at < ? ORDER BY received_at LIMIT ?)"
 )
 
-_ISSUE_KEY = "forge_id = ? AND repo = ? AND number = ?"
-_ISSUE_SELECT = f"SELECT data FROM tracked_issues WHERE {_ISSUE_KEY}"  # noqa: S608 (constants)
-_ISSUE_UPSERT = (
-    "INSERT INTO tracked_issues (forge_id, repo, number, data, seen_at) VALUES (?, ?, ?, ?, ?) "
-    "ON CONFLICT (forge_id, repo, number) DO UPDATE SET data = excluded.data, "
-    "seen_at = excluded.seen_at"
-)
 _ISSUES_ALL = "SELECT data FROM tracked_issues ORDER BY seen_at DESC, rowid DESC LIMIT ?"
 _ISSUES_OF_FORGE = (
     "SELECT data FROM tracked_issues WHERE forge_id = ? ORDER BY seen_at DESC, rowid DESC LIMIT ?"
@@ -67,7 +60,7 @@ _NEWEST = " ORDER BY created_at DESC, rowid DESC"
 _ATTEMPT_SELECT = "SELECT data FROM attempts"
 #: ``list_attempts``' filters, in the order of its arguments; the SQL is composed only of these.
 _ATTEMPT_FILTERS = ("forge_id = ?", "repo = ?", "number = ?", "active = ?")
-_ACTIVE_FOR_ISSUE = f"SELECT id FROM attempts WHERE {_ISSUE_KEY} AND active = 1"  # noqa: S608
+_ACTIVE_FOR_ISSUE = f"SELECT id FROM attempts WHERE {looks.KEY} AND active = 1"  # noqa: S608
 _NEXT_SEQ = (
     "SELECT COALESCE(MAX(CAST(json_extract(data, '$.seq') AS INTEGER)), 0) + 1 "
     "FROM attempts WHERE forge_id = ? AND repo = ? AND number = ?"
@@ -157,8 +150,12 @@ class PipelineStore:
             raise _forge_not_found(id_or_name)
 
     # --- deliveries ----------------------------------------------------------------------
-    async def record_delivery(self, forge_id: str, delivery_id: str) -> bool:
+    async def record_delivery(
+        self, forge_id: str, delivery_id: str, look: domain.PendingLook | None = None
+    ) -> bool:
         """Remember a webhook delivery: False when it was seen before (drop it, a replay).
+        A new one's ``look`` is kept with its issue in the same transaction (``pending``),
+        until :meth:`track_issue` says it was made.
 
         Deliveries older than :data:`DELIVERY_RETENTION` are forgotten a batch per insert."""
         if not delivery_id or len(delivery_id) > MAX_DELIVERY_ID:
@@ -172,27 +169,33 @@ class PipelineStore:
             inserted = conn.execute(_DELIVERY_INSERT, (forge_id, delivery_id, dump_time(now)))
             if inserted.rowcount:
                 conn.execute(_DELIVERY_PRUNE, (dump_time(now - DELIVERY_RETENTION), _PRUNE_BATCH))
+            if inserted.rowcount and look is not None:
+                looks.add_pending(conn, forge_id, look, now)
             return inserted.rowcount == 1
 
         return await self._db.write(insert)
 
     # --- tracked issues ------------------------------------------------------------------
-    async def track_issue(self, issue: domain.TrackedIssue) -> domain.TrackedIssue | None:
-        """Record what the forge shows of an issue; returns what was recorded before, if any."""
-        key = (issue.forge_id, issue.repo, issue.number)
+    async def track_issue(
+        self, issue: domain.TrackedIssue, done: str = ""
+    ) -> domain.TrackedIssue | None:
+        """Record what the forge shows of an issue, and that the look pending for delivery
+        ``done`` was made (others stay pending); returns what was recorded before, if any."""
+        before: domain.TrackedIssue | None = await self._db.write(
+            lambda conn: looks.track(conn, issue, done)
+        )
+        return before
 
-        def upsert(conn: sqlite3.Connection) -> Any:
-            before = conn.execute(_ISSUE_SELECT, key).fetchone()
-            conn.execute(_ISSUE_UPSERT, (*key, issue.model_dump_json(), dump_time(issue.seen_at)))
-            return before
-
-        before = await self._db.write(upsert)
-        return None if before is None else domain.TrackedIssue.model_validate_json(before[0])
+    async def pending_looks(self) -> list[tuple[str, domain.PendingLook]]:
+        """(forge id, look) for every look answered but not made yet, oldest first."""
+        rows = await self._rows(looks.PENDING)
+        issues = [domain.TrackedIssue.model_validate_json(row[0]) for row in rows]
+        return [(i.forge_id, look) for i in issues for look in i.pending]
 
     async def get_tracked_issue(
         self, forge_id: str, repo: str, number: int
     ) -> domain.TrackedIssue | None:
-        row = await self._row(_ISSUE_SELECT, (forge_id, repo, number))
+        row = await self._row(looks.SELECT, (forge_id, repo, number))
         return None if row is None else domain.TrackedIssue.model_validate_json(row[0])
 
     async def list_tracked_issues(

@@ -269,8 +269,10 @@ class Store:
 
         last, run = await self._db.write(append)
         events = [
-            models.Event(run_id=run_id, seq=last + i, type=d.type, data=d.data, ts=d.ts)
-            for i, d in enumerate(drafts, 1)
+            models.Event(
+                run_id=run_id, seq=last + i, type=d.type, data=d.data, ts=d.ts
+            ).with_data_json(v[2])
+            for i, (d, v) in enumerate(zip(drafts, values, strict=True), 1)
         ]
         return events, run
 

@@ -36,6 +36,7 @@ class RunFiles:
             await backend.cleanup(run)
         await self._store.delete_run(run_id)
         self._hub.forget(run_id)
+        self._hub.runs.deleted(run_id)
 
     async def diff(self, run_id: str, *, limit: int = diffs.PATCH_LIMIT) -> diffs.RunDiff:
         """An ended run's changes, from its backend. Not while it runs: the agent still

@@ -28,7 +28,36 @@ from agentfarm.supervisor import budgets, events, watchdog
 log = logging.getLogger(__name__)
 
 BATCH = 500
+#: Bytes of agent output waiting between the backend and the ingest, and taken in one batch
+#: (a flood of long lines is held in bounded memory, not 4 * BATCH lines of any size).
+QUEUE_BYTES = 8 << 20
+BATCH_BYTES = 4 << 20
 _DONE = object()
+
+
+class _Pipe:
+    """Records from the pump to the ingest, bounded in number and in bytes."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[Record | object] = asyncio.Queue(maxsize=4 * BATCH)
+        self.bytes = 0
+        self._room = asyncio.Event()
+        self._room.set()
+
+    async def put(self, item: Record | object) -> None:
+        size = len(item.data) if isinstance(item, Record) else 0
+        while self.bytes and self.bytes + size > QUEUE_BYTES:
+            self._room.clear()
+            await self._room.wait()
+        self.bytes += size
+        await self.queue.put(item)
+
+    def taken(self, item: Record | object) -> int:
+        """Say ``item`` left the queue; its size."""
+        size = len(item.data) if isinstance(item, Record) else 0
+        self.bytes -= size
+        self._room.set()  # the pump looks again
+        return size
 
 
 @dataclass(frozen=True)
@@ -94,27 +123,30 @@ class Ingest:
         return events.Pricer(self.settings.prices(), self.run.spec.model)
 
     async def run_to_end(self) -> None:
-        queue: asyncio.Queue[Record | object] = asyncio.Queue(maxsize=4 * BATCH)
-        pump = tasks.spawn(self._pump(queue), name=f"pump-{self.run.id}", into=self.tasks)
+        pipe = _Pipe()
+        pump = tasks.spawn(self._pump(pipe), name=f"pump-{self.run.id}", into=self.tasks)
         try:
-            ending = await self._follow(queue)
+            ending = await self._follow(pipe)
         finally:
             pump.cancel()
         # A stop a person asked for ends the run; the watchdog's own stop may continue it.
         by_person = self.run.id in self.stop_requested and ending.stalled is None
         if not by_person and await self.park(self.run, self.parser, ending):
             self.stop_requested.discard(self.run.id)
+            # Its events are stored and the cursor is back at 0 for the next process: this
+            # process's output must not be read again (a restart during the resume would).
+            await self._discard_output()
             return
         await self._conclude(ending)
 
-    async def _pump(self, queue: asyncio.Queue[Record | object]) -> None:
+    async def _pump(self, pipe: _Pipe) -> None:
         try:
             async for record in self.handle.records(after=0):
-                await queue.put(record)
+                await pipe.put(record)
         finally:
-            await queue.put(_DONE)
+            await pipe.put(_DONE)
 
-    async def _follow(self, queue: asyncio.Queue[Record | object]) -> Ending:
+    async def _follow(self, pipe: _Pipe) -> Ending:
         run_id = self.run.id
         exit_info: ExitInfo | None = None
         tracker = watchdog.Tracker.of(self.run.spec)
@@ -124,14 +156,18 @@ class Ingest:
         while exit_info is None:
             quiet = None if fired else tracker.quiet(self.limits)
             try:
-                item = await asyncio.wait_for(queue.get(), timeout=quiet)
+                # A timer, not a task per batch (wait_for wraps the get in a task).
+                async with asyncio.timeout(quiet):
+                    item = await pipe.queue.get()
             except TimeoutError:
                 fired = tracker.phase
                 await self._quiet_too_long(fired, quiet or 0)
                 continue
             batch = [item]
-            while len(batch) < BATCH and not queue.empty():
-                batch.append(queue.get_nowait())
+            size = pipe.taken(item)
+            while len(batch) < BATCH and size < BATCH_BYTES and not pipe.queue.empty():
+                batch.append(entry := pipe.queue.get_nowait())
+                size += pipe.taken(entry)
             drafts: list[models.EventDraft] = []
             cursor: int | None = None
             for entry in batch:
@@ -231,7 +267,11 @@ class Ingest:
         await self.append(run.id, redacted, run_fields=fields, final=True)
         self.stop_requested.discard(run.id)
         self.forget(run.id)
-        try:  # every record is stored and the run has ended: the raw output is a second copy
-            await handle.discard_output()
+        # Every record is stored and the run has ended: the raw output is a second copy.
+        await self._discard_output()
+
+    async def _discard_output(self) -> None:
+        try:
+            await self.handle.discard_output()
         except Exception:  # retention removes it later
-            log.warning("run %s: could not remove its raw output", run.id, exc_info=True)
+            log.warning("run %s: could not remove its raw output", self.run.id, exc_info=True)

@@ -6,18 +6,22 @@ A parked run has no agent process: its next one is started here, in the same wor
 branch and HOME, continuing its session (``parking.Parking.launch_spec``), and then followed
 by the supervisor's one path after a launch (``_attached``). A parked run that ends without
 one has its branch brought home as at any end.
+
+A launch that a restart cut short before its agent process started is made again here too
+(``_launch_cut_short``), as are what a failed launch leaves behind (``_discard_failed_launch``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from agentfarm import tasks
 from agentfarm.agents.base import StreamParser
-from agentfarm.backends.base import LaunchInfo, RunHandle
+from agentfarm.backends.base import Backend, KnowsStart, LaunchInfo, RunHandle
 from agentfarm.domain import errors, launch, models
 from agentfarm.domain.redact import Redactor
 from agentfarm.store import Store
@@ -32,12 +36,14 @@ from agentfarm.supervisor import (
 )
 from agentfarm.supervisor.hub import Hub
 
+log = logging.getLogger(__name__)
 #: How long a resume waits for a just-parked run's last process to let go of it: 5 s at most.
 WIND_UP_POLLS, WIND_UP_POLL_SECONDS = 100, 0.05
 
 
 class Resuming:
     store: Store
+    backends: dict[str, Backend]
     announcer: announce.Announcer
     hub: Hub
     parking: parking.Parking
@@ -71,6 +77,8 @@ class Resuming:
             command: launch.AgentCommand,
             redactor: Redactor,
         ) -> None: ...
+
+        async def _start_agent(self, run: models.Run) -> None: ...
 
     async def resume_run(self, run_id: str, prompt: str | None = None) -> models.Run:
         """Resume a parked run now, rather than when its usage limit resets (told ``prompt``,
@@ -169,14 +177,43 @@ class Resuming:
                 return
             await self._attached(run, handle, info, spec.command, creds.redactor)
 
-    def _stop_parked(self, run: models.Run) -> bool:
-        """A person's stop of a parked run (True): it ends ``stopped``, its branch home."""
+    async def _launch_cut_short(self, run: models.Run, backend: Backend) -> bool:
+        """After a restart: True when the run's launch was cut short before its agent process
+        started (it is ``starting`` and its backend started nothing). That launch is made
+        again: a fresh run's from a clean slate; a parked or continued run's next process in
+        its workspace, as its resume would have."""
+        if run.status != models.RunStatus.starting or not isinstance(backend, KnowsStart):
+            return False
+        if await backend.started(run):
+            return False
+        note = "agentfarm restarted before the agent started: starting it again"
+        await self._append(run.id, [events.notice_event(note)])
+        if run.continuation.reason is not None:  # a resume: the workspace holds its work
+            await self._continue(run, run.continuation.reason, started=True)
+        else:
+            await backend.cleanup(run)
+            await self._start_agent(run)
+        return True
+
+    async def _discard_failed_launch(self, run: models.Run) -> None:
+        """A failed launch leaves nothing behind (no branch, no workspace: its error says why)."""
+        try:
+            await self.backends[run.spec.backend.type].cleanup(run)
+        except Exception:  # best effort: retention does not see it (no workspace recorded)
+            log.warning("run %s: cleaning up after its failed launch failed", run.id, exc_info=True)
+
+    async def _stop_parked(self, run: models.Run) -> bool:
+        """A person's stop of a parked run (True; False when it is not parked): it ends
+        ``stopped``, its branch home. Answered once it has ended (at most 30 s): a kill -9 of
+        the control plane after the answer must not leave it parked, to resume at the reset."""
         if run.status != models.RunStatus.parked or run.id in self.dispatcher.active:
             return False
         self.parking.disarm(run.id)
         self.dispatcher.active.add(run.id)
         stopping = self._end_parked(run, models.RunStatus.stopped, "stopped while parked")
-        tasks.spawn(stopping, name=f"unpark-{run.id}", into=self._tasks)
+        ending = tasks.spawn(stopping, name=f"unpark-{run.id}", into=self._tasks)
+        with contextlib.suppress(Exception):  # a failure is logged by the task itself
+            await asyncio.wait_for(asyncio.shield(ending), 30)
         return True
 
     async def _end_parked(self, run: models.Run, status: models.RunStatus, error: str) -> None:

@@ -153,6 +153,7 @@ class Supervisor(resuming.Resuming):
         )
         run.branch = branch or launch.branch_name(run.id)
         await self.fleet.enqueue(run)
+        self.hub.runs.changed(run)
         await self._append(run.id, [events.status_event(models.RunStatus.queued)])
         self.dispatcher.wake()
         return run
@@ -162,7 +163,7 @@ class Supervisor(resuming.Resuming):
         if run.status.terminal:
             raise errors.ConflictError(f"run {run_id} has already ended ({run.status.value})")
         self._stop_requested.add(run_id)
-        if self._stop_parked(run):
+        if await self._stop_parked(run):
             return run
         if run.status == models.RunStatus.queued and run_id not in self.dispatcher.active:
             try:
@@ -177,12 +178,11 @@ class Supervisor(resuming.Resuming):
                     self._stop_requested.discard(run_id)
                 return current
         handle = self._handles.get(run_id)
-        if handle is not None:
-            tasks.spawn(
-                handle.stop(self.settings.stop_grace_seconds),
-                name=f"stop-{run_id}",
-                into=self._tasks,
-            )
+        if handle is not None:  # answered once the backend has it: a kill -9 of ours cannot lose it
+            grace = self.settings.stop_grace_seconds
+            stopping = tasks.spawn(handle.stop(grace), name=f"stop-{run_id}", into=self._tasks)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(stopping), 5)
         return run
 
     async def stop_for(self, run_id: str, reason: str) -> None:
@@ -234,10 +234,11 @@ class Supervisor(resuming.Resuming):
         run_fields: Mapping[str, Any] | None = None,
         final: bool = False,
     ) -> None:
-        stored, _ = await self.store.append_events(
+        stored, run = await self.store.append_events(
             run_id, drafts, cursor=cursor, run_fields=run_fields
         )
         await self.hub.publish(run_id, stored, final=final)
+        self.hub.runs.changed(run)
         if final:
             await self.announcer.ended(run_id)
 
@@ -290,31 +291,34 @@ class Supervisor(resuming.Resuming):
                 log.info("run %s: not launched, it is %s", run.id, exc.current)
                 self._stop_requested.discard(run.id)
                 return
-            if run.id in self._stop_requested:
-                await self._finish_without_agent(
-                    run, models.RunStatus.stopped, "stopped before it started"
-                )
-                return
-            creds: credentials.Credentials | None = None
-            try:
-                creds = await self._credentials(run.spec)
-                backend = self.backends[run.spec.backend.type]
-                spec = launch.LaunchSpec(
-                    run_id=run.id,
-                    branch=run.branch or launch.branch_name(run.id),
-                    command=self.adapters[run.spec.agent].build_command(
-                        run.spec, base_url=creds.base_url
-                    ),
-                    credentials=creds.require().env,
-                    git_auth=creds.git_auth,
-                )
-                handle, info = await backend.launch(run, spec)
-            except errors.AgentfarmError as exc:
-                redacted = (creds.redactor if creds else Redactor()).text(str(exc))
-                await self._finish_without_agent(run, models.RunStatus.failed, redacted)
-                await self._discard_failed_launch(run)
-                return
-            await self._attached(run, handle, info, spec.command, creds.redactor)
+            await self._start_agent(run)
+
+    async def _start_agent(self, run: models.Run) -> None:
+        """A ``starting`` run's launch: its command and credentials to its backend."""
+        if run.id in self._stop_requested:
+            stopped = models.RunStatus.stopped
+            await self._finish_without_agent(run, stopped, "stopped before it started")
+            return
+        creds: credentials.Credentials | None = None
+        try:
+            creds = await self._credentials(run.spec)
+            backend = self.backends[run.spec.backend.type]
+            spec = launch.LaunchSpec(
+                run_id=run.id,
+                branch=run.branch or launch.branch_name(run.id),
+                command=self.adapters[run.spec.agent].build_command(
+                    run.spec, base_url=creds.base_url
+                ),
+                credentials=creds.require().env,
+                git_auth=creds.git_auth,
+            )
+            handle, info = await backend.launch(run, spec)
+        except errors.AgentfarmError as exc:
+            redacted = (creds.redactor if creds else Redactor()).text(str(exc))
+            await self._finish_without_agent(run, models.RunStatus.failed, redacted)
+            await self._discard_failed_launch(run)
+            return
+        await self._attached(run, handle, info, spec.command, creds.redactor)
 
     async def _resume(self, run: models.Run) -> None:
         async with self._owning(run, models.RunStatus.lost, "could not reattach after a restart"):
@@ -325,6 +329,8 @@ class Supervisor(resuming.Resuming):
                     models.RunStatus.lost,
                     f"the {run.spec.backend.type!r} backend is no longer enabled on this server",
                 )
+                return
+            if await self._launch_cut_short(run, backend):
                 return
             # Resolved again: the branch's push (at the end) needs the git token.
             creds: credentials.Credentials | None = None
@@ -387,11 +393,3 @@ class Supervisor(resuming.Resuming):
         finally:
             if timer is not None:
                 timer.cancel()
-
-    async def _discard_failed_launch(self, run: models.Run) -> None:
-        """A launch that failed leaves nothing behind (no branch, no workspace worth a look:
-        the reason is in the run's error)."""
-        try:
-            await self.backends[run.spec.backend.type].cleanup(run)
-        except Exception:  # best effort: retention does not see it (no workspace recorded)
-            log.warning("run %s: cleaning up after its failed launch failed", run.id, exc_info=True)

@@ -9,7 +9,6 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response, status
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from sse_starlette import EventSourceResponse
 
 from agentfarm import __version__
 from agentfarm.domain import diffs, errors, models
@@ -18,7 +17,7 @@ from agentfarm.store.secrets import NAME_RE, SecretStore
 from agentfarm.supervisor import spend
 from agentfarm.supervisor.queue import QueueInfo
 from agentfarm.supervisor.runs import Supervisor
-from agentfarm.web import ids
+from agentfarm.web import event_wire, ids, sse
 from agentfarm.web.auth import check_bearer
 
 RUN_ID = ids.RunId
@@ -331,21 +330,20 @@ async def run_events(
     if "text/event-stream" in accept:
         start = after
         start = max(start, ids.last_event_id(last_event_id))
-        return EventSourceResponse(
-            _sse(sup, run_id, start),
-            ping=15,
-            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
-        )
+        return sse.EventStream(_sse(sup, run_id, start))
     if before is not None:
-        return await st.list_events_before(run_id, before=before, limit=limit)
-    return await st.list_events(run_id, after=after, limit=limit)
+        page = await st.list_events_before(run_id, before=before, limit=limit)
+    else:
+        page = await st.list_events(run_id, after=after, limit=limit)
+    return Response(event_wire.json_array(page), media_type="application/json")
 
 
-async def _sse(sup: Supervisor, run_id: str, after: int) -> AsyncIterator[dict[str, Any]]:
-    async for batch in sup.hub.follow(run_id, after):
-        for event in batch:
-            yield {"id": str(event.seq), "data": event.model_dump_json()}
-    yield {"event": "end", "data": json.dumps({"run_id": run_id})}
+async def _sse(sup: Supervisor, run_id: str, after: int) -> AsyncIterator[bytes]:
+    """Each event as a message (its seq the id), a whole batch in one write; ``end`` last."""
+    async for batch in sup.hub.follow(run_id, after, idle=sse.HEARTBEAT):
+        yield sse.json_frames(batch)  # empty when idle: a heartbeat
+    if not sup.hub.closing:  # a server stopping is not the run ending: the client reconnects
+        yield sse.message("end", json.dumps({"run_id": run_id}))
 
 
 # --- secrets -------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -25,12 +26,14 @@ from agentfarm.web import (
     openapi,
     orchestration,
     pages,
+    sse,
     tokens,
     webhooks,
 )
 from agentfarm.web import errors as web_errors
 from agentfarm.web.bodylimit import BodySizeLimit
 from agentfarm.web.hosts import HostAllowList
+from agentfarm.web.pages import live_runs
 
 log = logging.getLogger(__name__)
 
@@ -82,11 +85,20 @@ def create_app(
         pipeline_store = PipelineStore(store.database)
         pipeline = Pipeline(settings, store, pipeline_store, secrets, supervisor)
         app.state.pipeline_store, app.state.pipeline = pipeline_store, pipeline
+        app.state.live_runs = live_runs.LiveRuns(supervisor)
+        for backend in chosen.values():
+            starter = getattr(backend, "astart", None)
+            if starter is not None:
+                await starter()
         await supervisor.start()
         await pipeline.start()
+
+        # On uvicorn's stop the live streams end at once (their runs go on; browsers resume).
+        watcher = asyncio.create_task(sse.watch_shutdown(supervisor.hub.close))
         try:
             yield
         finally:
+            watcher.cancel()
             await pipeline.close()
             await supervisor.close()
             for backend in chosen.values():

@@ -55,9 +55,10 @@ async def wait_idle(api: k8s_api.Api, namespace: str, name: str) -> None:
             return
         view = status.describe(pod)
         if view.exit is not None:
+            why = await _clone_failed(api, namespace, name) or view.exit.error
             raise errors.LaunchError(
                 f"the run's new pod {namespace}/{name} ended before the agent could resume "
-                f"its session: {view.exit.error or 'exit code ' + str(view.exit.exit_code)}"
+                f"its session: {why or 'exit code ' + str(view.exit.exit_code)}"
             )
         if loop.time() > deadline:
             where = view.notice or "its entrypoint not waiting"
@@ -78,6 +79,21 @@ async def _said_exited(api: k8s_api.Api, namespace: str, name: str) -> bool:
     finally:
         await stream.aclose()
     return False
+
+
+async def _clone_failed(api: k8s_api.Api, namespace: str, name: str) -> str | None:
+    """The entrypoint's word that its clone failed (git's reason), if it said so."""
+    stream = api.pod_log(namespace, name, manifests.AGENT_CONTAINER, follow=False)
+    try:
+        async for line in stream:
+            _, kind, data = lines.parse_line(line)
+            if kind == "notice" and (failed := lines.clone_failed(data)):
+                return failed
+    except k8s_api.ApiError:
+        return None
+    finally:
+        await stream.aclose()
+    return None
 
 
 async def put_back(api: k8s_api.Api, namespace: str, name: str, bundle: sessions.Bundle) -> int:

@@ -142,6 +142,7 @@ class KubernetesHandle:
         quiet = k8s_follow.QuietTimer()
         backoff = k8s_watch.Backoff(first=0.5, cap=10.0)
         denials = k8s_watch.Denials()
+        clone_error: str | None = None  # the entrypoint's clone failed: the run's error
         while True:
             went_quiet: k8s_follow.Quiet | None = None
             broken = False
@@ -186,6 +187,8 @@ class KubernetesHandle:
                             # Read on every pass (also before ``after``): finalize reports it.
                             self.branch_outcome = parse_branch(data) or self.branch_outcome
                             continue
+                        if kind == "notice" and (failed := k8s_lines.clone_failed(data)):
+                            clone_error, data = failed, failed.encode()
                         if kind == "notice" and data.startswith(EXITED_NOTICE):
                             # The agent exited; the pod waits for resume or finish (finalize).
                             exited = parse_exited(data, stopping=self.stopping)
@@ -222,7 +225,9 @@ class KubernetesHandle:
             # moment to say how. A broken one may belong to a running agent: look, go on.
             exit_info = await self._wait_exit(0.0 if broken else EXIT_REPORT_SECONDS)
             if exit_info is not None and not follow:
-                yield Record(cursor.exit(), "exit", exit=exit_info)
+                yield Record(
+                    cursor.exit(), "exit", exit=k8s_lines.with_error(exit_info, clone_error)
+                )
                 return
             # Read once more without follow once the container has ended (drains lines a
             # broken stream missed); keep following while it still runs.

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 from agentfarm.backends.base import BranchOutcome, ExitInfo, RecordKind
@@ -13,6 +14,9 @@ BRANCH_NOTICE = b"agentfarm.branch "
 #: The entrypoint's notice saying the agent exited and the pod waits for ``resume`` or
 #: ``finish`` (EXITED_RECORD): the run's exit record.
 EXITED_NOTICE = b"agentfarm.exited "
+#: The entrypoint's notice saying the clone before the agent failed (CLONE_FAILED_RECORD):
+#: a notice for people and the run's error.
+CLONE_FAILED_NOTICE = b"agentfarm.clone-failed "
 STARTED_SLOT = 254
 EXIT_SLOT = 255
 _KINDS: dict[int, RecordKind] = {ord("O"): "stdout", ord("E"): "stderr", ord("N"): "notice"}
@@ -90,3 +94,25 @@ def rotated_notice(lost: range) -> str:
         f"log {lines} of the agent were rotated away by the kubelet before agentfarm read "
         "them; raise the kubelet's containerLogMaxSize if this happens often"
     )
+
+
+def clone_failed(line: bytes) -> str | None:
+    """The sentence for the entrypoint's ``agentfarm.clone-failed {"error": ...}`` notice
+    (git's words, masked there), or None for any other line."""
+    if not line.startswith(CLONE_FAILED_NOTICE):
+        return None
+    try:
+        data = json.loads(line[len(CLONE_FAILED_NOTICE) :])
+    except ValueError:
+        data = None
+    error = data.get("error") if isinstance(data, dict) else None
+    if not isinstance(error, str) or not error.strip():
+        error = "git gave no reason"
+    return f"cloning the repository failed: {error[:2000]}"
+
+
+def with_error(info: ExitInfo, error: str | None) -> ExitInfo:
+    """``info`` with ``error`` (a failed clone's) unless it has one or the run was stopped."""
+    if error is None or info.error is not None or info.stopped:
+        return info
+    return dataclasses.replace(info, error=error)

@@ -5,9 +5,12 @@ dropped, seccomp RuntimeDefault, no service-account token, read-only root filesy
 writable workspace, home and tmp volumes). Secret values (credentials, git tokens, the prompt
 on stdin) only ever appear in the Secret; the pod refers to them by key.
 
-The entrypoint in the agent image (deploy/agent/entrypoint.py) has two modes: ``clone`` (the
-init container) and ``run`` (the agent container). This module is its other half: the
-``AGENTFARM_*`` variables it sets are the entrypoint's whole contract.
+The pod has one container, which runs the entrypoint in the agent image
+(deploy/agent/entrypoint.py) in its ``run`` mode: it clones the repository (AGENTFARM_CLONE=1),
+runs the agent and pushes the branch. Cloning there rather than in an init container saves a
+container start (about a second: the kubelet notices an init container's end only at its next
+relist). This module is the entrypoint's other half: the ``AGENTFARM_*`` variables it sets are
+the entrypoint's whole contract.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ Json = dict[str, Any]
 
 UID = 1000
 AGENT_CONTAINER = "agent"
+#: The init container that cloned in pods of older control planes (status.py still reads it).
 CLONE_CONTAINER = "clone"
 ENTRYPOINT = "/opt/agentfarm/entrypoint.py"
 WORKSPACE = "/workspace"
@@ -188,6 +192,7 @@ def build_pod(run: models.Run, launching: launch.LaunchSpec, cfg: PodConfig) -> 
     ]
     agent_env += common_env
     agent_env += [
+        {"name": "AGENTFARM_CLONE", "value": "1"},
         {"name": "AGENTFARM_STDIN", "value": f"{INPUT_DIR}/stdin"},
         {"name": "AGENTFARM_CLOSE_STDIN_AFTER", "value": json.dumps(command.close_stdin_after)},
         # Follow-ups and interrupts (the entrypoint's control socket): not secrets.
@@ -251,20 +256,6 @@ def build_pod(run: models.Run, launching: launch.LaunchSpec, cfg: PodConfig) -> 
             "fsGroup": UID,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        "initContainers": [
-            {
-                "name": CLONE_CONTAINER,
-                "image": cfg.image,
-                "imagePullPolicy": "IfNotPresent",
-                "command": ["python3", ENTRYPOINT, "clone"],
-                "env": common_env + token_env,
-                "workingDir": WORKSPACE,
-                "volumeMounts": mounts,
-                "resources": resources,
-                "securityContext": _container_security(),
-                "terminationMessagePolicy": "FallbackToLogsOnError",
-            }
-        ],
         "containers": [
             {
                 "name": AGENT_CONTAINER,

@@ -4,12 +4,16 @@
 HOME, generated passwd/group), then starts the monitor (``monitor.py``) with the whole spec
 on a pipe and returns once the agent has started. Everything here is async; blocking file
 work runs in threads.
+
+In a server (between :meth:`LocalBackend.astart` and :meth:`LocalBackend.aclose`) the clone
+and the monitor usually come ready-made: ``clone_pool`` keeps clones of each local source
+launched lately, ``monitors`` keeps monitors started and waiting for a spec. A launch that
+finds no ready clone or monitor makes its own, as before.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import shutil
@@ -17,9 +21,20 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-import agentfarm
 from agentfarm.backends.base import LaunchInfo
-from agentfarm.backends.local import binaries, cgroups, git, hostinfo, monitor_spec, procs, sandbox
+from agentfarm.backends.local import (
+    binaries,
+    cgroups,
+    clone_pool,
+    exits,
+    git,
+    hostinfo,
+    monitor_spec,
+    monitors,
+    procs,
+    sandbox,
+    spoolwatch,
+)
 from agentfarm.backends.local import diff as local_diff
 from agentfarm.backends.local.handle import (
     GIT_STATE,
@@ -38,7 +53,7 @@ NO_BWRAP = (
     "(or set sandbox.mode to none to run unsandboxed)"
 )
 #: Where the monitor imports agentfarm from: the very code this server runs.
-PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(agentfarm.__file__)))
+PACKAGE_ROOT = monitors.PACKAGE_ROOT
 #: Directories already visible in the sandbox (an agent binary there needs no extra bind).
 SYSTEM_PREFIXES = ("/usr/",)
 
@@ -77,12 +92,28 @@ class LocalBackend:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.clones = clone_pool.ClonePool(settings.data_dir / "pool", settings.local_clone_pool)
+        self.monitors = monitors.MonitorPool(settings.local_monitor_pool)
+        #: One inotify instance for every run's spool reader (see ``spoolwatch``).
+        self.watcher = spoolwatch.SpoolWatcher()
+
+    async def astart(self) -> None:
+        """At server start: forget pooled clones of an earlier server, start idle monitors."""
+        await self.clones.start()
+        self.monitors.start()
+
+    async def aclose(self) -> None:
+        """At server stop: the pools go, and the shared inotify instance (running agents and
+        their monitors stay)."""
+        await self.clones.close()
+        await self.monitors.close()
+        self.watcher.close()
 
     def run_dir(self, run_id: str) -> Path:
         return self.settings.runs_dir / run_id
 
     def handle(self, run: models.Run, git_auth: GitAuth | None = None) -> LocalHandle:
-        return LocalHandle(run, self.run_dir(run.id), git_auth)
+        return LocalHandle(run, self.run_dir(run.id), git_auth, self.watcher)
 
     async def launch(
         self, run: models.Run, spec: launch.LaunchSpec
@@ -126,7 +157,7 @@ class LocalBackend:
         agent = await asyncio.to_thread(binaries.find, command.binary, self.settings)
         branch = spec.branch
         if resume:
-            monitor = await self._spawn_monitor(run_dir)
+            monitor = await self.monitors.take(run_dir)
             borrowed = await asyncio.to_thread(git.alternates, workspace)
         else:
             monitor, borrowed = await self._new_workspace(run, spec, uid, gid)
@@ -163,7 +194,7 @@ class LocalBackend:
             setpriv=setpriv,
             usr_links=tuple(usr_links),
         )
-        await self._send_spec(monitor, run_dir, to_monitor)
+        await monitors.send_spec(monitor, run_dir, to_monitor)
         notices += hostinfo.run_notices(is_root=is_root)  # no sandbox uid without root
         return self.handle(run, spec.git_auth), LaunchInfo(
             branch=branch, workspace=str(workspace), notices=notices
@@ -177,22 +208,26 @@ class LocalBackend:
         run_dir = self.run_dir(run.id)
         workspace, home, branch = run_dir / "workspace", run_dir / "home", spec.branch
         await asyncio.to_thread(self._prepare, run_dir, uid, gid)
-        # The monitor's interpreter starts while we clone: it waits for its spec on stdin.
-        monitor = await self._spawn_monitor(run_dir)
+        # An idle monitor, or one whose interpreter starts while we clone: either way it
+        # waits for its spec on stdin.
+        monitor = await self.monitors.take(run_dir)
         try:
-            # The clone (and, at the end, the push) runs here, with the token in git's
-            # environment only: the sandbox never gets it.
-            await git.clone(run.spec.repo, workspace, run.spec.base_branch, spec.git_auth)
             follow_up = launch.continues(run.spec.base_branch, branch)
-            if not follow_up:
-                await git.new_branch(workspace, branch)
-            start = await git.head(workspace)
+            pool = None if follow_up else self.clones.key(run.spec.repo, run.spec.base_branch)
+            start = None if pool is None else await self.clones.claim(pool, workspace, branch)
+            if start is None:
+                # The clone (and, at the end, the push) runs here, with the token in git's
+                # environment only: the sandbox never gets it.
+                await git.clone(run.spec.repo, workspace, run.spec.base_branch, spec.git_auth)
+                if not follow_up:
+                    await git.new_branch(workspace, branch)
+                start = await git.head(workspace)
             state = {"branch": branch, "start": start, "continues": follow_up}
             borrowed = await asyncio.to_thread(_save_git_state, run_dir, workspace, state)
             if uid is not None:
                 await _chown(f"{uid}:{gid}", workspace, home)
         except BaseException:
-            await _abandon(monitor)
+            await monitors.abandon(monitor)
             raise
         return monitor, borrowed
 
@@ -203,6 +238,15 @@ class LocalBackend:
         branch = run.branch or launch.branch_name(run.id)
         return self.handle(run, git_auth), LaunchInfo(branch=branch, workspace=workspace)
 
+    async def started(self, run: models.Run) -> bool:
+        """Whether the run's current agent process was started: its monitor makes the spool
+        (before anything else, once it has its spec), and only an ended or parked process's
+        spool is deleted. Without one (the control plane was killed while cloning or while
+        handing the monitor its spec, which then exits on the closed pipe; or while resuming a
+        parked run) no agent of this launch ever ran and it may be made again."""
+        spool = self.run_dir(run.id) / monitor_spec.SPOOL
+        return await asyncio.to_thread(spool.exists)
+
     async def diff(self, run: models.Run, *, limit: int) -> diffs.RunDiff:
         return await local_diff.run_diff(run, self.run_dir(run.id), limit=limit)
 
@@ -212,10 +256,7 @@ class LocalBackend:
         if identity is not None and await asyncio.to_thread(procs.is_running, *identity):
             # A monitor still going: kill it, and its sandbox dies with it (--die-with-parent).
             procs.kill_quietly(identity[0])
-            for _ in range(200):
-                if not await asyncio.to_thread(monitor_running, run_dir):
-                    break
-                await asyncio.sleep(0.01)
+            await exits.exited_within(*identity, 2.0)
         await asyncio.to_thread(kill_orphans, run_dir, run.id)
         await _remove_tree(run_dir)
 
@@ -262,50 +303,11 @@ class LocalBackend:
         for name in ("passwd", "group"):
             (etc / name).chmod(0o644)
 
-    async def _spawn_monitor(self, run_dir: Path) -> asyncio.subprocess.Process:
-        # The monitor imports the very code this server runs, installed or not (-S: only the
-        # standard library and agentfarm, so no site-packages scan on the launch path); it gets no
-        # other part of the server's environment (which may hold credentials).
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"}
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (PACKAGE_ROOT, os.environ.get("PYTHONPATH")) if p
-        )
-        log = await asyncio.to_thread(
-            os.open, run_dir / "monitor.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600
-        )
-        try:
-            return await asyncio.create_subprocess_exec(
-                sys.executable, "-S", "-m", "agentfarm.backends.local.monitor",
-                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=log,
-                cwd=run_dir, env=env, start_new_session=True,
-            )  # fmt: skip
-        finally:
-            os.close(log)
-
-    async def _send_spec(
-        self, proc: asyncio.subprocess.Process, run_dir: Path, spec: monitor_spec.MonitorSpec
-    ) -> None:
-        out, _ = await proc.communicate(json.dumps(spec.to_json()).encode())
-        try:
-            status = json.loads(out.splitlines()[0])
-        except (IndexError, ValueError):
-            tail = await asyncio.to_thread(_tail, run_dir / "monitor.log")
-            raise errors.LaunchError(f"the run's monitor did not start: {tail}") from None
-        if not status.get("ok"):
-            raise errors.LaunchError(f"the agent did not start: {status.get('error')}")
-
 
 def _sandbox(run: models.Run) -> backend_config.SandboxSpec:
     if not isinstance(run.spec.backend, backend_config.LocalSpec):
         raise errors.ConfigurationError(f"a {run.spec.backend.type} run is not for this backend")
     return run.spec.backend.sandbox
-
-
-async def _abandon(proc: asyncio.subprocess.Process) -> None:
-    """A monitor that will get no spec: it exits when its stdin closes empty."""
-    with contextlib.suppress(ProcessLookupError):
-        proc.kill()
-    await proc.communicate()
 
 
 def _root_layout() -> tuple[list[str], list[str], list[str]]:
@@ -375,10 +377,3 @@ async def _run_quietly(*argv: str) -> str | None:
     )
     _, err = await proc.communicate()
     return None if proc.returncode == 0 else err.decode("utf-8", "replace").strip()
-
-
-def _tail(path: Path, size: int = 2000) -> str:
-    try:
-        return path.read_text(errors="replace")[-size:].strip() or "no output"
-    except OSError:
-        return "no log"

@@ -76,6 +76,27 @@ class RunCgroup:
                 return int(value)
         return 0
 
+    def oom_notifier(self) -> int | None:
+        """A descriptor that becomes readable when the run's memory group runs out of memory
+        (cgroup v1: an eventfd registered on ``memory.oom_control``), so the monitor need not
+        poll the counter; None where there is none (v2, no memory group): poll then."""
+        if self.version != 1 or self.memory_dir is None:
+            return None
+        try:
+            efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        except (OSError, AttributeError):
+            return None
+        try:
+            ofd = os.open(self.memory_dir / "memory.oom_control", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                (self.memory_dir / "cgroup.event_control").write_text(f"{efd} {ofd}")
+            finally:
+                os.close(ofd)
+        except OSError:
+            os.close(efd)
+            return None
+        return efd
+
     def forks_refused(self) -> int:
         """How many forks the process limit refused in this run so far (``pids.events``)."""
         if self.pids_dir is None:

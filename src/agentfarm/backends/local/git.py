@@ -96,30 +96,41 @@ async def git(
     trusted: tuple[Path, ...] = (),
     limit: float = 600,
     auth: launch.GitAuth | None = None,
+    stdin: str | None = None,
+    check: bool = True,
+    background: bool = False,
 ) -> str:
-    """Run git with the safe settings; raise :class:`GitError` with git's own words. With
-    ``auth``, git gets the token through its environment only (not argv, not a file)."""
+    """Run git with the safe settings; raise :class:`GitError` with git's own words (unless
+    not ``check``: then its output whatever its exit status). With ``auth``, git gets the
+    token through its environment only (not argv, not a file). ``background`` work (the
+    clone pool's) runs at a lower CPU priority than the agents starting meanwhile."""
     argv = ["git", *_config_args(trusted), *args]
     env = auth_env(auth)
     proc = await asyncio.create_subprocess_exec(
         *argv,
         cwd=cwd,
         env=env,
-        stdin=asyncio.subprocess.DEVNULL,
+        stdin=asyncio.subprocess.DEVNULL if stdin is None else asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         # Its own group: on time-out the helpers git started (git-remote-http, upload-pack)
         # go with it, and none keeps our pipes open.
         start_new_session=True,
     )
+    if background:
+        with contextlib.suppress(OSError):  # it may have just ended
+            os.setpriority(os.PRIO_PROCESS, proc.pid, 19)
     try:
-        out, err = await asyncio.wait_for(proc.communicate(), limit)
+        data = None if stdin is None else stdin.encode()
+        out, err = await asyncio.wait_for(proc.communicate(data), limit)
     except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):  # it may have just ended
-            os.killpg(proc.pid, signal.SIGKILL)
-        await proc.wait()
         raise GitError(f"git {_verb(args)} took longer than {limit:g} s") from None
-    if proc.returncode != 0:
+    finally:
+        if proc.returncode is None:  # timed out or cancelled: stop it and its helpers
+            with contextlib.suppress(ProcessLookupError):  # it may have just ended
+                os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
+    if proc.returncode != 0 and check:
         message = _mask(err.decode(errors="replace").strip(), auth) or "no output"
         if auth is not None and "could not read Username" in message:
             # The server answered 401 to the token, and git fell back to asking for one.
@@ -140,7 +151,12 @@ def _verb(args: tuple[str, ...]) -> str:
 
 
 async def clone(
-    repo: str, dest: Path, base_branch: str | None, auth: launch.GitAuth | None = None
+    repo: str,
+    dest: Path,
+    base_branch: str | None,
+    auth: launch.GitAuth | None = None,
+    *,
+    background: bool = False,
 ) -> None:
     """Clone ``repo`` into ``dest`` (sharing objects with a local source)."""
     args = ["clone", "--quiet"]
@@ -151,7 +167,7 @@ async def clone(
         args += ["--shared", "--", str(source), str(dest)]
     else:
         args += ["--", repo, str(dest)]
-    await git(*args, auth=auth)
+    await git(*args, auth=auth, background=background)
     if not is_local(repo) and strip_credentials(repo) != repo:
         # The clone wrote the URL, credentials included, into .git/config: take them out.
         await git("remote", "set-url", "origin", strip_credentials(repo), cwd=dest)

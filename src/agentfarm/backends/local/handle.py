@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from agentfarm.backends.base import BranchOutcome, Record
-from agentfarm.backends.local import cgroups, git, monitor_spec, procs, spool
+from agentfarm.backends.local import cgroups, exits, git, monitor_spec, procs, spool, spoolwatch
 from agentfarm.domain import errors, launch, models
 
 GIT_STATE = "git-state.json"
@@ -50,7 +50,11 @@ class LocalHandle:
     """A run of the local backend, through its run directory and its monitor."""
 
     def __init__(
-        self, run: models.Run, run_dir: Path, git_auth: launch.GitAuth | None = None
+        self,
+        run: models.Run,
+        run_dir: Path,
+        git_auth: launch.GitAuth | None = None,
+        watcher: spoolwatch.SpoolWatcher | None = None,
     ) -> None:
         self.run_id = run.id
         self.run = run
@@ -59,6 +63,8 @@ class LocalHandle:
         self.git_auth = git_auth
         self.branch_outcome: BranchOutcome | None = None
         self._identity: tuple[int, int] | None = None
+        #: The backend's one inotify instance (None: ``spool.follow`` makes its own).
+        self._watcher = watcher
 
     async def alive(self) -> bool:
         if self._identity is None:
@@ -68,10 +74,25 @@ class LocalHandle:
         return await asyncio.to_thread(procs.is_running, *self._identity)
 
     async def records(self, after: int) -> AsyncIterator[Record]:
-        async for record in spool.follow(self.run_dir / monitor_spec.SPOOL, after, self.alive):
-            if record.exit is not None and record.exit.lost:
-                await asyncio.to_thread(kill_orphans, self.run_dir, self.run_id)
-            yield record
+        watcher = self._watcher or spoolwatch.SpoolWatcher()
+        try:
+            async with watcher.subscribe(self.run_dir, monitor_spec.SPOOL) as wakeups:
+                if await self.alive() and self._identity is not None:
+                    await wakeups.watch_process(*self._identity)
+                path = self.run_dir / monitor_spec.SPOOL
+                async for record in spool.follow(path, after, self.alive, wakeups=wakeups):
+                    if record.exit is not None and record.exit.lost:
+                        await asyncio.to_thread(kill_orphans, self.run_dir, self.run_id)
+                    yield record
+        finally:
+            if watcher is not self._watcher:
+                watcher.close()
+
+    async def exited_within(self, seconds: float) -> bool:
+        """Whether the monitor exits within ``seconds`` (a pidfd, no polling)."""
+        if not await self.alive() or self._identity is None:
+            return True
+        return await exits.exited_within(*self._identity, seconds)
 
     async def request(self, message: dict[str, Any]) -> dict[str, Any]:
         """One request to the monitor's control socket; raises BackendError if unreachable."""
@@ -125,11 +146,7 @@ class LocalHandle:
 
     async def finalize(self) -> list[str]:
         # After the exit frame the monitor only fsyncs and closes: give it a moment.
-        for _ in range(500):
-            if not await self.alive():
-                break
-            await asyncio.sleep(0.01)
-        else:
+        if not await self.exited_within(5.0):
             raise errors.BackendError(f"run {self.run_id} is still running; stop it first")
         workspace = self.run_dir / "workspace"
         branch = self.run.branch or launch.branch_name(self.run_id)

@@ -43,7 +43,11 @@ from agentfarm.backends.local import (
 from agentfarm.backends.local.frames import SpoolWriter
 
 READ_SIZE = 1 << 16
+#: How often the OOM counter is read where the kernel does not tell (cgroup v2), and for a
+#: moment after it told (the kill is counted just after the notification).
 OOM_POLL = 0.2
+#: Where the kernel tells (cgroup v1's eventfd): a look now and then all the same.
+OOM_SAFETY_POLL = 5.0
 #: After the agent exits, how long its stdout may stay open (a daemonized grandchild).
 DRAIN_TIMEOUT = 2.0
 
@@ -66,6 +70,9 @@ class Monitor:
         self.stopped = False
         self.kill_at: float | None = None
         self.oom = False
+        self.oom_fd: int | None = None
+        #: Until when the OOM counter is read every OOM_POLL (always, without a notifier).
+        self.oom_watch_until = 0.0
         #: The process limit refused a fork (said once, in a notice).
         self.forks_refused = False
         self.cgroup = cgroups.RunCgroup()
@@ -90,6 +97,9 @@ class Monitor:
     def start(self) -> None:
         spec = self.spec
         self.cgroup = cgroups.create(spec.cgroup_name, spec.limits)
+        self.oom_fd = self.cgroup.oom_notifier()
+        if self.oom_fd is not None:
+            self.sel.register(self.oom_fd, selectors.EVENT_READ, ("oom", None))
         for notice in self.cgroup.notices:
             self.spool.notice(notice)
         if spec.mode == "none":
@@ -151,18 +161,13 @@ class Monitor:
             if returncode is not None and (self.open_streams == 0 or now >= (drain_until or 0)):
                 break
             if now >= next_oom:
-                next_oom = now + OOM_POLL
+                told = self.oom_fd is not None and now >= self.oom_watch_until
+                next_oom = now + (OOM_SAFETY_POLL if told else OOM_POLL)
                 if not self.oom and self.cgroup.oom_kills() > 0:
                     self.oom = True
                     self.spool.notice("the agent ran out of memory: stopping the sandbox")
                     self.kill_all()
-                if not self.forks_refused and self.cgroup.forks_refused() > 0:
-                    self.forks_refused = True
-                    self.spool.notice(
-                        f"the agent reached its process limit ({self.spec.limits.pids}): its "
-                        "new processes are refused until some exit; raise backend.sandbox.pids "
-                        "if it needs more"
-                    )
+                self.check_forks()
             if self.kill_at is not None and now >= self.kill_at:
                 self.kill_at = None
                 self.kill_all()
@@ -186,6 +191,10 @@ class Monitor:
                     self.proxy.read_denials()
                 elif kind in (monitor_control.LISTEN, monitor_control.CONN):
                     self.control.on_ready(kind, key.fileobj, data)
+                elif kind == "oom" and self.oom_fd is not None:
+                    with contextlib.suppress(BlockingIOError):
+                        os.read(self.oom_fd, 8)
+                    next_oom, self.oom_watch_until = now, now + 2.0
                 elif kind == "exit":
                     self.sel.unregister(self.pidfd)
                     os.close(self.pidfd)
@@ -194,7 +203,17 @@ class Monitor:
                 del events
         if self.cgroup.oom_kills() > 0:
             self.oom = True
+        self.check_forks()  # read every few seconds only where the kernel tells of OOMs
         return self.finish(returncode)
+
+    def check_forks(self) -> None:
+        if not self.forks_refused and self.cgroup.forks_refused() > 0:
+            self.forks_refused = True
+            self.spool.notice(
+                f"the agent reached its process limit ({self.spec.limits.pids}): its "
+                "new processes are refused until some exit; raise backend.sandbox.pids "
+                "if it needs more"
+            )
 
     def finish(self, returncode: int | None) -> bytes:
         """Flush, tear down, and return the exit frame's payload."""
@@ -313,21 +332,39 @@ def _report(message: dict[str, Any]) -> None:
     os.close(devnull)
 
 
+def _settle(dirfd: int) -> None:
+    """Work in the run's directory and log to its ``monitor.log`` (an idle monitor was started
+    before the run had a directory)."""
+    os.fchdir(dirfd)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
+    log = os.open(monitor_spec.MONITOR_LOG, flags, 0o600, dir_fd=dirfd)
+    os.dup2(log, 2)
+    os.close(log)
+
+
 def main() -> int:
-    raw = json.loads(sys.stdin.buffer.read())
     # Double fork: the launcher reaps the intermediate at once and the monitor is reparented
-    # to init, so no server (dead or restarted) has to wait for it.
+    # to init, so no server (dead or restarted) has to wait for it. Before the spec arrives,
+    # so that the fork is not on the launch's path.
     if os.fork() > 0:
         os._exit(0)
-    os.setsid()
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     # The server's ``kill -9`` or Ctrl-C aimed at its group must not reach us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    data = sys.stdin.buffer.read()
+    if not data:
+        return 0  # an idle monitor (``monitors.MonitorPool``) that no run took
+    # Its own session only now: until then the server may reach it through the process
+    # group it was started in (``monitors.MonitorPool.take`` gives an idle one its priority
+    # back that way).
+    os.setsid()
+    raw = json.loads(data)
     spec = monitor_spec.MonitorSpec.from_json(raw)
     del raw
     try:
         monitor = Monitor(spec)
+        _settle(monitor.dirfd)
     except OSError as exc:
         _report({"ok": False, "error": f"cannot open the run directory: {exc}"})
         return 1

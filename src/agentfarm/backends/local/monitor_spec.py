@@ -20,6 +20,7 @@ from agentfarm.domain import launch
 #: Files of a run directory the monitor writes.
 SPOOL = "spool"
 MONITOR_JSON = "monitor.json"
+MONITOR_LOG = "monitor.log"
 #: The sandbox's processes (bubblewrap and its namespace init) with their start times: if the
 #: monitor dies, the control plane kills them (bubblewrap's --die-with-parent does not cover
 #: the namespace init once it has changed credentials in its user namespace).

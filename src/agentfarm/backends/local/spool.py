@@ -7,13 +7,14 @@ reading exactly there.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from agentfarm.backends.base import ExitInfo, Record
-from agentfarm.backends.local import frames
+from agentfarm.backends.local import frames, spoolwatch
 
 HEADER = frames.HEADER
 MAX_PAYLOAD = frames.MAX_PAYLOAD
@@ -76,11 +77,11 @@ def read_all(path: str | os.PathLike[str]) -> list[Record]:
 
 @dataclass
 class FollowOptions:
-    #: First and longest pause between polls of a quiet spool (seconds).
-    min_poll: float = 0.002
-    max_poll: float = 0.01
-    #: How often a quiet spool's writer is checked for life.
-    alive_every: float = 0.5
+    #: The safety net: how often a quiet spool is looked at without a wake-up, and its writer
+    #: checked for life when its exit is not watched (no pidfd).
+    alive_every: float = 2.0
+    #: How often a spool is looked at when inotify cannot watch its directory.
+    degraded_poll: float = 0.05
     read_size: int = 1 << 20
 
 
@@ -89,24 +90,51 @@ async def follow(
     after: int,
     alive: Callable[[], Awaitable[bool]],
     options: FollowOptions | None = None,
+    *,
+    wakeups: spoolwatch.Subscription | None = None,
 ) -> AsyncIterator[Record]:
     """Records with ``cursor > after``, following the growing file until the exit frame.
 
     ``alive`` says whether the writer may still append. When it is gone and the spool holds
     no exit frame, a synthetic exit record with ``lost=True`` ends the stream; its cursor is
     one past the last whole frame, so it is never confused with a real one.
+
+    ``wakeups`` (from the backend's :class:`spoolwatch.SpoolWatcher`) says when to look
+    again; without it, a watcher of its own serves this one call (tests, tools).
     """
     opts = options or FollowOptions()
-    fd = await asyncio.to_thread(_open_or_none, os.fspath(path))
+    if wakeups is not None:
+        async for record in _follow(os.fspath(path), after, alive, opts, wakeups):
+            yield record
+        return
+    watcher = spoolwatch.SpoolWatcher()
+    try:
+        where, name = os.path.split(os.fspath(path))
+        async with watcher.subscribe(where or ".", name) as sub:
+            async for record in _follow(os.fspath(path), after, alive, opts, sub):
+                yield record
+    finally:
+        watcher.close()
+
+
+async def _follow(
+    path: str,
+    after: int,
+    alive: Callable[[], Awaitable[bool]],
+    opts: FollowOptions,
+    wakeups: spoolwatch.Subscription,
+) -> AsyncIterator[Record]:
+    loop = asyncio.get_running_loop()
+    fd = await asyncio.to_thread(_open_or_none, path)
     try:
         offset = after
         pending = b""
-        pause = opts.min_poll
-        since_check = 0.0
         checked_dead = False
+        last_check = loop.time()
         while True:
+            wakeups.clear()  # a write from now on wakes the wait below
             if fd is None:
-                fd = await asyncio.to_thread(_open_or_none, os.fspath(path))
+                fd = await asyncio.to_thread(_open_or_none, path)
             if fd is not None and os.fstat(fd).st_size > offset + len(pending):
                 chunk = await asyncio.to_thread(os.pread, fd, opts.read_size, offset + len(pending))
                 records, used = parse(pending + chunk, offset)
@@ -116,8 +144,6 @@ async def follow(
                     yield record
                     if record.kind == "exit":
                         return
-                pause = opts.min_poll
-                since_check = 0.0
                 continue
             if checked_dead:
                 error = "the run's monitor is gone and its spool has no exit record"
@@ -125,16 +151,20 @@ async def follow(
                     error = "the run's spool is missing (was the run directory removed?)"
                 yield Record(offset + 1, "exit", exit=ExitInfo(None, lost=True, error=error))
                 return
-            if since_check >= opts.alive_every or fd is None:
-                since_check = 0.0
+            due = not wakeups.writer_watched and loop.time() - last_check >= opts.alive_every
+            if fd is None or wakeups.writer_gone or due:
+                last_check = loop.time()
                 if not await alive():
                     # One more look: the writer may have appended its exit frame and died
                     # between our size check and the liveness check.
                     checked_dead = True
                     continue
-            await asyncio.sleep(pause)
-            since_check += pause
-            pause = min(pause * 2, opts.max_poll)
+                # Not the writer we follow after all: the safety net checks from now on.
+                wakeups.writer_gone = wakeups.writer_watched = False
+            pause = opts.alive_every if wakeups.watched else opts.degraded_poll
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(pause):
+                    await wakeups.wait()
     finally:
         if fd is not None:
             os.close(fd)

@@ -1,23 +1,18 @@
 """The dashboard: the runs, running and queued first (each queued one with its place and what
-it waits for), filtered by status; live over SSE (one store poll per second per viewer; only
-changes are sent). Above them, the spend card."""
+it waits for), filtered by status; live over SSE, following the supervisor's feed of run
+changes (``live_runs``: one shared copy per filter, rendered once per change, no store polling
+per viewer; only changes are sent). Above them, the spend card."""
 
 from __future__ import annotations
 
-import asyncio
-import json
-from collections.abc import AsyncIterator
-from typing import Any
-
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from sse_starlette import EventSourceResponse
 
 from agentfarm.domain import errors, models
-from agentfarm.supervisor import queue, spend
+from agentfarm.supervisor import spend
 from agentfarm.supervisor.runs import Supervisor
-from agentfarm.web import api
-from agentfarm.web.pages import access, spend_card, templating
+from agentfarm.web import api, sse
+from agentfarm.web.pages import access, live_runs, spend_card, templating
 
 FILTERS = ("active", "running", "parked", "queued", "succeeded", "failed", "stopped", "lost")
 
@@ -35,39 +30,12 @@ def _statuses(status: str | None) -> list[models.RunStatus] | None:
         raise errors.InvalidInputError(f"unknown status filter {status!r}") from exc
 
 
-Queue = dict[str, queue.QueueInfo]
-
-
-async def _dashboard_runs(sup: Supervisor, status: str | None) -> tuple[list[models.Run], Queue]:
-    runs = await sup.store.list_runs(statuses=_statuses(status), limit=100)
-    # Running, then parked and queued (queued in the queue's order), then the rest by
-    # recency (list_runs is newest first).
-    queued = [r.id for r in runs if r.status == models.RunStatus.queued]
-    places = await sup.queue_info(queued) if queued else {}
-    order = {
-        models.RunStatus.running: 0,
-        models.RunStatus.starting: 0,
-        models.RunStatus.parked: 1,
-        models.RunStatus.queued: 1,
-    }
-
-    def key(r: models.Run) -> tuple[int, int]:
-        place = places.get(r.id)
-        return order.get(r.status, 2), place.position if place else 0
-
-    return sorted(runs, key=key), places
-
-
-def _fingerprint(r: models.Run) -> tuple[object, ...]:
-    started = r.started_at is None
-    return (r.id, r.status, r.cost_usd, r.num_turns, r.branch, started, r.parked_until, r.warning)
-
-
-def _signature(runs: list[models.Run], places: Queue) -> str:
-    return json.dumps(
-        [_fingerprint(r) for r in runs] + [(k, v.model_dump()) for k, v in sorted(places.items())],
-        default=str,
-    )
+async def _dashboard_runs(
+    sup: Supervisor, status: str | None
+) -> tuple[list[models.Run], live_runs.Queue]:
+    runs = await sup.store.list_runs(statuses=_statuses(status), limit=live_runs.LIMIT)
+    places = await live_runs.places_of(sup, runs)
+    return live_runs.order(runs, places), places
 
 
 @router.get("/")
@@ -94,18 +62,6 @@ async def dashboard(request: Request, who: access.Viewer, status: str | None = N
 async def dashboard_live(
     request: Request, who: access.Viewer, status: str | None = None
 ) -> Response:
-    sup = api.supervisor(request)
-    _statuses(status)  # 422 now, not inside the stream
-
-    async def stream() -> AsyncIterator[dict[str, Any]]:
-        last = ""
-        while True:
-            runs, places = await _dashboard_runs(sup, status)
-            signature = _signature(runs, places)
-            if signature != last:
-                last = signature
-                html = templating.fragment("_runs.html", runs=runs, queue=places)
-                yield {"event": "runs", "data": html}
-            await asyncio.sleep(1.0)
-
-    return EventSourceResponse(stream(), ping=15, headers={"Cache-Control": "no-store"})
+    statuses = _statuses(status)  # 422 now, not inside the stream
+    lists: live_runs.LiveRuns = request.app.state.live_runs
+    return sse.EventStream(lists.stream(frozenset(statuses) if statuses is not None else None))

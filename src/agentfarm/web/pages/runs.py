@@ -6,15 +6,16 @@ it has."""
 from __future__ import annotations
 
 import contextlib
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, Response
-from sse_starlette import EventSourceResponse
 
 from agentfarm.domain import errors, models
-from agentfarm.web import api, event_html, ids
+from agentfarm.store import Store
+from agentfarm.web import api, event_html, ids, sse
 from agentfarm.web.pages import access, templating
 
 PAGE = 200  # events per page of the run view
@@ -109,20 +110,38 @@ async def run_live(
     after = max(after, ids.last_event_id(request.headers.get("last-event-id")))
     hub = api.supervisor(request).hub
 
-    async def stream() -> AsyncIterator[dict[str, Any]]:
-        async for batch in hub.follow(run_id, after):
-            html = event_html.events_html(batch)
-            yield {"id": str(batch[-1].seq), "event": "events", "data": html}
-            if any(e.type in (models.EventType.run_status, models.EventType.agent_result)
-                   for e in batch):  # fmt: skip
-                run = await store.get_run(run_id)
-                head = templating.fragment("_run_head.html", run=run, place=None)
-                yield {"event": "head", "data": head}
-        yield {"event": "end", "data": run_id}
+    async def stream() -> AsyncIterator[bytes]:
+        # Everything available at once goes out in one write: the events, then the head
+        # when the run's status or figures changed (rendered once for all its viewers).
+        async for batch in hub.follow(run_id, after, idle=sse.HEARTBEAT):
+            if not batch:
+                yield b""  # a heartbeat
+                continue
+            chunk = sse.html_message(batch, event_html.event_html)
+            if any(e.type in HEAD_EVENTS for e in batch):
+                chunk += await _head(store, run_id, batch[-1].seq)
+            yield chunk
+        if not hub.closing:  # a server stopping is not the run ending: the page reconnects
+            yield sse.message("end", run_id)
 
-    return EventSourceResponse(
-        stream(), ping=15, headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
-    )
+    return sse.EventStream(stream())
+
+
+HEAD_EVENTS = (models.EventType.run_status, models.EventType.agent_result)
+_heads: OrderedDict[tuple[str, int], bytes] = OrderedDict()
+
+
+async def _head(store: Store, run_id: str, seq: int) -> bytes:
+    """The run's head as a ``head`` message, as of event ``seq``: rendered once for all the
+    viewers that got the same batch (a few recent ones kept)."""
+    key = (run_id, seq)
+    if (cached := _heads.get(key)) is None:
+        run = await store.get_run(run_id)
+        head = templating.fragment("_run_head.html", run=run, place=None)
+        cached = _heads[key] = sse.message("head", str(head))
+        while len(_heads) > 256:
+            _heads.popitem(last=False)
+    return cached
 
 
 @router.post("/runs/{run_id}/stop")

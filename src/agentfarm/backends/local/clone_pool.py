@@ -1,0 +1,256 @@
+"""Ready clones of local source repositories, so that a launch need not clone.
+
+A ``git clone --shared`` costs a launch about 40 ms on this kind of machine (one ``openat``
+or ``mkdir`` per file). The pool keeps up to ``size`` clones per (source, base branch), made
+in the background after a launch of that repository, and hands one to the next launch:
+
+- **Fresh at the claim.** A clone made earlier may be behind its source. The claim reads the
+  source's branches, tags and HEAD (one ``for-each-ref`` and one ``symbolic-ref``, run side by
+  side) and compares them with what the clone recorded; where they differ it sets the clone's
+  remote-tracking refs, tags and base branch to the source's with one ``update-ref --stdin``.
+  No fetch is needed: a ``--shared`` clone reads every object of its source through its
+  alternates. The run's branch is then made at the source's base commit, so the workspace is
+  what a clone made at that moment would be. A source whose HEAD moved to another branch, or
+  whose base branch is gone, is not patched up: the entry is discarded and the launch clones.
+- **One run each.** An entry leaves the pool (an in-memory pop, no await in between) before
+  it is renamed into the run's directory (an atomic ``rename`` on one filesystem); a rename
+  that fails discards the entry. Ownership goes to the sandbox uid afterwards, as for a clone.
+- **Nothing left behind.** Entries live under ``<data dir>/pool/clones``, which is emptied
+  when the backend starts (entries of an earlier server, possibly half made, are never used)
+  and when it closes.
+
+Only local sources are pooled (a remote clone would need the run's token to be refreshed
+safely); follow-up runs, which continue an existing branch, clone as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import itertools
+import logging
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agentfarm import tasks
+from agentfarm.backends.local import git
+
+log = logging.getLogger(__name__)
+
+#: A refill waits this long after the launch that emptied the pool: its clone would
+#: otherwise compete for the CPU with the agent that is starting.
+REFILL_DELAY = 1.0
+#: Sources with pooled clones at most (the least recently launched one gives way).
+MAX_SOURCES = 16
+REMOTE = "refs/remotes/origin/"
+
+
+@dataclass(frozen=True)
+class SourceState:
+    """What a clone copies from its source: the branch HEAD names (None: detached) and the
+    commits of its branches (``refs/heads/...``) and tags."""
+
+    head: str | None
+    refs: dict[str, str] = field(hash=False)
+
+
+@dataclass
+class Entry:
+    path: Path
+    #: The branch the clone has checked out (its base) and the source's refs it copied.
+    state: SourceState
+
+
+Key = tuple[str, str]
+
+
+class ClonePool:
+    def __init__(self, root: Path, size: int) -> None:
+        self.root = root
+        self.size = size
+        self._entries: collections.OrderedDict[Key, list[Entry]] = collections.OrderedDict()
+        self._filling: set[Key] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._numbers = itertools.count()
+        self._started = False
+        self._closed = False
+
+    @staticmethod
+    def key(repo: str, base_branch: str | None) -> Key | None:
+        """The pool a run's clone comes from, or None when its source is not poolable."""
+        if not git.is_local(repo):
+            return None
+        return str(git.local_path(repo)), base_branch or ""
+
+    async def start(self) -> None:
+        """Empty the pool's directory (what an earlier server left there is never used) and
+        start pooling. Until then, and after :meth:`close`, every claim misses."""
+        if self._started or self.size <= 0:
+            return
+        self._started = True
+        await asyncio.to_thread(_remove, self.root)
+
+    async def claim(self, key: Key, workspace: Path, branch: str) -> str | None:
+        """Move a ready clone to ``workspace``, bring it to the source's current state and
+        make ``branch`` at the base commit; the commit, or None (then the caller clones).
+        Either way the pool is topped up afterwards."""
+        if self.size <= 0 or not self._started or self._closed:
+            return None
+        entries = self._entries.get(key)
+        self._entries[key] = entries or []
+        self._entries.move_to_end(key)
+        entry = entries.pop() if entries else None
+        self._refill(key)
+        if entry is None:
+            return None
+        source = Path(key[0])
+        # The source's refs are read while the clone moves.
+        now, moved = await asyncio.gather(
+            source_state(source), asyncio.to_thread(_move, entry.path, workspace),
+            return_exceptions=True,
+        )  # fmt: skip
+        if isinstance(moved, BaseException):
+            log.warning("clone pool: cannot take %s (%s); cloning instead", entry.path, moved)
+            await asyncio.to_thread(_remove, entry.path)
+            return None
+        try:
+            if isinstance(now, BaseException):
+                raise now
+            start = await _refresh(now, key[1], workspace, entry.state, branch)
+        except git.GitError as exc:
+            log.warning("clone pool: refreshing a clone of %s failed (%s)", key[0], exc)
+            start = None
+        if start is None:
+            await asyncio.to_thread(_remove, workspace)
+        return start
+
+    async def close(self) -> None:
+        self._closed = True
+        await tasks.stop(list(self._tasks))
+        self._entries.clear()
+        if self._started:
+            await asyncio.to_thread(_remove, self.root)
+
+    # --- filling ---------------------------------------------------------------------------
+    def _refill(self, key: Key) -> None:
+        if key in self._filling or self._closed:
+            return
+        self._filling.add(key)
+        tasks.spawn(self._fill(key), name=f"clone-pool-{key[0]}", into=self._tasks)
+
+    async def _fill(self, key: Key) -> None:
+        try:
+            await asyncio.sleep(REFILL_DELAY)
+            while key in self._entries and len(self._entries[key]) < self.size:
+                entry = await self._make(key)
+                if entry is None or key not in self._entries:
+                    if entry is not None:
+                        await asyncio.to_thread(_remove, entry.path)
+                    return
+                self._entries[key].append(entry)
+            while len(self._entries) > MAX_SOURCES:
+                _, dropped = self._entries.popitem(last=False)
+                for old in dropped:
+                    await asyncio.to_thread(_remove, old.path)
+        finally:
+            self._filling.discard(key)
+
+    async def _make(self, key: Key) -> Entry | None:
+        path = self.root / str(next(self._numbers))
+        await asyncio.to_thread(path.mkdir, parents=True, mode=0o700)
+        workspace = path / "workspace"
+        try:
+            await git.clone(key[0], workspace, key[1] or None, background=True)
+            state = await _clone_state(workspace)
+        except git.GitError as exc:
+            log.warning("clone pool: cannot clone %s (%s)", key[0], exc)
+            await asyncio.to_thread(_remove, path)
+            return None
+        return Entry(path, state)
+
+
+async def source_state(source: Path) -> SourceState:
+    refs, head = await asyncio.gather(
+        git.git("for-each-ref", "--format=%(objectname) %(refname)", "refs/heads", "refs/tags",
+                cwd=source, trusted=(source,)),
+        git.git("symbolic-ref", "-q", "HEAD", cwd=source, trusted=(source,), check=False),
+    )  # fmt: skip
+    return SourceState(head.strip() or None, _parse_refs(refs))
+
+
+async def _clone_state(workspace: Path) -> SourceState:
+    """The source's state as the clone copied it (read from the clone: the source may have
+    moved on while it was cloned)."""
+    trusted = (workspace, workspace / ".git")
+    out = await git.git("for-each-ref", "--format=%(objectname) %(refname)", "refs/remotes/origin",
+                        "refs/tags", cwd=workspace, trusted=trusted)  # fmt: skip
+    refs: dict[str, str] = {}
+    for ref, sha in _parse_refs(out).items():
+        if ref.startswith(REMOTE):
+            if ref != REMOTE + "HEAD":
+                refs["refs/heads/" + ref.removeprefix(REMOTE)] = sha
+        else:
+            refs[ref] = sha
+    head = await git.git("symbolic-ref", "-q", "HEAD", cwd=workspace, trusted=trusted)
+    return SourceState(head.strip(), refs)
+
+
+def _parse_refs(text: str) -> dict[str, str]:
+    refs = {}
+    for line in text.splitlines():
+        sha, _, ref = line.partition(" ")
+        refs[ref] = sha
+    return refs
+
+
+async def _refresh(
+    now: SourceState, base: str, workspace: Path, had: SourceState, branch: str
+) -> str | None:
+    """Bring a claimed clone from the source's state it copied (``had``) to the source's
+    state ``now`` and make ``branch`` (see the module's docstring); the base commit, or None
+    when the clone cannot be patched up."""
+    base_ref = f"refs/heads/{base}" if base else now.head
+    if base_ref is None or had.head != base_ref:
+        return None  # the source's HEAD names another branch now, or none
+    start = now.refs.get(base_ref)
+    if start is None or any(_odd(ref) for ref in now.refs):
+        return None
+    trusted = (workspace, workspace / ".git")
+    await git.git("checkout", "--quiet", "-b", branch, start, cwd=workspace, trusted=trusted)
+    if now.refs != had.refs:
+        # Only what changed: a local source gains a branch with every run that comes home.
+        lines = [f"update {base_ref} {start}"] if had.refs.get(base_ref) != start else []
+        lines += [
+            f"update {_copy(ref)} {sha}"
+            for ref, sha in now.refs.items()
+            if had.refs.get(ref) != sha
+        ]
+        lines += [f"delete {_copy(ref)}" for ref in had.refs.keys() - now.refs.keys()]
+        await git.git("update-ref", "--stdin", cwd=workspace, trusted=trusted,
+                      stdin="".join(f"{line}\n" for line in lines))  # fmt: skip
+    return start
+
+
+def _copy(ref: str) -> str:
+    """Where a clone keeps the source's ``ref``: its branches as remote-tracking refs."""
+    return REMOTE + ref.removeprefix("refs/heads/") if ref.startswith("refs/heads/") else ref
+
+
+def _odd(ref: str) -> bool:
+    """A ref name ``update-ref --stdin`` could misread (git never makes one)."""
+    return not ref or any(c.isspace() or ord(c) < 32 for c in ref)
+
+
+def _move(entry: Path, workspace: Path) -> None:
+    os.rename(entry / "workspace", workspace)
+    with contextlib.suppress(OSError):  # left for the next start's clean-up
+        os.rmdir(entry)
+
+
+def _remove(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        shutil.rmtree(path)

@@ -1,0 +1,260 @@
+"""The local backend's pools (ready clones, idle monitors) with real bubblewrap, git and
+cgroups: a pooled launch starts at the source's current commit on its own branch, owned by the
+sandbox uid; concurrent launches get their own clones; pools of 0 launch as before; a server
+killed with its pools full leaves no idle monitor, and a restart discards its clones."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from agentfarm.backends.local import clone_pool, monitors
+from agentfarm.backends.local.backend import LocalBackend
+from agentfarm.domain import backend_config, models
+from agentfarm.domain.launch import AgentCommand, LaunchSpec
+from agentfarm.settings import Settings
+from tests import realparts
+from tests.integration.server import Server
+
+pytestmark = pytest.mark.integration
+
+ROOT = os.geteuid() == 0
+IDENT = ["-c", "user.name=t", "-c", "user.email=t@example.com"]
+#: Says where the workspace stands, commits a file, and exits.
+REPORTER = """
+import json, os, subprocess
+def git(*args):
+    return subprocess.run(["git", *args], capture_output=True, text=True).stdout.strip()
+open("mine.txt", "w").write(os.environ.get("MARK", "") + "\\n")
+git("add", "mine.txt")
+git("commit", "-q", "-m", "mine")
+print(json.dumps({
+    "base": git("rev-parse", "HEAD~1"), "branch": git("branch", "--show-current"),
+    "main": git("rev-parse", "main"), "origin": git("rev-parse", "origin/main"),
+    "owner": os.stat(".").st_uid, "readme": open("README").read(), "uid": os.getuid(),
+    "nice": os.nice(0),
+}), flush=True)
+"""
+
+
+@pytest.fixture(autouse=True)
+def _need_bwrap(monkeypatch: pytest.MonkeyPatch) -> None:
+    if shutil.which("bwrap") is None:
+        realparts.missing("bubblewrap", "apt-get install bubblewrap (make test does it)")
+    monkeypatch.setattr(clone_pool, "REFILL_DELAY", 0)
+    monkeypatch.setattr(monitors, "REFILL_DELAY", 0)
+
+
+@pytest.fixture
+def source(tmp_path: Path) -> Path:
+    repo = tmp_path / "src"
+    subprocess.run(["git", "init", "-q", "-b", "main", str(repo)], check=True)
+    (repo / "README").write_text("first\n")
+    subprocess.run(["git", "-C", str(repo), "add", "README"], check=True)
+    subprocess.run(["git", "-C", str(repo), *IDENT, "commit", "-q", "-m", "init"], check=True)
+    return repo
+
+
+@pytest.fixture
+def reporter(tmp_path: Path) -> str:
+    directory = tmp_path / "agents"
+    directory.mkdir()
+    path = directory / "reporter"
+    path.write_text("#!/usr/bin/python3\n" + textwrap.dedent(REPORTER))
+    path.chmod(0o755)
+    return str(path)
+
+
+async def launch(backend: LocalBackend, source: Path, program: str, mark: str) -> dict[str, str]:
+    """Launch the reporter on ``source``; what it printed, once its branch came home."""
+    run = models.Run(spec=models.AgentSpec(repo=str(source), backend=backend_config.LocalSpec()))
+    command = AgentCommand(argv=[program], env={"MARK": mark})
+    handle, info = await backend.launch(run, LaunchSpec.of(run.id, command, {}))
+    records = [r async for r in handle.records(0)]
+    lines = [r.data for r in records if r.kind == "stdout"]
+    assert lines, [r.data for r in records]
+    assert await handle.finalize() == []
+    report: dict[str, str] = json.loads(lines[-1])
+    report["run"] = run.id
+    report["workspace"] = str(info.workspace)
+    return report
+
+
+async def until(check: object, what: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"waited {timeout:g} s for {what}")
+        await asyncio.sleep(0.02)
+
+
+def git_out(repo: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", "-C", str(repo), *IDENT, *args], capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+def count_hits(backend: LocalBackend) -> list[str | None]:
+    """What each claim of the backend's clone pool gives (a commit: a pooled clone)."""
+    results: list[str | None] = []
+    claim = backend.clones.claim
+
+    async def spy(key: clone_pool.Key, workspace: Path, branch: str) -> str | None:
+        results.append(await claim(key, workspace, branch))
+        return results[-1]
+
+    backend.clones.claim = spy  # type: ignore[method-assign]
+    return results
+
+
+def ready(backend: LocalBackend, source: Path) -> int:
+    key = backend.clones.key(str(source), None)
+    return len(backend.clones._entries.get(key, [])) if key else 0  # type: ignore[arg-type]
+
+
+async def test_a_pooled_launch_starts_at_a_commit_pushed_after_the_pool_was_filled(
+    tmp_path: Path, source: Path, reporter: str
+) -> None:
+    settings = Settings(data_dir=tmp_path / "data", local_clone_pool=1, local_monitor_pool=1)
+    backend = LocalBackend(settings)
+    await backend.astart()
+    claims = count_hits(backend)
+    try:
+        await launch(backend, source, reporter, "one")  # a miss: the pool fills after
+        await until(lambda: ready(backend, source) == 1, "a ready clone")
+        (source / "README").write_text("second\n")
+        subprocess.run(["git", "-C", str(source), *IDENT, "commit", "-qam", "two"], check=True)
+        pushed = git_out(source, "rev-parse", "main")
+
+        second = await launch(backend, source, reporter, "two")
+        assert claims == [None, pushed]  # the second launch took the pooled clone
+        assert second["base"] == second["main"] == second["origin"] == pushed
+        assert second["readme"] == "second\n"
+        assert second["branch"] == f"agentfarm/{second['run']}"
+        if ROOT:
+            assert second["owner"] == second["uid"] == settings.sandbox_uid
+        assert second["nice"] == 0  # the idle monitor's lowered priority is not the agent's
+        # Its commit came home on its own branch, on top of the pushed one.
+        assert git_out(source, "rev-parse", f"agentfarm/{second['run']}~1") == pushed
+        assert git_out(source, "show", f"agentfarm/{second['run']}:mine.txt") == "two"
+    finally:
+        await backend.aclose()
+    assert not (settings.data_dir / "pool").exists()
+
+
+async def test_concurrent_launches_get_their_own_clones(
+    tmp_path: Path, source: Path, reporter: str
+) -> None:
+    settings = Settings(data_dir=tmp_path / "data", local_clone_pool=2, local_monitor_pool=2)
+    backend = LocalBackend(settings)
+    await backend.astart()
+    try:
+        await launch(backend, source, reporter, "warm")
+        await until(lambda: ready(backend, source) == 2, "two ready clones")
+        claims = count_hits(backend)
+        reports = await asyncio.gather(
+            *(launch(backend, source, reporter, mark) for mark in ("a", "b", "c"))
+        )
+        assert len({r["workspace"] for r in reports}) == 3
+        assert sorted(c is None for c in claims) == [False, False, True]  # two pooled, one not
+        for report, mark in zip(reports, ("a", "b", "c"), strict=True):
+            assert report["branch"] == f"agentfarm/{report['run']}"
+            assert git_out(source, "show", f"agentfarm/{report['run']}:mine.txt") == mark
+            log = git_out(source, "log", "--format=%s", f"agentfarm/{report['run']}")
+            assert log.splitlines() == ["mine", "init"]
+    finally:
+        await backend.aclose()
+
+
+async def test_pools_of_zero_launch_as_before(tmp_path: Path, source: Path, reporter: str) -> None:
+    settings = Settings(data_dir=tmp_path / "data", local_clone_pool=0, local_monitor_pool=0)
+    backend = LocalBackend(settings)
+    await backend.astart()
+    try:
+        for mark in ("a", "b"):
+            report = await launch(backend, source, reporter, mark)
+            assert report["branch"] == f"agentfarm/{report['run']}"
+            assert report["base"] == git_out(source, "rev-parse", "main")
+        assert not (settings.data_dir / "pool").exists()
+        assert backend.monitors._idle == []
+    finally:
+        await backend.aclose()
+
+
+def idle_monitors() -> set[int]:
+    """Idle monitors of this checkout's code (other checkouts may run tests meanwhile)."""
+    found = set()
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{name}/cmdline").read_bytes().split(b"\0")
+            environ = Path(f"/proc/{name}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        root = f"PYTHONPATH={monitors.PACKAGE_ROOT}".encode()
+        ours = any(item.startswith(root) for item in environ)
+        if ours and b"agentfarm.backends.local.monitor" in cmdline and b"--idle" in cmdline:
+            found.add(int(name))
+    return found
+
+
+def wait_gone(pids: set[int], timeout: float = 10) -> set[int]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        left = {p for p in pids if Path(f"/proc/{p}").exists() and _not_zombie(p)}
+        if not left:
+            return left
+        time.sleep(0.05)
+    return left
+
+
+def _not_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_a_killed_server_leaves_no_idle_monitor_and_a_restart_discards_its_clones(
+    tmp_path: Path,
+) -> None:
+    before = idle_monitors()
+    data = tmp_path / "data"
+    env = {"AGENTFARM_LOCAL_MONITOR_POOL": "2"}
+    srv = Server(data, env, tmp_path / "server.log").start()
+    try:
+        deadline = time.monotonic() + 20
+        while len(idle_monitors() - before) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        idle = idle_monitors() - before
+        assert len(idle) == 2
+        # A clone an earlier server left in its pool, as a crash mid-way would.
+        stale = data / "pool" / "9" / "workspace"
+        stale.mkdir(parents=True)
+        srv.kill()
+        assert wait_gone(idle) == set(), "idle monitors outlived the killed server"
+
+        srv.start()
+        assert not stale.exists()
+        deadline = time.monotonic() + 20
+        while len(idle_monitors() - before) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        idle = idle_monitors() - before
+        assert len(idle) == 2
+        srv.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+        srv.proc.wait(15)  # type: ignore[union-attr]
+        srv.proc = None
+        assert wait_gone(idle) == set(), "idle monitors outlived the stopped server"
+        assert not (data / "pool").exists()
+    finally:
+        srv.stop()

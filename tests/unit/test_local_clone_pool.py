@@ -1,0 +1,176 @@
+"""The local backend's pool of ready clones (``clone_pool``), on real git: a claimed clone is
+what a clone made at the claim would be, one clone goes to one run, a pool of 0 does
+nothing, and nothing of the pool outlives the backend or an earlier server."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from agentfarm.backends.local import clone_pool
+
+IDENT = ["-c", "user.name=t", "-c", "user.email=t@example.com"]
+
+
+def run_git(repo: Path, *args: str) -> str:
+    out = subprocess.run(["git", "-C", str(repo), *IDENT, *args], check=True, capture_output=True)
+    return out.stdout.decode().strip()
+
+
+@pytest.fixture
+def source(tmp_path: Path) -> Path:
+    repo = tmp_path / "src"
+    subprocess.run(["git", "init", "-q", "-b", "main", str(repo)], check=True)
+    (repo / "README").write_text("hello\n")
+    run_git(repo, "add", "README")
+    run_git(repo, "commit", "-q", "-m", "init")
+    run_git(repo, "branch", "old-feature")
+    return repo
+
+
+@pytest.fixture(autouse=True)
+def _no_refill_delay(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(clone_pool, "REFILL_DELAY", 0)
+
+
+async def filled(pool: clone_pool.ClonePool, key: clone_pool.Key, count: int) -> None:
+    """Claim once (a miss that starts the refill) and wait for ``count`` ready clones."""
+    for _ in range(500):
+        if len(pool._entries.get(key, [])) >= count:
+            return
+        if not pool._filling and key not in pool._entries:
+            assert await pool.claim(key, pool.root.parent / "unused", "x") is None
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"the pool has {len(pool._entries.get(key, []))} clones, not {count}")
+
+
+def refs_of(workspace: Path) -> str:
+    return run_git(workspace, "for-each-ref", "--format=%(objectname) %(refname)")
+
+
+async def test_a_claim_is_at_the_source_commit_made_after_the_pool_was_filled(
+    tmp_path: Path, source: Path
+) -> None:
+    pool = clone_pool.ClonePool(tmp_path / "pool", 1)
+    await pool.start()
+    key = pool.key(str(source), None)
+    assert key is not None
+    await filled(pool, key, 1)
+    # The source moves on after the clone was made: a commit, a new branch, a deleted one,
+    # a tag.
+    (source / "README").write_text("hello again\n")
+    run_git(source, "commit", "-q", "-am", "second")
+    run_git(source, "branch", "new-feature")
+    run_git(source, "branch", "-D", "old-feature")
+    run_git(source, "tag", "v1")
+    head = run_git(source, "rev-parse", "HEAD")
+
+    workspace = tmp_path / "run" / "workspace"
+    workspace.parent.mkdir()
+    start = await pool.claim(key, workspace, "agentfarm/r1")
+    assert start == head
+    assert run_git(workspace, "symbolic-ref", "HEAD") == "refs/heads/agentfarm/r1"
+    assert run_git(workspace, "rev-parse", "HEAD") == head
+    assert (workspace / "README").read_text() == "hello again\n"
+    assert run_git(workspace, "status", "--porcelain") == ""
+    # Refs as a clone made now has them (plus the run's branch).
+    fresh = tmp_path / "fresh"
+    subprocess.run(["git", "clone", "-q", "--shared", str(source), str(fresh)], check=True)
+    run_git(fresh, "checkout", "-q", "-b", "agentfarm/r1")
+    assert refs_of(workspace) == refs_of(fresh)
+    await pool.close()
+
+
+async def test_an_unchanged_source_needs_no_ref_update(tmp_path: Path, source: Path) -> None:
+    pool = clone_pool.ClonePool(tmp_path / "pool", 1)
+    await pool.start()
+    key = pool.key(str(source), "main")
+    assert key is not None
+    await filled(pool, key, 1)
+    workspace = tmp_path / "workspace"
+    assert await pool.claim(key, workspace, "agentfarm/r2") == run_git(source, "rev-parse", "main")
+    assert run_git(workspace, "rev-parse", "--abbrev-ref", "HEAD") == "agentfarm/r2"
+    await pool.close()
+
+
+async def test_a_source_whose_head_moved_is_cloned_afresh(tmp_path: Path, source: Path) -> None:
+    pool = clone_pool.ClonePool(tmp_path / "pool", 1)
+    await pool.start()
+    key = pool.key(str(source), None)
+    assert key is not None
+    await filled(pool, key, 1)
+    run_git(source, "checkout", "-q", "old-feature")
+    workspace = tmp_path / "workspace"
+    assert await pool.claim(key, workspace, "agentfarm/r3") is None
+    assert not workspace.exists()  # the launch clones into it
+    await pool.close()
+
+
+async def test_two_claims_never_get_the_same_clone(tmp_path: Path, source: Path) -> None:
+    pool = clone_pool.ClonePool(tmp_path / "pool", 2)
+    await pool.start()
+    key = pool.key(str(source), None)
+    assert key is not None
+    await filled(pool, key, 2)
+    spaces = [tmp_path / "a", tmp_path / "b", tmp_path / "c"]
+    starts = await asyncio.gather(*(pool.claim(key, ws, f"agentfarm/{ws.name}") for ws in spaces))
+    # Two ready clones for three claims: two taken, one miss (that launch clones).
+    assert sorted(s is None for s in starts) == [False, False, True]
+    taken = [ws for ws, s in zip(spaces, starts, strict=True) if s is not None]
+    inodes = {(ws / ".git").stat().st_ino for ws in taken}
+    assert len(inodes) == 2
+    for ws in taken:
+        assert run_git(ws, "rev-parse", "--abbrev-ref", "HEAD") == f"agentfarm/{ws.name}"
+    await pool.close()
+
+
+async def test_a_pool_of_zero_does_nothing(tmp_path: Path, source: Path) -> None:
+    pool = clone_pool.ClonePool(tmp_path / "pool", 0)
+    await pool.start()
+    key = pool.key(str(source), None)
+    assert key is not None
+    assert await pool.claim(key, tmp_path / "workspace", "agentfarm/r4") is None
+    await asyncio.sleep(0.05)
+    assert not (tmp_path / "pool").exists()
+    await pool.close()
+
+
+async def test_remote_sources_are_not_pooled() -> None:
+    assert clone_pool.ClonePool.key("https://example.com/x.git", None) is None
+    assert clone_pool.ClonePool.key("git@example.com:x.git", "main") is None
+
+
+async def test_an_earlier_servers_clones_are_never_used_and_close_removes_all(
+    tmp_path: Path, source: Path
+) -> None:
+    root = tmp_path / "pool"
+    stale = root / "7" / "workspace"
+    stale.mkdir(parents=True)
+    (stale / "half-made").write_text("")
+    pool = clone_pool.ClonePool(root, 1)
+    await pool.start()
+    assert not root.exists() or list(root.iterdir()) == []
+    key = pool.key(str(source), None)
+    assert key is not None
+    await filled(pool, key, 1)
+    assert len(list(root.iterdir())) == 1
+    await pool.close()
+    assert not root.exists()
+    # Closed: no claim, no refill.
+    assert await pool.claim(key, tmp_path / "late", "agentfarm/r5") is None
+    await asyncio.sleep(0.05)
+    assert not root.exists()
+
+
+async def test_a_pool_not_started_claims_nothing(tmp_path: Path, source: Path) -> None:
+    """A backend used without a server (no ``astart``) clones as it always did."""
+    pool = clone_pool.ClonePool(tmp_path / "pool", 2)
+    key = pool.key(str(source), None)
+    assert key is not None
+    assert await pool.claim(key, tmp_path / "workspace", "agentfarm/r6") is None
+    await asyncio.sleep(0.05)
+    assert not (tmp_path / "pool").exists()
+    await pool.close()
