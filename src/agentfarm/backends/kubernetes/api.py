@@ -225,8 +225,12 @@ class Api:
         async with response:
             if response.status >= 400:
                 raise _error(response.status, await response.read())
-            async for line in _lines(response.content):
-                yield line
+            try:
+                async for line in _lines(response.content):
+                    yield line
+            except (GeneratorExit, asyncio.CancelledError):
+                abort(response)  # given up before its end (a reopen, a stop)
+                raise
 
     async def exec_pod(
         self, namespace: str, name: str, container: str, command: list[str], stdin: bytes,
@@ -264,6 +268,15 @@ class Api:
         finally:
             await ws_client.close()
         return bytes(out), failure
+
+
+def abort(response: Any) -> None:
+    """Drop a streamed response's connection at once. Closing it would start a TLS close that
+    waits for the server's answer; an event loop about to stop never reads it, and the socket
+    is left behind."""
+    transport = getattr(getattr(response, "connection", None), "transport", None)
+    if transport is not None:
+        transport.abort()
 
 
 def _exec_failure(status: bytes) -> str | None:

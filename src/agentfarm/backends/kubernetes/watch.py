@@ -199,9 +199,7 @@ class PodWatch:
                 await self._answered.wait()
         # Abort the open watch rather than close it: a TLS close waits for the server's
         # answer, which a loop about to stop never reads, and the socket is left behind.
-        transport = getattr(getattr(self._response, "connection", None), "transport", None)
-        if transport is not None:
-            transport.abort()
+        k8s_api.abort(self._response)
         await tasks.stop(list(self._tasks))
         self._task = None
 
