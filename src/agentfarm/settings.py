@@ -79,6 +79,13 @@ class Settings(RunSettings):
         "exits with its agent, its runs are not parked, and an ended run cannot be continued "
         "(its agent's session is not carried out of the pod).",
     )
+    k8s_log_streams: int = Field(
+        1000,
+        ge=1,
+        le=100_000,
+        description="Agent pod logs the control plane follows at once (one connection to the "
+        "API server each); past it, runs take turns (a stream yields its slot after 30 s).",
+    )
     k8s_credentials_claim: str = Field(
         "claude-home",
         description="ReadWriteMany PVC holding the shared ~/.claude (credentials `shared-home`).",

@@ -15,6 +15,7 @@ import aiohttp
 import pytest
 
 from agentfarm.backends.base import Record
+from agentfarm.backends.kubernetes import follow as k8s_follow
 from agentfarm.backends.kubernetes import handle as k8s_handle
 
 POD = {
@@ -56,7 +57,7 @@ class RotatingLog:
             yield item
         if end == "broken":
             raise aiohttp.ClientPayloadError("the stream broke")
-        if end == "stalled":
+        if end == "stalled" and follow:  # a read without follow always ends
             await asyncio.Event().wait()
 
 
@@ -111,15 +112,43 @@ async def test_a_follow_that_goes_quiet_is_reopened_from_shortly_before_the_last
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # The kubelet rotated the file under a running follow, which then brings nothing more.
-    monkeypatch.setattr(k8s_handle, "QUIET_REOPEN_SECONDS", 0.05)
+    monkeypatch.setattr(k8s_follow, "QUIET_REOPEN_SECONDS", 0.05)
     old = [line(n) for n in range(1, 4)]
     new = [line(n) for n in range(4, 7)]
-    api = RotatingLog([(old, "stalled"), (new, "end")])
+    api = RunningUntilRead(2, [(old, "stalled"), (new, "end")])
     found = await records(api)
     assert [seq for seq, _, _ in body(found)] == [1, 2, 3, 4, 5, 6]
     assert not [r for r in found if r.kind == "notice"]
     follow, since = api.calls[1]
     assert follow and since is not None and since >= k8s_handle.SINCE_MARGIN_SECONDS
+
+
+class RunningUntilRead(RotatingLog):
+    """The agent runs until its log has been read ``reads`` times, then has exited."""
+
+    def __init__(self, reads: int, script: list[tuple[list[bytes], str]]) -> None:
+        super().__init__(script)
+        self.reads_before_exit = reads
+
+    async def get_pod(self, namespace: str, name: str) -> dict[str, Any]:
+        if len(self.calls) >= self.reads_before_exit:
+            return POD
+        running = {"running": {"startedAt": "2026-01-01T00:00:00Z"}}
+        agent = {"name": "agent", "state": running}
+        return POD | {"status": {"phase": "Running", "containerStatuses": [agent]}}
+
+
+async def test_a_quiet_follow_of_an_ended_container_is_read_once_more_not_reopened(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The follow should have ended with the container; one that hangs is not waited on.
+    monkeypatch.setattr(k8s_follow, "QUIET_REOPEN_SECONDS", 0.05)
+    api = RotatingLog([([line(n) for n in range(1, 4)], "stalled")])
+    async with asyncio.timeout(10):
+        found = await records(api)
+    assert [seq for seq, _, _ in body(found)] == [1, 2, 3]
+    assert found[-1].kind == "exit"
+    assert [follow for follow, _ in api.calls] == [True, False]
 
 
 BRANCH = (

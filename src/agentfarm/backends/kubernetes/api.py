@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,10 +39,17 @@ class ApiError(errors.BackendError):
         self.message = message
 
 
-async def connect(kubeconfig: Path | None) -> client.ApiClient:
+#: Connections beyond the followed logs: the pod watches, launches, reads, deletes.
+SPARE_CONNECTIONS = 64
+
+
+async def connect(kubeconfig: Path | None, *, log_streams: int = 100) -> client.ApiClient:
     """An API client from ``kubeconfig``, else in-cluster config inside a pod, else the default
-    kubeconfig (``$KUBECONFIG`` or ~/.kube/config)."""
+    kubeconfig (``$KUBECONFIG`` or ~/.kube/config). Every followed log holds a connection of
+    its own (HTTP/1.1): the pool has room for ``log_streams`` of them and the other calls."""
     configuration = client.Configuration()
+    # The client's default pool (100) would let followed logs starve every other call.
+    configuration.connection_pool_maxsize = log_streams + SPARE_CONNECTIONS
     try:
         if kubeconfig is not None:
             await config.load_kube_config(
@@ -164,6 +171,41 @@ class Api:
                     raise ApiError(int(obj.get("code") or 500), str(obj.get("message")))
                 yield kind, obj
 
+    async def watch_pods(
+        self,
+        namespace: str,
+        label_selector: str,
+        resource_version: str,
+        server_timeout: int,
+        opened: Callable[[Any], None] | None = None,
+    ) -> AsyncIterator[tuple[str, Json]]:
+        """(type, object) events for the pods matching ``label_selector`` after
+        ``resource_version``, BOOKMARK events included (they carry only a newer version). The
+        server ends the stream after ``server_timeout`` seconds; an ERROR event raises
+        :class:`ApiError` (410: the version is too old, list again). ``opened(response)`` is
+        called once the server has answered (its connection can then be aborted)."""
+        response: Any = await self.core.list_namespaced_pod(
+            namespace,
+            label_selector=label_selector,
+            resource_version=resource_version,
+            watch=True,
+            timeout_seconds=server_timeout,
+            allow_watch_bookmarks=True,
+            _preload_content=False,
+        )
+        if opened is not None:
+            opened(response)
+        async with response:
+            if response.status >= 400:
+                raise _error(response.status, await response.read())
+            async for line in _lines(response.content):
+                event = json.loads(line)
+                kind = str(event.get("type"))
+                obj = event.get("object") or {}
+                if kind == "ERROR":
+                    raise ApiError(int(obj.get("code") or 500), str(obj.get("message")))
+                yield kind, obj
+
     async def pod_log(
         self,
         namespace: str,
@@ -183,8 +225,12 @@ class Api:
         async with response:
             if response.status >= 400:
                 raise _error(response.status, await response.read())
-            async for line in _lines(response.content):
-                yield line
+            try:
+                async for line in _lines(response.content):
+                    yield line
+            except (GeneratorExit, asyncio.CancelledError):
+                abort(response)  # given up before its end (a reopen, a stop)
+                raise
 
     async def exec_pod(
         self, namespace: str, name: str, container: str, command: list[str], stdin: bytes,
@@ -222,6 +268,15 @@ class Api:
         finally:
             await ws_client.close()
         return bytes(out), failure
+
+
+def abort(response: Any) -> None:
+    """Drop a streamed response's connection at once. Closing it would start a TLS close that
+    waits for the server's answer; an event loop about to stop never reads it, and the socket
+    is left behind."""
+    transport = getattr(getattr(response, "connection", None), "transport", None)
+    if transport is not None:
+        transport.abort()
 
 
 def _exec_failure(status: bytes) -> str | None:

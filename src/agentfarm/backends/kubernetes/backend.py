@@ -1,8 +1,10 @@
 """The kubernetes backend: launch, reattach and clean up one pod per run (its Secret holds the
 run's credentials and first stdin bytes); a sweeper deletes finished pods after
-``AGENTFARM_K8S_CLEANUP_AFTER_SECONDS``. Following a run is ``handle.py``'s job. An ended run
-continued with a new prompt goes on in a new pod that gets its agent's session back
-(``sessions.py`` keeps it at the run's end, ``continued.py`` has the steps)."""
+``AGENTFARM_K8S_CLEANUP_AFTER_SECONDS``. Following a run is ``handle.py``'s job, with the
+states of all pods from one watch per namespace (``watch.py``) and at most
+``AGENTFARM_K8S_LOG_STREAMS`` logs followed at once (``slots.py``). An ended run continued with
+a new prompt goes on in a new pod that gets its agent's session back (``sessions.py`` keeps it
+at the run's end, ``continued.py`` has the steps)."""
 
 from __future__ import annotations
 
@@ -19,7 +21,15 @@ from typing import Any
 from agentfarm import tasks
 from agentfarm.backends.base import LaunchInfo
 from agentfarm.backends.kubernetes import api as k8s_api
-from agentfarm.backends.kubernetes import config, continued, handle, manifests, sessions
+from agentfarm.backends.kubernetes import (
+    config,
+    continued,
+    handle,
+    manifests,
+    sessions,
+    slots,
+    watch,
+)
 from agentfarm.backends.kubernetes import status as k8s_status
 from agentfarm.domain import backend_config, diffs, errors, launch, models
 from agentfarm.domain.launch import GitAuth, LaunchSpec
@@ -40,13 +50,17 @@ class KubernetesBackend:
         self._sweeper: asyncio.Task[Any] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._lock = asyncio.Lock()
+        self._watches: dict[str, watch.PodWatch] = {}
+        self.log_slots = slots.LogSlots(settings.k8s_log_streams)
         self._keeper = sessions.Keeper(settings.runs_dir)
 
     async def _client(self) -> k8s_api.Api:
         async with self._lock:
             if self._api is None:
                 if self._api_client is None:
-                    self._api_client = await k8s_api.connect(self.settings.k8s_kubeconfig)
+                    self._api_client = await k8s_api.connect(
+                        self.settings.k8s_kubeconfig, log_streams=self.settings.k8s_log_streams
+                    )
                 self._api = k8s_api.Api(self._api_client)
             if self._sweeper is None and self.settings.k8s_cleanup_after_seconds > 0:
                 self._sweeper = tasks.spawn(
@@ -54,7 +68,29 @@ class KubernetesBackend:
                 )
             return self._api
 
+    def pods(self, namespace: str) -> watch.PodWatch:
+        """The shared watch of this control plane's pods in ``namespace`` (started on first
+        use; needs the client)."""
+        found = self._watches.get(namespace)
+        if found is None:
+            assert self._api is not None, "pods() before _client()"
+            selector = manifests.instance_selector(self.settings.k8s_instance)
+            found = self._watches[namespace] = watch.PodWatch(self._api, namespace, selector)
+            found.start()
+        return found
+
+    def _handle(
+        self, run_id: str, api: k8s_api.Api, state: handle.RunState
+    ) -> handle.KubernetesHandle:
+        return handle.KubernetesHandle(
+            run_id, api, state, delete_pod_now=self._delete_now,
+            pods=self.pods(state.namespace), log_slots=self.log_slots, keeper=self._keeper,
+        )  # fmt: skip
+
     async def aclose(self) -> None:
+        for pod_watch in self._watches.values():
+            await pod_watch.aclose()
+        self._watches.clear()
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -109,6 +145,7 @@ class KubernetesBackend:
             await api.patch_secret(cfg.namespace, name, owner)
         except k8s_api.ApiError as exc:  # cleanup() still deletes it
             log.warning("cannot make pod %s own its Secret: %s", name, exc)
+        self.pods(cfg.namespace).remember(pod)  # its first state, without a GET
         state = self._runs[run.id] = handle.RunState(cfg.namespace, name)
         state.waits = cfg.resume_wait > 0
         info = LaunchInfo(
@@ -117,13 +154,6 @@ class KubernetesBackend:
             notices=[f"created pod {cfg.namespace}/{name} (image {cfg.image})"],
         )
         return self._handle(run.id, api, state), info
-
-    def _handle(
-        self, run_id: str, api: k8s_api.Api, state: handle.RunState
-    ) -> handle.KubernetesHandle:
-        return handle.KubernetesHandle(
-            run_id, api, state, delete_pod_now=self._delete_now, keeper=self._keeper
-        )
 
     async def attach(
         self, run: models.Run, *, git_auth: GitAuth | None = None

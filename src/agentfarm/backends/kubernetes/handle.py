@@ -11,24 +11,33 @@ The sequence number, not a line's position in what the log API returns, is the c
 kubelet rotates container logs and then serves only the newest file. After a restart (or a
 broken stream) ``records(after)`` re-reads the log and skips what the stored cursor covers, so
 nothing is doubled; lines the kubelet rotated away before they were read become one notice.
+
+The pod's state comes from the backend's shared watch (``watch.PodWatch``); its log is followed
+only while the agent runs, in a log slot (``slots.LogSlots``), and reopened from shortly before
+its last line when it breaks (with backoff), goes quiet (a follow may stay on a file the kubelet
+rotated away) or has to share its slot.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import logging
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 
 import aiohttp
 
 from agentfarm.backends.base import BranchOutcome, ExitInfo, Record, RecordKind
 from agentfarm.backends.kubernetes import api as k8s_api
+from agentfarm.backends.kubernetes import follow as k8s_follow
 from agentfarm.backends.kubernetes import lines as k8s_lines
 from agentfarm.backends.kubernetes import manifests, sessions, status
+from agentfarm.backends.kubernetes import slots as k8s_slots
+from agentfarm.backends.kubernetes import watch as k8s_watch
 from agentfarm.backends.kubernetes.lines import BRANCH_NOTICE as BRANCH_NOTICE
 from agentfarm.backends.kubernetes.lines import EXITED_NOTICE, parse_exited
 from agentfarm.backends.kubernetes.lines import parse_branch as parse_branch
@@ -42,24 +51,16 @@ log = logging.getLogger(__name__)
 CONTROL_ARGV = ["python3", manifests.ENTRYPOINT, "control"]
 #: How long finalize waits for a finishing pod's push (the entrypoint gives git 300 s).
 FINISH_SECONDS = 420.0
-STARTED_SLOT = 254
-EXIT_SLOT = 255
-#: How long the watch on a starting pod lasts before it is renewed (server side).
-WATCH_SECONDS = 60
 #: After the log ends, how long to wait for the kubelet to report the container's exit.
 EXIT_REPORT_SECONDS = 20.0
 RETRYABLE = (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError)
-#: A followed log that brings nothing for this long is reopened. The kubelet rotates a
-#: container's log (checking every 10 s); a follow that began before the rotation may keep
-#: reading the old file (Kubernetes 1.20 does), and what is in neither is lost.
-QUIET_REOPEN_SECONDS = 5.0
+#: Log errors after which the log is read again (with backoff): the container has not
+#: started or has ended (400), the pod went (404, the exit says it), the API server or the
+#: kubelet is busy or restarting.
+LOG_RETRY_STATUS = frozenset({400, 404, *k8s_watch.TEMPORARY_STATUS})
 #: A reopened follow starts this long before the last line read (the kubelet's since-time
 #: counts on the node's clock; the skip by sequence number drops what was read before).
 SINCE_MARGIN_SECONDS = 30
-
-
-class _Quiet(Exception):
-    """A followed log stream brought nothing for QUIET_REOPEN_SECONDS."""
 
 
 @dataclass
@@ -74,41 +75,23 @@ class RunState:
     waits: bool = False
 
 
-class _Cursor:
-    def __init__(self) -> None:
-        self.line = 0
-        self.slot = 0
-
-    def notice(self) -> int | None:
-        if self.slot >= STARTED_SLOT - 1:
-            return None  # too many notices between two lines: drop the rest
-        self.slot += 1
-        return (self.line << 8) | self.slot
-
-    def advance(self, line: int) -> int:
-        self.line, self.slot = line, 0
-        return line << 8
-
-    def exit(self) -> int:
-        return (self.line << 8) | EXIT_SLOT
-
-
-def _rotated_notice(lost: range) -> str:
-    lines = f"line {lost.start}" if len(lost) == 1 else f"lines {lost.start}-{lost[-1]}"
-    return (
-        f"log {lines} of the agent were rotated away by the kubelet before agentfarm read "
-        "them; raise the kubelet's containerLogMaxSize if this happens often"
-    )
-
-
 class KubernetesHandle:
     def __init__(
-        self, run_id: str, api: k8s_api.Api, state: RunState, *, delete_pod_now: bool = False,
+        self,
+        run_id: str,
+        api: k8s_api.Api,
+        state: RunState,
+        *,
+        delete_pod_now: bool = False,
+        pods: k8s_watch.PodSource | None = None,
+        log_slots: k8s_slots.LogSlots | None = None,
         keeper: sessions.Keeper | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.run_id = run_id
         self._api = api
         self._state = state
+        self._pods = pods or k8s_watch.DirectPods(api, state.namespace)
+        self._slots = log_slots or k8s_slots.LogSlots(k8s_slots.UNLIMITED)
         self._delete_pod_now = delete_pod_now
         #: Carries the agent's session out of the pod at the run's end (a later continue).
         self._keeper = keeper
@@ -116,13 +99,13 @@ class KubernetesHandle:
         self.branch_outcome: BranchOutcome | None = None
 
     async def records(self, after: int) -> AsyncIterator[Record]:
-        cursor = _Cursor()
+        cursor = k8s_lines.Cursor()
         ns, name = self._state.namespace, self._state.name
 
         def keep(kind: RecordKind, at: int | None, data: bytes = b"") -> Record | None:
             return Record(at, kind, data) if at is not None and at > after else None
 
-        pod = await self._api.get_pod(ns, name)
+        pod = await self._pods.get(name)
         last_notice: str | None = None
         while True:
             if pod is None:
@@ -135,12 +118,12 @@ class KubernetesHandle:
                 last_notice = view.notice
                 if record := keep("notice", cursor.notice(), view.notice.encode()):
                     yield record
-            pod = await self._next_state(pod)
+            pod = await self._pods.next_state(pod)
 
         if view.agent_started:
             node = (pod.get("spec") or {}).get("nodeName")
             started = json.dumps({"pod": f"{ns}/{name}", "node": node}).encode()
-            if record := keep("started", STARTED_SLOT, started):
+            if record := keep("started", k8s_lines.STARTED_SLOT, started):
                 yield record
         elif view.exit is not None:
             if not view.pod_done:
@@ -156,70 +139,91 @@ class KubernetesHandle:
         loop = asyncio.get_running_loop()
         last_line_at: float | None = None
         since: int | None = None
+        quiet = k8s_follow.QuietTimer()
+        backoff = k8s_watch.Backoff(first=0.5, cap=10.0)
+        denials = k8s_watch.Denials()
         clone_error: str | None = None  # the entrypoint's clone failed: the run's error
         while True:
-            quiet = False
+            went_quiet: k8s_follow.Quiet | None = None
+            broken = False
+            read_any = progressed = False
             try:
-                async for line in self._log(follow, since):
-                    last_line_at = loop.time()
-                    seq, kind, data = parse_line(line)
-                    if seq is not None and self._state.base:
-                        numbered = True
-                        if seq <= self._state.base:  # an earlier agent process's
-                            last_kind = None
+                async with contextlib.aclosing(self._log(follow, since, quiet)) as lines:
+                    async for line in lines:
+                        read_any = True
+                        last_line_at = loop.time()
+                        seq, kind, data = parse_line(line)
+                        if seq is not None and self._state.base:
+                            numbered = True
+                            if seq <= self._state.base:  # an earlier agent process's
+                                last_kind = None
+                                continue
+                            seq -= self._state.base
+                        if seq is None and numbered:
+                            # The rest of a line longer than api.MAX_LINE: same kind, next slot.
+                            if last_kind is not None and (
+                                record := keep(last_kind, cursor.notice(), data)
+                            ):
+                                yield record
                             continue
-                        seq -= self._state.base
-                    if seq is None and numbered:
-                        # The rest of a line longer than api.MAX_LINE: same kind, next slot.
-                        if last_kind is not None and (
-                            record := keep(last_kind, cursor.notice(), data)
-                        ):
-                            yield record
-                        continue
-                    if seq is None:  # an image from before sequence numbers: count lines
-                        seq = cursor.line + 1
-                    else:
-                        numbered = True
-                    if seq <= cursor.line:
-                        last_kind = None  # read before: so is the rest of it
-                        continue
-                    last_kind = kind
-                    lost = range(max(cursor.line, after >> 8) + 1, seq)
-                    if lost:
-                        cursor.advance(seq - 1)
-                        what = _rotated_notice(lost).encode()
-                        if record := keep("notice", cursor.notice(), what):
-                            yield record
-                    at = cursor.advance(seq)
-                    if kind == "notice" and data.startswith(BRANCH_NOTICE):
-                        # Read on every pass (also before ``after``): finalize reports it.
-                        self.branch_outcome = parse_branch(data) or self.branch_outcome
-                        continue
-                    if kind == "notice" and (failed := k8s_lines.clone_failed(data)):
-                        clone_error, data = failed, failed.encode()
-                    if kind == "notice" and data.startswith(EXITED_NOTICE):
-                        # The agent exited; the pod waits for resume or finish (finalize).
-                        exited = parse_exited(data, stopping=self.stopping)
-                        yield Record(cursor.exit(), "exit", exit=exited)
-                        return
-                    if at > after:
-                        yield Record(at, kind, data)
-            except _Quiet:
-                quiet = True
+                        if seq is None:  # an image from before sequence numbers: count lines
+                            seq = cursor.line + 1
+                        else:
+                            numbered = True
+                        if seq <= cursor.line:
+                            last_kind = None  # read before: so is the rest of it
+                            continue
+                        last_kind = kind
+                        progressed = True
+                        quiet.news()
+                        lost = range(max(cursor.line, after >> 8) + 1, seq)
+                        if lost:
+                            cursor.advance(seq - 1)
+                            what = k8s_lines.rotated_notice(lost).encode()
+                            if record := keep("notice", cursor.notice(), what):
+                                yield record
+                        at = cursor.advance(seq)
+                        if kind == "notice" and data.startswith(BRANCH_NOTICE):
+                            # Read on every pass (also before ``after``): finalize reports it.
+                            self.branch_outcome = parse_branch(data) or self.branch_outcome
+                            continue
+                        if kind == "notice" and (failed := k8s_lines.clone_failed(data)):
+                            clone_error, data = failed, failed.encode()
+                        if kind == "notice" and data.startswith(EXITED_NOTICE):
+                            # The agent exited; the pod waits for resume or finish (finalize).
+                            exited = parse_exited(data, stopping=self.stopping)
+                            yield Record(cursor.exit(), "exit", exit=exited)
+                            return
+                        if at > after:
+                            yield Record(at, kind, data)
+            except k8s_follow.Quiet as exc:
+                went_quiet = exc
             except k8s_api.ApiError as exc:
-                if exc.status not in (400, 404, 500, 503):
+                if exc.status not in LOG_RETRY_STATUS and not denials.excused(exc):
                     raise
+                broken = True
                 log.info("log stream of %s/%s: %s", ns, name, exc)
             except RETRYABLE as exc:
+                broken = True
                 log.info("log stream of %s/%s broke: %r; reopening", ns, name, exc)
-            if quiet:
-                # Reopen from a little before the last line: a quiet agent costs a short read.
-                since = None
-                if last_line_at is not None:
-                    since = math.ceil(loop.time() - last_line_at) + SINCE_MARGIN_SECONDS
-                continue
+            if read_any:
+                backoff.reset()
+                denials.clear()
+            # Reopen from a little before the last line: a reopen costs a short read.
             since = None
-            exit_info = await self._wait_exit()
+            if last_line_at is not None:
+                since = math.ceil(loop.time() - last_line_at) + SINCE_MARGIN_SECONDS
+            # A quiet follow is reopened, unless its container has ended meanwhile (its
+            # follow should have ended too): then it is read once more, as a broken one.
+            if went_quiet is not None and (went_quiet.shared or await self._wait_exit(0.0) is None):
+                if not went_quiet.shared and not progressed:
+                    quiet.nothing_new()
+                continue
+            broken = broken or went_quiet is not None
+            quiet.news()
+            # A log that ended (not broke) means the container is ending: give the kubelet a
+            # moment to say how. A broken one may belong to a running agent: look, go on.
+            exit_info = await self._wait_exit(0.0 if broken else EXIT_REPORT_SECONDS)
             if exit_info is not None and not follow:
                 yield Record(
                     cursor.exit(), "exit", exit=k8s_lines.with_error(exit_info, clone_error)
@@ -228,59 +232,28 @@ class KubernetesHandle:
             # Read once more without follow once the container has ended (drains lines a
             # broken stream missed); keep following while it still runs.
             follow = exit_info is None
-            if follow:
-                await asyncio.sleep(1.0)
+            if follow or broken:
+                await backoff.sleep()
 
-    async def _log(self, follow: bool, since: int | None) -> AsyncIterator[bytes]:
-        """The agent's log lines. A followed stream that brings nothing for
-        QUIET_REOPEN_SECONDS ends with :class:`_Quiet`: the kubelet may be following a file
-        it has rotated away, and only a new stream reads the new file."""
-        ns, name = self._state.namespace, self._state.name
-        stream = self._api.pod_log(
-            ns, name, manifests.AGENT_CONTAINER, follow=follow, since_seconds=since
+    def _log(
+        self, follow: bool, since: int | None, quiet: k8s_follow.QuietTimer
+    ) -> AsyncGenerator[bytes, None]:
+        ns, name, log_slots = self._state.namespace, self._state.name, self._slots
+        return k8s_follow.lines(
+            self._api, ns, name, log_slots, follow=follow, since=since, quiet=quiet
         )
-        try:
-            while True:
-                try:
-                    async with asyncio.timeout(QUIET_REOPEN_SECONDS if follow else None):
-                        line = await anext(stream)
-                except StopAsyncIteration:
-                    return
-                except TimeoutError:
-                    raise _Quiet from None
-                yield line
-        finally:
-            await stream.aclose()
 
     @property
     def stopping(self) -> bool:
         return self._state.stopping
 
-    async def _next_state(self, pod: k8s_api.Json) -> k8s_api.Json | None:
-        """The pod's next version (None once it is deleted)."""
-        ns, name = self._state.namespace, self._state.name
-        version = str((pod.get("metadata") or {}).get("resourceVersion", ""))
-        try:
-            async for kind, obj in self._api.watch_pod(ns, name, version, WATCH_SECONDS):
-                if kind == "DELETED":
-                    return None
-                if kind in ("ADDED", "MODIFIED"):
-                    return obj
-        except k8s_api.ApiError as exc:
-            if exc.status != 410:  # 410: our resourceVersion is too old; re-read below
-                raise
-        except RETRYABLE as exc:
-            log.info("watch on %s/%s broke: %r", ns, name, exc)
-            await asyncio.sleep(1.0)
-        return await self._api.get_pod(ns, name)
-
-    async def _wait_exit(self) -> ExitInfo | None:
-        """The run's exit if the agent container has ended (waiting for the kubelet to say
-        so for a little while after its log ended), else None."""
-        ns, name = self._state.namespace, self._state.name
-        pod = await self._api.get_pod(ns, name)
+    async def _wait_exit(self, wait: float = EXIT_REPORT_SECONDS) -> ExitInfo | None:
+        """The run's exit if the agent container has ended (waiting up to ``wait`` seconds
+        for the kubelet to say so, after its log ended), else None."""
+        name = self._state.name
+        pod = await self._pods.get(name)
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + EXIT_REPORT_SECONDS
+        deadline = loop.time() + wait
         while True:
             if pod is None:
                 return status.gone(stopping=self.stopping)
@@ -291,9 +264,9 @@ class KubernetesHandle:
                 return None
             try:
                 async with asyncio.timeout(max(0.1, deadline - loop.time())):
-                    pod = await self._next_state(pod)
+                    pod = await self._pods.next_state(pod)
             except TimeoutError:
-                pod = await self._api.get_pod(ns, name)
+                pod = await self._pods.get(name)
 
     async def send(self, data: bytes) -> None:
         await self.control({"op": "send", "data": base64.b64encode(data).decode()})
@@ -378,7 +351,7 @@ class KubernetesHandle:
             pass
         notices: list[str] = []
         try:
-            async for line in self._log(False, None):
+            async for line in self._log(False, None, k8s_follow.QuietTimer()):
                 _, kind, data = parse_line(line)
                 if kind != "notice":
                     continue

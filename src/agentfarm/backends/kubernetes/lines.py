@@ -17,6 +17,8 @@ EXITED_NOTICE = b"agentfarm.exited "
 #: The entrypoint's notice saying the clone before the agent failed (CLONE_FAILED_RECORD):
 #: a notice for people and the run's error.
 CLONE_FAILED_NOTICE = b"agentfarm.clone-failed "
+STARTED_SLOT = 254
+EXIT_SLOT = 255
 _KINDS: dict[int, RecordKind] = {ord("O"): "stdout", ord("E"): "stderr", ord("N"): "notice"}
 
 
@@ -63,6 +65,35 @@ def parse_exited(line: bytes, *, stopping: bool) -> ExitInfo:
         return ExitInfo(exit_code=None, error="the agent exited without saying its exit code")
     signal = code - 128 if 128 < code <= 128 + 64 else None
     return ExitInfo(exit_code=code, signal=signal, stopped=stopping)
+
+
+class Cursor:
+    """Cursors of a run's records: ``seq << 8 | slot`` (see handle.py)."""
+
+    def __init__(self) -> None:
+        self.line = 0
+        self.slot = 0
+
+    def notice(self) -> int | None:
+        if self.slot >= STARTED_SLOT - 1:
+            return None  # too many notices between two lines: drop the rest
+        self.slot += 1
+        return (self.line << 8) | self.slot
+
+    def advance(self, line: int) -> int:
+        self.line, self.slot = line, 0
+        return line << 8
+
+    def exit(self) -> int:
+        return (self.line << 8) | EXIT_SLOT
+
+
+def rotated_notice(lost: range) -> str:
+    lines = f"line {lost.start}" if len(lost) == 1 else f"lines {lost.start}-{lost[-1]}"
+    return (
+        f"log {lines} of the agent were rotated away by the kubelet before agentfarm read "
+        "them; raise the kubelet's containerLogMaxSize if this happens often"
+    )
 
 
 def clone_failed(line: bytes) -> str | None:
