@@ -160,16 +160,8 @@ class Api:
             allow_watch_bookmarks=False,
             _preload_content=False,
         )
-        async with response:
-            if response.status >= 400:
-                raise _error(response.status, await response.read())
-            async for line in _lines(response.content):
-                event = json.loads(line)
-                kind = str(event.get("type"))
-                obj = event.get("object") or {}
-                if kind == "ERROR":
-                    raise ApiError(int(obj.get("code") or 500), str(obj.get("message")))
-                yield kind, obj
+        async for kind, obj in _watch_events(response):
+            yield kind, obj
 
     async def watch_pods(
         self,
@@ -195,16 +187,8 @@ class Api:
         )
         if opened is not None:
             opened(response)
-        async with response:
-            if response.status >= 400:
-                raise _error(response.status, await response.read())
-            async for line in _lines(response.content):
-                event = json.loads(line)
-                kind = str(event.get("type"))
-                obj = event.get("object") or {}
-                if kind == "ERROR":
-                    raise ApiError(int(obj.get("code") or 500), str(obj.get("message")))
-                yield kind, obj
+        async for kind, obj in _watch_events(response):
+            yield kind, obj
 
     async def pod_log(
         self,
@@ -311,3 +295,17 @@ def _error(status: int, body: bytes) -> ApiError:
         return ApiError(status, str(payload.get("message")), str(payload.get("reason", "")))
     except (ValueError, AttributeError):
         return ApiError(status, body.decode(errors="replace")[:500])
+
+
+async def _watch_events(response: Any) -> AsyncIterator[tuple[str, Json]]:
+    """A watch response's (type, object) events; an ERROR event raises :class:`ApiError`."""
+    async with response:
+        if response.status >= 400:
+            raise _error(response.status, await response.read())
+        async for line in _lines(response.content):
+            event = json.loads(line)
+            kind = str(event.get("type"))
+            obj = event.get("object") or {}
+            if kind == "ERROR":
+                raise ApiError(int(obj.get("code") or 500), str(obj.get("message")))
+            yield kind, obj
