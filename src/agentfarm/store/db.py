@@ -114,20 +114,29 @@ class Reserve:
     def __init__(self, path: Path, size: int = RESERVE_BYTES) -> None:
         self.path = path
         self.size = size
+        #: The file is there (as far as this process knows): refill() is then free, which
+        #: matters because the writer calls it after every commit.
+        self._made = False
         self._next_try = 0.0
 
     def refill(self) -> None:
         """Make the file if it is missing (at most every few seconds while there is no room)."""
+        if self._made:
+            return
         now = time.monotonic()
-        if now < self._next_try or self.path.exists():
+        if now < self._next_try:
             return
         self._next_try = now + 10.0
         try:
             fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            self._made = True  # kept by an earlier start
+            return
         except OSError:
             return
         try:
             os.posix_fallocate(fd, 0, self.size)
+            self._made = True
         except OSError:
             self.path.unlink(missing_ok=True)  # no room yet: try again later
         finally:
@@ -135,6 +144,7 @@ class Reserve:
 
     def release(self) -> bool:
         """Give the space back to the disk; True if there was any to give."""
+        self._made = False
         try:
             self.path.unlink()
         except FileNotFoundError:
