@@ -83,11 +83,13 @@ def test_kill9_during_launch_ingest_stop_and_reattach(
             time.sleep(delay)
             campaign.kill(phase, delay, f" {run_id}")
         elif phase == "stop":
-            # Killed during a stop request: before, while or after the server answers it.
+            # Killed during a stop request: before, while or after the server answers it;
+            # a third of them asked while the run is still starting (no agent process yet).
             run_id = campaign.launch(numbered_spec(repo, 2000, 0.05, commit=False))
             subject = Subject(run_id, 2000, False, stop_asked=True)
             subjects.append(subject)
-            campaign.wait_for(f"{run_id} to emit", lambda r=run_id: has_output(campaign, r))
+            if rng.random() < 2 / 3:
+                campaign.wait_for(f"{run_id} to emit", lambda r=run_id: has_output(campaign, r))
             subject.stop_answered = campaign.stop_and_kill(run_id, phase)
         else:
             # Killed again while the new server reattaches the runs of the last one.

@@ -199,3 +199,32 @@ def test_ping_and_unknown_events_are_no_trigger() -> None:
 def test_unreadable_deliveries_say_why(headers: dict[str, str], body: bytes, message: str) -> None:
     with pytest.raises(webhooks.InvalidDeliveryError, match=message):
         webhooks.parse_delivery("github", headers, body, trigger_label="a")
+
+
+def test_a_kept_trigger_reads_back_as_it_was() -> None:
+    trigger = webhooks.Trigger(
+        kind="comment",
+        repo="acme/app",
+        number=12,
+        actor="alice",
+        delivery_id="d-1",
+        labels=("agentfarm", "bug"),
+        is_pull=True,
+        comment_id=99,
+        comment="@agentfarm ünïcode\nand a second line",
+    )
+    assert webhooks.load_trigger(webhooks.dump_trigger(trigger)) == trigger
+
+
+@pytest.mark.parametrize(
+    "kept", ["[]", '{"kind": "comment"}', '{"kind": "comment", "repo": "a/b", "nope": 1}']
+)
+def test_what_is_not_a_kept_trigger_is_refused(kept: str) -> None:
+    with pytest.raises(ValueError, match="not a kept trigger"):
+        webhooks.load_trigger(kept)
+
+
+def test_the_delivery_id_comes_from_the_forge_s_header() -> None:
+    assert webhooks.delivery_id("github", {"X-GitHub-Delivery": "g-1"}) == "g-1"
+    assert webhooks.delivery_id("forgejo", {"x-gitea-delivery": "f-1"}) == "f-1"
+    assert webhooks.delivery_id("forgejo", {"X-GitHub-Delivery": "g-1"}) == ""

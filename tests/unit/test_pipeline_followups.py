@@ -152,13 +152,20 @@ async def opened(pstore: PipelineStore, forge: Forge, client: MemoryForge) -> At
     )
 
 
-def comment(body: str, *, actor: str = "alice", number: int = 12, is_pull: bool = True) -> Trigger:
+def comment(
+    body: str,
+    *,
+    actor: str = "alice",
+    number: int = 12,
+    is_pull: bool = True,
+    delivery: str = "d-1",
+) -> Trigger:
     return Trigger(
         kind="comment",
         repo=REPO,
         number=number,
         actor=actor,
-        delivery_id="d-1",
+        delivery_id=delivery,
         is_pull=is_pull,
         comment_id=99,
         comment=body,
@@ -188,6 +195,19 @@ async def test_a_writer_mentioning_the_pipeline_starts_a_review_followup(
     assert made.request == "@agentfarm please rename `foo` to `bar`."
     assert made.delivery_id == "d-1"
     assert await pstore.get_attempt(made.id) == made
+
+
+async def test_a_request_started_before_a_restart_is_not_started_again(
+    pstore: PipelineStore, forge: Forge, client: MemoryForge, opened: Attempt
+) -> None:
+    # A kept request (the control plane was killed after starting it, before it said so)
+    # comes back at the next start: the attempt carrying its delivery id answers it.
+    trigger = comment("@agentfarm add a test")
+    made = await followups.followup_for_comment(pstore, client, forge, trigger)
+    assert made is not None
+    await pstore.save_attempt(made.model_copy(update={"state": AttemptState.done}))
+    assert await followups.followup_for_comment(pstore, client, forge, trigger) is None
+    assert len(await attempts(pstore, forge)) == 2
 
 
 @pytest.mark.parametrize(
@@ -315,12 +335,12 @@ async def test_no_second_followup_while_one_is_active(
 ) -> None:
     first = await followups.followup_for_comment(pstore, client, forge, comment("@agentfarm a"))
     assert first is not None
-    assert (
-        await followups.followup_for_comment(pstore, client, forge, comment("@agentfarm b")) is None
-    )
+    later = comment("@agentfarm b", delivery="d-2")
+    assert await followups.followup_for_comment(pstore, client, forge, later) is None
     first.state = AttemptState.done
     await pstore.save_attempt(first)
-    second = await followups.followup_for_comment(pstore, client, forge, comment("@agentfarm b"))
+    again = comment("@agentfarm b", delivery="d-3")
+    second = await followups.followup_for_comment(pstore, client, forge, again)
     assert second is not None
     assert (second.seq, second.parent_id, second.request) == (3, first.id, "@agentfarm b")
 

@@ -386,6 +386,48 @@ async def test_a_review_comment_mentioning_the_bot_runs_a_follow_up(world: World
     assert len(world.client.pulls) == 1
 
 
+async def test_a_review_request_answered_just_before_a_kill_runs_after_the_restart(
+    world: World,
+) -> None:
+    # The forge had its answer, so it never sends the comment again: the request is kept
+    # with the delivery and decided at the next start, once.
+    pipe = await world.pipeline()
+    first = await done_with_pull(world, pipe)
+    assert first.pr_number is not None
+    headers, body = comment_delivery(first.pr_number, "@agentfarm please add a test")
+    assert await pipe.handle_delivery("home", headers, body) == "accepted"
+    [(forge_id, kept)] = await world.pstore.pending_followups()
+    assert forge_id == world.forge.id and "please add a test" in kept
+    await world.close()  # killed: no pass of the loop decided it
+    pipe = await world.pipeline()
+    await pipe.start()
+
+    async def reviewing() -> bool:
+        kinds = [(a.kind, a.state) for a in await world.attempts()]
+        return kinds[-1:] == [(domain.AttemptKind.review, State.running)]
+
+    await until(reviewing)
+    assert await world.pstore.pending_followups() == []
+    await world.close()
+    pipe = await world.pipeline()
+    await pipe.start()
+    await pipe.tick()
+    assert len(await world.attempts()) == 2
+    assert await pipe.handle_delivery("home", headers, body) == "duplicate"
+
+
+async def test_a_comment_that_asks_nothing_keeps_nothing(world: World) -> None:
+    # Only a mention in the prose of a comment on a pull request is a request to keep.
+    pipe = await world.pipeline()
+    first = await done_with_pull(world, pipe)
+    assert first.pr_number is not None
+    headers, body = comment_delivery(first.pr_number, "looks good to me")
+    assert await pipe.handle_delivery("home", headers, body) == "accepted"
+    assert await world.pstore.pending_followups() == []
+    await pipe.tick()
+    assert len(await world.attempts()) == 1
+
+
 async def test_a_failing_status_runs_one_checks_follow_up(world: World) -> None:
     pipe = await world.pipeline()
     first = await done_with_pull(world, pipe)

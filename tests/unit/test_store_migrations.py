@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0099"
-down_revision = "0006"
+down_revision = "0007"
 
 
 def upgrade() -> None:
@@ -34,7 +34,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0099"
-down_revision = "0006"
+down_revision = "0007"
 
 
 def upgrade() -> None:
@@ -99,7 +99,7 @@ async def test_open_migrates_to_head_and_reopening_is_a_no_op(tmp_path: Path) ->
     path = tmp_path / "agentfarm.db"
     path.touch()  # an empty file
     await (await Store.open(path)).close()
-    assert schema.current_revision(path) == schema.head_revision() == "0006"
+    assert schema.current_revision(path) == schema.head_revision() == "0007"
     with contextlib.closing(sqlite3.connect(path)) as conn:
         before = conn.execute("SELECT type, name, sql FROM sqlite_master").fetchall()
     await (await Store.open(path)).close()
@@ -128,7 +128,7 @@ def test_a_failing_migration_leaves_the_database_as_it_was(tmp_path: Path) -> No
     schema.migrate(path)
     with pytest.raises(RuntimeError, match="halfway"):
         schema.migrate(path, script_location=scripts_with(tmp_path, FAILING_REVISION))
-    assert schema.current_revision(path) == "0006"
+    assert schema.current_revision(path) == "0007"
     with contextlib.closing(sqlite3.connect(path)) as conn:
         assert "half_done" not in tables(conn)
 
@@ -196,7 +196,7 @@ async def test_0004_moves_stored_configs_and_runs_into_the_backend_union(tmp_pat
 
     store = await Store.open(path)
     try:
-        assert schema.current_revision(path) == "0006"
+        assert schema.current_revision(path) == "0007"
         local_cfg, k8s_cfg = [await store.get_config(n) for n in ("local-cfg", "k8s-cfg")]
         local_run, k8s_run = [await store.get_run(i) for i in ("0123456789aa", "0123456789bb")]
     finally:

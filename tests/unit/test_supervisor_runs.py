@@ -97,6 +97,66 @@ async def test_a_stop_between_starting_and_launch_launches_nothing(
     assert run.id not in backend.runs
 
 
+async def _stopped_while_starting_then_killed(
+    store: Store,
+    backend: FakeBackend,
+    supervisors: Callable[..., Supervisor],
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    started: bool,
+) -> models.Run:
+    """A run stopped (202) while its launch is in the backend, then the control plane is
+    killed before the launch returned; ``started``: whether the backend had started the agent."""
+    first = supervisors()
+    real_launch = backend.launch
+    launching, never = asyncio.Event(), asyncio.Event()
+
+    async def launch(run: models.Run, launch_spec: LaunchSpec) -> Any:
+        if started:
+            await real_launch(run, launch_spec)
+        launching.set()
+        await never.wait()  # the kill comes first
+
+    monkeypatch.setattr(backend, "launch", launch)
+    run = await first.submit(spec())
+    await first.start()
+    async with asyncio.timeout(GUARD):
+        await launching.wait()
+    await first.stop_run(run.id)
+    notes = [e.data for e in await store.list_events(run.id) if e.type == "run.notice"]
+    assert notes and notes[-1]["stop_asked"] is True
+    await first.close()  # killed: the stop lived only in its memory before
+    return run
+
+
+@pytest.mark.parametrize("started", [False, True])
+async def test_a_stop_answered_while_starting_holds_after_a_restart(
+    store: Store,
+    backend: FakeBackend,
+    supervisors: Callable[..., Supervisor],
+    monkeypatch: pytest.MonkeyPatch,
+    started: bool,
+) -> None:
+    run = await _stopped_while_starting_then_killed(
+        store, backend, supervisors, monkeypatch, started=started
+    )
+    restarted = backend.restarted()
+
+    async def knows(r: models.Run) -> bool:  # a backend that can tell (as the local one)
+        return r.id in restarted.runs
+
+    restarted.started = knows  # type: ignore[attr-defined]
+    second = supervisors(restarted)
+    await second.start()
+    done = await ended(store, run.id)
+    assert done.status is models.RunStatus.stopped
+    if started:  # reattached, then stopped
+        assert backend.runs[run.id].stop_requested
+    else:  # not launched again
+        assert done.error == "stopped before it started"
+        assert run.id not in restarted.runs
+
+
 async def test_reattach_records_running_start_time_and_workspace(
     store: Store, backend: FakeBackend, supervisors: Callable[..., Supervisor]
 ) -> None:

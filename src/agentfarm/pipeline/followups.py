@@ -55,22 +55,21 @@ async def followup_for_comment(
 ) -> Attempt | None:
     """A review follow-up for a new pull-request comment that mentions ``forge.mention``,
     written by a user with write access, on a pull request the pipeline opened; else None."""
-    if trigger.kind != "comment" or not trigger.is_pull or trigger.number is None:
+    if not asks(forge, trigger) or trigger.number is None:
         return None
     repo, pr_number, actor = trigger.repo, trigger.number, trigger.actor
     where = f"{forge.name}: {repo}#{pr_number}"
-    if repo not in forge.repos or OWN_MARKER in trigger.comment:
-        return None
     request = text.clean(trigger.comment)
-    if not mentions.mentions(request, forge.mention):
-        return None
     if not actor or actor.lower().endswith("[bot]"):
         log.info("%s: a mention by %r, a bot or nobody, ignored", where, actor)
         return None
-    latest = _latest(await pstore.attempts_for_pull(forge.id, repo, pr_number))
+    thread = await pstore.attempts_for_pull(forge.id, repo, pr_number)
+    latest = _latest(thread)
     if latest is None:
         log.info("%s: a mention on a pull request the pipeline did not open, ignored", where)
         return None
+    if trigger.delivery_id and any(a.delivery_id == trigger.delivery_id for a in thread):
+        return None  # started before a restart: a kept request is decided once
     if not await _may_write(client, repo, actor):
         log.info("%s: a mention by %r, who may not write to %s, ignored", where, actor, repo)
         return None
@@ -83,6 +82,16 @@ async def followup_for_comment(
     )
     attempt.delivery_id = trigger.delivery_id
     return await _create(pstore, attempt)
+
+
+def asks(forge: Forge, trigger: Trigger) -> bool:
+    """Whether ``trigger`` is a comment on a pull request of an allow-listed repository that
+    mentions ``forge.mention`` in its prose (and is not one of the pipeline's own)."""
+    if trigger.kind != "comment" or not trigger.is_pull or trigger.number is None:
+        return False
+    if trigger.repo not in forge.repos or OWN_MARKER in trigger.comment:
+        return False
+    return mentions.mentions(text.clean(trigger.comment), forge.mention)
 
 
 async def followup_for_status(

@@ -76,6 +76,11 @@ class Pipeline:
         """Resume every active attempt where it stopped, and start the pollers."""
         for forge_id, pending in await self.pstore.pending_looks():  # answered, not made
             self._looks.append((0.0, _look(forge_id, pending)))
+        for forge_id, kept in await self.pstore.pending_followups():  # answered, not decided
+            try:
+                self._followups.append((0.0, forge_id, webhooks.load_trigger(kept)))
+            except ValueError as exc:
+                log.warning("pipeline: a kept follow-up request cannot be read: %s", exc)
         for attempt in await self.pstore.list_attempts(active=True, limit=10_000):
             if attempt.kind == domain.AttemptKind.issue:  # still labeled? (stop on unlabel)
                 look = reconcile.Look(attempt.forge_id, attempt.repo, attempt.number, "poll")
@@ -129,7 +134,7 @@ class Pipeline:
                 f"one agentfarm gave for forge {forge.name!r} (rotate it with the forge admin)"
             )
         trigger = webhooks.parse_delivery(forge.kind, headers, body, trigger_label=forge.label)
-        delivery = _delivery_id(forge.kind, headers)
+        delivery = webhooks.delivery_id(forge.kind, headers)
         pending = None
         allowed = trigger is not None and trigger.repo in forge.repos
         if allowed and trigger and trigger.kind in ("labeled", "unlabeled") and trigger.number:
@@ -140,8 +145,11 @@ class Pipeline:
                 actor=trigger.actor,
                 delivery_id=trigger.delivery_id,
             )
+        # A follow-up request may need the forge (or wait behind a run): it is kept too.
+        asks = trigger is not None and followups.asks(forge, trigger)
+        kept = webhooks.dump_trigger(trigger) if asks and trigger is not None else None
         # The look is stored with the delivery's id before the answer (made after a restart).
-        if not await self.pstore.record_delivery(forge.id, delivery, pending):
+        if not await self.pstore.record_delivery(forge.id, delivery, pending, kept):
             return "duplicate"
         if trigger is None:
             return "ignored"
@@ -256,14 +264,17 @@ class Pipeline:
                 await followups.followup_for_status(
                     self.pstore, client, forge, trigger.repo, trigger.sha
                 )
-        except errors.NotFoundError:
-            return
         except forge_errors.TemporaryForgeError as exc:
             log.warning("pipeline: follow-up on %s: %s", trigger.repo, exc)
             when = self.clock() + max(exc.delay, 5.0)
             self._followups.append((when, forge_id, trigger))
+            return
+        except errors.NotFoundError:
+            pass
         except Exception:
             log.exception("pipeline: a follow-up on %s failed", trigger.repo)
+        if trigger.kind == "comment":  # started or turned down: not again after a restart
+            await self.pstore.followup_decided(forge_id, trigger.delivery_id)
 
     async def _step(self, attempt: domain.Attempt, paused: bool) -> None:
         try:
@@ -382,18 +393,5 @@ class Pipeline:
         return client
 
 
-def _delivery_id(kind: str, headers: Mapping[str, str]) -> str:
-    lower = {key.lower(): value for key, value in headers.items()}
-    names = ("x-github-",) if kind == "github" else ("x-forgejo-", "x-gitea-", "x-gogs-")
-    return next((lower[n + "delivery"] for n in names if n + "delivery" in lower), "")
-
-
-def _look(forge_id: str, pending: domain.PendingLook) -> reconcile.Look:
-    return reconcile.Look(
-        forge_id,
-        pending.repo,
-        pending.number,
-        pending.source,
-        actor=pending.actor,
-        delivery_id=pending.delivery_id,
-    )
+def _look(forge_id: str, p: domain.PendingLook) -> reconcile.Look:
+    return reconcile.Look(forge_id, p.repo, p.number, p.source, p.actor, p.delivery_id)

@@ -35,14 +35,6 @@ _FORGE_SELECT = f"SELECT data FROM forges {_FORGE_BY_ID_OR_NAME}"  # noqa: S608 
 _FORGE_INSERT = "INSERT INTO forges (id, name, data, created_at, updated_at) VALUES (?, ?, ?, ?, ?)"
 _FORGE_ID = f"SELECT id FROM forges {_FORGE_BY_ID_OR_NAME}"  # noqa: S608 (constants)
 
-_DELIVERY_INSERT = (
-    "INSERT OR IGNORE INTO forge_deliveries (forge_id, delivery_id, received_at) VALUES (?, ?, ?)"
-)
-_DELIVERY_PRUNE = (
-    "DELETE FROM forge_deliveries WHERE rowid IN (SELECT rowid FROM forge_deliveries "
-    "WHERE received_at < ? ORDER BY received_at LIMIT ?)"
-)
-
 _ISSUES_ALL = "SELECT data FROM tracked_issues ORDER BY seen_at DESC, rowid DESC LIMIT ?"
 _ISSUES_OF_FORGE = (
     "SELECT data FROM tracked_issues WHERE forge_id = ? ORDER BY seen_at DESC, rowid DESC LIMIT ?"
@@ -151,11 +143,16 @@ class PipelineStore:
 
     # --- deliveries ----------------------------------------------------------------------
     async def record_delivery(
-        self, forge_id: str, delivery_id: str, look: domain.PendingLook | None = None
+        self,
+        forge_id: str,
+        delivery_id: str,
+        look: domain.PendingLook | None = None,
+        followup: str | None = None,
     ) -> bool:
         """Remember a webhook delivery: False when it was seen before (drop it, a replay).
         A new one's ``look`` is kept with its issue in the same transaction (``pending``),
-        until :meth:`track_issue` says it was made.
+        until :meth:`track_issue` says it was made; its ``followup`` (a trigger's JSON) with
+        the delivery, until :meth:`followup_decided`.
 
         Deliveries older than :data:`DELIVERY_RETENTION` are forgotten a batch per insert."""
         if not delivery_id or len(delivery_id) > MAX_DELIVERY_ID:
@@ -165,15 +162,23 @@ class PipelineStore:
             )
         now = models.utcnow()
 
-        def insert(conn: sqlite3.Connection) -> bool:
-            inserted = conn.execute(_DELIVERY_INSERT, (forge_id, delivery_id, dump_time(now)))
-            if inserted.rowcount:
-                conn.execute(_DELIVERY_PRUNE, (dump_time(now - DELIVERY_RETENTION), _PRUNE_BATCH))
-            if inserted.rowcount and look is not None:
-                looks.add_pending(conn, forge_id, look, now)
-            return inserted.rowcount == 1
+        prune = (now - DELIVERY_RETENTION, _PRUNE_BATCH)
+        return await self._db.write(
+            lambda conn: looks.add_delivery(
+                conn, (forge_id, delivery_id), now, followup=followup, look=look, prune=prune
+            )
+        )
 
-        return await self._db.write(insert)
+    async def pending_followups(self) -> list[tuple[str, str]]:
+        """(forge id, trigger JSON) of every follow-up request answered but not yet decided,
+        oldest first."""
+        return [(str(row[0]), str(row[1])) for row in await self._rows(looks.FOLLOWUPS_PENDING)]
+
+    async def followup_decided(self, forge_id: str, delivery_id: str) -> None:
+        """The follow-up kept with ``delivery_id`` was started or turned down: not again."""
+        await self._db.write(
+            lambda conn: conn.execute(looks.FOLLOWUP_DECIDED, (forge_id, delivery_id)).rowcount
+        )
 
     # --- tracked issues ------------------------------------------------------------------
     async def track_issue(

@@ -25,6 +25,26 @@ def notice_event(message: str) -> models.EventDraft:
     return models.EventDraft(type=models.EventType.run_notice, data={"message": message})
 
 
+def stop_asked_event() -> models.EventDraft:
+    """A stop answered before the run had an agent process to stop: kept, so that a restart
+    of the control plane before the start still stops it (:func:`stop_was_asked`)."""
+    message = "a stop was asked for while the agent was starting: it stops once started"
+    return models.EventDraft(
+        type=models.EventType.run_notice, data={"message": message, "stop_asked": True}
+    )
+
+
+def stop_was_asked(recent: list[models.Event]) -> bool:
+    """Whether ``recent`` (a run's latest events, ascending) hold a stop asked for since the
+    run's last status change."""
+    for event in reversed(recent):
+        if event.type == models.EventType.run_status:
+            return False
+        if event.type == models.EventType.run_notice and event.data.get("stop_asked") is True:
+            return True
+    return False
+
+
 def waiting_event(seconds: float) -> models.EventDraft:
     """A turn has ended and the agent waits ``seconds`` for a follow-up (its stdin stays open
     that long); the event's time plus ``seconds`` is when the run ends without one."""

@@ -177,6 +177,13 @@ class Resuming:
                 return
             await self._attached(run, handle, info, spec.command, creds.redactor)
 
+    async def _recall_stop(self, run: models.Run) -> None:
+        """After a restart: a stop answered while the run had no agent process (its event
+        kept) holds; the launch made again or the reattach stops it."""
+        recent = await self.store.list_events_before(run.id, before=2**62, limit=50)
+        if events.stop_was_asked(recent):
+            self._stop_requested.add(run.id)
+
     async def _launch_cut_short(self, run: models.Run, backend: Backend) -> bool:
         """After a restart: True when the run's launch was cut short before its agent process
         started (it is ``starting`` and its backend started nothing). That launch is made

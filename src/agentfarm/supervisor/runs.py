@@ -178,7 +178,10 @@ class Supervisor(resuming.Resuming):
                     self._stop_requested.discard(run_id)
                 return current
         handle = self._handles.get(run_id)
-        if handle is not None:  # answered once the backend has it: a kill -9 of ours cannot lose it
+        if handle is None:  # starting: kept, so that a restart before the start honours it
+            with contextlib.suppress(errors.ConflictError):
+                await self._append(run_id, [events.stop_asked_event()])
+        else:  # answered once the backend has it: a kill -9 of ours cannot lose it
             grace = self.settings.stop_grace_seconds
             stopping = tasks.spawn(handle.stop(grace), name=f"stop-{run_id}", into=self._tasks)
             with contextlib.suppress(Exception):
@@ -330,6 +333,7 @@ class Supervisor(resuming.Resuming):
                     f"the {run.spec.backend.type!r} backend is no longer enabled on this server",
                 )
                 return
+            await self._recall_stop(run)
             if await self._launch_cut_short(run, backend):
                 return
             # Resolved again: the branch's push (at the end) needs the git token.

@@ -16,7 +16,7 @@ import hashlib
 import hmac
 import json
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal, TypeVar
 
 from agentfarm.domain import errors as domain_errors
@@ -50,6 +50,31 @@ class Trigger:
     sha: str = ""
     state: types.CheckState = "none"
     check: str = ""
+
+
+def dump_trigger(trigger: Trigger) -> str:
+    """``trigger`` as JSON, to be kept with its delivery until it was acted on."""
+    return json.dumps(asdict(trigger), ensure_ascii=False)
+
+
+def load_trigger(data: str) -> Trigger:
+    """A trigger from :func:`dump_trigger`'s JSON; ValueError when it is not one."""
+    raw = json.loads(data)
+    names = {f.name for f in fields(Trigger)}
+    if not isinstance(raw, dict) or not set(raw) <= names:
+        raise ValueError("not a kept trigger")
+    raw["labels"] = tuple(str(label) for label in raw.get("labels") or ())
+    try:
+        return Trigger(**raw)
+    except TypeError as exc:  # a required field missing
+        raise ValueError(f"not a kept trigger: {exc}") from None
+
+
+def delivery_id(kind: str, headers: Mapping[str, str]) -> str:
+    """The delivery's id from its forge's header ("" when there is none)."""
+    lower = {key.lower(): value for key, value in headers.items()}
+    names = ("x-github-",) if kind == "github" else ("x-forgejo-", "x-gitea-", "x-gogs-")
+    return next((lower[n + "delivery"] for n in names if n + "delivery" in lower), "")
 
 
 @dataclass(frozen=True)
