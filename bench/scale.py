@@ -230,7 +230,11 @@ async def measure(
     run_ids: list[str] = []
     statuses_out: list[str] = []
     outside: list[asyncio.subprocess.Process] = []
-    limits = httpx.Limits(max_connections=runs + 50, max_keepalive_connections=runs + 50)
+    # Idle connections are dropped before uvicorn's 5 s keep-alive ends them: a POST sent on
+    # one it is closing fails ("Server disconnected without sending a response").
+    limits = httpx.Limits(
+        max_connections=runs + 50, max_keepalive_connections=runs + 50, keepalive_expiry=2.0
+    )
     timeout = httpx.Timeout(lead + args.window + 600, connect=60)
     headers = {"Authorization": f"Bearer {TOKEN}"}
     try:
@@ -343,13 +347,13 @@ async def measure(
         "post_p99_ms": pct(post_seconds, 0.99) * 1000,
         "idle_rss_mib": idle_rss / 1024,
         "busy_rss_mib": median([float(x) for x in rss]) / 1024,
-        "per_agent_mib": (median([float(x) for x in rss]) - idle_rss) / 1024 / max(1, len(viewers)),
+        "per_agent_mib": (median([float(x) for x in rss]) - idle_rss) / 1024 / max(1, len(run_ids)),
         "idle_cpu_pct": idle_cpu * 100,
         "busy_cpu_pct": busy_cpu * 100,
         "events": len(delays),
         "p50_ms": pct(delays, 0.5) * 1000,
         "p99_ms": pct(delays, 0.99) * 1000,
-        "agents_pss_mib_per_run": agents_pss / max(1, len(viewers)),
+        "agents_pss_mib_per_run": agents_pss / max(1, len(run_ids)),
         "agent_procs": agent_procs,
         "fds": fds,
         "threads": threads_n,
