@@ -4,7 +4,9 @@ For each number of runs, a fresh server (a real ``agentfarm serve`` process) fir
 then launches the runs; each agent emits one event every INTERVAL seconds stamped with its
 emit time (``ts:``), until a common end time, so all of them overlap in a steady window. One
 SSE viewer per run (``/api/runs/<id>/events``, httpx in this process) gives each event's delay
-(arrival minus stamp: one machine, one clock). Figures for the steady window: control-plane
+(arrival minus stamp: one machine, one clock); ``--viewers process`` moves them out of this
+process into light raw-HTTP viewers of their own (bench/sse_viewers.py --api, two processes),
+measuring the same thing. Figures for the steady window: control-plane
 RSS (idle vs all running, per agent), CPU (% of one core), p50/p99 event delay, file
 descriptors and threads of the server, the machine's available memory and load.
 
@@ -13,6 +15,8 @@ sandbox uid, spool, inotify) with bench/fake_claude.py as the agent; ``--backend
 package's fake backend in the server process, fed at the same rate. ``--variants`` compares
 code trees side by side, interleaved run by run: ``base=DIR`` is another checkout's ``src``
 (e.g. main before this change, extracted with ``git archive``), ``this`` is this checkout.
+``--loopwatch`` samples the server's main thread (bench/loopwatch.py) and reports its event
+loop's stalls over 20 ms in the steady window (how many, their total, what ran in them).
 
     .venv/bin/python bench/scale.py --backend local --runs 50,500 --interval 1
     .venv/bin/python bench/scale.py --backend local --runs 200 --interval 1000 \\
@@ -39,6 +43,8 @@ from common import ROOT, make_repo, median, rss_kib
 from tests.integration.server import TOKEN, free_port
 
 FAKE = ROOT / "bench" / "fake_claude.py"
+VIEWERS = ROOT / "bench" / "sse_viewers.py"
+VIEWER_PROCESSES = 2
 STAMP = re.compile(r"ts:(\d+\.\d+)")
 TERMINAL = {"succeeded", "failed", "stopped", "lost"}
 #: Launching stops when the machine has less memory available than this (MiB): it is shared.
@@ -149,7 +155,7 @@ def serve_fake(data_dir: str, port: int, runs: int) -> None:
 
 
 def start_server(
-    backend: str, src: Path, data: Path, runs: int
+    backend: str, src: Path, data: Path, runs: int, loopwatch: Path | None = None
 ) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     env = {
@@ -167,6 +173,13 @@ def start_server(
         argv = [sys.executable, __file__, "--serve", str(data), str(port), str(runs)]
     else:
         argv = [sys.executable, "-c", "from agentfarm.cli.main import main; main()", "serve"]
+    if loopwatch is not None:
+        env["PYTHONPATH"] += os.pathsep + str(ROOT / "bench")
+        hook = f"import loopwatch; loopwatch.install({str(loopwatch)!r}); "
+        argv[2] = hook + argv[2] if backend != "fake" else argv[2]
+        if backend == "fake":
+            argv = [sys.executable, "-c", hook + "import runpy, sys; sys.argv = sys.argv[1:]; "
+                    f"runpy.run_path({__file__!r}, run_name='__main__')", *argv[1:]]  # fmt: skip
     log = (data.parent / "server.log").open("ab")
     proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -212,8 +225,16 @@ async def measure(
     args: argparse.Namespace, src: Path, runs: int, lead: float, tmp: Path
 ) -> dict[str, Any]:
     data = tmp / "data"
-    proc, url = start_server(args.backend, src, data, runs)
-    limits = httpx.Limits(max_connections=runs + 50, max_keepalive_connections=runs + 50)
+    stalls_file = tmp / "stalls.jsonl" if args.loopwatch else None
+    proc, url = start_server(args.backend, src, data, runs, stalls_file)
+    run_ids: list[str] = []
+    statuses_out: list[str] = []
+    outside: list[asyncio.subprocess.Process] = []
+    # Idle connections are dropped before uvicorn's 5 s keep-alive ends them: a POST sent on
+    # one it is closing fails ("Server disconnected without sending a response").
+    limits = httpx.Limits(
+        max_connections=runs + 50, max_keepalive_connections=runs + 50, keepalive_expiry=2.0
+    )
     timeout = httpx.Timeout(lead + args.window + 600, connect=60)
     headers = {"Authorization": f"Bearer {TOKEN}"}
     try:
@@ -244,6 +265,9 @@ async def measure(
                     )
                     post_seconds.append(time.monotonic() - sent)
                 response.raise_for_status()
+                run_ids.append(response.json()["id"])
+                if args.viewers == "process":
+                    return
                 viewers.append(Viewer())
                 watching.append(
                     asyncio.create_task(view(client, response.json()["id"], viewers[-1]))
@@ -255,12 +279,20 @@ async def measure(
                     print(f"  stopped launching at {i}: under {MEMORY_FLOOR_MIB} MiB available")
                     break
                 await asyncio.gather(*(launch_one() for _ in range(min(25, runs - i))))
+            if args.viewers == "process":
+                for part in range(VIEWER_PROCESSES):
+                    outside.append(await asyncio.create_subprocess_exec(
+                        sys.executable, str(VIEWERS), "--api", url, TOKEN,
+                        *run_ids[part::VIEWER_PROCESSES], stdout=asyncio.subprocess.PIPE,
+                    ))  # fmt: skip
+                await asyncio.sleep(max(1.0, until - args.window - time.time()))
             waits = [asyncio.ensure_future(v.started.wait()) for v in viewers]
-            await asyncio.wait(waits, timeout=max(1.0, until - args.window - time.time()))
+            if waits:
+                await asyncio.wait(waits, timeout=max(1.0, until - args.window - time.time()))
             for w in waits:
                 w.cancel()
             all_running = time.monotonic() - launched
-            running = sum(v.started.is_set() and not v.status for v in viewers)
+            running = sum(v.started.is_set() and not v.status for v in viewers) if viewers else -1
             begin = time.time() + 2
             await asyncio.sleep(2)
             agents_pss, agent_procs = await asyncio.to_thread(agents_pss_mib, data)
@@ -280,14 +312,34 @@ async def measure(
             busy_cpu = (cpu_seconds(proc.pid) - cpu0) / (time.monotonic() - t0)
             end = time.time() - 1
             await asyncio.wait_for(asyncio.gather(*watching), 600)
+            for viewer_proc in outside:
+                out, _ = await asyncio.wait_for(viewer_proc.communicate(), 600)
+                found = json.loads(out)
+                viewers.append(Viewer())
+                viewers[-1].stamps = [(e, a) for e, a in found["stamps"]]
+                # Each process ended all its streams at a terminal status, or says why not.
+                statuses_out.extend(["succeeded"] * found["ended"])
+                if found["errors"]:
+                    print("  viewer errors:", found["errors"])
     finally:
         proc.terminate()
         proc.wait(30)
     delays = [arrived - emitted for v in viewers for emitted, arrived in v.stamps
               if begin <= emitted <= end]  # fmt: skip
-    statuses = [v.status for v in viewers]
+    statuses = [v.status for v in viewers if not outside] + statuses_out
+    stalls = []
+    if stalls_file is not None and stalls_file.exists():
+        for line in stalls_file.read_text().splitlines():
+            stall = json.loads(line)
+            if begin <= stall["start"] <= end:
+                stalls.append(stall)
+        if stalls:
+            stalls_file.replace(Path(args.loopwatch) / f"stalls-{src.parent.name}-{runs}.jsonl")
     return {
-        "runs": len(viewers),
+        "runs": len(run_ids),
+        "stalls_over_20ms": len(stalls),
+        "stalled_ms_per_s": sum(s["ms"] for s in stalls) / max(1.0, end - begin),
+        "stall_max_ms": max((s["ms"] for s in stalls), default=0.0),
         "running_in_window": running,
         "succeeded": statuses.count("succeeded"),
         "launch_s": all_running,
@@ -295,13 +347,13 @@ async def measure(
         "post_p99_ms": pct(post_seconds, 0.99) * 1000,
         "idle_rss_mib": idle_rss / 1024,
         "busy_rss_mib": median([float(x) for x in rss]) / 1024,
-        "per_agent_mib": (median([float(x) for x in rss]) - idle_rss) / 1024 / max(1, len(viewers)),
+        "per_agent_mib": (median([float(x) for x in rss]) - idle_rss) / 1024 / max(1, len(run_ids)),
         "idle_cpu_pct": idle_cpu * 100,
         "busy_cpu_pct": busy_cpu * 100,
         "events": len(delays),
         "p50_ms": pct(delays, 0.5) * 1000,
         "p99_ms": pct(delays, 0.99) * 1000,
-        "agents_pss_mib_per_run": agents_pss / max(1, len(viewers)),
+        "agents_pss_mib_per_run": agents_pss / max(1, len(run_ids)),
         "agent_procs": agent_procs,
         "fds": fds,
         "threads": threads_n,
@@ -322,6 +374,18 @@ def main() -> None:
     parser.add_argument("--lead", type=float, default=0.0, help="seconds for all to start")
     parser.add_argument("--idle", type=float, default=5.0, help="idle seconds measured first")
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument(
+        "--viewers",
+        choices=["inproc", "process"],
+        default="inproc",
+        help="SSE viewers in this process (httpx) or in processes of their own",
+    )
+    parser.add_argument(
+        "--loopwatch",
+        metavar="DIR",
+        default="",
+        help="sample the server's loop stalls; keep their details in DIR",
+    )
     parser.add_argument("--variants", default="this", help="NAME=SRC_DIR or this, comma-separated")
     args = parser.parse_args()
     variants = [
@@ -346,7 +410,8 @@ def main() -> None:
                 results.setdefault((name, runs), []).append(found)
                 print(f"round {round_ + 1} {name} {runs} runs: " + json.dumps(found, default=str))
     print("\nmedians over rounds:")
-    keys = ["runs", "running_in_window", "succeeded", "launch_s", "post_p50_ms", "post_p99_ms",
+    keys = ["runs", "stalls_over_20ms", "stalled_ms_per_s", "stall_max_ms",
+            "running_in_window", "succeeded", "launch_s", "post_p50_ms", "post_p99_ms",
             "idle_rss_mib", "busy_rss_mib", "per_agent_mib",
             "idle_cpu_pct", "busy_cpu_pct", "events", "p50_ms", "p99_ms",
             "agents_pss_mib_per_run", "agent_procs", "fds", "threads",

@@ -144,6 +144,17 @@ class RunSettings(BaseSettings):
         description="Local backend: run monitors started ahead of need, waiting for their "
         "run (0: each launch starts its own).",
     )
+    local_agent_cpu_weight: int = Field(
+        25,
+        ge=1,
+        le=10_000,
+        description="Local backend: how much all agents together weigh for the CPU against the "
+        "control plane when the CPU is short, in cgroup v2 units (100: as much as the control "
+        "plane). The parent cgroup of the runs gets it (`cpu.weight`, or `cpu.shares` scaled "
+        "from 1024 on cgroup v1) where the server may make cgroups, and each run's monitor, "
+        "its sandbox and agent the matching nice value (25: 6), also on its session's "
+        "autogroup; so that many busy agents cannot starve the server and its live streams.",
+    )
     model_stall_seconds: float = Field(
         300.0,
         ge=0,

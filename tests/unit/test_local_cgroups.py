@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -156,3 +158,77 @@ def test_serve_logs_the_isolation_without_root(
     assert len(lines) == 2 and lines[0] == hostinfo.same_uid_notice(1000)
     logged = [r.args for r in caplog.records if r.name == "agentfarm.web.app"]
     assert logged == [(line,) for line in lines]
+
+
+# --- the agents' CPU weight against the control plane -------------------------------------------
+WEIGHT = cgroups.Limits(cpu_weight=25)
+
+
+def test_v1_weight_goes_on_the_runs_parent_as_shares(tmp_path: Path) -> None:
+    fake_v1(tmp_path)
+    group = cgroups.create("r1", WEIGHT, root=tmp_path, is_root=True)
+    parent = tmp_path / "cpu" / cgroups.PARENT
+    assert (parent / "cpu.shares").read_text() == "256"  # a quarter of v1's default 1024
+    assert group.dirs == [parent / "r1"]  # the run joins it: out of any session autogroup
+    assert group.memory_dir is None
+    assert not group.notices
+
+
+def test_v1_weight_with_limits_keeps_the_limits(tmp_path: Path) -> None:
+    fake_v1(tmp_path)
+    limits = cgroups.Limits(memory_mb=64, cpus=0.5, pids=100, cpu_weight=25)
+    group = cgroups.create("r1", limits, root=tmp_path, is_root=True)
+    base = cgroups.PARENT + "/r1"
+    assert (tmp_path / "cpu" / base / "cpu.cfs_quota_us").read_text() == "50000"
+    assert (tmp_path / "cpu" / cgroups.PARENT / "cpu.shares").read_text() == "256"
+    assert len(group.dirs) == 3
+    assert not group.notices
+
+
+def test_v2_weight_goes_on_the_runs_parent(tmp_path: Path) -> None:
+    (tmp_path / "cgroup.controllers").write_text("cpu memory pids\n")
+    (tmp_path / "cgroup.subtree_control").write_text("")
+    group = cgroups.create("r1", WEIGHT, root=tmp_path, is_root=True)
+    parent = tmp_path / cgroups.PARENT
+    assert (parent / "cpu.weight").read_text() == "25"
+    assert (parent / "cgroup.subtree_control").read_text() == "+cpu"
+    assert group.dirs == [parent / "r1"]
+    assert not group.notices
+
+
+def test_the_weight_is_best_effort_and_never_a_notice(tmp_path: Path) -> None:
+    """No cpu controller, no cgroups at all, or not root and nothing delegated: the run goes
+    on without a group (its monitor's nice value still lowers it), and says nothing."""
+    fake_v1(tmp_path / "v1")
+    (tmp_path / "v1" / "cpu" / "tasks").unlink()
+    (tmp_path / "v2").mkdir()
+    (tmp_path / "v2" / "cgroup.controllers").write_text("memory pids\n")
+    (tmp_path / "none").mkdir()
+    for root in ("v1", "v2", "none"):
+        group = cgroups.create("r1", WEIGHT, root=tmp_path / root, is_root=True)
+        assert (group.dirs, group.notices) == ([], []), root
+    group = cgroups.create("r1", WEIGHT, root=tmp_path / "v2", is_root=False, self_cgroup="0::/")
+    assert (group.dirs, group.notices) == ([], [])
+
+
+@pytest.mark.parametrize(
+    ("weight", "nice"), [(None, 0), (100, 0), (400, 0), (80, 1), (25, 6), (10, 10), (1, 19)]
+)
+def test_niceness_matches_the_weight(weight: int | None, nice: int) -> None:
+    assert cgroups.niceness(weight) == nice
+
+
+def test_a_monitor_lowers_itself_and_its_autogroup() -> None:
+    """In a new session, as the monitor does: its nice value, and its session's autogroup's
+    where the kernel groups by session (the children inherit the former)."""
+    code = (
+        "import os, sys; from pathlib import Path; from agentfarm.backends.local import cgroups;"
+        "os.setsid(); cgroups.lower_priority(25); pid = os.fork()\n"
+        "if pid == 0: print(os.getpriority(os.PRIO_PROCESS, 0)); os._exit(0)\n"
+        "os.waitpid(pid, 0); auto = Path('/proc/self/autogroup');"
+        "print(auto.read_text().split()[-1] if auto.exists() else 'none')"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    child_nice, autogroup = out.stdout.split()
+    assert child_nice == "6"
+    assert autogroup in ("6", "none")

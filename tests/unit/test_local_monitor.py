@@ -1,8 +1,17 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 
-from agentfarm.backends.local import egress, git, lines, monitor_launch, monitor_spec, sandbox
+from agentfarm.backends.local import (
+    cgroups,
+    egress,
+    git,
+    lines,
+    monitor_launch,
+    monitor_spec,
+    sandbox,
+)
 from agentfarm.domain import launch
 
 
@@ -42,6 +51,14 @@ def spec(**overrides: object) -> monitor_spec.MonitorSpec:
     }  # fmt: skip
     raw.update(overrides)
     return monitor_spec.MonitorSpec.from_json(json.loads(json.dumps(raw)))
+
+
+def test_the_spec_carries_the_limits_and_the_cpu_weight_across() -> None:
+    limits = cgroups.Limits(memory_mb=64, cpus=0.5, pids=10, cpu_weight=25)
+    sent = spec(limits={})
+    sent = dataclasses.replace(sent, limits=limits)
+    assert spec(limits=sent.to_json()["limits"]).limits == limits
+    assert spec().limits.cpu_weight is None  # a spec written before the weight
 
 
 def test_the_spec_carries_the_launch_spec_across_unchanged() -> None:

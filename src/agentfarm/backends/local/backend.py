@@ -184,7 +184,12 @@ class LocalBackend:
             egress_policy=policy.to_json(),
             python=python[0],
             egress_via=self.egress_via,
-            limits=cgroups.Limits(memory_mb=box.memory_mb, cpus=box.cpus, pids=box.pids),
+            limits=cgroups.Limits(
+                memory_mb=box.memory_mb,
+                cpus=box.cpus,
+                pids=box.pids,
+                cpu_weight=_cpu_weight(self.settings.local_agent_cpu_weight),
+            ),
             cgroup_name=run.id,
             uid=uid,
             gid=gid,
@@ -377,3 +382,8 @@ async def _run_quietly(*argv: str) -> str | None:
     )
     _, err = await proc.communicate()
     return None if proc.returncode == 0 else err.decode("utf-8", "replace").strip()
+
+
+def _cpu_weight(weight: int) -> int | None:
+    """The runs' CPU weight, or None at the default (no cgroup is made for it then)."""
+    return None if weight == cgroups.DEFAULT_WEIGHT else weight

@@ -8,11 +8,18 @@ go under a cgroup v2 subtree the host delegated to the server's user, where ther
 (:func:`delegated`). Where a limit cannot be set (not root and nothing delegated, no
 controller), the run goes on and :attr:`RunCgroup.notices` says which limit is not enforced
 and why. Blocking file I/O: monitor-side only.
+
+A CPU weight (:attr:`Limits.cpu_weight`, in cgroup v2 units: 100 is the default every group
+has) goes on the parent group of all runs, so that the agents together weigh that much
+against the control plane when the CPU is short (on v1, ``cpu.shares`` scaled from 1024); the
+runs share it equally. It is best effort: where it cannot be set, the monitor's nice value
+(:func:`niceness`) is what lowers the agents, and no notice is given.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import signal
 import time
@@ -22,6 +29,11 @@ from pathlib import Path
 ROOT = Path("/sys/fs/cgroup")
 PARENT = "agentfarm"
 CPU_PERIOD_US = 100_000
+#: cgroup v2's default ``cpu.weight`` and v1's default ``cpu.shares``: the same priority.
+DEFAULT_WEIGHT = 100
+V1_SHARES_PER_WEIGHT = 1024 / DEFAULT_WEIGHT
+#: How much the scheduler's weight falls per nice step (the kernel's table: about 1.25).
+NICE_STEP = 1.25
 
 
 @dataclass(frozen=True)
@@ -29,6 +41,8 @@ class Limits:
     memory_mb: int | None = None
     cpus: float | None = None
     pids: int | None = None
+    #: The weight of all runs together against the control plane (None: the default, 100).
+    cpu_weight: int | None = None
 
     def wanted(self) -> dict[str, str]:
         """Controller -> human description of the limit asked for."""
@@ -150,6 +164,29 @@ NO_DELEGATION = (
 )
 
 
+def niceness(weight: int | None) -> int:
+    """The nice value that lowers a process about as much as ``weight`` does a group: for a
+    process that shares the control plane's group (a monitor; an agent where no cgroup could
+    be made). 100 or more: 0; 25: 6; 1: 19."""
+    if weight is None or weight >= DEFAULT_WEIGHT:
+        return 0
+    return min(19, round(math.log(DEFAULT_WEIGHT / max(1, weight)) / math.log(NICE_STEP)))
+
+
+def lower_priority(weight: int | None) -> None:
+    """Give the calling process (a monitor, in its new session) the nice value for
+    ``weight``, and its session's autogroup too: where the scheduler groups processes by
+    session (``kernel.sched_autogroup_enabled``, processes in the root cgroup), a session's
+    nice value is what weighs against the control plane's session, not its processes'."""
+    nice = niceness(weight)
+    if nice <= 0:
+        return
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, 0, nice)
+    with contextlib.suppress(OSError):  # no autogroups (or not ours to change): nothing to do
+        Path("/proc/self/autogroup").write_text(str(nice))
+
+
 def v2_mount(root: Path = ROOT) -> Path | None:
     """Where the cgroup v2 hierarchy is mounted: ``root`` itself, or ``unified`` (hybrid)."""
     for mount in (root, root / "unified"):
@@ -203,14 +240,16 @@ def create(
     """The run's groups with ``limits`` set, or a :class:`RunCgroup` with notices only.
     Without root, a delegated cgroup v2 subtree (:func:`delegated`) is used if there is one."""
     wanted = limits.wanted()
-    if not wanted:
+    if not wanted and limits.cpu_weight is None:
         return RunCgroup()
     if is_root is None:
         is_root = os.geteuid() == 0
     if not is_root:
         base = delegated(root, self_cgroup=self_cgroup)
         if base is None:
-            return RunCgroup(notices=[_not_enforced(wanted.values(), NO_DELEGATION)])
+            return RunCgroup(
+                notices=[_not_enforced(wanted.values(), NO_DELEGATION)] if wanted else []
+            )
         return _create_v2(base, name, limits, wanted)
     if (root / "cgroup.controllers").exists():
         return _create_v2(root, name, limits, wanted)
@@ -218,7 +257,8 @@ def create(
         return _create_v1(root, name, limits, wanted)
     if (root / "unified" / "cgroup.controllers").exists():
         return _create_v2(root / "unified", name, limits, wanted)
-    return RunCgroup(notices=[_not_enforced(wanted.values(), f"no cgroup hierarchy at {root}")])
+    why = f"no cgroup hierarchy at {root}"
+    return RunCgroup(notices=[_not_enforced(wanted.values(), why)] if wanted else [])
 
 
 def _not_enforced(what: object, why: str) -> str:
@@ -239,6 +279,12 @@ def _create_v1(root: Path, name: str, limits: Limits, wanted: dict[str, str]) ->
     if limits.cpus is not None:
         quota = str(max(1000, int(limits.cpus * CPU_PERIOD_US)))
         settings["cpu"] = [("cpu.cfs_period_us", str(CPU_PERIOD_US)), ("cpu.cfs_quota_us", quota)]
+    if limits.cpu_weight is not None and (root / "cpu" / "tasks").exists():
+        settings.setdefault("cpu", [])
+        with contextlib.suppress(OSError):  # best effort (see the module's docstring)
+            (root / "cpu" / PARENT).mkdir(exist_ok=True)
+            shares = max(2, round(limits.cpu_weight * V1_SHARES_PER_WEIGHT))
+            (root / "cpu" / PARENT / "cpu.shares").write_text(str(shares))
     if limits.pids is not None:
         settings["pids"] = [("pids.max", str(limits.pids))]
     # The freezer holds no limit, but a frozen group cannot fork while it is emptied.
@@ -246,7 +292,7 @@ def _create_v1(root: Path, name: str, limits: Limits, wanted: dict[str, str]) ->
     for controller, files in settings.items():
         base = root / controller
         if not (base / "tasks").exists():
-            failed.append(
+            failed.append(  # never for the weight alone: it is only asked for if it exists
                 f"{wanted[controller]} not enforced: no cgroup v1 {controller} controller"
             )
             continue
@@ -259,7 +305,8 @@ def _create_v1(root: Path, name: str, limits: Limits, wanted: dict[str, str]) ->
                     continue
                 path.write_text(value)
         except OSError as exc:
-            failed.append(f"{wanted[controller]} not enforced: {exc.strerror or exc}")
+            if controller in wanted:
+                failed.append(f"{wanted[controller]} not enforced: {exc.strerror or exc}")
             with contextlib.suppress(OSError):
                 directory.rmdir()
             continue
@@ -275,7 +322,10 @@ def _create_v1(root: Path, name: str, limits: Limits, wanted: dict[str, str]) ->
 def _create_v2(root: Path, name: str, limits: Limits, wanted: dict[str, str]) -> RunCgroup:
     group = RunCgroup(version=2)
     available = set((root / "cgroup.controllers").read_text().split())
-    usable = [c for c in wanted if c in available]
+    weighted = limits.cpu_weight is not None and "cpu" in available
+    usable = [c for c in wanted if c in available] + (
+        ["cpu"] if weighted and "cpu" not in wanted else []
+    )
     missing = [wanted[c] for c in wanted if c not in available]
     notices = []
     if missing:
@@ -285,10 +335,20 @@ def _create_v2(root: Path, name: str, limits: Limits, wanted: dict[str, str]) ->
     parent = root / PARENT
     directory = parent / name
     try:
-        enable = " ".join(f"+{c}" for c in usable)
-        (root / "cgroup.subtree_control").write_text(enable)
+        enable = " ".join(f"+{c}" for c in usable if c in wanted)
+        if enable:
+            (root / "cgroup.subtree_control").write_text(enable)
         parent.mkdir(exist_ok=True)
-        (parent / "cgroup.subtree_control").write_text(enable)
+        if enable:
+            (parent / "cgroup.subtree_control").write_text(enable)
+        if weighted and limits.cpu_weight is not None:
+            weight = max(1, min(10_000, limits.cpu_weight))
+            # Best effort (see the module's docstring), apart from the limits: the kernel
+            # refuses the cpu controller while, e.g., a realtime process is in the way.
+            with contextlib.suppress(OSError):
+                for level in (root, parent):
+                    (level / "cgroup.subtree_control").write_text("+cpu")
+                (parent / "cpu.weight").write_text(str(weight))
         directory.mkdir(exist_ok=True)
         if limits.memory_mb is not None and "memory" in usable:
             (directory / "memory.max").write_text(str(limits.memory_mb * 1024 * 1024))
@@ -303,7 +363,8 @@ def _create_v2(root: Path, name: str, limits: Limits, wanted: dict[str, str]) ->
         with contextlib.suppress(OSError):
             directory.rmdir()
         why = f"cannot set up cgroup v2 ({exc.strerror or exc})"
-        return RunCgroup(notices=[*notices, _not_enforced([wanted[c] for c in usable], why)])
+        failed = [wanted[c] for c in usable if c in wanted]
+        return RunCgroup(notices=[*notices, *([_not_enforced(failed, why)] if failed else [])])
     group.dirs.append(directory)
     if "memory" in usable:
         group.memory_dir = directory

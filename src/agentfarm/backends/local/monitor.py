@@ -362,6 +362,9 @@ def main() -> int:
     raw = json.loads(data)
     spec = monitor_spec.MonitorSpec.from_json(raw)
     del raw
+    # Below the control plane (its nice value, inherited by the sandbox and the agent, and
+    # its new session's autogroup): many busy agents must not starve the server.
+    cgroups.lower_priority(spec.limits.cpu_weight)
     try:
         monitor = Monitor(spec)
         _settle(monitor.dirfd)

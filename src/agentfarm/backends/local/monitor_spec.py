@@ -111,6 +111,7 @@ class MonitorSpec:
                 "memory_mb": self.limits.memory_mb,
                 "cpus": self.limits.cpus,
                 "pids": self.limits.pids,
+                "cpu_weight": self.limits.cpu_weight,
             },
             "cgroup_name": self.cgroup_name,
             "uid": self.uid,
