@@ -11,8 +11,11 @@ viewer, one viewer per agent (every event rendered once, as with 200) and 200 vi
 measured in interleaved rounds (``--rounds``), medians printed side by side. Prints the
 figures only.
 
+With ``--variants base=/work/main/src,this`` one server per variant (each a ``src`` tree; "this"
+is this checkout's) is measured, the variants interleaved in every round as well.
+
     .venv/bin/python bench/cockpit.py [--agents 20] [--viewers 200] [--seconds 15]
-        [--rounds 3] [--workers 4] [--no-browser]
+        [--rounds 3] [--workers 4] [--no-browser] [--variants NAME=SRC,...]
 """
 
 from __future__ import annotations
@@ -32,7 +35,8 @@ from typing import Any
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
+# A variant's server runs another src tree (--variants).
+sys.path[:0] = [os.environ.get("AGENTFARM_BENCH_SRC", str(ROOT / "src")), str(ROOT)]
 
 from agentfarm.backends.base import ExitInfo
 from agentfarm.backends.fake import FakeBackend, _FakeRun
@@ -308,54 +312,78 @@ def browser_figures(url: str, big_run: str, repeats: int) -> dict[str, float]:
     }
 
 
+async def start_server(data: Path, src: str) -> tuple[asyncio.subprocess.Process, str]:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        __file__,
+        "--serve",
+        str(data),
+        str(port),
+        env={**os.environ, "AGENTFARM_BENCH_SRC": src},
+    )
+    async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}) as c:
+        for _ in range(300):
+            try:
+                if (await c.get("/api/health")).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.05)
+        await c.post("/api/admin/users", json={"name": "bench", "password": PASSWORD})
+    return proc, url
+
+
+def parse_variants(spec: str) -> dict[str, str]:
+    variants: dict[str, str] = {}
+    for item in spec.split(","):
+        name, _, src = item.partition("=")
+        variants[name] = str(Path(src).resolve()) if src else str(ROOT / "src")
+    return variants
+
+
 async def main_async(args: argparse.Namespace) -> None:
+    variants = parse_variants(args.variants)
     with tempfile.TemporaryDirectory() as tmp:
-        data = Path(tmp) / "data"
-        big = await seed(data, 10_000, 200)
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, __file__, "--serve", str(data), str(port)
-        )
+        servers: dict[str, tuple[asyncio.subprocess.Process, str]] = {}
+        big = ""
         try:
-            async with httpx.AsyncClient(
-                base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}
-            ) as c:
-                for _ in range(300):
-                    try:
-                        if (await c.get("/api/health")).status_code == 200:
-                            break
-                    except httpx.HTTPError:
-                        pass
-                    await asyncio.sleep(0.05)
-                await c.post("/api/admin/users", json={"name": "bench", "password": PASSWORD})
+            for name, src in variants.items():
+                data = Path(tmp) / name / "data"
+                big = await seed(data, 10_000, 200)
+                servers[name] = await start_server(data, src)
             pages = None
             if not args.no_browser:
+                url = next(iter(servers.values()))[1]
                 pages = await asyncio.to_thread(browser_figures, url, big, 5)
             rounds: list[dict[str, dict[str, float]]] = []
             # 1 viewer; one viewer per agent (every event rendered once, as with 200); 200.
-            variants = list(dict.fromkeys([1, args.agents, args.viewers]))
+            counts = list(dict.fromkeys([1, args.agents, args.viewers]))
+            cases = [(v, n) for n in counts for v in variants]
             for i in range(args.rounds):
                 # Interleaved, the order turned every round: all see the same machine.
-                order = variants[i % len(variants) :] + variants[: i % len(variants)]
+                order = cases[i % len(cases) :] + cases[: i % len(cases)]
                 fig: dict[str, dict[str, float]] = {}
-                for n in order:
-                    fig[str(n)] = await fan_out(
+                for v, n in order:
+                    proc, url = servers[v]
+                    fig[f"{v}:{n}"] = await fan_out(
                         url, proc.pid, args.agents, n, args.seconds, min(n, args.workers)
                     )
                 rounds.append(fig)
                 print(
                     f"round {i + 1}: "
                     + "; ".join(
-                        f"{n} viewers p50 {f['p50_ms']:.1f} p99 {f['p99_ms']:.1f} ms cpu "
+                        f"{k} viewers p50 {f['p50_ms']:.1f} p99 {f['p99_ms']:.1f} ms cpu "
                         f"{f['cpu_pct']:.1f}% (sys {f['sys_pct']:.1f}%) load {f['load']:.1f}"
-                        for n, f in fig.items()
+                        for k, f in fig.items()
                     ),
                     flush=True,
                 )
         finally:
-            proc.terminate()
-            await proc.wait()
+            for proc, _ in servers.values():
+                proc.terminate()
+                await proc.wait()
     if pages is not None:
         print(f"first contentful paint, dashboard (200 runs):   {pages['fcp_dashboard_ms']:.0f} ms")
         print(f"first contentful paint, run with 10,000 events: {pages['fcp_run_10k_ms']:.0f} ms")
@@ -374,21 +402,25 @@ async def main_async(args: argparse.Namespace) -> None:
             k: statistics.median(r[key][k] for r in rounds)
             for k in ("p50_ms", "p99_ms", "cpu_pct", "sys_pct", "events", "load")
         }
-    for key in sorted(med, key=int):
-        label = "1 viewer" if key == "1" else f"{key} viewers"
-        m = med[key]
-        print(
-            f"  {label:>12}: p50 {m['p50_ms']:.1f} ms, p99 {m['p99_ms']:.1f} ms, "
-            f"control-plane CPU {m['cpu_pct']:.1f}% of one core (system {m['sys_pct']:.1f}%) "
-            f"({m['events']:.0f} deliveries)"
-        )
-    one, per_agent, many = med["1"], med[str(args.agents)], med[str(args.viewers)]
     loads = [r[k]["load"] for r in rounds for k in r]
-    print(
-        f"  CPU ratio {args.viewers} viewers / 1 viewer: {many['cpu_pct'] / one['cpu_pct']:.2f}x; "
-        f"{args.viewers} / {args.agents} viewers: {many['cpu_pct'] / per_agent['cpu_pct']:.2f}x; "
-        f"load average {min(loads):.1f}-{max(loads):.1f}"
-    )
+    for v in variants:
+        if len(variants) > 1:
+            print(f" {v}:")
+        for n in counts:
+            label = "1 viewer" if n == 1 else f"{n} viewers"
+            m = med[f"{v}:{n}"]
+            print(
+                f"  {label:>12}: p50 {m['p50_ms']:.1f} ms, p99 {m['p99_ms']:.1f} ms, "
+                f"control-plane CPU {m['cpu_pct']:.1f}% of one core (system {m['sys_pct']:.1f}%) "
+                f"({m['events']:.0f} deliveries)"
+            )
+        one, per_agent, many = (med[f"{v}:{n}"] for n in (1, args.agents, args.viewers))
+        print(
+            f"  CPU ratio {args.viewers} viewers / 1 viewer: "
+            f"{many['cpu_pct'] / one['cpu_pct']:.2f}x; {args.viewers} / {args.agents} viewers: "
+            f"{many['cpu_pct'] / per_agent['cpu_pct']:.2f}x"
+        )
+    print(f"  load average {min(loads):.1f}-{max(loads):.1f}")
 
 
 def main() -> None:
@@ -402,6 +434,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (medians)")
     parser.add_argument("--workers", type=int, default=4, help="viewer processes")
     parser.add_argument("--no-browser", action="store_true", help="only the SSE fan-out")
+    parser.add_argument(
+        "--variants",
+        default="this",
+        help='servers to compare, NAME=SRC,... ("this" alone: this checkout\'s src)',
+    )
     asyncio.run(main_async(parser.parse_args()))
 
 
