@@ -107,6 +107,9 @@ def serve(data_dir: str, port: int) -> None:
         }
     )
     app = create_app(settings, backends={"local": backend})
+    from agentfarm.cli.server import tune_gc
+
+    tune_gc()  # the collector's settings of `agentfarm serve`: measure the server users run
     if "AGENTFARM_BENCH_WAKE_BATCH" in os.environ:  # to compare batching delays
         from agentfarm.supervisor import hub
 

@@ -133,5 +133,4 @@ def create_app(
     app.include_router(notifications.router)
     pages.install(app)
     openapi.install(app)
-    app.add_middleware(sse.DirectBody)  # last, so outermost: see its docstring
     return app

@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 
 from sse_starlette.sse import AppStatus
 from starlette.responses import StreamingResponse
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from agentfarm.domain import events as domain_events
 from agentfarm.domain import models
@@ -112,47 +112,6 @@ async def watch_shutdown(on_exit: Callable[[], None], every: float = 0.25) -> No
     on_exit()
 
 
-#: Where ``DirectBody`` leaves the outer ``send`` for the stream.
-DIRECT = "agentfarm.sse.direct"
-#: The middleware that may sit between ``DirectBody`` and the routes: each only looks at a
-#: response's start (or at the request), never at its body. One that changes bodies (GZip...)
-#: must not be added there (tests/unit/test_web_sse_direct.py checks the list).
-BODY_BLIND = frozenset({"HostAllowList", "BodySizeLimit", "SecurityHeaders"})
-
-
-class _Door:
-    __slots__ = ("open", "send")
-
-    def __init__(self, send: Send) -> None:
-        self.send = send
-        self.open = False  # the response's start went out through this middleware
-
-
-class DirectBody:
-    """Lets a stream's body messages skip the layers inside it. Every ``send`` of a response
-    passes through each middleware's wrapper and Starlette's two exception wrappers (five
-    coroutines per message); those only act on the response's start. An ``EventStream``
-    sends its start the ordinary way (security headers, error handling) and, once that start
-    has come out here, its body messages straight to this middleware's ``send``. Outermost
-    of the app's own middleware (Starlette's ServerErrorMiddleware stays outside it)."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        door = scope[DIRECT] = _Door(send)
-
-        async def sending(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                door.open = True
-            await send(message)
-
-        await self.app(scope, receive, sending)
-
-
 class EventStream(StreamingResponse):
     """An SSE response from an async iterator of ready-encoded chunks (each may hold several
     messages, written in one send). An empty chunk means "nothing for a while": a heartbeat
@@ -181,9 +140,6 @@ class EventStream(StreamingResponse):
         if scope.get("method", "GET").upper() == "HEAD":
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             return
-        door = scope.get(DIRECT)
-        if isinstance(door, _Door) and door.open:  # the start went all the way out
-            send = door.send
         # Our task ends when the viewer goes; a task listening for that cancels the stream.
         loop = asyncio.get_running_loop()
         self.task = asyncio.current_task()
