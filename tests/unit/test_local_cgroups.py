@@ -156,3 +156,18 @@ def test_serve_logs_the_isolation_without_root(
     assert len(lines) == 2 and lines[0] == hostinfo.same_uid_notice(1000)
     logged = [r.args for r in caplog.records if r.name == "agentfarm.web.app"]
     assert logged == [(line,) for line in lines]
+
+
+def test_warm_join_moves_a_child_of_ours_into_the_first_group(tmp_path: Path) -> None:
+    first, second = tmp_path / "pids", tmp_path / "memory"
+    for directory in (first, second):
+        directory.mkdir()
+        (directory / "cgroup.procs").write_text("")
+    group = cgroups.RunCgroup(version=1, dirs=[first, second])
+    pid = group.warm_join()
+    assert pid is not None and pid != os.getpid()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert (first / "cgroup.procs").read_text() == str(pid)
+    assert (second / "cgroup.procs").read_text() == ""
+    assert cgroups.RunCgroup().warm_join() is None  # no groups: nothing to warm

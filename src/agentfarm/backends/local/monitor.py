@@ -97,6 +97,7 @@ class Monitor:
     def start(self) -> None:
         spec = self.spec
         self.cgroup = cgroups.create(spec.cgroup_name, spec.limits)
+        warming = self.cgroup.warm_join()
         self.oom_fd = self.cgroup.oom_notifier()
         if self.oom_fd is not None:
             self.sel.register(self.oom_fd, selectors.EVENT_READ, ("oom", None))
@@ -116,6 +117,8 @@ class Monitor:
         finally:
             os.close(status_w)
             self.proxy.close_channel()
+            if warming is not None:
+                os.waitpid(warming, 0)  # long done: its move came before the launcher's
         proc = self.proc
         for name, stream in (("stdout", proc.stdout), ("stderr", proc.stderr)):
             if stream is not None:
