@@ -5,6 +5,10 @@ host's network), and through two servers side by side: one with the local backen
 (ready clones, idle monitors; the defaults) and one with both pools off.
 
     .venv/bin/python bench/launch_overhead.py [--runs 15] [--pools on,off] [--settle 1.5]
+                                              [--baseline /path/to/other/src]
+
+With ``--baseline`` each pool setting also gets a server running that source tree's code
+(``base-on``, ``base-off``), timed in the same interleaved rounds: this code against another.
 
 Between runs the script waits ``--settle`` seconds, so that a pool's background refill (a
 clone, a monitor's start) is done before the next variant is timed, and does not slow it.
@@ -91,10 +95,18 @@ def main() -> None:
     parser.add_argument("--networks", default="allowlist,open", help="comma-separated")
     parser.add_argument("--pools", default="on,off", help="comma-separated: " + ", ".join(POOLS))
     parser.add_argument("--settle", type=float, default=1.5, help="seconds between runs")
+    parser.add_argument("--baseline", type=Path, help="another source tree to compare with")
     args = parser.parse_args()
     networks = args.networks.split(",")
     pools = args.pools.split(",")
-    variants = [(pool, network) for pool in pools for network in networks]
+    # Server label -> (pool setting, PYTHONPATH of the code it runs, or None: this code).
+    labels: dict[str, tuple[str, str | None]] = {pool: (pool, None) for pool in pools}
+    if args.baseline is not None:
+        base = os.pathsep.join(
+            p for p in (str(args.baseline.resolve()), os.environ.get("PYTHONPATH")) if p
+        )
+        labels |= {f"base-{pool}": (pool, base) for pool in pools}
+    variants = [(label, network) for label in labels for network in networks]
     if unknown := set(pools) - POOLS.keys():
         parser.error(
             f"unknown --pools {', '.join(sorted(unknown))}: choose from {', '.join(POOLS)}"
@@ -105,18 +117,19 @@ def main() -> None:
     loads: list[float] = []
     with FakeAnthropic().start() as model, ExitStack() as stack:
         servers: dict[str, tuple[Server, httpx.Client]] = {}
-        for pool in pools:
-            data = Path(tempfile.mkdtemp(prefix=f"bench-data-{pool}-"))
+        for label, (pool, pythonpath) in labels.items():
+            data = Path(tempfile.mkdtemp(prefix=f"bench-data-{label}-"))
             env = {
                 "AGENTFARM_CLAUDE_BIN": binary,
                 "ANTHROPIC_BASE_URL": model.base_url,
                 "ANTHROPIC_API_KEY": "sk-bench-key-000000",
                 **POOLS[pool],
+                **({"PYTHONPATH": pythonpath} if pythonpath else {}),
             }
-            srv = Server(data, env, data.parent / f"server-{pool}.log").start()
+            srv = Server(data, env, data.parent / f"server-{label}.log").start()
             stack.callback(srv.stop)
             client = stack.enter_context(srv.client())
-            servers[pool] = srv, client
+            servers[label] = srv, client
             for network in networks:
                 body = {"name": f"bench-{network}", "repo": str(repo), "prompt": prompt}
                 body["backend"] = {"type": "local", "sandbox": {"network": network}}
@@ -156,6 +169,13 @@ def main() -> None:
                 f"{network}: pools on vs off: {(on - off) * 1000:+.1f} ms at the median; ", end=""
             )
             print(f"ratio {on / off:.2f}x")
+    for pool in pools if args.baseline is not None else ():
+        for network in networks:
+            this, base = median(farm[pool, network]), median(farm[f"base-{pool}", network])
+            print(
+                f"{network}, pools {pool}: this vs baseline: {(this - base) * 1000:+.1f} ms "
+                f"at the median; ratio {this / base:.2f}x"
+            )
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import pytest
 
 from agentfarm.backends.base import Record
 from agentfarm.backends.local import backend as local_backend
-from agentfarm.backends.local import cgroups
+from agentfarm.backends.local import cgroups, sandbox
 from agentfarm.backends.local import git as local_git
 from agentfarm.backends.local import handle as local_handle
 from agentfarm.backends.local.backend import LocalBackend
@@ -176,6 +176,9 @@ results["etc"] = sorted(os.listdir("/etc"))
 results["home"] = os.environ["HOME"]
 results["home_writable"] = os.access(os.environ["HOME"], os.W_OK)
 results["secret_env"] = os.environ.get("ANTHROPIC_API_KEY") is not None
+link = "/etc/localtime"
+results["localtime"] = os.readlink(link) if os.path.islink(link) else None
+results["localtime_readable"] = readable(link)
 print(json.dumps(results), flush=True)
 """
 
@@ -220,6 +223,11 @@ async def test_isolation(tmp_path: Path, settings: Settings, source: Path) -> No
     assert result["home"] == "/home/agent"
     assert result["home_writable"]
     assert result["secret_env"]
+    # The host's zone link into /usr stays a link (a runtime reads the zone's name from it).
+    _names, links = sandbox.etc_entries()
+    host_zone = dict(links).get("localtime")
+    assert result["localtime"] == host_zone
+    assert result["localtime_readable"] == os.path.exists("/etc/localtime")
     await other_handle.stop(0.5)
     await collect(other_handle.records(0))
     await backend.cleanup(other)

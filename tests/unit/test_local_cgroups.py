@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agentfarm.backends.local import cgroups, hostinfo
+from agentfarm.backends.local import cgroups, hostinfo, priority
 
 LIMITS = cgroups.Limits(memory_mb=64, cpus=0.5, pids=100)
 
@@ -215,15 +215,15 @@ def test_the_weight_is_best_effort_and_never_a_notice(tmp_path: Path) -> None:
     ("weight", "nice"), [(None, 0), (100, 0), (400, 0), (80, 1), (25, 6), (10, 10), (1, 19)]
 )
 def test_niceness_matches_the_weight(weight: int | None, nice: int) -> None:
-    assert cgroups.niceness(weight) == nice
+    assert priority.niceness(weight) == nice
 
 
 def test_a_monitor_lowers_itself_and_its_autogroup() -> None:
     """In a new session, as the monitor does: its nice value, and its session's autogroup's
     where the kernel groups by session (the children inherit the former)."""
     code = (
-        "import os, sys; from pathlib import Path; from agentfarm.backends.local import cgroups;"
-        "os.setsid(); cgroups.lower_priority(25); pid = os.fork()\n"
+        "import os, sys; from pathlib import Path; from agentfarm.backends.local import priority;"
+        "os.setsid(); priority.lower_priority(25); pid = os.fork()\n"
         "if pid == 0: print(os.getpriority(os.PRIO_PROCESS, 0)); os._exit(0)\n"
         "os.waitpid(pid, 0); auto = Path('/proc/self/autogroup');"
         "print(auto.read_text().split()[-1] if auto.exists() else 'none')"
@@ -232,3 +232,18 @@ def test_a_monitor_lowers_itself_and_its_autogroup() -> None:
     child_nice, autogroup = out.stdout.split()
     assert child_nice == "6"
     assert autogroup in ("6", "none")
+
+
+def test_warm_join_moves_a_child_of_ours_into_the_first_group(tmp_path: Path) -> None:
+    first, second = tmp_path / "pids", tmp_path / "memory"
+    for directory in (first, second):
+        directory.mkdir()
+        (directory / "cgroup.procs").write_text("")
+    group = cgroups.RunCgroup(version=1, dirs=[first, second])
+    pid = group.warm_join()
+    assert pid is not None and pid != os.getpid()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert (first / "cgroup.procs").read_text() == str(pid)
+    assert (second / "cgroup.procs").read_text() == ""
+    assert cgroups.RunCgroup().warm_join() is None  # no groups: nothing to warm

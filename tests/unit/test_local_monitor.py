@@ -149,3 +149,13 @@ def test_network_policies_none_and_open() -> None:
     assert spec(network=True).network == "open" and spec(network=False).network == "none"
     # Unsandboxed runs cannot be isolated: no proxy is started for them.
     assert not spec(mode="none", network="allowlist").allowlist
+
+
+def test_etc_links_reach_the_sandbox_as_symlinks() -> None:
+    sent = spec(etc=["hosts"], etc_links=[["localtime", "/usr/share/zoneinfo/Etc/UTC"]])
+    again = monitor_spec.MonitorSpec.from_json(json.loads(json.dumps(sent.to_json())))
+    assert again.etc_links == (("localtime", "/usr/share/zoneinfo/Etc/UTC"),)
+    argv = monitor_launch.build_launch(again, status_fd=5)[0]
+    at = argv.index("/usr/share/zoneinfo/Etc/UTC")
+    assert argv[at - 1 : at + 2] == ["--symlink", "/usr/share/zoneinfo/Etc/UTC", "/etc/localtime"]
+    assert spec().etc_links == ()  # a spec from before the field

@@ -79,3 +79,36 @@ def test_env_is_explicit_and_secrets_win() -> None:
 def test_passwd_names_the_agent_user() -> None:
     assert "agent:x:61000:61000:" in sandbox.passwd_file(61000, 61000)
     assert "agent:x:61000:" in sandbox.group_file(61000)
+
+
+def test_etc_symlinks_into_usr_stay_symlinks_inside() -> None:
+    argv = sandbox.bwrap_argv(
+        config(etc_links=(("localtime", "/usr/share/zoneinfo/Etc/UTC"),)), ["a"]
+    )
+    assert ("/usr/share/zoneinfo/Etc/UTC", "/etc/localtime") in pairs(argv, "--symlink")
+    assert ("/etc/localtime", "/etc/localtime") not in pairs(argv, "--ro-bind")
+
+
+def test_etc_entries_keeps_links_into_usr_and_binds_the_rest() -> None:
+    links = {
+        "/etc/localtime": "/usr/share/zoneinfo/Europe/Paris",
+        "/etc/timezone": "../usr/share/zoneinfo/tz",  # relative: made absolute
+        "/etc/resolv.conf": "/run/systemd/resolve/stub-resolv.conf",  # outside /usr: bound
+        "/etc/hosts": "/usr/lib/hosts",  # into /usr, but that link leads out of it: bound
+    }
+    real = {
+        "/etc/localtime": "/usr/share/zoneinfo/Europe/Paris",
+        "/etc/timezone": "/usr/share/zoneinfo/tz",
+        "/etc/resolv.conf": "/run/systemd/resolve/stub-resolv.conf",
+        "/etc/hosts": "/etc/hosts.real",
+    }
+    names, etc_links = sandbox.etc_entries(
+        exists=lambda p: p in links or p == "/etc/services",
+        readlink=links.get,
+        realpath=lambda p: real.get(p, p),
+    )
+    assert etc_links == [
+        ("localtime", "/usr/share/zoneinfo/Europe/Paris"),
+        ("timezone", "/usr/share/zoneinfo/tz"),
+    ]
+    assert names == ["hosts", "resolv.conf", "services"]

@@ -167,7 +167,7 @@ class LocalBackend:
         if not agent.startswith(SYSTEM_PREFIXES):
             binds.append(sandbox.Bind(agent_dir, agent_dir))
         binds += [sandbox.Bind(str(path), str(path)) for path in borrowed]
-        usr_links, real_dirs, etc = await asyncio.to_thread(_root_layout)
+        usr_links, real_dirs, (etc, etc_links) = await asyncio.to_thread(_root_layout)
         binds = [sandbox.Bind(d, d) for d in real_dirs] + binds
         if box.mode == "bwrap" and (box.network == "allowlist" or command.runner):
             binds += [sandbox.Bind(d, d) for d in python[1]]
@@ -194,6 +194,7 @@ class LocalBackend:
             uid=uid,
             gid=gid,
             etc=tuple(etc),
+            etc_links=tuple(etc_links),
             binds=tuple(binds),
             bwrap=bwrap or "bwrap",
             setpriv=setpriv,
@@ -315,9 +316,9 @@ def _sandbox(run: models.Run) -> backend_config.SandboxSpec:
     return run.spec.backend.sandbox
 
 
-def _root_layout() -> tuple[list[str], list[str], list[str]]:
+def _root_layout() -> tuple[list[str], list[str], tuple[list[str], list[tuple[str, str]]]]:
     """Top-level names that are symlinks into /usr, real top-level directories to bind, and
-    the allowed /etc entries this host has."""
+    the allowed /etc entries this host has (to bind, and symlinks into /usr to make)."""
     links, dirs = [], []
     for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
         path = f"/{name}"
@@ -326,8 +327,7 @@ def _root_layout() -> tuple[list[str], list[str], list[str]]:
                 links.append(name)
         elif os.path.isdir(path):
             dirs.append(path)
-    etc = [name for name in sandbox.ETC_ALLOW if os.path.lexists(f"/etc/{name}")]
-    return links, dirs, etc
+    return links, dirs, sandbox.etc_entries()
 
 
 def _forget_process(run_dir: Path, run_id: str) -> None:

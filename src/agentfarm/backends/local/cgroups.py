@@ -19,7 +19,6 @@ runs share it equally. It is best effort: where it cannot be set, the monitor's 
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import signal
 import time
@@ -32,8 +31,6 @@ CPU_PERIOD_US = 100_000
 #: cgroup v2's default ``cpu.weight`` and v1's default ``cpu.shares``: the same priority.
 DEFAULT_WEIGHT = 100
 V1_SHARES_PER_WEIGHT = 1024 / DEFAULT_WEIGHT
-#: How much the scheduler's weight falls per nice step (the kernel's table: about 1.25).
-NICE_STEP = 1.25
 
 
 @dataclass(frozen=True)
@@ -74,6 +71,28 @@ class RunCgroup:
                 os.write(fd, pid)
             finally:
                 os.close(fd)
+
+    def warm_join(self) -> int | None:
+        """Start, ahead of :meth:`join`, the wait that a move into a cgroup begins with: the
+        kernel's lock for moves switches to writer mode after an RCU grace period (5-15 ms
+        here, on the launch's path), and a move that comes while another waits shares that
+        wait. A child of ours moves itself into the first group and exits at once, while the
+        monitor forks the launcher; the pid to reap (``os.waitpid``), or None. Only in the
+        single-threaded monitor."""
+        if not self.dirs:
+            return None
+        procs = self.dirs[0] / "cgroup.procs"
+        try:
+            pid = os.fork()
+        except OSError:
+            return None  # only a head start: the launcher joins all the same
+        if pid == 0:  # pragma: no cover (the child)
+            try:
+                fd = os.open(procs, os.O_WRONLY)
+                os.write(fd, str(os.getpid()).encode())
+            finally:
+                os._exit(0)
+        return pid
 
     def oom_kills(self) -> int:
         """How many processes the kernel OOM-killed in this run so far."""
@@ -162,29 +181,6 @@ NO_DELEGATION = (
     "the server does not run as root and the host delegates no writable cgroup v2 subtree "
     "to its user"
 )
-
-
-def niceness(weight: int | None) -> int:
-    """The nice value that lowers a process about as much as ``weight`` does a group: for a
-    process that shares the control plane's group (a monitor; an agent where no cgroup could
-    be made). 100 or more: 0; 25: 6; 1: 19."""
-    if weight is None or weight >= DEFAULT_WEIGHT:
-        return 0
-    return min(19, round(math.log(DEFAULT_WEIGHT / max(1, weight)) / math.log(NICE_STEP)))
-
-
-def lower_priority(weight: int | None) -> None:
-    """Give the calling process (a monitor, in its new session) the nice value for
-    ``weight``, and its session's autogroup too: where the scheduler groups processes by
-    session (``kernel.sched_autogroup_enabled``, processes in the root cgroup), a session's
-    nice value is what weighs against the control plane's session, not its processes'."""
-    nice = niceness(weight)
-    if nice <= 0:
-        return
-    with contextlib.suppress(OSError):
-        os.setpriority(os.PRIO_PROCESS, 0, nice)
-    with contextlib.suppress(OSError):  # no autogroups (or not ours to change): nothing to do
-        Path("/proc/self/autogroup").write_text(str(nice))
 
 
 def v2_mount(root: Path = ROOT) -> Path | None:

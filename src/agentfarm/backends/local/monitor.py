@@ -38,6 +38,7 @@ from agentfarm.backends.local import (
     monitor_launch,
     monitor_spec,
     monitor_stdin,
+    priority,
     procs,
 )
 from agentfarm.backends.local.frames import SpoolWriter
@@ -97,6 +98,7 @@ class Monitor:
     def start(self) -> None:
         spec = self.spec
         self.cgroup = cgroups.create(spec.cgroup_name, spec.limits)
+        warming = self.cgroup.warm_join()
         self.oom_fd = self.cgroup.oom_notifier()
         if self.oom_fd is not None:
             self.sel.register(self.oom_fd, selectors.EVENT_READ, ("oom", None))
@@ -116,6 +118,8 @@ class Monitor:
         finally:
             os.close(status_w)
             self.proxy.close_channel()
+            if warming is not None:
+                os.waitpid(warming, 0)  # long done: its move came before the launcher's
         proc = self.proc
         for name, stream in (("stdout", proc.stdout), ("stderr", proc.stderr)):
             if stream is not None:
@@ -364,7 +368,7 @@ def main() -> int:
     del raw
     # Below the control plane (its nice value, inherited by the sandbox and the agent, and
     # its new session's autogroup): many busy agents must not starve the server.
-    cgroups.lower_priority(spec.limits.cpu_weight)
+    priority.lower_priority(spec.limits.cpu_weight)
     try:
         monitor = Monitor(spec)
         _settle(monitor.dirfd)

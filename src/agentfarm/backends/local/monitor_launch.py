@@ -67,6 +67,7 @@ def build_launch(
         # With netns, the launcher child has made the namespace: bubblewrap stays in it.
         network=spec.network == "open" or spec.via_netns,
         etc=spec.etc,
+        etc_links=spec.etc_links,
         extra_binds=tuple(sandbox.Bind(at(b.source), b.dest, b.writable) for b in binds),
         status_fd=status_fd,
         uid=spec.uid,

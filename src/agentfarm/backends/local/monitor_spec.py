@@ -61,6 +61,8 @@ class MonitorSpec:
     uid: int | None = None
     gid: int | None = None
     etc: tuple[str, ...] = ()
+    #: /etc entries made symlinks inside, as (name, target) (``sandbox.etc_entries``).
+    etc_links: tuple[tuple[str, str], ...] = ()
     binds: tuple[sandbox.Bind, ...] = ()
     bwrap: str = "bwrap"
     setpriv: str = "setpriv"
@@ -117,6 +119,7 @@ class MonitorSpec:
             "uid": self.uid,
             "gid": self.gid,
             "etc": list(self.etc),
+            "etc_links": [list(link) for link in self.etc_links],
             "binds": [[b.source, b.dest, b.writable] for b in self.binds],
             "bwrap": self.bwrap,
             "setpriv": self.setpriv,
@@ -133,6 +136,7 @@ class MonitorSpec:
         raw["limits"] = cgroups.Limits(**raw.get("limits", {}))
         raw["binds"] = tuple(sandbox.Bind(*b) for b in raw.get("binds", []))
         raw["etc"] = tuple(raw.get("etc", ()))
+        raw["etc_links"] = tuple((str(n), str(t)) for n, t in raw.get("etc_links", ()))
         raw["usr_links"] = tuple(raw.get("usr_links", USR_LINKS))
         if isinstance(raw.get("network"), bool):  # specs written before the policy
             raw["network"] = "open" if raw["network"] else "none"

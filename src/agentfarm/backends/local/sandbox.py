@@ -1,4 +1,5 @@
-"""Build the command line that starts an agent inside bubblewrap (pure: no I/O).
+"""Build the command line that starts an agent inside bubblewrap (pure: no I/O, but for
+:func:`etc_entries`, which looks at the host's /etc).
 
 The sandbox sees a read-only /usr (with the /bin, /lib, /lib64 symlinks of a merged-/usr
 system), a curated /etc (generated passwd and group, a few host files read-only), private
@@ -13,7 +14,8 @@ bubblewrap pass through unchanged.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 #: In-sandbox locations: fixed, so they do not reveal the host's layout.
@@ -60,6 +62,9 @@ class SandboxConfig:
     network: bool
     #: Host /etc entries that exist (the caller filters :data:`ETC_ALLOW`).
     etc: tuple[str, ...] = ()
+    #: Host /etc entries that are symlinks into /usr, as (name, absolute target): made
+    #: symlinks again inside (see :func:`etc_entries`).
+    etc_links: tuple[tuple[str, str], ...] = ()
     extra_binds: tuple[Bind, ...] = ()
     status_fd: int | None = None
     #: Drop to this uid/gid with setpriv first (when the monitor runs as root).
@@ -69,6 +74,43 @@ class SandboxConfig:
     setpriv: str = "setpriv"
     usr_links: tuple[str, ...] = ("bin", "lib", "lib64", "sbin")
     hostname: str = "agentfarm"
+
+
+def etc_entries(
+    exists: Callable[[str], bool] = os.path.lexists,
+    readlink: Callable[[str], str | None] | None = None,
+    realpath: Callable[[str], str] = os.path.realpath,
+) -> tuple[list[str], list[tuple[str, str]]]:
+    """The :data:`ETC_ALLOW` entries this host has: names to bind, and (name, target) of
+    those that are symlinks into /usr, which the sandbox sees already.
+
+    bubblewrap binds what a symlink points to, so a bound ``/etc/localtime`` is a plain
+    file inside: then the agent's runtime cannot read the zone's name from the link and
+    searches all of ``/usr/share/zoneinfo`` for a file with the same bytes (Claude Code's
+    ICU did: about 2,700 system calls before its first line). The same link inside avoids it.
+    """
+    read = readlink or _readlink
+    names, links = [], []
+    for name in ETC_ALLOW:
+        path = f"/etc/{name}"
+        if not exists(path):
+            continue
+        target = read(path)
+        if target is not None:
+            target = os.path.normpath(os.path.join("/etc", target))
+            # The whole chain must end in /usr (visible read-only inside), never in /etc.
+            if target.startswith("/usr/") and realpath(path).startswith("/usr/"):
+                links.append((name, target))
+                continue
+        names.append(name)
+    return names, links
+
+
+def _readlink(path: str) -> str | None:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return None  # not a symlink
 
 
 def setpriv_prefix(uid: int | None, gid: int | None, setpriv: str = "setpriv") -> list[str]:
@@ -88,6 +130,8 @@ def bwrap_argv(config: SandboxConfig, command: list[str]) -> list[str]:
     argv += ["--dir", "/etc"]
     for name in config.etc:
         argv += ["--ro-bind", f"/etc/{name}", f"/etc/{name}"]
+    for name, target in config.etc_links:
+        argv += ["--symlink", target, f"/etc/{name}"]
     argv += ["--ro-bind", config.passwd, "/etc/passwd", "--ro-bind", config.group, "/etc/group"]
     argv += ["--bind", config.home, HOME, "--bind", config.workspace, WORKSPACE]
     for bind in config.extra_binds:
