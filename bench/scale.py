@@ -388,6 +388,8 @@ def main() -> None:
     )
     parser.add_argument("--variants", default="this", help="NAME=SRC_DIR or this, comma-separated")
     args = parser.parse_args()
+    if args.loopwatch:  # where the stalls are kept: made here, not found missing at the end
+        Path(args.loopwatch).mkdir(parents=True, exist_ok=True)
     variants = [
         (v, ROOT / "src") if v == "this" else (v.split("=")[0], Path(v.split("=", 1)[1]))
         for v in args.variants.split(",")
