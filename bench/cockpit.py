@@ -346,6 +346,22 @@ def parse_variants(spec: str) -> dict[str, str]:
     return variants
 
 
+async def seed_with(src: str, data: Path) -> str:
+    """``seed`` run by the variant's own code (its store, its migrations); the big run's id."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        __file__,
+        "--seed",
+        str(data),
+        env={**os.environ, "AGENTFARM_BENCH_SRC": src},
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await proc.communicate()
+    if proc.returncode:
+        raise RuntimeError(f"seeding {data} with {src} failed ({proc.returncode})")
+    return out.decode().split()[-1]
+
+
 async def main_async(args: argparse.Namespace) -> None:
     variants = parse_variants(args.variants)
     with tempfile.TemporaryDirectory() as tmp:
@@ -354,7 +370,7 @@ async def main_async(args: argparse.Namespace) -> None:
         try:
             for name, src in variants.items():
                 data = Path(tmp) / name / "data"
-                big = await seed(data, 10_000, 200)
+                big = await seed_with(src, data)
                 servers[name] = await start_server(data, src)
             pages = None
             if not args.no_browser:
@@ -427,6 +443,9 @@ async def main_async(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
+    if len(sys.argv) == 3 and sys.argv[1] == "--seed":
+        print(asyncio.run(seed(Path(sys.argv[2]), 10_000, 200)))
+        return
     if len(sys.argv) == 4 and sys.argv[1] == "--serve":
         serve(sys.argv[2], int(sys.argv[3]))
         return
