@@ -13,7 +13,7 @@ A CPU weight (:attr:`Limits.cpu_weight`, in cgroup v2 units: 100 is the default 
 has) goes on the parent group of all runs, so that the agents together weigh that much
 against the control plane when the CPU is short (on v1, ``cpu.shares`` scaled from 1024); the
 runs share it equally. It is best effort: where it cannot be set, the monitor's nice value
-(:func:`niceness`) is what lowers the agents, and no notice is given.
+(``priority.niceness``) is what lowers the agents, and no notice is given.
 """
 
 from __future__ import annotations
