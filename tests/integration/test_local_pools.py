@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from agentfarm.backends.local import clone_pool, monitors
+from agentfarm.backends.local import clone_pool, monitors, priority
 from agentfarm.backends.local.backend import LocalBackend
 from agentfarm.domain import backend_config, models
 from agentfarm.domain.launch import AgentCommand, LaunchSpec
@@ -142,7 +142,8 @@ async def test_a_pooled_launch_starts_at_a_commit_pushed_after_the_pool_was_fill
         assert second["branch"] == f"agentfarm/{second['run']}"
         if ROOT:
             assert second["owner"] == second["uid"] == settings.sandbox_uid
-        assert second["nice"] == 0  # the idle monitor's lowered priority is not the agent's
+        # The idle monitor's lowest priority is not the agent's: the agents' weight's is.
+        assert second["nice"] == priority.niceness(settings.local_agent_cpu_weight) == 6
         # Its commit came home on its own branch, on top of the pushed one.
         assert git_out(source, "rev-parse", f"agentfarm/{second['run']}~1") == pushed
         assert git_out(source, "show", f"agentfarm/{second['run']}:mine.txt") == "two"
