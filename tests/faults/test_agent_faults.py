@@ -26,9 +26,12 @@ from tests.faults.fault_kit import (
 )
 from tests.integration.server import Server
 
-#: How much the server's peak memory may grow while an agent floods it (generous: the point is
-#: that 100 MB of output is not held, not a precise figure).
-FLOOD_RSS_GROWTH_KIB = 200 * 1024
+#: How much the server's peak memory may grow while an agent floods it: the point is that the
+#: growth does not follow the output's size. One line is cut into records of at most 64 MiB
+#: (``frames.MAX_PAYLOAD``: a stream-json line may be that big), and the server holds such a
+#: record about three times while reading and parsing it: 1,000 lines of 100 KB grow it by about
+#: 50 MB, one line of 100 MB by about 204 MB (measured), whatever comes after.
+FLOOD_RSS_GROWTH_KIB = 256 * 1024
 
 
 #: The watchdog's limit for the agents that hang (the flood's, slow on a busy machine, keeps
