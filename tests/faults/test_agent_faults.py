@@ -29,8 +29,9 @@ from tests.integration.server import Server
 #: How much the server's peak memory may grow while an agent floods it: the point is that the
 #: growth does not follow the output's size. One line is cut into records of at most 64 MiB
 #: (``frames.MAX_PAYLOAD``: a stream-json line may be that big), and the server holds such a
-#: record about three times while reading and parsing it: 1,000 lines of 100 KB grow it by about
-#: 50 MB, one line of 100 MB by about 204 MB (measured), whatever comes after.
+#: record about three times while it cuts it to 64 KiB (the bytes, their text, the text encoded
+#: again to be cut): 1,000 lines of 100 KB grow it by about 50 MB, one line of 100 MB by about
+#: 200 MB (measured), whatever comes after.
 FLOOD_RSS_GROWTH_KIB = 256 * 1024
 
 

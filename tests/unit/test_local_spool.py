@@ -4,6 +4,8 @@ import asyncio
 import os
 from pathlib import Path
 
+import pytest
+
 from agentfarm.backends.base import ExitInfo
 from agentfarm.backends.local import spool
 
@@ -97,3 +99,30 @@ async def test_missing_spool_and_dead_writer_is_lost(tmp_path: Path) -> None:
 
 async def _alive() -> bool:
     return True
+
+
+async def test_a_frame_bigger_than_a_read_is_read_whole_not_grown_a_read_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Growing the unread tail by one read at a time copied it again at every read
+    # (quadratic, and about three copies of a 64 MiB line at once in the server).
+    path = tmp_path / "spool"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    writer = spool.SpoolWriter(fd)
+    big = b"y" * 300_000
+    writer.write("stdout", big)
+    writer.write("exit", spool.encode_exit(ExitInfo(exit_code=0)))
+    os.close(fd)
+    sizes: list[int] = []
+    real_pread = os.pread
+
+    def pread(fd: int, size: int, offset: int) -> bytes:
+        sizes.append(size)
+        return real_pread(fd, size, offset)
+
+    monkeypatch.setattr(spool.os, "pread", pread)
+    options = spool.FollowOptions(read_size=4096)
+    records = [r async for r in spool.follow(path, 0, _alive, options)]
+    assert [(r.kind, len(r.data)) for r in records[:1]] == [("stdout", len(big))]
+    assert records[0].data == big and records[-1].kind == "exit"
+    assert len(sizes) <= 3, sizes  # a header's worth, then the rest of the frame at once

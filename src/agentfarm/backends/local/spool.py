@@ -136,9 +136,15 @@ async def _follow(
             if fd is None:
                 fd = await asyncio.to_thread(_open_or_none, path)
             if fd is not None and os.fstat(fd).st_size > offset + len(pending):
-                chunk = await asyncio.to_thread(os.pread, fd, opts.read_size, offset + len(pending))
-                records, used = parse(pending + chunk, offset)
-                pending = (pending + chunk)[used:]
+                # A frame bigger than a read is read whole at once: growing ``pending`` a
+                # read at a time copied it over and over (quadratic, three copies at a time).
+                size = max(opts.read_size, _missing(pending))
+                chunk = await asyncio.to_thread(os.pread, fd, size, offset + len(pending))
+                data = pending + chunk if pending else chunk
+                del chunk, pending
+                records, used = parse(data, offset)
+                pending = data[used:] if used < len(data) else b""
+                del data
                 offset += used
                 for record in records:
                     yield record
@@ -168,6 +174,14 @@ async def _follow(
     finally:
         if fd is not None:
             os.close(fd)
+
+
+def _missing(pending: bytes) -> int:
+    """How many bytes the frame that ``pending`` starts with still lacks (0: unknown yet)."""
+    if len(pending) < HEADER.size:
+        return 0
+    length = int(HEADER.unpack_from(pending, 0)[1])
+    return HEADER.size + min(length, MAX_PAYLOAD) - len(pending)
 
 
 def _open_or_none(path: str) -> int | None:
