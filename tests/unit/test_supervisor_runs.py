@@ -42,18 +42,20 @@ async def test_a_run_stopped_while_the_dispatcher_looks_is_never_launched(
 ) -> None:
     sup = supervisors()
     run = await sup.submit(spec())
-    await sup.start()
-    # The dispatcher reads the queued run, then waits here while the stop lands.
-    real = store.active_runs
+    # The dispatcher plans with the queued run in its plan, then waits here while the stop
+    # lands. (Its next plan, with nothing queued, reads no run: it is watched here, not the
+    # store.)
+    real = sup.dispatcher.plan
     looked, gate = asyncio.Event(), asyncio.Event()
 
-    async def gated() -> list[models.Run]:
-        runs = await real()
+    async def gated(launching: set[str]) -> Any:
+        plan = await real(launching)
         looked.set()
         await gate.wait()
-        return runs
+        return plan
 
-    monkeypatch.setattr(store, "active_runs", gated)
+    monkeypatch.setattr(sup.dispatcher, "plan", gated)
+    await sup.start()
     async with asyncio.timeout(GUARD):
         await looked.wait()
     assert (await sup.stop_run(run.id)).status is models.RunStatus.stopped
