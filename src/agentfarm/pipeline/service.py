@@ -146,8 +146,9 @@ class Pipeline:
                 delivery_id=trigger.delivery_id,
             )
         # A follow-up request may need the forge (or wait behind a run): it is kept too.
-        asks = trigger is not None and followups.asks(forge, trigger)
-        kept = webhooks.dump_trigger(trigger) if asks and trigger is not None else None
+        kept = None
+        if trigger is not None and followups.asks(forge, trigger):
+            kept = webhooks.dump_trigger(trigger)
         # The look is stored with the delivery's id before the answer (made after a restart).
         if not await self.pstore.record_delivery(forge.id, delivery, pending, kept):
             return "duplicate"
