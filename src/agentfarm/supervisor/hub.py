@@ -12,6 +12,12 @@ take in turn.
 A follower asks the store whether its run has ended only when it starts, when the channel
 says the run ended, and after an idle period, never once per event.
 
+A follower may also give a ``push``: while it waits, caught up, the events published for it
+are handed to ``push`` at the wake-up itself (the cockpit writes them straight to the viewer's
+socket), and its task is woken only when ``push`` declines (a batch it cannot take there, a
+viewer whose socket is not keeping up) or at the end. One viewer's event then costs a call, not
+a task's step through every layer of its response (issue 12: 200 viewers).
+
 A run's channel lives while its run is ingested or someone follows it: it goes once the run
 has ended (its terminal event published, or the run found finished in the store) and its last
 follower has left, so viewing old runs leaves nothing behind.
@@ -21,13 +27,16 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
 from agentfarm.domain import models
 from agentfarm.store import Store
 from agentfarm.supervisor import runfeed
+
+log = logging.getLogger(__name__)
 
 #: Bytes of events a run's tail holds at most (about; see ``event_size``).
 TAIL_BYTES = 4 << 20
@@ -53,12 +62,27 @@ def event_size(event: models.Event) -> int:
     return EVENT_OVERHEAD + 2 * len(event.data_json())
 
 
+#: Takes a follower's news at the wake-up (see ``Hub.follow``): True if it took them all.
+Push = Callable[[list[models.Event]], bool]
+
+
+@dataclass(eq=False, slots=True)
+class _Cursor:
+    """A follower's place: the last seq it has, and what takes its news while it waits."""
+
+    after: int
+    push: Push | None = None
+    #: Its heartbeat period (``follow``'s ``idle``): a push starts the period again.
+    idle: float | None = None
+
+
 @dataclass(eq=False)  # hashed by identity (the channels to wake)
 class _Channel:
     tail: deque[tuple[models.Event, int]] = field(default_factory=deque)
     tail_bytes: int = 0
-    #: Followers waiting for news, each on its own future (removed when it stops waiting).
-    waiters: set[asyncio.Future[bool]] = field(default_factory=set)
+    #: Followers waiting for news, each on its own future (removed when it stops waiting),
+    #: with its cursor.
+    waiters: dict[asyncio.Future[bool], _Cursor] = field(default_factory=dict)
     last_seq: int = 0
     closed: bool = False
     followers: int = 0
@@ -155,12 +179,33 @@ class Hub:
         for channel in pending:
             self._wake(channel)
 
+    def _wake(self, channel: _Channel) -> None:
+        waiters, channel.waiters = channel.waiters, {}
+        now: float | None = None
+        for waiter, cursor in waiters.items():
+            if waiter.done():
+                continue
+            if cursor.push is not None and not self._closing:
+                news = self._news(channel, cursor.after)
+                if news and _pushed(cursor.push, news):
+                    cursor.after = news[-1].seq
+                    channel.waiters[waiter] = cursor  # still waiting, caught up again
+                    if cursor.idle is not None and waiter in self._idle:
+                        now = asyncio.get_running_loop().time() if now is None else now
+                        self._idle[waiter] = now + cursor.idle
+                    continue
+            waiter.set_result(True)
+
     @staticmethod
-    def _wake(channel: _Channel) -> None:
-        waiters, channel.waiters = channel.waiters, set()
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(True)
+    def _news(channel: _Channel, after: int, limit: int = 100) -> list[models.Event] | None:
+        """What is new after ``after`` if the tail holds all of it and it does not end the run
+        (the follower's own task takes the end), else None."""
+        tail = channel.tail
+        if not tail or tail[0][0].seq > after + 1 or channel.last_seq - after > limit:
+            return None
+        news = [e for e, _ in itertools.takewhile(lambda p: p[0].seq > after, reversed(tail))]
+        news.reverse()
+        return news if news and not _is_terminal(news[-1]) else None
 
     def _sweep(self) -> None:
         """Time out the idle followers whose time has come; come back for the next."""
@@ -207,14 +252,15 @@ class Hub:
         rest = itertools.dropwhile(lambda p: p[0].seq <= after, tail)
         return [e for e, _ in itertools.islice(rest, limit)]
 
-    async def _wait(self, channel: _Channel, after: int, idle: float | None) -> bool:
-        """Until something is published after ``after`` (True), or ``idle`` seconds pass
-        without (False)."""
-        if channel.last_seq > after or self._closing:
+    async def _wait(self, channel: _Channel, cursor: _Cursor) -> bool:
+        """Until something is published after the cursor that its push did not take (True),
+        or its ``idle`` seconds pass without (False)."""
+        if channel.last_seq > cursor.after or self._closing:
             return True
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[bool] = loop.create_future()
-        channel.waiters.add(waiter)
+        channel.waiters[waiter] = cursor
+        idle = cursor.idle
         if idle is not None:
             deadline = self._idle[waiter] = loop.time() + idle
             if self._sweeping is None or self._sweeping.when() > deadline:
@@ -224,24 +270,34 @@ class Hub:
         try:
             return await waiter
         finally:
-            channel.waiters.discard(waiter)
+            channel.waiters.pop(waiter, None)
             self._idle.pop(waiter, None)
 
     async def follow(
-        self, run_id: str, after: int = 0, *, batch: int = 500, idle: float | None = None
+        self,
+        run_id: str,
+        after: int = 0,
+        *,
+        batch: int = 500,
+        idle: float | None = None,
+        push: Push | None = None,
     ) -> AsyncIterator[list[models.Event]]:
         """Batches of events with seq > ``after``, live, ending after the run's terminal event
         (or when the hub closes: see ``closing``). With ``idle``, an empty batch after that
-        many seconds without events (a heartbeat for the caller)."""
+        many seconds without events (a heartbeat for the caller). With ``push``, the news
+        that arrive while the caller waits go to ``push`` first (see the module's doc): what
+        it takes is not yielded again."""
         channel = self._channel(run_id)
         channel.followers += 1
+        cursor = _Cursor(after, push, idle)
         ended = False
         ask_store = True  # whether the run has ended without us seeing its terminal event
         try:
             while not self._closing:
+                after = cursor.after
                 events = await self._read(run_id, channel, after, batch)
                 if events:
-                    after = events[-1].seq
+                    after = cursor.after = events[-1].seq
                     if _is_terminal(events[-1]):
                         ended = True
                     yield events
@@ -254,11 +310,20 @@ class Hub:
                         ended = True
                         return
                     ask_store = False
-                if not await self._wait(channel, after, idle):
+                if not await self._wait(channel, cursor):
                     ask_store = True
                     yield []
         finally:
             self._leave(run_id, channel, ended=ended)
+
+
+def _pushed(push: Push, news: list[models.Event]) -> bool:
+    """``push(news)``; a push that fails declines (its follower's task takes the news)."""
+    try:
+        return push(news)
+    except Exception:
+        log.exception("pushing events to a follower failed; its task takes them")
+        return False
 
 
 def _is_terminal(event: models.Event) -> bool:

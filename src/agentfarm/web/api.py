@@ -15,6 +15,7 @@ from agentfarm.domain import diffs, errors, models
 from agentfarm.store import Store
 from agentfarm.store.secrets import NAME_RE, SecretStore
 from agentfarm.supervisor import spend
+from agentfarm.supervisor.hub import Push
 from agentfarm.supervisor.queue import QueueInfo
 from agentfarm.supervisor.runs import Supervisor
 from agentfarm.web import event_wire, ids, sse
@@ -330,7 +331,10 @@ async def run_events(
     if "text/event-stream" in accept:
         start = after
         start = max(start, ids.last_event_id(last_event_id))
-        return sse.EventStream(_sse(sup, run_id, start))
+        stream = sse.EventStream(
+            _sse(sup, run_id, start, lambda batch: stream.push(sse.json_frames(batch)))
+        )
+        return stream
     if before is not None:
         page = await st.list_events_before(run_id, before=before, limit=limit)
     else:
@@ -338,9 +342,10 @@ async def run_events(
     return Response(event_wire.json_array(page), media_type="application/json")
 
 
-async def _sse(sup: Supervisor, run_id: str, after: int) -> AsyncIterator[bytes]:
-    """Each event as a message (its seq the id), a whole batch in one write; ``end`` last."""
-    async for batch in sup.hub.follow(run_id, after, idle=sse.HEARTBEAT):
+async def _sse(sup: Supervisor, run_id: str, after: int, push: Push) -> AsyncIterator[bytes]:
+    """Each event as a message (its seq the id), a whole batch in one write; ``end`` last.
+    While it waits, what comes goes to ``push`` first (straight to the socket)."""
+    async for batch in sup.hub.follow(run_id, after, idle=sse.HEARTBEAT, push=push):
         yield sse.json_frames(batch)  # empty when idle: a heartbeat
     if not sup.hub.closing:  # a server stopping is not the run ending: the client reconnects
         yield sse.message("end", json.dumps({"run_id": run_id}))

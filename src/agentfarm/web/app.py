@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.types import Receive, Scope, Send
 
 from agentfarm import __version__
 from agentfarm.agents.base import AgentAdapter
@@ -36,6 +37,16 @@ from agentfarm.web.hosts import HostAllowList
 from agentfarm.web.pages import live_runs
 
 log = logging.getLogger(__name__)
+
+
+class _App(FastAPI):
+    """The app, keeping the server's own ``send`` in each request's scope: a live stream may
+    write its events to the socket past the layers in between (``sse.EventStream.push``)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            scope[sse.SERVER_SEND] = send
+        await super().__call__(scope, receive, send)
 
 
 def default_adapters() -> dict[str, AgentAdapter]:
@@ -108,7 +119,7 @@ def create_app(
             await store.close()
 
     public_docs = settings.public_api_docs
-    app = FastAPI(
+    app = _App(
         title="agentfarm",
         version=__version__,
         summary="Run autonomous coding agents in sandboxes; watch them live.",

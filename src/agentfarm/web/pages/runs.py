@@ -110,10 +110,17 @@ async def run_live(
     after = max(after, ids.last_event_id(request.headers.get("last-event-id")))
     hub = api.supervisor(request).hub
 
+    def push(batch: list[models.Event]) -> bool:
+        # Plain events go straight to the socket while the stream waits; a batch that
+        # changes the head takes the task's way (the head is read from the store).
+        if any(e.type in HEAD_EVENTS for e in batch):
+            return False
+        return response.push(sse.html_message(batch, event_html.event_html))
+
     async def stream() -> AsyncIterator[bytes]:
         # Everything available at once goes out in one write: the events, then the head
         # when the run's status or figures changed (rendered once for all its viewers).
-        async for batch in hub.follow(run_id, after, idle=sse.HEARTBEAT):
+        async for batch in hub.follow(run_id, after, idle=sse.HEARTBEAT, push=push):
             if not batch:
                 yield b""  # a heartbeat
                 continue
@@ -124,7 +131,8 @@ async def run_live(
         if not hub.closing:  # a server stopping is not the run ending: the page reconnects
             yield sse.message("end", run_id)
 
-    return sse.EventStream(stream())
+    response = sse.EventStream(stream())
+    return response
 
 
 HEAD_EVENTS = (models.EventType.run_status, models.EventType.agent_result)

@@ -1,0 +1,146 @@
+"""``EventStream.push`` on a real uvicorn server on loopback: chunks written straight to the
+socket arrive whole and in order between the task's own, the response still ends cleanly, and
+a push is declined (the task sends instead) whenever it cannot be done safely: another server,
+an HTTP/1.0 client, a socket that has not taken what was written before."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import httpx
+import uvicorn
+
+from agentfarm.web import app as app_module
+from agentfarm.web import sse
+
+
+class Streams:
+    """An app with one route, ``/s``, whose stream yields what ``feed`` is given (None ends
+    it); the responses made are kept to push to."""
+
+    def __init__(self) -> None:
+        self.app = app_module._App()
+        self.feed: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self.made: list[sse.EventStream] = []
+
+        @self.app.get("/s")
+        async def stream() -> sse.EventStream:
+            async def chunks() -> AsyncIterator[bytes]:
+                while (chunk := await self.feed.get()) is not None:
+                    yield chunk
+
+            response = sse.EventStream(chunks())
+            self.made.append(response)
+            return response
+
+
+@contextlib.asynccontextmanager
+async def serving(app: object) -> AsyncIterator[str]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        config = uvicorn.Config(app, lifespan="off", log_level="warning", http="h11")  # type: ignore[arg-type]
+        server = uvicorn.Server(config)
+        task = asyncio.create_task(server.serve(sockets=[sock]))
+        try:
+            while not server.started:
+                await asyncio.sleep(0.01)
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            server.should_exit = True
+            await asyncio.wait_for(task, 10)
+
+
+async def until(check: Callable[[], bool]) -> None:
+    async def go() -> None:
+        while not check():
+            await asyncio.sleep(0.005)
+
+    await asyncio.wait_for(go(), 10)
+
+
+async def test_pushed_chunks_arrive_whole_and_in_order_between_the_tasks_own() -> None:
+    s = Streams()
+    async with serving(s.app) as url, httpx.AsyncClient() as client:
+        got = b""
+        async with client.stream("GET", url + "/s") as response:
+            await s.feed.put(b"data: 1\n\n")
+            chunks = response.aiter_bytes()
+            got += await anext(chunks)
+            assert got == b"data: 1\n\n"
+            stream = s.made[0]
+            for i in range(2, 5):
+                assert stream.push(f"data: {i}\n\n".encode())
+            await s.feed.put(b"data: 5\n\n")
+            await s.feed.put(None)
+            async for chunk in chunks:
+                got += chunk
+        assert got == b"".join(f"data: {i}\n\n".encode() for i in range(1, 6))
+        assert not stream.push(b"data: late\n\n")  # the response is over: nothing written
+
+
+async def test_a_push_is_declined_without_uvicorn_and_for_http_1_0() -> None:
+    sent: list[bytes] = []
+
+    async def send(message: dict[str, Any]) -> None:  # another server's send
+        sent.append(message.get("body", b""))
+
+    async def receive() -> dict[str, Any]:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    feed: asyncio.Queue[bytes | None] = asyncio.Queue()
+
+    async def chunks() -> AsyncIterator[bytes]:
+        while (chunk := await feed.get()) is not None:
+            yield chunk
+
+    other = sse.EventStream(chunks())
+    scope = {"type": "http", "method": "GET", sse.SERVER_SEND: send}
+    task = asyncio.create_task(other(scope, receive, send))
+    await feed.put(b"data: 1\n\n")
+    await until(lambda: len(sent) == 2)
+    assert not other.push(b"data: 2\n\n")  # not uvicorn's: the task's way
+    await feed.put(None)
+    await asyncio.wait_for(task, 10)
+    assert sent == [b"", b"data: 1\n\n", b""]
+
+    s = Streams()
+    async with serving(s.app) as url:
+        host, port = url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"GET /s HTTP/1.0\r\nHost: t\r\n\r\n")
+        await s.feed.put(b"data: 1\n\n")
+        await until(lambda: len(s.made) == 1)
+        await asyncio.sleep(0.05)
+        assert not s.made[0].push(b"data: 2\n\n")  # no chunks for HTTP/1.0
+        await s.feed.put(None)
+        body = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+        assert body.endswith(b"\r\n\r\ndata: 1\n\n")
+
+
+async def test_a_viewer_that_does_not_read_gets_no_push_once_its_socket_is_full() -> None:
+    s = Streams()
+    async with serving(s.app) as url:
+        host, port = url.removeprefix("http://").split(":")
+        _reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"GET /s HTTP/1.1\r\nHost: t\r\n\r\n")
+        await s.feed.put(b"data: 1\n\n")
+        await until(lambda: bool(s.made))
+        stream = s.made[0]
+        await until(lambda: stream._cycle is not None and stream.sending_since is None)
+        big = b"data: " + b"x" * (1 << 20) + b"\n\n"
+        pushed = 0
+        while stream.push(big):  # the reader reads nothing: the kernel's buffers fill
+            pushed += 1
+            assert pushed < 200
+        assert pushed >= 1
+        assert stream._cycle.transport.get_write_buffer_size() > 0
+        assert not stream.push(b"data: small\n\n")
+        writer.close()
+        await s.feed.put(None)
