@@ -106,14 +106,14 @@ def serve(data_dir: str, port: int) -> None:
             "max_concurrent_runs": 100,
         }
     )
+    if "AGENTFARM_BENCH_WAKE_GAP" in os.environ:  # to compare the gaps between wake-ups
+        from agentfarm.supervisor import hub
+
+        hub.WAKE_GAP = float(os.environ["AGENTFARM_BENCH_WAKE_GAP"])
     app = create_app(settings, backends={"local": backend})
     from agentfarm.cli.server import tune_gc
 
     tune_gc()  # the collector's settings of `agentfarm serve`: measure the server users run
-    if "AGENTFARM_BENCH_WAKE_BATCH" in os.environ:  # to compare batching delays
-        from agentfarm.supervisor import hub
-
-        hub.WAKE_BATCH = float(os.environ["AGENTFARM_BENCH_WAKE_BATCH"])
     profile = os.environ.get("AGENTFARM_BENCH_PROFILE")  # where the server's profile goes
     if not profile:
         uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", proxy_headers=False)

@@ -5,7 +5,7 @@ doubled either way."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -41,6 +41,19 @@ class Pusher:
         return True
 
 
+async def until(check: Callable[[], bool]) -> None:
+    async def go() -> None:
+        while not check():
+            await asyncio.sleep(0.001)
+
+    await asyncio.wait_for(go(), 10)
+
+
+async def pushed(push: Pusher, count: int) -> None:
+    """Until ``push`` took ``count`` batches (wake-ups are at least ``WAKE_GAP`` apart)."""
+    await until(lambda: len(push.pushed) >= count)
+
+
 async def follow_into(
     hub: Hub, run_id: str, push: Pusher, yielded: list[list[int]], *, idle: float | None = None
 ) -> None:
@@ -56,9 +69,9 @@ async def test_news_of_a_waiting_follower_go_to_its_push_not_its_task(store: Sto
     task = asyncio.create_task(follow_into(hub, run.id, push, yielded))
     await parked(hub, run.id)
     assert yielded == [[1, 2]]  # what was there at the start: the task's way
-    for _ in range(3):
+    for i in range(3):
         await store_and_publish(hub, store, run.id, texts(2, 10))
-        await asyncio.sleep(0)  # the wake-up runs
+        await pushed(push, i + 1)
     assert push.pushed == [[3, 4], [5, 6], [7, 8]]
     assert yielded == [[1, 2]]  # the task was not woken for them
     # The end is the task's: it yields the terminal event and returns.
@@ -74,15 +87,17 @@ async def test_what_push_declines_the_task_yields_once_in_order(store: Store) ->
     task = asyncio.create_task(follow_into(hub, run.id, push, yielded))
     await parked(hub, run.id)
     await store_and_publish(hub, store, run.id, texts(1, 10))
-    await asyncio.sleep(0)
+    await pushed(push, 1)
     push.accept = False  # a viewer whose socket is not keeping up
     await store_and_publish(hub, store, run.id, texts(2, 10))
+    await until(lambda: len(yielded) == 1)
     await parked(hub, run.id)
     push.accept = True
     await store_and_publish(hub, store, run.id, texts(1, 10))
-    await asyncio.sleep(0)
+    await pushed(push, 2)
     push.fail = True  # a push that raises declines too
     await store_and_publish(hub, store, run.id, texts(1, 10))
+    await until(lambda: len(yielded) == 2)
     await parked(hub, run.id)
     await store_and_publish(hub, store, run.id, [status(models.RunStatus.failed)], final=True)
     await asyncio.wait_for(task, 10)
@@ -93,7 +108,7 @@ async def test_what_push_declines_the_task_yields_once_in_order(store: Store) ->
 
 
 async def test_many_followers_each_get_every_event_once_pushed_or_yielded(store: Store) -> None:
-    hub = Hub(store)
+    hub = Hub(store, wake_gap=0)  # every publish wakes at the next loop iteration
     run = await new_run(store)
     pushes = [Pusher() for _ in range(10)]
     yielded: list[list[list[int]]] = [[] for _ in pushes]
@@ -131,3 +146,29 @@ async def test_pushes_keep_a_follower_from_its_heartbeat_and_close_lets_it_go(
     assert [] in yielded
     hub.close()
     await asyncio.wait_for(task, 10)
+
+
+async def test_wake_ups_are_a_gap_apart_and_gather_what_came_meanwhile(store: Store) -> None:
+    hub = Hub(store, wake_gap=0.2)
+    runs = [await new_run(store) for _ in range(3)]
+    pushes = [Pusher() for _ in runs]
+    tasks = [
+        asyncio.create_task(follow_into(hub, run.id, push, []))
+        for run, push in zip(runs, pushes, strict=True)
+    ]
+    for run in runs:
+        await parked(hub, run.id)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    await store_and_publish(hub, store, runs[0].id, texts(1, 10))
+    await pushed(pushes[0], 1)  # after a quiet spell: at once
+    assert loop.time() - start < 0.15
+    for run in runs:  # within the gap: held, then all woken together
+        await store_and_publish(hub, store, run.id, texts(1, 10))
+    await asyncio.sleep(0.05)
+    assert [len(p.pushed) for p in pushes] == [1, 0, 0]
+    await pushed(pushes[2], 1)
+    assert [len(p.pushed) for p in pushes] == [2, 1, 1]
+    assert loop.time() - start >= 0.19
+    hub.close()
+    await asyncio.wait_for(asyncio.gather(*tasks), 10)

@@ -120,7 +120,8 @@ def test_json_frames_carry_each_event_with_its_seq_as_the_id() -> None:
     run = "fedcbafedcba"
     events = [event(1, "a\nb", run), event(2, "c", run)]
     frames = sse.json_frames(events)
-    assert sse.json_frames(events) is not frames  # joined per call, each frame cached
+    assert sse.json_frames(events) is frames  # the batch joined once for its viewers
+    assert sse.json_frames(events[:1]) == frames.split(b"\n\n")[0] + b"\n\n"
     parsed = [m for m in frames.decode().split("\n\n") if m]
     assert [m.split("\n")[0] for m in parsed] == ["id: 1", "id: 2"]
     assert json.loads(parsed[0].split("\n")[1].removeprefix("data: "))["data"] == {"text": "a\nb"}

@@ -27,7 +27,7 @@ import re
 import signal
 import weakref
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 from sse_starlette.sse import AppStatus
@@ -97,16 +97,40 @@ def _json_frame(event: models.Event) -> bytes:
     return f"id: {event.seq}\ndata: {domain_events.event_json(event)}\n\n".encode()
 
 
-def json_frames(events: Iterable[models.Event]) -> bytes:
+#: The last batches' messages, by (kind, run, first seq, last seq): a run's viewers, caught up
+#: together, get the same batch, joined once (a batch is every event between its two seqs).
+_batches: OrderedDict[tuple[str, str, int, int], bytes] = OrderedDict()
+BATCHES_KEPT = 256
+
+
+def _batch(kind: str, events: Sequence[models.Event], join: Callable[[], bytes]) -> bytes:
+    if not events:
+        return join()
+    key = (kind, events[0].run_id, events[0].seq, events[-1].seq)
+    chunk = _batches.get(key)
+    if chunk is None:
+        chunk = _batches[key] = join()
+        if len(_batches) > BATCHES_KEPT:
+            _batches.popitem(last=False)
+    return chunk
+
+
+def json_frames(events: Sequence[models.Event]) -> bytes:
     """The API stream's messages for ``events``: one per event, its seq as the id."""
-    return b"".join(frames.get("json", e, _json_frame) for e in events)
+    return _batch(
+        "json", events, lambda: b"".join(frames.get("json", e, _json_frame) for e in events)
+    )
 
 
 def html_message(events: list[models.Event], render: Callable[[models.Event], str]) -> bytes:
     """One ``events`` message carrying every event's HTML, the last seq as its id. Each
     event's lines are encoded once (``render`` is cached too); the browser joins them."""
-    body = b"".join(frames.get("html", e, lambda e: data_lines(render(e))) for e in events)
-    return f"id: {events[-1].seq}\nevent: events\n".encode() + body + b"\n"
+
+    def join() -> bytes:
+        body = b"".join(frames.get("html", e, lambda e: data_lines(render(e))) for e in events)
+        return f"id: {events[-1].seq}\nevent: events\n".encode() + body + b"\n"
+
+    return _batch("html", events, join)
 
 
 def shutting_down() -> bool:
@@ -167,7 +191,7 @@ class EventStream(StreamingResponse):
             or transport.get_write_buffer_size()
         ):
             return False
-        transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+        transport.write(_http_chunk(chunk))
         return True
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -213,6 +237,17 @@ class EventStream(StreamingResponse):
             reaper.streams.discard(self)
             listener.cancel()
             await _close(self.chunks)
+
+
+_last_chunk: list[bytes] = [b"", b"0\r\n\r\n"]
+
+
+def _http_chunk(chunk: bytes) -> bytes:
+    """``chunk`` framed as an HTTP/1.1 chunk; the viewers of a run are pushed the same chunk
+    one after the other, so the last one framed is kept (held, so its identity is its own)."""
+    if chunk is not _last_chunk[0]:
+        _last_chunk[:] = [chunk, b"%x\r\n%b\r\n" % (len(chunk), chunk)]
+    return _last_chunk[1]
 
 
 def _chunked_cycle(scope: Scope) -> Any:
