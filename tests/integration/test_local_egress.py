@@ -3,11 +3,14 @@ inside the sandbox, and the denial records. All traffic stays on this host's loo
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import socket
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -64,7 +67,7 @@ def listener() -> Iterator[int]:
 
 
 PROBE = """
-import json, os, socket, sys, urllib.request, urllib.error
+import json, os, socket, sys, time, urllib.request, urllib.error
 out = {"proxy": os.environ.get("HTTPS_PROXY")}
 out["ifaces"] = sorted(name for _, name in socket.if_nameindex())
 def fetch(url):
@@ -92,23 +95,45 @@ out["loopback_via_proxy"] = fetch(f"http://127.0.0.1:{other}/")
 out["loopback_direct"] = direct(other)
 out["metadata"] = connect("169.254.169.254", 80)
 print(json.dumps(out), flush=True)
+time.sleep(1)  # still running while the test looks at its monitor
 """.replace("PORT", str(egress.SANDBOX_PORT))
 
 
+@asynccontextmanager
+async def local_backend(tmp_path: Path, pooled: bool) -> AsyncIterator[LocalBackend]:
+    """A backend whose launch takes an idle monitor (which forked its egress proxy while it
+    waited), or one that starts its monitor at launch."""
+    backend = LocalBackend(Settings(data_dir=tmp_path / "data", local_clone_pool=0))
+    if pooled:
+        await backend.astart()
+        deadline = time.monotonic() + 20
+        while not backend.monitors._idle and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert backend.monitors._idle, "no idle monitor started"
+    try:
+        yield backend
+    finally:
+        await backend.aclose()
+
+
+@pytest.mark.parametrize("pooled", [False, True], ids=["own-monitor", "idle-monitor"])
 @pytest.mark.parametrize("via", ["auto", "bridge"])
 async def test_allowlist_reaches_only_the_model_endpoint(
-    tmp_path: Path, source: Path, endpoint: str, listener: int, via: str
+    tmp_path: Path, source: Path, endpoint: str, listener: int, via: str, pooled: bool
 ) -> None:
     # auto: the launcher's own namespace as root (the bridge otherwise); bridge: forced.
-    backend = LocalBackend(Settings(data_dir=tmp_path / "data"))
-    backend.egress_via = via
-    run = new_run(source)
-    program = agent(tmp_path, "probe", PROBE)
-    command = AgentCommand(argv=[program, endpoint, str(listener)], env={})
-    handle, info = await backend.launch(
-        run, LaunchSpec.of(run.id, command, {"ANTHROPIC_BASE_URL": endpoint})
-    )
-    records = await collect(handle.records(0))
+    async with local_backend(tmp_path, pooled) as backend:
+        backend.egress_via = via
+        run = new_run(source)
+        program = agent(tmp_path, "probe", PROBE)
+        command = AgentCommand(argv=[program, endpoint, str(listener)], env={})
+        handle, info = await backend.launch(
+            run, LaunchSpec.of(run.id, command, {"ANTHROPIC_BASE_URL": endpoint})
+        )
+        kids = monitor_children(backend.run_dir(run.id))
+        records = await collect(handle.records(0))
+    # The proxy is the monitor's child, forked ahead of need by an idle one, or at launch.
+    assert egress.PROXY_NAME in kids and len(kids) == 2, kids  # and the sandbox
     assert records[-1].exit is not None and records[-1].exit.exit_code == 0, records
     out = json.loads(stdout_lines(records)[0])
     assert out["ifaces"] == ["lo"]
@@ -128,16 +153,23 @@ async def test_allowlist_reaches_only_the_model_endpoint(
     assert any("allowlist" in n and endpoint.removeprefix("http://") in n for n in info.notices)
 
 
-async def test_policies_none_and_open(tmp_path: Path, source: Path, listener: int) -> None:
-    backend = LocalBackend(Settings(data_dir=tmp_path / "data"))
+@pytest.mark.parametrize("pooled", [False, True], ids=["own-monitor", "idle-monitor"])
+async def test_policies_none_and_open(
+    tmp_path: Path, source: Path, listener: int, pooled: bool
+) -> None:
     program = agent(tmp_path, "direct", DIRECT)
     found = {}
-    for network in ("none", "open"):
-        run = new_run(source, network=network)
-        command = AgentCommand(argv=[program, str(listener)], env={})
-        handle, info = await backend.launch(run, LaunchSpec.of(run.id, command, {}))
-        records = await collect(handle.records(0))
-        found[network] = (json.loads(stdout_lines(records)[0]), info.notices)
+    async with local_backend(tmp_path, pooled) as backend:
+        for network in ("none", "open"):
+            run = new_run(source, network=network)
+            command = AgentCommand(argv=[program, str(listener)], env={})
+            handle, info = await backend.launch(run, LaunchSpec.of(run.id, command, {}))
+            # The agent runs: an idle monitor's proxy, which this run did not need, is gone
+            # (exited and reaped, no zombie); a monitor of its own never forked one.
+            kids = monitor_children(backend.run_dir(run.id))
+            assert egress.PROXY_NAME not in kids and len(kids) == 1, kids
+            records = await collect(handle.records(0))
+            found[network] = (json.loads(stdout_lines(records)[0]), info.notices)
     out, notices = found["none"]
     assert out["ifaces"] == ["lo"] and out["proxy"] is None and out["direct"] != "connected"
     assert any("no network" in n for n in notices)
@@ -146,8 +178,15 @@ async def test_policies_none_and_open(tmp_path: Path, source: Path, listener: in
     assert any("sandbox.network is open" in n for n in notices)
 
 
+def monitor_children(run_dir: Path) -> list[bytes]:
+    """The names of the run's monitor's children (while the agent runs)."""
+    pid = json.loads((run_dir / "monitor.json").read_text())["pid"]
+    kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [Path(f"/proc/{kid}/comm").read_bytes().strip() for kid in kids]
+
+
 DIRECT = """
-import json, os, socket, sys
+import json, os, socket, sys, time
 out = {"proxy": os.environ.get("HTTPS_PROXY")}
 out["ifaces"] = sorted(name for _, name in socket.if_nameindex())
 try:
@@ -156,4 +195,5 @@ try:
 except OSError as e:
     out["direct"] = repr(e)
 print(json.dumps(out), flush=True)
+time.sleep(1)  # still running while the test looks at its monitor
 """

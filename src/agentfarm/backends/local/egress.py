@@ -2,12 +2,16 @@
 
 The sandbox has its own network namespace with nothing but ``lo``, and its HTTP(S)_PROXY
 points at ``127.0.0.1:3128`` there. The proxy (:mod:`agentfarm.backends.local.egress_proxy`)
-runs outside the sandbox as a child of the run's monitor, forked here before the agent starts
-and killed when the monitor finishes. How the port reaches it depends on privilege:
+runs outside the sandbox as a child of the run's monitor, killed when the monitor finishes.
+It is forked ahead of need (:func:`fork_proxy`: by an idle monitor while it waits for its
+spec, else before the agent starts), imports and warms up, drops its privileges and waits on
+a socket pair; at launch the monitor hands it the run's policy and descriptors
+(:func:`hand_over`), so the agent's start no longer competes with the proxy's imports. How the
+port reaches it depends on privilege:
 
 - as root (``netns``): the launcher child, between fork and exec, enters a new network
   namespace, brings ``lo`` up, listens on the port there and hands the listening socket to
-  the proxy over a socket pair; bubblewrap then runs in that namespace (without
+  the proxy over the same socket pair; bubblewrap then runs in that namespace (without
   ``--unshare-net``). Nothing of the egress path runs inside the sandbox, and the namespace
   belongs to the host's user namespace, so the agent holds no capability over it.
 - otherwise (``bridge``): bubblewrap makes the namespace, and ``bridge.py`` inside the sandbox
@@ -20,11 +24,13 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import fcntl
+import json
 import os
 import signal
 import socket
 import struct
 import sys
+from dataclasses import dataclass
 from typing import Any
 
 #: The proxy's port on the sandbox's own loopback (each sandbox has its own namespace).
@@ -42,6 +48,9 @@ CLONE_NEWNET = 0x40000000
 SIOCGIFFLAGS = 0x8913
 SIOCSIFFLAGS = 0x8914
 IFF_UP = 0x1
+PR_SET_NAME = 15
+#: The proxy's name in ps (a process name has at most 15 characters).
+PROXY_NAME = b"agentfarm-proxy"
 #: The running program's symbols (libc included), resolved before any fork.
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -77,28 +86,26 @@ def private_network(channel: socket.socket) -> None:
         socket.send_fds(channel, [b"L"], [listener.fileno()])
 
 
-def fork_proxy(
-    listener: socket.socket | None,
-    policy: dict[str, Any],
-    report_fd: int,
-    channel: socket.socket | None = None,
-) -> int:
-    """Fork the proxy process (from the single-threaded monitor); returns its pid.
+def fork_proxy() -> tuple[int, socket.socket]:
+    """Fork a proxy that waits for its run (from the single-threaded monitor, an idle one ahead
+    of need); returns its pid and the monitor's end of the socket pair it waits on.
 
-    It serves ``listener`` (bridge mode), or the listener that arrives on ``channel`` from
-    :func:`private_network` (netns mode).
+    The proxy imports what it needs and warms up, drops its privileges, then blocks on the pair
+    until :func:`hand_over` gives it its policy and descriptors; it exits at once, without
+    serving, if the pair closes first (a run with another network policy, or none at all).
     """
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     pid = os.fork()
     if pid > 0:
-        return pid
+        theirs.close()
+        return pid, ours
     code = 0
     try:
         _die_with_parent()
-        keep = {2, report_fd}
-        keep |= {s.fileno() for s in (listener, channel) if s is not None}
+        keep = {2, theirs.fileno()}
         devnull = os.open(os.devnull, os.O_RDWR)
-        os.dup2(devnull, 0)
-        os.dup2(devnull, 1)  # never hold the launching server's pipe open
+        os.dup2(devnull, 0)  # never hold the launching server's pipes open
+        os.dup2(devnull, 1)
         keep.add(devnull)
         for name in os.listdir("/proc/self/fd"):
             fd = int(name)
@@ -106,25 +113,79 @@ def fork_proxy(
                 with contextlib.suppress(OSError):
                     os.close(fd)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        if channel is not None:
-            _, fds, _, _ = socket.recv_fds(channel, 16, 1)
-            if not fds:
-                os._exit(0)  # the agent never started
-            listener = socket.socket(fileno=fds[0])
-            channel.close()
-        if listener is None:
-            raise ValueError("no listener")
+        _libc.prctl(PR_SET_NAME, PROXY_NAME)  # for people reading ps (and tests)
         from agentfarm.backends.local import egress_proxy  # asyncio: only in this process
-        from agentfarm.domain.egress import Policy
 
-        egress_proxy.serve_forever(
-            listener, Policy.from_json(policy), report_fd, ready=_drop_privileges
-        )
+        egress_proxy.serve_prepared(theirs, ready=_drop_privileges)
     except BaseException as exc:  # a forked child must never return
         with contextlib.suppress(OSError):
             print(f"egress proxy: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
         code = 1
     os._exit(code)
+
+
+@dataclass(frozen=True)
+class Handover:
+    """What a waiting proxy gets for its run."""
+
+    policy: dict[str, Any]
+    report_fd: int
+    #: The monitor's log, the proxy's stderr from now on (an idle monitor had none).
+    log_fd: int
+    #: Bridge mode: the unix listener in the run directory. Netns mode: None, the listener
+    #: comes next, from the launcher child (:func:`private_network`, :func:`receive_listener`).
+    listener: socket.socket | None
+
+
+def hand_over(
+    channel: socket.socket,
+    policy: dict[str, Any],
+    report_fd: int,
+    log_fd: int,
+    listener: socket.socket | None,
+) -> None:
+    """Give the waiting proxy its run: one message, ``H``, the body's length and the body
+    (JSON), carrying the descriptors (SCM_RIGHTS)."""
+    body = json.dumps({"policy": policy, "listener": listener is not None}).encode()
+    fds = [report_fd, log_fd] + ([listener.fileno()] if listener is not None else [])
+    socket.send_fds(channel, [b"H" + struct.pack("!I", len(body)) + body], fds)
+
+
+def receive_handover(channel: socket.socket) -> Handover | None:
+    """The proxy's side of :func:`hand_over`; None if the monitor closed the pair instead."""
+    head, fds, _, _ = socket.recv_fds(channel, 5, 3)
+    try:
+        if not head:
+            return None
+        head += _receive_exactly(channel, 5 - len(head))
+        if head[:1] != b"H":
+            raise ValueError("the egress proxy's handover is garbled")
+        body = json.loads(_receive_exactly(channel, struct.unpack("!I", head[1:])[0]))
+        listener = socket.socket(fileno=fds[2]) if body["listener"] else None
+        handover = Handover(body["policy"], fds[0], fds[1], listener)
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+    return handover
+
+
+def receive_listener(channel: socket.socket) -> socket.socket | None:
+    """Netns mode: the listener :func:`private_network` sends; None if the agent never
+    started (the launcher child failed before, and the monitor closed the pair)."""
+    _, fds, _, _ = socket.recv_fds(channel, 16, 1)
+    return socket.socket(fileno=fds[0]) if fds else None
+
+
+def _receive_exactly(channel: socket.socket, size: int) -> bytes:
+    # Exactly: the bytes after these may carry the listener, which only recv_fds may read.
+    data = b""
+    while len(data) < size:
+        chunk = channel.recv(size - len(data))
+        if not chunk:
+            raise EOFError("the monitor closed the egress proxy's pair mid-handover")
+        data += chunk
+    return data
 
 
 def _drop_privileges() -> None:

@@ -31,6 +31,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from agentfarm.backends.local import egress as local_egress
 from agentfarm.domain import egress
 
 MAX_HEAD = 16 * 1024
@@ -298,17 +299,34 @@ def local_addresses() -> frozenset[str]:
 
 
 # --- the proxy process (forked by the monitor) ----------------------------------------------
-def serve_forever(
-    listener: socket.socket,
-    policy: egress.Policy,
-    report_fd: int,
-    ready: Callable[[], None] = lambda: None,
-) -> None:
-    """The body of the proxy process: serve until killed (the monitor kills it at the end).
+def serve_prepared(channel: socket.socket, ready: Callable[[], None] = lambda: None) -> None:
+    """The body of the proxy process (``egress.fork_proxy``): warm up, call ``ready``, wait on
+    ``channel`` for the run (``egress.hand_over``), then serve until killed (the monitor kills
+    it at the end). Returns, serving nothing, if ``channel`` closes first.
 
-    ``ready`` runs once the loop serves and its resolver thread is warm (the caller drops its
-    privileges there: nothing needs importing or opening as root after that).
+    ``ready`` runs once everything is imported and the resolver thread is warm, before anything
+    of the run arrives (the caller drops its privileges there: nothing needs importing or
+    opening as root after that, and nothing from the agent is read before it).
     """
+    with asyncio.Runner() as runner:
+        runner.run(resolve_host("127.0.0.1", 80))  # starts the executor thread, loads the codecs
+        ready()
+        handover = local_egress.receive_handover(channel)
+        if handover is None:
+            return  # the monitor's run does not need us, or it got none
+        os.dup2(handover.log_fd, 2)
+        os.close(handover.log_fd)
+        listener = handover.listener or local_egress.receive_listener(channel)
+        channel.close()
+        if listener is None:
+            return  # the agent never started
+        policy = egress.Policy.from_json(handover.policy)
+        runner.run(serve(listener, policy, handover.report_fd))
+
+
+async def serve(listener: socket.socket, policy: egress.Policy, report_fd: int) -> None:
+    """Serve ``listener`` with ``policy``, reporting each denial as a JSON line on
+    ``report_fd``, until cancelled."""
     os.set_blocking(report_fd, False)
 
     def report(body: dict[str, object]) -> None:
@@ -316,15 +334,8 @@ def serve_forever(
         with contextlib.suppress(OSError):
             os.write(report_fd, json.dumps(body).encode() + b"\n")
 
-    policy = replace(policy, local_addresses=local_addresses())
-    proxy = Proxy(policy, report)
-
-    async def main() -> None:
-        listener.setblocking(False)
-        server = await asyncio.start_server(proxy.handle, sock=listener, limit=MAX_HEAD)
-        await resolve_host("127.0.0.1", 80)  # starts the executor thread, loads the codecs
-        ready()
-        async with server:
-            await server.serve_forever()
-
-    asyncio.run(main())
+    proxy = Proxy(replace(policy, local_addresses=local_addresses()), report)
+    listener.setblocking(False)
+    server = await asyncio.start_server(proxy.handle, sock=listener, limit=MAX_HEAD)
+    async with server:
+        await server.serve_forever()

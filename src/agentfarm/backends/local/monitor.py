@@ -6,8 +6,8 @@ its spec (``monitor_spec``, credentials included) as JSON on stdin, starts the a
 (``monitor_launch``), and then, in one synchronous ``selectors`` loop: spools the agent's
 stdout and stderr lines as frames (``spool.py``); feeds its stdin (``monitor_stdin``: the
 prompt, follow-ups, interrupts, closing it once the agent has answered); answers
-``control.sock`` (``monitor_control``);
-runs the egress proxy with ``network: allowlist`` and spools its denials (``monitor_egress``);
+``control.sock`` (``monitor_control``); runs the egress proxy with ``network: allowlist``
+(forked ahead of need by an idle monitor) and spools its denials (``monitor_egress``);
 watches the OOM counter; and on exit writes the exit frame, fsyncs and leaves.
 
 Single-threaded on purpose: the launcher child runs Python code between fork and exec (joining
@@ -42,6 +42,7 @@ from agentfarm.backends.local import (
     procs,
 )
 from agentfarm.backends.local.frames import SpoolWriter
+from agentfarm.backends.local.monitor_egress import Waiting
 
 READ_SIZE = 1 << 16
 #: How often the OOM counter is read where the kernel does not tell (cgroup v2), and for a
@@ -54,7 +55,7 @@ DRAIN_TIMEOUT = 2.0
 
 
 class Monitor:
-    def __init__(self, spec: monitor_spec.MonitorSpec) -> None:
+    def __init__(self, spec: monitor_spec.MonitorSpec, proxy: Waiting | None = None) -> None:
         self.spec = spec
         self.dirfd = os.open(spec.run_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         spool_fd = os.open(
@@ -81,7 +82,7 @@ class Monitor:
         self.splitters = {"stdout": lines.LineSplitter(), "stderr": lines.LineSplitter()}
         self.control = monitor_control.ControlSocket(self.sel, self.dirfd, self)
         self.status_buffer = b""
-        self.proxy = monitor_egress.EgressProxy(spec, self.sel, self.dirfd, self.spool)
+        self.proxy = monitor_egress.EgressProxy(spec, self.sel, self.dirfd, self.spool, proxy)
 
     # --- start -----------------------------------------------------------------------------
     def write_identity(self) -> None:
@@ -110,14 +111,13 @@ class Monitor:
                 "whatever its uid can, and it has the host's network whatever sandbox.network "
                 "says"
             )
-        if spec.allowlist:
-            self.proxy.start()
+        self.proxy.start()
         status_r, status_w = os.pipe2(os.O_CLOEXEC)
         try:
             self.proc = monitor_launch.spawn(spec, status_w, self.cgroup, self.proxy.channel)
         finally:
             os.close(status_w)
-            self.proxy.close_channel()
+            self.proxy.after_spawn()
             if warming is not None:
                 os.waitpid(warming, 0)  # long done: its move came before the launcher's
         proc = self.proc
@@ -356,23 +356,24 @@ def main() -> int:
     # The server's ``kill -9`` or Ctrl-C aimed at its group must not reach us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    proxy = monitor_egress.prepare(sys.argv[1:])
     data = sys.stdin.buffer.read()
     if not data:
+        monitor_egress.discard(proxy)
         return 0  # an idle monitor (``monitors.MonitorPool``) that no run took
     # Its own session only now: until then the server may reach it through the process
     # group it was started in (``monitors.MonitorPool.take`` gives an idle one its priority
     # back that way).
     os.setsid()
-    raw = json.loads(data)
-    spec = monitor_spec.MonitorSpec.from_json(raw)
-    del raw
+    spec = monitor_spec.MonitorSpec.from_json(json.loads(data))  # the dict is freed at once
     # Below the control plane (its nice value, inherited by the sandbox and the agent, and
     # its new session's autogroup): many busy agents must not starve the server.
     priority.lower_priority(spec.limits.cpu_weight)
     try:
-        monitor = Monitor(spec)
+        monitor = Monitor(spec, proxy)
         _settle(monitor.dirfd)
     except OSError as exc:
+        monitor_egress.discard(proxy)
         _report({"ok": False, "error": f"cannot open the run directory: {exc}"})
         return 1
     try:

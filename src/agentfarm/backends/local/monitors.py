@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(agentfarm.__file__)))
 #: A refill waits this long after a launch took a monitor (see ``clone_pool.REFILL_DELAY``).
 REFILL_DELAY = 1.0
-#: Marks an idle monitor's command line (for people reading ``ps``; the monitor ignores it).
+#: Marks an idle monitor (``monitor_egress.IDLE``: it forks its egress proxy ahead of need).
 IDLE = "--idle"
 IDLE_NICENESS = 19
 #: Only root may give a process its priority back, so only root lowers idle monitors.
