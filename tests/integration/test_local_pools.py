@@ -1,11 +1,13 @@
 """The local backend's pools (ready clones, idle monitors) with real bubblewrap, git and
 cgroups: a pooled launch starts at the source's current commit on its own branch, owned by the
 sandbox uid; concurrent launches get their own clones; pools of 0 launch as before; a server
-killed with its pools full leaves no idle monitor, and a restart discards its clones."""
+killed with its pools full leaves no idle monitor (nor the egress proxy each forked ahead of
+need), and a restart discards its clones."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -17,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from agentfarm.backends.local import clone_pool, monitors, priority
+from agentfarm.backends.local import clone_pool, egress, monitors, priority
 from agentfarm.backends.local.backend import LocalBackend
 from agentfarm.domain import backend_config, models
 from agentfarm.domain.launch import AgentCommand, LaunchSpec
@@ -191,22 +193,49 @@ async def test_pools_of_zero_launch_as_before(tmp_path: Path, source: Path, repo
         await backend.aclose()
 
 
-def idle_monitors() -> set[int]:
-    """Idle monitors of this checkout's code (other checkouts may run tests meanwhile)."""
-    found = set()
+def idle_monitors(kind: bytes = b"monitor") -> set[int]:
+    """Idle monitors of this checkout's code (other checkouts may run tests meanwhile), or
+    (``proxy``) the egress proxies they forked ahead of need: their children, with the same
+    command line, named ``egress.PROXY_NAME`` a moment after the fork. A process whose
+    parent is one of these (the monitor while the process it forked away from lives, a
+    proxy not named yet) is neither."""
+    parents, proxies = {}, set()
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
         try:
             cmdline = Path(f"/proc/{name}/cmdline").read_bytes().split(b"\0")
             environ = Path(f"/proc/{name}/environ").read_bytes().split(b"\0")
+            named = Path(f"/proc/{name}/comm").read_bytes().strip() == egress.PROXY_NAME
+            parent = parent_of(int(name))
         except OSError:
             continue
         root = f"PYTHONPATH={monitors.PACKAGE_ROOT}".encode()
         ours = any(item.startswith(root) for item in environ)
         if ours and b"agentfarm.backends.local.monitor" in cmdline and b"--idle" in cmdline:
-            found.add(int(name))
-    return found
+            parents[int(name)] = parent
+            if named:
+                proxies.add(int(name))
+    if kind == b"proxy":
+        return proxies
+    return {pid for pid, parent in parents.items() if parent not in parents} - proxies
+
+
+def parent_of(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def wait_for_idle(before: set[int], before_proxies: set[int]) -> tuple[set[int], set[int]]:
+    """Two idle monitors, each with the egress proxy it forked ahead of need."""
+    deadline = time.monotonic() + 20
+    while True:
+        idle = idle_monitors() - before
+        proxies = idle_monitors(b"proxy") - before_proxies
+        with contextlib.suppress(OSError):
+            if len(idle) == 2 and {parent_of(p) for p in proxies} == idle and len(proxies) == 2:
+                return idle, proxies
+        assert time.monotonic() < deadline, f"idle monitors {idle}, their proxies {proxies}"
+        time.sleep(0.05)
 
 
 def wait_gone(pids: set[int], timeout: float = 10) -> set[int]:
@@ -229,33 +258,27 @@ def _not_zombie(pid: int) -> bool:
 def test_a_killed_server_leaves_no_idle_monitor_and_a_restart_discards_its_clones(
     tmp_path: Path,
 ) -> None:
-    before = idle_monitors()
+    before, before_proxies = idle_monitors(), idle_monitors(b"proxy")
     data = tmp_path / "data"
     env = {"AGENTFARM_LOCAL_MONITOR_POOL": "2"}
     srv = Server(data, env, tmp_path / "server.log").start()
     try:
-        deadline = time.monotonic() + 20
-        while len(idle_monitors() - before) < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        idle = idle_monitors() - before
-        assert len(idle) == 2
+        idle, proxies = wait_for_idle(before, before_proxies)
         # A clone an earlier server left in its pool, as a crash mid-way would.
         stale = data / "pool" / "9" / "workspace"
         stale.mkdir(parents=True)
         srv.kill()
         assert wait_gone(idle) == set(), "idle monitors outlived the killed server"
+        assert wait_gone(proxies) == set(), "their egress proxies outlived them"
 
         srv.start()
         assert not stale.exists()
-        deadline = time.monotonic() + 20
-        while len(idle_monitors() - before) < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        idle = idle_monitors() - before
-        assert len(idle) == 2
+        idle, proxies = wait_for_idle(before, before_proxies)
         srv.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
         srv.proc.wait(15)  # type: ignore[union-attr]
         srv.proc = None
         assert wait_gone(idle) == set(), "idle monitors outlived the stopped server"
+        assert wait_gone(proxies) == set(), "their egress proxies outlived them"
         assert not (data / "pool").exists()
     finally:
         srv.stop()
