@@ -10,6 +10,7 @@ socket pair; no connection leaves the proxy (every request tried is one it refus
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import selectors
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from agentfarm.backends.local import egress, monitor_egress, spool
+from agentfarm.backends.local import egress, egress_proxy, monitor_egress, spool
 from agentfarm.backends.local.frames import SpoolWriter
 from agentfarm.domain import egress as policies
 from tests.unit.test_local_monitor import spec
@@ -268,3 +269,30 @@ def test_only_an_idle_monitor_forks_ahead() -> None:
     waiting = monitor_egress.prepare([monitor_egress.IDLE])
     assert waiting is not None
     monitor_egress.discard(waiting)
+
+
+def test_a_proxy_without_privileges_still_knows_the_hosts_own_addresses(tmp_path: Path) -> None:
+    # It reads them after the drop (at the handover, so they are current): a private address
+    # of this host named in the config is still this host, refused like loopback.
+    own = sorted(a for a in egress_proxy.local_addresses() if a.count(".") == 3)
+    own = [a for a in own if not a.startswith("127.")]
+    if not own:
+        pytest.skip("this host has no IPv4 address besides loopback")
+    run = Run(tmp_path, "allowlist")
+    policy = policies.build_policy([f"{own[0]}:9"], model_url=None, remote=None, control=[])
+    run.spec = dataclasses.replace(run.spec, egress_policy=policy.to_json())
+    proxy = run.proxy(egress.fork_proxy())
+    try:
+        wait_until(lambda: proxy.pid is not None and waiting(proxy.pid))
+        proxy.start()
+        with socket.socket(socket.AF_UNIX) as client:
+            client.connect(str(tmp_path / egress.SOCKET_NAME))
+            client.sendall(f"CONNECT {own[0]}:9 HTTP/1.1\r\n\r\n".encode())
+            assert client.recv(4096).startswith(b"HTTP/1.1 403")
+        wait_until(lambda: bool(run.sel.select(0)))
+        proxy.read_denials()
+        [denial] = [json.loads(r.data) for r in run.records() if r.kind == "egress"]
+        assert "own address" in denial["reason"], denial
+    finally:
+        proxy.close()
+        run.close()
