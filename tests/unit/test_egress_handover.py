@@ -296,3 +296,24 @@ def test_a_proxy_without_privileges_still_knows_the_hosts_own_addresses(tmp_path
     finally:
         proxy.close()
         run.close()
+
+
+def test_a_proxy_that_died_while_it_waited_is_replaced_at_the_handover(tmp_path: Path) -> None:
+    run = Run(tmp_path, "allowlist")
+    dead, channel = egress.fork_proxy()
+    os.kill(dead, signal.SIGKILL)
+    wait_until(lambda: Path(f"/proc/{dead}/stat").read_text().split(") ")[1][0] == "Z")
+    proxy = run.proxy((dead, channel))
+    try:
+        proxy.start()
+        proxy.after_spawn()
+        assert proxy.pid is not None and proxy.pid != dead
+        with pytest.raises(ChildProcessError):  # the dead one was reaped
+            os.waitpid(dead, os.WNOHANG)
+        with socket.socket(socket.AF_UNIX) as client:
+            client.connect(str(tmp_path / egress.SOCKET_NAME))
+            client.sendall(DENIED)
+            assert client.recv(4096).startswith(b"HTTP/1.1 403")
+    finally:
+        proxy.close()
+        run.close()

@@ -100,11 +100,13 @@ class EgressProxy:
         if self.pid is None:
             self.pid, self.channel = egress.fork_proxy()
         report_r, report_w = os.pipe2(os.O_CLOEXEC)
-        listener = None if self.spec.via_netns else self._listen()
+        listener: socket.socket | None = None
         try:
+            if not self.spec.via_netns:
+                listener = self._listen()
             try:
                 self._hand_over(report_w, listener)
-            except OSError:  # it died waiting (the monitor's log says why): a new one
+            except OSError:  # it died while it waited (its pair is closed): a new one
                 self.close_channel()
                 _reap(self.pid)
                 self.pid, self.channel = egress.fork_proxy()
