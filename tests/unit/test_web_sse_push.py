@@ -144,3 +144,18 @@ async def test_a_viewer_that_does_not_read_gets_no_push_once_its_socket_is_full(
         assert not stream.push(b"data: small\n\n")
         writer.close()
         await s.feed.put(None)
+
+
+def test_a_runs_viewers_share_one_pushed_message_and_a_head_change_is_not_pushed() -> None:
+    from agentfarm.domain import models
+    from agentfarm.web.pages import runs
+
+    def event(seq: int, kind: models.EventType, data: dict[str, object]) -> models.Event:
+        return models.Event(run_id="0123456789ab", seq=seq, type=kind, data=data)
+
+    plain = [event(1, models.EventType.agent_text, {"text": "hello"})]
+    message = runs._pushable(plain)
+    assert message is not None and b"hello" in message
+    assert runs._pushable(plain) is message  # the next viewer of the run: the same bytes
+    status = event(2, models.EventType.run_status, {"status": "running"})
+    assert runs._pushable([*plain, status]) is None  # the head is the task's (store read)

@@ -113,9 +113,8 @@ async def run_live(
     def push(batch: list[models.Event]) -> bool:
         # Plain events go straight to the socket while the stream waits; a batch that
         # changes the head takes the task's way (the head is read from the store).
-        if any(e.type in HEAD_EVENTS for e in batch):
-            return False
-        return response.push(sse.html_message(batch, event_html.event_html))
+        chunk = _pushable(batch)
+        return chunk is not None and response.push(chunk)
 
     async def stream() -> AsyncIterator[bytes]:
         # Everything available at once goes out in one write: the events, then the head
@@ -136,6 +135,20 @@ async def run_live(
 
 
 HEAD_EVENTS = (models.EventType.run_status, models.EventType.agent_result)
+#: The last batch pushed and its message (None: it changes the head). The hub hands a run's
+#: viewers the same batch one after the other: one look for them all (held: its identity
+#: stays its own).
+_last_push: list[Any] = [None, None]
+
+
+def _pushable(batch: list[models.Event]) -> bytes | None:
+    if batch is not _last_push[0]:
+        head = any(e.type in HEAD_EVENTS for e in batch)
+        _last_push[:] = [batch, None if head else sse.html_message(batch, event_html.event_html)]
+    message: bytes | None = _last_push[1]
+    return message
+
+
 _heads: OrderedDict[tuple[str, int], bytes] = OrderedDict()
 
 
