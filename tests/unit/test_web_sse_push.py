@@ -55,6 +55,18 @@ async def serving(app: object) -> AsyncIterator[str]:
             await asyncio.wait_for(task, 10)
 
 
+async def raw_viewer(
+    s: Streams, url: str, version: str
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, sse.EventStream]:
+    """A viewer speaking HTTP/``version`` by hand, once its stream has sent a first chunk."""
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(f"GET /s HTTP/{version}\r\nHost: t\r\n\r\n".encode())
+    await s.feed.put(b"data: 1\n\n")
+    await until(lambda: bool(s.made))
+    return reader, writer, s.made[-1]
+
+
 async def until(check: Callable[[], bool]) -> None:
     async def go() -> None:
         while not check():
@@ -111,13 +123,9 @@ async def test_a_push_is_declined_without_uvicorn_and_for_http_1_0() -> None:
 
     s = Streams()
     async with serving(s.app) as url:
-        host, port = url.removeprefix("http://").split(":")
-        reader, writer = await asyncio.open_connection(host, int(port))
-        writer.write(b"GET /s HTTP/1.0\r\nHost: t\r\n\r\n")
-        await s.feed.put(b"data: 1\n\n")
-        await until(lambda: len(s.made) == 1)
+        reader, writer, stream = await raw_viewer(s, url, "1.0")
         await asyncio.sleep(0.05)
-        assert not s.made[0].push(b"data: 2\n\n")  # no chunks for HTTP/1.0
+        assert not stream.push(b"data: 2\n\n")  # no chunks for HTTP/1.0
         await s.feed.put(None)
         body = await asyncio.wait_for(reader.read(), 10)
         writer.close()
@@ -127,12 +135,7 @@ async def test_a_push_is_declined_without_uvicorn_and_for_http_1_0() -> None:
 async def test_a_viewer_that_does_not_read_gets_no_push_once_its_socket_is_full() -> None:
     s = Streams()
     async with serving(s.app) as url:
-        host, port = url.removeprefix("http://").split(":")
-        _reader, writer = await asyncio.open_connection(host, int(port))
-        writer.write(b"GET /s HTTP/1.1\r\nHost: t\r\n\r\n")
-        await s.feed.put(b"data: 1\n\n")
-        await until(lambda: bool(s.made))
-        stream = s.made[0]
+        _reader, writer, stream = await raw_viewer(s, url, "1.1")
         await until(lambda: stream._cycle is not None and stream.sending_since is None)
         big = b"data: " + b"x" * (1 << 20) + b"\n\n"
         pushed = 0
