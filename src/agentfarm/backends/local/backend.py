@@ -229,9 +229,11 @@ class LocalBackend:
                     await git.new_branch(workspace, branch)
                 start = await git.head(workspace)
             state = {"branch": branch, "start": start, "continues": follow_up}
-            borrowed = await asyncio.to_thread(_save_git_state, run_dir, workspace, state)
-            if uid is not None:
-                await _chown(f"{uid}:{gid}", workspace, home)
+            # Side by side: the state is kept outside the workspace, which only chown changes.
+            borrowed, _ = await asyncio.gather(
+                asyncio.to_thread(_save_git_state, run_dir, workspace, state),
+                _chown(f"{uid}:{gid}", workspace, home) if uid is not None else asyncio.sleep(0),
+            )
         except BaseException:
             await monitors.abandon(monitor)
             raise

@@ -5,11 +5,12 @@ or ``mkdir`` per file). The pool keeps up to ``size`` clones per (source, base b
 in the background after a launch of that repository, and hands one to the next launch:
 
 - **Fresh at the claim.** A clone made earlier may be behind its source. The claim reads the
-  source's branches, tags and HEAD (one ``for-each-ref`` and one ``symbolic-ref``, run side by
-  side) and compares them with what the clone recorded; where they differ it sets the clone's
-  remote-tracking refs, tags and base branch to the source's with one ``update-ref --stdin``.
+  source's branches, tags and the branch its HEAD names (one ``for-each-ref``) while the
+  clone gets the run's branch and moves, and compares them with what the clone recorded;
+  where they differ it sets the clone's remote-tracking refs, tags and base branch to the
+  source's with one ``update-ref --stdin`` (and moves the run's branch to a base that moved).
   No fetch is needed: a ``--shared`` clone reads every object of its source through its
-  alternates. The run's branch is then made at the source's base commit, so the workspace is
+  alternates. The run's branch is at the source's base commit, so the workspace is
   what a clone made at that moment would be. A source whose HEAD moved to another branch, or
   whose base branch is gone, is not patched up: the entry is discarded and the launch clones.
 - **One run each.** An entry leaves the pool (an in-memory pop, no await in between) before
@@ -108,14 +109,13 @@ class ClonePool:
         if entry is None:
             return None
         source = Path(key[0])
-        # The source's refs are read while the clone moves.
+        # The source's refs are read while the clone gets the run's branch at the commit it
+        # has checked out (almost always still the source's: see ``_refresh``) and moves.
         now, moved = await asyncio.gather(
-            source_state(source), asyncio.to_thread(_move, entry.path, workspace),
-            return_exceptions=True,
-        )  # fmt: skip
+            source_state(source), _take(entry, workspace, branch), return_exceptions=True
+        )
         if isinstance(moved, BaseException):
             log.warning("clone pool: cannot take %s (%s); cloning instead", entry.path, moved)
-            await asyncio.to_thread(_remove, entry.path)
             return None
         try:
             if isinstance(now, BaseException):
@@ -174,12 +174,14 @@ class ClonePool:
 
 
 async def source_state(source: Path) -> SourceState:
-    refs, head = await asyncio.gather(
-        git.git("for-each-ref", "--format=%(objectname) %(refname)", "refs/heads", "refs/tags",
-                cwd=source, trusted=(source,)),
-        git.git("symbolic-ref", "-q", "HEAD", cwd=source, trusted=(source,), check=False),
-    )  # fmt: skip
-    return SourceState(head.strip() or None, _parse_refs(refs))
+    """One git process (each costs the server's event loop a few ms to start): ``%(HEAD)``
+    marks the branch HEAD names. A detached HEAD, or one naming a branch without commits,
+    marks none: a claim without a base branch then clones afresh (``_refresh``)."""
+    out = await git.git("for-each-ref", "--format=%(HEAD)%(objectname) %(refname)",
+                        "refs/heads", "refs/tags", cwd=source, trusted=(source,))  # fmt: skip
+    lines = out.splitlines()
+    head = next((line.partition(" ")[2] for line in lines if line.startswith("*")), None)
+    return SourceState(head, _parse_refs("\n".join(line[1:] for line in lines)))
 
 
 async def _clone_state(workspace: Path) -> SourceState:
@@ -207,12 +209,27 @@ def _parse_refs(text: str) -> dict[str, str]:
     return refs
 
 
+async def _take(entry: Entry, workspace: Path, branch: str) -> None:
+    """Make ``branch`` in the clone at the commit it has checked out (:func:`_refresh` moves
+    it on if the source's base commit is another), then move the clone to ``workspace``.
+    The entry is gone either way."""
+    clone = entry.path / "workspace"
+    try:
+        await git.git(
+            "checkout", "--quiet", "-b", branch, cwd=clone, trusted=(clone, clone / ".git")
+        )
+        await asyncio.to_thread(_move, entry.path, workspace)
+    except BaseException:
+        await asyncio.to_thread(_remove, entry.path)
+        raise
+
+
 async def _refresh(
     now: SourceState, base: str, workspace: Path, had: SourceState, branch: str
 ) -> str | None:
     """Bring a claimed clone from the source's state it copied (``had``) to the source's
-    state ``now`` and make ``branch`` (see the module's docstring); the base commit, or None
-    when the clone cannot be patched up."""
+    state ``now``, with ``branch`` (made by :func:`_take`) at the source's base commit (see
+    the module's docstring); that commit, or None when the clone cannot be patched up."""
     base_ref = f"refs/heads/{base}" if base else now.head
     if base_ref is None or had.head != base_ref:
         return None  # the source's HEAD names another branch now, or none
@@ -220,7 +237,9 @@ async def _refresh(
     if start is None or any(_odd(ref) for ref in now.refs):
         return None
     trusted = (workspace, workspace / ".git")
-    await git.git("checkout", "--quiet", "-b", branch, start, cwd=workspace, trusted=trusted)
+    if had.refs.get(base_ref) != start:
+        # The base moved since the clone was made: the branch (and the clean tree) follow.
+        await git.git("checkout", "--quiet", "-B", branch, start, cwd=workspace, trusted=trusted)
     if now.refs != had.refs:
         # Only what changed: a local source gains a branch with every run that comes home.
         lines = [f"update {base_ref} {start}"] if had.refs.get(base_ref) != start else []
