@@ -174,3 +174,33 @@ async def test_a_pool_not_started_claims_nothing(tmp_path: Path, source: Path) -
     await asyncio.sleep(0.05)
     assert not (tmp_path / "pool").exists()
     await pool.close()
+
+
+async def test_the_source_state_names_heads_branch_and_none_when_detached(source: Path) -> None:
+    """One ``for-each-ref`` gives the refs and the branch HEAD names (``%(HEAD)``)."""
+    state = await clone_pool.source_state(source)
+    assert state.head == "refs/heads/main"
+    commit = run_git(source, "rev-parse", "HEAD")
+    assert state.refs == {"refs/heads/main": commit, "refs/heads/old-feature": commit}
+    run_git(source, "checkout", "-q", "--detach")
+    detached = await clone_pool.source_state(source)
+    assert detached.head is None
+    assert detached.refs == state.refs
+
+
+async def test_a_clone_that_cannot_take_the_runs_branch_is_discarded(
+    tmp_path: Path, source: Path
+) -> None:
+    """The run's branch is made in the clone before it moves: a branch git refuses leaves
+    neither the entry nor a workspace (the launch then clones, and git says why)."""
+    pool = clone_pool.ClonePool(tmp_path / "pool", 1)
+    await pool.start()
+    key = pool.key(str(source), None)
+    assert key is not None
+    await filled(pool, key, 1)
+    entry = pool._entries[key][-1].path
+    workspace = tmp_path / "workspace"
+    assert await pool.claim(key, workspace, "agentfarm/bad..name") is None
+    assert not entry.exists()
+    assert not workspace.exists()
+    await pool.close()
