@@ -5,6 +5,8 @@ nothing, and nothing of the pool outlives the backend or an earlier server."""
 from __future__ import annotations
 
 import asyncio
+import os
+import stat
 import subprocess
 from pathlib import Path
 
@@ -203,4 +205,42 @@ async def test_a_clone_that_cannot_take_the_runs_branch_is_discarded(
     assert await pool.claim(key, workspace, "agentfarm/bad..name") is None
     assert not entry.exists()
     assert not workspace.exists()
+    await pool.close()
+
+
+def owners(tree: Path) -> set[tuple[int, int]]:
+    found = set()
+    for parent, dirs, files in os.walk(tree):
+        for name in [".", *dirs, *files]:
+            st = os.lstat(os.path.join(parent, name))
+            found.add((st.st_uid, st.st_gid))
+    return found
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root hands clones to another uid")
+@pytest.mark.parametrize("base_moved", [False, True])
+async def test_an_owned_pool_hands_clones_over_ahead_and_at_the_claim(
+    tmp_path: Path, source: Path, base_moved: bool
+) -> None:
+    """A pooled clone is the sandbox uid's while it waits (in a directory only root enters)
+    and every file of the claimed one is, whatever the claim's git wrote (the tree too when
+    the base moved)."""
+    owner = (61000, 61000)
+    pool = clone_pool.ClonePool(tmp_path / "pool", 1, owner)
+    await pool.start()
+    key = pool.key(str(source), None)
+    assert key is not None
+    await filled(pool, key, 1)
+    entry = pool._entries[key][-1].path
+    assert owners(entry / "workspace") == {owner}
+    assert entry.stat().st_uid == 0 and stat.S_IMODE(entry.stat().st_mode) == 0o700
+    run_git(source, "branch", "came-home")
+    if base_moved:
+        (source / "README").write_text("hello again\n")
+        run_git(source, "commit", "-q", "-am", "second")
+    workspace = tmp_path / "workspace"
+    start = await pool.claim(key, workspace, "agentfarm/r7")
+    assert start == run_git(source, "rev-parse", "HEAD")
+    assert owners(workspace) == {owner}
+    assert run_git(workspace, "-c", "safe.directory=*", "status", "--porcelain") == ""
     await pool.close()

@@ -92,7 +92,10 @@ class LocalBackend:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.clones = clone_pool.ClonePool(settings.data_dir / "pool", settings.local_clone_pool)
+        owner = (settings.sandbox_uid, settings.sandbox_gid) if os.geteuid() == 0 else None
+        self.clones = clone_pool.ClonePool(
+            settings.data_dir / "pool", settings.local_clone_pool, owner
+        )
         self.monitors = monitors.MonitorPool(settings.local_monitor_pool)
         #: One inotify instance for every run's spool reader (see ``spoolwatch``).
         self.watcher = spoolwatch.SpoolWatcher()
@@ -212,7 +215,7 @@ class LocalBackend:
         """The run directory, its clone on the run's branch and its HOME; the monitor,
         spawned meanwhile; the paths the clone borrows objects from."""
         run_dir = self.run_dir(run.id)
-        workspace, home, branch = run_dir / "workspace", run_dir / "home", spec.branch
+        workspace, branch = run_dir / "workspace", spec.branch
         await asyncio.to_thread(self._prepare, run_dir, uid, gid)
         # An idle monitor, or one whose interpreter starts while we clone: either way it
         # waits for its spec on stdin.
@@ -221,6 +224,8 @@ class LocalBackend:
             follow_up = launch.continues(run.spec.base_branch, branch)
             pool = None if follow_up else self.clones.key(run.spec.repo, run.spec.base_branch)
             start = None if pool is None else await self.clones.claim(pool, workspace, branch)
+            # A claimed clone is the sandbox uid's already (``clone_pool``: owned ahead).
+            owned = start is not None and self.clones.owner == (uid, gid)
             if start is None:
                 # The clone (and, at the end, the push) runs here, with the token in git's
                 # environment only: the sandbox never gets it.
@@ -232,8 +237,9 @@ class LocalBackend:
             # Side by side: the state is kept outside the workspace, which only chown changes.
             borrowed, _ = await asyncio.gather(
                 asyncio.to_thread(_save_git_state, run_dir, workspace, state),
-                _chown(f"{uid}:{gid}", workspace, home) if uid is not None else asyncio.sleep(0),
-            )
+                _chown(f"{uid}:{gid}", workspace) if uid is not None and not owned
+                else asyncio.sleep(0),
+            )  # fmt: skip
         except BaseException:
             await monitors.abandon(monitor)
             raise
@@ -302,6 +308,8 @@ class LocalBackend:
         run_dir.mkdir(mode=0o711)
         run_dir.chmod(0o711)  # mkdir's mode is masked by the umask
         (run_dir / "home").mkdir(mode=0o700)
+        if uid is not None and gid is not None:
+            os.chown(run_dir / "home", uid, gid)  # empty: the workspace is handed over later
         etc = run_dir / "etc"
         etc.mkdir(mode=0o755)
         etc.chmod(0o755)

@@ -15,7 +15,11 @@ in the background after a launch of that repository, and hands one to the next l
   whose base branch is gone, is not patched up: the entry is discarded and the launch clones.
 - **One run each.** An entry leaves the pool (an in-memory pop, no await in between) before
   it is renamed into the run's directory (an atomic ``rename`` on one filesystem); a rename
-  that fails discards the entry. Ownership goes to the sandbox uid afterwards, as for a clone.
+  that fails discards the entry.
+- **Owned ahead.** With an ``owner`` (the sandbox uid, when the server runs as root) a clone is
+  handed to it when it is made, in the background, inside a directory only root can enter;
+  the claim then hands over only what its git commands wrote (under ``.git``, or the whole
+  tree when the base moved), so a large tree's ``chown -R`` is off the launch's path.
 - **Nothing left behind.** Entries live under ``<data dir>/pool/clones``, which is emptied
   when the backend starts (entries of an earlier server, possibly half made, are never used)
   and when it closes.
@@ -70,9 +74,11 @@ Key = tuple[str, str]
 
 
 class ClonePool:
-    def __init__(self, root: Path, size: int) -> None:
+    def __init__(self, root: Path, size: int, owner: tuple[int, int] | None = None) -> None:
         self.root = root
         self.size = size
+        #: (uid, gid) a claimed clone belongs to, every file of it (None: the server's).
+        self.owner = owner
         self._entries: collections.OrderedDict[Key, list[Entry]] = collections.OrderedDict()
         self._filling: set[Key] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -121,6 +127,10 @@ class ClonePool:
             if isinstance(now, BaseException):
                 raise now
             start = await _refresh(now, key[1], workspace, entry.state, branch)
+            if start is not None and self.owner is not None:
+                # What git wrote as root: the tree too when the base moved (``_refresh``).
+                whole = start != entry.state.refs.get(entry.state.head or "")
+                await _hand_over(workspace, self.owner, whole=whole)
         except git.GitError as exc:
             log.warning("clone pool: refreshing a clone of %s failed (%s)", key[0], exc)
             start = None
@@ -166,6 +176,8 @@ class ClonePool:
         try:
             await git.clone(key[0], workspace, key[1] or None, background=True)
             state = await _clone_state(workspace)
+            if self.owner is not None:
+                await _hand_over(workspace, self.owner, whole=True, background=True)
         except git.GitError as exc:
             log.warning("clone pool: cannot clone %s (%s)", key[0], exc)
             await asyncio.to_thread(_remove, path)
@@ -262,6 +274,37 @@ def _copy(ref: str) -> str:
 def _odd(ref: str) -> bool:
     """A ref name ``update-ref --stdin`` could misread (git never makes one)."""
     return not ref or any(c.isspace() or ord(c) < 32 for c in ref)
+
+
+async def _hand_over(
+    workspace: Path, owner: tuple[int, int], *, whole: bool, background: bool = False
+) -> None:
+    """Give ``workspace`` (or only its ``.git``, where the claim's git wrote) to ``owner``."""
+    if not whole:
+        await asyncio.to_thread(_own, workspace / ".git", owner)
+        return
+    proc = await asyncio.create_subprocess_exec(
+        "chown", "-R", "--no-dereference", f"{owner[0]}:{owner[1]}", str(workspace),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    if background:
+        with contextlib.suppress(OSError):  # it may have just ended
+            os.setpriority(os.PRIO_PROCESS, proc.pid, 19)
+    _, err = await proc.communicate()
+    if proc.returncode != 0:
+        raise git.GitError(f"cannot hand the clone to the sandbox user: {err.decode().strip()}")
+
+
+def _own(top: Path, owner: tuple[int, int]) -> None:
+    """``chown -R`` in-process, for a small tree (a ``--shared`` clone's ``.git``)."""
+    uid, gid = owner
+    os.lchown(top, uid, gid)
+    for parent, dirs, files in os.walk(top):
+        for name in dirs + files:
+            path = os.path.join(parent, name)
+            st = os.lstat(path)
+            if (st.st_uid, st.st_gid) != owner:
+                os.lchown(path, uid, gid)
 
 
 def _move(entry: Path, workspace: Path) -> None:
