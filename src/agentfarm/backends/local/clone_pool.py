@@ -131,7 +131,7 @@ class ClonePool:
                 # What git wrote as root: the tree too when the base moved (``_refresh``).
                 whole = start != entry.state.refs.get(entry.state.head or "")
                 await _hand_over(workspace, self.owner, whole=whole)
-        except git.GitError as exc:
+        except (git.GitError, OSError) as exc:
             log.warning("clone pool: refreshing a clone of %s failed (%s)", key[0], exc)
             start = None
         if start is None:
