@@ -6,9 +6,10 @@ in the background after a launch of that repository, and hands one to the next l
 
 - **Fresh at the claim.** A clone made earlier may be behind its source. The claim reads the
   source's branches, tags and the branch its HEAD names (one ``for-each-ref``) while the
-  clone gets the run's branch and moves, and compares them with what the clone recorded;
-  where they differ it sets the clone's remote-tracking refs, tags and base branch to the
-  source's with one ``update-ref --stdin`` (and moves the run's branch to a base that moved).
+  clone's HEAD is pointed at the run's branch and the clone moves, and compares them with
+  what the clone recorded; one ``update-ref --stdin`` then makes the run's branch and sets
+  the clone's remote-tracking refs, tags and base branch to the source's where they differ
+  (a base that moved also resets the clone's clean tree).
   No fetch is needed: a ``--shared`` clone reads every object of its source through its
   alternates. The run's branch is at the source's base commit, so the workspace is
   what a clone made at that moment would be. A source whose HEAD moved to another branch, or
@@ -115,8 +116,8 @@ class ClonePool:
         if entry is None:
             return None
         source = Path(key[0])
-        # The source's refs are read while the clone gets the run's branch at the commit it
-        # has checked out (almost always still the source's: see ``_refresh``) and moves.
+        # The source's refs are read while the clone's HEAD is pointed at the run's branch
+        # (made by ``_refresh``) and the clone moves.
         now, moved = await asyncio.gather(
             source_state(source), _take(entry, workspace, branch), return_exceptions=True
         )
