@@ -162,3 +162,17 @@ def test_a_runs_viewers_share_one_pushed_message_and_a_head_change_is_not_pushed
     assert runs._pushable(plain) is message  # the next viewer of the run: the same bytes
     status = event(2, models.EventType.run_status, {"status": "running"})
     assert runs._pushable([*plain, status]) is None  # the head is the task's (store read)
+
+
+def test_a_cycle_of_another_uvicorn_version_is_not_written_to() -> None:
+    class RequestResponseCycle:  # named as uvicorn's, without the fields a push reads
+        __module__ = "uvicorn.protocols.http.h11_impl"
+
+        def __init__(self) -> None:
+            self.transport = object()
+
+        async def send(self, message: dict[str, Any]) -> None:
+            pass
+
+    scope = {"type": "http", "http_version": "1.1", sse.SERVER_SEND: RequestResponseCycle().send}
+    assert sse._chunked_cycle(scope) is None

@@ -51,6 +51,8 @@ _HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
 #: Where the app keeps the server's own ``send`` in a request's scope (``web.app``).
 SERVER_SEND = "agentfarm.server_send"
 #: uvicorn's response cycles, whose transport a stream may write its body chunks to.
+#: What ``EventStream.push`` reads of a cycle.
+_CYCLE_FIELDS = ("transport", "flow", "disconnected", "response_complete")
 _CYCLES = {
     "uvicorn.protocols.http.h11_impl.RequestResponseCycle",
     "uvicorn.protocols.http.httptools_impl.RequestResponseCycle",
@@ -253,7 +255,7 @@ def _http_chunk(chunk: bytes) -> bytes:
 def _chunked_cycle(scope: Scope) -> Any:
     """uvicorn's response cycle for this request if its body goes out in HTTP/1.1 chunks
     (h11 chunks a response without a length to an HTTP/1.1 client; httptools says so)."""
-    cycle = getattr(scope.get(SERVER_SEND), "__self__", None)
+    cycle: Any = getattr(scope.get(SERVER_SEND), "__self__", None)
     kind = type(cycle)
     if f"{kind.__module__}.{kind.__qualname__}" not in _CYCLES:
         return None
@@ -261,7 +263,10 @@ def _chunked_cycle(scope: Scope) -> Any:
         chunked = scope.get("http_version") == "1.1"
     else:
         chunked = getattr(cycle, "chunked_encoding", None) is True
-    return cycle if chunked and getattr(cycle, "transport", None) is not None else None
+    known = all(hasattr(cycle, name) for name in _CYCLE_FIELDS)
+    if not (chunked and known and hasattr(cycle.flow, "write_paused")):
+        return None  # another version's cycle: the task's way, never a failing push
+    return cycle if cycle.transport is not None else None
 
 
 class _Reaper:
