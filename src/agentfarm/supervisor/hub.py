@@ -219,8 +219,7 @@ class Hub:
         tail = channel.tail
         if not tail or tail[0][0].seq > after + 1 or channel.last_seq - after > limit:
             return None
-        news = [e for e, _ in itertools.takewhile(lambda p: p[0].seq > after, reversed(tail))]
-        news.reverse()
+        news = _newest(tail, after)
         return news if news and not _is_terminal(news[-1]) else None
 
     def _sweep(self) -> None:
@@ -261,10 +260,7 @@ class Hub:
         if channel.last_seq <= after:
             return []
         if channel.last_seq - after <= limit:
-            # Caught up or nearly: what is new is at the tail's end, read from there.
-            news = [e for e, _ in itertools.takewhile(lambda p: p[0].seq > after, reversed(tail))]
-            news.reverse()
-            return news
+            return _newest(tail, after)  # caught up or nearly: read from the tail's end
         rest = itertools.dropwhile(lambda p: p[0].seq <= after, tail)
         return [e for e, _ in itertools.islice(rest, limit)]
 
@@ -331,6 +327,13 @@ class Hub:
                     yield []
         finally:
             self._leave(run_id, channel, ended=ended)
+
+
+def _newest(tail: deque[tuple[models.Event, int]], after: int) -> list[models.Event]:
+    """The tail's events after ``after``, read back from its end (the few new ones)."""
+    news = [e for e, _ in itertools.takewhile(lambda p: p[0].seq > after, reversed(tail))]
+    news.reverse()
+    return news
 
 
 def _pushed(push: Push, news: list[models.Event]) -> bool:
