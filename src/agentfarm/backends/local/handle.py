@@ -16,6 +16,8 @@ from agentfarm.backends.local import cgroups, exits, git, monitor_spec, procs, s
 from agentfarm.domain import errors, launch, models
 
 GIT_STATE = "git-state.json"
+#: Seconds a monitor that did not take a stop request is given to be on its way out.
+STOP_SETTLE = 5.0
 
 
 def read_identity(run_dir: Path) -> tuple[int, int] | None:
@@ -140,9 +142,11 @@ class LocalHandle:
         try:
             await self.request(message)
         except errors.BackendError:
-            if await self.alive():
+            # A monitor whose agent has just ended closes its control socket and exits (it only
+            # syncs its spool first): a request in that moment is reset. Gone then, or within
+            # moments, the sandbox went with it (--die-with-parent): there is nothing to stop.
+            if not await self.exited_within(STOP_SETTLE):
                 raise
-            # The monitor is gone, and the sandbox with it (--die-with-parent): nothing to stop.
 
     async def finalize(self) -> list[str]:
         # After the exit frame the monitor only fsyncs and closes: give it a moment.

@@ -319,8 +319,8 @@ class Monitor:
         self.kill_at = deadline if self.kill_at is None else min(self.kill_at, deadline)
 
     def close(self) -> None:
+        self.control.close()  # first: the proxy's end may take a moment, and nobody answers
         self.proxy.close()
-        self.control.close()
         self.sel.close()
         os.close(self.spool.fd)
         os.close(self.dirfd)
