@@ -160,7 +160,7 @@ class LocalBackend:
         agent = await asyncio.to_thread(binaries.find, command.binary, self.settings)
         branch = spec.branch
         if resume:
-            monitor = await self.monitors.take(run_dir)
+            monitor = await self.monitors.take(run_dir, (run.id, self._limits(run)))
             borrowed = await asyncio.to_thread(git.alternates, workspace)
         else:
             monitor, borrowed = await self._new_workspace(run, spec, uid, gid)
@@ -187,12 +187,7 @@ class LocalBackend:
             egress_policy=policy.to_json(),
             python=python[0],
             egress_via=self.egress_via,
-            limits=cgroups.Limits(
-                memory_mb=box.memory_mb,
-                cpus=box.cpus,
-                pids=box.pids,
-                cpu_weight=_cpu_weight(self.settings.local_agent_cpu_weight),
-            ),
+            limits=self._limits(run),
             cgroup_name=run.id,
             uid=uid,
             gid=gid,
@@ -219,7 +214,7 @@ class LocalBackend:
         await asyncio.to_thread(self._prepare, run_dir, uid, gid)
         # An idle monitor, or one whose interpreter starts while we clone: either way it
         # waits for its spec on stdin.
-        monitor = await self.monitors.take(run_dir)
+        monitor = await self.monitors.take(run_dir, (run.id, self._limits(run)))
         try:
             follow_up = launch.continues(run.spec.base_branch, branch)
             pool = None if follow_up else self.clones.key(run.spec.repo, run.spec.base_branch)
@@ -275,6 +270,10 @@ class LocalBackend:
         await _remove_tree(run_dir)
 
     # --- helpers ---------------------------------------------------------------------------
+    def _limits(self, run: models.Run) -> cgroups.Limits:
+        box, weight = _sandbox(run), _cpu_weight(self.settings.local_agent_cpu_weight)
+        return cgroups.Limits(box.memory_mb, box.cpus, box.pids, cpu_weight=weight)
+
     def _network(
         self, run: models.Run, secrets: Mapping[str, str]
     ) -> tuple[policies.Policy, tuple[str, list[str]], list[str]]:

@@ -43,6 +43,7 @@ from agentfarm.backends.local import (
 )
 from agentfarm.backends.local.frames import SpoolWriter
 from agentfarm.backends.local.monitor_egress import Waiting
+from agentfarm.backends.local.monitor_spec import Early
 
 READ_SIZE = 1 << 16
 #: How often the OOM counter is read where the kernel does not tell (cgroup v2), and for a
@@ -55,8 +56,13 @@ DRAIN_TIMEOUT = 2.0
 
 
 class Monitor:
-    def __init__(self, spec: monitor_spec.MonitorSpec, proxy: Waiting | None = None) -> None:
-        self.spec = spec
+    def __init__(
+        self,
+        spec: monitor_spec.MonitorSpec,
+        proxy: Waiting | None = None,
+        early: Early | None = None,
+    ) -> None:
+        self.spec, self.early = spec, early
         self.dirfd = os.open(spec.run_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         spool_fd = os.open(
             monitor_spec.SPOOL,
@@ -98,8 +104,8 @@ class Monitor:
 
     def start(self) -> None:
         spec = self.spec
-        self.cgroup = cgroups.create(spec.cgroup_name, spec.limits)
-        warming = self.cgroup.warm_join()
+        groups = monitor_spec.cgroup_for(self.early, spec.cgroup_name, spec.limits)
+        self.cgroup, warming = groups.cgroup, groups.warming
         self.oom_fd = self.cgroup.oom_notifier()
         if self.oom_fd is not None:
             self.sel.register(self.oom_fd, selectors.EVENT_READ, ("oom", None))
@@ -336,16 +342,6 @@ def _report(message: dict[str, Any]) -> None:
     os.close(devnull)
 
 
-def _settle(dirfd: int) -> None:
-    """Work in the run's directory and log to its ``monitor.log`` (an idle monitor was started
-    before the run had a directory)."""
-    os.fchdir(dirfd)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
-    log = os.open(monitor_spec.MONITOR_LOG, flags, 0o600, dir_fd=dirfd)
-    os.dup2(log, 2)
-    os.close(log)
-
-
 def main() -> int:
     # Double fork: the launcher reaps the intermediate at once and the monitor is reparented
     # to init, so no server (dead or restarted) has to wait for it. Before the spec arrives,
@@ -357,8 +353,10 @@ def main() -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     proxy = monitor_egress.prepare(sys.argv[1:])
-    data = sys.stdin.buffer.read()
+    data, early = monitor_spec.read_stdin(sys.stdin.buffer)
     if not data:
+        if early is not None:
+            early.release()
         monitor_egress.discard(proxy)
         return 0  # an idle monitor (``monitors.MonitorPool``) that no run took
     # Its own session only now: until then the server may reach it through the process
@@ -370,8 +368,8 @@ def main() -> int:
     # its new session's autogroup): many busy agents must not starve the server.
     priority.lower_priority(spec.limits.cpu_weight)
     try:
-        monitor = Monitor(spec, proxy)
-        _settle(monitor.dirfd)
+        monitor = Monitor(spec, proxy, early)
+        monitor_spec.settle(monitor.dirfd)
     except OSError as exc:
         monitor_egress.discard(proxy)
         _report({"ok": False, "error": f"cannot open the run directory: {exc}"})

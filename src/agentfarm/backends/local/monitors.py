@@ -25,7 +25,7 @@ from typing import Any
 
 import agentfarm
 from agentfarm import tasks
-from agentfarm.backends.local import monitor_spec
+from agentfarm.backends.local import cgroups, monitor_spec
 from agentfarm.domain import errors
 
 log = logging.getLogger(__name__)
@@ -88,10 +88,11 @@ async def send_spec(
 
 
 async def abandon(proc: asyncio.subprocess.Process) -> None:
-    """A monitor that will get no spec: it exits when its stdin closes empty."""
+    """A monitor that will get no spec: it exits when its stdin closes with no spec (the
+    process started is only the launcher it forked away from)."""
     with contextlib.suppress(ProcessLookupError):
         proc.kill()
-    await proc.communicate()
+    await proc.communicate(b"")  # closes stdin (``communicate()`` alone would leave it open)
 
 
 def _tail(path: Path, size: int = 2000) -> str:
@@ -118,8 +119,20 @@ class MonitorPool:
         self._started = True
         self._refill(delay=0)
 
-    async def take(self, run_dir: Path) -> asyncio.subprocess.Process:
-        """An idle monitor if one is ready, else one started now for ``run_dir``."""
+    async def take(
+        self, run_dir: Path, cgroup: tuple[str, cgroups.Limits] | None = None
+    ) -> asyncio.subprocess.Process:
+        """An idle monitor if one is ready, else one started now for ``run_dir``; told the
+        run's ``cgroup`` (name, limits) at once, ahead of its spec (``monitor_spec.PREPARE``)."""
+        proc = await self._take(run_dir)
+        if cgroup is not None and proc.stdin is not None:
+            proc.stdin.write(monitor_spec.prepare_line(*cgroup))
+            # A monitor gone already: its spec's hand-over says so (``send_spec``).
+            with contextlib.suppress(ConnectionError):
+                await proc.stdin.drain()
+        return proc
+
+    async def _take(self, run_dir: Path) -> asyncio.subprocess.Process:
         proc = None
         while self._idle and proc is None:
             candidate = self._idle.pop()
