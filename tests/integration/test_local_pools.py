@@ -108,13 +108,22 @@ def git_out(repo: Path, *args: str) -> str:
 def count_hits(backend: LocalBackend) -> list[str | None]:
     """What each claim of the backend's clone pool gives (a commit: a pooled clone)."""
     results: list[str | None] = []
-    claim = backend.clones.claim
+    reserve, settle = backend.clones.reserve, backend.clones.settle
 
-    async def spy(key: clone_pool.Key, workspace: Path, branch: str) -> str | None:
-        results.append(await claim(key, workspace, branch))
+    def spy_reserve(key: clone_pool.Key) -> clone_pool.Entry | None:
+        entry = reserve(key)
+        if entry is None:
+            results.append(None)
+        return entry
+
+    async def spy_settle(
+        key: clone_pool.Key, entry: clone_pool.Entry, workspace: Path, branch: str
+    ) -> str | None:
+        results.append(await settle(key, entry, workspace, branch))
         return results[-1]
 
-    backend.clones.claim = spy  # type: ignore[method-assign]
+    backend.clones.reserve = spy_reserve  # type: ignore[method-assign]
+    backend.clones.settle = spy_settle  # type: ignore[method-assign]
     return results
 
 
@@ -174,6 +183,93 @@ async def test_concurrent_launches_get_their_own_clones(
             assert git_out(source, "show", f"agentfarm/{report['run']}:mine.txt") == mark
             log = git_out(source, "log", "--format=%s", f"agentfarm/{report['run']}")
             assert log.splitlines() == ["mine", "init"]
+    finally:
+        await backend.aclose()
+
+
+async def _pooled(tmp_path: Path, source: Path, reporter: str) -> LocalBackend:
+    """A backend with one ready clone of ``source`` (a launch filled the pool)."""
+    settings = Settings(data_dir=tmp_path / "data", local_clone_pool=1, local_monitor_pool=1)
+    backend = LocalBackend(settings)
+    await backend.astart()
+    await launch(backend, source, reporter, "warm")
+    await until(lambda: ready(backend, source) == 1, "a ready clone")
+    return backend
+
+
+def _processes_in(run_dir: Path) -> list[str]:
+    left = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            with contextlib.suppress(OSError):
+                if os.readlink(proc / "cwd").startswith(str(run_dir)):
+                    left.append(proc.name)
+    return left
+
+
+async def test_a_claim_that_fails_after_the_spec_went_ahead_starts_nothing(
+    tmp_path: Path, source: Path, reporter: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The spec goes to the monitor before the pooled clone is claimed; without the go the
+    # monitor removes what it readied (spool, groups) and exits: no agent ever ran.
+    backend = await _pooled(tmp_path, source, reporter)
+    handed: list[bool] = []
+    hand_spec = monitors.hand_spec
+
+    async def spy(proc: asyncio.subprocess.Process, spec: object) -> None:
+        handed.append(True)
+        await hand_spec(proc, spec)  # type: ignore[arg-type]
+
+    async def broken(*args: object) -> str | None:
+        raise OSError("the disk went away")
+
+    monkeypatch.setattr(monitors, "hand_spec", spy)
+    monkeypatch.setattr(backend.clones, "settle", broken)
+    run = models.Run(spec=models.AgentSpec(repo=str(source), backend=backend_config.LocalSpec()))
+    command = AgentCommand(argv=[reporter], env={"MARK": "never"})
+    try:
+        with pytest.raises(OSError, match="the disk went away"):
+            await backend.launch(run, LaunchSpec.of(run.id, command, {}))
+        assert handed == [True]
+        run_dir = backend.run_dir(run.id)
+        assert not (run_dir / "spool").exists()
+        assert not await backend.started(run)  # so a restart would launch it again
+        assert _processes_in(run_dir) == []
+        root = Path("/sys/fs/cgroup")
+        groups = [*root.glob(f"agentfarm/{run.id}"), *root.glob(f"*/agentfarm/{run.id}")]
+        assert groups == []
+        assert "mine.txt" not in git_out(source, "ls-tree", "-r", "--name-only", "HEAD")
+    finally:
+        await backend.aclose()
+
+
+async def test_a_claim_that_falls_back_to_a_clone_still_starts_its_agent(
+    tmp_path: Path, source: Path, reporter: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend = await _pooled(tmp_path, source, reporter)
+
+    async def not_patched_up(*args: object) -> str | None:
+        return None  # as when the source's HEAD names another branch now
+
+    monkeypatch.setattr(clone_pool, "_refresh", not_patched_up)
+    try:
+        report = await launch(backend, source, reporter, "fallback")
+        assert report["branch"] == f"agentfarm/{report['run']}"
+        assert git_out(source, "show", f"agentfarm/{report['run']}:mine.txt") == "fallback"
+    finally:
+        await backend.aclose()
+
+
+async def test_a_spec_sent_ahead_for_other_objects_goes_to_no_agent(
+    tmp_path: Path, source: Path, reporter: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The spec sent ahead binds the pooled clone's borrowed object directories; a workspace
+    # that borrows others gets a new monitor with the right spec (the first bind would fail).
+    backend = await _pooled(tmp_path, source, reporter)
+    monkeypatch.setattr(clone_pool.Entry, "borrowed", lambda self: [tmp_path / "elsewhere"])
+    try:
+        report = await launch(backend, source, reporter, "respec")
+        assert git_out(source, "show", f"agentfarm/{report['run']}:mine.txt") == "respec"
     finally:
         await backend.aclose()
 

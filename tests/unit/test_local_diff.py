@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from agentfarm.backends.local import backend, git
 from agentfarm.backends.local import diff as local_diff
+from agentfarm.backends.local import git, rundir
 from agentfarm.domain import errors, launch, models
 
 HOSTILE = "<img src=x onerror=alert(1)>\nline.txt"
@@ -48,7 +48,7 @@ async def launched(tmp_path: Path, source: Path) -> tuple[models.Run, Path]:
     await git.clone(str(source), workspace, None)
     await git.new_branch(workspace, run.branch)
     state = {"branch": run.branch, "start": await git.head(workspace), "continues": False}
-    backend._save_git_state(run_dir, workspace, state)
+    rundir.save_git_state(run_dir, workspace, state)
     return run, run_dir
 
 

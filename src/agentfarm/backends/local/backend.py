@@ -14,11 +14,10 @@ finds no ready clone or monitor makes its own, as before.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import shutil
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from agentfarm.backends.base import LaunchInfo
@@ -32,12 +31,12 @@ from agentfarm.backends.local import (
     monitor_spec,
     monitors,
     procs,
+    rundir,
     sandbox,
     spoolwatch,
 )
 from agentfarm.backends.local import diff as local_diff
 from agentfarm.backends.local.handle import (
-    GIT_STATE,
     LocalHandle,
     kill_orphans,
     monitor_running,
@@ -134,7 +133,7 @@ class LocalBackend:
             )
         if await asyncio.to_thread(monitor_running, run_dir):
             raise errors.ConflictError(f"run {run.id} still has an agent running")
-        await asyncio.to_thread(_forget_process, run_dir, run.id)
+        await asyncio.to_thread(rundir.forget_process, run_dir, run.id)
         return await self._start(run, spec, resume=True)
 
     async def _start(
@@ -158,67 +157,80 @@ class LocalBackend:
         run_dir = self.run_dir(run.id)
         workspace, home = run_dir / "workspace", run_dir / "home"
         agent = await asyncio.to_thread(binaries.find, command.binary, self.settings)
-        branch = spec.branch
+        usr_links, real_dirs, (etc, etc_links) = await asyncio.to_thread(rundir.root_layout)
+
+        def for_monitor(borrowed: list[Path], gated: bool) -> monitor_spec.MonitorSpec:
+            binds = [sandbox.Bind(d, d) for d in real_dirs]
+            agent_dir = os.path.dirname(agent)
+            if not agent.startswith(SYSTEM_PREFIXES):
+                binds.append(sandbox.Bind(agent_dir, agent_dir))
+            binds += [sandbox.Bind(str(path), str(path)) for path in borrowed]
+            if box.mode == "bwrap" and (box.network == "allowlist" or command.runner):
+                binds += [sandbox.Bind(d, d) for d in python[1]]
+            return monitor_spec.MonitorSpec(
+                run_dir=str(run_dir),
+                mode=box.mode,
+                launch=spec,
+                program=agent,
+                workspace=str(workspace),
+                home=str(home),
+                passwd=str(run_dir / "etc" / "passwd"),
+                group=str(run_dir / "etc" / "group"),
+                network=box.network,
+                egress_policy=policy.to_json(),
+                python=python[0],
+                egress_via=self.egress_via,
+                limits=self._limits(run),
+                cgroup_name=run.id,
+                uid=uid,
+                gid=gid,
+                etc=tuple(etc),
+                etc_links=tuple(etc_links),
+                binds=tuple(binds),
+                bwrap=bwrap or "bwrap",
+                setpriv=setpriv,
+                usr_links=tuple(usr_links),
+                gated=gated,
+            )
+
         if resume:
             monitor = await self.monitors.take(run_dir, (run.id, self._limits(run)))
             borrowed = await asyncio.to_thread(git.alternates, workspace)
+            await monitors.send_spec(monitor, run_dir, for_monitor(borrowed, False))
         else:
-            monitor, borrowed = await self._new_workspace(run, spec, uid, gid)
-
-        binds: list[sandbox.Bind] = []
-        agent_dir = os.path.dirname(agent)
-        if not agent.startswith(SYSTEM_PREFIXES):
-            binds.append(sandbox.Bind(agent_dir, agent_dir))
-        binds += [sandbox.Bind(str(path), str(path)) for path in borrowed]
-        usr_links, real_dirs, (etc, etc_links) = await asyncio.to_thread(_root_layout)
-        binds = [sandbox.Bind(d, d) for d in real_dirs] + binds
-        if box.mode == "bwrap" and (box.network == "allowlist" or command.runner):
-            binds += [sandbox.Bind(d, d) for d in python[1]]
-        to_monitor = monitor_spec.MonitorSpec(
-            run_dir=str(run_dir),
-            mode=box.mode,
-            launch=spec,
-            program=agent,
-            workspace=str(workspace),
-            home=str(home),
-            passwd=str(run_dir / "etc" / "passwd"),
-            group=str(run_dir / "etc" / "group"),
-            network=box.network,
-            egress_policy=policy.to_json(),
-            python=python[0],
-            egress_via=self.egress_via,
-            limits=self._limits(run),
-            cgroup_name=run.id,
-            uid=uid,
-            gid=gid,
-            etc=tuple(etc),
-            etc_links=tuple(etc_links),
-            binds=tuple(binds),
-            bwrap=bwrap or "bwrap",
-            setpriv=setpriv,
-            usr_links=tuple(usr_links),
-        )
-        await monitors.send_spec(monitor, run_dir, to_monitor)
+            await self._new_workspace(run, spec, uid, gid, for_monitor)
         notices += hostinfo.run_notices(is_root=is_root)  # no sandbox uid without root
         return self.handle(run, spec.git_auth), LaunchInfo(
-            branch=branch, workspace=str(workspace), notices=notices
+            branch=spec.branch, workspace=str(workspace), notices=notices
         )
 
     async def _new_workspace(
-        self, run: models.Run, spec: LaunchSpec, uid: int | None, gid: int | None
-    ) -> tuple[asyncio.subprocess.Process, list[Path]]:
-        """The run directory, its clone on the run's branch and its HOME; the monitor,
-        spawned meanwhile; the paths the clone borrows objects from."""
+        self,
+        run: models.Run,
+        spec: LaunchSpec,
+        uid: int | None,
+        gid: int | None,
+        for_monitor: Callable[[list[Path], bool], monitor_spec.MonitorSpec],
+    ) -> None:
+        """The run directory, its clone on the run's branch and its HOME, and its monitor,
+        started on them. With a pooled clone the monitor gets its spec before the claim and
+        readies the agent's start meanwhile; the go follows (``handover``)."""
         run_dir = self.run_dir(run.id)
         workspace, branch = run_dir / "workspace", spec.branch
         await asyncio.to_thread(self._prepare, run_dir, uid, gid)
         # An idle monitor, or one whose interpreter starts while we clone: either way it
         # waits for its spec on stdin.
         monitor = await self.monitors.take(run_dir, (run.id, self._limits(run)))
+        handed: list[Path] | None = None  # what a spec sent ahead binds of the source's objects
         try:
             follow_up = launch.continues(run.spec.base_branch, branch)
             pool = None if follow_up else self.clones.key(run.spec.repo, run.spec.base_branch)
-            start = None if pool is None else await self.clones.claim(pool, workspace, branch)
+            entry = None if pool is None else self.clones.reserve(pool)
+            start = None
+            if pool is not None and entry is not None:
+                handed = await asyncio.to_thread(entry.borrowed)
+                await monitors.hand_spec(monitor, for_monitor(handed, True))
+                start = await self.clones.settle(pool, entry, workspace, branch)
             # A claimed clone is the sandbox uid's already (``clone_pool``: owned ahead).
             owned = start is not None and self.clones.owner == (uid, gid)
             if start is None:
@@ -231,14 +243,21 @@ class LocalBackend:
             state = {"branch": branch, "start": start, "continues": follow_up}
             # Side by side: the state is kept outside the workspace, which only chown changes.
             borrowed, _ = await asyncio.gather(
-                asyncio.to_thread(_save_git_state, run_dir, workspace, state),
-                _chown(f"{uid}:{gid}", workspace) if uid is not None and not owned
+                asyncio.to_thread(rundir.save_git_state, run_dir, workspace, state),
+                rundir.chown(f"{uid}:{gid}", workspace) if uid is not None and not owned
                 else asyncio.sleep(0),
             )  # fmt: skip
+            if handed is not None and borrowed != handed:
+                # Not the clone the spec was made for (the claim fell back to a clone): that
+                # monitor lets the run go, and another gets the right spec.
+                await monitors.abandon(monitor)
+                monitor = await self.monitors.take(run_dir, (run.id, self._limits(run)))
+                handed = None
         except BaseException:
             await monitors.abandon(monitor)
             raise
-        return monitor, borrowed
+        ready = None if handed is not None else for_monitor(borrowed, False)
+        await monitors.send_spec(monitor, run_dir, ready)
 
     async def attach(
         self, run: models.Run, *, git_auth: GitAuth | None = None
@@ -267,7 +286,7 @@ class LocalBackend:
             procs.kill_quietly(identity[0])
             await exits.exited_within(*identity, 2.0)
         await asyncio.to_thread(kill_orphans, run_dir, run.id)
-        await _remove_tree(run_dir)
+        await rundir.remove_tree(run_dir)
 
     # --- helpers ---------------------------------------------------------------------------
     def _limits(self, run: models.Run) -> cgroups.Limits:
@@ -323,74 +342,6 @@ def _sandbox(run: models.Run) -> backend_config.SandboxSpec:
     if not isinstance(run.spec.backend, backend_config.LocalSpec):
         raise errors.ConfigurationError(f"a {run.spec.backend.type} run is not for this backend")
     return run.spec.backend.sandbox
-
-
-def _root_layout() -> tuple[list[str], list[str], tuple[list[str], list[tuple[str, str]]]]:
-    """Top-level names that are symlinks into /usr, real top-level directories to bind, and
-    the allowed /etc entries this host has (to bind, and symlinks into /usr to make)."""
-    links, dirs = [], []
-    for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
-        path = f"/{name}"
-        if os.path.islink(path):
-            if os.readlink(path).lstrip("/").startswith("usr/"):
-                links.append(name)
-        elif os.path.isdir(path):
-            dirs.append(path)
-    return links, dirs, sandbox.etc_entries()
-
-
-def _forget_process(run_dir: Path, run_id: str) -> None:
-    """Before a new agent process in an existing run directory: what is left of the last
-    one goes (its events are stored; a new spool starts at cursor 0)."""
-    kill_orphans(run_dir, run_id)
-    for name in (monitor_spec.SPOOL, monitor_spec.MONITOR_JSON, monitor_spec.SANDBOX_JSON):
-        (run_dir / name).unlink(missing_ok=True)
-
-
-def _save_git_state(run_dir: Path, workspace: Path, branch: Mapping[str, object]) -> list[Path]:
-    """Keep what the host wrote into .git (restored before host git runs there again), and
-    the run's branch: its name, the commit it started from, whether it continues an
-    existing branch (outside the workspace: the agent cannot change them)."""
-    config = (workspace / ".git" / "config").read_text()
-    alternates_file = workspace / ".git" / "objects" / "info" / "alternates"
-    alternates = alternates_file.read_text() if alternates_file.exists() else None
-    path = run_dir / GIT_STATE
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump({"config": config, "alternates": alternates, **branch}, fh)
-    return git.alternates(workspace)
-
-
-async def _chown(owner: str, *paths: Path) -> None:
-    proc = await asyncio.create_subprocess_exec(
-        "chown", "-R", "--no-dereference", owner, *map(str, paths),
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    _, err = await proc.communicate()
-    if proc.returncode != 0:
-        raise errors.LaunchError(f"cannot hand the workspace to the sandbox user: {err.decode()}")
-
-
-async def _remove_tree(path: Path) -> None:
-    """``rm -rf``: the agent shapes the workspace, and shutil.rmtree recurses once per level
-    (a tree nested deeper than Python's recursion limit made it raise). Directories the agent
-    made unreadable (a non-root server is their owner, not root) are opened up first."""
-    for attempt in range(2):
-        if attempt:
-            await _run_quietly("chmod", "-R", "u+rwx", "--", str(path))
-        err = await _run_quietly("rm", "-rf", "--one-file-system", "--", str(path))
-        if err is None:
-            return
-    raise errors.BackendError(f"cannot remove {path}: {err}")
-
-
-async def _run_quietly(*argv: str) -> str | None:
-    """Run a command; None if it succeeded, else what it said on stderr."""
-    proc = await asyncio.create_subprocess_exec(
-        *argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
-    )
-    _, err = await proc.communicate()
-    return None if proc.returncode == 0 else err.decode("utf-8", "replace").strip()
 
 
 def _cpu_weight(weight: int) -> int | None:

@@ -70,6 +70,11 @@ class Entry:
     #: The branch the clone has checked out (its base) and the source's refs it copied.
     state: SourceState
 
+    def borrowed(self) -> list[Path]:
+        """The object directories the clone reads through its alternates (blocking); a claim
+        leaves them as they are."""
+        return git.alternates(self.path / "workspace")
+
 
 Key = tuple[str, str]
 
@@ -106,6 +111,11 @@ class ClonePool:
         """Move a ready clone to ``workspace``, bring it to the source's current state and
         make ``branch`` at the base commit; the commit, or None (then the caller clones).
         Either way the pool is topped up afterwards."""
+        entry = self.reserve(key)
+        return None if entry is None else await self.settle(key, entry, workspace, branch)
+
+    def reserve(self, key: Key) -> Entry | None:
+        """A ready clone out of the pool, for :meth:`settle` (the pool is topped up)."""
         if self.size <= 0 or not self._started or self._closed:
             return None
         entries = self._entries.get(key)
@@ -113,8 +123,10 @@ class ClonePool:
         self._entries.move_to_end(key)
         entry = entries.pop() if entries else None
         self._refill(key)
-        if entry is None:
-            return None
+        return entry
+
+    async def settle(self, key: Key, entry: Entry, workspace: Path, branch: str) -> str | None:
+        """The rest of :meth:`claim`, for an entry :meth:`reserve` gave."""
         source = Path(key[0])
         # The source's refs are read while the clone's HEAD is pointed at the run's branch
         # (made by ``_refresh``) and the clone moves.

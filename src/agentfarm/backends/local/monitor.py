@@ -32,6 +32,7 @@ from typing import Any
 from agentfarm.backends.local import (
     cgroups,
     frames,
+    handover,
     lines,
     monitor_control,
     monitor_egress,
@@ -42,8 +43,8 @@ from agentfarm.backends.local import (
     procs,
 )
 from agentfarm.backends.local.frames import SpoolWriter
+from agentfarm.backends.local.handover import Early
 from agentfarm.backends.local.monitor_egress import Waiting
-from agentfarm.backends.local.monitor_spec import Early
 
 READ_SIZE = 1 << 16
 #: How often the OOM counter is read where the kernel does not tell (cgroup v2), and for a
@@ -102,9 +103,11 @@ class Monitor:
         body = [{"pid": p, "start_time": procs.start_time(p)} for p in pids]
         monitor_spec.write_json(self.dirfd, monitor_spec.SANDBOX_JSON, {"processes": body})
 
-    def start(self) -> None:
+    def start(self, gate: tuple[int, bytes] | None = None) -> None:
+        """Start the agent; with a ``gate`` (the monitor's stdin and what was read of it past
+        the spec) its launcher child waits there for the go (``handover``)."""
         spec = self.spec
-        groups = monitor_spec.cgroup_for(self.early, spec.cgroup_name, spec.limits)
+        groups = handover.cgroup_for(self.early, spec.cgroup_name, spec.limits)
         self.cgroup, warming = groups.cgroup, groups.warming
         self.oom_fd = self.cgroup.oom_notifier()
         if self.oom_fd is not None:
@@ -120,9 +123,11 @@ class Monitor:
         self.proxy.start()
         status_r, status_w = os.pipe2(os.O_CLOEXEC)
         try:
-            self.proc = monitor_launch.spawn(spec, status_w, self.cgroup, self.proxy.channel)
+            self.proc = monitor_launch.spawn(spec, status_w, self.cgroup, self.proxy.channel, gate)
         finally:
             os.close(status_w)
+            if gate is not None:
+                os.close(gate[0])
             self.proxy.after_spawn()
             if warming is not None:
                 os.waitpid(warming, 0)  # long done: its move came before the launcher's
@@ -324,22 +329,19 @@ class Monitor:
         deadline = time.monotonic() + max(0.0, grace)
         self.kill_at = deadline if self.kill_at is None else min(self.kill_at, deadline)
 
+    def forget(self) -> None:
+        """The launch was called off before the agent started: no spool, no groups."""
+        with contextlib.suppress(OSError):
+            os.unlink(monitor_spec.SPOOL, dir_fd=self.dirfd)
+        self.cgroup.destroy(timeout=1.0)
+        self.close()
+
     def close(self) -> None:
         self.control.close()  # first: the proxy's end may take a moment, and nobody answers
         self.proxy.close()
         self.sel.close()
         os.close(self.spool.fd)
         os.close(self.dirfd)
-
-
-def _report(message: dict[str, Any]) -> None:
-    """Tell the launching process how the start went, then let go of its pipe."""
-    with contextlib.suppress(OSError):
-        os.write(1, json.dumps(message).encode() + b"\n")
-    devnull = os.open(os.devnull, os.O_RDWR)
-    os.dup2(devnull, 0)
-    os.dup2(devnull, 1)
-    os.close(devnull)
 
 
 def main() -> int:
@@ -353,39 +355,42 @@ def main() -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     proxy = monitor_egress.prepare(sys.argv[1:])
-    data, early = monitor_spec.read_stdin(sys.stdin.buffer)
-    if not data:
-        if early is not None:
-            early.release()
+    received = handover.read(0)
+    if not received.spec:
+        if received.early is not None:
+            received.early.release()
         monitor_egress.discard(proxy)
         return 0  # an idle monitor (``monitors.MonitorPool``) that no run took
     # Its own session only now: until then the server may reach it through the process
     # group it was started in (``monitors.MonitorPool.take`` gives an idle one its priority
     # back that way).
     os.setsid()
-    spec = monitor_spec.MonitorSpec.from_json(json.loads(data))  # the dict is freed at once
+    spec = monitor_spec.MonitorSpec.from_json(json.loads(received.spec))  # freed at once
     # Below the control plane (its nice value, inherited by the sandbox and the agent, and
     # its new session's autogroup): many busy agents must not starve the server.
     priority.lower_priority(spec.limits.cpu_weight)
     try:
-        monitor = Monitor(spec, proxy, early)
-        monitor_spec.settle(monitor.dirfd)
+        monitor = Monitor(spec, proxy, received.early)
+        handover.settle(monitor.dirfd)
     except OSError as exc:
         monitor_egress.discard(proxy)
-        _report({"ok": False, "error": f"cannot open the run directory: {exc}"})
+        handover.report({"ok": False, "error": f"cannot open the run directory: {exc}"})
         return 1
     try:
         monitor.write_identity()
         monitor.control.open()
-        monitor.start()
+        monitor.start((os.dup(0), received.rest) if spec.gated else None)
+    except handover.NotLaunched:
+        monitor.forget()
+        return 0
     except Exception as exc:  # every failure is reported; the run must not hang in starting
         message = str(exc) or type(exc).__name__
         monitor.spool.write("exit", frames.exit_payload(None, error=message))
         monitor.spool.sync()
         monitor.close()
-        _report({"ok": False, "error": message})
+        handover.report({"ok": False, "error": message})
         return 1
-    _report({"ok": True, "pid": os.getpid()})
+    handover.report({"ok": True, "pid": os.getpid()})
     monitor.spool.write("exit", monitor.run())
     monitor.spool.sync()
     monitor.close()

@@ -8,7 +8,7 @@ import os
 import socket
 import subprocess
 
-from agentfarm.backends.local import cgroups, egress, monitor_spec, sandbox, stage
+from agentfarm.backends.local import cgroups, egress, handover, monitor_spec, sandbox, stage
 
 
 def agent_env(spec: monitor_spec.MonitorSpec, home: str) -> dict[str, str]:
@@ -84,10 +84,12 @@ def spawn(
     status_fd: int,
     cgroup: cgroups.RunCgroup,
     channel: socket.socket | None,
+    gate: tuple[int, bytes] | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start the agent. Between fork and exec the launcher child joins the run's cgroups,
-    stages its mounts and, with ``channel``, makes the sandbox's network namespace and hands
-    the proxy its listener there (``egress.private_network``)."""
+    waits for the go at the ``gate`` if there is one (``handover.wait_for_go``), stages its
+    mounts and, with ``channel``, makes the sandbox's network namespace and hands the proxy
+    its listener there (``egress.private_network``)."""
     argv, cwd, sources, env = build_launch(spec, status_fd)
     stage.load()
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
@@ -95,6 +97,8 @@ def spawn(
     def preexec() -> None:
         try:
             cgroup.join()
+            if gate is not None:
+                handover.wait_for_go(*gate)
             if sources:
                 stage.stage(sources)
             if channel is not None:
@@ -119,6 +123,8 @@ def spawn(
         )
     except (OSError, subprocess.SubprocessError) as exc:
         detail = os.read(err_r, 4096).decode(errors="replace") or str(exc)
+        if detail.startswith(handover.NotLaunched.__name__):
+            raise handover.NotLaunched(detail) from None
         raise RuntimeError(f"cannot start the agent: {detail}") from None
     finally:
         os.close(err_w)

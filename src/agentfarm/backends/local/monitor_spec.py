@@ -9,11 +9,10 @@ credentials). Standard library only: the monitor runs ``python -S``.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from dataclasses import asdict, dataclass, field
-from typing import Any, BinaryIO
+from typing import Any
 
 from agentfarm.backends.local import cgroups, egress, sandbox
 from agentfarm.domain import launch
@@ -75,6 +74,9 @@ class MonitorSpec:
     #: How the sandbox's proxy port reaches the proxy: ``netns`` (root only), ``bridge`` or
     #: ``auto`` (``netns`` when the monitor drops to a sandbox uid, that is runs as root).
     egress_via: str = "auto"
+    #: Sent ahead of a pooled clone's claim: the agent starts on the go that follows it
+    #: (``handover``); until then everything else is readied.
+    gated: bool = False
 
     @property
     def argv(self) -> list[str]:
@@ -123,6 +125,7 @@ class MonitorSpec:
             "egress_policy": self.egress_policy,
             "python": self.python,
             "egress_via": self.egress_via,
+            "gated": self.gated,
         }
 
     @classmethod
@@ -137,68 +140,3 @@ class MonitorSpec:
         if isinstance(raw.get("network"), bool):  # specs written before the policy
             raw["network"] = "open" if raw["network"] else "none"
         return cls(**raw)
-
-
-def settle(dirfd: int) -> None:
-    """Work in the run's directory and log to its ``monitor.log`` (an idle monitor was started
-    before the run had a directory)."""
-    os.fchdir(dirfd)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
-    log = os.open(MONITOR_LOG, flags, 0o600, dir_fd=dirfd)
-    os.dup2(log, 2)
-    os.close(log)
-
-
-#: The line a launch sends ahead of the spec, once it has taken a monitor: the run's cgroup
-#: (name and limits), so that the monitor makes the groups and starts the wait a move into
-#: them begins with (``cgroups.RunCgroup.warm_join``) while the server still readies the
-#: workspace, and its launcher's move is quick (about 10 ms less on the launch's path).
-PREPARE = b'{"prepare": '
-
-
-def prepare_line(name: str, limits: cgroups.Limits) -> bytes:
-    return PREPARE + json.dumps({"name": name, "limits": asdict(limits)}).encode() + b"}\n"
-
-
-@dataclass
-class Early:
-    """The run's groups, made on the prepare line, and the warming child to reap."""
-
-    name: str
-    limits: cgroups.Limits
-    cgroup: cgroups.RunCgroup
-    warming: int | None
-
-    def release(self) -> None:
-        """The run did not come (or not with these groups): remove them."""
-        if self.warming is not None:
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(self.warming, 0)
-            self.warming = None
-        self.cgroup.destroy(timeout=1.0)
-
-
-def read_stdin(stream: BinaryIO) -> tuple[bytes, Early | None]:
-    """The spec (empty: none came) and the groups made on a prepare line before it, if any."""
-    first = stream.readline()
-    if not first.startswith(PREPARE):
-        return first + stream.read(), None
-    early = None
-    try:
-        head = json.loads(first)["prepare"]
-        limits = cgroups.Limits(**head["limits"])
-        group = cgroups.create(str(head["name"]), limits)
-        early = Early(str(head["name"]), limits, group, group.warm_join())
-    except (OSError, ValueError, KeyError, TypeError):
-        pass  # only a head start: the monitor makes the groups with the spec as before
-    return stream.read(), early
-
-
-def cgroup_for(early: Early | None, name: str, limits: cgroups.Limits) -> Early:
-    """The run's groups: those made ahead if they are the spec's, else made now."""
-    if early is not None and (early.name, early.limits) == (name, limits):
-        return early
-    if early is not None:
-        early.release()
-    group = cgroups.create(name, limits)
-    return Early(name, limits, group, group.warm_join())

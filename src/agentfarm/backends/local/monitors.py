@@ -25,7 +25,7 @@ from typing import Any
 
 import agentfarm
 from agentfarm import tasks
-from agentfarm.backends.local import cgroups, monitor_spec
+from agentfarm.backends.local import cgroups, handover, monitor_spec
 from agentfarm.domain import errors
 
 log = logging.getLogger(__name__)
@@ -74,10 +74,21 @@ async def spawn(run_dir: Path | None) -> asyncio.subprocess.Process:
     return proc
 
 
+async def hand_spec(proc: asyncio.subprocess.Process, spec: monitor_spec.MonitorSpec) -> None:
+    """A gated spec, ahead of the workspace: the monitor readies the agent's start, and starts
+    it on :func:`send_spec`'s go (``handover``)."""
+    if proc.stdin is not None:
+        proc.stdin.write(handover.spec_line(spec))
+        with contextlib.suppress(ConnectionError):  # gone: ``send_spec`` says so
+            await proc.stdin.drain()
+
+
 async def send_spec(
-    proc: asyncio.subprocess.Process, run_dir: Path, spec: monitor_spec.MonitorSpec
+    proc: asyncio.subprocess.Process, run_dir: Path, spec: monitor_spec.MonitorSpec | None
 ) -> None:
-    out, _ = await proc.communicate(json.dumps(spec.to_json()).encode())
+    """The spec (None: the go for the one :func:`hand_spec` sent) and the monitor's answer:
+    raises LaunchError when the agent did not start."""
+    out, _ = await proc.communicate(handover.GO if spec is None else handover.spec_line(spec))
     try:
         status = json.loads(out.splitlines()[0])
     except (IndexError, ValueError):
@@ -123,10 +134,10 @@ class MonitorPool:
         self, run_dir: Path, cgroup: tuple[str, cgroups.Limits] | None = None
     ) -> asyncio.subprocess.Process:
         """An idle monitor if one is ready, else one started now for ``run_dir``; told the
-        run's ``cgroup`` (name, limits) at once, ahead of its spec (``monitor_spec.PREPARE``)."""
+        run's ``cgroup`` (name, limits) at once, ahead of its spec (``handover``)."""
         proc = await self._take(run_dir)
         if cgroup is not None and proc.stdin is not None:
-            proc.stdin.write(monitor_spec.prepare_line(*cgroup))
+            proc.stdin.write(handover.prepare_line(*cgroup))
             # A monitor gone already: its spec's hand-over says so (``send_spec``).
             with contextlib.suppress(ConnectionError):
                 await proc.stdin.drain()
