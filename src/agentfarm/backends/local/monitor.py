@@ -124,6 +124,8 @@ class Monitor:
         status_r, status_w = os.pipe2(os.O_CLOEXEC)
         try:
             self.proc = monitor_launch.spawn(spec, status_w, self.cgroup, self.proxy.channel, gate)
+            # Below the control plane from now on, as the agent is (``priority``).
+            priority.lower_priority(spec.limits.cpu_weight)
         finally:
             os.close(status_w)
             if gate is not None:
@@ -366,9 +368,6 @@ def main() -> int:
     # back that way).
     os.setsid()
     spec = monitor_spec.MonitorSpec.from_json(json.loads(received.spec))  # freed at once
-    # Below the control plane (its nice value, inherited by the sandbox and the agent, and
-    # its new session's autogroup): many busy agents must not starve the server.
-    priority.lower_priority(spec.limits.cpu_weight)
     try:
         monitor = Monitor(spec, proxy, received.early)
         handover.settle(monitor.dirfd)

@@ -8,7 +8,15 @@ import os
 import socket
 import subprocess
 
-from agentfarm.backends.local import cgroups, egress, handover, monitor_spec, sandbox, stage
+from agentfarm.backends.local import (
+    cgroups,
+    egress,
+    handover,
+    monitor_spec,
+    priority,
+    sandbox,
+    stage,
+)
 
 
 def agent_env(spec: monitor_spec.MonitorSpec, home: str) -> dict[str, str]:
@@ -106,6 +114,9 @@ def spawn(
             if cwd is not None:
                 # Here rather than Popen(cwd=...), which would chdir before we join the cgroups.
                 os.chdir(cwd)
+            # Last, so that the start itself is not slowed: the agent's priority, below the
+            # control plane's (``priority``), and its session's (the monitor's too).
+            priority.lower_priority(spec.limits.cpu_weight)
         except BaseException as exc:
             os.write(err_w, f"{type(exc).__name__}: {exc}".encode())
             raise
