@@ -114,15 +114,3 @@ async def test_a_monitor_told_its_groups_and_then_no_spec_removes_them(tmp_path:
         await monitors.abandon(proc)  # the server's way out of a failed claim: stdin closes
         while any(d.exists() for d in dirs):
             await asyncio.sleep(0.01)
-
-
-def test_the_warm_up_child_moves_into_a_root_group_and_exits(tmp_path: Path) -> None:
-    # A fake hierarchy: the child writes its pid to the first root group it may write to.
-    (tmp_path / "pids").mkdir()
-    (tmp_path / "pids" / "cgroup.procs").write_text("")
-    pid = cgroups.warm_up(tmp_path)
-    assert pid is not None
-    assert os.waitpid(pid, 0)[1] == 0
-    assert (tmp_path / "pids" / "cgroup.procs").read_text() == str(pid)
-    # Nowhere to write: no child at all.
-    assert cgroups.warm_up(tmp_path / "none") is None

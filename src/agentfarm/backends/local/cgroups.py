@@ -183,28 +183,6 @@ NO_DELEGATION = (
 )
 
 
-def warm_up(root: Path = ROOT) -> int | None:
-    """:meth:`RunCgroup.warm_join` before the run's groups exist: the wait is the kernel's
-    (one lock for moves into any group), so a child of ours moves itself into a hierarchy's
-    root group and exits, while the groups are made. The pid to reap, or None (no hierarchy
-    we may write to: only a head start is lost)."""
-    candidates = [root / c / "cgroup.procs" for c in ("pids", "memory", "cpu", "unified")]
-    procs = next((p for p in [*candidates, root / "cgroup.procs"] if os.access(p, os.W_OK)), None)
-    if procs is None:
-        return None
-    try:
-        pid = os.fork()
-    except OSError:
-        return None
-    if pid == 0:  # pragma: no cover (the child)
-        try:
-            fd = os.open(procs, os.O_WRONLY)
-            os.write(fd, str(os.getpid()).encode())
-        finally:
-            os._exit(0)
-    return pid
-
-
 def v2_mount(root: Path = ROOT) -> Path | None:
     """Where the cgroup v2 hierarchy is mounted: ``root`` itself, or ``unified`` (hybrid)."""
     for mount in (root, root / "unified"):

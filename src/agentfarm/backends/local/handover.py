@@ -2,10 +2,10 @@
 
 A launch that has taken a monitor (``monitors``) writes, one line each:
 
-1. **prepare** (optional): the run's cgroup name and limits. The monitor starts the wait a
-   move into a group begins with (``cgroups.warm_up``: an RCU grace period, 5-15 ms) and
-   makes the groups, while the server still readies the workspace; its launcher's own move
-   is then quick.
+1. **prepare** (optional): the run's cgroup name and limits. The monitor makes the groups at
+   once and starts the wait a move into them begins with (``cgroups.RunCgroup.warm_join``:
+   an RCU grace period, 5-15 ms), while the server still readies the workspace; its
+   launcher's own move is then quick.
 2. **the spec** (``monitor_spec.MonitorSpec``, JSON). An ungated spec is followed by the end
    of stdin and the monitor starts the agent. A *gated* one is sent before a pooled clone is
    claimed: the monitor readies everything (its files, the cgroup, the egress proxy, the
@@ -96,13 +96,15 @@ def read(fd: int = 0) -> Received:
         early = Early(str(head["name"]), cgroups.Limits(**head["limits"]), cgroups.RunCgroup())
     except (ValueError, KeyError, TypeError):
         pass  # only a head start: the monitor makes the groups with the spec
-    if early is not None and (early.limits.wanted() or early.limits.cpu_weight is not None):
-        early.warming = cgroups.warm_up()  # first: the wait starts while the groups are made
+    if early is not None:
+        # Made first: a move into a group holds the lock that making one takes while it
+        # waits (``cgroups.RunCgroup.warm_join``).
         try:
             early.cgroup = cgroups.create(early.name, early.limits)
         except OSError:
-            early.release()
             early = None
+        else:
+            early.warming = early.cgroup.warm_join()
     spec = line().rstrip(b"\n")
     return Received(spec, early, buffer)
 
