@@ -17,8 +17,9 @@ import asyncio
 import os
 import shutil
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
+from typing import Any
 
 from agentfarm.backends.base import LaunchInfo
 from agentfarm.backends.local import (
@@ -120,7 +121,23 @@ class LocalBackend:
     async def launch(
         self, run: models.Run, spec: launch.LaunchSpec
     ) -> tuple[LocalHandle, LaunchInfo]:
-        return await self._start(run, spec, resume=False)
+        return await self._groups_ahead(run, self._start(run, spec, resume=False))
+
+    async def _groups_ahead(
+        self, run: models.Run, start: Coroutine[Any, Any, tuple[LocalHandle, LaunchInfo]]
+    ) -> tuple[LocalHandle, LaunchInfo]:
+        """``start``, with the run's cgroups made beside it (``cgroups.make_ahead``)."""
+        try:
+            limits = self._limits(run)
+        except errors.AgentfarmError:
+            limits = cgroups.Limits()  # ``start`` says what is wrong
+        if limits == cgroups.Limits():
+            return await start
+        ahead = asyncio.get_running_loop().run_in_executor(None, cgroups.make_ahead, run.id, limits)
+        try:
+            return await start
+        finally:
+            await ahead  # long done; a failed launch's clean-up comes after it
 
     async def resume(self, run: models.Run, spec: LaunchSpec) -> tuple[LocalHandle, LaunchInfo]:
         """A new agent process for a run whose last one ended (parked for a usage limit, or
@@ -134,7 +151,7 @@ class LocalBackend:
         if await asyncio.to_thread(monitor_running, run_dir):
             raise errors.ConflictError(f"run {run.id} still has an agent running")
         await asyncio.to_thread(rundir.forget_process, run_dir, run.id)
-        return await self._start(run, spec, resume=True)
+        return await self._groups_ahead(run, self._start(run, spec, resume=True))
 
     async def _start(
         self, run: models.Run, spec: LaunchSpec, *, resume: bool

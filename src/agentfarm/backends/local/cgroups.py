@@ -183,6 +183,47 @@ NO_DELEGATION = (
 )
 
 
+def own_group_procs(root: Path = ROOT, *, self_cgroup: str | None = None) -> Path | None:
+    """The ``cgroup.procs`` of this process's own group in one hierarchy (v1 ``pids``,
+    ``memory`` or ``cpu``, else v2), or None."""
+    if self_cgroup is None:
+        self_cgroup = Path("/proc/self/cgroup").read_text()
+    groups: dict[str, str] = {}
+    for line in self_cgroup.splitlines():
+        _, controllers, path = line.split(":", 2)
+        for controller in controllers.split(",") if controllers else [""]:
+            groups[controller] = path.lstrip("/")
+    for controller in ("pids", "memory", "cpu"):
+        if controller in groups and (root / controller / "tasks").exists():
+            return root / controller / groups[controller] / "cgroup.procs"
+    mount = v2_mount(root)
+    return None if mount is None or "" not in groups else mount / groups[""] / "cgroup.procs"
+
+
+def make_ahead(name: str, limits: Limits) -> None:
+    """A launch's groups, made by the server as the launch begins (its monitor makes them
+    too, finding them there), then :func:`warm_moves`. Blocking: in a thread."""
+    with contextlib.suppress(OSError):
+        create(name, limits)
+    warm_moves()
+
+
+def warm_moves(root: Path = ROOT) -> None:
+    """Start the wait the first move into a cgroup begins with (an RCU grace period, 5-15 ms:
+    the kernel's one lock for moves switches to writer mode; moves within a grace period of
+    the last one skip it), ahead of a launch's moves: this process moves itself into the
+    group it is in, which changes nothing. A move holds the lock that making a group takes
+    while it waits: the groups are made first. Blocks for that wait: call it in a thread."""
+    with contextlib.suppress(OSError, ValueError):
+        procs = own_group_procs(root)
+        if procs is not None:
+            fd = os.open(procs, os.O_WRONLY)
+            try:
+                os.write(fd, str(os.getpid()).encode())
+            finally:
+                os.close(fd)
+
+
 def v2_mount(root: Path = ROOT) -> Path | None:
     """Where the cgroup v2 hierarchy is mounted: ``root`` itself, or ``unified`` (hybrid)."""
     for mount in (root, root / "unified"):
