@@ -266,8 +266,9 @@ class LocalBackend:
             )  # fmt: skip
             if handed is not None and borrowed != handed:
                 # Not the clone the spec was made for (the claim fell back to a clone): that
-                # monitor lets the run go, and another gets the right spec.
+                # monitor lets the run go (what it wrote goes too), another gets the right spec.
                 await monitors.abandon(monitor)
+                await asyncio.to_thread(rundir.forget_process, run_dir, run.id)
                 monitor = await self.monitors.take(run_dir, (run.id, self._limits(run)))
                 handed = None
         except BaseException:

@@ -4,6 +4,7 @@ unsandboxed), its working directory, the host paths to stage and the agent's env
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import subprocess
@@ -95,22 +96,24 @@ def spawn(
     gate: tuple[int, bytes] | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start the agent. Between fork and exec the launcher child joins the run's cgroups,
-    waits for the go at the ``gate`` if there is one (``handover.wait_for_go``), stages its
-    mounts and, with ``channel``, makes the sandbox's network namespace and hands the proxy
-    its listener there (``egress.private_network``)."""
+    with ``channel`` makes the sandbox's network namespace and hands the proxy its listener
+    there (``egress.private_network``), and stages its mounts; with a ``gate`` it waits there
+    for the go (``handover.wait_for_go``) before it binds the workspace, the one source made
+    meanwhile (all that needs it comes after)."""
     argv, cwd, sources, env = build_launch(spec, status_fd)
     stage.load()
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
+    go = None if gate is None else functools.partial(handover.wait_for_go, *gate)
 
     def preexec() -> None:
         try:
             cgroup.join()
-            if gate is not None:
-                handover.wait_for_go(*gate)
-            if sources:
-                stage.stage(sources)
             if channel is not None:
                 egress.private_network(channel)
+            if sources:
+                stage.stage(sources, wait=go)
+            elif go is not None:
+                go()
             if cwd is not None:
                 # Here rather than Popen(cwd=...), which would chdir before we join the cgroups.
                 os.chdir(cwd)

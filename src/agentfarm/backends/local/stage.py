@@ -18,6 +18,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+from collections.abc import Callable
 
 CLONE_NEWNS = 0x00020000
 MS_NOSUID = 0x2
@@ -54,8 +55,11 @@ def load() -> None:
     _c()
 
 
-def stage(sources: list[str]) -> None:
+def stage(sources: list[str], *, wait: Callable[[], None] | None = None) -> None:
     """Bind each source path to :func:`staged_path` of its index.
+
+    With ``wait``, the first source (the workspace, moved into place meanwhile) is bound only
+    once ``wait`` returns: its directory is opened before the tmpfs hides it.
 
     Only for a root child process that will exec bubblewrap right after.
     """
@@ -63,21 +67,35 @@ def stage(sources: list[str]) -> None:
     _check(libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
     # Keep our mounts from propagating back into the host's namespace.
     _check(libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None), "mount --make-rprivate /")
-    fds = []
-    for source in sources:
-        fd = os.open(source, os.O_PATH | os.O_CLOEXEC)
-        fds.append((fd, os.path.isdir(f"/proc/self/fd/{fd}")))
+    later = sources[0] if wait is not None and sources else None
+    parent = None
+    if later is not None:
+        parent = os.open(os.path.dirname(later), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    fds = [None if later is not None and i == 0 else _open(s) for i, s in enumerate(sources)]
     _check(
         libc.mount(b"tmpfs", STAGE.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, b"mode=0755"),
         "mount tmpfs",
     )
-    for index, (fd, is_dir) in enumerate(fds):
-        target = staged_path(index)
-        if is_dir:
-            os.mkdir(target, 0o755)
-        else:
-            os.close(os.open(target, os.O_WRONLY | os.O_CREAT, 0o644))
-        magic = f"/proc/self/fd/{fd}".encode()
-        _check(libc.mount(magic, target.encode(), None, MS_BIND | MS_REC, None), "bind mount")
-        # The sandbox must not inherit a descriptor into a root-only directory.
-        os.close(fd)
+    for index, fd in enumerate(fds):
+        if fd is not None:
+            _bind(libc, fd, staged_path(index))
+    if later is not None and parent is not None and wait is not None:
+        wait()
+        fd = os.open(os.path.basename(later), os.O_PATH | os.O_CLOEXEC, dir_fd=parent)
+        os.close(parent)
+        _bind(libc, fd, staged_path(0))
+
+
+def _open(source: str) -> int:
+    return os.open(source, os.O_PATH | os.O_CLOEXEC)
+
+
+def _bind(libc: ctypes.CDLL, fd: int, target: str) -> None:
+    if os.path.isdir(f"/proc/self/fd/{fd}"):
+        os.mkdir(target, 0o755)
+    else:
+        os.close(os.open(target, os.O_WRONLY | os.O_CREAT, 0o644))
+    magic = f"/proc/self/fd/{fd}".encode()
+    _check(libc.mount(magic, target.encode(), None, MS_BIND | MS_REC, None), "bind mount")
+    # The sandbox must not inherit a descriptor into a root-only directory.
+    os.close(fd)
