@@ -92,9 +92,12 @@ class EgressProxy:
 
     def start(self) -> None:
         """Hand the waiting proxy (forked now if there is none) its run; without
-        ``allowlist``, let it go: it exits when its pair closes."""
+        ``allowlist``, kill it (it holds nothing yet; an interpreter's orderly exit would take
+        CPU from the agent starting beside it)."""
         if not self.spec.allowlist:
             self.released, self.pid = self.pid, None
+            if self.released is not None:
+                procs.kill_quietly(self.released)
             self.close_channel()
             return
         if self.pid is None:
