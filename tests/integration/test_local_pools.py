@@ -266,7 +266,8 @@ async def test_a_spec_sent_ahead_for_other_objects_goes_to_no_agent(
     # The spec sent ahead binds the pooled clone's borrowed object directories; a workspace
     # that borrows others gets a new monitor with the right spec (the first bind would fail).
     backend = await _pooled(tmp_path, source, reporter)
-    monkeypatch.setattr(clone_pool.Entry, "borrowed", lambda self: [tmp_path / "elsewhere"])
+    for entry in backend.clones._entries[backend.clones.key(str(source), None)]:  # type: ignore[index]
+        entry.borrowed = [tmp_path / "elsewhere"]
     try:
         report = await launch(backend, source, reporter, "respec")
         assert git_out(source, "show", f"agentfarm/{report['run']}:mine.txt") == "respec"

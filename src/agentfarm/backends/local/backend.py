@@ -245,7 +245,7 @@ class LocalBackend:
             entry = None if pool is None else self.clones.reserve(pool)
             start = None
             if pool is not None and entry is not None:
-                handed = await asyncio.to_thread(entry.borrowed)
+                handed = entry.borrowed
                 await monitors.hand_spec(monitor, for_monitor(handed, True))
                 start = await self.clones.settle(pool, entry, workspace, branch)
             # A claimed clone is the sandbox uid's already (``clone_pool``: owned ahead).

@@ -69,11 +69,9 @@ class Entry:
     path: Path
     #: The branch the clone has checked out (its base) and the source's refs it copied.
     state: SourceState
-
-    def borrowed(self) -> list[Path]:
-        """The object directories the clone reads through its alternates (blocking); a claim
-        leaves them as they are."""
-        return git.alternates(self.path / "workspace")
+    #: The object directories the clone reads through its alternates (a claim leaves them
+    #: as they are): read when it is made, so a launch can send its spec before the claim.
+    borrowed: list[Path] = field(default_factory=list)
 
 
 Key = tuple[str, str]
@@ -189,13 +187,14 @@ class ClonePool:
         try:
             await git.clone(key[0], workspace, key[1] or None, background=True)
             state = await _clone_state(workspace)
+            borrowed = await asyncio.to_thread(git.alternates, workspace)
             if self.owner is not None:
                 await _hand_over(workspace, self.owner, whole=True, background=True)
         except git.GitError as exc:
             log.warning("clone pool: cannot clone %s (%s)", key[0], exc)
             await asyncio.to_thread(_remove, path)
             return None
-        return Entry(path, state)
+        return Entry(path, state, borrowed)
 
 
 async def source_state(source: Path) -> SourceState:
