@@ -234,16 +234,27 @@ def test_a_monitor_lowers_itself_and_its_autogroup() -> None:
     assert autogroup in ("6", "none")
 
 
-def test_warm_join_moves_a_child_of_ours_into_the_first_group(tmp_path: Path) -> None:
-    first, second = tmp_path / "pids", tmp_path / "memory"
-    for directory in (first, second):
-        directory.mkdir()
-        (directory / "cgroup.procs").write_text("")
-    group = cgroups.RunCgroup(version=1, dirs=[first, second])
-    pid = group.warm_join()
-    assert pid is not None and pid != os.getpid()
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
-    assert (first / "cgroup.procs").read_text() == str(pid)
-    assert (second / "cgroup.procs").read_text() == ""
-    assert cgroups.RunCgroup().warm_join() is None  # no groups: nothing to warm
+def test_the_wait_of_the_first_move_starts_with_a_move_into_our_own_group(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # v1: the first of pids, memory, cpu there is; its path is ours from /proc/self/cgroup.
+    own = "5:memory:/a/b\n4:pids:/c\n0::/u\n"
+    for controller in ("memory", "pids"):
+        (tmp_path / controller).mkdir()
+        (tmp_path / controller / "tasks").write_text("")
+    found = cgroups.own_group_procs(tmp_path, self_cgroup=own)
+    assert found == tmp_path / "pids" / "c" / "cgroup.procs"
+    # v2 (or a hybrid's unified mount): the "0::" line's group.
+    v2 = tmp_path / "v2"
+    v2.mkdir()
+    (v2 / "cgroup.controllers").write_text("")
+    assert cgroups.own_group_procs(v2, self_cgroup=own) == v2 / "u" / "cgroup.procs"
+    assert cgroups.own_group_procs(tmp_path / "none", self_cgroup=own) is None
+    # The move itself: our pid into our own group (nothing changes), errors swallowed.
+    (tmp_path / "pids" / "c").mkdir()
+    (tmp_path / "pids" / "c" / "cgroup.procs").write_text("")
+    real = cgroups.own_group_procs
+    monkeypatch.setattr(cgroups, "own_group_procs", lambda root: real(root, self_cgroup=own))
+    cgroups.warm_moves(tmp_path)
+    assert (tmp_path / "pids" / "c" / "cgroup.procs").read_text() == str(os.getpid())
+    cgroups.warm_moves(tmp_path / "none")  # nowhere to move: nothing, and no error

@@ -55,11 +55,11 @@ def test_the_prepare_line_makes_the_groups_before_the_spec_comes(
     early = got.early
     assert early is not None and (early.name, early.limits) == ("run-1", LIMITS)
     # The spec's own groups are those: nothing is made twice.
-    assert handover.cgroup_for(early, "run-1", LIMITS) is early
+    assert handover.cgroup_for(early, "run-1", LIMITS) is early.cgroup
     assert made == [("run-1", LIMITS)]
     # Another run's or other limits: made anew (and the early ones removed).
     other = handover.cgroup_for(early, "run-1", cgroups.Limits(pids=5))
-    assert other is not early and made[-1] == ("run-1", cgroups.Limits(pids=5))
+    assert other is not early.cgroup and made[-1] == ("run-1", cgroups.Limits(pids=5))
 
 
 def test_a_garbled_prepare_line_is_only_a_lost_head_start() -> None:

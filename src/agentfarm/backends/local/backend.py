@@ -173,8 +173,9 @@ class LocalBackend:
             raise errors.ConfigurationError("setpriv is not installed: apt-get install util-linux")
         run_dir = self.run_dir(run.id)
         workspace, home = run_dir / "workspace", run_dir / "home"
-        agent = await asyncio.to_thread(binaries.find, command.binary, self.settings)
-        usr_links, real_dirs, (etc, etc_links) = await asyncio.to_thread(rundir.root_layout)
+        agent, (usr_links, real_dirs, (etc, etc_links)) = await asyncio.to_thread(
+            lambda: (binaries.find(command.binary, self.settings), rundir.root_layout())
+        )
 
         def for_monitor(borrowed: list[Path], gated: bool) -> monitor_spec.MonitorSpec:
             binds = [sandbox.Bind(d, d) for d in real_dirs]

@@ -72,28 +72,6 @@ class RunCgroup:
             finally:
                 os.close(fd)
 
-    def warm_join(self) -> int | None:
-        """Start, ahead of :meth:`join`, the wait that a move into a cgroup begins with: the
-        kernel's lock for moves switches to writer mode after an RCU grace period (5-15 ms
-        here, on the launch's path), and a move that comes while another waits shares that
-        wait. A child of ours moves itself into the first group and exits at once, while the
-        monitor forks the launcher; the pid to reap (``os.waitpid``), or None. Only in the
-        single-threaded monitor."""
-        if not self.dirs:
-            return None
-        procs = self.dirs[0] / "cgroup.procs"
-        try:
-            pid = os.fork()
-        except OSError:
-            return None  # only a head start: the launcher joins all the same
-        if pid == 0:  # pragma: no cover (the child)
-            try:
-                fd = os.open(procs, os.O_WRONLY)
-                os.write(fd, str(os.getpid()).encode())
-            finally:
-                os._exit(0)
-        return pid
-
     def oom_kills(self) -> int:
         """How many processes the kernel OOM-killed in this run so far."""
         if self.memory_dir is None:

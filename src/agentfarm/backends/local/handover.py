@@ -2,10 +2,9 @@
 
 A launch that has taken a monitor (``monitors``) writes, one line each:
 
-1. **prepare** (optional): the run's cgroup name and limits. The monitor makes the groups at
-   once and starts the wait a move into them begins with (``cgroups.RunCgroup.warm_join``:
-   an RCU grace period, 5-15 ms), while the server still readies the workspace; its
-   launcher's own move is then quick.
+1. **prepare** (optional): the run's cgroup name and limits. The monitor makes the groups
+   (or finds them made: ``cgroups.make_ahead``) while the server still readies the
+   workspace.
 2. **the spec** (``monitor_spec.MonitorSpec``, JSON). An ungated spec is followed by the end
    of stdin and the monitor starts the agent. A *gated* one is sent before a pooled clone is
    claimed: the monitor readies everything (its files, the cgroup, the egress proxy, the
@@ -47,19 +46,14 @@ def spec_line(spec: monitor_spec.MonitorSpec) -> bytes:
 
 @dataclass
 class Early:
-    """The run's groups, made on the prepare line, and the warming child to reap."""
+    """The run's groups, made on the prepare line."""
 
     name: str
     limits: cgroups.Limits
     cgroup: cgroups.RunCgroup
-    warming: int | None = None
 
     def release(self) -> None:
         """The run did not come (or not with these groups): remove them."""
-        if self.warming is not None:
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(self.warming, 0)
-            self.warming = None
         self.cgroup.destroy(timeout=1.0)
 
 
@@ -97,26 +91,21 @@ def read(fd: int = 0) -> Received:
     except (ValueError, KeyError, TypeError):
         pass  # only a head start: the monitor makes the groups with the spec
     if early is not None:
-        # Made first: a move into a group holds the lock that making one takes while it
-        # waits (``cgroups.RunCgroup.warm_join``).
         try:
             early.cgroup = cgroups.create(early.name, early.limits)
         except OSError:
             early = None
-        else:
-            early.warming = early.cgroup.warm_join()
     spec = line().rstrip(b"\n")
     return Received(spec, early, buffer)
 
 
-def cgroup_for(early: Early | None, name: str, limits: cgroups.Limits) -> Early:
+def cgroup_for(early: Early | None, name: str, limits: cgroups.Limits) -> cgroups.RunCgroup:
     """The run's groups: those made ahead if they are the spec's, else made now."""
     if early is not None and (early.name, early.limits) == (name, limits):
-        return early
+        return early.cgroup
     if early is not None:
         early.release()
-    group = cgroups.create(name, limits)
-    return Early(name, limits, group, group.warm_join())
+    return cgroups.create(name, limits)
 
 
 def wait_for_go(fd: int, rest: bytes) -> None:

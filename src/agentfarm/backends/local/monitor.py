@@ -107,8 +107,7 @@ class Monitor:
         """Start the agent; with a ``gate`` (the monitor's stdin and what was read of it past
         the spec) its launcher child waits there for the go (``handover``)."""
         spec = self.spec
-        groups = handover.cgroup_for(self.early, spec.cgroup_name, spec.limits)
-        self.cgroup, warming = groups.cgroup, groups.warming
+        self.cgroup = handover.cgroup_for(self.early, spec.cgroup_name, spec.limits)
         self.oom_fd = self.cgroup.oom_notifier()
         if self.oom_fd is not None:
             self.sel.register(self.oom_fd, selectors.EVENT_READ, ("oom", None))
@@ -131,8 +130,6 @@ class Monitor:
             if gate is not None:
                 os.close(gate[0])
             self.proxy.after_spawn()
-            if warming is not None:
-                os.waitpid(warming, 0)  # long done: its move came before the launcher's
         proc = self.proc
         for name, stream in (("stdout", proc.stdout), ("stderr", proc.stderr)):
             if stream is not None:
