@@ -4,7 +4,7 @@ config per network policy (`allowlist`, the default, with its egress proxy, and 
 host's network), and through two servers side by side: one with the local backend's pools
 (ready clones, idle monitors; the defaults) and one with both pools off.
 
-    .venv/bin/python bench/launch_overhead.py [--runs 15] [--pools on,off] [--settle 1.5]
+    .venv/bin/python bench/launch_overhead.py [--runs 15] [--pools on,off] [--settle 3]
                                               [--baseline /path/to/other/src]
 
 With ``--baseline`` each pool setting also gets a server running that source tree's code
@@ -94,7 +94,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=15)
     parser.add_argument("--networks", default="allowlist,open", help="comma-separated")
     parser.add_argument("--pools", default="on,off", help="comma-separated: " + ", ".join(POOLS))
-    parser.add_argument("--settle", type=float, default=1.5, help="seconds between runs")
+    # Past the pools' refill (``clone_pool.REFILL_DELAY``, 1 s after a take, then a clone, a
+    # monitor and its egress proxy at the lowest priority), so it never overlaps a timed run.
+    parser.add_argument("--settle", type=float, default=3.0, help="seconds between runs")
     parser.add_argument("--baseline", type=Path, help="another source tree to compare with")
     args = parser.parse_args()
     networks = args.networks.split(",")

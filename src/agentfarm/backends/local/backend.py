@@ -99,6 +99,7 @@ class LocalBackend:
         self.monitors = monitors.MonitorPool(settings.local_monitor_pool)
         #: One inotify instance for every run's spool reader (see ``spoolwatch``).
         self.watcher = spoolwatch.SpoolWatcher()
+        self._making_ahead = False
 
     async def astart(self) -> None:
         """At server start: forget pooled clones of an earlier server, start idle monitors."""
@@ -126,18 +127,24 @@ class LocalBackend:
     async def _groups_ahead(
         self, run: models.Run, start: Coroutine[Any, Any, tuple[LocalHandle, LaunchInfo]]
     ) -> tuple[LocalHandle, LaunchInfo]:
-        """``start``, with the run's cgroups made beside it (``cgroups.make_ahead``)."""
+        """``start``, with the run's cgroups made beside it (``cgroups.make_ahead``). One at
+        a time: launches that come together keep the kernel's lock in writer mode anyway, and
+        a burst of them must not fill the thread pool (their monitors make the groups too)."""
         try:
             limits = self._limits(run)
         except errors.AgentfarmError:
             limits = cgroups.Limits()  # ``start`` says what is wrong
-        if limits == cgroups.Limits():
+        if limits == cgroups.Limits() or self._making_ahead:
             return await start
+        self._making_ahead = True
         ahead = asyncio.get_running_loop().run_in_executor(None, cgroups.make_ahead, run.id, limits)
         try:
             return await start
         finally:
-            await ahead  # long done; a failed launch's clean-up comes after it
+            try:
+                await ahead  # long done; a failed launch's clean-up comes after it
+            finally:
+                self._making_ahead = False
 
     async def resume(self, run: models.Run, spec: LaunchSpec) -> tuple[LocalHandle, LaunchInfo]:
         """A new agent process for a run whose last one ended (parked for a usage limit, or
