@@ -243,6 +243,18 @@ async def test_a_claim_that_fails_after_the_spec_went_ahead_starts_nothing(
         await backend.aclose()
 
 
+async def _starts_all_the_same(
+    backend: LocalBackend, source: Path, reporter: str, mark: str
+) -> None:
+    """A launch on ``backend`` runs its agent on its own branch, whose commit comes home."""
+    try:
+        report = await launch(backend, source, reporter, mark)
+        assert report["branch"] == f"agentfarm/{report['run']}"
+        assert git_out(source, "show", f"agentfarm/{report['run']}:mine.txt") == mark
+    finally:
+        await backend.aclose()
+
+
 async def test_a_claim_that_falls_back_to_a_clone_still_starts_its_agent(
     tmp_path: Path, source: Path, reporter: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -252,27 +264,18 @@ async def test_a_claim_that_falls_back_to_a_clone_still_starts_its_agent(
         return None  # as when the source's HEAD names another branch now
 
     monkeypatch.setattr(clone_pool, "_refresh", not_patched_up)
-    try:
-        report = await launch(backend, source, reporter, "fallback")
-        assert report["branch"] == f"agentfarm/{report['run']}"
-        assert git_out(source, "show", f"agentfarm/{report['run']}:mine.txt") == "fallback"
-    finally:
-        await backend.aclose()
+    await _starts_all_the_same(backend, source, reporter, "fallback")
 
 
 async def test_a_spec_sent_ahead_for_other_objects_goes_to_no_agent(
-    tmp_path: Path, source: Path, reporter: str, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, source: Path, reporter: str
 ) -> None:
     # The spec sent ahead binds the pooled clone's borrowed object directories; a workspace
     # that borrows others gets a new monitor with the right spec (the first bind would fail).
     backend = await _pooled(tmp_path, source, reporter)
     for entry in backend.clones._entries[backend.clones.key(str(source), None)]:  # type: ignore[index]
         entry.borrowed = [tmp_path / "elsewhere"]
-    try:
-        report = await launch(backend, source, reporter, "respec")
-        assert git_out(source, "show", f"agentfarm/{report['run']}:mine.txt") == "respec"
-    finally:
-        await backend.aclose()
+    await _starts_all_the_same(backend, source, reporter, "respec")
 
 
 async def test_pools_of_zero_launch_as_before(tmp_path: Path, source: Path, reporter: str) -> None:
