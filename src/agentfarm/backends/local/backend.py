@@ -180,6 +180,7 @@ class LocalBackend:
             raise errors.ConfigurationError("setpriv is not installed: apt-get install util-linux")
         run_dir = self.run_dir(run.id)
         workspace, home = run_dir / "workspace", run_dir / "home"
+        limits = self._limits(run)
         agent, (usr_links, real_dirs, (etc, etc_links)) = await asyncio.to_thread(
             lambda: (binaries.find(command.binary, self.settings), rundir.root_layout())
         )
@@ -205,7 +206,7 @@ class LocalBackend:
                 egress_policy=policy.to_json(),
                 python=python[0],
                 egress_via=self.egress_via,
-                limits=self._limits(run),
+                limits=limits,
                 cgroup_name=run.id,
                 uid=uid,
                 gid=gid,
@@ -219,11 +220,11 @@ class LocalBackend:
             )
 
         if resume:
-            monitor = await self.monitors.take(run_dir, (run.id, self._limits(run)))
             borrowed = await asyncio.to_thread(git.alternates, workspace)
+            monitor = await self.monitors.take(run_dir, (run.id, limits))
             await monitors.send_spec(monitor, run_dir, for_monitor(borrowed, False))
         else:
-            await self._new_workspace(run, spec, uid, gid, for_monitor)
+            await self._new_workspace(run, spec, (uid, gid), limits, for_monitor)
         notices += hostinfo.run_notices(is_root=is_root)  # no sandbox uid without root
         return self.handle(run, spec.git_auth), LaunchInfo(
             branch=spec.branch, workspace=str(workspace), notices=notices
@@ -233,8 +234,8 @@ class LocalBackend:
         self,
         run: models.Run,
         spec: LaunchSpec,
-        uid: int | None,
-        gid: int | None,
+        owner: tuple[int | None, int | None],
+        limits: cgroups.Limits,
         for_monitor: Callable[[list[Path], bool], monitor_spec.MonitorSpec],
     ) -> None:
         """The run directory, its clone on the run's branch and its HOME, and its monitor,
@@ -242,10 +243,11 @@ class LocalBackend:
         readies the agent's start meanwhile; the go follows (``handover``)."""
         run_dir = self.run_dir(run.id)
         workspace, branch = run_dir / "workspace", spec.branch
+        uid, gid = owner
         await asyncio.to_thread(self._prepare, run_dir, uid, gid)
         # An idle monitor, or one whose interpreter starts while we clone: either way it
         # waits for its spec on stdin.
-        monitor = await self.monitors.take(run_dir, (run.id, self._limits(run)))
+        monitor = await self.monitors.take(run_dir, (run.id, limits))
         handed: list[Path] | None = None  # what a spec sent ahead binds of the source's objects
         try:
             follow_up = launch.continues(run.spec.base_branch, branch)
@@ -277,7 +279,7 @@ class LocalBackend:
                 # monitor lets the run go (what it wrote goes too), another gets the right spec.
                 await monitors.abandon(monitor)
                 await asyncio.to_thread(rundir.forget_process, run_dir, run.id)
-                monitor = await self.monitors.take(run_dir, (run.id, self._limits(run)))
+                monitor = await self.monitors.take(run_dir, (run.id, limits))
                 handed = None
         except BaseException:
             await monitors.abandon(monitor)
