@@ -87,14 +87,10 @@ def read(fd: int = 0) -> Received:
     early = None
     try:
         head = json.loads(first)["prepare"]
-        early = Early(str(head["name"]), cgroups.Limits(**head["limits"]), cgroups.RunCgroup())
-    except (ValueError, KeyError, TypeError):
+        name, limits = str(head["name"]), cgroups.Limits(**head["limits"])
+        early = Early(name, limits, cgroups.create(name, limits))
+    except (OSError, ValueError, KeyError, TypeError):
         pass  # only a head start: the monitor makes the groups with the spec
-    if early is not None:
-        try:
-            early.cgroup = cgroups.create(early.name, early.limits)
-        except OSError:
-            early = None
     spec = line().rstrip(b"\n")
     return Received(spec, early, buffer)
 

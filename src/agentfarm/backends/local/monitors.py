@@ -77,9 +77,14 @@ async def spawn(run_dir: Path | None) -> asyncio.subprocess.Process:
 async def hand_spec(proc: asyncio.subprocess.Process, spec: monitor_spec.MonitorSpec) -> None:
     """A gated spec, ahead of the workspace: the monitor readies the agent's start, and starts
     it on :func:`send_spec`'s go (``handover``)."""
+    await _write_line(proc, handover.spec_line(spec))
+
+
+async def _write_line(proc: asyncio.subprocess.Process, line: bytes) -> None:
+    """One line ahead of the spec's hand-over; a monitor gone already: ``send_spec`` says so."""
     if proc.stdin is not None:
-        proc.stdin.write(handover.spec_line(spec))
-        with contextlib.suppress(ConnectionError):  # gone: ``send_spec`` says so
+        proc.stdin.write(line)
+        with contextlib.suppress(ConnectionError):
             await proc.stdin.drain()
 
 
@@ -136,11 +141,8 @@ class MonitorPool:
         """An idle monitor if one is ready, else one started now for ``run_dir``; told the
         run's ``cgroup`` (name, limits) at once, ahead of its spec (``handover``)."""
         proc = await self._take(run_dir)
-        if cgroup is not None and proc.stdin is not None:
-            proc.stdin.write(handover.prepare_line(*cgroup))
-            # A monitor gone already: its spec's hand-over says so (``send_spec``).
-            with contextlib.suppress(ConnectionError):
-                await proc.stdin.drain()
+        if cgroup is not None:
+            await _write_line(proc, handover.prepare_line(*cgroup))
         return proc
 
     async def _take(self, run_dir: Path) -> asyncio.subprocess.Process:

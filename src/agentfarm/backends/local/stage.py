@@ -70,11 +70,11 @@ def stage(sources: list[str], *, wait: Callable[[], None] | None = None) -> None
     _check(libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
     # Keep our mounts from propagating back into the host's namespace.
     _check(libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None), "mount --make-rprivate /")
-    later = sources[0] if wait is not None and sources else None
-    parent = None
-    if later is not None:
-        parent = os.open(os.path.dirname(later), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    fds = [None if later is not None and i == 0 else _open(s) for i, s in enumerate(sources)]
+    parent = None  # the workspace's directory, when its bind waits
+    if wait is not None and sources:
+        flags = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
+        parent = os.open(os.path.dirname(sources[0]), flags)
+    fds = [None if parent is not None and i == 0 else _open(s) for i, s in enumerate(sources)]
     _check(
         libc.mount(b"tmpfs", STAGE.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, b"mode=0755"),
         "mount tmpfs",
@@ -82,9 +82,9 @@ def stage(sources: list[str], *, wait: Callable[[], None] | None = None) -> None
     for index, fd in enumerate(fds):
         if fd is not None:
             _bind(libc, fd, staged_path(index))
-    if later is not None and parent is not None and wait is not None:
+    if parent is not None and wait is not None:
         wait()
-        fd = os.open(os.path.basename(later), os.O_PATH | os.O_CLOEXEC, dir_fd=parent)
+        fd = os.open(os.path.basename(sources[0]), os.O_PATH | os.O_CLOEXEC, dir_fd=parent)
         os.close(parent)
         _bind(libc, fd, staged_path(0))
 
