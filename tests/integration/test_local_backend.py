@@ -169,6 +169,10 @@ for name in sys.argv[1:]:
 results["uid"] = os.getuid()
 status = open("/proc/self/status").read()
 results["CapEff"] = [l.split()[1] for l in status.splitlines() if l.startswith("CapEff")][0]
+# Real, effective, saved and filesystem ids, and the supplementary groups.
+results["ids"] = {l.split(":")[0]: l.split()[1:] for l in status.splitlines()
+                  if l.startswith(("Uid:", "Gid:"))}
+results["groups"] = os.getgroups()
 results["pids"] = sorted(int(p) for p in os.listdir("/proc") if p.isdigit())
 results["net"] = sorted(os.listdir("/sys/class/net")) if os.path.exists("/sys/class/net") else None
 results["ifaces"] = sorted(l.split(":")[0].strip() for l in open("/proc/net/dev").readlines()[2:])
@@ -213,8 +217,10 @@ async def test_isolation(tmp_path: Path, settings: Settings, source: Path) -> No
     for path in forbidden:
         assert result[path] is False, path
     assert result["uid"] != 0
-    if ROOT:
-        assert result["uid"] == settings.sandbox_uid
+    if ROOT:  # the launcher dropped every id, and the groups, before it ran bubblewrap
+        assert result["ids"]["Uid"] == [str(settings.sandbox_uid)] * 4
+        assert result["ids"]["Gid"] == [str(settings.sandbox_gid)] * 4
+        assert result["groups"] == []
     assert int(result["CapEff"], 16) == 0
     assert len(result["pids"]) <= 3, result["pids"]  # bwrap's init, the agent (and nothing else)
     assert result["ifaces"] == ["lo"]

@@ -79,7 +79,7 @@ def test_root_launch_binds_staged_paths() -> None:
     argv, cwd, sources, env = monitor_launch.build_launch(spec(uid=61000, gid=61000), 9)
     assert sources == ["/d/runs/r/workspace", "/d/runs/r/home", "/d/runs/r/etc/passwd",
                        "/d/runs/r/etc/group", "/opt/a"]  # fmt: skip
-    assert argv[0] == "setpriv"
+    assert argv[0] == "bwrap"  # the launcher child drops to the uid itself
     assert cwd is None
     assert env == sandbox.agent_env({"K": "v"}, CREDENTIALS, home=sandbox.HOME)
     i = argv.index("/workspace")

@@ -81,10 +81,6 @@ def find_bwrap() -> str | None:
     return shutil.which("bwrap")
 
 
-def find_setpriv() -> str | None:
-    return shutil.which("setpriv")
-
-
 class LocalBackend:
     name = "local"
     #: How the proxy port reaches the egress proxy (see ``egress.py``); tests force ``bridge``.
@@ -175,9 +171,6 @@ class LocalBackend:
         uid, gid = (
             (self.settings.sandbox_uid, self.settings.sandbox_gid) if is_root else (None, None)
         )
-        setpriv = find_setpriv() if is_root else "setpriv"
-        if setpriv is None:
-            raise errors.ConfigurationError("setpriv is not installed: apt-get install util-linux")
         run_dir = self.run_dir(run.id)
         workspace, home = run_dir / "workspace", run_dir / "home"
         limits = self._limits(run)
@@ -214,7 +207,6 @@ class LocalBackend:
                 etc_links=tuple(etc_links),
                 binds=tuple(binds),
                 bwrap=bwrap or "bwrap",
-                setpriv=setpriv,
                 usr_links=tuple(usr_links),
                 gated=gated,
             )

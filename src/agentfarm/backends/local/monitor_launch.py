@@ -1,5 +1,5 @@
-"""How a run's monitor starts the agent: the command line (bubblewrap, or setpriv alone when
-unsandboxed), its working directory, the host paths to stage and the agent's environment
+"""How a run's monitor starts the agent: the command line (bubblewrap, or the agent alone
+when unsandboxed), its working directory, the host paths to stage and the agent's environment
 (:func:`build_launch`, pure), then the process itself (:func:`spawn`)."""
 
 from __future__ import annotations
@@ -56,8 +56,7 @@ def build_launch(
         return staged.get(path, path)
 
     if spec.mode == "none":
-        argv = sandbox.setpriv_prefix(spec.uid, spec.gid, spec.setpriv) + spec.argv
-        return argv, at(spec.workspace), sources, agent_env(spec, home=at(spec.home))
+        return spec.argv, at(spec.workspace), sources, agent_env(spec, home=at(spec.home))
     binds = list(spec.binds)
     command = spec.argv
     if spec.via_bridge:
@@ -79,10 +78,7 @@ def build_launch(
         etc_links=spec.etc_links,
         extra_binds=tuple(sandbox.Bind(at(b.source), b.dest, b.writable) for b in binds),
         status_fd=status_fd,
-        uid=spec.uid,
-        gid=spec.gid,
         bwrap=spec.bwrap,
-        setpriv=spec.setpriv,
         usr_links=spec.usr_links,
     )
     return sandbox.bwrap_argv(config, command), None, sources, agent_env(spec, sandbox.HOME)
@@ -99,7 +95,8 @@ def spawn(
     with ``channel`` makes the sandbox's network namespace and hands the proxy its listener
     there (``egress.private_network``), and stages its mounts; with a ``gate`` it waits there
     for the go (``handover.wait_for_go``) before it binds the workspace, the one source made
-    meanwhile (all that needs it comes after)."""
+    meanwhile (all that needs it comes after). Last, as root, it drops to the sandbox uid
+    (``drop_to``): what it execs, bubblewrap or the agent, never has root's rights."""
     argv, cwd, sources, env = build_launch(spec, status_fd)
     stage.load()
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
@@ -120,6 +117,8 @@ def spawn(
             # Last, so that the start itself is not slowed: the agent's priority, below the
             # control plane's (``priority``), and its session's (the monitor's too).
             priority.lower_priority(spec.limits.cpu_weight)
+            if spec.uid is not None:
+                drop_to(spec.uid, spec.gid if spec.gid is not None else spec.uid)
         except BaseException as exc:
             os.write(err_w, f"{type(exc).__name__}: {exc}".encode())
             raise
@@ -143,3 +142,12 @@ def spawn(
     finally:
         os.close(err_w)
         os.close(err_r)
+
+
+def drop_to(uid: int, gid: int) -> None:
+    """Become ``uid``:``gid`` for good, with no supplementary groups (real, effective and
+    saved ids alike: the kernel clears every capability of a root process that does this).
+    In the launcher child, rather than an exec of ``setpriv`` (a millisecond of the launch)."""
+    os.setgroups([])
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)

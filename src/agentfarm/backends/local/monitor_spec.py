@@ -65,7 +65,6 @@ class MonitorSpec:
     etc_links: tuple[tuple[str, str], ...] = ()
     binds: tuple[sandbox.Bind, ...] = ()
     bwrap: str = "bwrap"
-    setpriv: str = "setpriv"
     usr_links: tuple[str, ...] = USR_LINKS
     #: The egress policy (``Policy.to_json``), for ``network: allowlist``.
     egress_policy: dict[str, Any] | None = field(default=None, repr=False)
@@ -120,7 +119,6 @@ class MonitorSpec:
             "etc_links": [list(link) for link in self.etc_links],
             "binds": [[b.source, b.dest, b.writable] for b in self.binds],
             "bwrap": self.bwrap,
-            "setpriv": self.setpriv,
             "usr_links": list(self.usr_links),
             "egress_policy": self.egress_policy,
             "python": self.python,

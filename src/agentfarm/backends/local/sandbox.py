@@ -8,8 +8,8 @@ binds the launch needs (the agent's package directory, the source repository's o
 a ``git clone --shared`` points into). Nothing else of the host is visible.
 
 The environment is not passed with ``--setenv``: values there would show in ``ps``. The
-monitor execs the launcher with exactly the agent's environment instead, which setpriv and
-bubblewrap pass through unchanged.
+monitor execs bubblewrap with exactly the agent's environment instead, which it passes
+through unchanged.
 """
 
 from __future__ import annotations
@@ -67,11 +67,7 @@ class SandboxConfig:
     etc_links: tuple[tuple[str, str], ...] = ()
     extra_binds: tuple[Bind, ...] = ()
     status_fd: int | None = None
-    #: Drop to this uid/gid with setpriv first (when the monitor runs as root).
-    uid: int | None = None
-    gid: int | None = None
     bwrap: str = "bwrap"
-    setpriv: str = "setpriv"
     usr_links: tuple[str, ...] = ("bin", "lib", "lib64", "sbin")
     hostname: str = "agentfarm"
 
@@ -113,17 +109,9 @@ def _readlink(path: str) -> str | None:
         return None  # not a symlink
 
 
-def setpriv_prefix(uid: int | None, gid: int | None, setpriv: str = "setpriv") -> list[str]:
-    if uid is None:
-        return []
-    return [setpriv, f"--reuid={uid}", f"--regid={gid if gid is not None else uid}",
-            "--clear-groups", "--"]  # fmt: skip
-
-
 def bwrap_argv(config: SandboxConfig, command: list[str]) -> list[str]:
-    """The full argv: optional setpriv, bwrap and its options, then the agent's command."""
-    argv = setpriv_prefix(config.uid, config.gid, config.setpriv)
-    argv += [config.bwrap, "--ro-bind", "/usr", "/usr"]
+    """The full argv: bwrap and its options, then the agent's command."""
+    argv = [config.bwrap, "--ro-bind", "/usr", "/usr"]
     for name in config.usr_links:
         argv += ["--symlink", f"usr/{name}", f"/{name}"]
     argv += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--dir", "/var/tmp"]  # noqa: S108
