@@ -9,6 +9,7 @@ import os
 import stat
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -86,16 +87,45 @@ async def test_a_claim_is_at_the_source_commit_made_after_the_pool_was_filled(
     await pool.close()
 
 
-async def test_an_unchanged_source_needs_no_ref_update(tmp_path: Path, source: Path) -> None:
+async def test_an_unchanged_source_needs_no_ref_update(
+    tmp_path: Path, source: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run's branch, made at the base the clone copied while the source's refs are read,
+    is all a claim of an unchanged source takes: two git processes side by side."""
     pool = clone_pool.ClonePool(tmp_path / "pool", 1)
     await pool.start()
     key = pool.key(str(source), "main")
     assert key is not None
     await filled(pool, key, 1)
+    commands: list[tuple[str, Path]] = []
+    real_git = clone_pool.git.git
+
+    async def spy(*args: str, **kwargs: Any) -> str:
+        commands.append((args[0], kwargs["cwd"]))
+        return await real_git(*args, **kwargs)
+
+    monkeypatch.setattr(clone_pool.git, "git", spy)
     workspace = tmp_path / "workspace"
     assert await pool.claim(key, workspace, "agentfarm/r2") == run_git(source, "rev-parse", "main")
-    assert run_git(workspace, "rev-parse", "--abbrev-ref", "HEAD") == "agentfarm/r2"
+    # (The pool's refill clones meanwhile, elsewhere.)
+    claimed = [c for c in commands if c[1] in (source, workspace)]
+    assert sorted(claimed) == [("for-each-ref", source), ("update-ref", workspace)]
+    assert run_git(workspace, "symbolic-ref", "HEAD") == "refs/heads/agentfarm/r2"
+    assert run_git(workspace, "status", "--porcelain") == ""
+    assert not (workspace / ".git" / "HEAD.lock").exists()
+    fresh = tmp_path / "fresh"
+    subprocess.run(["git", "clone", "-q", "--shared", str(source), str(fresh)], check=True)
+    run_git(fresh, "checkout", "-q", "-b", "agentfarm/r2")
+    assert refs_of(workspace) == refs_of(fresh)
     await pool.close()
+
+
+def test_head_is_left_to_git_in_a_repository_without_ref_files(tmp_path: Path) -> None:
+    git_dir = tmp_path / ".git"
+    (git_dir / "reftable").mkdir(parents=True)
+    (git_dir / "HEAD").write_text("ref: refs/heads/.invalid\n")
+    assert not clone_pool._point_head(git_dir, "agentfarm/r1")
+    assert (git_dir / "HEAD").read_text() == "ref: refs/heads/.invalid\n"
 
 
 async def test_a_source_whose_head_moved_is_cloned_afresh(tmp_path: Path, source: Path) -> None:
@@ -193,8 +223,8 @@ async def test_the_source_state_names_heads_branch_and_none_when_detached(source
 async def test_a_clone_that_cannot_take_the_runs_branch_is_discarded(
     tmp_path: Path, source: Path
 ) -> None:
-    """The run's branch is made in the clone before it moves: a branch git refuses leaves
-    neither the entry nor a workspace (the launch then clones, and git says why)."""
+    """A branch git refuses leaves neither the entry nor the claimed workspace (the launch
+    then clones, and git says why)."""
     pool = clone_pool.ClonePool(tmp_path / "pool", 1)
     await pool.start()
     key = pool.key(str(source), None)

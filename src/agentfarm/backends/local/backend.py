@@ -174,9 +174,22 @@ class LocalBackend:
         run_dir = self.run_dir(run.id)
         workspace, home = run_dir / "workspace", run_dir / "home"
         limits = self._limits(run)
-        agent, (usr_links, real_dirs, (etc, etc_links)) = await asyncio.to_thread(
-            lambda: (binaries.find(command.binary, self.settings), rundir.root_layout())
-        )
+        pool, entry = (None, None) if resume else self._reserve(run, spec.branch)
+
+        def ahead() -> tuple[str, rundir.Layout, bool]:
+            """The agent's binary, the host's layout and (a new run) the run's directory,
+            with a pooled clone moved into it: one thread hop."""
+            try:
+                found = binaries.find(command.binary, self.settings), rundir.root_layout()
+                if not resume:
+                    self._prepare(run_dir, uid, gid)
+            except BaseException:
+                if entry is not None:
+                    self.clones.discard(entry)
+                raise
+            return *found, entry is not None and self.clones.place(entry, workspace)
+
+        agent, (usr_links, real_dirs, (etc, etc_links)), placed = await asyncio.to_thread(ahead)
 
         def for_monitor(borrowed: list[Path], gated: bool) -> monitor_spec.MonitorSpec:
             binds = [sandbox.Bind(d, d) for d in real_dirs]
@@ -216,7 +229,8 @@ class LocalBackend:
             monitor = await self.monitors.take(run_dir, (run.id, limits))
             await monitors.send_spec(monitor, run_dir, for_monitor(borrowed, False))
         else:
-            await self._new_workspace(run, spec, (uid, gid), limits, for_monitor)
+            claim = (pool, entry) if pool is not None and entry is not None and placed else None
+            await self._new_workspace(run, spec, (uid, gid), limits, for_monitor, claim)
         notices += hostinfo.run_notices(is_root=is_root)  # no sandbox uid without root
         return self.handle(run, spec.git_auth), LaunchInfo(
             branch=spec.branch, workspace=str(workspace), notices=notices
@@ -229,29 +243,29 @@ class LocalBackend:
         owner: tuple[int | None, int | None],
         limits: cgroups.Limits,
         for_monitor: Callable[[list[Path], bool], monitor_spec.MonitorSpec],
+        claim: tuple[clone_pool.Key, clone_pool.Entry] | None,
     ) -> None:
-        """The run directory, its clone on the run's branch and its HOME, and its monitor,
-        started on them. With a pooled clone the monitor gets its spec before the claim and
-        readies the agent's start meanwhile; the go follows (``handover``)."""
+        """The run's clone on the run's branch (the run directory is made), and its monitor,
+        started on them. With a pooled clone (``claim``, moved into place) the monitor gets
+        its spec before the claim and readies the agent's start meanwhile; the go follows
+        (``handover``)."""
         run_dir = self.run_dir(run.id)
         workspace, branch = run_dir / "workspace", spec.branch
         uid, gid = owner
-        await asyncio.to_thread(self._prepare, run_dir, uid, gid)
+        follow_up = launch.continues(run.spec.base_branch, branch)
         # An idle monitor, or one whose interpreter starts while we clone: either way it
         # waits for its spec on stdin.
         monitor = await self.monitors.take(run_dir, (run.id, limits))
         handed: list[Path] | None = None  # what a spec sent ahead binds of the source's objects
         try:
-            follow_up = launch.continues(run.spec.base_branch, branch)
-            pool = None if follow_up else self.clones.key(run.spec.repo, run.spec.base_branch)
-            entry = None if pool is None else self.clones.reserve(pool)
             start = None
-            if pool is not None and entry is not None:
-                handed = entry.borrowed
+            if claim is not None:
+                handed = claim[1].borrowed
                 await monitors.hand_spec(monitor, for_monitor(handed, True))
-                start = await self.clones.settle(pool, entry, workspace, branch)
+                start = await self.clones.settle(*claim, workspace, branch)
+            pooled = start is not None
             # A claimed clone is the sandbox uid's already (``clone_pool``: owned ahead).
-            owned = start is not None and self.clones.owner == (uid, gid)
+            owned = pooled and self.clones.owner == (uid, gid)
             if start is None:
                 # The clone (and, at the end, the push) runs here, with the token in git's
                 # environment only: the sandbox never gets it.
@@ -266,9 +280,10 @@ class LocalBackend:
                 rundir.chown(f"{uid}:{gid}", workspace) if uid is not None and not owned
                 else asyncio.sleep(0),
             )  # fmt: skip
-            if handed is not None and borrowed != handed:
-                # Not the clone the spec was made for (the claim fell back to a clone): that
-                # monitor lets the run go (what it wrote goes too), another gets the right spec.
+            if handed is not None and (not pooled or borrowed != handed):
+                # Not the clone the spec was made for (the claim failed, and the workspace is
+                # a clone made since, at the path that monitor bound ahead): it lets the run
+                # go (what it wrote goes too), and another gets the right spec.
                 await monitors.abandon(monitor)
                 await asyncio.to_thread(rundir.forget_process, run_dir, run.id)
                 monitor = await self.monitors.take(run_dir, (run.id, limits))
@@ -309,6 +324,16 @@ class LocalBackend:
         await rundir.remove_tree(run_dir)
 
     # --- helpers ---------------------------------------------------------------------------
+    def _reserve(
+        self, run: models.Run, branch: str
+    ) -> tuple[clone_pool.Key | None, clone_pool.Entry | None]:
+        """A pooled clone for a new run, out of the pool (not for a follow-up, which
+        continues an existing branch)."""
+        if launch.continues(run.spec.base_branch, branch):
+            return None, None
+        pool = self.clones.key(run.spec.repo, run.spec.base_branch)
+        return pool, None if pool is None else self.clones.reserve(pool)
+
     def _limits(self, run: models.Run) -> cgroups.Limits:
         box, weight = _sandbox(run), _cpu_weight(self.settings.local_agent_cpu_weight)
         return cgroups.Limits(box.memory_mb, box.cpus, box.pids, cpu_weight=weight)

@@ -4,19 +4,21 @@ A ``git clone --shared`` costs a launch about 40 ms on this kind of machine (one
 or ``mkdir`` per file). The pool keeps up to ``size`` clones per (source, base branch), made
 in the background after a launch of that repository, and hands one to the next launch:
 
-- **Fresh at the claim.** A clone made earlier may be behind its source. The claim reads the
-  source's branches, tags and the branch its HEAD names (one ``for-each-ref``) while the
-  clone's HEAD is pointed at the run's branch and the clone moves, and compares them with
-  what the clone recorded; one ``update-ref --stdin`` then makes the run's branch and sets
-  the clone's remote-tracking refs, tags and base branch to the source's where they differ
-  (a base that moved also resets the clone's clean tree).
+- **Fresh at the claim.** A clone made earlier may be behind its source. The claim moves the
+  clone into the run's directory (:meth:`ClonePool.place`, a rename), then reads the source's
+  branches, tags and the branch its HEAD names (one ``for-each-ref``) while the run's branch
+  is made at the base commit the clone copied (one ``update-ref``; its HEAD then names it),
+  and compares them with what the clone recorded. Where they differ (the source moved on
+  since the clone was made), one more ``update-ref --stdin`` moves the run's branch and sets
+  the clone's remote-tracking refs, tags and base branch to the source's (a base that moved
+  also resets the clone's clean tree).
   No fetch is needed: a ``--shared`` clone reads every object of its source through its
   alternates. The run's branch is at the source's base commit, so the workspace is
   what a clone made at that moment would be. A source whose HEAD moved to another branch, or
   whose base branch is gone, is not patched up: the entry is discarded and the launch clones.
-- **One run each.** An entry leaves the pool (an in-memory pop, no await in between) before
-  it is renamed into the run's directory (an atomic ``rename`` on one filesystem); a rename
-  that fails discards the entry.
+- **One run each.** An entry leaves the pool (:meth:`ClonePool.reserve`, an in-memory pop, no
+  await in between) before it is renamed into the run's directory (an atomic ``rename`` on
+  one filesystem); a rename that fails discards the entry.
 - **Owned ahead.** With an ``owner`` (the sandbox uid, when the server runs as root) a clone is
   handed to it when it is made, in the background, inside a directory only root can enter;
   the claim then hands over only what its git commands wrote (under ``.git``, or the whole
@@ -110,7 +112,9 @@ class ClonePool:
         make ``branch`` at the base commit; the commit, or None (then the caller clones).
         Either way the pool is topped up afterwards."""
         entry = self.reserve(key)
-        return None if entry is None else await self.settle(key, entry, workspace, branch)
+        if entry is None or not await asyncio.to_thread(self.place, entry, workspace):
+            return None
+        return await self.settle(key, entry, workspace, branch)
 
     def reserve(self, key: Key) -> Entry | None:
         """A ready clone out of the pool, for :meth:`settle` (the pool is topped up)."""
@@ -123,21 +127,28 @@ class ClonePool:
         self._refill(key)
         return entry
 
-    async def settle(self, key: Key, entry: Entry, workspace: Path, branch: str) -> str | None:
-        """The rest of :meth:`claim`, for an entry :meth:`reserve` gave."""
-        source = Path(key[0])
-        # The source's refs are read while the clone's HEAD is pointed at the run's branch
-        # (made by ``_refresh``) and the clone moves.
-        now, moved = await asyncio.gather(
-            source_state(source), _take(entry, workspace, branch), return_exceptions=True
-        )
-        if isinstance(moved, BaseException):
-            log.warning("clone pool: cannot take %s (%s); cloning instead", entry.path, moved)
-            return None
+    @staticmethod
+    def place(entry: Entry, workspace: Path) -> bool:
+        """Move a reserved clone to ``workspace`` (blocking: a rename); False when it cannot
+        (the entry is discarded)."""
         try:
-            if isinstance(now, BaseException):
-                raise now
-            start = await _refresh(now, key[1], workspace, entry.state, branch)
+            _move(entry.path, workspace)
+        except OSError as exc:
+            log.warning("clone pool: cannot take %s (%s); cloning instead", entry.path, exc)
+            _remove(entry.path)
+            return False
+        return True
+
+    @staticmethod
+    def discard(entry: Entry) -> None:
+        """A reserved clone the launch will not use (blocking)."""
+        _remove(entry.path)
+
+    async def settle(self, key: Key, entry: Entry, workspace: Path, branch: str) -> str | None:
+        """The rest of :meth:`claim`, for an entry :meth:`reserve` gave and :meth:`place`
+        moved to ``workspace``: the run's branch, and the source's state."""
+        try:
+            start = await _refresh(Path(key[0]), key[1], workspace, entry.state, branch)
             if start is not None and self.owner is not None:
                 # What git wrote as root: the tree too when the base moved (``_refresh``).
                 whole = start != entry.state.refs.get(entry.state.head or "")
@@ -233,43 +244,40 @@ def _parse_refs(text: str) -> dict[str, str]:
     return refs
 
 
-async def _take(entry: Entry, workspace: Path, branch: str) -> None:
-    """Point the clone's HEAD at ``branch`` (made by :func:`_refresh`; git checks the name
-    here), then move the clone to ``workspace``. The entry is gone either way.
-
-    Not ``checkout -b``: that compares the index with every file of the tree, some 20 ms for
-    3,000 files, where the tree does not change (or changes by ``_refresh``'s reset)."""
-    clone = entry.path / "workspace"
-    try:
-        await git.git(
-            "symbolic-ref", "HEAD", f"refs/heads/{branch}", cwd=clone,
-            trusted=(clone, clone / ".git"),
-        )  # fmt: skip
-        await asyncio.to_thread(_move, entry.path, workspace)
-    except BaseException:
-        await asyncio.to_thread(_remove, entry.path)
-        raise
-
-
 async def _refresh(
-    now: SourceState, base: str, workspace: Path, had: SourceState, branch: str
+    source: Path, base: str, workspace: Path, had: SourceState, branch: str
 ) -> str | None:
-    """Bring a claimed clone from the source's state it copied (``had``) to the source's
-    state ``now``, and make ``branch`` (HEAD names it already: :func:`_take`) at the
-    source's base commit (see the module's docstring); that commit, or None when the clone
-    cannot be patched up."""
-    base_ref = f"refs/heads/{base}" if base else now.head
-    if base_ref is None or had.head != base_ref:
-        return None  # the source's HEAD names another branch now, or none
+    """Make ``branch`` in a claimed clone at the source's base commit, with HEAD naming it,
+    and bring the clone from the source's state it copied (``had``) to the source's state
+    now (see the module's docstring); that commit, or None when the clone cannot be
+    patched up.
+
+    The branch is made at the base the clone copied while the source's refs are read: most
+    claims find the source as it was, and need nothing more. Not ``checkout -b``: that
+    compares the index with every file of the tree, some 20 ms for 3,000 files, where the
+    tree does not change (or changes by the reset below)."""
+    base_ref = f"refs/heads/{base}" if base else had.head
+    guess = None if base_ref is None else had.refs.get(base_ref)
+    if base_ref is None or had.head != base_ref or guess is None:
+        return None  # not a clone of a branch (nothing to patch up from)
+    now, made = await asyncio.gather(
+        source_state(source), _start_branch(workspace, branch, guess), return_exceptions=True
+    )
+    if isinstance(made, BaseException):
+        raise made
+    if isinstance(now, BaseException):
+        raise now
     start = now.refs.get(base_ref)
+    if now.head != had.head and not base:
+        return None  # the source's HEAD names another branch now, or none
     if start is None or any(_odd(ref) for ref in now.refs):
         return None
-    trusted = (workspace, workspace / ".git")
-    moved = had.refs.get(base_ref) != start
-    # One transaction: the run's branch, and only what changed of the source's refs (a local
-    # source gains a branch with every run that comes home).
-    lines = [f"create refs/heads/{branch} {start}"]
-    lines += [f"update {base_ref} {start}"] if moved else []
+    moved = guess != start
+    # One transaction: the run's branch and the base where the base moved, and only what
+    # changed of the source's refs (a local source gains a branch with every run that
+    # comes home).
+    lines = [f"update refs/heads/{branch} {start} {guess}", f"update {base_ref} {start}"]
+    lines = lines if moved else []
     if now.refs != had.refs:
         lines += [
             f"update {_copy(ref)} {sha}"
@@ -277,12 +285,41 @@ async def _refresh(
             if had.refs.get(ref) != sha
         ]
         lines += [f"delete {_copy(ref)}" for ref in had.refs.keys() - now.refs.keys()]
-    await git.git("update-ref", "--stdin", cwd=workspace, trusted=trusted,
-                  stdin="".join(f"{line}\n" for line in lines))  # fmt: skip
+    trusted = (workspace, workspace / ".git")
+    if lines:
+        await git.git("update-ref", "--stdin", cwd=workspace, trusted=trusted,
+                      stdin="".join(f"{line}\n" for line in lines))  # fmt: skip
     if moved:
         # The base moved since the clone was made: its clean tree follows the branch.
         await git.git("reset", "--quiet", "--hard", cwd=workspace, trusted=trusted)
     return start
+
+
+async def _start_branch(workspace: Path, branch: str, commit: str) -> None:
+    """Make ``branch`` at ``commit`` (git checks the name) and point HEAD at it."""
+    trusted = (workspace, workspace / ".git")
+    await git.git("update-ref", "--stdin", cwd=workspace, trusted=trusted,
+                  stdin=f"create refs/heads/{branch} {commit}\n")  # fmt: skip
+    if not await asyncio.to_thread(_point_head, workspace / ".git", branch):
+        await git.git("symbolic-ref", "HEAD", f"refs/heads/{branch}", cwd=workspace,
+                      trusted=trusted)  # fmt: skip
+
+
+def _point_head(git_dir: Path, branch: str) -> bool:
+    """What ``git symbolic-ref HEAD refs/heads/<branch>`` writes, without a process: in a
+    repository that keeps its refs in files, HEAD is that one line (written as git does,
+    to a lock file renamed over it). False for another ref storage (reftable), where git
+    must do it."""
+    if (git_dir / "reftable").exists():
+        return False
+    lock = git_dir / "HEAD.lock"
+    fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    try:
+        os.write(fd, f"ref: refs/heads/{branch}\n".encode())
+    finally:
+        os.close(fd)
+    os.rename(lock, git_dir / "HEAD")
+    return True
 
 
 def _copy(ref: str) -> str:

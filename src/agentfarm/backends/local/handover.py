@@ -6,12 +6,15 @@ A launch that has taken a monitor (``monitors``) writes, one line each:
    (or finds them made: ``cgroups.make_ahead``) while the server still readies the
    workspace.
 2. **the spec** (``monitor_spec.MonitorSpec``, JSON). An ungated spec is followed by the end
-   of stdin and the monitor starts the agent. A *gated* one is sent before a pooled clone is
-   claimed: the monitor readies everything (its files, the cgroup, the egress proxy, the
-   launcher child in the groups) and the launcher waits for
+   of stdin and the monitor starts the agent. A *gated* one is sent once a pooled clone is in
+   the run's directory, before it is claimed (its branch made): the monitor readies
+   everything (its files, the cgroup, the egress proxy, the launcher child in the groups with
+   the workspace staged) and the launcher waits for
 3. **go**, written once the workspace is ready, then the end of stdin. Without it (the claim
    failed, or the server died) the launcher gives up, and the monitor removes what it made and
-   exits without a spool: no agent of this launch ever ran (``LocalBackend.started``).
+   exits without a spool: no agent of this launch ever ran (``LocalBackend.started``). A
+   failed claim's workspace is removed and cloned again at the same path, which that
+   launcher staged before: another monitor gets the spec.
 
 The monitor answers on stdout with one line (``report``). Standard library only: the monitor
 runs ``python -S``.

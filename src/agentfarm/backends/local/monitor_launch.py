@@ -93,10 +93,10 @@ def spawn(
 ) -> subprocess.Popen[bytes]:
     """Start the agent. Between fork and exec the launcher child joins the run's cgroups,
     with ``channel`` makes the sandbox's network namespace and hands the proxy its listener
-    there (``egress.private_network``), and stages its mounts; with a ``gate`` it waits there
-    for the go (``handover.wait_for_go``) before it binds the workspace, the one source made
-    meanwhile (all that needs it comes after). Last, as root, it drops to the sandbox uid
-    (``drop_to``): what it execs, bubblewrap or the agent, never has root's rights."""
+    there (``egress.private_network``), and stages its mounts; with a ``gate`` it then waits
+    for the go (``handover.wait_for_go``: the workspace's branch is made). Last, as root, it
+    drops to the sandbox uid (``drop_to``): what it execs, bubblewrap or the agent, never has
+    root's rights."""
     argv, cwd, sources, env = build_launch(spec, status_fd)
     stage.load()
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
@@ -108,8 +108,8 @@ def spawn(
             if channel is not None:
                 egress.private_network(channel)
             if sources:
-                stage.stage(sources, wait=go)
-            elif go is not None:
+                stage.stage(sources)
+            if go is not None:
                 go()
             if cwd is not None:
                 # Here rather than Popen(cwd=...), which would chdir before we join the cgroups.

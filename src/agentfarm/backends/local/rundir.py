@@ -12,8 +12,11 @@ from agentfarm.backends.local import git, monitor_spec, sandbox
 from agentfarm.backends.local.handle import GIT_STATE, kill_orphans
 from agentfarm.domain import errors
 
+#: Top-level links into /usr, real top-level directories, /etc entries (``root_layout``).
+Layout = tuple[list[str], list[str], tuple[list[str], list[tuple[str, str]]]]
 
-def root_layout() -> tuple[list[str], list[str], tuple[list[str], list[tuple[str, str]]]]:
+
+def root_layout() -> Layout:
     """Top-level names that are symlinks into /usr, real top-level directories to bind, and
     the allowed /etc entries this host has (to bind, and symlinks into /usr to make)."""
     links, dirs = [], []

@@ -18,7 +18,6 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
-from collections.abc import Callable
 
 CLONE_NEWNS = 0x00020000
 MS_NOSUID = 0x2
@@ -58,11 +57,8 @@ def load() -> None:
     _c()
 
 
-def stage(sources: list[str], *, wait: Callable[[], None] | None = None) -> None:
+def stage(sources: list[str]) -> None:
     """Bind each source path to :func:`staged_path` of its index.
-
-    With ``wait``, the first source (the workspace, moved into place meanwhile) is bound only
-    once ``wait`` returns: its directory is opened before the tmpfs hides it.
 
     Only for a root child process that will exec bubblewrap right after.
     """
@@ -70,23 +66,13 @@ def stage(sources: list[str], *, wait: Callable[[], None] | None = None) -> None
     _check(libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
     # Keep our mounts from propagating back into the host's namespace.
     _check(libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None), "mount --make-rprivate /")
-    parent = None  # the workspace's directory, when its bind waits
-    if wait is not None and sources:
-        flags = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
-        parent = os.open(os.path.dirname(sources[0]), flags)
-    fds = [None if parent is not None and i == 0 else _open(s) for i, s in enumerate(sources)]
+    fds = [_open(s) for s in sources]
     _check(
         libc.mount(b"tmpfs", STAGE.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, b"mode=0755"),
         "mount tmpfs",
     )
     for index, fd in enumerate(fds):
-        if fd is not None:
-            _bind(libc, fd, staged_path(index))
-    if parent is not None and wait is not None:
-        wait()
-        fd = os.open(os.path.basename(sources[0]), os.O_PATH | os.O_CLOEXEC, dir_fd=parent)
-        os.close(parent)
-        _bind(libc, fd, staged_path(0))
+        _bind(libc, fd, staged_path(index))
 
 
 def _open(source: str) -> int:
