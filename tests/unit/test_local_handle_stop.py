@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from agentfarm.backends.local import monitor_spec, procs
+from agentfarm.backends.local import handle, monitor_spec, procs
 from agentfarm.backends.local.handle import LocalHandle
 from agentfarm.domain import errors, models
 
@@ -83,3 +83,15 @@ def test_a_reset_is_what_the_stand_in_gives(tmp_path: Path) -> None:
         client.recv(10)
     client.close()
     listener.close()
+
+
+@pytest.mark.parametrize("body", ["", "{", '{"pid": 1}'])
+def test_identity_files_a_crash_left_empty_or_torn_name_no_process(
+    tmp_path: Path, body: str
+) -> None:
+    # They are not synced to disk (``monitor_spec.write_json``): after an OS crash they may
+    # be empty; the processes they named are gone then anyway.
+    for name in (monitor_spec.MONITOR_JSON, monitor_spec.SANDBOX_JSON):
+        (tmp_path / name).write_text(body)
+    assert handle.read_identity(tmp_path) is None
+    handle.kill_orphans(tmp_path, "0123456789ab")  # nothing to kill, and no error
