@@ -259,7 +259,7 @@ async def _refresh(
     base_ref = f"refs/heads/{base}" if base else had.head
     guess = None if base_ref is None else had.refs.get(base_ref)
     if base_ref is None or had.head != base_ref or guess is None:
-        return None  # not a clone of a branch (nothing to patch up from)
+        return None  # the clone has not the base checked out: nothing to patch up from
     now, made = await asyncio.gather(
         source_state(source), _start_branch(workspace, branch, guess), return_exceptions=True
     )
@@ -276,8 +276,9 @@ async def _refresh(
     # One transaction: the run's branch and the base where the base moved, and only what
     # changed of the source's refs (a local source gains a branch with every run that
     # comes home).
-    lines = [f"update refs/heads/{branch} {start} {guess}", f"update {base_ref} {start}"]
-    lines = lines if moved else []
+    lines = []
+    if moved:
+        lines += [f"update refs/heads/{branch} {start} {guess}", f"update {base_ref} {start}"]
     if now.refs != had.refs:
         lines += [
             f"update {_copy(ref)} {sha}"
