@@ -21,7 +21,7 @@ import pytest
 
 from agentfarm.backends.local import clone_pool, egress, monitors, priority
 from agentfarm.backends.local.backend import LocalBackend
-from agentfarm.domain import backend_config, models
+from agentfarm.domain import backend_config, errors, models
 from agentfarm.domain.launch import AgentCommand, LaunchSpec
 from agentfarm.settings import Settings
 from tests import realparts
@@ -265,6 +265,29 @@ async def test_a_claim_that_falls_back_to_a_clone_still_starts_its_agent(
 
     monkeypatch.setattr(clone_pool, "_refresh", not_patched_up)
     await _starts_all_the_same(backend, source, reporter, "fallback")
+
+
+async def test_a_launch_that_fails_before_its_claim_leaves_no_clone_behind(
+    tmp_path: Path, source: Path, reporter: str
+) -> None:
+    # The pooled clone leaves the pool before the run's directory is made (with the agent's
+    # binary looked up in the same step): a launch that fails there removes it.
+    backend = await _pooled(tmp_path, source, reporter)
+    key = backend.clones.key(str(source), None)
+    assert key is not None
+    entry = backend.clones._entries[key][-1].path
+    run = models.Run(spec=models.AgentSpec(repo=str(source), backend=backend_config.LocalSpec()))
+    command = AgentCommand(argv=["no-such-agent-binary"], env={})
+    try:
+        with pytest.raises(errors.AgentfarmError, match="no-such-agent-binary"):
+            await backend.launch(run, LaunchSpec.of(run.id, command, {}))
+        assert not entry.exists()
+        assert not backend.run_dir(run.id).exists()
+        await until(lambda: ready(backend, source) == 1, "the pool refilled")
+    except BaseException:
+        await backend.aclose()
+        raise
+    await _starts_all_the_same(backend, source, reporter, "after")
 
 
 async def test_a_spec_sent_ahead_for_other_objects_goes_to_no_agent(
