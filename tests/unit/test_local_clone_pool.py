@@ -54,6 +54,13 @@ def refs_of(workspace: Path) -> str:
     return run_git(workspace, "for-each-ref", "--format=%(objectname) %(refname)")
 
 
+def refs_of_a_clone_made_now(source: Path, where: Path, branch: str) -> str:
+    """What a claimed clone's refs must be: those of a clone made now, on ``branch``."""
+    subprocess.run(["git", "clone", "-q", "--shared", str(source), str(where)], check=True)
+    run_git(where, "checkout", "-q", "-b", branch)
+    return refs_of(where)
+
+
 async def test_a_claim_is_at_the_source_commit_made_after_the_pool_was_filled(
     tmp_path: Path, source: Path
 ) -> None:
@@ -80,10 +87,9 @@ async def test_a_claim_is_at_the_source_commit_made_after_the_pool_was_filled(
     assert (workspace / "README").read_text() == "hello again\n"
     assert run_git(workspace, "status", "--porcelain") == ""
     # Refs as a clone made now has them (plus the run's branch).
-    fresh = tmp_path / "fresh"
-    subprocess.run(["git", "clone", "-q", "--shared", str(source), str(fresh)], check=True)
-    run_git(fresh, "checkout", "-q", "-b", "agentfarm/r1")
-    assert refs_of(workspace) == refs_of(fresh)
+    assert refs_of(workspace) == refs_of_a_clone_made_now(
+        source, tmp_path / "fresh", "agentfarm/r1"
+    )
     await pool.close()
 
 
@@ -113,10 +119,9 @@ async def test_an_unchanged_source_needs_no_ref_update(
     assert run_git(workspace, "symbolic-ref", "HEAD") == "refs/heads/agentfarm/r2"
     assert run_git(workspace, "status", "--porcelain") == ""
     assert not (workspace / ".git" / "HEAD.lock").exists()
-    fresh = tmp_path / "fresh"
-    subprocess.run(["git", "clone", "-q", "--shared", str(source), str(fresh)], check=True)
-    run_git(fresh, "checkout", "-q", "-b", "agentfarm/r2")
-    assert refs_of(workspace) == refs_of(fresh)
+    assert refs_of(workspace) == refs_of_a_clone_made_now(
+        source, tmp_path / "fresh", "agentfarm/r2"
+    )
     await pool.close()
 
 
