@@ -249,6 +249,10 @@ async def fan_out(
     outputs = asyncio.gather(*(p.communicate() for p in procs))
     await asyncio.sleep(max(0.0, quiet - (time.monotonic() - started)))
     (user0, sys0), t0, load0 = cpu_split(pid), time.monotonic(), load_average()
+    # The steady part: while the agents emit (their last event is due at ``started + quiet +
+    # seconds``); what follows is the runs' end, each viewer's last message and its close.
+    await asyncio.sleep(max(0.0, started + quiet + seconds - 0.5 - time.monotonic()))
+    (user_s, sys_s), steady = cpu_split(pid), time.monotonic() - t0
     results = [json.loads(out) for out, _ in await outputs]
     (user1, sys1), elapsed = cpu_split(pid), time.monotonic() - t0
     cpu = (user1 - user0 + sys1 - sys0) / elapsed
@@ -261,6 +265,8 @@ async def fan_out(
         "p99_ms": pct(delays, 0.99) * 1000,
         "cpu_pct": cpu * 100,
         "sys_pct": (sys1 - sys0) / elapsed * 100,  # the kernel's share: mostly the sockets
+        "steady_pct": (user_s - user0 + sys_s - sys0) / steady * 100,
+        "end_cpu_ms": (user1 - user_s + sys1 - sys_s) * 1000,
         "events": len(delays),
         "load": max(load0, load_average()),
     }
@@ -394,7 +400,8 @@ async def main_async(args: argparse.Namespace) -> None:
                     f"round {i + 1}: "
                     + "; ".join(
                         f"{k} viewers p50 {f['p50_ms']:.1f} p99 {f['p99_ms']:.1f} ms cpu "
-                        f"{f['cpu_pct']:.1f}% (sys {f['sys_pct']:.1f}%) load {f['load']:.1f}"
+                        f"{f['cpu_pct']:.1f}% (sys {f['sys_pct']:.1f}%, steady {f['steady_pct']:.1f}%, "
+                        f"end {f['end_cpu_ms']:.0f} ms) load {f['load']:.1f}"
                         for k, f in fig.items()
                     ),
                     flush=True,
