@@ -18,7 +18,7 @@ from datetime import timedelta
 from typing import Any
 
 from markdown_it import MarkdownIt
-from markupsafe import Markup
+from markupsafe import Markup, escape
 
 from agentfarm.domain import models
 from agentfarm.domain.present import (
@@ -62,6 +62,15 @@ _PLAIN = re.compile(rf"(?:{_LINE})?(?:\n(?:{_LINE})?)*")
 _PARAGRAPHS = re.compile(r"\n{2,}")
 
 
+def _fill(template: str, *values: object, **named: object) -> Markup:
+    """``Markup(template).format(...)`` at a fraction of the cost: markupsafe's formatter is
+    pure Python (about 15 µs a call, on every event a viewer is sent), while ``escape`` is C.
+    Each value is escaped as that formatter would (what is already HTML passes as it is);
+    ``template`` is always ours and uses plain ``{}`` fields."""
+    escaped = {name: escape(value) for name, value in named.items()}
+    return Markup(template.format(*map(escape, values), **escaped))  # noqa: S704
+
+
 def plain_paragraphs(text: str) -> str | None:
     """``text`` as markdown-it renders it when it is plain paragraphs (``_PLAIN``), built
     directly (a plain line costs markdown-it about 90 µs); None for any other text."""
@@ -81,15 +90,15 @@ def markdown(text: str) -> Markup:
 
 def badge(status: str) -> Markup:
     cls = STATUS_CLASS.get(status, "badge-neutral")
-    return Markup('<span class="badge {}">{}</span>').format(cls, status)
+    return _fill('<span class="badge {}">{}</span>', cls, status)
 
 
 def run_badge(run: models.Run) -> Markup:
     """A run's status badge; a parked run's says until when (``parked until 10:10 UTC``)."""
     if run.status != models.RunStatus.parked:
         return badge(run.status)
-    return Markup('<span class="badge {}">{}</span>').format(
-        STATUS_CLASS["parked"], parked_label(run.parked_until)
+    return _fill(
+        '<span class="badge {}">{}</span>', STATUS_CLASS["parked"], parked_label(run.parked_until)
     )
 
 
@@ -119,8 +128,13 @@ def _result_text(content: Any) -> str:
 
 def _wrap(event: models.Event, body: Markup, extra: str = "") -> Markup:
     kind = event.type.replace(".", "-")
-    return Markup('<div class="ev ev-{}{}" id="ev-{}" data-seq="{}">{}</div>').format(
-        kind, extra, event.seq, event.seq, body
+    return _fill(
+        '<div class="ev ev-{}{}" id="ev-{}" data-seq="{}">{}</div>',
+        kind,
+        extra,
+        event.seq,
+        event.seq,
+        body,
     )
 
 
@@ -128,30 +142,34 @@ def _body(event: models.Event) -> tuple[Markup, str]:
     d = event.data
     t = event.type
     if t == models.EventType.agent_text:
-        return Markup('<div class="md">{}</div>').format(markdown(str(d.get("text", "")))), ""
+        return _fill('<div class="md">{}</div>', markdown(str(d.get("text", "")))), ""
     if t == models.EventType.agent_thinking:
-        return Markup(
+        return _fill(
             '<details class="thinking"><summary>thinking</summary><div class="md">{}</div>'
-            "</details>"
-        ).format(markdown(str(d.get("text", "")))), ""
+            "</details>",
+            markdown(str(d.get("text", ""))),
+        ), ""
     if t == models.EventType.agent_tool_call:
         name = str(d.get("name", "tool"))
         tool_input = d.get("input")
         summary = tool_summary(name, tool_input, limit=120)
         label = summary[len(name) + 2 :] if summary.startswith(f"{name}: ") else ""
-        return Markup(
+        return _fill(
             '<details class="tool" id="tool-{}"><summary><span class="tool-name">{}</span> '
             '<span class="tool-arg">{}</span></summary><div class="tool-body">'
             '<div class="label">input</div><pre>{}</pre><div class="tool-slot"></div></div>'
-            "</details>"
-        ).format(str(d.get("id", "")), name, label, _clip(_pretty(tool_input))), ""
+            "</details>",
+            str(d.get("id", "")),
+            name,
+            label,
+            _clip(_pretty(tool_input)),
+        ), ""
     if t == models.EventType.agent_tool_result:
         error = bool(d.get("is_error"))
         note = " (truncated)" if d.get("truncated") else ""
-        return Markup(
+        return _fill(
             '<div class="tool-result{}" data-for-tool="{}"><div class="label">{}{}</div>'
-            "<pre>{}</pre></div>"
-        ).format(
+            "<pre>{}</pre></div>",
             " is-error" if error else "",
             str(d.get("id", "")),
             "error" if error else "result",
@@ -174,74 +192,81 @@ def _body(event: models.Event) -> tuple[Markup, str]:
                 fmt_duration(duration / 1000 if isinstance(duration, int | float) else None),
             ]
         )
-        return Markup(
+        return _fill(
             '<div class="card result-card{}"><div class="card-title">{}</div>'
-            '<div class="md">{}</div></div>'
-        ).format(
+            '<div class="md">{}</div></div>',
             " alert-error" if error else "",
             ("Failed: " if error else "Finished: ") + facts,
             markdown(str(d.get("result") or "")),
         ), ""
     if t == models.EventType.run_status:
         status = str(d.get("status", "?"))
-        parts = [Markup("run {}").format(badge(status))]
+        parts = [_fill("run {}", badge(status))]
         if status == "parked":
             until = parked_label(d.get("until")).removeprefix("parked")
             reason = str(d.get("reason") or "").replace("_", " ")
-            parts.append(Markup('{} <span class="muted">({})</span>').format(until, reason))
+            parts.append(_fill('{} <span class="muted">({})</span>', until, reason))
         if d.get("branch"):
-            parts.append(Markup(" on <code>{}</code>").format(d["branch"]))
+            parts.append(_fill(" on <code>{}</code>", d["branch"]))
         if d.get("exit_code") is not None:
-            parts.append(Markup(" (exit {})").format(d["exit_code"]))
+            parts.append(_fill(" (exit {})", d["exit_code"]))
         if d.get("error"):
-            parts.append(Markup('<div class="alert alert-error">{}</div>').format(d["error"]))
+            parts.append(_fill('<div class="alert alert-error">{}</div>', d["error"]))
             return Markup("").join(parts), " is-error"
         return Markup("").join(parts), ""
     if t == models.EventType.run_branch:
         template, values, failed = branch_summary(d)
-        code = {k: Markup("<code>{}</code>").format(v) for k, v in values.items() if k != "error"}
+        code = {k: _fill("<code>{}</code>", v) for k, v in values.items() if k != "error"}
         # The template is ours (no outside text); the values are escaped by format.
-        sentence = Markup(template).format(**code, error=values["error"])  # noqa: S704
+        sentence = _fill(template, **code, error=values["error"])
         return sentence, " is-error" if failed else ""
     if t == models.EventType.agent_rate_limit:
         said = rate_limit_summary(d)
         if said is None:
-            return Markup('<span class="muted">usage limit: {}</span>').format(d.get("status")), ""
-        return Markup('<span class="badge badge-warning">{}</span>').format(said), ""
+            return _fill('<span class="muted">usage limit: {}</span>', d.get("status")), ""
+        return _fill('<span class="badge badge-warning">{}</span>', said), ""
     if t == models.EventType.run_notice:
-        return Markup('<span class="muted">{}</span>').format(d.get("message", "")), ""
+        return _fill('<span class="muted">{}</span>', d.get("message", "")), ""
     if t == models.EventType.sandbox_egress_denied:
-        return Markup('egress denied: <code>{}:{}</code> <span class="muted">{}</span>').format(
-            d.get("host", "?"), d.get("port", "?"), d.get("reason", "")
+        return _fill(
+            'egress denied: <code>{}:{}</code> <span class="muted">{}</span>',
+            d.get("host", "?"),
+            d.get("port", "?"),
+            d.get("reason", ""),
         ), " is-error"
     if t == models.EventType.agent_init:
         tools = d.get("tools") or []
-        return Markup('<span class="muted">session {} · {} · {} tools · {}</span>').format(
-            d.get("session_id", "?"), d.get("model", "?"), len(tools), d.get("permission_mode", "")
+        return _fill(
+            '<span class="muted">session {} · {} · {} tools · {}</span>',
+            d.get("session_id", "?"),
+            d.get("model", "?"),
+            len(tools),
+            d.get("permission_mode", ""),
         ), ""
     if t == models.EventType.run_waiting:
         seconds = float(d.get("seconds") or 0)
         ends = event.ts + timedelta(seconds=seconds)
-        return Markup(
+        return _fill(
             '<span class="waiting">waiting for a follow-up (ends in {} s, at <time datetime="{}" '
-            'data-until="{}">{}</time> UTC)</span>'
-        ).format(f"{seconds:g}", *[ends.isoformat()] * 2, ends.strftime("%H:%M:%S")), ""
+            'data-until="{}">{}</time> UTC)</span>',
+            f"{seconds:g}",
+            *[ends.isoformat()] * 2,
+            ends.strftime("%H:%M:%S"),
+        ), ""
     if t == models.EventType.user_interrupt:
         return Markup('<span class="muted">you interrupted the turn</span>'), ""
     if t == models.EventType.user_message:
-        return Markup('<div class="bubble"><span class="label">you</span> {}</div>').format(
-            d.get("text", "")
+        return _fill(
+            '<div class="bubble"><span class="label">you</span> {}</div>', d.get("text", "")
         ), ""
     if t == models.EventType.agent_stderr:
-        return Markup('<pre class="stderr">{}</pre>').format(
-            one_line(str(d.get("line", "")), 500)
-        ), ""
+        return _fill('<pre class="stderr">{}</pre>', one_line(str(d.get("line", "")), 500)), ""
     if t == models.EventType.agent_unparsed:
-        return Markup('<pre class="stderr">unparsed: {}</pre>').format(
-            one_line(str(d.get("line", "")), 300)
+        return _fill(
+            '<pre class="stderr">unparsed: {}</pre>', one_line(str(d.get("line", "")), 300)
         ), ""
-    return Markup('<span class="muted">{}: {}</span>').format(
-        t, one_line(json.dumps(d, default=str), 200)
+    return _fill(
+        '<span class="muted">{}: {}</span>', t, one_line(json.dumps(d, default=str), 200)
     ), ""
 
 
