@@ -176,3 +176,44 @@ def test_a_cycle_of_another_uvicorn_version_is_not_written_to() -> None:
 
     scope = {"type": "http", "http_version": "1.1", sse.SERVER_SEND: RequestResponseCycle().send}
     assert sse._chunked_cycle(scope) is None
+
+
+async def test_the_viewers_woken_by_a_head_change_read_the_run_once() -> None:
+    """200 viewers of a run get its result together: one store read and one rendering of
+    the head for them all; a read that failed is not kept, and a viewer that goes does not
+    cancel the others' head."""
+    from agentfarm.domain import errors, models
+    from agentfarm.web.pages import runs
+
+    reads = 0
+    fail = False
+    gate = asyncio.Event()
+
+    class Store:
+        async def get_run(self, run_id: str) -> models.Run:
+            nonlocal reads
+            reads += 1
+            await gate.wait()
+            if fail:
+                raise errors.NotFoundError(f"run {run_id} not found")
+            return models.Run(
+                id=run_id, spec=models.AgentSpec(repo="/r", prompt="p"),
+                status=models.RunStatus.succeeded,
+            )  # fmt: skip
+
+    store: Any = Store()
+    run_id = "0a1b2c3d4e5f"
+    viewers = [asyncio.create_task(runs._head(store, run_id, 7)) for _ in range(200)]
+    await asyncio.sleep(0)
+    viewers[0].cancel()  # one viewer goes meanwhile
+    gate.set()
+    heads = await asyncio.gather(*viewers[1:])
+    assert reads == 1
+    assert heads[0].startswith(b"event: head\n") and all(h is heads[0] for h in heads)
+    assert await runs._head(store, run_id, 7) is heads[0]  # kept for a late viewer
+
+    fail = True
+    for _ in range(2):  # not kept when it failed: each try reads again
+        with contextlib.suppress(errors.NotFoundError):
+            await runs._head(store, run_id, 8)
+    assert reads == 3

@@ -5,6 +5,7 @@ it has."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections import OrderedDict
 from collections.abc import AsyncIterator
@@ -149,20 +150,34 @@ def _pushable(batch: list[models.Event]) -> bytes | None:
     return message
 
 
-_heads: OrderedDict[tuple[str, int], bytes] = OrderedDict()
+#: The heads rendered lately, by (run, seq): each a task, so that the viewers woken by the same
+#: batch (200 of them, say) wait for one store read and one rendering, not one each.
+_heads: OrderedDict[tuple[str, int], asyncio.Task[bytes]] = OrderedDict()
 
 
 async def _head(store: Store, run_id: str, seq: int) -> bytes:
     """The run's head as a ``head`` message, as of event ``seq``: rendered once for all the
     viewers that got the same batch (a few recent ones kept)."""
     key = (run_id, seq)
-    if (cached := _heads.get(key)) is None:
-        run = await store.get_run(run_id)
-        head = templating.fragment("_run_head.html", run=run, place=None)
-        cached = _heads[key] = sse.message("head", str(head))
+    if (rendering := _heads.get(key)) is None:
+        rendering = _heads[key] = asyncio.create_task(_render_head(store, run_id))
+        rendering.add_done_callback(lambda task: _drop_failed(key, task))
         while len(_heads) > 256:
             _heads.popitem(last=False)
-    return cached
+    # Shielded: a viewer that goes does not cancel the others' rendering.
+    return await asyncio.shield(rendering)
+
+
+def _drop_failed(key: tuple[str, int], task: asyncio.Task[bytes]) -> None:
+    """A head that could not be read is not kept: the next viewer tries again."""
+    if (task.cancelled() or task.exception() is not None) and _heads.get(key) is task:
+        del _heads[key]
+
+
+async def _render_head(store: Store, run_id: str) -> bytes:
+    run = await store.get_run(run_id)
+    head = templating.fragment("_run_head.html", run=run, place=None)
+    return sse.message("head", str(head))
 
 
 @router.post("/runs/{run_id}/stop")
