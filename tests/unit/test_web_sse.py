@@ -51,6 +51,31 @@ async def test_each_chunk_is_one_write_an_empty_one_a_heartbeat_and_the_end_clos
     assert [b["more_body"] for b in bodies] == [True, True, True, False]
 
 
+async def test_a_final_chunk_goes_out_with_the_end_in_one_send() -> None:
+    left = asyncio.Event()
+
+    async def chunks() -> AsyncIterator[bytes]:
+        try:
+            yield b"data: a\n\n"
+            yield sse.Final(b"data: last\n\nevent: end\ndata: x\n\n")
+            yield b"data: never read\n\n"
+        finally:
+            left.set()
+
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await asyncio.wait_for(sse.EventStream(chunks())(SCOPE, never, send), 5)
+    _, *bodies = sent
+    assert [(b["body"], b["more_body"]) for b in bodies] == [
+        (b"data: a\n\n", True),
+        (b"data: last\n\nevent: end\ndata: x\n\n", False),
+    ]
+    assert left.is_set()  # the chunks' generator is closed, nothing after the final read
+
+
 async def test_a_viewer_that_stops_reading_is_cut_and_its_stream_closed() -> None:
     closed = asyncio.Event()
     made = 0

@@ -220,7 +220,7 @@ class Hub:
         if not tail or tail[0][0].seq > after + 1 or channel.last_seq - after > limit:
             return None
         news = _newest(tail, after)
-        return news if news and not _is_terminal(news[-1]) else None
+        return news if news and not ends_run(news[-1]) else None
 
     def _sweep(self) -> None:
         """Time out the idle followers whose time has come; come back for the next."""
@@ -310,7 +310,7 @@ class Hub:
                 events = await self._read(run_id, channel, after, batch)
                 if events:
                     after = cursor.after = events[-1].seq
-                    if _is_terminal(events[-1]):
+                    if ends_run(events[-1]):
                         ended = True
                     yield events
                     if ended:
@@ -345,7 +345,8 @@ def _pushed(push: Push, news: list[models.Event]) -> bool:
         return False
 
 
-def _is_terminal(event: models.Event) -> bool:
+def ends_run(event: models.Event) -> bool:
+    """The event is the run's terminal status: ``follow`` ends after the batch holding it."""
     if event.type != models.EventType.run_status:
         return False
     try:

@@ -15,7 +15,7 @@ from agentfarm.domain import diffs, errors, models
 from agentfarm.store import Store
 from agentfarm.store.secrets import NAME_RE, SecretStore
 from agentfarm.supervisor import spend
-from agentfarm.supervisor.hub import Push
+from agentfarm.supervisor.hub import Push, ends_run
 from agentfarm.supervisor.queue import QueueInfo
 from agentfarm.supervisor.runs import Supervisor
 from agentfarm.web import event_wire, ids, sse
@@ -346,6 +346,10 @@ async def _sse(sup: Supervisor, run_id: str, after: int, push: Push) -> AsyncIte
     """Each event as a message (its seq the id), a whole batch in one write; ``end`` last.
     While it waits, what comes goes to ``push`` first (straight to the socket)."""
     async for batch in sup.hub.follow(run_id, after, idle=sse.HEARTBEAT, push=push):
+        if batch and ends_run(batch[-1]):  # the last batch: the end goes with it
+            end = sse.message("end", json.dumps({"run_id": run_id}))
+            yield sse.Final(sse.json_frames(batch) + end)
+            return
         yield sse.json_frames(batch)  # empty when idle: a heartbeat
     if not sup.hub.closing:  # a server stopping is not the run ending: the client reconnects
         yield sse.message("end", json.dumps({"run_id": run_id}))

@@ -152,10 +152,15 @@ async def watch_shutdown(on_exit: Callable[[], None], every: float = 0.25) -> No
     on_exit()
 
 
+class Final(bytes):
+    """A stream's last chunk: it goes out with the response's end, in one send (a viewer's
+    last message and the close cost one step through the stack, not two)."""
+
+
 class EventStream(StreamingResponse):
     """An SSE response from an async iterator of ready-encoded chunks (each may hold several
     messages, written in one send). An empty chunk means "nothing for a while": a heartbeat
-    comment goes out instead."""
+    comment goes out instead; a ``Final`` one ends the stream."""
 
     def __init__(
         self,
@@ -210,7 +215,11 @@ class EventStream(StreamingResponse):
         reaper = _Reaper.of(loop)
         reaper.streams.add(self)
         try:
+            last = b""
             async for chunk in self.chunks:
+                if isinstance(chunk, Final):
+                    last = chunk
+                    break
                 self.sending_since = loop.time()
                 reaper.arm(loop, self.send_timeout)
                 await send(
@@ -221,7 +230,9 @@ class EventStream(StreamingResponse):
                     }
                 )
                 self.sending_since = None
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            self.sending_since = loop.time()
+            reaper.arm(loop, self.send_timeout)
+            await send({"type": "http.response.body", "body": bytes(last), "more_body": False})
         except OSError:
             return  # the viewer went: its browser reconnects
         except asyncio.CancelledError:

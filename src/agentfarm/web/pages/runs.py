@@ -16,6 +16,7 @@ from fastapi.responses import HTMLResponse, Response
 
 from agentfarm.domain import errors, models
 from agentfarm.store import Store
+from agentfarm.supervisor.hub import ends_run
 from agentfarm.web import api, event_html, ids, sse
 from agentfarm.web.pages import access, templating
 
@@ -127,6 +128,9 @@ async def run_live(
             chunk = sse.html_message(batch, event_html.event_html)
             if any(e.type in HEAD_EVENTS for e in batch):
                 chunk += await _head(store, run_id, batch[-1].seq)
+            if ends_run(batch[-1]):  # the last batch: the end goes with it
+                yield sse.Final(chunk + sse.message("end", run_id))
+                return
             yield chunk
         if not hub.closing:  # a server stopping is not the run ending: the page reconnects
             yield sse.message("end", run_id)
