@@ -400,8 +400,9 @@ async def main_async(args: argparse.Namespace) -> None:
                     f"round {i + 1}: "
                     + "; ".join(
                         f"{k} viewers p50 {f['p50_ms']:.1f} p99 {f['p99_ms']:.1f} ms cpu "
-                        f"{f['cpu_pct']:.1f}% (sys {f['sys_pct']:.1f}%, steady {f['steady_pct']:.1f}%, "
-                        f"end {f['end_cpu_ms']:.0f} ms) load {f['load']:.1f}"
+                        f"{f['cpu_pct']:.1f}% (sys {f['sys_pct']:.1f}%, "
+                        f"steady {f['steady_pct']:.1f}%, end {f['end_cpu_ms']:.0f} ms) "
+                        f"load {f['load']:.1f}"
                         for k, f in fig.items()
                     ),
                     flush=True,
@@ -423,11 +424,9 @@ async def main_async(args: argparse.Namespace) -> None:
         "interleaved rounds:"
     )
     med: dict[str, dict[str, float]] = {}
+    figures = ["p50_ms", "p99_ms", "cpu_pct", "sys_pct", "steady_pct", "end_cpu_ms", "events"]
     for key in rounds[0]:
-        med[key] = {
-            k: statistics.median(r[key][k] for r in rounds)
-            for k in ("p50_ms", "p99_ms", "cpu_pct", "sys_pct", "events", "load")
-        }
+        med[key] = {k: statistics.median(r[key][k] for r in rounds) for k in [*figures, "load"]}
     loads = [r[k]["load"] for r in rounds for k in r]
     for v in variants:
         if len(variants) > 1:
@@ -438,13 +437,15 @@ async def main_async(args: argparse.Namespace) -> None:
             print(
                 f"  {label:>12}: p50 {m['p50_ms']:.1f} ms, p99 {m['p99_ms']:.1f} ms, "
                 f"control-plane CPU {m['cpu_pct']:.1f}% of one core (system {m['sys_pct']:.1f}%) "
-                f"({m['events']:.0f} deliveries)"
+                f"({m['events']:.0f} deliveries); while the agents emit {m['steady_pct']:.1f}%, "
+                f"the runs' end {m['end_cpu_ms']:.0f} ms"
             )
         one, per_agent, many = (med[f"{v}:{n}"] for n in (1, args.agents, args.viewers))
         print(
             f"  CPU ratio {args.viewers} viewers / 1 viewer: "
             f"{many['cpu_pct'] / one['cpu_pct']:.2f}x; {args.viewers} / {args.agents} viewers: "
-            f"{many['cpu_pct'] / per_agent['cpu_pct']:.2f}x"
+            f"{many['cpu_pct'] / per_agent['cpu_pct']:.2f}x; while the agents emit: "
+            f"{many['steady_pct'] / one['steady_pct']:.2f}x"
         )
     print(f"  load average {min(loads):.1f}-{max(loads):.1f}")
 
