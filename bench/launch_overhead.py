@@ -32,9 +32,10 @@ from agentfarm.agents.claude import ClaudeAdapter
 from agentfarm.domain import models
 
 
-def direct(binary: str, base_url: str, prompt: str, repo: Path) -> float:
+def direct(binary: str, base_url: str, prompt: str, repo: Path, uid: int | None = None) -> float:
     """Seconds from spawn to the first stdout line of the CLI, with no sandbox, in a fresh
-    clone (the CLI inspects the git repository it starts in, as it does under agentfarm)."""
+    clone (the CLI inspects the git repository it starts in, as it does under agentfarm); with
+    ``uid``, started as that user (its own full clone and home), as the sandbox starts it."""
     spec = models.AgentSpec(repo="/unused", prompt=prompt)
     command = ClaudeAdapter().build_command(spec, binary=binary)
     home = tempfile.mkdtemp(prefix="bench-home-")
@@ -47,10 +48,19 @@ def direct(binary: str, base_url: str, prompt: str, repo: Path) -> float:
         **command.env,
     }
     workspace = Path(home) / "workspace"
-    subprocess.run(["git", "clone", "-q", "--shared", str(repo), str(workspace)], check=True)
+    share = ["--shared"] if uid is None else ["--no-hardlinks"]  # the source is root's
+    subprocess.run(["git", "clone", "-q", *share, str(repo), str(workspace)], check=True)
+    if uid is not None:
+        for path in [home, *(str(p) for p in Path(home).rglob("*"))]:
+            os.lchown(path, uid, uid)
     started = time.perf_counter()
     proc = subprocess.Popen(
-        command.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, cwd=workspace
+        command.argv,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env=env,
+        cwd=workspace,
+        **({"user": uid, "group": uid, "extra_groups": []} if uid is not None else {}),  # type: ignore[arg-type]
     )
     assert proc.stdin is not None and proc.stdout is not None
     proc.stdin.write(command.stdin)
@@ -98,6 +108,12 @@ def main() -> None:
     # monitor and its egress proxy at the lowest priority), so it never overlaps a timed run.
     parser.add_argument("--settle", type=float, default=3.0, help="seconds between runs")
     parser.add_argument("--baseline", type=Path, help="another source tree to compare with")
+    parser.add_argument(
+        "--direct-uid",
+        type=int,
+        help="also time the direct CLI started as this non-root uid (as root only), as the "
+        "sandbox runs it",
+    )
     args = parser.parse_args()
     networks = args.networks.split(",")
     pools = args.pools.split(",")
@@ -139,11 +155,17 @@ def main() -> None:
                 via_agentfarm(srv, client, prompt, f"bench-{network}")  # warm-up (fills pools)
         direct(binary, model.base_url, prompt, repo)
         plain: list[float] = []
+        as_uid: list[float] = []
+        if args.direct_uid is not None:
+            direct(binary, model.base_url, prompt, repo, args.direct_uid)
         farm: dict[tuple[str, str], list[float]] = {v: [] for v in variants}
         for _ in range(args.runs):
             loads.append(os.getloadavg()[0])
             time.sleep(args.settle)
             plain.append(direct(binary, model.base_url, prompt, repo))
+            if args.direct_uid is not None:
+                time.sleep(args.settle)
+                as_uid.append(direct(binary, model.base_url, prompt, repo, args.direct_uid))
             for pool, network in variants:
                 time.sleep(args.settle)
                 srv, client = servers[pool]
@@ -152,11 +174,19 @@ def main() -> None:
     print(f"runs: {args.runs} each, interleaved; cores: {os.cpu_count()}; ", end="")
     print(f"load average (1 min) {min(loads):.1f}-{max(loads):.1f}, median {median(loads):.1f}")
     print(f"direct CLI, spawn -> first event:       median {p * 1000:7.1f} ms")
+    if as_uid:
+        u = median(as_uid)
+        print(
+            f"direct CLI as uid {args.direct_uid}, spawn -> first event: median {u * 1000:7.1f} ms"
+        )
+        print(f"  the uid's own cost: {(u - p) * 1000:+.1f} ms at the median; ratio {u / p:.2f}x")
     for pool, network in variants:
         f = median(farm[pool, network])
         print(f"agentfarm ({network}, pools {pool}), POST /api/runs -> first event: ", end="")
         print(f"median {f * 1000:7.1f} ms")
         print(f"  overhead: {(f - p) * 1000:.1f} ms at the median; ratio {f / p:.2f}x")
+        if as_uid:
+            print(f"  against the CLI as uid {args.direct_uid}: ratio {f / median(as_uid):.2f}x")
     for pool in pools:
         if (pool, "allowlist") in farm and (pool, "open") in farm:
             a, o = median(farm[pool, "allowlist"]), median(farm[pool, "open"])
