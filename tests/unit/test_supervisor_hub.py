@@ -361,3 +361,22 @@ async def test_all_tails_share_one_budget_and_viewers_still_get_everything(store
         await store.update_run(run.id, status=models.RunStatus.failed)
         assert [e.seq for e in await collect(hub, run.id)] == list(range(1, 102))
     assert hub._held == sum(hub.tail_bytes(r.id) for r in runs[2:])
+
+
+def test_the_run_feed_gives_a_runs_last_recent_change() -> None:
+    from agentfarm.supervisor.runfeed import RunFeed
+
+    feed = RunFeed(log_size=16)
+    first = models.Run(id="run-a", spec=models.AgentSpec(repo="/r", prompt="p"))
+    feed.changed(first)
+    assert feed.latest("run-a") == first
+    assert feed.latest("run-b") is None  # never changed: the store has it
+    later = first.model_copy(update={"status": models.RunStatus.running})
+    feed.changed(later)
+    latest = feed.latest("run-a")
+    assert latest is not None and latest.status == models.RunStatus.running
+    for i in range(3):
+        feed.changed(models.Run(id=f"other-{i}", spec=first.spec))
+    assert feed.latest("run-a", within=3) is None  # too far back: the store again
+    feed.deleted("run-a")
+    assert feed.latest("run-a") is None

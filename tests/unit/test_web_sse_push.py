@@ -149,19 +149,37 @@ async def test_a_viewer_that_does_not_read_gets_no_push_once_its_socket_is_full(
         await s.feed.put(None)
 
 
-def test_a_runs_viewers_share_one_pushed_message_and_a_head_change_is_not_pushed() -> None:
+async def test_a_runs_viewers_share_one_pushed_message_with_the_head_from_the_run_feed() -> None:
     from agentfarm.domain import models
+    from agentfarm.supervisor.runfeed import RunFeed
     from agentfarm.web.pages import runs
 
-    def event(seq: int, kind: models.EventType, data: dict[str, object]) -> models.Event:
-        return models.Event(run_id="0123456789ab", seq=seq, type=kind, data=data)
+    run_id = "0123456789ab"
 
+    def event(seq: int, kind: models.EventType, data: dict[str, object]) -> models.Event:
+        return models.Event(run_id=run_id, seq=seq, type=kind, data=data)
+
+    feed = RunFeed()
     plain = [event(1, models.EventType.agent_text, {"text": "hello"})]
-    message = runs._pushable(plain)
+    message = runs._pushable(plain, feed)
     assert message is not None and b"hello" in message
-    assert runs._pushable(plain) is message  # the next viewer of the run: the same bytes
-    status = event(2, models.EventType.run_status, {"status": "running"})
-    assert runs._pushable([*plain, status]) is None  # the head is the task's (store read)
+    assert runs._pushable(plain, feed) is message  # the next viewer of the run: the same bytes
+    status = [*plain, event(2, models.EventType.run_status, {"status": "running"})]
+    # A head change whose run has no recent change in the feed: the task's (a store read).
+    assert runs._pushable(status, feed) is None
+    run = models.Run(id=run_id, spec=models.AgentSpec(repo="/r", prompt="p"))
+    run.status = models.RunStatus.running
+    feed.changed(run)  # as the supervisor does after storing every batch
+    result = [event(3, models.EventType.agent_result, {"result": "done"})]
+    pushed = runs._pushable(result, feed)
+    assert pushed is not None and b"event: head\n" in pushed and b"running" in pushed
+    assert runs._pushable(result, feed) is pushed  # rendered once for every viewer
+    assert await runs._head(_NoStore(), feed, run_id, 3) in pushed  # the task's way: the same
+
+
+class _NoStore:
+    async def get_run(self, run_id: str) -> object:
+        raise AssertionError("the head was at hand: no store read")
 
 
 def test_a_cycle_of_another_uvicorn_version_is_not_written_to() -> None:
@@ -183,6 +201,7 @@ async def test_the_viewers_woken_by_a_head_change_read_the_run_once() -> None:
     the head for them all; a read that failed is not kept, and a viewer that goes does not
     cancel the others' head."""
     from agentfarm.domain import errors, models
+    from agentfarm.supervisor.runfeed import RunFeed
     from agentfarm.web.pages import runs
 
     reads = 0
@@ -202,18 +221,19 @@ async def test_the_viewers_woken_by_a_head_change_read_the_run_once() -> None:
             )  # fmt: skip
 
     store: Any = Store()
+    feed = RunFeed()  # no recent change of the run in it: the store is read
     run_id = "0a1b2c3d4e5f"
-    viewers = [asyncio.create_task(runs._head(store, run_id, 7)) for _ in range(200)]
+    viewers = [asyncio.create_task(runs._head(store, feed, run_id, 7)) for _ in range(200)]
     await asyncio.sleep(0)
     viewers[0].cancel()  # one viewer goes meanwhile
     gate.set()
     heads = await asyncio.gather(*viewers[1:])
     assert reads == 1
     assert heads[0].startswith(b"event: head\n") and all(h is heads[0] for h in heads)
-    assert await runs._head(store, run_id, 7) is heads[0]  # kept for a late viewer
+    assert await runs._head(store, feed, run_id, 7) is heads[0]  # kept for a late viewer
 
     fail = True
     for _ in range(2):  # not kept when it failed: each try reads again
         with contextlib.suppress(errors.NotFoundError):
-            await runs._head(store, run_id, 8)
+            await runs._head(store, feed, run_id, 8)
     assert reads == 3

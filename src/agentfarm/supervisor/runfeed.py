@@ -11,12 +11,15 @@ read. A follower further behind than the log reads the store once.
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections import deque
 
 from agentfarm.domain import models
 
 #: Changes kept for followers that are behind (a dashboard renders at most a few a second).
 LOG_SIZE = 4096
+#: How far back ``latest`` looks: the changes of a few hundred runs' last batches.
+LATEST_WITHIN = 512
 
 
 class RunFeed:
@@ -58,6 +61,15 @@ class RunFeed:
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(None)
+
+    def latest(self, run_id: str, *, within: int = LATEST_WITHIN) -> models.Run | None:
+        """The run as its last change left it, if that change is among the ``within`` newest
+        (None: look in the store). Every event batch the supervisor stores is followed by its
+        run's change, before the loop turns: a viewer woken by the batch finds it here."""
+        for _, changed_id, run in itertools.islice(reversed(self._log), within):
+            if changed_id == run_id:
+                return run
+        return None
 
     def since(self, version: int) -> list[tuple[str, models.Run | None]] | None:
         """The changes after ``version``, oldest first (None: the log no longer reaches back

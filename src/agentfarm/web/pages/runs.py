@@ -17,6 +17,7 @@ from fastapi.responses import HTMLResponse, Response
 from agentfarm.domain import errors, models
 from agentfarm.store import Store
 from agentfarm.supervisor.hub import ends_run
+from agentfarm.supervisor.runfeed import RunFeed
 from agentfarm.web import api, event_html, ids, sse
 from agentfarm.web.pages import access, templating
 
@@ -113,9 +114,9 @@ async def run_live(
     hub = api.supervisor(request).hub
 
     def push(batch: list[models.Event]) -> bool:
-        # Plain events go straight to the socket while the stream waits; a batch that
-        # changes the head takes the task's way (the head is read from the store).
-        chunk = _pushable(batch)
+        # What comes while the stream waits goes straight to the socket, the head too when
+        # the batch changed it and the run's last change is at hand (``RunFeed.latest``).
+        chunk = _pushable(batch, hub.runs)
         return chunk is not None and response.push(chunk)
 
     async def stream() -> AsyncIterator[bytes]:
@@ -127,7 +128,7 @@ async def run_live(
                 continue
             chunk = sse.html_message(batch, event_html.event_html)
             if any(e.type in HEAD_EVENTS for e in batch):
-                chunk += await _head(store, run_id, batch[-1].seq)
+                chunk += await _head(store, hub.runs, run_id, batch[-1].seq)
             if ends_run(batch[-1]):  # the last batch: the end goes with it
                 yield sse.Final(chunk + sse.message("end", run_id))
                 return
@@ -140,48 +141,76 @@ async def run_live(
 
 
 HEAD_EVENTS = (models.EventType.run_status, models.EventType.agent_result)
-#: The last batch pushed and its message (None: it changes the head). The hub hands a run's
-#: viewers the same batch one after the other: one look for them all (held: its identity
+#: The last batch pushed and its message (None: its head is not at hand). The hub hands a
+#: run's viewers the same batch one after the other: one look for them all (held: its identity
 #: stays its own).
 _last_push: list[Any] = [None, None]
 
 
-def _pushable(batch: list[models.Event]) -> bytes | None:
+def _pushable(batch: list[models.Event], feed: RunFeed) -> bytes | None:
     if batch is not _last_push[0]:
-        head = any(e.type in HEAD_EVENTS for e in batch)
-        _last_push[:] = [batch, None if head else sse.html_message(batch, event_html.event_html)]
-    message: bytes | None = _last_push[1]
-    return message
+        message: bytes | None = sse.html_message(batch, event_html.event_html)
+        if any(e.type in HEAD_EVENTS for e in batch):
+            head = _head_now(feed, batch[-1].run_id, batch[-1].seq)
+            message = None if head is None or message is None else message + head
+        _last_push[:] = [batch, message]
+    pushed: bytes | None = _last_push[1]
+    return pushed
 
 
-#: The heads rendered lately, by (run, seq): each a task, so that the viewers woken by the same
-#: batch (200 of them, say) wait for one store read and one rendering, not one each.
-_heads: OrderedDict[tuple[str, int], asyncio.Task[bytes]] = OrderedDict()
+#: The heads rendered lately, by (run, seq): each a future, so that the viewers that got the
+#: same batch (200 of them, say) share one rendering, and at most one read of the store.
+_heads: OrderedDict[tuple[str, int], asyncio.Future[bytes]] = OrderedDict()
 
 
-async def _head(store: Store, run_id: str, seq: int) -> bytes:
+def _keep(key: tuple[str, int], head: asyncio.Future[bytes]) -> asyncio.Future[bytes]:
+    _heads[key] = head
+    while len(_heads) > 256:
+        _heads.popitem(last=False)
+    return head
+
+
+def _head_now(feed: RunFeed, run_id: str, seq: int) -> bytes | None:
+    """The run's head as of event ``seq`` without waiting: rendered already, or from the run's
+    last change in the feed (None: neither, the store must be read)."""
+    key = (run_id, seq)
+    head = _heads.get(key)
+    if head is not None:  # rendered, or being read from the store: None until it is
+        done = head.done() and not head.cancelled() and head.exception() is None
+        return head.result() if done else None
+    run = feed.latest(run_id)
+    if run is None:
+        return None
+    rendered: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+    rendered.set_result(_render(run))
+    return _keep(key, rendered).result()
+
+
+async def _head(store: Store, feed: RunFeed, run_id: str, seq: int) -> bytes:
     """The run's head as a ``head`` message, as of event ``seq``: rendered once for all the
     viewers that got the same batch (a few recent ones kept)."""
+    if (now := _head_now(feed, run_id, seq)) is not None:
+        return now
     key = (run_id, seq)
     if (rendering := _heads.get(key)) is None:
-        rendering = _heads[key] = asyncio.create_task(_render_head(store, run_id))
+        rendering = _keep(key, asyncio.create_task(_read_head(store, run_id)))
         rendering.add_done_callback(lambda task: _drop_failed(key, task))
-        while len(_heads) > 256:
-            _heads.popitem(last=False)
     # Shielded: a viewer that goes does not cancel the others' rendering.
     return await asyncio.shield(rendering)
 
 
-def _drop_failed(key: tuple[str, int], task: asyncio.Task[bytes]) -> None:
+def _drop_failed(key: tuple[str, int], task: asyncio.Future[bytes]) -> None:
     """A head that could not be read is not kept: the next viewer tries again."""
     if (task.cancelled() or task.exception() is not None) and _heads.get(key) is task:
         del _heads[key]
 
 
-async def _render_head(store: Store, run_id: str) -> bytes:
-    run = await store.get_run(run_id)
-    head = templating.fragment("_run_head.html", run=run, place=None)
-    return sse.message("head", str(head))
+async def _read_head(store: Store, run_id: str) -> bytes:
+    return _render(await store.get_run(run_id))
+
+
+def _render(run: models.Run) -> bytes:
+    return sse.message("head", str(templating.fragment("_run_head.html", run=run, place=None)))
 
 
 @router.post("/runs/{run_id}/stop")
