@@ -29,15 +29,6 @@ def spawn(
     return task
 
 
-def let_go(future: asyncio.Future[Any]) -> None:
-    """A future its caller no longer waits for: cancelled if pending, its failure taken if
-    it failed (raised already where it was awaited, if it was; no "never retrieved")."""
-    if not future.done():
-        future.cancel()
-    elif not future.cancelled():
-        future.exception()
-
-
 async def stop(tasks: Iterable[asyncio.Task[Any]], *, wait_seconds: float = 5.0) -> None:
     pending = [t for t in tasks if not t.done()]
     for task in pending:

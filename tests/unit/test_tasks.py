@@ -159,22 +159,3 @@ async def test_stop_reports_a_task_that_does_not_stop(caplog: pytest.LogCaptureF
     release.set()
     await settle(task)
     assert into == set()
-
-
-async def test_a_future_let_go_is_cancelled_or_its_failure_taken() -> None:
-    loop = asyncio.get_running_loop()
-    pending: asyncio.Future[int] = loop.create_future()
-    tasks.let_go(pending)
-    assert pending.cancelled()
-    failed: asyncio.Future[int] = loop.create_future()
-    failed.set_exception(RuntimeError("no secret"))
-    told: list[dict[str, object]] = []
-    loop.set_exception_handler(lambda _loop, context: told.append(context))
-    tasks.let_go(failed)
-    del failed
-    gc.collect()
-    assert told == []  # taken: no "exception was never retrieved"
-    done: asyncio.Future[int] = loop.create_future()
-    done.set_result(1)
-    tasks.let_go(done)
-    assert done.result() == 1

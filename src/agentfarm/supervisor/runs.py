@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from agentfarm import tasks
@@ -283,36 +283,28 @@ class Supervisor(resuming.Resuming):
 
     async def _launch(self, run: models.Run) -> None:
         async with self._owning(run, models.RunStatus.failed, "internal error in agentfarm"):
-            # The credentials are read (off the loop) while the status is written.
-            read = asyncio.ensure_future(self._credentials(run.spec))
             try:
-                try:
-                    await self._append(
-                        run.id,
-                        [events.status_event(models.RunStatus.starting)],
-                        run_fields={"status": models.RunStatus.starting},
-                    )
-                except errors.StatusConflictError as exc:
-                    # Stopped (or otherwise ended) between the dispatcher's look and now.
-                    log.info("run %s: not launched, it is %s", run.id, exc.current)
-                    self._stop_requested.discard(run.id)
-                    return
-                await self._start_agent(run, read)
-            finally:
-                tasks.let_go(read)
+                await self._append(
+                    run.id,
+                    [events.status_event(models.RunStatus.starting)],
+                    run_fields={"status": models.RunStatus.starting},
+                )
+            except errors.StatusConflictError as exc:
+                # Stopped (or otherwise ended) between the dispatcher's look and now.
+                log.info("run %s: not launched, it is %s", run.id, exc.current)
+                self._stop_requested.discard(run.id)
+                return
+            await self._start_agent(run)
 
-    async def _start_agent(
-        self, run: models.Run, read: Awaitable[credentials.Credentials] | None = None
-    ) -> None:
-        """A ``starting`` run's launch: its command and credentials (being ``read`` already,
-        or read now) to its backend."""
+    async def _start_agent(self, run: models.Run) -> None:
+        """A ``starting`` run's launch: its command and credentials to its backend."""
         if run.id in self._stop_requested:
             stopped = models.RunStatus.stopped
             await self._finish_without_agent(run, stopped, "stopped before it started")
             return
         creds: credentials.Credentials | None = None
         try:
-            creds = await (read if read is not None else self._credentials(run.spec))
+            creds = await self._credentials(run.spec)
             backend = self.backends[run.spec.backend.type]
             spec = launch.LaunchSpec(
                 run_id=run.id,
