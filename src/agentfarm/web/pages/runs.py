@@ -149,11 +149,11 @@ _last_push: list[Any] = [None, None]
 
 def _pushable(batch: list[models.Event], feed: RunFeed) -> bytes | None:
     if batch is not _last_push[0]:
-        message: bytes | None = sse.html_message(batch, event_html.event_html)
+        message = sse.html_message(batch, event_html.event_html)
+        head: bytes | None = b""
         if any(e.type in HEAD_EVENTS for e in batch):
             head = _head_now(feed, batch[-1].run_id, batch[-1].seq)
-            message = None if head is None or message is None else message + head
-        _last_push[:] = [batch, message]
+        _last_push[:] = [batch, None if head is None else message + head]
     pushed: bytes | None = _last_push[1]
     return pushed
 
