@@ -214,25 +214,21 @@ class EventStream(StreamingResponse):
         listener = asyncio.create_task(_disconnected(receive, self.task))
         reaper = _Reaper.of(loop)
         reaper.streams.add(self)
+
+        async def write(body: bytes, more: bool) -> None:
+            self.sending_since = loop.time()  # watched by the reaper until the socket takes it
+            reaper.arm(loop, self.send_timeout)
+            await send({"type": "http.response.body", "body": body, "more_body": more})
+            self.sending_since = None
+
         try:
             last = b""
             async for chunk in self.chunks:
                 if isinstance(chunk, Final):
-                    last = chunk
+                    last = bytes(chunk)
                     break
-                self.sending_since = loop.time()
-                reaper.arm(loop, self.send_timeout)
-                await send(
-                    {
-                        "type": "http.response.body",
-                        "body": chunk or b": ping\n\n",
-                        "more_body": True,
-                    }
-                )
-                self.sending_since = None
-            self.sending_since = loop.time()
-            reaper.arm(loop, self.send_timeout)
-            await send({"type": "http.response.body", "body": bytes(last), "more_body": False})
+                await write(chunk or b": ping\n\n", True)
+            await write(last, False)
         except OSError:
             return  # the viewer went: its browser reconnects
         except asyncio.CancelledError:
