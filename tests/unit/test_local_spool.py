@@ -1,13 +1,15 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
+import time
 from pathlib import Path
 
 import pytest
 
 from agentfarm.backends.base import ExitInfo
-from agentfarm.backends.local import spool
+from agentfarm.backends.local import frames, spool
 
 
 def write_frames(path: Path) -> None:
@@ -126,3 +128,35 @@ async def test_a_frame_bigger_than_a_read_is_read_whole_not_grown_a_read_at_a_ti
     assert [(r.kind, len(r.data)) for r in records[:1]] == [("stdout", len(big))]
     assert records[0].data == big and records[-1].kind == "exit"
     assert len(sizes) <= 3, sizes  # a header's worth, then the rest of the frame at once
+
+
+def test_a_full_disk_drops_a_record_whole_and_the_exit_frame_waits_for_space(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ENOSPC halfway through a record: the torn part is cut off, ``full`` says so, and the
+    exit frame, tried again, lands once there is space, right after the last whole record."""
+    path = tmp_path / "spool"
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    writer = spool.SpoolWriter(fd)
+    assert writer.write("stdout", b"kept")
+    real_write = os.write
+    space = {"left": 5}
+
+    def short_disk(target: int, data: bytes | memoryview) -> int:
+        if space["left"] <= 0:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        written = real_write(target, bytes(data)[: space["left"]])
+        space["left"] -= written
+        return written
+
+    monkeypatch.setattr(os, "write", short_disk)
+    assert not writer.write("stdout", b"x" * 100)  # 5 bytes went in, then the disk was full
+    assert writer.full
+    monkeypatch.setattr(time, "sleep", lambda _s: space.update(left=1 << 20))  # space returns
+    writer.write_exit(frames.exit_payload(None, error=frames.DISK_FULL))
+    os.close(fd)
+    records, used = spool.parse(path.read_bytes(), 0)
+    assert used == path.stat().st_size  # nothing torn left behind
+    assert [r.kind for r in records] == ["stdout", "exit"]
+    assert records[0].data == b"kept"
+    assert records[1].exit is not None and records[1].exit.error == frames.DISK_FULL

@@ -9,9 +9,11 @@ monitor starts fast; the reader is in ``spool.py``.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import struct
+import time
 from typing import Literal
 
 #: ``egress``: a JSON object, one connection the egress proxy refused (host, port, reason).
@@ -59,20 +61,43 @@ def exit_payload(
     return json.dumps(body).encode()
 
 
+#: The exit frame's error when the spool's disk filled up under the agent's output.
+DISK_FULL = (
+    "the disk under agentfarm's data directory is full, so the agent's output could no longer "
+    "be recorded and the agent was stopped: free space there, then run it again"
+)
+
+
 class SpoolWriter:
-    """Appends frames to a spool descriptor (plain blocking writes)."""
+    """Appends frames to a spool descriptor (plain blocking writes). On a full disk a record is
+    dropped whole (``full`` says so from then on), never left torn before the next one."""
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
+        self.full = False
 
-    def write(self, kind: Kind, payload: bytes = b"") -> None:
-        for frame in encode(kind, payload):
-            view = memoryview(frame)
-            # A regular file takes the whole frame in one write unless the disk is full; the
-            # loop only matters then, and a reader ignores the torn tail meanwhile.
+    def write(self, kind: Kind, payload: bytes = b"") -> bool:
+        """Append one record's frames; False: the disk is full and nothing of it was kept."""
+        start = os.lseek(self.fd, 0, os.SEEK_END)
+        view = memoryview(b"".join(encode(kind, payload)))
+        try:
+            # A regular file takes it in one write unless the disk is full.
             while view:
-                written = os.write(self.fd, view)
-                view = view[written:]
+                view = view[os.write(self.fd, view) :]
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise
+            os.ftruncate(self.fd, start)
+            self.full = True
+            return False
+        return True
+
+    def write_exit(self, payload: bytes, wait: float = 120.0) -> None:
+        """The exit frame, tried again while the disk is full (the server gives space back
+        when it finds it full) for up to ``wait`` seconds; without it the run reads as lost."""
+        deadline = time.monotonic() + wait
+        while not self.write("exit", payload) and time.monotonic() < deadline:
+            time.sleep(0.25)
 
     def notice(self, text: str) -> None:
         self.write("notice", text.encode())

@@ -84,6 +84,8 @@ class Monitor:
         self.oom_watch_until = 0.0
         #: The process limit refused a fork (said once, in a notice).
         self.forks_refused = False
+        #: The spool's disk filled up: the agent was stopped, its output having nowhere to go.
+        self.disk_full = False
         self.cgroup = cgroups.RunCgroup()
         self.open_streams = 0
         self.splitters = {"stdout": lines.LineSplitter(), "stderr": lines.LineSplitter()}
@@ -238,7 +240,7 @@ class Monitor:
         self.proxy.stop()
         self.cgroup.destroy()
         signal_number = -returncode if returncode is not None and returncode < 0 else None
-        error = None
+        error = frames.DISK_FULL if self.disk_full else None
         if self.oom:
             error = f"the agent ran out of memory (limit {self.spec.limits.memory_mb} MiB)"
         return frames.exit_payload(
@@ -264,6 +266,9 @@ class Monitor:
             self.spool.write(name, line)  # type: ignore[arg-type]
             if name == "stdout":
                 self.stdin.on_stdout(line)
+        if self.spool.full and not self.disk_full:
+            self.disk_full = True
+            self.kill_all()
 
     def read_status(self, fd: int) -> None:
         try:
@@ -381,13 +386,13 @@ def main() -> int:
         return 0
     except Exception as exc:  # every failure is reported; the run must not hang in starting
         message = str(exc) or type(exc).__name__
-        monitor.spool.write("exit", frames.exit_payload(None, error=message))
+        monitor.spool.write_exit(frames.exit_payload(None, error=message))
         monitor.spool.sync()
         monitor.close()
         handover.report({"ok": False, "error": message})
         return 1
     handover.report({"ok": True, "pid": os.getpid()})
-    monitor.spool.write("exit", monitor.run())
+    monitor.spool.write_exit(monitor.run())
     monitor.spool.sync()
     monitor.close()
     return 0
