@@ -78,16 +78,17 @@ class SpoolWriter:
 
     def write(self, kind: Kind, payload: bytes = b"") -> bool:
         """Append one record's frames; False: the disk is full and nothing of it was kept."""
-        start = os.lseek(self.fd, 0, os.SEEK_END)
         view = memoryview(b"".join(encode(kind, payload)))
+        written = 0
         try:
             # A regular file takes it in one write unless the disk is full.
-            while view:
-                view = view[os.write(self.fd, view) :]
+            while written < len(view):
+                written += os.write(self.fd, view[written:])
         except OSError as exc:
             if exc.errno != errno.ENOSPC:
                 raise
-            os.ftruncate(self.fd, start)
+            # The only writer, appending: the record began ``written`` bytes before the end.
+            os.ftruncate(self.fd, os.fstat(self.fd).st_size - written)
             self.full = True
             return False
         return True
