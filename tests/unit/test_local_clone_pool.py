@@ -18,8 +18,13 @@ from agentfarm.backends.local import clone_pool
 IDENT = ["-c", "user.name=t", "-c", "user.email=t@example.com"]
 
 
-def run_git(repo: Path, *args: str) -> str:
-    out = subprocess.run(["git", "-C", str(repo), *IDENT, *args], check=True, capture_output=True)
+def run_git(repo: Path, *args: str, input_text: str | None = None) -> str:
+    out = subprocess.run(
+        ["git", "-C", str(repo), *IDENT, *args],
+        check=True,
+        capture_output=True,
+        input=None if input_text is None else input_text.encode(),
+    )
     return out.stdout.decode().strip()
 
 
@@ -97,7 +102,8 @@ async def test_an_unchanged_source_needs_no_ref_update(
     tmp_path: Path, source: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The run's branch, made at the base the clone copied while the source's refs are read,
-    is all a claim of an unchanged source takes: two git processes side by side."""
+    is all a claim of an unchanged source takes: one git process (the source's refs, read
+    from the reserve on), the branch and HEAD written as git writes them."""
     pool = clone_pool.ClonePool(tmp_path / "pool", 1)
     await pool.start()
     key = pool.key(str(source), "main")
@@ -107,7 +113,7 @@ async def test_an_unchanged_source_needs_no_ref_update(
     real_git = clone_pool.git.git
 
     async def spy(*args: str, **kwargs: Any) -> str:
-        commands.append((args[0], kwargs["cwd"]))
+        commands.append((args[0], kwargs.get("cwd")))
         return await real_git(*args, **kwargs)
 
     monkeypatch.setattr(clone_pool.git, "git", spy)
@@ -115,13 +121,103 @@ async def test_an_unchanged_source_needs_no_ref_update(
     assert await pool.claim(key, workspace, "agentfarm/r2") == run_git(source, "rev-parse", "main")
     # (The pool's refill clones meanwhile, elsewhere.)
     claimed = [c for c in commands if c[1] in (source, workspace)]
-    assert sorted(claimed) == [("for-each-ref", source), ("update-ref", workspace)]
+    assert claimed == [("for-each-ref", source)]
     assert run_git(workspace, "symbolic-ref", "HEAD") == "refs/heads/agentfarm/r2"
     assert run_git(workspace, "status", "--porcelain") == ""
     assert not (workspace / ".git" / "HEAD.lock").exists()
     assert refs_of(workspace) == refs_of_a_clone_made_now(
         source, tmp_path / "fresh", "agentfarm/r2"
     )
+    await pool.close()
+
+
+def test_the_runs_branch_is_written_as_git_writes_it(tmp_path: Path, source: Path) -> None:
+    """By hand, the branch is the same file git's ``update-ref`` makes, and git reads it."""
+    ours, gits = tmp_path / "ours", tmp_path / "gits"
+    for clone in (ours, gits):
+        subprocess.run(["git", "clone", "-q", "--shared", str(source), str(clone)], check=True)
+    commit = run_git(source, "rev-parse", "main")
+    assert clone_pool._write_branch_and_head(ours / ".git", "agentfarm/r1", commit)
+    run_git(gits, "update-ref", "--stdin", input_text=f"create refs/heads/agentfarm/r1 {commit}\n")
+    run_git(gits, "symbolic-ref", "HEAD", "refs/heads/agentfarm/r1")
+    for name in ("refs/heads/agentfarm/r1", "HEAD"):
+        assert (ours / ".git" / name).read_bytes() == (gits / ".git" / name).read_bytes()
+    assert refs_of(ours) == refs_of(gits)
+    assert not list((ours / ".git" / "refs" / "heads" / "agentfarm").glob("*.lock"))
+    assert run_git(ours, "status", "--porcelain", "--branch") == "## agentfarm/r1"
+
+
+@pytest.mark.parametrize(
+    ("case", "branch", "commit"),
+    [
+        ("reftable", "agentfarm/r1", "a" * 40),
+        ("plain", "agentfarm/bad..name", "a" * 40),
+        ("plain", "-agentfarm", "a" * 40),
+        ("plain", "agentfarm/r1", "not-a-commit"),
+        ("plain", "agentfarm/r1", "A" * 40),
+        ("loose", "agentfarm/r1", "a" * 40),
+        ("loose parent", "agentfarm/r1", "a" * 40),
+        ("loose child", "agentfarm", "a" * 40),
+        ("packed", "agentfarm/r1", "a" * 40),
+        ("packed parent", "agentfarm/r1", "a" * 40),
+        ("packed child", "agentfarm", "a" * 40),
+    ],
+)
+def test_a_branch_git_must_make_is_left_to_it(
+    tmp_path: Path, case: str, branch: str, commit: str
+) -> None:
+    """Another ref storage, a name or commit git would refuse, a name taken whole or as a
+    directory (loose or packed): nothing is written there, and git makes it (or says why)."""
+    git_dir = tmp_path / ".git"
+    heads = git_dir / "refs" / "heads"
+    heads.mkdir(parents=True)
+    (git_dir / "HEAD").write_text("ref: refs/heads/main\n")
+    taken = "b" * 40
+    if case == "reftable":
+        (git_dir / "reftable").mkdir()
+    elif case == "loose":
+        (heads / "agentfarm").mkdir()
+        (heads / "agentfarm" / "r1").write_text(f"{taken}\n")
+    elif case == "loose parent":
+        (heads / "agentfarm").write_text(f"{taken}\n")
+    elif case == "loose child":
+        (heads / "agentfarm").mkdir()
+        (heads / "agentfarm" / "x").write_text(f"{taken}\n")
+    elif case.startswith("packed"):
+        ref = {
+            "packed": "agentfarm/r1",
+            "packed parent": "agentfarm",
+            "packed child": "agentfarm/x",
+        }
+        lines = ["# pack-refs with: peeled fully-peeled sorted ", f"{taken} refs/heads/{ref[case]}"]
+        (git_dir / "packed-refs").write_text("\n".join(lines) + "\n")
+    before = sorted(str(p.relative_to(git_dir)) for p in git_dir.rglob("*"))
+    assert not clone_pool._write_branch_and_head(git_dir, branch, commit)
+    assert sorted(str(p.relative_to(git_dir)) for p in git_dir.rglob("*")) == before
+    assert (git_dir / "HEAD").read_text() == "ref: refs/heads/main\n"
+
+
+async def test_the_source_is_read_from_the_reserve_on_and_a_failed_read_means_a_clone(
+    tmp_path: Path, source: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reserved entry's source read is already under way (beside the launch's other work);
+    where git cannot read the source, the claimed workspace goes and the launch clones."""
+    pool = clone_pool.ClonePool(tmp_path / "pool", 1)
+    await pool.start()
+    key = pool.key(str(source), None)
+    assert key is not None
+    await filled(pool, key, 1)
+
+    async def unreadable(_source: Path) -> clone_pool.SourceState:
+        raise clone_pool.git.GitError("fatal: not a git repository")
+
+    monkeypatch.setattr(clone_pool, "source_state", unreadable)
+    entry = pool.reserve(key)
+    assert entry is not None and isinstance(entry.source_now, asyncio.Task)
+    workspace = tmp_path / "workspace"
+    assert pool.place(entry, workspace)
+    assert await pool.settle(key, entry, workspace, "agentfarm/r1") is None
+    assert not workspace.exists()
     await pool.close()
 
 

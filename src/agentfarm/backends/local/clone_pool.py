@@ -4,11 +4,13 @@ A ``git clone --shared`` costs a launch about 40 ms on this kind of machine (one
 or ``mkdir`` per file). The pool keeps up to ``size`` clones per (source, base branch), made
 in the background after a launch of that repository, and hands one to the next launch:
 
-- **Fresh at the claim.** A clone made earlier may be behind its source. The claim moves the
-  clone into the run's directory (:meth:`ClonePool.place`, a rename), then reads the source's
-  branches, tags and the branch its HEAD names (one ``for-each-ref``) while the run's branch
-  is made at the base commit the clone copied (one ``update-ref``; its HEAD then names it),
-  and compares them with what the clone recorded. Where they differ (the source moved on
+- **Fresh at the claim.** A clone made earlier may be behind its source. From the reserve on,
+  the source's branches, tags and the branch its HEAD names are read (one ``for-each-ref``,
+  beside the launch's other work). The claim moves the clone into the run's directory
+  (:meth:`ClonePool.place`, a rename) and makes the run's branch at the base commit the
+  clone copied (its HEAD then names it; written as git writes them, no process, where the
+  clone keeps its refs in files), then compares the source's state with what the clone
+  recorded. Where they differ (the source moved on
   since the clone was made), one more ``update-ref --stdin`` moves the run's branch and sets
   the clone's remote-tracking refs, tags and base branch to the source's (a base that moved
   also resets the clone's clean tree).
@@ -40,12 +42,14 @@ import itertools
 import logging
 import os
 import shutil
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from agentfarm import tasks
 from agentfarm.backends.local import git
+from agentfarm.domain import launch
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +78,10 @@ class Entry:
     #: The object directories the clone reads through its alternates (a claim leaves them
     #: as they are): read when it is made, so a launch can send its spec before the claim.
     borrowed: list[Path] = field(default_factory=list)
+    #: The source's state as a claim reads it, started when the entry is reserved (a git
+    #: process, beside the launch's other work until the claim needs it); None when git
+    #: cannot read it.
+    source_now: asyncio.Task[SourceState | None] | None = field(default=None, repr=False)
 
 
 Key = tuple[str, str]
@@ -124,8 +132,15 @@ class ClonePool:
         self._entries[key] = entries or []
         self._entries.move_to_end(key)
         entry = entries.pop() if entries else None
+        if entry is not None:
+            entry.source_now = self._look(key)
         self._refill(key)
         return entry
+
+    def _look(self, key: Key) -> asyncio.Task[SourceState | None]:
+        """Read the source's state for a claim (:func:`_read_source`), in a task of its own."""
+        name = f"clone-pool-source-{key[0]}"
+        return tasks.spawn(_read_source(Path(key[0])), name=name, into=self._tasks)
 
     @staticmethod
     def place(entry: Entry, workspace: Path) -> bool:
@@ -148,7 +163,8 @@ class ClonePool:
         """The rest of :meth:`claim`, for an entry :meth:`reserve` gave and :meth:`place`
         moved to ``workspace``: the run's branch, and the source's state."""
         try:
-            start = await _refresh(Path(key[0]), key[1], workspace, entry.state, branch)
+            now = entry.source_now or self._look(key)
+            start = await _refresh(now, key[1], workspace, entry.state, branch)
             if start is not None and self.owner is not None:
                 # What git wrote as root: the tree too when the base moved (``_refresh``).
                 whole = start != entry.state.refs.get(entry.state.head or "")
@@ -244,13 +260,26 @@ def _parse_refs(text: str) -> dict[str, str]:
     return refs
 
 
+async def _read_source(source: Path) -> SourceState | None:
+    """:func:`source_state`, or None (said in the log) when git cannot read it."""
+    try:
+        return await source_state(source)
+    except (git.GitError, OSError) as exc:
+        log.warning("clone pool: cannot read the refs of %s (%s)", source, exc)
+        return None
+
+
 async def _refresh(
-    source: Path, base: str, workspace: Path, had: SourceState, branch: str
+    source_now: Awaitable[SourceState | None],
+    base: str,
+    workspace: Path,
+    had: SourceState,
+    branch: str,
 ) -> str | None:
     """Make ``branch`` in a claimed clone at the source's base commit, with HEAD naming it,
     and bring the clone from the source's state it copied (``had``) to the source's state
-    now (see the module's docstring); that commit, or None when the clone cannot be
-    patched up.
+    now (``source_now``, read meanwhile; see the module's docstring); that commit, or None
+    when the clone cannot be patched up.
 
     The branch is made at the base the clone copied while the source's refs are read: most
     claims find the source as it was, and need nothing more. Not ``checkout -b``: that
@@ -261,12 +290,14 @@ async def _refresh(
     if base_ref is None or had.head != base_ref or guess is None:
         return None  # the clone has not the base checked out: nothing to patch up from
     now, made = await asyncio.gather(
-        source_state(source), _start_branch(workspace, branch, guess), return_exceptions=True
+        source_now, _start_branch(workspace, branch, guess), return_exceptions=True
     )
     if isinstance(made, BaseException):
         raise made
     if isinstance(now, BaseException):
         raise now
+    if now is None:
+        return None
     start = now.refs.get(base_ref)
     if now.head != had.head and not base:
         return None  # the source's HEAD names another branch now, or none
@@ -297,13 +328,63 @@ async def _refresh(
 
 
 async def _start_branch(workspace: Path, branch: str, commit: str) -> None:
-    """Make ``branch`` at ``commit`` (git checks the name) and point HEAD at it."""
-    trusted = (workspace, workspace / ".git")
+    """Make ``branch`` at ``commit`` and point HEAD at it: by hand in a clone that keeps its
+    refs in files (:func:`_write_branch`: a git process less on the launch's path), else
+    with git (which checks the name)."""
+    git_dir = workspace / ".git"
+    trusted = (workspace, git_dir)
+    if await asyncio.to_thread(_write_branch_and_head, git_dir, branch, commit):
+        return
     await git.git("update-ref", "--stdin", cwd=workspace, trusted=trusted,
                   stdin=f"create refs/heads/{branch} {commit}\n")  # fmt: skip
-    if not await asyncio.to_thread(_point_head, workspace / ".git", branch):
+    if not await asyncio.to_thread(_point_head, git_dir, branch):
         await git.git("symbolic-ref", "HEAD", f"refs/heads/{branch}", cwd=workspace,
                       trusted=trusted)  # fmt: skip
+
+
+def _write_branch_and_head(git_dir: Path, branch: str, commit: str) -> bool:
+    """:func:`_write_branch`, then :func:`_point_head` (one thread hop)."""
+    return _write_branch(git_dir, branch, commit) and _point_head(git_dir, branch)
+
+
+def _write_branch(git_dir: Path, branch: str, commit: str) -> bool:
+    """What ``git update-ref --stdin`` writes for ``create refs/heads/<branch> <commit>`` in a
+    clone that keeps its refs in files: the loose ref, written as git does (a lock file
+    renamed into place). False where git must do it (having written nothing but perhaps
+    directories above the ref): another ref storage (reftable), a name git would refuse, or
+    one taken whole or as a directory, loose or in ``packed-refs``. No reflog entry is
+    written: git starts the branch's log at its first update (``core.logAllRefUpdates``),
+    and nothing of ours reads it."""
+    if (
+        not launch.valid_branch(branch)
+        or len(commit) != 40
+        or any(c not in "0123456789abcdef" for c in commit)
+        or (git_dir / "reftable").exists()
+    ):
+        return False
+    name = f"refs/heads/{branch}"
+    with contextlib.suppress(FileNotFoundError):
+        for line in (git_dir / "packed-refs").read_text().splitlines():
+            if line.startswith(("#", "^")):
+                continue
+            ref = line.partition(" ")[2]
+            if ref == name or ref.startswith(f"{name}/") or name.startswith(f"{ref}/"):
+                return False
+    path = git_dir / name
+    if os.path.lexists(path):
+        return False
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)  # fails on a loose ref in the way
+        lock = path.with_name(f"{path.name}.lock")
+        fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    except OSError:
+        return False
+    try:
+        os.write(fd, f"{commit}\n".encode())
+    finally:
+        os.close(fd)
+    os.rename(lock, path)
+    return True
 
 
 def _point_head(git_dir: Path, branch: str) -> bool:
