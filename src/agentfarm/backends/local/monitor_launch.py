@@ -91,12 +91,14 @@ def spawn(
     channel: socket.socket | None,
     gate: tuple[int, bytes] | None = None,
 ) -> subprocess.Popen[bytes]:
-    """Start the agent. Between fork and exec the launcher child joins the run's cgroups,
-    with ``channel`` makes the sandbox's network namespace and hands the proxy its listener
-    there (``egress.private_network``), and stages its mounts; with a ``gate`` it then waits
-    for the go (``handover.wait_for_go``: the workspace's branch is made). Last, as root, it
-    drops to the sandbox uid (``drop_to``): what it execs, bubblewrap or the agent, never has
-    root's rights."""
+    """Start the agent. Between fork and exec the launcher child, with ``channel``, makes the
+    sandbox's network namespace and hands the proxy its listener there
+    (``egress.private_network``), stages its mounts, and joins the run's cgroups: last, as a
+    first move into a cgroup may wait for the kernel (the grace period
+    ``cgroups.warm_moves`` started as the launch began) while the rest is done meanwhile.
+    With a ``gate`` it then waits for the go (``handover.wait_for_go``: the workspace's branch
+    is made). Last, as root, it drops to the sandbox uid (``drop_to``): what it execs,
+    bubblewrap or the agent, never has root's rights."""
     argv, cwd, sources, env = build_launch(spec, status_fd)
     stage.load()
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
@@ -104,11 +106,11 @@ def spawn(
 
     def preexec() -> None:
         try:
-            cgroup.join()
             if channel is not None:
                 egress.private_network(channel)
             if sources:
                 stage.stage(sources)
+            cgroup.join()
             if go is not None:
                 go()
             if cwd is not None:
