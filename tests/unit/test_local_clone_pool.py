@@ -221,6 +221,26 @@ async def test_the_source_is_read_from_the_reserve_on_and_a_failed_read_means_a_
     await pool.close()
 
 
+async def test_a_source_read_cancelled_under_a_claim_means_a_clone_not_a_cancelled_launch(
+    tmp_path: Path, source: Path
+) -> None:
+    """The pool's close cancels its source reads; a claim that was waiting for one returns
+    None (the launch clones) rather than raising a cancellation it was never sent."""
+    pool = clone_pool.ClonePool(tmp_path / "pool", 1)
+    await pool.start()
+    key = pool.key(str(source), None)
+    assert key is not None
+    await filled(pool, key, 1)
+    entry = pool.reserve(key)
+    assert entry is not None and entry.source_now is not None
+    entry.source_now.cancel()
+    workspace = tmp_path / "workspace"
+    assert pool.place(entry, workspace)
+    assert await pool.settle(key, entry, workspace, "agentfarm/r1") is None
+    assert not workspace.exists()
+    await pool.close()
+
+
 def test_head_is_left_to_git_in_a_repository_without_ref_files(tmp_path: Path) -> None:
     git_dir = tmp_path / ".git"
     (git_dir / "reftable").mkdir(parents=True)

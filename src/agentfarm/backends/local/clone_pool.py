@@ -294,6 +294,8 @@ async def _refresh(
     )
     if isinstance(made, BaseException):
         raise made
+    if isinstance(now, asyncio.CancelledError):
+        return None  # the read, not this claim, was cancelled (the pool closes): clone instead
     if isinstance(now, BaseException):
         raise now
     if now is None:
