@@ -334,6 +334,33 @@ async def test_a_quiet_tool_is_not_a_stall(
     assert backend.world.resumes == []
 
 
+async def test_a_slow_start_is_not_a_stall_of_the_model(
+    store: Store, backend: FakeBackend, supervisors: Callable[..., Supervisor]
+) -> None:
+    """Before its first line the agent is starting (a pod being scheduled, say): the model's
+    threshold does not apply, the longer of the two does."""
+    late = Step("stdout", data=init().data, delay=0.5)
+    backend.script = lambda run, command: [late, text("done"), result(0.1), exits(0)]
+    sup = supervisors(model_stall_seconds=0.05, tool_quiet_seconds=GUARD, stall_resumes=0)
+    run = await sup.submit(spec())
+    await sup.start()
+    done = await ended(store, run.id)
+    assert done.status is models.RunStatus.succeeded, done.error
+    assert backend.world.resumes == []
+
+
+async def test_a_start_that_never_prints_is_a_stall_before_its_first_output(
+    store: Store, backend: FakeBackend, supervisors: Callable[..., Supervisor]
+) -> None:
+    backend.script = lambda run, command: [exits(0, delay=600)]
+    sup = supervisors(model_stall_seconds=0.05, tool_quiet_seconds=0.1, stall_resumes=0)
+    run = await sup.submit(spec())
+    await sup.start()
+    done = await ended(store, run.id)
+    assert done.status is models.RunStatus.failed
+    assert done.error == "stalled: no output for 0 s before its first output; the agent was stopped"
+
+
 async def test_a_tool_quiet_too_long_is_a_stall_of_the_tool_phase(
     store: Store, backend: FakeBackend, supervisors: Callable[..., Supervisor]
 ) -> None:

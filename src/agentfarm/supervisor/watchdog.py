@@ -1,8 +1,11 @@
 """The watchdog's view of a run: what the agent is waiting for, and how long it may be quiet.
 
-Three phases, from the events the run produced so far (replayed after a restart, so the
+Its phases, from the events the run produced so far (replayed after a restart, so the
 phase is rebuilt too):
 
+- ``starting``: the agent's process (a sandbox, a pod) has printed nothing yet: a start that
+  outlasts the longer of the two thresholds below has stalled. Not the model's silence: a
+  pod that takes longer than ``model_stall_seconds`` to start has not stalled the model.
 - ``model``: waiting for the model (a request out, or a message begun and not finished). A
   model stream silent for minutes has stalled: ``model_stall_seconds``.
 - ``tool``: a tool call was issued and its result not seen yet (Claude's ``tool_use``
@@ -30,6 +33,7 @@ WAITING_GRACE = 60.0
 
 
 class Phase(StrEnum):
+    starting = "starting"
     model = "model"
     tool = "tool"
     result = "result"
@@ -38,6 +42,7 @@ class Phase(StrEnum):
     @property
     def waiting_for(self) -> str:
         return {
+            Phase.starting: "before its first output",
             Phase.model: "waiting for the model",
             Phase.tool: "while a tool ran",
             Phase.result: "after its result",
@@ -73,8 +78,17 @@ class Limits:
 
     def quiet(self, phase: Phase) -> float | None:
         """The limit of a phase; ``waiting``'s is the window's (``Tracker.quiet``)."""
+        if phase == Phase.starting:
+            return self.start
         limits = {Phase.model: self.model, Phase.tool: self.tool, Phase.result: self.result}
         return limits.get(phase)
+
+    @property
+    def start(self) -> float | None:
+        """How long an agent may take to print its first line: the longer of the model's and
+        the tool's thresholds (None: neither has one)."""
+        either = [limit for limit in (self.model, self.tool) if limit is not None]
+        return max(either) if either else None
 
 
 #: What says the agent is working on a turn again (a follow-up starts a new one).
@@ -97,6 +111,8 @@ class Tracker:
     #: Seconds of the follow-up window the agent waits in, if it does.
     waiting: float | None = None
     output_only: bool = False
+    #: The agent printed something (any ``agent.*`` event): its start is behind it.
+    started: bool = False
 
     @classmethod
     def of(cls, spec: models.AgentSpec) -> Tracker:
@@ -105,6 +121,8 @@ class Tracker:
     def feed(self, drafts: Iterable[models.EventDraft]) -> None:
         for draft in drafts:
             kind = draft.type
+            if kind.startswith("agent."):
+                self.started = True
             if kind == models.EventType.run_waiting:
                 self.waiting = float(draft.data.get("seconds") or 0)
                 continue
@@ -133,6 +151,8 @@ class Tracker:
     def phase(self) -> Phase:
         if self.waiting is not None:
             return Phase.waiting
+        if not self.started:
+            return Phase.starting
         if self.output_only:
             return Phase.tool
         if self.answered:
