@@ -124,7 +124,7 @@ def test_only_the_time_budget_holds_and_quiet_output_is_a_tool_s() -> None:
             budgets.check_supported(spec().model_copy(update={field: value}))
     budgets.check_supported(spec().model_copy(update={"max_minutes": 5.0}))
     tracker = watchdog.Tracker.of(spec())
-    assert tracker.phase is watchdog.Phase.tool
+    assert tracker.phase is watchdog.Phase.starting  # nothing printed yet
     parser = command.CommandAdapter().new_parser()
     tracker.feed(parser.feed_stdout(b"working"))
     assert tracker.phase is watchdog.Phase.tool

@@ -182,6 +182,8 @@ def draft(kind: str, **data: Any) -> models.EventDraft:
 
 def test_the_phase_follows_tool_calls_their_results_and_the_result() -> None:
     tracker = watchdog.Tracker()
+    assert tracker.phase is watchdog.Phase.starting  # the agent printed nothing yet
+    tracker.feed([draft("agent.init")])
     assert tracker.phase is watchdog.Phase.model  # a request is out
     tracker.feed([draft("agent.tool_call", id="a"), draft("agent.tool_call", id="b")])
     assert tracker.phase is watchdog.Phase.tool
@@ -203,10 +205,12 @@ def test_limits_come_from_the_config_then_the_server(tmp_path: Any) -> None:
     )
     plain = watchdog.Limits.of(settings, models.AgentSpec(repo="/r"))
     assert (plain.model, plain.tool, plain.result, plain.stall_resumes) == (300, 3600, None, 1)
+    assert plain.quiet(watchdog.Phase.starting) == 3600  # the longer of the two
     own = models.AgentSpec(repo="/r", watchdog={"tool_quiet_seconds": 0, "stall_resumes": 3})
     mine = watchdog.Limits.of(settings, own)
     assert (mine.model, mine.tool, mine.stall_resumes) == (300, None, 3)
     assert mine.quiet(watchdog.Phase.tool) is None
+    assert mine.quiet(watchdog.Phase.starting) == 300
 
 
 def test_a_config_with_an_unknown_watchdog_field_is_refused() -> None:
