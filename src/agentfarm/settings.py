@@ -135,6 +135,16 @@ class Settings(RunSettings):
     public_api_docs: bool = Field(
         False, description="Serve `/docs` and `/openapi.json` without authentication."
     )
+    stream_batch_ms: int = Field(
+        20,
+        ge=0,
+        le=1000,
+        description="Live views (the cockpit's run streams, the API's event streams) are "
+        "woken at most once per this many milliseconds while events keep coming; an event "
+        "after a quiet spell goes out at once. Larger: less control-plane CPU for many "
+        "viewers, up to this much more delay (docs/benchmarks.md, fan-out). 0: every event "
+        "at once.",
+    )
 
     # --- notifications -------------------------------------------------------------------
     notify_urls: SecretStr | None = Field(

@@ -8,12 +8,15 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+import pydantic
 import pytest
 
 from agentfarm.domain import models
 from agentfarm.store import Store
-from agentfarm.supervisor.hub import Hub
+from agentfarm.supervisor.hub import WAKE_GAP, Hub
+from agentfarm.supervisor.runs import Supervisor
 
+from .conftest import make_settings
 from .test_supervisor_hub import new_run, parked, status, store_and_publish, texts
 
 
@@ -172,3 +175,27 @@ async def test_wake_ups_are_a_gap_apart_and_gather_what_came_meanwhile(store: St
     assert loop.time() - start >= 0.19
     hub.close()
     await asyncio.wait_for(asyncio.gather(*tasks), 10)
+
+
+async def test_the_gap_between_wake_ups_is_the_servers_stream_batch_ms(
+    tmp_path: Path, supervisors: Callable[..., Supervisor]
+) -> None:
+    """``AGENTFARM_STREAM_BATCH_MS`` is the hub's gap: 0 wakes viewers for every publish, the
+    default is the hub's own (20 ms), and what is out of range is refused with its bounds."""
+    assert supervisors().hub._wake_gap == WAKE_GAP == 0.02
+    sup = supervisors(stream_batch_ms=0)
+    assert sup.hub._wake_gap == 0
+    run = await new_run(sup.store)
+    push = Pusher()
+    task = asyncio.create_task(follow_into(sup.hub, run.id, push, []))
+    await parked(sup.hub, run.id)
+    for _ in range(3):  # back to back: with no gap, each goes out at its own wake-up
+        await store_and_publish(sup.hub, sup.store, run.id, texts(1, 10))
+    await until(lambda: sum(map(len, push.pushed)) >= 3)
+    assert push.pushed == [[1], [2], [3]]
+    sup.hub.close()
+    await asyncio.wait_for(task, 10)
+    assert supervisors(stream_batch_ms=250).hub._wake_gap == 0.25
+    for wrong in (-1, 1001):
+        with pytest.raises(pydantic.ValidationError, match="stream_batch_ms"):
+            make_settings(tmp_path, stream_batch_ms=wrong)

@@ -65,7 +65,7 @@ class Supervisor(resuming.Resuming):
         self.secrets = secrets
         self.backends = dict(backends)
         self.adapters = dict(adapters)
-        self.hub = Hub(store)
+        self.hub = Hub(store, wake_gap=settings.stream_batch_ms / 1000)
         self.retention = Retention(store, self.backends, settings.retention_hours)
         self.notifier = notifier or notify.Notifier(
             settings, secrets, webpush.WebPush(settings, push.PushSubscriptions(store.database))
