@@ -12,10 +12,16 @@ measured in interleaved rounds (``--rounds``), medians printed side by side. Pri
 figures only.
 
 With ``--variants base=/work/main/src,this`` one server per variant (each a ``src`` tree; "this"
-is this checkout's) is measured, the variants interleaved in every round as well.
+is this checkout's) is measured, the variants interleaved in every round as well; a variant
+``NAME=SRC@MS`` runs with ``AGENTFARM_STREAM_BATCH_MS=MS`` (``batch50=@50``: this checkout's).
+``--cases`` adds viewer layouts: ``N/K`` is N viewers spread over the first K runs only (``20/1``:
+twenty viewers of one run, each event rendered once and sent twenty times). ``--pin`` keeps
+the server on CPU 0 and the viewer processes on the others, as if the viewers were on other
+machines (the server's CPU is then not shared with theirs on the same core).
 
     .venv/bin/python bench/cockpit.py [--agents 20] [--viewers 200] [--seconds 15]
-        [--rounds 3] [--workers 4] [--no-browser] [--variants NAME=SRC,...]
+        [--rounds 3] [--workers 4] [--no-browser] [--variants NAME=SRC[@MS],...]
+        [--cases 1,20,200,20/1] [--pin]
 """
 
 from __future__ import annotations
@@ -106,10 +112,12 @@ def serve(data_dir: str, port: int) -> None:
             "max_concurrent_runs": 100,
         }
     )
-    if "AGENTFARM_BENCH_WAKE_GAP" in os.environ:  # to compare the gaps between wake-ups
+    batch = os.environ.get("AGENTFARM_STREAM_BATCH_MS")  # a variant's gap between wake-ups
+    if batch is not None:
         from agentfarm.supervisor import hub
 
-        hub.WAKE_GAP = float(os.environ["AGENTFARM_BENCH_WAKE_GAP"])
+        settings = settings.model_copy(update={"stream_batch_ms": int(batch)})
+        hub.WAKE_GAP = int(batch) / 1000  # a tree from before the setting
     app = create_app(settings, backends={"local": backend})
     from agentfarm.cli.server import tune_gc
 
@@ -222,18 +230,33 @@ def load_average() -> float:
     return float(Path("/proc/loadavg").read_text().split()[0])
 
 
+def pin(pid: int, cpus: set[int]) -> None:
+    """Every thread of ``pid`` on ``cpus`` (threads made later inherit it)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        os.sched_setaffinity(int(task.name), cpus)
+
+
 async def fan_out(
-    url: str, pid: int, agents: int, viewers: int, seconds: float, workers: int
+    url: str,
+    pid: int,
+    agents: int,
+    viewers: int,
+    seconds: float,
+    workers: int,
+    *,
+    over: int | None = None,
+    viewer_cpus: set[int] | None = None,
 ) -> dict[str, float]:
     """``agents`` runs emitting 5 stamped events a second, watched by ``viewers`` SSE
-    connections (spread evenly over the runs) held by ``workers`` processes of their own."""
+    connections (spread evenly over the runs, or over the first ``over`` of them) held by
+    ``workers`` processes of their own (on ``viewer_cpus`` if given)."""
     interval = 0.2
     count = int(seconds / interval)
     quiet = 5.0  # the agents' quiet start: viewers connect meanwhile, CPU is measured after
     async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}) as c:
         runs = [await launch(c, count, interval, wait=quiet) for _ in range(agents)]
     started = time.monotonic()
-    targets = [runs[i % agents] for i in range(viewers)]
+    targets = [runs[i % (over or agents)] for i in range(viewers)]
     shares = [targets[w::workers] for w in range(min(workers, viewers))]
     procs = [
         await asyncio.create_subprocess_exec(
@@ -246,6 +269,8 @@ async def fan_out(
         )
         for share in shares
     ]
+    for proc in procs if viewer_cpus else []:
+        pin(proc.pid, viewer_cpus or set())
     outputs = asyncio.gather(*(p.communicate() for p in procs))
     await asyncio.sleep(max(0.0, quiet - (time.monotonic() - started)))
     (user0, sys0), t0, load0 = cpu_split(pid), time.monotonic(), load_average()
@@ -321,16 +346,17 @@ def browser_figures(url: str, big_run: str, repeats: int) -> dict[str, float]:
     }
 
 
-async def start_server(data: Path, src: str) -> tuple[asyncio.subprocess.Process, str]:
+async def start_server(
+    data: Path, src: str, batch: int | None = None
+) -> tuple[asyncio.subprocess.Process, str]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "AGENTFARM_BENCH_SRC": src}
+    env.pop("AGENTFARM_STREAM_BATCH_MS", None)
+    if batch is not None:
+        env["AGENTFARM_STREAM_BATCH_MS"] = str(batch)
     proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        __file__,
-        "--serve",
-        str(data),
-        str(port),
-        env={**os.environ, "AGENTFARM_BENCH_SRC": src},
+        sys.executable, __file__, "--serve", str(data), str(port), env=env
     )
     async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}) as c:
         for _ in range(300):
@@ -344,12 +370,32 @@ async def start_server(data: Path, src: str) -> tuple[asyncio.subprocess.Process
     return proc, url
 
 
-def parse_variants(spec: str) -> dict[str, str]:
-    variants: dict[str, str] = {}
+def parse_variants(spec: str) -> dict[str, tuple[str, int | None]]:
+    """``NAME=SRC@MS,...``: each variant's src tree (this checkout's if empty) and its
+    ``AGENTFARM_STREAM_BATCH_MS`` (None: the tree's default)."""
+    variants: dict[str, tuple[str, int | None]] = {}
     for item in spec.split(","):
-        name, _, src = item.partition("=")
-        variants[name] = str(Path(src).resolve()) if src else str(ROOT / "src")
+        name, _, value = item.partition("=")
+        src, _, batch = value.partition("@")
+        tree = str(Path(src).resolve()) if src else str(ROOT / "src")
+        variants[name] = (tree, int(batch) if batch else None)
     return variants
+
+
+def parse_cases(spec: str, agents: int, viewers: int) -> list[tuple[int, int]]:
+    """``N`` or ``N/K`` each: N viewers over the first K runs (all of them without ``/K``);
+    1, one per agent and ``viewers`` are always measured (the ratios need them)."""
+    cases = [(1, agents), (agents, agents), (viewers, agents)]
+    for item in filter(None, spec.split(",")):
+        n, _, k = item.partition("/")
+        cases.append((int(n), min(agents, int(k)) if k else agents))
+    return list(dict.fromkeys(cases))
+
+
+def case_label(case: tuple[int, int], agents: int) -> str:
+    n, over = case
+    label = "1 viewer" if n == 1 else f"{n} viewers"
+    return label if over == agents or n == 1 else f"{label} of {over} run{'s' * (over > 1)}"
 
 
 async def seed_with(src: str, data: Path) -> str:
@@ -370,36 +416,44 @@ async def seed_with(src: str, data: Path) -> str:
 
 async def main_async(args: argparse.Namespace) -> None:
     variants = parse_variants(args.variants)
+    cases = parse_cases(args.cases, args.agents, args.viewers)
+    cpus = sorted(os.sched_getaffinity(0))
+    if args.pin and len(cpus) < 2:
+        raise SystemExit("--pin needs two CPUs: one for the server, the rest for the viewers")
+    viewer_cpus = set(cpus[1:]) if args.pin else None
     with tempfile.TemporaryDirectory() as tmp:
         servers: dict[str, tuple[asyncio.subprocess.Process, str]] = {}
         big = ""
         try:
-            for name, src in variants.items():
+            for name, (src, batch) in variants.items():
                 data = Path(tmp) / name / "data"
                 big = await seed_with(src, data)
-                servers[name] = await start_server(data, src)
+                servers[name] = await start_server(data, src, batch)
+                if args.pin:
+                    pin(servers[name][0].pid, {cpus[0]})
             pages = None
             if not args.no_browser:
                 url = next(iter(servers.values()))[1]
                 pages = await asyncio.to_thread(browser_figures, url, big, 5)
             rounds: list[dict[str, dict[str, float]]] = []
-            # 1 viewer; one viewer per agent (every event rendered once, as with 200); 200.
-            counts = list(dict.fromkeys([1, args.agents, args.viewers]))
-            cases = [(v, n) for n in counts for v in variants]
+            # 1 viewer; one viewer per agent (every event rendered once, as with 200); 200;
+            # then the layouts asked for.
+            runs = [(v, case) for case in cases for v in variants]
             for i in range(args.rounds):
                 # Interleaved, the order turned every round: all see the same machine.
-                order = cases[i % len(cases) :] + cases[: i % len(cases)]
+                order = runs[i % len(runs) :] + runs[: i % len(runs)]
                 fig: dict[str, dict[str, float]] = {}
-                for v, n in order:
+                for v, (n, over) in order:
                     proc, url = servers[v]
-                    fig[f"{v}:{n}"] = await fan_out(
-                        url, proc.pid, args.agents, n, args.seconds, min(n, args.workers)
-                    )
+                    fig[f"{v}: {case_label((n, over), args.agents)}"] = await fan_out(
+                        url, proc.pid, args.agents, n, args.seconds, min(n, args.workers),
+                        over=over, viewer_cpus=viewer_cpus,
+                    )  # fmt: skip
                 rounds.append(fig)
                 print(
                     f"round {i + 1}: "
                     + "; ".join(
-                        f"{k} viewers p50 {f['p50_ms']:.1f} p99 {f['p99_ms']:.1f} ms cpu "
+                        f"{k}, p50 {f['p50_ms']:.1f} p99 {f['p99_ms']:.1f} ms cpu "
                         f"{f['cpu_pct']:.1f}% (sys {f['sys_pct']:.1f}%, "
                         f"steady {f['steady_pct']:.1f}%, end {f['end_cpu_ms']:.0f} ms) "
                         f"load {f['load']:.1f}"
@@ -418,29 +472,36 @@ async def main_async(args: argparse.Namespace) -> None:
             f"agent event -> browser DOM: p50 {pages['browser_p50_ms']:.1f} ms, "
             f"p99 {pages['browser_p99_ms']:.1f} ms ({pages['browser_events']:.0f} events)"
         )
+    where = "the server on CPU 0, the viewers on the others" if args.pin else "no CPU pinning"
     print(
         f"{args.agents} agents at 5 events/s each, SSE delivery to the cockpit's run stream, "
-        f"viewers in {args.workers} processes of their own; medians of {args.rounds} "
-        "interleaved rounds:"
+        f"viewers in {args.workers} processes of their own ({where}); medians of "
+        f"{args.rounds} interleaved rounds:"
     )
     med: dict[str, dict[str, float]] = {}
     figures = ["p50_ms", "p99_ms", "cpu_pct", "sys_pct", "steady_pct", "end_cpu_ms", "events"]
     for key in rounds[0]:
         med[key] = {k: statistics.median(r[key][k] for r in rounds) for k in [*figures, "load"]}
     loads = [r[k]["load"] for r in rounds for k in r]
-    for v in variants:
+    for v, (_, batch) in variants.items():
         if len(variants) > 1:
-            print(f" {v}:")
-        for n in counts:
-            label = "1 viewer" if n == 1 else f"{n} viewers"
-            m = med[f"{v}:{n}"]
             print(
-                f"  {label:>12}: p50 {m['p50_ms']:.1f} ms, p99 {m['p99_ms']:.1f} ms, "
-                f"control-plane CPU {m['cpu_pct']:.1f}% of one core (system {m['sys_pct']:.1f}%) "
-                f"({m['events']:.0f} deliveries); while the agents emit {m['steady_pct']:.1f}%, "
-                f"the runs' end {m['end_cpu_ms']:.0f} ms"
+                f" {v}"
+                + (f" (AGENTFARM_STREAM_BATCH_MS={batch})" if batch is not None else "")
+                + ":"
             )
-        one, per_agent, many = (med[f"{v}:{n}"] for n in (1, args.agents, args.viewers))
+        for n, over in cases:
+            m = med[f"{v}: {case_label((n, over), args.agents)}"]
+            print(
+                f"  {case_label((n, over), args.agents):>12}: p50 {m['p50_ms']:.1f} ms, "
+                f"p99 {m['p99_ms']:.1f} ms, control-plane CPU {m['cpu_pct']:.1f}% of one core "
+                f"(system {m['sys_pct']:.1f}%) ({m['events']:.0f} deliveries); while the "
+                f"agents emit {m['steady_pct']:.1f}%, the runs' end {m['end_cpu_ms']:.0f} ms"
+            )
+        one, per_agent, many = (
+            med[f"{v}: {case_label((n, args.agents), args.agents)}"]
+            for n in (1, args.agents, args.viewers)
+        )
         print(
             f"  CPU ratio {args.viewers} viewers / 1 viewer: "
             f"{many['cpu_pct'] / one['cpu_pct']:.2f}x; {args.viewers} / {args.agents} viewers: "
@@ -467,7 +528,13 @@ def main() -> None:
     parser.add_argument(
         "--variants",
         default="this",
-        help='servers to compare, NAME=SRC,... ("this" alone: this checkout\'s src)',
+        help='servers to compare, NAME=SRC[@BATCH_MS],... ("this" alone: this checkout\'s src)',
+    )
+    parser.add_argument(
+        "--cases", default="", help="more viewer layouts, N or N/K (N viewers of the first K runs)"
+    )
+    parser.add_argument(
+        "--pin", action="store_true", help="the server on CPU 0, the viewers on the others"
     )
     asyncio.run(main_async(parser.parse_args()))
 
