@@ -21,7 +21,7 @@ machines (the server's CPU is then not shared with theirs on the same core).
 
     .venv/bin/python bench/cockpit.py [--agents 20] [--viewers 200] [--seconds 15]
         [--rounds 3] [--workers 4] [--no-browser] [--variants NAME=SRC[@MS],...]
-        [--cases 1,20,200,20/1] [--pin]
+        [--cases N/K,...] [--pin]
 """
 
 from __future__ import annotations
@@ -269,8 +269,9 @@ async def fan_out(
         )
         for share in shares
     ]
-    for proc in procs if viewer_cpus else []:
-        pin(proc.pid, viewer_cpus or set())
+    if viewer_cpus:
+        for proc in procs:
+            pin(proc.pid, viewer_cpus)
     outputs = asyncio.gather(*(p.communicate() for p in procs))
     await asyncio.sleep(max(0.0, quiet - (time.monotonic() - started)))
     (user0, sys0), t0, load0 = cpu_split(pid), time.monotonic(), load_average()
