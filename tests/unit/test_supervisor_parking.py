@@ -159,6 +159,17 @@ async def ended(store: Store, run_id: str) -> models.Run:
     return await store.get_run(run_id)
 
 
+async def played(
+    store: Store, backend: FakeBackend, sup: Supervisor, steps: list[Step], **fields: Any
+) -> models.Run:
+    """A run of ``sup``'s (its spec with ``fields``) whose agent plays ``steps`` (again at
+    each resume), to its end: the run as it ended."""
+    backend.script = lambda run, command: steps
+    run = await sup.submit(spec(**fields))
+    await sup.start()
+    return await ended(store, run.id)
+
+
 async def test_a_usage_limit_parks_the_run_and_it_resumes_in_its_session_by_itself(
     store: Store, backend: FakeBackend, supervisors: Callable[..., Supervisor]
 ) -> None:
@@ -305,17 +316,14 @@ async def test_a_usage_limit_warning_is_shown_on_the_run(
 async def test_a_stalled_model_stream_is_resumed_once_then_fails_naming_the_phase(
     store: Store, backend: FakeBackend, supervisors: Callable[..., Supervisor]
 ) -> None:
-    backend.script = lambda run, command: [init(), text("thinking"), exits(0, delay=600)]
     sup = supervisors(model_stall_seconds=0.05, tool_quiet_seconds=600)
-    run = await sup.submit(spec())
-    await sup.start()
-    done = await ended(store, run.id)
+    done = await played(store, backend, sup, [init(), text("thinking"), exits(0, delay=600)])
     assert done.status is models.RunStatus.failed
     assert done.error == ("stalled: no output for 0 s waiting for the model; the agent was stopped")
     assert done.continuation.stall_resumes == 1
-    assert backend.world.resumes == [run.id]
-    assert b"stopped responding" in backend.commands[run.id].stdin
-    assert await statuses(store, run.id) == [
+    assert backend.world.resumes == [done.id]
+    assert b"stopped responding" in backend.commands[done.id].stdin
+    assert await statuses(store, done.id) == [
         "queued", "starting", "running", "parked", "starting", "running", "failed",
     ]  # fmt: skip
 
@@ -325,11 +333,8 @@ async def test_a_quiet_tool_is_not_a_stall(
 ) -> None:
     # The tool is quiet far longer than the model may be; it is a tool, so that is fine.
     steps = [init(), tool_call("t1"), tool_result("t1", delay=0.5), result(0.1), exits(0)]
-    backend.script = lambda run, command: steps
     sup = supervisors(model_stall_seconds=0.05, tool_quiet_seconds=GUARD)
-    run = await sup.submit(spec())
-    await sup.start()
-    done = await ended(store, run.id)
+    done = await played(store, backend, sup, steps)
     assert done.status is models.RunStatus.succeeded, done.error
     assert backend.world.resumes == []
 
@@ -340,11 +345,8 @@ async def test_a_slow_start_is_not_a_stall_of_the_model(
     """Before its first line the agent is starting (a pod being scheduled, say): the model's
     threshold does not apply, the longer of the two does."""
     late = Step("stdout", data=init().data, delay=0.5)
-    backend.script = lambda run, command: [late, text("done"), result(0.1), exits(0)]
     sup = supervisors(model_stall_seconds=0.05, tool_quiet_seconds=GUARD, stall_resumes=0)
-    run = await sup.submit(spec())
-    await sup.start()
-    done = await ended(store, run.id)
+    done = await played(store, backend, sup, [late, text("done"), result(0.1), exits(0)])
     assert done.status is models.RunStatus.succeeded, done.error
     assert backend.world.resumes == []
 
@@ -352,11 +354,8 @@ async def test_a_slow_start_is_not_a_stall_of_the_model(
 async def test_a_start_that_never_prints_is_a_stall_before_its_first_output(
     store: Store, backend: FakeBackend, supervisors: Callable[..., Supervisor]
 ) -> None:
-    backend.script = lambda run, command: [exits(0, delay=600)]
     sup = supervisors(model_stall_seconds=0.05, tool_quiet_seconds=0.1, stall_resumes=0)
-    run = await sup.submit(spec())
-    await sup.start()
-    done = await ended(store, run.id)
+    done = await played(store, backend, sup, [exits(0, delay=600)])
     assert done.status is models.RunStatus.failed
     assert done.error == "stalled: no output for 0 s before its first output; the agent was stopped"
 
@@ -364,11 +363,10 @@ async def test_a_start_that_never_prints_is_a_stall_before_its_first_output(
 async def test_a_tool_quiet_too_long_is_a_stall_of_the_tool_phase(
     store: Store, backend: FakeBackend, supervisors: Callable[..., Supervisor]
 ) -> None:
-    backend.script = lambda run, command: [init(), tool_call("t1"), exits(0, delay=600)]
     sup = supervisors(stall_resumes=5)
-    run = await sup.submit(spec(watchdog={"tool_quiet_seconds": 0.05, "stall_resumes": 0}))
-    await sup.start()
-    done = await ended(store, run.id)
+    watchdog = {"tool_quiet_seconds": 0.05, "stall_resumes": 0}
+    steps = [init(), tool_call("t1"), exits(0, delay=600)]
+    done = await played(store, backend, sup, steps, watchdog=watchdog)
     assert done.status is models.RunStatus.failed
     assert done.error is not None and "while a tool ran" in done.error
     assert backend.world.resumes == []
@@ -377,16 +375,13 @@ async def test_a_tool_quiet_too_long_is_a_stall_of_the_tool_phase(
 async def test_a_result_followed_by_a_process_that_does_not_exit_ends_on_its_result(
     store: Store, backend: FakeBackend, supervisors: Callable[..., Supervisor]
 ) -> None:
-    backend.script = lambda run, command: [init(), result(0.1), exits(0, delay=600)]
     sup = supervisors(result_grace_seconds=0.05, model_stall_seconds=600)
-    run = await sup.submit(spec())
-    await sup.start()
-    done = await ended(store, run.id)
+    done = await played(store, backend, sup, [init(), result(0.1), exits(0, delay=600)])
     assert done.status is models.RunStatus.succeeded, done.error
-    assert backend.runs[run.id].stop_requested
+    assert backend.runs[done.id].stop_requested
     notices = [
         e.data["message"]
-        for e in await store.list_events(run.id)
+        for e in await store.list_events(done.id)
         if e.type == models.EventType.run_notice
     ]
     assert any("reported its result but had not exited" in n for n in notices)
@@ -396,11 +391,8 @@ async def test_a_failed_result_then_a_hang_ends_failed_on_that_result(
     store: Store, backend: FakeBackend, supervisors: Callable[..., Supervisor]
 ) -> None:
     steps = [init(), result(0.1, error="boom", status=500), exits(0, delay=600)]
-    backend.script = lambda run, command: steps
     sup = supervisors(result_grace_seconds=0.05)
-    run = await sup.submit(spec())
-    await sup.start()
-    done = await ended(store, run.id)
+    done = await played(store, backend, sup, steps)
     assert done.status is models.RunStatus.failed
     assert done.error is not None and "HTTP 500" in done.error
 
