@@ -78,9 +78,12 @@ class Limits:
 
     def quiet(self, phase: Phase) -> float | None:
         """The limit of a phase; ``waiting``'s is the window's (``Tracker.quiet``)."""
-        if phase == Phase.starting:
-            return self.start
-        limits = {Phase.model: self.model, Phase.tool: self.tool, Phase.result: self.result}
+        limits = {
+            Phase.starting: self.start,
+            Phase.model: self.model,
+            Phase.tool: self.tool,
+            Phase.result: self.result,
+        }
         return limits.get(phase)
 
     @property
