@@ -8,6 +8,9 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from agentfarm.domain import models
 from agentfarm.web import sse
 
@@ -161,3 +164,18 @@ def test_the_frame_cache_is_bounded_in_bytes() -> None:
 
 def test_a_lone_surrogate_in_html_is_replaced_not_a_broken_stream() -> None:
     assert sse.data_lines("a\ud800b") == b"data: a?b\n"
+
+
+@given(
+    st.lists(st.sampled_from(["a", "é", " ", "\n", "\r", "\ud800", "data: "]), max_size=12).map(
+        "".join
+    )
+)
+def test_data_lines_are_one_per_line_whatever_breaks_them(text: str) -> None:
+    """Text without a carriage return takes a shorter way (no split): the same bytes. Every
+    line break (LF, CR LF, a lone CR) starts a new ``data:`` line, nothing else does."""
+    expected = "".join(f"data: {line}\n" for line in sse._LINES.split(text))
+    assert sse.data_lines(text) == expected.encode("utf-8", "replace")
+    lines = sse.data_lines(text).decode().split("\n")[:-1]
+    assert all(line.startswith("data: ") for line in lines)
+    assert len(lines) == text.count("\n") + text.count("\r") - text.count("\r\n") + 1

@@ -15,7 +15,7 @@ import sys
 from collections import OrderedDict
 from collections.abc import Iterable
 from datetime import timedelta
-from typing import Any
+from typing import Any, Literal
 
 from markdown_it import MarkdownIt
 from markupsafe import Markup, escape
@@ -126,23 +126,26 @@ def _result_text(content: Any) -> str:
     return _pretty(content) if content is not None else ""
 
 
-def _wrap(event: models.Event, body: Markup, extra: str = "") -> Markup:
+#: The classes an event's box may carry besides its kind's.
+Extra = Literal["", " is-error"]
+
+
+def _wrap(event: models.Event, body: Markup, extra: Extra = "") -> Markup:
+    """The event's box. Built by hand, not by ``_fill``: every part is ours or escaped already
+    (the type is one of the model's, the seq an int, the body Markup), and this is on the path
+    of every event a viewer is sent (issue 12: 9 µs a text event with ``_fill``, 5 without)."""
     kind = event.type.replace(".", "-")
-    return _fill(
-        '<div class="ev ev-{}{}" id="ev-{}" data-seq="{}">{}</div>',
-        kind,
-        extra,
-        event.seq,
-        event.seq,
-        body,
-    )
+    seq = int(event.seq)
+    head = f'<div class="ev ev-{kind}{extra}" id="ev-{seq}" data-seq="{seq}">'
+    return Markup(f"{head}{body}</div>")  # noqa: S704
 
 
-def _body(event: models.Event) -> tuple[Markup, str]:
+def _body(event: models.Event) -> tuple[Markup, Extra]:
     d = event.data
     t = event.type
     if t == models.EventType.agent_text:
-        return _fill('<div class="md">{}</div>', markdown(str(d.get("text", "")))), ""
+        text = markdown(str(d.get("text", "")))  # escaped HTML (see ``markdown``)
+        return Markup(f'<div class="md">{text}</div>'), ""  # noqa: S704
     if t == models.EventType.agent_thinking:
         return _fill(
             '<details class="thinking"><summary>thinking</summary><div class="md">{}</div>'

@@ -87,6 +87,8 @@ frames = FrameCache()
 def data_lines(text: str) -> bytes:
     """``text`` as the ``data:`` lines of one message (any line break splits a line; a lone
     surrogate an agent printed becomes "?" rather than breaking the stream)."""
+    if "\r" not in text:  # the usual case, without the split: the same lines
+        return ("data: " + text.replace("\n", "\ndata: ") + "\n").encode("utf-8", "replace")
     return "".join(f"data: {line}\n" for line in _LINES.split(text)).encode("utf-8", "replace")
 
 
