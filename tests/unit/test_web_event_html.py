@@ -1,5 +1,6 @@
-"""The rendered-HTML cache: bounded in bytes, least recently used out first; and how a
-branch outcome (`run.branch`) reads on the page and in a terminal."""
+"""The rendered-HTML cache: bounded in bytes, least recently used out first; an event's box
+escapes whatever its type says; and how a branch outcome (`run.branch`) reads on the page and
+in a terminal."""
 
 from __future__ import annotations
 
@@ -25,6 +26,24 @@ def small_cache(monkeypatch: pytest.MonkeyPatch) -> int:
 def text_event(seq: int, size: int = 5000) -> models.Event:
     return models.Event(
         run_id="abcdef012345", seq=seq, type=models.EventType.agent_text, data={"text": "w " * size}
+    )
+
+
+def test_an_events_box_escapes_its_type_and_its_text() -> None:
+    """An event's type is a plain string in the store (an unknown one is shown as it is): it
+    reaches the box's class attribute escaped, as the text reaches its body."""
+    hostile = models.Event(
+        run_id="abcdef012345", seq=7, type='x" onmouseover="alert(1)', data={"text": "<b>"}
+    )
+    html = event_html.event_html(hostile)
+    assert html.startswith('<div class="ev ev-x&#34; onmouseover=&#34;alert(1)" id="ev-7"')
+    assert '" onmouseover="' not in html
+    text = models.Event(
+        run_id="abcdef012345", seq=8, type=models.EventType.agent_text, data={"text": "<b>"}
+    )
+    assert event_html.event_html(text) == (
+        '<div class="ev ev-agent-text" id="ev-8" data-seq="8"><div class="md"><p>&lt;b&gt;</p>\n'
+        "</div></div>"
     )
 
 

@@ -131,10 +131,11 @@ Extra = Literal["", " is-error"]
 
 
 def _wrap(event: models.Event, body: Markup, extra: Extra = "") -> Markup:
-    """The event's box. Built by hand, not by ``_fill``: every part is ours or escaped already
-    (the type is one of the model's, the seq an int, the body Markup), and this is on the path
-    of every event a viewer is sent (issue 12: 9 µs a text event with ``_fill``, 5 without)."""
-    kind = event.type.replace(".", "-")
+    """The event's box. Built by hand, not by ``_fill``: every part is escaped or ours (the
+    type is escaped, whoever wrote it; the seq is an int, the body Markup, ``extra`` one of
+    ours), and this is on the path of every event a viewer is sent (issue 12: 9 µs a text
+    event with ``_fill``, 5 without)."""
+    kind = escape(event.type.replace(".", "-"))
     seq = int(event.seq)
     head = f'<div class="ev ev-{kind}{extra}" id="ev-{seq}" data-seq="{seq}">'
     return Markup(f"{head}{body}</div>")  # noqa: S704
