@@ -509,6 +509,17 @@ async def main_async(args: argparse.Namespace) -> None:
             f"{many['cpu_pct'] / per_agent['cpu_pct']:.2f}x; while the agents emit: "
             f"{many['steady_pct'] / one['steady_pct']:.2f}x"
         )
+        # The same ratio within each round (its cases ran minutes apart at most): how far it
+        # moves from one round to the next on this machine.
+        ratios = sorted(
+            r[f"{v}: {case_label((args.viewers, args.agents), args.agents)}"]["cpu_pct"]
+            / r[f"{v}: {case_label((1, args.agents), args.agents)}"]["cpu_pct"]
+            for r in rounds
+        )
+        print(
+            f"  the same ratio round by round: {', '.join(f'{x:.2f}' for x in ratios)}x "
+            f"(median {statistics.median(ratios):.2f}x)"
+        )
     print(f"  load average {min(loads):.1f}-{max(loads):.1f}")
 
 
