@@ -136,7 +136,7 @@ class Settings(RunSettings):
         False, description="Serve `/docs` and `/openapi.json` without authentication."
     )
     stream_batch_ms: int = Field(
-        20,
+        50,
         ge=0,
         le=1000,
         description="Live views (the cockpit's run streams, the API's event streams) are "

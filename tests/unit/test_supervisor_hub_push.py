@@ -181,8 +181,8 @@ async def test_the_gap_between_wake_ups_is_the_servers_stream_batch_ms(
     tmp_path: Path, supervisors: Callable[..., Supervisor]
 ) -> None:
     """``AGENTFARM_STREAM_BATCH_MS`` is the hub's gap: 0 wakes viewers for every publish, the
-    default is the hub's own (20 ms), and what is out of range is refused with its bounds."""
-    assert supervisors().hub._wake_gap == WAKE_GAP == 0.02
+    default is the hub's own (50 ms), and what is out of range is refused with its bounds."""
+    assert supervisors().hub._wake_gap == WAKE_GAP == 0.05
     sup = supervisors(stream_batch_ms=0)
     assert sup.hub._wake_gap == 0
     run = await new_run(sup.store)
