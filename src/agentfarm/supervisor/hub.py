@@ -51,11 +51,10 @@ EVENT_OVERHEAD = 1024
 #: The least time between two wake-ups of followers, in seconds. A publish after a quiet spell
 #: wakes them at once; one within this time of the last wake-up waits for the rest of it, so
 #: that under load the events of all runs go out together, in one burst of writes that wakes
-#: each viewer's process once, not once per event: at most 20 bursts a second. What a burst
-#: costs is mostly its own (the first write to each viewer's process, code and data that went
-#: cold since the last one), so fewer bursts are what saves CPU: with 20 runs at 5 events/s
-#: and 200 viewers, 50 ms cost 0.3-0.4 % of a core less than 20 ms in three runs of four (0.2 %
-#: more in the fourth), for a delay p99 of 52-56 ms instead of 23-26 ms (bench/cockpit.py,
+#: each viewer's process once, not once per event: at most 20 bursts a second. With 20 runs
+#: at 5 events/s and 200 viewers, 50 ms cost 0.3-0.4 % of a core less than 20 ms in three runs
+#: of four (0.2 % more in the fourth), for a delay p99 of 52-56 ms instead of 23-26 ms; with
+#: 500 runs at an event a second and a viewer each, no less (bench/cockpit.py, bench/scale.py,
 #: docs/benchmarks.md).
 #: The server's is ``AGENTFARM_STREAM_BATCH_MS``; this is its default.
 WAKE_GAP = 0.05
