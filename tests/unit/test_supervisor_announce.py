@@ -34,6 +34,7 @@ from tests.unit.test_supervisor_parking import (
     reaches,
     resumed,
     text,
+    until,
 )
 
 
@@ -76,6 +77,22 @@ def recorded(sup: Supervisor) -> Recording:
     return sup.notifier
 
 
+#: The kinds that tell a run's end.
+ENDS = {notify.Kind.run_finished, notify.Kind.run_failed, notify.Kind.run_stopped}
+
+
+async def told_ended(store: Store, sup: Supervisor, run_id: str) -> models.Run:
+    """The run as it ended, once its end is told too: the store holds the end before the
+    supervisor tells it, so a test that reads what was sent waits for both."""
+    done = await ended(store, run_id)
+
+    async def told() -> bool:
+        return any(n.kind in ENDS and n.run_id == run_id for n in recorded(sup).sent)
+
+    await until(told)
+    return done
+
+
 async def test_a_park_and_the_resume_by_itself_are_told_with_the_reset_time(
     store: Store, backend: FakeBackend, supervisors: Callable[..., Supervisor]
 ) -> None:
@@ -85,7 +102,7 @@ async def test_a_park_and_the_resume_by_itself_are_told_with_the_reset_time(
     run = await sup.submit(spec())
     await sup.start()
     parked = await reaches(store, run.id, models.RunStatus.parked)
-    done = await ended(store, run.id)
+    done = await told_ended(store, sup, run.id)
     assert done.status is models.RunStatus.succeeded
     told = recorded(sup)
     assert told.kinds(run.id) == ["run_parked", "run_resumed", "run_finished"]
@@ -106,7 +123,7 @@ async def test_a_resume_by_a_person_is_told_as_such(
     await sup.start()
     await reaches(store, run.id, models.RunStatus.parked)
     await sup.resume_run(run.id)
-    await ended(store, run.id)
+    await told_ended(store, sup, run.id)
     told = recorded(sup)
     assert told.kinds(run.id) == ["run_parked", "run_resumed", "run_finished"]
     assert told.sent[1].body.startswith("resumed by a person")
@@ -120,7 +137,7 @@ async def test_a_stall_s_resume_is_no_park_to_tell(
     sup = supervisors(model_stall_seconds=0.05, stall_resumes=1)
     run = await sup.submit(spec())
     await sup.start()
-    done = await ended(store, run.id)
+    done = await told_ended(store, sup, run.id)
     assert done.continuation.stall_resumes == 1
     assert recorded(sup).kinds(run.id) == ["run_failed"]
 
@@ -172,7 +189,7 @@ async def test_a_run_stopped_by_its_own_budget_is_told_naming_the_budget(
     sup = supervisors()
     run = await sup.submit(spec(max_turns=2))
     await sup.start()
-    done = await ended(store, run.id)
+    done = await told_ended(store, sup, run.id)
     assert done.status is models.RunStatus.stopped
     # Told as a stop (if wanted) and as a budget reached (sent by default): both name it.
     note, budget = recorded(sup).sent
