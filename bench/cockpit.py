@@ -30,6 +30,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import re
 import statistics
 import sys
@@ -516,11 +517,21 @@ async def main_async(args: argparse.Namespace) -> None:
             / r[f"{v}: {case_label((1, args.agents), args.agents)}"]["cpu_pct"]
             for r in rounds
         )
+        low, high = median_interval(ratios)
         print(
             f"  the same ratio round by round: {', '.join(f'{x:.2f}' for x in ratios)}x "
-            f"(median {statistics.median(ratios):.2f}x)"
+            f"(median {statistics.median(ratios):.2f}x; 95 % bootstrap interval of the median "
+            f"{low:.2f}-{high:.2f}x)"
         )
     print(f"  load average {min(loads):.1f}-{max(loads):.1f}")
+
+
+def median_interval(values: list[float], draws: int = 10_000) -> tuple[float, float]:
+    """A 95 % percentile-bootstrap interval for the median of ``values`` (the rounds
+    resampled with replacement; a fixed seed, so that a run prints the same interval twice)."""
+    rng = random.Random(0)
+    medians = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(draws))
+    return medians[int(0.025 * draws)], medians[int(0.975 * draws) - 1]
 
 
 def main() -> None:
