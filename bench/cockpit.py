@@ -8,8 +8,9 @@ time minus that stamp (same machine, same clock). The SSE viewers live in proces
 own (``bench/sse_viewers.py``, ``--workers`` of them, each holding many connections), never in
 the server's process nor in this one; the control plane's CPU comes from /proc/<pid>/stat. One
 viewer, one viewer per agent (every event rendered once, as with 200) and 200 viewers are
-measured in interleaved rounds (``--rounds``), medians printed side by side. Prints the
-figures only.
+measured in interleaved rounds (``--rounds``), medians printed side by side, and the CPU
+ratio of 200 viewers to one within each round, with a 95 % bootstrap interval for the median
+of those. Prints the figures only.
 
 With ``--variants base=/work/main/src,this`` one server per variant (each a ``src`` tree; "this"
 is this checkout's) is measured, the variants interleaved in every round as well; a variant
